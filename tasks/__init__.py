@@ -1,0 +1,29 @@
+"""Tasks: what a trial trains (Flax models, TFDS data, losses) and the task registry."""
+
+from tasks._src.base import (
+    ACTIVATIONS,
+    OPTIMIZERS,
+    Task,
+    TrialFns,
+    activation,
+    make_optimizer,
+    supervised,
+    telemetry,
+)
+from tasks._src.data import DATASETS, Dataset, Split, default_data_dir, load_dataset
+from tasks._src.library import (
+    TASKS,
+    digits_cnn,
+    digits_mlp,
+    get_task,
+    logreg,
+    register_task,
+    synthetic_regression,
+)
+
+__all__ = [
+    "ACTIVATIONS", "DATASETS", "OPTIMIZERS", "TASKS", "Dataset", "Split", "Task", "TrialFns",
+    "activation", "default_data_dir", "digits_cnn", "digits_mlp", "get_task", "load_dataset",
+    "logreg", "make_optimizer", "register_task", "supervised", "synthetic_regression",
+    "telemetry",
+]

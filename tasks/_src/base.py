@@ -1,0 +1,211 @@
+"""The task protocol: what a trial trains, as pure functions of a hyperparameter dict ``h``.
+
+A :class:`Task` bundles its data, a default search space and ``build(structure)``, which
+returns :class:`TrialFns` for one setting of the structural (shape-changing) parameters:
+
+* ``init(key, h) -> train_state``
+* ``train_step(train_state, batch, h) -> (train_state, telemetry)``
+* ``evaluate(train_state, x, y, h) -> metrics``
+
+``h`` maps names to scalar arrays (one trial); the population engine vmaps these functions
+over trials. Optimizers come from ``optax.inject_hyperparams`` so learning rate, momentum and
+weight decay are traced values: new values never recompile, and they can be differentiated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from spaces import Space
+from tasks._src.data import Dataset
+
+PyTree = Any
+H = Mapping[str, jax.Array]
+
+
+class TrialFns(NamedTuple):
+  """Pure functions for one structural group of trials."""
+
+  init: Callable[[jax.Array, H], PyTree]
+  train_step: Callable[[PyTree, tuple[jax.Array, jax.Array], H], tuple[PyTree, dict]]
+  evaluate: Callable[[PyTree, jax.Array, jax.Array, H], dict]
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+  """A trainable problem: data, default space, objective and a builder of trial functions.
+
+  Attributes:
+    name: registry name.
+    data: the train / valid / test splits (see ``tasks.load_dataset``).
+    space: default hyperparameter search space.
+    build: ``structure -> TrialFns``; ``structure`` holds Python values of the space's
+      structural parameters (empty when there are none).
+    objective: key of ``evaluate``'s metrics that the search optimizes on the valid split.
+    direction: ``"maximize"`` or ``"minimize"``.
+    defaults: values for hyperparameters the space leaves out.
+    family: architecture family ("mlp", "cnn", "linear"), read by the monitor.
+  """
+
+  name: str
+  data: Dataset
+  space: Space
+  build: Callable[[Mapping[str, Any]], TrialFns]
+  objective: str
+  direction: str
+  defaults: Mapping[str, float] = dataclasses.field(default_factory=dict)
+  family: str = "mlp"
+
+
+# ------------------------------------------------------------------------- activations
+ACTIVATIONS: tuple[str, ...] = ("relu", "tanh", "gelu", "silu", "sigmoid", "elu")
+_ACT_FNS = (nn.relu, jnp.tanh, nn.gelu, nn.silu, nn.sigmoid, nn.elu)
+
+
+def activation(index: jax.Array, x: jax.Array) -> jax.Array:
+  """Applies ``ACTIVATIONS[index]``; ``index`` may be a traced (even vmapped) integer."""
+  return jax.lax.switch(jnp.asarray(index, jnp.int32), _ACT_FNS, x)
+
+
+# ------------------------------------------------------------------------- telemetry
+def _kernels(tree: PyTree) -> list[jax.Array]:
+  leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return [v for path, v in leaves if getattr(path[-1], "key", None) == "kernel"]
+
+
+def telemetry(loss: jax.Array, params: PyTree, grads: PyTree, live: PyTree | None) -> dict:
+  """Per-step health signals computed inside the kernel.
+
+  Returns ``layer_grad_norms`` (one per kernel, in layer order), first/last layer norms,
+  the fraction of exactly-zero gradients among live kernel entries (dying ReLU), and
+  non-finite flags for loss, gradients and weights.
+  """
+  gk = _kernels(grads)
+  norms = jnp.stack([jnp.sqrt(jnp.sum(jnp.square(g))) for g in gk])
+  live_k = _kernels(live) if live is not None else [jnp.ones_like(g) for g in gk]
+  zeros = sum(jnp.sum((g == 0) * m) for g, m in zip(gk, live_k, strict=True))
+  total = sum(jnp.sum(m) for m in live_k)
+  finite = lambda t: jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in
+                                        jax.tree_util.tree_leaves(t)]))
+  return {
+      "loss": loss,
+      "layer_grad_norms": norms,
+      "grad_norm_first": norms[0],
+      "grad_norm_last": norms[-1],
+      "zero_grad_frac": zeros / jnp.maximum(total, 1.0),
+      "nonfinite_loss": ~jnp.isfinite(loss),
+      "nonfinite_grads": ~finite(grads),
+      "nonfinite_params": ~finite(params),
+  }
+
+
+# ------------------------------------------------------------------------- optimizers
+OPTIMIZERS: tuple[str, ...] = ("adamw", "sgd")
+
+
+def make_optimizer(name: str, h: H, defaults: Mapping[str, float]) -> optax.GradientTransformation:
+  """An optax optimizer whose hyperparameters are injected (traced) from ``h``."""
+  get = lambda k: jnp.asarray(h[k] if k in h else defaults.get(k, _OPT_DEFAULTS[k]), jnp.float32)
+  if name == "adamw":
+    return optax.inject_hyperparams(optax.adamw)(
+        learning_rate=get("learning_rate"), weight_decay=get("weight_decay"),
+        b1=get("b1"))
+  if name == "sgd":
+    # Decoupled weight decay before the momentum trace, as in optax.sgd + add_decayed_weights.
+    def sgdw(learning_rate, momentum, weight_decay):
+      return optax.chain(optax.add_decayed_weights(weight_decay),
+                         optax.sgd(learning_rate, momentum=momentum))
+    return optax.inject_hyperparams(sgdw)(
+        learning_rate=get("learning_rate"), momentum=get("momentum"),
+        weight_decay=get("weight_decay"))
+  raise ValueError(f"optimizer {name!r} is unknown; allowed: {', '.join(OPTIMIZERS)}")
+
+
+_OPT_DEFAULTS = {"learning_rate": 1e-3, "weight_decay": 0.0, "momentum": 0.9, "b1": 0.9}
+
+
+# ------------------------------------------------------------------------- supervised builder
+def supervised(
+    model: nn.Module,
+    example_x: jax.Array,
+    loss_fn: Callable[[jax.Array, jax.Array], jax.Array],
+    metrics_fn: Callable[[jax.Array, jax.Array], dict],
+    optimizer: str,
+    defaults: Mapping[str, float],
+    init_transform: Callable[[PyTree, H], tuple[PyTree, PyTree | None]] | None = None,
+    penalty: Callable[[PyTree, H], jax.Array] | None = None,
+) -> TrialFns:
+  """TrialFns for a Flax model ``model.apply(params, x, h) -> predictions``.
+
+  Args:
+    model: Flax module called as ``model(x, h)``.
+    example_x: one batch, only its shape is used for initialisation.
+    loss_fn: ``(predictions, y) -> scalar``; the L2 term comes from the optimizer.
+    metrics_fn: ``(predictions, y) -> dict`` evaluated on a split.
+    optimizer: one of ``OPTIMIZERS``; hyperparameters are read from ``h`` or ``defaults``.
+    defaults: fallback hyperparameter values.
+    init_transform: ``(params, h) -> (params, live_mask)`` applied after ``model.init``,
+      e.g. to zero masked units; ``live_mask`` marks the parameters that exist.
+    penalty: ``(params, h) -> scalar`` added to the training loss (e.g. an L2 term).
+  """
+  make_optimizer(optimizer, {}, defaults)  # validates the name before anything compiles
+
+  def init(key: jax.Array, h: H) -> PyTree:
+    params = model.init(key, example_x, h)
+    live = None
+    if init_transform is not None:
+      params, live = init_transform(params, h)
+    opt = make_optimizer(optimizer, h, defaults)
+    return {"params": params, "opt_state": opt.init(params), "live": live,
+            "step": jnp.zeros((), jnp.int32)}
+
+  def train_step(state: PyTree, batch: tuple[jax.Array, jax.Array], h: H):
+    x, y = batch
+    opt = make_optimizer(optimizer, h, defaults)
+
+    def objective(p):
+      data_loss = loss_fn(model.apply(p, x, h), y)
+      total = data_loss if penalty is None else data_loss + penalty(p, h)
+      return total, data_loss
+
+    (_, loss), grads = jax.value_and_grad(objective, has_aux=True)(state["params"])
+    if state["live"] is not None:
+      grads = jax.tree_util.tree_map(lambda g, m: g * m, grads, state["live"])
+    updates, opt_state = opt.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    tel = telemetry(loss, params, grads, state["live"])
+    new = {"params": params, "opt_state": opt_state, "live": state["live"],
+           "step": state["step"] + 1}
+    return new, tel
+
+  def evaluate(state: PyTree, x: jax.Array, y: jax.Array, h: H) -> dict:
+    pred = model.apply(state["params"], x, h)
+    out = metrics_fn(pred, y)
+    out["loss"] = loss_fn(pred, y)
+    return out
+
+  return TrialFns(init, train_step, evaluate)
+
+
+def softmax_xent(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+
+def classification_metrics(logits: jax.Array, labels: jax.Array) -> dict:
+  return {"accuracy": jnp.mean(jnp.argmax(logits, -1) == labels)}
+
+
+def mse(pred: jax.Array, y: jax.Array) -> jax.Array:
+  return jnp.mean(jnp.square(pred.reshape(y.shape) - y))
+
+
+def regression_metrics(pred: jax.Array, y: jax.Array) -> dict:
+  err = jnp.mean(jnp.square(pred.reshape(y.shape) - y))
+  return {"mse": err, "r2": 1.0 - err / jnp.maximum(jnp.var(y), 1e-12)}

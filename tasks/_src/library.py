@@ -1,0 +1,198 @@
+"""The built-in tasks and the task registry.
+
+* ``digits_mlp``: MLP classifier on scikit-learn's digits (flattened 8x8). ``width`` is
+  *masked*: weights are allocated at the space's upper bound and units past ``width`` are
+  zeroed, so width stays a traced value and a whole population shares one kernel. ``depth``
+  and ``optimizer`` are *structural*: the engine compiles one kernel per value.
+* ``digits_cnn``: a small Flax CNN on digits as 8x8x1 images.
+* ``synthetic_regression``: MLP regression on a procedural dataset (objective: valid MSE).
+* ``logreg``: L2-regularised multinomial logistic regression (convex; the L2 strength
+  ``l2`` enters the loss, so it is differentiable for hypergradient checks).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from spaces import Choice, Float, Int, Space
+from tasks._src import base
+from tasks._src.base import H, Task, TrialFns
+from tasks._src.data import load_dataset
+
+
+class MLP(nn.Module):
+  """Dense network with a traced hidden width (masked up to ``max_width``) and activation."""
+
+  max_width: int
+  depth: int
+  outputs: int
+
+  @nn.compact
+  def __call__(self, x: jax.Array, h: H) -> jax.Array:
+    x = x.reshape(x.shape[0], -1)
+    width = h.get("width", self.max_width)
+    mask = (jnp.arange(self.max_width) < width).astype(x.dtype)
+    act = h.get("activation", 0)
+    for _ in range(self.depth):
+      x = base.activation(act, nn.Dense(self.max_width)(x)) * mask
+    return nn.Dense(self.outputs)(x)
+
+
+def _mask_width(max_width: int) -> Callable:
+  """Zeroes weights of units past ``width`` and rescales fan-in to the live width."""
+
+  def transform(params, h: H):
+    width = jnp.asarray(h.get("width", max_width))
+    unit = (jnp.arange(max_width) < width).astype(jnp.float32)
+    scale = jnp.sqrt(max_width / width.astype(jnp.float32))
+    layers = params["params"]
+    names = sorted(layers, key=lambda n: int(n.split("_")[-1]))
+    live = {}
+    new = {}
+    for i, name in enumerate(names):
+      k = layers[name]["kernel"]
+      in_mask = unit[:, None] if i > 0 else jnp.ones((k.shape[0], 1))
+      out_mask = unit[None, :] if i < len(names) - 1 else jnp.ones((1, k.shape[1]))
+      m_k = in_mask * out_mask
+      m_b = out_mask[0]
+      k = k * m_k * (scale if i > 0 else 1.0)
+      new[name] = {"kernel": k, "bias": layers[name]["bias"] * m_b}
+      live[name] = {"kernel": m_k, "bias": m_b}
+    return {"params": new}, {"params": live}
+
+  return transform
+
+
+class CNN(nn.Module):
+  """Two 3x3 conv layers, global average pooling and a dense head."""
+
+  channels: int
+  outputs: int
+
+  @nn.compact
+  def __call__(self, x: jax.Array, h: H) -> jax.Array:
+    act = h.get("activation", 0)
+    x = base.activation(act, nn.Conv(self.channels, (3, 3))(x))
+    x = base.activation(act, nn.Conv(2 * self.channels, (3, 3), strides=(2, 2))(x))
+    x = x.mean(axis=(1, 2))
+    return nn.Dense(self.outputs)(x)
+
+
+class Linear(nn.Module):
+  outputs: int
+
+  @nn.compact
+  def __call__(self, x: jax.Array, h: H) -> jax.Array:
+    return nn.Dense(self.outputs)(x.reshape(x.shape[0], -1))
+
+
+def _example(data, batch: int = 2) -> jax.Array:
+  return np.zeros((batch, *data.input_shape), np.float32)
+
+
+def digits_mlp(data_dir: str | None = None, max_width: int = 128) -> Task:
+  """MLP on digits; see module docstring for masked vs structural parameters."""
+  data = load_dataset("digits", data_dir)
+  space = Space({
+      "learning_rate": Float(1e-4, 3e-1, log=True),
+      "weight_decay": Float(1e-6, 1e-1, log=True),
+      "width": Int(8, max_width, log=True),
+      "activation": Choice(list(base.ACTIVATIONS[:4])),
+  })
+  defaults = {"depth": 2, "optimizer": "adamw"}
+
+  def build(structure: Mapping[str, Any]) -> TrialFns:
+    depth = int(structure.get("depth", 2))
+    opt = structure.get("optimizer", "adamw")
+    if depth < 1:
+      raise ValueError(f"depth={depth}: must be >= 1")
+    model = MLP(max_width=max_width, depth=depth, outputs=data.num_classes)
+    return base.supervised(model, _example(data), base.softmax_xent,
+                           base.classification_metrics, opt, {},
+                           init_transform=_mask_width(max_width))
+
+  return Task("digits_mlp", data, space, build, "accuracy", "maximize", defaults, "mlp")
+
+
+def digits_cnn(data_dir: str | None = None, channels: int = 16) -> Task:
+  """Small CNN on digits as 8x8x1 images."""
+  data = load_dataset("digits", data_dir)
+  space = Space({
+      "learning_rate": Float(1e-4, 1e-1, log=True),
+      "weight_decay": Float(1e-6, 1e-1, log=True),
+      "activation": Choice(list(base.ACTIVATIONS[:4])),
+  })
+
+  def build(structure: Mapping[str, Any]) -> TrialFns:
+    model = CNN(channels=int(structure.get("channels", channels)), outputs=data.num_classes)
+    return base.supervised(model, _example(data), base.softmax_xent,
+                           base.classification_metrics, structure.get("optimizer", "adamw"), {})
+
+  return Task("digits_cnn", data, space, build, "accuracy", "maximize", {}, "cnn")
+
+
+def synthetic_regression(data_dir: str | None = None, max_width: int = 64) -> Task:
+  """MLP regression on the procedural dataset; objective is validation MSE."""
+  data = load_dataset("synthetic_regression", data_dir)
+  space = Space({
+      "learning_rate": Float(1e-4, 1e-1, log=True),
+      "weight_decay": Float(1e-6, 1e-1, log=True),
+      "width": Int(8, max_width, log=True),
+      "activation": Choice(list(base.ACTIVATIONS[:4])),
+  })
+
+  def build(structure: Mapping[str, Any]) -> TrialFns:
+    model = MLP(max_width=max_width, depth=int(structure.get("depth", 2)), outputs=1)
+    return base.supervised(model, _example(data), base.mse, base.regression_metrics,
+                           structure.get("optimizer", "adamw"), {},
+                           init_transform=_mask_width(max_width))
+
+  return Task("synthetic_regression", data, space, build, "mse", "minimize", {}, "mlp")
+
+
+def logreg(data_dir: str | None = None, dataset: str = "breast_cancer") -> Task:
+  """L2-regularised logistic regression; ``l2`` multiplies ``0.5 * ||W||^2`` in the loss."""
+  data = load_dataset(dataset, data_dir)
+  space = Space({
+      "learning_rate": Float(1e-3, 1.0, log=True),
+      "l2": Float(1e-6, 1.0, log=True),
+  })
+  model = Linear(outputs=data.num_classes)
+
+  def penalty(params, h: H) -> jax.Array:
+    w = params["params"]["Dense_0"]["kernel"]
+    return 0.5 * jnp.asarray(h.get("l2", 0.0), jnp.float32) * jnp.sum(jnp.square(w))
+
+  def build(structure: Mapping[str, Any]) -> TrialFns:
+    return base.supervised(model, _example(data), base.softmax_xent,
+                           base.classification_metrics, structure.get("optimizer", "sgd"),
+                           {"momentum": 0.0}, penalty=penalty)
+
+  return Task("logreg", data, space, build, "accuracy", "maximize", {}, "linear")
+
+
+TASKS: dict[str, Callable[..., Task]] = {
+    "digits_mlp": digits_mlp,
+    "digits_cnn": digits_cnn,
+    "synthetic_regression": synthetic_regression,
+    "logreg": logreg,
+}
+
+
+def get_task(name: str, **kwargs: Any) -> Task:
+  """Builds a registered task by name."""
+  if name not in TASKS:
+    raise ValueError(f"task {name!r} is unknown; allowed: {', '.join(TASKS)}")
+  return TASKS[name](**kwargs)
+
+
+def register_task(name: str, factory: Callable[..., Task]) -> None:
+  """Adds a task factory to the registry (``run.py`` and configs find it by name)."""
+  TASKS[name] = factory
+

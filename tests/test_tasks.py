@@ -1,0 +1,138 @@
+"""Tasks: every registered task trains (loss falls), telemetry, traced hyperparameters."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import tasks
+from tasks import get_task
+
+
+def _h(task, **over):
+  u = jnp.full((task.space.dim,), 0.5)
+  h = task.space.decode(u)
+  h.update({k: jnp.asarray(v) for k, v in over.items()})
+  return h
+
+
+def _batches(task, n_steps, bs=32):
+  x, y = task.data.train.x, task.data.train.y
+  for i in range(n_steps):
+    j = (i * bs) % (len(x) - bs)
+    yield jnp.asarray(x[j:j + bs]), jnp.asarray(y[j:j + bs])
+
+
+HP = {
+    "digits_mlp": {"learning_rate": 3e-3},
+    "digits_cnn": {"learning_rate": 1e-2},
+    "synthetic_regression": {"learning_rate": 3e-3},
+    "logreg": {"learning_rate": 0.1, "l2": 1e-4},
+}
+
+
+@pytest.mark.parametrize("name", list(tasks.TASKS))
+def test_task_trains_and_reports_telemetry(name):
+  task = get_task(name)
+  fns = task.build({})
+  h = _h(task, **HP[name])
+  state = fns.init(jax.random.key(0), h)
+  step = jax.jit(fns.train_step)
+  x_va, y_va = jnp.asarray(task.data.valid.x), jnp.asarray(task.data.valid.y)
+  before = fns.evaluate(state, x_va, y_va, h)
+  for batch in _batches(task, 150):
+    state, tel = step(state, batch, h)
+  after = fns.evaluate(state, x_va, y_va, h)
+  assert float(after["loss"]) < 0.7 * float(before["loss"])
+  assert task.objective in after
+  for k in ("loss", "layer_grad_norms", "grad_norm_first", "grad_norm_last", "zero_grad_frac",
+            "nonfinite_loss", "nonfinite_grads", "nonfinite_params"):
+    assert k in tel, k
+  assert not bool(tel["nonfinite_loss"])
+  assert 0.0 <= float(tel["zero_grad_frac"]) <= 1.0
+  if task.direction == "maximize":
+    assert float(after["accuracy"]) > 0.8
+
+
+class TrainStepVariants(chex.TestCase):
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_train_step_same_with_and_without_jit(self):
+    task = get_task("digits_mlp")
+    fns = task.build({})
+    h = _h(task, learning_rate=1e-2)
+    s0 = fns.init(jax.random.key(1), h)
+    step = self.variant(fns.train_step)
+    ref = jax.jit(fns.train_step)
+    s, s_ref = s0, s0
+    for batch in _batches(task, 3):
+      s, tel = step(s, batch, h)
+      s_ref, tel_ref = ref(s_ref, batch, h)
+    chex.assert_trees_all_close(s["params"], s_ref["params"], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(tel["loss"], tel_ref["loss"], rtol=1e-5)
+
+
+def test_hyperparameters_are_traced_no_recompile():
+  task = get_task("digits_mlp")
+  fns = task.build({})
+  step = jax.jit(fns.train_step)
+  batch = next(_batches(task, 1))
+  losses = []
+  for lr in (1e-3, 1e-2, 1e-1):
+    h = _h(task, learning_rate=lr)
+    s = fns.init(jax.random.key(0), h)
+    for _ in range(5):
+      s, tel = step(s, batch, h)
+    losses.append(float(tel["loss"]))
+  assert step._cache_size() == 1
+  assert len(set(losses)) == 3  # the learning rate really changed the run
+
+
+def test_masked_width_equals_a_narrow_network():
+  """Units past `width` stay exactly zero, so the masked MLP is a width-w network."""
+  task = get_task("digits_mlp")
+  fns = task.build({})
+  h = _h(task, width=20, learning_rate=1e-2)
+  s = fns.init(jax.random.key(0), h)
+  step = jax.jit(fns.train_step)
+  for batch in _batches(task, 20):
+    s, tel = step(s, batch, h)
+  k = s["params"]["params"]["Dense_0"]["kernel"]
+  assert float(jnp.abs(k[:, 20:]).max()) == 0.0
+  assert float(jnp.abs(k[:, :20]).max()) > 0.0
+  k1 = s["params"]["params"]["Dense_1"]["kernel"]
+  assert float(jnp.abs(k1[20:, :]).max()) == 0.0
+  assert float(tel["zero_grad_frac"]) < 0.5  # masked entries are not counted as dead
+
+
+def test_activation_choice_is_traced():
+  x = jnp.linspace(-2, 2, 5)
+  names = tasks.ACTIVATIONS
+  for i, name in enumerate(names):
+    out = jax.jit(tasks.activation)(jnp.asarray(i), x)
+    ref = {"relu": jax.nn.relu, "tanh": jnp.tanh, "gelu": jax.nn.gelu, "silu": jax.nn.silu,
+           "sigmoid": jax.nn.sigmoid, "elu": jax.nn.elu}[name](x)
+    np.testing.assert_allclose(out, ref, rtol=1e-6)
+
+
+def test_unknown_task_and_optimizer():
+  with pytest.raises(ValueError, match="task 'mlpp' is unknown; allowed: digits_mlp"):
+    get_task("mlpp")
+  task = get_task("digits_mlp")
+  with pytest.raises(ValueError, match="optimizer 'adagradd' is unknown; allowed: adamw, sgd"):
+    task.build({"optimizer": "adagradd"})
+
+
+def test_logreg_l2_is_in_the_objective():
+  """With a large l2 the learned weights shrink: the L2 term reaches the gradient."""
+  task = get_task("logreg")
+  fns = task.build({})
+  norms = []
+  for l2 in (1e-6, 1.0):
+    h = _h(task, learning_rate=0.1, l2=l2)
+    s = fns.init(jax.random.key(0), h)
+    for batch in _batches(task, 200):
+      s, _ = jax.jit(fns.train_step)(s, batch, h)
+    norms.append(float(jnp.sum(s["params"]["params"]["Dense_0"]["kernel"] ** 2)))
+  assert norms[1] < 0.2 * norms[0]
