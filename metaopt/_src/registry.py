@@ -1,0 +1,42 @@
+"""Searchers and pruners by name, for configs and the CLI."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from metaopt._src.combinators import median_pruner
+from metaopt._src.searchers import halton, random_search, sobol
+from metaopt._src.types import Pruner, Searcher
+
+SEARCHERS: dict[str, Callable[..., Searcher]] = {
+    "random": random_search,
+    "sobol": sobol,
+    "halton": halton,
+}
+PRUNERS: dict[str, Callable[..., Pruner]] = {
+    "median": median_pruner,
+}
+
+
+def _call(kind: str, name: str, factory: Callable, kwargs: Mapping[str, Any], **fixed: Any):
+  allowed = [p for p in inspect.signature(factory).parameters if p not in fixed]
+  unknown = sorted(set(kwargs) - set(allowed))
+  if unknown:
+    raise ValueError(f"{kind} {name!r}: unknown option(s) {unknown}; allowed: {allowed}")
+  return factory(**fixed, **kwargs)
+
+
+def make_searcher(name: str, dim: int, **kwargs: Any) -> Searcher:
+  """A registered searcher over ``[0, 1]^dim``."""
+  if name not in SEARCHERS:
+    raise ValueError(f"searcher_name={name!r} is unknown; allowed: {', '.join(SEARCHERS)}")
+  return _call("searcher", name, SEARCHERS[name], kwargs, dim=dim)
+
+
+def make_pruner(name: str, n_epochs: int, **kwargs: Any) -> Pruner:
+  """A registered pruner for searches of ``n_epochs`` epochs."""
+  if name not in PRUNERS:
+    raise ValueError(f"pruner_name={name!r} is unknown; allowed: none, {', '.join(PRUNERS)}")
+  return _call("pruner", name, PRUNERS[name], kwargs, n_epochs=n_epochs)
