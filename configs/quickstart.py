@@ -1,0 +1,30 @@
+"""Quickstart: random search over the digits MLP, a population of 32 trials in one kernel.
+
+Searches learning rate, weight decay, hidden width (masked, so one kernel) and activation.
+About 1-2 minutes on a 2-core CPU; best validation accuracy is typically >= 0.97.
+
+    python run.py run --config configs/quickstart.py --config.seed=3
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.name = "quickstart"
+  config.task_name = "digits_mlp"
+  config.task = ml_collections.ConfigDict()
+  config.searcher_name = "random"
+  config.searcher = ml_collections.ConfigDict()
+  config.pruner_name = "none"
+  config.pruner = ml_collections.ConfigDict()
+  config.space = ml_collections.ConfigDict()  # empty: the task's default space
+  config.n_trials = 64
+  config.population = 32
+  config.epochs = 15
+  config.batch_size = 32
+  config.seed = 0
+  config.store = "sqlite:///runs/quickstart.db"
+  config.checkpoint_dir = ""
+  config.shared_batches = True
+  return config

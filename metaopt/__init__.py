@@ -1,0 +1,37 @@
+"""metaopt: hyperparameter optimization, learned optimizers and NAS as pure JAX programs."""
+
+from metaopt._src.checkpoint import Checkpointer
+from metaopt._src.combinators import (
+    alternate,
+    failure_rate_trigger,
+    median_pruner,
+    product,
+    sequential,
+    with_fallback,
+    with_pruning,
+)
+from metaopt._src.driver import code_version, hardware, search
+from metaopt._src.population import PopulationKernel, make_kernel
+from metaopt._src.registry import PRUNERS, SEARCHERS, make_pruner, make_searcher
+from metaopt._src.searchers import halton, random_search, sobol
+from metaopt._src.store import Store, Study
+from metaopt._src.types import (
+    COMPLETE,
+    FAILED,
+    INFEASIBLE,
+    PRUNED,
+    RUNNING,
+    STATUS_NAMES,
+    Pruner,
+    Result,
+    Searcher,
+    Trial,
+)
+
+__all__ = [
+    "COMPLETE", "FAILED", "INFEASIBLE", "PRUNED", "PRUNERS", "RUNNING", "SEARCHERS",
+    "STATUS_NAMES", "Checkpointer", "PopulationKernel", "Pruner", "Result", "Searcher", "Store",
+    "Study", "Trial", "alternate", "code_version", "failure_rate_trigger", "halton", "hardware",
+    "make_kernel", "make_pruner", "make_searcher", "median_pruner", "product", "random_search",
+    "search", "sequential", "sobol", "with_fallback", "with_pruning",
+]

@@ -1,0 +1,58 @@
+"""Population checkpoints through orbax, written atomically at chunk boundaries.
+
+Each step holds two items: ``state`` (any pytree of arrays: population train states,
+searcher state, masks) saved with ``StandardSave``, and ``meta`` (JSON) saved with
+``JsonSave``. orbax writes into a temporary directory and renames it when complete, so a
+process killed mid-write leaves only the previous step visible. Restoring needs an abstract
+target (``jax.ShapeDtypeStruct`` leaves) so optax state types survive the round trip; if the
+newest step cannot be read, the one before it is used.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+PyTree = Any
+log = logging.getLogger(__name__)
+
+
+class Checkpointer:
+  """Keeps the newest ``max_to_keep`` steps of one pytree + JSON metadata under ``directory``."""
+
+  def __init__(self, directory: str, max_to_keep: int = 2):
+    self.directory = os.path.abspath(directory)
+    os.makedirs(self.directory, exist_ok=True)
+    self._mgr = ocp.CheckpointManager(
+        self.directory,
+        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+                                             enable_async_checkpointing=False))
+
+  def save(self, step: int, state: PyTree, meta: dict[str, Any]) -> None:
+    self._mgr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                 meta=ocp.args.JsonSave(meta)), force=True)
+    self._mgr.wait_until_finished()
+
+  def steps(self) -> list[int]:
+    self._mgr.reload()
+    return sorted(self._mgr.all_steps())
+
+  def restore(self, abstract_state: PyTree) -> tuple[int, PyTree, dict[str, Any]] | None:
+    """The newest readable ``(step, state, meta)``, or None when there is none."""
+    target = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, abstract_state)
+    for step in reversed(self.steps()):
+      try:
+        out = self._mgr.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
+        return step, out["state"], out["meta"]
+      except Exception as e:  # noqa: BLE001 - a damaged step falls back to the previous one
+        log.warning("checkpoint step %d in %s unreadable (%s); trying an older one", step,
+                    self.directory, e)
+    return None
+
+  def close(self) -> None:
+    self._mgr.close()

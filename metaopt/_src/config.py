@@ -1,0 +1,100 @@
+"""Experiment configs: validation and turning a config into a search, before anything compiles.
+
+A config (``configs/<name>.py`` -> ``get_config()``) is an ``ml_collections.ConfigDict``
+with exactly the fields of :data:`FIELDS`. :func:`validate` checks names, types and ranges
+and raises one ``ValueError`` naming the field and the allowed values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from metaopt._src import registry
+from metaopt._src.combinators import with_pruning
+from metaopt._src.types import Searcher
+from spaces import Space, from_spec
+from tasks import TASKS, Task, get_task
+
+FIELDS: dict[str, str] = {
+    "name": "study name in the store",
+    "task_name": f"one of {', '.join(TASKS)}",
+    "task": "keyword arguments of the task factory",
+    "searcher_name": f"one of {', '.join(registry.SEARCHERS)}",
+    "searcher": "keyword arguments of the searcher factory",
+    "pruner_name": f"'none' or one of {', '.join(registry.PRUNERS)}",
+    "pruner": "keyword arguments of the pruner factory",
+    "space": "search space spec {name: {type, ...}}; empty for the task's default space",
+    "n_trials": "total number of trials (>= 1)",
+    "population": "trials trained together in one kernel (>= 1)",
+    "epochs": "epochs per trial (>= 1)",
+    "batch_size": "minibatch size (>= 1)",
+    "seed": "root random seed (integer)",
+    "store": "SQLAlchemy URL of the trial store, e.g. sqlite:///runs/quickstart.db",
+    "checkpoint_dir": "population checkpoints; empty for beside the store file",
+    "shared_batches": "all trials of a population see the same minibatch order (bool)",
+}
+
+
+def _to_dict(x: Any) -> Any:
+  if hasattr(x, "to_dict"):
+    return x.to_dict()
+  return x
+
+
+def validate(config: Mapping[str, Any]) -> dict[str, Any]:
+  """Checks a config and returns it as a plain dict; raises one ``ValueError`` on bad input."""
+  cfg = _to_dict(config)
+  if not isinstance(cfg, Mapping):
+    raise ValueError(f"config: expected a ConfigDict or dict, got {type(config).__name__}")
+  unknown = sorted(set(cfg) - set(FIELDS))
+  if unknown:
+    raise ValueError(f"config: unknown field(s) {unknown}; allowed fields: {sorted(FIELDS)}")
+  missing = sorted(set(FIELDS) - set(cfg))
+  if missing:
+    what = "; ".join(f"{m}: {FIELDS[m]}" for m in missing)
+    raise ValueError(f"config: missing field(s) {missing} ({what})")
+  if cfg["task_name"] not in TASKS:
+    raise ValueError(f"task_name={cfg['task_name']!r} is unknown; allowed: {', '.join(TASKS)}")
+  if cfg["searcher_name"] not in registry.SEARCHERS:
+    raise ValueError(f"searcher_name={cfg['searcher_name']!r} is unknown; allowed: "
+                     f"{', '.join(registry.SEARCHERS)}")
+  if cfg["pruner_name"] not in ("none", *registry.PRUNERS):
+    raise ValueError(f"pruner_name={cfg['pruner_name']!r} is unknown; allowed: none, "
+                     f"{', '.join(registry.PRUNERS)}")
+  for f in ("n_trials", "population", "epochs", "batch_size"):
+    v = cfg[f]
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+      raise ValueError(f"{f}={v!r}: must be an integer >= 1 ({FIELDS[f]})")
+  if isinstance(cfg["seed"], bool) or not isinstance(cfg["seed"], int):
+    raise ValueError(f"seed={cfg['seed']!r}: must be an integer")
+  if not isinstance(cfg["name"], str) or not cfg["name"]:
+    raise ValueError(f"name={cfg['name']!r}: must be a non-empty string (the study name)")
+  if not isinstance(cfg["store"], str) or "://" not in cfg["store"]:
+    raise ValueError(f"store={cfg['store']!r}: must be an SQLAlchemy URL such as "
+                     "sqlite:///runs/quickstart.db")
+  for f in ("task", "searcher", "pruner", "space"):
+    if not isinstance(cfg[f], Mapping):
+      raise ValueError(f"{f}: must be a dict ({FIELDS[f]})")
+  if cfg["space"]:
+    from_spec(cfg["space"])
+  return dict(cfg)
+
+
+def build(config: Mapping[str, Any]) -> tuple[Searcher, Task, Space, dict[str, Any]]:
+  """``(program, task, space, search_kwargs)`` for a validated config."""
+  cfg = validate(config)
+  try:
+    task = get_task(cfg["task_name"], **cfg["task"])
+  except TypeError as e:
+    raise ValueError(f"task: bad option for task {cfg['task_name']!r}: {e}") from None
+  space = from_spec(cfg["space"]) if cfg["space"] else task.space
+  program = registry.make_searcher(cfg["searcher_name"], space.dim, **cfg["searcher"])
+  if cfg["pruner_name"] != "none":
+    program = with_pruning(program, registry.make_pruner(cfg["pruner_name"], cfg["epochs"],
+                                                         **cfg["pruner"]))
+  kwargs = {k: cfg[k] for k in ("n_trials", "population", "epochs", "batch_size", "seed",
+                                "shared_batches")}
+  kwargs["study"] = cfg["name"]
+  kwargs["checkpoint_dir"] = cfg["checkpoint_dir"] or None
+  return program, task, space, kwargs

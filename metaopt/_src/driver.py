@@ -1,0 +1,372 @@
+"""The search driver: runs a black-box program over a population of trials, with a store.
+
+``search`` is the one loop that ties the pieces together. Per round it asks the program for
+a population of points, decodes them, trains the population epoch by epoch in compiled
+kernels (one per structural group), lets the program prune between epochs, records every
+epoch, checkpoints, and tells the program the results. Failed trials (non-finite loss or
+weights) stop and are recorded with their reason while the rest of the population goes on.
+
+Killed and restarted with the same arguments, ``search`` resumes: finished rounds are not
+re-run, and an unfinished round continues from its newest checkpoint with the searcher state
+saved at that epoch, so the resumed search produces the same trials as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import platform
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import flax.serialization
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from metaopt._src import population as pop
+from metaopt._src.checkpoint import Checkpointer
+from metaopt._src.store import Store
+from metaopt._src.types import (
+    COMPLETE,
+    FAILED,
+    PRUNED,
+    RUNNING,
+    STATUS_NAMES,
+    Result,
+    Searcher,
+)
+from spaces import Space
+from tasks import Task
+
+
+@functools.lru_cache(maxsize=1)
+def code_version() -> str:
+  """The git commit of the metaopt checkout (``+dirty`` if modified), or the package version."""
+  here = os.path.dirname(os.path.abspath(__file__))
+  try:
+    rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
+                         text=True, timeout=10, check=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                           capture_output=True, text=True, timeout=10).stdout.strip()
+    return rev + ("+dirty" if dirty else "")
+  except (OSError, subprocess.SubprocessError):
+    from importlib.metadata import version
+    return f"metaopt-{version('metaopt')}"
+
+
+def hardware() -> dict[str, Any]:
+  """A description of the devices and host a search ran on."""
+  devs = jax.devices()
+  return {"platform": devs[0].platform, "device_kind": devs[0].device_kind,
+          "device_count": len(devs), "process_count": jax.process_count(),
+          "host": platform.node(), "cpu_count": os.cpu_count(),
+          "machine": platform.machine(), "jax": jax.__version__}
+
+
+def trial_seed(seed: int, number: int) -> int:
+  return (int(seed) * 1_000_003 + int(number)) % (2**31 - 1)
+
+
+def _positive_int(name: str, v: Any) -> int:
+  if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+    raise ValueError(f"{name}={v!r}: must be an integer >= 1")
+  return int(v)
+
+
+@dataclasses.dataclass
+class _Round:
+  """Host-side bookkeeping of the round in progress."""
+
+  number: int
+  ids: list[int]
+  u: np.ndarray
+  h: dict[str, jax.Array]
+  params: list[dict[str, Any]]
+  groups: dict[str, np.ndarray]
+  structures: dict[str, dict[str, Any]]
+
+
+def _ser(state: Any) -> bytes:
+  return flax.serialization.to_bytes(jax.device_get(state))
+
+
+def search(
+    program: Searcher,
+    task: Task,
+    *,
+    space: Space | None = None,
+    n_trials: int,
+    population: int,
+    epochs: int,
+    batch_size: int = 32,
+    seed: int = 0,
+    store: Store | str | None = None,
+    study: str = "study",
+    checkpoint_dir: str | None = None,
+    config: Mapping[str, Any] | None = None,
+    shared_batches: bool = True,
+    progress: bool = True,
+    on_epoch: Callable[[int, int, list[dict[str, Any]]], None] | None = None,
+) -> Result:
+  """Runs (or resumes) a population search and returns its :class:`Result`.
+
+  Args:
+    program: the black-box search program (``init/ask/tell`` and optional ``prune``).
+    task: what each trial trains; ``task.space`` is searched unless ``space`` is given.
+    n_trials: total trials; rounds of ``population`` trials (the last may be smaller).
+    population: trials trained together in one kernel per round.
+    epochs: epochs (chunks) each trial trains at most.
+    batch_size: minibatch size.
+    seed: root seed; searcher keys, trial seeds and data order all derive from it.
+    store: a :class:`Store` or SQLAlchemy URL; default an in-memory SQLite store.
+    study: study name in the store. An existing study of that name is resumed.
+    checkpoint_dir: where population checkpoints go; default beside a SQLite store file.
+    config: JSON-able settings recorded with the study (the CLI stores its config here).
+    shared_batches: one minibatch order per epoch for the whole population.
+    progress: show a progress bar.
+    on_epoch: ``(round, epoch, per-trial metrics)`` callback after each epoch.
+  """
+  space = task.space if space is None else space
+  n_trials = _positive_int("n_trials", n_trials)
+  population = _positive_int("population", population)
+  epochs = _positive_int("epochs", epochs)
+  batch_size = _positive_int("batch_size", batch_size)
+  if batch_size > len(task.data.train):
+    raise ValueError(f"batch_size={batch_size}: must be <= {len(task.data.train)} "
+                     f"(size of {task.data.name}'s train split)")
+  if not isinstance(program, Searcher):
+    raise ValueError(f"program: expected a metaopt.Searcher, got {type(program).__name__}")
+  st = store if isinstance(store, Store) else Store(store or "sqlite://")
+  direction = task.direction
+  sign = -1.0 if direction == "maximize" else 1.0
+  if checkpoint_dir is None:
+    db = st.engine.url.database if st.url.startswith("sqlite") else None
+    base = (db + ".ckpt") if db and db != ":memory:" else tempfile.mkdtemp(prefix="metaopt-")
+    checkpoint_dir = os.path.join(base, study)
+
+  root = jax.random.key(seed)
+  key_init, key_rounds = jax.random.split(root)
+  template = program.init(key_init)
+  record = dict(config or {}, n_trials=n_trials, population=population, epochs=epochs,
+                batch_size=batch_size, seed=seed)
+  if study in st.study_names():
+    rec = st.load_study(study)
+    now = _json_round_trip(record)
+    changed = sorted(k for k in set(rec.config) | set(now)
+                     if k != "store" and rec.config.get(k) != now.get(k))
+    if config is not None and changed:
+      raise ValueError(f"study {study!r} exists with a different config (fields {changed}); "
+                       "resume it with the same config or choose a new study name")
+    st.log_event(rec.id, "resume", f"resumed at round {rec.state_round} ({rec.state_phase})")
+  else:
+    rec = st.create_study(study, direction=direction, config=record, seed=seed,
+                          code_version=code_version(), data_version=task.data.data_version,
+                          hardware=hardware())
+  state = template
+  if rec.searcher_state is not None:
+    state = flax.serialization.from_bytes(template, rec.searcher_state)
+
+  ask = jax.jit(program.ask, static_argnums=2)
+  tell = jax.jit(program.tell)
+  prune = jax.jit(program.prune) if program.prune is not None else None
+  data = pop.data_arrays(task.data)
+  kernels: dict[tuple, pop.PopulationKernel] = {}
+
+  def kernel(structure: dict[str, Any]) -> pop.PopulationKernel:
+    k = tuple(sorted(structure.items()))
+    if k not in kernels:
+      kernels[k] = pop.make_kernel(task.build(structure), len(task.data.train), batch_size,
+                                   shared_batches)
+    return kernels[k]
+
+  n_rounds = -(-n_trials // population)
+  rnd = rec.state_round + (1 if rec.state_phase == "told" else 0)
+  rnd = max(rnd, 0)
+  bar = tqdm(total=n_rounds * epochs, initial=min(rnd, n_rounds) * epochs, disable=not progress,
+             desc=f"{study}", unit="epoch", mininterval=1.0, leave=False)
+  try:
+    while rnd < n_rounds:
+      t0 = time.time()
+      key_r = jax.random.fold_in(key_rounds, rnd)
+      n = min(population, n_trials - rnd * population)
+      if rec.state_phase == "asked" and rec.state_round == rnd:
+        rows = st.round_trials(rec.id, rnd)
+        u = np.asarray([r["u"] for r in (_json_row(r) for r in rows)], np.float32)
+        ids = [r["id"] for r in rows]
+      else:
+        state, u = ask(state, jax.random.fold_in(key_r, 0), n)
+        u = np.asarray(u, np.float32)
+        if u.shape != (n, space.dim):
+          raise ValueError(f"program.ask returned points of shape {u.shape}; the space needs "
+                           f"(n, {space.dim}) for {space.names}")
+        rows = None
+        ids = []
+      h = space.decode(jnp.asarray(u))
+      params = space.to_python_batch(h)
+      groups, structures = _group(space, params, task)
+      r = _Round(rnd, ids, u, h, params, groups, structures)
+      ckpt = Checkpointer(os.path.join(checkpoint_dir, f"round_{rnd:05d}"))
+      if rows is None:
+        numbers = [rnd * population + i for i in range(n)]
+        r.ids = st.start_round(rec.id, rnd, [
+            {"number": num, "params": p, "u": uu, "seed": trial_seed(seed, num)}
+            for num, p, uu in zip(numbers, params, u.tolist(), strict=True)],
+            _ser(state), checkpoint_path=ckpt.directory)
+      state = _train_round(r, state, task, kernel, data, ckpt, st, key_r, epochs, sign, prune,
+                           seed, population, bar, on_epoch)
+      rows = st.round_trials(rec.id, rnd)
+      status = np.asarray([STATUS_NAMES.index(x["status"]) if x["status"] != "running"
+                           else COMPLETE for x in rows], np.int32)
+      y = np.asarray([sign * x["objective"] if x["objective"] is not None else np.inf
+                      for x in rows], np.float32)
+      state = tell(state, jnp.asarray(u), jnp.asarray(y), jnp.asarray(status))
+      results = []
+      for x, s in zip(rows, status, strict=True):
+        results.append((x["id"], STATUS_NAMES[s], x["objective"], x["failure_reason"]))
+      st.end_round(rec.id, rnd, results, _ser(state), duration_s=time.time() - t0)
+      rec = st.load_study(study)
+      ckpt.close()
+      rnd += 1
+  finally:
+    bar.close()
+  return Result(study, direction, st.trials(rec.id), state)
+
+
+def _json_round_trip(x: Any) -> Any:
+  import json
+
+  from metaopt._src.store import _dumps
+  return json.loads(_dumps(x))
+
+
+def _json_row(row: Mapping[str, Any]) -> dict[str, Any]:
+  import json
+  return {**row, "u": json.loads(row["u"])}
+
+
+def _group(space: Space, params: list[dict[str, Any]], task: Task):
+  """Trial indices per structural setting (one compiled kernel per group)."""
+  names = space.structural
+  by: dict[tuple, list[int]] = {}
+  for i, p in enumerate(params):
+    key = tuple((n, p.get(n, task.defaults.get(n))) for n in names)
+    by.setdefault(key, []).append(i)
+  groups, structures = {}, {}
+  for gi, key in enumerate(sorted(by, key=repr)):
+    groups[f"g{gi}"] = np.asarray(by[key])
+    structures[f"g{gi}"] = {**{k: v for k, v in task.defaults.items()}, **dict(key)}
+  return groups, structures
+
+
+def _take(h: Mapping[str, jax.Array], idx: np.ndarray) -> dict[str, jax.Array]:
+  return {k: v[idx] for k, v in h.items()}
+
+
+def _train_round(r: _Round, state, task: Task, kernel, data, ckpt: Checkpointer, st: Store,
+                 key_r, epochs: int, sign: float, prune, seed: int, population: int, bar,
+                 on_epoch) -> Any:
+  """Trains one round's population epoch by epoch; returns the searcher state."""
+  n = len(r.params)
+  numbers = [r.number * population + i for i in range(n)]
+  seeds = jnp.asarray([trial_seed(seed, num) for num in numbers], jnp.uint32)
+  keys = jax.vmap(jax.random.key)(seeds)
+
+  for g in r.groups:  # build (outside any trace) before eval_shape below
+    kernel(r.structures[g])
+
+  def fresh():
+    return {g: kernel(r.structures[g]).init(keys[idx], _take(r.h, idx))
+            for g, idx in r.groups.items()}
+
+  status = np.full(n, RUNNING, np.int32)
+  alive = np.ones(n, bool)
+  last = np.full(n, np.nan, np.float64)
+  start = 0
+  abstract = {"groups": jax.eval_shape(fresh), "searcher": state,
+              "alive": alive, "status": status, "last": last}
+  restored = ckpt.restore(abstract)
+  if restored is not None:
+    start, saved, _ = restored
+    states, state = saved["groups"], saved["searcher"]
+    alive = np.asarray(saved["alive"]).copy()
+    status = np.asarray(saved["status"]).copy()
+    last = np.asarray(saved["last"]).copy()
+  else:
+    states = fresh()
+  bar.update(start)
+  for epoch in range(start, epochs):
+    key_e = jax.random.fold_in(key_r, 1 + epoch)
+    metrics: list[dict[str, Any] | None] = [None] * n
+    started = alive.copy()
+    stopped = []
+    for g, idx in r.groups.items():
+      k = kernel(r.structures[g])
+      try:
+        states[g], m = k.chunk(states[g], _take(r.h, idx), jnp.asarray(alive[idx]), key_e, data)
+        m = jax.device_get(m)
+      except Exception as e:  # noqa: BLE001 - a broken group fails, the population goes on
+        for i in idx:
+          if alive[i]:
+            alive[i], status[i] = False, FAILED
+            stopped.append((r.ids[i], "failed", f"{type(e).__name__} at epoch {epoch}: {e}",
+                            None))
+        continue
+      for j, i in enumerate(idx):
+        if started[i]:
+          metrics[i] = {name: np.asarray(v[j]) for name, v in m.items()}
+    obj_key = f"valid_{task.objective}"
+    values = np.full(n, np.inf, np.float64)
+    for i in range(n):
+      m = metrics[i]
+      if m is None or not alive[i]:
+        continue
+      reason = _failure(m, obj_key, epoch)
+      if reason:
+        alive[i], status[i] = False, FAILED
+        stopped.append((r.ids[i], "failed", reason, None))
+        continue
+      last[i] = float(m[obj_key])
+      values[i] = sign * last[i]
+    if prune is not None and epoch < epochs - 1:
+      was_alive = alive.copy()
+      state, keep = prune(state, jnp.asarray(values, jnp.float32), jnp.asarray(epoch),
+                          jnp.asarray(was_alive))
+      for i in np.flatnonzero(was_alive & ~np.asarray(keep)):
+        alive[i], status[i] = False, PRUNED
+        stopped.append((r.ids[i], "pruned", f"pruned after epoch {epoch}", last[i]))
+    rows = [(r.ids[i], m) for i, m in enumerate(metrics) if m is not None]
+    st.record_epoch([i for i, _ in rows], epoch, [m for _, m in rows], stopped)
+    ckpt.save(epoch + 1, {"groups": states, "searcher": state, "alive": alive,
+                          "status": status, "last": last}, {"round": r.number, "epoch": epoch})
+    bar.update(1)
+    if on_epoch is not None:
+      on_epoch(r.number, epoch, [m for _, m in rows])
+    if not alive.any():
+      bar.update(epochs - epoch - 1)
+      break
+  # Trials still running finish now with their last valid objective.
+  finals = []
+  for i in range(n):
+    if status[i] == RUNNING:
+      finals.append((r.ids[i], "complete", None, last[i]))
+  if finals:
+    st.record_epoch([], epochs - 1, [], finals)
+  return state
+
+
+def _failure(m: Mapping[str, Any], obj_key: str, epoch: int) -> str | None:
+  if m.get("nonfinite_loss"):
+    return f"non-finite loss at epoch {epoch}"
+  if m.get("nonfinite_params"):
+    return f"non-finite weights at epoch {epoch}"
+  if m.get("nonfinite_grads"):
+    return f"non-finite gradients at epoch {epoch}"
+  if not np.isfinite(m[obj_key]):
+    return f"non-finite {obj_key} at epoch {epoch}"
+  return None

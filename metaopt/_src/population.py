@@ -1,0 +1,83 @@
+"""The population engine: N trials trained as one ``jit(vmap(...))`` kernel, a chunk per call.
+
+A chunk is one epoch: a ``lax.scan`` over minibatches, then an evaluation on the valid
+split, all inside the kernel, returning per-trial epoch telemetry. Trials whose ``alive``
+flag is off (failed, pruned) keep their state unchanged.
+
+With ``shared_batches=True`` (the default) every trial of the population sees the same
+minibatch order in an epoch (common random numbers: comparisons between hyperparameters are
+less noisy), and the first layer of all trials becomes one large matrix product, because
+the shared input batch is not vmapped. Each trial still has its own initialisation seed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from tasks import Dataset, TrialFns
+
+PyTree = Any
+
+
+class PopulationKernel(NamedTuple):
+  """Compiled functions for one structural group."""
+
+  init: Any     # (keys[n], h) -> states
+  chunk: Any    # (states, h, alive, key, data) -> (states, metrics)
+  steps_per_chunk: int
+
+
+def epoch_metrics(tel: Mapping[str, jax.Array], evaluation: Mapping[str, jax.Array]) -> dict:
+  """Reduces per-step telemetry of one trial's epoch and adds ``valid_*`` metrics."""
+  out = {}
+  for k, v in tel.items():
+    if k.startswith("nonfinite"):
+      out[k] = jnp.any(v)
+    elif k == "loss":
+      out["train_loss"] = jnp.mean(v)
+      out["train_loss_last"] = v[-1]
+    else:
+      out[k] = jnp.mean(v, axis=0)
+  for k, v in evaluation.items():
+    out[f"valid_{k}"] = v
+  return out
+
+
+def data_arrays(data: Dataset) -> dict[str, jax.Array]:
+  """Train and valid splits as device arrays (the test split never enters a search)."""
+  return {"x_train": jnp.asarray(data.train.x), "y_train": jnp.asarray(data.train.y),
+          "x_valid": jnp.asarray(data.valid.x), "y_valid": jnp.asarray(data.valid.y)}
+
+
+def make_kernel(fns: TrialFns, n_train: int, batch_size: int,
+                shared_batches: bool = True) -> PopulationKernel:
+  """Builds the jitted population ``init`` and ``chunk`` for one structural group."""
+  if batch_size < 1 or batch_size > n_train:
+    raise ValueError(f"batch_size={batch_size}: must be in [1, {n_train}] (train split size)")
+  steps = n_train // batch_size
+
+  def trial_chunk(state, h, alive, perm, data):
+    def step(s, i):
+      idx = jax.lax.dynamic_slice_in_dim(perm, i * batch_size, batch_size)
+      batch = (data["x_train"][idx], data["y_train"][idx])
+      return fns.train_step(s, batch, h)
+
+    new, tel = jax.lax.scan(step, state, jnp.arange(steps))
+    ev = fns.evaluate(new, data["x_valid"], data["y_valid"], h)
+    new = jax.tree_util.tree_map(lambda a, b: jnp.where(alive, a, b), new, state)
+    return new, epoch_metrics(tel, ev)
+
+  def chunk(states, h, alive, key, data):
+    n = alive.shape[0]
+    if shared_batches:
+      perm = jax.random.permutation(key, n_train)
+      return jax.vmap(trial_chunk, in_axes=(0, 0, 0, None, None))(states, h, alive, perm, data)
+    perms = jax.vmap(lambda k: jax.random.permutation(k, n_train))(jax.random.split(key, n))
+    return jax.vmap(trial_chunk, in_axes=(0, 0, 0, 0, None))(states, h, alive, perms, data)
+
+  init = jax.jit(jax.vmap(fns.init))
+  return PopulationKernel(init, jax.jit(chunk, donate_argnums=(0,)), steps)

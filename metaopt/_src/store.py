@@ -1,0 +1,288 @@
+"""The trial store: studies, trials, per-epoch metrics and searcher state in SQL.
+
+Any SQLAlchemy URL works; the default is a SQLite file (WAL journal, so readers such as
+``run.py report`` never block a running search). Every method that writes does so in one
+transaction, so a process killed at any point leaves the store as it was before or after
+that write, never in between.
+
+Round protocol used by the driver (and by ``resume``):
+
+* ``start_round``: the trials a round asked for (status ``running``) and the searcher state
+  right after ``ask``, in one transaction.
+* ``record_epoch``: each trial's metrics for one epoch (upserted, so re-running an epoch
+  after a crash overwrites identical values) and the trials that failed or were pruned.
+* ``end_round``: final statuses and objectives, and the searcher state after ``tell``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import math
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import sqlalchemy as sa
+
+from metaopt._src.types import Trial
+
+_meta = sa.MetaData()
+
+studies = sa.Table(
+    "studies", _meta,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("name", sa.String(200), nullable=False, unique=True),
+    sa.Column("direction", sa.String(10), nullable=False),
+    sa.Column("config", sa.Text, nullable=False),
+    sa.Column("seed", sa.Integer, nullable=False),
+    sa.Column("code_version", sa.String(100)),
+    sa.Column("data_version", sa.Text),
+    sa.Column("hardware", sa.Text),
+    sa.Column("created_at", sa.DateTime, nullable=False),
+    sa.Column("updated_at", sa.DateTime, nullable=False),
+    sa.Column("searcher_state", sa.LargeBinary),
+    sa.Column("state_round", sa.Integer, nullable=False, default=-1),
+    sa.Column("state_phase", sa.String(10), nullable=False, default="init"),
+)
+
+trials = sa.Table(
+    "trials", _meta,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("study_id", sa.Integer, sa.ForeignKey("studies.id"), nullable=False),
+    sa.Column("number", sa.Integer, nullable=False),
+    sa.Column("round", sa.Integer, nullable=False),
+    sa.Column("params", sa.Text, nullable=False),
+    sa.Column("u", sa.Text),
+    sa.Column("status", sa.String(12), nullable=False),
+    sa.Column("objective", sa.Float),
+    sa.Column("seed", sa.Integer, nullable=False),
+    sa.Column("failure_reason", sa.Text),
+    sa.Column("checkpoint_path", sa.Text),
+    sa.Column("last_epoch", sa.Integer),
+    sa.Column("started_at", sa.DateTime),
+    sa.Column("finished_at", sa.DateTime),
+    sa.Column("duration_s", sa.Float),
+    sa.UniqueConstraint("study_id", "number", name="uq_trial_number"),
+)
+
+trial_epochs = sa.Table(
+    "trial_epochs", _meta,
+    sa.Column("trial_id", sa.Integer, sa.ForeignKey("trials.id"), primary_key=True),
+    sa.Column("epoch", sa.Integer, primary_key=True),
+    sa.Column("metrics", sa.Text, nullable=False),
+)
+
+events = sa.Table(
+    "events", _meta,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("study_id", sa.Integer, sa.ForeignKey("studies.id"), nullable=False),
+    sa.Column("at", sa.DateTime, nullable=False),
+    sa.Column("kind", sa.String(40), nullable=False),
+    sa.Column("message", sa.Text, nullable=False),
+)
+
+
+def _now() -> dt.datetime:
+  return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+def _clean(x: Any) -> Any:
+  """JSON-safe: non-finite floats become None, numpy scalars become Python numbers."""
+  if isinstance(x, Mapping):
+    return {str(k): _clean(v) for k, v in x.items()}
+  if isinstance(x, (list, tuple)):
+    return [_clean(v) for v in x]
+  if hasattr(x, "tolist"):
+    return _clean(x.tolist())
+  if isinstance(x, float) and not math.isfinite(x):
+    return None
+  return x
+
+
+def _dumps(x: Any) -> str:
+  return json.dumps(_clean(x), sort_keys=True)
+
+
+@dataclasses.dataclass
+class Study:
+  """A study row."""
+
+  id: int
+  name: str
+  direction: str
+  config: dict[str, Any]
+  seed: int
+  code_version: str | None
+  data_version: dict[str, Any] | None
+  hardware: dict[str, Any] | None
+  searcher_state: bytes | None
+  state_round: int
+  state_phase: str
+
+
+class Store:
+  """A SQL trial store at ``url`` (e.g. ``sqlite:///runs/study.db``, ``postgresql://...``)."""
+
+  def __init__(self, url: str):
+    if not isinstance(url, str) or "://" not in url:
+      raise ValueError(f"store={url!r}: must be an SQLAlchemy URL such as "
+                       "'sqlite:///runs/quickstart.db' or 'postgresql://user@host/db'")
+    self.url = url
+    kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite"):
+      path = sa.engine.make_url(url).database
+      if path and path != ":memory:":
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+      else:  # one shared connection, or every connection would see its own empty database
+        kwargs["poolclass"] = sa.pool.StaticPool
+      kwargs["connect_args"] = {"timeout": 60, "check_same_thread": False}
+    self.engine = sa.create_engine(url, **kwargs)
+    if url.startswith("sqlite"):
+      @sa.event.listens_for(self.engine, "connect")
+      def _pragmas(conn, _):
+        cur = conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+    _meta.create_all(self.engine)
+
+  def close(self) -> None:
+    self.engine.dispose()
+
+  # ---------------------------------------------------------------- studies
+  def create_study(self, name: str, *, direction: str, config: Mapping[str, Any], seed: int,
+                   code_version: str | None = None, data_version: Mapping | None = None,
+                   hardware: Mapping | None = None) -> Study:
+    """Creates a study; raises ``ValueError`` if the name is taken."""
+    if direction not in ("maximize", "minimize"):
+      raise ValueError(f"direction={direction!r}: allowed values are 'maximize', 'minimize'")
+    now = _now()
+    with self.engine.begin() as c:
+      if c.execute(sa.select(studies.c.id).where(studies.c.name == name)).first():
+        raise ValueError(f"study {name!r} already exists in {self.url}; use `resume` or a new "
+                         "study name")
+      c.execute(studies.insert().values(
+          name=name, direction=direction, config=_dumps(config), seed=int(seed),
+          code_version=code_version, data_version=_dumps(data_version),
+          hardware=_dumps(hardware), created_at=now, updated_at=now, state_round=-1,
+          state_phase="init"))
+    return self.load_study(name)
+
+  def study_names(self) -> list[str]:
+    with self.engine.connect() as c:
+      return [r[0] for r in c.execute(sa.select(studies.c.name).order_by(studies.c.id))]
+
+  def load_study(self, name: str | None = None) -> Study:
+    """Loads a study by name, or the only study in the store when ``name`` is None."""
+    with self.engine.connect() as c:
+      q = sa.select(studies)
+      if name is not None:
+        q = q.where(studies.c.name == name)
+      rows = c.execute(q).mappings().all()
+    if not rows:
+      raise ValueError(f"study {name!r} not found in {self.url}; studies: {self.study_names()}")
+    if len(rows) > 1:
+      raise ValueError(f"{self.url} holds several studies {self.study_names()}; pass --study")
+    r = rows[0]
+    return Study(r["id"], r["name"], r["direction"], json.loads(r["config"]), r["seed"],
+                 r["code_version"], json.loads(r["data_version"] or "null"),
+                 json.loads(r["hardware"] or "null"), r["searcher_state"], r["state_round"],
+                 r["state_phase"])
+
+  def log_event(self, study_id: int, kind: str, message: str) -> None:
+    with self.engine.begin() as c:
+      c.execute(events.insert().values(study_id=study_id, at=_now(), kind=kind,
+                                       message=message))
+
+  def events(self, study_id: int) -> list[dict[str, Any]]:
+    with self.engine.connect() as c:
+      rows = c.execute(sa.select(events).where(events.c.study_id == study_id)
+                       .order_by(events.c.id)).mappings().all()
+    return [{"at": r["at"].isoformat(), "kind": r["kind"], "message": r["message"]}
+            for r in rows]
+
+  # ---------------------------------------------------------------- rounds
+  def start_round(self, study_id: int, rnd: int, new_trials: Sequence[Mapping[str, Any]],
+                  searcher_state: bytes, checkpoint_path: str | None = None) -> list[int]:
+    """Inserts a round's trials as ``running`` with the post-``ask`` searcher state."""
+    now = _now()
+    with self.engine.begin() as c:
+      ids = []
+      for t in new_trials:
+        res = c.execute(trials.insert().values(
+            study_id=study_id, number=int(t["number"]), round=rnd, params=_dumps(t["params"]),
+            u=_dumps(t.get("u")), status="running", seed=int(t["seed"]), started_at=now,
+            checkpoint_path=checkpoint_path))
+        ids.append(res.inserted_primary_key[0])
+      c.execute(studies.update().where(studies.c.id == study_id).values(
+          searcher_state=searcher_state, state_round=rnd, state_phase="asked", updated_at=now))
+    return ids
+
+  def round_trials(self, study_id: int, rnd: int) -> list[dict[str, Any]]:
+    with self.engine.connect() as c:
+      rows = c.execute(sa.select(trials).where(
+          (trials.c.study_id == study_id) & (trials.c.round == rnd))
+          .order_by(trials.c.number)).mappings().all()
+    return [dict(r) for r in rows]
+
+  def record_epoch(self, trial_ids: Sequence[int], epoch: int,
+                   metrics: Sequence[Mapping[str, Any]],
+                   stopped: Iterable[tuple[int, str, str | None, float | None]] = ()) -> None:
+    """Upserts one epoch of metrics per trial, and marks ``(id, status, reason, objective)``
+    trials that stopped (failed / pruned) at this epoch."""
+    now = _now()
+    with self.engine.begin() as c:
+      c.execute(trial_epochs.delete().where(
+          trial_epochs.c.trial_id.in_(list(trial_ids)) & (trial_epochs.c.epoch == epoch)))
+      if trial_ids:
+        c.execute(trial_epochs.insert(), [
+            {"trial_id": int(i), "epoch": int(epoch), "metrics": _dumps(m)}
+            for i, m in zip(trial_ids, metrics, strict=True)])
+        c.execute(trials.update().where(trials.c.id.in_(list(trial_ids))).values(
+            last_epoch=epoch))
+      for tid, status, reason, obj in stopped:
+        c.execute(trials.update().where(trials.c.id == int(tid)).values(
+            status=status, failure_reason=reason, objective=_finite(obj), finished_at=now))
+
+  def end_round(self, study_id: int, rnd: int,
+                results: Sequence[tuple[int, str, float | None, str | None]],
+                searcher_state: bytes, duration_s: float | None = None) -> None:
+    """Final ``(id, status, objective, reason)`` per trial and the post-``tell`` state."""
+    now = _now()
+    with self.engine.begin() as c:
+      for tid, status, obj, reason in results:
+        c.execute(trials.update().where(trials.c.id == int(tid)).values(
+            status=status, objective=_finite(obj), failure_reason=reason, finished_at=now,
+            duration_s=duration_s))
+      c.execute(studies.update().where(studies.c.id == study_id).values(
+          searcher_state=searcher_state, state_round=rnd, state_phase="told", updated_at=now))
+
+  # ---------------------------------------------------------------- reading
+  def trials(self, study_id: int, with_metrics: bool = True) -> list[Trial]:
+    """All trials of a study in number order, with their per-epoch metrics."""
+    with self.engine.connect() as c:
+      rows = c.execute(sa.select(trials).where(trials.c.study_id == study_id)
+                       .order_by(trials.c.number)).mappings().all()
+      per: dict[int, list[dict[str, Any]]] = {}
+      if with_metrics and rows:
+        ep = c.execute(sa.select(trial_epochs).join(trials).where(
+            trials.c.study_id == study_id).order_by(trial_epochs.c.trial_id,
+                                                    trial_epochs.c.epoch)).mappings()
+        for r in ep:
+          per.setdefault(r["trial_id"], []).append({"epoch": r["epoch"],
+                                                    **json.loads(r["metrics"])})
+    return [Trial(number=r["number"], params=json.loads(r["params"]), status=r["status"],
+                  objective=r["objective"], seed=r["seed"], round=r["round"],
+                  metrics=per.get(r["id"], []), failure_reason=r["failure_reason"],
+                  checkpoint_path=r["checkpoint_path"], u=json.loads(r["u"] or "null"),
+                  duration_s=r["duration_s"]) for r in rows]
+
+
+def _finite(x: float | None) -> float | None:
+  if x is None:
+    return None
+  x = float(x)
+  return x if math.isfinite(x) else None

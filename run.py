@@ -1,0 +1,117 @@
+"""metaopt command line: run, resume and report searches.
+
+    python run.py run --config configs/quickstart.py [--config.seed=3]
+    python run.py resume --store sqlite:///runs/quickstart.db [--study quickstart]
+    python run.py report --store sqlite:///runs/quickstart.db [--format json] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+COMMANDS = ("run", "resume", "report")
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "configs/<name>.py", lock_config=True)
+_STORE = flags.DEFINE_string("store", None, "SQLAlchemy URL of the trial store (resume/report).")
+_STUDY = flags.DEFINE_string("study", None, "Study name (default: the only one in the store).")
+_FORMAT = flags.DEFINE_enum("format", "text", ["text", "json"], "Report format.")
+_OUT = flags.DEFINE_string("out", None, "Report directory (default: runs/report_<study>).")
+_QUIET = flags.DEFINE_bool("quiet", False, "No progress bar.")
+
+
+def _fail(msg: str) -> None:
+  print(f"error: {msg}", file=sys.stderr)
+  sys.exit(2)
+
+
+def _search(cfg: dict) -> None:
+  import metaopt
+  from metaopt._src import config as config_lib
+
+  program, task, space, kwargs = config_lib.build(cfg)
+  store = metaopt.Store(cfg["store"])
+  result = metaopt.search(program, task, space=space, store=store, config=cfg,
+                          progress=not _QUIET.value, **kwargs)
+  print(json.dumps(result.summary(), indent=2))
+
+
+def _report(store_url: str, study: str | None) -> None:
+  import metaopt
+  from metaopt._src.report import plot_history
+
+  store = metaopt.Store(store_url)
+  rec = store.load_study(study)
+  result = metaopt.Result(rec.name, rec.direction, store.trials(rec.id))
+  out = _OUT.value or os.path.join("runs", f"report_{rec.name}")
+  summary = result.summary()
+  summary["plot"] = plot_history(result, os.path.join(out, "history.png"))
+  summary["events"] = store.events(rec.id)
+  summary["data_version"] = rec.data_version
+  summary["code_version"] = rec.code_version
+  if _FORMAT.value == "json":
+    print(json.dumps(summary, indent=2))
+    return
+  print(f"study {rec.name}: {summary['n_trials']} trials, {summary['n_complete']} complete, "
+        f"{summary['n_failed']} failed, {summary['n_pruned']} pruned ({rec.direction})")
+  b = summary["best"]
+  if b:
+    print(f"best trial #{b['number']}: objective {b['objective']:.4f} params {b['params']}")
+  for t in sorted(result.trials, key=lambda t: (t.objective is None, -(t.objective or 0)
+                                                if rec.direction == "maximize"
+                                                else (t.objective or 0)))[:10]:
+    obj = "-" if t.objective is None else f"{t.objective:.4f}"
+    print(f"  #{t.number:<4d} {t.status:<9s} {obj:>8s}  {t.failure_reason or ''} {t.params}")
+  print(f"plot: {summary['plot']}")
+
+
+def main(argv: list[str]) -> None:
+  args = argv[1:]
+  if len(args) != 1 or args[0] not in COMMANDS:
+    _fail(f"expected one command, one of {', '.join(COMMANDS)}; got {args}")
+  cmd = args[0]
+  try:
+    if cmd == "run":
+      if _CONFIG.value is None:
+        _fail("run needs --config configs/<name>.py")
+      from metaopt._src import config as config_lib
+      _search(config_lib.validate(_CONFIG.value))
+    elif cmd == "resume":
+      if not _STORE.value:
+        _fail("resume needs --store URL")
+      import metaopt
+      rec = metaopt.Store(_STORE.value).load_study(_STUDY.value)
+      cfg = {k: v for k, v in rec.config.items()}
+      for k in ("n_trials", "population", "epochs", "batch_size", "seed"):
+        cfg[k] = rec.config[k]
+      cfg["store"] = _STORE.value
+      _search(cfg)
+    else:
+      if not _STORE.value:
+        _fail("report needs --store URL")
+      _report(_STORE.value, _STUDY.value)
+  except ValueError as e:
+    _fail(str(e))
+  except OSError as e:  # a config file that does not exist or does not load
+    _fail(" ".join(str(e).split()))
+
+
+def _parse(argv: list[str]) -> list[str]:
+  """Flag parsing with one clear line for a bad flag or config override (no traceback)."""
+  try:
+    return flags.FLAGS(argv)
+  except Exception as e:  # noqa: BLE001 - absl/ml_collections raise several error types
+    msg = " ".join(str(e).replace("\\n", " ").replace("\\'", "").replace("'", "").split())
+    if any(a.startswith("--config.") for a in argv):
+      from metaopt._src.config import FIELDS
+      msg += f" (config fields: {', '.join(sorted(FIELDS))})"
+    _fail(f"bad flag: {msg.strip(chr(34))}")
+  return []
+
+
+if __name__ == "__main__":
+  app.run(main, flags_parser=_parse)

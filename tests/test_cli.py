@@ -1,0 +1,141 @@
+"""run.py end to end in real subprocesses: run, report, bad input, kill -9 and resume."""
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+SMALL = """
+from configs import quickstart
+
+def get_config():
+  c = quickstart.get_config()
+  c.name = "small"
+  c.task_name = "{task}"
+  c.n_trials = {n_trials}
+  c.population = {population}
+  c.epochs = {epochs}
+  c.batch_size = 64
+  c.store = "sqlite:///{db}"
+  return c
+"""
+
+
+def _cli(*args, timeout=300):
+  return subprocess.run([sys.executable, "run.py", *args, "--quiet"], cwd=ROOT,
+                        capture_output=True, text=True, timeout=timeout, env=os.environ.copy())
+
+
+def _config(tmp_path, name="small.py", **kw):
+  kw = {"n_trials": 8, "population": 8, "epochs": 2, "db": f"{tmp_path}/s.db",
+        "task": "digits_mlp", **kw}
+  path = tmp_path / name
+  path.write_text(SMALL.format(**kw))
+  return str(path), f"sqlite:///{kw['db']}"
+
+
+def test_run_then_report_json_and_png(tmp_path):
+  cfg, url = _config(tmp_path)
+  r = _cli("run", "--config", cfg, "--config.seed=3")
+  assert r.returncode == 0, r.stderr[-2000:]
+  out = json.loads(r.stdout)
+  assert out["n_trials"] == 8 and out["n_complete"] == 8
+  r = _cli("report", "--store", url, "--format", "json", "--out", str(tmp_path / "rep"))
+  assert r.returncode == 0, r.stderr[-2000:]
+  rep = json.loads(r.stdout)
+  assert {"n_trials", "n_complete", "n_failed", "best"} <= set(rep)
+  assert rep["n_trials"] == 8 and rep["n_failed"] == 0
+  assert set(rep["best"]["params"]) == {"learning_rate", "weight_decay", "width", "activation"}
+  assert 0.0 < rep["best"]["objective"] <= 1.0
+  with open(rep["plot"], "rb") as f:
+    assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+  con = sqlite3.connect(f"{tmp_path}/s.db")
+  assert con.execute("select seed from studies").fetchone()[0] == 3
+
+
+@pytest.mark.parametrize("override, message", [
+    ("--config.searcher_name=tpe2", "searcher_name='tpe2' is unknown; allowed: random, sobol"),
+    ("--config.task_name=mnist_mlp", "task_name='mnist_mlp' is unknown; allowed: digits_mlp"),
+    ("--config.n_trials=0", "n_trials=0: must be an integer >= 1"),
+    ("--config.pruner_name=hyper", "pruner_name='hyper' is unknown; allowed: none, median"),
+    ("--config.n_trails=5", "n_trails"),
+])
+def test_bad_config_gives_one_clear_error(tmp_path, override, message):
+  cfg, _ = _config(tmp_path)
+  t = time.time()
+  r = _cli("run", "--config", cfg, override, timeout=120)
+  assert r.returncode != 0
+  assert message in r.stderr, r.stderr[-1500:]
+  assert "Traceback" not in r.stderr
+  assert time.time() - t < 60
+  assert not os.path.exists(f"{tmp_path}/s.db")  # nothing was started
+
+
+def test_bad_space_in_config(tmp_path):
+  cfg, _ = _config(tmp_path)
+  with open(cfg, "a") as f:
+    f.write("\n_orig = get_config\n"
+            "def get_config():\n"
+            "  c = _orig()\n"
+            "  c.space = {'learning_rate': {'type': 'float', 'lo': 0.0, 'hi': 1.0, 'log': True}}\n"
+            "  return c\n")
+  r = _cli("run", "--config", cfg, timeout=120)
+  assert r.returncode == 2
+  assert "parameter 'learning_rate': log=True needs lo > 0" in r.stderr
+  assert "Traceback" not in r.stderr
+
+
+def _count(db, where):
+  try:
+    con = sqlite3.connect(db, timeout=30)
+    n = con.execute(f"select count(*) from trials where {where}").fetchone()[0]
+    con.close()
+    return n
+  except sqlite3.Error:
+    return 0
+
+
+def test_kill_9_then_resume_loses_nothing(tmp_path):
+  db = f"{tmp_path}/k.db"
+  kw = dict(n_trials=24, population=8, epochs=6, task="digits_cnn")
+  cfg, url = _config(tmp_path, db=db, **kw)
+  proc = subprocess.Popen([sys.executable, "run.py", "run", "--config", cfg, "--quiet"],
+                          cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+  deadline = time.time() + 240
+  # kill -9 in the middle of round 1's training: round 0 complete, round 1 has epochs stored
+  mid = ("round = 1 and status = 'running' and last_epoch is not null and "
+         "(select count(*) from trials where status = 'complete') = 8")
+  while _count(db, mid) == 0 and time.time() < deadline:
+    assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+    time.sleep(0.02)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  con = sqlite3.connect(db)
+  before = dict(con.execute("select number, objective from trials where status='complete'"))
+  con.close()
+  assert len(before) == 8  # killed during round 1
+  r = _cli("resume", "--store", url)
+  assert r.returncode == 0, r.stderr[-2000:]
+  con = sqlite3.connect(db)
+  rows = con.execute("select number, status, objective from trials order by number").fetchall()
+  assert [n for n, _, _ in rows] == list(range(24))  # none lost, none duplicated
+  after = {n: o for n, s, o in rows if s == "complete"}
+  assert len(after) == 24
+  for n, obj in before.items():
+    assert after[n] == obj  # completed trials are untouched
+  # and the resumed search equals an uninterrupted one with the same seed
+  cfg2, _ = _config(tmp_path, name="ref.py", db=f"{tmp_path}/ref.db", **kw)
+  r = _cli("run", "--config", cfg2)
+  assert r.returncode == 0, r.stderr[-2000:]
+  ref = sqlite3.connect(f"{tmp_path}/ref.db").execute(
+      "select number, params, objective from trials order by number").fetchall()
+  got = con.execute("select number, params, objective from trials order by number").fetchall()
+  assert [(n, p) for n, p, _ in ref] == [(n, p) for n, p, _ in got]
+  assert [o for *_, o in ref] == pytest.approx([o for *_, o in got], abs=1e-6)

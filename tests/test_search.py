@@ -1,0 +1,172 @@
+"""The population engine and the search driver, on real Flax models and TFDS data."""
+
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import metaopt
+from metaopt import Store
+from metaopt._src import population as pop
+from spaces import Choice, Fixed, Float, Int, Space
+from tasks import get_task
+
+
+@pytest.fixture(scope="module")
+def task():
+  return get_task("digits_mlp")
+
+
+def test_population_kernel_equals_trials_run_one_by_one(task):
+  """vmap(train)(hs) == stack([train(h) for h in hs]) for one epoch."""
+  fns = task.build({})
+  k = pop.make_kernel(fns, len(task.data.train), 64)
+  data = pop.data_arrays(task.data)
+  u = jax.random.uniform(jax.random.key(0), (4, task.space.dim))
+  h = task.space.decode(u)
+  keys = jax.random.split(jax.random.key(1), 4)
+  states = k.init(keys, h)
+  states, m = k.chunk(states, h, jnp.ones(4, bool), jax.random.key(2), data)
+  for i in range(4):
+    hi = {n: v[i:i + 1] for n, v in h.items()}
+    s1 = k.init(keys[i:i + 1], hi)
+    s1, m1 = k.chunk(s1, hi, jnp.ones(1, bool), jax.random.key(2), data)
+    for name in ("train_loss", "valid_accuracy", "valid_loss", "grad_norm_first"):
+      np.testing.assert_allclose(m[name][i], m1[name][0], rtol=2e-4, atol=1e-6)
+
+
+def test_dead_trials_are_frozen(task):
+  fns = task.build({})
+  k = pop.make_kernel(fns, len(task.data.train), 64)
+  data = pop.data_arrays(task.data)
+  h = task.space.decode(jnp.full((2, task.space.dim), 0.5))
+  states = k.init(jax.random.split(jax.random.key(0), 2), h)
+  before = jax.tree_util.tree_map(np.asarray, states)
+  states, _ = k.chunk(states, h, jnp.asarray([True, False]), jax.random.key(1), data)
+  w0 = before["params"]["params"]["Dense_0"]["kernel"]
+  w1 = np.asarray(states["params"]["params"]["Dense_0"]["kernel"])
+  assert not np.allclose(w0[0], w1[0]) and np.array_equal(w0[1], w1[1])
+
+
+def test_search_records_everything(task, tmp_path):
+  url = f"sqlite:///{tmp_path}/s.db"
+  res = metaopt.search(metaopt.random_search(task.space.dim), task, n_trials=12, population=8,
+                       epochs=3, batch_size=64, seed=1, store=url, study="t", progress=False)
+  assert len(res.trials) == 12 and res.count("complete") == 12
+  assert sorted(t.number for t in res.trials) == list(range(12))
+  assert [t.round for t in res.trials] == [0] * 8 + [1] * 4
+  for t in res.trials:
+    assert [m["epoch"] for m in t.metrics] == [0, 1, 2]
+    assert t.objective == pytest.approx(t.metrics[-1]["valid_accuracy"])
+    assert set(t.params) == {"learning_rate", "weight_decay", "width", "activation"}
+    assert t.params["activation"] in ("relu", "tanh", "gelu", "silu")
+    assert t.checkpoint_path and t.duration_s > 0
+  assert res.best.objective == max(t.objective for t in res.trials)
+  assert res.best.objective > 0.5
+  rec = Store(url).load_study("t")
+  assert rec.data_version["name"] == "digits" and len(rec.data_version["checksum"]) == 64
+  assert rec.hardware["platform"] == "cpu" and rec.code_version
+  assert rec.config["n_trials"] == 12 and rec.seed == 1
+  s = res.summary()
+  assert (s["n_trials"], s["n_complete"], s["n_failed"]) == (12, 12, 0)
+
+
+def test_non_finite_trials_fail_with_reason_others_go_on(tmp_path):
+  task = get_task("synthetic_regression")
+  space = Space({"learning_rate": Float(1e-3, 1e5, log=True),
+                 "optimizer": Choice(["sgd"], structural=True),
+                 "width": Fixed(32)})
+  res = metaopt.search(metaopt.sobol(space.dim), task, space=space, n_trials=8, population=8,
+                       epochs=4, batch_size=64, store=f"sqlite:///{tmp_path}/s.db",
+                       progress=False)
+  failed = [t for t in res.trials if t.status == "failed"]
+  done = [t for t in res.trials if t.status == "complete"]
+  assert failed and done
+  for t in failed:
+    assert re.fullmatch(r"non-finite (loss|weights|gradients|valid_mse) at epoch \d",
+                        t.failure_reason), t.failure_reason
+    assert t.params["learning_rate"] > 1.0 and t.objective is None
+    epoch = int(t.failure_reason[-1])
+    assert len(t.metrics) == epoch + 1  # its history up to the failure is kept
+  for t in done:
+    assert len(t.metrics) == 4 and np.isfinite(t.objective)
+  assert res.best.status == "complete"
+
+
+def test_structural_parameters_are_grouped(tmp_path):
+  task = get_task("digits_mlp")
+  space = Space({"learning_rate": Float(1e-3, 1e-2, log=True),
+                 "depth": Int(1, 3, structural=True),
+                 "width": Fixed(32)})
+  res = metaopt.search(metaopt.sobol(space.dim), task, space=space, n_trials=8, population=8,
+                       epochs=2, batch_size=64, store=f"sqlite:///{tmp_path}/s.db",
+                       progress=False)
+  assert {t.params["depth"] for t in res.trials} == {1, 2, 3}
+  assert res.count("complete") == 8
+  grads = {t.params["depth"]: len(t.metrics[0]["layer_grad_norms"]) for t in res.trials}
+  assert grads == {1: 2, 2: 3, 3: 4}  # each group really has its own depth
+
+
+def test_median_pruning_marks_trials_pruned(tmp_path):
+  task = get_task("digits_mlp")
+  prog = metaopt.with_pruning(metaopt.random_search(task.space.dim),
+                              metaopt.median_pruner(n_epochs=4, warmup_epochs=1))
+  res = metaopt.search(prog, task, n_trials=16, population=16, epochs=4, batch_size=64,
+                       store=f"sqlite:///{tmp_path}/s.db", progress=False)
+  pruned = [t for t in res.trials if t.status == "pruned"]
+  assert len(pruned) >= 4
+  for t in pruned:
+    assert len(t.metrics) < 4 and t.failure_reason.startswith("pruned after epoch")
+    assert t.objective == pytest.approx(t.metrics[-1]["valid_accuracy"])
+  best_pruned = max(t.objective for t in pruned)
+  assert res.best.objective >= best_pruned
+
+
+class _Kill(Exception):
+  pass
+
+
+def test_interrupted_search_resumes_to_identical_result(tmp_path):
+  task = get_task("digits_mlp")
+  kw = dict(n_trials=12, population=4, epochs=3, batch_size=64, seed=5, progress=False,
+            study="r")
+  prog = metaopt.with_pruning(metaopt.sobol(task.space.dim),
+                              metaopt.median_pruner(n_epochs=3, warmup_epochs=0, min_trials=2))
+  ref = metaopt.search(prog, task, store=f"sqlite:///{tmp_path}/ref.db", **kw)
+
+  url = f"sqlite:///{tmp_path}/cut.db"
+
+  def cut(rnd, epoch, metrics):
+    if (rnd, epoch) == (1, 1):
+      raise _Kill
+
+  with pytest.raises(_Kill):
+    metaopt.search(prog, task, store=url, on_epoch=cut, **kw)
+  part = Store(url).trials(Store(url).load_study("r").id)
+  assert [t.status for t in part[:4]] != ["running"] * 4
+  assert any(t.status == "running" for t in part[4:8]) and len(part) == 8
+  res = metaopt.search(prog, task, store=url, **kw)
+  assert len(res.trials) == 12
+  for a, b in zip(ref.trials, res.trials, strict=True):
+    assert (a.number, a.params, a.status) == (b.number, b.params, b.status)
+    assert a.objective == pytest.approx(b.objective, abs=1e-6)
+  events = Store(url).events(Store(url).load_study("r").id)
+  assert [e["kind"] for e in events] == ["resume"]
+
+
+def test_bad_arguments_fail_before_compiling(task):
+  prog = metaopt.random_search(task.space.dim)
+  for field, kw in (("n_trials", {"n_trials": 0}), ("population", {"population": -2}),
+                    ("epochs", {"epochs": 0})):
+    args = dict(n_trials=4, population=4, epochs=1, **{})
+    args.update(kw)
+    with pytest.raises(ValueError, match=f"{field}="):
+      metaopt.search(prog, task, progress=False, **args)
+  with pytest.raises(ValueError, match="batch_size=100000: must be <= "):
+    metaopt.search(prog, task, n_trials=4, population=4, epochs=1, batch_size=100000,
+                   progress=False)
+  wrong = metaopt.random_search(task.space.dim + 1)
+  with pytest.raises(ValueError, match=r"program.ask returned points of shape \(4, 5\)"):
+    metaopt.search(wrong, task, n_trials=4, population=4, epochs=1, progress=False)
