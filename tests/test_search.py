@@ -170,3 +170,46 @@ def test_bad_arguments_fail_before_compiling(task):
   wrong = metaopt.random_search(task.space.dim + 1)
   with pytest.raises(ValueError, match=r"program.ask returned points of shape \(4, 5\)"):
     metaopt.search(wrong, task, n_trials=4, population=4, epochs=1, progress=False)
+
+
+def test_monitor_records_conditions_and_stops_trials(tmp_path):
+  task = get_task("digits_mlp")
+  space = Space({"learning_rate": Float(1e-8, 1e-7, log=True), "width": Fixed(32)})
+  prog = metaopt.with_monitor(metaopt.random_search(space.dim), stop_on=["slow_convergence"])
+  res = metaopt.search(prog, task, space=space, n_trials=4, population=4, epochs=4,
+                       batch_size=64, store=f"sqlite:///{tmp_path}/m.db", progress=False)
+  for t in res.trials:  # lr 1e-7 cannot move validation accuracy by 0.01 in an epoch
+    assert t.status == "pruned"
+    assert t.failure_reason == "stopped after epoch 1: slow_convergence"
+    assert t.metrics[0]["conditions"] == []  # no previous epoch to compare with
+    assert "slow_convergence" in t.metrics[1]["conditions"]
+  # composed with a pruner that never fires (min_trials too high): all complete, none slow
+  prog = metaopt.with_monitor(
+      metaopt.with_pruning(metaopt.random_search(1), metaopt.median_pruner(3, min_trials=99)))
+  space2 = Space({"learning_rate": Fixed(3e-3), "width": Fixed(64), "x": Float(0, 1)})
+  res = metaopt.search(prog, task, space=space2, n_trials=4, population=4, epochs=3,
+                       batch_size=64, store=f"sqlite:///{tmp_path}/h.db", progress=False)
+  assert res.count("complete") == 4
+  for t in res.trials:
+    assert "slow_convergence" not in t.metrics[1]["conditions"]
+    assert "exploding_gradients" not in t.metrics[1]["conditions"]
+
+
+def test_detect_conditions_thresholds():
+  m = {"grad_norm_first": jnp.asarray([1e-6, 1.0, 100.0, 1.0, 1.0]),
+       "grad_norm_last": jnp.asarray([1.0, 1.0, 1.0, 1.0, 1.0]),
+       "objective_delta": jnp.asarray([0.5, 0.001, 0.5, jnp.nan, 0.5]),
+       "zero_grad_frac": jnp.asarray([0.0, 0.0, 0.0, 0.8, 0.0]),
+       "nonfinite_grads": jnp.asarray([False, False, False, False, True]),
+       "nonfinite_params": jnp.asarray([False, False, False, False, True]),
+       "nonfinite_loss": jnp.asarray([False] * 5)}
+  c = {k: np.asarray(v).tolist() for k, v in metaopt.detect_conditions(m).items()}
+  assert c["vanishing_gradients"] == [True, False, False, False, False]
+  assert c["slow_convergence"] == [False, True, False, False, False]
+  assert c["exploding_gradients"] == [False, False, True, False, True]
+  assert c["dying_relu"] == [False, False, False, True, False]
+  assert c["nonfinite_weights"] == [False, False, False, False, True]
+  with pytest.raises(ValueError, match="thresholds: unknown key"):
+    metaopt.detect_conditions(m, {"explode": 1.0})
+  with pytest.raises(ValueError, match="stop_on=.*unknown condition"):
+    metaopt.with_monitor(metaopt.random_search(1), stop_on=["exploding"])

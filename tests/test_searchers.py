@@ -161,6 +161,6 @@ def test_median_pruner_stops_worse_than_median():
 
 def test_with_pruning_keeps_protocol():
   s = metaopt.with_pruning(metaopt.random_search(2), metaopt.median_pruner(4))
-  assert s.prune is not None
+  assert s.observe is not None
   _, best = run_loop(s, sphere, 8, 16)
   assert float(best) < 0.05

@@ -14,11 +14,13 @@ Every combinator takes :class:`Searcher` s and returns a :class:`Searcher`, so t
 * ``with_fallback(primary, fallback, trigger)``: ``primary`` until ``trigger`` fires on a
   batch of results, then ``fallback`` for good; the switch is kept in the state.
 * ``with_pruning(searcher, pruner)``: adds between-chunk early stopping.
+* ``with_monitor(searcher, stop_on)``: detects training pathologies every epoch, records them,
+  and optionally stops the trials that show them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -186,24 +188,68 @@ def with_fallback(primary: Searcher, fallback: Searcher,
   return Searcher(init, ask, tell)
 
 
-def with_pruning(searcher: Searcher, pruner: Pruner) -> Searcher:
-  """Adds ``pruner`` to ``searcher``: the engine calls ``prune`` between training chunks."""
+def _chain_observe(searcher: Searcher, key: str, own: Callable) -> Callable:
+  """An ``observe`` that runs ``searcher``'s own observer (if any), then ``own``."""
 
-  def init(key):
-    return {"search": searcher.init(key), "pruner": pruner.init()}
+  def observe(state, metrics, epoch, alive):
+    keep = jnp.ones_like(alive)
+    info: dict = {}
+    inner = state["search"]
+    if searcher.observe is not None:
+      inner, keep, info = searcher.observe(inner, metrics, epoch, alive)
+    sub, keep2, info2 = own(state[key], metrics, epoch, alive & keep)
+    return {**state, "search": inner, key: sub}, keep & keep2, {**info, **info2}
 
-  def ask(state, key, n):
-    s, u = searcher.ask(state["search"], key, n)
+  return observe
+
+
+def _wrap(searcher: Searcher, key: str, init_own: Callable, own: Callable) -> Searcher:
+  def init(k):
+    return {"search": searcher.init(k), key: init_own()}
+
+  def ask(state, k, n):
+    s, u = searcher.ask(state["search"], k, n)
     return {**state, "search": s}, u
 
   def tell(state, u, y, status):
     return {**state, "search": searcher.tell(state["search"], u, y, status)}
 
-  def prune(state, values, epoch, alive):
-    p, keep = pruner.prune(state["pruner"], values, epoch, alive)
-    return {**state, "pruner": p}, keep
+  return Searcher(init, ask, tell, _chain_observe(searcher, key, own))
 
-  return Searcher(init, ask, tell, prune)
+
+def with_pruning(searcher: Searcher, pruner: Pruner) -> Searcher:
+  """Adds ``pruner`` to ``searcher``: the engine consults it between training chunks."""
+
+  def own(p, metrics, epoch, alive):
+    p, keep = pruner.prune(p, metrics["objective"], epoch, alive)
+    return p, keep, {}
+
+  return _wrap(searcher, "pruner", pruner.init, own)
+
+
+def with_monitor(searcher: Searcher, stop_on: Sequence[str] = (),
+                 thresholds: Mapping[str, float] | None = None) -> Searcher:
+  """Adds a training monitor: per epoch it detects the conditions of
+  :func:`metaopt.detect_conditions` for every trial and records them with the epoch; trials
+  showing a condition named in ``stop_on`` are stopped (recorded with that condition).
+  """
+  from metaopt._src.monitor import CONDITIONS, detect_conditions
+
+  bad = sorted(set(stop_on) - set(CONDITIONS))
+  if bad:
+    raise ValueError(f"stop_on={list(stop_on)}: unknown condition(s) {bad}; allowed: "
+                     f"{', '.join(CONDITIONS)}")
+  stop_on = tuple(stop_on)
+
+  def own(s, metrics, epoch, alive):
+    del epoch
+    cond = detect_conditions(metrics, thresholds)
+    keep = jnp.ones_like(alive)
+    for c in stop_on:
+      keep = keep & ~cond[c]
+    return s, keep, {c: v & alive for c, v in cond.items()}
+
+  return _wrap(searcher, "monitor", lambda: {}, own)
 
 
 def median_pruner(n_epochs: int, warmup_epochs: int = 1, capacity: int = 4096,

@@ -117,7 +117,7 @@ def search(
   """Runs (or resumes) a population search and returns its :class:`Result`.
 
   Args:
-    program: the black-box search program (``init/ask/tell`` and optional ``prune``).
+    program: the black-box search program (``init/ask/tell`` and optional ``observe``).
     task: what each trial trains; ``task.space`` is searched unless ``space`` is given.
     n_trials: total trials; rounds of ``population`` trials (the last may be smaller).
     population: trials trained together in one kernel per round.
@@ -175,7 +175,7 @@ def search(
 
   ask = jax.jit(program.ask, static_argnums=2)
   tell = jax.jit(program.tell)
-  prune = jax.jit(program.prune) if program.prune is not None else None
+  observe = jax.jit(program.observe) if program.observe is not None else None
   data = pop.data_arrays(task.data)
   kernels: dict[tuple, pop.PopulationKernel] = {}
 
@@ -219,7 +219,7 @@ def search(
             {"number": num, "params": p, "u": uu, "seed": trial_seed(seed, num)}
             for num, p, uu in zip(numbers, params, u.tolist(), strict=True)],
             _ser(state), checkpoint_path=ckpt.directory)
-      state = _train_round(r, state, task, kernel, data, ckpt, st, key_r, epochs, sign, prune,
+      state = _train_round(r, state, task, kernel, data, ckpt, st, key_r, epochs, sign, observe,
                            seed, population, bar, on_epoch)
       rows = st.round_trials(rec.id, rnd)
       status = np.asarray([STATUS_NAMES.index(x["status"]) if x["status"] != "running"
@@ -270,7 +270,7 @@ def _take(h: Mapping[str, jax.Array], idx: np.ndarray) -> dict[str, jax.Array]:
 
 
 def _train_round(r: _Round, state, task: Task, kernel, data, ckpt: Checkpointer, st: Store,
-                 key_r, epochs: int, sign: float, prune, seed: int, population: int, bar,
+                 key_r, epochs: int, sign: float, observe, seed: int, population: int, bar,
                  on_epoch) -> Any:
   """Trains one round's population epoch by epoch; returns the searcher state."""
   n = len(r.params)
@@ -323,6 +323,7 @@ def _train_round(r: _Round, state, task: Task, kernel, data, ckpt: Checkpointer,
           metrics[i] = {name: np.asarray(v[j]) for name, v in m.items()}
     obj_key = f"valid_{task.objective}"
     values = np.full(n, np.inf, np.float64)
+    prev = sign * last
     for i in range(n):
       m = metrics[i]
       if m is None or not alive[i]:
@@ -334,13 +335,21 @@ def _train_round(r: _Round, state, task: Task, kernel, data, ckpt: Checkpointer,
         continue
       last[i] = float(m[obj_key])
       values[i] = sign * last[i]
-    if prune is not None and epoch < epochs - 1:
+    if observe is not None:
       was_alive = alive.copy()
-      state, keep = prune(state, jnp.asarray(values, jnp.float32), jnp.asarray(epoch),
-                          jnp.asarray(was_alive))
-      for i in np.flatnonzero(was_alive & ~np.asarray(keep)):
-        alive[i], status[i] = False, PRUNED
-        stopped.append((r.ids[i], "pruned", f"pruned after epoch {epoch}", last[i]))
+      pm = _population_metrics(metrics, values, prev - values)
+      state, keep, info = observe(state, pm, jnp.asarray(epoch), jnp.asarray(was_alive))
+      info = {c: np.asarray(v) for c, v in info.items()}
+      for i in np.flatnonzero(started):
+        if metrics[i] is not None:
+          metrics[i]["conditions"] = [c for c, v in info.items() if v[i]]
+      if epoch < epochs - 1:
+        for i in np.flatnonzero(was_alive & ~np.asarray(keep)):
+          alive[i], status[i] = False, PRUNED
+          conds = metrics[i]["conditions"]
+          why = f"stopped after epoch {epoch}: {', '.join(conds)}" if conds else \
+              f"pruned after epoch {epoch}"
+          stopped.append((r.ids[i], "pruned", why, last[i]))
     rows = [(r.ids[i], m) for i, m in enumerate(metrics) if m is not None]
     st.record_epoch([i for i, _ in rows], epoch, [m for _, m in rows], stopped)
     ckpt.save(epoch + 1, {"groups": states, "searcher": state, "alive": alive,
@@ -359,6 +368,20 @@ def _train_round(r: _Round, state, task: Task, kernel, data, ckpt: Checkpointer,
   if finals:
     st.record_epoch([], epochs - 1, [], finals)
   return state
+
+
+def _population_metrics(metrics: list[dict[str, Any] | None], values: np.ndarray,
+                        delta: np.ndarray) -> dict[str, jax.Array]:
+  """Scalar epoch metrics of the whole population as ``[n]`` arrays for ``observe``."""
+  ref = next((m for m in metrics if m is not None), {})
+  out = {"objective": jnp.asarray(values, jnp.float32),
+         "objective_delta": jnp.asarray(delta, jnp.float32)}
+  for k, v in ref.items():
+    if np.ndim(v) == 0:
+      dtype = bool if np.asarray(v).dtype == bool else np.float32
+      col = [m[k] if m is not None else 0 for m in metrics]
+      out[k] = jnp.asarray(np.asarray(col, dtype))
+  return out
 
 
 def _failure(m: Mapping[str, Any], obj_key: str, epoch: int) -> str | None:

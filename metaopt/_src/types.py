@@ -11,8 +11,16 @@ pytree state, in the style of ``optax.GradientTransformation``::
 inside ``lax.scan``. Searchers minimise; the driver negates objectives a task maximises.
 Only trials with ``status == COMPLETE`` carry a meaningful ``y``.
 
-A searcher may carry a ``prune`` function (see ``with_pruning``) that the population engine
-calls between chunks: ``prune(state, values, epoch, alive) -> (state, keep)``.
+A searcher may carry an ``observe`` function that the population engine calls between
+chunks (epochs) with the population's epoch metrics; pruners (``with_pruning``) and monitors
+(``with_monitor``) are observers::
+
+    state, keep, info = searcher.observe(state, metrics, epoch, alive)
+
+``metrics`` maps names to arrays of shape ``[n]`` (``objective`` is the minimised valid
+objective, ``objective_delta`` its change since the previous epoch, plus the trial telemetry);
+``keep[n]`` is False for trials to stop now, and ``info`` maps condition names to ``[n]``
+boolean arrays that are recorded with the epoch.
 """
 
 from __future__ import annotations
@@ -35,7 +43,7 @@ class Searcher(NamedTuple):
   init: Callable[[jax.Array], PyTree]
   ask: Callable[[PyTree, jax.Array, int], tuple[PyTree, jax.Array]]
   tell: Callable[[PyTree, jax.Array, jax.Array, jax.Array], PyTree]
-  prune: Callable[..., tuple[PyTree, jax.Array]] | None = None
+  observe: Callable[..., tuple[PyTree, jax.Array, dict]] | None = None
 
 
 class Pruner(NamedTuple):
