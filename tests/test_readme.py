@@ -1,0 +1,55 @@
+"""The README's promises: its first two commands, and its code examples really run."""
+
+import os
+import re
+
+import jax
+import jax.numpy as jnp
+
+import metaopt
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _readme():
+  with open(os.path.join(ROOT, "README.md")) as f:
+    return f.read()
+
+
+def _blocks(lang):
+  return re.findall(rf"```{lang}\n(.*?)```", _readme(), re.S)
+
+
+def test_readme_starts_with_the_two_setup_commands():
+  first = _blocks("bash")[0].strip().splitlines()
+  assert [line.split("#")[0].strip() for line in first[:2]] == ["make run", "make test"]
+  with open(os.path.join(ROOT, "Makefile")) as f:
+    mk = f.read()
+  assert "configs/quickstart.py" in mk.split("\nrun:")[1].split("\n\n")[0]
+  assert "pytest" in mk.split("\ntest:")[1].split("\n\n")[0]
+  with open(os.path.join(ROOT, ".ci", "run")) as f:
+    assert "make test" in f.read()
+
+
+def test_readme_composition_example_runs(tmp_path):
+  code = _blocks("python")[0]
+  assert "metaopt.with_pruning" in code and "metaopt.sequential" in code
+  small = (code.replace("n_trials=64, population=32, epochs=10", "n_trials=8, population=4, "
+                        "epochs=2, batch_size=128, progress=False")
+           .replace("n_first=32", "n_first=4").replace("n_epochs=10", "n_epochs=2")
+           .replace("sqlite:///runs/composed.db", f"sqlite:///{tmp_path}/c.db"))
+  assert small != code
+  scope: dict = {}
+  exec(compile(small, "README.md", "exec"), scope)
+  res = scope["result"]
+  assert len(res.trials) == 8 and res.best is not None
+
+
+def test_readme_custom_searcher_runs():
+  code = _blocks("python")[1]
+  scope = {"jax": jax, "jnp": jnp, "metaopt": metaopt}
+  exec(compile(code, "README.md", "exec"), scope)
+  s = scope["my_search"](3)
+  st = s.init(jax.random.key(0))
+  st, u = jax.jit(s.ask, static_argnums=2)(st, jax.random.key(1), 5)
+  assert u.shape == (5, 3) and int(st["count"]) == 5
