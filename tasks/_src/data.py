@@ -1,15 +1,27 @@
 """Offline TFDS datasets over data bundled with pip packages, with fixed splits.
 
-Each built-in dataset is a real ``tfds.core.GeneratorBasedBuilder``, prepared once with
-``file_format="array_record"`` and read with ``builder.as_data_source()``, which needs no
-TensorFlow and no network. Splits are fixed: a ``default_rng(0)`` permutation, then 60% train,
-20% valid, 20% test. Every :class:`Dataset` carries a data version (name, TFDS version and a
-sha256 checksum of its arrays) that the trial store records.
+Each built-in dataset is a real ``tfds.core.GeneratorBasedBuilder`` (registered with TFDS as
+``metaopt_<name>``), prepared once with ``file_format="array_record"`` and read with
+``builder.as_data_source()``, which needs neither TensorFlow nor the network. Splits are
+fixed: a ``np.random.default_rng(0).permutation(n)``, then the first ``3n // 5`` rows are
+train, the next ``n // 5`` valid and the rest test. Every :class:`Dataset` carries a data
+version (name, TFDS name, TFDS version and a sha256 checksum of its arrays) that the trial
+store records.
 
-Built in: ``digits`` (1797 8x8 images: 1078 / 359 / 360), ``breast_cancer`` (569 x 30:
-341 / 113 / 115), ``wine`` (178 x 13: 106 / 35 / 37) and ``synthetic_regression`` (2000 x 8:
-1200 / 400 / 400). Any other TFDS dataset loads as ``"tfds:<name>"`` on a machine that is
-online (it is downloaded by TFDS the usual way).
+Built in (train / valid / test sizes):
+
+* ``digits``: scikit-learn's 1797 8x8 digit images, pixels scaled to [0, 1], 10 classes
+  (1078 / 359 / 360).
+* ``breast_cancer``: scikit-learn's 569 x 30 table, standardized with the train split's
+  mean and std, 2 classes (341 / 113 / 115).
+* ``wine``: scikit-learn's 178 x 13 table, standardized the same way, 3 classes
+  (106 / 35 / 37).
+* ``synthetic_regression``: 2000 x 8 Gaussian inputs and the scalar target
+  ``sin(2 x0) + 0.5 x1^2 - x2 x3 + 0.3 x4 + 0.1 noise``, generated from ``default_rng(0)``
+  (1200 / 400 / 400).
+
+Any other TFDS dataset loads as ``"tfds:<name>"`` on a machine that is online (TFDS downloads
+and prepares it the usual way).
 """
 
 from __future__ import annotations
@@ -19,20 +31,29 @@ import dataclasses
 import fcntl
 import functools
 import hashlib
+import io
 import logging
 import os
-from typing import Any
+import sys
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, TextIO
 
 import numpy as np
 import tensorflow_datasets as tfds
 
 DATASETS: tuple[str, ...] = ("digits", "breast_cancer", "wine", "synthetic_regression")
-_FRACTIONS = (0.6, 0.2)
+_SPLITS = ("train", "valid", "test")
+_log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
 class Split:
-  """One split: inputs ``x`` (float32) and labels or targets ``y``."""
+  """One split: inputs ``x`` and labels or targets ``y``, both read-only.
+
+  Attributes:
+    x: float32 inputs; images keep their ``(n, H, W, C)`` shape, tables are ``(n, d)``.
+    y: int32 class labels for classification, float32 targets for regression.
+  """
 
   x: np.ndarray
   y: np.ndarray
@@ -43,7 +64,19 @@ class Split:
 
 @dataclasses.dataclass(frozen=True)
 class Dataset:
-  """Train / valid / test splits and the version that identifies them."""
+  """Fixed train / valid / test splits and the version that identifies them.
+
+  Attributes:
+    name: the name it was loaded by, e.g. ``"digits"``.
+    tfds_name: the TFDS builder name, e.g. ``"metaopt_digits"``.
+    version: the TFDS builder version, e.g. ``"1.0.0"``.
+    checksum: sha256 hex digest of the train, valid and test ``x`` and ``y`` arrays (their
+      dtype, shape and bytes, in that order).
+    num_classes: number of classes, or None for regression.
+    train: the training split.
+    valid: the validation split.
+    test: the test split.
+  """
 
   name: str
   tfds_name: str
@@ -56,18 +89,23 @@ class Dataset:
 
   @property
   def data_version(self) -> dict[str, Any]:
+    """What identifies the data: ``name``, ``tfds_name``, ``version`` and ``checksum``."""
     return {"name": self.name, "tfds_name": self.tfds_name, "version": self.version,
             "checksum": self.checksum}
 
   @property
   def input_shape(self) -> tuple[int, ...]:
+    """Shape of one example's ``x``."""
     return tuple(self.train.x.shape[1:])
 
 
+# ------------------------------------------------------------------------- sources
+
 def _split_indices(n: int) -> dict[str, np.ndarray]:
+  """Row indices of each fixed split of ``n`` rows."""
   perm = np.random.default_rng(0).permutation(n)
-  a = int(n * _FRACTIONS[0])
-  b = a + int(n * _FRACTIONS[1])
+  a = n * 3 // 5
+  b = a + n // 5
   return {"train": perm[:a], "valid": perm[a:b], "test": perm[b:]}
 
 
@@ -77,21 +115,22 @@ def _standardize(x: np.ndarray, train_idx: np.ndarray) -> np.ndarray:
   return ((x - mu) / np.where(sd > 0, sd, 1.0)).astype(np.float32)
 
 
-def _digits():
+def _digits() -> tuple[np.ndarray, np.ndarray]:
   from sklearn.datasets import load_digits
   d = load_digits()
   return (d.images[..., None] / 16.0).astype(np.float32), d.target.astype(np.int64)
 
 
-def _tabular(loader):
-  def load():
-    d = loader()
+def _tabular(loader_name: str) -> Callable[[], tuple[np.ndarray, np.ndarray]]:
+  def load() -> tuple[np.ndarray, np.ndarray]:
+    import sklearn.datasets as skd
+    d = getattr(skd, loader_name)()
     x = d.data.astype(np.float64)
     return _standardize(x, _split_indices(len(x))["train"]), d.target.astype(np.int64)
   return load
 
 
-def _synthetic_regression():
+def _synthetic_regression() -> tuple[np.ndarray, np.ndarray]:
   rng = np.random.default_rng(0)
   x = rng.standard_normal((2000, 8)).astype(np.float32)
   y = (np.sin(2 * x[:, 0]) + 0.5 * x[:, 1] ** 2 - x[:, 2] * x[:, 3] + 0.3 * x[:, 4]
@@ -99,22 +138,33 @@ def _synthetic_regression():
   return x, y
 
 
-def _sklearn(name):
-  import sklearn.datasets as skd
-  return getattr(skd, f"load_{name}")
+@dataclasses.dataclass(frozen=True)
+class _Source:
+  load: Callable[[], tuple[np.ndarray, np.ndarray]]
+  x_shape: tuple[int, ...]
+  x_key: str
+  y_key: str
+  num_classes: int | None
+  description: str
 
 
-# name -> (source arrays, x feature key, y feature key, num_classes)
-_SOURCES = {
-    "digits": (_digits, "image", "label", 10),
-    "breast_cancer": (_tabular(_sklearn("breast_cancer")), "features", "label", 2),
-    "wine": (_tabular(_sklearn("wine")), "features", "label", 3),
-    "synthetic_regression": (_synthetic_regression, "features", "target", None),
+_SOURCES: dict[str, _Source] = {
+    "digits": _Source(_digits, (8, 8, 1), "image", "label", 10,
+                      "scikit-learn's 8x8 handwritten digits, pixels scaled to [0, 1]."),
+    "breast_cancer": _Source(_tabular("load_breast_cancer"), (30,), "features", "label", 2,
+                             "scikit-learn's Wisconsin breast cancer table, standardized "
+                             "with the train split's mean and std."),
+    "wine": _Source(_tabular("load_wine"), (13,), "features", "label", 3,
+                    "scikit-learn's wine table, standardized with the train split's mean "
+                    "and std."),
+    "synthetic_regression": _Source(
+        _synthetic_regression, (8,), "features", "target", None,
+        "2000 procedural rows: y = sin(2 x0) + 0.5 x1^2 - x2 x3 + 0.3 x4 + 0.1 noise."),
 }
 
 
 def _make_builder(ds: str) -> type[tfds.core.GeneratorBasedBuilder]:
-  source, xkey, ykey, classes = _SOURCES[ds]
+  src = _SOURCES[ds]
   builder_name = f"metaopt_{ds}"
 
   class Builder(tfds.core.GeneratorBasedBuilder):
@@ -123,47 +173,54 @@ def _make_builder(ds: str) -> type[tfds.core.GeneratorBasedBuilder]:
     RELEASE_NOTES = {"1.0.0": "Initial release: fixed 60/20/20 splits from default_rng(0)."}
 
     def _info(self) -> tfds.core.DatasetInfo:
-      x, _ = source()
-      y_feat = (tfds.features.ClassLabel(num_classes=classes) if classes else
-                tfds.features.Scalar(dtype=np.float32))
+      y_feat = (tfds.features.ClassLabel(num_classes=src.num_classes) if src.num_classes
+                else tfds.features.Scalar(dtype=np.float32))
       return tfds.core.DatasetInfo(
           builder=self,
-          description=f"{ds}, bundled with a pip package or generated; offline.",
+          description=src.description + " Offline; fixed 60/20/20 splits.",
           features=tfds.features.FeaturesDict({
-              xkey: tfds.features.Tensor(shape=x.shape[1:], dtype=np.float32),
-              ykey: y_feat,
+              src.x_key: tfds.features.Tensor(shape=src.x_shape, dtype=np.float32),
+              src.y_key: y_feat,
               "index": np.int64,
           }),
-          supervised_keys=(xkey, ykey),
+          supervised_keys=(src.x_key, src.y_key),
       )
 
     def _split_generators(self, dl_manager):
       del dl_manager
-      x, y = source()
+      x, y = src.load()
       return {s: self._generate_examples(x, y, idx)
               for s, idx in _split_indices(len(x)).items()}
 
     def _generate_examples(self, x, y, idx):
       for i in idx:
-        yield int(i), {xkey: x[i], ykey: y[i], "index": int(i)}
+        yield int(i), {src.x_key: x[i], src.y_key: y[i], "index": int(i)}
 
-  Builder.__name__ = "Metaopt" + "".join(p.title() for p in ds.split("_"))
+  Builder.__name__ = Builder.__qualname__ = "Metaopt" + "".join(
+      p.title() for p in ds.split("_"))
   return Builder
 
 
 _BUILDERS = {name: _make_builder(name) for name in DATASETS}
 
 
+# ------------------------------------------------------------------------- loading
+
 def default_data_dir() -> str:
-  """``$METAOPT_DATA_DIR``, else ``~/.cache/metaopt/tensorflow_datasets``."""
+  """The TFDS data directory used when none is given.
+
+  Returns:
+    ``$METAOPT_DATA_DIR`` if set, else ``~/.cache/metaopt/tensorflow_datasets``.
+  """
   return os.environ.get("METAOPT_DATA_DIR") or os.path.join(
       os.path.expanduser("~"), ".cache", "metaopt", "tensorflow_datasets")
 
 
 @contextlib.contextmanager
-def _lock(path: str):
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path, "w") as f:
+def _lock(data_dir: str, name: str) -> Iterator[None]:
+  """Holds an exclusive lock on ``data_dir/.<name>.lock`` across processes."""
+  os.makedirs(data_dir, exist_ok=True)
+  with open(os.path.join(data_dir, f".{name.replace('/', '_')}.lock"), "a") as f:
     fcntl.flock(f, fcntl.LOCK_EX)
     try:
       yield
@@ -171,17 +228,45 @@ def _lock(path: str):
       fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _read(source, xkey: str, ykey: str, sort: bool) -> Split:
+@contextlib.contextmanager
+def _quiet(stdout: TextIO | None = None) -> Iterator[None]:
+  """Turns off TFDS progress bars and INFO logs; sends its stdout banners to ``stdout``.
+
+  Args:
+    stdout: where TFDS's printed banners go; None logs them at DEBUG level instead.
+  """
+  tfds.disable_progress_bar()
+  absl_logger = logging.getLogger("absl")
+  level = absl_logger.level
+  absl_logger.setLevel(max(level, logging.WARNING))
+  out = stdout or io.StringIO()
+  try:
+    with contextlib.redirect_stdout(out):
+      yield
+  finally:
+    absl_logger.setLevel(level)
+    if stdout is None and out.getvalue().strip():
+      _log.debug("%s", out.getvalue().strip())
+
+
+def _read(source: Sequence[Mapping[str, Any]], x_key: str, y_key: str, *, sort: bool,
+          scale: float = 1.0) -> Split:
+  """Reads a whole TFDS data source into a read-only :class:`Split`."""
   n = len(source)
   recs = source.__getitems__(list(range(n))) if n else []
-  if sort:
+  if sort:  # array_record files do not keep generation order
     recs = sorted(recs, key=lambda r: int(r["index"]))
-  x = np.stack([np.asarray(r[xkey], np.float32) for r in recs])
-  y = np.asarray([r[ykey] for r in recs])
-  return Split(x, y.astype(np.int32) if y.dtype.kind in "iu" else y.astype(np.float32))
+  x = np.stack([np.asarray(r[x_key], np.float32) for r in recs]) if recs else np.zeros(0)
+  if scale != 1.0:
+    x = (x / scale).astype(np.float32)
+  y = np.asarray([r[y_key] for r in recs])
+  y = y.astype(np.int32) if y.dtype.kind in "iub" else y.astype(np.float32)
+  for a in (x, y):
+    a.setflags(write=False)
+  return Split(x, y)
 
 
-def _checksum(splits: list[Split]) -> str:
+def _checksum(splits: Sequence[Split]) -> str:
   h = hashlib.sha256()
   for s in splits:
     for a in (s.x, s.y):
@@ -190,65 +275,83 @@ def _checksum(splits: list[Split]) -> str:
   return h.hexdigest()
 
 
-def _quiet_tfds() -> None:
-  tfds.disable_progress_bar()
-  logging.getLogger("absl").setLevel(logging.WARNING)
-  with contextlib.suppress(Exception):
-    from absl import logging as absl_logging
-    absl_logging.set_verbosity(absl_logging.WARNING)
+def _dataset(name: str, tfds_name: str, version: str, num_classes: int | None,
+             splits: Sequence[Split]) -> Dataset:
+  return Dataset(name, tfds_name, version, _checksum(splits), num_classes, *splits)
 
 
 @functools.lru_cache(maxsize=16)
 def _load(name: str, data_dir: str) -> Dataset:
-  _quiet_tfds()
   if name.startswith("tfds:"):
-    return _load_online(name[len("tfds:"):], data_dir)
-  cls = _BUILDERS[name]
-  _, xkey, ykey, classes = _SOURCES[name]
-  builder = cls(data_dir=data_dir, file_format="array_record")
-  with _lock(os.path.join(data_dir, f".{cls.name}.lock")):
-    builder.download_and_prepare()
-  src = builder.as_data_source()
-  splits = [_read(src[s], xkey, ykey, sort=True) for s in ("train", "valid", "test")]
-  return Dataset(name, cls.name, str(builder.version), _checksum(splits), classes, *splits)
+    with _quiet(sys.stderr):  # a download can take minutes: keep its banners visible
+      return _load_online(name, data_dir)
+  with _quiet():
+    cls, src = _BUILDERS[name], _SOURCES[name]
+    with _lock(data_dir, cls.name):
+      # Built under the lock so that it sees data another process may just have prepared.
+      builder = cls(data_dir=data_dir, file_format="array_record")
+      builder.download_and_prepare()
+    sources = builder.as_data_source()
+    splits = [_read(sources[s], src.x_key, src.y_key, sort=True) for s in _SPLITS]
+  return _dataset(name, cls.name, str(builder.version), src.num_classes, splits)
+
+
+def _offline_error(name: str, why: str) -> ValueError:
+  return ValueError(f"dataset {name!r} could not be downloaded and prepared by TFDS ({why}); "
+                    f"this machine may be offline. Built-in offline datasets: "
+                    f"{', '.join(DATASETS)}")
 
 
 def _load_online(name: str, data_dir: str) -> Dataset:
+  tfds_name = name[len("tfds:"):]
   try:
-    builder = tfds.builder(name, data_dir=data_dir)
-    with _lock(os.path.join(data_dir, f".{name.replace('/', '_')}.lock")):
-      builder.download_and_prepare(file_format="array_record")
-    src = builder.as_data_source()
-  except Exception as e:  # noqa: BLE001 - any failure here means "cannot fetch"
-    raise ValueError(
-        f"dataset 'tfds:{name}' could not be prepared ({type(e).__name__}: {e}); this machine "
-        f"may be offline. Built-in offline datasets: {', '.join(DATASETS)}") from None
-  xkey, ykey = builder.info.supervised_keys
-  splits = list(src)
-  valid = "validation" if "validation" in splits else None
-  train = _read(src["train"], xkey, ykey, sort=False)
-  if valid is None:  # carve a fixed validation set off the end of train
-    cut = int(len(train) * 0.9)
-    train, val = Split(train.x[:cut], train.y[:cut]), Split(train.x[cut:], train.y[cut:])
-  else:
-    val = _read(src[valid], xkey, ykey, sort=False)
-  test = _read(src["test"], xkey, ykey, sort=False)
-  lab = builder.info.features[ykey]
-  classes = getattr(lab, "num_classes", None)
-  train, val, test = (Split(s.x / (255.0 if s.x.max() > 1 else 1.0), s.y)
-                      for s in (train, val, test))
-  return Dataset(name, name, str(builder.version), _checksum([train, val, test]), classes,
-                 train, val, test)
+    with _lock(data_dir, tfds_name):
+      builder = tfds.builder(tfds_name, data_dir=data_dir, file_format="array_record")
+      if not builder.is_prepared():
+        builder.download_and_prepare(file_format="array_record")
+  except tfds.core.DatasetNotFoundError:
+    raise ValueError(f"dataset {name!r} is unknown: TFDS has no dataset {tfds_name!r}; "
+                     f"built-in offline datasets: {', '.join(DATASETS)}") from None
+  except ValueError:
+    raise
+  except Exception as e:
+    first_line = (str(e).splitlines() or [""])[0][:300]
+    raise _offline_error(name, f"{type(e).__name__}: {first_line}") from e
+  info = builder.info
+  x_key, y_key = info.supervised_keys or ("image", "label")
+  available = set(info.splits)
+  if not {"train", "test"} <= available:
+    raise ValueError(f"dataset {name!r} needs 'train' and 'test' splits; it has "
+                     f"{sorted(available)}")
+  # Without a validation split, the last 10% of train is held out as a fixed one.
+  order = (["train", "validation", "test"] if "validation" in available
+           else ["train[:90%]", "train[90%:]", "test"])
+  scale = 255.0 if np.dtype(info.features[x_key].np_dtype) == np.uint8 else 1.0
+  splits = [_read(builder.as_data_source(split=s), x_key, y_key, sort=False, scale=scale)
+            for s in order]
+  num_classes = getattr(info.features[y_key], "num_classes", None)
+  return _dataset(name, tfds_name, str(builder.version), num_classes, splits)
 
 
 def load_dataset(name: str, data_dir: str | None = None) -> Dataset:
-  """Prepares (once, offline) and loads a dataset's fixed train / valid / test splits.
+  """Prepares (once) and loads a dataset's fixed train / valid / test splits through TFDS.
+
+  Preparation is safe when several processes share ``data_dir``; loaded datasets are cached
+  in the process, and their arrays are read-only.
 
   Args:
-    name: one of ``DATASETS``, or ``"tfds:<name>"`` for any TFDS dataset (needs internet).
+    name: one of ``DATASETS`` (offline), or ``"tfds:<name>"`` for any TFDS dataset (needs
+      internet the first time).
     data_dir: TFDS data directory; default :func:`default_data_dir`.
+
+  Returns:
+    The dataset.
+
+  Raises:
+    ValueError: if ``name`` is unknown, or a ``"tfds:"`` dataset cannot be prepared.
   """
-  if not isinstance(name, str) or (name not in DATASETS and not name.startswith("tfds:")):
+  if not isinstance(name, str) or not (name in DATASETS or
+                                       (name.startswith("tfds:") and len(name) > 5)):
     raise ValueError(f"dataset {name!r} is unknown; allowed: {', '.join(DATASETS)}, or "
                      "'tfds:<name>' for any TFDS dataset (needs internet)")
-  return _load(name, os.path.abspath(data_dir or default_data_dir()))
+  return _load(name, os.path.abspath(os.path.expanduser(data_dir or default_data_dir())))
