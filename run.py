@@ -11,7 +11,7 @@ import json
 import os
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 COMMANDS = ("run", "resume", "report")
@@ -70,6 +70,7 @@ def _report(store_url: str, study: str | None) -> None:
 
 
 def main(argv: list[str]) -> None:
+  logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint at INFO
   args = argv[1:]
   if len(args) != 1 or args[0] not in COMMANDS:
     _fail(f"expected one command, one of {', '.join(COMMANDS)}; got {args}")

@@ -104,17 +104,19 @@ def _count(db, where):
 
 def test_kill_9_then_resume_loses_nothing(tmp_path):
   db = f"{tmp_path}/k.db"
-  kw = dict(n_trials=24, population=8, epochs=6, task="digits_cnn")
+  kw = dict(n_trials=24, population=8, epochs=6, task="digits_mlp")
   cfg, url = _config(tmp_path, db=db, **kw)
+  err = open(tmp_path / "stderr.txt", "w+")  # a file, not a pipe that could fill and block
   proc = subprocess.Popen([sys.executable, "run.py", "run", "--config", cfg, "--quiet"],
-                          cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-  deadline = time.time() + 240
+                          cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err)
+  deadline = time.time() + 600
   # kill -9 in the middle of round 1's training: round 0 complete, round 1 has epochs stored
   mid = ("round = 1 and status = 'running' and last_epoch is not null and "
          "(select count(*) from trials where status = 'complete') = 8")
   while _count(db, mid) == 0 and time.time() < deadline:
-    assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+    assert proc.poll() is None, (tmp_path / "stderr.txt").read_text()[-2000:]
     time.sleep(0.02)
+  assert proc.poll() is None, "the search finished before it could be killed"
   proc.send_signal(signal.SIGKILL)
   proc.wait()
   con = sqlite3.connect(db)

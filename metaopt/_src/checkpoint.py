@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -41,18 +42,34 @@ class Checkpointer:
     self._mgr.reload()
     return sorted(self._mgr.all_steps())
 
-  def restore(self, abstract_state: PyTree) -> tuple[int, PyTree, dict[str, Any]] | None:
-    """The newest readable ``(step, state, meta)``, or None when there is none."""
-    target = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, abstract_state)
+  def restore(self, abstract: PyTree | Callable[[dict[str, Any]], PyTree]
+              ) -> tuple[int, PyTree, dict[str, Any]] | None:
+    """The newest readable ``(step, state, meta)``, or None when there is none.
+
+    ``abstract`` is the target pytree (arrays or ``ShapeDtypeStruct`` s), or a function of
+    the step's metadata returning it, for states whose shapes the metadata records.
+    """
     for step in reversed(self.steps()):
       try:
+        meta = self._mgr.restore(step, args=ocp.args.Composite(
+            meta=ocp.args.JsonRestore()))["meta"]
+        tree = abstract(meta) if callable(abstract) else abstract
+        target = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, tree)
         out = self._mgr.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
-        return step, out["state"], out["meta"]
+            state=ocp.args.StandardRestore(target)))
+        return step, out["state"], meta
       except Exception as e:  # noqa: BLE001 - a damaged step falls back to the previous one
         log.warning("checkpoint step %d in %s unreadable (%s); trying an older one", step,
                     self.directory, e)
     return None
+
+  def meta(self) -> dict[str, Any] | None:
+    """The JSON metadata of the newest step, or None when there is none."""
+    steps = self.steps()
+    if not steps:
+      return None
+    return self._mgr.restore(steps[-1], args=ocp.args.Composite(
+        meta=ocp.args.JsonRestore()))["meta"]
 
   def close(self) -> None:
     self._mgr.close()

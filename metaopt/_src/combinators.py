@@ -221,7 +221,7 @@ def with_pruning(searcher: Searcher, pruner: Pruner) -> Searcher:
   """Adds ``pruner`` to ``searcher``: the engine consults it between training chunks."""
 
   def own(p, metrics, epoch, alive):
-    p, keep = pruner.prune(p, metrics["objective"], epoch, alive)
+    p, keep = pruner.prune(p, metrics[pruner.uses], epoch, alive)
     return p, keep, {}
 
   return _wrap(searcher, "pruner", pruner.init, own)

@@ -220,7 +220,7 @@ def search(
             for num, p, uu in zip(numbers, params, u.tolist(), strict=True)],
             _ser(state), checkpoint_path=ckpt.directory)
       state = _train_round(r, state, task, kernel, data, ckpt, st, key_r, epochs, sign, observe,
-                           seed, population, bar, on_epoch)
+                           seed, population, bar, on_epoch, space)
       rows = st.round_trials(rec.id, rnd)
       status = np.asarray([STATUS_NAMES.index(x["status"]) if x["status"] != "running"
                            else COMPLETE for x in rows], np.int32)
@@ -269,10 +269,20 @@ def _take(h: Mapping[str, jax.Array], idx: np.ndarray) -> dict[str, jax.Array]:
   return {k: v[idx] for k, v in h.items()}
 
 
+def _gather(tree, idx: np.ndarray):
+  return jax.tree_util.tree_map(lambda a: a[jnp.asarray(idx)], tree)
+
+
 def _train_round(r: _Round, state, task: Task, kernel, data, ckpt: Checkpointer, st: Store,
                  key_r, epochs: int, sign: float, observe, seed: int, population: int, bar,
-                 on_epoch) -> Any:
-  """Trains one round's population epoch by epoch; returns the searcher state."""
+                 on_epoch, space: Space) -> Any:
+  """Trains one round's population epoch by epoch; returns the searcher state.
+
+  Between epochs the program's ``observe`` may stop trials (pruning, monitoring) and, for
+  population-based training, hand back ``copy_from`` (exploit) and new points ``u``
+  (explore). When half of a group's trials have stopped, the group is compacted: the
+  survivors are gathered into a smaller kernel so stopped trials cost no more compute.
+  """
   n = len(r.params)
   numbers = [r.number * population + i for i in range(n)]
   seeds = jnp.asarray([trial_seed(seed, num) for num in numbers], jnp.uint32)
@@ -281,32 +291,39 @@ def _train_round(r: _Round, state, task: Task, kernel, data, ckpt: Checkpointer,
   for g in r.groups:  # build (outside any trace) before eval_shape below
     kernel(r.structures[g])
 
-  def fresh():
+  def fresh(layout):
     return {g: kernel(r.structures[g]).init(keys[idx], _take(r.h, idx))
-            for g, idx in r.groups.items()}
+            for g, idx in layout.items()}
 
-  status = np.full(n, RUNNING, np.int32)
-  alive = np.ones(n, bool)
-  last = np.full(n, np.nan, np.float64)
-  start = 0
-  abstract = {"groups": jax.eval_shape(fresh), "searcher": state,
-              "alive": alive, "status": status, "last": last}
+  def abstract(meta):
+    layout = {g: np.asarray(v, np.int64) for g, v in meta["layout"].items()}
+    return {"groups": jax.eval_shape(lambda: fresh(layout)), "searcher": state,
+            "alive": np.zeros(n, bool), "status": np.zeros(n, np.int32),
+            "last": np.zeros(n), "hist": np.zeros((n, epochs)), "u": r.u}
+
   restored = ckpt.restore(abstract)
   if restored is not None:
-    start, saved, _ = restored
+    start, saved, meta = restored
+    layout = {g: np.asarray(v, np.int64) for g, v in meta["layout"].items()}
     states, state = saved["groups"], saved["searcher"]
-    alive = np.asarray(saved["alive"]).copy()
-    status = np.asarray(saved["status"]).copy()
-    last = np.asarray(saved["last"]).copy()
+    alive, status = np.array(saved["alive"]), np.array(saved["status"])
+    last, hist = np.array(saved["last"]), np.array(saved["hist"])
+    r.u = np.array(saved["u"], np.float32)
+    r.h = space.decode(jnp.asarray(r.u))
   else:
-    states = fresh()
+    start = 0
+    layout = dict(r.groups)
+    states = fresh(layout)
+    alive, status = np.ones(n, bool), np.full(n, RUNNING, np.int32)
+    last, hist = np.full(n, np.nan), np.full((n, epochs), np.nan)
   bar.update(start)
+  obj_key = f"valid_{task.objective}"
   for epoch in range(start, epochs):
     key_e = jax.random.fold_in(key_r, 1 + epoch)
     metrics: list[dict[str, Any] | None] = [None] * n
     started = alive.copy()
     stopped = []
-    for g, idx in r.groups.items():
+    for g, idx in layout.items():
       k = kernel(r.structures[g])
       try:
         states[g], m = k.chunk(states[g], _take(r.h, idx), jnp.asarray(alive[idx]), key_e, data)
@@ -321,7 +338,6 @@ def _train_round(r: _Round, state, task: Task, kernel, data, ckpt: Checkpointer,
       for j, i in enumerate(idx):
         if started[i]:
           metrics[i] = {name: np.asarray(v[j]) for name, v in m.items()}
-    obj_key = f"valid_{task.objective}"
     values = np.full(n, np.inf, np.float64)
     prev = sign * last
     for i in range(n):
@@ -335,11 +351,15 @@ def _train_round(r: _Round, state, task: Task, kernel, data, ckpt: Checkpointer,
         continue
       last[i] = float(m[obj_key])
       values[i] = sign * last[i]
+      hist[i, epoch] = values[i]
     if observe is not None:
       was_alive = alive.copy()
       pm = _population_metrics(metrics, values, prev - values)
+      pm["objective_history"] = jnp.asarray(hist, jnp.float32)
+      pm["u"] = jnp.asarray(r.u)
       state, keep, info = observe(state, pm, jnp.asarray(epoch), jnp.asarray(was_alive))
       info = {c: np.asarray(v) for c, v in info.items()}
+      copy_from, new_u = info.pop("copy_from", None), info.pop("u", None)
       for i in np.flatnonzero(started):
         if metrics[i] is not None:
           metrics[i]["conditions"] = [c for c, v in info.items() if v[i]]
@@ -350,10 +370,23 @@ def _train_round(r: _Round, state, task: Task, kernel, data, ckpt: Checkpointer,
           why = f"stopped after epoch {epoch}: {', '.join(conds)}" if conds else \
               f"pruned after epoch {epoch}"
           stopped.append((r.ids[i], "pruned", why, last[i]))
+        if copy_from is not None:
+          states = _exploit(states, layout, copy_from, alive)
+          for i in np.flatnonzero((copy_from >= 0) & alive):
+            metrics[i]["parent"] = numbers[int(copy_from[i])]
+        if new_u is not None:
+          changed = np.flatnonzero(np.any(new_u != r.u, axis=1) & alive)
+          r.u = np.where(alive[:, None], new_u, r.u).astype(np.float32)
+          r.h = space.decode(jnp.asarray(r.u))
+          for i, p in zip(changed, space.to_python_batch(_take(r.h, changed)), strict=True):
+            metrics[i]["next_params"] = p
+      layout, states = _compact(layout, states, alive)
     rows = [(r.ids[i], m) for i, m in enumerate(metrics) if m is not None]
     st.record_epoch([i for i, _ in rows], epoch, [m for _, m in rows], stopped)
     ckpt.save(epoch + 1, {"groups": states, "searcher": state, "alive": alive,
-                          "status": status, "last": last}, {"round": r.number, "epoch": epoch})
+                          "status": status, "last": last, "hist": hist, "u": r.u},
+              {"round": r.number, "epoch": epoch,
+               "layout": {g: v.tolist() for g, v in layout.items()}})
     bar.update(1)
     if on_epoch is not None:
       on_epoch(r.number, epoch, [m for _, m in rows])
@@ -361,13 +394,42 @@ def _train_round(r: _Round, state, task: Task, kernel, data, ckpt: Checkpointer,
       bar.update(epochs - epoch - 1)
       break
   # Trials still running finish now with their last valid objective.
-  finals = []
-  for i in range(n):
-    if status[i] == RUNNING:
-      finals.append((r.ids[i], "complete", None, last[i]))
+  finals = [(r.ids[i], "complete", None, last[i]) for i in range(n) if status[i] == RUNNING]
   if finals:
     st.record_epoch([], epochs - 1, [], finals)
   return state
+
+
+def _exploit(states, layout, copy_from: np.ndarray, alive: np.ndarray):
+  """Copies train states (weights and optimizer state) from ``copy_from[i]`` into trial i."""
+  out = dict(states)
+  for g, idx in layout.items():
+    where = {int(t): j for j, t in enumerate(idx)}
+    src = np.arange(len(idx))
+    for j, t in enumerate(idx):
+      c = int(copy_from[t])
+      if c >= 0 and alive[t]:
+        if c not in where:
+          raise ValueError(f"exploit: trial {t} cannot copy trial {c} from another structural "
+                           "group; population-based training needs one group")
+        src[j] = where[c]
+    if np.any(src != np.arange(len(idx))):
+      out[g] = _gather(states[g], src)
+  return out
+
+
+def _compact(layout, states, alive: np.ndarray):
+  """Drops groups with no live trial and halves groups once half their trials stopped."""
+  new_layout, new_states = {}, {}
+  for g, idx in layout.items():
+    live = np.flatnonzero(alive[idx])
+    if len(live) == 0:
+      continue
+    if len(live) <= len(idx) // 2:
+      new_layout[g], new_states[g] = idx[live], _gather(states[g], live)
+    else:
+      new_layout[g], new_states[g] = idx, states[g]
+  return new_layout, new_states
 
 
 def _population_metrics(metrics: list[dict[str, Any] | None], values: np.ndarray,

@@ -7,6 +7,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from metaopt._src.combinators import median_pruner
+from metaopt._src.multifidelity import asha, curve_pruner, hyperband, successive_halving
+from metaopt._src.pbt import pbt
 from metaopt._src.searchers import halton, random_search, sobol
 from metaopt._src.types import Pruner, Searcher
 
@@ -14,9 +16,14 @@ SEARCHERS: dict[str, Callable[..., Searcher]] = {
     "random": random_search,
     "sobol": sobol,
     "halton": halton,
+    "pbt": pbt,
 }
 PRUNERS: dict[str, Callable[..., Pruner]] = {
     "median": median_pruner,
+    "sh": successive_halving,
+    "hyperband": hyperband,
+    "asha": asha,
+    "curve": curve_pruner,
 }
 
 

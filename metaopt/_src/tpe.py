@@ -52,17 +52,21 @@ def history_init(capacity: int, dim: int) -> dict[str, jax.Array]:
 
 def history_tell(hist: dict[str, jax.Array], u: jax.Array, y: jax.Array,
                  status: jax.Array) -> dict[str, jax.Array]:
-  """Appends the ``COMPLETE`` rows with finite ``y`` of a told batch, overwriting the oldest."""
+  """Appends the ``COMPLETE`` rows with finite ``y`` of a told batch, overwriting the oldest.
+
+  A batch larger than the buffer keeps its last ``capacity`` valid rows.
+  """
   cap = hist["y"].shape[0]
-  if u.shape[0] > cap:
-    raise ValueError(f"told {u.shape[0]} points at once but capacity={cap}: raise capacity")
   y = jnp.asarray(y, jnp.float32)
   ok = (jnp.asarray(status) == COMPLETE) & jnp.isfinite(y)
-  slots = jnp.where(ok, (hist["count"] + jnp.cumsum(ok) - 1) % cap, cap)
+  pos = jnp.cumsum(ok) - 1
+  total = jnp.sum(ok, dtype=jnp.int32)
+  keep = ok & (pos >= total - cap)
+  slots = jnp.where(keep, (hist["count"] + pos) % cap, cap)
   return {"x": hist["x"].at[slots].set(jnp.asarray(u, jnp.float32), mode="drop"),
           "y": hist["y"].at[slots].set(jnp.where(ok, y, 0.0), mode="drop"),
           "valid": hist["valid"].at[slots].set(True, mode="drop"),
-          "count": hist["count"] + jnp.sum(ok, dtype=jnp.int32)}
+          "count": hist["count"] + total}
 
 
 def _n_below(n: jax.Array, gamma: float | None) -> jax.Array:

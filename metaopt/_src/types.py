@@ -49,12 +49,15 @@ class Searcher(NamedTuple):
 class Pruner(NamedTuple):
   """Early stopping between chunks; ``prune(state, values, epoch, alive) -> (state, keep)``.
 
-  ``values[n]`` are the population's current objective values (minimised) after ``epoch``;
-  ``alive[n]`` marks trials still training. ``keep`` is False for trials to stop now.
+  ``values`` is the population metric named by ``uses``: by default ``objective[n]``, the
+  current objective values (minimised) after ``epoch``; ``objective_history[n, epochs]`` for
+  pruners that look at whole curves. ``alive[n]`` marks trials still training. ``keep`` is
+  False for trials to stop now.
   """
 
   init: Callable[[], PyTree]
   prune: Callable[[PyTree, jax.Array, jax.Array, jax.Array], tuple[PyTree, jax.Array]]
+  uses: str = "objective"
 
 
 @dataclasses.dataclass

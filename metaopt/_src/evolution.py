@@ -1,0 +1,245 @@
+"""Evolutionary searchers on the unit cube: regularized evolution, and CMA-ES / OpenAI-ES.
+
+* ``regularized_evolution``: Real, Aggarwal, Huang & Le, "Regularized Evolution for Image
+  Classifier Architecture Search", AAAI 2019. Tournament selection, one- or few-coordinate
+  mutation, and aging: every new member replaces the *oldest* one. Written in ``jnp``.
+* ``cma_es``: Hansen & Ostermeier, "Completely Derandomized Self-Adaptation in Evolution
+  Strategies", Evol. Comput. 2001; Hansen, "The CMA Evolution Strategy: A Tutorial",
+  arXiv:1604.00772.
+* ``open_es``: Salimans, Ho, Chen, Sidor & Sutskever, "Evolution Strategies as a Scalable
+  Alternative to Reinforcement Learning", arXiv:1703.03864, 2017.
+
+The two ES are evosax's (Lange, "evosax: JAX-based Evolution Strategies", GECCO 2023) behind our
+``Searcher`` protocol. evosax searches ``R^d``; a raw sample ``x`` is mapped to the cube by
+reflection at the faces, ``u = 1 - |(x mod 2) - 1|`` (continuous, no plateaus outside the cube
+as clipping would create, and the identity inside it); the strategy is updated with the raw
+``x`` it sampled, found again by matching the told ``u`` to the points handed out.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from metaopt._src.searchers import _check_dim
+from metaopt._src.tpe import _check_float, _check_int, history_init, history_tell
+from metaopt._src.types import COMPLETE, Searcher
+
+_MATCH_TOL = 1e-6
+
+
+def reflect(x: jax.Array) -> jax.Array:
+  """Maps ``R^d`` onto ``[0, 1]^d`` by reflection at the faces (identity inside the cube)."""
+  return 1.0 - jnp.abs(jnp.mod(x, 2.0) - 1.0)
+
+
+def _check_levels(levels: Sequence[int] | None, dim: int) -> np.ndarray:
+  if levels is None:
+    return np.zeros(dim, np.int32)
+  lv = list(levels)
+  if len(lv) != dim or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0
+                           for v in lv):
+    raise ValueError(f"levels={lv!r}: must be {dim} integers >= 0 (0 = continuous, k = a "
+                     f"categorical index coordinate with k choices)")
+  return np.asarray(lv, np.int32)
+
+
+def regularized_evolution(dim: int, population_size: int = 32, tournament_size: int = 8,
+                          mutation_std: float = 0.1, n_mutations: int = 1,
+                          levels: Sequence[int] | None = None) -> Searcher:
+  """Regularized (aging) evolution over ``[0, 1]^dim``.
+
+  Until ``population_size`` trials are complete, proposals are uniform random (the initial
+  population). Then each child copies the best of ``tournament_size`` members drawn without
+  replacement and mutates ``n_mutations`` distinct coordinates: a continuous coordinate moves
+  by ``N(0, mutation_std^2)`` reflected into ``[0, 1]``; a categorical index coordinate
+  (``levels[j] = k > 0``, decoded as ``floor(u * k)`` like ``spaces.Choice``) jumps to the
+  midpoint of another of its ``k`` choices. Told complete results join the population,
+  replacing the oldest member; failed, pruned and infeasible trials are ignored. A batch's
+  children all come from the population as it was at ``ask``.
+
+  Args:
+    dim: dimension of the unit cube.
+    population_size: members alive at once.
+    tournament_size: members sampled per tournament.
+    mutation_std: step of a continuous mutation.
+    n_mutations: coordinates changed per child.
+    levels: per coordinate, 0 for continuous or the number of choices of a categorical.
+
+  Returns:
+    A :class:`Searcher`; ``state["x"], state["y"]`` are the population (a ring buffer).
+
+  Examples:
+    >>> s = regularized_evolution(3, population_size=8, tournament_size=3)
+    >>> state = s.init(jax.random.key(0))
+    >>> state, u = s.ask(state, jax.random.key(1), 8)
+    >>> state = s.tell(state, u, jnp.sum(u, axis=1), jnp.zeros(8, jnp.int32))
+    >>> state, children = s.ask(state, jax.random.key(2), 4)  # mutated tournament winners
+  """
+  _check_dim(dim)
+  _check_int("population_size", population_size, 2)
+  _check_int("tournament_size", tournament_size, 1)
+  if tournament_size > population_size:
+    raise ValueError(f"tournament_size={tournament_size}: must be <= population_size="
+                     f"{population_size}")
+  _check_float("mutation_std", mutation_std, 0.0, float("inf"))
+  _check_int("n_mutations", n_mutations, 1)
+  if n_mutations > dim:
+    raise ValueError(f"n_mutations={n_mutations}: must be <= dim={dim}")
+  lv = jnp.asarray(_check_levels(levels, dim))
+  is_cat = lv > 0
+  k_safe = jnp.maximum(lv, 1)
+
+  def init(key):
+    del key
+    return history_init(population_size, dim)
+
+  def child(state, key):
+    k_t, k_c, k_g, k_l = jax.random.split(key, 4)
+    idx = jax.random.choice(k_t, population_size, (tournament_size,), replace=False)
+    parent = state["x"][idx[jnp.argmin(state["y"][idx])]]
+    coords = jax.random.choice(k_c, dim, (n_mutations,), replace=False)
+    mask = jnp.zeros(dim, bool).at[coords].set(True)
+    cont = reflect(parent + mutation_std * jax.random.normal(k_g, (dim,)))
+    cur = jnp.clip(jnp.floor(parent * k_safe), 0, k_safe - 1).astype(jnp.int32)
+    jump = jax.random.randint(k_l, (dim,), 1, jnp.maximum(k_safe, 2))
+    new_level = jnp.where(k_safe > 1, (cur + jump) % k_safe, cur)
+    cat = (new_level + 0.5) / k_safe
+    return jnp.where(mask, jnp.where(is_cat, cat, cont), parent)
+
+  def ask(state, key, n):
+    k_rand, k_child = jax.random.split(key)
+    full = state["count"] >= population_size
+    children = jax.vmap(lambda k: child(state, k))(jax.random.split(k_child, n))
+    u = jnp.where(full, children, jax.random.uniform(k_rand, (n, dim)))
+    return state, u
+
+  def tell(state, u, y, status):
+    return history_tell(state, u, y, status)
+
+  return Searcher(init, ask, tell)
+
+
+def _evosax_searcher(strategy, params, dim: int, mean0: jax.Array) -> Searcher:
+  """Wraps an evosax distribution-based strategy as a :class:`Searcher` on the cube."""
+  popsize = strategy.population_size
+
+  def init(key):
+    es = strategy.init(key, mean0, params)
+    return {"es": es, "gen_x": jnp.zeros((popsize, dim), jnp.float32),
+            "gen_y": jnp.full((popsize,), jnp.nan, jnp.float32),
+            "told": jnp.zeros((popsize,), bool), "handed": jnp.zeros((), jnp.int32),
+            "fresh": jnp.ones((), bool), "generation": jnp.zeros((), jnp.int32)}
+
+  def ask(state, key, n):
+    k_gen, k_extra = jax.random.split(key)
+    fresh = state["fresh"]
+
+    def sample():
+      x, es = strategy.ask(k_gen, state["es"], params)
+      return es, x
+
+    es, gen_x = jax.lax.cond(fresh, sample, lambda: (state["es"], state["gen_x"]))
+    handed = jnp.where(fresh, 0, state["handed"])
+    idx = handed + jnp.arange(n)
+    reps = -(-n // popsize)
+    extra = jax.vmap(lambda k: strategy.ask(k, es, params)[0])(jax.random.split(k_extra, reps))
+    extra = extra.reshape(-1, dim)[:n]
+    x = jnp.where((idx < popsize)[:, None], gen_x[jnp.minimum(idx, popsize - 1)], extra)
+    return {**state, "es": es, "gen_x": gen_x,
+            "gen_y": jnp.where(fresh, jnp.nan, state["gen_y"]),
+            "told": state["told"] & ~fresh, "handed": jnp.minimum(handed + n, popsize),
+            "fresh": jnp.zeros((), bool)}, reflect(x)
+
+  def tell(state, u, y, status):
+    dist = jnp.max(jnp.abs(jnp.asarray(u)[:, None, :] - reflect(state["gen_x"])[None]), axis=-1)
+    open_ = (jnp.arange(popsize) < state["handed"]) & ~state["told"] & ~state["fresh"]
+    match = (dist < _MATCH_TOL) & open_[None, :]
+    member = jnp.where(jnp.any(match, axis=1), jnp.argmax(match, axis=1), popsize)
+    # Failed / pruned / infeasible members rank last (NaN fitness in evosax's shaping).
+    fit = jnp.where((jnp.asarray(status) == COMPLETE) & jnp.isfinite(y), y, jnp.nan)
+    gen_y = state["gen_y"].at[member].set(fit.astype(jnp.float32), mode="drop")
+    told = state["told"].at[member].set(True, mode="drop")
+    done = jnp.all(told)
+
+    def update():
+      es, _ = strategy.tell(jax.random.key(0), state["gen_x"], gen_y, state["es"], params)
+      return es
+
+    es = jax.lax.cond(done, update, lambda: state["es"])
+    return {**state, "es": es, "gen_y": gen_y, "told": told, "fresh": done,
+            "generation": state["generation"] + done.astype(jnp.int32)}
+
+  return Searcher(init, ask, tell)
+
+
+def cma_es(dim: int, popsize: int | None = None, sigma0: float = 0.3) -> Searcher:
+  """CMA-ES (evosax ``CMA_ES``) on ``[0, 1]^dim``, started at the centre with step ``sigma0``.
+
+  ``ask(state, key, n)`` hands out the next ``n`` members of the current generation of
+  ``popsize``; requests beyond the generation's end are extra samples from the same
+  distribution that do not update the strategy (the engine should ask ``popsize`` points per
+  round, or a divisor of it). The generation updates the strategy once every member has been
+  told; members told with a status other than ``COMPLETE`` (or a non-finite ``y``) rank last.
+  ``tell`` must receive the points as ``ask`` returned them (matched to within 1e-6).
+
+  Args:
+    dim: dimension of the unit cube.
+    popsize: generation size; ``None`` gives CMA-ES's default ``4 + floor(3 ln dim)``.
+    sigma0: initial step size, in unit-cube lengths.
+
+  Returns:
+    A :class:`Searcher`; ``state["es"]`` is evosax's state, ``state["generation"]`` counts updates.
+
+  Examples:
+    >>> s = cma_es(3, popsize=6)
+    >>> state = s.init(jax.random.key(0))
+    >>> state, u = s.ask(state, jax.random.key(1), 6)
+    >>> state = s.tell(state, u, jnp.sum(u, axis=1), jnp.zeros(6, jnp.int32))
+    >>> int(state["generation"])
+    1
+  """
+  from evosax.algorithms import CMA_ES
+
+  _check_dim(dim)
+  if popsize is None:
+    popsize = 4 + int(math.floor(3 * math.log(dim)))
+  _check_int("popsize", popsize, 2)
+  _check_float("sigma0", sigma0, 0.0, float("inf"))
+  strategy = CMA_ES(population_size=popsize, solution=jnp.zeros(dim))
+  params = strategy.default_params.replace(std_init=jnp.asarray(sigma0, jnp.float32))
+  return _evosax_searcher(strategy, params, dim, jnp.full((dim,), 0.5))
+
+
+def open_es(dim: int, popsize: int = 16, sigma: float = 0.1,
+            learning_rate: float = 0.05) -> Searcher:
+  """OpenAI-ES (evosax ``Open_ES``, antithetic sampling, centred ranks, Adam) on the cube.
+
+  Generations, batching and failed trials behave as in :func:`cma_es`.
+
+  Args:
+    dim: dimension of the unit cube.
+    popsize: generation size (even: antithetic pairs).
+    sigma: fixed perturbation std, in unit-cube lengths.
+    learning_rate: Adam step on the mean.
+
+  Returns:
+    A :class:`Searcher`.
+  """
+  from evosax.algorithms import Open_ES
+
+  _check_dim(dim)
+  _check_int("popsize", popsize, 2)
+  if popsize % 2:
+    raise ValueError(f"popsize={popsize}: must be even (antithetic pairs)")
+  _check_float("sigma", sigma, 0.0, float("inf"))
+  _check_float("learning_rate", learning_rate, 0.0, float("inf"))
+  strategy = Open_ES(population_size=popsize, solution=jnp.zeros(dim),
+                     optimizer=optax.adam(learning_rate),
+                     std_schedule=optax.constant_schedule(sigma))
+  return _evosax_searcher(strategy, strategy.default_params, dim, jnp.full((dim,), 0.5))

@@ -1,0 +1,40 @@
+"""Every shipped config validates and builds (before anything compiles)."""
+
+import glob
+import importlib.util
+import os
+
+import pytest
+
+import metaopt
+from metaopt._src import config as config_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RUN_CONFIGS = [p for p in sorted(glob.glob(os.path.join(ROOT, "configs", "*.py")))
+               if not os.path.basename(p).startswith(("_", "hypergrad"))]
+
+
+def _load(path):
+  spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod.get_config()
+
+
+@pytest.mark.parametrize("path", RUN_CONFIGS, ids=os.path.basename)
+def test_config_builds(path):
+  cfg = _load(path)
+  program, task, space, kwargs = config_lib.build(cfg)
+  assert isinstance(program, metaopt.Searcher)
+  assert kwargs["study"] == cfg.name and kwargs["n_trials"] >= kwargs["population"] >= 1
+  assert space.dim >= 1
+  if cfg.pruner_name != "none":
+    assert program.observe is not None
+
+
+def test_every_searcher_family_has_a_config():
+  names = {(_load(p).searcher_name, _load(p).pruner_name) for p in RUN_CONFIGS}
+  searchers = {s for s, _ in names}
+  pruners = {p for _, p in names}
+  assert {"random", "sobol", "halton", "pbt"} <= searchers
+  assert {"median", "sh", "asha", "hyperband"} <= pruners
