@@ -27,4 +27,5 @@ def get_config() -> ml_collections.ConfigDict:
   config.store = "sqlite:///runs/quickstart.db"
   config.checkpoint_dir = ""
   config.shared_batches = True
+  config.checkpoint_every_s = 10.0
   return config

@@ -23,6 +23,7 @@ def get_config():
   c.population = {population}
   c.epochs = {epochs}
   c.batch_size = 64
+  c.checkpoint_every_s = 0.0
   c.store = "sqlite:///{db}"
   return c
 """

@@ -131,7 +131,7 @@ class _Kill(Exception):
 def test_interrupted_search_resumes_to_identical_result(tmp_path):
   task = get_task("digits_mlp")
   kw = dict(n_trials=12, population=4, epochs=3, batch_size=64, seed=5, progress=False,
-            study="r")
+            study="r", checkpoint_every_s=0)
   prog = metaopt.with_pruning(metaopt.sobol(task.space.dim),
                               metaopt.median_pruner(n_epochs=3, warmup_epochs=0, min_trials=2))
   ref = metaopt.search(prog, task, store=f"sqlite:///{tmp_path}/ref.db", **kw)
@@ -213,3 +213,27 @@ def test_detect_conditions_thresholds():
     metaopt.detect_conditions(m, {"explode": 1.0})
   with pytest.raises(ValueError, match="stop_on=.*unknown condition"):
     metaopt.with_monitor(metaopt.random_search(1), stop_on=["exploding"])
+
+
+def test_resume_restores_a_compacted_population(tmp_path):
+  """Killed after successive halving shrank the kernel, the resumed round restores the
+  compacted layout from the checkpoint and ends exactly as an uninterrupted run."""
+  task = get_task("digits_mlp")
+  prog = metaopt.with_pruning(metaopt.random_search(task.space.dim),
+                              metaopt.successive_halving(n_epochs=4, min_epochs=1, eta=2))
+  kw = dict(n_trials=8, population=8, epochs=4, batch_size=128, seed=2, progress=False,
+            study="c", checkpoint_every_s=0)
+  ref = metaopt.search(prog, task, store=f"sqlite:///{tmp_path}/ref.db", **kw)
+
+  def cut(rnd, epoch, metrics):
+    if epoch == 2:
+      raise _Kill
+
+  url = f"sqlite:///{tmp_path}/cut.db"
+  with pytest.raises(_Kill):
+    metaopt.search(prog, task, store=url, on_epoch=cut, **kw)
+  res = metaopt.search(prog, task, store=url, **kw)
+  for a, b in zip(ref.trials, res.trials, strict=True):
+    assert (a.number, a.status, len(a.metrics)) == (b.number, b.status, len(b.metrics))
+    assert a.objective == pytest.approx(b.objective, abs=1e-6)
+  assert res.count("complete") == 2  # rungs after epochs 0 and 1: 8 -> 4 -> 2

@@ -33,6 +33,7 @@ FIELDS: dict[str, str] = {
     "store": "SQLAlchemy URL of the trial store, e.g. sqlite:///runs/quickstart.db",
     "checkpoint_dir": "population checkpoints; empty for beside the store file",
     "shared_batches": "all trials of a population see the same minibatch order (bool)",
+    "checkpoint_every_s": "seconds between population checkpoints in a round (0: every epoch)",
 }
 
 
@@ -94,7 +95,7 @@ def build(config: Mapping[str, Any]) -> tuple[Searcher, Task, Space, dict[str, A
     program = with_pruning(program, registry.make_pruner(cfg["pruner_name"], cfg["epochs"],
                                                          **cfg["pruner"]))
   kwargs = {k: cfg[k] for k in ("n_trials", "population", "epochs", "batch_size", "seed",
-                                "shared_batches")}
+                                "shared_batches", "checkpoint_every_s")}
   kwargs["study"] = cfg["name"]
   kwargs["checkpoint_dir"] = cfg["checkpoint_dir"] or None
   return program, task, space, kwargs

@@ -113,6 +113,7 @@ def search(
     shared_batches: bool = True,
     progress: bool = True,
     on_epoch: Callable[[int, int, list[dict[str, Any]]], None] | None = None,
+    checkpoint_every_s: float = 10.0,
 ) -> Result:
   """Runs (or resumes) a population search and returns its :class:`Result`.
 
@@ -131,6 +132,9 @@ def search(
     shared_batches: one minibatch order per epoch for the whole population.
     progress: show a progress bar.
     on_epoch: ``(round, epoch, per-trial metrics)`` callback after each epoch.
+    checkpoint_every_s: seconds between population checkpoints within a round (0: every
+      epoch); the last epoch of a round is always checkpointed. A resumed round restarts
+      from its newest checkpoint and re-runs later epochs identically.
   """
   space = task.space if space is None else space
   n_trials = _positive_int("n_trials", n_trials)
@@ -145,6 +149,8 @@ def search(
   st = store if isinstance(store, Store) else Store(store or "sqlite://")
   direction = task.direction
   sign = -1.0 if direction == "maximize" else 1.0
+  if not isinstance(checkpoint_every_s, (int, float)) or checkpoint_every_s < 0:
+    raise ValueError(f"checkpoint_every_s={checkpoint_every_s!r}: must be a number >= 0")
   if checkpoint_dir is None:
     db = st.engine.url.database if st.url.startswith("sqlite") else None
     base = (db + ".ckpt") if db and db != ":memory:" else tempfile.mkdtemp(prefix="metaopt-")
@@ -176,6 +182,7 @@ def search(
   ask = jax.jit(program.ask, static_argnums=2)
   tell = jax.jit(program.tell)
   observe = jax.jit(program.observe) if program.observe is not None else None
+  decode = jax.jit(space.decode)
   data = pop.data_arrays(task.data)
   kernels: dict[tuple, pop.PopulationKernel] = {}
 
@@ -208,7 +215,7 @@ def search(
                            f"(n, {space.dim}) for {space.names}")
         rows = None
         ids = []
-      h = space.decode(jnp.asarray(u))
+      h = decode(jnp.asarray(u))
       params = space.to_python_batch(h)
       groups, structures = _group(space, params, task)
       r = _Round(rnd, ids, u, h, params, groups, structures)
@@ -220,7 +227,7 @@ def search(
             for num, p, uu in zip(numbers, params, u.tolist(), strict=True)],
             _ser(state), checkpoint_path=ckpt.directory)
       state = _train_round(r, state, task, kernel, data, ckpt, st, key_r, epochs, sign, observe,
-                           seed, population, bar, on_epoch, space)
+                           seed, population, bar, on_epoch, space, checkpoint_every_s)
       rows = st.round_trials(rec.id, rnd)
       status = np.asarray([STATUS_NAMES.index(x["status"]) if x["status"] != "running"
                            else COMPLETE for x in rows], np.int32)
@@ -275,7 +282,7 @@ def _gather(tree, idx: np.ndarray):
 
 def _train_round(r: _Round, state, task: Task, kernel, data, ckpt: Checkpointer, st: Store,
                  key_r, epochs: int, sign: float, observe, seed: int, population: int, bar,
-                 on_epoch, space: Space) -> Any:
+                 on_epoch, space: Space, checkpoint_every_s: float = 0.0) -> Any:
   """Trains one round's population epoch by epoch; returns the searcher state.
 
   Between epochs the program's ``observe`` may stop trials (pruning, monitoring) and, for
@@ -318,6 +325,7 @@ def _train_round(r: _Round, state, task: Task, kernel, data, ckpt: Checkpointer,
     last, hist = np.full(n, np.nan), np.full((n, epochs), np.nan)
   bar.update(start)
   obj_key = f"valid_{task.objective}"
+  last_save = time.time()
   for epoch in range(start, epochs):
     key_e = jax.random.fold_in(key_r, 1 + epoch)
     metrics: list[dict[str, Any] | None] = [None] * n
@@ -383,10 +391,13 @@ def _train_round(r: _Round, state, task: Task, kernel, data, ckpt: Checkpointer,
       layout, states = _compact(layout, states, alive)
     rows = [(r.ids[i], m) for i, m in enumerate(metrics) if m is not None]
     st.record_epoch([i for i, _ in rows], epoch, [m for _, m in rows], stopped)
-    ckpt.save(epoch + 1, {"groups": states, "searcher": state, "alive": alive,
-                          "status": status, "last": last, "hist": hist, "u": r.u},
-              {"round": r.number, "epoch": epoch,
-               "layout": {g: v.tolist() for g, v in layout.items()}})
+    if (epoch == epochs - 1 or not alive.any()
+        or time.time() - last_save >= checkpoint_every_s):
+      last_save = time.time()
+      ckpt.save(epoch + 1, {"groups": states, "searcher": state, "alive": alive,
+                            "status": status, "last": last, "hist": hist, "u": r.u},
+                {"round": r.number, "epoch": epoch,
+                 "layout": {g: v.tolist() for g, v in layout.items()}})
     bar.update(1)
     if on_epoch is not None:
       on_epoch(r.number, epoch, [m for _, m in rows])

@@ -1,0 +1,162 @@
+"""Multi-objective and constrained search helpers, pure ``jnp`` (all objectives minimised).
+
+Non-dominated sorting and crowding distance as in NSGA-II (Deb, Pratap, Agarwal & Meyarivan,
+"A Fast and Elitist Multiobjective Genetic Algorithm: NSGA-II", IEEE TEVC 2002); the constraint
+handling follows Deb's feasibility rules ("An efficient constraint handling method for genetic
+algorithms", CMAME 2000): every infeasible point ranks behind every feasible one, and
+infeasible points rank among themselves by their total violation.
+
+``Y[n, m]`` holds ``n`` points with ``m`` objectives. Rows with a non-finite entry, or with
+``valid`` False, are never on a front, dominate nothing and get rank ``n``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+
+from metaopt._src.types import COMPLETE, INFEASIBLE, Searcher
+
+
+def _valid_rows(y: jax.Array, valid: jax.Array | None) -> jax.Array:
+  ok = jnp.all(jnp.isfinite(y), axis=-1)
+  return ok if valid is None else ok & valid
+
+
+def dominance_matrix(y: jax.Array, valid: jax.Array | None = None) -> jax.Array:
+  """``D[i, j]``: point ``i`` dominates point ``j`` (no worse in all, better in one)."""
+  ok = _valid_rows(y, valid)
+  le = jnp.all(y[:, None, :] <= y[None, :, :], axis=-1)
+  lt = jnp.any(y[:, None, :] < y[None, :, :], axis=-1)
+  return le & lt & ok[:, None] & ok[None, :]
+
+
+def pareto_front(y: jax.Array, valid: jax.Array | None = None) -> jax.Array:
+  """Mask ``[n]`` of the non-dominated valid rows of ``y[n, m]``.
+
+  Examples:
+    >>> y = jnp.asarray([[1.0, 2.0], [2.0, 1.0], [2.0, 2.0]])
+    >>> pareto_front(y).tolist()
+    [True, True, False]
+  """
+  return _valid_rows(y, valid) & ~jnp.any(dominance_matrix(y, valid), axis=0)
+
+
+def nondominated_rank(y: jax.Array, valid: jax.Array | None = None) -> jax.Array:
+  """Front index ``[n]`` of every row (0 = Pareto front); invalid rows get ``n``.
+
+  Peels fronts in a ``lax.while_loop`` over the ``O(n^2 m)`` dominance matrix.
+
+  Examples:
+    >>> y = jnp.asarray([[1.0, 2.0], [2.0, 1.0], [2.0, 2.0], [3.0, 3.0]])
+    >>> nondominated_rank(y).tolist()
+    [0, 0, 1, 2]
+  """
+  n = y.shape[0]
+  dom = dominance_matrix(y, valid)
+  remaining = _valid_rows(y, valid)
+  rank = jnp.full((n,), n, jnp.int32)
+
+  def cond(carry):
+    return jnp.any(carry[0])
+
+  def body(carry):
+    remaining, rank, r = carry
+    front = remaining & ~jnp.any(dom & remaining[:, None], axis=0)
+    return remaining & ~front, jnp.where(front, r, rank), r + 1
+
+  _, rank, _ = jax.lax.while_loop(cond, body, (remaining, rank, jnp.zeros((), jnp.int32)))
+  return rank
+
+
+def crowding_distance(y: jax.Array, rank: jax.Array) -> jax.Array:
+  """NSGA-II crowding distance ``[n]`` within each front (``inf`` at a front's extremes).
+
+  Each objective's gap between a point's neighbours on its front is divided by that front's
+  range of the objective; the gaps are summed over objectives.
+  """
+  n, m = y.shape
+  yf = jnp.where(jnp.isfinite(y), y, 0.0)
+  dist = jnp.zeros((n,), jnp.float32)
+  for j in range(m):  # m is small and static
+    order = jnp.lexsort((yf[:, j], rank))
+    ys, rs = yf[order, j], rank[order]
+    lo = jax.ops.segment_min(yf[:, j], rank, num_segments=n + 1)
+    hi = jax.ops.segment_max(yf[:, j], rank, num_segments=n + 1)
+    span = jnp.maximum((hi - lo)[rs], 1e-12)
+    prev_same = jnp.concatenate([jnp.zeros(1, bool), rs[1:] == rs[:-1]])
+    next_same = jnp.concatenate([rs[:-1] == rs[1:], jnp.zeros(1, bool)])
+    gap = (jnp.concatenate([ys[1:], ys[-1:]]) - jnp.concatenate([ys[:1], ys[:-1]])) / span
+    d_sorted = jnp.where(prev_same & next_same, gap, jnp.inf)
+    dist = dist + jnp.zeros((n,), jnp.float32).at[order].set(d_sorted)
+  return dist
+
+
+def hypervolume_2d(y: jax.Array, ref: jax.Array, valid: jax.Array | None = None) -> jax.Array:
+  """Area dominated by the rows of ``y[n, 2]`` and bounded by the reference point ``ref[2]``."""
+  ok = pareto_front(y, valid) & jnp.all(y < ref, axis=-1)
+  y0 = jnp.where(ok, y[:, 0], ref[0])
+  y1 = jnp.where(ok, y[:, 1], ref[1])
+  order = jnp.argsort(y0)
+  y0, y1 = y0[order], y1[order]
+  # On a front sorted by the first objective the second decreases: sum the rectangles.
+  prev1 = jnp.concatenate([ref[1:2], jax.lax.cummin(y1)[:-1]])
+  return jnp.sum((ref[0] - y0) * jnp.maximum(prev1 - y1, 0.0))
+
+
+def with_constraints(searcher: Searcher, constraint_fn: Callable[[jax.Array], jax.Array],
+                     penalty: float = 0.1) -> Searcher:
+  """Adds known constraints ``constraint_fn(u[n, d]) -> c[n, k]`` (feasible iff all ``c <= 0``).
+
+  The inner searcher is told a penalised objective for infeasible points, so its model learns
+  to avoid them (Deb's feasibility rules in one number): with ``lo, hi`` the best and worst
+  feasible complete objectives seen so far (all complete ones while none is feasible),
+  an infeasible point gets ``hi + (hi - lo) * (penalty + sum(max(c, 0)))``. Trials whose
+  status is ``INFEASIBLE`` (a constraint the evaluation itself found broken) are told the
+  same with a violation of 1 and status ``COMPLETE``; other statuses pass through.
+
+  Args:
+    searcher: the searcher to wrap.
+    constraint_fn: jittable map from points ``[n, d]`` to violations ``[n]`` or ``[n, k]``.
+    penalty: margin, in units of the observed range, between infeasible and feasible points.
+
+  Returns:
+    A :class:`Searcher`; ``state["inner"]`` is the wrapped searcher's state.
+  """
+  if not isinstance(penalty, (int, float)) or isinstance(penalty, bool) or penalty < 0:
+    raise ValueError(f"penalty={penalty!r}: must be a number >= 0")
+
+  def init(key):
+    inf = jnp.asarray(jnp.inf, jnp.float32)
+    return {"inner": searcher.init(key), "lo": inf, "hi": -inf, "any_lo": inf, "any_hi": -inf}
+
+  def ask(state, key, n):
+    inner, u = searcher.ask(state["inner"], key, n)
+    return {**state, "inner": inner}, u
+
+  def tell(state, u, y, status):
+    c = jnp.asarray(constraint_fn(u), jnp.float32)
+    c = c.reshape(c.shape[0], -1)
+    viol = jnp.sum(jnp.maximum(c, 0.0), axis=-1)
+    y = jnp.asarray(y, jnp.float32)
+    done = (status == COMPLETE) & jnp.isfinite(y)
+    feas = done & (viol <= 0)
+    lo = jnp.minimum(state["lo"], jnp.min(jnp.where(feas, y, jnp.inf)))
+    hi = jnp.maximum(state["hi"], jnp.max(jnp.where(feas, y, -jnp.inf)))
+    any_lo = jnp.minimum(state["any_lo"], jnp.min(jnp.where(done, y, jnp.inf)))
+    any_hi = jnp.maximum(state["any_hi"], jnp.max(jnp.where(done, y, -jnp.inf)))
+    have = jnp.isfinite(hi)
+    ref_lo = jnp.where(have, lo, jnp.where(jnp.isfinite(any_hi), any_lo, 0.0))
+    ref_hi = jnp.where(have, hi, jnp.where(jnp.isfinite(any_hi), any_hi, 1.0))
+    span = jnp.maximum(ref_hi - ref_lo, 1e-6 * jnp.maximum(jnp.abs(ref_hi), 1.0))
+    infeasible_status = status == INFEASIBLE
+    viol = jnp.where(infeasible_status, jnp.maximum(viol, 1.0), viol)
+    bad = (done & (viol > 0)) | infeasible_status
+    y_told = jnp.where(bad, ref_hi + span * (penalty + viol), y)
+    status_told = jnp.where(infeasible_status, COMPLETE, status)
+    inner = searcher.tell(state["inner"], u, y_told, status_told)
+    return {"inner": inner, "lo": lo, "hi": hi, "any_lo": any_lo, "any_hi": any_hi}
+
+  return Searcher(init, ask, tell)

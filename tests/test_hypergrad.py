@@ -1,0 +1,433 @@
+"""hypergrad: every method vs finite differences and closed forms, remat, truncation, pathologies.
+
+Checks run in float64 inside ``jax.enable_x64(True)`` (a context, never the global flag).
+"""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax.flatten_util import ravel_pytree
+
+import hypergrad
+from hypergrad import problems
+from hypergrad.unrolled import run_inner
+
+
+@pytest.fixture
+def x64():
+  with jax.enable_x64(True):
+    yield
+
+
+def _maybe_jit(fn, use_jit):
+  return jax.jit(fn) if use_jit else fn
+
+
+def _rel_err(a, b):
+  a, b = ravel_pytree(a)[0], ravel_pytree(b)[0]
+  return float(jnp.linalg.norm(a - b) / jnp.maximum(jnp.linalg.norm(b), 1e-30))
+
+
+def _central_fd(f, hparams, rel_step=1e-5):
+  """Central differences of scalar ``f`` over every entry of ``hparams`` (one vmapped call)."""
+  flat, unravel = ravel_pytree(hparams)
+  eps = rel_step * jnp.maximum(1.0, jnp.abs(flat))
+  basis = jnp.diag(eps)
+  points = jnp.concatenate([flat + basis, flat - basis])
+  vals = jax.jit(jax.vmap(lambda p: f(unravel(p))))(points)
+  n = flat.size
+  return unravel((vals[:n] - vals[n:]) / (2 * eps))
+
+
+def _unroll_value(inner, val_loss, start, xs, truncate=None):
+  def f(h):
+    state, _ = run_inner(inner, h, start, xs, truncate=truncate)
+    return val_loss(inner.params(state), h)
+  return f
+
+
+# ------------------------------------------------------------------------- unrolled / forward
+def _fd_case(use_jit):
+  """logreg (jitted) or, unjitted, a tiny ridge problem (eager dispatch is slow)."""
+  if use_jit:
+    p = problems.logreg("breast_cancer", batch_size=16)
+    return p, p.hparams, 12
+  p = problems.ridge(n=16, n_val=16, d=4, batch_size=8)
+  return p, {"l2": jnp.asarray(1.0), "learning_rate": jnp.asarray(0.01)}, 6
+
+
+@pytest.mark.parametrize("use_jit", [True, False])
+def test_unrolled_and_forward_match_finite_differences(x64, use_jit):
+  p, h, steps = _fd_case(use_jit)
+  inner = hypergrad.optax_inner_loop(p.train_loss, p.optimizer)
+  xs = p.sample(jax.random.key(0), steps)
+  w0 = p.init_params(jax.random.key(1))
+  rev = _maybe_jit(hypergrad.unrolled(inner, p.val_loss), use_jit)(h, w0, xs)
+  fwd = _maybe_jit(hypergrad.forward(inner, p.val_loss), use_jit)(h, w0, xs)
+  fd = _central_fd(_unroll_value(inner, p.val_loss, w0, xs), h)
+  assert _rel_err(rev.grad, fd) < 1e-3
+  assert _rel_err(fwd.grad, fd) < 1e-3
+  chex.assert_trees_all_close(fwd.grad, rev.grad, rtol=1e-9, atol=1e-12)
+  np.testing.assert_allclose(fwd.value, rev.value, rtol=1e-12)
+  assert bool(rev.diagnostics.trustworthy) and bool(fwd.diagnostics.trustworthy)
+  assert 0 < float(rev.diagnostics.amplification) < 10  # convex, small lr: contractive
+  if not use_jit:  # truncation K >= T and remat change nothing, unjitted too
+    for kw in ({"truncate": steps}, {"truncate": steps + 5, "remat": "sqrt"}):
+      r = hypergrad.unrolled(inner, p.val_loss, **kw)(h, w0, xs)
+      chex.assert_trees_all_close(r.grad, rev.grad, rtol=1e-12)
+
+
+def test_rich_per_layer_hparams_match_finite_differences(x64):
+  p = problems.mlp("digits", widths=(8,), batch_size=16, per_layer=True)
+  inner = hypergrad.optax_inner_loop(p.train_loss, p.optimizer)
+  xs = p.sample(jax.random.key(0), 8)
+  w0 = p.init_params(jax.random.key(1))
+  h = p.hparams  # learning_rate and weight_decay are per-layer dicts
+  assert set(h["learning_rate"]) == {"layer_0", "layer_1"}
+  rev = jax.jit(hypergrad.unrolled(inner, p.val_loss))(h, w0, xs)
+  fd = _central_fd(_unroll_value(inner, p.val_loss, w0, xs), h)
+  assert _rel_err(rev.grad, fd) < 1e-3
+  assert rev.grad["learning_rate"]["layer_0"].shape == ()
+
+
+def test_truncation(x64):
+  p = problems.logreg("breast_cancer", batch_size=16)
+  inner = hypergrad.optax_inner_loop(p.train_loss, p.optimizer)
+  xs = p.sample(jax.random.key(0), 10)
+  w0 = p.init_params(jax.random.key(1))
+  h = p.hparams
+  full = jax.jit(hypergrad.unrolled(inner, p.val_loss))(h, w0, xs)
+  r = jax.jit(hypergrad.unrolled(inner, p.val_loss, truncate=10))(h, w0, xs)
+  chex.assert_trees_all_equal(r.grad, full.grad)  # K = T is the full unroll, bit for bit
+  rev = jax.jit(hypergrad.unrolled(inner, p.val_loss, truncate=3))(h, w0, xs)
+  fwd = jax.jit(hypergrad.forward(inner, p.val_loss, truncate=3, vectorize=False))(h, w0, xs)
+  np.testing.assert_allclose(rev.value, full.value, rtol=1e-12)  # same forward pass
+  chex.assert_trees_all_close(fwd.grad, rev.grad, rtol=1e-9, atol=1e-12)
+  # Truncated = exact gradient of the run whose first T - K steps see frozen hparams,
+  # and the learning rate still gets its gradient (injected hyperparameters refreshed).
+  h0 = jax.tree.map(jnp.asarray, h)
+
+  def frozen_head(hh):
+    state, _ = run_inner(inner, h0, w0, jax.tree.map(lambda x: x[:7], xs))
+    for i in range(7, 10):
+      state, _ = inner.step(state, hh, xs[i])
+    return p.val_loss(inner.params(state), hh)
+
+  assert _rel_err(rev.grad, _central_fd(frozen_head, h)) < 1e-3
+  assert abs(float(rev.grad["learning_rate"])) > 0
+  assert _rel_err(rev.grad, full.grad) > 1e-2
+
+
+def test_remat_identical_values_and_less_memory(x64):
+  p = problems.ridge(n=64, d=16, batch_size=32)
+  inner = hypergrad.optax_inner_loop(p.train_loss, p.optimizer)
+  xs = p.sample(jax.random.key(0), 50)
+  w0 = p.init_params(jax.random.key(1))
+  h = {"l2": jnp.asarray(1.0), "learning_rate": jnp.asarray(0.005)}
+  temp, results = {}, {}
+  for remat in hypergrad.REMAT:
+    fn = jax.jit(hypergrad.unrolled(inner, p.val_loss, remat=remat))
+    compiled = fn.lower(h, w0, xs).compile()
+    temp[remat] = compiled.memory_analysis().temp_size_in_bytes
+    results[remat] = compiled(h, w0, xs)
+  for remat in ("step", "sqrt"):
+    chex.assert_trees_all_close(results[remat].grad, results["none"].grad, rtol=1e-10)
+    np.testing.assert_allclose(results[remat].value, results["none"].value, rtol=1e-12)
+  # (whether "step" or "sqrt" is smaller at a given T depends on the state vs activation
+  # sizes; benchmarks/hypergrad_cost.py shows sqrt's O(sqrt(T)) growth on the MLP)
+  assert temp["sqrt"] < temp["none"] and temp["step"] < temp["none"], temp
+  # 50 steps = 7 segments of 7 plus 1 leftover step
+  r = jax.jit(hypergrad.unrolled(inner, p.val_loss, remat="sqrt", segment=7))(h, w0, xs)
+  chex.assert_trees_all_close(r.grad, results["none"].grad, rtol=1e-10)
+
+
+def test_hvp_backward_equals_autodiff(x64):
+  """The Hessian-vector-product backward gives autodiff's numbers for every option,
+  including hyperparameters that shape the initial state."""
+  p = problems.ridge(n=16, n_val=16, d=4, batch_size=8)
+  base = hypergrad.optax_inner_loop(p.train_loss, p.optimizer)
+  inner = base._replace(init=lambda w, h: base.init(h["scale"] * w, h))
+  h = {"l2": jnp.asarray(1.0), "learning_rate": jnp.asarray(0.01), "scale": jnp.asarray(0.5)}
+  xs = p.sample(jax.random.key(0), 9)
+  w0 = jnp.ones(4)
+  fd = _central_fd(_unroll_value(inner, p.val_loss, w0, xs), h)
+  for kw in ({}, {"remat": "sqrt", "segment": 4}, {"remat": "step", "truncate": 4}):
+    a = jax.jit(hypergrad.unrolled(inner, p.val_loss, backward="autodiff", **kw))(h, w0, xs)
+    b = jax.jit(hypergrad.unrolled(inner, p.val_loss, backward="hvp", **kw))(h, w0, xs)
+    chex.assert_trees_all_close(b.grad, a.grad, rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(b.diagnostics.amplification, a.diagnostics.amplification,
+                               rtol=1e-10)
+    np.testing.assert_allclose(b.train_loss, a.train_loss, rtol=1e-12)
+    if not kw:
+      assert _rel_err(b.grad, fd) < 1e-3 and abs(float(b.grad["scale"])) > 0
+  with pytest.raises(ValueError, match="needs an InnerLoop with loss and update"):
+    hypergrad.unrolled(inner._replace(loss=None), p.val_loss, backward="hvp")
+
+
+def test_chaotic_unroll_is_flagged():
+  # GD on 0.5 w^2 with lr 2.5: |1 - lr| = 1.5 > 1, sensitivities grow like 1.5^T.
+  inner = hypergrad.optax_inner_loop(lambda w, h, b: 0.5 * jnp.sum(w ** 2), hypergrad.sgd)
+  hg = jax.jit(hypergrad.unrolled(inner, lambda w, h: jnp.sum(w ** 2)))
+  r = hg({"learning_rate": jnp.asarray(2.5)}, jnp.ones(2), jnp.zeros((40, 1)))
+  assert float(r.diagnostics.amplification) > 1e6
+  assert not bool(r.diagnostics.trustworthy)
+  path = hypergrad.check(r.diagnostics)
+  assert bool(path.chaotic) and bool(path.exploding) and bool(path.fallback)
+  ok = hg({"learning_rate": jnp.asarray(0.5)}, jnp.ones(2), jnp.zeros((40, 1)))
+  assert bool(ok.diagnostics.trustworthy) and not bool(hypergrad.check(ok.diagnostics).fallback)
+
+
+def test_trial_fns_adapter_on_logreg_task():
+  import tasks
+
+  task = tasks.get_task("logreg")
+  fns = task.build({})
+  xv, yv = jnp.asarray(task.data.valid.x), jnp.asarray(task.data.valid.y)
+  x, y = jnp.asarray(task.data.train.x[:160]), jnp.asarray(task.data.train.y[:160])
+  xs = (x.reshape(5, 32, -1), y.reshape(5, 32))
+  h = {"learning_rate": jnp.asarray(0.1), "l2": jnp.asarray(1e-3)}
+  opt = lambda hh: tasks.make_optimizer("sgd", hh, {"momentum": 0.0})
+  val = lambda state, hh: fns.evaluate(state, xv, yv, hh)["loss"]
+  key = jax.random.key(0)
+  inner = hypergrad.trial_fns_inner_loop(fns, optimizer=opt)
+  full = jax.jit(hypergrad.unrolled(inner, val))(h, key, xs)
+  assert float(full.grad["learning_rate"]) < 0  # a larger lr helps after 5 steps
+  assert float(full.grad["l2"]) != 0 and bool(full.diagnostics.trustworthy)
+  trunc = jax.jit(hypergrad.unrolled(inner, val, truncate=2))(h, key, xs)
+  assert abs(float(trunc.grad["learning_rate"])) > 0 and bool(trunc.diagnostics.trustworthy)
+
+
+# ------------------------------------------------------------------------- implicit
+@pytest.mark.parametrize("solver,use_jit", [
+    ("cg", True), ("neumann", True), ("fixed_point", True), ("cg", False)])
+def test_implicit_ridge_closed_form(x64, solver, use_jit):
+  p = problems.ridge(noise=2.0)
+  x, y, xv, yv = (jnp.asarray(a) for a in problems.ridge_data(noise=2.0))
+  lam = jnp.asarray(5.0)
+  w_star = problems.ridge_solution(x, y, lam)
+  hg = hypergrad.implicit(p.train_loss, p.val_loss, solver=solver, maxiter=2000, tol=1e-10)
+  r = _maybe_jit(hg, use_jit)({"l2": lam}, w_star, p.full_batch)
+  expected = problems.ridge_hypergrad(x, y, xv, yv, lam)
+  assert abs(float(r.grad["l2"]) - float(expected)) < 1e-6 * abs(float(expected))
+  d = r.diagnostics
+  assert bool(d.converged) and bool(d.trustworthy) and float(d.residual_norm) <= 1e-10
+  assert float(d.inner_grad_norm) < 1e-8
+  # and against finite differences of the closed-form validation loss
+  fd = _central_fd(lambda h: problems.ridge_val_loss(
+      problems.ridge_solution(x, y, h["l2"]), xv, yv), {"l2": lam})
+  assert _rel_err(r.grad, fd) < 1e-3
+
+
+def test_implicit_matches_finite_differences_on_logistic_regression(x64):
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(60, 5)))
+  y = jnp.asarray((x @ rng.normal(size=5) + rng.normal(size=60) > 0).astype(float))
+  xv = jnp.asarray(rng.normal(size=(40, 5)))
+  yv = jnp.asarray((xv @ rng.normal(size=5) > 0).astype(float))
+
+  def train_loss(w, h, batch):
+    del batch
+    nll = jnp.mean(jnp.logaddexp(0.0, x @ w) - y * (x @ w))
+    return nll + 0.5 * jnp.sum(h["l2"] * w ** 2)  # per-feature L2
+
+  val_loss = lambda w, h: jnp.mean(jnp.logaddexp(0.0, xv @ w) - yv * (xv @ w))
+
+  def solve(h):  # Newton to machine precision
+    def newton(w, _):
+      g = jax.grad(train_loss)(w, h, None)
+      return w - jnp.linalg.solve(jax.hessian(train_loss)(w, h, None), g), None
+    return jax.lax.scan(newton, jnp.zeros(5), None, length=30)[0]
+
+  h = {"l2": jnp.asarray([0.01, 0.1, 0.05, 0.2, 0.02])}
+  fd = _central_fd(lambda hh: val_loss(solve(hh), hh), h)
+  for solver in hypergrad.SOLVERS:
+    r = jax.jit(hypergrad.implicit(train_loss, val_loss, solver=solver, maxiter=5000,
+                                   tol=1e-10))(h, solve(h), None)
+    assert _rel_err(r.grad, fd) < 1e-3, solver
+    assert bool(r.diagnostics.trustworthy), solver
+
+
+def _ill_conditioned():
+  a = jnp.logspace(0, 6, 40)
+  c = jnp.linspace(-1.0, 1.0, 40)
+  train_loss = lambda w, h, b: 0.5 * jnp.sum(a * w ** 2) - h["s"] * jnp.sum(c * w)
+  val_loss = lambda w, h: 0.5 * jnp.sum((w - 1.0) ** 2)
+  h = {"s": jnp.asarray(1.0)}
+  return train_loss, val_loss, h, h["s"] * c / a
+
+
+def test_unconverged_implicit_solve_is_flagged(x64):
+  train_loss, val_loss, h, w_star = _ill_conditioned()
+  for solver in hypergrad.SOLVERS:
+    r = jax.jit(hypergrad.implicit(train_loss, val_loss, solver=solver, maxiter=2))(
+        h, w_star, None)
+    d = r.diagnostics
+    assert not bool(d.converged) and not bool(d.trustworthy), solver
+    assert float(d.residual_norm) > 1e-5 and int(d.iterations) <= 2, solver
+    assert bool(hypergrad.check(d).unconverged), solver
+  good = jax.jit(hypergrad.implicit(train_loss, val_loss, maxiter=500, tol=1e-9))(
+      h, w_star, None)
+  assert bool(good.diagnostics.trustworthy) and int(good.diagnostics.iterations) > 2
+  # A non-stationary inner point is untrustworthy when inner_tol is set.
+  far = jax.jit(hypergrad.implicit(train_loss, val_loss, maxiter=500, tol=1e-9,
+                                   inner_tol=1e-6))(h, w_star + 0.1, None)
+  assert bool(far.diagnostics.converged) and not bool(far.diagnostics.trustworthy)
+
+
+def test_hpo_does_not_apply_unconverged_hypergradients(x64):
+  train_loss, val_loss, h, w_star = _ill_conditioned()
+  ig = hypergrad.implicit(train_loss, val_loss, maxiter=2)
+  est = lambda hh, start, key: ig(hh, start, None)
+  prog = hypergrad.gradient_hpo(est, lambda key: w_star, {"s": "identity"}, optax.sgd(0.1))
+  theta0 = {"s": jnp.asarray([1.0, 2.0])}
+  state, tel = jax.jit(prog.step)(prog.init(jax.random.key(0), theta0), jax.random.key(1))
+  chex.assert_trees_all_equal(state.theta, theta0)
+  assert not np.any(tel["applied"]) and np.all(tel["pathologies"].fallback)
+
+
+# ------------------------------------------------------------------------- online HD
+def _train_logreg(opt, steps=300):
+  p = problems.logreg("breast_cancer", batch_size=64)
+  h = {"l2": jnp.asarray(1e-3)}
+  xs = p.sample(jax.random.key(0), steps)
+
+  def run(lr):
+    o = opt(lr)
+    w = p.init_params(jax.random.key(1))
+
+    def step(c, idx):
+      w, s = c
+      u, s = o.update(jax.grad(p.train_loss)(w, h, idx), s, w)
+      return (optax.apply_updates(w, u), s), None
+
+    (w, s), _ = jax.lax.scan(step, (w, o.init(w)), xs)
+    return p.train_loss(w, h, p.full_batch), s
+
+  return run
+
+
+@pytest.mark.parametrize("name,base,hd,good_lrs,beta", [
+    ("sgd", optax.sgd, hypergrad.sgd_hd, [0.1, 0.3, 1.0, 3.0], 0.1),
+    ("adam", optax.adam, hypergrad.adam_hd, [0.003, 0.01, 0.03, 0.1], 1e-3),
+])
+def test_hd_recovers_from_a_learning_rate_100x_too_small(name, base, hd, good_lrs, beta):
+  grid = jax.jit(jax.vmap(lambda lr: _train_logreg(base)(lr)[0]))(jnp.asarray(good_lrs))
+  best = int(jnp.argmin(grid))
+  tuned_lr, tuned_loss = good_lrs[best], float(grid[best])
+  small = tuned_lr / 100
+  fixed_small = float(jax.jit(lambda lr: _train_logreg(base)(lr)[0])(small))
+  loss, state = jax.jit(_train_logreg(lambda lr: hd(lr, beta)))(small)
+  assert float(loss) < 1.1 * tuned_loss, (name, float(loss), tuned_loss)
+  assert fixed_small > 1.5 * tuned_loss  # the small rate alone is far off
+  assert float(hypergrad.hd_learning_rate(state)) > 5 * small
+
+
+def test_hd_composes_in_an_optax_chain():
+  opt = optax.chain(optax.clip_by_global_norm(1.0), hypergrad.sgd_hd(0.01, 0.1))
+  params = jnp.ones(3)
+  state = opt.init(params)
+  step = jax.jit(opt.update)
+  for _ in range(3):
+    updates, state = step(params, state, params)
+  assert float(hypergrad.hd_learning_rate(state)) > 0.01
+  with pytest.raises(ValueError, match="no sgd_hd"):
+    hypergrad.hd_learning_rate(optax.sgd(0.1).init(params))
+
+
+# ------------------------------------------------------------------------- transforms, spaces
+def test_transforms_round_trip_and_spaces():
+  from spaces import Choice, Float, Int, Space
+
+  spec = {"lr": "log", "mom": "logit", "w": hypergrad.interval(-1.0, 2.0),
+          "wd": hypergrad.log_interval(1e-6, 1e-1), "per_layer": "log"}
+  h = {"lr": jnp.asarray(0.03), "mom": jnp.asarray(0.9), "w": jnp.asarray(0.5),
+       "wd": jnp.asarray(1e-3), "per_layer": {"a": jnp.asarray(0.1), "b": jnp.asarray(0.2)}}
+  theta = hypergrad.to_theta(h, spec)
+  chex.assert_trees_all_close(hypergrad.to_hparams(theta, spec), h, rtol=1e-5)
+  with pytest.raises(ValueError, match="unknown"):
+    hypergrad.to_hparams({"lr": 0.0}, {"lr": "softplus"})
+
+  space = Space({"lr": Float(1e-4, 1.0, log=True), "dropout": Float(0.0, 0.5),
+                 "width": Int(8, 64), "act": Choice(["relu", "tanh"])})
+  assert hypergrad.nondifferentiable(space) == ["act", "width"]
+  spec = hypergrad.spec_from_space(space)
+  assert spec["lr"].name == "log" and spec["dropout"].name == "identity"
+  bounded = hypergrad.spec_from_space(space, bounded=True)
+  hb = hypergrad.to_hparams({"lr": 50.0, "dropout": -50.0}, bounded)
+  assert 1e-4 <= float(hb["lr"]) <= 1.0 and 0.0 <= float(hb["dropout"]) <= 0.5
+  with pytest.raises(ValueError, match="'act'.*discrete"):
+    hypergrad.spec_from_space(space, ["lr", "act"])
+  mon = hypergrad.hypergrad_monitor(discrete=bool(hypergrad.nondifferentiable(space)))
+  d = hypergrad.make_diagnostics(jnp.asarray(1.0), {"lr": jnp.asarray(0.1)})
+  _, path = mon.update(mon.init(), d)
+  assert bool(path.discrete) and bool(path.fallback)
+
+
+def test_monitor_flags_nonfinite_exploding_and_growth():
+  mon = hypergrad.hypergrad_monitor(max_norm=100.0, max_growth=10.0)
+  diag = lambda g: hypergrad.make_diagnostics(jnp.asarray(1.0), jnp.asarray(g))
+  s = mon.init()
+  s, p = mon.update(s, diag(1.0))
+  assert not bool(p.fallback)
+  s, p = mon.update(s, diag(5.0))
+  assert not bool(p.fallback)
+  s, p = mon.update(s, diag(80.0))  # 16x growth, below max_norm
+  assert bool(p.growing) and not bool(p.exploding) and bool(p.fallback)
+  s, p = mon.update(s, diag(1e3))
+  assert bool(p.exploding)
+  s, p = mon.update(s, diag(jnp.nan))
+  assert bool(p.nonfinite) and int(s.n_flagged) == 3
+  stacked = jax.tree.map(lambda *a: jnp.stack(a), *[
+      hypergrad.check(diag(v), max_norm=100.0) for v in (1.0, 2.0, 1e3)])
+  assert int(hypergrad.first_fallback(stacked)) == 2
+  assert hypergrad.summarize(stacked)["exploding"] == 1
+
+
+# ------------------------------------------------------------------------- HPO programs
+@pytest.mark.parametrize("method", ["unrolled", "implicit"])
+def test_gradient_hpo_population_improves_validation_loss(method):
+  p = problems.logreg("breast_cancer", batch_size=64 if method == "unrolled" else 1024)
+  tune = ("learning_rate", "l2") if method == "unrolled" else ("l2",)
+  spec = {k: p.spec[k] for k in tune}
+  fixed = {k: v for k, v in p.hparams.items() if k not in tune}
+  est = hypergrad.make_estimator(p, method, 30 if method == "unrolled" else 200, tol=1e-3)
+  prog = hypergrad.gradient_hpo(est, p.init_params, spec, optax.adam(0.2), fixed=fixed)
+  h0 = {"learning_rate": jnp.asarray(0.01), "l2": jnp.asarray(0.1)}
+  theta0 = hypergrad.perturb(jax.random.key(3), hypergrad.to_theta(
+      {k: h0[k] for k in tune}, spec), 3, 0.3)
+  state, tel = jax.jit(hypergrad.run, static_argnums=(0, 3))(prog, jax.random.key(0),
+                                                             theta0, 6)
+  chex.assert_shape(tel["val_loss"], (6, 3))
+  chex.assert_shape(tel["diagnostics"].grad_norm, (6, 3))
+  chex.assert_shape(tel["hparams"]["l2"], (6, 3))
+  assert np.all(tel["applied"]) and np.all(np.isfinite(tel["val_loss"]))
+  assert np.mean(tel["val_loss"][-1]) < np.mean(tel["val_loss"][0])
+  assert np.all(state.best_value <= tel["val_loss"][0] + 1e-6)
+
+
+@pytest.mark.parametrize("name", ["unrolled", "implicit", "online"])
+def test_configs_run(name):
+  import importlib
+
+  config = importlib.import_module(f"configs.hypergrad_{name}").get_config()
+  config.outer_steps, config.population, config.inner_steps = 2, 2, 5
+  if name == "unrolled":
+    config.estimator.remat = "none"  # compiles faster; remat is checked above
+  if name == "implicit":
+    config.estimator.tol = 10.0  # 5 inner steps are no optimum; only the plumbing here
+  summary = hypergrad.run_config(config)
+  assert summary["method"] == name and summary["outer_steps"] == 2
+  assert len(summary["val_loss_final"]) == 2 and np.all(np.isfinite(summary["val_loss_final"]))
+
+
+@pytest.mark.parametrize("module", ["diagnostics", "forward", "implicit", "inner", "online",
+                                    "transforms", "unrolled"])
+def test_docstring_examples(module):
+  import doctest
+  import importlib
+
+  result = doctest.testmod(importlib.import_module(f"hypergrad.{module}"))
+  assert result.failed == 0 and result.attempted > 0
