@@ -15,7 +15,7 @@ from metaopt._src.driver import code_version, hardware, search
 from metaopt._src.monitor import CONDITIONS, THRESHOLDS, detect_conditions
 from metaopt._src.multifidelity import asha, curve_pruner, hyperband, rungs, successive_halving
 from metaopt._src.pbt import pbt
-from metaopt._src.population import PopulationKernel, make_kernel
+from metaopt._src.population import PopulationKernel, make_kernel, population_mesh
 from metaopt._src.registry import PRUNERS, SEARCHERS, make_pruner, make_searcher
 from metaopt._src.searchers import halton, random_search, sobol
 from metaopt._src.store import Store, Study
@@ -34,7 +34,7 @@ from metaopt._src.types import (
 
 __all__ = [
     "CONDITIONS", "THRESHOLDS", "detect_conditions", "with_monitor",
-    "asha", "curve_pruner", "hyperband", "pbt", "rungs", "successive_halving",
+    "population_mesh", "asha", "curve_pruner", "hyperband", "pbt", "rungs", "successive_halving",
     "COMPLETE", "FAILED", "INFEASIBLE", "PRUNED", "PRUNERS", "RUNNING", "SEARCHERS",
     "STATUS_NAMES", "Checkpointer", "PopulationKernel", "Pruner", "Result", "Searcher", "Store",
     "Study", "Trial", "alternate", "code_version", "failure_rate_trigger", "halton", "hardware",

@@ -114,6 +114,7 @@ def search(
     progress: bool = True,
     on_epoch: Callable[[int, int, list[dict[str, Any]]], None] | None = None,
     checkpoint_every_s: float = 10.0,
+    devices: list[jax.Device] | None = None,
 ) -> Result:
   """Runs (or resumes) a population search and returns its :class:`Result`.
 
@@ -135,6 +136,7 @@ def search(
     checkpoint_every_s: seconds between population checkpoints within a round (0: every
       epoch); the last epoch of a round is always checkpointed. A resumed round restarts
       from its newest checkpoint and re-runs later epochs identically.
+    devices: devices to shard the population axis over (default: all local devices).
   """
   space = task.space if space is None else space
   n_trials = _positive_int("n_trials", n_trials)
@@ -183,14 +185,18 @@ def search(
   tell = jax.jit(program.tell)
   observe = jax.jit(program.observe) if program.observe is not None else None
   decode = jax.jit(space.decode)
+  mesh = pop.population_mesh(devices)
+  multiple = 1 if mesh is None else mesh.size
   data = pop.data_arrays(task.data)
+  if mesh is not None:
+    data = jax.device_put(data, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
   kernels: dict[tuple, pop.PopulationKernel] = {}
 
   def kernel(structure: dict[str, Any]) -> pop.PopulationKernel:
     k = tuple(sorted(structure.items()))
     if k not in kernels:
       kernels[k] = pop.make_kernel(task.build(structure), len(task.data.train), batch_size,
-                                   shared_batches)
+                                   shared_batches, mesh)
     return kernels[k]
 
   n_rounds = -(-n_trials // population)
@@ -217,7 +223,7 @@ def search(
         ids = []
       h = decode(jnp.asarray(u))
       params = space.to_python_batch(h)
-      groups, structures = _group(space, params, task)
+      groups, structures = _group(space, params, task, multiple)
       r = _Round(rnd, ids, u, h, params, groups, structures)
       ckpt = Checkpointer(os.path.join(checkpoint_dir, f"round_{rnd:05d}"))
       if rows is None:
@@ -227,7 +233,8 @@ def search(
             for num, p, uu in zip(numbers, params, u.tolist(), strict=True)],
             _ser(state), checkpoint_path=ckpt.directory)
       state = _train_round(r, state, task, kernel, data, ckpt, st, key_r, epochs, sign, observe,
-                           seed, population, bar, on_epoch, space, checkpoint_every_s)
+                           seed, population, bar, on_epoch, space, checkpoint_every_s,
+                           multiple)
       rows = st.round_trials(rec.id, rnd)
       status = np.asarray([STATUS_NAMES.index(x["status"]) if x["status"] != "running"
                            else COMPLETE for x in rows], np.int32)
@@ -258,8 +265,9 @@ def _json_row(row: Mapping[str, Any]) -> dict[str, Any]:
   return {**row, "u": json.loads(row["u"])}
 
 
-def _group(space: Space, params: list[dict[str, Any]], task: Task):
-  """Trial indices per structural setting (one compiled kernel per group)."""
+def _group(space: Space, params: list[dict[str, Any]], task: Task, multiple: int = 1):
+  """Trial indices per structural setting (one compiled kernel per group), each padded with
+  ``-1`` entries (frozen placeholders) to a multiple of the device count."""
   names = space.structural
   by: dict[tuple, list[int]] = {}
   for i, p in enumerate(params):
@@ -267,9 +275,18 @@ def _group(space: Space, params: list[dict[str, Any]], task: Task):
     by.setdefault(key, []).append(i)
   groups, structures = {}, {}
   for gi, key in enumerate(sorted(by, key=repr)):
-    groups[f"g{gi}"] = np.asarray(by[key])
+    groups[f"g{gi}"] = _pad(np.asarray(by[key]), multiple)
     structures[f"g{gi}"] = {**{k: v for k, v in task.defaults.items()}, **dict(key)}
   return groups, structures
+
+
+def _pad(idx: np.ndarray, multiple: int) -> np.ndarray:
+  extra = -len(idx) % multiple
+  return np.concatenate([idx, np.full(extra, -1, idx.dtype)]) if extra else idx
+
+
+def _alive_at(alive: np.ndarray, idx: np.ndarray) -> np.ndarray:
+  return (idx >= 0) & alive[np.maximum(idx, 0)]
 
 
 def _take(h: Mapping[str, jax.Array], idx: np.ndarray) -> dict[str, jax.Array]:
@@ -282,7 +299,8 @@ def _gather(tree, idx: np.ndarray):
 
 def _train_round(r: _Round, state, task: Task, kernel, data, ckpt: Checkpointer, st: Store,
                  key_r, epochs: int, sign: float, observe, seed: int, population: int, bar,
-                 on_epoch, space: Space, checkpoint_every_s: float = 0.0) -> Any:
+                 on_epoch, space: Space, checkpoint_every_s: float = 0.0,
+                 multiple: int = 1) -> Any:
   """Trains one round's population epoch by epoch; returns the searcher state.
 
   Between epochs the program's ``observe`` may stop trials (pruning, monitoring) and, for
@@ -334,17 +352,18 @@ def _train_round(r: _Round, state, task: Task, kernel, data, ckpt: Checkpointer,
     for g, idx in layout.items():
       k = kernel(r.structures[g])
       try:
-        states[g], m = k.chunk(states[g], _take(r.h, idx), jnp.asarray(alive[idx]), key_e, data)
+        states[g], m = k.chunk(states[g], _take(r.h, idx), jnp.asarray(_alive_at(alive, idx)),
+                               key_e, data)
         m = jax.device_get(m)
       except Exception as e:  # noqa: BLE001 - a broken group fails, the population goes on
-        for i in idx:
+        for i in idx[idx >= 0]:
           if alive[i]:
             alive[i], status[i] = False, FAILED
             stopped.append((r.ids[i], "failed", f"{type(e).__name__} at epoch {epoch}: {e}",
                             None))
         continue
       for j, i in enumerate(idx):
-        if started[i]:
+        if i >= 0 and started[i]:
           metrics[i] = {name: np.asarray(v[j]) for name, v in m.items()}
     values = np.full(n, np.inf, np.float64)
     prev = sign * last
@@ -388,7 +407,7 @@ def _train_round(r: _Round, state, task: Task, kernel, data, ckpt: Checkpointer,
           r.h = space.decode(jnp.asarray(r.u))
           for i, p in zip(changed, space.to_python_batch(_take(r.h, changed)), strict=True):
             metrics[i]["next_params"] = p
-      layout, states = _compact(layout, states, alive)
+      layout, states = _compact(layout, states, alive, multiple)
     rows = [(r.ids[i], m) for i, m in enumerate(metrics) if m is not None]
     st.record_epoch([i for i, _ in rows], epoch, [m for _, m in rows], stopped)
     if (epoch == epochs - 1 or not alive.any()
@@ -415,10 +434,10 @@ def _exploit(states, layout, copy_from: np.ndarray, alive: np.ndarray):
   """Copies train states (weights and optimizer state) from ``copy_from[i]`` into trial i."""
   out = dict(states)
   for g, idx in layout.items():
-    where = {int(t): j for j, t in enumerate(idx)}
+    where = {int(t): j for j, t in enumerate(idx) if t >= 0}
     src = np.arange(len(idx))
     for j, t in enumerate(idx):
-      c = int(copy_from[t])
+      c = int(copy_from[t]) if t >= 0 else -1
       if c >= 0 and alive[t]:
         if c not in where:
           raise ValueError(f"exploit: trial {t} cannot copy trial {c} from another structural "
@@ -429,15 +448,19 @@ def _exploit(states, layout, copy_from: np.ndarray, alive: np.ndarray):
   return out
 
 
-def _compact(layout, states, alive: np.ndarray):
-  """Drops groups with no live trial and halves groups once half their trials stopped."""
+def _compact(layout, states, alive: np.ndarray, multiple: int = 1):
+  """Drops groups with no live trial and halves groups once half their trials stopped
+  (keeping sizes multiples of the device count)."""
   new_layout, new_states = {}, {}
   for g, idx in layout.items():
-    live = np.flatnonzero(alive[idx])
+    live = np.flatnonzero(_alive_at(alive, idx))
     if len(live) == 0:
       continue
-    if len(live) <= len(idx) // 2:
-      new_layout[g], new_states[g] = idx[live], _gather(states[g], live)
+    size = len(live) + (-len(live) % multiple)
+    if size <= len(idx) // 2:
+      pos = np.concatenate([live, np.full(size - len(live), live[0])])
+      new_layout[g] = _pad(idx[live], multiple)
+      new_states[g] = _gather(states[g], pos)
     else:
       new_layout[g], new_states[g] = idx, states[g]
   return new_layout, new_states

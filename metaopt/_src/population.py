@@ -12,11 +12,14 @@ the shared input batch is not vmapped. Each trial still has its own initialisati
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from tasks import Dataset, TrialFns
 
@@ -29,6 +32,19 @@ class PopulationKernel(NamedTuple):
   init: Any     # (keys[n], h) -> states
   chunk: Any    # (states, h, alive, key, data) -> (states, metrics)
   steps_per_chunk: int
+  multiple: int = 1  # population sizes must be multiples of this (the number of devices)
+
+
+def population_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh | None:
+  """A 1-D mesh with axis ``"pop"`` over ``devices`` (default: all local devices), or None
+  for a single device. Trials are independent, so the population axis shards with no
+  communication; data and minibatch order are replicated."""
+  devices = list(jax.local_devices() if devices is None else devices)
+  if not devices:
+    raise ValueError("devices: must name at least one device")
+  if len(devices) == 1:
+    return None
+  return Mesh(np.asarray(devices), ("pop",), axis_types=(AxisType.Auto,))
 
 
 def epoch_metrics(tel: Mapping[str, jax.Array], evaluation: Mapping[str, jax.Array]) -> dict:
@@ -54,8 +70,13 @@ def data_arrays(data: Dataset) -> dict[str, jax.Array]:
 
 
 def make_kernel(fns: TrialFns, n_train: int, batch_size: int,
-                shared_batches: bool = True) -> PopulationKernel:
-  """Builds the jitted population ``init`` and ``chunk`` for one structural group."""
+                shared_batches: bool = True, mesh: Mesh | None = None) -> PopulationKernel:
+  """Builds the jitted population ``init`` and ``chunk`` for one structural group.
+
+  With a ``mesh`` (see :func:`population_mesh`) the population axis of states,
+  hyperparameters and metrics is sharded over its devices; population sizes must then be
+  multiples of the device count (``PopulationKernel.multiple``).
+  """
   if batch_size < 1 or batch_size > n_train:
     raise ValueError(f"batch_size={batch_size}: must be in [1, {n_train}] (train split size)")
   steps = n_train // batch_size
@@ -79,5 +100,16 @@ def make_kernel(fns: TrialFns, n_train: int, batch_size: int,
     perms = jax.vmap(lambda k: jax.random.permutation(k, n_train))(jax.random.split(key, n))
     return jax.vmap(trial_chunk, in_axes=(0, 0, 0, 0, None))(states, h, alive, perms, data)
 
-  init = jax.jit(jax.vmap(fns.init))
-  return PopulationKernel(init, jax.jit(chunk, donate_argnums=(0,)), steps)
+  if mesh is None:
+    init = jax.jit(jax.vmap(fns.init))
+    return PopulationKernel(init, jax.jit(chunk, donate_argnums=(0,)), steps)
+  pop, rep = NamedSharding(mesh, P("pop")), NamedSharding(mesh, P())
+  init = jax.jit(jax.vmap(fns.init), in_shardings=(pop, pop), out_shardings=pop)
+  chunk_j = jax.jit(chunk, in_shardings=(pop, pop, pop, rep, rep), out_shardings=(pop, pop),
+                    donate_argnums=(0,))
+
+  def chunk_sharded(states, h, alive, key, data):
+    # states gathered on the host side (compaction, exploit) come back replicated
+    return chunk_j(jax.device_put(states, pop), h, alive, key, data)
+
+  return PopulationKernel(init, chunk_sharded, steps, mesh.size)
