@@ -11,6 +11,7 @@ from metaopt._src.combinators import (
     with_monitor,
     with_pruning,
 )
+from metaopt._src.constraints import max_params, param_counter
 from metaopt._src.driver import code_version, hardware, search
 from metaopt._src.monitor import CONDITIONS, THRESHOLDS, detect_conditions
 from metaopt._src.multifidelity import asha, curve_pruner, hyperband, rungs, successive_halving
@@ -33,11 +34,11 @@ from metaopt._src.types import (
 )
 
 __all__ = [
-    "CONDITIONS", "THRESHOLDS", "detect_conditions", "with_monitor",
-    "population_mesh", "asha", "curve_pruner", "hyperband", "pbt", "rungs", "successive_halving",
-    "COMPLETE", "FAILED", "INFEASIBLE", "PRUNED", "PRUNERS", "RUNNING", "SEARCHERS",
-    "STATUS_NAMES", "Checkpointer", "PopulationKernel", "Pruner", "Result", "Searcher", "Store",
-    "Study", "Trial", "alternate", "code_version", "failure_rate_trigger", "halton", "hardware",
-    "make_kernel", "make_pruner", "make_searcher", "median_pruner", "product", "random_search",
-    "search", "sequential", "sobol", "with_fallback", "with_pruning",
+    "COMPLETE", "CONDITIONS", "FAILED", "INFEASIBLE", "PRUNED", "PRUNERS", "RUNNING", "SEARCHERS",
+    "STATUS_NAMES", "THRESHOLDS", "alternate", "asha", "Checkpointer", "code_version",
+    "curve_pruner", "detect_conditions", "failure_rate_trigger", "halton", "hardware", "hyperband",
+    "make_kernel", "make_pruner", "make_searcher", "max_params", "median_pruner", "param_counter",
+    "pbt", "population_mesh", "PopulationKernel", "product", "Pruner", "random_search", "Result",
+    "rungs", "search", "Searcher", "sequential", "sobol", "Store", "Study", "successive_halving",
+    "Trial", "with_fallback", "with_monitor", "with_pruning",
 ]

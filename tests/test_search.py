@@ -237,3 +237,26 @@ def test_resume_restores_a_compacted_population(tmp_path):
     assert (a.number, a.status, len(a.metrics)) == (b.number, b.status, len(b.metrics))
     assert a.objective == pytest.approx(b.objective, abs=1e-6)
   assert res.count("complete") == 2  # rungs after epochs 0 and 1: 8 -> 4 -> 2
+
+
+def test_infeasible_trials_are_recorded_and_not_trained(tmp_path):
+  task = get_task("digits_mlp")
+  count = metaopt.param_counter(task)
+  # a width-w MLP on 64 inputs with two hidden layers and 10 outputs
+  assert count({"width": 10, "learning_rate": 1e-3, "weight_decay": 1e-4,
+                "activation": "relu"}) == 64 * 10 + 10 + 10 * 10 + 10 + 10 * 10 + 10
+  budget = 3000
+  res = metaopt.search(metaopt.random_search(task.space.dim), task, n_trials=8, population=8,
+                       epochs=2, batch_size=128, progress=False,
+                       constraint=metaopt.max_params(task, budget),
+                       store=f"sqlite:///{tmp_path}/c.db")
+  bad = [t for t in res.trials if t.status == "infeasible"]
+  good = [t for t in res.trials if t.status == "complete"]
+  assert bad and good
+  for t in bad:
+    assert count(t.params) > budget and t.metrics == [] and t.objective is None
+    assert t.failure_reason.startswith("constraint violated by ")
+  for t in good:
+    assert count(t.params) <= budget and len(t.metrics) == 2
+  with pytest.raises(ValueError, match="budget=0"):
+    metaopt.max_params(task, 0)

@@ -35,6 +35,7 @@ from metaopt._src.store import Store
 from metaopt._src.types import (
     COMPLETE,
     FAILED,
+    INFEASIBLE,
     PRUNED,
     RUNNING,
     STATUS_NAMES,
@@ -90,6 +91,7 @@ class _Round:
   params: list[dict[str, Any]]
   groups: dict[str, np.ndarray]
   structures: dict[str, dict[str, Any]]
+  feasible: np.ndarray
 
 
 def _ser(state: Any) -> bytes:
@@ -115,6 +117,7 @@ def search(
     on_epoch: Callable[[int, int, list[dict[str, Any]]], None] | None = None,
     checkpoint_every_s: float = 10.0,
     devices: list[jax.Device] | None = None,
+    constraint: Callable[[dict[str, Any]], float] | None = None,
 ) -> Result:
   """Runs (or resumes) a population search and returns its :class:`Result`.
 
@@ -137,6 +140,9 @@ def search(
       epoch); the last epoch of a round is always checkpointed. A resumed round restarts
       from its newest checkpoint and re-runs later epochs identically.
     devices: devices to shard the population axis over (default: all local devices).
+    constraint: ``params -> value``, feasible when ``value <= 0`` (e.g.
+      :func:`metaopt.max_params`); infeasible trials are recorded ``infeasible`` and not
+      trained, and the searcher is told so.
   """
   space = task.space if space is None else space
   n_trials = _positive_int("n_trials", n_trials)
@@ -223,8 +229,10 @@ def search(
         ids = []
       h = decode(jnp.asarray(u))
       params = space.to_python_batch(h)
-      groups, structures = _group(space, params, task, multiple)
-      r = _Round(rnd, ids, u, h, params, groups, structures)
+      violation = [None if constraint is None else float(constraint(p)) for p in params]
+      feasible = np.asarray([v is None or v <= 0 for v in violation])
+      groups, structures = _group(space, params, task, multiple, feasible)
+      r = _Round(rnd, ids, u, h, params, groups, structures, feasible)
       ckpt = Checkpointer(os.path.join(checkpoint_dir, f"round_{rnd:05d}"))
       if rows is None:
         numbers = [rnd * population + i for i in range(n)]
@@ -232,6 +240,9 @@ def search(
             {"number": num, "params": p, "u": uu, "seed": trial_seed(seed, num)}
             for num, p, uu in zip(numbers, params, u.tolist(), strict=True)],
             _ser(state), checkpoint_path=ckpt.directory)
+        st.record_epoch([], 0, [], [
+            (r.ids[i], "infeasible", f"constraint violated by {violation[i]:g}", None)
+            for i in np.flatnonzero(~feasible)])
       state = _train_round(r, state, task, kernel, data, ckpt, st, key_r, epochs, sign, observe,
                            seed, population, bar, on_epoch, space, checkpoint_every_s,
                            multiple)
@@ -265,12 +276,16 @@ def _json_row(row: Mapping[str, Any]) -> dict[str, Any]:
   return {**row, "u": json.loads(row["u"])}
 
 
-def _group(space: Space, params: list[dict[str, Any]], task: Task, multiple: int = 1):
+def _group(space: Space, params: list[dict[str, Any]], task: Task, multiple: int = 1,
+           feasible: np.ndarray | None = None):
   """Trial indices per structural setting (one compiled kernel per group), each padded with
-  ``-1`` entries (frozen placeholders) to a multiple of the device count."""
+  ``-1`` entries (frozen placeholders) to a multiple of the device count. Infeasible trials
+  are left out."""
   names = space.structural
   by: dict[tuple, list[int]] = {}
   for i, p in enumerate(params):
+    if feasible is not None and not feasible[i]:
+      continue
     key = tuple((n, p.get(n, task.defaults.get(n))) for n in names)
     by.setdefault(key, []).append(i)
   groups, structures = {}, {}
@@ -339,7 +354,8 @@ def _train_round(r: _Round, state, task: Task, kernel, data, ckpt: Checkpointer,
     start = 0
     layout = dict(r.groups)
     states = fresh(layout)
-    alive, status = np.ones(n, bool), np.full(n, RUNNING, np.int32)
+    alive = r.feasible.copy()
+    status = np.where(r.feasible, RUNNING, INFEASIBLE).astype(np.int32)
     last, hist = np.full(n, np.nan), np.full((n, epochs), np.nan)
   bar.update(start)
   obj_key = f"valid_{task.objective}"
