@@ -40,16 +40,35 @@ def _search(cfg: dict) -> None:
   print(json.dumps(result.summary(), indent=2))
 
 
+def _coords(cfg: dict) -> list[str] | None:
+  """Names of the unit-cube coordinates of a study's space, when its config says."""
+  try:
+    from spaces import from_spec
+    from tasks import get_task
+    if cfg.get("space"):
+      return from_spec(cfg["space"]).names
+    return get_task(cfg["task_name"], **cfg.get("task", {})).space.names
+  except (KeyError, TypeError, ValueError):
+    return None
+
+
 def _report(store_url: str, study: str | None) -> None:
   import metaopt
-  from metaopt._src.report import plot_history
+  from metaopt._src.report import param_importance, write_report
 
   store = metaopt.Store(store_url)
   rec = store.load_study(study)
   result = metaopt.Result(rec.name, rec.direction, store.trials(rec.id))
   out = _OUT.value or os.path.join("runs", f"report_{rec.name}")
   summary = result.summary()
-  summary["plot"] = plot_history(result, os.path.join(out, "history.png"))
+  paths = write_report(result, out, {"code version": rec.code_version,
+                                     "data version": rec.data_version,
+                                     "hardware": rec.hardware, "seed": rec.seed},
+                       coords=_coords(rec.config))
+  summary["plot"] = paths["history"]
+  summary["html"] = paths["html"]
+  summary["plots"] = paths
+  summary["importance"] = param_importance(result)
   summary["events"] = store.events(rec.id)
   summary["data_version"] = rec.data_version
   summary["code_version"] = rec.code_version
@@ -66,7 +85,7 @@ def _report(store_url: str, study: str | None) -> None:
                                                 else (t.objective or 0)))[:10]:
     obj = "-" if t.objective is None else f"{t.objective:.4f}"
     print(f"  #{t.number:<4d} {t.status:<9s} {obj:>8s}  {t.failure_reason or ''} {t.params}")
-  print(f"plot: {summary['plot']}")
+  print(f"report: {summary['html']}")
 
 
 def main(argv: list[str]) -> None:

@@ -57,6 +57,11 @@ def test_run_then_report_json_and_png(tmp_path):
   assert 0.0 < rep["best"]["objective"] <= 1.0
   with open(rep["plot"], "rb") as f:
     assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+  page = open(rep["html"]).read()
+  assert page.count("data:image/png;base64,") >= 3  # self-contained: plots embedded
+  assert set(rep["plots"]) >= {"history", "learning_curves", "importance", "parallel", "html"}
+  assert set(rep["importance"]) <= {"learning_rate", "weight_decay", "width", "activation"}
+  assert all(0.0 <= v <= 1.0 for v in rep["importance"].values())
   con = sqlite3.connect(f"{tmp_path}/s.db")
   assert con.execute("select seed from studies").fetchone()[0] == 3
 

@@ -1,24 +1,53 @@
-"""Reports on a study: the JSON summary and a PNG of objective per trial."""
+"""Reports on a study: the JSON summary, PNG plots and one self-contained HTML page.
+
+Plots: optimization history with best-so-far, learning curves per trial (pruned dashed,
+failed red), parameter importance (the correlation ratio of each parameter's main effect:
+the share of the objective's variance explained by binning that parameter alone), parallel
+coordinates, PBT lineages (who copied whom at which epoch) and a table of the training
+conditions the monitor saw.
+"""
 
 from __future__ import annotations
 
+import base64
+import html
 import os
+from collections import Counter
+from typing import Any
 
 import numpy as np
 
-from metaopt._src.types import Result
+from metaopt._src.types import Result, Trial
 
 _COLORS = {"complete": "tab:blue", "failed": "tab:red", "pruned": "tab:gray",
            "infeasible": "tab:orange", "running": "tab:green"}
 
 
-def plot_history(result: Result, path: str) -> str:
-  """Objective per trial (colored by status) with the best-so-far line; returns ``path``."""
+def _plt():
   import matplotlib
 
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+  return plt
 
+
+def _curve(t: Trial, key: str) -> list[float]:
+  return [m.get(key) for m in t.metrics if m.get(key) is not None]
+
+
+def objective_key(result: Result) -> str | None:
+  """The per-epoch metric the objective was read from (``valid_<objective>``)."""
+  for t in result.trials:
+    if t.status == "complete" and t.objective is not None and t.metrics:
+      for k, v in t.metrics[-1].items():
+        if k.startswith("valid_") and isinstance(v, (int, float)) and np.isclose(v, t.objective):
+          return k
+  return None
+
+
+def plot_history(result: Result, path: str) -> str:
+  """Objective per trial (colored by status) with the best-so-far line; returns ``path``."""
+  plt = _plt()
   fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
   for status, color in _COLORS.items():
     ts = [t for t in result.trials if t.status == status and t.objective is not None]
@@ -40,8 +69,178 @@ def plot_history(result: Result, path: str) -> str:
   ax.set_title(f"{result.study}: {len(result.trials)} trials ({result.direction})")
   ax.legend(fontsize=8, loc="best")
   ax.grid(alpha=0.3)
+  return _save(fig, path)
+
+
+def plot_learning_curves(result: Result, path: str) -> str:
+  """Valid objective per epoch for every trial; pruned dashed, failed red, best thick."""
+  plt = _plt()
+  key = objective_key(result) or "valid_accuracy"
+  fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+  best = result.best
+  for t in result.trials:
+    ys = _curve(t, key)
+    if not ys:
+      continue
+    style = {"complete": dict(c="tab:blue", alpha=0.35, lw=0.8),
+             "pruned": dict(c="tab:gray", alpha=0.5, lw=0.8, ls="--"),
+             "failed": dict(c="tab:red", alpha=0.7, lw=0.8)}.get(t.status, dict(c="k", lw=0.5))
+    ax.plot(range(len(ys)), ys, **style)
+  if best is not None:
+    ys = _curve(best, key)
+    ax.plot(range(len(ys)), ys, c="k", lw=2.0, label=f"best (#{best.number})")
+    ax.legend(fontsize=8)
+  ax.set_xlabel("epoch")
+  ax.set_ylabel(key)
+  ax.set_title("learning curves (pruned: dashed grey, failed: red)")
+  ax.grid(alpha=0.3)
+  return _save(fig, path)
+
+
+def param_importance(result: Result, bins: int = 5) -> dict[str, float]:
+  """Share of the objective's variance explained by each parameter's binned main effect."""
+  done = [t for t in result.trials if t.status == "complete" and t.objective is not None]
+  if len(done) < 4:
+    return {}
+  y = np.asarray([t.objective for t in done], np.float64)
+  total = y.var()
+  out = {}
+  names = sorted({k for t in done for k in t.params})
+  for n in names:
+    vals = [t.params.get(n) for t in done]
+    if len({repr(v) for v in vals}) < 2:
+      continue
+    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vals):
+      x = np.asarray(vals, np.float64)
+      edges = np.quantile(x, np.linspace(0, 1, bins + 1)[1:-1])
+      groups = np.searchsorted(edges, x, side="right")
+    else:
+      keys = sorted({repr(v) for v in vals})
+      groups = np.asarray([keys.index(repr(v)) for v in vals])
+    between = sum((groups == g).sum() * (y[groups == g].mean() - y.mean()) ** 2
+                  for g in np.unique(groups)) / len(y)
+    out[n] = float(between / total) if total > 0 else 0.0
+  return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+
+
+def plot_importance(result: Result, path: str) -> str | None:
+  imp = param_importance(result)
+  if not imp:
+    return None
+  plt = _plt()
+  fig, ax = plt.subplots(figsize=(6, 0.5 + 0.4 * len(imp)), dpi=110)
+  names = list(imp)[::-1]
+  ax.barh(names, [imp[n] for n in names], color="tab:purple")
+  ax.set_xlabel("share of objective variance (main effect)")
+  ax.set_title("parameter importance")
+  ax.set_xlim(0, 1)
+  return _save(fig, path)
+
+
+def plot_parallel(result: Result, path: str, coords: list[str] | None = None) -> str | None:
+  """Parallel coordinates of the unit-cube points of complete trials, colored by objective;
+  ``coords`` names the unit-cube coordinates (the space's ``names``)."""
+  done = [t for t in result.trials if t.status == "complete" and t.u and t.objective is not None]
+  if len(done) < 2:
+    return None
+  plt = _plt()
+  u = np.asarray([t.u for t in done])
+  names = coords if coords and len(coords) == u.shape[1] else \
+      [f"u{i}" for i in range(u.shape[1])]
+  y = np.asarray([t.objective for t in done])
+  order = np.argsort(y if result.direction == "maximize" else -y)
+  fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+  cmap = plt.get_cmap("viridis")
+  span = np.ptp(y) or 1.0
+  for i in order:
+    ax.plot(range(u.shape[1]), u[i], c=cmap((y[i] - y.min()) / span), alpha=0.6, lw=0.9)
+  ax.set_xticks(range(u.shape[1]))
+  ax.set_xticklabels(names, rotation=20, fontsize=8)
+  ax.set_ylabel("unit-cube coordinate")
+  ax.set_title("parallel coordinates (yellow = better)" if result.direction == "maximize"
+               else "parallel coordinates (yellow = worse)")
+  return _save(fig, path)
+
+
+def plot_lineage(result: Result, path: str) -> str | None:
+  """PBT lineage: an arrow from donor to receiver at every exploit step."""
+  edges = [(m["epoch"], m["parent"], t.number) for t in result.trials for m in t.metrics
+           if "parent" in m]
+  if not edges:
+    return None
+  plt = _plt()
+  fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+  for e, src, dst in edges:
+    ax.annotate("", xy=(e + 1, dst), xytext=(e, src),
+                arrowprops=dict(arrowstyle="->", color="tab:blue", alpha=0.5, lw=0.8))
+  ax.set_xlim(-0.5, max(e for e, _, _ in edges) + 1.5)
+  ax.set_ylim(-0.5, max(max(s, d) for _, s, d in edges) + 0.5)
+  ax.set_xlabel("epoch")
+  ax.set_ylabel("trial")
+  ax.set_title(f"PBT lineage ({len(edges)} exploit steps)")
+  return _save(fig, path)
+
+
+def _save(fig, path: str) -> str:
   fig.tight_layout()
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   fig.savefig(path)
-  plt.close(fig)
+  _plt().close(fig)
   return path
+
+
+def _img(path: str | None) -> str:
+  if not path:
+    return ""
+  with open(path, "rb") as f:
+    data = base64.b64encode(f.read()).decode()
+  return f'<img src="data:image/png;base64,{data}" alt="{html.escape(os.path.basename(path))}">'
+
+
+def write_report(result: Result, out: str, extra: dict[str, Any] | None = None,
+                 coords: list[str] | None = None) -> dict[str, str]:
+  """Writes the PNG plots and ``report.html`` (images embedded) to ``out``; returns paths."""
+  os.makedirs(out, exist_ok=True)
+  paths = {
+      "history": plot_history(result, os.path.join(out, "history.png")),
+      "learning_curves": plot_learning_curves(result, os.path.join(out, "learning_curves.png")),
+      "importance": plot_importance(result, os.path.join(out, "importance.png")),
+      "parallel": plot_parallel(result, os.path.join(out, "parallel.png"), coords),
+      "lineage": plot_lineage(result, os.path.join(out, "lineage.png")),
+  }
+  s = result.summary()
+  conds = Counter(c for t in result.trials for m in t.metrics for c in m.get("conditions", []))
+  reasons = Counter(t.failure_reason.split(" at epoch")[0].split(" after epoch")[0]
+                    for t in result.trials if t.failure_reason)
+  top = sorted([t for t in result.trials if t.objective is not None],
+               key=lambda t: -t.objective if result.direction == "maximize" else t.objective)
+  rows = "".join(
+      f"<tr><td>{t.number}</td><td>{t.status}</td><td>{t.objective:.4f}</td>"
+      f"<td>{len(t.metrics)}</td><td>{html.escape(str(t.params))}</td></tr>" for t in top[:20])
+  extra_rows = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>"
+                       for k, v in (extra or {}).items())
+  best = s["best"]
+  page = f"""<!doctype html><html><head><meta charset="utf-8">
+<title>metaopt report: {html.escape(result.study)}</title>
+<style>body{{font-family:sans-serif;max-width:1100px;margin:auto;padding:1em}}
+img{{max-width:49%;vertical-align:top}} table{{border-collapse:collapse;font-size:13px}}
+td,th{{border:1px solid #ccc;padding:3px 6px;text-align:left}}</style></head><body>
+<h1>{html.escape(result.study)}</h1>
+<p>{s['n_trials']} trials: {s['n_complete']} complete, {s['n_pruned']} pruned,
+{s['n_failed']} failed ({result.direction}).
+Best: {'-' if best is None else f"#{best['number']} objective {best['objective']:.4f}"}.</p>
+<table>{extra_rows}</table>
+<h2>Search</h2>{_img(paths['history'])}{_img(paths['learning_curves'])}
+{_img(paths['importance'])}{_img(paths['parallel'])}{_img(paths['lineage'])}
+<h2>Best trials</h2><table><tr><th>#</th><th>status</th><th>objective</th><th>epochs</th>
+<th>params</th></tr>{rows}</table>
+<h2>Training conditions (trial-epochs)</h2><table>{''.join(
+    f'<tr><td>{html.escape(k)}</td><td>{v}</td></tr>' for k, v in conds.most_common())}</table>
+<h2>Why trials stopped</h2><table>{''.join(
+    f'<tr><td>{html.escape(k)}</td><td>{v}</td></tr>' for k, v in reasons.most_common())}</table>
+</body></html>"""
+  paths["html"] = os.path.join(out, "report.html")
+  with open(paths["html"], "w") as f:
+    f.write(page)
+  return {k: v for k, v in paths.items() if v}
+
