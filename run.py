@@ -3,6 +3,7 @@
     python run.py run --config configs/quickstart.py [--config.seed=3]
     python run.py resume --store sqlite:///runs/quickstart.db [--study quickstart]
     python run.py report --store sqlite:///runs/quickstart.db [--format json] [--out DIR]
+    python run.py evaluate --store sqlite:///runs/quickstart.db [--top_k 3] [--seeds 3]
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-COMMANDS = ("run", "resume", "report")
+COMMANDS = ("run", "resume", "report", "evaluate")
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/<name>.py", lock_config=True)
 _STORE = flags.DEFINE_string("store", None, "SQLAlchemy URL of the trial store (resume/report).")
@@ -22,6 +23,8 @@ _STUDY = flags.DEFINE_string("study", None, "Study name (default: the only one i
 _FORMAT = flags.DEFINE_enum("format", "text", ["text", "json"], "Report format.")
 _OUT = flags.DEFINE_string("out", None, "Report directory (default: runs/report_<study>).")
 _QUIET = flags.DEFINE_bool("quiet", False, "No progress bar.")
+_TOP_K = flags.DEFINE_integer("top_k", 3, "evaluate: how many of the best configurations.")
+_SEEDS = flags.DEFINE_integer("seeds", 3, "evaluate: fresh seeds per configuration.")
 
 
 def _fail(msg: str) -> None:
@@ -88,6 +91,18 @@ def _report(store_url: str, study: str | None) -> None:
   print(f"report: {summary['html']}")
 
 
+def _evaluate(store_url: str, study: str | None) -> None:
+  import metaopt
+  from metaopt._src import config as config_lib
+  from metaopt._src.evaluate import evaluate_top
+
+  store = metaopt.Store(store_url)
+  rec = store.load_study(study)
+  _, task, space, _ = config_lib.build({**rec.config, "store": store_url})
+  out = evaluate_top(store, rec.name, task, space, k=_TOP_K.value, seeds=_SEEDS.value)
+  print(json.dumps(out, indent=2))
+
+
 def main(argv: list[str]) -> None:
   logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint at INFO
   args = argv[1:]
@@ -110,6 +125,10 @@ def main(argv: list[str]) -> None:
         cfg[k] = rec.config[k]
       cfg["store"] = _STORE.value
       _search(cfg)
+    elif cmd == "evaluate":
+      if not _STORE.value:
+        _fail("evaluate needs --store URL")
+      _evaluate(_STORE.value, _STUDY.value)
     else:
       if not _STORE.value:
         _fail("report needs --store URL")

@@ -64,6 +64,16 @@ def test_run_then_report_json_and_png(tmp_path):
   assert all(0.0 <= v <= 1.0 for v in rep["importance"].values())
   con = sqlite3.connect(f"{tmp_path}/s.db")
   assert con.execute("select seed from studies").fetchone()[0] == 3
+  # retrain the best two from scratch with two fresh seeds each; test split used once
+  r = _cli("evaluate", "--store", url, "--top_k", "2", "--seeds", "2")
+  assert r.returncode == 0, r.stderr[-2000:]
+  ev = json.loads(r.stdout)
+  assert [c["number"] for c in ev["configs"]] == [rep["best"]["number"],
+                                                   ev["configs"][1]["number"]]
+  for c in ev["configs"]:
+    assert len(c["per_seed"]) == 2 and 0.0 <= c["test_accuracy"] <= 1.0
+  kinds = [k for (k,) in con.execute("select kind from events")]
+  assert kinds == ["evaluate"]
 
 
 @pytest.mark.parametrize("override, message", [

@@ -37,6 +37,11 @@ FIELDS: dict[str, str] = {
 }
 
 
+# Fields a config may leave out (and that older stored studies lack).
+DEFAULTS: dict[str, Any] = {"checkpoint_dir": "", "shared_batches": True,
+                            "checkpoint_every_s": 10.0}
+
+
 def _to_dict(x: Any) -> Any:
   if hasattr(x, "to_dict"):
     return x.to_dict()
@@ -51,6 +56,7 @@ def validate(config: Mapping[str, Any]) -> dict[str, Any]:
   unknown = sorted(set(cfg) - set(FIELDS))
   if unknown:
     raise ValueError(f"config: unknown field(s) {unknown}; allowed fields: {sorted(FIELDS)}")
+  cfg = {**DEFAULTS, **cfg}
   missing = sorted(set(FIELDS) - set(cfg))
   if missing:
     what = "; ".join(f"{m}: {FIELDS[m]}" for m in missing)

@@ -1,0 +1,71 @@
+"""Retrain the best configurations from scratch and evaluate them on the test split, once.
+
+The top ``k`` complete trials of a study are retrained with ``seeds`` fresh seeds each, all
+in population kernels, for the study's number of epochs; each model is then evaluated on
+the test split (which no search ever sees) and the result is recorded as a study event.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from metaopt._src import population as pop
+from metaopt._src.driver import _group, _take, trial_seed
+from metaopt._src.store import Store, _clean
+from spaces import Space
+from tasks import Task
+
+
+def evaluate_top(store: Store, study: str | None, task: Task, space: Space, *, k: int = 3,
+                 seeds: int = 3, epochs: int | None = None, batch_size: int | None = None
+                 ) -> dict[str, Any]:
+  """Retrains the top-``k`` configurations with ``seeds`` seeds and tests them once."""
+  for name, v in (("k", k), ("seeds", seeds)):
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+      raise ValueError(f"{name}={v!r}: must be an integer >= 1")
+  rec = store.load_study(study)
+  cfg = rec.config
+  epochs = int(epochs or cfg["epochs"])
+  batch_size = int(batch_size or cfg["batch_size"])
+  done = [t for t in store.trials(rec.id, with_metrics=False)
+          if t.status == "complete" and t.objective is not None]
+  if not done:
+    raise ValueError(f"study {rec.name!r} has no complete trial to evaluate")
+  top = sorted(done, key=lambda t: -t.objective if rec.direction == "maximize"
+               else t.objective)[:k]
+  runs = [(t, s) for t in top for s in range(seeds)]
+  u = np.asarray([t.u for t, _ in runs], np.float32)
+  h = space.decode(jnp.asarray(u))
+  params = space.to_python_batch(h)
+  groups, structures = _group(space, params, task)
+  data = pop.data_arrays(task.data)
+  x_te, y_te = jnp.asarray(task.data.test.x), jnp.asarray(task.data.test.y)
+  keys = jax.vmap(jax.random.key)(jnp.asarray(
+      [trial_seed(rec.seed + 10_000 + s, t.number) for t, s in runs], jnp.uint32))
+  test: list[dict[str, Any] | None] = [None] * len(runs)
+  for g, idx in groups.items():
+    fns = task.build(structures[g])
+    kern = pop.make_kernel(fns, len(task.data.train), batch_size)
+    hg = _take(h, idx)
+    states = kern.init(keys[idx], hg)
+    alive = jnp.ones(len(idx), bool)
+    for e in range(epochs):
+      states, _ = kern.chunk(states, hg, alive, jax.random.fold_in(jax.random.key(rec.seed), e),
+                             data)
+    metrics = jax.vmap(fns.evaluate, in_axes=(0, None, None, 0))(states, x_te, y_te, hg)
+    for j, i in enumerate(idx):
+      test[i] = {m: float(v[j]) for m, v in metrics.items()}
+  obj = task.objective
+  out = {"study": rec.name, "k": k, "seeds": seeds, "epochs": epochs, "configs": []}
+  for t in top:
+    scores = [test[i][obj] for i, (tt, _) in enumerate(runs) if tt is t]
+    out["configs"].append({"number": t.number, "params": t.params, "valid": t.objective,
+                           f"test_{obj}": float(np.mean(scores)),
+                           f"test_{obj}_std": float(np.std(scores)), "per_seed": scores})
+  store.log_event(rec.id, "evaluate", json.dumps(_clean(out), sort_keys=True))
+  return out
