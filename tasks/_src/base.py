@@ -69,8 +69,14 @@ ACTIVATIONS: tuple[str, ...] = ("relu", "tanh", "gelu", "silu", "sigmoid", "elu"
 _ACT_FNS = (nn.relu, jnp.tanh, nn.gelu, nn.silu, nn.sigmoid, nn.elu)
 
 
-def activation(index: jax.Array, x: jax.Array) -> jax.Array:
-  """Applies ``ACTIVATIONS[index]``; ``index`` may be a traced (even vmapped) integer."""
+def activation(index: jax.Array | int, x: jax.Array) -> jax.Array:
+  """Applies ``ACTIVATIONS[index]``; ``index`` may be a traced (even vmapped) integer.
+
+  A vmapped index evaluates every branch and selects (the cost of searching activations in
+  one kernel); a Python int calls the one activation directly.
+  """
+  if isinstance(index, int):
+    return _ACT_FNS[index](x)
   return jax.lax.switch(jnp.asarray(index, jnp.int32), _ACT_FNS, x)
 
 
