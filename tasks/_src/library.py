@@ -45,12 +45,18 @@ class MLP(nn.Module):
 
 
 def _mask_width(max_width: int) -> Callable:
-  """Zeroes weights of units past ``width`` and rescales fan-in to the live width."""
+  """Zeroes weights of units past ``width`` and rescales fan-in to the live width.
+
+  Also applies the initializer hyperparameters ``init_scale`` (multiplies every initial
+  kernel, default 1) and ``bias_init`` (initial value of hidden biases, default 0).
+  """
 
   def transform(params, h: H):
     width = jnp.asarray(h.get("width", max_width))
     unit = (jnp.arange(max_width) < width).astype(jnp.float32)
     scale = jnp.sqrt(max_width / width.astype(jnp.float32))
+    init_scale = jnp.asarray(h.get("init_scale", 1.0), jnp.float32)
+    bias_init = jnp.asarray(h.get("bias_init", 0.0), jnp.float32)
     layers = params["params"]
     names = sorted(layers, key=lambda n: int(n.split("_")[-1]))
     live = {}
@@ -61,8 +67,9 @@ def _mask_width(max_width: int) -> Callable:
       out_mask = unit[None, :] if i < len(names) - 1 else jnp.ones((1, k.shape[1]))
       m_k = in_mask * out_mask
       m_b = out_mask[0]
-      k = k * m_k * (scale if i > 0 else 1.0)
-      new[name] = {"kernel": k, "bias": layers[name]["bias"] * m_b}
+      k = k * m_k * (scale if i > 0 else 1.0) * init_scale
+      b = layers[name]["bias"] + (bias_init if i < len(names) - 1 else 0.0)
+      new[name] = {"kernel": k, "bias": b * m_b}
       live[name] = {"kernel": m_k, "bias": m_b}
     return {"params": new}, {"params": live}
 
