@@ -136,3 +136,20 @@ def test_logreg_l2_is_in_the_objective():
       s, _ = jax.jit(fns.train_step)(s, batch, h)
     norms.append(float(jnp.sum(s["params"]["params"]["Dense_0"]["kernel"] ** 2)))
   assert norms[1] < 0.2 * norms[0]
+
+
+def test_changed_hyperparameters_take_effect_mid_training():
+  """PBT explores by changing h between chunks: the optimizer must use the new values."""
+  task = get_task("digits_mlp")
+  fns = task.build({})
+  step = jax.jit(fns.train_step)
+  batch = next(_batches(task, 1))
+  h = _h(task, learning_rate=1e-2)
+  s0 = fns.init(jax.random.key(0), h)
+  a, _ = step(s0, batch, _h(task, learning_rate=1e-2))
+  b, _ = step(s0, batch, _h(task, learning_rate=1e-4))
+  w0 = s0["params"]["params"]["Dense_0"]["kernel"]
+  da = float(jnp.abs(a["params"]["params"]["Dense_0"]["kernel"] - w0).max())
+  db = float(jnp.abs(b["params"]["params"]["Dense_0"]["kernel"] - w0).max())
+  assert da == pytest.approx(100 * db, rel=0.05)  # Adam's first step scales with the lr
+  assert float(b["opt_state"].hyperparams["learning_rate"]) == pytest.approx(1e-4)

@@ -137,6 +137,20 @@ def make_optimizer(name: str, h: H, defaults: Mapping[str, float]) -> optax.Grad
 _OPT_DEFAULTS = {"learning_rate": 1e-3, "weight_decay": 0.0, "momentum": 0.9, "b1": 0.9}
 
 
+def with_hyperparams(opt_state: Any, h: H, defaults: Mapping[str, float]) -> Any:
+  """``opt_state`` of an ``inject_hyperparams`` optimizer with its hyperparameters read from
+  ``h`` (or ``defaults``) again.
+
+  ``inject_hyperparams`` keeps the values it was initialised with; a train step refreshes
+  them so that hyperparameters changed mid-training (PBT explore, schedules, hypergradient
+  steps) take effect.
+  """
+  old = opt_state.hyperparams
+  new = {k: jnp.asarray(h[k] if k in h else defaults.get(k, _OPT_DEFAULTS.get(k, v)),
+                        jnp.asarray(v).dtype) for k, v in old.items()}
+  return opt_state._replace(hyperparams=new)
+
+
 # ------------------------------------------------------------------------- supervised builder
 def supervised(
     model: nn.Module,
@@ -184,7 +198,8 @@ def supervised(
     (_, loss), grads = jax.value_and_grad(objective, has_aux=True)(state["params"])
     if state["live"] is not None:
       grads = jax.tree_util.tree_map(lambda g, m: g * m, grads, state["live"])
-    updates, opt_state = opt.update(grads, state["opt_state"], state["params"])
+    opt_state = with_hyperparams(state["opt_state"], h, defaults)
+    updates, opt_state = opt.update(grads, opt_state, state["params"])
     params = optax.apply_updates(state["params"], updates)
     tel = telemetry(loss, params, grads, state["live"])
     new = {"params": params, "opt_state": opt_state, "live": state["live"],
