@@ -3,7 +3,7 @@
 Logistic regression on breast_cancer with one L2 strength per input feature (30
 hyperparameters): each outer step trains 300 full-batch SGD steps, then solves
 H v = dV/dw by conjugate gradient at the inner solution; unconverged solves are flagged
-and not applied. Population of 4, 20 outer steps, about 20 s on a 2-core CPU.
+and not applied. Population of 4, 20 outer steps, about 10 s on a 2-core CPU.
 
     python -m hypergrad --config configs/hypergrad_implicit.py --config.estimator.solver=neumann
 """

@@ -3,7 +3,7 @@
 Adam-HD on logistic regression (digits, 64 features, 10 classes), a population of 8
 learning rates spread over two decades around 1e-4 (far too small): each outer step trains
 50 minibatch steps while the learning rate adapts by the dot product of successive
-updates. About 15 s on a 2-core CPU.
+updates. About 10 s on a 2-core CPU.
 
     python -m hypergrad --config configs/hypergrad_online.py --config.online.optimizer=sgd_hd
 """

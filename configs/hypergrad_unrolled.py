@@ -3,7 +3,7 @@
 L2-regularised logistic regression on breast_cancer: learning rate, momentum and L2
 strength are tuned in unconstrained space (log / logit / log) by Adam on the validation
 loss, differentiating 100 SGD steps (minibatch 64) with sqrt(T) rematerialisation, for a
-population of 8 starting points at once (one jitted, vmapped outer step). About 30 s on a
+population of 8 starting points at once (one jitted, vmapped outer step). About 15 s on a
 2-core CPU (most of it compilation).
 
     python -m hypergrad --config configs/hypergrad_unrolled.py --config.outer_steps=20

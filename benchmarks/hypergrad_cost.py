@@ -1,0 +1,234 @@
+"""Cost of hypergradients relative to plain training, memory vs unroll length, implicit vs jaxopt.
+
+MLP 64-128-128-10 on digits (8x8 flattened), SGD + momentum + weight decay, batch 128,
+hyperparameters {learning_rate, momentum, weight_decay}:
+
+* time of one hypergradient / time of one inner training run of the same T steps, for
+  T = 100 and 1000 and each method: reverse (``unrolled``), reverse + per-step remat,
+  reverse + sqrt(T) remat, forward-mode (3 hyperparameters), truncated reverse (last T/10);
+* peak temporary memory (XLA compiled memory analysis) vs T, with and without remat;
+* implicit hypergradient (CG) vs jaxopt's ``custom_root`` implicit differentiation on ridge
+  regression: time ratio and agreement with the closed form.
+
+    python benchmarks/hypergrad_cost.py [--quick] [--threads 1|0] [--markdown out.md]
+
+Prints ``hypergrad_memory_growth_T1000_over_T100: X`` (sqrt remat; target <= 3.5) and, last,
+``hypergrad_over_train_T100: X`` (reverse-mode, default backward; target <= 3). Times are the
+best of interleaved rounds (each round times every entry once), robust to load spikes from
+other processes but not to sustained load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+
+
+def _single_thread_xla() -> None:
+  """``--threads 1`` (default) pins XLA CPU to one intra-op thread before jax is imported:
+  the 128-wide matmuls gain nothing from two threads, and on a shared machine a two-thread
+  kernel waits for whichever thread was descheduled, which makes timings much noisier.
+  ``--threads 0`` keeps XLA's default."""
+  argv = " ".join(sys.argv[1:]).replace("--threads=", "--threads ").split()
+  threads = argv[argv.index("--threads") + 1] if "--threads" in argv else "1"
+  if threads == "1":
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen"
+                               "=false intra_op_parallelism_threads=1").strip()
+
+
+_single_thread_xla()
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from jax.flatten_util import ravel_pytree  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import hypergrad  # noqa: E402
+from hypergrad import problems  # noqa: E402
+from hypergrad.unrolled import run_inner  # noqa: E402
+
+
+def _best_times(fns: dict, args: tuple, rounds: int) -> dict:
+  """Best-of-``rounds`` wall seconds of each compiled call, measured interleaved round by
+  round so that load from other processes on a shared machine hits every entry alike."""
+  for fn in fns.values():
+    jax.block_until_ready(fn(*args))
+  best = dict.fromkeys(fns, float("inf"))
+  for _ in range(rounds):
+    for name, fn in fns.items():
+      t = time.perf_counter()
+      jax.block_until_ready(fn(*args))
+      best[name] = min(best[name], time.perf_counter() - t)
+  return best
+
+
+def _temp_mb(compiled) -> float:
+  return compiled.memory_analysis().temp_size_in_bytes / 2**20
+
+
+def mlp_rows(steps: list[int], rounds: dict[int, int], quick: bool) -> tuple[list[dict], dict]:
+  p = problems.mlp("digits", widths=(128, 128), batch_size=128)
+  inner = hypergrad.optax_inner_loop(p.train_loss, p.optimizer)
+  h = p.hparams
+  w0 = p.init_params(jax.random.key(0))
+  rows, memory = [], {}
+  for t in steps:
+    xs = p.sample(jax.random.key(1), t)
+    train = jax.jit(lambda hh, w, x: inner.params(run_inner(inner, hh, w, x)[0]))
+    methods = {
+        "reverse": hypergrad.unrolled(inner, p.val_loss),
+        "reverse (autodiff)": hypergrad.unrolled(inner, p.val_loss, backward="autodiff"),
+        "reverse+remat(step)": hypergrad.unrolled(inner, p.val_loss, remat="step"),
+        "reverse+remat(sqrt)": hypergrad.unrolled(inner, p.val_loss, remat="sqrt"),
+        "reverse+remat(sqrt) (autodiff)": hypergrad.unrolled(inner, p.val_loss, remat="sqrt",
+                                                             backward="autodiff"),
+        "forward (3 hparams)": hypergrad.forward(inner, p.val_loss),
+        "truncated K=T/10": hypergrad.unrolled(inner, p.val_loss, truncate=t // 10),
+    }
+    compiled = {"train": train.lower(h, w0, xs).compile()}
+    for name, fn in methods.items():
+      compiled[name] = jax.jit(fn).lower(h, w0, xs).compile()
+      memory[(name, t)] = _temp_mb(compiled[name])
+    timed = {k: v for k, v in compiled.items()
+             if not (quick and t > 100 and k.startswith("forward"))}
+    secs = _best_times(timed, (h, w0, xs), rounds[t])
+    t_train = secs["train"]
+    ref = None
+    for name in methods:
+      res = compiled[name](h, w0, xs)
+      g = np.asarray(ravel_pytree(res.grad)[0])
+      ref = g if ref is None else ref
+      agree = float(np.linalg.norm(g - ref) / np.linalg.norm(ref))
+      sec = secs.get(name, float("nan"))
+      rows.append({"T": t, "method": name, "seconds": sec, "train_seconds": t_train,
+                   "ratio": sec / t_train, "temp_mb": memory[(name, t)],
+                   "rel_diff_vs_reverse": agree,
+                   "amplification": float(res.diagnostics.amplification),
+                   "trustworthy": bool(res.diagnostics.trustworthy)})
+      print(f"T={t:5d} {name:31s} {sec * 1e3:9.1f} ms  train {t_train * 1e3:8.1f} ms  "
+            f"ratio {sec / t_train:5.2f}  temp {memory[(name, t)]:7.1f} MiB  "
+            f"rel.diff {agree:.1e}", flush=True)
+  return rows, memory
+
+
+def implicit_rows(rounds: int) -> list[dict]:
+  """Our implicit CG hypergradient vs jaxopt ``custom_root`` + ``solve_cg`` on ridge.
+
+  Both are given the inner solution ``w*`` (closed form, computed once outside the timing)
+  and differentiate ``V(w*(λ))`` with the same linear solver (CG, tol 1e-6, at most 500
+  iterations); jaxopt's ``custom_root`` solver simply returns the given ``w*``.
+  """
+  rng = np.random.default_rng(0)
+  n, d = 2000, 200
+  w_true = jnp.asarray(rng.normal(size=d), jnp.float32)
+  x = jnp.asarray(rng.normal(size=(n, d)), jnp.float32)
+  y = x @ w_true + 2.0 * jnp.asarray(rng.normal(size=n), jnp.float32)
+  xv = jnp.asarray(rng.normal(size=(n, d)), jnp.float32)
+  yv = xv @ w_true + 2.0 * jnp.asarray(rng.normal(size=n), jnp.float32)
+  lam = jnp.asarray(50.0)
+  train_loss = lambda w, h, b: 0.5 * jnp.sum((x @ w - y) ** 2) + 0.5 * h * jnp.sum(w * w)
+  val_loss = lambda w, h: problems.ridge_val_loss(w, xv, yv)
+  w_star = jax.block_until_ready(problems.ridge_solution(x, y, lam))
+
+  ours_fn = hypergrad.implicit(train_loss, val_loss, solver="cg", maxiter=500, tol=1e-6)
+  fns = {"ours": jax.jit(lambda h, w: ours_fn(h, w, None))}
+  with jax.enable_x64(True):
+    x64 = [jnp.asarray(a, jnp.float64) for a in (x, y, xv, yv)]
+    exact = float(problems.ridge_hypergrad(*x64, jnp.asarray(50.0, jnp.float64)))
+  try:
+    from jaxopt import implicit_diff, linear_solve
+
+    @implicit_diff.custom_root(
+        jax.grad(lambda w, h: train_loss(w, h, None)),
+        solve=lambda mv, b: linear_solve.solve_cg(mv, b, maxiter=500, tol=1e-6))
+    def ridge_solver(init, h):
+      del h
+      return init  # the given solution
+
+    fns["jaxopt"] = jax.jit(jax.value_and_grad(lambda h, w: val_loss(ridge_solver(w, h), h)))
+  except Exception as e:  # noqa: BLE001
+    print(f"jaxopt: not usable with jax {jax.__version__} ({e!r}); skipping its row")
+  secs = _best_times(fns, (lam, w_star), rounds)
+  r = fns["ours"](lam, w_star)
+  rows = [{"method": "hypergrad.implicit (cg)", "seconds": secs["ours"], "grad": float(r.grad),
+           "rel_err_vs_closed_form": abs(float(r.grad) - exact) / abs(exact),
+           "iterations": int(r.diagnostics.iterations)}]
+  if "jaxopt" in fns:
+    _, g = fns["jaxopt"](lam, w_star)
+    rows.append({"method": "jaxopt 0.8.5 custom_root (solve_cg)", "seconds": secs["jaxopt"],
+                 "grad": float(g), "rel_err_vs_closed_form": abs(float(g) - exact) / abs(exact),
+                 "iterations": -1})
+    rows.append({"method": "ratio ours / jaxopt", "seconds": secs["ours"] / secs["jaxopt"],
+                 "grad": abs(float(r.grad) - float(g)) / abs(float(g)),
+                 "rel_err_vs_closed_form": float("nan"), "iterations": -1})
+  return rows
+
+
+def markdown(rows: list[dict], irows: list[dict], memory: dict, steps: list[int],
+             command: str, growth: float) -> str:
+  out = [f"Command: `{command}`", "",
+         f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores (shared), "
+         f"jax {jax.__version__}, backend {jax.default_backend()}, "
+         f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}. Times: best of interleaved rounds.",
+         "",
+         "### MLP 64-128-128-10 on digits, SGD + momentum, batch 128", "",
+         "| T | method | hypergrad (ms) | train (ms) | ratio | temp MiB | rel. diff vs reverse |",
+         "|---|---|---|---|---|---|---|"]
+  for r in rows:
+    out.append(f"| {r['T']} | {r['method']} | {r['seconds'] * 1e3:.1f} | "
+               f"{r['train_seconds'] * 1e3:.1f} | {r['ratio']:.2f} | {r['temp_mb']:.1f} | "
+               f"{r['rel_diff_vs_reverse']:.1e} |")
+  out += ["", "### Peak temporary memory (MiB) vs T", "",
+          "| method | " + " | ".join(f"T={t}" for t in steps) + " | growth |",
+          "|---|" + "---|" * (len(steps) + 1)]
+  for name in dict.fromkeys(k[0] for k in memory):
+    vals = [memory[(name, t)] for t in steps]
+    out.append(f"| {name} | " + " | ".join(f"{v:.1f}" for v in vals)
+               + f" | {vals[-1] / vals[0]:.2f} |")
+  out += ["", f"`hypergrad_memory_growth_T1000_over_T100: {growth:.2f}` (sqrt remat)", "",
+          "### Implicit hypergradient on ridge (n=2000, d=200, float32), given w*", "",
+          "| method | time (ms) | hypergradient | rel. err vs closed form | CG iters |",
+          "|---|---|---|---|---|"]
+  for r in irows:
+    if r["method"].startswith("ratio"):
+      out.append(f"| {r['method']} | {r['seconds']:.2f}x | rel. diff {r['grad']:.1e} | | |")
+    else:
+      out.append(f"| {r['method']} | {r['seconds'] * 1e3:.2f} | {r['grad']:.6g} | "
+                 f"{r['rel_err_vs_closed_form']:.1e} | "
+                 f"{r['iterations'] if r['iterations'] >= 0 else '-'} |")
+  return "\n".join(out) + "\n"
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--quick", action="store_true", help="fewer rounds, no T=1000 forward")
+  parser.add_argument("--markdown", default="", help="also write the tables to this file")
+  parser.add_argument("--threads", default="1", choices=["0", "1"],
+                      help="1: one XLA CPU intra-op thread (default); 0: XLA's default")
+  args = parser.parse_args()
+  rounds = 3 if args.quick else 7
+  steps = [100, 1000]
+  rows, memory = mlp_rows(steps, {100: 5 * rounds, 1000: rounds}, args.quick)
+  irows = implicit_rows(rounds * 5)
+  for r in irows:
+    print(f"implicit: {r['method']:32s} {r['seconds']:.4g} grad/diff {r['grad']:.6g}")
+  growth = memory[("reverse+remat(sqrt)", 1000)] / memory[("reverse+remat(sqrt)", 100)]
+  plain = memory[("reverse", 1000)] / memory[("reverse", 100)]
+  print(f"hypergrad_memory_growth_T1000_over_T100_no_remat: {plain:.2f}")
+  if args.markdown:
+    cmd = "python benchmarks/hypergrad_cost.py" + (" --quick" if args.quick else "") + (
+        " --threads 0" if args.threads == "0" else "")
+    with open(args.markdown, "w") as f:
+      f.write(markdown(rows, irows, memory, steps, cmd, growth))
+  row = next(r for r in rows if r["T"] == 100 and r["method"] == "reverse")
+  print(f"hypergrad_memory_growth_T1000_over_T100: {growth:.2f}")
+  print(f"hypergrad_over_train_T100: {row['ratio']:.2f}")
+
+
+if __name__ == "__main__":
+  main()
