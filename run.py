@@ -91,6 +91,14 @@ def _report(store_url: str, study: str | None) -> None:
   print(f"report: {summary['html']}")
 
 
+def _whitebox(cfg) -> None:
+  import metaopt
+  from metaopt._src.whitebox import run_whitebox
+
+  url = _STORE.value or f"sqlite:///runs/{cfg.name}.db"
+  print(json.dumps(run_whitebox(cfg, metaopt.Store(url)), indent=2))
+
+
 def _evaluate(store_url: str, study: str | None) -> None:
   import metaopt
   from metaopt._src import config as config_lib
@@ -105,6 +113,8 @@ def _evaluate(store_url: str, study: str | None) -> None:
 
 def main(argv: list[str]) -> None:
   logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint at INFO
+  from metaopt._src.driver import enable_compilation_cache
+  enable_compilation_cache()  # kernels compiled by one run are reused by the next
   args = argv[1:]
   if len(args) != 1 or args[0] not in COMMANDS:
     _fail(f"expected one command, one of {', '.join(COMMANDS)}; got {args}")
@@ -113,6 +123,9 @@ def main(argv: list[str]) -> None:
     if cmd == "run":
       if _CONFIG.value is None:
         _fail("run needs --config configs/<name>.py")
+      if "method" in _CONFIG.value and "problem_name" in _CONFIG.value:
+        _whitebox(_CONFIG.value)  # a configs/hypergrad_*.py gradient-HPO config
+        return
       from metaopt._src import config as config_lib
       _search(config_lib.validate(_CONFIG.value))
     elif cmd == "resume":

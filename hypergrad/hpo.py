@@ -409,7 +409,8 @@ def build(config: Mapping[str, Any]) -> tuple[WhiteBox, PyTree, PyTree]:
   return program, theta0, spec
 
 
-def run_config(config: Mapping[str, Any]) -> dict[str, Any]:
+def run_config(config: Mapping[str, Any],
+               on_step: Callable[[int, dict], None] | None = None) -> dict[str, Any]:
   """Runs a ``configs/hypergrad_*.py`` config; returns a JSON-able summary.
 
   The outer loop is a Python loop over one jitted ``step`` (so a driver can record each
@@ -424,9 +425,11 @@ def run_config(config: Mapping[str, Any]) -> dict[str, Any]:
   state = jax.jit(program.init)(key_init, theta0)
   step = jax.jit(program.step)
   history = []
-  for k in jax.random.split(key_run, cfg["outer_steps"]):
+  for i, k in enumerate(jax.random.split(key_run, cfg["outer_steps"])):
     state, tel = step(state, k)
     history.append(tel)
+    if on_step is not None:
+      on_step(i, jax.device_get(tel))
   jax.block_until_ready(state)
   seconds = time.perf_counter() - t0
   tel = jax.tree.map(lambda *xs: np.stack(xs), *history)

@@ -12,7 +12,7 @@ from metaopt._src.combinators import (
     with_pruning,
 )
 from metaopt._src.constraints import max_params, param_counter
-from metaopt._src.driver import code_version, hardware, search
+from metaopt._src.driver import code_version, enable_compilation_cache, hardware, search
 from metaopt._src.monitor import CONDITIONS, THRESHOLDS, detect_conditions
 from metaopt._src.multifidelity import asha, curve_pruner, hyperband, rungs, successive_halving
 from metaopt._src.pbt import pbt
@@ -34,6 +34,7 @@ from metaopt._src.types import (
 )
 
 __all__ = [
+    "enable_compilation_cache",
     "COMPLETE", "CONDITIONS", "FAILED", "INFEASIBLE", "PRUNED", "PRUNERS", "RUNNING", "SEARCHERS",
     "STATUS_NAMES", "THRESHOLDS", "alternate", "asha", "Checkpointer", "code_version",
     "curve_pruner", "detect_conditions", "failure_rate_trigger", "halton", "hardware", "hyperband",

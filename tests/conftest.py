@@ -1,8 +1,14 @@
-"""Shared fixtures: one prepared TFDS data directory for the whole test session."""
+"""Shared fixtures: one prepared TFDS data directory and one persistent JAX compilation
+cache for the whole test session (subprocesses started by tests inherit both)."""
 
 import os
+import tempfile
 
 import pytest
+
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                      tempfile.mkdtemp(prefix="metaopt-test-jax-cache-"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.3")
 
 
 @pytest.fixture(scope="session", autouse=True)

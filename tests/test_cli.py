@@ -157,3 +157,33 @@ def test_kill_9_then_resume_loses_nothing(tmp_path):
   got = con.execute("select number, params, objective from trials order by number").fetchall()
   assert [(n, p) for n, p, _ in ref] == [(n, p) for n, p, _ in got]
   assert [o for *_, o in ref] == pytest.approx([o for *_, o in got], abs=1e-6)
+
+
+def test_gradient_hpo_config_records_every_outer_step(tmp_path):
+  url = f"sqlite:///{tmp_path}/hg.db"
+  r = _cli("run", "--config", "configs/hypergrad_unrolled.py", "--config.outer_steps=3",
+           "--config.population=2", "--config.inner_steps=20", "--store", url)
+  assert r.returncode == 0, r.stderr[-2000:]
+  out = json.loads(r.stdout)
+  assert out["method"] == "unrolled" and out["population"] == 2
+  con = sqlite3.connect(f"{tmp_path}/hg.db")
+  rows = con.execute("select t.number, e.epoch, e.metrics from trial_epochs e join trials t "
+                     "on t.id = e.trial_id order by t.number, e.epoch").fetchall()
+  assert [(n, e) for n, e, _ in rows] == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]
+  m = json.loads(rows[-1][2])
+  assert {"val_loss", "train_loss", "hypergrad_norm", "hparams.learning_rate"} <= set(m)
+  assert m["val_loss"] == pytest.approx(out["val_loss_final"][1], rel=1e-5)
+  final = con.execute("select status, objective from trials order by number").fetchall()
+  assert [s for s, _ in final] == ["complete", "complete"]
+
+
+def test_untrusted_hypergradient_is_recorded_as_a_fallback_event(tmp_path):
+  url = f"sqlite:///{tmp_path}/hg.db"
+  r = _cli("run", "--config", "configs/hypergrad_implicit.py", "--config.outer_steps=2",
+           "--config.population=2", "--config.inner_steps=5", "--config.estimator.maxiter=1",
+           "--store", url)
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert json.loads(r.stdout)["fallback_members"] == [0, 1]
+  con = sqlite3.connect(f"{tmp_path}/hg.db")
+  msgs = [m for (m,) in con.execute("select message from events where kind = 'fallback'")]
+  assert len(msgs) == 2 and all("untrustworthy" in m for m in msgs)

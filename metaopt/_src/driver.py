@@ -70,6 +70,18 @@ def hardware() -> dict[str, Any]:
           "machine": platform.machine(), "jax": jax.__version__}
 
 
+def enable_compilation_cache(path: str | None = None, min_compile_time_s: float = 0.3) -> str:
+  """Turns on JAX's persistent compilation cache (default ``~/.cache/metaopt/jax`` or
+  ``$JAX_COMPILATION_CACHE_DIR``), so population kernels compiled once are reused by later
+  runs and processes; returns the directory."""
+  path = path or os.environ.get("JAX_COMPILATION_CACHE_DIR") or os.path.join(
+      os.path.expanduser("~"), ".cache", "metaopt", "jax")
+  os.makedirs(path, exist_ok=True)
+  jax.config.update("jax_compilation_cache_dir", path)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", min_compile_time_s)
+  return path
+
+
 def trial_seed(seed: int, number: int) -> int:
   return (int(seed) * 1_000_003 + int(number)) % (2**31 - 1)
 
@@ -465,17 +477,18 @@ def _exploit(states, layout, copy_from: np.ndarray, alive: np.ndarray):
 
 
 def _compact(layout, states, alive: np.ndarray, multiple: int = 1):
-  """Drops groups with no live trial and halves groups once half their trials stopped
-  (keeping sizes multiples of the device count)."""
+  """Drops groups with no live trial and shrinks a group to the next power of two (times the
+  device count) above its live trials once that is at most half its size. Sizes stay
+  powers of two, so a search compiles a handful of kernel sizes however trials stop."""
   new_layout, new_states = {}, {}
   for g, idx in layout.items():
     live = np.flatnonzero(_alive_at(alive, idx))
     if len(live) == 0:
       continue
-    size = len(live) + (-len(live) % multiple)
+    size = multiple * (1 << int(np.ceil(np.log2(max(1, -(-len(live) // multiple))))))
     if size <= len(idx) // 2:
       pos = np.concatenate([live, np.full(size - len(live), live[0])])
-      new_layout[g] = _pad(idx[live], multiple)
+      new_layout[g] = np.concatenate([idx[live], np.full(size - len(live), -1, idx.dtype)])
       new_states[g] = _gather(states[g], pos)
     else:
       new_layout[g], new_states[g] = idx, states[g]
