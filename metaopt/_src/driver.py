@@ -239,7 +239,7 @@ def search(
                            f"(n, {space.dim}) for {space.names}")
         rows = None
         ids = []
-      h = decode(jnp.asarray(u))
+      h = jax.device_get(decode(jnp.asarray(u)))  # host arrays: slicing them compiles nothing
       params = space.to_python_batch(h)
       violation = [None if constraint is None else float(constraint(p)) for p in params]
       feasible = np.asarray([v is None or v <= 0 for v in violation])
@@ -316,12 +316,19 @@ def _alive_at(alive: np.ndarray, idx: np.ndarray) -> np.ndarray:
   return (idx >= 0) & alive[np.maximum(idx, 0)]
 
 
-def _take(h: Mapping[str, jax.Array], idx: np.ndarray) -> dict[str, jax.Array]:
+def _take(h: Mapping[str, Any], idx: np.ndarray) -> dict[str, Any]:
   return {k: v[idx] for k, v in h.items()}
 
 
+@jax.jit
+def _gather_jit(tree, idx):
+  return jax.tree_util.tree_map(lambda a: a[idx], tree)
+
+
 def _gather(tree, idx: np.ndarray):
-  return jax.tree_util.tree_map(lambda a: a[jnp.asarray(idx)], tree)
+  """Rows ``idx`` of every leaf, in one compiled call (eager indexing would compile once per
+  leaf shape)."""
+  return _gather_jit(tree, jnp.asarray(idx, jnp.int32))
 
 
 def _train_round(r: _Round, state, task: Task, kernel, data, ckpt: Checkpointer, st: Store,
@@ -361,7 +368,7 @@ def _train_round(r: _Round, state, task: Task, kernel, data, ckpt: Checkpointer,
     alive, status = np.array(saved["alive"]), np.array(saved["status"])
     last, hist = np.array(saved["last"]), np.array(saved["hist"])
     r.u = np.array(saved["u"], np.float32)
-    r.h = space.decode(jnp.asarray(r.u))
+    r.h = jax.device_get(space.decode(jnp.asarray(r.u)))
   else:
     start = 0
     layout = dict(r.groups)
@@ -432,7 +439,7 @@ def _train_round(r: _Round, state, task: Task, kernel, data, ckpt: Checkpointer,
         if new_u is not None:
           changed = np.flatnonzero(np.any(new_u != r.u, axis=1) & alive)
           r.u = np.where(alive[:, None], new_u, r.u).astype(np.float32)
-          r.h = space.decode(jnp.asarray(r.u))
+          r.h = jax.device_get(space.decode(jnp.asarray(r.u)))
           for i, p in zip(changed, space.to_python_batch(_take(r.h, changed)), strict=True):
             metrics[i]["next_params"] = p
       layout, states = _compact(layout, states, alive, multiple)
