@@ -1,5 +1,6 @@
 """metaopt: hyperparameter optimization, learned optimizers and NAS as pure JAX programs."""
 
+from metaopt._src.benchmark_functions import branin, hartmann6, mixed, rosenbrock, sphere
 from metaopt._src.checkpoint import Checkpointer
 from metaopt._src.combinators import (
     alternate,
@@ -13,13 +14,24 @@ from metaopt._src.combinators import (
 )
 from metaopt._src.constraints import max_params, param_counter
 from metaopt._src.driver import code_version, enable_compilation_cache, hardware, search
+from metaopt._src.evolution import cma_es, open_es, regularized_evolution
+from metaopt._src.gp import gp_bo
+from metaopt._src.grid import grid
 from metaopt._src.monitor import CONDITIONS, THRESHOLDS, detect_conditions
 from metaopt._src.multifidelity import asha, curve_pruner, hyperband, rungs, successive_halving
+from metaopt._src.multiobjective import (
+    crowding_distance,
+    hypervolume_2d,
+    nondominated_rank,
+    pareto_front,
+    with_constraints,
+)
 from metaopt._src.pbt import pbt
 from metaopt._src.population import PopulationKernel, make_kernel, population_mesh
 from metaopt._src.registry import PRUNERS, SEARCHERS, make_pruner, make_searcher
 from metaopt._src.searchers import halton, random_search, sobol
 from metaopt._src.store import Store, Study
+from metaopt._src.tpe import tpe
 from metaopt._src.types import (
     COMPLETE,
     FAILED,
@@ -34,6 +46,9 @@ from metaopt._src.types import (
 )
 
 __all__ = [
+    "branin", "hartmann6", "mixed", "rosenbrock", "sphere", "cma_es", "open_es",
+    "regularized_evolution", "gp_bo", "grid", "crowding_distance", "hypervolume_2d",
+    "nondominated_rank", "pareto_front", "with_constraints", "tpe",
     "enable_compilation_cache",
     "COMPLETE", "CONDITIONS", "FAILED", "INFEASIBLE", "PRUNED", "PRUNERS", "RUNNING", "SEARCHERS",
     "STATUS_NAMES", "THRESHOLDS", "alternate", "asha", "Checkpointer", "code_version",

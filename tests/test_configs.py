@@ -36,5 +36,5 @@ def test_every_searcher_family_has_a_config():
   names = {(_load(p).searcher_name, _load(p).pruner_name) for p in RUN_CONFIGS}
   searchers = {s for s, _ in names}
   pruners = {p for _, p in names}
-  assert {"random", "sobol", "halton", "pbt"} <= searchers
+  assert {"random", "sobol", "halton", "pbt", "tpe", "gp", "evolution", "cma_es"} <= searchers
   assert {"median", "sh", "asha", "hyperband"} <= pruners

@@ -260,3 +260,20 @@ def test_infeasible_trials_are_recorded_and_not_trained(tmp_path):
     assert count(t.params) <= budget and len(t.metrics) == 2
   with pytest.raises(ValueError, match="budget=0"):
     metaopt.max_params(task, 0)
+
+
+@pytest.mark.parametrize("name", ["tpe", "gp", "evolution", "cma_es", "grid", "open_es"])
+def test_every_registered_searcher_drives_the_engine(name, tmp_path):
+  """Each searcher runs rounds of the population engine; its state is saved to the store
+  every round (serialised) and a second call resumes the finished study without re-running."""
+  task = get_task("digits_mlp")
+  kw = {"cma_es": {"popsize": 4}, "open_es": {"popsize": 4}, "tpe": {"n_startup": 4},
+        "gp": {"n_startup": 4}, "evolution": {"population_size": 4, "tournament_size": 2}}
+  prog = metaopt.make_searcher(name, task.space.dim, **kw.get(name, {}))
+  url = f"sqlite:///{tmp_path}/s.db"
+  args = dict(n_trials=12, population=4, epochs=1, batch_size=256, progress=False, store=url)
+  res = metaopt.search(prog, task, **args)
+  assert res.count("complete") == 12
+  assert len({tuple(t.u) for t in res.trials}) >= 9  # proposals are not stuck
+  again = metaopt.search(prog, task, **args)
+  assert [t.objective for t in again.trials] == [t.objective for t in res.trials]

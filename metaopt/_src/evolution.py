@@ -159,8 +159,14 @@ def _evosax_searcher(strategy, params, dim: int, mean0: jax.Array) -> Searcher:
   def tell(state, u, y, status):
     dist = jnp.max(jnp.abs(jnp.asarray(u)[:, None, :] - reflect(state["gen_x"])[None]), axis=-1)
     open_ = (jnp.arange(popsize) < state["handed"]) & ~state["told"] & ~state["fresh"]
-    match = (dist < _MATCH_TOL) & open_[None, :]
-    member = jnp.where(jnp.any(match, axis=1), jnp.argmax(match, axis=1), popsize)
+
+    def claim(open_, d):  # each told row takes the nearest open member within the tolerance
+      d = jnp.where(open_ & (d < _MATCH_TOL), d, jnp.inf)
+      j = jnp.argmin(d)
+      hit = jnp.isfinite(d[j])
+      return open_ & ~(hit & (jnp.arange(popsize) == j)), jnp.where(hit, j, popsize)
+
+    _, member = jax.lax.scan(claim, open_, dist)
     # Failed / pruned / infeasible members rank last (NaN fitness in evosax's shaping).
     fit = jnp.where((jnp.asarray(status) == COMPLETE) & jnp.isfinite(y), y, jnp.nan)
     gen_y = state["gen_y"].at[member].set(fit.astype(jnp.float32), mode="drop")

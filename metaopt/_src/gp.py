@@ -9,11 +9,14 @@ believer); Ament et al., "Unexpected Improvements to Expected Improvement", Neur
 (log-EI); Hvarfner, Hellsten & Nardi, "Vanilla Bayesian Optimization Performs Great in High
 Dimensions", ICML 2024 (dimension-scaled lengthscale prior).
 
-Model: zero-mean GP on standardised ``y`` with a Matern-5/2 ARD kernel; log lengthscales,
-log signal variance and log noise variance are MAP estimates (log-normal priors), fitted with
-``optax.adam`` for a fixed number of steps inside ``ask``, warm-started from the previous fit.
-The history is a fixed-capacity buffer whose unused rows are masked out of the kernel matrix
-(identity rows, zero targets), so shapes never change and ``ask`` compiles once.
+Model: zero-mean GP with a Matern-5/2 ARD kernel on warped, standardised ``y`` (``log1p`` of
+the distance to the best value in units of the median's, so that a few huge values do not
+flatten the surface near the optimum). Log lengthscales, log signal variance and log noise
+variance (relative to the signal, floored at 1e-4 so float32 Cholesky stays safe) are MAP
+estimates under log-normal priors, fitted with ``optax.adam`` for a fixed number of steps inside
+``ask``, warm-started from the previous fit. The history is a fixed-capacity buffer whose
+unused rows are masked out of the kernel matrix (identity rows, zero targets), so shapes never
+change.
 
 Acquisition (log-EI or UCB) is maximised over uniform random candidates plus Gaussian
 perturbations of the best observations, then refined by a few ``adam`` steps from the best
@@ -154,9 +157,12 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
           n_restarts: int = 4, grad_steps: int = 25, grad_lr: float = 0.01) -> Searcher:
   """GP-BO with a Matern-5/2 ARD kernel, log-EI or UCB, and kriging-believer batches.
 
-  Until ``n_startup`` observations are complete, proposals are scrambled Sobol points. The
-  cost of ``ask`` grows as ``capacity^3`` (Cholesky per Adam step and per batch point), so keep
-  ``capacity`` near the budget; beyond it the oldest observations are overwritten.
+  Until ``n_startup`` observations are complete, proposals are scrambled Sobol points. Then
+  each ``ask`` fits the GP on the smallest buffer prefix of 64, 128, 256, ... (or
+  ``capacity``) rows that holds all observations, one compiled branch per size picked by
+  ``lax.switch``, so early asks are cheap; the cost grows as rows^3 (a Cholesky per Adam step
+  and per batch point). Beyond ``capacity`` observations the oldest are overwritten. Under
+  ``vmap`` the switch evaluates every branch: vmap over GP searchers only with small capacity.
 
   Args:
     dim: dimension of the unit cube.
@@ -203,8 +209,8 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
     _check_float(name, v, 0.0, float("inf"))
   design = sobol(dim)
   n_top = 5
-  # Buffer prefixes the GP is fitted on, one compiled branch each: 64, 256, 1024, ... capacity.
-  sizes = sorted({min(4**k, capacity) for k in range(3, 11)})
+  # Buffer prefixes the GP is fitted on, one compiled branch each: 64, 128, 256, ... capacity.
+  sizes = sorted({2**k for k in range(6, 31) if 2**k < capacity} | {capacity})
 
   def init(key):
     theta = {"log_ls": jnp.full((dim,), math.log(0.5 * math.sqrt(dim)), jnp.float32),

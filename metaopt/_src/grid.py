@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -39,7 +38,7 @@ def grid(dim: int, levels: int | Sequence[int] = 5) -> Searcher:
 
   Examples:
     >>> s = grid(2, levels=[2, 3])
-    >>> state, u = s.ask(s.init(jax.random.key(0)), None, 6)
+    >>> state, u = s.ask(s.init(None), None, 6)
     >>> [[round(float(v), 3) for v in row] for row in u[:3]]
     [[0.25, 0.167], [0.25, 0.5], [0.25, 0.833]]
   """

@@ -7,9 +7,13 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from metaopt._src.combinators import median_pruner
+from metaopt._src.evolution import cma_es, open_es, regularized_evolution
+from metaopt._src.gp import gp_bo
+from metaopt._src.grid import grid
 from metaopt._src.multifidelity import asha, curve_pruner, hyperband, successive_halving
 from metaopt._src.pbt import pbt
 from metaopt._src.searchers import halton, random_search, sobol
+from metaopt._src.tpe import tpe
 from metaopt._src.types import Pruner, Searcher
 
 SEARCHERS: dict[str, Callable[..., Searcher]] = {
@@ -17,6 +21,12 @@ SEARCHERS: dict[str, Callable[..., Searcher]] = {
     "sobol": sobol,
     "halton": halton,
     "pbt": pbt,
+    "grid": grid,
+    "tpe": tpe,
+    "gp": gp_bo,
+    "cma_es": cma_es,
+    "open_es": open_es,
+    "evolution": regularized_evolution,
 }
 PRUNERS: dict[str, Callable[..., Pruner]] = {
     "median": median_pruner,

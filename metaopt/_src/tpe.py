@@ -145,7 +145,8 @@ def tpe(dim: int, n_startup: int = 10, gamma: float | None = None, n_candidates:
   ``ask(state, key, n)`` proposes its points one after another (a ``lax.scan``); with
   ``constant_liar`` each proposed point joins the bad set before the next is chosen (it is
   treated as a worst-possible result, as Optuna does for running trials), so a batch spreads
-  out instead of repeating one point.
+  out instead of repeating one point. Points of earlier batches that were never told are not
+  remembered (the engine tells every batch before the next ask).
 
   Args:
     dim: dimension of the unit cube.

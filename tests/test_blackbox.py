@@ -1,0 +1,435 @@
+"""Model-based and evolutionary black-box searchers, grid search, Pareto helpers, test functions.
+
+Every searcher: finds a known optimum within a stated budget (fixed seeds), runs identically in
+a Python loop of jitted ask/tell and inside one jitted ``lax.scan``, ignores failed trials,
+round-trips its state through ``flax.serialization`` and continues exactly, and rejects bad
+arguments with one ``ValueError`` naming the argument.
+"""
+
+import functools
+import itertools
+
+import chex
+import flax.serialization
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from metaopt import COMPLETE, FAILED, INFEASIBLE, PRUNED, random_search, sobol
+from metaopt._src import benchmark_functions as bf
+from metaopt._src.evolution import cma_es, open_es, reflect, regularized_evolution
+from metaopt._src.gp import gp_bo
+from metaopt._src.grid import grid
+from metaopt._src.multiobjective import (
+    crowding_distance,
+    hypervolume_2d,
+    nondominated_rank,
+    pareto_front,
+    with_constraints,
+)
+from metaopt._src.tpe import tpe
+
+# Small settings keep compile and run times low; the defaults are exercised by the benchmark.
+FACTORIES = {
+    "tpe": lambda d: tpe(d, n_startup=8, capacity=64),
+    "gp": lambda d: gp_bo(d, n_startup=8, capacity=64, fit_steps=50, n_candidates=256,
+                          n_local=64, grad_steps=10),
+    "evolution": lambda d: regularized_evolution(d, population_size=12, tournament_size=4),
+    "cma_es": lambda d: cma_es(d, popsize=8),
+    "open_es": lambda d: open_es(d, popsize=8),
+    "grid": lambda d: grid(d, levels=3),
+}
+MODEL_BASED = ["tpe", "gp", "evolution"]  # history-based: failed trials leave no trace
+N = 8  # batch size of every test round
+
+
+@functools.cache
+def searcher(name, dim):
+  """One searcher object per (name, dim), so jitted functions compile once per session."""
+  s = FACTORIES[name](dim)
+  return s, jax.jit(s.ask, static_argnums=2), jax.jit(s.tell)
+
+
+@functools.cache
+def scan_runner(name, dim, fn_name, rounds, n):
+  s, _, _ = searcher(name, dim)
+  f = getattr(bf, fn_name)
+
+  def run(seed):
+    def body(carry, r):
+      state, best = carry
+      state, u = s.ask(state, jax.random.fold_in(jax.random.key(seed + 1), r), n)
+      y = f(u)
+      state = s.tell(state, u, y, jnp.zeros(n, jnp.int32))
+      return (state, jnp.minimum(best, y.min())), u
+
+    init = (s.init(jax.random.key(seed)), jnp.asarray(jnp.inf))
+    (state, best), us = jax.lax.scan(body, init, jnp.arange(rounds))
+    return state, best, us
+
+  return jax.jit(run)
+
+
+def run_loop(name, dim, f, rounds, n, seed=0, state=None, start=0):
+  s, ask, tell = searcher(name, dim)
+  state = s.init(jax.random.key(seed)) if state is None else state
+  us, best = [], jnp.inf
+  for r in range(start, start + rounds):
+    state, u = ask(state, jax.random.fold_in(jax.random.key(seed + 1), r), n)
+    y = f(u)
+    state = tell(state, u, y, jnp.zeros(n, jnp.int32))
+    us.append(u)
+    best = min(best, float(y.min()))
+  return state, best, jnp.stack(us)
+
+
+def _sobol_batch(dim, n, f):
+  _, u = sobol(dim).ask(sobol(dim).init(jax.random.key(0)), None, n)
+  return u, f(u), jnp.zeros(n, jnp.int32)
+
+
+# ------------------------------------------------------------------ protocol, for all searchers
+
+
+@pytest.mark.parametrize("name", list(FACTORIES))
+def test_loop_and_scan_give_the_same_points_and_state(name):
+  st1, b1, u1 = run_loop(name, 2, bf.branin, 3, N)
+  st2, b2, u2 = scan_runner(name, 2, "branin", 3, N)(0)
+  # XLA fuses the scanned program differently: allow float32 rounding, amplified by Branin.
+  np.testing.assert_allclose(u1, u2, atol=1e-5)
+  np.testing.assert_allclose(b1, float(b2), rtol=1e-4)
+  chex.assert_trees_all_close(st1, st2, atol=1e-4, rtol=1e-4)
+  assert bool(jnp.all((u1 >= 0) & (u1 <= 1)))
+
+
+@pytest.mark.parametrize("name", list(FACTORIES))
+def test_serialized_state_resumes_exactly(name):
+  s, _, _ = searcher(name, 2)
+  st, _, _ = run_loop(name, 2, bf.branin, 2, N)
+  blob = flax.serialization.to_bytes(jax.device_get(st))
+  restored = flax.serialization.from_bytes(s.init(jax.random.key(123)), blob)
+  chex.assert_trees_all_equal(restored, jax.device_get(st))
+  _, _, u_a = run_loop(name, 2, bf.branin, 2, N, state=st, start=2)
+  _, _, u_b = run_loop(name, 2, bf.branin, 2, N, state=restored, start=2)
+  np.testing.assert_array_equal(u_a, u_b)
+
+
+@pytest.mark.parametrize("name", MODEL_BASED)
+def test_failed_pruned_infeasible_trials_are_ignored(name):
+  """Telling non-complete rows (y = nan / inf / huge) changes nothing a later ask sees."""
+  s, ask, tell = searcher(name, 2)
+  st = s.init(jax.random.key(0))
+  st, u = ask(st, jax.random.key(1), 16)
+  y = bf.branin(u)
+  status = jnp.asarray([COMPLETE, FAILED, PRUNED, INFEASIBLE] * 4)
+  poison = jnp.where(status == FAILED, jnp.nan, jnp.where(status == PRUNED, jnp.inf, -1e30))
+  y_mixed = jnp.where(status == COMPLETE, y, poison)
+  keep = np.asarray(status == COMPLETE)
+  st_mixed = tell(st, u, y_mixed, status)
+  st_clean = tell(st, u[keep], y[keep], jnp.zeros(int(keep.sum()), jnp.int32))
+  # a COMPLETE row with a non-finite y is ignored too
+  st_mixed = tell(st_mixed, u[:1], jnp.asarray([jnp.nan]), jnp.asarray([COMPLETE]))
+  chex.assert_trees_all_close(st_mixed, st_clean)
+  assert all(bool(jnp.all(jnp.isfinite(v))) for v in jax.tree_util.tree_leaves(st_mixed))
+  # enough complete rows to leave the startup phase: the model proposes, unpoisoned.
+  st_mixed = tell(st_mixed, u[~keep], y[~keep], jnp.zeros(12, jnp.int32))
+  st_clean = tell(st_clean, u[~keep], y[~keep], jnp.zeros(12, jnp.int32))
+  _, u_mixed = ask(st_mixed, jax.random.key(2), N)
+  _, u_clean = ask(st_clean, jax.random.key(2), N)
+  np.testing.assert_allclose(u_mixed, u_clean, atol=1e-6)
+  assert bool(jnp.all(jnp.isfinite(u_mixed)))
+
+
+@pytest.mark.parametrize("name", ["cma_es", "open_es"])
+def test_es_failed_members_rank_last_without_poisoning(name):
+  s, ask, tell = searcher(name, 2)
+  st = s.init(jax.random.key(0))
+  for r in range(3):
+    st, u = ask(st, jax.random.key(r), N)
+    y = bf.sphere(u)
+    status = jnp.where(jnp.arange(N) % 3 == 0, FAILED, COMPLETE)
+    st = tell(st, u, jnp.where(status == FAILED, jnp.nan, y), status)
+  assert int(st["generation"]) == 3
+  assert all(bool(jnp.all(jnp.isfinite(v))) for v in jax.tree_util.tree_leaves(st["es"])
+             if jnp.issubdtype(jnp.asarray(v).dtype, jnp.floating)
+             and jnp.asarray(v).ndim > 0)
+  _, u = ask(st, jax.random.key(9), N)
+  assert bool(jnp.all(jnp.isfinite(u)))
+
+
+# ------------------------------------------------------------------ known optima, fixed seeds
+
+
+def test_tpe_solves_branin_and_beats_random():
+  """Branin, 100 evaluations in batches of 10, 10 seeds: median regret < 0.05, below random's."""
+  p = bf.PROBLEMS["branin"]
+  regrets = {}
+  for name, make in (("tpe", lambda: tpe(2)), ("random", lambda: random_search(2))):
+    s = make()
+
+    def run(seed, s=s):
+      def body(carry, r):
+        st, best = carry
+        st, u = s.ask(st, jax.random.fold_in(jax.random.key(seed + 1), r), 10)
+        y = p.fn(u)
+        return (s.tell(st, u, y, jnp.zeros(10, jnp.int32)), jnp.minimum(best, y.min())), None
+      (_, best), _ = jax.lax.scan(body, (s.init(jax.random.key(seed)), jnp.inf), jnp.arange(10))
+      return best
+
+    best = jax.jit(jax.vmap(run))(jnp.arange(10) * 7)
+    regrets[name] = float(jnp.median(best)) - p.minimum
+  assert regrets["tpe"] < 0.05, regrets
+  assert regrets["tpe"] < regrets["random"], regrets
+
+
+def test_gp_solves_branin_and_beats_random():
+  """Branin, 48 evaluations in batches of 8, 3 seeds: median regret < 0.05, below random's."""
+  p = bf.PROBLEMS["branin"]
+  gp_best = [run_loop("gp", 2, bf.branin, 6, N, seed=seed)[1] for seed in (0, 7, 14)]
+  rnd = random_search(2)
+  rnd_best = [float(bf.branin(rnd.ask(rnd.init(None), jax.random.key(seed), 48)[1]).min())
+              for seed in (0, 7, 14)]
+  gp_regret, rnd_regret = np.median(gp_best) - p.minimum, np.median(rnd_best) - p.minimum
+  assert gp_regret < 0.05, gp_best
+  assert gp_regret < rnd_regret
+
+
+def test_gp_ucb_and_kriging_believer_batches_are_diverse():
+  s = gp_bo(2, n_startup=8, acquisition="ucb", capacity=32, n_candidates=128, n_local=32,
+            grad_steps=5, fit_steps=20)
+  st = s.init(jax.random.key(0))
+  st = s.tell(st, *_sobol_batch(2, 8, bf.branin))
+  st, u = jax.jit(s.ask, static_argnums=2)(st, jax.random.key(2), 6)
+  d = np.linalg.norm(np.asarray(u)[:, None] - np.asarray(u)[None], axis=-1)
+  assert d[np.triu_indices(6, 1)].min() > 1e-3  # no repeated points within a batch
+  assert np.all(np.isfinite(np.asarray(jax.tree_util.tree_leaves(st["theta"])[0])))
+
+
+def test_tpe_constant_liar_spreads_a_batch():
+  def spread(liar):
+    s = tpe(2, n_startup=8, constant_liar=liar, capacity=32)
+    st = s.tell(s.init(jax.random.key(0)), *_sobol_batch(2, 16, bf.branin))
+    _, u = jax.jit(s.ask, static_argnums=2)(st, jax.random.key(2), 16)
+    return float(jnp.mean(jnp.linalg.norm(u[:, None] - u[None], axis=-1)))
+
+  assert spread(True) > spread(False)
+
+
+def test_univariate_tpe_runs():
+  s = tpe(3, n_startup=4, multivariate=False, capacity=16)
+  ask, tell = jax.jit(s.ask, static_argnums=2), jax.jit(s.tell)
+  st = s.init(jax.random.key(0))
+  for r in range(3):
+    st, u = ask(st, jax.random.key(r), 4)
+    st = tell(st, u, bf.sphere(u), jnp.zeros(4, jnp.int32))
+  assert int(st["count"]) == 12 and bool(jnp.all((u >= 0) & (u <= 1)))
+
+
+def test_cma_es_converges_on_sphere_and_rosenbrock():
+  """CMA-ES, 3 seeds: sphere-5 within 1e-4 in 400 evaluations; Rosenbrock-2 within 1e-2 in 600."""
+  for fn, dim, gens, tol in ((bf.sphere, 5, 40, 1e-4), (bf.rosenbrock, 2, 60, 1e-2)):
+    s = cma_es(dim, popsize=10)
+
+    def run(seed, s=s, fn=fn, gens=gens):
+      def body(carry, r):
+        st, best = carry
+        st, u = s.ask(st, jax.random.fold_in(jax.random.key(seed + 1), r), 10)
+        y = fn(u)
+        return (s.tell(st, u, y, jnp.zeros(10, jnp.int32)), jnp.minimum(best, y.min())), None
+      (st, best), _ = jax.lax.scan(body, (s.init(jax.random.key(seed)), jnp.inf),
+                                   jnp.arange(gens))
+      return best, st["generation"]
+
+    best, generation = jax.jit(jax.vmap(run))(jnp.arange(3))
+    assert float(jnp.median(best)) < tol, (fn.__name__, best)
+    assert bool(jnp.all(generation == gens))
+
+
+def test_cma_es_batches_not_matching_the_generation():
+  """Asks of 3 with popsize 8: the generation fills across asks; overflow points are extra."""
+  s, ask, tell = searcher("cma_es", 2)
+  st = s.init(jax.random.key(0))
+  for r in range(6):
+    st, u = ask(st, jax.random.key(r), 3)
+    st = tell(st, u, bf.sphere(u), jnp.zeros(3, jnp.int32))
+  assert int(st["generation"]) == 2  # 18 told: 16 complete two generations
+  st, u = ask(st, jax.random.key(7), 12)  # 6 left in generation 3 + 6 extra samples
+  assert int(st["handed"]) == 8 and u.shape == (12, 2)
+  st = tell(st, u, bf.sphere(u), jnp.zeros(12, jnp.int32))
+  assert int(st["generation"]) == 3
+
+
+def test_regularized_evolution_solves_mixed_function():
+  """Mixed categorical/continuous function, 200 evaluations, 3 seeds: median regret < 0.05."""
+  p = bf.PROBLEMS["mixed"]
+  s = regularized_evolution(4, population_size=20, tournament_size=5, levels=p.levels)
+
+  def run(seed):
+    def body(carry, r):
+      st, best = carry
+      st, u = s.ask(st, jax.random.fold_in(jax.random.key(seed + 1), r), 10)
+      y = p.fn(u)
+      return (s.tell(st, u, y, jnp.zeros(10, jnp.int32)), jnp.minimum(best, y.min())), None
+    (_, best), _ = jax.lax.scan(body, (s.init(jax.random.key(seed)), jnp.inf), jnp.arange(20))
+    return best
+
+  best = jax.jit(jax.vmap(run))(jnp.arange(3))
+  assert float(jnp.median(best)) - p.minimum < 0.05, best
+
+
+def test_evolution_mutates_categoricals_to_another_choice_and_ages_out_the_oldest():
+  s = regularized_evolution(2, population_size=4, tournament_size=2, n_mutations=2,
+                            levels=[3, 0])
+  ask, tell = jax.jit(s.ask, static_argnums=2), jax.jit(s.tell)
+  st = s.init(jax.random.key(0))
+  st, u = ask(st, jax.random.key(1), 4)
+  st = tell(st, u, bf.sphere(u), jnp.zeros(4, jnp.int32))
+  _, kids = ask(st, jax.random.key(2), 64)
+  parents_cat = set(np.floor(np.asarray(u[:, 0]) * 3).astype(int).tolist())
+  kid_pos = np.asarray(kids[:, 0]) * 3
+  np.testing.assert_allclose(kid_pos - np.floor(kid_pos), 0.5, atol=1e-5)  # cell midpoints
+  assert not np.any(np.isin(np.asarray(kids), np.asarray(u)))  # both coordinates mutated
+  assert len(parents_cat) >= 1
+  st2 = tell(st, jnp.full((1, 2), 0.5), jnp.asarray([0.0]), jnp.asarray([COMPLETE]))
+  np.testing.assert_allclose(st2["x"][0], [0.5, 0.5])  # slot 0 (the oldest) replaced
+  np.testing.assert_allclose(st2["x"][1:], st["x"][1:])
+
+
+def test_reflect_maps_the_line_onto_the_cube():
+  x = jnp.asarray([-0.2, 0.0, 0.3, 1.0, 1.2, 2.5, -1.7])
+  np.testing.assert_allclose(reflect(x), [0.2, 0.0, 0.3, 1.0, 0.8, 0.5, 0.3], atol=1e-6)
+
+
+# ------------------------------------------------------------------ grid
+
+
+def test_grid_enumerates_midpoints_in_order_and_wraps():
+  s = grid(3, levels=[2, 3, 1])
+  st = s.init(jax.random.key(0))
+  st, u = s.ask(st, None, 4)
+  st, u2 = s.ask(st, None, 4)
+  expect = [[(a + 0.5) / 2, (b + 0.5) / 3, 0.5] for a, b in itertools.product(range(2), range(3))]
+  np.testing.assert_allclose(np.concatenate([u, u2]), expect + expect[:2], atol=1e-6)
+  assert int(st["count"]) == 8
+
+
+def test_grid_visits_each_choice_of_a_categorical_once():
+  p = bf.PROBLEMS["mixed"]
+  s = grid(4, levels=[3, 4, 5, 5])
+  _, u = s.ask(s.init(None), None, 300)
+  cats = np.floor(np.asarray(u[:, :2]) * np.asarray([3, 4])).astype(int)
+  assert len({tuple(r) for r in np.concatenate([cats, np.asarray(u[:, 2:])], 1)}) == 300
+  assert np.bincount(cats[:, 0]).tolist() == [100] * 3
+  assert float(jnp.min(p.fn(u))) == pytest.approx(0.025, abs=1e-5)  # (0.3, 0.7) vs (0.25, 0.65)
+  big = grid(40, levels=4)  # 4^40 points: more than int32 counts, no wrap, no overflow
+  _, ub = big.ask(big.init(None), None, 5)
+  np.testing.assert_allclose(ub[:, :-2], 0.125)
+  np.testing.assert_allclose(ub[:, -2], [0.125] * 4 + [0.375])
+  np.testing.assert_allclose(ub[:, -1], [0.125, 0.375, 0.625, 0.875, 0.125])
+
+
+# ------------------------------------------------------------------ multi-objective, constraints
+
+
+def _pareto_numpy(y):
+  n = len(y)
+  return np.asarray([not any(np.all(y[j] <= y[i]) and np.any(y[j] < y[i]) for j in range(n))
+                     for i in range(n)])
+
+
+def test_pareto_front_and_ranks_match_brute_force():
+  rng = np.random.default_rng(0)
+  y = np.round(rng.random((60, 3)), 1).astype(np.float32)  # rounding makes ties
+  np.testing.assert_array_equal(pareto_front(jnp.asarray(y)), _pareto_numpy(y))
+  rank = np.asarray(jax.jit(nondominated_rank)(jnp.asarray(y)))
+  remaining, r = np.arange(len(y)), 0
+  while len(remaining):
+    front = remaining[_pareto_numpy(y[remaining])]
+    assert np.all(rank[front] == r)
+    remaining = np.setdiff1d(remaining, front)
+    r += 1
+  y_bad = jnp.asarray(y).at[0].set(jnp.nan)
+  assert not bool(pareto_front(y_bad)[0]) and int(nondominated_rank(y_bad)[0]) == len(y)
+  valid = jnp.arange(len(y)) % 2 == 0
+  assert not bool(jnp.any(pareto_front(jnp.asarray(y), valid) & ~valid))
+
+
+def test_crowding_distance_and_hypervolume():
+  y = jnp.asarray([[0.0, 4.0], [1.0, 2.0], [3.0, 1.0], [4.0, 0.0], [4.0, 4.0]])
+  rank = nondominated_rank(y)
+  np.testing.assert_array_equal(rank, [0, 0, 0, 0, 1])
+  cd = crowding_distance(y, rank)
+  assert np.isinf(cd[0]) and np.isinf(cd[3]) and np.isinf(cd[4])
+  np.testing.assert_allclose(cd[1:3], [3 / 4 + 3 / 4, 3 / 4 + 2 / 4])
+  hv = hypervolume_2d(y, jnp.asarray([5.0, 5.0]))
+  # rectangles: (5-0)(5-4) + (5-1)(4-2) + (5-3)(2-1) + (5-4)(1-0)
+  assert float(hv) == pytest.approx(5 + 8 + 2 + 1)
+
+
+def test_with_constraints_steers_tpe_to_the_feasible_side():
+  """Sphere centred at 0.3 with u0 >= 0.5 required: the optimum is on the boundary, (0.5, 0.3).
+
+  Unconstrained TPE would converge to (0.3, 0.3) (violation 0.2) and random search violates by
+  0.125 on average; told penalties keep late proposals near the feasible side.
+  """
+  s = with_constraints(tpe(2, n_startup=10, capacity=128), lambda u: 0.5 - u[:, 0])
+  ask, tell = jax.jit(s.ask, static_argnums=2), jax.jit(s.tell)
+  st = s.init(jax.random.key(0))
+  late_violation, best = [], np.inf
+  for r in range(10):
+    st, u = ask(st, jax.random.key(r), 10)
+    y = bf.sphere(u)
+    st = tell(st, u, y, jnp.zeros(10, jnp.int32))
+    ok = np.asarray(u[:, 0]) >= 0.5
+    best = min(best, float(np.min(np.where(ok, np.asarray(y), np.inf))))
+    if r >= 5:
+      late_violation.append(np.maximum(0.5 - np.asarray(u[:, 0]), 0).mean())
+  assert np.mean(late_violation) < 0.05, late_violation
+  assert best < 0.04 + 0.01, best  # optimum value 0.04 at (0.5, 0.3)
+  told_y = st["inner"]["y"][: int(st["inner"]["count"])]
+  assert float(told_y.max()) > float(st["hi"])  # infeasible rows were told a penalised value
+  # status INFEASIBLE from the evaluation is penalised too, and told as COMPLETE
+  st2 = tell(st, u[:1], jnp.asarray([0.0]), jnp.asarray([INFEASIBLE]))
+  assert int(st2["inner"]["count"]) == int(st["inner"]["count"]) + 1
+  assert float(st2["inner"]["y"][int(st["inner"]["count"]) % 128]) > float(st["hi"])
+
+
+# ------------------------------------------------------------------ test functions, arguments
+
+
+def test_benchmark_functions_have_their_known_minima():
+  np.testing.assert_allclose(bf.branin(jnp.asarray([(np.pi + 5) / 15, 2.275 / 15])), 0.397887,
+                             atol=1e-5)
+  x = jnp.asarray([0.20169, 0.150011, 0.476874, 0.275332, 0.311652, 0.6573])
+  np.testing.assert_allclose(bf.hartmann6(x), -3.32237, atol=1e-4)
+  np.testing.assert_allclose(bf.rosenbrock(jnp.full(10, 0.4)), 0.0, atol=1e-3)
+  np.testing.assert_allclose(bf.mixed(jnp.asarray([0.9, 0.3, 0.25, 0.65])), 0.0, atol=1e-6)
+  u = jax.random.uniform(jax.random.key(0), (4096, 6))
+  for p in bf.PROBLEMS.values():
+    assert float(jnp.min(p.fn(u[:, :p.dim]))) >= p.minimum - 1e-5
+
+
+@pytest.mark.parametrize("factory,kwargs,arg", [
+    (tpe, {"dim": 0}, "dim"),
+    (tpe, {"dim": 2, "gamma": 1.5}, "gamma"),
+    (tpe, {"dim": 2, "n_candidates": 0}, "n_candidates"),
+    (tpe, {"dim": 2, "capacity": 1}, "capacity"),
+    (gp_bo, {"dim": 2, "acquisition": "pi"}, "acquisition"),
+    (gp_bo, {"dim": 2, "n_startup": -1}, "n_startup"),
+    (gp_bo, {"dim": 2, "kappa": -1.0}, "kappa"),
+    (gp_bo, {"dim": 2.5}, "dim"),
+    (regularized_evolution, {"dim": 2, "tournament_size": 64}, "tournament_size"),
+    (regularized_evolution, {"dim": 2, "n_mutations": 3}, "n_mutations"),
+    (regularized_evolution, {"dim": 2, "levels": [3]}, "levels"),
+    (regularized_evolution, {"dim": 2, "mutation_std": 0.0}, "mutation_std"),
+    (cma_es, {"dim": 2, "popsize": 1}, "popsize"),
+    (cma_es, {"dim": 2, "sigma0": 0}, "sigma0"),
+    (open_es, {"dim": 2, "popsize": 7}, "popsize"),
+    (grid, {"dim": 2, "levels": [2]}, "levels"),
+    (grid, {"dim": 2, "levels": 0}, "levels"),
+    (with_constraints, {"searcher": None, "constraint_fn": None, "penalty": -1}, "penalty"),
+])
+def test_bad_arguments_raise_value_error_naming_them(factory, kwargs, arg):
+  with pytest.raises(ValueError, match=f"^{arg}="):
+    factory(**kwargs)
