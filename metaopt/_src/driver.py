@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import os
 import platform
 import subprocess
@@ -31,7 +32,7 @@ from tqdm.auto import tqdm
 
 from metaopt._src import population as pop
 from metaopt._src.checkpoint import Checkpointer
-from metaopt._src.store import Store
+from metaopt._src.store import Store, _dumps
 from metaopt._src.types import (
     COMPLETE,
     FAILED,
@@ -229,7 +230,7 @@ def search(
       n = min(population, n_trials - rnd * population)
       if rec.state_phase == "asked" and rec.state_round == rnd:
         rows = st.round_trials(rec.id, rnd)
-        u = np.asarray([r["u"] for r in (_json_row(r) for r in rows)], np.float32)
+        u = np.asarray([json.loads(r["u"]) for r in rows], np.float32)
         ids = [r["id"] for r in rows]
       else:
         state, u = ask(state, jax.random.fold_in(key_r, 0), n)
@@ -277,15 +278,8 @@ def search(
 
 
 def _json_round_trip(x: Any) -> Any:
-  import json
-
-  from metaopt._src.store import _dumps
+  """``x`` as the store will give it back (JSON-safe, non-finite floats as None)."""
   return json.loads(_dumps(x))
-
-
-def _json_row(row: Mapping[str, Any]) -> dict[str, Any]:
-  import json
-  return {**row, "u": json.loads(row["u"])}
 
 
 def _group(space: Space, params: list[dict[str, Any]], task: Task, multiple: int = 1,
