@@ -103,15 +103,20 @@ def _example(data, batch: int = 2) -> jax.Array:
   return np.zeros((batch, *data.input_shape), np.float32)
 
 
-def digits_mlp(data_dir: str | None = None, max_width: int = 128) -> Task:
-  """MLP on digits; see module docstring for masked vs structural parameters."""
-  data = load_dataset("digits", data_dir)
-  space = Space({
-      "learning_rate": Float(1e-4, 3e-1, log=True),
+def _mlp_space(max_lr: float, max_width: int) -> Space:
+  """The default space of the MLP tasks: optimizer settings, masked width, activation."""
+  return Space({
+      "learning_rate": Float(1e-4, max_lr, log=True),
       "weight_decay": Float(1e-6, 1e-1, log=True),
       "width": Int(8, max_width, log=True),
       "activation": Choice(list(base.ACTIVATIONS[:4])),
   })
+
+
+def digits_mlp(data_dir: str | None = None, max_width: int = 128) -> Task:
+  """MLP on digits; see module docstring for masked vs structural parameters."""
+  data = load_dataset("digits", data_dir)
+  space = _mlp_space(max_lr=3e-1, max_width=max_width)
   defaults = {"depth": 2, "optimizer": "adamw"}
 
   def build(structure: Mapping[str, Any]) -> TrialFns:
@@ -147,12 +152,7 @@ def digits_cnn(data_dir: str | None = None, channels: int = 16) -> Task:
 def synthetic_regression(data_dir: str | None = None, max_width: int = 64) -> Task:
   """MLP regression on the procedural dataset; objective is validation MSE."""
   data = load_dataset("synthetic_regression", data_dir)
-  space = Space({
-      "learning_rate": Float(1e-4, 1e-1, log=True),
-      "weight_decay": Float(1e-6, 1e-1, log=True),
-      "width": Int(8, max_width, log=True),
-      "activation": Choice(list(base.ACTIVATIONS[:4])),
-  })
+  space = _mlp_space(max_lr=1e-1, max_width=max_width)
 
   def build(structure: Mapping[str, Any]) -> TrialFns:
     model = MLP(max_width=max_width, depth=int(structure.get("depth", 2)), outputs=1)
