@@ -99,6 +99,24 @@ def _whitebox(cfg) -> None:
   print(json.dumps(run_whitebox(cfg, metaopt.Store(url)), indent=2))
 
 
+# configs with a ``program`` field are run by that package's ``run_config(cfg, store, progress)``.
+PROGRAMS = {"nas": "metaopt.nas", "lopt": "metaopt.lopt", "repair": "metaopt.repair"}
+
+
+def _program(cfg) -> None:
+  import importlib
+
+  import metaopt
+
+  name = cfg["program"]
+  if name not in PROGRAMS:
+    _fail(f"config field 'program' must be one of {', '.join(PROGRAMS)}; got {name!r}")
+  url = _STORE.value or cfg.get("store") or f"sqlite:///runs/{cfg.name}.db"
+  run_config = importlib.import_module(PROGRAMS[name]).run_config
+  print(json.dumps(run_config(cfg, metaopt.Store(url), progress=not _QUIET.value), indent=2,
+                   default=str))
+
+
 def _evaluate(store_url: str, study: str | None) -> None:
   import metaopt
   from metaopt._src import config as config_lib
@@ -125,6 +143,9 @@ def main(argv: list[str]) -> None:
         _fail("run needs --config configs/<name>.py")
       if "method" in _CONFIG.value and "problem_name" in _CONFIG.value:
         _whitebox(_CONFIG.value)  # a configs/hypergrad_*.py gradient-HPO config
+        return
+      if "program" in _CONFIG.value:
+        _program(_CONFIG.value)  # NAS, learned-optimizer and repair configs
         return
       from metaopt._src import config as config_lib
       _search(config_lib.validate(_CONFIG.value))
