@@ -1,9 +1,10 @@
 """metaopt command line: run, resume and report searches.
 
-    python run.py run --config configs/quickstart.py [--config.seed=3]
+    python run.py run --config configs/quickstart.py [--config.seed=3] [--worker]
     python run.py resume --store sqlite:///runs/quickstart.db [--study quickstart]
     python run.py report --store sqlite:///runs/quickstart.db [--format json] [--out DIR]
     python run.py evaluate --store sqlite:///runs/quickstart.db [--top_k 3] [--seeds 3]
+                           [--ensemble]
 """
 
 from __future__ import annotations
@@ -25,6 +26,13 @@ _OUT = flags.DEFINE_string("out", None, "Report directory (default: runs/report_
 _QUIET = flags.DEFINE_bool("quiet", False, "No progress bar.")
 _TOP_K = flags.DEFINE_integer("top_k", 3, "evaluate: how many of the best configurations.")
 _SEEDS = flags.DEFINE_integer("seeds", 3, "evaluate: fresh seeds per configuration.")
+_WORKER = flags.DEFINE_bool("worker", False, "run/resume: be one of several worker processes "
+                            "sharing the study (rounds leased from the store).")
+_WORKER_ID = flags.DEFINE_string("worker_id", None, "worker name in the store.")
+_STALE = flags.DEFINE_float("stale_after_s", 60.0, "worker: take over a round whose heartbeat "
+                            "is older than this.")
+_ENSEMBLE = flags.DEFINE_bool("ensemble", False, "evaluate: also average the top-k models' "
+                              "predicted probabilities and report the ensemble's accuracy.")
 
 
 def _fail(msg: str) -> None:
@@ -38,8 +46,13 @@ def _search(cfg: dict) -> None:
 
   program, task, space, kwargs = config_lib.build(cfg)
   store = metaopt.Store(cfg["store"])
-  result = metaopt.search(program, task, space=space, store=store, config=cfg,
-                          progress=not _QUIET.value, **kwargs)
+  if _WORKER.value:
+    result = metaopt.worker(program, task, space=space, store=store, config=cfg,
+                            progress=not _QUIET.value, worker_id=_WORKER_ID.value,
+                            stale_after_s=_STALE.value, **kwargs)
+  else:
+    result = metaopt.search(program, task, space=space, store=store, config=cfg,
+                            progress=not _QUIET.value, **kwargs)
   print(json.dumps(result.summary(), indent=2))
 
 
@@ -57,7 +70,7 @@ def _coords(cfg: dict) -> list[str] | None:
 
 def _report(store_url: str, study: str | None) -> None:
   import metaopt
-  from metaopt._src.report import param_importance, write_report
+  from metaopt._src.report import compute_summary, param_importance, write_report
 
   store = metaopt.Store(store_url)
   rec = store.load_study(study)
@@ -72,6 +85,8 @@ def _report(store_url: str, study: str | None) -> None:
   summary["html"] = paths["html"]
   summary["plots"] = paths
   summary["importance"] = param_importance(result)
+  comp = compute_summary(result)
+  summary["compute"] = {k: v for k, v in comp.items() if k != "per_trial"}
   summary["events"] = store.events(rec.id)
   summary["data_version"] = rec.data_version
   summary["code_version"] = rec.code_version
@@ -88,6 +103,9 @@ def _report(store_url: str, study: str | None) -> None:
                                                 else (t.objective or 0)))[:10]:
     obj = "-" if t.objective is None else f"{t.objective:.4f}"
     print(f"  #{t.number:<4d} {t.status:<9s} {obj:>8s}  {t.failure_reason or ''} {t.params}")
+  c = summary["compute"]
+  print(f"compute: {c['total_flops'] / 1e9:.2f} GFLOPs, {c['total_device_seconds']:.2f} "
+        "device-seconds")
   print(f"report: {summary['html']}")
 
 
@@ -125,7 +143,8 @@ def _evaluate(store_url: str, study: str | None) -> None:
   store = metaopt.Store(store_url)
   rec = store.load_study(study)
   _, task, space, _ = config_lib.build({**rec.config, "store": store_url})
-  out = evaluate_top(store, rec.name, task, space, k=_TOP_K.value, seeds=_SEEDS.value)
+  out = evaluate_top(store, rec.name, task, space, k=_TOP_K.value, seeds=_SEEDS.value,
+                     ensemble=_ENSEMBLE.value)
   print(json.dumps(out, indent=2))
 
 

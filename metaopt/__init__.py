@@ -13,6 +13,7 @@ from metaopt._src.combinators import (
     with_pruning,
 )
 from metaopt._src.constraints import max_params, param_counter
+from metaopt._src.distributed import initialize as initialize_distributed
 from metaopt._src.driver import code_version, enable_compilation_cache, hardware, search
 from metaopt._src.evolution import cma_es, open_es, regularized_evolution
 from metaopt._src.gp import gp_bo
@@ -29,7 +30,7 @@ from metaopt._src.multiobjective import (
 from metaopt._src.pbt import pbt
 from metaopt._src.population import PopulationKernel, make_kernel, population_mesh
 from metaopt._src.registry import PRUNERS, SEARCHERS, make_pruner, make_searcher
-from metaopt._src.searchers import halton, random_search, sobol
+from metaopt._src.searchers import halton, points, random_search, sobol
 from metaopt._src.store import Store, Study
 from metaopt._src.tpe import tpe
 from metaopt._src.types import (
@@ -44,6 +45,7 @@ from metaopt._src.types import (
     Searcher,
     Trial,
 )
+from metaopt._src.worker import worker
 
 __all__ = [
     "branin", "hartmann6", "mixed", "rosenbrock", "sphere", "cma_es", "open_es",
@@ -54,7 +56,9 @@ __all__ = [
     "STATUS_NAMES", "THRESHOLDS", "alternate", "asha", "Checkpointer", "code_version",
     "curve_pruner", "detect_conditions", "failure_rate_trigger", "halton", "hardware", "hyperband",
     "make_kernel", "make_pruner", "make_searcher", "max_params", "median_pruner", "param_counter",
-    "pbt", "population_mesh", "PopulationKernel", "product", "Pruner", "random_search", "Result",
+    "pbt", "points", "population_mesh", "PopulationKernel", "product", "Pruner", "random_search",
+    "Result",
     "rungs", "search", "Searcher", "sequential", "sobol", "Store", "Study", "successive_halving",
     "Trial", "with_fallback", "with_monitor", "with_pruning",
+    "worker", "initialize_distributed",
 ]

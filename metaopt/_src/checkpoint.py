@@ -4,22 +4,61 @@ Each step holds two items: ``state`` (any pytree of arrays: population train sta
 searcher state, masks) saved with ``StandardSave``, and ``meta`` (JSON) saved with
 ``JsonSave``. orbax writes into a temporary directory and renames it when complete, so a
 process killed mid-write leaves only the previous step visible. Restoring needs an abstract
-target (``jax.ShapeDtypeStruct`` leaves) so optax state types survive the round trip; if the
-newest step cannot be read, the one before it is used.
+target (``jax.ShapeDtypeStruct`` leaves) so optax state types survive the round trip. Every
+step's metadata carries a SHA-256 digest of the state's bytes: a step that cannot be read,
+or whose bytes no longer match (a damaged or partially copied file), is skipped and the one
+before it is used.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 
 PyTree = Any
 log = logging.getLogger(__name__)
+
+
+def digest(tree: PyTree) -> str:
+  """SHA-256 of the leaves' shapes, dtypes and bytes (PRNG keys by their key data)."""
+  h = hashlib.sha256()
+  for leaf in jax.tree_util.tree_leaves(tree):
+    if isinstance(leaf, jax.Array) and jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+      leaf = jax.random.key_data(leaf)
+    a = np.ascontiguousarray(np.asarray(jax.device_get(leaf)))
+    h.update(f"{a.shape}{a.dtype.str}".encode())
+    h.update(a.tobytes())
+  return h.hexdigest()
+
+
+def _is_key(x: Any) -> bool:
+  return hasattr(x, "dtype") and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+
+
+def _to_host(tree: PyTree) -> PyTree:
+  """Numpy leaves (PRNG keys as their key data): what a process of a multi-host search
+  saves, since orbax takes only global arrays there."""
+  return jax.tree_util.tree_map(
+      lambda x: np.asarray(jax.random.key_data(x) if _is_key(x) else jax.device_get(x)), tree)
+
+
+def _host_target(tree: PyTree) -> PyTree:
+  return jax.tree_util.tree_map(
+      lambda x: np.zeros(jax.eval_shape(jax.random.key_data, x).shape, np.uint32)
+      if _is_key(x) else np.zeros(x.shape, x.dtype), tree)
+
+
+def _from_host(tree: PyTree, like: PyTree) -> PyTree:
+  return jax.tree_util.tree_map(
+      lambda x, a: jax.random.wrap_key_data(jnp.asarray(x)) if _is_key(a) else x, tree, like)
 
 
 class Checkpointer:
@@ -28,12 +67,22 @@ class Checkpointer:
   def __init__(self, directory: str, max_to_keep: int = 2):
     self.directory = os.path.abspath(directory)
     os.makedirs(self.directory, exist_ok=True)
+    kwargs: dict[str, Any] = {"create": True}
+    if jax.process_count() > 1:  # multi-host searches: each process keeps its own steps
+      me = jax.process_index()
+      kwargs = {"create": False, "multiprocessing_options": ocp.options.MultiprocessingOptions(
+          primary_host=me, active_processes={me}, barrier_sync_key_prefix=f"metaopt-{me}")}
     self._mgr = ocp.CheckpointManager(
         self.directory,
-        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
-                                             enable_async_checkpointing=False))
+        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
+                                             enable_async_checkpointing=False, **kwargs))
 
   def save(self, step: int, state: PyTree, meta: dict[str, Any]) -> None:
+    meta = {**meta, "_digest": digest(state)}
+    if step in self.steps():  # e.g. a damaged step skipped by restore, now written anew
+      self._mgr.delete(step)
+    if jax.process_count() > 1:
+      state = _to_host(state)
     self._mgr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                  meta=ocp.args.JsonSave(meta)), force=True)
     self._mgr.wait_until_finished()
@@ -42,21 +91,32 @@ class Checkpointer:
     self._mgr.reload()
     return sorted(self._mgr.all_steps())
 
-  def restore(self, abstract: PyTree | Callable[[dict[str, Any]], PyTree]
-              ) -> tuple[int, PyTree, dict[str, Any]] | None:
-    """The newest readable ``(step, state, meta)``, or None when there is none.
+  def restore(self, abstract: PyTree | Callable[[dict[str, Any]], PyTree],
+              max_step: int | None = None) -> tuple[int, PyTree, dict[str, Any]] | None:
+    """The newest readable ``(step, state, meta)`` (at most ``max_step``), or None.
 
     ``abstract`` is the target pytree (arrays or ``ShapeDtypeStruct`` s), or a function of
     the step's metadata returning it, for states whose shapes the metadata records.
     """
     for step in reversed(self.steps()):
+      if max_step is not None and step > max_step:
+        continue
       try:
         meta = self._mgr.restore(step, args=ocp.args.Composite(
             meta=ocp.args.JsonRestore()))["meta"]
         tree = abstract(meta) if callable(abstract) else abstract
         target = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, tree)
-        out = self._mgr.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(target)))
+        if jax.process_count() > 1:
+          out = self._mgr.restore(step, args=ocp.args.Composite(
+              state=ocp.args.StandardRestore(_host_target(target))))
+          out = {"state": _from_host(out["state"], target)}
+        else:
+          out = self._mgr.restore(step, args=ocp.args.Composite(
+              state=ocp.args.StandardRestore(target)))
+        meta = dict(meta)
+        want = meta.pop("_digest", None)
+        if want is not None and digest(out["state"]) != want:
+          raise ValueError("state bytes do not match the digest written with them")
         return step, out["state"], meta
       except Exception as e:  # noqa: BLE001 - a damaged step falls back to the previous one
         log.warning("checkpoint step %d in %s unreadable (%s); trying an older one", step,
@@ -68,8 +128,10 @@ class Checkpointer:
     steps = self.steps()
     if not steps:
       return None
-    return self._mgr.restore(steps[-1], args=ocp.args.Composite(
-        meta=ocp.args.JsonRestore()))["meta"]
+    meta = dict(self._mgr.restore(steps[-1], args=ocp.args.Composite(
+        meta=ocp.args.JsonRestore()))["meta"])
+    meta.pop("_digest", None)
+    return meta
 
   def close(self) -> None:
     self._mgr.close()

@@ -61,6 +61,9 @@ def validate(config: Mapping[str, Any]) -> dict[str, Any]:
   if missing:
     what = "; ".join(f"{m}: {FIELDS[m]}" for m in missing)
     raise ValueError(f"config: missing field(s) {missing} ({what})")
+  for f in ("task_name", "searcher_name", "pruner_name"):
+    if not isinstance(cfg[f], str):
+      raise ValueError(f"{f}={cfg[f]!r}: must be a string, {FIELDS[f]}")
   if cfg["task_name"] not in TASKS:
     raise ValueError(f"task_name={cfg['task_name']!r} is unknown; allowed: {', '.join(TASKS)}")
   if cfg["searcher_name"] not in registry.SEARCHERS:
@@ -83,6 +86,17 @@ def validate(config: Mapping[str, Any]) -> dict[str, Any]:
   for f in ("task", "searcher", "pruner", "space"):
     if not isinstance(cfg[f], Mapping):
       raise ValueError(f"{f}: must be a dict ({FIELDS[f]})")
+    if not all(isinstance(k, str) for k in cfg[f]):
+      raise ValueError(f"{f}: keys must be strings ({FIELDS[f]})")
+  if not isinstance(cfg["checkpoint_dir"], str):
+    raise ValueError(f"checkpoint_dir={cfg['checkpoint_dir']!r}: must be a string "
+                     f"({FIELDS['checkpoint_dir']})")
+  if not isinstance(cfg["shared_batches"], bool):
+    raise ValueError(f"shared_batches={cfg['shared_batches']!r}: must be True or False")
+  v = cfg["checkpoint_every_s"]
+  if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < float("inf"):
+    raise ValueError(f"checkpoint_every_s={v!r}: must be a number >= 0 "
+                     f"({FIELDS['checkpoint_every_s']})")
   if cfg["space"]:
     from_spec(cfg["space"])
   return dict(cfg)
@@ -96,12 +110,57 @@ def build(config: Mapping[str, Any]) -> tuple[Searcher, Task, Space, dict[str, A
   except TypeError as e:
     raise ValueError(f"task: bad option for task {cfg['task_name']!r}: {e}") from None
   space = from_spec(cfg["space"]) if cfg["space"] else task.space
-  program = registry.make_searcher(cfg["searcher_name"], space.dim, **cfg["searcher"])
+  program = _checked("searcher", cfg["searcher_name"], cfg["searcher"],
+                     lambda: registry.make_searcher(cfg["searcher_name"], space.dim,
+                                                    **cfg["searcher"]),
+                     lambda p: _trace_searcher(p, min(cfg["population"], cfg["n_trials"])))
   if cfg["pruner_name"] != "none":
-    program = with_pruning(program, registry.make_pruner(cfg["pruner_name"], cfg["epochs"],
-                                                         **cfg["pruner"]))
+    pruner = _checked("pruner", cfg["pruner_name"], cfg["pruner"],
+                      lambda: registry.make_pruner(cfg["pruner_name"], cfg["epochs"],
+                                                   **cfg["pruner"]),
+                      lambda p: _trace_pruner(p, cfg["population"], cfg["epochs"]))
+    program = with_pruning(program, pruner)
   kwargs = {k: cfg[k] for k in ("n_trials", "population", "epochs", "batch_size", "seed",
                                 "shared_batches", "checkpoint_every_s")}
   kwargs["study"] = cfg["name"]
   kwargs["checkpoint_dir"] = cfg["checkpoint_dir"] or None
   return program, task, space, kwargs
+
+
+def _checked(field: str, name: str, options: Mapping[str, Any], make, trace):
+  """Builds a searcher or pruner and traces its functions abstractly (no compilation), so
+  bad options fail here with one ``ValueError`` instead of inside a compiled kernel later."""
+  try:
+    obj = make()
+  except ValueError:
+    raise
+  except Exception as e:  # noqa: BLE001 - bad option values surface as many error types
+    raise ValueError(f"{field} {name!r}: bad option value(s) {dict(options)}: "
+                     f"{type(e).__name__}: {e}") from None
+  try:
+    trace(obj)
+  except Exception as e:  # noqa: BLE001
+    raise ValueError(f"{field} {name!r}: options {dict(options)} do not give a working "
+                     f"{field}: {type(e).__name__}: {str(e).splitlines()[0][:300]}") from None
+  return obj
+
+
+def _trace_searcher(program: Searcher, n: int) -> None:
+  import jax
+  import jax.numpy as jnp
+
+  key = jax.random.key(0)
+  state = jax.eval_shape(program.init, key)
+  state, u = jax.eval_shape(lambda s, k: program.ask(s, k, n), state, key)
+  jax.eval_shape(program.tell, state, u, jax.ShapeDtypeStruct((n,), jnp.float32),
+                 jax.ShapeDtypeStruct((n,), jnp.int32))
+
+
+def _trace_pruner(pruner: Any, n: int, epochs: int) -> None:
+  import jax
+  import jax.numpy as jnp
+
+  values = jax.ShapeDtypeStruct((n, epochs) if pruner.uses == "objective_history" else (n,),
+                                jnp.float32)
+  jax.eval_shape(pruner.prune, jax.eval_shape(pruner.init), values,
+                 jax.ShapeDtypeStruct((), jnp.int32), jax.ShapeDtypeStruct((n,), jnp.bool_))

@@ -9,6 +9,10 @@ weights) stop and are recorded with their reason while the rest of the populatio
 Killed and restarted with the same arguments, ``search`` resumes: finished rounds are not
 re-run, and an unfinished round continues from its newest checkpoint with the searcher state
 saved at that epoch, so the resumed search produces the same trials as an uninterrupted one.
+
+Run in several processes after :func:`metaopt.initialize_distributed`, ``search`` splits
+every round's population between them (see ``distributed.py``); for several independent
+processes sharing one study, see :func:`metaopt.worker`.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
+from metaopt._src import distributed as dist
 from metaopt._src import population as pop
 from metaopt._src.checkpoint import Checkpointer
 from metaopt._src.store import Store, _dumps
@@ -105,6 +110,7 @@ class _Round:
   groups: dict[str, np.ndarray]
   structures: dict[str, dict[str, Any]]
   feasible: np.ndarray
+  owned: np.ndarray | None = None  # multi-host: the trials this process trains
 
 
 def _ser(state: Any) -> bytes:
@@ -131,6 +137,7 @@ def search(
     checkpoint_every_s: float = 10.0,
     devices: list[jax.Device] | None = None,
     constraint: Callable[[dict[str, Any]], float] | None = None,
+    target: float | None = None,
 ) -> Result:
   """Runs (or resumes) a population search and returns its :class:`Result`.
 
@@ -156,6 +163,8 @@ def search(
     constraint: ``params -> value``, feasible when ``value <= 0`` (e.g.
       :func:`metaopt.max_params`); infeasible trials are recorded ``infeasible`` and not
       trained, and the searcher is told so.
+    target: stop after the round in which a trial reaches this objective (at least it when
+      the task maximises, at most when it minimises); a ``target`` event is recorded.
   """
   space = task.space if space is None else space
   n_trials = _positive_int("n_trials", n_trials)
@@ -168,6 +177,14 @@ def search(
   if not isinstance(program, Searcher):
     raise ValueError(f"program: expected a metaopt.Searcher, got {type(program).__name__}")
   st = store if isinstance(store, Store) else Store(store or "sqlite://")
+  multi = dist.is_multi()
+  if multi:  # process 0 writes; the others read after barriers
+    if st.url in ("sqlite://", "sqlite:///:memory:"):
+      raise ValueError("store: a multi-host search needs a store every process can reach "
+                       "(a SQLite file on a shared disk, or PostgreSQL)")
+    st = dist.HostStore(st)
+    if not st.leader:
+      dist.sync(f"metaopt-open-{study}")
   direction = task.direction
   sign = -1.0 if direction == "maximize" else 1.0
   if not isinstance(checkpoint_every_s, (int, float)) or checkpoint_every_s < 0:
@@ -184,6 +201,9 @@ def search(
                 batch_size=batch_size, seed=seed)
   if study in st.study_names():
     rec = st.load_study(study)
+    if rec.state_phase == "worker":
+      raise ValueError(f"study {study!r} is run by workers; continue it with "
+                       "metaopt.worker(...) / `run.py run --worker`")
     now = _json_round_trip(record)
     changed = sorted(k for k in set(rec.config) | set(now)
                      if k != "store" and rec.config.get(k) != now.get(k))
@@ -196,6 +216,8 @@ def search(
     rec = st.create_study(study, direction=direction, config=record, seed=seed,
                           code_version=code_version(), data_version=task.data.data_version,
                           hardware=hardware())
+  if multi and st.leader:
+    dist.sync(f"metaopt-open-{study}")
   state = template
   if rec.searcher_state is not None:
     state = flax.serialization.from_bytes(template, rec.searcher_state)
@@ -210,12 +232,15 @@ def search(
   if mesh is not None:
     data = jax.device_put(data, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
   kernels: dict[tuple, pop.PopulationKernel] = {}
+  flops_cache: dict[str, float] = {}
+  proc = f"process_{jax.process_index()}" if multi else ""
 
   def kernel(structure: dict[str, Any]) -> pop.PopulationKernel:
     k = tuple(sorted(structure.items()))
     if k not in kernels:
-      kernels[k] = pop.make_kernel(task.build(structure), len(task.data.train), batch_size,
-                                   shared_batches, mesh)
+      bs = int(structure.get("batch_size", batch_size))  # a structural batch size wins
+      kernels[k] = pop.make_kernel(task.build(structure), len(task.data.train),
+                                   min(bs, len(task.data.train)), shared_batches, mesh)
     return kernels[k]
 
   n_rounds = -(-n_trials // population)
@@ -223,6 +248,9 @@ def search(
   rnd = max(rnd, 0)
   bar = tqdm(total=n_rounds * epochs, initial=min(rnd, n_rounds) * epochs, disable=not progress,
              desc=f"{study}", unit="epoch", mininterval=1.0, leave=False)
+  if target is not None and rnd > 0 and _reached(
+      [(t.number, t.status, t.objective, None) for t in st.trials(rec.id)], target, direction):
+    rnd = n_rounds  # a resumed study that had already reached its target
   try:
     while rnd < n_rounds:
       t0 = time.time()
@@ -244,9 +272,11 @@ def search(
       params = space.to_python_batch(h)
       violation = [None if constraint is None else float(constraint(p)) for p in params]
       feasible = np.asarray([v is None or v <= 0 for v in violation])
-      groups, structures = _group(space, params, task, multiple, feasible)
-      r = _Round(rnd, ids, u, h, params, groups, structures, feasible)
-      ckpt = Checkpointer(os.path.join(checkpoint_dir, f"round_{rnd:05d}"))
+      owned = (np.arange(n) % jax.process_count() == jax.process_index()) if multi else None
+      groups, structures = _group(space, params, task, multiple,
+                                  feasible if owned is None else feasible & owned)
+      r = _Round(rnd, ids, u, h, params, groups, structures, feasible, owned)
+      ckpt = Checkpointer(os.path.join(checkpoint_dir, f"round_{rnd:05d}", proc))
       if rows is None:
         numbers = [rnd * population + i for i in range(n)]
         r.ids = st.start_round(rec.id, rnd, [
@@ -258,7 +288,8 @@ def search(
             for i in np.flatnonzero(~feasible)])
       state = _train_round(r, state, task, kernel, data, ckpt, st, key_r, epochs, sign, observe,
                            seed, population, bar, on_epoch, space, checkpoint_every_s,
-                           multiple)
+                           multiple, flops_cache, batch_size)
+      dist.sync(f"metaopt-trained-{rnd}")  # process 0 has written the round's statuses
       rows = st.round_trials(rec.id, rnd)
       status = np.asarray([STATUS_NAMES.index(x["status"]) if x["status"] != "running"
                            else COMPLETE for x in rows], np.int32)
@@ -272,9 +303,19 @@ def search(
       rec = st.load_study(study)
       ckpt.close()
       rnd += 1
+      if target is not None and _reached(results, target, direction):
+        st.log_event(rec.id, "target", f"objective reached {target:g} in round {rnd - 1}")
+        break
   finally:
     bar.close()
   return Result(study, direction, st.trials(rec.id), state)
+
+
+def _reached(results: list[tuple], target: float, direction: str) -> bool:
+  vals = [obj for _, status, obj, _ in results if status == "complete" and obj is not None]
+  if direction == "maximize":
+    return any(v >= target for v in vals)
+  return any(v <= target for v in vals)
 
 
 def _json_round_trip(x: Any) -> Any:
@@ -328,13 +369,18 @@ def _gather(tree, idx: np.ndarray):
 def _train_round(r: _Round, state, task: Task, kernel, data, ckpt: Checkpointer, st: Store,
                  key_r, epochs: int, sign: float, observe, seed: int, population: int, bar,
                  on_epoch, space: Space, checkpoint_every_s: float = 0.0,
-                 multiple: int = 1) -> Any:
+                 multiple: int = 1, flops_cache: dict | None = None,
+                 batch_size: int | None = None) -> Any:
   """Trains one round's population epoch by epoch; returns the searcher state.
 
   Between epochs the program's ``observe`` may stop trials (pruning, monitoring) and, for
   population-based training, hand back ``copy_from`` (exploit) and new points ``u``
   (explore). When half of a group's trials have stopped, the group is compacted: the
   survivors are gathered into a smaller kernel so stopped trials cost no more compute.
+
+  Every trial-epoch records its compute: ``flops`` (XLA cost analysis of the population
+  step, per trial) and ``device_s`` (wall time of its group's chunk, compilation excluded,
+  times the devices, divided by the group's slots).
   """
   n = len(r.params)
   numbers = [r.number * population + i for i in range(n)]
@@ -343,6 +389,7 @@ def _train_round(r: _Round, state, task: Task, kernel, data, ckpt: Checkpointer,
 
   for g in r.groups:  # build (outside any trace) before eval_shape below
     kernel(r.structures[g])
+  flops_cache = {} if flops_cache is None else flops_cache
 
   def fresh(layout):
     return {g: kernel(r.structures[g]).init(keys[idx], _take(r.h, idx))
@@ -355,6 +402,12 @@ def _train_round(r: _Round, state, task: Task, kernel, data, ckpt: Checkpointer,
             "last": np.zeros(n), "hist": np.zeros((n, epochs)), "u": r.u}
 
   restored = ckpt.restore(abstract)
+  if r.owned is not None:  # every process resumes from the same epoch
+    steps = dist.allgather(0 if restored is None else restored[0])
+    if len(set(steps)) > 1:
+      restored = ckpt.restore(abstract, max_step=min(steps)) if min(steps) > 0 else None
+      if dist.allgather(0 if restored is None else restored[0]) != [min(steps)] * len(steps):
+        restored = None
   if restored is not None:
     start, saved, meta = restored
     layout = {g: np.asarray(v, np.int64) for g, v in meta["layout"].items()}
@@ -381,9 +434,16 @@ def _train_round(r: _Round, state, task: Task, kernel, data, ckpt: Checkpointer,
     for g, idx in layout.items():
       k = kernel(r.structures[g])
       try:
-        states[g], m = k.chunk(states[g], _take(r.h, idx), jnp.asarray(_alive_at(alive, idx)),
-                               key_e, data)
+        hg = _take(r.h, idx)
+        skey = repr(sorted(r.structures[g].items()))
+        if batch_size is not None and skey not in flops_cache:
+          bs = min(int(r.structures[g].get("batch_size", batch_size)), len(task.data.train))
+          flops_cache[skey] = pop.trial_epoch_flops(task.build(r.structures[g]), states[g], hg,
+                                                    data, bs)
+        c0, t0 = pop.compile_seconds(), time.perf_counter()
+        states[g], m = k.chunk(states[g], hg, jnp.asarray(_alive_at(alive, idx)), key_e, data)
         m = jax.device_get(m)
+        busy = max(0.0, time.perf_counter() - t0 - (pop.compile_seconds() - c0))
       except Exception as e:  # noqa: BLE001 - a broken group fails, the population goes on
         for i in idx[idx >= 0]:
           if alive[i]:
@@ -394,6 +454,23 @@ def _train_round(r: _Round, state, task: Task, kernel, data, ckpt: Checkpointer,
       for j, i in enumerate(idx):
         if i >= 0 and started[i]:
           metrics[i] = {name: np.asarray(v[j]) for name, v in m.items()}
+          metrics[i]["device_s"] = busy * k.multiple / len(idx)
+          if skey in flops_cache:
+            metrics[i]["flops"] = flops_cache[skey]
+          if r.owned is not None:
+            metrics[i]["process"] = jax.process_index()
+    if r.owned is not None:  # multi-host: every process gets every trial's epoch
+      mine = ({i: metrics[i] for i in np.flatnonzero(r.owned) if metrics[i] is not None},
+              [x for x in stopped])
+      for p, (theirs, failed) in enumerate(dist.allgather(mine)):
+        if p == jax.process_index():
+          continue
+        for i, mi in theirs.items():
+          metrics[i] = mi
+        for x in failed:
+          i = r.ids.index(x[0])
+          alive[i], status[i] = False, FAILED
+          stopped.append(x)
     values = np.full(n, np.inf, np.float64)
     prev = sign * last
     for i in range(n):
@@ -439,8 +516,11 @@ def _train_round(r: _Round, state, task: Task, kernel, data, ckpt: Checkpointer,
       layout, states = _compact(layout, states, alive, multiple)
     rows = [(r.ids[i], m) for i, m in enumerate(metrics) if m is not None]
     st.record_epoch([i for i, _ in rows], epoch, [m for _, m in rows], stopped)
-    if (epoch == epochs - 1 or not alive.any()
-        or time.time() - last_save >= checkpoint_every_s):
+    save = (epoch == epochs - 1 or not alive.any()
+            or time.time() - last_save >= checkpoint_every_s)
+    if r.owned is not None:
+      save = any(dist.allgather(save))  # the same epochs in every process
+    if save:
       last_save = time.time()
       ckpt.save(epoch + 1, {"groups": states, "searcher": state, "alive": alive,
                             "status": status, "last": last, "hist": hist, "u": r.u},
@@ -496,6 +576,9 @@ def _compact(layout, states, alive: np.ndarray, multiple: int = 1):
   return new_layout, new_states
 
 
+_ACCOUNTING = ("device_s", "flops", "process")
+
+
 def _population_metrics(metrics: list[dict[str, Any] | None], values: np.ndarray,
                         delta: np.ndarray) -> dict[str, jax.Array]:
   """Scalar epoch metrics of the whole population as ``[n]`` arrays for ``observe``."""
@@ -503,6 +586,8 @@ def _population_metrics(metrics: list[dict[str, Any] | None], values: np.ndarray
   out = {"objective": jnp.asarray(values, jnp.float32),
          "objective_delta": jnp.asarray(delta, jnp.float32)}
   for k, v in ref.items():
+    if k in _ACCOUNTING:  # host-measured, not training telemetry
+      continue
     if np.ndim(v) == 0:
       dtype = bool if np.asarray(v).dtype == bool else np.float32
       col = [m[k] if m is not None else 0 for m in metrics]

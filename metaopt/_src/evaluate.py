@@ -3,6 +3,12 @@
 The top ``k`` complete trials of a study are retrained with ``seeds`` fresh seeds each, all
 in population kernels, for the study's number of epochs; each model is then evaluated on
 the test split (which no search ever sees) and the result is recorded as a study event.
+
+With ``ensemble=True`` the retrained models' predicted class probabilities on the test split
+are averaged and the ensemble's accuracy is reported next to the individual models'. The
+probabilities come from the task's ``predict`` when its trial functions have one, otherwise
+from its ``evaluate`` loss (softmax cross-entropy) on each example and each class,
+``p_c(x) = exp(-loss(x, c))``; that they reproduce each model's own test accuracy is checked.
 """
 
 from __future__ import annotations
@@ -21,10 +27,27 @@ from spaces import Space
 from tasks import Task
 
 
+def _class_probs(fns, n_classes: int):
+  """``(state, x, h) -> [n, n_classes]`` predicted probabilities of one model."""
+  predict = getattr(fns, "predict", None)
+  if predict is not None:
+    return lambda state, x, h: jax.nn.softmax(predict(state, x, h), axis=-1)
+  classes = jnp.arange(n_classes)
+
+  def probs(state, x, h):
+    def nll(xi, c):
+      return fns.evaluate(state, xi[None], c[None], h)["loss"]
+    p = jnp.exp(-jax.vmap(lambda xi: jax.vmap(lambda c: nll(xi, c))(classes))(x))
+    return p / jnp.sum(p, axis=-1, keepdims=True)
+
+  return probs
+
+
 def evaluate_top(store: Store, study: str | None, task: Task, space: Space, *, k: int = 3,
-                 seeds: int = 3, epochs: int | None = None, batch_size: int | None = None
-                 ) -> dict[str, Any]:
-  """Retrains the top-``k`` configurations with ``seeds`` seeds and tests them once."""
+                 seeds: int = 3, epochs: int | None = None, batch_size: int | None = None,
+                 ensemble: bool = False) -> dict[str, Any]:
+  """Retrains the top-``k`` configurations with ``seeds`` seeds and tests them once; with
+  ``ensemble`` also the average of all ``k * seeds`` models' predicted probabilities."""
   for name, v in (("k", k), ("seeds", seeds)):
     if isinstance(v, bool) or not isinstance(v, int) or v < 1:
       raise ValueError(f"{name}={v!r}: must be an integer >= 1")
@@ -48,6 +71,12 @@ def evaluate_top(store: Store, study: str | None, task: Task, space: Space, *, k
   keys = jax.vmap(jax.random.key)(jnp.asarray(
       [trial_seed(rec.seed + 10_000 + s, t.number) for t, s in runs], jnp.uint32))
   test: list[dict[str, Any] | None] = [None] * len(runs)
+  if ensemble:
+    if task.objective != "accuracy":
+      raise ValueError(f"ensemble: needs a classification task (objective 'accuracy'); "
+                       f"{task.name!r} optimizes {task.objective!r}")
+    n_classes = int(max(np.max(task.data.train.y), np.max(task.data.test.y))) + 1
+    probs: list[np.ndarray | None] = [None] * len(runs)
   for g, idx in groups.items():
     fns = task.build(structures[g])
     kern = pop.make_kernel(fns, len(task.data.train), batch_size)
@@ -60,6 +89,11 @@ def evaluate_top(store: Store, study: str | None, task: Task, space: Space, *, k
     metrics = jax.vmap(fns.evaluate, in_axes=(0, None, None, 0))(states, x_te, y_te, hg)
     for j, i in enumerate(idx):
       test[i] = {m: float(v[j]) for m, v in metrics.items()}
+    if ensemble:
+      p = np.asarray(jax.jit(jax.vmap(_class_probs(fns, n_classes), in_axes=(0, None, 0)))(
+          states, x_te, hg))
+      for j, i in enumerate(idx):
+        probs[i] = p[j]
   obj = task.objective
   out = {"study": rec.name, "k": k, "seeds": seeds, "epochs": epochs, "configs": []}
   for t in top:
@@ -67,5 +101,23 @@ def evaluate_top(store: Store, study: str | None, task: Task, space: Space, *, k
     out["configs"].append({"number": t.number, "params": t.params, "valid": t.objective,
                            f"test_{obj}": float(np.mean(scores)),
                            f"test_{obj}_std": float(np.std(scores)), "per_seed": scores})
+  if ensemble:
+    y = np.asarray(task.data.test.y)
+    member_acc = [float(np.mean(np.argmax(p, -1) == y)) for p in probs]
+    for (t, _), a, i in zip(runs, member_acc, range(len(runs)), strict=True):
+      if abs(a - test[i]["accuracy"]) > 1e-6:
+        raise ValueError(f"ensemble: probabilities of trial {t.number}'s model give accuracy "
+                         f"{a:.4f} but the task measured {test[i]['accuracy']:.4f}; the "
+                         "task's loss is not softmax cross-entropy")
+    avg = np.mean(np.stack(probs), axis=0)
+    out["ensemble"] = {
+        "members": [{"number": t.number, "seed": s, f"test_{obj}": a}
+                    for (t, s), a in zip(runs, member_acc, strict=True)],
+        "test_accuracy": float(np.mean(np.argmax(avg, -1) == y)),
+        "test_nll": float(-np.mean(np.log(np.maximum(avg[np.arange(len(y)), y], 1e-12)))),
+        "best_individual_test_accuracy": max(member_acc),
+        "mean_individual_test_accuracy": float(np.mean(member_acc)),
+    }
+    store.log_event(rec.id, "ensemble", json.dumps(_clean(out["ensemble"]), sort_keys=True))
   store.log_event(rec.id, "evaluate", json.dumps(_clean(out), sort_keys=True))
   return out

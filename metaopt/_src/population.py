@@ -8,10 +8,16 @@ With ``shared_batches=True`` (the default) every trial of the population sees th
 minibatch order in an epoch (common random numbers: comparisons between hyperparameters are
 less noisy), and the first layer of all trials becomes one large matrix product, because
 the shared input batch is not vmapped. Each trial still has its own initialisation seed.
+
+Compute accounting: :func:`trial_epoch_flops` is XLA's cost analysis of the compiled
+population train step (times the steps of a chunk) plus the evaluation, divided per trial;
+:func:`compile_seconds` counts time JAX spent tracing and compiling, so the driver can keep
+compilation out of the device-seconds it charges to trials.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -33,6 +39,50 @@ class PopulationKernel(NamedTuple):
   chunk: Any    # (states, h, alive, key, data) -> (states, metrics)
   steps_per_chunk: int
   multiple: int = 1  # population sizes must be multiples of this (the number of devices)
+
+
+_compile = {"s": 0.0}
+_compile_lock = threading.Lock()
+
+
+def _on_duration(event: str, duration: float, **_: Any) -> None:
+  if event.startswith("/jax/core/compile/"):
+    with _compile_lock:
+      _compile["s"] += duration
+
+
+jax.monitoring.register_event_duration_secs_listener(_on_duration)
+
+
+def compile_seconds() -> float:
+  """Seconds this process has spent tracing, lowering and compiling JAX computations."""
+  return _compile["s"]
+
+
+def _cost_flops(jitted, *args) -> float:
+  cost = jitted.lower(*args).compile().cost_analysis()
+  if isinstance(cost, (list, tuple)):  # older JAX: one dict per device program
+    cost = cost[0] if cost else {}
+  return float((cost or {}).get("flops", 0.0))
+
+
+def trial_epoch_flops(fns: TrialFns, states: PyTree, h: Mapping[str, Any],
+                      data: Mapping[str, jax.Array], batch_size: int) -> float:
+  """FLOPs one trial spends per chunk (epoch): XLA's cost analysis of the compiled
+  population train step times the steps per chunk, plus the valid-split evaluation, divided
+  by the population size. (The cost analysis of a whole ``lax.scan`` counts its body once,
+  so the step is analysed on its own.)"""
+  n = jax.tree_util.tree_leaves(h)[0].shape[0]
+  steps = data["x_train"].shape[0] // batch_size
+  abstract = lambda t: jax.tree_util.tree_map(
+      lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype), t)
+  batch = tuple(jax.ShapeDtypeStruct((batch_size, *data[k].shape[1:]), data[k].dtype)
+                for k in ("x_train", "y_train"))
+  st, hh = abstract(states), abstract(dict(h))
+  step = _cost_flops(jax.jit(jax.vmap(fns.train_step, in_axes=(0, None, 0))), st, batch, hh)
+  ev = _cost_flops(jax.jit(jax.vmap(fns.evaluate, in_axes=(0, None, None, 0))), st,
+                   abstract(data["x_valid"]), abstract(data["y_valid"]), hh)
+  return (steps * step + ev) / n
 
 
 def population_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh | None:

@@ -45,6 +45,29 @@ def objective_key(result: Result) -> str | None:
   return None
 
 
+def trial_compute(t: Trial) -> dict[str, float]:
+  """A trial's recorded compute: FLOPs and device-seconds summed over its epochs."""
+  return {"flops": float(sum(m.get("flops") or 0.0 for m in t.metrics)),
+          "device_seconds": float(sum(m.get("device_s") or 0.0 for m in t.metrics))}
+
+
+def compute_summary(result: Result) -> dict[str, Any]:
+  """Total FLOPs and device-seconds of a study, per status and per trial."""
+  per = {t.number: trial_compute(t) for t in result.trials}
+  by_status: dict[str, dict[str, float]] = {}
+  for t in result.trials:
+    agg = by_status.setdefault(t.status, {"flops": 0.0, "device_seconds": 0.0, "trials": 0})
+    agg["flops"] += per[t.number]["flops"]
+    agg["device_seconds"] += per[t.number]["device_seconds"]
+    agg["trials"] += 1
+  total_f = sum(c["flops"] for c in per.values())
+  total_s = sum(c["device_seconds"] for c in per.values())
+  return {"total_flops": total_f, "total_device_seconds": total_s,
+          "flops_per_trial": total_f / max(1, len(per)),
+          "device_seconds_per_trial": total_s / max(1, len(per)),
+          "by_status": by_status, "per_trial": per}
+
+
 def plot_history(result: Result, path: str) -> str:
   """Objective per trial (colored by status) with the best-so-far line; returns ``path``."""
   plt = _plt()
@@ -214,9 +237,16 @@ def write_report(result: Result, out: str, extra: dict[str, Any] | None = None,
                     for t in result.trials if t.failure_reason)
   top = sorted([t for t in result.trials if t.objective is not None],
                key=lambda t: -t.objective if result.direction == "maximize" else t.objective)
+  comp = compute_summary(result)
+  per = comp["per_trial"]
   rows = "".join(
       f"<tr><td>{t.number}</td><td>{t.status}</td><td>{t.objective:.4f}</td>"
-      f"<td>{len(t.metrics)}</td><td>{html.escape(str(t.params))}</td></tr>" for t in top[:20])
+      f"<td>{len(t.metrics)}</td><td>{per[t.number]['flops'] / 1e9:.3f}</td>"
+      f"<td>{per[t.number]['device_seconds']:.3f}</td>"
+      f"<td>{html.escape(str(t.params))}</td></tr>" for t in top[:20])
+  comp_rows = "".join(
+      f"<tr><td>{html.escape(k)}</td><td>{int(v['trials'])}</td><td>{v['flops'] / 1e9:.3f}</td>"
+      f"<td>{v['device_seconds']:.3f}</td></tr>" for k, v in sorted(comp["by_status"].items()))
   extra_rows = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>"
                        for k, v in (extra or {}).items())
   best = s["best"]
@@ -233,7 +263,12 @@ Best: {'-' if best is None else f"#{best['number']} objective {best['objective']
 <h2>Search</h2>{_img(paths['history'])}{_img(paths['learning_curves'])}
 {_img(paths['importance'])}{_img(paths['parallel'])}{_img(paths['lineage'])}
 <h2>Best trials</h2><table><tr><th>#</th><th>status</th><th>objective</th><th>epochs</th>
-<th>params</th></tr>{rows}</table>
+<th>GFLOPs</th><th>device-s</th><th>params</th></tr>{rows}</table>
+<h2>Compute</h2><p id="compute">Total {comp['total_flops'] / 1e9:.3f} GFLOPs,
+{comp['total_device_seconds']:.3f} device-seconds (XLA cost analysis of the population
+kernels, and their wall time with compilation excluded, per trial).</p>
+<table><tr><th>status</th><th>trials</th><th>GFLOPs</th><th>device-s</th></tr>{comp_rows}
+</table>
 <h2>Training conditions (trial-epochs)</h2><table>{''.join(
     f'<tr><td>{html.escape(k)}</td><td>{v}</td></tr>' for k, v in conds.most_common())}</table>
 <h2>Why trials stopped</h2><table>{''.join(

@@ -146,3 +146,36 @@ def halton(dim: int, scramble: bool = True) -> Searcher:
     return state
 
   return Searcher(init, ask, tell)
+
+
+def points(u: np.ndarray | jax.Array) -> Searcher:
+  """Proposes the given points ``u[m, dim]`` in order (cycling after the last): a fixed
+  design, a starting configuration, or a corpus to train.
+
+  Examples:
+    >>> s = points(np.asarray([[0.1, 0.2], [0.3, 0.4]]))
+    >>> state, x = s.ask(s.init(jax.random.key(0)), jax.random.key(1), 3)
+    >>> x.tolist()[2] == x.tolist()[0]
+    True
+  """
+  table = jnp.asarray(u, jnp.float32)
+  if table.ndim != 2 or table.shape[0] < 1 or table.shape[1] < 1:
+    raise ValueError(f"points: u must have shape (m, dim) with m, dim >= 1, got "
+                     f"{tuple(table.shape)}")
+  if not bool(jnp.all((table >= 0) & (table <= 1))):
+    raise ValueError("points: every coordinate of u must lie in [0, 1]")
+
+  def init(key):
+    del key
+    return {"count": jnp.zeros((), jnp.int32)}
+
+  def ask(state, key, n):
+    del key
+    idx = (state["count"] + jnp.arange(n)) % table.shape[0]
+    return {"count": state["count"] + n}, table[idx]
+
+  def tell(state, u, y, status):
+    del u, y, status
+    return state
+
+  return Searcher(init, ask, tell)

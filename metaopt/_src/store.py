@@ -12,6 +12,13 @@ Round protocol used by the driver (and by ``resume``):
 * ``record_epoch``: each trial's metrics for one epoch (upserted, so re-running an epoch
   after a crash overwrites identical values) and the trials that failed or were pruned.
 * ``end_round``: final statuses and objectives, and the searcher state after ``tell``.
+
+Worker protocol (several processes sharing one study, see ``metaopt.worker``): a ``rounds``
+row per round is a lease. ``claim_round`` atomically takes a stale round (its heartbeat older
+than ``stale_after_s``) or asks a new one, ``heartbeat`` keeps the lease alive while training
+and ``finish_round`` tells the searcher and closes the round, only while the lease is held.
+Each of these transactions starts by writing the study row, which serializes them (a
+``RESERVED`` lock on SQLite, a row lock on PostgreSQL), so no two workers read the same state.
 """
 
 from __future__ import annotations
@@ -21,7 +28,8 @@ import datetime as dt
 import json
 import math
 import os
-from collections.abc import Iterable, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -82,6 +90,33 @@ events = sa.Table(
     sa.Column("kind", sa.String(40), nullable=False),
     sa.Column("message", sa.Text, nullable=False),
 )
+
+
+rounds = sa.Table(
+    "rounds", _meta,
+    sa.Column("study_id", sa.Integer, sa.ForeignKey("studies.id"), primary_key=True),
+    sa.Column("round", sa.Integer, primary_key=True),
+    sa.Column("worker", sa.String(200), nullable=False),
+    sa.Column("status", sa.String(12), nullable=False),  # running, done, failed
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("heartbeat_at", sa.DateTime, nullable=False),
+    sa.Column("started_at", sa.DateTime, nullable=False),
+    sa.Column("finished_at", sa.DateTime),
+    sa.Column("searcher_state", sa.LargeBinary),  # right after this round's ask
+)
+
+
+@dataclasses.dataclass
+class Claim:
+  """A round leased to one worker: ``kind`` is ``new`` (just asked), ``retry`` (taken over
+  from a worker whose heartbeat stopped) or ``give_up`` (too many attempts: finish it as
+  failed)."""
+
+  round: int
+  kind: str
+  attempts: int
+  searcher_state: bytes | None
+  trials: list[dict[str, Any]]
 
 
 def _now() -> dt.datetime:
@@ -147,7 +182,14 @@ class Store:
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.close()
-    _meta.create_all(self.engine)
+    for attempt in range(10):  # several processes may create the schema at once
+      try:
+        _meta.create_all(self.engine)
+        break
+      except sa.exc.DBAPIError:
+        if attempt == 9:
+          raise
+        time.sleep(0.05 * (attempt + 1))
 
   def close(self) -> None:
     self.engine.dispose()
@@ -259,6 +301,115 @@ class Store:
             duration_s=duration_s))
       c.execute(studies.update().where(studies.c.id == study_id).values(
           searcher_state=searcher_state, state_round=rnd, state_phase="told", updated_at=now))
+
+  # ---------------------------------------------------------------- workers
+  @staticmethod
+  def _lock(c, study_id: int, now: dt.datetime) -> None:
+    """Serializes worker transactions on a study: the first statement writes its row."""
+    c.execute(studies.update().where(studies.c.id == study_id).values(updated_at=now))
+
+  def claim_round(self, study_id: int, worker: str, n_rounds: int,
+                  make_round: Callable[[bytes | None, int],
+                                       tuple[bytes, Sequence[Mapping[str, Any]]]], *,
+                  stale_after_s: float = 60.0, max_attempts: int = 3,
+                  checkpoint_path: Callable[[int], str] | None = None
+                  ) -> Claim | str:
+    """Leases one round to ``worker`` in one serialized transaction.
+
+    A running round whose heartbeat is older than ``stale_after_s`` is taken over first
+    (``retry``, or ``give_up`` once it has had ``max_attempts``); otherwise the next new
+    round is asked by ``make_round(searcher_state, round) -> (state_after_ask, trials)``,
+    called inside the transaction, and its trials inserted as ``running``. Returns the
+    :class:`Claim`, or ``"wait"`` (rounds in flight elsewhere) or ``"done"``.
+    """
+    now = _now()
+    with self.engine.begin() as c:
+      self._lock(c, study_id, now)
+      rows = c.execute(sa.select(rounds).where(rounds.c.study_id == study_id)
+                       .order_by(rounds.c.round)).mappings().all()
+      cutoff = now - dt.timedelta(seconds=stale_after_s)
+      for r in rows:
+        if r["status"] == "running" and r["heartbeat_at"] < cutoff:
+          attempts = r["attempts"] + 1
+          kind = "give_up" if r["attempts"] >= max_attempts else "retry"
+          c.execute(rounds.update().where((rounds.c.study_id == study_id)
+                                          & (rounds.c.round == r["round"])).values(
+              worker=worker, attempts=attempts, heartbeat_at=now))
+          c.execute(events.insert().values(
+              study_id=study_id, at=now, kind="worker_lost",
+              message=f"round {r['round']}: worker {r['worker']} silent since "
+                      f"{r['heartbeat_at'].isoformat()}; {kind} by {worker} "
+                      f"(attempt {attempts})"))
+          ts = c.execute(sa.select(trials).where(
+              (trials.c.study_id == study_id) & (trials.c.round == r["round"]))
+              .order_by(trials.c.number)).mappings().all()
+          return Claim(r["round"], kind, attempts, r["searcher_state"], [dict(t) for t in ts])
+      rnd = len(rows)
+      if rnd >= n_rounds:
+        return "wait" if any(r["status"] == "running" for r in rows) else "done"
+      state = c.execute(sa.select(studies.c.searcher_state).where(
+          studies.c.id == study_id)).scalar()
+      new_state, new_trials = make_round(state, rnd)
+      path = checkpoint_path(rnd) if checkpoint_path else None
+      for t in new_trials:
+        c.execute(trials.insert().values(
+            study_id=study_id, number=int(t["number"]), round=rnd, params=_dumps(t["params"]),
+            u=_dumps(t.get("u")), status="running", seed=int(t["seed"]), started_at=now,
+            checkpoint_path=path))
+      c.execute(rounds.insert().values(study_id=study_id, round=rnd, worker=worker,
+                                       status="running", attempts=1, heartbeat_at=now,
+                                       started_at=now, searcher_state=new_state))
+      c.execute(studies.update().where(studies.c.id == study_id).values(
+          searcher_state=new_state, state_round=rnd, state_phase="worker"))
+      ts = c.execute(sa.select(trials).where(
+          (trials.c.study_id == study_id) & (trials.c.round == rnd))
+          .order_by(trials.c.number)).mappings().all()
+    return Claim(rnd, "new", 1, new_state, [dict(t) for t in ts])
+
+  def heartbeat(self, study_id: int, rnd: int, worker: str) -> bool:
+    """Marks ``worker`` alive on round ``rnd``; False when it no longer holds the lease."""
+    with self.engine.begin() as c:
+      n = c.execute(rounds.update().where(
+          (rounds.c.study_id == study_id) & (rounds.c.round == rnd)
+          & (rounds.c.worker == worker) & (rounds.c.status == "running")).values(
+          heartbeat_at=_now())).rowcount
+    return n == 1
+
+  def finish_round(self, study_id: int, rnd: int, worker: str,
+                   results: Sequence[tuple[int, str, float | None, str | None]],
+                   tell: Callable[[bytes | None], bytes], duration_s: float | None = None,
+                   status: str = "done") -> bool:
+    """Closes a leased round: final ``(id, status, objective, reason)`` per trial, and the
+    study's searcher state replaced by ``tell(current state)`` (called inside the serialized
+    transaction). Does nothing and returns False when ``worker`` lost the lease."""
+    now = _now()
+    with self.engine.begin() as c:
+      self._lock(c, study_id, now)
+      held = c.execute(sa.select(rounds.c.round).where(
+          (rounds.c.study_id == study_id) & (rounds.c.round == rnd)
+          & (rounds.c.worker == worker) & (rounds.c.status == "running"))).first()
+      if held is None:
+        return False
+      state = c.execute(sa.select(studies.c.searcher_state).where(
+          studies.c.id == study_id)).scalar()
+      new_state = tell(state)
+      for tid, st, obj, reason in results:
+        c.execute(trials.update().where(trials.c.id == int(tid)).values(
+            status=st, objective=_finite(obj), failure_reason=reason, finished_at=now,
+            duration_s=duration_s))
+      c.execute(rounds.update().where((rounds.c.study_id == study_id)
+                                      & (rounds.c.round == rnd)).values(
+          status=status, finished_at=now, heartbeat_at=now))
+      c.execute(studies.update().where(studies.c.id == study_id).values(
+          searcher_state=new_state))
+    return True
+
+  def rounds(self, study_id: int) -> list[dict[str, Any]]:
+    """The worker leases of a study (empty for studies run by ``search``)."""
+    with self.engine.connect() as c:
+      rows = c.execute(sa.select(rounds).where(rounds.c.study_id == study_id)
+                       .order_by(rounds.c.round)).mappings().all()
+    return [{k: v for k, v in r.items() if k != "searcher_state"} for r in rows]
 
   # ---------------------------------------------------------------- reading
   def trials(self, study_id: int, with_metrics: bool = True) -> list[Trial]:

@@ -215,7 +215,9 @@ class Fixed:
   dim: int = dataclasses.field(default=0, init=False)
 
   def validate(self) -> None:
-    pass
+    if not isinstance(self.value, (bool, int, float, np.number)):
+      raise ValueError(f"parameter {self.name!r}: Fixed value={self.value!r} must be a number "
+                       "or bool (only numeric values decode to arrays)")
 
   def decode(self, u: jnp.ndarray) -> jnp.ndarray:
     if isinstance(self.value, (bool, int, float, np.number)):
@@ -419,9 +421,12 @@ def from_spec(spec: Mapping[str, Mapping[str, Any]]) -> Space:
     if unknown:
       raise ValueError(f"space.{name}: unknown field(s) {unknown} for type {kind!r}; "
                        f"allowed: {fields}")
-    if "choices" in p:
-      p["choices"] = list(p["choices"])
-    params[name] = cls(**p)
+    try:
+      if "choices" in p:
+        p["choices"] = list(p["choices"])
+      params[name] = cls(**p)
+    except (TypeError, AttributeError) as e:  # e.g. choices=None, bounds of the wrong type
+      raise ValueError(f"space.{name}: bad field value(s) {p}: {e}") from None
   return Space(params)
 
 

@@ -1,0 +1,452 @@
+"""Scale and trust: workers sharing a study, kill -9 at random points, damaged checkpoints,
+compute accounting and ensembles. Real processes, real SQLite files, real kills."""
+
+import json
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import metaopt
+import tasks
+from metaopt._src.checkpoint import Checkpointer
+from metaopt._src.evaluate import evaluate_top
+from metaopt._src.report import compute_summary, write_report
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+CONFIG = """
+from configs import quickstart
+
+def get_config():
+  c = quickstart.get_config()
+  c.name = "scale"
+  c.searcher_name = "random"
+  c.pruner_name = "{pruner}"
+  c.n_trials = {n_trials}
+  c.population = {population}
+  c.epochs = {epochs}
+  c.batch_size = {batch_size}
+  c.checkpoint_every_s = 0.0
+  c.store = "sqlite:///{db}"
+  return c
+"""
+
+
+def _config(tmp_path, name, **kw):
+  kw = {"pruner": "none", "n_trials": 16, "population": 4, "epochs": 3, "batch_size": 128,
+        "db": f"{tmp_path}/{name}.db", **kw}
+  path = tmp_path / f"{name}.py"
+  path.write_text(CONFIG.format(**kw))
+  return str(path), kw["db"]
+
+
+def _start(*args, err):
+  return subprocess.Popen([sys.executable, "run.py", *args, "--quiet"], cwd=ROOT,
+                          stdout=subprocess.DEVNULL, stderr=err, env=os.environ.copy())
+
+
+def _cli(*args, timeout=600):
+  return subprocess.run([sys.executable, "run.py", *args, "--quiet"], cwd=ROOT,
+                        capture_output=True, text=True, timeout=timeout, env=os.environ.copy())
+
+
+def _query(db, sql):
+  try:
+    con = sqlite3.connect(db, timeout=30)
+    try:
+      return con.execute(sql).fetchall()
+    finally:
+      con.close()
+  except sqlite3.Error:
+    return []
+
+
+def _trials(db):
+  return _query(db, "select number, status, params, objective from trials order by number")
+
+
+def _same_trials(got, ref):
+  assert [(n, s, p) for n, s, p, _ in got] == [(n, s, p) for n, s, p, _ in ref]
+  for (n, _, _, a), (_, _, _, b) in zip(got, ref, strict=True):
+    assert (a is None) == (b is None), n
+    if a is not None:
+      assert abs(a - b) <= 1e-6, (n, a, b)
+
+
+# ------------------------------------------------------------------------------- workers
+def test_workers_share_a_study_and_take_over_a_killed_one(tmp_path):
+  """Three `run.py run --worker` processes on one SQLite file; the one training a round is
+  killed -9 mid-round, another takes the round over when its heartbeat is stale and resumes
+  it from its checkpoint. The study ends exactly as one uninterrupted `run.py run`."""
+  cfg, db = _config(tmp_path, "w", n_trials=16, epochs=2)
+  errs = [open(tmp_path / f"err{i}.txt", "w+") for i in range(3)]
+  procs = [_start("run", "--config", cfg, "--worker", "--stale_after_s=4", err=e) for e in errs]
+  by_pid = {p.pid: p for p in procs}
+  deadline = time.time() + 300
+  victim = None
+  while victim is None and time.time() < deadline:
+    rows = _query(db, "select r.worker from rounds r join trials t on t.study_id = r.study_id "
+                      "and t.round = r.round where r.status = 'running' and r.round < 3 "
+                      "and t.last_epoch is not null")
+    for (w,) in rows:
+      pid = int(w.split(":")[1])
+      if pid in by_pid and by_pid[pid].poll() is None:
+        victim = by_pid[pid]
+        victim.send_signal(signal.SIGKILL)
+        victim.wait()
+        break
+    time.sleep(0.02)
+  assert victim is not None, "no worker was caught mid-round"
+  for p in procs:
+    assert p.wait(timeout=600) in (0, -signal.SIGKILL)
+  for p, e in zip(procs, errs, strict=True):
+    if p is not victim:
+      assert p.returncode == 0, open(e.name).read()[-3000:]
+      log = open(e.name).read()
+      assert "locked" not in log and "Traceback" not in log, log[-3000:]
+  got = _trials(db)
+  assert [n for n, *_ in got] == list(range(16))  # none lost, none duplicated
+  assert all(s == "complete" for _, s, _, _ in got)
+  rounds = _query(db, "select round, worker, status, attempts from rounds order by round")
+  assert [r for r, *_ in rounds] == list(range(4)) and all(s == "done" for _, _, s, _ in rounds)
+  assert len({w for _, w, _, _ in rounds}) >= 2  # the work really was shared
+  lost = [m for (m,) in _query(db, "select message from events where kind = 'worker_lost'")]
+  dead = f":{victim.pid}:"
+  assert lost and all(dead in m for m in lost), lost
+  assert any(a == 2 for *_, a in rounds)  # the killed worker's round was retried once
+  # random search asks independently of results: the same trials as one plain search
+  task = tasks.get_task("digits_mlp")
+  ref = metaopt.search(metaopt.random_search(task.space.dim), task, n_trials=16, population=4,
+                       epochs=2, batch_size=128, seed=0, progress=False)
+  _same_trials(got, [(t.number, t.status, json.dumps(t.params, sort_keys=True), t.objective)
+                     for t in ref.trials])
+
+
+def _small(**kw):
+  task = tasks.get_task("digits_mlp")
+  args = dict(n_trials=8, population=4, epochs=2, batch_size=128, seed=5, progress=False,
+              checkpoint_every_s=0.0)
+  args.update(kw)
+  return task, args
+
+
+class _Crash(Exception):
+  pass
+
+
+def _crash_after_first_epoch(rnd, epoch, metrics):
+  del metrics
+  if rnd == 0 and epoch == 0:
+    raise _Crash("worker died")
+
+
+@pytest.mark.parametrize("max_attempts", [1, 2])
+def test_stale_round_is_retried_or_failed(tmp_path, max_attempts):
+  """A worker that dies mid-round leaves a lease whose heartbeat goes stale: the next worker
+  resumes it from its checkpoint (same trials as an uninterrupted search), or, once the round
+  has had ``max_attempts`` leases, records its unfinished trials as failed."""
+  task, args = _small()
+  url = f"sqlite:///{tmp_path}/s.db"
+  prog = metaopt.random_search(task.space.dim)
+  with pytest.raises(_Crash):
+    metaopt.worker(prog, task, store=url, study="s", on_epoch=_crash_after_first_epoch,
+                   worker_id="w1", **args)
+  st = metaopt.Store(url)
+  rec = st.load_study("s")
+  assert [(r["round"], r["status"], r["worker"]) for r in st.rounds(rec.id)] == [
+      (0, "running", "w1")]
+  t0 = time.time()
+  res = metaopt.worker(prog, task, store=url, study="s", worker_id="w2", stale_after_s=1.0,
+                       max_attempts=max_attempts, poll_s=0.1, **args)
+  assert time.time() - t0 >= 1.0  # waited for the heartbeat to go stale
+  rounds = st.rounds(rec.id)
+  assert [(r["round"], r["worker"], r["attempts"]) for r in rounds] == [(0, "w2", 2),
+                                                                        (1, "w2", 1)]
+  ref = metaopt.search(prog, task, **args)
+  if max_attempts == 2:
+    assert [r["status"] for r in rounds] == ["done", "done"]
+    assert [(t.number, t.status, t.params) for t in res.trials] == [
+        (t.number, t.status, t.params) for t in ref.trials]
+    assert [t.objective for t in res.trials] == pytest.approx(
+        [t.objective for t in ref.trials], abs=1e-6)
+  else:
+    assert [r["status"] for r in rounds] == ["failed", "done"]
+    assert [t.status for t in res.trials] == ["failed"] * 4 + ["complete"] * 4
+    assert all(t.failure_reason == "worker lost 1 times (round 0)" for t in res.trials[:4])
+    assert [t.objective for t in res.trials[4:]] == pytest.approx(
+        [t.objective for t in ref.trials[4:]], abs=1e-6)
+  kinds = [e["kind"] for e in st.events(rec.id)]
+  assert kinds.count("worker_lost") == 1
+
+
+def test_search_refuses_a_worker_study(tmp_path):
+  task, args = _small(n_trials=4)
+  url = f"sqlite:///{tmp_path}/s.db"
+  prog = metaopt.random_search(task.space.dim)
+  metaopt.worker(prog, task, store=url, study="s", **args)
+  with pytest.raises(ValueError, match="is run by workers"):
+    metaopt.search(prog, task, store=url, study="s", **args)
+  with pytest.raises(ValueError, match="in-memory SQLite store cannot be shared"):
+    metaopt.worker(prog, task, store="sqlite://", study="s", **args)
+
+
+# -------------------------------------------------------------------- crash-proof resume
+def _epochs_done(db):
+  rows = _query(db, "select count(*) from trial_epochs")
+  return rows[0][0] if rows else 0
+
+
+def _checkpoint_in_progress(ckdir):
+  for _, dirs, _ in os.walk(ckdir):
+    if any("tmp" in d for d in dirs):
+      return True
+  return False
+
+
+def _kill_during(proc, mode, db, ckdir, rng):
+  """Waits for training progress, then kill -9s ``proc`` during ``mode``: a training chunk,
+  a checkpoint write (orbax's temporary directory exists) or a store commit (the WAL file
+  changes). Returns what was hit, or None if the run finished first."""
+  base = _epochs_done(db)
+  deadline = time.time() + 300
+  while _epochs_done(db) <= base:
+    if proc.poll() is not None or time.time() > deadline:
+      return None
+    time.sleep(0.005)
+  hit = mode
+  if mode == "train":
+    time.sleep(rng.uniform(0.0, 0.2))
+  elif mode == "checkpoint":
+    t = time.time()
+    while not _checkpoint_in_progress(ckdir) and proc.poll() is None:
+      if time.time() - t > 20:
+        hit = "train"
+        break
+  else:
+    wal = db + "-wal"
+    stamp = os.stat(wal).st_mtime_ns, os.stat(wal).st_size
+    t = time.time()
+    while (os.stat(wal).st_mtime_ns, os.stat(wal).st_size) == stamp and proc.poll() is None:
+      if time.time() - t > 20:
+        hit = "train"
+        break
+  if proc.poll() is not None:
+    return None
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  return hit
+
+
+def _damage_newest_checkpoint(ckdir, rnd):
+  """Flips bytes in every data file of round ``rnd``'s newest step; returns the step."""
+  rdir = os.path.join(ckdir, f"round_{rnd:05d}")
+  if not os.path.isdir(rdir):
+    return None
+  steps = sorted((d for d in os.listdir(rdir) if d.isdigit()), key=int)
+  if not steps:
+    return None
+  sdir = os.path.join(rdir, steps[-1], "state")
+  n = 0
+  for root, _, files in os.walk(sdir):
+    if os.sep + "d" in root:
+      for f in files:
+        with open(os.path.join(root, f), "r+b") as fh:
+          data = bytearray(fh.read())
+          for i in range(len(data) // 2, len(data)):
+            data[i] ^= 0x5A
+          fh.seek(0)
+          fh.write(data)
+        n += 1
+  return os.path.join(rdir, steps[-1]) if n else None
+
+
+@pytest.mark.parametrize("kills", [3, pytest.param(12, marks=pytest.mark.slow)])
+def test_kill_9_at_random_points_then_resume(tmp_path, kills):
+  """`run.py run` is killed -9 ``kills`` times, during training chunks, checkpoint writes and
+  store commits, and restarted each time (once after its newest checkpoint was damaged): no
+  completed trial is lost or changed, none is duplicated, and the study ends identical to an
+  uninterrupted run with the same seed."""
+  rng = random.Random(kills)
+  n_trials = 16 if kills <= 4 else 48  # each kill needs an epoch of progress first
+  kw = dict(pruner="median", n_trials=n_trials, population=8, epochs=4, batch_size=64)
+  cfg, db = _config(tmp_path, "f", **kw)
+  ckdir = os.path.join(db + ".ckpt", "scale")
+  modes = ["train", "checkpoint", "commit"]
+  hits, seen, damaged, attempt = [], {}, None, 0
+  while len(hits) < kills and attempt < 3 * kills:
+    attempt += 1
+    err = open(tmp_path / f"err{attempt}.txt", "w+")
+    proc = _start("run", "--config", cfg, err=err)
+    hit = _kill_during(proc, modes[attempt % 3], db, ckdir, rng)
+    if hit is None:  # finished before it could be killed
+      assert proc.returncode == 0, open(err.name).read()[-3000:]
+      break
+    hits.append(hit)
+    rows = _trials(db)
+    assert len(rows) == len({n for n, *_ in rows})  # no duplicated trial
+    done = {n: o for n, s, _, o in rows if s == "complete"}
+    for n, o in seen.items():
+      assert done.get(n) == o, (n, o, done.get(n))  # no completed trial lost or changed
+    seen = done
+    phase = _query(db, "select state_round, state_phase from studies")
+    if len(hits) >= 2 and damaged is None and phase and phase[0][1] == "asked":
+      damaged = _damage_newest_checkpoint(ckdir, phase[0][0])  # the round a resume restores
+      damaged_log = tmp_path / f"err{attempt + 1}.txt"
+  assert len(hits) >= kills, hits
+  assert {"train", "checkpoint", "commit"} <= set(hits) or kills < 3, hits
+  r = _cli("run", "--config", cfg)
+  assert r.returncode == 0, r.stderr[-3000:]
+  if damaged is not None:
+    assert "unreadable" in damaged_log.read_text()  # the damaged step was detected and skipped
+  got = _trials(db)
+  assert [n for n, *_ in got] == list(range(n_trials))
+  cfg_ref, db_ref = _config(tmp_path, "ref", **kw)
+  _run_in_process(cfg_ref)  # what `run.py run --config` does, uninterrupted
+  ref = _trials(db_ref)
+  _same_trials(got, ref)
+  assert sum(s == "pruned" for _, s, _, _ in ref) > 0  # the pruner's state was resumed too
+  best = max((o, n) for n, s, _, o in got if s == "complete")
+  assert best == max((o, n) for n, s, _, o in ref if s == "complete")  # identical best
+
+
+def _run_in_process(path):
+  import importlib.util
+
+  from metaopt._src import config as config_lib
+  spec = importlib.util.spec_from_file_location("cfg_module", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  cfg = config_lib.validate(module.get_config())
+  program, task, space, kwargs = config_lib.build(cfg)
+  return metaopt.search(program, task, space=space, store=metaopt.Store(cfg["store"]),
+                        config=cfg, progress=False, **kwargs)
+
+
+def test_damaged_checkpoint_falls_back_to_the_previous_one(tmp_path):
+  ck = Checkpointer(str(tmp_path / "ck"))
+  state = {"w": jnp.arange(64.0).reshape(8, 8), "alive": np.ones(8, bool),
+           "hist": np.linspace(0.0, 1.0, 40)}
+  ck.save(1, state, {"epoch": 0})
+  ck.save(2, {**state, "w": state["w"] + 1.0}, {"epoch": 1})
+  step, got, meta = ck.restore(state)
+  assert step == 2 and meta == {"epoch": 1} and float(got["w"][0, 0]) == 1.0
+  assert _damage_newest_checkpoint_dir(str(tmp_path / "ck" / "2"))
+  step, got, meta = ck.restore(state)
+  assert step == 1 and meta == {"epoch": 0} and float(got["w"][0, 0]) == 0.0
+  ck.save(2, {**state, "w": state["w"] + 2.0}, {"epoch": 1})  # the damaged step, rewritten
+  assert ck.restore(state)[0] == 2 and float(ck.restore(state)[1]["w"][0, 0]) == 2.0
+  assert _damage_newest_checkpoint_dir(str(tmp_path / "ck" / "2"))
+  assert _damage_newest_checkpoint_dir(str(tmp_path / "ck" / "1"))
+  assert ck.restore(state) is None  # nothing readable: the round restarts from scratch
+
+
+def _damage_newest_checkpoint_dir(step_dir):
+  n = 0
+  for root, _, files in os.walk(os.path.join(step_dir, "state")):
+    if os.sep + "d" in root:
+      for f in files:
+        path = os.path.join(root, f)
+        data = bytearray(open(path, "rb").read())
+        data[-1] ^= 0x01  # one bit: still decodes, the digest catches it
+        open(path, "wb").write(bytes(data))
+        n += 1
+  return n
+
+
+# ---------------------------------------------------------------- compute and ensembles
+def test_compute_is_recorded_reported_and_ensembles_evaluate(tmp_path):
+  task, args = _small(n_trials=6, population=6)
+  url = f"sqlite:///{tmp_path}/c.db"
+  res = metaopt.search(metaopt.random_search(task.space.dim), task, store=url, study="c",
+                       **args)
+  for t in res.trials:
+    assert len(t.metrics) == 2
+    for m in t.metrics:
+      assert m["flops"] > 1e6 and m["device_s"] > 0.0
+  # every digits MLP trial of one kernel costs the same FLOPs per epoch (masked width)
+  assert len({m["flops"] for t in res.trials for m in t.metrics}) == 1
+  comp = compute_summary(res)
+  assert comp["total_flops"] == pytest.approx(sum(m["flops"] for t in res.trials
+                                                  for m in t.metrics))
+  page = open(write_report(res, str(tmp_path / "rep"))["html"]).read()
+  assert 'id="compute"' in page and f"{comp['total_flops'] / 1e9:.3f} GFLOPs" in page
+  r = _cli("report", "--store", url, "--format", "json", "--out", str(tmp_path / "rep2"))
+  assert r.returncode == 0, r.stderr[-2000:]
+  rep = json.loads(r.stdout)
+  assert rep["compute"]["total_flops"] == pytest.approx(comp["total_flops"])
+  assert rep["compute"]["total_device_seconds"] == pytest.approx(comp["total_device_seconds"])
+  st = metaopt.Store(url)
+  out = evaluate_top(st, "c", task, task.space, k=2, seeds=2, ensemble=True)
+  ens = out["ensemble"]
+  assert len(ens["members"]) == 4
+  for c in out["configs"]:  # the ensemble's members are exactly the individual models
+    mine = [m["test_accuracy"] for m in ens["members"] if m["number"] == c["number"]]
+    assert mine == pytest.approx(c["per_seed"], abs=1e-6)
+  assert 0.0 < ens["test_accuracy"] <= 1.0
+  assert ens["test_accuracy"] >= ens["mean_individual_test_accuracy"] - 0.02
+  events = st.events(st.load_study("c").id)
+  assert [e["kind"] for e in events] == ["ensemble", "evaluate"]
+  assert json.loads(events[0]["message"])["test_accuracy"] == ens["test_accuracy"]
+
+
+# ----------------------------------------------------------------------------- multi-host
+MULTIHOST = """
+import json, sys
+import metaopt, tasks
+nproc, pid, port, db, ck = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
+if nproc > 1:
+  metaopt.initialize_distributed(f"127.0.0.1:{port}", nproc, pid)
+task = tasks.get_task("digits_mlp")
+prog = metaopt.with_pruning(metaopt.random_search(task.space.dim),
+                            metaopt.successive_halving(n_epochs=3, min_epochs=1, eta=2))
+res = metaopt.search(prog, task, n_trials=16, population=8, epochs=3, batch_size=128, seed=4,
+                     store=f"sqlite:///{db}", study="mh", checkpoint_dir=ck, progress=False,
+                     checkpoint_every_s=0.0)
+print(json.dumps([[t.number, t.status, t.objective, len(t.metrics),
+                   [m.get("process") for m in t.metrics]] for t in res.trials]))
+"""
+
+
+def test_two_processes_split_the_population_like_one_process(tmp_path):
+  """`jax.distributed` with 2 processes on 127.0.0.1 (gloo): each process trains half of
+  every round's population, the processes exchange epoch metrics so successive halving
+  prunes the same trials, process 0 alone writes the store; the result equals one process."""
+  import socket
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = str(s.getsockname()[1])
+  db, ck = str(tmp_path / "m.db"), str(tmp_path / "ck")
+  procs = [subprocess.Popen([sys.executable, "-c", MULTIHOST, "2", str(i), port, db, ck],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=os.environ.copy()) for i in range(2)]
+  outs = []
+  for p in procs:
+    out, err = p.communicate(timeout=600)
+    assert p.returncode == 0, err[-3000:]
+    outs.append(json.loads(out.strip().splitlines()[-1]))
+  task = tasks.get_task("digits_mlp")
+  prog = metaopt.with_pruning(metaopt.random_search(task.space.dim),
+                              metaopt.successive_halving(n_epochs=3, min_epochs=1, eta=2))
+  res = metaopt.search(prog, task, n_trials=16, population=8, epochs=3, batch_size=128,
+                       seed=4, progress=False, checkpoint_every_s=0.0)
+  one = [[t.number, t.status, t.objective, len(t.metrics), [None] * len(t.metrics)]
+         for t in res.trials]
+  assert outs[0] == outs[1]  # both processes end with the whole study
+  two = outs[0]
+  assert [t[:2] + t[3:4] for t in two] == [t[:2] + t[3:4] for t in one]
+  for a, b in zip(two, one, strict=True):
+    assert abs(a[2] - b[2]) <= 1e-5
+  assert sum(t[1] == "pruned" for t in two) >= 8
+  for number, *_, procs_of_epochs in two:  # trial i of a round was trained by process i % 2
+    assert procs_of_epochs == [number % 2] * len(procs_of_epochs)
+  assert _query(db, "select count(*), count(distinct number) from trials") == [(16, 16)]
+  for rnd in ("round_00000", "round_00001"):  # each process checkpoints its own trials
+    assert sorted(os.listdir(os.path.join(ck, rnd))) == ["process_0", "process_1"]
