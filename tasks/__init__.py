@@ -27,3 +27,21 @@ __all__ = [
     "logreg", "make_optimizer", "register_task", "supervised", "synthetic_regression",
     "telemetry",
 ]
+
+# Task families for learned optimizers (metaopt.lopt).
+from tasks._src.families import (  # noqa: E402
+    FAMILIES,
+    HELDOUT_FAMILIES,
+    TRAIN_FAMILIES,
+    TaskFamily,
+    cnn_family,
+    get_family,
+    linear_regression_family,
+    mlp_family,
+    quadratic_family,
+)
+
+__all__ += [
+    "FAMILIES", "HELDOUT_FAMILIES", "TRAIN_FAMILIES", "TaskFamily", "cnn_family", "get_family",
+    "linear_regression_family", "mlp_family", "quadratic_family",
+]

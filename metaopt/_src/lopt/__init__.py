@@ -1,0 +1,1 @@
+"""Learned optimizers: meta-parameters, optax export, meta-gradient estimators, training."""
