@@ -131,8 +131,9 @@ def gradient_hpo(
     starts = jax.vmap(init_start)(jax.random.split(key, n))
     meta_state = jax.vmap(meta_optimizer.init)(theta0)
     mon = jax.vmap(lambda _: monitor.init())(jnp.arange(n))
-    return HPOState(theta0, meta_state, starts, mon, jnp.full((n,), jnp.inf), theta0,
-                    jnp.zeros((), jnp.int32))
+    # a strongly typed best_value: a weak one would make the second step recompile
+    best = jnp.full((n,), jnp.inf, jnp.result_type(float))
+    return HPOState(theta0, meta_state, starts, mon, best, theta0, jnp.zeros((), jnp.int32))
 
   def member(theta, meta_state, start, mstate, best_value, best_theta, key):
     key_est, key_init = jax.random.split(key)

@@ -10,8 +10,6 @@ import metaopt
 from metaopt._src import config as config_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RUN_CONFIGS = [p for p in sorted(glob.glob(os.path.join(ROOT, "configs", "*.py")))
-               if not os.path.basename(p).startswith(("_", "hypergrad"))]
 
 
 def _load(path):
@@ -19,6 +17,23 @@ def _load(path):
   mod = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(mod)
   return mod.get_config()
+
+
+ALL_CONFIGS = [p for p in sorted(glob.glob(os.path.join(ROOT, "configs", "*.py")))
+               if not os.path.basename(p).startswith("_")]
+# search configs; gradient-HPO configs and those with a ``program`` field (NAS, learned
+# optimizers, repair) are run by their own packages and tested there
+RUN_CONFIGS = [p for p in ALL_CONFIGS if not os.path.basename(p).startswith("hypergrad")
+               and "program" not in _load(p)]
+
+
+@pytest.mark.parametrize("path", [p for p in ALL_CONFIGS if "program" in _load(p)],
+                         ids=os.path.basename)
+def test_program_configs_name_a_known_program(path):
+  import run
+
+  cfg = _load(path)
+  assert cfg.program in run.PROGRAMS and cfg.name and isinstance(cfg.seed, int)
 
 
 @pytest.mark.parametrize("path", RUN_CONFIGS, ids=os.path.basename)

@@ -247,7 +247,10 @@ def with_monitor(searcher: Searcher, stop_on: Sequence[str] = (),
     keep = jnp.ones_like(alive)
     for c in stop_on:
       keep = keep & ~cond[c]
-    return s, keep, {c: v & alive for c, v in cond.items()}
+    # trials that failed in this epoch still get their conditions recorded (the why)
+    seen = alive | jnp.asarray(metrics["nonfinite_loss"], bool) \
+        | jnp.asarray(metrics["nonfinite_params"], bool)
+    return s, keep, {c: v & seen for c, v in cond.items()}
 
   return _wrap(searcher, "monitor", lambda: {}, own)
 

@@ -184,7 +184,7 @@ def _evosax_searcher(strategy, params, dim: int, mean0: jax.Array) -> Searcher:
   return Searcher(init, ask, tell)
 
 
-def cma_es(dim: int, popsize: int | None = None, sigma0: float = 0.3) -> Searcher:
+def cma_es(dim: int, popsize: int | None = None, sigma0: float = 1.0 / 6.0) -> Searcher:
   """CMA-ES (evosax ``CMA_ES``) on ``[0, 1]^dim``, started at the centre with step ``sigma0``.
 
   ``ask(state, key, n)`` hands out the next ``n`` members of the current generation of
@@ -197,7 +197,7 @@ def cma_es(dim: int, popsize: int | None = None, sigma0: float = 0.3) -> Searche
   Args:
     dim: dimension of the unit cube.
     popsize: generation size; ``None`` gives CMA-ES's default ``4 + floor(3 ln dim)``.
-    sigma0: initial step size, in unit-cube lengths.
+    sigma0: initial step size, in unit-cube lengths (default 1/6, as Optuna's range / 6).
 
   Returns:
     A :class:`Searcher`; ``state["es"]`` is evosax's state, ``state["generation"]`` counts updates.

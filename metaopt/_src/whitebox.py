@@ -3,8 +3,15 @@
 Each member of the population is a trial; each outer step is recorded as one "epoch" of
 its history (validation and training loss, hypergradient norm, the hyperparameters in
 effect and the pathology flags). When the diagnostics say a member's hypergradients cannot
-be trusted, the store gets a ``fallback`` event naming the step and the reason, so a driver
-can hand the space and history to a black-box searcher.
+be trusted, the store gets a ``fallback`` event naming the step and the reason.
+
+Fallback (config field ``fallback``, default ``"tpe"``; ``"none"`` turns it off): when any
+member's hypergradients could not be trusted, the program hands its space (the tuned
+hyperparameters, one bounded coordinate each) and its history (every member's outer steps,
+told to the searcher as observations) to a black-box searcher, which goes on for
+``fallback_trials`` more trials on the same objective (validation loss after the same inner
+training, a population evaluated in one ``jit(vmap)``). Those trials are recorded in the
+same study from round 1 on, and a ``switch`` event records when and why.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ import numpy as np
 
 from metaopt._src.driver import code_version, hardware
 from metaopt._src.store import Store
+from metaopt._src.types import COMPLETE, FAILED
 
 
 def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -65,6 +73,20 @@ def run_whitebox(config: Mapping[str, Any], store: Store) -> dict[str, Any]:
                         f"hypergradient untrustworthy ({', '.join(why) or 'unknown'})")
     store.record_epoch(ids, step, rows)
 
+  history: list[tuple[dict, np.ndarray]] = []
+  record_step = on_step
+
+  def on_step(step: int, tel: dict) -> None:  # noqa: F811 - also keeps the history
+    history.append(({k: np.asarray(v) for k, v in tel["hparams"].items()},
+                    np.asarray(tel["val_loss"], np.float64)))
+    record_step(step, tel)
+
+  fallback = cfg.get("fallback", "tpe")
+  if fallback != "none":
+    from metaopt._src.registry import SEARCHERS
+    if fallback not in SEARCHERS:
+      raise ValueError(f"config field 'fallback' must be 'none' or one of "
+                       f"{', '.join(SEARCHERS)}; got {fallback!r}")
   summary = hypergrad.run_config(cfg, on_step=on_step)
   results = []
   for i, tid in enumerate(ids):
@@ -73,6 +95,120 @@ def run_whitebox(config: Mapping[str, Any], store: Store) -> dict[str, Any]:
     results.append((tid, "complete" if ok else "failed", v if ok else None,
                     None if ok else "non-finite validation loss"))
   store.end_round(rec.id, 0, results, b"", duration_s=summary.get("seconds"))
+  if fallback_reported and fallback != "none":
+    store.log_event(rec.id, "switch", f"white-box -> {fallback}: hypergradients of members "
+                    f"{sorted(fallback_reported)} untrustworthy; black-box search goes on "
+                    f"from {sum(len(v) for _, v in history)} white-box observations")
+    summary["fallback"] = blackbox_fallback(cfg, store, rec.id, history, fallback)
   summary["store"] = store.url
   summary["fallback_members"] = sorted(fallback_reported)
   return summary
+
+
+def fallback_space(cfg: Mapping[str, Any]):
+  """One bounded coordinate per tuned hyperparameter (a whole per-layer or per-feature leaf
+  shares one value): log-scale ``[v/100, 100 v]`` around the start ``v`` for ``log``
+  bijectors, ``[1e-3, 0.999]`` for ``logit``, ``[v - 1, v + 1]`` otherwise; the config's
+  ``fallback_bounds`` ({name: [lo, hi, log]}) overrides."""
+  import hypergrad
+  from spaces import Float, Space
+
+  problem = hypergrad.get_problem(cfg["problem_name"], **dict(cfg.get("problem", {})))
+  init = dict(cfg.get("init", {}))
+  bounds = dict(cfg.get("fallback_bounds", {}))
+  params = {}
+  for name in cfg["tune"]:
+    if name in bounds:
+      lo, hi, log = bounds[name]
+      params[name] = Float(float(lo), float(hi), log=bool(log))
+      continue
+    v = float(init.get(name, np.mean(np.asarray(problem.hparams[name]))))
+    kind = problem.spec[name] if isinstance(problem.spec[name], str) else problem.spec[name].name
+    if kind == "log":
+      params[name] = Float(v / 100.0, v * 100.0, log=True)
+    elif kind == "logit":
+      params[name] = Float(1e-3, 0.999)
+    else:
+      params[name] = Float(v - 1.0, v + 1.0)
+  return Space(params)
+
+
+def blackbox_fallback(cfg: Mapping[str, Any], store: Store, study_id: int,
+                      history: list[tuple[dict, np.ndarray]], searcher_name: str
+                      ) -> dict[str, Any]:
+  """Runs the black-box stage of a white-box program; returns its summary."""
+  import jax
+  import jax.numpy as jnp
+
+  import hypergrad
+  from hypergrad.inner import optax_inner_loop
+  from hypergrad.unrolled import run_inner
+  from metaopt._src.registry import make_searcher
+
+  problem = hypergrad.get_problem(cfg["problem_name"], **dict(cfg.get("problem", {})))
+  space = fallback_space(cfg)
+  names = list(space.names)
+  steps = int(cfg["inner_steps"])
+  inner = optax_inner_loop(problem.train_loss, problem.optimizer)
+
+  def objective(h, key):
+    full = {**problem.hparams}
+    for n in names:
+      full[n] = jnp.broadcast_to(h[n], jnp.shape(problem.hparams[n])).astype(
+          jnp.result_type(problem.hparams[n]))
+    k_init, k_data = jax.random.split(key)
+    state, _ = run_inner(inner, full, problem.init_params(k_init),
+                         problem.sample(k_data, steps))
+    return problem.val_loss(inner.params(state), full)
+
+  evaluate = jax.jit(jax.vmap(objective))
+  searcher = make_searcher(searcher_name, space.dim)
+  key = jax.random.key(int(cfg["seed"]) + 7)
+  state = searcher.init(key)
+  # the white-box history: every member at every outer step is one observation
+  u_hist, y_hist = [], []
+  for hp, val in history:
+    for i in range(val.shape[0]):
+      point = {n: float(np.mean(hp[n][i])) for n in names}
+      point = {n: min(max(v, space.params[n].lo), space.params[n].hi) for n, v in point.items()}
+      u_hist.append(space.encode(point))
+      y_hist.append(val[i])
+  if u_hist:
+    y = np.asarray(y_hist, np.float32)
+    status = np.where(np.isfinite(y), COMPLETE, FAILED).astype(np.int32)
+    state = jax.jit(searcher.tell)(state, jnp.asarray(np.stack(u_hist), jnp.float32),
+                                   jnp.asarray(np.where(np.isfinite(y), y, np.inf)),
+                                   jnp.asarray(status))
+  n_total = int(cfg.get("fallback_trials", 16))
+  pop = int(cfg.get("fallback_population", cfg["population"]))
+  ask = jax.jit(searcher.ask, static_argnums=2)
+  tell = jax.jit(searcher.tell)
+  number = int(cfg["population"])
+  best: dict[str, Any] | None = None
+  rnd = 1
+  while number - int(cfg["population"]) < n_total:
+    n = min(pop, n_total - (number - int(cfg["population"])))
+    state, u = ask(state, jax.random.fold_in(key, rnd), n)
+    h = space.decode(u)
+    vals = np.asarray(evaluate(h, jax.random.split(jax.random.fold_in(key, 10_000 + rnd), n)),
+                      np.float64)
+    params = space.to_python_batch(jax.device_get(h))
+    ids = store.start_round(study_id, rnd, [
+        {"number": number + i, "params": {**p, "stage": searcher_name},
+         "u": np.asarray(u[i]).tolist(), "seed": int(cfg["seed"])}
+        for i, p in enumerate(params)], b"")
+    ok = np.isfinite(vals)
+    store.record_epoch(ids, 0, [{"val_loss": float(v)} for v in vals], [])
+    store.end_round(study_id, rnd, [
+        (tid, "complete" if ok[i] else "failed", float(vals[i]) if ok[i] else None,
+         None if ok[i] else "non-finite validation loss") for i, tid in enumerate(ids)], b"")
+    for i in np.flatnonzero(ok):
+      if best is None or vals[i] < best["val_loss"]:
+        best = {"number": number + int(i), "val_loss": float(vals[i]), "params": params[i]}
+    status = np.where(ok, COMPLETE, FAILED).astype(np.int32)
+    state = tell(state, u, jnp.asarray(np.where(ok, vals, np.inf), jnp.float32),
+                 jnp.asarray(status))
+    number += n
+    rnd += 1
+  return {"searcher": searcher_name, "trials": n_total, "observations": len(u_hist),
+          "space": names, "best": best}

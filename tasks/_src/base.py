@@ -151,6 +151,34 @@ def with_hyperparams(opt_state: Any, h: H, defaults: Mapping[str, float]) -> Any
   return opt_state._replace(hyperparams=new)
 
 
+SCHEDULES: tuple[str, ...] = ("constant", "cosine", "warmup_cosine")
+
+
+def lr_factor(step: jax.Array, h: H) -> jax.Array:
+  """Learning-rate multiplier at ``step`` from ``h``'s ``lr_schedule`` (index into
+  ``SCHEDULES``, default constant), ``schedule_steps`` (default 500) and ``lr_end`` (final
+  multiplier, default 0.01). Warm-up takes the first 5% of the schedule."""
+  if "lr_schedule" not in h:
+    return jnp.ones((), jnp.float32)
+  kind = jnp.asarray(h["lr_schedule"], jnp.int32)
+  total = jnp.maximum(jnp.asarray(h.get("schedule_steps", 500), jnp.float32), 1.0)
+  end = jnp.asarray(h.get("lr_end", 0.01), jnp.float32)
+  t = jnp.clip(step.astype(jnp.float32) / total, 0.0, 1.0)
+  cosine = end + (1.0 - end) * 0.5 * (1.0 + jnp.cos(jnp.pi * t))
+  warm = jnp.clip(t / 0.05, 0.0, 1.0)
+  return jnp.select([kind == 1, kind == 2], [cosine, warm * cosine], jnp.ones_like(t))
+
+
+def clip_gradients(grads: PyTree, h: H) -> PyTree:
+  """``grads`` clipped to global norm ``h["clip_norm"]`` when ``h`` has it (else unchanged)."""
+  if "clip_norm" not in h:
+    return grads
+  norm = optax.global_norm(grads)
+  limit = jnp.asarray(h["clip_norm"], jnp.float32)
+  scale = jnp.where(norm > limit, limit / jnp.maximum(norm, 1e-30), 1.0)
+  return jax.tree_util.tree_map(lambda g: g * scale.astype(g.dtype), grads)
+
+
 # ------------------------------------------------------------------------- supervised builder
 def supervised(
     model: nn.Module,
@@ -199,7 +227,9 @@ def supervised(
     if state["live"] is not None:
       grads = jax.tree_util.tree_map(lambda g, m: g * m, grads, state["live"])
     opt_state = with_hyperparams(state["opt_state"], h, defaults)
-    updates, opt_state = opt.update(grads, opt_state, state["params"])
+    clipped = clip_gradients(grads, h)
+    updates, opt_state = opt.update(clipped, opt_state, state["params"])
+    updates = jax.tree_util.tree_map(lambda u: u * lr_factor(state["step"], h), updates)
     params = optax.apply_updates(state["params"], updates)
     tel = telemetry(loss, params, grads, state["live"])
     new = {"params": params, "opt_state": opt_state, "live": state["live"],

@@ -4,6 +4,8 @@
   *masked*: weights are allocated at the space's upper bound and units past ``width`` are
   zeroed, so width stays a traced value and a whole population shares one kernel. ``depth``
   and ``optimizer`` are *structural*: the engine compiles one kernel per value.
+* ``wine_mlp``, ``breast_cancer_mlp``: the same MLP on the other bundled tabular datasets.
+  All MLP tasks also take the structural ``norm`` (masked layer norm) and ``residual``.
 * ``digits_cnn``: a small Flax CNN on digits as 8x8x1 images.
 * ``synthetic_regression``: MLP regression on a procedural dataset (objective: valid MSE).
 * ``logreg``: L2-regularised multinomial logistic regression (convex; the L2 strength
@@ -26,12 +28,31 @@ from tasks._src.base import H, Task, TrialFns
 from tasks._src.data import load_dataset
 
 
+class MaskedLayerNorm(nn.Module):
+  """Layer normalisation over the live (unmasked) units only."""
+
+  @nn.compact
+  def __call__(self, x: jax.Array, mask: jax.Array) -> jax.Array:
+    n = jnp.maximum(jnp.sum(mask), 1.0)
+    mu = jnp.sum(x * mask, -1, keepdims=True) / n
+    var = jnp.sum(jnp.square(x - mu) * mask, -1, keepdims=True) / n
+    scale = self.param("scale", nn.initializers.ones, (x.shape[-1],))
+    bias = self.param("bias", nn.initializers.zeros, (x.shape[-1],))
+    return (x - mu) * jax.lax.rsqrt(var + 1e-5) * scale + bias
+
+
 class MLP(nn.Module):
-  """Dense network with a traced hidden width (masked up to ``max_width``) and activation."""
+  """Dense network with a traced hidden width (masked up to ``max_width``) and activation.
+
+  ``norm`` adds layer normalisation before each hidden activation; ``residual`` adds skip
+  connections around the hidden layers after the first (both structural).
+  """
 
   max_width: int
   depth: int
   outputs: int
+  norm: bool = False
+  residual: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, h: H) -> jax.Array:
@@ -39,8 +60,12 @@ class MLP(nn.Module):
     width = h.get("width", self.max_width)
     mask = (jnp.arange(self.max_width) < width).astype(x.dtype)
     act = h.get("activation", 0)
-    for _ in range(self.depth):
-      x = base.activation(act, nn.Dense(self.max_width)(x)) * mask
+    for i in range(self.depth):
+      z = nn.Dense(self.max_width)(x)
+      if self.norm:
+        z = MaskedLayerNorm()(z, mask)
+      z = base.activation(act, z) * mask
+      x = x + z if self.residual and i > 0 else z
     return nn.Dense(self.outputs)(x)
 
 
@@ -58,9 +83,11 @@ def _mask_width(max_width: int) -> Callable:
     init_scale = jnp.asarray(h.get("init_scale", 1.0), jnp.float32)
     bias_init = jnp.asarray(h.get("bias_init", 0.0), jnp.float32)
     layers = params["params"]
-    names = sorted(layers, key=lambda n: int(n.split("_")[-1]))
-    live = {}
-    new = {}
+    names = sorted((n for n in layers if n.startswith("Dense_")),
+                   key=lambda n: int(n.split("_")[-1]))
+    live = {n: jax.tree_util.tree_map(jnp.ones_like, v) for n, v in layers.items()
+            if not n.startswith("Dense_")}  # layer-norm scales and biases
+    new = {n: v for n, v in layers.items() if not n.startswith("Dense_")}
     for i, name in enumerate(names):
       k = layers[name]["kernel"]
       in_mask = unit[:, None] if i > 0 else jnp.ones((k.shape[0], 1))
@@ -113,10 +140,11 @@ def _mlp_space(max_lr: float, max_width: int) -> Space:
   })
 
 
-def digits_mlp(data_dir: str | None = None, max_width: int = 128) -> Task:
-  """MLP on digits; see module docstring for masked vs structural parameters."""
-  data = load_dataset("digits", data_dir)
-  space = _mlp_space(max_lr=3e-1, max_width=max_width)
+def _mlp_task(name: str, dataset: str, data_dir: str | None, max_width: int,
+              max_lr: float) -> Task:
+  data = load_dataset(dataset, data_dir)
+  regression = data.num_classes is None
+  space = _mlp_space(max_lr=max_lr, max_width=max_width)
   defaults = {"depth": 2, "optimizer": "adamw"}
 
   def build(structure: Mapping[str, Any]) -> TrialFns:
@@ -124,12 +152,33 @@ def digits_mlp(data_dir: str | None = None, max_width: int = 128) -> Task:
     opt = structure.get("optimizer", "adamw")
     if depth < 1:
       raise ValueError(f"depth={depth}: must be >= 1")
-    model = MLP(max_width=max_width, depth=depth, outputs=data.num_classes)
+    model = MLP(max_width=max_width, depth=depth, outputs=1 if regression else data.num_classes,
+                norm=bool(structure.get("norm", False)),
+                residual=bool(structure.get("residual", False)))
+    if regression:
+      return base.supervised(model, _example(data), base.mse, base.regression_metrics, opt, {},
+                             init_transform=_mask_width(max_width))
     return base.supervised(model, _example(data), base.softmax_xent,
                            base.classification_metrics, opt, {},
                            init_transform=_mask_width(max_width))
 
-  return Task("digits_mlp", data, space, build, "accuracy", "maximize", defaults, "mlp")
+  objective, direction = ("mse", "minimize") if regression else ("accuracy", "maximize")
+  return Task(name, data, space, build, objective, direction, defaults, "mlp")
+
+
+def digits_mlp(data_dir: str | None = None, max_width: int = 128) -> Task:
+  """MLP on digits; see module docstring for masked vs structural parameters."""
+  return _mlp_task("digits_mlp", "digits", data_dir, max_width, max_lr=3e-1)
+
+
+def wine_mlp(data_dir: str | None = None, max_width: int = 64) -> Task:
+  """MLP classifier on scikit-learn's wine (13 features, 3 classes)."""
+  return _mlp_task("wine_mlp", "wine", data_dir, max_width, max_lr=3e-1)
+
+
+def breast_cancer_mlp(data_dir: str | None = None, max_width: int = 64) -> Task:
+  """MLP classifier on scikit-learn's breast cancer (30 features, 2 classes)."""
+  return _mlp_task("breast_cancer_mlp", "breast_cancer", data_dir, max_width, max_lr=3e-1)
 
 
 def digits_cnn(data_dir: str | None = None, channels: int = 16) -> Task:
@@ -151,16 +200,8 @@ def digits_cnn(data_dir: str | None = None, channels: int = 16) -> Task:
 
 def synthetic_regression(data_dir: str | None = None, max_width: int = 64) -> Task:
   """MLP regression on the procedural dataset; objective is validation MSE."""
-  data = load_dataset("synthetic_regression", data_dir)
-  space = _mlp_space(max_lr=1e-1, max_width=max_width)
-
-  def build(structure: Mapping[str, Any]) -> TrialFns:
-    model = MLP(max_width=max_width, depth=int(structure.get("depth", 2)), outputs=1)
-    return base.supervised(model, _example(data), base.mse, base.regression_metrics,
-                           structure.get("optimizer", "adamw"), {},
-                           init_transform=_mask_width(max_width))
-
-  return Task("synthetic_regression", data, space, build, "mse", "minimize", {}, "mlp")
+  return _mlp_task("synthetic_regression", "synthetic_regression", data_dir, max_width,
+                   max_lr=1e-1)
 
 
 def logreg(data_dir: str | None = None, dataset: str = "breast_cancer") -> Task:
@@ -187,6 +228,8 @@ def logreg(data_dir: str | None = None, dataset: str = "breast_cancer") -> Task:
 TASKS: dict[str, Callable[..., Task]] = {
     "digits_mlp": digits_mlp,
     "digits_cnn": digits_cnn,
+    "wine_mlp": wine_mlp,
+    "breast_cancer_mlp": breast_cancer_mlp,
     "synthetic_regression": synthetic_regression,
     "logreg": logreg,
 }

@@ -1,0 +1,510 @@
+"""Feedback-driven repair (after DREAM, Cao et al. 2022), as a search program.
+
+A *repair action* is an ``(object, value)`` pair on a hyperparameter of the search space:
+``Action("learning_rate", 1e-3)`` sets it, ``Action("learning_rate", 0.1, "scale")``
+multiplies it (log-scale parameters). :func:`repair_space` is the expanded repair space of
+the MLP tasks (optimizer, learning rate, momentum, weight decay, schedule and its end value,
+initializer scale and bias, activation, normalisation, gradient clipping, batch size, width,
+depth, residual connections); :data:`DEFAULT_ACTIONS` are the actions over it.
+
+:func:`repair` is DREAM's Algorithm 1 as a :class:`~metaopt.Searcher`, run by the population
+engine like any other program:
+
+1. the first round trains the starting configuration beside the actions with the highest
+   mean gain over all conditions (the conditions of the start are not known yet);
+2. while training, ``observe`` detects the A-C-G-W conditions of every trial
+   (:func:`metaopt.detect_conditions`);
+3. each later round applies the ``k`` highest-priority actions not already applied to the
+   best model so far -- as a population in one kernel, not one at a time -- and keeps the
+   better model; the engine stops at the target score (``search(..., target=...)``) or the
+   trial budget.
+
+Priorities come from a *priority table*: the mean relative objective gain of each action on
+runs that showed each condition, measured on a corpus by :func:`build_table`
+(``python -m metaopt.repair build-table``) and shipped as ``data/repair_table.json``. Beyond
+the paper, the priorities are updated online from the gains the loop observes (a UCB bandit
+over actions per condition); conditions the table has no data for fall back to random
+actions. Gains are relative improvements of the minimised objective, clipped to ``[-1, 1]``,
+so classification and regression tasks share one table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from metaopt._src.monitor import CONDITIONS, detect_conditions
+from metaopt._src.types import COMPLETE, Searcher
+from spaces import Choice, Float, Int, Space
+
+ROWS: tuple[str, ...] = (*CONDITIONS, "none")  # "none": no condition detected
+TABLE_PATH = os.path.join(os.path.dirname(__file__), "data", "repair_table.json")
+# conditions other than slow convergence count when seen in any epoch; slow convergence
+# when seen in at least half of the epochs after the first
+_SLOW_FRACTION = 0.5
+
+
+@dataclasses.dataclass(frozen=True)
+class Action:
+  """One repair action: set ``param`` to ``value`` or, with ``kind="scale"``, multiply it."""
+
+  param: str
+  value: Any
+  kind: str = "set"
+
+  @property
+  def name(self) -> str:
+    return f"{self.param}*{self.value:g}" if self.kind == "scale" else f"{self.param}={self.value}"
+
+
+def repair_space(max_width: int = 128) -> Space:
+  """The expanded repair space of the MLP tasks (``digits_mlp``, ``wine_mlp``,
+  ``breast_cancer_mlp``, ``synthetic_regression``)."""
+  from tasks import ACTIVATIONS
+  from tasks._src.base import SCHEDULES
+
+  return Space({
+      "optimizer": Choice(["adamw", "sgd"], default="adamw", structural=True),
+      "learning_rate": Float(1e-7, 10.0, log=True, default=1e-3),
+      "momentum": Float(0.0, 0.99, default=0.9, when={"optimizer": ["sgd"]}),
+      "weight_decay": Float(1e-6, 1e-1, log=True, default=1e-4),
+      "lr_schedule": Choice(list(SCHEDULES), default="constant"),
+      "lr_end": Float(1e-3, 1.0, log=True, default=0.01,
+                      when={"lr_schedule": ["cosine", "warmup_cosine"]}),
+      "init_scale": Float(1e-2, 10.0, log=True, default=1.0),
+      "bias_init": Float(-5.0, 1.0, default=0.0),
+      "activation": Choice(list(ACTIVATIONS), default="relu"),
+      "norm": Choice([False, True], default=False, structural=True),
+      "clip_norm": Float(0.1, 1e3, log=True, default=1e3),
+      "batch_size": Choice([16, 32, 64, 128], default=32, structural=True),
+      "width": Int(8, max_width, log=True, default=min(64, max_width)),
+      "depth": Int(1, 6, default=2, structural=True),
+      "residual": Choice([False, True], default=False, structural=True),
+  })
+
+
+DEFAULT_ACTIONS: tuple[Action, ...] = (
+    Action("optimizer", "adamw"), Action("optimizer", "sgd"),
+    Action("learning_rate", 1e-3), Action("learning_rate", 1e-2),
+    Action("learning_rate", 10.0, "scale"), Action("learning_rate", 0.1, "scale"),
+    Action("momentum", 0.9), Action("momentum", 0.0),
+    Action("weight_decay", 1e-4), Action("weight_decay", 1e-6),
+    Action("lr_schedule", "cosine"), Action("lr_schedule", "warmup_cosine"),
+    Action("lr_schedule", "constant"), Action("lr_end", 0.1),
+    Action("init_scale", 1.0), Action("init_scale", 1.41), Action("bias_init", 0.0),
+    Action("activation", "relu"), Action("activation", "tanh"), Action("activation", "gelu"),
+    Action("activation", "silu"), Action("activation", "elu"),
+    Action("norm", True), Action("norm", False),
+    Action("clip_norm", 1.0), Action("clip_norm", 1e3),
+    Action("batch_size", 16), Action("batch_size", 128),
+    Action("width", 64), Action("depth", 2), Action("depth", 1), Action("residual", True),
+)
+
+
+# ----------------------------------------------------------------------------- actions
+def _action_arrays(space: Space, actions: Sequence[Action]) -> tuple[np.ndarray, ...]:
+  """Coordinate, kind (True: set) and value (target u, or u shift) of every action."""
+  idx, is_set, val = [], [], []
+  for a in actions:
+    if not isinstance(a, Action):
+      raise ValueError(f"actions: expected metaopt.repair.Action items, got {a!r}")
+    if a.param not in space.names:
+      raise ValueError(f"action {a.name}: {a.param!r} is not a searched parameter of the "
+                       f"space; allowed: {', '.join(space.names)}")
+    p = space.params[a.param]
+    if a.kind == "set":
+      try:
+        u = float(p.encode(p.from_python(a.value)))
+      except (TypeError, ValueError) as e:
+        raise ValueError(f"action {a.name}: {e}") from None
+      if isinstance(p, (Float, Int)) and not p.lo <= a.value <= p.hi:
+        raise ValueError(f"action {a.name}: value outside [{p.lo}, {p.hi}]")
+      idx.append(space.names.index(a.param))
+      is_set.append(True)
+      val.append(u)
+    elif a.kind == "scale":
+      if not (isinstance(p, (Float, Int)) and p.log) or not a.value > 0:
+        raise ValueError(f"action {a.name}: kind='scale' needs a log-scale Float/Int and a "
+                         "positive factor")
+      lo, hi = p._bounds()
+      idx.append(space.names.index(a.param))
+      is_set.append(False)
+      val.append(math.log(a.value) / (hi - lo))
+    else:
+      raise ValueError(f"action {a.name}: kind={a.kind!r} is unknown; allowed: set, scale")
+  return (np.asarray(idx, np.int32), np.asarray(is_set, bool), np.asarray(val, np.float32))
+
+
+def apply_actions(space: Space, actions: Sequence[Action], u: jax.Array) -> jax.Array:
+  """``[A, d]``: the point ``u[d]`` with each action applied (jittable)."""
+  idx, is_set, val = (jnp.asarray(x) for x in _action_arrays(space, actions))
+  cur = u[idx]
+  new = jnp.where(is_set, val, jnp.clip(cur + val, 0.0, 1.0))
+  out = jnp.broadcast_to(u, (len(actions), u.shape[-1]))
+  return out.at[jnp.arange(len(actions)), idx].set(new)
+
+
+def _changes(space: Space, u0: jax.Array, cand: jax.Array) -> jax.Array:
+  """``[A]``: whether each candidate decodes to a different configuration than ``u0``."""
+  h0 = space.decode(u0)
+  h = space.decode(cand)
+  diff = jnp.zeros(cand.shape[0], bool)
+  for n in h:
+    diff = diff | (h[n] != h0[n])
+  return diff
+
+
+# ----------------------------------------------------------------------------- conditions
+def aggregate(counts: jax.Array, epochs: jax.Array) -> jax.Array:
+  """``[..., C]`` trial conditions from per-condition epoch counts and epochs observed."""
+  frac = counts / jnp.maximum(epochs, 1)[..., None]
+  slow = jnp.asarray([c == "slow_convergence" for c in CONDITIONS])
+  return jnp.where(slow, frac >= _SLOW_FRACTION, counts > 0)
+
+
+def trial_conditions(epochs: Sequence[Mapping[str, Any]]) -> list[str]:
+  """A recorded trial's conditions from its per-epoch ``conditions`` lists (as the store
+  keeps them); the same rule the repair searcher applies in the kernel."""
+  counts = np.zeros(len(CONDITIONS))
+  for m in epochs:
+    for c in m.get("conditions", []) or []:
+      if c in CONDITIONS:
+        counts[CONDITIONS.index(c)] += 1
+  seen = max(len(epochs) - 1, 1)  # slow convergence cannot fire at the first epoch
+  cond = np.asarray(aggregate(jnp.asarray(counts), jnp.asarray(float(seen))))
+  return [c for c, v in zip(CONDITIONS, cond, strict=True) if v]
+
+
+def _gain(parent: Any, child: Any) -> Any:
+  """Relative improvement of a minimised objective, in ``[-1, 1]``: ``(parent - child) /
+  |parent|``; a failed child scores -1 against a finite parent, a finished child +1 against
+  a failed (non-finite) parent, and two failures 0."""
+  parent, child = jnp.asarray(parent, jnp.float32), jnp.asarray(child, jnp.float32)
+  rel = (parent - child) / jnp.maximum(jnp.abs(parent), 1e-8)
+  p_ok, c_ok = jnp.isfinite(parent), jnp.isfinite(child)
+  g = jnp.where(p_ok, jnp.where(c_ok, rel, -1.0), jnp.where(c_ok, 1.0, 0.0))
+  return jnp.clip(jnp.nan_to_num(g, nan=-1.0), -1.0, 1.0)
+
+
+# ----------------------------------------------------------------------------- table
+def load_table(path: str | None = None) -> dict[str, Any]:
+  """The priority table (``{"actions", "rows", "mean_gain", "count", "provenance"}``)."""
+  with open(path or TABLE_PATH) as f:
+    return json.load(f)
+
+
+def _prior(table: Mapping[str, Any] | None, actions: Sequence[Action],
+           prior_weight: float) -> tuple[np.ndarray, np.ndarray]:
+  """Prior mean gain and pseudo-count ``[rows, actions]`` from a table (0 where absent)."""
+  mean = np.zeros((len(ROWS), len(actions)), np.float32)
+  count = np.zeros((len(ROWS), len(actions)), np.float32)
+  if table is None:
+    return mean, count
+  cols = {name: j for j, name in enumerate(table["actions"])}
+  for r, row in enumerate(ROWS):
+    if row not in table["rows"]:
+      continue
+    tr = table["rows"].index(row)
+    for a, act in enumerate(actions):
+      j = cols.get(act.name)
+      if j is None or table["count"][tr][j] == 0 or table["mean_gain"][tr][j] is None:
+        continue
+      mean[r, a] = table["mean_gain"][tr][j]
+      count[r, a] = min(float(table["count"][tr][j]), prior_weight)
+  return mean, count
+
+
+def priorities(state: Mapping[str, jax.Array], cond: jax.Array, key: jax.Array,
+               ucb: float) -> jax.Array:
+  """``[A]`` scores of every action for a model with conditions ``cond[C]``."""
+  rows = jnp.concatenate([cond, ~jnp.any(cond, keepdims=True)])  # the "none" row if healthy
+  n = state["prior_n"] + state["obs_n"]
+  mean = (state["prior_mean"] * state["prior_n"] + state["obs_sum"]) / jnp.maximum(n, 1e-9)
+  bonus = ucb * jnp.sqrt(jnp.log1p(jnp.sum(n, 1, keepdims=True)) / (1.0 + n))
+  known = (n > 0) & rows[:, None]
+  score = jnp.sum(jnp.where(known, mean + bonus, 0.0), 0)
+  # an action with no data for any of the model's conditions gets a random score below
+  # every action with a positive measured gain (DREAM: unknown conditions, random actions)
+  noise = jax.random.uniform(key, score.shape, minval=-1e-3, maxval=0.0)
+  return jnp.where(jnp.any(known, 0), score, noise)
+
+
+def _unconditional(state: Mapping[str, jax.Array], key: jax.Array) -> jax.Array:
+  """``[A]`` mean gain of every action over all the table's conditions (before any is known)."""
+  n = jnp.sum(state["prior_n"], 0)
+  mean = jnp.sum(state["prior_mean"] * state["prior_n"], 0) / jnp.maximum(n, 1e-9)
+  noise = jax.random.uniform(key, mean.shape, minval=-1e-3, maxval=0.0)
+  return jnp.where(n > 0, mean, noise)
+
+
+def repair(
+    searcher: Searcher,
+    space: Space,
+    *,
+    start: Mapping[str, Any] | None = None,
+    actions: Sequence[Action] = DEFAULT_ACTIONS,
+    table: Mapping[str, Any] | str | None = "default",
+    population: int = 64,
+    ucb: float = 0.05,
+    prior_weight: float = 5.0,
+    thresholds: Mapping[str, float] | None = None,
+) -> Searcher:
+  """DREAM's repair loop (Algorithm 1) over ``searcher``, with top-k actions as a population.
+
+  Args:
+    searcher: proposes the first round when there is no ``start`` and fills slots when no
+      untried action is left; it is told every result, repairs included.
+    space: the searched space; every action's parameter must be in it.
+    start: the starting configuration (trial 0), e.g. a broken config to repair.
+    actions: the action space (:data:`DEFAULT_ACTIONS` over :func:`repair_space`).
+    table: priority table: ``"default"`` (the shipped one), a path, a dict, or ``None``
+      (every action random until the loop has observed gains).
+    population: the largest number of trials per round (sizes the searcher state).
+    ucb: exploration bonus of the online bandit (0: greedy on the measured gains).
+    prior_weight: pseudo-count of each table entry against online observations.
+    thresholds: condition thresholds (see :data:`metaopt.THRESHOLDS`).
+  """
+  if not isinstance(searcher, Searcher):
+    raise ValueError(f"searcher: expected a metaopt.Searcher, got {type(searcher).__name__}")
+  actions = tuple(actions)
+  if not actions:
+    raise ValueError("actions: must not be empty")
+  _action_arrays(space, actions)  # validates before anything compiles
+  if isinstance(population, bool) or not isinstance(population, int) or population < 1:
+    raise ValueError(f"population={population!r}: must be a positive integer")
+  if not ucb >= 0 or not prior_weight >= 0:
+    raise ValueError(f"ucb={ucb}, prior_weight={prior_weight}: must be >= 0")
+  if isinstance(table, str):
+    table = load_table(None if table == "default" else table)
+  prior_mean, prior_n = _prior(table, actions, prior_weight)
+  u_start = None if start is None else jnp.asarray(space.encode(dict(start)), jnp.float32)
+  n_act, n_cond, cap = len(actions), len(CONDITIONS), population
+  if thresholds:
+    detect_conditions({k: jnp.zeros(1) for k in ("grad_norm_first", "grad_norm_last",
+                                                  "objective_delta", "nonfinite_grads",
+                                                  "zero_grad_frac", "nonfinite_params",
+                                                  "nonfinite_loss")}, thresholds)
+
+  def init(key):
+    return {
+        "search": searcher.init(key),
+        "best_u": jnp.zeros(space.dim, jnp.float32) if u_start is None else u_start,
+        "best_y": jnp.asarray(jnp.inf, jnp.float32),
+        "best_cond": jnp.zeros(n_cond, bool),
+        "best_applied": jnp.zeros(n_act, bool),
+        "has_best": jnp.asarray(False),
+        "tried": jnp.zeros(n_act, bool),
+        "round": jnp.zeros((), jnp.int32),
+        "pending": jnp.full(cap, -1, jnp.int32),
+        "parent_y": jnp.asarray(jnp.inf, jnp.float32),
+        "parent_cond": jnp.zeros(n_cond, bool),
+        "parent_known": jnp.asarray(False),
+        "counts": jnp.zeros((cap, n_cond), jnp.float32),
+        "epochs": jnp.zeros(cap, jnp.float32),
+        "prior_mean": jnp.asarray(prior_mean), "prior_n": jnp.asarray(prior_n),
+        "obs_sum": jnp.zeros((len(ROWS), n_act), jnp.float32),
+        "obs_n": jnp.zeros((len(ROWS), n_act), jnp.float32),
+    }
+
+  def ask(state, key, n):
+    if n > cap:
+      raise ValueError(f"repair: asked for {n} trials but population={cap}")
+    k_inner, k_score = jax.random.split(key)
+    inner, proposals = searcher.ask(state["search"], k_inner, n)
+    cand = apply_actions(space, actions, state["best_u"])  # best_u is the start until a best
+    usable = _changes(space, state["best_u"], cand) & ~state["tried"] & ~state["best_applied"]
+    # the first round trains the start beside the actions that gain most over all conditions
+    opening = (state["round"] == 0) & (u_start is not None)
+    score = jnp.where(opening, _unconditional(state, k_score),
+                      priorities(state, state["best_cond"], k_score, ucb))
+    score = jnp.where(usable & (state["has_best"] | opening), score, -jnp.inf)
+    top_score, top = jax.lax.top_k(score, min(n, n_act))
+    pick = jnp.full(n, -1, jnp.int32).at[:top.shape[0]].set(
+        jnp.where(jnp.isfinite(top_score), top, -1))
+    pick = jnp.where(opening, jnp.roll(pick, 1).at[0].set(-1), pick)  # slot 0: the start
+    repairing = pick >= 0
+    u = jnp.where(repairing[:, None], cand[jnp.maximum(pick, 0)], proposals)
+    if u_start is not None:
+      u = jnp.where((opening & (jnp.arange(n) == 0))[:, None], u_start, u)
+    tried = state["tried"].at[jnp.where(repairing, pick, n_act)].set(True, mode="drop")
+    return {**state, "search": inner, "tried": tried,
+            "pending": state["pending"].at[:n].set(pick),
+            "parent_y": state["best_y"], "parent_cond": state["best_cond"],
+            "parent_known": state["has_best"],
+            "counts": jnp.zeros_like(state["counts"]),
+            "epochs": jnp.zeros_like(state["epochs"])}, u
+
+  def observe(state, metrics, epoch, alive):
+    n = alive.shape[0]
+    seen = alive | jnp.asarray(metrics["nonfinite_loss"], bool) \
+        | jnp.asarray(metrics["nonfinite_params"], bool)
+    cond = detect_conditions(metrics, thresholds)
+    hit = jnp.stack([cond[c] for c in CONDITIONS], -1) & seen[:, None]
+    counted = seen & (epoch > 0)  # the epochs slow convergence could have fired in
+    counts = state["counts"].at[:n].add(hit.astype(jnp.float32))
+    epochs = state["epochs"].at[:n].add(counted.astype(jnp.float32))
+    info = {c: cond[c] & seen for c in CONDITIONS}
+    return {**state, "counts": counts, "epochs": epochs}, jnp.ones_like(alive), info
+
+  def tell(state, u, y, status):
+    n = y.shape[0]
+    ok = (status == COMPLETE) & jnp.isfinite(y)
+    yv = jnp.where(ok, y, jnp.inf)
+    cond = aggregate(state["counts"][:n], state["epochs"][:n])
+    pending = state["pending"][:n]
+    # online priorities: relative gain over the parent, credited to the parent's conditions
+    gain = _gain(state["parent_y"], yv)
+    pc = state["parent_cond"]
+    rows = jnp.concatenate([pc, ~jnp.any(pc, keepdims=True)]).astype(jnp.float32)
+    credit = jax.nn.one_hot(pending, n_act) * (pending >= 0)[:, None]  # [n, A]
+    rows = rows * state["parent_known"]  # the opening round's parent was not measured yet
+    obs_sum = state["obs_sum"] + rows[:, None] * jnp.sum(credit * gain[:, None], 0)
+    obs_n = state["obs_n"] + rows[:, None] * jnp.sum(credit, 0)
+    # keep the better model; a failed start is still the model to repair
+    i = jnp.argmin(yv)
+    first = (state["round"] == 0) & (u_start is not None)
+    better = (yv[i] < state["best_y"]) | (first & ~jnp.isfinite(yv[i]))
+    i = jnp.where(first & ~jnp.isfinite(yv[i]), 0, i)
+    # the actions behind the new best: its parent's plus its own (none for a fresh proposal)
+    applied = jnp.where(pending[i] >= 0, state["best_applied"] | (credit[i] > 0), False)
+    new = {
+        "best_u": jnp.where(better, u[i], state["best_u"]),
+        "best_y": jnp.where(better, yv[i], state["best_y"]),
+        "best_cond": jnp.where(better, cond[i], state["best_cond"]),
+        "best_applied": jnp.where(better, applied, state["best_applied"]),
+        # a new model has tried nothing yet; the start keeps the opening round's actions
+        "tried": jnp.where(better & ~(first & (i == 0)), jnp.zeros_like(state["tried"]),
+                           state["tried"]),
+        "has_best": state["has_best"] | jnp.isfinite(yv[i]) | first,
+    }
+    return {**state, **new, "obs_sum": obs_sum, "obs_n": obs_n,
+            "round": state["round"] + 1,
+            "search": searcher.tell(state["search"], u, y, status)}
+
+  return Searcher(init, ask, tell, observe)
+
+
+def _gain(parent: Any, child: Any) -> Any:
+  """Relative improvement of a minimised objective, in ``[-1, 1]``: ``(parent - child) /
+  |parent|``; a failed child scores -1 against a finite parent, a finished child +1 against
+  a failed (non-finite) parent, and two failures 0."""
+  parent, child = jnp.asarray(parent, jnp.float32), jnp.asarray(child, jnp.float32)
+  rel = (parent - child) / jnp.maximum(jnp.abs(parent), 1e-8)
+  p_ok, c_ok = jnp.isfinite(parent), jnp.isfinite(child)
+  g = jnp.where(p_ok, jnp.where(c_ok, rel, -1.0), jnp.where(c_ok, 1.0, 0.0))
+  return jnp.clip(jnp.nan_to_num(g, nan=-1.0), -1.0, 1.0)
+
+
+# ----------------------------------------------------------------------------- table builder
+def build_table(
+    task_names: Sequence[str] = ("digits_mlp", "wine_mlp", "synthetic_regression"),
+    n_configs: int = 32,
+    epochs: int = 5,
+    population: int = 64,
+    seed: int = 0,
+    actions: Sequence[Action] = DEFAULT_ACTIONS,
+    store: str | None = None,
+    progress: bool = True,
+    broken_fraction: float = 0.5,
+) -> dict[str, Any]:
+  """Measures the priority table on a corpus of runs.
+
+  For every task, ``n_configs`` random configurations of :func:`repair_space` (a corpus
+  where pathologies are common: learning rates over 1e-7..10, initial scales over 0.01..10,
+  negative biases, sigmoid activations, deep nets) are trained; their conditions are
+  detected; then every action is applied to every configuration and trained the same way.
+  Each cell is the mean relative objective gain of an action over the configurations that
+  showed the condition, among the worst ``broken_fraction`` of each task's configurations
+  (the models a repair loop is asked to fix).
+  """
+  if not 0.0 < broken_fraction <= 1.0:
+    raise ValueError(f"broken_fraction={broken_fraction}: must be in (0, 1]")
+  import time
+
+  from metaopt._src.combinators import with_monitor
+  from metaopt._src.driver import code_version, search
+  from metaopt._src.searchers import points
+  from metaopt._src.store import Store
+  from tasks import get_task
+
+  space = repair_space()
+  actions = tuple(actions)
+  rng = np.random.default_rng(seed)
+  st = Store(store or "sqlite://")
+  gains: dict[tuple[str, str], list[float]] = {}
+  t0 = time.time()
+  n_runs = 0
+  for t_i, name in enumerate(task_names):
+    task = get_task(name)
+    base = rng.uniform(size=(n_configs, space.dim)).astype(np.float32)
+    for col, choices in (("batch_size", 4), ("norm", 2), ("residual", 2)):
+      base[:, space.names.index(col)] = (1 if col == "batch_size" else 0) / choices + 0.01
+    base[:, space.names.index("depth")] = rng.choice([0.3, 0.75], n_configs)  # depth 2 or 5
+    cand = np.asarray(jax.vmap(lambda u: apply_actions(space, actions, u))(jnp.asarray(base)))
+    changed = np.asarray(jax.vmap(lambda u0, c: _changes(space, u0, c))(
+        jnp.asarray(base), jnp.asarray(cand)))
+    rows_u, owner = [base], [(-1, i) for i in range(n_configs)]
+    for a in range(len(actions)):
+      keep = np.flatnonzero(changed[:, a])
+      rows_u.append(cand[keep, a])
+      owner += [(a, int(i)) for i in keep]
+    allu = np.concatenate(rows_u)
+    params = space.to_python_batch(jax.device_get(space.decode(jnp.asarray(allu))))
+    order = sorted(range(len(allu)), key=lambda j: (repr([params[j].get(s) for s in
+                                                          space.structural]), j))
+    res = search(with_monitor(points(allu[order])), task, space=space, n_trials=len(order),
+                 population=population, epochs=epochs, seed=seed + t_i, store=st,
+                 study=f"repair_table_{name}", progress=progress)
+    by_number = {t.number: t for t in res.trials}
+    sign = -1.0 if task.direction == "maximize" else 1.0
+    y = np.full(len(allu), np.inf)
+    conds: list[list[str]] = [[] for _ in allu]
+    for pos, j in enumerate(order):
+      t = by_number[pos]
+      if t.status == "complete" and t.objective is not None and math.isfinite(t.objective):
+        y[j] = sign * t.objective
+      conds[j] = trial_conditions(t.metrics)
+    n_runs += len(allu)
+    # priorities are for repairing: only the worst ``broken_fraction`` of the corpus counts
+    parents = np.asarray([y[i] for a, i in owner if a < 0])
+    cut = np.quantile(np.where(np.isfinite(parents), parents, np.inf),
+                      1.0 - broken_fraction, method="lower")
+    for j, (a, i) in enumerate(owner):
+      if a < 0 or y[i] < cut:
+        continue
+      g = float(_gain(y[i], y[j]))
+      for row in conds[i] or ["none"]:
+        gains.setdefault((row, actions[a].name), []).append(g)
+  names = [a.name for a in actions]
+  mean = [[None if not gains.get((r, a)) else round(float(np.mean(gains[(r, a)])), 5)
+           for a in names] for r in ROWS]
+  count = [[len(gains.get((r, a), [])) for a in names] for r in ROWS]
+  return {"actions": names, "rows": list(ROWS), "mean_gain": mean, "count": count,
+          "provenance": {
+              "command": ("python -m metaopt.repair build-table "
+                          f"--tasks {','.join(task_names)} --configs {n_configs} "
+                          f"--epochs {epochs} --seed {seed} --broken {broken_fraction:g}"),
+              "tasks": list(task_names), "n_configs": n_configs, "epochs": epochs,
+              "broken_fraction": broken_fraction,
+              "seed": seed, "runs": n_runs, "seconds": round(time.time() - t0, 1),
+              "code_version": code_version(),
+              "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}}
+
+
+def ranked_actions(table: Mapping[str, Any], condition: str) -> list[tuple[str, float]]:
+  """The table's actions for ``condition`` (a row of :data:`ROWS`), best first."""
+  if condition not in table["rows"]:
+    raise ValueError(f"condition {condition!r} is unknown; allowed: {', '.join(table['rows'])}")
+  r = table["rows"].index(condition)
+  out = [(a, g) for a, g in zip(table["actions"], table["mean_gain"][r], strict=True)
+         if g is not None]
+  return sorted(out, key=lambda x: -x[1])

@@ -1,0 +1,228 @@
+"""Repair actions, priorities, the repair loop (DREAM's Algorithm 1) and the white-box ->
+black-box fallback, on real trainings where it matters."""
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import metaopt
+from metaopt.repair import (
+    DEFAULT_ACTIONS,
+    ROWS,
+    Action,
+    apply_actions,
+    load_table,
+    priorities,
+    ranked_actions,
+    repair,
+    repair_space,
+    trial_conditions,
+)
+from tasks import get_task
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SPACE = repair_space()
+
+
+class ActionTest(chex.TestCase):
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_set_and_scale_actions_decode_to_their_values(self):
+    start = SPACE.encode({"learning_rate": 1e-4, "activation": "sigmoid", "depth": 5})
+    acts = (Action("learning_rate", 1e-2), Action("learning_rate", 10.0, "scale"),
+            Action("activation", "tanh"), Action("depth", 2), Action("norm", True))
+    fn = self.variant(lambda u: apply_actions(SPACE, acts, u))
+    cand = fn(jnp.asarray(start, jnp.float32))
+    got = SPACE.to_python_batch(jax.device_get(SPACE.decode(cand)))
+    assert got[0]["learning_rate"] == pytest.approx(1e-2, rel=1e-4)
+    assert got[1]["learning_rate"] == pytest.approx(1e-3, rel=1e-4)
+    assert got[2]["activation"] == "tanh" and got[2]["depth"] == 5
+    assert got[3]["depth"] == 2 and got[3]["activation"] == "sigmoid"
+    assert got[4]["norm"] is True and got[4]["learning_rate"] == pytest.approx(1e-4, rel=1e-4)
+
+
+def test_bad_actions_name_the_field_before_compiling():
+  with pytest.raises(ValueError, match="'lr' is not a searched parameter.*learning_rate"):
+    repair(metaopt.random_search(SPACE.dim), SPACE, actions=[Action("lr", 1e-3)], table=None)
+  with pytest.raises(ValueError, match="kind='scale' needs a log-scale"):
+    repair(metaopt.random_search(SPACE.dim), SPACE, actions=[Action("activation", 2, "scale")],
+           table=None)
+  with pytest.raises(ValueError, match="outside"):
+    repair(metaopt.random_search(SPACE.dim), SPACE, actions=[Action("depth", 9)], table=None)
+
+
+def _table(actions, rows):
+  """A priority table with ``rows[name] = {action name: mean gain}``."""
+  names = [a.name for a in actions]
+  mean = [[rows.get(r, {}).get(a) for a in names] for r in ROWS]
+  count = [[0 if g is None else 10 for g in row] for row in mean]
+  return {"actions": names, "rows": list(ROWS), "mean_gain": mean, "count": count}
+
+
+def test_priorities_follow_the_table_and_unknown_conditions_are_random():
+  acts = DEFAULT_ACTIONS[:6]
+  table = _table(acts, {"vanishing_gradients": {acts[3].name: 0.4, acts[1].name: 0.1,
+                                                acts[0].name: -0.2}})
+  prog = repair(metaopt.random_search(SPACE.dim), SPACE, actions=acts, table=table, ucb=0.0)
+  state = prog.init(jax.random.key(0))
+  vg = jnp.asarray([c == "vanishing_gradients" for c in metaopt.CONDITIONS])
+  score = np.asarray(priorities(state, vg, jax.random.key(1), 0.0))
+  assert np.argmax(score) == 3 and score[3] == pytest.approx(0.4)
+  assert score[1] > score[2] > score[0]  # measured 0.1 > unmeasured (random, < 0) > -0.2
+  # a condition the table never saw: every action random in [-1e-3, 0]
+  dr = jnp.asarray([c == "dying_relu" for c in metaopt.CONDITIONS])
+  s1 = np.asarray(priorities(state, dr, jax.random.key(1), 0.0))
+  s2 = np.asarray(priorities(state, dr, jax.random.key(2), 0.0))
+  assert np.all((s1 <= 0) & (s1 >= -1e-3)) and not np.allclose(s1, s2)
+
+
+class LoopStateTest(chex.TestCase):
+  """Algorithm 1's bookkeeping on hand-made results (no training)."""
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_applied_and_tried_actions_are_skipped_and_gains_update_priorities(self):
+    acts = tuple(a for a in DEFAULT_ACTIONS if a.param in ("learning_rate", "activation"))
+    prog = repair(metaopt.random_search(SPACE.dim), SPACE, actions=acts, table=None,
+                  start={"learning_rate": 1e-6, "activation": "sigmoid"}, population=3,
+                  ucb=0.0)
+    ask = self.variant(prog.ask, static_argnums=2)
+    tell = self.variant(prog.tell)
+    state = prog.init(jax.random.key(0))
+    state, u = ask(state, jax.random.key(1), 3)
+    assert SPACE.to_python(jax.device_get(SPACE.decode(u[0])))["learning_rate"] == \
+        pytest.approx(1e-6, rel=1e-4)
+    opening = [int(a) for a in np.asarray(state["pending"])]
+    assert opening[0] == -1 and min(opening[1:]) >= 0  # the start, then 2 actions on it
+    done = jnp.zeros(3, jnp.int32)
+    state = tell(state, u, jnp.asarray([1.0, 5.0, 5.0]), done)  # the start is the best
+    assert float(np.sum(state["obs_n"])) == 0  # the start was not measured before: no credit
+    state, u1 = ask(state, jax.random.key(2), 3)
+    first = [int(a) for a in np.asarray(state["pending"])]
+    assert all(a >= 0 for a in first) and len(set(first)) == 3
+    assert not set(first) & set(opening[1:])  # tried on the start already: skipped
+    state = tell(state, u1, jnp.asarray([2.0, 3.0, 1.5]), done)  # all worse than the start
+    # each gain (1 - y) / 1, clipped to [-1, 1], was credited to the "none" row
+    none = ROWS.index("none")
+    np.testing.assert_allclose(np.asarray(state["obs_sum"])[none, first], [-1.0, -1.0, -0.5])
+    np.testing.assert_allclose(np.asarray(state["obs_n"])[none, first], [1, 1, 1])
+    state, u2 = ask(state, jax.random.key(3), 3)
+    second = [int(a) for a in np.asarray(state["pending"])]
+    assert not set(second) & set(first + opening)  # tried from this best model: skipped
+    state = tell(state, u2, jnp.asarray([0.5, 3.0, 3.0]), done)  # second[0] repairs it
+    assert float(state["best_y"]) == 0.5 and bool(state["best_applied"][second[0]])
+    state, _ = ask(state, jax.random.key(4), 3)
+    third = [int(a) for a in np.asarray(state["pending"])]
+    assert second[0] not in third  # already applied to the best model: skipped
+    # no action repeats a value the best model already has
+    best = SPACE.to_python(jax.device_get(SPACE.decode(state["best_u"])))
+    for a in third:
+      if acts[a].kind == "set":
+        assert best[acts[a].param] != acts[a].value
+
+
+def test_shipped_table_has_provenance_and_every_condition():
+  table = load_table()
+  prov = table["provenance"]
+  assert prov["command"].startswith("python -m metaopt.repair build-table")
+  assert prov["runs"] > 100 and prov["code_version"]
+  assert table["rows"] == list(ROWS)
+  assert {a.name for a in DEFAULT_ACTIONS} == set(table["actions"])
+  seen = [r for r in ROWS if any(c > 0 for c in table["count"][ROWS.index(r)])]
+  assert "none" in seen and len(seen) >= 3, seen
+  top = ranked_actions(table, seen[0])
+  assert top and all(top[i][1] >= top[i + 1][1] for i in range(len(top) - 1))
+
+
+def test_build_table_measures_gains_on_real_runs(tmp_path):
+  acts = (Action("learning_rate", 1e-2), Action("learning_rate", 1e-7))
+  table = metaopt.repair.build_table(["wine_mlp"], n_configs=2, epochs=2, population=8,
+                                     actions=acts, seed=3, store=f"sqlite:///{tmp_path}/c.db",
+                                     progress=False)
+  assert table["actions"] == [a.name for a in acts]
+  counts = np.asarray(table["count"])
+  con = sqlite3.connect(f"{tmp_path}/c.db")
+  (n,) = con.execute("select count(*) from trials where status = 'complete'").fetchone()
+  children = n - 2  # the 2 corpus configs, then every action that changes one of them
+  assert 2 <= children <= 4
+  # every child's gain lands in each of its parent's condition rows ("none" if healthy)
+  assert counts.max(0).sum() <= children <= counts.sum()
+  gains = [g for row in table["mean_gain"] for g in row if g is not None]
+  assert all(-1.0 <= g <= 1.0 for g in gains)
+
+
+def test_trial_conditions_aggregate_like_the_searcher():
+  epochs = [{"conditions": []}, {"conditions": ["slow_convergence"]},
+            {"conditions": ["slow_convergence", "dying_relu"]}, {"conditions": []}]
+  assert trial_conditions(epochs) == ["slow_convergence", "dying_relu"]
+  assert trial_conditions(epochs[:1] + epochs[3:] + epochs[1:2]) == ["slow_convergence"]
+  assert trial_conditions([{"conditions": []}] * 2 + [{"conditions": ["slow_convergence"]}]
+                          * 1 + [{"conditions": []}] * 2) == []
+
+
+def test_repair_loop_reaches_the_target_and_stops(tmp_path):
+  task = get_task("wine_mlp")
+  start = {"optimizer": "sgd", "learning_rate": 1e-6, "momentum": 0.0}
+  prog = repair(metaopt.random_search(SPACE.dim), SPACE, start=start, population=2)
+  store = metaopt.Store(f"sqlite:///{tmp_path}/r.db")
+  res = metaopt.search(prog, task, space=SPACE, n_trials=20, population=2, epochs=6,
+                       batch_size=16, seed=0, store=store, study="rep", progress=False,
+                       target=0.9)
+  assert res.trials[0].params["learning_rate"] == pytest.approx(1e-6, rel=1e-4)
+  assert res.trials[0].objective < 0.9
+  assert "slow_convergence" in trial_conditions(res.trials[0].metrics)
+  assert res.best.objective >= 0.9
+  assert len(res.trials) < 20  # stopped at the target, not at the budget
+  kinds = [e["kind"] for e in store.events(store.load_study("rep").id)]
+  assert "target" in kinds
+
+
+def _cli(*args, timeout=300):
+  return subprocess.run([sys.executable, "run.py", *args, "--quiet"], cwd=ROOT,
+                        capture_output=True, text=True, timeout=timeout, env=os.environ.copy())
+
+
+def test_repair_config_runs_from_the_cli_and_records_each_repair(tmp_path):
+  url = f"sqlite:///{tmp_path}/rd.db"
+  r = _cli("run", "--config", "configs/repair_digits.py", "--config.task_name=wine_mlp",
+           "--config.n_trials=6", "--config.population=3", "--config.epochs=3",
+           "--config.target=0.99", "--store", url)
+  assert r.returncode == 0, r.stderr[-2000:]
+  out = json.loads(r.stdout)
+  # round 0: the start and 2 random proposals; round 1: 3 actions on the best of those
+  assert out["n_trials"] == 6 and len(out["repairs"]) == 1
+  step = out["repairs"][0]
+  assert step["parent"] in (0, 1, 2) and [t["trial"] for t in step["trials"]] == [3, 4, 5]
+  assert all(1 <= len(t["changes"]) <= 2 for t in step["trials"])  # one action each
+  con = sqlite3.connect(f"{tmp_path}/rd.db")
+  msgs = [m for (m,) in con.execute("select message from events where kind = 'repair'")]
+  assert msgs and msgs[0].startswith(f"round 1: repaired trial #{step['parent']}")
+  bad = _cli("run", "--config", "configs/repair_digits.py", "--config.searcher=grid_search",
+             "--store", url)
+  assert bad.returncode == 2 and "'searcher' must be one of random, tpe, sobol" in bad.stderr
+
+
+def test_untrusted_white_box_falls_back_to_black_box_end_to_end(tmp_path):
+  url = f"sqlite:///{tmp_path}/fb.db"
+  r = _cli("run", "--config", "configs/hypergrad_implicit.py", "--config.outer_steps=2",
+           "--config.population=2", "--config.inner_steps=20", "--config.estimator.maxiter=1",
+           "--store", url)
+  assert r.returncode == 0, r.stderr[-2000:]
+  out = json.loads(r.stdout)
+  fb = out["fallback"]
+  assert fb["searcher"] == "tpe" and fb["observations"] == 4 and fb["space"] == ["l2"]
+  con = sqlite3.connect(f"{tmp_path}/fb.db")
+  (switch,) = con.execute("select message from events where kind = 'switch'").fetchone()
+  assert "white-box -> tpe" in switch and "untrustworthy" in switch
+  rows = con.execute("select round, status, objective from trials where round > 0").fetchall()
+  assert len(rows) == 16 and all(s == "complete" for _, s, _ in rows)
+  assert min(o for *_, o in rows) == pytest.approx(fb["best"]["val_loss"], rel=1e-6)
+  # the black-box stage improves on (or matches) what the untrusted white-box run reached
+  assert fb["best"]["val_loss"] <= min(out["val_loss_final"]) + 1e-6
