@@ -80,7 +80,7 @@ def _report(store_url: str, study: str | None) -> None:
   paths = write_report(result, out, {"code version": rec.code_version,
                                      "data version": rec.data_version,
                                      "hardware": rec.hardware, "seed": rec.seed},
-                       coords=_coords(rec.config))
+                       coords=_coords(rec.config), events=store.events(rec.id))
   summary["plot"] = paths["history"]
   summary["html"] = paths["html"]
   summary["plots"] = paths

@@ -226,3 +226,8 @@ def test_untrusted_white_box_falls_back_to_black_box_end_to_end(tmp_path):
   assert min(o for *_, o in rows) == pytest.approx(fb["best"]["val_loss"], rel=1e-6)
   # the black-box stage improves on (or matches) what the untrusted white-box run reached
   assert fb["best"]["val_loss"] <= min(out["val_loss_final"]) + 1e-6
+  # and the report shows the switch
+  rep = _cli("report", "--store", url, "--out", str(tmp_path / "rep"), "--format", "json")
+  assert rep.returncode == 0, rep.stderr[-2000:]
+  page = (tmp_path / "rep" / "report.html").read_text()
+  assert "white-box -&gt; tpe" in page and "switch" in page

@@ -221,8 +221,12 @@ def _img(path: str | None) -> str:
 
 
 def write_report(result: Result, out: str, extra: dict[str, Any] | None = None,
-                 coords: list[str] | None = None) -> dict[str, str]:
-  """Writes the PNG plots and ``report.html`` (images embedded) to ``out``; returns paths."""
+                 coords: list[str] | None = None,
+                 events: list[dict[str, Any]] | None = None) -> dict[str, str]:
+  """Writes the PNG plots and ``report.html`` (images embedded) to ``out``; returns paths.
+
+  ``events`` (``Store.events``) are listed in the page: program switches (white-box ->
+  black-box fallback), repairs, targets reached, resumes."""
   os.makedirs(out, exist_ok=True)
   paths = {
       "history": plot_history(result, os.path.join(out, "history.png")),
@@ -273,6 +277,9 @@ kernels, and their wall time with compilation excluded, per trial).</p>
     f'<tr><td>{html.escape(k)}</td><td>{v}</td></tr>' for k, v in conds.most_common())}</table>
 <h2>Why trials stopped</h2><table>{''.join(
     f'<tr><td>{html.escape(k)}</td><td>{v}</td></tr>' for k, v in reasons.most_common())}</table>
+<h2>Events</h2><table id="events"><tr><th>when</th><th>kind</th><th>what</th></tr>{''.join(
+    f"<tr><td>{html.escape(str(e['at']))}</td><td>{html.escape(str(e['kind']))}</td>"
+    f"<td>{html.escape(str(e['message']))}</td></tr>" for e in events or [])}</table>
 </body></html>"""
   paths["html"] = os.path.join(out, "report.html")
   with open(paths["html"], "w") as f:
