@@ -53,3 +53,14 @@ def test_readme_custom_searcher_runs():
   st = s.init(jax.random.key(0))
   st, u = jax.jit(s.ask, static_argnums=2)(st, jax.random.key(1), 5)
   assert u.shape == (5, 3) and int(st["count"]) == 5
+
+
+def test_readme_repair_example_runs():
+  (code,) = [b for b in _blocks("python") if "repair_space()" in b]
+  small = code.replace("n_trials=16", "n_trials=4").replace("epochs=6", "epochs=1, "
+                                                              "progress=False")
+  assert small != code
+  scope: dict = {}
+  exec(compile(small, "README.md", "exec"), scope)
+  res = scope["result"]
+  assert len(res.trials) == 4 and res.trials[0].params["learning_rate"] == 10.0
