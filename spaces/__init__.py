@@ -1,5 +1,22 @@
-"""Search spaces: the hyperparameter DSL and its unit-cube encoding."""
+"""Search spaces: the hyperparameter DSL, its unit-cube encoding, and NAS cell spaces."""
 
+from spaces._src.nas import (
+    DARTS_OPS,
+    NB201_MINI_OPS,
+    NB201_OPS,
+    PARAM_FREE_OPS,
+    CellSpace,
+    Genotype,
+    count_ops,
+    darts_space,
+    discretize,
+    mixing_weights,
+    nb201_space,
+)
 from spaces._src.space import Choice, Fixed, Float, Int, Param, Space, from_spec, to_spec
 
-__all__ = ["Choice", "Fixed", "Float", "Int", "Param", "Space", "from_spec", "to_spec"]
+__all__ = [
+    "Choice", "Fixed", "Float", "Int", "Param", "Space", "from_spec", "to_spec",
+    "DARTS_OPS", "NB201_MINI_OPS", "NB201_OPS", "PARAM_FREE_OPS", "CellSpace", "Genotype",
+    "count_ops", "darts_space", "discretize", "mixing_weights", "nb201_space",
+]

@@ -1,0 +1,337 @@
+"""NAS configs end to end: search with safeguards, derive, retrain, test once, record.
+
+``run_config(cfg, store)`` validates the whole config (one ``ValueError`` naming the field
+and its allowed values, before anything compiles), searches on the train / valid splits,
+derives the genotype, retrains it from scratch over several seeds, evaluates the test split
+once and records everything in the trial store: round 0 holds the search trial (one
+"epoch" row per search epoch: losses, arch weights and entropy, skip count, dominant Hessian
+eigenvalue, hyperparameters), round 1 one trial per retraining seed; a ``collapse`` event is
+logged when a safeguard fires.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from metaopt._src.nas import hardware, safeguards
+from metaopt._src.nas.darts import make_mixing, temperature
+from metaopt._src.nas.search import NASProgram, SearchSettings, make_search
+from metaopt._src.nas.train import batch_indices, train_networks
+from spaces._src.nas import (
+    NB201_MINI_OPS,
+    CellSpace,
+    Genotype,
+    count_ops,
+    darts_space,
+    discretize,
+    nb201_space,
+)
+from tasks._src.data import Dataset, load_dataset
+from tasks._src.nas_models import Network, count_params
+
+SPACES: dict[str, Callable[[], CellSpace]] = {
+    "nb201": nb201_space,
+    "nb201_mini": lambda: nb201_space(NB201_MINI_OPS),
+    "darts": darts_space,
+}
+DATASETS: tuple[str, ...] = ("shapes", "digits")
+
+_MODEL_DEFAULTS = {"features": 8, "n_cells": 1, "stages": 2, "stem_stride": 2, "partial_k": 1}
+_SEARCH_DEFAULTS = {"epochs": 4, "batch_size": 64}
+_RETRAIN_DEFAULTS = {"epochs": 6, "seeds": 3, "batch_size": 64, "lr": 3e-3, "wd": 1e-4}
+_SAFEGUARD_FIELDS = {f.name for f in dataclasses.fields(safeguards.SafeguardSettings)}
+_SETTINGS_FIELDS = {f.name for f in dataclasses.fields(SearchSettings)}
+
+
+def _as_dict(x: Any) -> dict[str, Any]:
+  if x is None:
+    return {}
+  return x.to_dict() if hasattr(x, "to_dict") else dict(x)
+
+
+def _int(section: str, d: Mapping[str, Any], name: str, lo: int) -> int:
+  v = d[name]
+  if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+    raise ValueError(f"config field '{section}.{name}'={v!r}: must be an int >= {lo}")
+  return v
+
+
+@dataclasses.dataclass(frozen=True)
+class NASConfig:
+  """A validated NAS config."""
+
+  name: str
+  seed: int
+  dataset: str
+  space: CellSpace
+  model: dict[str, int]
+  search: dict[str, int]
+  settings: SearchSettings
+  safeguard: safeguards.SafeguardSettings
+  retrain: dict[str, Any]
+  raw: dict[str, Any]
+
+
+def parse_config(cfg: Any) -> NASConfig:
+  """Validates a NAS config (``program="nas"``); raises one ``ValueError`` naming the field."""
+  c = _as_dict(cfg)
+  if c.get("program", "nas") != "nas":
+    raise ValueError(f"config field 'program'={c.get('program')!r}: must be 'nas'")
+  known = {"program", "name", "seed", "dataset", "space", "model", "search", "method", "order",
+           "hessian", "safeguard", "retrain", "store", "hardware", "hpo"}
+  unknown = sorted(set(c) - known)
+  if unknown:
+    raise ValueError(f"config field(s) {unknown} unknown; allowed: {sorted(known)}")
+  name = c.get("name")
+  if not isinstance(name, str) or not name:
+    raise ValueError(f"config field 'name'={name!r}: must be a non-empty string")
+  seed = c.get("seed", 0)
+  if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+    raise ValueError(f"config field 'seed'={seed!r}: must be an int >= 0")
+  dataset = c.get("dataset", "shapes")
+  if dataset not in DATASETS:
+    raise ValueError(f"config field 'dataset'={dataset!r}: allowed values are "
+                     f"{', '.join(DATASETS)}")
+  sp_name = c.get("space", "nb201_mini")
+  if sp_name not in SPACES:
+    raise ValueError(f"config field 'space'={sp_name!r}: allowed values are "
+                     f"{', '.join(SPACES)}")
+  space = SPACES[sp_name]()
+  model = {**_MODEL_DEFAULTS, **_as_dict(c.get("model"))}
+  bad = sorted(set(model) - set(_MODEL_DEFAULTS))
+  if bad:
+    raise ValueError(f"config field(s) model.{bad} unknown; allowed: {sorted(_MODEL_DEFAULTS)}")
+  for k in ("features", "n_cells", "stages", "stem_stride", "partial_k"):
+    _int("model", model, k, 1)
+  if model["features"] % model["partial_k"]:
+    raise ValueError(f"config field 'model.partial_k'={model['partial_k']}: must divide "
+                     f"model.features={model['features']}")
+  search = {**_SEARCH_DEFAULTS}
+  extra = _as_dict(c.get("search"))
+  settings_kw = {k: v for k, v in extra.items() if k in _SETTINGS_FIELDS}
+  bad = sorted(set(extra) - set(_SEARCH_DEFAULTS) - _SETTINGS_FIELDS)
+  if bad:
+    raise ValueError(f"config field(s) search.{bad} unknown; allowed: "
+                     f"{sorted(set(_SEARCH_DEFAULTS) | _SETTINGS_FIELDS)}")
+  search.update({k: v for k, v in extra.items() if k in _SEARCH_DEFAULTS})
+  for k in ("epochs", "batch_size"):
+    _int("search", search, k, 1)
+  for k in ("method", "order", "hessian", "hpo"):
+    if k in c:
+      settings_kw[k] = c[k]
+  hw = _as_dict(c.get("hardware"))
+  bad = sorted(set(hw) - {"metric", "penalty", "budget"})
+  if bad:
+    raise ValueError(f"config field(s) hardware.{bad} unknown; allowed: budget, metric, "
+                     "penalty")
+  settings_kw.update({f"hw_{k}": v for k, v in hw.items()})
+  try:
+    settings = SearchSettings(**settings_kw)
+  except ValueError as e:
+    raise ValueError(f"config field {e}") from None
+  sg = _as_dict(c.get("safeguard"))
+  bad = sorted(set(sg) - _SAFEGUARD_FIELDS)
+  if bad:
+    raise ValueError(f"config field(s) safeguard.{bad} unknown; allowed: "
+                     f"{sorted(_SAFEGUARD_FIELDS)}")
+  try:
+    sg_settings = safeguards.SafeguardSettings(**sg)
+  except ValueError as e:
+    raise ValueError(f"config field safeguard.{e}") from None
+  retrain = {**_RETRAIN_DEFAULTS, **_as_dict(c.get("retrain"))}
+  bad = sorted(set(retrain) - set(_RETRAIN_DEFAULTS))
+  if bad:
+    raise ValueError(f"config field(s) retrain.{bad} unknown; allowed: "
+                     f"{sorted(_RETRAIN_DEFAULTS)}")
+  for k in ("epochs", "batch_size"):
+    _int("retrain", retrain, k, 1)
+  _int("retrain", retrain, "seeds", 0)
+  for k in ("lr", "wd"):
+    v = retrain[k]
+    if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+      raise ValueError(f"config field 'retrain.{k}'={v!r}: must be a number >= 0")
+  return NASConfig(name, seed, dataset, space, model, search, settings, sg_settings, retrain, c)
+
+
+def build_model(space: CellSpace, model: Mapping[str, int], num_classes: int,
+                genotype: Genotype | None = None) -> Network:
+  return Network(space, features=model["features"], n_cells=model["n_cells"],
+                 num_classes=num_classes, partial_k=model["partial_k"] if genotype is None else 1,
+                 genotype=genotype, stem_stride=model["stem_stride"], stages=model["stages"])
+
+
+def make_program(space: CellSpace, model: Network, settings: SearchSettings, data: Dataset,
+                 batch_size: int) -> tuple[NASProgram, dict[str, Any]]:
+  """The search program and the supernet's cost tables (params, flops; latency if asked)."""
+  x0 = jnp.asarray(data.train.x[:batch_size])
+  mixing = make_mixing(settings)
+  p0 = model.init(jax.random.key(0), x0[:2], space.to_weights(space.random(
+      np.random.default_rng(0))))
+  tables = hardware.cost_tables(model, p0, data.input_shape)
+  if settings.hw_metric == "latency" and settings.hw_penalty > 0:
+    tables["latency"] = hardware.latency_table(model, data.input_shape, batch_size)
+  table = tables.get(settings.hw_metric)
+  return make_search(model, settings, x0, mixing, table), tables
+
+
+def search(program: NASProgram, data: Dataset, *, epochs: int, batch_size: int, seed: int,
+           safeguard: safeguards.SafeguardSettings,
+           on_epoch: Callable[[int, dict, str | None], None] | None = None) -> dict[str, Any]:
+  """Runs the bilevel search epoch by epoch with the collapse safeguards.
+
+  Returns the derived ``genotype``, final ``alpha``, per-epoch ``history``, ``collapsed`` and
+  ``collapse_reason``, ``stopped_epoch``, ``seconds`` (compilation excluded) and
+  ``compile_seconds``.
+  """
+  space = program.model.space
+  xt, yt = jnp.asarray(data.train.x), jnp.asarray(data.train.y)
+  xv, yv = jnp.asarray(data.valid.x), jnp.asarray(data.valid.y)
+  steps = max(1, len(data.train) // batch_size)
+  key = jax.random.key(seed)
+  k_init, key = jax.random.split(key)
+
+  def run_epoch(state, it, iv, k):
+    def body(st, inp):
+      a, b, kk = inp
+      return program.step(st, (xt[a], yt[a]), (xv[b], yv[b]), kk)
+    return jax.lax.scan(body, state, (it, iv, jax.random.split(k, it.shape[0])))
+
+  n_eig = min(len(data.valid), 256)
+  eig_fn = jax.jit(lambda p, a, k: safeguards.dominant_eigenvalue(
+      lambda a_: program.val_loss(p, a_, (xv[:n_eig], yv[:n_eig])), a, k, safeguard.eig_iters))
+  t0 = time.perf_counter()
+  state = jax.jit(program.init)(k_init)
+  idx_t = jnp.asarray(batch_indices(len(data.train), batch_size, steps, seed * 1000))
+  idx_v = jnp.asarray(batch_indices(len(data.valid), batch_size, steps, seed * 1000 + 1))
+  epoch_c = jax.jit(run_epoch).lower(state, idx_t, idx_v, key).compile()
+  eig_c = eig_fn.lower(state.params, state.alpha, key).compile()
+  compile_s = time.perf_counter() - t0
+  history: list[dict[str, Any]] = []
+  alphas = [{c: np.asarray(a) for c, a in state.alpha.items()}]  # [0] = before the search
+  collapsed, reason, seconds, stopped = False, None, 0.0, epochs - 1
+  for e in range(epochs):
+    key, k_ep, k_eig = jax.random.split(key, 3)
+    idx_t = jnp.asarray(batch_indices(len(data.train), batch_size, steps, seed * 1000 + 2 * e))
+    idx_v = jnp.asarray(batch_indices(len(data.valid), batch_size, steps,
+                                      seed * 1000 + 2 * e + 1))
+    t0 = time.perf_counter()
+    state, tel = epoch_c(state, idx_t, idx_v, k_ep)
+    eig = float(eig_c(state.params, state.alpha, k_eig))
+    jax.block_until_ready(state)
+    seconds += time.perf_counter() - t0
+    alpha = {c: np.asarray(a) for c, a in state.alpha.items()}
+    alphas.append(alpha)
+    geno = discretize(space, alpha)
+    rec = {k: float(np.mean(v)) for k, v in tel.items()}
+    rec.update({
+        "val_acc_last": float(np.asarray(tel["val_acc"])[-max(1, steps // 4):].mean()),
+        "skip_count": count_ops(geno), "eigenvalue": eig,
+        "entropy": float(safeguards.entropy(state.alpha)),
+        "arch_weights": {c: np.round(np.asarray(jax.nn.softmax(a, -1)), 4).tolist()
+                         for c, a in alpha.items()},
+        "genotype": str(geno),
+        "tau": float(temperature(program.settings, state.step)),
+    })
+    history.append(rec)
+    why, back = safeguards.check(history, safeguard)
+    if on_epoch is not None:
+      on_epoch(e, rec, why if not collapsed else None)
+    if why is not None and not collapsed:
+      collapsed, reason = True, why
+      if safeguard.enabled:
+        stopped = e
+        alpha = alphas[max(0, len(alphas) - 1 - back)]  # the initial logits at worst
+        break
+  geno = discretize(space, alpha)
+  return {"genotype": geno, "alpha": alpha, "history": history, "collapsed": collapsed,
+          "collapse_reason": reason, "stopped_epoch": stopped, "seconds": seconds,
+          "compile_seconds": compile_s, "state": state}
+
+
+def run_config(cfg: Any, store: Any, progress: bool = True) -> dict[str, Any]:
+  """Runs a NAS config (search, retrain, test once) and records it in ``store``."""
+  from metaopt._src.driver import code_version
+  from metaopt._src.driver import hardware as hw_info
+
+  conf = parse_config(cfg)
+  data = load_dataset(conf.dataset)
+  s = conf.settings
+  bs = conf.search["batch_size"]
+  steps = max(1, len(data.train) // bs)
+  s = dataclasses.replace(s, total_steps=max(1, steps * conf.search["epochs"]))
+  model = build_model(conf.space, conf.model, data.num_classes)
+  program, tables = make_program(conf.space, model, s, data, bs)
+  rec = store.create_study(conf.name, direction="maximize", config=conf.raw, seed=conf.seed,
+                           code_version=code_version(), data_version=data.data_version,
+                           hardware=hw_info())
+  params = {"role": "search", "method": s.method, "order": s.order, "hessian": s.hessian,
+            "space": conf.raw.get("space", "nb201_mini"), "partial_k": conf.model["partial_k"],
+            "hpo": s.hpo}
+  (tid,) = store.start_round(rec.id, 0, [{"number": 0, "params": params, "seed": conf.seed}],
+                             b"")
+
+  def on_epoch(e, r, why):
+    if progress:
+      print(f"[search] epoch {e}: val_acc={r['val_acc']:.3f} skip={r['skip_count']} "
+            f"eig={r['eigenvalue']:.4g} entropy={r['entropy']:.3f} {r['genotype']}",
+            flush=True)
+    store.record_epoch([tid], e, [r])
+    if why is not None:
+      store.log_event(rec.id, "collapse", why)
+
+  res = search(program, data, epochs=conf.search["epochs"], batch_size=bs, seed=conf.seed,
+               safeguard=conf.safeguard, on_epoch=on_epoch)
+  geno = res["genotype"]
+  last = res["history"][-1]
+  store.end_round(rec.id, 0, [(tid, "complete", last["val_acc_last"], None)], b"",
+                  duration_s=res["seconds"])
+  out: dict[str, Any] = {
+      "study": conf.name, "store": store.url, "method": s.method, "order": s.order,
+      "genotype": str(geno), "genotype_json": geno.to_json(), "collapsed": res["collapsed"],
+      "collapse_reason": res["collapse_reason"], "stopped_epoch": res["stopped_epoch"],
+      "search_seconds": res["seconds"], "skip_count": count_ops(geno),
+      "eigenvalue": last["eigenvalue"], "final_lr": last["learning_rate"],
+      "final_wd": last["weight_decay"],
+      "expected_params": hardware.genotype_cost(conf.space, geno, tables["params"]),
+      "expected_flops": hardware.genotype_cost(conf.space, geno, tables["flops"]),
+  }
+  n_seeds = conf.retrain["seeds"]
+  if n_seeds:
+    seeds = [conf.seed * 100 + i for i in range(n_seeds)]
+    ids = store.start_round(rec.id, 1, [
+        {"number": 1 + i, "params": {"role": "retrain", "genotype": geno.to_json()},
+         "seed": sd} for i, sd in enumerate(seeds)], b"")
+    derived = build_model(conf.space, conf.model, data.num_classes, geno)
+
+    def on_retrain(e, va, tl):
+      if progress:
+        print(f"[retrain] epoch {e}: valid_acc={np.round(va, 3).tolist()}", flush=True)
+      store.record_epoch(ids, e, [{"valid_acc": float(a), "train_loss": float(b)}
+                                  for a, b in zip(va, tl, strict=True)])
+
+    tr = train_networks(derived, data, seeds, epochs=conf.retrain["epochs"],
+                        batch_size=conf.retrain["batch_size"], lr=conf.retrain["lr"],
+                        wd=conf.retrain["wd"], on_epoch=on_retrain)
+    ep = conf.retrain["epochs"]
+    store.record_epoch(ids, ep, [{"test_acc": float(t), "valid_acc": float(v[-1])}
+                                 for t, v in zip(tr["test_acc"], tr["valid_acc"], strict=True)])
+    store.end_round(rec.id, 1, [(i, "complete", float(v[-1]), None)
+                                for i, v in zip(ids, tr["valid_acc"], strict=True)], b"",
+                    duration_s=tr["seconds"])
+    p_one = jax.tree.map(lambda a: a[0], tr["params"])
+    out.update({
+        "retrain_seeds": seeds, "test_acc": [float(t) for t in tr["test_acc"]],
+        "test_acc_mean": float(np.mean(tr["test_acc"])),
+        "valid_acc": [float(v[-1]) for v in tr["valid_acc"]],
+        "retrain_seconds": tr["seconds"], "derived_params": count_params(p_one),
+        "search_cost_in_trainings": res["seconds"] / max(tr["seconds"] / n_seeds, 1e-9),
+    })
+  return out

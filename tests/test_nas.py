@@ -1,0 +1,302 @@
+"""Gradient-based NAS: relaxation, discretisation, encodings, second-order gradients, GDAS,
+collapse safeguards, hardware costs, config validation and the CLI.
+
+Tiny supernets (NB201-style mini cell, one stage, 4 channels) on 8x8 digits keep this file
+to a few compilations.
+"""
+
+import os
+import pathlib
+import sqlite3
+import subprocess
+import sys
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import metaopt
+from metaopt import nas
+from spaces import NB201_MINI_OPS, Genotype, count_ops, darts_space, discretize, nb201_space
+from tasks import load_dataset
+from tasks._src.data import Dataset, Split
+from tasks._src.nas_models import MixedOp, Network, Op, count_params
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+MINI = nb201_space(NB201_MINI_OPS)
+SPACES = [darts_space(), nb201_space(), MINI]
+
+
+def tiny_net(space=MINI, **kw):
+  return Network(space, features=4, n_cells=1, stages=1, num_classes=10, **kw)
+
+
+@pytest.fixture(scope="module")
+def digits():
+  d = load_dataset("digits")
+  cut = lambda s, n: Split(s.x[:n], s.y[:n])
+  return Dataset(d.name, d.tfds_name, d.version, d.checksum, d.num_classes,
+                 cut(d.train, 256), cut(d.valid, 128), cut(d.test, 128))
+
+
+@pytest.fixture(scope="module")
+def digits_full():
+  return load_dataset("digits")
+
+
+def _batch(split, n=16, start=0):
+  return jnp.asarray(split.x[start:start + n]), jnp.asarray(split.y[start:start + n])
+
+
+# ------------------------------------------------------------------ relaxation
+class MixingTest(chex.TestCase):
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_mixed_op_weights_are_a_distribution(self):
+    alpha = MINI.init_logits(jax.random.key(0), scale=3.0)
+    for method in nas.METHODS:
+      s = nas.SearchSettings(method=method, total_steps=10)
+      mix = self.variant(nas.make_mixing(s))
+      w = mix(alpha, jax.random.key(1), jnp.asarray(3))["normal"]
+      chex.assert_shape(w, (MINI.num_edges, MINI.num_ops))
+      assert jnp.all(w >= -1e-6), method
+      np.testing.assert_allclose(jnp.sum(w, -1), 1.0, atol=1e-5, err_msg=method)
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_mixed_op_is_the_weighted_sum_of_its_ops(self):
+    x = jax.random.normal(jax.random.key(0), (2, 6, 6, 4))
+    m = MixedOp(MINI.ops, 4)
+    w = jax.nn.softmax(jnp.array([0.3, -1.0, 2.0]))
+    p = m.init(jax.random.key(1), x, w)
+    got = self.variant(m.apply)(p, x, w)
+    want = sum(w[k] * Op(o, 4).apply({"params": p["params"].get(o, {})}, x)
+               for k, o in enumerate(MINI.ops))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_gdas_sample_is_one_hot_forward_with_nonzero_gradient(digits):
+  s = nas.SearchSettings(method="gdas", total_steps=10)
+  mix = nas.make_mixing(s)
+  alpha = MINI.init_logits(jax.random.key(0), 1.0)
+  w = mix(alpha, jax.random.key(1), jnp.asarray(0))["normal"]
+  assert jnp.all((jnp.abs(w) < 1e-6) | (jnp.abs(w - 1) < 1e-6))
+  np.testing.assert_array_equal(jnp.sum(jnp.round(w), -1), 1.0)
+  net = tiny_net()
+  x, y = _batch(digits.train)
+  p = net.init(jax.random.key(2), x, {"normal": w})
+  hard = {"normal": jax.nn.one_hot(jnp.argmax(w, -1), MINI.num_ops)}
+  np.testing.assert_allclose(net.apply(p, x, {"normal": w}), net.apply(p, x, hard), atol=1e-5)
+
+  def loss(a):
+    logits = net.apply(p, x, mix(a, jax.random.key(1), jnp.asarray(0)))
+    return jnp.mean(jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(logits, y[:, None], 1))
+
+  g = jax.jit(jax.grad(loss))(alpha)["normal"]
+  assert jnp.all(jnp.isfinite(g)) and float(jnp.linalg.norm(g)) > 1e-6
+
+
+# ------------------------------------------------------------------ genotypes
+@pytest.mark.parametrize("space", SPACES, ids=["darts", "nb201", "nb201_mini"])
+def test_discretize_is_consistent_with_the_logits(space):
+  rng = np.random.default_rng(0)
+  for i in range(20):
+    logits = space.init_logits(jax.random.key(i), 2.0)
+    g = discretize(space, logits)
+    space.validate(g)
+    assert discretize(space, {c: v + 5.0 for c, v in logits.items()}) == g  # softmax shift
+    for c in space.cell_types:
+      lg = np.asarray(logits[c])
+      for op, s, t in getattr(g, c):
+        row = space.edges.index((s, t))
+        real = [k for k, o in enumerate(space.ops) if o != "none" or space.kind == "nb201"]
+        assert space.op_index(op) == max(real, key=lambda k: lg[row, k])
+      if space.kind == "darts":  # kept edges beat the dropped ones of their node
+        for t in range(2, space.n_nodes + 2):
+          rows = [r for r, (_, d) in enumerate(space.edges) if d == t]
+          probs = np.exp(lg) / np.exp(lg).sum(-1, keepdims=True)  # DARTS ranks by weight
+          strength = {r: np.max(np.delete(probs[r], 0)) for r in rows}
+          kept = {space.edges.index((s, d)) for _, s, d in getattr(g, c) if d == t}
+          assert min(strength[r] for r in kept) >= max(
+              [strength[r] for r in rows if r not in kept], default=-np.inf)
+    g2 = space.random(rng)  # a genotype's own one-hot logits select it
+    assert discretize(space, {c: 10.0 * w for c, w in space.to_weights(g2).items()}) == g2
+
+
+@pytest.mark.parametrize("space", SPACES, ids=["darts", "nb201", "nb201_mini"])
+def test_genotypes_round_trip_through_the_unit_cube(space):
+  rng = np.random.default_rng(1)
+  cube = space.cube()
+  for _ in range(30):
+    g = space.random(rng)
+    u = space.encode(g)
+    assert u.shape == (cube.dim,) and np.all((u > 0) & (u < 1))
+    assert space.decode(u) == g
+    assert Genotype.from_json(g.to_json()) == g
+  if space.kind != "darts":
+    return
+  # every point an evolution child can be decodes to a valid genotype of the space
+  re = metaopt.regularized_evolution(cube.dim, 4, 2, levels=space.levels())
+  ask, tell = jax.jit(re.ask, static_argnums=2), jax.jit(re.tell)
+  st = re.init(jax.random.key(0))
+  st, u = ask(st, jax.random.key(1), 4)
+  st = tell(st, u, jnp.arange(4.0), jnp.zeros(4, jnp.int32))
+  _, kids = ask(st, jax.random.key(2), 8)
+  for k in np.asarray(kids):
+    space.validate(space.decode(k))
+    assert space.decode(space.encode(space.decode(k))) == space.decode(k)
+
+
+def test_nb201_mini_space_has_729_cells():
+  cells = MINI.enumerate()
+  assert len(cells) == 729 and len(set(cells)) == 729
+  assert [MINI.index(g) for g in cells[:5]] == list(range(5))
+
+
+# ------------------------------------------------------------------ second order
+def test_second_order_arch_gradient_matches_finite_differences(digits):
+  with jax.enable_x64(True):
+    net = tiny_net()
+    bt, bv = _batch(digits.train, 8), _batch(digits.valid, 8)
+    bt = (bt[0].astype(jnp.float64), bt[1])
+    bv = (bv[0].astype(jnp.float64), bv[1])
+    xi, wd = 0.1, 1e-3
+    f64 = lambda t: jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), t)
+    progs = {}
+    for h in nas.HESSIANS:  # DARTS's central difference with a step small enough for float64
+      s = nas.SearchSettings(order=2, hessian=h, xi=xi, w_wd=wd, w_clip=0.0, fd_eps=1e-6)
+      progs[h] = nas.make_search(net, s, bt[0], nas.make_mixing(s))
+    state = progs["exact"].init(jax.random.key(0))
+    state = state._replace(params=f64(state.params), hparams=f64(state.hparams),
+                           alpha=f64(MINI.init_logits(jax.random.key(3), 0.5)))
+
+    def xent(params, alpha, batch):
+      logits = net.apply(params, batch[0], {"normal": jax.nn.softmax(alpha["normal"], -1)})
+      return jnp.mean(jax.nn.logsumexp(logits, -1) -
+                      jnp.take_along_axis(logits, batch[1][:, None], 1)[:, 0])
+
+    def unrolled(alpha):  # L_val(w - xi (dL_train/dw + wd w), alpha)
+      g = jax.grad(xent)(state.params, alpha, bt)
+      w1 = jax.tree.map(lambda p, gi: p - xi * (gi + wd * p), state.params, g)
+      return xent(w1, alpha, bv)
+
+    key = jax.random.key(5)
+    g_exact = jax.jit(progs["exact"].arch_grad)(state, bt, bv, key)["normal"]
+    g_fd = jax.jit(progs["finite_difference"].arch_grad)(state, bt, bv, key)["normal"]
+    unrolled = jax.jit(unrolled)
+    g_first = jax.grad(lambda a: xent(state.params, a, bv))(state.alpha)["normal"]
+    eps = 1e-5
+    for i in range(3):
+      v = jax.random.normal(jax.random.key(10 + i), g_exact.shape, jnp.float64)
+      a = state.alpha["normal"]
+      fd = (unrolled({"normal": a + eps * v}) - unrolled({"normal": a - eps * v})) / (2 * eps)
+      np.testing.assert_allclose(jnp.vdot(g_exact, v), fd, rtol=1e-6, atol=1e-10)
+      np.testing.assert_allclose(jnp.vdot(g_fd, v), fd, rtol=1e-5, atol=1e-9)
+    # the second-order term is really there: the unrolled gradient is not the first-order one
+    assert float(jnp.linalg.norm(g_exact - g_first)) > 1e-4 * float(jnp.linalg.norm(g_first))
+
+
+# ------------------------------------------------------------------ safeguards
+def _search(digits, **kw):
+  s = nas.SearchSettings(total_steps=64, warmup_steps=32, **kw)
+  prog, _ = nas.make_program(MINI, tiny_net(), s, digits, 64)
+  # the eigenvalue rule is left out here (tested on its own below)
+  return nas.search(prog, digits, epochs=4, batch_size=64, seed=0,
+                    safeguard=nas.SafeguardSettings(max_skip=2, eig_iters=5, eig_warmup=4))
+
+
+def test_skip_collapse_safeguard_fires_on_a_collapsing_run_only(digits_full):
+  healthy = _search(digits_full)
+  # A constructed collapse: a negative skip penalty rewards skip_connect on every edge.
+  collapsing = _search(digits_full, skip_penalty=-200.0, a_lr=0.05)
+  assert not healthy["collapsed"] and healthy["collapse_reason"] is None
+  assert len(healthy["history"]) == 4 and healthy["history"][-1]["skip_count"] <= 2
+  assert collapsing["collapsed"] and "skip collapse" in collapsing["collapse_reason"]
+  assert len(collapsing["history"]) < 4  # stopped early
+  assert collapsing["history"][-1]["skip_count"] > 2
+  assert count_ops(collapsing["genotype"]) <= 2  # rolled back to the last healthy epoch
+  for h in healthy["history"]:
+    assert np.isfinite(h["eigenvalue"]) and h["eigenvalue"] > 0
+    assert 0 <= h["entropy"] <= np.log(MINI.num_ops) + 1e-6
+
+
+def test_eigenvalue_early_stop_rule():
+  sg = nas.SafeguardSettings(eig_window=2, eig_ratio=0.75)
+  flat = [{"skip_count": 0, "eigenvalue": e} for e in (1.0, 1.1, 1.0, 1.05, 1.1)]
+  growing = [{"skip_count": 0, "eigenvalue": e} for e in (1.0, 1.1, 1.6, 2.0)]
+  assert nas.check(flat, sg) == (None, 0)
+  why, back = nas.check(growing, sg)
+  assert "eigenvalue" in why and back == 2
+
+
+def test_dominant_eigenvalue_of_a_quadratic():
+  a = jnp.diag(jnp.array([3.0, -1.0, 0.5]))
+  lam = nas.dominant_eigenvalue(lambda x: 0.5 * x["v"] @ a @ x["v"], {"v": jnp.ones(3)},
+                                jax.random.key(0), iters=50)
+  np.testing.assert_allclose(lam, 3.0, rtol=1e-3)
+
+
+# ------------------------------------------------------------------ hardware
+def test_param_cost_table_matches_derived_networks(digits):
+  net = tiny_net()
+  x = jnp.asarray(digits.train.x[:2])
+  p = net.init(jax.random.key(0), x, MINI.to_weights(MINI.enumerate()[0]))
+  tab = nas.cost_tables(net, p, digits.input_shape)
+  rng = np.random.default_rng(0)
+  gs = [MINI.random(rng) for _ in range(4)]
+  counts = [count_params(tiny_net(genotype=g).init(jax.random.key(0), x)) for g in gs]
+  costs = [nas.genotype_cost(MINI, g, tab["params"]) for g in gs]
+  np.testing.assert_allclose(np.diff(costs), np.diff(counts))
+  probs = {"normal": jax.nn.softmax(MINI.init_logits(jax.random.key(1))["normal"], -1)}
+  g = jax.grad(lambda q: nas.expected_cost(q, tab["flops"]))(probs)["normal"]
+  assert float(jnp.max(g)) > 0  # convolutions cost, skips do not
+
+
+# ------------------------------------------------------------------ configs, CLI
+@pytest.mark.parametrize("field,value,allowed", [
+    ("method", "enas", "darts"), ("space", "nb301", "nb201_mini"),
+    ("dataset", "cifar", "shapes"), ("order", 3, "1, 2"), ("hessian", "bfgs", "exact")])
+def test_bad_config_raises_one_value_error(field, value, allowed):
+  from configs import darts_shapes
+  cfg = darts_shapes.get_config().to_dict()
+  cfg[field] = value
+  with pytest.raises(ValueError, match=field) as e:
+    nas.parse_config(cfg)
+  assert allowed in str(e.value)
+
+
+def test_cli_runs_darts_config_and_records_it(tmp_path):
+  db = tmp_path / "x.db"
+  cmd = [sys.executable, "run.py", "run", "--config", "configs/darts_shapes.py",
+         "--store", f"sqlite:///{db}", "--config.search.epochs=2",
+         "--config.retrain.epochs=1", "--config.retrain.seeds=2", "--config.dataset=digits",
+         "--config.model.stages=1", "--config.model.features=4",
+         "--config.model.stem_stride=1"]
+  r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600,
+                     env={**os.environ, "PYTHONPATH": str(REPO)})
+  assert r.returncode == 0, r.stderr[-2000:]
+  con = sqlite3.connect(db)
+  (n_trials,) = con.execute("select count(*) from trials").fetchone()
+  assert n_trials == 3  # the search and two retraining seeds
+  rows = [m for (m,) in con.execute("select metrics from trial_epochs")]
+  assert any('"skip_count"' in m and '"eigenvalue"' in m and '"arch_weights"' in m
+             for m in rows)
+  assert any('"test_acc"' in m for m in rows)
+  assert '"collapsed": false' in r.stdout and '"test_acc_mean"' in r.stdout
+
+
+def test_darts_cell_supernet_and_derived_network():
+  sp = darts_space(n_nodes=2, ops=("none", "skip_connect", "avg_pool_3x3", "sep_conv_3x3"))
+  x = jax.random.uniform(jax.random.key(0), (2, 8, 8, 1))
+  sup = Network(sp, features=4, n_cells=2)
+  w = {c: jax.nn.softmax(v, -1) for c, v in sp.init_logits(jax.random.key(1)).items()}
+  p = sup.init(jax.random.key(2), x, w)
+  assert sup.apply(p, x, w).shape == (2, 10)
+  g = discretize(sp, sp.init_logits(jax.random.key(3), 2.0))
+  der = Network(sp, features=4, n_cells=2, genotype=g)
+  pd = der.init(jax.random.key(2), x)
+  assert der.apply(pd, x).shape == (2, 10)
+  assert count_params(pd) < count_params(p)  # only the kept ops exist
+  tab = nas.cost_tables(sup, p, (8, 8, 1))["params"]
+  assert set(tab) == {"normal", "reduce"} and tab["reduce"].shape == (sp.num_edges, 4)
