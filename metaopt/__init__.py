@@ -62,3 +62,13 @@ __all__ = [
     "Trial", "with_fallback", "with_monitor", "with_pruning",
     "worker", "initialize_distributed",
 ]
+
+_SUBPACKAGES = ("lopt", "nas", "repair")
+
+
+def __getattr__(name: str):
+  """``metaopt.lopt``, ``metaopt.nas`` and ``metaopt.repair`` load on first use."""
+  if name in _SUBPACKAGES:
+    import importlib
+    return importlib.import_module(f"metaopt.{name}")
+  raise AttributeError(f"module 'metaopt' has no attribute {name!r}")

@@ -64,3 +64,19 @@ def test_readme_repair_example_runs():
   exec(compile(small, "README.md", "exec"), scope)
   res = scope["result"]
   assert len(res.trials) == 4 and res.trials[0].params["learning_rate"] == 10.0
+
+
+def test_readme_learned_optimizer_example_runs(tmp_path):
+  (code,) = [b for b in _blocks("python") if "metaopt.lopt.mlp_lopt()" in b]
+  small = (code.replace('lopt, 100, 10)', 'lopt, 8, 4)').replace("num_tasks=8", "num_tasks=2")
+           .replace("PRNGKey(0), 200)", "PRNGKey(0), 2)")
+           .replace("runs/my_lopt", str(tmp_path / "lopt")))
+  assert small.count(str(tmp_path)) == 2
+  scope: dict = {}
+  exec(compile(small, "README.md", "exec"), scope)
+  import optax
+  params = {"w": jnp.ones(3)}
+  opt = scope["opt"]
+  updates, _ = opt.update({"w": jnp.ones(3)}, opt.init(params), params)
+  assert bool(jnp.all(jnp.isfinite(updates["w"]))) and float(jnp.abs(updates["w"]).sum()) > 0
+  assert isinstance(opt, optax.GradientTransformation)
