@@ -29,6 +29,8 @@ HP = {
     "digits_cnn": {"learning_rate": 1e-2},
     "synthetic_regression": {"learning_rate": 3e-3},
     "logreg": {"learning_rate": 0.1, "l2": 1e-4},
+    "wine_mlp": {"learning_rate": 3e-3},
+    "breast_cancer_mlp": {"learning_rate": 3e-3},
 }
 
 
@@ -153,3 +155,43 @@ def test_changed_hyperparameters_take_effect_mid_training():
   db = float(jnp.abs(b["params"]["params"]["Dense_0"]["kernel"] - w0).max())
   assert da == pytest.approx(100 * db, rel=0.05)  # Adam's first step scales with the lr
   assert float(b["opt_state"].hyperparams["learning_rate"]) == pytest.approx(1e-4)
+
+
+def test_learning_rate_schedules_follow_their_closed_form():
+  from tasks._src.base import SCHEDULES, lr_factor
+  h = {"lr_schedule": jnp.asarray(SCHEDULES.index("cosine")), "schedule_steps": 100.0,
+       "lr_end": 0.1}
+  for step, want in ((0, 1.0), (50, 0.1 + 0.9 * 0.5), (100, 0.1), (300, 0.1)):
+    assert float(lr_factor(jnp.asarray(step), h)) == pytest.approx(want, rel=1e-5)
+  h["lr_schedule"] = jnp.asarray(SCHEDULES.index("warmup_cosine"))
+  assert float(lr_factor(jnp.asarray(0), h)) == 0.0
+  assert float(lr_factor(jnp.asarray(5), h)) == pytest.approx(
+      0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * 0.05)), rel=1e-5)
+  assert float(lr_factor(jnp.asarray(7), {})) == 1.0  # no schedule in h: constant
+
+
+def test_gradient_clipping_bounds_the_global_norm():
+  from tasks._src.base import clip_gradients
+  g = {"a": jnp.full((3,), 4.0), "b": jnp.full((4,), 3.0)}  # norm sqrt(48 + 36)
+  c = clip_gradients(g, {"clip_norm": 2.0})
+  norm = float(jnp.sqrt(sum(jnp.sum(v ** 2) for v in c.values())))
+  assert norm == pytest.approx(2.0, rel=1e-5)
+  np.testing.assert_allclose(c["a"] / c["b"][0], g["a"] / g["b"][0], rtol=1e-6)  # direction
+  np.testing.assert_allclose(clip_gradients(g, {"clip_norm": 100.0})["a"], g["a"])
+
+
+@pytest.mark.parametrize("structure", [{"norm": True}, {"residual": True, "depth": 3}])
+def test_norm_and_residual_mlps_stay_width_masked_and_train(structure):
+  task = get_task("wine_mlp")
+  fns = task.build(structure)
+  h = _h(task, width=12, learning_rate=3e-3)
+  state = fns.init(jax.random.key(0), h)
+  step = jax.jit(fns.train_step)
+  x_va, y_va = jnp.asarray(task.data.valid.x), jnp.asarray(task.data.valid.y)
+  before = fns.evaluate(state, x_va, y_va, h)
+  for batch in _batches(task, 100, bs=16):
+    state, _ = step(state, batch, h)
+  after = fns.evaluate(state, x_va, y_va, h)
+  assert float(after["loss"]) < 0.7 * float(before["loss"])
+  k = state["params"]["params"]["Dense_0"]["kernel"]
+  assert float(jnp.abs(k[:, 12:]).max()) == 0.0  # units past width stay exactly zero
