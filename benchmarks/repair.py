@@ -113,7 +113,8 @@ def main() -> None:
   med = {m: statistics.median(v) for m, v in per_method.items()}
   reached = {m: sum(x <= budget for x in v) for m, v in per_method.items()}
   header = ["config"] + methods
-  md = [f"Command: `python benchmarks/repair.py{' --quick' if a.quick else ''}` "
+  flags = " --quick" if a.quick else f" --budget {budget} --epochs {epochs}"
+  md = [f"Command: `python benchmarks/repair.py{flags}` "
         f"(budget {budget} trials, {epochs} epochs per trial, targets {TARGETS}).",
         "", "Cells: trials to target (best objective, wall-clock of the search).", "",
         "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
