@@ -2,32 +2,19 @@
 one-step-lookahead hypergradients on the validation loss, on the procedural shapes images,
 NB201-style mini cell space.
 
-Searches the 729-cell space (none / skip / 3x3 conv on 6 edges) with a tiny supernet, derives
-the cell, retrains it from scratch with 2 seeds and evaluates the test split once.
+Otherwise as configs/darts_shapes.py: searches the 729-cell space (none / skip / 3x3 conv
+on 6 edges) with a tiny supernet, derives the cell, retrains it from scratch with 2 seeds and
+evaluates the test split once.
 About 30-60 s on 2 CPU cores.
 
   python run.py run --config configs/darts_hpo_shapes.py --store sqlite:///runs/darts_hpo.db
 """
 
-import ml_collections
+from configs import darts_shapes
 
 
 def get_config(arg=None):
-  del arg
-  c = ml_collections.ConfigDict()
-  c.program = "nas"
+  c = darts_shapes.get_config(arg)
   c.name = "darts_hpo_shapes"
-  c.seed = 0
-  c.dataset = "shapes"
-  c.space = "nb201_mini"
-  c.method = "darts"
-  c.order = 1
-  c.hessian = "exact"
   c.hpo = "hypergrad"
-  c.model = dict(features=8, n_cells=1, stages=2, stem_stride=2, partial_k=1)
-  c.search = dict(epochs=3, batch_size=64, w_lr=0.05, a_lr=0.01, aux_skip=0.0,
-                  skip_penalty=0.0)
-  c.safeguard = dict(enabled=True, max_skip=2, eig_window=2, eig_ratio=0.75, eig_iters=8)
-  c.hardware = dict(metric="params", penalty=0.0)
-  c.retrain = dict(epochs=3, seeds=2, batch_size=64, lr=3e-3, wd=1e-4)
   return c

@@ -393,17 +393,6 @@ def repair(
   return Searcher(init, ask, tell, observe)
 
 
-def _gain(parent: Any, child: Any) -> Any:
-  """Relative improvement of a minimised objective, in ``[-1, 1]``: ``(parent - child) /
-  |parent|``; a failed child scores -1 against a finite parent, a finished child +1 against
-  a failed (non-finite) parent, and two failures 0."""
-  parent, child = jnp.asarray(parent, jnp.float32), jnp.asarray(child, jnp.float32)
-  rel = (parent - child) / jnp.maximum(jnp.abs(parent), 1e-8)
-  p_ok, c_ok = jnp.isfinite(parent), jnp.isfinite(child)
-  g = jnp.where(p_ok, jnp.where(c_ok, rel, -1.0), jnp.where(c_ok, 1.0, 0.0))
-  return jnp.clip(jnp.nan_to_num(g, nan=-1.0), -1.0, 1.0)
-
-
 # ----------------------------------------------------------------------------- table builder
 def build_table(
     task_names: Sequence[str] = ("digits_mlp", "wine_mlp", "synthetic_regression"),
