@@ -174,7 +174,8 @@ def logreg(dataset: str = "breast_cancer", batch_size: int = 64, per_feature_l2:
 
 # ------------------------------------------------------------------------- MLP on digits
 def mlp(dataset: str = "digits", widths: Sequence[int] = (128, 128), batch_size: int = 128,
-        per_layer: bool = False, data_dir: str | None = None) -> BilevelProblem:
+        per_layer: bool = False, data_dir: str | None = None,
+        loss_hparams: bool = False) -> BilevelProblem:
   """A ReLU MLP (``64-128-128-10`` on digits) trained by SGD + momentum + weight decay.
 
   Args:
@@ -184,6 +185,9 @@ def mlp(dataset: str = "digits", widths: Sequence[int] = (128, 128), batch_size:
     per_layer: learning rate and weight decay are dicts ``{"layer_i": value}`` (one per
       layer) instead of scalars.
     data_dir: TFDS data directory.
+    loss_hparams: also ``label_smoothing`` (in (0, 1)), ``aug_noise`` (std of Gaussian
+      input-noise augmentation, reparameterised so it is differentiable) and
+      ``class_weights`` (one loss weight per class) enter the training loss.
 
   Returns:
     A problem with ``hparams = {learning_rate, momentum, weight_decay}`` and ``tree_sgd``.
@@ -211,10 +215,21 @@ def mlp(dataset: str = "digits", widths: Sequence[int] = (128, 128), batch_size:
         h = jax.nn.relu(h)
     return h
 
+  n_classes = int(data.num_classes)
+
   def train_loss(params, h, idx):
-    del h
     dtype = params[names[0]]["w"].dtype
-    return _xent(apply(params, jnp.asarray(x, dtype)[idx]), jnp.asarray(y)[idx])
+    inputs, labels = jnp.asarray(x, dtype)[idx], jnp.asarray(y)[idx]
+    if not loss_hparams:
+      return _xent(apply(params, inputs), labels)
+    # a fixed noise draw per minibatch: the augmentation strength scales it
+    eps = jax.random.normal(jax.random.fold_in(jax.random.key(17), jnp.sum(idx)),
+                            inputs.shape, dtype)
+    logits = apply(params, inputs + h["aug_noise"] * eps)
+    targets = optax.smooth_labels(jax.nn.one_hot(labels, n_classes, dtype=dtype),
+                                  h["label_smoothing"])
+    per_example = optax.softmax_cross_entropy(logits, targets)
+    return jnp.mean(h["class_weights"][labels] * per_example)
 
   def val_loss(params, h):
     del h
@@ -227,11 +242,16 @@ def mlp(dataset: str = "digits", widths: Sequence[int] = (128, 128), batch_size:
   f = lambda v: jnp.asarray(v, _float())
   lr = {n: f(0.05) for n in names} if per_layer else f(0.05)
   wd = {n: f(1e-4) for n in names} if per_layer else f(1e-4)
+  hparams = {"learning_rate": lr, "momentum": f(0.9), "weight_decay": wd}
+  spec = {"learning_rate": "log", "momentum": "logit", "weight_decay": "log"}
+  if loss_hparams:
+    hparams.update(label_smoothing=f(0.1), aug_noise=f(0.1),
+                   class_weights=jnp.ones(n_classes, _float()))
+    spec.update(label_smoothing="logit", aug_noise="log", class_weights="log")
   return BilevelProblem(
       init_params=init_params, train_loss=train_loss, val_loss=val_loss, optimizer=optimizer,
       sample=_sampler(len(x), batch_size), full_batch=jnp.arange(len(x)),
-      hparams={"learning_rate": lr, "momentum": f(0.9), "weight_decay": wd},
-      spec={"learning_rate": "log", "momentum": "logit", "weight_decay": "log"})
+      hparams=hparams, spec=spec)
 
 
 PROBLEMS: dict[str, Callable[..., BilevelProblem]] = {"ridge": ridge, "logreg": logreg,

@@ -151,7 +151,7 @@ def test_default_data_dir(monkeypatch, tmp_path):
 @pytest.mark.parametrize("bad", ["mnits", "", "tfds:", "DIGITS"])
 def test_unknown_name_lists_allowed(bad, tmp_path):
   with pytest.raises(ValueError, match="is unknown; allowed: digits, breast_cancer, wine, "
-                                       "synthetic_regression, or 'tfds:<name>'") as e:
+                                       "synthetic_regression, shapes, or 'tfds:<name>'") as e:
     load_dataset(bad, str(tmp_path))
   assert repr(bad) in str(e.value)
 

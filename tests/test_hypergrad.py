@@ -93,6 +93,23 @@ def test_rich_per_layer_hparams_match_finite_differences(x64):
   assert rev.grad["learning_rate"]["layer_0"].shape == ()
 
 
+def test_loss_hyperparameters_match_finite_differences(x64):
+  """Label smoothing, augmentation strength and per-class loss weights are differentiable."""
+  p = problems.mlp("digits", widths=(8,), batch_size=16, loss_hparams=True)
+  inner = hypergrad.optax_inner_loop(p.train_loss, p.optimizer)
+  xs = p.sample(jax.random.key(0), 8)
+  w0 = p.init_params(jax.random.key(1))
+  h = dict(p.hparams, class_weights=jnp.linspace(0.5, 1.5, 10))
+  rev = jax.jit(hypergrad.unrolled(inner, p.val_loss))(h, w0, xs)
+  # a ReLU net's unrolled loss is only piecewise smooth (a unit crossing zero at some step
+  # moves every later step): small steps keep the differences inside one smooth piece
+  fd = _central_fd(_unroll_value(inner, p.val_loss, w0, xs), h, rel_step=1e-8)
+  assert _rel_err(rev.grad, fd) < 1e-3
+  for k in ("label_smoothing", "aug_noise", "class_weights"):
+    assert float(jnp.linalg.norm(rev.grad[k])) > 0, k
+  assert rev.grad["class_weights"].shape == (10,)
+
+
 def test_truncation(x64):
   p = problems.logreg("breast_cancer", batch_size=16)
   inner = hypergrad.optax_inner_loop(p.train_loss, p.optimizer)
