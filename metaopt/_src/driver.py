@@ -226,22 +226,9 @@ def search(
   tell = jax.jit(program.tell)
   observe = jax.jit(program.observe) if program.observe is not None else None
   decode = jax.jit(space.decode)
-  mesh = pop.population_mesh(devices)
-  multiple = 1 if mesh is None else mesh.size
-  data = pop.data_arrays(task.data)
-  if mesh is not None:
-    data = jax.device_put(data, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
-  kernels: dict[tuple, pop.PopulationKernel] = {}
+  multiple, data, kernel = _engine(task, devices, batch_size, shared_batches)
   flops_cache: dict[str, float] = {}
   proc = f"process_{jax.process_index()}" if multi else ""
-
-  def kernel(structure: dict[str, Any]) -> pop.PopulationKernel:
-    k = tuple(sorted(structure.items()))
-    if k not in kernels:
-      bs = int(structure.get("batch_size", batch_size))  # a structural batch size wins
-      kernels[k] = pop.make_kernel(task.build(structure), len(task.data.train),
-                                   min(bs, len(task.data.train)), shared_batches, mesh)
-    return kernels[k]
 
   n_rounds = -(-n_trials // population)
   rnd = rec.state_round + (1 if rec.state_phase == "told" else 0)
@@ -309,6 +296,30 @@ def search(
   finally:
     bar.close()
   return Result(study, direction, st.trials(rec.id), state)
+
+
+def _engine(task: Task, devices: list[jax.Device] | None, batch_size: int,
+            shared_batches: bool):
+  """``(multiple, data, kernel)``: the population multiple the device mesh needs, the
+  task's data placed on the mesh, and ``kernel(structure)``, which builds (once per
+  structural setting) the population kernel; a structural ``batch_size`` wins over
+  ``batch_size``."""
+  mesh = pop.population_mesh(devices)
+  multiple = 1 if mesh is None else mesh.size
+  data = pop.data_arrays(task.data)
+  if mesh is not None:
+    data = jax.device_put(data, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+  kernels: dict[tuple, pop.PopulationKernel] = {}
+  n_train = len(task.data.train)
+
+  def kernel(structure: dict[str, Any]) -> pop.PopulationKernel:
+    k = tuple(sorted(structure.items()))
+    if k not in kernels:
+      bs = min(int(structure.get("batch_size", batch_size)), n_train)
+      kernels[k] = pop.make_kernel(task.build(structure), n_train, bs, shared_batches, mesh)
+    return kernels[k]
+
+  return multiple, data, kernel
 
 
 def _reached(results: list[tuple], target: float, direction: str) -> bool:

@@ -35,9 +35,9 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from metaopt._src import population as pop
 from metaopt._src.checkpoint import Checkpointer
 from metaopt._src.driver import (
+    _engine,
     _group,
     _json_round_trip,
     _positive_int,
@@ -172,21 +172,8 @@ def worker(
   tell = jax.jit(program.tell)
   observe = jax.jit(program.observe) if program.observe is not None else None
   decode = jax.jit(space.decode)
-  mesh = pop.population_mesh(devices)
-  multiple = 1 if mesh is None else mesh.size
-  data = pop.data_arrays(task.data)
-  if mesh is not None:
-    data = jax.device_put(data, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
-  kernels: dict[tuple, pop.PopulationKernel] = {}
+  multiple, data, kernel = _engine(task, devices, batch_size, shared_batches)
   flops_cache: dict[str, float] = {}
-
-  def kernel(structure: dict[str, Any]) -> pop.PopulationKernel:
-    k = tuple(sorted(structure.items()))
-    if k not in kernels:  # as in ``search``: a structural batch size wins
-      bs = min(int(structure.get("batch_size", batch_size)), len(task.data.train))
-      kernels[k] = pop.make_kernel(task.build(structure), len(task.data.train), bs,
-                                   shared_batches, mesh)
-    return kernels[k]
 
   def load(b: bytes | None):
     return template if b is None else flax.serialization.from_bytes(template, b)
