@@ -68,23 +68,40 @@ def _coords(cfg: dict) -> list[str] | None:
     return None
 
 
+def _live_weights(cfg: dict, trials: list) -> tuple[str, dict[int, float]] | None:
+  """Live weights of every complete trial's model, when the study's config names a task."""
+  try:
+    from metaopt import param_counter
+    from spaces import from_spec
+    from tasks import get_task
+    task = get_task(cfg["task_name"], **cfg.get("task", {}))
+    count = param_counter(task, from_spec(cfg["space"]) if cfg.get("space") else None)
+    return "live weights", {t.number: float(count(t.params)) for t in trials
+                            if t.status == "complete" and t.objective is not None}
+  except (KeyError, TypeError, ValueError):
+    return None
+
+
 def _report(store_url: str, study: str | None) -> None:
   import metaopt
-  from metaopt._src.report import compute_summary, param_importance, write_report
+  from metaopt._src.report import compute_summary, param_importance, pareto_front, write_report
 
   store = metaopt.Store(store_url)
   rec = store.load_study(study)
   result = metaopt.Result(rec.name, rec.direction, store.trials(rec.id))
   out = _OUT.value or os.path.join("runs", f"report_{rec.name}")
   summary = result.summary()
+  costs = _live_weights(rec.config, result.trials)
   paths = write_report(result, out, {"code version": rec.code_version,
                                      "data version": rec.data_version,
                                      "hardware": rec.hardware, "seed": rec.seed},
-                       coords=_coords(rec.config), events=store.events(rec.id))
+                       coords=_coords(rec.config), events=store.events(rec.id),
+                       costs=costs)
   summary["plot"] = paths["history"]
   summary["html"] = paths["html"]
   summary["plots"] = paths
   summary["importance"] = param_importance(result)
+  summary["pareto_front"] = pareto_front(result, costs)
   comp = compute_summary(result)
   summary["compute"] = {k: v for k, v in comp.items() if k != "per_trial"}
   summary["events"] = store.events(rec.id)

@@ -63,6 +63,19 @@ def test_run_then_report_json_and_png(tmp_path):
   assert set(rep["importance"]) <= {"learning_rate", "weight_decay", "width", "activation"}
   assert all(0.0 <= v <= 1.0 for v in rep["importance"].values())
   con = sqlite3.connect(f"{tmp_path}/s.db")
+  # Pareto front of accuracy vs live weights (digits MLP, 2 hidden layers of `width`),
+  # checked by brute force on what the store holds
+  size = {n: 64 * w + w + w * w + w + 10 * w + 10 for n, w in (
+      (n, json.loads(p)["width"]) for n, p in con.execute(
+          "select number, params from trials where status = 'complete'"))}
+  acc = dict(con.execute("select number, objective from trials where status = 'complete'"))
+  beats = lambda a, b: (size[a] <= size[b] and acc[a] >= acc[b]  # noqa: E731
+                        and (size[a] < size[b] or acc[a] > acc[b]))
+  front = [p["number"] for p in rep["pareto_front"]]
+  assert front and {p["cost_key"] for p in rep["pareto_front"]} == {"live weights"}
+  assert set(front) == {a for a in acc if not any(beats(b, a) for b in acc)}
+  assert [p["cost"] for p in rep["pareto_front"]] == sorted(size[a] for a in front)
+  assert "pareto" in rep["plots"]
   assert con.execute("select seed from studies").fetchone()[0] == 3
   # retrain the best two from scratch with two fresh seeds each; test split used once
   r = _cli("evaluate", "--store", url, "--top_k", "2", "--seeds", "2")
@@ -175,6 +188,13 @@ def test_gradient_hpo_config_records_every_outer_step(tmp_path):
   assert m["val_loss"] == pytest.approx(out["val_loss_final"][1], rel=1e-5)
   final = con.execute("select status, objective from trials order by number").fetchall()
   assert [s for s, _ in final] == ["complete", "complete"]
+  r = _cli("report", "--store", url, "--format", "json", "--out", str(tmp_path / "rep"))
+  assert r.returncode == 0, r.stderr[-2000:]
+  plots = json.loads(r.stdout)["plots"]
+  assert "hypergrad" in plots and "arch_weights" not in plots
+  with open(plots["hypergrad"], "rb") as f:
+    assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+  assert 'alt="hypergrad.png"' in open(plots["html"]).read()
 
 
 def test_untrusted_hypergradient_is_recorded_as_a_fallback_event(tmp_path):

@@ -5,6 +5,7 @@ Tiny supernets (NB201-style mini cell, one stage, 4 channels) on 8x8 digits keep
 to a few compilations.
 """
 
+import json
 import os
 import pathlib
 import sqlite3
@@ -284,6 +285,22 @@ def test_cli_runs_darts_config_and_records_it(tmp_path):
              for m in rows)
   assert any('"test_acc"' in m for m in rows)
   assert '"collapsed": false' in r.stdout and '"test_acc_mean"' in r.stdout
+  # the report shows the architecture weights of every search epoch
+  from metaopt._src.report import arch_weights_history
+  store = metaopt.Store(f"sqlite:///{db}")
+  rec = store.load_study(None)
+  hist = arch_weights_history(metaopt.Result(rec.name, rec.direction, store.trials(rec.id)))
+  assert hist["ops"] == list(NB201_MINI_OPS)
+  assert hist["cells"]["normal"].shape == (2, 6, len(NB201_MINI_OPS))  # epochs, edges, ops
+  np.testing.assert_allclose(hist["cells"]["normal"].sum(-1), 1.0, atol=1e-3)
+  r = subprocess.run([sys.executable, "run.py", "report", "--store", f"sqlite:///{db}",
+                      "--format", "json", "--out", str(tmp_path / "rep"), "--quiet"],
+                     cwd=REPO, capture_output=True, text=True, timeout=300,
+                     env={**os.environ, "PYTHONPATH": str(REPO)})
+  assert r.returncode == 0, r.stderr[-2000:]
+  plots = json.loads(r.stdout)["plots"]
+  assert "arch_weights" in plots and "hypergrad" not in plots
+  assert 'alt="arch_weights.png"' in open(plots["html"]).read()
 
 
 def test_darts_cell_supernet_and_derived_network():

@@ -3,7 +3,9 @@
 Plots: optimization history with best-so-far, learning curves per trial (pruned dashed,
 failed red), parameter importance (the correlation ratio of each parameter's main effect:
 the share of the objective's variance explained by binning that parameter alone), parallel
-coordinates, PBT lineages (who copied whom at which epoch) and a table of the training
+coordinates, PBT lineages (who copied whom at which epoch), hypergradient traces of gradient
+HPO (hyperparameters and hypergradient norm per outer step), architecture weights over a NAS
+search, the Pareto front of objective vs cost (live weights or FLOPs) and a table of the training
 conditions the monitor saw.
 """
 
@@ -204,8 +206,136 @@ def plot_lineage(result: Result, path: str) -> str | None:
   return _save(fig, path)
 
 
-def _save(fig, path: str) -> str:
-  fig.tight_layout()
+def plot_hypergrad(result: Result, path: str, max_hparams: int = 6) -> str | None:
+  """Gradient-HPO traces: each hyperparameter per outer step (one line per member) and the
+  hypergradient norm per outer step (log scale)."""
+  ts = [t for t in result.trials if any(m.get("hypergrad_norm") for m in t.metrics)]
+  if not ts:  # no program here took a hypergradient step
+    return None
+  names = sorted({k for t in ts for m in t.metrics for k in m
+                  if k.startswith("hparams.") or k in ("learning_rate", "weight_decay")})
+  shown = names[:max_hparams]
+  plt = _plt()
+  cols = len(shown) + 1
+  fig, axes = plt.subplots(1, cols, figsize=(3.2 * cols, 3.2), dpi=110, squeeze=False)
+  for t in ts:
+    color = _COLORS.get(t.status, "k")
+    for ax, name in zip(axes[0], shown, strict=False):
+      ax.plot(_curve(t, name), c=color, alpha=0.6, lw=0.9)
+    norms = [max(float(v), 1e-30) for v in _curve(t, "hypergrad_norm")]
+    axes[0, -1].plot(norms, c=color, alpha=0.6, lw=0.9)
+  for ax, name in zip(axes[0], shown, strict=False):
+    ax.set_title(name.removeprefix("hparams."), fontsize=9)
+    ax.set_xlabel("outer step")
+  axes[0, -1].set_yscale("log")
+  axes[0, -1].set_title("hypergradient norm", fontsize=9)
+  axes[0, -1].set_xlabel("outer step")
+  more = f" (first {len(shown)} of {len(names)})" if len(names) > len(shown) else ""
+  fig.suptitle(f"hypergradient traces{more}", fontsize=10)
+  return _save(fig, path)
+
+
+def arch_weights_history(result: Result) -> dict[str, Any] | None:
+  """Architecture weights of a NAS search over its epochs: ``{"ops": names, "cells":
+  {cell: array[epochs, edges, ops]}}`` from the search trial's ``arch_weights``."""
+  for t in result.trials:
+    hist = [m["arch_weights"] for m in t.metrics if isinstance(m.get("arch_weights"), dict)]
+    if hist:
+      cells = {c: np.asarray([h[c] for h in hist], np.float64) for c in hist[0]}
+      n_ops = next(iter(cells.values())).shape[-1]
+      ops = t.params.get("ops") if isinstance(t.params.get("ops"), list) else None
+      return {"ops": ops if ops and len(ops) == n_ops else [f"op{k}" for k in range(n_ops)],
+              "cells": cells}
+  return None
+
+
+def plot_arch_weights(result: Result, path: str) -> str | None:
+  """Softmax architecture weights per edge over a NAS search (one panel per edge, a line per
+  candidate op)."""
+  hist = arch_weights_history(result)
+  if hist is None:
+    return None
+  plt = _plt()
+  cells, ops = hist["cells"], hist["ops"]
+  n_edges = max(w.shape[1] for w in cells.values())
+  cols = min(n_edges, 7)
+  rows_per = -(-n_edges // cols)
+  fig, axes = plt.subplots(rows_per * len(cells), cols, squeeze=False, dpi=110, sharey=True,
+                           figsize=(2.1 * cols, 1.9 * rows_per * len(cells) + 0.6))
+  cmap = plt.get_cmap("tab10")
+  for ci, (cell, w) in enumerate(cells.items()):
+    for e in range(rows_per * cols):
+      ax = axes[ci * rows_per + e // cols, e % cols]
+      if e >= w.shape[1]:
+        ax.axis("off")
+        continue
+      for k in range(w.shape[2]):
+        ax.plot(range(1, w.shape[0] + 1), w[:, e, k], c=cmap(k % 10), lw=1.0,
+                label=ops[k] if ci == 0 and e == 0 else None)
+      ax.set_title(f"{cell} edge {e}", fontsize=8)
+      ax.tick_params(labelsize=7)
+  fig.legend(loc="lower center", ncol=min(len(ops), 8), fontsize=7)
+  fig.suptitle("architecture weights (softmax) per epoch", fontsize=10)
+  fig.tight_layout(rect=(0, 0.06, 1, 0.97))
+  return _save(fig, path, tight=False)
+
+
+def pareto_front(result: Result, costs: tuple[str, dict[int, float]] | None = None
+                 ) -> list[dict[str, Any]]:
+  """Complete trials no other complete trial beats on both the objective and its cost,
+  cheapest first. ``costs`` is ``(name, {trial number: cost})``, e.g. live weights; by
+  default the recorded FLOPs (device-seconds when FLOPs were not recorded)."""
+  done = [t for t in result.trials if t.status == "complete" and t.objective is not None]
+  if costs is not None:
+    key, table = costs
+    done = [t for t in done if t.number in table]
+  else:
+    comp = {t.number: trial_compute(t) for t in done}
+    key = "flops" if done and all(comp[t.number]["flops"] > 0 for t in done) else \
+        "device_seconds"
+    table = {n: c[key] for n, c in comp.items()}
+  sign = -1.0 if result.direction == "maximize" else 1.0
+  pts = [(float(table[t.number]), sign * t.objective, t) for t in done]
+  front = [(c, y, t) for c, y, t in pts
+           if not any(c2 <= c and y2 <= y and (c2 < c or y2 < y) for c2, y2, _ in pts)]
+  return [{"number": t.number, "objective": t.objective, "cost": c, "cost_key": key}
+          for c, _, t in sorted(front, key=lambda p: (p[0], p[1], p[2].number))]
+
+
+def plot_pareto(result: Result, path: str,
+                costs: tuple[str, dict[int, float]] | None = None) -> str | None:
+  """Objective vs cost per complete trial, the Pareto front drawn as a staircase."""
+  front = pareto_front(result, costs)
+  if len([t for t in result.trials if t.status == "complete"]) < 2 or not front:
+    return None
+  key = front[0]["cost_key"]
+  if costs is not None:
+    table, scale, unit = costs[1], 1.0, key
+  else:
+    table = {t.number: trial_compute(t)[key] for t in result.trials}
+    scale, unit = (1e9, "GFLOPs") if key == "flops" else (1.0, "device-seconds")
+  pts = [(table[t.number] / scale, t.objective) for t in result.trials
+         if t.status == "complete" and t.objective is not None and t.number in table]
+  plt = _plt()
+  fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
+  ax.scatter(*zip(*pts, strict=True), s=14, c="tab:blue", alpha=0.5, label="complete")
+  fx = [p["cost"] / scale for p in front]
+  fy = [p["objective"] for p in front]
+  ax.step(fx, fy, where="post", c="tab:red", lw=1.2)
+  ax.scatter(fx, fy, s=28, c="tab:red", label=f"Pareto front ({len(front)})")
+  ax.set_xlabel(f"cost per trial ({unit})")
+  ax.set_ylabel("objective (valid)")
+  if costs is not None and key == "live weights":
+    ax.set_xscale("log")
+  ax.set_title(f"objective ({result.direction}) vs cost (minimize)")
+  ax.legend(fontsize=8)
+  ax.grid(alpha=0.3)
+  return _save(fig, path)
+
+
+def _save(fig, path: str, tight: bool = True) -> str:
+  if tight:
+    fig.tight_layout()
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   fig.savefig(path)
   _plt().close(fig)
@@ -222,8 +352,12 @@ def _img(path: str | None) -> str:
 
 def write_report(result: Result, out: str, extra: dict[str, Any] | None = None,
                  coords: list[str] | None = None,
-                 events: list[dict[str, Any]] | None = None) -> dict[str, str]:
+                 events: list[dict[str, Any]] | None = None,
+                 costs: tuple[str, dict[int, float]] | None = None) -> dict[str, str]:
   """Writes the PNG plots and ``report.html`` (images embedded) to ``out``; returns paths.
+
+  ``costs`` (``(name, {trial number: cost})``) is the x axis of the Pareto front; FLOPs by
+  default.
 
   ``events`` (``Store.events``) are listed in the page: program switches (white-box ->
   black-box fallback), repairs, targets reached, resumes."""
@@ -234,6 +368,9 @@ def write_report(result: Result, out: str, extra: dict[str, Any] | None = None,
       "importance": plot_importance(result, os.path.join(out, "importance.png")),
       "parallel": plot_parallel(result, os.path.join(out, "parallel.png"), coords),
       "lineage": plot_lineage(result, os.path.join(out, "lineage.png")),
+      "hypergrad": plot_hypergrad(result, os.path.join(out, "hypergrad.png")),
+      "arch_weights": plot_arch_weights(result, os.path.join(out, "arch_weights.png")),
+      "pareto": plot_pareto(result, os.path.join(out, "pareto.png"), costs),
   }
   s = result.summary()
   conds = Counter(c for t in result.trials for m in t.metrics for c in m.get("conditions", []))
@@ -266,6 +403,7 @@ Best: {'-' if best is None else f"#{best['number']} objective {best['objective']
 <table>{extra_rows}</table>
 <h2>Search</h2>{_img(paths['history'])}{_img(paths['learning_curves'])}
 {_img(paths['importance'])}{_img(paths['parallel'])}{_img(paths['lineage'])}
+{_img(paths['pareto'])}{_img(paths['hypergrad'])}{_img(paths['arch_weights'])}
 <h2>Best trials</h2><table><tr><th>#</th><th>status</th><th>objective</th><th>epochs</th>
 <th>GFLOPs</th><th>device-s</th><th>params</th></tr>{rows}</table>
 <h2>Compute</h2><p id="compute">Total {comp['total_flops'] / 1e9:.3f} GFLOPs,

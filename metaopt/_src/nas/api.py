@@ -274,7 +274,7 @@ def run_config(cfg: Any, store: Any, progress: bool = True) -> dict[str, Any]:
                            hardware=hw_info())
   params = {"role": "search", "method": s.method, "order": s.order, "hessian": s.hessian,
             "space": conf.raw.get("space", "nb201_mini"), "partial_k": conf.model["partial_k"],
-            "hpo": s.hpo}
+            "hpo": s.hpo, "ops": list(conf.space.ops)}
   (tid,) = store.start_round(rec.id, 0, [{"number": 0, "params": params, "seed": conf.seed}],
                              b"")
 
