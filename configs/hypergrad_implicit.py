@@ -35,4 +35,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.hyper_lr = 0.1
   config.warm_start = True  # inner runs continue from the previous solution
   config.seed = 0
+  # untrusted hypergradients hand the space and history to a black-box searcher (a name
+  # from metaopt's registry, "repair", or "none")
+  config.fallback = "tpe"
+  config.fallback_trials = 16
+  config.fallback_population = 4
   return config

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -207,3 +208,27 @@ def test_untrusted_hypergradient_is_recorded_as_a_fallback_event(tmp_path):
   con = sqlite3.connect(f"{tmp_path}/hg.db")
   msgs = [m for (m,) in con.execute("select message from events where kind = 'fallback'")]
   assert len(msgs) == 2 and all("untrustworthy" in m for m in msgs)
+
+
+def test_repair_wraps_a_white_box_program_that_falls_back(tmp_path):
+  """fallback=repair: the best point of the white-box history is repaired, one action per
+  trial (l2 x10 / x3 / /3 / /10), in one population."""
+  url = f"sqlite:///{tmp_path}/hg.db"
+  r = _cli("run", "--config", "configs/hypergrad_implicit.py", "--config.outer_steps=2",
+           "--config.population=2", "--config.inner_steps=5", "--config.estimator.maxiter=1",
+           "--config.fallback=repair", "--config.fallback_trials=4",
+           "--config.fallback_population=4", "--store", url)
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert json.loads(r.stdout)["fallback"]["searcher"] == "repair"
+  con = sqlite3.connect(f"{tmp_path}/hg.db")
+  (switch,) = [m for (m,) in con.execute("select message from events where kind = 'switch'")]
+  assert "white-box -> repair" in switch
+  hist = [json.loads(m) for (m,) in con.execute(
+      "select e.metrics from trial_epochs e join trials t on t.id = e.trial_id "
+      "where t.number < 2")]
+  best = min(hist, key=lambda m: m["val_loss"])
+  best_l2 = float(np.clip(np.mean(best["hparams.l2"]), 1e-4, 1.0))  # the fallback space
+  repaired = sorted(json.loads(p)["l2"] for (p,) in con.execute(
+      "select params from trials where number >= 2"))
+  assert repaired == pytest.approx(sorted(best_l2 * f for f in (0.1, 1 / 3, 3.0, 10.0)),
+                                   rel=1e-3)

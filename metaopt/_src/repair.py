@@ -110,6 +110,22 @@ DEFAULT_ACTIONS: tuple[Action, ...] = (
 )
 
 
+def space_actions(space: Space) -> tuple[Action, ...]:
+  """Generic repair actions for any space: x10, x3, /3, /10 on log-scale numbers, 10% / 50% /
+  90% of the range on linear ones, and every option of a choice."""
+  out: list[Action] = []
+  for name, p in space.params.items():
+    if isinstance(p, (Float, Int)) and p.log:
+      out += [Action(name, f, "scale") for f in (10.0, 3.0, 1 / 3, 0.1)]
+    elif isinstance(p, (Float, Int)):
+      vals = [p.lo + q * (p.hi - p.lo) for q in (0.1, 0.5, 0.9)]
+      vals = sorted({int(round(v)) for v in vals}) if isinstance(p, Int) else vals
+      out += [Action(name, v) for v in vals]
+    elif isinstance(p, Choice):
+      out += [Action(name, c) for c in p.choices]
+  return tuple(out)
+
+
 # ----------------------------------------------------------------------------- actions
 def _action_arrays(space: Space, actions: Sequence[Action]) -> tuple[np.ndarray, ...]:
   """Coordinate, kind (True: set) and value (target u, or u shift) of every action."""

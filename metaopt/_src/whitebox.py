@@ -11,7 +11,11 @@ hyperparameters, one bounded coordinate each) and its history (every member's ou
 told to the searcher as observations) to a black-box searcher, which goes on for
 ``fallback_trials`` more trials on the same objective (validation loss after the same inner
 training, a population evaluated in one ``jit(vmap)``). Those trials are recorded in the
-same study from round 1 on, and a ``switch`` event records when and why.
+same study from round 1 on, and a ``switch`` event records when and why. With
+``fallback="repair"`` the black-box stage is the repair loop: it repairs the best white-box
+point with generic actions on the space (x10 / x3 / /3 / /10 on log-scale hyperparameters,
+:func:`metaopt.repair.space_actions`), top-k at a time, priorities learnt online, and TPE
+fills slots no untried action is left for.
 """
 
 from __future__ import annotations
@@ -82,10 +86,10 @@ def run_whitebox(config: Mapping[str, Any], store: Store) -> dict[str, Any]:
     record_step(step, tel)
 
   fallback = cfg.get("fallback", "tpe")
-  if fallback != "none":
+  if fallback not in ("none", "repair"):
     from metaopt._src.registry import SEARCHERS
     if fallback not in SEARCHERS:
-      raise ValueError(f"config field 'fallback' must be 'none' or one of "
+      raise ValueError(f"config field 'fallback' must be 'none', 'repair' or one of "
                        f"{', '.join(SEARCHERS)}; got {fallback!r}")
   summary = hypergrad.run_config(cfg, on_step=on_step)
   results = []
@@ -162,9 +166,16 @@ def blackbox_fallback(cfg: Mapping[str, Any], store: Store, study_id: int,
     return problem.val_loss(inner.params(state), full)
 
   evaluate = jax.jit(jax.vmap(objective))
-  searcher = make_searcher(searcher_name, space.dim)
+  pop = int(cfg.get("fallback_population", cfg["population"]))
+  if searcher_name == "repair":  # repair the best white-box point, TPE fills spare slots
+    from metaopt._src.repair import repair, space_actions
+    searcher = repair(make_searcher("tpe", space.dim), space, actions=space_actions(space),
+                      table=None, population=pop)
+  else:
+    searcher = make_searcher(searcher_name, space.dim)
   key = jax.random.key(int(cfg["seed"]) + 7)
   state = searcher.init(key)
+  tell = jax.jit(searcher.tell)
   # the white-box history: every member at every outer step is one observation
   u_hist, y_hist = [], []
   for hp, val in history:
@@ -173,16 +184,14 @@ def blackbox_fallback(cfg: Mapping[str, Any], store: Store, study_id: int,
       point = {n: min(max(v, space.params[n].lo), space.params[n].hi) for n, v in point.items()}
       u_hist.append(space.encode(point))
       y_hist.append(val[i])
-  if u_hist:
-    y = np.asarray(y_hist, np.float32)
+  # told in batches of at most `pop` (a searcher's state may be sized by its population)
+  for i in range(0, len(u_hist), pop):
+    y = np.asarray(y_hist[i:i + pop], np.float32)
     status = np.where(np.isfinite(y), COMPLETE, FAILED).astype(np.int32)
-    state = jax.jit(searcher.tell)(state, jnp.asarray(np.stack(u_hist), jnp.float32),
-                                   jnp.asarray(np.where(np.isfinite(y), y, np.inf)),
-                                   jnp.asarray(status))
+    state = tell(state, jnp.asarray(np.stack(u_hist[i:i + pop]), jnp.float32),
+                 jnp.asarray(np.where(np.isfinite(y), y, np.inf)), jnp.asarray(status))
   n_total = int(cfg.get("fallback_trials", 16))
-  pop = int(cfg.get("fallback_population", cfg["population"]))
   ask = jax.jit(searcher.ask, static_argnums=2)
-  tell = jax.jit(searcher.tell)
   number = int(cfg["population"])
   best: dict[str, Any] | None = None
   rnd = 1
