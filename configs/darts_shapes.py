@@ -28,4 +28,7 @@ def get_config(arg=None):
   c.safeguard = dict(enabled=True, max_skip=2, eig_window=2, eig_ratio=0.75, eig_iters=8)
   c.hardware = dict(metric="params", penalty=0.0)
   c.retrain = dict(epochs=3, seeds=2, batch_size=64, lr=3e-3, wd=1e-4)
+  # when a safeguard fires (or the search loss goes non-finite) black-box search takes over
+  # the cell space ("none": off); epochs 0 trains each candidate for retrain.epochs
+  c.fallback = dict(searcher="evolution", trials=8, population=4, epochs=0)
   return c

@@ -5,8 +5,12 @@ and its allowed values, before anything compiles), searches on the train / valid
 derives the genotype, retrains it from scratch over several seeds, evaluates the test split
 once and records everything in the trial store: round 0 holds the search trial (one
 "epoch" row per search epoch: losses, arch weights and entropy, skip count, dominant Hessian
-eigenvalue, hyperparameters), round 1 one trial per retraining seed; a ``collapse`` event is
-logged when a safeguard fires.
+eigenvalue, hyperparameters), the last round one trial per retraining seed; a ``collapse``
+event is logged when a safeguard fires. When the architecture gradients can't be trusted (a
+safeguard fired, or the search loss went non-finite) the run falls back to black-box search
+over the same cell space (config ``fallback``: ``searcher``, default regularised evolution,
+or ``"none"``; ``trials``, ``population``, ``epochs``), recorded as rounds 1.. before the
+retraining and announced by a ``switch`` event; its best genotype is the one retrained.
 """
 
 from __future__ import annotations
@@ -47,6 +51,8 @@ DATASETS: tuple[str, ...] = ("shapes", "digits")
 _MODEL_DEFAULTS = {"features": 8, "n_cells": 1, "stages": 2, "stem_stride": 2, "partial_k": 1}
 _SEARCH_DEFAULTS = {"epochs": 4, "batch_size": 64}
 _RETRAIN_DEFAULTS = {"epochs": 6, "seeds": 3, "batch_size": 64, "lr": 3e-3, "wd": 1e-4}
+# black-box stage after a search whose gradients can't be trusted (epochs 0: retrain.epochs)
+_FALLBACK_DEFAULTS = {"searcher": "evolution", "trials": 8, "population": 4, "epochs": 0}
 _SAFEGUARD_FIELDS = {f.name for f in dataclasses.fields(safeguards.SafeguardSettings)}
 _SETTINGS_FIELDS = {f.name for f in dataclasses.fields(SearchSettings)}
 
@@ -78,6 +84,7 @@ class NASConfig:
   safeguard: safeguards.SafeguardSettings
   retrain: dict[str, Any]
   raw: dict[str, Any]
+  fallback: dict[str, Any] = dataclasses.field(default_factory=lambda: dict(_FALLBACK_DEFAULTS))
 
 
 def parse_config(cfg: Any) -> NASConfig:
@@ -86,7 +93,7 @@ def parse_config(cfg: Any) -> NASConfig:
   if c.get("program", "nas") != "nas":
     raise ValueError(f"config field 'program'={c.get('program')!r}: must be 'nas'")
   known = {"program", "name", "seed", "dataset", "space", "model", "search", "method", "order",
-           "hessian", "safeguard", "retrain", "store", "hardware", "hpo"}
+           "hessian", "safeguard", "retrain", "store", "hardware", "hpo", "fallback"}
   unknown = sorted(set(c) - known)
   if unknown:
     raise ValueError(f"config field(s) {unknown} unknown; allowed: {sorted(known)}")
@@ -158,7 +165,87 @@ def parse_config(cfg: Any) -> NASConfig:
     v = retrain[k]
     if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
       raise ValueError(f"config field 'retrain.{k}'={v!r}: must be a number >= 0")
-  return NASConfig(name, seed, dataset, space, model, search, settings, sg_settings, retrain, c)
+  fallback = {**_FALLBACK_DEFAULTS, **_as_dict(c.get("fallback"))}
+  bad = sorted(set(fallback) - set(_FALLBACK_DEFAULTS))
+  if bad:
+    raise ValueError(f"config field(s) fallback.{bad} unknown; allowed: "
+                     f"{sorted(_FALLBACK_DEFAULTS)}")
+  from metaopt._src.registry import SEARCHERS
+  if fallback["searcher"] != "none" and fallback["searcher"] not in SEARCHERS:
+    raise ValueError(f"config field 'fallback.searcher'={fallback['searcher']!r}: allowed "
+                     f"values are none, {', '.join(SEARCHERS)}")
+  for k in ("trials", "population"):
+    _int("fallback", fallback, k, 1)
+  _int("fallback", fallback, "epochs", 0)
+  return NASConfig(name, seed, dataset, space, model, search, settings, sg_settings, retrain, c,
+                   fallback)
+
+
+def blackbox_fallback(conf: NASConfig, supernet: Network, data: Dataset, res: Mapping[str, Any],
+                      store: Any, study_id: int, progress: bool = False) -> dict[str, Any]:
+  """The black-box stage of a NAS run whose architecture gradients can't be trusted.
+
+  The config's ``fallback.searcher`` searches the genotype cube of the same cell space; its
+  first round trains the genotypes the gradient search derived (latest first: the history it
+  hands over) beside the searcher's proposals. Every candidate is trained from scratch like a
+  retraining seed (one population kernel: the supernet with one-hot mixing weights) and
+  recorded as a trial; the best by validation accuracy is the derived genotype.
+  """
+  from metaopt._src.registry import make_searcher
+  from metaopt._src.types import COMPLETE, FAILED
+
+  space, fb = conf.space, conf.fallback
+  dim = len(space.encode(res["genotype"]))
+  kw = ({"population_size": max(2, fb["population"]), "tournament_size": max(
+      1, fb["population"] // 2)} if fb["searcher"] == "evolution" else {})
+  searcher = make_searcher(fb["searcher"], dim, **kw)
+  key = jax.random.key(conf.seed + 11)
+  state = searcher.init(key)
+  seen: list[Genotype] = []
+  for h in [res["genotype"], *(discretize(space, {c: np.log(np.maximum(np.asarray(w), 1e-9))
+                                                  for c, w in h["arch_weights"].items()})
+                               for h in reversed(res["history"]))]:
+    if h not in seen:
+      seen.append(h)
+  epochs = fb["epochs"] or conf.retrain["epochs"]
+  number, rnd, best = 1, 1, None
+  while number - 1 < fb["trials"]:
+    n = min(fb["population"], fb["trials"] - (number - 1))
+    state, u = searcher.ask(state, jax.random.fold_in(key, rnd), n)
+    u = np.array(u, np.float32)
+    for i, g in enumerate(seen[:n] if rnd == 1 else []):
+      u[i] = space.encode(g)
+    genos = [space.decode(row) for row in u]
+    ids = store.start_round(study_id, rnd, [
+        {"number": number + i, "params": {"role": "fallback", "searcher": fb["searcher"],
+                                          "genotype": g.to_json()},
+         "u": u[i].tolist(), "seed": conf.seed} for i, g in enumerate(genos)], b"")
+    w = {c: jnp.stack([space.to_weights(g)[c] for g in genos]) for c in space.cell_types}
+    tr = train_networks(supernet, data, [conf.seed] * n, w, epochs=epochs,
+                        batch_size=conf.retrain["batch_size"], lr=conf.retrain["lr"],
+                        wd=conf.retrain["wd"], test=False)
+    acc = np.asarray(tr["valid_acc"][:, -1], np.float64)
+    store.record_epoch(ids, epochs - 1, [{"valid_acc": float(a), "genotype": str(g)}
+                                         for a, g in zip(acc, genos, strict=True)])
+    ok = np.isfinite(acc)
+    store.end_round(study_id, rnd, [
+        (tid, "complete" if ok[i] else "failed", float(acc[i]) if ok[i] else None,
+         None if ok[i] else "non-finite validation accuracy") for i, tid in enumerate(ids)],
+        b"", duration_s=tr["seconds"])
+    for i in np.flatnonzero(ok):
+      if best is None or acc[i] > best[1]:
+        best = (genos[i], float(acc[i]), number + int(i))
+    if progress:
+      print(f"[fallback] round {rnd}: valid_acc={np.round(acc, 3).tolist()}", flush=True)
+    state = searcher.tell(state, jnp.asarray(u), jnp.asarray(np.where(ok, -acc, np.inf),
+                                                              jnp.float32),
+                          jnp.asarray(np.where(ok, COMPLETE, FAILED), jnp.int32))
+    number, rnd = number + n, rnd + 1
+  geno = res["genotype"] if best is None else best[0]
+  return {"searcher": fb["searcher"], "trials": number - 1, "genotype": geno,
+          "best_trial": None if best is None else best[2],
+          "best_valid_acc": None if best is None else best[1],
+          "gradient_genotype": str(res["genotype"]), "next_round": rnd}
 
 
 def build_model(space: CellSpace, model: Mapping[str, int], num_classes: int,
@@ -293,6 +380,20 @@ def run_config(cfg: Any, store: Any, progress: bool = True) -> dict[str, Any]:
   last = res["history"][-1]
   store.end_round(rec.id, 0, [(tid, "complete", last["val_acc_last"], None)], b"",
                   duration_s=res["seconds"])
+  nonfinite = [e for e, h in enumerate(res["history"])
+               if not all(np.isfinite(h[k]) for k in ("val_loss", "train_loss") if k in h)]
+  untrusted = (f"non-finite search loss at epoch {nonfinite[0]}" if nonfinite
+               else res["collapse_reason"])
+  rnd = 1
+  fb_out = None
+  if untrusted is not None and conf.fallback["searcher"] != "none":
+    name = conf.fallback["searcher"]
+    store.log_event(rec.id, "switch", f"gradient NAS -> {name}: architecture gradients "
+                    f"untrusted ({untrusted}); black-box search goes on over the same cell "
+                    f"space from the {len(res['history'])} genotypes the search derived")
+    plain = build_model(conf.space, {**conf.model, "partial_k": 1}, data.num_classes)
+    fb_out = blackbox_fallback(conf, plain, data, res, store, rec.id, progress)
+    geno, rnd = fb_out["genotype"], fb_out["next_round"]
   out: dict[str, Any] = {
       "study": conf.name, "store": store.url, "method": s.method, "order": s.order,
       "genotype": str(geno), "genotype_json": geno.to_json(), "collapsed": res["collapsed"],
@@ -302,12 +403,15 @@ def run_config(cfg: Any, store: Any, progress: bool = True) -> dict[str, Any]:
       "final_wd": last["weight_decay"],
       "expected_params": hardware.genotype_cost(conf.space, geno, tables["params"]),
       "expected_flops": hardware.genotype_cost(conf.space, geno, tables["flops"]),
+      "untrusted": untrusted, "fallback": fb_out and {k: v for k, v in fb_out.items()
+                                                      if k != "genotype"},
   }
   n_seeds = conf.retrain["seeds"]
   if n_seeds:
     seeds = [conf.seed * 100 + i for i in range(n_seeds)]
-    ids = store.start_round(rec.id, 1, [
-        {"number": 1 + i, "params": {"role": "retrain", "genotype": geno.to_json()},
+    first = 1 + (fb_out["trials"] if fb_out else 0)
+    ids = store.start_round(rec.id, rnd, [
+        {"number": first + i, "params": {"role": "retrain", "genotype": geno.to_json()},
          "seed": sd} for i, sd in enumerate(seeds)], b"")
     derived = build_model(conf.space, conf.model, data.num_classes, geno)
 
@@ -323,7 +427,7 @@ def run_config(cfg: Any, store: Any, progress: bool = True) -> dict[str, Any]:
     ep = conf.retrain["epochs"]
     store.record_epoch(ids, ep, [{"test_acc": float(t), "valid_acc": float(v[-1])}
                                  for t, v in zip(tr["test_acc"], tr["valid_acc"], strict=True)])
-    store.end_round(rec.id, 1, [(i, "complete", float(v[-1]), None)
+    store.end_round(rec.id, rnd, [(i, "complete", float(v[-1]), None)
                                 for i, v in zip(ids, tr["valid_acc"], strict=True)], b"",
                     duration_s=tr["seconds"])
     p_one = jax.tree.map(lambda a: a[0], tr["params"])
