@@ -18,7 +18,13 @@ from metaopt._src.driver import code_version, enable_compilation_cache, hardware
 from metaopt._src.evolution import cma_es, open_es, regularized_evolution
 from metaopt._src.gp import gp_bo
 from metaopt._src.grid import grid
-from metaopt._src.monitor import CONDITIONS, THRESHOLDS, detect_conditions
+from metaopt._src.monitor import (
+    CONDITIONS,
+    FAMILIES,
+    THRESHOLDS,
+    architecture_family,
+    detect_conditions,
+)
 from metaopt._src.multifidelity import asha, curve_pruner, hyperband, rungs, successive_halving
 from metaopt._src.multiobjective import (
     crowding_distance,
@@ -60,7 +66,7 @@ __all__ = [
     "Result",
     "rungs", "search", "Searcher", "sequential", "sobol", "Store", "Study", "successive_halving",
     "Trial", "with_fallback", "with_monitor", "with_pruning",
-    "worker", "initialize_distributed",
+    "worker", "initialize_distributed", "FAMILIES", "architecture_family",
 ]
 
 _SUBPACKAGES = ("lopt", "nas", "repair")

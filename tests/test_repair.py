@@ -141,12 +141,28 @@ def test_shipped_table_has_provenance_and_every_condition():
   assert top and all(top[i][1] >= top[i + 1][1] for i in range(len(top) - 1))
 
 
+def test_architecture_family_detector_and_the_table_it_selects():
+  assert metaopt.architecture_family(get_task("digits_mlp"), {"width": 32}) == "mlp"
+  assert metaopt.architecture_family(get_task("wine_mlp"), {"residual": True}) == \
+      "residual_mlp"
+  assert metaopt.architecture_family(get_task("digits_cnn")) == "cnn"
+  assert metaopt.architecture_family(get_task("logreg")) == "linear"
+  table = load_table()
+  assert table["families"] == ["mlp"]  # measured on plain MLPs only
+  key = jax.random.key(0)
+  prior = lambda fam: np.asarray(  # noqa: E731
+      repair(metaopt.random_search(SPACE.dim), SPACE, family=fam).init(key)["prior_n"])
+  assert prior("mlp").sum() > 0 and np.array_equal(prior(None), prior("mlp"))
+  # another family: the table's gains don't transfer, every action starts unknown
+  assert prior("cnn").sum() == 0 and prior("residual_mlp").sum() == 0
+
+
 def test_build_table_measures_gains_on_real_runs(tmp_path):
   acts = (Action("learning_rate", 1e-2), Action("learning_rate", 1e-7))
   table = metaopt.repair.build_table(["wine_mlp"], n_configs=2, epochs=2, population=8,
                                      actions=acts, seed=3, store=f"sqlite:///{tmp_path}/c.db",
                                      progress=False)
-  assert table["actions"] == [a.name for a in acts]
+  assert table["actions"] == [a.name for a in acts] and table["families"] == ["mlp"]
   counts = np.asarray(table["count"])
   con = sqlite3.connect(f"{tmp_path}/c.db")
   (n,) = con.execute("select count(*) from trials where status = 'complete'").fetchone()
@@ -196,6 +212,7 @@ def test_repair_config_runs_from_the_cli_and_records_each_repair(tmp_path):
            "--config.target=0.99", "--store", url)
   assert r.returncode == 0, r.stderr[-2000:]
   out = json.loads(r.stdout)
+  assert out["family"] == "mlp" and out["table_used"] is True
   # round 0: the start and 2 random proposals; round 1: 3 actions on the best of those
   assert out["n_trials"] == 6 and len(out["repairs"]) == 1
   step = out["repairs"][0]

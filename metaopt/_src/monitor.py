@@ -9,11 +9,15 @@ Conditions, per trial and epoch, with the paper's default thresholds:
 * ``exploding_gradients``: that ratio > 70, or non-finite gradients.
 * ``dying_relu``: at least 70% of (live) gradient entries exactly zero.
 * ``nonfinite_weights``: non-finite weights or loss.
+
+The architecture family (DREAM's "A" condition) is a property of the trial, not of an
+epoch: :func:`architecture_family` reads it from the task and the trial's structure.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -22,6 +26,18 @@ CONDITIONS: tuple[str, ...] = ("slow_convergence", "vanishing_gradients", "explo
                                "dying_relu", "nonfinite_weights")
 THRESHOLDS: dict[str, float] = {"min_delta": 0.01, "vanish_ratio": 1e-3, "vanish_first": 1e-4,
                                 "explode_ratio": 70.0, "dead_fraction": 0.7}
+
+
+FAMILIES: tuple[str, ...] = ("mlp", "residual_mlp", "cnn", "linear", "supernet")
+
+
+def architecture_family(task: Any, params: Mapping[str, Any] | None = None) -> str:
+  """The architecture family of a trial: ``task.family`` ("mlp", "cnn", "linear", ...),
+  ``"residual_mlp"`` for an MLP trained with residual connections."""
+  family = getattr(task, "family", None) or "mlp"
+  if family == "mlp" and params and bool(params.get("residual", False)):
+    return "residual_mlp"
+  return family
 
 
 def detect_conditions(metrics: Mapping[str, jax.Array],

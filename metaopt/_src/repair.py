@@ -42,7 +42,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from metaopt._src.monitor import CONDITIONS, detect_conditions
+from metaopt._src.monitor import CONDITIONS, architecture_family, detect_conditions
 from metaopt._src.types import COMPLETE, Searcher
 from spaces import Choice, Float, Int, Space
 
@@ -218,6 +218,11 @@ def load_table(path: str | None = None) -> dict[str, Any]:
     return json.load(f)
 
 
+def table_applies(table: Mapping[str, Any] | None, family: str | None) -> bool:
+  """Whether a priority table was measured on models of ``family`` (None: any)."""
+  return table is not None and (family is None or family in table.get("families", [family]))
+
+
 def _prior(table: Mapping[str, Any] | None, actions: Sequence[Action],
            prior_weight: float) -> tuple[np.ndarray, np.ndarray]:
   """Prior mean gain and pseudo-count ``[rows, actions]`` from a table (0 where absent)."""
@@ -273,6 +278,7 @@ def repair(
     ucb: float = 0.05,
     prior_weight: float = 5.0,
     thresholds: Mapping[str, float] | None = None,
+    family: str | None = None,
 ) -> Searcher:
   """DREAM's repair loop (Algorithm 1) over ``searcher``, with top-k actions as a population.
 
@@ -288,6 +294,9 @@ def repair(
     ucb: exploration bonus of the online bandit (0: greedy on the measured gains).
     prior_weight: pseudo-count of each table entry against online observations.
     thresholds: condition thresholds (see :data:`metaopt.THRESHOLDS`).
+    family: architecture family of the model being repaired
+      (:func:`metaopt.architecture_family`); a table measured on other families is not
+      used (every action random until observed), as for conditions the table lacks.
   """
   if not isinstance(searcher, Searcher):
     raise ValueError(f"searcher: expected a metaopt.Searcher, got {type(searcher).__name__}")
@@ -301,6 +310,8 @@ def repair(
     raise ValueError(f"ucb={ucb}, prior_weight={prior_weight}: must be >= 0")
   if isinstance(table, str):
     table = load_table(None if table == "default" else table)
+  if not table_applies(table, family):
+    table = None
   prior_mean, prior_n = _prior(table, actions, prior_weight)
   u_start = None if start is None else jnp.asarray(space.encode(dict(start)), jnp.float32)
   n_act, n_cond, cap = len(actions), len(CONDITIONS), population
@@ -446,6 +457,7 @@ def build_table(
   rng = np.random.default_rng(seed)
   st = Store(store or "sqlite://")
   gains: dict[tuple[str, str], list[float]] = {}
+  families: set[str] = set()  # of the models the gains were measured on
   t0 = time.time()
   n_runs = 0
   for t_i, name in enumerate(task_names):
@@ -486,6 +498,7 @@ def build_table(
     for j, (a, i) in enumerate(owner):
       if a < 0 or y[i] < cut:
         continue
+      families.add(architecture_family(task, params[i]))
       g = float(_gain(y[i], y[j]))
       for row in conds[i] or ["none"]:
         gains.setdefault((row, actions[a].name), []).append(g)
@@ -494,6 +507,7 @@ def build_table(
            for a in names] for r in ROWS]
   count = [[len(gains.get((r, a), [])) for a in names] for r in ROWS]
   return {"actions": names, "rows": list(ROWS), "mean_gain": mean, "count": count,
+          "families": sorted(families),
           "provenance": {
               "command": ("python -m metaopt.repair build-table "
                           f"--tasks {','.join(task_names)} --configs {n_configs} "

@@ -58,8 +58,15 @@ def trials_to_target(trials: list, target: float, direction: str) -> int | None:
 def run_config(cfg: Mapping[str, Any], store: Store, progress: bool = True) -> dict[str, Any]:
   """Repairs ``cfg.start`` on ``cfg.task_name`` until ``cfg.target`` or ``cfg.n_trials``."""
   from metaopt._src.driver import search
+  from metaopt._src.monitor import architecture_family
   from metaopt._src.registry import make_searcher
-  from metaopt._src.repair import repair, repair_space, trial_conditions
+  from metaopt._src.repair import (
+    load_table,
+    repair,
+    repair_space,
+    table_applies,
+    trial_conditions,
+  )
   from tasks import get_task
 
   cfg = _config(cfg)
@@ -73,9 +80,10 @@ def run_config(cfg: Mapping[str, Any], store: Store, progress: bool = True) -> d
       space.params[k].from_python(v)
   except ValueError as e:
     raise ValueError(f"config field 'start': {e}") from None
-  table = cfg.get("table") or "default"  # empty: the shipped table
+  table = load_table(cfg.get("table") or None)  # empty: the shipped table
+  family = architecture_family(task, start)
   program = repair(fill, space, start=start, table=table, population=int(cfg["population"]),
-                   ucb=float(cfg.get("ucb", 0.05)))
+                   ucb=float(cfg.get("ucb", 0.05)), family=family)
   res = search(program, task, space=space, n_trials=int(cfg["n_trials"]),
                population=int(cfg["population"]), epochs=int(cfg["epochs"]),
                batch_size=int(cfg.get("batch_size", 32)), seed=int(cfg["seed"]), store=store,
@@ -90,6 +98,8 @@ def run_config(cfg: Mapping[str, Any], store: Store, progress: bool = True) -> d
                     f"with {[t['changes'] for t in s['trials']]}")
   out = res.summary()
   out["start_conditions"] = trial_conditions(res.trials[0].metrics) if res.trials else []
+  out["family"] = family
+  out["table_used"] = table_applies(table, family)  # else: random actions, learnt online
   out["target"] = cfg.get("target")
   if cfg.get("target") is not None:
     out["trials_to_target"] = trials_to_target(res.trials, cfg["target"], task.direction)
