@@ -36,6 +36,28 @@ def test_program_configs_name_a_known_program(path):
   assert cfg.program in run.PROGRAMS and cfg.name and isinstance(cfg.seed, int)
 
 
+NAS_CONFIGS = [p for p in ALL_CONFIGS if _load(p).get("program") == "nas"]
+
+
+@pytest.mark.parametrize("path", NAS_CONFIGS, ids=os.path.basename)
+def test_nas_configs_validate_with_the_settings_their_names_promise(path):
+  from metaopt import nas
+
+  conf = nas.parse_config(_load(path))
+  name = os.path.basename(path)
+  s = conf.settings
+  assert s.method == ("gdas" if name.startswith("gdas") else "darts")
+  assert s.order == (2 if name.startswith("darts2") else 1)
+  assert s.hpo == ("hypergrad" if "hpo" in name else "none")
+  assert conf.safeguard.enabled and conf.fallback["searcher"] != "none"
+
+
+def test_every_nas_method_has_a_config():
+  names = {os.path.basename(p) for p in NAS_CONFIGS}
+  assert {"darts_shapes.py", "darts2_shapes.py", "gdas_shapes.py",
+          "darts_hpo_shapes.py"} <= names
+
+
 @pytest.mark.parametrize("path", RUN_CONFIGS, ids=os.path.basename)
 def test_config_builds(path):
   cfg = _load(path)
