@@ -170,6 +170,48 @@ def test_learning_rate_schedules_follow_their_closed_form():
   assert float(lr_factor(jnp.asarray(7), {})) == 1.0  # no schedule in h: constant
 
 
+def test_multi_step_fine_tuning_stages_follow_their_closed_form():
+  from tasks._src.base import finetune_factor, finetune_stage
+  h = {"finetune_steps": jnp.asarray(3), "finetune_fraction": 0.2, "schedule_steps": 100.0,
+       "finetune_lr": 0.1}
+  stages = [int(finetune_stage(jnp.asarray(t), h)) for t in (0, 59, 60, 79, 80, 99, 500)]
+  assert stages == [0, 0, 1, 1, 2, 2, 2]
+  h["finetune_steps"] = jnp.asarray(2)
+  assert [int(finetune_stage(jnp.asarray(t), h)) for t in (79, 80)] == [0, 1]
+  h["finetune_steps"] = jnp.asarray(1)
+  assert int(finetune_stage(jnp.asarray(99), h)) == 0
+  assert int(finetune_stage(jnp.asarray(99), {})) == 0  # no fine-tuning in h
+  h.update(finetune_steps=jnp.asarray(3), finetune_freeze=jnp.asarray(1))
+  lr, frozen = finetune_factor(jnp.asarray(85), h)
+  assert float(lr) == pytest.approx(0.01) and bool(frozen)
+  lr, frozen = finetune_factor(jnp.asarray(10), h)
+  assert float(lr) == 1.0 and not bool(frozen)
+
+
+@pytest.mark.parametrize("freeze", [0, 1])
+def test_fine_tuning_with_a_frozen_body_updates_only_the_output_layer(freeze):
+  task = get_task("wine_mlp")
+  fns = task.build({"depth": 2})
+  h = _h(task, learning_rate=3e-3, finetune_steps=2, finetune_fraction=0.5,
+         finetune_freeze=freeze, finetune_lr=1.0, schedule_steps=20.0)
+  state = fns.init(jax.random.key(0), h)
+  step = jax.jit(fns.train_step)
+  snaps = []
+  for i, batch in enumerate(_batches(task, 20, bs=16)):
+    if i == 10:
+      snaps.append(state["params"]["params"])
+    state, _ = step(state, batch, h)
+  snaps.append(state["params"]["params"])
+  moved = {k: float(max(jnp.abs(a - b).max() for a, b in zip(
+      jax.tree_util.tree_leaves(snaps[0][k]), jax.tree_util.tree_leaves(snaps[1][k]),
+      strict=True))) for k in snaps[0]}
+  assert moved["Dense_2"] > 0  # the output layer trains in the fine-tuning stage
+  if freeze:
+    assert moved["Dense_0"] == 0.0 and moved["Dense_1"] == 0.0
+  else:
+    assert moved["Dense_0"] > 0 and moved["Dense_1"] > 0
+
+
 def test_gradient_clipping_bounds_the_global_norm():
   from tasks._src.base import clip_gradients
   g = {"a": jnp.full((3,), 4.0), "b": jnp.full((4,), 3.0)}  # norm sqrt(48 + 36)

@@ -169,6 +169,47 @@ def lr_factor(step: jax.Array, h: H) -> jax.Array:
   return jnp.select([kind == 1, kind == 2], [cosine, warm * cosine], jnp.ones_like(t))
 
 
+def finetune_stage(step: jax.Array, h: H) -> jax.Array:
+  """Which stage of multi-step training ``step`` is in (DREAM's multi-step fine-tuning).
+
+  ``h["finetune_steps"]`` (1: off, 2 or 3 stages) splits the ``schedule_steps`` horizon:
+  each stage after the first takes ``finetune_fraction`` (default 0.2) of it, at the end.
+  Stage ``k`` trains at ``finetune_lr ** k`` (default 0.1) times the learning rate and, with
+  ``finetune_freeze`` (0: no, 1: body), updates only the output layer.
+  """
+  if "finetune_steps" not in h:
+    return jnp.zeros((), jnp.int32)
+  n = jnp.clip(jnp.asarray(h["finetune_steps"], jnp.int32), 1, 3)
+  frac = jnp.asarray(h.get("finetune_fraction", 0.2), jnp.float32)
+  total = jnp.maximum(jnp.asarray(h.get("schedule_steps", 500), jnp.float32), 1.0)
+  t = step.astype(jnp.float32) / total
+  # stage k (1 <= k < n) starts at 1 - (n - k) * frac of the horizon
+  starts = [1.0 - (n - k).astype(jnp.float32) * frac for k in (1, 2)]
+  return sum(((k < n) & (t >= s0)).astype(jnp.int32) for k, s0 in zip((1, 2), starts,
+                                                                       strict=True))
+
+
+def finetune_factor(step: jax.Array, h: H) -> tuple[jax.Array, jax.Array]:
+  """``(lr multiplier, body frozen)`` of multi-step training at ``step`` (see
+  :func:`finetune_stage`)."""
+  stage = finetune_stage(step, h)
+  lr = jnp.power(jnp.asarray(h.get("finetune_lr", 0.1), jnp.float32),
+                 stage.astype(jnp.float32))
+  frozen = (jnp.asarray(h.get("finetune_freeze", 0), jnp.int32) == 1) & (stage > 0)
+  return lr, frozen
+
+
+def output_layer_mask(params: PyTree) -> PyTree:
+  """1.0 on the parameters of the output layer (the module holding the last kernel in
+  layer order), 0.0 elsewhere."""
+  leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
+  kernels = [path[:-1] for path, _ in leaves if getattr(path[-1], "key", None) == "kernel"]
+  head = kernels[-1] if kernels else None
+  return jax.tree_util.tree_unflatten(
+      treedef, [jnp.asarray(head is not None and path[:-1] == head, jnp.float32)
+                for path, _ in leaves])
+
+
 def clip_gradients(grads: PyTree, h: H) -> PyTree:
   """``grads`` clipped to global norm ``h["clip_norm"]`` when ``h`` has it (else unchanged)."""
   if "clip_norm" not in h:
@@ -229,7 +270,11 @@ def supervised(
     opt_state = with_hyperparams(state["opt_state"], h, defaults)
     clipped = clip_gradients(grads, h)
     updates, opt_state = opt.update(clipped, opt_state, state["params"])
-    updates = jax.tree_util.tree_map(lambda u: u * lr_factor(state["step"], h), updates)
+    ft_lr, frozen = finetune_factor(state["step"], h)
+    scale = lr_factor(state["step"], h) * ft_lr
+    head = output_layer_mask(updates)
+    updates = jax.tree_util.tree_map(
+        lambda u, m: u * scale * jnp.where(frozen, m, 1.0).astype(u.dtype), updates, head)
     params = optax.apply_updates(state["params"], updates)
     tel = telemetry(loss, params, grads, state["live"])
     new = {"params": params, "opt_state": opt_state, "live": state["live"],
