@@ -9,12 +9,18 @@ is told), and reports the median over `--seeds` seeds of the final regret
 functions cost microseconds). The first metaopt run of each searcher and function includes
 its jit compile; the "compile" column estimates it as first run - median of the others.
 
-  ours:   tpe (multivariate, constant liar), gp_bo (Matern-5/2, log-EI, kriging believer),
-          cma_es (evosax, popsize = batch), random
+  ours:   tpe (multivariate, constant liar), gp_bo (Matern-5/2, log-EI, kriging believer;
+          on the mixed function `levels` gives it the two categoricals: Hamming kernel and
+          choice-by-choice search), cma_es (evosax, popsize = batch, resampled at the
+          bounds), random
   Optuna: TPESampler(multivariate=True, constant_liar=True), GPSampler(deterministic_objective=
           True), CmaEsSampler(popsize = batch), RandomSampler; in-memory storage. On the mixed
           function Optuna gets real categorical distributions (its CMA-ES samples those at
-          random); metaopt sees index coordinates.
+          random); metaopt's TPE and CMA-ES see index coordinates.
+
+  The Optuna side does not change with metaopt's code: run it once with `--libs optuna --raw
+  FILE`, the metaopt side with `--libs metaopt --raw FILE2`, and join them with `--from_raw
+  FILE,FILE2`.
 
     python benchmarks/blackbox_vs_optuna.py            # 100 evaluations, 10 seeds
     python benchmarks/blackbox_vs_optuna.py --quick    # 30 evaluations, 2 seeds, 2 functions,
@@ -24,6 +30,7 @@ its jit compile; the "compile" column estimates it as first run - median of the 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -44,8 +51,9 @@ from metaopt._src.tpe import tpe  # noqa: E402
 PAIRS = [("tpe", "TPE"), ("gp", "GP"), ("cma_es", "CMA-ES"), ("random", "random")]
 
 
-def ours(name: str, dim: int, batch: int):
-  return {"tpe": lambda: tpe(dim), "gp": lambda: gp_bo(dim),
+def ours(name: str, problem: bf.Problem, batch: int):
+  dim = problem.dim
+  return {"tpe": lambda: tpe(dim), "gp": lambda: gp_bo(dim, levels=problem.levels),
           "cma_es": lambda: cma_es(dim, popsize=batch),
           "random": lambda: random_search(dim)}[name]()
 
@@ -93,6 +101,34 @@ def run_optuna(name: str, problem: bf.Problem, fn, evals: int, batch: int, seed:
   return best
 
 
+def summarize(regret, times):
+  """(median, 25%, 75% regret, steady s/run, compile s) of one searcher on one function."""
+  regret = np.asarray(regret)
+  steady = np.median(times[1:]) if len(times) > 1 else times[0]
+  return (np.median(regret), np.quantile(regret, 0.25), np.quantile(regret, 0.75), steady,
+          times[0] - steady)
+
+
+def load_raw(paths):
+  """Rows of the table from ``--raw`` files; a later line replaces an earlier one."""
+  got = {}
+  for path in paths:
+    with open(path) as f:
+      for line in f:
+        r = json.loads(line)
+        got[(r["function"], r["searcher"], r["lib"])] = r
+  rows, seen, seeds, evals = [], {}, set(), set()
+  total = sum(sum(r["times"]) for r in got.values())
+  for (fname, name, lib), r in got.items():
+    seen.setdefault((fname, name), {})[lib] = summarize(r["regret"], r["times"])
+    seeds.add(len(r["regret"]))
+    evals.add(r["evals"])
+  order = {n: i for i, (n, _) in enumerate(PAIRS)}
+  for (fname, name) in sorted(seen, key=lambda k: (list(bf.PROBLEMS).index(k[0]), order[k[1]])):
+    rows.append((fname, name, seen[(fname, name)]))
+  return rows, "/".join(map(str, sorted(evals))), "/".join(map(str, sorted(seeds))), total
+
+
 def main() -> None:
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("--quick", action="store_true",
@@ -104,6 +140,11 @@ def main() -> None:
   ap.add_argument("--searchers", default=None, help="comma-separated; default all four")
   ap.add_argument("--libs", default="metaopt,optuna", help="which side(s) to run")
   ap.add_argument("--out", default=None, help="also write the markdown table here")
+  ap.add_argument("--raw", default=None,
+                  help="append per-seed results (JSON lines) here, to merge runs later")
+  ap.add_argument("--from_raw", default=None,
+                  help="comma-separated JSON-lines files of --raw: build the table from them "
+                       "(later lines win) instead of running")
   args = ap.parse_args()
   evals = args.evals or (30 if args.quick else 100)
   seeds = args.seeds or (2 if args.quick else 10)
@@ -120,11 +161,15 @@ def main() -> None:
 
   t_all = time.perf_counter()
   rows = []
+  raw_total = None
+  if args.from_raw:
+    rows, evals, seeds, raw_total = load_raw(args.from_raw.split(","))
+    funcs = []
   for fname in funcs:
     p = bf.PROBLEMS[fname]
     fn = jax.jit(p.fn)
     for name in names:
-      s = ours(name, p.dim, args.batch)
+      s = ours(name, p, args.batch)
       ask, tell = jax.jit(s.ask, static_argnums=2), jax.jit(s.tell)
       res = {}
       for lib in args.libs.split(","):
@@ -136,14 +181,17 @@ def main() -> None:
           else:
             bests.append(run_optuna(name, p, fn, evals, args.batch, seed))
           times.append(time.perf_counter() - t)
-        regret = np.asarray(bests) - p.minimum
-        steady = np.median(times[1:]) if len(times) > 1 else times[0]
-        res[lib] = (np.median(regret), np.quantile(regret, 0.25), np.quantile(regret, 0.75),
-                    steady, times[0] - steady)
+        res[lib] = summarize(np.asarray(bests) - p.minimum, times)
+        if args.raw:
+          with open(args.raw, "a") as f:
+            f.write(json.dumps({"function": fname, "searcher": name, "lib": lib,
+                                "evals": evals, "batch": args.batch,
+                                "regret": (np.asarray(bests) - p.minimum).tolist(),
+                                "times": times}) + "\n")
         print(f"{fname:13s} {name:7s} {lib:8s} median regret {res[lib][0]:.4g} "
-              f"(IQR {res[lib][1]:.3g}-{res[lib][2]:.3g})  {steady:.2f} s/run", flush=True)
+              f"(IQR {res[lib][1]:.3g}-{res[lib][2]:.3g})  {res[lib][3]:.2f} s/run", flush=True)
       rows.append((fname, name, res))
-  wall = time.perf_counter() - t_all
+  wall = time.perf_counter() - t_all if raw_total is None else raw_total
 
   label = dict(PAIRS)
   lines = [f"Budget {evals} evaluations in batches of {args.batch}, {seeds} seeds; median final "

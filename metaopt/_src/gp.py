@@ -6,76 +6,127 @@ the Bandit Setting", ICML 2010 (UCB); Snoek, Larochelle & Adams, "Practical Baye
 Optimization of Machine Learning Algorithms", NeurIPS 2012 (Matern-5/2 ARD); Ginsbourger,
 Le Riche & Carraro, "Kriging is well-suited to parallelize optimization", 2010 (kriging
 believer); Ament et al., "Unexpected Improvements to Expected Improvement", NeurIPS 2023
-(log-EI); Hvarfner, Hellsten & Nardi, "Vanilla Bayesian Optimization Performs Great in High
-Dimensions", ICML 2024 (dimension-scaled lengthscale prior).
+(log-EI). Priors, the Hamming kernel for categoricals and the incumbent as a start of the
+acquisition search follow Optuna's ``GPSampler`` (Optuna 5, ``optuna/_gp``).
 
 Model: zero-mean GP with a Matern-5/2 ARD kernel on warped, standardised ``y`` (``log1p`` of
 the distance to the best value in units of the median's, so that a few huge values do not
-flatten the surface near the optimum). Log lengthscales, log signal variance and log noise
-variance (relative to the signal, floored at 1e-4 so float32 Cholesky stays safe) are MAP
-estimates under log-normal priors, fitted with ``optax.adam`` for a fixed number of steps inside
-``ask``, warm-started from the previous fit. The history is a fixed-capacity buffer whose
-unused rows are masked out of the kernel matrix (identity rows, zero targets), so shapes never
-change.
+flatten the surface near the optimum). Categorical coordinates (``levels``) enter the kernel
+by the Hamming distance of their choices. Log lengthscales, log signal variance and log noise
+variance (relative to the signal) are MAP estimates (priors in :func:`_log_prior`), fitted
+with ``optax.adam`` for a fixed number of steps inside ``ask``, warm-started from the
+previous fit. The noise is floored at 1e-6 of the signal variance; where float32 Cholesky
+fails at that floor (near-duplicate points) the factorisation is redone at 1e-4. The history
+is a fixed-capacity buffer whose unused rows are masked out of the kernel matrix (identity
+rows, zero targets), so shapes never change.
 
 Acquisition (log-EI or UCB) is maximised over uniform random candidates plus Gaussian
-perturbations of the best observations, then refined by a few ``adam`` steps from the best
-candidates, clipped to the cube. A batch is chosen point by point with the kriging believer:
-each chosen point joins the data as a fantasy observation equal to its posterior mean.
+perturbations of the best observations at four scales (``local_std`` down to
+``local_std / 125``); the incumbent and the best candidates are refined by Adam with a
+cosine-decayed step on the continuous coordinates, clipped to the cube, and each categorical
+coordinate of the winner is then set to its best choice. A batch is chosen point by point
+with the kriging believer: each chosen point joins the data as a fantasy observation equal
+to its posterior mean.
 """
 
 from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.scipy.linalg import cho_solve, solve_triangular
 from jax.scipy.special import ndtr
 
+from metaopt._src.evolution import _check_levels
 from metaopt._src.searchers import _check_dim, sobol
 from metaopt._src.tpe import _check_float, _check_int, history_init, history_tell
 from metaopt._src.types import Searcher
 
 _SQRT5 = math.sqrt(5.0)
 _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
-_MIN_NOISE = 1e-4
+_MIN_NOISE = 1e-6
+_SAFE_NOISE = 1e-4
+_LOG_NOISE_MIN = math.log(1e-8)
 _ACQUISITIONS = ("ei", "ucb")
+_LOCAL_SCALES = (1.0, 0.2, 0.04, 0.008)  # multiples of the local perturbation scale
 
 
-def _sq_dist(x1: jax.Array, x2: jax.Array, log_ls: jax.Array) -> jax.Array:
-  a, b = x1 / jnp.exp(log_ls), x2 / jnp.exp(log_ls)
-  return jnp.sum(jnp.square(a[:, None, :] - b[None, :, :]), axis=-1)
+def _choice(x: jax.Array, levels: np.ndarray) -> jax.Array:
+  """Choice index ``floor(u * k)`` of each categorical coordinate (0 where continuous)."""
+  k = np.maximum(levels, 1)
+  return jnp.clip(jnp.floor(x * k), 0, k - 1)
 
 
-def matern52(x1: jax.Array, x2: jax.Array, log_ls: jax.Array, log_s2: jax.Array) -> jax.Array:
-  """Matern-5/2 ARD kernel matrix ``[n1, n2]``, with a gradient that is finite at r = 0."""
-  r2 = _sq_dist(x1, x2, log_ls)
+def snap(x: jax.Array, levels: np.ndarray | None) -> jax.Array:
+  """Moves categorical coordinates to the midpoint of their choice; continuous ones stay."""
+  if levels is None or not np.any(levels):
+    return x
+  return jnp.where(levels > 0, (_choice(x, levels) + 0.5) / np.maximum(levels, 1), x)
+
+
+def _sq_dist(x1: jax.Array, x2: jax.Array, log_ls: jax.Array,
+             levels: np.ndarray | None = None) -> jax.Array:
+  """Squared scaled distances ``[n1, n2]``: Euclidean, or Hamming on categorical coordinates."""
+  sq = jnp.square(x1[:, None, :] - x2[None, :, :])
+  if levels is not None and np.any(levels):
+    diff = (_choice(x1, levels)[:, None, :] != _choice(x2, levels)[None, :, :])
+    sq = jnp.where(levels > 0, diff.astype(sq.dtype), sq)
+  return sq @ jnp.exp(-2.0 * log_ls)
+
+
+def matern52(x1: jax.Array, x2: jax.Array, log_ls: jax.Array, log_s2: jax.Array,
+             levels: np.ndarray | None = None) -> jax.Array:
+  """Matern-5/2 ARD kernel matrix ``[n1, n2]``, with a gradient that is finite at r = 0.
+
+  Categorical coordinates (``levels[j] = k > 0``, decoded as ``floor(u * k)``) contribute
+  the Hamming distance of their choices, scaled by their lengthscale.
+  """
+  r2 = _sq_dist(x1, x2, log_ls, levels)
   pos = r2 > 1e-12
   r = jnp.where(pos, jnp.sqrt(jnp.where(pos, r2, 1.0)), 0.0)
   return jnp.exp(log_s2) * (1.0 + _SQRT5 * r + (5.0 / 3.0) * r2) * jnp.exp(-_SQRT5 * r)
 
 
-def _gram(theta, x, mask):
+def _gram(theta, x, mask, levels=None, floor=None):
   m = mask.astype(jnp.float32)
-  k = matern52(x, x, theta["log_ls"], theta["log_s2"]) * (m[:, None] * m[None, :])
-  # Noise relative to the signal variance, floored, keeps cond(K) <~ n / _MIN_NOISE: float32-safe.
-  noise = jnp.exp(theta["log_s2"]) * (_MIN_NOISE + jnp.exp(theta["log_noise"]))
+  k = matern52(x, x, theta["log_ls"], theta["log_s2"], levels) * (m[:, None] * m[None, :])
+  noise = jnp.exp(theta["log_s2"]) * ((_MIN_NOISE if floor is None else floor)
+                                      + jnp.exp(theta["log_noise"]))
   return k + jnp.diag(jnp.where(mask, noise, 1.0))
 
 
+def _cholesky(theta, x, mask, levels=None):
+  """Cholesky factor of the Gram matrix with noise floored at ``_MIN_NOISE`` (1e-6 of the
+  signal variance); where float32 loses positive definiteness at that floor (near-duplicate
+  points), it is refactored with the floor at ``_SAFE_NOISE`` (1e-4)."""
+  chol = jnp.linalg.cholesky(_gram(theta, x, mask, levels))
+  return jax.lax.cond(jnp.all(jnp.isfinite(chol)), lambda: chol,
+                      lambda: jnp.linalg.cholesky(_gram(theta, x, mask, levels, _SAFE_NOISE)))
+
+
 def _log_prior(theta, dim: int) -> jax.Array:
-  mu_ls = math.sqrt(2.0) + 0.5 * math.log(dim)
-  lp = -0.5 * jnp.sum(jnp.square(theta["log_ls"] - mu_ls)) / 3.0
-  lp -= 0.5 * jnp.square(theta["log_s2"])
-  lp -= 0.5 * jnp.square(theta["log_noise"] + 4.0)
+  """Log prior of the hyperparameters (up to a constant), in the log space they are fitted in.
+
+  Lengthscales: ``-0.1 (l^2 + 1 / l^2)`` per dimension, peaked at ``l = 1`` on the unit cube
+  (the shape of Optuna's prior on inverse squared lengthscales). Signal variance: Gamma(2, 1).
+  Relative noise variance: log-normal around ``exp(-9) = 1.2e-4`` with log-std 1.5, so a
+  deterministic objective is fitted down to the float32-safe floor.
+  """
+  del dim
+  ls2 = jnp.exp(2.0 * theta["log_ls"])
+  lp = -jnp.sum(0.1 * ls2 + 0.1 / ls2)
+  lp += theta["log_s2"] - jnp.exp(theta["log_s2"])
+  lp -= 0.5 * jnp.square((theta["log_noise"] + 9.0) / 1.5)
   return lp
 
 
-def _neg_log_marginal(theta, x, yz, mask, dim: int) -> jax.Array:
-  chol = jnp.linalg.cholesky(_gram(theta, x, mask))
+def _neg_log_marginal(theta, x, yz, mask, dim: int, levels=None) -> jax.Array:
+  chol = _cholesky(theta, x, mask, levels)
   alpha = cho_solve((chol, True), yz)
   n = jnp.sum(mask)
   nll = 0.5 * jnp.dot(yz, alpha) + jnp.sum(jnp.log(jnp.diag(chol))) + n * _LOG_SQRT_2PI
@@ -85,10 +136,10 @@ def _neg_log_marginal(theta, x, yz, mask, dim: int) -> jax.Array:
 def _clip_theta(theta):
   return {"log_ls": jnp.clip(theta["log_ls"], math.log(1e-2), math.log(1e2)),
           "log_s2": jnp.clip(theta["log_s2"], -4.0, 4.0),
-          "log_noise": jnp.clip(theta["log_noise"], math.log(1e-8), 1.0)}
+          "log_noise": jnp.clip(theta["log_noise"], _LOG_NOISE_MIN, 1.0)}
 
 
-def fit_gp(theta, x, yz, mask, steps: int, lr: float):
+def fit_gp(theta, x, yz, mask, steps: int, lr: float, levels=None, fixed_noise: bool = False):
   """MAP hyperparameters by ``steps`` of Adam from ``theta``; non-finite steps are skipped."""
   dim = x.shape[1]
   opt = optax.adam(lr)
@@ -96,7 +147,9 @@ def fit_gp(theta, x, yz, mask, steps: int, lr: float):
 
   def step(carry, _):
     theta, opt_state = carry
-    loss, g = loss_grad(theta, x, yz, mask, dim)
+    loss, g = loss_grad(theta, x, yz, mask, dim, levels)
+    if fixed_noise:
+      g = {**g, "log_noise": jnp.zeros_like(g["log_noise"])}
     upd, new_opt = opt.update(g, opt_state, theta)
     new = _clip_theta(optax.apply_updates(theta, upd))
     ok = jnp.isfinite(loss) & jnp.all(jnp.asarray(
@@ -108,14 +161,14 @@ def fit_gp(theta, x, yz, mask, steps: int, lr: float):
   return theta
 
 
-def _posterior(theta, x, yz, mask):
+def _posterior(theta, x, yz, mask, levels=None):
   """Returns ``predict(xq) -> (mean, std)`` of the latent function at ``xq[c, d]``."""
-  chol = jnp.linalg.cholesky(_gram(theta, x, mask))
+  chol = _cholesky(theta, x, mask, levels)
   alpha = cho_solve((chol, True), yz)
   s2 = jnp.exp(theta["log_s2"])
 
   def predict(xq):
-    ks = matern52(xq, x, theta["log_ls"], theta["log_s2"]) * mask[None, :]
+    ks = matern52(xq, x, theta["log_ls"], theta["log_s2"], levels) * mask[None, :]
     mean = ks @ alpha
     v = solve_triangular(chol, ks.T, lower=True)
     var = jnp.maximum(s2 - jnp.sum(jnp.square(v), axis=0), 1e-10)
@@ -154,7 +207,8 @@ def _log_h(z: jax.Array) -> jax.Array:
 def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float = 2.0,
           capacity: int = 256, fit_steps: int = 100, fit_lr: float = 0.05,
           n_candidates: int = 1024, n_local: int = 256, local_std: float = 0.05,
-          n_restarts: int = 4, grad_steps: int = 25, grad_lr: float = 0.01) -> Searcher:
+          n_restarts: int = 8, grad_steps: int = 50, grad_lr: float = 0.02,
+          levels: Sequence[int] | None = None, deterministic: bool = False) -> Searcher:
   """GP-BO with a Matern-5/2 ARD kernel, log-EI or UCB, and kriging-believer batches.
 
   Until ``n_startup`` observations are complete, proposals are scrambled Sobol points. Then
@@ -174,11 +228,19 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
     fit_steps: Adam steps of the marginal-likelihood fit per ``ask``.
     fit_lr: Adam learning rate of the fit.
     n_candidates: uniform random acquisition candidates per proposal.
-    n_local: candidates perturbed (``local_std``) around the best five observations.
-    local_std: std of the local perturbations.
-    n_restarts: best candidates refined by gradient ascent.
+    n_local: candidates perturbed around the best five observations, a quarter each with
+      std ``local_std``, ``local_std / 5``, ``/ 25`` and ``/ 125``.
+    local_std: largest std of the local perturbations.
+    n_restarts: points refined by gradient ascent: the incumbent and the
+      ``n_restarts - 1`` best candidates.
     grad_steps: Adam steps of that refinement.
-    grad_lr: its learning rate.
+    grad_lr: its initial learning rate (cosine-decayed to ``grad_lr / 1000``).
+    levels: per coordinate, 0 for continuous or the number of choices ``k`` of a categorical
+      index coordinate (decoded as ``floor(u * k)``, as ``spaces.Choice`` does). Categorical
+      coordinates get a Hamming kernel, proposals at choice midpoints and an exhaustive
+      search over their choices. ``None``: all continuous.
+    deterministic: the objective has no noise: the noise variance stays at the floor instead
+      of being fitted (Optuna's ``deterministic_objective``).
 
   Returns:
     A :class:`Searcher`; ``state["theta"]`` holds the fitted GP hyperparameters.
@@ -202,11 +264,14 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
   _check_int("n_local", n_local, 0)
   _check_int("n_restarts", n_restarts, 1)
   _check_int("grad_steps", grad_steps, 0)
-  if n_restarts > n_candidates + n_local:
-    raise ValueError(f"n_restarts={n_restarts}: must be <= n_candidates + n_local")
+  if n_restarts > n_candidates + n_local + 1:
+    raise ValueError(f"n_restarts={n_restarts}: must be <= n_candidates + n_local + 1")
   for name, v in (("kappa", kappa), ("fit_lr", fit_lr), ("local_std", local_std),
                   ("grad_lr", grad_lr)):
     _check_float(name, v, 0.0, float("inf"))
+  lv = _check_levels(levels, dim)
+  lvl = lv if np.any(lv) else None
+  cont = jnp.asarray(lv == 0, jnp.float32)
   design = sobol(dim)
   n_top = 5
   # Buffer prefixes the GP is fitted on, one compiled branch each: 64, 128, 256, ... capacity.
@@ -214,7 +279,8 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
 
   def init(key):
     theta = {"log_ls": jnp.full((dim,), math.log(0.5 * math.sqrt(dim)), jnp.float32),
-             "log_s2": jnp.zeros((), jnp.float32), "log_noise": jnp.full((), -6.0, jnp.float32)}
+             "log_s2": jnp.zeros((), jnp.float32),
+             "log_noise": jnp.full((), _LOG_NOISE_MIN if deterministic else -6.0, jnp.float32)}
     return {**history_init(capacity, dim), "theta": theta, "design": design.init(key)}
 
   def acq_fn(predict, best):
@@ -226,17 +292,27 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
     return acq
 
   def refine(acq, x0):
-    opt = optax.adam(grad_lr)
+    # Adam on the continuous coordinates with a cosine-decayed step: large first moves, then
+    # steps down to grad_lr / 1000 so the optimum is located to float32 precision.
+    opt = optax.adam(optax.cosine_decay_schedule(grad_lr, max(grad_steps, 1), 1e-3))
     grad = jax.grad(lambda x: -acq(x[None])[0])
 
     def step(carry, _):
       x, s = carry
-      upd, s = opt.update(grad(x), s, x)
+      upd, s = opt.update(grad(x) * cont, s, x)
       x = jnp.clip(optax.apply_updates(x, upd), 0.0, 1.0)
       return (x, s), None
 
     (x, _), _ = jax.lax.scan(step, (x0, opt.init(x0)), None, length=grad_steps)
     return x
+
+  def choice_search(acq, u):
+    """Tries every choice of each categorical coordinate in turn, keeping the best."""
+    for j in np.flatnonzero(lv):
+      alt = jnp.tile(u, (int(lv[j]), 1)).at[:, j].set((jnp.arange(lv[j]) + 0.5) / lv[j])
+      score = acq(alt)
+      u = alt[jnp.argmax(jnp.where(jnp.isfinite(score), score, -jnp.inf))]
+    return u
 
   def model_ask(size, state, key, n):
     """Fits the GP on the first ``size`` buffer rows and proposes a kriging-believer batch."""
@@ -244,26 +320,29 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
     n_obs = jnp.sum(valid)
     yz = warp_and_standardize(y, valid)
     best = jnp.min(jnp.where(valid, yz, jnp.inf))
-    theta = fit_gp(state["theta"], x, yz, valid, fit_steps, fit_lr)
-    top = x[jnp.argsort(jnp.where(valid, y, jnp.inf))[:n_top]]
+    theta = fit_gp(state["theta"], x, yz, valid, fit_steps, fit_lr, lvl, deterministic)
+    top = snap(x[jnp.argsort(jnp.where(valid, y, jnp.inf))[:n_top]], lvl)
 
     def propose(carry, i):
       x_all, yz_all, m_all = carry
       k_rand, k_loc, k_pick = jax.random.split(jax.random.fold_in(key, i), 3)
-      predict = _posterior(theta, x_all, yz_all, m_all)
+      predict = _posterior(theta, x_all, yz_all, m_all, lvl)
       acq = acq_fn(predict, best)
-      cand = jax.random.uniform(k_rand, (n_candidates, dim))
+      cand = snap(jax.random.uniform(k_rand, (n_candidates, dim)), lvl)
       if n_local:
+        # Perturbations of the best observations at scales local_std, local_std / 5, ...
         parent = top[jax.random.randint(k_pick, (n_local,), 0, jnp.minimum(n_obs, n_top))]
-        local = parent + local_std * jax.random.normal(k_loc, (n_local, dim))
-        cand = jnp.concatenate([cand, jnp.clip(local, 0.0, 1.0)])
+        mult = local_std * jnp.asarray(_LOCAL_SCALES)[jnp.arange(n_local) % len(_LOCAL_SCALES)]
+        local = parent + mult[:, None] * jax.random.normal(k_loc, (n_local, dim))
+        cand = jnp.concatenate([cand, snap(jnp.clip(local, 0.0, 1.0), lvl)])
       score = acq(cand)
-      _, idx = jax.lax.top_k(jnp.where(jnp.isfinite(score), score, -jnp.inf), n_restarts)
-      starts = cand[idx]
+      _, idx = jax.lax.top_k(jnp.where(jnp.isfinite(score), score, -jnp.inf), n_restarts - 1)
+      starts = jnp.concatenate([top[:1], cand[idx]])  # the incumbent always starts a search
       refined = jax.vmap(lambda x0: refine(acq, x0))(starts) if grad_steps else starts
       pool = jnp.concatenate([starts, refined])
       pool_score = acq(pool)
       u = pool[jnp.argmax(jnp.where(jnp.isfinite(pool_score), pool_score, -jnp.inf))]
+      u = choice_search(acq, u)
       fantasy, _ = predict(u[None])
       x_all = x_all.at[size + i].set(u)
       yz_all = yz_all.at[size + i].set(fantasy[0])

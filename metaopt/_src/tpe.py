@@ -7,7 +7,8 @@ Understanding Its Algorithm Components ...", arXiv:2304.11127, 2023).
 
 Completed observations are split by the ``gamma`` quantile of ``y`` into a good set and a bad
 set; each set becomes a Parzen estimator (a mixture of product Gaussian kernels truncated to
-``[0, 1]``, one kernel per observation plus a wide prior kernel at the centre). A proposal is the
+``[0, 1]``, one kernel per observation plus a wide prior kernel at the centre; a kernel's width
+along each dimension is the larger gap to its neighbours, as in Optuna 5). A proposal is the
 candidate, among ``n_candidates`` drawn from the good density ``l``, that maximises
 ``log l(x) - log g(x)`` (equivalent to maximising expected improvement).
 
@@ -93,14 +94,43 @@ def _bandwidth(x: jax.Array, w: jax.Array, n: jax.Array, d_eff: int) -> jax.Arra
   return jnp.clip(sigma, lo, 1.0)
 
 
-def _mixture(x: jax.Array, mask: jax.Array, prior_weight: float, d_eff: int):
+def _gap_bandwidth(x: jax.Array, mask: jax.Array) -> jax.Array:
+  """Per-point, per-dimension kernel widths ``[k, d]`` from the gaps to the neighbours.
+
+  Optuna 5's rule: along each dimension a point's width is the larger of the gaps to its left
+  and right neighbours among the set's points, with the cube's faces as outer neighbours
+  except for the outermost points of a set of two or more (their inner gap), clipped to
+  ``[1 / min(100, n + 2), 1]``. Rows outside ``mask`` get width 1 (they carry no weight).
+  """
+  cap, dim = x.shape
+  n = jnp.sum(mask)
+  order = jnp.argsort(jnp.where(mask[:, None], x, jnp.inf), axis=0)  # valid rows first
+  srt = jnp.take_along_axis(x, order, axis=0)
+  i = jnp.arange(cap)[:, None]
+  left = jnp.where(i == 0, 0.0, jnp.roll(srt, 1, axis=0))
+  right = jnp.where(i >= n - 1, 1.0, jnp.roll(srt, -1, axis=0))
+  sig = jnp.maximum(srt - left, right - srt)
+  many = n >= 2
+  sig = jnp.where((i == 0) & many, srt[1] - srt[0], sig)
+  last = jnp.take_along_axis(srt, jnp.full((1, dim), jnp.maximum(n - 1, 0)), axis=0)
+  prev = jnp.take_along_axis(srt, jnp.full((1, dim), jnp.maximum(n - 2, 0)), axis=0)
+  sig = jnp.where((i == n - 1) & many, last - prev, sig)
+  sig = jnp.clip(sig, 1.0 / jnp.minimum(100.0, n + 2.0), 1.0)
+  out = jnp.zeros_like(sig).at[order, jnp.arange(dim)[None, :]].set(sig)
+  return jnp.where(mask[:, None], out, 1.0)
+
+
+def _mixture(x: jax.Array, mask: jax.Array, prior_weight: float, d_eff: int,
+             bandwidth: str = "gaps"):
   """A Parzen estimator: component centres ``[k+1, d]``, widths, log weights ``[k+1]``."""
   n = jnp.sum(mask)
-  w = mask / jnp.maximum(n, 1)
-  sigma = _bandwidth(x, w, n, d_eff)
   dim = x.shape[1]
+  if bandwidth == "gaps":
+    sigma = _gap_bandwidth(x, mask)
+  else:
+    sigma = jnp.broadcast_to(_bandwidth(x, mask / jnp.maximum(n, 1), n, d_eff), x.shape)
   mus = jnp.concatenate([x, jnp.full((1, dim), 0.5)], axis=0)
-  sigmas = jnp.concatenate([jnp.broadcast_to(sigma, x.shape), jnp.ones((1, dim))], axis=0)
+  sigmas = jnp.concatenate([sigma, jnp.ones((1, dim))], axis=0)
   logw = jnp.concatenate([jnp.where(mask, 0.0, -jnp.inf), jnp.zeros(1) + math.log(prior_weight)])
   logw = logw - jnp.log(n + prior_weight)
   return mus, sigmas, logw
@@ -138,7 +168,7 @@ def _log_density(z, mus, sigmas, logw, multivariate: bool) -> jax.Array:
 
 def tpe(dim: int, n_startup: int = 10, gamma: float | None = None, n_candidates: int = 24,
         multivariate: bool = True, constant_liar: bool = True, prior_weight: float = 1.0,
-        capacity: int = 1024) -> Searcher:
+        capacity: int = 1024, bandwidth: str = "gaps") -> Searcher:
   """Tree-structured Parzen Estimator over ``[0, 1]^dim``.
 
   Until ``n_startup`` observations are complete, proposals are uniform random. A batch
@@ -159,6 +189,11 @@ def tpe(dim: int, n_startup: int = 10, gamma: float | None = None, n_candidates:
     constant_liar: spread batches by adding pending points to the bad set.
     prior_weight: weight of the prior kernel (centre 0.5, width 1) relative to one observation.
     capacity: observations remembered (ring buffer).
+    bandwidth: kernel widths. ``"gaps"`` (default, Optuna 5's rule): each kernel's width along
+      a dimension is the larger gap to its neighbours there (see :func:`_gap_bandwidth`), so
+      kernels are narrow where observations are dense. ``"scott"``: one width per dimension
+      and set, Scott's rule on the set's spread (the rule before; over 30 seeds it was better
+      on Branin and the mixed function, worse on Hartmann-6).
 
   Returns:
     A :class:`Searcher`; its state holds the history and never changes shape.
@@ -178,6 +213,8 @@ def tpe(dim: int, n_startup: int = 10, gamma: float | None = None, n_candidates:
   _check_int("capacity", capacity, 2)
   if gamma is not None:
     _check_float("gamma", gamma, 0.0, 1.0)
+  if bandwidth not in ("gaps", "scott"):
+    raise ValueError(f"bandwidth={bandwidth!r}: must be 'gaps' or 'scott'")
   _check_float("prior_weight", prior_weight, 0.0, float("inf"))
   d_eff = dim if multivariate else 1
 
@@ -193,7 +230,7 @@ def tpe(dim: int, n_startup: int = 10, gamma: float | None = None, n_candidates:
     rank = jnp.zeros(capacity, jnp.int32).at[order].set(jnp.arange(capacity, dtype=jnp.int32))
     good = valid & (rank < _n_below(n_obs, gamma))
     bad = valid & ~good
-    mus_l, sig_l, logw_l = _mixture(state["x"], good, prior_weight, d_eff)
+    mus_l, sig_l, logw_l = _mixture(state["x"], good, prior_weight, d_eff, bandwidth)
     x_bad = jnp.concatenate([state["x"], jnp.zeros((n, dim), jnp.float32)])
     bad = jnp.concatenate([bad, jnp.zeros(n, bool)])
     startup = n_obs < n_startup
@@ -201,7 +238,7 @@ def tpe(dim: int, n_startup: int = 10, gamma: float | None = None, n_candidates:
     def propose(carry, i):
       x_bad, bad = carry
       k_rand, k_cand = jax.random.split(jax.random.fold_in(key, i))
-      mus_g, sig_g, logw_g = _mixture(x_bad, bad, prior_weight, d_eff)
+      mus_g, sig_g, logw_g = _mixture(x_bad, bad, prior_weight, d_eff, bandwidth)
       cand = _sample(k_cand, mus_l, sig_l, logw_l, n_candidates, multivariate)
       score = (_log_density(cand, mus_l, sig_l, logw_l, multivariate)
                - _log_density(cand, mus_g, sig_g, logw_g, multivariate))
