@@ -283,7 +283,9 @@ def main() -> None:
   optuna_name = "Optuna TPE+MedianPruner"
   dev = jax.devices()[0]
   print(f"# device: {dev.platform} x{len(jax.devices())}, cpus {os.cpu_count()}, jax "
-        f"{jax.__version__}, load avg {os.getloadavg()[0]:.1f}")
+        f"{jax.__version__}, load avg {os.getloadavg()[0]:.1f}, metaopt population kernel "
+        f"mode {pop.default_mode()!r}, persistent compilation cache "
+        f"{jax.config.jax_compilation_cache_dir or 'off'}")
   print(f"# digits_mlp, {n_trials} trials, <= {epochs} epochs/trial, batch {args.batch}, "
         f"population {population}, seeds {n_seeds}, target valid accuracy {target}")
   runs: dict[str, list[dict]] = {optuna_name: []}

@@ -81,7 +81,8 @@ def test_successive_halving_in_the_engine_compacts_and_records_rungs(tmp_path):
   prog = metaopt.with_pruning(metaopt.random_search(task.space.dim),
                               metaopt.successive_halving(n_epochs=5, min_epochs=1, eta=3))
   res = metaopt.search(prog, task, n_trials=9, population=9, epochs=5, batch_size=128,
-                       store=f"sqlite:///{tmp_path}/s.db", study="sh", progress=False)
+                       store=f"sqlite:///{tmp_path}/s.db", study="sh", progress=False,
+                       compaction="always")  # "auto" keeps a kernel whose shrinking won't pay
   done = [t for t in res.trials if t.status == "complete"]
   pruned = [t for t in res.trials if t.status == "pruned"]
   assert len(done) == 1 and len(pruned) == 8

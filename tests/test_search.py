@@ -222,7 +222,7 @@ def test_resume_restores_a_compacted_population(tmp_path):
   prog = metaopt.with_pruning(metaopt.random_search(task.space.dim),
                               metaopt.successive_halving(n_epochs=4, min_epochs=1, eta=2))
   kw = dict(n_trials=8, population=8, epochs=4, batch_size=128, seed=2, progress=False,
-            study="c", checkpoint_every_s=0)
+            study="c", checkpoint_every_s=0, compaction="always")
   ref = metaopt.search(prog, task, store=f"sqlite:///{tmp_path}/ref.db", **kw)
 
   def cut(rnd, epoch, metrics):

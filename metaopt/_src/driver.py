@@ -138,6 +138,7 @@ def search(
     devices: list[jax.Device] | None = None,
     constraint: Callable[[dict[str, Any]], float] | None = None,
     target: float | None = None,
+    compaction: str = "auto",
 ) -> Result:
   """Runs (or resumes) a population search and returns its :class:`Result`.
 
@@ -165,12 +166,17 @@ def search(
       trained, and the searcher is told so.
     target: stop after the round in which a trial reaches this objective (at least it when
       the task maximises, at most when it minimises); a ``target`` event is recorded.
+    compaction: when a group's kernel shrinks to its surviving trials (see
+      :func:`_compact`): ``"auto"`` when the compute it saves beats compiling the smaller
+      kernel, ``"always"`` once the survivors fit in half the kernel, ``"never"``.
   """
   space = task.space if space is None else space
   n_trials = _positive_int("n_trials", n_trials)
   population = _positive_int("population", population)
   epochs = _positive_int("epochs", epochs)
   batch_size = _positive_int("batch_size", batch_size)
+  if compaction not in COMPACTIONS:
+    raise ValueError(f"compaction={compaction!r}: must be one of {', '.join(COMPACTIONS)}")
   if batch_size > len(task.data.train):
     raise ValueError(f"batch_size={batch_size}: must be <= {len(task.data.train)} "
                      f"(size of {task.data.name}'s train split)")
@@ -196,7 +202,7 @@ def search(
 
   root = jax.random.key(seed)
   key_init, key_rounds = jax.random.split(root)
-  template = program.init(key_init)
+  template = pop.fast_jit(program.init)(key_init)  # one compile, not one per eager op
   record = dict(config or {}, n_trials=n_trials, population=population, epochs=epochs,
                 batch_size=batch_size, seed=seed)
   if study in st.study_names():
@@ -222,12 +228,9 @@ def search(
   if rec.searcher_state is not None:
     state = flax.serialization.from_bytes(template, rec.searcher_state)
 
-  ask = jax.jit(program.ask, static_argnums=2)
-  tell = jax.jit(program.tell)
-  observe = jax.jit(program.observe) if program.observe is not None else None
-  decode = jax.jit(space.decode)
+  ask, tell, observe, decode = _searcher_fns(program, space)
   multiple, data, kernel = _engine(task, devices, batch_size, shared_batches)
-  flops_cache: dict[str, float] = {}
+  flops_cache: dict[str, Any] = {}
   proc = f"process_{jax.process_index()}" if multi else ""
 
   n_rounds = -(-n_trials // population)
@@ -248,7 +251,7 @@ def search(
         u = np.asarray([json.loads(r["u"]) for r in rows], np.float32)
         ids = [r["id"] for r in rows]
       else:
-        state, u = ask(state, jax.random.fold_in(key_r, 0), n)
+        state, u = ask(state, jax.random.fold_in(key_r, 0), n, calls_left=n_rounds - rnd)
         u = np.asarray(u, np.float32)
         if u.shape != (n, space.dim):
           raise ValueError(f"program.ask returned points of shape {u.shape}; the space needs "
@@ -275,7 +278,7 @@ def search(
             for i in np.flatnonzero(~feasible)])
       state = _train_round(r, state, task, kernel, data, ckpt, st, key_r, epochs, sign, observe,
                            seed, population, bar, on_epoch, space, checkpoint_every_s,
-                           multiple, flops_cache, batch_size)
+                           multiple, flops_cache, batch_size, compaction)
       dist.sync(f"metaopt-trained-{rnd}")  # process 0 has written the round's statuses
       rows = st.round_trials(rec.id, rnd)
       status = np.asarray([STATUS_NAMES.index(x["status"]) if x["status"] != "running"
@@ -296,6 +299,17 @@ def search(
   finally:
     bar.close()
   return Result(study, direction, st.trials(rec.id), state)
+
+
+def _searcher_fns(program: Searcher, space: Space):
+  """``(ask, tell, observe, decode)`` compiled for the driver: ``ask`` tiered (see
+  :class:`population.TieredJit`; call it with ``calls_left``), the others without backend
+  optimisation (each runs once per round or epoch, in milliseconds, but would take seconds
+  to compile optimised)."""
+  ask = pop.TieredJit(program.ask, static_argnums=2)
+  tell = pop.fast_jit(program.tell)
+  observe = pop.fast_jit(program.observe) if program.observe is not None else None
+  return ask, tell, observe, pop.fast_jit(space.decode)
 
 
 def _engine(task: Task, devices: list[jax.Device] | None, batch_size: int,
@@ -320,6 +334,9 @@ def _engine(task: Task, devices: list[jax.Device] | None, batch_size: int,
     return kernels[k]
 
   return multiple, data, kernel
+
+
+COMPACTIONS = ("auto", "always", "never")
 
 
 def _reached(results: list[tuple], target: float, direction: str) -> bool:
@@ -366,7 +383,10 @@ def _take(h: Mapping[str, Any], idx: np.ndarray) -> dict[str, Any]:
   return {k: v[idx] for k, v in h.items()}
 
 
-@jax.jit
+_trial_keys = pop.fast_jit(jax.vmap(jax.random.key))  # one compile, not one per eager op
+
+
+@pop.fast_jit
 def _gather_jit(tree, idx):
   return jax.tree_util.tree_map(lambda a: a[idx], tree)
 
@@ -381,29 +401,35 @@ def _train_round(r: _Round, state, task: Task, kernel, data, ckpt: Checkpointer,
                  key_r, epochs: int, sign: float, observe, seed: int, population: int, bar,
                  on_epoch, space: Space, checkpoint_every_s: float = 0.0,
                  multiple: int = 1, flops_cache: dict | None = None,
-                 batch_size: int | None = None) -> Any:
+                 batch_size: int | None = None, compaction: str = "auto") -> Any:
   """Trains one round's population epoch by epoch; returns the searcher state.
 
   Between epochs the program's ``observe`` may stop trials (pruning, monitoring) and, for
   population-based training, hand back ``copy_from`` (exploit) and new points ``u``
-  (explore). When half of a group's trials have stopped, the group is compacted: the
-  survivors are gathered into a smaller kernel so stopped trials cost no more compute.
+  (explore). Stopped trials stay in their kernel, frozen, until the group is compacted:
+  the survivors are gathered into a smaller kernel so stopped trials cost no more compute
+  (``compaction``; with ``"auto"`` only when the measured compute saved over the epochs
+  left exceeds the measured time to compile a kernel of the new size, see
+  :func:`_compaction_size`).
 
   Every trial-epoch records its compute: ``flops`` (XLA cost analysis of the population
   step, per trial) and ``device_s`` (wall time of its group's chunk, compilation excluded,
-  times the devices, divided by the group's slots).
+  times the devices, divided by the group's slots, or by its live trials for a ``"loop"``
+  kernel).
   """
   n = len(r.params)
   numbers = [r.number * population + i for i in range(n)]
-  seeds = jnp.asarray([trial_seed(seed, num) for num in numbers], jnp.uint32)
-  keys = jax.vmap(jax.random.key)(seeds)
+  seeds = np.asarray([trial_seed(seed, num) for num in numbers], np.uint32)
 
   for g in r.groups:  # build (outside any trace) before eval_shape below
     kernel(r.structures[g])
   flops_cache = {} if flops_cache is None else flops_cache
+  # per structure, for compaction: compile seconds, seconds per slot-epoch, sizes compiled
+  perf = flops_cache.setdefault("perf", {})
+  decode = flops_cache.setdefault("decode", pop.fast_jit(space.decode))  # PBT explores
 
   def fresh(layout):
-    return {g: kernel(r.structures[g]).init(keys[idx], _take(r.h, idx))
+    return {g: kernel(r.structures[g]).init(_trial_keys(seeds[idx]), _take(r.h, idx))
             for g, idx in layout.items()}
 
   def abstract(meta):
@@ -426,7 +452,7 @@ def _train_round(r: _Round, state, task: Task, kernel, data, ckpt: Checkpointer,
     alive, status = np.array(saved["alive"]), np.array(saved["status"])
     last, hist = np.array(saved["last"]), np.array(saved["hist"])
     r.u = np.array(saved["u"], np.float32)
-    r.h = jax.device_get(space.decode(jnp.asarray(r.u)))
+    r.h = jax.device_get(decode(jnp.asarray(r.u)))
   else:
     start = 0
     layout = dict(r.groups)
@@ -447,14 +473,24 @@ def _train_round(r: _Round, state, task: Task, kernel, data, ckpt: Checkpointer,
       try:
         hg = _take(r.h, idx)
         skey = repr(sorted(r.structures[g].items()))
-        if batch_size is not None and skey not in flops_cache:
-          bs = min(int(r.structures[g].get("batch_size", batch_size)), len(task.data.train))
-          flops_cache[skey] = pop.trial_epoch_flops(task.build(r.structures[g]), states[g], hg,
-                                                    data, bs)
         c0, t0 = pop.compile_seconds(), time.perf_counter()
         states[g], m = k.chunk(states[g], hg, jnp.asarray(_alive_at(alive, idx)), key_e, data)
         m = jax.device_get(m)
-        busy = max(0.0, time.perf_counter() - t0 - (pop.compile_seconds() - c0))
+        compiled = pop.compile_seconds() - c0
+        busy = max(0.0, time.perf_counter() - t0 - compiled)
+        if batch_size is not None and skey not in flops_cache:  # after the chunk's trace
+          bs = min(int(r.structures[g].get("batch_size", batch_size)), len(task.data.train))
+          flops_cache[skey] = pop.trial_epoch_flops(task.build(r.structures[g]), states[g], hg,
+                                                    data, bs)
+        # "loop" kernels spend time on live trials only; "vmap" ones on every slot
+        slots = max(1, int(_alive_at(started, idx).sum())) if k.mode == "loop" else len(idx)
+        p = perf.setdefault(skey, {"compile_s": 0.0, "slot_s": None, "sizes": set(),
+                                   "mode": k.mode})
+        if len(idx) not in p["sizes"]:
+          p["sizes"].add(len(idx))
+          p["compile_s"] = max(p["compile_s"], compiled)
+        slot = busy / slots
+        p["slot_s"] = slot if p["slot_s"] is None else min(p["slot_s"], slot)
       except Exception as e:  # noqa: BLE001 - a broken group fails, the population goes on
         for i in idx[idx >= 0]:
           if alive[i]:
@@ -465,7 +501,7 @@ def _train_round(r: _Round, state, task: Task, kernel, data, ckpt: Checkpointer,
       for j, i in enumerate(idx):
         if i >= 0 and started[i]:
           metrics[i] = {name: np.asarray(v[j]) for name, v in m.items()}
-          metrics[i]["device_s"] = busy * k.multiple / len(idx)
+          metrics[i]["device_s"] = busy * k.multiple / slots
           if skey in flops_cache:
             metrics[i]["flops"] = flops_cache[skey]
           if r.owned is not None:
@@ -521,10 +557,14 @@ def _train_round(r: _Round, state, task: Task, kernel, data, ckpt: Checkpointer,
         if new_u is not None:
           changed = np.flatnonzero(np.any(new_u != r.u, axis=1) & alive)
           r.u = np.where(alive[:, None], new_u, r.u).astype(np.float32)
-          r.h = jax.device_get(space.decode(jnp.asarray(r.u)))
+          r.h = jax.device_get(decode(jnp.asarray(r.u)))
           for i, p in zip(changed, space.to_python_batch(_take(r.h, changed)), strict=True):
             metrics[i]["next_params"] = p
-      layout, states = _compact(layout, states, alive, multiple)
+      if compaction != "never":
+        choose = functools.partial(_compaction_size, compaction, multiple, epochs - epoch - 1,
+                                   {g: perf.get(repr(sorted(r.structures[g].items())))
+                                    for g in layout})
+        layout, states = _compact(layout, states, alive, multiple, choose)
     rows = [(r.ids[i], m) for i, m in enumerate(metrics) if m is not None]
     st.record_epoch([i for i, _ in rows], epoch, [m for _, m in rows], stopped)
     save = (epoch == epochs - 1 or not alive.any()
@@ -568,17 +608,53 @@ def _exploit(states, layout, copy_from: np.ndarray, alive: np.ndarray):
   return out
 
 
-def _compact(layout, states, alive: np.ndarray, multiple: int = 1):
-  """Drops groups with no live trial and shrinks a group to the next power of two (times the
-  device count) above its live trials once that is at most half its size. Sizes stay
-  powers of two, so a search compiles a handful of kernel sizes however trials stop."""
+def _pow2_size(live: int, multiple: int) -> int:
+  """The next power of two (times the device count) at or above ``live`` trials."""
+  return multiple * (1 << int(np.ceil(np.log2(max(1, -(-live // multiple))))))
+
+
+def _compaction_size(mode: str, multiple: int, epochs_left: int, perf: dict, g: str,
+                     size: int, live: int) -> int:
+  """The kernel size group ``g`` (``size`` slots, ``live`` trials alive) continues at.
+
+  ``"always"``: the next power of two above ``live`` once that is at most half of ``size``.
+  ``"auto"``: a ``"loop"`` kernel keeps its size (stopped trials cost nothing in it); for
+  ``"vmap"``, of the current size, the sizes already compiled for this structure that hold
+  the survivors, and the next power of two, the one with the least expected cost:
+  ``slots * slot_s * epochs_left`` plus ``compile_s`` if not compiled yet, with ``slot_s``
+  (seconds per slot-epoch) and ``compile_s`` measured on this group's kernel. On a small
+  task one compile costs hundreds of trial-epochs, so a round then keeps its kernel and
+  lets pruned trials sit in it, frozen."""
+  pow2 = _pow2_size(live, multiple)
+  p = perf.get(g)
+  if mode == "always" or p is None or p["slot_s"] is None:
+    return pow2 if pow2 <= size // 2 else size
+  if p["mode"] == "loop":  # stopped trials cost nothing there
+    return size
+  best, cost = size, size * p["slot_s"] * epochs_left
+  for s in sorted({pow2} | {s for s in p["sizes"] if live <= s < size}):
+    c = s * p["slot_s"] * epochs_left + (0.0 if s in p["sizes"] else p["compile_s"])
+    if s < size and c < cost:
+      best, cost = s, c
+  return best
+
+
+def _compact(layout, states, alive: np.ndarray, multiple: int = 1, choose=None):
+  """Drops groups with no live trial and gathers a group's survivors into a smaller kernel
+  when ``choose(group, size, live) -> new size`` says so (default: the next power of two,
+  times the device count, above the live trials once that is at most half the size). Sizes
+  stay powers of two, so a search compiles a handful of kernel sizes however trials stop."""
   new_layout, new_states = {}, {}
   for g, idx in layout.items():
     live = np.flatnonzero(_alive_at(alive, idx))
     if len(live) == 0:
       continue
-    size = multiple * (1 << int(np.ceil(np.log2(max(1, -(-len(live) // multiple))))))
-    if size <= len(idx) // 2:
+    if choose is None:
+      size = _pow2_size(len(live), multiple)
+      size = size if size <= len(idx) // 2 else len(idx)
+    else:
+      size = choose(g, len(idx), len(live))
+    if len(live) <= size < len(idx):
       pos = np.concatenate([live, np.full(size - len(live), live[0])])
       new_layout[g] = np.concatenate([idx[live], np.full(size - len(live), -1, idx.dtype)])
       new_states[g] = _gather(states[g], pos)

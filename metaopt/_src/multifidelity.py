@@ -49,9 +49,10 @@ def rungs(n_epochs: int, min_epochs: int, eta: float) -> list[int]:
   return sorted(set(out))
 
 
-def _rung_mask(n_epochs: int, rung_epochs: list[int]) -> jax.Array:
-  return jnp.zeros(n_epochs, bool).at[jnp.asarray(rung_epochs, jnp.int32)].set(True) \
-      if rung_epochs else jnp.zeros(n_epochs, bool)
+def _rung_mask(n_epochs: int, rung_epochs: list[int]) -> np.ndarray:
+  mask = np.zeros(n_epochs, bool)  # numpy: building a pruner compiles nothing
+  mask[np.asarray(rung_epochs, np.int64)] = True
+  return mask
 
 
 def _top_k_keep(values: jax.Array, alive: jax.Array, k: jax.Array) -> jax.Array:
@@ -79,7 +80,7 @@ def successive_halving(n_epochs: int, min_epochs: int = 1, eta: float = 3.0) -> 
     return {}
 
   def prune(state, values, epoch, alive):
-    at_rung = is_rung[jnp.clip(epoch, 0, n_epochs - 1)]
+    at_rung = jnp.asarray(is_rung)[jnp.clip(epoch, 0, n_epochs - 1)]
     k = jnp.ceil(jnp.sum(alive) / eta).astype(jnp.int32)
     keep = _top_k_keep(values, alive, k) | ~alive
     return state, jnp.where(at_rung, keep, True)
@@ -96,7 +97,7 @@ def hyperband(n_epochs: int, min_epochs: int = 1, eta: float = 3.0) -> Pruner:
   n_epochs, min_epochs, eta = _int("n_epochs", n_epochs, 1), _int("min_epochs", min_epochs,
                                                                     1), _eta(eta)
   s_max = int(math.floor(math.log(n_epochs / min_epochs, eta) + 1e-9))
-  masks = jnp.stack([
+  masks = np.stack([
       _rung_mask(n_epochs, rungs(n_epochs, max(min_epochs, round(n_epochs * eta**-s)), eta))
       for s in range(s_max, -1, -1)])
 
@@ -105,7 +106,7 @@ def hyperband(n_epochs: int, min_epochs: int = 1, eta: float = 3.0) -> Pruner:
 
   def prune(state, values, epoch, alive):
     rnd = state["round"] + (epoch == 0).astype(jnp.int32)
-    mask = masks[jnp.mod(rnd, s_max + 1)]
+    mask = jnp.asarray(masks)[jnp.mod(rnd, s_max + 1)]
     at_rung = mask[jnp.clip(epoch, 0, n_epochs - 1)]
     k = jnp.ceil(jnp.sum(alive) / eta).astype(jnp.int32)
     keep = _top_k_keep(values, alive, k) | ~alive
@@ -128,7 +129,7 @@ def asha(n_epochs: int, min_epochs: int = 1, eta: float = 3.0, capacity: int = 4
 
   def prune(state, values, epoch, alive):
     e = jnp.clip(epoch, 0, n_epochs - 1)
-    at_rung = is_rung[e]
+    at_rung = jnp.asarray(is_rung)[e]
     row, c = state["hist"][e], state["count"][e]
     finite = alive & jnp.isfinite(values)
     slots = (c + jnp.cumsum(finite) - 1) % capacity

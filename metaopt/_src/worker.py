@@ -42,6 +42,7 @@ from metaopt._src.driver import (
     _json_round_trip,
     _positive_int,
     _Round,
+    _searcher_fns,
     _ser,
     _train_round,
     code_version,
@@ -168,12 +169,9 @@ def worker(
                 batch_size=batch_size, seed=seed)
   rec = _open_study(st, study, record, config, task, seed)
 
-  ask = jax.jit(program.ask, static_argnums=2)
-  tell = jax.jit(program.tell)
-  observe = jax.jit(program.observe) if program.observe is not None else None
-  decode = jax.jit(space.decode)
+  ask, tell, observe, decode = _searcher_fns(program, space)
   multiple, data, kernel = _engine(task, devices, batch_size, shared_batches)
-  flops_cache: dict[str, float] = {}
+  flops_cache: dict[str, Any] = {}
 
   def load(b: bytes | None):
     return template if b is None else flax.serialization.from_bytes(template, b)

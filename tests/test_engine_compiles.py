@@ -1,0 +1,112 @@
+"""What the population engine compiles: "loop" and "vmap" kernels agree, a search compiles
+each of its functions a bounded number of times (counted with JAX monitoring events, not
+timed), and the compile-aware choices (compaction size, tiered ``ask``) decide as documented."""
+
+import collections
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import metaopt
+from metaopt._src import driver
+from metaopt._src import population as pop
+from tasks import get_task
+
+COMPILES: collections.Counter = collections.Counter()
+
+
+def _count(event: str, duration: float, **kw) -> None:
+  del duration
+  if event == "/jax/core/compile/backend_compile_duration":
+    COMPILES[kw.get("fun_name", "?")] += 1
+
+
+jax.monitoring.register_event_duration_secs_listener(_count)
+
+
+@pytest.fixture(scope="module")
+def task():
+  return get_task("digits_mlp")
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_loop_kernel_equals_vmap_kernel(task, shared):
+  fns = task.build({})
+  data = pop.data_arrays(task.data)
+  n_train = len(task.data.train)
+  h = task.space.decode(jax.random.uniform(jax.random.key(0), (5, task.space.dim)))
+  keys = jax.random.split(jax.random.key(1), 5)
+  alive = jnp.asarray([True, False, True, True, False])
+  out = {}
+  for mode in ("vmap", "loop"):
+    k = pop.make_kernel(fns, n_train, 64, shared, mode=mode)
+    assert k.mode == mode
+    states = k.init(keys, h)
+    before = jax.tree_util.tree_map(np.asarray, states)
+    states, m = k.chunk(states, h, alive, jax.random.key(2), data)
+    out[mode] = (jax.tree_util.tree_map(np.asarray, states), jax.device_get(m), before)
+  (sv, mv, b), (sl, ml, _) = out["vmap"], out["loop"]
+  live = np.asarray(alive)
+  for a, c, b0 in zip(jax.tree_util.tree_leaves(sv), jax.tree_util.tree_leaves(sl),
+                      jax.tree_util.tree_leaves(b), strict=True):
+    assert a.shape == c.shape
+    np.testing.assert_array_equal(c[~live], b0[~live])  # stopped trials are frozen
+    np.testing.assert_array_equal(a[~live], b0[~live])
+  for name in ("train_loss", "valid_accuracy", "valid_loss", "grad_norm_first"):
+    np.testing.assert_allclose(mv[name][live], ml[name][live], rtol=2e-4, atol=1e-6)
+  assert not np.any(ml["valid_accuracy"][~live])  # stopped trials are not computed
+
+
+def test_cpu_default_is_loop_and_meshes_vmap(task):
+  assert pop.default_mode() == ("loop" if jax.default_backend() == "cpu" else "vmap")
+  with pytest.raises(ValueError, match="mode='scan'"):
+    pop.make_kernel(task.build({}), len(task.data.train), 64, mode="scan")
+
+
+def test_a_pruned_search_compiles_each_function_once(task, tmp_path):
+  """Three rounds of ASHA: one chunk kernel, one init, one ask, tell and observe in all,
+  however many trials stop (pruned trials stay in their "loop" kernel at no cost)."""
+  prog = metaopt.with_pruning(metaopt.random_search(task.space.dim),
+                              metaopt.asha(4, min_epochs=1, eta=3))
+  COMPILES.clear()
+  res = metaopt.search(prog, task, n_trials=24, population=8, epochs=4, batch_size=128,
+                       seed=3, store=f"sqlite:///{tmp_path}/s.db", progress=False)
+  assert res.count("pruned") >= 8
+  seen = dict(COMPILES)
+  chunks = sum(v for k, v in seen.items() if "chunk" in k)
+  assert chunks == (1 if pop.default_mode() == "loop" else chunks) and chunks <= 4, seen
+  for name in ("jit(init)", "jit(ask)", "jit(tell)", "jit(observe)", "jit(decode)"):
+    assert seen.get(name, 0) <= 2, seen  # the searcher's init and the population init
+  assert sum(seen.values()) <= 30, seen
+
+
+def test_auto_compaction_weighs_saved_compute_against_a_compile():
+  perf = {"g0": {"compile_s": 5.0, "slot_s": 0.01, "sizes": {32}, "mode": "vmap"}}
+  size = driver._compaction_size
+  # 28 slots x 10 ms x 10 epochs = 2.8 s saved < 5 s compile: keep the kernel
+  assert size("auto", 1, 10, perf, "g0", 32, 3) == 32
+  assert size("always", 1, 10, perf, "g0", 32, 3) == 4
+  # enough epochs left to pay for the compile
+  assert size("auto", 1, 100, perf, "g0", 32, 3) == 4
+  # a size already compiled costs nothing to switch to
+  perf["g0"]["sizes"].add(16)
+  assert size("auto", 1, 10, perf, "g0", 32, 3) == 16
+  # a "loop" kernel never shrinks; unknown timings fall back to "always"
+  perf["g0"]["mode"] = "loop"
+  assert size("auto", 1, 1000, perf, "g0", 32, 3) == 32
+  assert size("auto", 2, 10, {}, "g0", 32, 3) == 4
+
+
+def test_tiered_jit_upgrades_only_when_the_remaining_calls_pay():
+  f = pop.TieredJit(lambda x, n: jnp.sin(x) * n, static_argnums=1)
+  x = jnp.ones(3)
+  np.testing.assert_allclose(f(x, 2, calls_left=5), 2 * np.sin(1.0), rtol=1e-6)
+  assert not f.optimized and f.run_s is not None
+  f.compile_s, f.run_s = 1.0, 0.001
+  f(x, 2, calls_left=100)  # 100 x 1 ms x 0.5 < 2 x 1 s
+  assert not f.optimized
+  f.run_s = 0.1
+  np.testing.assert_allclose(f(x, 2, calls_left=100), 2 * np.sin(1.0), rtol=1e-6)
+  assert f.optimized
