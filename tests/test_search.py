@@ -109,6 +109,27 @@ def test_structural_parameters_are_grouped(tmp_path):
   assert grads == {1: 2, 2: 3, 3: 4}  # each group really has its own depth
 
 
+def test_learning_rate_schedules_span_the_trials_training():
+  """The engine sets the schedule horizon to epochs x steps per epoch: the same as fixing
+  ``schedule_steps`` to that number in the space, unlike the 500-step default."""
+  task = get_task("wine_mlp")
+  epochs, bs = 3, 32
+  horizon = epochs * (len(task.data.train) // bs)
+  base = {"learning_rate": Float(0.01, 0.1, log=True), "width": Fixed(32),
+          "lr_end": Fixed(0.001), "lr_schedule": Fixed(1)}  # cosine
+
+  def losses(**extra):
+    space = Space({**base, **extra})
+    res = metaopt.search(metaopt.points(np.full((1, 1), 0.5)), task, space=space,
+                         n_trials=1, population=1, epochs=epochs, batch_size=bs, seed=0,
+                         store=None, progress=False)
+    return np.asarray([m["valid_loss"] for m in res.trials[0].metrics])
+
+  auto = losses()
+  np.testing.assert_allclose(auto, losses(schedule_steps=Fixed(float(horizon))), rtol=1e-5)
+  assert np.abs(auto - losses(schedule_steps=Fixed(500.0))).max() > 1e-3
+
+
 def test_median_pruning_marks_trials_pruned(tmp_path):
   task = get_task("digits_mlp")
   prog = metaopt.with_pruning(metaopt.random_search(task.space.dim),

@@ -428,8 +428,17 @@ def _train_round(r: _Round, state, task: Task, kernel, data, ckpt: Checkpointer,
   perf = flops_cache.setdefault("perf", {})
   decode = flops_cache.setdefault("decode", pop.fast_jit(space.decode))  # PBT explores
 
+  def hparams(g, idx):
+    """Group ``g``'s hyperparameters; learning-rate schedules span the round's training
+    (``schedule_steps``: epochs x steps per epoch) unless the space sets the horizon."""
+    hg = _take(r.h, idx)
+    if "schedule_steps" not in hg:
+      steps = epochs * kernel(r.structures[g]).steps_per_chunk
+      hg = {**hg, "schedule_steps": np.full(len(idx), steps, np.float32)}
+    return hg
+
   def fresh(layout):
-    return {g: kernel(r.structures[g]).init(_trial_keys(seeds[idx]), _take(r.h, idx))
+    return {g: kernel(r.structures[g]).init(_trial_keys(seeds[idx]), hparams(g, idx))
             for g, idx in layout.items()}
 
   def abstract(meta):
@@ -471,7 +480,7 @@ def _train_round(r: _Round, state, task: Task, kernel, data, ckpt: Checkpointer,
     for g, idx in layout.items():
       k = kernel(r.structures[g])
       try:
-        hg = _take(r.h, idx)
+        hg = hparams(g, idx)
         skey = repr(sorted(r.structures[g].items()))
         c0, t0 = pop.compile_seconds(), time.perf_counter()
         states[g], m = k.chunk(states[g], hg, jnp.asarray(_alive_at(alive, idx)), key_e, data)

@@ -156,8 +156,9 @@ SCHEDULES: tuple[str, ...] = ("constant", "cosine", "warmup_cosine")
 
 def lr_factor(step: jax.Array, h: H) -> jax.Array:
   """Learning-rate multiplier at ``step`` from ``h``'s ``lr_schedule`` (index into
-  ``SCHEDULES``, default constant), ``schedule_steps`` (default 500) and ``lr_end`` (final
-  multiplier, default 0.01). Warm-up takes the first 5% of the schedule."""
+  ``SCHEDULES``, default constant), ``schedule_steps`` (the horizon; the search engine sets
+  it to the steps a trial trains, 500 when absent) and ``lr_end`` (final multiplier, default
+  0.01). Warm-up takes the first 5% of the schedule."""
   if "lr_schedule" not in h:
     return jnp.ones((), jnp.float32)
   kind = jnp.asarray(h["lr_schedule"], jnp.int32)
