@@ -155,6 +155,60 @@ def test_nb201_mini_space_has_729_cells():
   assert [MINI.index(g) for g in cells[:5]] == list(range(5))
 
 
+def test_canonical_form_drops_ops_that_cannot_reach_the_output():
+  cells = {str(c): c for c in MINI.enumerate()}
+  # node 1 receives nothing, so the conv 1->3 only ever sees zeros; node 2's conv feeds 3
+  a = cells["none~0>1|nor_conv_3x3~0>2|none~1>2|skip_connect~0>3|nor_conv_3x3~1>3|"
+            "nor_conv_3x3~2>3"]
+  assert str(nas.canonical(MINI, a)) == ("none~0>1|nor_conv_3x3~0>2|none~1>2|skip_connect~0>3|"
+                                         "none~1>3|nor_conv_3x3~2>3")
+  # node 2 reaches node 3 through nothing: 0->2 and 1->2 are dead
+  b = cells["skip_connect~0>1|nor_conv_3x3~0>2|skip_connect~1>2|nor_conv_3x3~0>3|"
+            "skip_connect~1>3|none~2>3"]
+  assert str(nas.canonical(MINI, b)) == ("skip_connect~0>1|none~0>2|none~1>2|nor_conv_3x3~0>3|"
+                                         "skip_connect~1>3|none~2>3")
+  canon = {nas.canonical(MINI, c) for c in cells.values()}
+  assert len(canon) == 291
+  assert all(nas.canonical(MINI, c) == c for c in canon)  # idempotent
+
+
+def test_cells_with_one_canonical_form_train_to_the_same_numbers(digits):
+  cells = {str(c): c for c in MINI.enumerate()}
+  same = [cells["none~0>1|nor_conv_3x3~0>2|none~1>2|skip_connect~0>3|nor_conv_3x3~1>3|"
+                "nor_conv_3x3~2>3"],
+          cells["none~0>1|nor_conv_3x3~0>2|none~1>2|skip_connect~0>3|none~1>3|"
+                "nor_conv_3x3~2>3"]]
+  other = cells["nor_conv_3x3~0>1|nor_conv_3x3~0>2|none~1>2|skip_connect~0>3|"
+                "nor_conv_3x3~1>3|nor_conv_3x3~2>3"]
+  assert nas.canonical(MINI, same[0]) == nas.canonical(MINI, same[1]) != \
+      nas.canonical(MINI, other)
+  net = tiny_net()
+  w = {c: jnp.stack([MINI.to_weights(g)[c] for g in [*same, other]]) for c in MINI.cell_types}
+  r = nas.train_networks(net, digits, [0, 0, 0], w, epochs=2, batch_size=32)
+  np.testing.assert_array_equal(r["train_loss"][0], r["train_loss"][1])
+  np.testing.assert_array_equal(r["valid_acc"][0], r["valid_acc"][1])
+  assert not np.array_equal(r["train_loss"][0], r["train_loss"][2])
+
+
+def test_shipped_tabular_benchmark_and_searchers_on_it():
+  table = nas.load_table()
+  assert table.meta["provenance"]["command"].startswith("python -m metaopt.nas.tabular")
+  cells, valid, test = table.arrays()
+  assert len(table) == len(cells) == 729
+  by = {}
+  for g in cells:
+    row = table.query(g)
+    assert row["trained_as"] == MINI.index(nas.canonical(MINI, g))
+    by.setdefault(row["trained_as"], set()).add((row["valid_acc"], row["test_acc"]))
+  assert all(len(v) == 1 for v in by.values())  # one training per distinct cell
+  assert 0.05 < valid.min() < valid.max() <= 1.0 and np.ptp(test) > 0.1  # cells differ
+  dim = len(MINI.encode(cells[0]))
+  out = nas.simulate(metaopt.random_search(dim), table, 60, jax.random.key(0), batch=10)
+  traj = np.asarray(out["trajectory"])
+  assert len(traj) == 60 and np.all(np.diff(traj) >= 0)
+  assert traj[-1] == out["best"]["valid_acc"] >= np.quantile(valid, 0.8)
+
+
 # ------------------------------------------------------------------ second order
 def test_second_order_arch_gradient_matches_finite_differences(digits):
   with jax.enable_x64(True):
@@ -257,7 +311,9 @@ def test_param_cost_table_matches_derived_networks(digits):
 # ------------------------------------------------------------------ configs, CLI
 @pytest.mark.parametrize("field,value,allowed", [
     ("method", "enas", "darts"), ("space", "nb301", "nb201_mini"),
-    ("dataset", "cifar", "shapes"), ("order", 3, "1, 2"), ("hessian", "bfgs", "exact")])
+    ("dataset", "cifar", "shapes"), ("order", 3, "1, 2"), ("hessian", "bfgs", "exact"),
+    ("fallback", {"searcher": "annealing"}, "evolution"),
+    ("fallback", {"trials": 0}, ">= 1")])
 def test_bad_config_raises_one_value_error(field, value, allowed):
   from configs import darts_shapes
   cfg = darts_shapes.get_config().to_dict()
@@ -301,6 +357,39 @@ def test_cli_runs_darts_config_and_records_it(tmp_path):
   plots = json.loads(r.stdout)["plots"]
   assert "arch_weights" in plots and "hypergrad" not in plots
   assert 'alt="arch_weights.png"' in open(plots["html"]).read()
+
+
+def test_collapsed_search_falls_back_to_black_box_search(tmp_path):
+  """A constructed skip collapse (negative skip penalty): the run switches to regularised
+  evolution over the same cell space, starting from the genotypes the search derived, and
+  retrains the best of them."""
+  db = tmp_path / "fb.db"
+  cmd = [sys.executable, "run.py", "run", "--config", "configs/darts_shapes.py",
+         "--store", f"sqlite:///{db}", "--config.dataset=digits", "--config.model.stages=1",
+         "--config.model.features=4", "--config.model.stem_stride=1",
+         "--config.search.epochs=2", "--config.search.skip_penalty=-200",
+         "--config.search.a_lr=0.05", "--config.retrain.epochs=1", "--config.retrain.seeds=1",
+         "--config.fallback.trials=4", "--config.fallback.population=4",
+         "--config.fallback.epochs=1", "--quiet"]
+  r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600,
+                     env={**os.environ, "PYTHONPATH": str(REPO)})
+  assert r.returncode == 0, r.stderr[-2000:]
+  out = json.loads(r.stdout)
+  assert out["collapsed"] and "skip collapse" in out["untrusted"]
+  con = sqlite3.connect(db)
+  (switch,) = [m for (m,) in con.execute("select message from events where kind = 'switch'")]
+  assert "gradient NAS -> evolution" in switch and "skip collapse" in switch
+  rows = con.execute("select number, params, objective from trials order by number").fetchall()
+  roles = [json.loads(p)["role"] for _, p, _ in rows]
+  assert roles == ["search", "fallback", "fallback", "fallback", "fallback", "retrain"]
+  fb = [(Genotype.from_json(json.loads(p)["genotype"]), o) for _, p, o in rows[1:5]]
+  # the first round starts from the search's own genotypes: the safeguarded one, then the
+  # collapsed one of epoch 0 (every edge skip_connect)
+  assert str(fb[0][0]) == out["fallback"]["gradient_genotype"]
+  assert count_ops(fb[1][0]) == 6
+  best = max(range(4), key=lambda i: (fb[i][1], -i))
+  assert Genotype.from_json(json.loads(rows[-1][1])["genotype"]) == fb[best][0]
+  assert out["genotype"] == str(fb[best][0])
 
 
 def test_darts_cell_supernet_and_derived_network():

@@ -32,13 +32,15 @@ from metaopt._src.nas.search import (
     SearchSettings,
     make_search,
 )
+from metaopt._src.nas.tabular import Table, canonical, load_table, simulate
 from metaopt._src.nas.train import train_networks
 
 __all__ = [
     "HESSIANS", "METHODS", "METRICS", "PROXIES", "SPACES", "NASConfig", "NASProgram", "NASState",
-    "SafeguardSettings", "SearchSettings", "build_model", "check", "cost_tables",
+    "SafeguardSettings", "SearchSettings", "Table", "build_model", "canonical", "check",
+    "cost_tables",
     "dominant_eigenvalue", "entropy", "expected_cost", "genotype_cost", "gumbel_softmax",
-    "latency_table", "make_mixing", "make_program", "make_search", "parse_config",
+    "latency_table", "load_table", "make_mixing", "make_program", "make_search", "parse_config",
     "proxy_scores", "rank_correlation", "run_config",
-    "search", "temperature", "train_networks", "uniform_cost",
+    "search", "simulate", "temperature", "train_networks", "uniform_cost",
 ]
