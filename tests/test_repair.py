@@ -49,6 +49,17 @@ class ActionTest(chex.TestCase):
     assert got[4]["norm"] is True and got[4]["learning_rate"] == pytest.approx(1e-4, rel=1e-4)
 
 
+def test_fine_tuning_settings_only_act_on_multi_step_training():
+  from metaopt._src.repair import _changes
+  sub = [a for a in DEFAULT_ACTIONS if a.param in ("finetune_fraction", "finetune_lr",
+                                                    "finetune_freeze")]
+  assert len(sub) == 3
+  for steps, expect in ((1, False), (2, True)):
+    u = jnp.asarray(SPACE.encode({"finetune_steps": steps}), jnp.float32)
+    changed = np.asarray(_changes(SPACE, u, apply_actions(SPACE, sub, u)))
+    assert changed.tolist() == [expect] * 3, steps
+
+
 def test_bad_actions_name_the_field_before_compiling():
   with pytest.raises(ValueError, match="'lr' is not a searched parameter.*learning_rate"):
     repair(metaopt.random_search(SPACE.dim), SPACE, actions=[Action("lr", 1e-3)], table=None)
@@ -217,7 +228,7 @@ def test_repair_config_runs_from_the_cli_and_records_each_repair(tmp_path):
   assert out["n_trials"] == 6 and len(out["repairs"]) == 1
   step = out["repairs"][0]
   assert step["parent"] in (0, 1, 2) and [t["trial"] for t in step["trials"]] == [3, 4, 5]
-  assert all(1 <= len(t["changes"]) <= 2 for t in step["trials"])  # one action each
+  assert all(len(t["changes"]) == 1 for t in step["trials"])  # one action each
   con = sqlite3.connect(f"{tmp_path}/rd.db")
   msgs = [m for (m,) in con.execute("select message from events where kind = 'repair'")]
   assert msgs and msgs[0].startswith(f"round 1: repaired trial #{step['parent']}")

@@ -5,7 +5,9 @@ A *repair action* is an ``(object, value)`` pair on a hyperparameter of the sear
 multiplies it (log-scale parameters). :func:`repair_space` is the expanded repair space of
 the MLP tasks (optimizer, learning rate, momentum, weight decay, schedule and its end value,
 initializer scale and bias, activation, normalisation, gradient clipping, batch size, width,
-depth, residual connections); :data:`DEFAULT_ACTIONS` are the actions over it.
+depth, residual connections, multi-step fine-tuning: 2 or 3 stages, the share of training
+and the learning rate of each later stage, a frozen body); :data:`DEFAULT_ACTIONS` are the
+actions over it.
 
 :func:`repair` is DREAM's Algorithm 1 as a :class:`~metaopt.Searcher`, run by the population
 engine like any other program:
@@ -89,6 +91,12 @@ def repair_space(max_width: int = 128) -> Space:
       "width": Int(8, max_width, log=True, default=min(64, max_width)),
       "depth": Int(1, 6, default=2, structural=True),
       "residual": Choice([False, True], default=False, structural=True),
+      # multi-step fine-tuning: stages at the end of training, each at a lower lr
+      "finetune_steps": Int(1, 3, default=1),
+      "finetune_fraction": Float(0.1, 0.5, default=0.2, when={"finetune_steps": [2, 3]}),
+      "finetune_lr": Float(0.01, 1.0, log=True, default=0.1, when={"finetune_steps": [2, 3]}),
+      "finetune_freeze": Choice([False, True], default=False,
+                                when={"finetune_steps": [2, 3]}),
   })
 
 
@@ -107,6 +115,8 @@ DEFAULT_ACTIONS: tuple[Action, ...] = (
     Action("clip_norm", 1.0), Action("clip_norm", 1e3),
     Action("batch_size", 16), Action("batch_size", 128),
     Action("width", 64), Action("depth", 2), Action("depth", 1), Action("residual", True),
+    Action("finetune_steps", 2), Action("finetune_steps", 3), Action("finetune_fraction", 0.4),
+    Action("finetune_lr", 0.01), Action("finetune_freeze", True),
 )
 
 

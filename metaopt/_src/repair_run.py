@@ -24,8 +24,22 @@ def _config(cfg: Any) -> dict[str, Any]:
   return cfg
 
 
-def lineage(trials: list, direction: str, space_names: list[str]) -> list[dict[str, Any]]:
-  """Per round after the first: the best model it repaired and the changes each trial made."""
+def lineage(trials: list, direction: str, space_names: list[str],
+            defaults: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+  """Per round after the first: the best model it repaired and the changes each trial made
+  (a parameter an action activates at its default, or deactivates, is not a change)."""
+  defaults = defaults or {}
+
+  def changed(k, child, parent):
+    if k not in child.params:
+      return False
+    if k not in parent.params:
+      v, d = child.params[k], defaults.get(k)
+      if isinstance(v, float) and isinstance(d, (int, float)) and not isinstance(d, bool):
+        return not math.isclose(v, d, rel_tol=1e-5)  # decoded in float32
+      return k not in defaults or v != d
+    return child.params[k] != parent.params[k]
+
   better = (lambda a, b: a > b) if direction == "maximize" else (lambda a, b: a < b)
   best = None
   out = []
@@ -34,7 +48,7 @@ def lineage(trials: list, direction: str, space_names: list[str]) -> list[dict[s
     if best is not None:
       changes = []
       for t in rows:
-        diff = {k: t.params.get(k) for k in space_names if t.params.get(k) != best.params.get(k)}
+        diff = {k: t.params.get(k) for k in space_names if changed(k, t, best)}
         changes.append({"trial": t.number, "changes": diff, "objective": t.objective,
                         "status": t.status})
       out.append({"round": r, "parent": best.number, "trials": changes})
@@ -90,7 +104,9 @@ def run_config(cfg: Mapping[str, Any], store: Store, progress: bool = True) -> d
                study=cfg["name"], config=cfg, progress=progress,
                target=cfg.get("target"))
   rec = store.load_study(cfg["name"])
-  steps = lineage(res.trials, task.direction, space.names)
+  steps = lineage(res.trials, task.direction, space.names,
+                  {n: p.default for n, p in space.params.items()
+                   if getattr(p, "default", None) is not None})
   for s in steps:
     parent = next(t for t in res.trials if t.number == s["parent"])
     store.log_event(rec.id, "repair", f"round {s['round']}: repaired trial #{s['parent']} "
