@@ -125,6 +125,21 @@ def test_discretize_is_consistent_with_the_logits(space):
     assert discretize(space, {c: 10.0 * w for c, w in space.to_weights(g2).items()}) == g2
 
 
+def test_a_search_never_derives_a_cell_that_computes_nothing():
+  from metaopt._src.nas.api import derive
+  lg = np.asarray(MINI.init_logits(jax.random.key(0), 0.1)["normal"])
+  healthy = {"normal": lg.copy()}
+  healthy["normal"][:, MINI.op_index("nor_conv_3x3")] += 3.0
+  assert derive(MINI, healthy) == discretize(MINI, healthy)  # the argmax cell when it works
+  dead = {"normal": lg.copy()}
+  dead["normal"][:, MINI.op_index("none")] += 3.0  # none wins every edge: output is zero
+  assert all(o == "none" for o, _, _ in discretize(MINI, dead).normal)
+  g = derive(MINI, dead)
+  masked = np.delete(dead["normal"], MINI.op_index("none"), axis=1)
+  real = [o for o in MINI.ops if o != "none"]
+  assert [o for o, _, _ in g.normal] == [real[k] for k in masked.argmax(1)]
+
+
 @pytest.mark.parametrize("space", SPACES, ids=["darts", "nb201", "nb201_mini"])
 def test_genotypes_round_trip_through_the_unit_cube(space):
   rng = np.random.default_rng(1)

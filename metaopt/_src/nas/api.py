@@ -181,6 +181,22 @@ def parse_config(cfg: Any) -> NASConfig:
                    fallback)
 
 
+def derive(space: CellSpace, alpha: Mapping[str, Any]) -> Genotype:
+  """The cell a search derives from its architecture logits: :func:`spaces.discretize`,
+  except that an NB201 cell that would compute nothing (``none`` cuts every path from the
+  input to the output) takes the strongest non-``none`` op on each edge instead, as DARTS
+  derives its cells."""
+  from metaopt._src.nas.tabular import canonical
+
+  geno = discretize(space, alpha)
+  if space.kind != "nb201" or any(o != "none" for o, _, _ in canonical(space, geno).normal):
+    return geno
+  none = space.op_index("none")
+  masked = {c: np.where(np.arange(space.num_ops) == none, -np.inf, np.asarray(a, np.float64))
+            for c, a in alpha.items()}
+  return discretize(space, masked)
+
+
 def blackbox_fallback(conf: NASConfig, supernet: Network, data: Dataset, res: Mapping[str, Any],
                       store: Any, study_id: int, progress: bool = False) -> dict[str, Any]:
   """The black-box stage of a NAS run whose architecture gradients can't be trusted.
@@ -202,7 +218,7 @@ def blackbox_fallback(conf: NASConfig, supernet: Network, data: Dataset, res: Ma
   key = jax.random.key(conf.seed + 11)
   state = searcher.init(key)
   seen: list[Genotype] = []
-  for h in [res["genotype"], *(discretize(space, {c: np.log(np.maximum(np.asarray(w), 1e-9))
+  for h in [res["genotype"], *(derive(space, {c: np.log(np.maximum(np.asarray(w), 1e-9))
                                                   for c, w in h["arch_weights"].items()})
                                for h in reversed(res["history"]))]:
     if h not in seen:
@@ -316,7 +332,7 @@ def search(program: NASProgram, data: Dataset, *, epochs: int, batch_size: int, 
     seconds += time.perf_counter() - t0
     alpha = {c: np.asarray(a) for c, a in state.alpha.items()}
     alphas.append(alpha)
-    geno = discretize(space, alpha)
+    geno = derive(space, alpha)
     rec = {k: float(np.mean(v)) for k, v in tel.items()}
     rec.update({
         "val_acc_last": float(np.asarray(tel["val_acc"])[-max(1, steps // 4):].mean()),
@@ -337,7 +353,7 @@ def search(program: NASProgram, data: Dataset, *, epochs: int, batch_size: int, 
         stopped = e
         alpha = alphas[max(0, len(alphas) - 1 - back)]  # the initial logits at worst
         break
-  geno = discretize(space, alpha)
+  geno = derive(space, alpha)
   return {"genotype": geno, "alpha": alpha, "history": history, "collapsed": collapsed,
           "collapse_reason": reason, "stopped_epoch": stopped, "seconds": seconds,
           "compile_seconds": compile_s, "state": state}
