@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from typing import Any
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -56,26 +57,28 @@ def _search(cfg: dict) -> None:
   print(json.dumps(result.summary(), indent=2))
 
 
-def _coords(cfg: dict) -> list[str] | None:
-  """Names of the unit-cube coordinates of a study's space, when its config says."""
+def _study_task(cfg: dict) -> tuple[Any, Any]:
+  """``(task, space)`` of a study, built once from its config; None where it does not say."""
+  from spaces import from_spec
+  from tasks import get_task
   try:
-    from spaces import from_spec
-    from tasks import get_task
-    if cfg.get("space"):
-      return from_spec(cfg["space"]).names
-    return get_task(cfg["task_name"], **cfg.get("task", {})).space.names
-  except (KeyError, TypeError, ValueError):
-    return None
-
-
-def _live_weights(cfg: dict, trials: list) -> tuple[str, dict[int, float]] | None:
-  """Live weights of every complete trial's model, when the study's config names a task."""
-  try:
-    from metaopt import param_counter
-    from spaces import from_spec
-    from tasks import get_task
     task = get_task(cfg["task_name"], **cfg.get("task", {}))
-    count = param_counter(task, from_spec(cfg["space"]) if cfg.get("space") else None)
+  except (KeyError, TypeError, ValueError):
+    task = None
+  try:
+    space = from_spec(cfg["space"]) if cfg.get("space") else getattr(task, "space", None)
+  except (KeyError, TypeError, ValueError):
+    space = None
+  return task, space
+
+
+def _live_weights(task: Any, space: Any, trials: list) -> tuple[str, dict[int, float]] | None:
+  """Live weights of every complete trial's model, when the study's config names a task."""
+  if task is None:
+    return None
+  from metaopt import param_counter
+  try:
+    count = param_counter(task, space)
     return "live weights", {t.number: float(count(t.params)) for t in trials
                             if t.status == "complete" and t.objective is not None}
   except (KeyError, TypeError, ValueError):
@@ -91,12 +94,13 @@ def _report(store_url: str, study: str | None) -> None:
   result = metaopt.Result(rec.name, rec.direction, store.trials(rec.id))
   out = _OUT.value or os.path.join("runs", f"report_{rec.name}")
   summary = result.summary()
-  costs = _live_weights(rec.config, result.trials)
+  task, space = _study_task(rec.config)
+  costs = _live_weights(task, space, result.trials)
   paths = write_report(result, out, {"code version": rec.code_version,
                                      "data version": rec.data_version,
                                      "hardware": rec.hardware, "seed": rec.seed},
-                       coords=_coords(rec.config), events=store.events(rec.id),
-                       costs=costs)
+                       coords=None if space is None else space.names,
+                       events=store.events(rec.id), costs=costs)
   summary["plot"] = paths["history"]
   summary["html"] = paths["html"]
   summary["plots"] = paths

@@ -280,20 +280,26 @@ def plot_arch_weights(result: Result, path: str) -> str | None:
   return _save(fig, path, tight=False)
 
 
+def trial_costs(result: Result, costs: tuple[str, dict[int, float]] | None = None
+                ) -> tuple[str, dict[int, float]]:
+  """``(name, {trial number: cost})`` of the complete trials: ``costs`` when given, else the
+  recorded FLOPs (device-seconds when FLOPs were not recorded)."""
+  if costs is not None:
+    return costs
+  done = [t for t in result.trials if t.status == "complete" and t.objective is not None]
+  comp = {t.number: trial_compute(t) for t in done}
+  key = "flops" if done and all(c["flops"] > 0 for c in comp.values()) else "device_seconds"
+  return key, {n: c[key] for n, c in comp.items()}
+
+
 def pareto_front(result: Result, costs: tuple[str, dict[int, float]] | None = None
                  ) -> list[dict[str, Any]]:
   """Complete trials no other complete trial beats on both the objective and its cost,
   cheapest first. ``costs`` is ``(name, {trial number: cost})``, e.g. live weights; by
   default the recorded FLOPs (device-seconds when FLOPs were not recorded)."""
-  done = [t for t in result.trials if t.status == "complete" and t.objective is not None]
-  if costs is not None:
-    key, table = costs
-    done = [t for t in done if t.number in table]
-  else:
-    comp = {t.number: trial_compute(t) for t in done}
-    key = "flops" if done and all(comp[t.number]["flops"] > 0 for t in done) else \
-        "device_seconds"
-    table = {n: c[key] for n, c in comp.items()}
+  key, table = trial_costs(result, costs)
+  done = [t for t in result.trials
+          if t.status == "complete" and t.objective is not None and t.number in table]
   sign = -1.0 if result.direction == "maximize" else 1.0
   pts = [(float(table[t.number]), sign * t.objective, t) for t in done]
   front = [(c, y, t) for c, y, t in pts
@@ -308,11 +314,9 @@ def plot_pareto(result: Result, path: str,
   front = pareto_front(result, costs)
   if len([t for t in result.trials if t.status == "complete"]) < 2 or not front:
     return None
-  key = front[0]["cost_key"]
-  if costs is not None:
-    table, scale, unit = costs[1], 1.0, key
-  else:
-    table = {t.number: trial_compute(t)[key] for t in result.trials}
+  key, table = trial_costs(result, costs)
+  scale, unit = 1.0, key
+  if costs is None:
     scale, unit = (1e9, "GFLOPs") if key == "flops" else (1.0, "device-seconds")
   pts = [(table[t.number] / scale, t.objective) for t in result.trials
          if t.status == "complete" and t.objective is not None and t.number in table]
