@@ -109,6 +109,23 @@ def run_whitebox(config: Mapping[str, Any], store: Store) -> dict[str, Any]:
   return summary
 
 
+def record_evaluations(store: Store, study_id: int, rnd: int, trials: list[dict[str, Any]],
+                       values: np.ndarray, rows: list[dict[str, Any]], *, epoch: int = 0,
+                       what: str = "validation loss", duration_s: float | None = None
+                       ) -> np.ndarray:
+  """Records one round of black-box evaluations (``trials`` as for ``Store.start_round``,
+  one epoch row each): complete with their value, or failed where it is not finite.
+  Returns the finite mask."""
+  ids = store.start_round(study_id, rnd, trials, b"")
+  ok = np.isfinite(values)
+  store.record_epoch(ids, epoch, rows, [])
+  store.end_round(study_id, rnd, [
+      (tid, "complete" if ok[i] else "failed", float(values[i]) if ok[i] else None,
+       None if ok[i] else f"non-finite {what}") for i, tid in enumerate(ids)], b"",
+      duration_s=duration_s)
+  return ok
+
+
 def fallback_space(cfg: Mapping[str, Any]):
   """One bounded coordinate per tuned hyperparameter (a whole per-layer or per-feature leaf
   shares one value): log-scale ``[v/100, 100 v]`` around the start ``v`` for ``log``
@@ -202,15 +219,10 @@ def blackbox_fallback(cfg: Mapping[str, Any], store: Store, study_id: int,
     vals = np.asarray(evaluate(h, jax.random.split(jax.random.fold_in(key, 10_000 + rnd), n)),
                       np.float64)
     params = space.to_python_batch(jax.device_get(h))
-    ids = store.start_round(study_id, rnd, [
+    ok = record_evaluations(store, study_id, rnd, [
         {"number": number + i, "params": {**p, "stage": searcher_name},
          "u": np.asarray(u[i]).tolist(), "seed": int(cfg["seed"])}
-        for i, p in enumerate(params)], b"")
-    ok = np.isfinite(vals)
-    store.record_epoch(ids, 0, [{"val_loss": float(v)} for v in vals], [])
-    store.end_round(study_id, rnd, [
-        (tid, "complete" if ok[i] else "failed", float(vals[i]) if ok[i] else None,
-         None if ok[i] else "non-finite validation loss") for i, tid in enumerate(ids)], b"")
+        for i, p in enumerate(params)], vals, [{"val_loss": float(v)} for v in vals])
     for i in np.flatnonzero(ok):
       if best is None or vals[i] < best["val_loss"]:
         best = {"number": number + int(i), "val_loss": float(vals[i]), "params": params[i]}

@@ -209,6 +209,7 @@ def blackbox_fallback(conf: NASConfig, supernet: Network, data: Dataset, res: Ma
   """
   from metaopt._src.registry import make_searcher
   from metaopt._src.types import COMPLETE, FAILED
+  from metaopt._src.whitebox import record_evaluations
 
   space, fb = conf.space, conf.fallback
   dim = len(space.encode(res["genotype"]))
@@ -232,22 +233,17 @@ def blackbox_fallback(conf: NASConfig, supernet: Network, data: Dataset, res: Ma
     for i, g in enumerate(seen[:n] if rnd == 1 else []):
       u[i] = space.encode(g)
     genos = [space.decode(row) for row in u]
-    ids = store.start_round(study_id, rnd, [
-        {"number": number + i, "params": {"role": "fallback", "searcher": fb["searcher"],
-                                          "genotype": g.to_json()},
-         "u": u[i].tolist(), "seed": conf.seed} for i, g in enumerate(genos)], b"")
     w = {c: jnp.stack([space.to_weights(g)[c] for g in genos]) for c in space.cell_types}
     tr = train_networks(supernet, data, [conf.seed] * n, w, epochs=epochs,
                         batch_size=conf.retrain["batch_size"], lr=conf.retrain["lr"],
                         wd=conf.retrain["wd"], test=False)
     acc = np.asarray(tr["valid_acc"][:, -1], np.float64)
-    store.record_epoch(ids, epochs - 1, [{"valid_acc": float(a), "genotype": str(g)}
-                                         for a, g in zip(acc, genos, strict=True)])
-    ok = np.isfinite(acc)
-    store.end_round(study_id, rnd, [
-        (tid, "complete" if ok[i] else "failed", float(acc[i]) if ok[i] else None,
-         None if ok[i] else "non-finite validation accuracy") for i, tid in enumerate(ids)],
-        b"", duration_s=tr["seconds"])
+    ok = record_evaluations(store, study_id, rnd, [
+        {"number": number + i, "params": {"role": "fallback", "searcher": fb["searcher"],
+                                          "genotype": g.to_json()},
+         "u": u[i].tolist(), "seed": conf.seed} for i, g in enumerate(genos)], acc,
+        [{"valid_acc": float(a), "genotype": str(g)} for a, g in zip(acc, genos, strict=True)],
+        epoch=epochs - 1, what="validation accuracy", duration_s=tr["seconds"])
     for i in np.flatnonzero(ok):
       if best is None or acc[i] > best[1]:
         best = (genos[i], float(acc[i]), number + int(i))
