@@ -48,6 +48,22 @@ class ActionTest(chex.TestCase):
     assert got[3]["depth"] == 2 and got[3]["activation"] == "sigmoid"
     assert got[4]["norm"] is True and got[4]["learning_rate"] == pytest.approx(1e-4, rel=1e-4)
 
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_compound_actions_set_every_parameter_they_name(self):
+    start = SPACE.encode({"optimizer": "sgd", "learning_rate": 1e-6, "momentum": 0.0})
+    acts = (Action("optimizer", "adamw", also={"learning_rate": 1e-3}),
+            Action("optimizer", "sgd", also={"learning_rate": 1e-2, "momentum": 0.9}),
+            Action("learning_rate", 100.0, "scale", also={"activation": "tanh"}))
+    assert acts[1].name == "optimizer=sgd+learning_rate=0.01+momentum=0.9"
+    cand = self.variant(lambda u: apply_actions(SPACE, acts, u))(jnp.asarray(start, jnp.float32))
+    got = SPACE.to_python_batch(jax.device_get(SPACE.decode(cand)))
+    assert got[0]["optimizer"] == "adamw" and "momentum" not in got[0]
+    assert got[0]["learning_rate"] == pytest.approx(1e-3, rel=1e-4)
+    assert got[1]["optimizer"] == "sgd" and got[1]["momentum"] == pytest.approx(0.9, rel=1e-5)
+    assert got[1]["learning_rate"] == pytest.approx(1e-2, rel=1e-4)
+    assert got[2]["learning_rate"] == pytest.approx(1e-4, rel=1e-4)
+    assert got[2]["activation"] == "tanh" and got[2]["optimizer"] == "sgd"
+
 
 def test_fine_tuning_settings_only_act_on_multi_step_training():
   from metaopt._src.repair import _changes
@@ -68,6 +84,34 @@ def test_bad_actions_name_the_field_before_compiling():
            table=None)
   with pytest.raises(ValueError, match="outside"):
     repair(metaopt.random_search(SPACE.dim), SPACE, actions=[Action("depth", 9)], table=None)
+  with pytest.raises(ValueError, match="'lr' is not a searched parameter"):
+    repair(metaopt.random_search(SPACE.dim), SPACE, table=None,
+           actions=[Action("optimizer", "sgd", also={"lr": 0.1})])
+  with pytest.raises(ValueError, match="a parameter twice"):
+    repair(metaopt.random_search(SPACE.dim), SPACE, table=None,
+           actions=[Action("learning_rate", 0.1, also={"learning_rate": 0.2})])
+
+
+def test_opening_portfolio_covers_what_earlier_actions_left():
+  from metaopt._src.repair import _greedy_portfolio
+  # configs x actions: action 2 helps everyone a bit, 0 and 1 each fix one config fully
+  gain = np.asarray([[1.0, 0.0, 0.6], [0.0, 1.0, 0.6], [0.0, 0.0, 0.6]])
+  assert _greedy_portfolio(gain) == [2, 0, 1]
+  # a redundant copy of the first pick comes last: it covers nothing new
+  gain = np.asarray([[1.0, 1.0, 0.0], [0.0, 0.0, 0.5]])
+  assert _greedy_portfolio(gain) == [0, 2, 1]
+
+
+def test_first_round_trains_the_start_beside_the_opening_portfolio():
+  acts = tuple(a for a in DEFAULT_ACTIONS if a.param in ("learning_rate", "activation"))
+  table = {**_table(acts, {}), "opening": [acts[4].name, acts[0].name, acts[1].name,
+                                           acts[2].name]}
+  # acts[0] sets the start's own learning rate: it changes nothing and is skipped
+  start = {"learning_rate": acts[0].value, "activation": "sigmoid"}
+  prog = repair(metaopt.random_search(SPACE.dim), SPACE, actions=acts, table=table,
+                start=start, population=3)
+  state, _ = prog.ask(prog.init(jax.random.key(0)), jax.random.key(1), 3)
+  assert [int(a) for a in np.asarray(state["pending"])] == [-1, 4, 1]
 
 
 def _table(actions, rows):
@@ -146,6 +190,7 @@ def test_shipped_table_has_provenance_and_every_condition():
   assert prov["runs"] > 100 and prov["code_version"]
   assert table["rows"] == list(ROWS)
   assert {a.name for a in DEFAULT_ACTIONS} == set(table["actions"])
+  assert sorted(table["opening"]) == sorted(table["actions"])  # a portfolio of every action
   seen = [r for r in ROWS if any(c > 0 for c in table["count"][ROWS.index(r)])]
   assert "none" in seen and len(seen) >= 3, seen
   top = ranked_actions(table, seen[0])
@@ -159,13 +204,15 @@ def test_architecture_family_detector_and_the_table_it_selects():
   assert metaopt.architecture_family(get_task("digits_cnn")) == "cnn"
   assert metaopt.architecture_family(get_task("logreg")) == "linear"
   table = load_table()
-  assert table["families"] == ["mlp"]  # measured on plain MLPs only
+  assert "mlp" in table["families"] and "cnn" not in table["families"]  # measured on MLPs
   key = jax.random.key(0)
   prior = lambda fam: np.asarray(  # noqa: E731
       repair(metaopt.random_search(SPACE.dim), SPACE, family=fam).init(key)["prior_n"])
   assert prior("mlp").sum() > 0 and np.array_equal(prior(None), prior("mlp"))
   # another family: the table's gains don't transfer, every action starts unknown
-  assert prior("cnn").sum() == 0 and prior("residual_mlp").sum() == 0
+  assert prior("cnn").sum() == 0 and prior("linear").sum() == 0
+  with pytest.raises(ValueError, match="family='transformer' is unknown; allowed: mlp"):
+    repair(metaopt.random_search(SPACE.dim), SPACE, family="transformer")
 
 
 def test_build_table_measures_gains_on_real_runs(tmp_path):
@@ -183,6 +230,19 @@ def test_build_table_measures_gains_on_real_runs(tmp_path):
   assert counts.max(0).sum() <= children <= counts.sum()
   gains = [g for row in table["mean_gain"] for g in row if g is not None]
   assert all(-1.0 <= g <= 1.0 for g in gains)
+
+
+def test_corpus_configs_are_faulty_variants_of_the_defaults():
+  from metaopt._src.repair import _mutant
+  rng = np.random.default_rng(0)
+  default = SPACE.to_python(jax.device_get(SPACE.decode(jnp.asarray(SPACE.encode({})))))
+  n_changed = []
+  for _ in range(40):
+    h = SPACE.to_python(jax.device_get(SPACE.decode(jnp.asarray(_mutant(SPACE, rng, 2)))))
+    n_changed.append(sum(h.get(k) != v for k, v in default.items()))
+  # 1 or 2 parameters drawn; one may switch others on (e.g. sgd brings its momentum)
+  assert min(n_changed) >= 1 and max(n_changed) <= 2 + 4
+  assert np.mean(np.asarray(n_changed) <= 2) > 0.7
 
 
 def test_trial_conditions_aggregate_like_the_searcher():
@@ -259,3 +319,17 @@ def test_untrusted_white_box_falls_back_to_black_box_end_to_end(tmp_path):
   assert rep.returncode == 0, rep.stderr[-2000:]
   page = (tmp_path / "rep" / "report.html").read_text()
   assert "white-box -&gt; tpe" in page and "switch" in page
+
+
+def test_sparse_table_cells_are_shrunk_towards_the_actions_overall_gain():
+  from metaopt._src.repair import _SHRINK, _prior
+  acts = DEFAULT_ACTIONS[:2]
+  table = _table(acts, {"slow_convergence": {acts[0].name: 0.9, acts[1].name: 0.5},
+                        "none": {acts[0].name: 0.1}})
+  table["count"][ROWS.index("slow_convergence")][0] = 1  # 0.9 measured on one run only
+  mean, _ = _prior(table, acts, 5.0)
+  pooled = (1 * 0.9 + 10 * 0.1) / 11
+  sc = ROWS.index("slow_convergence")
+  assert mean[sc, 0] == pytest.approx((0.9 + _SHRINK * pooled) / (1 + _SHRINK), rel=1e-5)
+  assert mean[sc, 1] == pytest.approx(0.5)  # the action's only row: nothing to shrink to
+  assert mean[sc, 0] < mean[sc, 1]  # one lucky run no longer outranks ten measured ones

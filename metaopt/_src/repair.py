@@ -12,8 +12,8 @@ actions over it.
 :func:`repair` is DREAM's Algorithm 1 as a :class:`~metaopt.Searcher`, run by the population
 engine like any other program:
 
-1. the first round trains the starting configuration beside the actions with the highest
-   mean gain over all conditions (the conditions of the start are not known yet);
+1. the first round trains the starting configuration beside the first actions of the
+   table's opening portfolio (the conditions of the start are not known yet);
 2. while training, ``observe`` detects the A-C-G-W conditions of every trial
    (:func:`metaopt.detect_conditions`);
 3. each later round applies the ``k`` highest-priority actions not already applied to the
@@ -21,13 +21,14 @@ engine like any other program:
    better model; the engine stops at the target score (``search(..., target=...)``) or the
    trial budget.
 
-Priorities come from a *priority table*: the mean relative objective gain of each action on
-runs that showed each condition, measured on a corpus by :func:`build_table`
-(``python -m metaopt.repair build-table``) and shipped as ``data/repair_table.json``. Beyond
-the paper, the priorities are updated online from the gains the loop observes (a UCB bandit
-over actions per condition); conditions the table has no data for fall back to random
-actions. Gains are relative improvements of the minimised objective, clipped to ``[-1, 1]``,
-so classification and regression tasks share one table.
+Priorities come from a *priority table*: the mean share of the gap to the task's best run
+that each action closes on corpus models that showed each condition, measured by
+:func:`build_table` (``python -m metaopt.repair build-table``) on faulty variants of the
+space's defaults, and shipped as ``data/repair_table.json``. Beyond the paper, the
+priorities are updated online from the gains the loop observes (a UCB bandit over actions
+per condition: relative improvements of the minimised objective, clipped to ``[-1, 1]``,
+so classification and regression share them); conditions the table has no data for fall
+back to random actions.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from metaopt._src.monitor import CONDITIONS, architecture_family, detect_conditions
+from metaopt._src.monitor import CONDITIONS, FAMILIES, architecture_family, detect_conditions
 from metaopt._src.types import COMPLETE, Searcher
 from spaces import Choice, Float, Int, Space
 
@@ -53,19 +54,35 @@ TABLE_PATH = os.path.join(os.path.dirname(__file__), "data", "repair_table.json"
 # conditions other than slow convergence count when seen in any epoch; slow convergence
 # when seen in at least half of the epochs after the first
 _SLOW_FRACTION = 0.5
+_SHRINK = 3.0  # pseudo-runs pulling a table cell towards the action's mean over all rows
 
 
 @dataclasses.dataclass(frozen=True)
 class Action:
-  """One repair action: set ``param`` to ``value`` or, with ``kind="scale"``, multiply it."""
+  """One repair action: set ``param`` to ``value`` or, with ``kind="scale"``, multiply it.
+
+  ``also`` sets further parameters with it, e.g. ``Action("optimizer", "adamw",
+  also={"learning_rate": 1e-3})``: a change of optimizer that brings the optimizer's
+  standard settings along, as DREAM's optimizer actions do (Keras' defaults)."""
 
   param: str
   value: Any
   kind: str = "set"
+  also: tuple[tuple[str, Any], ...] = ()
+
+  def __post_init__(self):
+    if isinstance(self.also, Mapping):
+      object.__setattr__(self, "also", tuple(self.also.items()))
 
   @property
   def name(self) -> str:
-    return f"{self.param}*{self.value:g}" if self.kind == "scale" else f"{self.param}={self.value}"
+    base = (f"{self.param}*{self.value:g}" if self.kind == "scale"
+            else f"{self.param}={self.value}")
+    return base + "".join(f"+{k}={v}" for k, v in self.also)
+
+  def parts(self) -> tuple[tuple[str, Any, str], ...]:
+    """``(param, value, kind)`` of every parameter the action touches."""
+    return ((self.param, self.value, self.kind), *((k, v, "set") for k, v in self.also))
 
 
 def repair_space(max_width: int = 128) -> Space:
@@ -102,6 +119,9 @@ def repair_space(max_width: int = 128) -> Space:
 
 DEFAULT_ACTIONS: tuple[Action, ...] = (
     Action("optimizer", "adamw"), Action("optimizer", "sgd"),
+    # a new optimizer with its standard settings (DREAM's optimizer actions)
+    Action("optimizer", "adamw", also={"learning_rate": 1e-3, "weight_decay": 1e-4}),
+    Action("optimizer", "sgd", also={"learning_rate": 0.01, "momentum": 0.9}),
     Action("learning_rate", 1e-3), Action("learning_rate", 1e-2),
     Action("learning_rate", 10.0, "scale"), Action("learning_rate", 0.1, "scale"),
     Action("momentum", 0.9), Action("momentum", 0.0),
@@ -138,45 +158,51 @@ def space_actions(space: Space) -> tuple[Action, ...]:
 
 # ----------------------------------------------------------------------------- actions
 def _action_arrays(space: Space, actions: Sequence[Action]) -> tuple[np.ndarray, ...]:
-  """Coordinate, kind (True: set) and value (target u, or u shift) of every action."""
-  idx, is_set, val = [], [], []
-  for a in actions:
+  """Per (action, parameter) entry: the action, the coordinate, the kind (True: set) and the
+  value (target u, or u shift)."""
+  owner, idx, is_set, val = [], [], [], []
+  for i, a in enumerate(actions):
     if not isinstance(a, Action):
       raise ValueError(f"actions: expected metaopt.repair.Action items, got {a!r}")
-    if a.param not in space.names:
-      raise ValueError(f"action {a.name}: {a.param!r} is not a searched parameter of the "
-                       f"space; allowed: {', '.join(space.names)}")
-    p = space.params[a.param]
-    if a.kind == "set":
-      try:
-        u = float(p.encode(p.from_python(a.value)))
-      except (TypeError, ValueError) as e:
-        raise ValueError(f"action {a.name}: {e}") from None
-      if isinstance(p, (Float, Int)) and not p.lo <= a.value <= p.hi:
-        raise ValueError(f"action {a.name}: value outside [{p.lo}, {p.hi}]")
-      idx.append(space.names.index(a.param))
-      is_set.append(True)
-      val.append(u)
-    elif a.kind == "scale":
-      if not (isinstance(p, (Float, Int)) and p.log) or not a.value > 0:
-        raise ValueError(f"action {a.name}: kind='scale' needs a log-scale Float/Int and a "
-                         "positive factor")
-      lo, hi = p._bounds()
-      idx.append(space.names.index(a.param))
-      is_set.append(False)
-      val.append(math.log(a.value) / (hi - lo))
-    else:
-      raise ValueError(f"action {a.name}: kind={a.kind!r} is unknown; allowed: set, scale")
-  return (np.asarray(idx, np.int32), np.asarray(is_set, bool), np.asarray(val, np.float32))
+    names = [n for n, _, _ in a.parts()]
+    if len(set(names)) != len(names):
+      raise ValueError(f"action {a.name}: sets {names} (a parameter twice)")
+    for param, value, kind in a.parts():
+      if param not in space.names:
+        raise ValueError(f"action {a.name}: {param!r} is not a searched parameter of the "
+                         f"space; allowed: {', '.join(space.names)}")
+      p = space.params[param]
+      if kind == "set":
+        try:
+          u = float(p.encode(p.from_python(value)))
+        except (TypeError, ValueError) as e:
+          raise ValueError(f"action {a.name}: {e}") from None
+        if isinstance(p, (Float, Int)) and not p.lo <= value <= p.hi:
+          raise ValueError(f"action {a.name}: {param}={value} outside [{p.lo}, {p.hi}]")
+        is_set.append(True)
+        val.append(u)
+      elif kind == "scale":
+        if not (isinstance(p, (Float, Int)) and p.log) or not value > 0:
+          raise ValueError(f"action {a.name}: kind='scale' needs a log-scale Float/Int and a "
+                           "positive factor")
+        lo, hi = p._bounds()
+        is_set.append(False)
+        val.append(math.log(value) / (hi - lo))
+      else:
+        raise ValueError(f"action {a.name}: kind={kind!r} is unknown; allowed: set, scale")
+      owner.append(i)
+      idx.append(space.names.index(param))
+  return (np.asarray(owner, np.int32), np.asarray(idx, np.int32), np.asarray(is_set, bool),
+          np.asarray(val, np.float32))
 
 
 def apply_actions(space: Space, actions: Sequence[Action], u: jax.Array) -> jax.Array:
   """``[A, d]``: the point ``u[d]`` with each action applied (jittable)."""
-  idx, is_set, val = (jnp.asarray(x) for x in _action_arrays(space, actions))
+  owner, idx, is_set, val = (jnp.asarray(x) for x in _action_arrays(space, actions))
   cur = u[idx]
   new = jnp.where(is_set, val, jnp.clip(cur + val, 0.0, 1.0))
   out = jnp.broadcast_to(u, (len(actions), u.shape[-1]))
-  return out.at[jnp.arange(len(actions)), idx].set(new)
+  return out.at[owner, idx].set(new)
 
 
 def _changes(space: Space, u0: jax.Array, cand: jax.Array) -> jax.Array:
@@ -235,22 +261,32 @@ def table_applies(table: Mapping[str, Any] | None, family: str | None) -> bool:
 
 def _prior(table: Mapping[str, Any] | None, actions: Sequence[Action],
            prior_weight: float) -> tuple[np.ndarray, np.ndarray]:
-  """Prior mean gain and pseudo-count ``[rows, actions]`` from a table (0 where absent)."""
+  """Prior mean gain and pseudo-count ``[rows, actions]`` from a table (0 where absent).
+
+  Each measured mean is shrunk towards the action's mean over all conditions by
+  ``_SHRINK`` pseudo-runs, so that a cell measured on one or two runs cannot outrank an
+  action measured on dozens by luck."""
   mean = np.zeros((len(ROWS), len(actions)), np.float32)
   count = np.zeros((len(ROWS), len(actions)), np.float32)
   if table is None:
     return mean, count
   cols = {name: j for j, name in enumerate(table["actions"])}
+  t_mean = np.asarray([[np.nan if g is None else g for g in row] for row in table["mean_gain"]],
+                      np.float64)
+  t_count = np.asarray(table["count"], np.float64)
+  t_count = np.where(np.isfinite(t_mean), t_count, 0.0)
+  pooled = np.nansum(np.nan_to_num(t_mean) * t_count, 0) / np.maximum(t_count.sum(0), 1e-9)
   for r, row in enumerate(ROWS):
     if row not in table["rows"]:
       continue
     tr = table["rows"].index(row)
     for a, act in enumerate(actions):
       j = cols.get(act.name)
-      if j is None or table["count"][tr][j] == 0 or table["mean_gain"][tr][j] is None:
+      if j is None or t_count[tr, j] == 0:
         continue
-      mean[r, a] = table["mean_gain"][tr][j]
-      count[r, a] = min(float(table["count"][tr][j]), prior_weight)
+      c = t_count[tr, j]
+      mean[r, a] = (c * t_mean[tr, j] + _SHRINK * pooled[j]) / (c + _SHRINK)
+      count[r, a] = min(float(c), prior_weight)
   return mean, count
 
 
@@ -269,12 +305,23 @@ def priorities(state: Mapping[str, jax.Array], cond: jax.Array, key: jax.Array,
   return jnp.where(jnp.any(known, 0), score, noise)
 
 
+def _opening_rank(table: Mapping[str, Any] | None, actions: Sequence[Action]) -> np.ndarray:
+  """``[A]`` score from the table's opening portfolio: higher for earlier actions, -1 for
+  actions it does not list (then the mean gain over all conditions decides)."""
+  order = {n: i for i, n in enumerate((table or {}).get("opening", []))}
+  return np.asarray([len(order) - order[a.name] if a.name in order else -1.0
+                     for a in actions], np.float32)
+
+
 def _unconditional(state: Mapping[str, jax.Array], key: jax.Array) -> jax.Array:
-  """``[A]`` mean gain of every action over all the table's conditions (before any is known)."""
+  """``[A]`` score of every action before any condition of the model is known: its place
+  in the table's opening portfolio, else its mean gain over all the table's conditions."""
   n = jnp.sum(state["prior_n"], 0)
   mean = jnp.sum(state["prior_mean"] * state["prior_n"], 0) / jnp.maximum(n, 1e-9)
   noise = jax.random.uniform(key, mean.shape, minval=-1e-3, maxval=0.0)
-  return jnp.where(n > 0, mean, noise)
+  ranked = state["opening"] >= 0
+  return jnp.where(jnp.any(ranked), jnp.where(ranked, 2.0 + state["opening"], -2.0),
+                   jnp.where(n > 0, mean, noise))
 
 
 def repair(
@@ -318,11 +365,14 @@ def repair(
     raise ValueError(f"population={population!r}: must be a positive integer")
   if not ucb >= 0 or not prior_weight >= 0:
     raise ValueError(f"ucb={ucb}, prior_weight={prior_weight}: must be >= 0")
+  if family is not None and family not in FAMILIES:
+    raise ValueError(f"family={family!r} is unknown; allowed: {', '.join(FAMILIES)} or None")
   if isinstance(table, str):
     table = load_table(None if table == "default" else table)
   if not table_applies(table, family):
     table = None
   prior_mean, prior_n = _prior(table, actions, prior_weight)
+  opening = _opening_rank(table, actions)
   u_start = None if start is None else jnp.asarray(space.encode(dict(start)), jnp.float32)
   n_act, n_cond, cap = len(actions), len(CONDITIONS), population
   if thresholds:
@@ -348,6 +398,7 @@ def repair(
         "counts": jnp.zeros((cap, n_cond), jnp.float32),
         "epochs": jnp.zeros(cap, jnp.float32),
         "prior_mean": jnp.asarray(prior_mean), "prior_n": jnp.asarray(prior_n),
+        "opening": jnp.asarray(opening),
         "obs_sum": jnp.zeros((len(ROWS), n_act), jnp.float32),
         "obs_n": jnp.zeros((len(ROWS), n_act), jnp.float32),
     }
@@ -431,33 +482,35 @@ def repair(
 
 
 # ----------------------------------------------------------------------------- table builder
-def build_table(
+def collect_corpus(
     task_names: Sequence[str] = ("digits_mlp", "wine_mlp", "synthetic_regression"),
-    n_configs: int = 32,
+    n_configs: int = 64,
     epochs: int = 5,
     population: int = 64,
     seed: int = 0,
     actions: Sequence[Action] = DEFAULT_ACTIONS,
     store: str | None = None,
     progress: bool = True,
+    mutations: int = 3,
     broken_fraction: float = 0.5,
-) -> dict[str, Any]:
-  """Measures the priority table on a corpus of runs.
+) -> list[dict[str, Any]]:
+  """Trains the corpus behind a priority table, one record per task.
 
-  For every task, ``n_configs`` random configurations of :func:`repair_space` (a corpus
-  where pathologies are common: learning rates over 1e-7..10, initial scales over 0.01..10,
-  negative biases, sigmoid activations, deep nets) are trained; their conditions are
-  detected; then every action is applied to every configuration and trained the same way.
-  Each cell is the mean relative objective gain of an action over the configurations that
-  showed the condition, among the worst ``broken_fraction`` of each task's configurations
-  (the models a repair loop is asked to fix).
+  For every task, ``n_configs`` configurations of :func:`repair_space` are trained: with
+  ``mutations=k > 0``, faulty variants of the space's defaults, each with 1 to ``k`` random
+  parameters set to random values over their whole range (learning rates over 1e-7..10,
+  initial scales over 0.01..10, negative biases, sigmoid activations, deep nets: most
+  mutants carry one or two faults, like the buggy models DREAM studied); with
+  ``mutations=0``, uniformly random configurations (most of them broken in several ways at
+  once). Then every action is applied to each of the worst ``broken_fraction`` of them (the
+  models a repair loop is asked to fix) and trained the same way. A record holds, for each
+  run, the minimised objective ``y`` (``inf`` if it failed), its conditions, the
+  configuration it repairs (``parent``, -1 for a corpus configuration) and its ``action``.
   """
   if not 0.0 < broken_fraction <= 1.0:
     raise ValueError(f"broken_fraction={broken_fraction}: must be in (0, 1]")
-  import time
-
   from metaopt._src.combinators import with_monitor
-  from metaopt._src.driver import code_version, search
+  from metaopt._src.driver import search
   from metaopt._src.searchers import points
   from metaopt._src.store import Store
   from tasks import get_task
@@ -466,67 +519,168 @@ def build_table(
   actions = tuple(actions)
   rng = np.random.default_rng(seed)
   st = Store(store or "sqlite://")
-  gains: dict[tuple[str, str], list[float]] = {}
-  families: set[str] = set()  # of the models the gains were measured on
-  t0 = time.time()
-  n_runs = 0
+  out = []
   for t_i, name in enumerate(task_names):
     task = get_task(name)
-    base = rng.uniform(size=(n_configs, space.dim)).astype(np.float32)
-    for col, choices in (("batch_size", 4), ("norm", 2), ("residual", 2)):
-      base[:, space.names.index(col)] = (1 if col == "batch_size" else 0) / choices + 0.01
-    base[:, space.names.index("depth")] = rng.choice([0.3, 0.75], n_configs)  # depth 2 or 5
-    cand = np.asarray(jax.vmap(lambda u: apply_actions(space, actions, u))(jnp.asarray(base)))
+    sign = -1.0 if task.direction == "maximize" else 1.0
+
+    def train(u: np.ndarray, study: str, task=task, sign=sign, t_i=t_i):
+      params = space.to_python_batch(jax.device_get(space.decode(jnp.asarray(u))))
+      # one kernel per model structure: group the runs by it
+      order = sorted(range(len(u)), key=lambda j: (repr([params[j].get(s) for s in
+                                                         space.structural]), j))
+      res = search(with_monitor(points(u[order])), task, space=space, n_trials=len(order),
+                   population=population, epochs=epochs, seed=seed + t_i, store=st,
+                   study=study, progress=progress)
+      by_number = {t.number: t for t in res.trials}
+      y = np.full(len(u), np.inf)
+      conds: list[list[str]] = [[] for _ in u]
+      for pos, j in enumerate(order):
+        t = by_number[pos]
+        if t.status == "complete" and t.objective is not None and math.isfinite(t.objective):
+          y[j] = sign * t.objective
+        conds[j] = trial_conditions(t.metrics)
+      return y, conds, params
+
+    if mutations > 0:
+      base = np.stack([_mutant(space, rng, mutations) for _ in range(n_configs)])
+    else:
+      base = rng.uniform(size=(n_configs, space.dim)).astype(np.float32)
+      for col, choices in (("batch_size", 4), ("norm", 2), ("residual", 2)):
+        base[:, space.names.index(col)] = (1 if col == "batch_size" else 0) / choices + 0.01
+      base[:, space.names.index("depth")] = rng.choice([0.3, 0.75], n_configs)  # depth 2 or 5
+    y0, cond0, par0 = train(base, f"repair_corpus_{name}")
+    cut = np.quantile(y0, 1.0 - broken_fraction, method="lower")
+    broken = np.flatnonzero(y0 >= cut)
+    cand = np.asarray(jax.vmap(lambda u: apply_actions(space, actions, u))(
+        jnp.asarray(base[broken])))
     changed = np.asarray(jax.vmap(lambda u0, c: _changes(space, u0, c))(
-        jnp.asarray(base), jnp.asarray(cand)))
-    rows_u, owner = [base], [(-1, i) for i in range(n_configs)]
+        jnp.asarray(base[broken]), jnp.asarray(cand)))
+    rows_u, owner = [], []
     for a in range(len(actions)):
       keep = np.flatnonzero(changed[:, a])
       rows_u.append(cand[keep, a])
-      owner += [(a, int(i)) for i in keep]
-    allu = np.concatenate(rows_u)
-    params = space.to_python_batch(jax.device_get(space.decode(jnp.asarray(allu))))
-    order = sorted(range(len(allu)), key=lambda j: (repr([params[j].get(s) for s in
-                                                          space.structural]), j))
-    res = search(with_monitor(points(allu[order])), task, space=space, n_trials=len(order),
-                 population=population, epochs=epochs, seed=seed + t_i, store=st,
-                 study=f"repair_table_{name}", progress=progress)
-    by_number = {t.number: t for t in res.trials}
-    sign = -1.0 if task.direction == "maximize" else 1.0
-    y = np.full(len(allu), np.inf)
-    conds: list[list[str]] = [[] for _ in allu]
-    for pos, j in enumerate(order):
-      t = by_number[pos]
-      if t.status == "complete" and t.objective is not None and math.isfinite(t.objective):
-        y[j] = sign * t.objective
-      conds[j] = trial_conditions(t.metrics)
-    n_runs += len(allu)
-    # priorities are for repairing: only the worst ``broken_fraction`` of the corpus counts
-    parents = np.asarray([y[i] for a, i in owner if a < 0])
-    cut = np.quantile(np.where(np.isfinite(parents), parents, np.inf),
-                      1.0 - broken_fraction, method="lower")
-    for j, (a, i) in enumerate(owner):
-      if a < 0 or y[i] < cut:
-        continue
-      families.add(architecture_family(task, params[i]))
-      g = float(_gain(y[i], y[j]))
-      for row in conds[i] or ["none"]:
-        gains.setdefault((row, actions[a].name), []).append(g)
-  names = [a.name for a in actions]
+      owner += [(a, int(broken[i])) for i in keep]
+    y1, cond1, par1 = train(np.concatenate(rows_u), f"repair_corpus_{name}_actions")
+    out.append({"task": name, "family": [architecture_family(task, p) for p in par0 + par1],
+                "y": np.concatenate([y0, y1]), "conditions": cond0 + cond1,
+                "parent": np.asarray([-1] * n_configs + [o[1] for o in owner]),
+                "action": np.asarray([-1] * n_configs + [o[0] for o in owner]),
+                "actions": [a.name for a in actions]})
+  return out
+
+
+def _mutant(space: Space, rng: np.random.Generator, k: int) -> np.ndarray:
+  """The space's defaults with 1..k random parameters that change the configuration set to
+  random values."""
+  u0 = space.encode({}).astype(np.float32)
+  h0 = space.to_python(jax.device_get(space.decode(jnp.asarray(u0))))
+  u = u0.copy()
+  for _ in range(int(rng.integers(1, k + 1))):
+    for _ in range(20):  # a parameter its parent switches off changes nothing: draw again
+      v = u.copy()
+      v[rng.integers(space.dim)] = rng.uniform()
+      if space.to_python(jax.device_get(space.decode(jnp.asarray(v)))) != h0:
+        u = v
+        break
+  return u
+
+
+def gap_closed(parent: np.ndarray, child: np.ndarray, best: float) -> np.ndarray:
+  """Share of the gap between ``parent`` and ``best`` (minimised objectives) that a child
+  closes, clipped to ``[-1, 1]``: 1 reaches ``best``, 0 changes nothing; a failed child
+  scores -1 against a finished parent, a finished child +1 against a failed parent."""
+  parent, child = np.asarray(parent, float), np.asarray(child, float)
+  gap = np.maximum(parent - best, 1e-8)
+  g = np.where(np.isfinite(child), (parent - child) / gap, -1.0)
+  g = np.where(np.isfinite(parent), g, np.where(np.isfinite(child), 1.0, 0.0))
+  return np.clip(np.nan_to_num(g, nan=-1.0), -1.0, 1.0)
+
+
+def table_from_corpus(corpus: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+  """The priority table of a corpus (:func:`collect_corpus`): per (condition, action) the
+  mean share of the gap to the task's best run that the action closes
+  (:func:`gap_closed`), over the corpus configurations that showed the condition; and the
+  ``opening``: every action in the order that greedily maximises the summed best gap closed
+  over all corpus configurations (a portfolio for the first round, before any condition of
+  the model is known: each next action covers the configurations the earlier ones left)."""
+  names = list(corpus[0]["actions"])
+  gains: dict[tuple[str, str], list[float]] = {}
+  families: set[str] = set()  # of the models the gains were measured on
+  cover = []  # [configs, actions] gap closed (0 where an action changes nothing)
+  for rec in corpus:
+    y, parent, action = rec["y"], rec["parent"], rec["action"]
+    finite = y[np.isfinite(y)]
+    best = float(finite.min()) if finite.size else 0.0
+    rows = {int(i): np.zeros(len(names)) for i in np.unique(parent[action >= 0])}
+    for j in np.flatnonzero(action >= 0):
+      i = parent[j]
+      families.add(rec["family"][i])
+      g = float(gap_closed(y[i], y[j], best))
+      rows[int(i)][action[j]] = g
+      for row in rec["conditions"][i] or ["none"]:
+        gains.setdefault((row, names[action[j]]), []).append(g)
+    cover += list(rows.values())
   mean = [[None if not gains.get((r, a)) else round(float(np.mean(gains[(r, a)])), 5)
            for a in names] for r in ROWS]
   count = [[len(gains.get((r, a), [])) for a in names] for r in ROWS]
   return {"actions": names, "rows": list(ROWS), "mean_gain": mean, "count": count,
-          "families": sorted(families),
-          "provenance": {
-              "command": ("python -m metaopt.repair build-table "
-                          f"--tasks {','.join(task_names)} --configs {n_configs} "
-                          f"--epochs {epochs} --seed {seed} --broken {broken_fraction:g}"),
-              "tasks": list(task_names), "n_configs": n_configs, "epochs": epochs,
-              "broken_fraction": broken_fraction,
-              "seed": seed, "runs": n_runs, "seconds": round(time.time() - t0, 1),
-              "code_version": code_version(),
-              "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}}
+          "opening": [names[a] for a in _greedy_portfolio(np.asarray(cover))],
+          "families": sorted(families)}
+
+
+def _greedy_portfolio(gain: np.ndarray) -> list[int]:
+  """Columns of ``gain[configs, actions]`` in the order that greedily maximises
+  ``sum_configs max_chosen gain`` (ties: the higher mean gain first)."""
+  if gain.size == 0:
+    return []
+  n_act = gain.shape[1]
+  cur = np.zeros(gain.shape[0])
+  order: list[int] = []
+  left = list(range(n_act))
+  while left:
+    val = [np.maximum(cur, gain[:, a]).sum() + 1e-6 * gain[:, a].mean() for a in left]
+    a = left.pop(int(np.argmax(val)))
+    order.append(a)
+    cur = np.maximum(cur, gain[:, a])
+  return order
+
+
+def build_table(
+    task_names: Sequence[str] = ("digits_mlp", "wine_mlp", "synthetic_regression"),
+    n_configs: int = 64,
+    epochs: int = 5,
+    population: int = 64,
+    seed: int = 0,
+    actions: Sequence[Action] = DEFAULT_ACTIONS,
+    store: str | None = None,
+    progress: bool = True,
+    broken_fraction: float = 0.5,
+    mutations: int = 3,
+) -> dict[str, Any]:
+  """Measures the priority table on a corpus of runs (:func:`collect_corpus`,
+  :func:`table_from_corpus`), with its provenance."""
+  import time
+
+  from metaopt._src.driver import code_version
+
+  t0 = time.time()
+  corpus = collect_corpus(task_names, n_configs, epochs, population, seed, actions, store,
+                          progress, mutations, broken_fraction)
+  table = table_from_corpus(corpus)
+  table["provenance"] = {
+      "command": ("python -m metaopt.repair build-table "
+                  f"--tasks {','.join(task_names)} --configs {n_configs} "
+                  f"--epochs {epochs} --seed {seed} --broken {broken_fraction:g} "
+                  f"--mutations {mutations}"),
+      "tasks": list(task_names), "n_configs": n_configs, "epochs": epochs,
+      "mutations": mutations,
+      "broken_fraction": broken_fraction,
+      "seed": seed, "runs": sum(len(r["y"]) for r in corpus),
+      "seconds": round(time.time() - t0, 1),
+      "code_version": code_version(),
+      "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
+  return table
 
 
 def ranked_actions(table: Mapping[str, Any], condition: str) -> list[tuple[str, float]]:
