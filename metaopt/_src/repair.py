@@ -12,13 +12,15 @@ actions over it.
 :func:`repair` is DREAM's Algorithm 1 as a :class:`~metaopt.Searcher`, run by the population
 engine like any other program:
 
-1. the first round trains the starting configuration beside the first actions of the
-   table's opening portfolio (the conditions of the start are not known yet);
+1. the first round trains the starting configuration beside the actions that gained most on
+   corpus models that changed the same parameters from their defaults (the conditions of
+   the start are not known yet; without such data, the table's opening portfolio);
 2. while training, ``observe`` detects the A-C-G-W conditions of every trial
    (:func:`metaopt.detect_conditions`);
 3. each later round applies the ``k`` highest-priority actions not already applied to the
-   best model so far -- as a population in one kernel, not one at a time -- and keeps the
-   better model; the engine stops at the target score (``search(..., target=...)``) or the
+   best model so far (its conditions and its changed parameters select the table rows; two
+   actions that make the same configuration count as one) -- as a population in one
+   kernel, not one at a time -- and keeps the better model; the engine stops at the target score (``search(..., target=...)``) or the
    trial budget.
 
 Priorities come from a *priority table*: the mean share of the gap to the task's best run
@@ -50,6 +52,7 @@ from metaopt._src.types import COMPLETE, Searcher
 from spaces import Choice, Float, Int, Space
 
 ROWS: tuple[str, ...] = (*CONDITIONS, "none")  # "none": no condition detected
+CHANGED = "changed:"  # + a parameter name: a row for models that set it off its default
 TABLE_PATH = os.path.join(os.path.dirname(__file__), "data", "repair_table.json")
 # conditions other than slow convergence count when seen in any epoch; slow convergence
 # when seen in at least half of the epochs after the first
@@ -215,6 +218,46 @@ def _changes(space: Space, u0: jax.Array, cand: jax.Array) -> jax.Array:
   return diff
 
 
+def _same(space: Space, cand: jax.Array) -> jax.Array:
+  """``[A, A]``: which candidates decode to the same configuration (e.g. ``learning_rate=0.01``
+  and ``optimizer=sgd+learning_rate=0.01+momentum=0.9`` on an SGD model at momentum 0.9)."""
+  h = space.decode(cand)
+  same = jnp.ones((cand.shape[0], cand.shape[0]), bool)
+  for n in h:
+    same = same & (h[n][:, None] == h[n][None, :])
+  return same
+
+
+def _select(score: jax.Array, same: jax.Array, n: int) -> jax.Array:
+  """``[n]`` the best-scoring actions, best first, none decoding like an earlier pick; -1
+  once no action with a finite score is left."""
+  picks = []
+  for _ in range(n):
+    a = jnp.argmax(score)
+    ok = jnp.isfinite(score[a])
+    picks.append(jnp.where(ok, a, -1))
+    score = jnp.where(ok & same[a], -jnp.inf, score)
+  return jnp.stack(picks).astype(jnp.int32)
+
+
+def table_rows(space: Space) -> tuple[str, ...]:
+  """Rows of the priority table over ``space``: the conditions, ``"none"``, and one
+  ``"changed:<param>"`` row per parameter for models that set it off its default."""
+  return (*ROWS, *(CHANGED + n for n in space.names))
+
+
+def deviations(space: Space, u: jax.Array) -> jax.Array:
+  """``[..., P]``: which parameters of the point(s) ``u`` decode off the space's defaults
+  (the configuration is known before training, its conditions only after; jittable)."""
+  h = space.decode(u)
+  h0 = space.decode(jnp.asarray(space.encode({}), jnp.float32))
+  out = []
+  for n in space.names:
+    a, b = jnp.asarray(h[n], jnp.float32), jnp.asarray(h0[n], jnp.float32)
+    out.append(jnp.abs(a - b) > 1e-4 * jnp.maximum(jnp.abs(b), 1e-6))
+  return jnp.stack(out, -1)
+
+
 # ----------------------------------------------------------------------------- conditions
 def aggregate(counts: jax.Array, epochs: jax.Array) -> jax.Array:
   """``[..., C]`` trial conditions from per-condition epoch counts and epochs observed."""
@@ -260,14 +303,14 @@ def table_applies(table: Mapping[str, Any] | None, family: str | None) -> bool:
 
 
 def _prior(table: Mapping[str, Any] | None, actions: Sequence[Action],
-           prior_weight: float) -> tuple[np.ndarray, np.ndarray]:
+           prior_weight: float, rows: Sequence[str] = ROWS) -> tuple[np.ndarray, np.ndarray]:
   """Prior mean gain and pseudo-count ``[rows, actions]`` from a table (0 where absent).
 
   Each measured mean is shrunk towards the action's mean over all conditions by
   ``_SHRINK`` pseudo-runs, so that a cell measured on one or two runs cannot outrank an
   action measured on dozens by luck."""
-  mean = np.zeros((len(ROWS), len(actions)), np.float32)
-  count = np.zeros((len(ROWS), len(actions)), np.float32)
+  mean = np.zeros((len(rows), len(actions)), np.float32)
+  count = np.zeros((len(rows), len(actions)), np.float32)
   if table is None:
     return mean, count
   cols = {name: j for j, name in enumerate(table["actions"])}
@@ -276,7 +319,7 @@ def _prior(table: Mapping[str, Any] | None, actions: Sequence[Action],
   t_count = np.asarray(table["count"], np.float64)
   t_count = np.where(np.isfinite(t_mean), t_count, 0.0)
   pooled = np.nansum(np.nan_to_num(t_mean) * t_count, 0) / np.maximum(t_count.sum(0), 1e-9)
-  for r, row in enumerate(ROWS):
+  for r, row in enumerate(rows):
     if row not in table["rows"]:
       continue
     tr = table["rows"].index(row)
@@ -290,10 +333,23 @@ def _prior(table: Mapping[str, Any] | None, actions: Sequence[Action],
   return mean, count
 
 
-def priorities(state: Mapping[str, jax.Array], cond: jax.Array, key: jax.Array,
-               ucb: float) -> jax.Array:
-  """``[A]`` scores of every action for a model with conditions ``cond[C]``."""
-  rows = jnp.concatenate([cond, ~jnp.any(cond, keepdims=True)])  # the "none" row if healthy
+def _active_rows(n_rows: int, cond: jax.Array | None, changed: jax.Array | None) -> jax.Array:
+  """``[rows]``: the table rows of a model with conditions ``cond[C]`` (None: not known yet,
+  before it trained) and parameters ``changed[P]`` off their defaults (None: not used)."""
+  c = (jnp.zeros(len(ROWS), bool) if cond is None
+       else jnp.concatenate([cond, ~jnp.any(cond, keepdims=True)]))  # "none" if healthy
+  rest = n_rows - len(ROWS)
+  d = jnp.zeros(rest, bool) if changed is None or rest == 0 else changed
+  return jnp.concatenate([c, d])
+
+
+def priorities(state: Mapping[str, jax.Array], cond: jax.Array | None, key: jax.Array,
+               ucb: float, changed: jax.Array | None = None) -> jax.Array:
+  """``[A]`` scores of every action for a model with conditions ``cond[C]`` (None: not
+  known yet) and parameters ``changed[P]`` off their defaults: the summed mean gains of its
+  table rows, with a UCB bonus; actions with no data for any of its rows score at random
+  below every measured positive gain."""
+  rows = _active_rows(state["prior_n"].shape[0], cond, changed)
   n = state["prior_n"] + state["obs_n"]
   mean = (state["prior_mean"] * state["prior_n"] + state["obs_sum"]) / jnp.maximum(n, 1e-9)
   bonus = ucb * jnp.sqrt(jnp.log1p(jnp.sum(n, 1, keepdims=True)) / (1.0 + n))
@@ -371,7 +427,8 @@ def repair(
     table = load_table(None if table == "default" else table)
   if not table_applies(table, family):
     table = None
-  prior_mean, prior_n = _prior(table, actions, prior_weight)
+  rows = table_rows(space)
+  prior_mean, prior_n = _prior(table, actions, prior_weight, rows)
   opening = _opening_rank(table, actions)
   u_start = None if start is None else jnp.asarray(space.encode(dict(start)), jnp.float32)
   n_act, n_cond, cap = len(actions), len(CONDITIONS), population
@@ -394,13 +451,14 @@ def repair(
         "pending": jnp.full(cap, -1, jnp.int32),
         "parent_y": jnp.asarray(jnp.inf, jnp.float32),
         "parent_cond": jnp.zeros(n_cond, bool),
+        "parent_changed": jnp.zeros(space.dim, bool),
         "parent_known": jnp.asarray(False),
         "counts": jnp.zeros((cap, n_cond), jnp.float32),
         "epochs": jnp.zeros(cap, jnp.float32),
         "prior_mean": jnp.asarray(prior_mean), "prior_n": jnp.asarray(prior_n),
         "opening": jnp.asarray(opening),
-        "obs_sum": jnp.zeros((len(ROWS), n_act), jnp.float32),
-        "obs_n": jnp.zeros((len(ROWS), n_act), jnp.float32),
+        "obs_sum": jnp.zeros((len(rows), n_act), jnp.float32),
+        "obs_n": jnp.zeros((len(rows), n_act), jnp.float32),
     }
 
   def ask(state, key, n):
@@ -410,24 +468,31 @@ def repair(
     inner, proposals = searcher.ask(state["search"], k_inner, n)
     cand = apply_actions(space, actions, state["best_u"])  # best_u is the start until a best
     usable = _changes(space, state["best_u"], cand) & ~state["tried"] & ~state["best_applied"]
-    # the first round trains the start beside the actions that gain most over all conditions
+    changed = deviations(space, state["best_u"])
+    # the first round trains the start beside the actions that gain most for the parameters
+    # it changed (its conditions are not known yet), else the table's opening portfolio
     opening = (state["round"] == 0) & (u_start is not None)
-    score = jnp.where(opening, _unconditional(state, k_score),
-                      priorities(state, state["best_cond"], k_score, ucb))
+    n_all = state["prior_n"] + state["obs_n"]
+    by_config = jnp.any((n_all > 0) & _active_rows(n_all.shape[0], None, changed)[:, None])
+    first = jnp.where(by_config, priorities(state, None, k_score, ucb, changed),
+                      _unconditional(state, k_score))
+    score = jnp.where(opening, first,
+                      priorities(state, state["best_cond"], k_score, ucb, changed))
     score = jnp.where(usable & (state["has_best"] | opening), score, -jnp.inf)
-    top_score, top = jax.lax.top_k(score, min(n, n_act))
-    pick = jnp.full(n, -1, jnp.int32).at[:top.shape[0]].set(
-        jnp.where(jnp.isfinite(top_score), top, -1))
+    same = _same(space, cand)
+    pick = _select(score, same, min(n, n_act))
+    pick = jnp.full(n, -1, jnp.int32).at[:pick.shape[0]].set(pick)
     pick = jnp.where(opening, jnp.roll(pick, 1).at[0].set(-1), pick)  # slot 0: the start
     repairing = pick >= 0
     u = jnp.where(repairing[:, None], cand[jnp.maximum(pick, 0)], proposals)
     if u_start is not None:
       u = jnp.where((opening & (jnp.arange(n) == 0))[:, None], u_start, u)
-    tried = state["tried"].at[jnp.where(repairing, pick, n_act)].set(True, mode="drop")
+    # an action is tried with every action that makes the same configuration of this model
+    tried = state["tried"] | jnp.any(same[jnp.maximum(pick, 0)] & repairing[:, None], 0)
     return {**state, "search": inner, "tried": tried,
             "pending": state["pending"].at[:n].set(pick),
             "parent_y": state["best_y"], "parent_cond": state["best_cond"],
-            "parent_known": state["has_best"],
+            "parent_changed": changed, "parent_known": state["has_best"],
             "counts": jnp.zeros_like(state["counts"]),
             "epochs": jnp.zeros_like(state["epochs"])}, u
 
@@ -449,10 +514,10 @@ def repair(
     yv = jnp.where(ok, y, jnp.inf)
     cond = aggregate(state["counts"][:n], state["epochs"][:n])
     pending = state["pending"][:n]
-    # online priorities: relative gain over the parent, credited to the parent's conditions
+    # online priorities: relative gain over the parent, credited to the parent's rows
     gain = _gain(state["parent_y"], yv)
-    pc = state["parent_cond"]
-    rows = jnp.concatenate([pc, ~jnp.any(pc, keepdims=True)]).astype(jnp.float32)
+    rows = _active_rows(state["obs_n"].shape[0], state["parent_cond"],
+                        state["parent_changed"]).astype(jnp.float32)
     credit = jax.nn.one_hot(pending, n_act) * (pending >= 0)[:, None]  # [n, A]
     rows = rows * state["parent_known"]  # the opening round's parent was not measured yet
     obs_sum = state["obs_sum"] + rows[:, None] * jnp.sum(credit * gain[:, None], 0)
@@ -505,7 +570,9 @@ def collect_corpus(
   once). Then every action is applied to each of the worst ``broken_fraction`` of them (the
   models a repair loop is asked to fix) and trained the same way. A record holds, for each
   run, the minimised objective ``y`` (``inf`` if it failed), its conditions, the
-  configuration it repairs (``parent``, -1 for a corpus configuration) and its ``action``.
+  configuration it repairs (``parent``, -1 for a corpus configuration), its ``action``, and
+  which parameters it sets off their defaults (``changed[runs, params]``,
+  :func:`deviations`).
   """
   if not 0.0 < broken_fraction <= 1.0:
     raise ValueError(f"broken_fraction={broken_fraction}: must be in (0, 1]")
@@ -561,9 +628,13 @@ def collect_corpus(
       keep = np.flatnonzero(changed[:, a])
       rows_u.append(cand[keep, a])
       owner += [(a, int(broken[i])) for i in keep]
-    y1, cond1, par1 = train(np.concatenate(rows_u), f"repair_corpus_{name}_actions")
+    kids = np.concatenate(rows_u)
+    y1, cond1, par1 = train(kids, f"repair_corpus_{name}_actions")
+    changed = np.asarray(jax.vmap(lambda u: deviations(space, u))(
+        jnp.asarray(np.concatenate([base, kids]))))
     out.append({"task": name, "family": [architecture_family(task, p) for p in par0 + par1],
                 "y": np.concatenate([y0, y1]), "conditions": cond0 + cond1,
+                "changed": changed, "params": list(space.names),
                 "parent": np.asarray([-1] * n_configs + [o[1] for o in owner]),
                 "action": np.asarray([-1] * n_configs + [o[0] for o in owner]),
                 "actions": [a.name for a in actions]})
@@ -600,11 +671,13 @@ def gap_closed(parent: np.ndarray, child: np.ndarray, best: float) -> np.ndarray
 def table_from_corpus(corpus: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
   """The priority table of a corpus (:func:`collect_corpus`): per (condition, action) the
   mean share of the gap to the task's best run that the action closes
-  (:func:`gap_closed`), over the corpus configurations that showed the condition; and the
+  (:func:`gap_closed`), over the corpus configurations that showed the condition (rows
+  ``"changed:<param>"``: that set the parameter off its default); and the
   ``opening``: every action in the order that greedily maximises the summed best gap closed
   over all corpus configurations (a portfolio for the first round, before any condition of
   the model is known: each next action covers the configurations the earlier ones left)."""
   names = list(corpus[0]["actions"])
+  row_names = list(ROWS) + [CHANGED + p for p in corpus[0].get("params", [])]
   gains: dict[tuple[str, str], list[float]] = {}
   families: set[str] = set()  # of the models the gains were measured on
   cover = []  # [configs, actions] gap closed (0 where an action changes nothing)
@@ -618,13 +691,15 @@ def table_from_corpus(corpus: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
       families.add(rec["family"][i])
       g = float(gap_closed(y[i], y[j], best))
       rows[int(i)][action[j]] = g
-      for row in rec["conditions"][i] or ["none"]:
+      changed = [CHANGED + p for p, c in zip(rec.get("params", []), rec["changed"][i]
+                                             if "changed" in rec else [], strict=False) if c]
+      for row in (rec["conditions"][i] or ["none"]) + changed:
         gains.setdefault((row, names[action[j]]), []).append(g)
     cover += list(rows.values())
   mean = [[None if not gains.get((r, a)) else round(float(np.mean(gains[(r, a)])), 5)
-           for a in names] for r in ROWS]
-  count = [[len(gains.get((r, a), [])) for a in names] for r in ROWS]
-  return {"actions": names, "rows": list(ROWS), "mean_gain": mean, "count": count,
+           for a in names] for r in row_names]
+  count = [[len(gains.get((r, a), [])) for a in names] for r in row_names]
+  return {"actions": names, "rows": row_names, "mean_gain": mean, "count": count,
           "opening": [names[a] for a in _greedy_portfolio(np.asarray(cover))],
           "families": sorted(families)}
 
