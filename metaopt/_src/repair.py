@@ -20,8 +20,8 @@ engine like any other program:
 3. each later round applies the ``k`` highest-priority actions not already applied to the
    best model so far (its conditions and its changed parameters select the table rows; two
    actions that make the same configuration count as one) -- as a population in one
-   kernel, not one at a time -- and keeps the better model; the engine stops at the target score (``search(..., target=...)``) or the
-   trial budget.
+   kernel, not one at a time -- and keeps the better model; the engine stops at the target
+   score (``search(..., target=...)``) or the trial budget.
 
 Priorities come from a *priority table*: the mean share of the gap to the task's best run
 that each action closes on corpus models that showed each condition, measured by
