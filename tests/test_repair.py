@@ -288,7 +288,9 @@ def test_repair_config_runs_from_the_cli_and_records_each_repair(tmp_path):
   assert out["n_trials"] == 6 and len(out["repairs"]) == 1
   step = out["repairs"][0]
   assert step["parent"] in (0, 1, 2) and [t["trial"] for t in step["trials"]] == [3, 4, 5]
-  assert all(len(t["changes"]) == 1 for t in step["trials"])  # one action each
+  footprints = [{p for p, _, _ in a.parts()} for a in DEFAULT_ACTIONS]
+  for t in step["trials"]:  # one action each: its parameter, or a compound action's few
+    assert t["changes"] and any(set(t["changes"]) <= fp for fp in footprints), t["changes"]
   con = sqlite3.connect(f"{tmp_path}/rd.db")
   msgs = [m for (m,) in con.execute("select message from events where kind = 'repair'")]
   assert msgs and msgs[0].startswith(f"round 1: repaired trial #{step['parent']}")
