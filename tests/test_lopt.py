@@ -310,6 +310,7 @@ def _cli(*args):
   return json.loads(out.stdout[out.stdout.index("{"):])
 
 
+@pytest.mark.slow  # end-to-end CLI run; the CLI itself is covered by tests/test_cli.py
 def test_cli_meta_train_then_apply(tmp_path):
   db = f"sqlite:///{tmp_path}/x.db"
   mp = str(tmp_path / "mp")

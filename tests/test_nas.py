@@ -338,6 +338,7 @@ def test_bad_config_raises_one_value_error(field, value, allowed):
   assert allowed in str(e.value)
 
 
+@pytest.mark.slow  # end-to-end CLI run; the CLI itself is covered by tests/test_cli.py
 def test_cli_runs_darts_config_and_records_it(tmp_path):
   db = tmp_path / "x.db"
   cmd = [sys.executable, "run.py", "run", "--config", "configs/darts_shapes.py",

@@ -268,7 +268,9 @@ def _damage_newest_checkpoint(ckdir, rnd):
   return os.path.join(rdir, steps[-1]) if n else None
 
 
-@pytest.mark.parametrize("kills", [3, pytest.param(12, marks=pytest.mark.slow)])
+# slow: tests/test_cli.py kills and resumes a search by default
+@pytest.mark.slow
+@pytest.mark.parametrize("kills", [3, 12])
 def test_kill_9_at_random_points_then_resume(tmp_path, kills):
   """`run.py run` is killed -9 ``kills`` times, during training chunks, checkpoint writes and
   store commits, and restarted each time (once after its newest checkpoint was damaged): no
