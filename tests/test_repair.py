@@ -351,3 +351,10 @@ def test_a_round_never_trains_two_actions_that_make_the_same_configuration():
   assert np.asarray(state["tried"]).tolist() == [True, True, True]  # its twin counts as tried
   got = SPACE.to_python_batch(jax.device_get(SPACE.decode(u)))
   assert [round(g["learning_rate"], 4) for g in got] == [10.0, 0.01, 0.001]
+
+
+def test_bad_corpus_settings_name_the_field_before_training():
+  with pytest.raises(ValueError, match=r"mutations=-1: must be an integer >= 0"):
+    metaopt.repair.build_table(["wine_mlp"], n_configs=2, mutations=-1, progress=False)
+  with pytest.raises(ValueError, match=r"broken_fraction=0: must be in \(0, 1\]"):
+    metaopt.repair.build_table(["wine_mlp"], n_configs=2, broken_fraction=0, progress=False)

@@ -306,7 +306,7 @@ def _prior(table: Mapping[str, Any] | None, actions: Sequence[Action],
            prior_weight: float, rows: Sequence[str] = ROWS) -> tuple[np.ndarray, np.ndarray]:
   """Prior mean gain and pseudo-count ``[rows, actions]`` from a table (0 where absent).
 
-  Each measured mean is shrunk towards the action's mean over all conditions by
+  Each measured mean is shrunk towards the action's mean over all the table's rows by
   ``_SHRINK`` pseudo-runs, so that a cell measured on one or two runs cannot outrank an
   action measured on dozens by luck."""
   mean = np.zeros((len(rows), len(actions)), np.float32)
@@ -363,7 +363,7 @@ def priorities(state: Mapping[str, jax.Array], cond: jax.Array | None, key: jax.
 
 def _opening_rank(table: Mapping[str, Any] | None, actions: Sequence[Action]) -> np.ndarray:
   """``[A]`` score from the table's opening portfolio: higher for earlier actions, -1 for
-  actions it does not list (then the mean gain over all conditions decides)."""
+  actions it does not list (when it lists none, the mean gain over all rows decides)."""
   order = {n: i for i, n in enumerate((table or {}).get("opening", []))}
   return np.asarray([len(order) - order[a.name] if a.name in order else -1.0
                      for a in actions], np.float32)
@@ -576,6 +576,9 @@ def collect_corpus(
   """
   if not 0.0 < broken_fraction <= 1.0:
     raise ValueError(f"broken_fraction={broken_fraction}: must be in (0, 1]")
+  if isinstance(mutations, bool) or not isinstance(mutations, int) or mutations < 0:
+    raise ValueError(f"mutations={mutations!r}: must be an integer >= 0 (0: uniformly random "
+                     "configurations)")
   from metaopt._src.combinators import with_monitor
   from metaopt._src.driver import search
   from metaopt._src.searchers import points
@@ -677,7 +680,7 @@ def table_from_corpus(corpus: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
   over all corpus configurations (a portfolio for the first round, before any condition of
   the model is known: each next action covers the configurations the earlier ones left)."""
   names = list(corpus[0]["actions"])
-  row_names = list(ROWS) + [CHANGED + p for p in corpus[0].get("params", [])]
+  row_names = list(ROWS) + [CHANGED + p for p in corpus[0]["params"]]
   gains: dict[tuple[str, str], list[float]] = {}
   families: set[str] = set()  # of the models the gains were measured on
   cover = []  # [configs, actions] gap closed (0 where an action changes nothing)
@@ -691,8 +694,8 @@ def table_from_corpus(corpus: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
       families.add(rec["family"][i])
       g = float(gap_closed(y[i], y[j], best))
       rows[int(i)][action[j]] = g
-      changed = [CHANGED + p for p, c in zip(rec.get("params", []), rec["changed"][i]
-                                             if "changed" in rec else [], strict=False) if c]
+      changed = [CHANGED + p for p, c in zip(rec["params"], rec["changed"][i], strict=True)
+                 if c]
       for row in (rec["conditions"][i] or ["none"]) + changed:
         gains.setdefault((row, names[action[j]]), []).append(g)
     cover += list(rows.values())
