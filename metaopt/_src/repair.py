@@ -125,6 +125,7 @@ DEFAULT_ACTIONS: tuple[Action, ...] = (
     # a new optimizer with its standard settings (DREAM's optimizer actions)
     Action("optimizer", "adamw", also={"learning_rate": 1e-3, "weight_decay": 1e-4}),
     Action("optimizer", "sgd", also={"learning_rate": 0.01, "momentum": 0.9}),
+    Action("optimizer", "adamw", also={"learning_rate": 1e-2, "weight_decay": 1e-4}),
     Action("learning_rate", 1e-3), Action("learning_rate", 1e-2),
     Action("learning_rate", 10.0, "scale"), Action("learning_rate", 0.1, "scale"),
     Action("momentum", 0.9), Action("momentum", 0.0),
@@ -132,9 +133,13 @@ DEFAULT_ACTIONS: tuple[Action, ...] = (
     Action("lr_schedule", "cosine"), Action("lr_schedule", "warmup_cosine"),
     Action("lr_schedule", "constant"), Action("lr_end", 0.1),
     Action("init_scale", 1.0), Action("init_scale", 1.41), Action("bias_init", 0.0),
+    # re-initialise with the standard initializer; ReLU with it (DREAM: He initializer)
+    Action("init_scale", 1.0, also={"bias_init": 0.0}),
+    Action("activation", "relu", also={"init_scale": 1.0, "bias_init": 0.0}),
     Action("activation", "relu"), Action("activation", "tanh"), Action("activation", "gelu"),
     Action("activation", "silu"), Action("activation", "elu"),
     Action("norm", True), Action("norm", False),
+    Action("norm", True, also={"learning_rate": 1e-2}),  # normalised nets take higher rates
     Action("clip_norm", 1.0), Action("clip_norm", 1e3),
     Action("batch_size", 16), Action("batch_size", 128),
     Action("width", 64), Action("depth", 2), Action("depth", 1), Action("residual", True),
