@@ -26,7 +26,13 @@ perturbations of the best observations at four scales (``local_std`` down to
 cosine-decayed step on the continuous coordinates, clipped to the cube, and each categorical
 coordinate of the winner is then set to its best choice. A batch is chosen point by point
 with the kriging believer: each chosen point joins the data as a fantasy observation equal
-to its posterior mean.
+to its posterior mean. When the batch has two or more points and ``n_exploit`` > 0, its first
+point exploits instead: it minimises the posterior mean of a second GP fitted (from the global
+hyperparameters) on the ``n_exploit`` observations nearest the incumbent, with ``y``
+re-standardised among them. The global model cannot resolve values closer to the optimum than
+its noise floor (1e-6 of the signal variance, needed by float32 Cholesky); re-standardising
+the neighbourhood puts those small differences back on the unit scale, so the batch keeps
+closing in on the incumbent's optimum while the other points follow log-EI.
 """
 
 from __future__ import annotations
@@ -54,6 +60,7 @@ _SAFE_NOISE = 1e-4
 _LOG_NOISE_MIN = math.log(1e-8)
 _ACQUISITIONS = ("ei", "ucb")
 _LOCAL_SCALES = (1.0, 0.2, 0.04, 0.008)  # multiples of the local perturbation scale
+_EXPLOIT_FIT_STEPS = 50  # Adam steps refitting the local model of the exploitation point
 
 
 def _choice(x: jax.Array, levels: np.ndarray) -> jax.Array:
@@ -208,7 +215,8 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
           capacity: int = 256, fit_steps: int = 100, fit_lr: float = 0.05,
           n_candidates: int = 1024, n_local: int = 256, local_std: float = 0.05,
           n_restarts: int = 8, grad_steps: int = 50, grad_lr: float = 0.02,
-          levels: Sequence[int] | None = None, deterministic: bool = False) -> Searcher:
+          levels: Sequence[int] | None = None, deterministic: bool = False,
+          n_exploit: int = 24) -> Searcher:
   """GP-BO with a Matern-5/2 ARD kernel, log-EI or UCB, and kriging-believer batches.
 
   Until ``n_startup`` observations are complete, proposals are scrambled Sobol points. Then
@@ -217,6 +225,9 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
   ``lax.switch``, so early asks are cheap; the cost grows as rows^3 (a Cholesky per Adam step
   and per batch point). Beyond ``capacity`` observations the oldest are overwritten. Under
   ``vmap`` the switch evaluates every branch: vmap over GP searchers only with small capacity.
+  In batches of two or more, the first point minimises the posterior mean of a GP refitted on
+  the ``n_exploit`` observations nearest the incumbent (see the module docstring); the others
+  maximise the acquisition under the kriging believer.
 
   Args:
     dim: dimension of the unit cube.
@@ -241,6 +252,9 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
       search over their choices. ``None``: all continuous.
     deterministic: the objective has no noise: the noise variance stays at the floor instead
       of being fitted (Optuna's ``deterministic_objective``).
+    n_exploit: in batches of two or more, the first point minimises the mean of a local GP
+      on this many observations nearest the incumbent (0: every point maximises the
+      acquisition).
 
   Returns:
     A :class:`Searcher`; ``state["theta"]`` holds the fitted GP hyperparameters.
@@ -264,6 +278,7 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
   _check_int("n_local", n_local, 0)
   _check_int("n_restarts", n_restarts, 1)
   _check_int("grad_steps", grad_steps, 0)
+  _check_int("n_exploit", n_exploit, 0)
   if n_restarts > n_candidates + n_local + 1:
     raise ValueError(f"n_restarts={n_restarts}: must be <= n_candidates + n_local + 1")
   for name, v in (("kappa", kappa), ("fit_lr", fit_lr), ("local_std", local_std),
@@ -314,6 +329,34 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
       u = alt[jnp.argmax(jnp.where(jnp.isfinite(score), score, -jnp.inf))]
     return u
 
+  def maximise(acq, cand, centre):
+    """Best of ``centre`` and the best candidates, each before and after Adam refinement."""
+    score = acq(cand)
+    k = min(n_restarts - 1, cand.shape[0])
+    _, idx = jax.lax.top_k(jnp.where(jnp.isfinite(score), score, -jnp.inf), k)
+    starts = jnp.concatenate([centre[None], cand[idx]])
+    refined = jax.vmap(lambda x0: refine(acq, x0))(starts) if grad_steps else starts
+    pool = jnp.concatenate([starts, refined])
+    pool_score = acq(pool)
+    u = pool[jnp.argmax(jnp.where(jnp.isfinite(pool_score), pool_score, -jnp.inf))]
+    return choice_search(acq, u)
+
+  def exploit(theta, x, y, valid, key):
+    """Minimiser of the posterior mean of a GP refitted on the ``n_exploit`` observations
+    nearest the incumbent (in the fitted lengthscales), ``y`` re-standardised among them."""
+    inc = jnp.argmin(jnp.where(valid, y, jnp.inf))
+    d2 = jnp.where(valid, _sq_dist(x, x[inc][None], theta["log_ls"], lvl)[:, 0], jnp.inf)
+    neg_d2, nn = jax.lax.top_k(-d2, min(n_exploit, x.shape[0]))
+    xl, ml = x[nn], jnp.isfinite(neg_d2)
+    yl = warp_and_standardize(y[nn], ml)
+    theta_l = fit_gp(theta, xl, yl, ml, _EXPLOIT_FIT_STEPS, fit_lr, lvl, deterministic)
+    predict = _posterior(theta_l, xl, yl, ml, lvl)
+    centre = snap(x[inc], lvl)
+    scale = local_std * jnp.asarray(_LOCAL_SCALES)[jnp.arange(n_local) % len(_LOCAL_SCALES)]
+    cand = centre + scale[:, None] * jax.random.normal(key, (n_local, dim))
+    cand = jnp.concatenate([snap(jnp.clip(cand, 0.0, 1.0), lvl), snap(xl, lvl)])
+    return maximise(lambda xq: -predict(xq)[0], cand, centre)
+
   def model_ask(size, state, key, n):
     """Fits the GP on the first ``size`` buffer rows and proposes a kriging-believer batch."""
     x, y, valid = state["x"][:size], state["y"][:size], state["valid"][:size]
@@ -335,25 +378,26 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
         mult = local_std * jnp.asarray(_LOCAL_SCALES)[jnp.arange(n_local) % len(_LOCAL_SCALES)]
         local = parent + mult[:, None] * jax.random.normal(k_loc, (n_local, dim))
         cand = jnp.concatenate([cand, snap(jnp.clip(local, 0.0, 1.0), lvl)])
-      score = acq(cand)
-      _, idx = jax.lax.top_k(jnp.where(jnp.isfinite(score), score, -jnp.inf), n_restarts - 1)
-      starts = jnp.concatenate([top[:1], cand[idx]])  # the incumbent always starts a search
-      refined = jax.vmap(lambda x0: refine(acq, x0))(starts) if grad_steps else starts
-      pool = jnp.concatenate([starts, refined])
-      pool_score = acq(pool)
-      u = pool[jnp.argmax(jnp.where(jnp.isfinite(pool_score), pool_score, -jnp.inf))]
-      u = choice_search(acq, u)
-      fantasy, _ = predict(u[None])
-      x_all = x_all.at[size + i].set(u)
-      yz_all = yz_all.at[size + i].set(fantasy[0])
-      m_all = m_all.at[size + i].set(True)
-      return (x_all, yz_all, m_all), u
+      u = maximise(acq, cand, top[0])  # the incumbent always starts a search
+      return believe((x_all, yz_all, m_all), predict, i, u), u
 
-    init_c = (jnp.concatenate([x, jnp.zeros((n, dim), jnp.float32)]),
-              jnp.concatenate([yz, jnp.zeros(n, jnp.float32)]),
-              jnp.concatenate([valid, jnp.zeros(n, bool)]))
-    _, u = jax.lax.scan(propose, init_c, jnp.arange(n))
-    return theta, u
+    def believe(carry, predict, i, u):
+      """Adds ``u`` as row ``size + i`` with its posterior mean as a fantasy observation."""
+      x_all, yz_all, m_all = carry
+      fantasy, _ = predict(u[None])
+      return (x_all.at[size + i].set(u), yz_all.at[size + i].set(fantasy[0]),
+              m_all.at[size + i].set(True))
+
+    carry = (jnp.concatenate([x, jnp.zeros((n, dim), jnp.float32)]),
+             jnp.concatenate([yz, jnp.zeros(n, jnp.float32)]),
+             jnp.concatenate([valid, jnp.zeros(n, bool)]))
+    first = []
+    if n_exploit and n > 1:
+      u0 = exploit(theta, x, y, valid, jax.random.fold_in(key, n))
+      carry = believe(carry, _posterior(theta, x, yz, valid, lvl), 0, u0)
+      first = [u0[None]]
+    _, u = jax.lax.scan(propose, carry, jnp.arange(len(first), n))
+    return theta, jnp.concatenate([*first, u])
 
   def ask(state, key, n):
     design_state, u_design = design.ask(state["design"], None, n)
