@@ -329,6 +329,13 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
       u = alt[jnp.argmax(jnp.where(jnp.isfinite(score), score, -jnp.inf))]
     return u
 
+  def perturb(parents, key):
+    """``n_local`` perturbations of ``parents`` (``[n_local, dim]`` or one point) at the
+    scales ``local_std``, ``local_std / 5``, ..., clipped to the cube."""
+    mult = local_std * jnp.asarray(_LOCAL_SCALES)[jnp.arange(n_local) % len(_LOCAL_SCALES)]
+    local = parents + mult[:, None] * jax.random.normal(key, (n_local, dim))
+    return snap(jnp.clip(local, 0.0, 1.0), lvl)
+
   def maximise(acq, cand, centre):
     """Best of ``centre`` and the best candidates, each before and after Adam refinement."""
     score = acq(cand)
@@ -352,9 +359,7 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
     theta_l = fit_gp(theta, xl, yl, ml, _EXPLOIT_FIT_STEPS, fit_lr, lvl, deterministic)
     predict = _posterior(theta_l, xl, yl, ml, lvl)
     centre = snap(x[inc], lvl)
-    scale = local_std * jnp.asarray(_LOCAL_SCALES)[jnp.arange(n_local) % len(_LOCAL_SCALES)]
-    cand = centre + scale[:, None] * jax.random.normal(key, (n_local, dim))
-    cand = jnp.concatenate([snap(jnp.clip(cand, 0.0, 1.0), lvl), snap(xl, lvl)])
+    cand = jnp.concatenate([perturb(centre, key), snap(xl, lvl)])
     return maximise(lambda xq: -predict(xq)[0], cand, centre)
 
   def model_ask(size, state, key, n):
@@ -372,12 +377,9 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
       predict = _posterior(theta, x_all, yz_all, m_all, lvl)
       acq = acq_fn(predict, best)
       cand = snap(jax.random.uniform(k_rand, (n_candidates, dim)), lvl)
-      if n_local:
-        # Perturbations of the best observations at scales local_std, local_std / 5, ...
+      if n_local:  # perturbations of the best observations
         parent = top[jax.random.randint(k_pick, (n_local,), 0, jnp.minimum(n_obs, n_top))]
-        mult = local_std * jnp.asarray(_LOCAL_SCALES)[jnp.arange(n_local) % len(_LOCAL_SCALES)]
-        local = parent + mult[:, None] * jax.random.normal(k_loc, (n_local, dim))
-        cand = jnp.concatenate([cand, snap(jnp.clip(local, 0.0, 1.0), lvl)])
+        cand = jnp.concatenate([cand, perturb(parent, k_loc)])
       u = maximise(acq, cand, top[0])  # the incumbent always starts a search
       return believe((x_all, yz_all, m_all), predict, i, u), u
 
