@@ -110,3 +110,25 @@ def test_tiered_jit_upgrades_only_when_the_remaining_calls_pay():
   f.run_s = 0.1
   np.testing.assert_allclose(f(x, 2, calls_left=100), 2 * np.sin(1.0), rtol=1e-6)
   assert f.optimized
+
+
+def test_compile_seconds_counts_the_calling_threads_compiles_only():
+  import threading
+
+  f = jax.jit(lambda x: jnp.tanh(x) @ x.T + 1.0)
+  before = pop.compile_seconds()
+  seen = {}
+
+  def other():
+    s0 = pop.compile_seconds()
+    f(jnp.ones((33, 7))).block_until_ready()
+    seen["other"] = pop.compile_seconds() - s0
+
+  t = threading.Thread(target=other)
+  t.start()
+  t.join()
+  assert seen["other"] > 0.0
+  assert pop.compile_seconds() == before  # the other thread's compile is not ours
+  g = jax.jit(lambda x: jnp.sin(x) * 3.0)
+  g(jnp.ones((35, 3))).block_until_ready()
+  assert pop.compile_seconds() > before

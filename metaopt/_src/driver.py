@@ -17,6 +17,7 @@ processes sharing one study, see :func:`metaopt.worker`.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import functools
 import json
@@ -391,6 +392,13 @@ def _gather_jit(tree, idx):
   return jax.tree_util.tree_map(lambda a: a[idx], tree)
 
 
+_background = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="metaopt-flops")
+
+
+def _shapes(tree):
+  return jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype), tree)
+
+
 def _gather(tree, idx: np.ndarray):
   """Rows ``idx`` of every leaf, in one compiled call (eager indexing would compile once per
   leaf shape)."""
@@ -482,15 +490,19 @@ def _train_round(r: _Round, state, task: Task, kernel, data, ckpt: Checkpointer,
       try:
         hg = hparams(g, idx)
         skey = repr(sorted(r.structures[g].items()))
+        if batch_size is not None and skey not in flops_cache:
+          # traced on another thread while the chunk compiles (XLA releases the GIL)
+          bs = min(int(r.structures[g].get("batch_size", batch_size)), len(task.data.train))
+          flops_cache[skey] = _background.submit(
+              pop.trial_epoch_flops, task.build(r.structures[g]), _shapes(states[g]),
+              _shapes(hg), data, bs)
         c0, t0 = pop.compile_seconds(), time.perf_counter()
         states[g], m = k.chunk(states[g], hg, jnp.asarray(_alive_at(alive, idx)), key_e, data)
         m = jax.device_get(m)
         compiled = pop.compile_seconds() - c0
         busy = max(0.0, time.perf_counter() - t0 - compiled)
-        if batch_size is not None and skey not in flops_cache:  # after the chunk's trace
-          bs = min(int(r.structures[g].get("batch_size", batch_size)), len(task.data.train))
-          flops_cache[skey] = pop.trial_epoch_flops(task.build(r.structures[g]), states[g], hg,
-                                                    data, bs)
+        if isinstance(flops_cache.get(skey), concurrent.futures.Future):
+          flops_cache[skey] = flops_cache[skey].result()
         # "loop" kernels spend time on live trials only; "vmap" ones on every slot
         slots = max(1, int(_alive_at(started, idx).sum())) if k.mode == "loop" else len(idx)
         p = perf.setdefault(skey, {"compile_s": 0.0, "slot_s": None, "sizes": set(),

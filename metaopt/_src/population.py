@@ -52,22 +52,26 @@ class PopulationKernel(NamedTuple):
   mode: str = "vmap"  # "loop": stopped trials cost no compute, so there is no need to compact
 
 
-_compile = {"s": 0.0}
+_compile: dict[int, float] = {}  # thread id -> seconds
 _compile_lock = threading.Lock()
 
 
 def _on_duration(event: str, duration: float, **_: Any) -> None:
+  # JAX reports tracing, lowering and compilation on the thread that does them
   if event.startswith("/jax/core/compile/"):
     with _compile_lock:
-      _compile["s"] += duration
+      t = threading.get_ident()
+      _compile[t] = _compile.get(t, 0.0) + duration
 
 
 jax.monitoring.register_event_duration_secs_listener(_on_duration)
 
 
 def compile_seconds() -> float:
-  """Seconds this process has spent tracing, lowering and compiling JAX computations."""
-  return _compile["s"]
+  """Seconds the calling thread has spent tracing, lowering and compiling JAX computations
+  (work other threads compile meanwhile is theirs, so wall time minus this difference
+  stays the caller's run time)."""
+  return _compile.get(threading.get_ident(), 0.0)
 
 
 # Skips XLA's backend (LLVM) optimisation passes. Measured on a 2-core CPU: the vmapped
