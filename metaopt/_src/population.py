@@ -32,6 +32,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding
@@ -247,14 +248,19 @@ def make_kernel(fns: TrialFns, n_train: int, batch_size: int,
     else:
       keys = jax.random.split(key, n)
       perm_of = lambda i: jax.random.permutation(keys[i], n_train)
-    shapes = jax.eval_shape(trial_chunk, one(states, 0), one(h, 0), True, perm_of(0), data)[1]
-    metrics = jax.tree_util.tree_map(lambda a: jnp.zeros((n, *a.shape), a.dtype), shapes)
+    # one trace of the trial's chunk serves both its output shapes and the loop body
+    args = lambda i: (one(states, i), one(h, i), jnp.asarray(True), perm_of(i), data)
+    traced, shapes = jax.make_jaxpr(trial_chunk, return_shape=True)(*args(0))
+    trial_fn = jax.extend.core.jaxpr_as_fun(traced)
+    out_tree = jax.tree_util.tree_structure(shapes)
+    metrics = jax.tree_util.tree_map(lambda a: jnp.zeros((n, *a.shape), a.dtype), shapes[1])
     order = jnp.argsort(~alive, stable=True)  # live trials first
 
     def body(j, carry):
       states, metrics = carry
       i = order[j]
-      new, m = trial_chunk(one(states, i), one(h, i), True, perm_of(i), data)
+      new, m = jax.tree_util.tree_unflatten(
+          out_tree, trial_fn(*jax.tree_util.tree_leaves(args(i))))
       put = lambda tree, x: jax.tree_util.tree_map(lambda a, b: a.at[i].set(b), tree, x)
       return put(states, new), put(metrics, m)
 
