@@ -132,3 +132,20 @@ def test_compile_seconds_counts_the_calling_threads_compiles_only():
   g = jax.jit(lambda x: jnp.sin(x) * 3.0)
   g(jnp.ones((35, 3))).block_until_ready()
   assert pop.compile_seconds() > before
+
+
+def test_ask_compiles_only_once_the_model_is_used(task, tmp_path):
+  """TPE's first 8 + 8 proposals come before n_startup = 10 observations: the cheap
+  ``startup_ask`` serves them; the third round needs the model and compiles ``ask``."""
+  prog = metaopt.tpe(task.space.dim, n_startup=10)
+  kw = dict(population=8, epochs=2, batch_size=256, seed=5, progress=False)
+  COMPILES.clear()
+  res = metaopt.search(prog, task, n_trials=16, store=f"sqlite:///{tmp_path}/a.db", **kw)
+  assert len(res.trials) == 16
+  assert COMPILES.get("jit(ask)", 0) == 0 and COMPILES.get("jit(startup_ask)", 0) == 1, COMPILES
+  COMPILES.clear()
+  res = metaopt.search(prog, task, n_trials=24, store=f"sqlite:///{tmp_path}/b.db", **kw)
+  assert COMPILES.get("jit(ask)", 0) == 1, COMPILES
+  # the same search, points and all, as far as the first one went
+  first = metaopt.search(prog, task, n_trials=16, store=f"sqlite:///{tmp_path}/c.db", **kw)
+  assert [t.params for t in res.trials[:16]] == [t.params for t in first.trials]

@@ -164,3 +164,26 @@ def test_with_pruning_keeps_protocol():
   assert s.observe is not None
   _, best = run_loop(s, sphere, 8, 16)
   assert float(best) < 0.05
+
+
+@pytest.mark.parametrize("make", [
+    lambda: metaopt.tpe(3, n_startup=6),
+    lambda: metaopt.gp_bo(3, n_startup=6, capacity=16, fit_steps=5, grad_steps=3),
+    lambda: metaopt.with_pruning(metaopt.tpe(3, n_startup=6), metaopt.asha(4)),
+])
+def test_startup_ask_is_ask_until_the_model_is_used(make):
+  s = make()
+  f = lambda y: jnp.sum((y - 0.3) ** 2, axis=-1)
+  startup, ask = jax.jit(s.startup_ask, static_argnums=2), jax.jit(s.ask, static_argnums=2)
+  state = s.init(jax.random.key(0))
+  for r in range(3):
+    key = jax.random.key(10 + r)
+    st1, u1, ok = startup(state, key, 4)
+    st2, u2 = ask(state, key, 4)
+    assert bool(ok) == (r < 2)  # 0 and 4 observations < n_startup = 6; then 8
+    if ok:
+      np.testing.assert_array_equal(u1, u2)
+      chex.assert_trees_all_equal(st1, st2)
+    else:
+      assert not np.array_equal(u1, u2)
+    state = s.tell(st2, u2, f(u2), jnp.full(4, COMPLETE, jnp.int32))

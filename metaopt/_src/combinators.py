@@ -214,7 +214,13 @@ def _wrap(searcher: Searcher, key: str, init_own: Callable, own: Callable) -> Se
   def tell(state, u, y, status):
     return {**state, "search": searcher.tell(state["search"], u, y, status)}
 
-  return Searcher(init, ask, tell, _chain_observe(searcher, key, own))
+  startup_ask = None
+  if searcher.startup_ask is not None:
+    def startup_ask(state, k, n):
+      s, u, ok = searcher.startup_ask(state["search"], k, n)
+      return {**state, "search": s}, u, ok
+
+  return Searcher(init, ask, tell, _chain_observe(searcher, key, own), startup_ask)
 
 
 def with_pruning(searcher: Searcher, pruner: Pruner) -> Searcher:

@@ -304,10 +304,21 @@ def search(
 
 def _searcher_fns(program: Searcher, space: Space):
   """``(ask, tell, observe, decode)`` compiled for the driver: ``ask`` tiered (see
-  :class:`population.TieredJit`; call it with ``calls_left``), the others without backend
+  :class:`population.TieredJit`; call it with ``calls_left``) and only compiled once the
+  program's ``startup_ask`` (if any) no longer stands in for it, the others without backend
   optimisation (each runs once per round or epoch, in milliseconds, but would take seconds
   to compile optimised)."""
-  ask = pop.TieredJit(program.ask, static_argnums=2)
+  tiered = pop.TieredJit(program.ask, static_argnums=2)
+  startup = None if program.startup_ask is None else \
+      pop.fast_jit(program.startup_ask, static_argnums=2)
+
+  def ask(state, key, n: int, calls_left: int = 1, model: bool = False):
+    if startup is not None and not model:  # the model is not used yet: ask stays uncompiled
+      s, u, ok = startup(state, key, n)
+      if bool(ok):
+        return s, u
+    return tiered(state, key, n, calls_left=calls_left)
+
   tell = pop.fast_jit(program.tell)
   observe = pop.fast_jit(program.observe) if program.observe is not None else None
   return ask, tell, observe, pop.fast_jit(space.decode)

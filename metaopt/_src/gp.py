@@ -414,8 +414,13 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
                                           state["design"])
     return {**state, "theta": theta, "design": design_state}, u
 
+  def startup_ask(state, key, n):
+    del key
+    design_state, u = design.ask(state["design"], None, n)
+    return {**state, "design": design_state}, u, jnp.sum(state["valid"]) < n_startup
+
   def tell(state, u, y, status):
     hist = history_tell({k: state[k] for k in ("x", "y", "valid", "count")}, u, y, status)
     return {**state, **hist}
 
-  return Searcher(init, ask, tell)
+  return Searcher(init, ask, tell, startup_ask=startup_ask)

@@ -166,6 +166,11 @@ def _log_density(z, mus, sigmas, logw, multivariate: bool) -> jax.Array:
   return logsumexp(logw[None, :, None] + lk, axis=1)  # [c, d]
 
 
+def _point_keys(key: jax.Array, i: jax.Array) -> jax.Array:
+  """(uniform draw, candidate) keys of the ``i``-th point of an ask."""
+  return jax.random.split(jax.random.fold_in(key, i))
+
+
 def tpe(dim: int, n_startup: int = 10, gamma: float | None = None, n_candidates: int = 24,
         multivariate: bool = True, constant_liar: bool = True, prior_weight: float = 1.0,
         capacity: int = 1024, bandwidth: str = "gaps") -> Searcher:
@@ -237,7 +242,7 @@ def tpe(dim: int, n_startup: int = 10, gamma: float | None = None, n_candidates:
 
     def propose(carry, i):
       x_bad, bad = carry
-      k_rand, k_cand = jax.random.split(jax.random.fold_in(key, i))
+      k_rand, k_cand = _point_keys(key, i)
       mus_g, sig_g, logw_g = _mixture(x_bad, bad, prior_weight, d_eff, bandwidth)
       cand = _sample(k_cand, mus_l, sig_l, logw_l, n_candidates, multivariate)
       score = (_log_density(cand, mus_l, sig_l, logw_l, multivariate)
@@ -255,7 +260,11 @@ def tpe(dim: int, n_startup: int = 10, gamma: float | None = None, n_candidates:
     _, u = jax.lax.scan(propose, (x_bad, bad), jnp.arange(n))
     return state, u
 
+  def startup_ask(state, key, n):
+    u = jax.vmap(lambda i: jax.random.uniform(_point_keys(key, i)[0], (dim,)))(jnp.arange(n))
+    return state, u, jnp.sum(state["valid"]) < n_startup
+
   def tell(state, u, y, status):
     return history_tell(state, u, y, status)
 
-  return Searcher(init, ask, tell)
+  return Searcher(init, ask, tell, startup_ask=startup_ask)

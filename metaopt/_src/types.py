@@ -38,12 +38,21 @@ STATUS_NAMES = ("complete", "failed", "pruned", "infeasible", "running")
 
 
 class Searcher(NamedTuple):
-  """A black-box search program over ``[0, 1]^dim``."""
+  """A black-box search program over ``[0, 1]^dim``.
+
+  ``startup_ask`` is optional: ``(state, key, n) -> (state, u, ok)``, a cheap-to-compile
+  ``ask`` for searchers whose first proposals ignore their model (random or Sobol points
+  before ``n_startup`` observations). When ``ok`` is true, ``(state, u)`` is exactly what
+  ``ask(state, key, n)`` returns, so the engine can skip compiling ``ask`` until the model
+  is used.
+  """
 
   init: Callable[[jax.Array], PyTree]
   ask: Callable[[PyTree, jax.Array, int], tuple[PyTree, jax.Array]]
   tell: Callable[[PyTree, jax.Array, jax.Array, jax.Array], PyTree]
   observe: Callable[..., tuple[PyTree, jax.Array, dict]] | None = None
+  startup_ask: Callable[[PyTree, jax.Array, int], tuple[PyTree, jax.Array, jax.Array]] | None \
+      = None
 
 
 class Pruner(NamedTuple):

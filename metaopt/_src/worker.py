@@ -179,7 +179,8 @@ def worker(
   n_rounds = -(-n_trials // population)
   sizes = {min(population, n_trials - r * population) for r in range(n_rounds)}
   for n in sizes:  # compile ask and tell outside the store's serialized transactions
-    s, u = ask(template, jax.random.key(0), n)
+    ask(template, jax.random.key(0), n)  # the startup ask, if the program has one
+    s, u = ask(template, jax.random.key(0), n, model=True)
     tell(s, u, jnp.zeros(n), jnp.zeros(n, jnp.int32))
 
   def make_round(state_bytes: bytes | None, rnd: int):
