@@ -105,7 +105,8 @@ def test_loop_and_scan_give_the_same_points_and_state(name):
     close = np.isclose(u1, u2, rtol=0, atol=1e-4)
     assert close.mean() >= 0.9, np.abs(u1 - u2).max(-1)
     np.testing.assert_allclose(u1, u2, atol=1e-2)
-    np.testing.assert_allclose(b1, float(b2), rtol=1e-3)
+    # a point moved by 1e-3 moves Branin by ~1e-3 there (seen: 0.8786 vs 0.8797)
+    np.testing.assert_allclose(b1, float(b2), rtol=5e-3)
     rows = np.all(np.isclose(st1["x"], st2["x"], rtol=0, atol=1e-4), axis=-1)
     assert rows.mean() >= 0.9, rows
     np.testing.assert_allclose(np.asarray(st1["y"])[rows], np.asarray(st2["y"])[rows],
@@ -368,18 +369,22 @@ def test_gp_deterministic_keeps_the_noise_at_the_floor():
   assert fitted_noise(False) > np.log(1e-8) + 1.0
 
 
-def test_gp_exploitation_point_improves_on_the_incumbent():
-  """The first point of a batch minimises a local model's mean: on the sphere, after 16 Sobol
-  points, it beats the best of them; without ``n_exploit`` the batch still has its size."""
-  for n_exploit in (16, 0):
+def test_gp_exploitation_points_improve_on_the_incumbent():
+  """The first points of a batch minimise local models' means: on the sphere, after 16 Sobol
+  points, each beats the best of them (by 10x with 16 neighbours); without ``n_exploit`` the
+  batch still has its size, and a batch of 3 with 4 sizes keeps one point for the
+  acquisition."""
+  best = float(jnp.min(bf.sphere(_sobol_batch(2, 16, bf.sphere)[0])))
+  for n_exploit, n in ((16, 4), ((8, 4, 16), 4), ((6, 8, 10, 12), 3), (0, 4)):
     s = gp_bo(2, n_startup=4, capacity=32, fit_steps=50, n_candidates=128, n_local=32,
               grad_steps=20, n_exploit=n_exploit)
     st = s.tell(s.init(jax.random.key(0)), *_sobol_batch(2, 16, bf.sphere))
-    st, u = jax.jit(s.ask, static_argnums=2)(st, jax.random.key(1), 4)
-    assert u.shape == (4, 2) and bool(jnp.all(jnp.isfinite(u)))
-    if n_exploit:
-      best = float(jnp.min(bf.sphere(_sobol_batch(2, 16, bf.sphere)[0])))
-      assert float(bf.sphere(u[0])) < 0.1 * best, (u[0], best)
+    st, u = jax.jit(s.ask, static_argnums=2)(st, jax.random.key(1), n)
+    assert u.shape == (n, 2) and bool(jnp.all(jnp.isfinite(u)))
+    k = min(len(np.atleast_1d(n_exploit)), n - 1) if n_exploit else 0
+    for j in range(k):  # 16 neighbours pin the sphere's minimum down; 4 only improve on it
+      factor = 0.1 if np.atleast_1d(n_exploit)[j] >= 16 else 1.0
+      assert float(bf.sphere(u[j])) < factor * best, (n_exploit, j, u[j], best)
 
 
 def test_regularized_evolution_solves_mixed_function():
@@ -543,6 +548,7 @@ def test_benchmark_functions_have_their_known_minima():
     (gp_bo, {"dim": 2.5}, "dim"),
     (gp_bo, {"dim": 2, "levels": [3, -1]}, "levels"),
     (gp_bo, {"dim": 2, "n_exploit": -1}, "n_exploit"),
+    (gp_bo, {"dim": 2, "n_exploit": (24, 0)}, "n_exploit"),
     (tpe, {"dim": 2, "bandwidth": "silverman"}, "bandwidth"),
     (cma_es, {"dim": 2, "bounds": "clip"}, "bounds"),
     (regularized_evolution, {"dim": 2, "tournament_size": 64}, "tournament_size"),

@@ -26,13 +26,15 @@ perturbations of the best observations at four scales (``local_std`` down to
 cosine-decayed step on the continuous coordinates, clipped to the cube, and each categorical
 coordinate of the winner is then set to its best choice. A batch is chosen point by point
 with the kriging believer: each chosen point joins the data as a fantasy observation equal
-to its posterior mean. When the batch has two or more points and ``n_exploit`` > 0, its first
-point exploits instead: it minimises the posterior mean of a second GP fitted (from the global
-hyperparameters) on the ``n_exploit`` observations nearest the incumbent, with ``y``
-re-standardised among them. The global model cannot resolve values closer to the optimum than
-its noise floor (1e-6 of the signal variance, needed by float32 Cholesky); re-standardising
-the neighbourhood puts those small differences back on the unit scale, so the batch keeps
-closing in on the incumbent's optimum while the other points follow log-EI.
+to its posterior mean. When the batch has two or more points and ``n_exploit`` is not empty,
+its first points exploit instead (at most all but one point of the batch): point ``j``
+minimises the posterior mean of a local GP fitted (from the global hyperparameters) on the
+``n_exploit[j]`` observations nearest the incumbent, with ``y`` re-standardised among them
+(default: 24, 12, 48 and 96 neighbours, four local models at different scales). The global
+model cannot resolve values closer to the optimum than its noise floor (1e-6 of the signal
+variance, needed by float32 Cholesky); re-standardising the neighbourhood puts those small
+differences back on the unit scale, so the batch keeps closing in on the incumbent's optimum
+while the other points follow log-EI.
 """
 
 from __future__ import annotations
@@ -216,7 +218,7 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
           n_candidates: int = 1024, n_local: int = 256, local_std: float = 0.05,
           n_restarts: int = 8, grad_steps: int = 50, grad_lr: float = 0.02,
           levels: Sequence[int] | None = None, deterministic: bool = False,
-          n_exploit: int = 24) -> Searcher:
+          n_exploit: int | Sequence[int] = (24, 12, 48, 96)) -> Searcher:
   """GP-BO with a Matern-5/2 ARD kernel, log-EI or UCB, and kriging-believer batches.
 
   Until ``n_startup`` observations are complete, proposals are scrambled Sobol points. Then
@@ -225,9 +227,9 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
   ``lax.switch``, so early asks are cheap; the cost grows as rows^3 (a Cholesky per Adam step
   and per batch point). Beyond ``capacity`` observations the oldest are overwritten. Under
   ``vmap`` the switch evaluates every branch: vmap over GP searchers only with small capacity.
-  In batches of two or more, the first point minimises the posterior mean of a GP refitted on
-  the ``n_exploit`` observations nearest the incumbent (see the module docstring); the others
-  maximise the acquisition under the kriging believer.
+  In batches of two or more, the first points each minimise the posterior mean of a GP
+  refitted on the ``n_exploit[j]`` observations nearest the incumbent (see the module
+  docstring); the others (at least one) maximise the acquisition under the kriging believer.
 
   Args:
     dim: dimension of the unit cube.
@@ -252,9 +254,11 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
       search over their choices. ``None``: all continuous.
     deterministic: the objective has no noise: the noise variance stays at the floor instead
       of being fitted (Optuna's ``deterministic_objective``).
-    n_exploit: in batches of two or more, the first point minimises the mean of a local GP
-      on this many observations nearest the incumbent (0: every point maximises the
-      acquisition).
+    n_exploit: neighbourhood sizes of the exploitation points: in batches of two or more,
+      point ``j`` (for the first ``min(len(n_exploit), batch - 1)`` points) minimises the mean
+      of a local GP on the ``n_exploit[j]`` observations nearest the incumbent. An integer
+      ``k > 0`` means ``(k,)``, a single exploitation point;
+      0 or ``()``: every point maximises the acquisition.
 
   Returns:
     A :class:`Searcher`; ``state["theta"]`` holds the fitted GP hyperparameters.
@@ -278,7 +282,15 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
   _check_int("n_local", n_local, 0)
   _check_int("n_restarts", n_restarts, 1)
   _check_int("grad_steps", grad_steps, 0)
-  _check_int("n_exploit", n_exploit, 0)
+  if isinstance(n_exploit, (int, np.integer)) and not isinstance(n_exploit, bool):
+    _check_int("n_exploit", n_exploit, 0)
+    n_exploit = (int(n_exploit),) if n_exploit else ()
+  elif not (isinstance(n_exploit, Sequence) and all(
+      isinstance(k, (int, np.integer)) and not isinstance(k, bool) and k >= 1
+      for k in n_exploit)):
+    raise ValueError(f"n_exploit={n_exploit!r}: must be an integer >= 0 or a sequence of "
+                     "integers >= 1")
+  n_exploit = tuple(int(k) for k in n_exploit)
   if n_restarts > n_candidates + n_local + 1:
     raise ValueError(f"n_restarts={n_restarts}: must be <= n_candidates + n_local + 1")
   for name, v in (("kappa", kappa), ("fit_lr", fit_lr), ("local_std", local_std),
@@ -348,13 +360,16 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
     u = pool[jnp.argmax(jnp.where(jnp.isfinite(pool_score), pool_score, -jnp.inf))]
     return choice_search(acq, u)
 
-  def exploit(theta, x, y, valid, key):
-    """Minimiser of the posterior mean of a GP refitted on the ``n_exploit`` observations
-    nearest the incumbent (in the fitted lengthscales), ``y`` re-standardised among them."""
+  def exploit(theta, x, y, valid, key, k_nn):
+    """Minimiser of the posterior mean of a GP refitted on the ``k_nn`` (traced)
+    observations nearest the incumbent (in the fitted lengthscales), ``y`` re-standardised
+    among them. The model masks all but the first ``k_nn`` of the ``max(n_exploit)``
+    nearest, so one compiled body serves every size; all of them are candidates."""
     inc = jnp.argmin(jnp.where(valid, y, jnp.inf))
     d2 = jnp.where(valid, _sq_dist(x, x[inc][None], theta["log_ls"], lvl)[:, 0], jnp.inf)
-    neg_d2, nn = jax.lax.top_k(-d2, min(n_exploit, x.shape[0]))
-    xl, ml = x[nn], jnp.isfinite(neg_d2)
+    neg_d2, nn = jax.lax.top_k(-d2, min(max(n_exploit), x.shape[0]))
+    ml = jnp.isfinite(neg_d2) & (jnp.arange(nn.shape[0]) < k_nn)
+    xl = x[nn]
     yl = warp_and_standardize(y[nn], ml)
     theta_l = fit_gp(theta, xl, yl, ml, _EXPLOIT_FIT_STEPS, fit_lr, lvl, deterministic)
     predict = _posterior(theta_l, xl, yl, ml, lvl)
@@ -393,12 +408,16 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
     carry = (jnp.concatenate([x, jnp.zeros((n, dim), jnp.float32)]),
              jnp.concatenate([yz, jnp.zeros(n, jnp.float32)]),
              jnp.concatenate([valid, jnp.zeros(n, bool)]))
+    m = min(len(n_exploit), n - 1)  # exploitation points; at least one point follows log-EI
     first = []
-    if n_exploit and n > 1:
-      u0 = exploit(theta, x, y, valid, jax.random.fold_in(key, n))
-      carry = believe(carry, _posterior(theta, x, yz, valid, lvl), 0, u0)
-      first = [u0[None]]
-    _, u = jax.lax.scan(propose, carry, jnp.arange(len(first), n))
+    if m:
+      keys = jax.vmap(lambda j: jax.random.fold_in(key, n + j))(jnp.arange(m))
+      first = [jax.lax.map(lambda a: exploit(theta, x, y, valid, a[0], a[1]),
+                           (keys, jnp.asarray(n_exploit[:m])))]
+      carry, _ = jax.lax.scan(
+          lambda c, ju: (believe(c, _posterior(theta, *c, lvl), ju[0], ju[1]), None), carry,
+          (jnp.arange(m), first[0]))
+    _, u = jax.lax.scan(propose, carry, jnp.arange(m, n))
     return theta, jnp.concatenate([*first, u])
 
   def ask(state, key, n):
