@@ -406,10 +406,6 @@ def _gather_jit(tree, idx):
 _background = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="metaopt-flops")
 
 
-def _shapes(tree):
-  return jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype), tree)
-
-
 def _gather(tree, idx: np.ndarray):
   """Rows ``idx`` of every leaf, in one compiled call (eager indexing would compile once per
   leaf shape)."""
@@ -505,8 +501,8 @@ def _train_round(r: _Round, state, task: Task, kernel, data, ckpt: Checkpointer,
           # traced on another thread while the chunk compiles (XLA releases the GIL)
           bs = min(int(r.structures[g].get("batch_size", batch_size)), len(task.data.train))
           flops_cache[skey] = _background.submit(
-              pop.trial_epoch_flops, task.build(r.structures[g]), _shapes(states[g]),
-              _shapes(hg), data, bs)
+              pop.trial_epoch_flops, task.build(r.structures[g]), pop.shapes(states[g]),
+              pop.shapes(hg), data, bs)
         c0, t0 = pop.compile_seconds(), time.perf_counter()
         states[g], m = k.chunk(states[g], hg, jnp.asarray(_alive_at(alive, idx)), key_e, data)
         m = jax.device_get(m)

@@ -132,6 +132,11 @@ def _cost_flops(jitted, *args) -> float:
   return float((cost or {}).get("flops", 0.0))
 
 
+def shapes(tree: PyTree) -> PyTree:
+  """``tree`` with every leaf replaced by its ``jax.ShapeDtypeStruct`` (no data kept)."""
+  return jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype), tree)
+
+
 def trial_epoch_flops(fns: TrialFns, states: PyTree, h: Mapping[str, Any],
                       data: Mapping[str, jax.Array], batch_size: int) -> float:
   """FLOPs one trial spends per chunk (epoch): XLA's cost analysis of the lowered
@@ -140,14 +145,12 @@ def trial_epoch_flops(fns: TrialFns, states: PyTree, h: Mapping[str, Any],
   so the step is analysed on its own.)"""
   n = jax.tree_util.tree_leaves(h)[0].shape[0]
   steps = data["x_train"].shape[0] // batch_size
-  abstract = lambda t: jax.tree_util.tree_map(
-      lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype), t)
   batch = tuple(jax.ShapeDtypeStruct((batch_size, *data[k].shape[1:]), data[k].dtype)
                 for k in ("x_train", "y_train"))
-  st, hh = abstract(states), abstract(dict(h))
+  st, hh = shapes(states), shapes(dict(h))
   step = _cost_flops(jax.jit(jax.vmap(fns.train_step, in_axes=(0, None, 0))), st, batch, hh)
   ev = _cost_flops(jax.jit(jax.vmap(fns.evaluate, in_axes=(0, None, None, 0))), st,
-                   abstract(data["x_valid"]), abstract(data["y_valid"]), hh)
+                   shapes(data["x_valid"]), shapes(data["y_valid"]), hh)
   return (steps * step + ev) / n
 
 
