@@ -94,3 +94,31 @@ PROBLEMS: dict[str, Problem] = {
     "mixed": Problem(mixed, 4, 0.0, MIXED_LEVELS),
     "sphere5": Problem(sphere, 5, 0.0),
 }
+
+
+def _zdt_g(u: jax.Array) -> jax.Array:
+  return 1.0 + 9.0 * jnp.mean(u[..., 1:], axis=-1)
+
+
+def zdt1(u: jax.Array) -> jax.Array:
+  """ZDT1 (Zitzler, Deb & Thiele, Evol. Comput. 2000): two minimised objectives ``[..., 2]``
+  on ``[0, 1]^d`` (d >= 2, usually 30); convex front ``f2 = 1 - sqrt(f1)`` where ``u[1:] = 0``."""
+  g = _zdt_g(u)
+  f1 = u[..., 0]
+  return jnp.stack([f1, g * (1.0 - jnp.sqrt(f1 / g))], axis=-1)
+
+
+def zdt2(u: jax.Array) -> jax.Array:
+  """ZDT2: as :func:`zdt1` with the concave front ``f2 = 1 - f1^2``."""
+  g = _zdt_g(u)
+  f1 = u[..., 0]
+  return jnp.stack([f1, g * (1.0 - jnp.square(f1 / g))], axis=-1)
+
+
+def zdt3(u: jax.Array) -> jax.Array:
+  """ZDT3: as :func:`zdt1` with a front of five disconnected pieces,
+  ``f2 = 1 - sqrt(f1) - f1 sin(10 pi f1)``."""
+  g = _zdt_g(u)
+  f1 = u[..., 0]
+  h = 1.0 - jnp.sqrt(f1 / g) - (f1 / g) * jnp.sin(10.0 * jnp.pi * f1)
+  return jnp.stack([f1, g * h], axis=-1)
