@@ -1,6 +1,15 @@
 """metaopt: hyperparameter optimization, learned optimizers and NAS as pure JAX programs."""
 
-from metaopt._src.benchmark_functions import branin, hartmann6, mixed, rosenbrock, sphere
+from metaopt._src.benchmark_functions import (
+    branin,
+    hartmann6,
+    mixed,
+    rosenbrock,
+    sphere,
+    zdt1,
+    zdt2,
+    zdt3,
+)
 from metaopt._src.checkpoint import Checkpointer
 from metaopt._src.combinators import (
     alternate,
@@ -25,10 +34,13 @@ from metaopt._src.monitor import (
     architecture_family,
     detect_conditions,
 )
+from metaopt._src.mosearch import check_vector_tell, motpe, nsga2, parego, scalarize
 from metaopt._src.multifidelity import asha, curve_pruner, hyperband, rungs, successive_halving
 from metaopt._src.multiobjective import (
     crowding_distance,
+    hypervolume,
     hypervolume_2d,
+    hypervolume_contributions_2d,
     nondominated_rank,
     pareto_front,
     with_constraints,
@@ -67,6 +79,8 @@ __all__ = [
     "rungs", "search", "Searcher", "sequential", "sobol", "Store", "Study", "successive_halving",
     "Trial", "with_fallback", "with_monitor", "with_pruning",
     "worker", "initialize_distributed", "FAMILIES", "architecture_family",
+    "nsga2", "motpe", "parego", "scalarize", "check_vector_tell", "hypervolume",
+    "hypervolume_contributions_2d", "zdt1", "zdt2", "zdt3",
 ]
 
 _SUBPACKAGES = ("lopt", "nas", "repair")

@@ -140,6 +140,7 @@ def search(
     constraint: Callable[[dict[str, Any]], float] | None = None,
     target: float | None = None,
     compaction: str = "auto",
+    objectives: list[tuple[str, str]] | None = None,
 ) -> Result:
   """Runs (or resumes) a population search and returns its :class:`Result`.
 
@@ -170,6 +171,10 @@ def search(
     compaction: when a group's kernel shrinks to its surviving trials (see
       :func:`_compact`): ``"auto"`` when the compute it saves beats compiling the smaller
       kernel, ``"always"`` once the survivors fit in half the kernel, ``"never"``.
+    objectives: several objectives ``[(name, direction), ...]`` (see :data:`OBJECTIVES`):
+      the searcher is told ``y[n, m]`` (each minimised: maximised ones negated), the store
+      keeps every value and the :class:`Result` gives the Pareto front and its hypervolume.
+      The task's own objective still fills ``Trial.objective``.
   """
   space = task.space if space is None else space
   n_trials = _positive_int("n_trials", n_trials)
@@ -183,6 +188,7 @@ def search(
                      f"(size of {task.data.name}'s train split)")
   if not isinstance(program, Searcher):
     raise ValueError(f"program: expected a metaopt.Searcher, got {type(program).__name__}")
+  objectives = _check_objectives(objectives, program, space.dim)
   st = store if isinstance(store, Store) else Store(store or "sqlite://")
   multi = dist.is_multi()
   if multi:  # process 0 writes; the others read after barriers
@@ -223,6 +229,11 @@ def search(
     rec = st.create_study(study, direction=direction, config=record, seed=seed,
                           code_version=code_version(), data_version=task.data.data_version,
                           hardware=hardware())
+    if objectives and (not multi or st.leader):
+      st.set_objectives(rec.id, objectives)
+  if objectives and st.objectives(rec.id) not in ([], objectives):
+    raise ValueError(f"study {study!r} exists with objectives {st.objectives(rec.id)}; "
+                     f"got {objectives}")
   if multi and st.leader:
     dist.sync(f"metaopt-open-{study}")
   state = template
@@ -286,10 +297,15 @@ def search(
                            else COMPLETE for x in rows], np.int32)
       y = np.asarray([sign * x["objective"] if x["objective"] is not None else np.inf
                       for x in rows], np.float32)
+      reasons = [x["failure_reason"] for x in rows]
+      if objectives:
+        vals = _objective_values(st, rec.id, rnd, objectives, task, space)
+        y, status, reasons = _vector_y(rows, vals, objectives, status, reasons)
+        st.record_values({x["id"]: vals[x["number"]] for x in rows})
       state = tell(state, jnp.asarray(u), jnp.asarray(y), jnp.asarray(status))
       results = []
-      for x, s in zip(rows, status, strict=True):
-        results.append((x["id"], STATUS_NAMES[s], x["objective"], x["failure_reason"]))
+      for x, s, why in zip(rows, status, reasons, strict=True):
+        results.append((x["id"], STATUS_NAMES[s], x["objective"], why))
       st.end_round(rec.id, rnd, results, _ser(state), duration_s=time.time() - t0)
       rec = st.load_study(study)
       ckpt.close()
@@ -299,7 +315,99 @@ def search(
         break
   finally:
     bar.close()
-  return Result(study, direction, st.trials(rec.id), state)
+  return Result(study, direction, st.trials(rec.id), state,
+                objectives=st.objectives(rec.id) or None)
+
+
+OBJECTIVES = {
+    "flops": "training FLOPs of the trial, summed over its epochs",
+    "device_seconds": "device-seconds of the trial, summed over its epochs",
+    "live_weights": "live (unmasked) weights of the trial's model",
+    "<metric>": "any recorded epoch metric at the trial's last epoch, e.g. valid_accuracy; a "
+                "bare task metric name such as accuracy means valid_<name>",
+}
+
+
+def _check_objectives(objectives, program: Searcher, dim: int) -> list[tuple[str, str]] | None:
+  """Validated ``[(name, direction), ...]``; checks (by tracing, nothing compiles) that
+  ``program.tell`` takes ``y[n, m]``."""
+  if objectives is None:
+    return None
+  ok = isinstance(objectives, (list, tuple)) and len(objectives) >= 1 and all(
+      isinstance(o, (list, tuple)) and len(o) == 2 and isinstance(o[0], str) and o[0]
+      for o in objectives)
+  if not ok:
+    raise ValueError(f"objectives={objectives!r}: must be a non-empty list of (name, "
+                     "direction) pairs, e.g. [('valid_accuracy', 'maximize'), ('flops', "
+                     "'minimize')]")
+  out = [(str(n), str(d)) for n, d in objectives]
+  for n, d in out:
+    if d not in ("maximize", "minimize"):
+      raise ValueError(f"objectives: direction {d!r} of {n!r}: allowed values are "
+                       "'maximize', 'minimize'")
+  names = [n for n, _ in out]
+  if len(set(names)) != len(names):
+    raise ValueError(f"objectives: names {names} repeat")
+  m, n = len(out), len(out) + 2
+  try:
+    state = jax.eval_shape(program.init, jax.random.key(0))
+    jax.eval_shape(program.tell, state, jax.ShapeDtypeStruct((n, dim), jnp.float32),
+                   jax.ShapeDtypeStruct((n, m), jnp.float32),
+                   jax.ShapeDtypeStruct((n,), jnp.int32))
+  except Exception as e:  # noqa: BLE001 - any failure means the searcher is single-objective
+    raise ValueError(f"objectives: the searcher cannot be told {m} objectives per trial "
+                     f"({type(e).__name__}: {str(e).splitlines()[0][:200]}); use one built "
+                     f"for them with n_objectives={m} (nsga2, motpe, parego) or random / "
+                     "sobol / halton") from None
+  return out
+
+
+def _objective_values(st: Store, study_id: int, rnd: int, objectives, task: Task,
+                      space: Space) -> dict[int, list[float | None]]:
+  """``{trial number: [value per objective]}`` of one round's trials (None: not recorded)."""
+  from metaopt._src.constraints import param_counter
+  from metaopt._src.report import trial_compute
+  counter = None
+  out = {}
+  for t in st.trials(study_id):
+    if t.round != rnd:
+      continue
+    comp = trial_compute(t)
+    last = t.metrics[-1] if t.metrics else {}
+    vals: list[float | None] = []
+    for name, _ in objectives:
+      if name in ("flops", "device_seconds"):
+        v = comp[name] if t.metrics else None
+      elif name == "live_weights":
+        if counter is None:
+          counter = param_counter(task, space)
+        v = float(counter(t.params)) if t.status != "infeasible" else None
+      else:
+        v = last.get(name, last.get(f"valid_{name}"))
+      v = None if v is None or not np.isfinite(float(v)) else float(v)
+      vals.append(v)
+    out[t.number] = vals
+  return out
+
+
+def _vector_y(rows, vals, objectives, status: np.ndarray, reasons: list):
+  """``(y[n, m], status, reasons)`` to tell: each objective minimised; a complete trial
+  missing a value is marked failed (its y stays NaN)."""
+  sign = np.asarray([-1.0 if d == "maximize" else 1.0 for _, d in objectives], np.float32)
+  y = np.full((len(rows), len(objectives)), np.nan, np.float32)
+  status, reasons = status.copy(), list(reasons)
+  for i, x in enumerate(rows):
+    v = vals.get(x["number"])
+    if status[i] != COMPLETE:
+      continue
+    if v is None or any(a is None for a in v):
+      missing = [n for (n, _), a in zip(objectives, v or [None] * len(objectives), strict=True)
+                 if a is None]
+      status[i] = FAILED
+      reasons[i] = f"objective(s) {missing} not recorded"
+      continue
+    y[i] = sign * np.asarray(v, np.float32)
+  return y, status, reasons
 
 
 def _searcher_fns(program: Searcher, space: Space):

@@ -10,6 +10,7 @@ from metaopt._src.combinators import median_pruner
 from metaopt._src.evolution import cma_es, open_es, regularized_evolution
 from metaopt._src.gp import gp_bo
 from metaopt._src.grid import grid
+from metaopt._src.mosearch import motpe, nsga2, parego
 from metaopt._src.multifidelity import asha, curve_pruner, hyperband, successive_halving
 from metaopt._src.pbt import pbt
 from metaopt._src.searchers import halton, random_search, sobol
@@ -27,6 +28,9 @@ SEARCHERS: dict[str, Callable[..., Searcher]] = {
     "cma_es": cma_es,
     "open_es": open_es,
     "evolution": regularized_evolution,
+    "nsga2": nsga2,
+    "motpe": motpe,
+    "parego": parego,
 }
 PRUNERS: dict[str, Callable[..., Pruner]] = {
     "median": median_pruner,

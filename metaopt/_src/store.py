@@ -91,6 +91,22 @@ events = sa.Table(
     sa.Column("message", sa.Text, nullable=False),
 )
 
+# Several objectives (additive: stores written before these tables simply have no rows).
+study_objectives = sa.Table(
+    "study_objectives", _meta,
+    sa.Column("study_id", sa.Integer, sa.ForeignKey("studies.id"), primary_key=True),
+    sa.Column("idx", sa.Integer, primary_key=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("direction", sa.String(10), nullable=False),
+)
+
+trial_values = sa.Table(
+    "trial_values", _meta,
+    sa.Column("trial_id", sa.Integer, sa.ForeignKey("trials.id"), primary_key=True),
+    sa.Column("idx", sa.Integer, primary_key=True),
+    sa.Column("value", sa.Float),
+)
+
 
 rounds = sa.Table(
     "rounds", _meta,
@@ -411,6 +427,37 @@ class Store:
                        .order_by(rounds.c.round)).mappings().all()
     return [{k: v for k, v in r.items() if k != "searcher_state"} for r in rows]
 
+  # ---------------------------------------------------------------- objectives
+  def set_objectives(self, study_id: int, objectives: Sequence[tuple[str, str]]) -> None:
+    """Declares a study's objectives ``[(name, direction), ...]`` (once, at creation)."""
+    for name, d in objectives:
+      if d not in ("maximize", "minimize"):
+        raise ValueError(f"objectives: direction {d!r} of {name!r}: allowed values are "
+                         "'maximize', 'minimize'")
+    with self.engine.begin() as c:
+      c.execute(study_objectives.delete().where(study_objectives.c.study_id == study_id))
+      c.execute(study_objectives.insert(), [
+          {"study_id": study_id, "idx": i, "name": str(n), "direction": d}
+          for i, (n, d) in enumerate(objectives)])
+
+  def objectives(self, study_id: int) -> list[tuple[str, str]]:
+    """The declared objectives of a study; empty for a single-objective study."""
+    with self.engine.connect() as c:
+      rows = c.execute(sa.select(study_objectives).where(
+          study_objectives.c.study_id == study_id).order_by(study_objectives.c.idx)).mappings()
+      return [(r["name"], r["direction"]) for r in rows]
+
+  def record_values(self, values: Mapping[int, Sequence[float | None]]) -> None:
+    """Every objective value of trials ``{trial id: [v_0, ..., v_m-1]}`` (upserted)."""
+    with self.engine.begin() as c:
+      ids = [int(i) for i in values]
+      if not ids:
+        return
+      c.execute(trial_values.delete().where(trial_values.c.trial_id.in_(ids)))
+      c.execute(trial_values.insert(), [
+          {"trial_id": int(i), "idx": j, "value": _finite(v)}
+          for i, vs in values.items() for j, v in enumerate(vs)])
+
   # ---------------------------------------------------------------- reading
   def trials(self, study_id: int, with_metrics: bool = True) -> list[Trial]:
     """All trials of a study in number order, with their per-epoch metrics."""
@@ -425,11 +472,17 @@ class Store:
         for r in ep:
           per.setdefault(r["trial_id"], []).append({"epoch": r["epoch"],
                                                     **json.loads(r["metrics"])})
+      vals: dict[int, list[float | None]] = {}
+      if rows:
+        for r in c.execute(sa.select(trial_values).join(trials).where(
+            trials.c.study_id == study_id).order_by(trial_values.c.trial_id,
+                                                    trial_values.c.idx)).mappings():
+          vals.setdefault(r["trial_id"], []).append(r["value"])
     return [Trial(number=r["number"], params=json.loads(r["params"]), status=r["status"],
                   objective=r["objective"], seed=r["seed"], round=r["round"],
                   metrics=per.get(r["id"], []), failure_reason=r["failure_reason"],
                   checkpoint_path=r["checkpoint_path"], u=json.loads(r["u"] or "null"),
-                  duration_s=r["duration_s"]) for r in rows]
+                  duration_s=r["duration_s"], values=vals.get(r["id"])) for r in rows]
 
 
 def _finite(x: float | None) -> float | None:

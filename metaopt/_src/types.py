@@ -84,16 +84,73 @@ class Trial:
   checkpoint_path: str | None = None
   u: list[float] | None = None
   duration_s: float | None = None
+  values: list[float | None] | None = None  # one per declared objective (several objectives)
 
 
 @dataclasses.dataclass
 class Result:
-  """What every search program returns: its trials, the best one, and its own state."""
+  """What every search program returns: its trials, the best one, and its own state.
+
+  A study with several ``objectives`` (``[(name, direction), ...]``) also gives its Pareto
+  front (:meth:`pareto_front`) and the front's hypervolume (:meth:`hypervolume`).
+  """
 
   study: str
   direction: str
   trials: list[Trial]
   state: PyTree = None
+  objectives: list[tuple[str, str]] | None = None
+
+  def _front_data(self):
+    import numpy as np
+    done = [t for t in self.trials if t.status == "complete" and t.values is not None
+            and len(t.values) == len(self.objectives or ())
+            and all(v is not None for v in t.values)]
+    sign = np.asarray([-1.0 if d == "maximize" else 1.0 for _, d in self.objectives or ()])
+    y = np.asarray([t.values for t in done], np.float64).reshape(len(done), len(sign)) * sign
+    return done, y, sign
+
+  def pareto_front(self) -> list[Trial]:
+    """The complete trials no other complete trial dominates on all objectives."""
+    import numpy as np
+    if not self.objectives:
+      raise ValueError("pareto_front: this study has a single objective; declare "
+                       "objectives=[(name, direction), ...] to search several")
+    done, y, _ = self._front_data()
+    if not done:
+      return []
+    le = np.all(y[:, None, :] <= y[None, :, :], axis=-1)
+    lt = np.any(y[:, None, :] < y[None, :, :], axis=-1)
+    dominated = np.any(le & lt, axis=0)
+    return [t for t, d in zip(done, dominated, strict=True) if not d]
+
+  def reference_point(self) -> list[float]:
+    """Default hypervolume reference: per objective the worst complete value, moved out by
+    10% of the observed range (in each objective's own direction)."""
+    import numpy as np
+    _, y, sign = self._front_data()
+    if y.shape[0] == 0:
+      return []
+    lo, hi = y.min(axis=0), y.max(axis=0)
+    ref = hi + 0.1 * np.maximum(hi - lo, 1e-12 * np.maximum(np.abs(hi), 1.0))
+    return (ref * sign).tolist()
+
+  def hypervolume(self, ref: list[float] | None = None) -> float:
+    """Hypervolume of the complete trials' objective values, bounded by ``ref`` (given in the
+    objectives' own units and directions; default :meth:`reference_point`)."""
+    import numpy as np
+
+    from metaopt._src.multiobjective import hypervolume
+    if not self.objectives:
+      raise ValueError("hypervolume: this study has a single objective")
+    _, y, sign = self._front_data()
+    if y.shape[0] == 0:
+      return 0.0
+    ref = self.reference_point() if ref is None else ref
+    if len(ref) != len(sign):
+      raise ValueError(f"hypervolume: ref has {len(ref)} values; the study has "
+                       f"{len(sign)} objectives")
+    return hypervolume(y, np.asarray(ref, np.float64) * sign)
 
   @property
   def best(self) -> Trial | None:
@@ -119,4 +176,15 @@ class Result:
         "n_running": self.count("running"),
         "best": None if b is None else {"number": b.number, "params": b.params,
                                         "objective": b.objective, "seed": b.seed},
+        **(self._multi_summary() if self.objectives else {}),
+    }
+
+  def _multi_summary(self) -> dict[str, Any]:
+    ref = self.reference_point()
+    return {
+        "objectives": [{"name": n, "direction": d} for n, d in self.objectives],
+        "pareto_front": [{"number": t.number, "params": t.params, "values": t.values}
+                         for t in sorted(self.pareto_front(), key=lambda t: t.values)],
+        "hypervolume": self.hypervolume(ref) if ref else 0.0,
+        "reference_point": ref,
     }
