@@ -275,3 +275,26 @@ def test_search_with_two_objectives_end_to_end(tmp_path):
   st = metaopt.Store(url)
   assert st.objectives(st.load_study("mo").id) == objs
   assert [t.values for t in st.trials(st.load_study("mo").id)] == [t.values for t in res.trials]
+
+
+def test_constraints_combine_with_several_objectives():
+  """with_constraints(n_objectives=2) over NSGA-II on ZDT1 with u0 <= 0.3: infeasible points
+  are told values every feasible one dominates, so the archive ends up feasible."""
+  s = metaopt.with_constraints(metaopt.nsga2(4, pop_size=6), lambda u: u[:, 0] - 0.3,
+                               n_objectives=2)
+  ask, tell = jax.jit(s.ask, static_argnums=2), jax.jit(s.tell)
+  state = s.init(jax.random.key(0))
+  for i in range(8):
+    state, u = ask(state, jax.random.key(i), 6)
+    state = tell(state, u, metaopt.zdt1(u), jnp.zeros(6, jnp.int32))
+  a = state["inner"]["archive"]
+  assert bool(jnp.all(a["valid"])) and bool(jnp.all(a["x"][:, 0] <= 0.3))
+  # told values: infeasible rows worse than the worst feasible on every objective
+  u = jnp.asarray([[0.1, 0, 0, 0], [0.9, 0, 0, 0]], jnp.float32)
+  y = metaopt.zdt1(u)
+  s2 = metaopt.with_constraints(metaopt.motpe(4), lambda u: u[:, 0] - 0.3, n_objectives=2)
+  st = s2.tell(s2.init(jax.random.key(0)), u, y, jnp.zeros(2, jnp.int32))
+  told = st["inner"]["y"][:2]
+  assert bool(jnp.all(told[1] > told[0])) and np.allclose(told[0], y[0])
+  with pytest.raises(ValueError, match="must have shape"):
+    s2.tell(s2.init(jax.random.key(0)), u, y[:, :1], jnp.zeros(2, jnp.int32))

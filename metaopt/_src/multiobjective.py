@@ -183,7 +183,7 @@ def hypervolume(y, ref, valid=None) -> float:
 
 
 def with_constraints(searcher: Searcher, constraint_fn: Callable[[jax.Array], jax.Array],
-                     penalty: float = 0.1) -> Searcher:
+                     penalty: float = 0.1, n_objectives: int = 1) -> Searcher:
   """Adds known constraints ``constraint_fn(u[n, d]) -> c[n, k]`` (feasible iff all ``c <= 0``).
 
   The inner searcher is told a penalised objective for infeasible points, so its model learns
@@ -197,15 +197,23 @@ def with_constraints(searcher: Searcher, constraint_fn: Callable[[jax.Array], ja
     searcher: the searcher to wrap.
     constraint_fn: jittable map from points ``[n, d]`` to violations ``[n]`` or ``[n, k]``.
     penalty: margin, in units of the observed range, between infeasible and feasible points.
+    n_objectives: with ``m > 1`` the wrapped searcher is multi-objective and ``y`` is
+      ``[n, m]``: every objective of an infeasible point is penalised as above, with
+      ``lo, hi`` taken per objective, so infeasible points are dominated by every feasible
+      one and rank among themselves by their violation.
 
   Returns:
     A :class:`Searcher`; ``state["inner"]`` is the wrapped searcher's state.
   """
   if not isinstance(penalty, (int, float)) or isinstance(penalty, bool) or penalty < 0:
     raise ValueError(f"penalty={penalty!r}: must be a number >= 0")
+  if isinstance(n_objectives, bool) or not isinstance(n_objectives, int) or n_objectives < 1:
+    raise ValueError(f"n_objectives={n_objectives!r}: must be an integer >= 1")
+  vec = n_objectives > 1
+  shape = (n_objectives,) if vec else ()
 
   def init(key):
-    inf = jnp.asarray(jnp.inf, jnp.float32)
+    inf = jnp.full(shape, jnp.inf, jnp.float32)
     return {"inner": searcher.init(key), "lo": inf, "hi": -inf, "any_lo": inf, "any_hi": -inf}
 
   def ask(state, key, n):
@@ -217,12 +225,18 @@ def with_constraints(searcher: Searcher, constraint_fn: Callable[[jax.Array], ja
     c = c.reshape(c.shape[0], -1)
     viol = jnp.sum(jnp.maximum(c, 0.0), axis=-1)
     y = jnp.asarray(y, jnp.float32)
-    done = (status == COMPLETE) & jnp.isfinite(y)
+    if vec:
+      from metaopt._src.mosearch import check_vector_tell
+      y = check_vector_tell(y, status, n_objectives, u.shape[0])
+      done = (status == COMPLETE) & jnp.all(jnp.isfinite(y), axis=-1)
+    else:
+      done = (status == COMPLETE) & jnp.isfinite(y)
     feas = done & (viol <= 0)
-    lo = jnp.minimum(state["lo"], jnp.min(jnp.where(feas, y, jnp.inf)))
-    hi = jnp.maximum(state["hi"], jnp.max(jnp.where(feas, y, -jnp.inf)))
-    any_lo = jnp.minimum(state["any_lo"], jnp.min(jnp.where(done, y, jnp.inf)))
-    any_hi = jnp.maximum(state["any_hi"], jnp.max(jnp.where(done, y, -jnp.inf)))
+    col = (lambda a: a[:, None]) if vec else (lambda a: a)
+    lo = jnp.minimum(state["lo"], jnp.min(jnp.where(col(feas), y, jnp.inf), axis=0))
+    hi = jnp.maximum(state["hi"], jnp.max(jnp.where(col(feas), y, -jnp.inf), axis=0))
+    any_lo = jnp.minimum(state["any_lo"], jnp.min(jnp.where(col(done), y, jnp.inf), axis=0))
+    any_hi = jnp.maximum(state["any_hi"], jnp.max(jnp.where(col(done), y, -jnp.inf), axis=0))
     have = jnp.isfinite(hi)
     ref_lo = jnp.where(have, lo, jnp.where(jnp.isfinite(any_hi), any_lo, 0.0))
     ref_hi = jnp.where(have, hi, jnp.where(jnp.isfinite(any_hi), any_hi, 1.0))
@@ -230,7 +244,7 @@ def with_constraints(searcher: Searcher, constraint_fn: Callable[[jax.Array], ja
     infeasible_status = status == INFEASIBLE
     viol = jnp.where(infeasible_status, jnp.maximum(viol, 1.0), viol)
     bad = (done & (viol > 0)) | infeasible_status
-    y_told = jnp.where(bad, ref_hi + span * (penalty + viol), y)
+    y_told = jnp.where(col(bad), ref_hi + span * (penalty + col(viol)), y)
     status_told = jnp.where(infeasible_status, COMPLETE, status)
     inner = searcher.tell(state["inner"], u, y_told, status_told)
     return {"inner": inner, "lo": lo, "hi": hi, "any_lo": any_lo, "any_hi": any_hi}
