@@ -35,7 +35,14 @@ from metaopt._src.monitor import (
     detect_conditions,
 )
 from metaopt._src.mosearch import check_vector_tell, motpe, nsga2, parego, scalarize
-from metaopt._src.multifidelity import asha, curve_pruner, hyperband, rungs, successive_halving
+from metaopt._src.multifidelity import (
+    asha,
+    curve_pruner,
+    hyperband,
+    pareto_pruner,
+    rungs,
+    successive_halving,
+)
 from metaopt._src.multiobjective import (
     crowding_distance,
     hypervolume,
@@ -80,7 +87,7 @@ __all__ = [
     "Trial", "with_fallback", "with_monitor", "with_pruning",
     "worker", "initialize_distributed", "FAMILIES", "architecture_family",
     "nsga2", "motpe", "parego", "scalarize", "check_vector_tell", "hypervolume",
-    "hypervolume_contributions_2d", "zdt1", "zdt2", "zdt3",
+    "hypervolume_contributions_2d", "zdt1", "zdt2", "zdt3", "pareto_pruner",
 ]
 
 _SUBPACKAGES = ("lopt", "nas", "repair")

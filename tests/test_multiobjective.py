@@ -298,3 +298,26 @@ def test_constraints_combine_with_several_objectives():
   assert bool(jnp.all(told[1] > told[0])) and np.allclose(told[0], y[0])
   with pytest.raises(ValueError, match="must have shape"):
     s2.tell(s2.init(jax.random.key(0)), u, y[:, :1], jnp.zeros(2, jnp.int32))
+
+
+def test_pareto_pruner_keeps_trials_non_dominated_at_their_rung(tmp_path):
+  from tasks import get_task
+  task = get_task("digits_mlp")
+  objs = [("valid_accuracy", "maximize"), ("live_weights", "minimize")]
+  prog = metaopt.with_pruning(metaopt.random_search(task.space.dim),
+                              metaopt.pareto_pruner(n_epochs=3, min_epochs=1, eta=3))
+  res = metaopt.search(prog, task, n_trials=6, population=6, epochs=3, batch_size=64,
+                       seed=3, objectives=objs, progress=False)
+  pruned = [t for t in res.trials if t.status == "pruned"]
+  assert pruned and res.count("complete") >= 2
+  count = metaopt.param_counter(task)
+  at = {t.number: (t.metrics[0]["valid_accuracy"], count(t.params)) for t in res.trials}
+  for t in res.trials:  # the rung is after the first epoch
+    a, w = at[t.number]
+    dominated = any(a2 >= a and w2 <= w and (a2, w2) != (a, w) for a2, w2 in at.values())
+    if t.status == "pruned":
+      assert dominated and len(t.metrics) == 1
+    else:
+      assert len(t.metrics) == 3
+  assert all(t.values is None or t.status != "pruned" or t.values[0] is not None
+             for t in res.trials)

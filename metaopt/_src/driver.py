@@ -290,7 +290,7 @@ def search(
             for i in np.flatnonzero(~feasible)])
       state = _train_round(r, state, task, kernel, data, ckpt, st, key_r, epochs, sign, observe,
                            seed, population, bar, on_epoch, space, checkpoint_every_s,
-                           multiple, flops_cache, batch_size, compaction)
+                           multiple, flops_cache, batch_size, compaction, objectives)
       dist.sync(f"metaopt-trained-{rnd}")  # process 0 has written the round's statuses
       rows = st.round_trials(rec.id, rnd)
       status = np.asarray([STATUS_NAMES.index(x["status"]) if x["status"] != "running"
@@ -524,7 +524,8 @@ def _train_round(r: _Round, state, task: Task, kernel, data, ckpt: Checkpointer,
                  key_r, epochs: int, sign: float, observe, seed: int, population: int, bar,
                  on_epoch, space: Space, checkpoint_every_s: float = 0.0,
                  multiple: int = 1, flops_cache: dict | None = None,
-                 batch_size: int | None = None, compaction: str = "auto") -> Any:
+                 batch_size: int | None = None, compaction: str = "auto",
+                 objectives: list[tuple[str, str]] | None = None) -> Any:
   """Trains one round's population epoch by epoch; returns the searcher state.
 
   Between epochs the program's ``observe`` may stop trials (pruning, monitoring) and, for
@@ -595,6 +596,7 @@ def _train_round(r: _Round, state, task: Task, kernel, data, ckpt: Checkpointer,
   bar.update(start)
   obj_key = f"valid_{task.objective}"
   last_save = time.time()
+  running = _RunningObjectives(objectives, r.params, task, space) if objectives else None
   for epoch in range(start, epochs):
     key_e = jax.random.fold_in(key_r, 1 + epoch)
     metrics: list[dict[str, Any] | None] = [None] * n
@@ -673,6 +675,8 @@ def _train_round(r: _Round, state, task: Task, kernel, data, ckpt: Checkpointer,
       pm = _population_metrics(metrics, values, prev - values)
       pm["objective_history"] = jnp.asarray(hist, jnp.float32)
       pm["u"] = jnp.asarray(r.u)
+      if running is not None:  # y[n, m] so far, minimised, for multi-objective pruners
+        pm["objectives"] = jnp.asarray(running.update(metrics, alive), jnp.float32)
       state, keep, info = observe(state, pm, jnp.asarray(epoch), jnp.asarray(was_alive))
       info = {c: np.asarray(v) for c, v in info.items()}
       copy_from, new_u = info.pop("copy_from", None), info.pop("u", None)
@@ -800,6 +804,42 @@ def _compact(layout, states, alive: np.ndarray, multiple: int = 1, choose=None):
 
 
 _ACCOUNTING = ("device_s", "flops", "process")
+
+
+class _RunningObjectives:
+  """Each trial's declared objectives after every epoch (minimised; ``inf`` while unknown):
+  FLOPs and device-seconds summed so far, live weights, or the epoch's metric."""
+
+  def __init__(self, objectives, params, task: Task, space: Space):
+    self.objectives = objectives
+    self.sign = np.asarray([-1.0 if d == "maximize" else 1.0 for _, d in objectives])
+    self.cum = {"flops": np.zeros(len(params)), "device_seconds": np.zeros(len(params))}
+    self.live = None
+    if any(n == "live_weights" for n, _ in objectives):
+      from metaopt._src.constraints import param_counter
+      count = param_counter(task, space)
+      self.live = np.asarray([float(count(p)) for p in params])
+
+  def update(self, metrics, alive: np.ndarray) -> np.ndarray:
+    n = len(metrics)
+    y = np.full((n, len(self.objectives)), np.inf)
+    for i, m in enumerate(metrics):
+      if m is None:
+        continue
+      self.cum["flops"][i] += float(m.get("flops") or 0.0)
+      self.cum["device_seconds"][i] += float(m.get("device_s") or 0.0)
+      if not alive[i]:
+        continue
+      for j, (name, _) in enumerate(self.objectives):
+        if name in self.cum:
+          v = self.cum[name][i]
+        elif name == "live_weights":
+          v = self.live[i]
+        else:
+          v = m.get(name, m.get(f"valid_{name}"))
+        v = np.inf if v is None or not np.isfinite(float(v)) else self.sign[j] * float(v)
+        y[i, j] = v
+    return y
 
 
 def _population_metrics(metrics: list[dict[str, Any] | None], values: np.ndarray,

@@ -88,6 +88,42 @@ def successive_halving(n_epochs: int, min_epochs: int = 1, eta: float = 3.0) -> 
   return Pruner(init, prune)
 
 
+def pareto_pruner(n_epochs: int, min_epochs: int = 1, eta: float = 3.0) -> Pruner:
+  """Successive halving for several objectives: at each rung the live trials are sorted into
+  non-domination fronts of their objectives so far (``metrics["objectives"][n, m]``, which
+  the driver supplies when a search declares ``objectives``), and whole fronts are kept,
+  best first, until at least ``ceil(alive / eta)`` trials are kept. A trial non-dominated
+  at its rung is never stopped.
+
+  Examples:
+    >>> p = pareto_pruner(n_epochs=9, min_epochs=1, eta=3)  # rungs after epochs 1, 3
+    >>> y = jnp.asarray([[0., 3.], [1., 2.], [2., 1.], [3., 3.], [2., 2.], [4., 4.]])
+    >>> _, keep = p.prune(p.init(), y, jnp.asarray(0), jnp.ones(6, bool))
+    >>> keep.tolist()
+    [True, True, True, False, False, False]
+  """
+  from metaopt._src.multiobjective import nondominated_rank
+
+  n_epochs, min_epochs, eta = _int("n_epochs", n_epochs, 1), _int("min_epochs", min_epochs,
+                                                                    1), _eta(eta)
+  is_rung = _rung_mask(n_epochs, rungs(n_epochs, min_epochs, eta))
+
+  def init():
+    return {}
+
+  def prune(state, values, epoch, alive):
+    at_rung = jnp.asarray(is_rung)[jnp.clip(epoch, 0, n_epochs - 1)]
+    n = values.shape[0]
+    rank = nondominated_rank(values, alive)  # non-finite rows: rank n
+    k = jnp.ceil(jnp.sum(alive) / eta).astype(jnp.int32)
+    cum = jnp.cumsum(jnp.zeros(n + 1, jnp.int32).at[rank].add(alive.astype(jnp.int32)))
+    r_keep = jnp.argmax(cum >= k)  # the first front by which k trials are covered
+    keep = (alive & (rank <= r_keep) & (rank < n)) | ~alive
+    return state, jnp.where(at_rung, keep, True)
+
+  return Pruner(init, prune, uses="objectives")
+
+
 def hyperband(n_epochs: int, min_epochs: int = 1, eta: float = 3.0) -> Pruner:
   """Successive halving with the first rung cycling over Hyperband's brackets per round.
 

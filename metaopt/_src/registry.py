@@ -11,7 +11,13 @@ from metaopt._src.evolution import cma_es, open_es, regularized_evolution
 from metaopt._src.gp import gp_bo
 from metaopt._src.grid import grid
 from metaopt._src.mosearch import motpe, nsga2, parego
-from metaopt._src.multifidelity import asha, curve_pruner, hyperband, successive_halving
+from metaopt._src.multifidelity import (
+    asha,
+    curve_pruner,
+    hyperband,
+    pareto_pruner,
+    successive_halving,
+)
 from metaopt._src.pbt import pbt
 from metaopt._src.searchers import halton, random_search, sobol
 from metaopt._src.tpe import tpe
@@ -38,6 +44,7 @@ PRUNERS: dict[str, Callable[..., Pruner]] = {
     "hyperband": hyperband,
     "asha": asha,
     "curve": curve_pruner,
+    "pareto": pareto_pruner,
 }
 
 
