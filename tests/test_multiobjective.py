@@ -185,7 +185,7 @@ def digits_hpo():
 
   f = jax.jit(jax.vmap(one))
   ref = [1.0, 2.0 * 64 * (xt.shape[1] + 10) / 1000.0 * 1.01]
-  rand = [hypervolume(_run(metaopt.random_search(3), f, 40, 8, s), ref) for s in _SEEDS]
+  rand = [hypervolume(_run(metaopt.random_search(3), f, 80, 8, s), ref) for s in _SEEDS]
   return f, ref, rand
 
 
@@ -196,7 +196,7 @@ def test_searcher_beats_random_on_digits_hpo(name, digits_hpo):
   s = {"nsga2": lambda: metaopt.nsga2(3, pop_size=8),
        "motpe": lambda: metaopt.motpe(3, n_startup=8),
        "parego": lambda: SEARCHERS["parego"](3)}[name]()
-  hv = [hypervolume(_run(s, f, 40, 8, seed), ref) for seed in _SEEDS]
+  hv = [hypervolume(_run(s, f, 80, 8, seed), ref) for seed in _SEEDS]
   assert np.mean(hv) > np.mean(rand), (hv, rand)
 
 
@@ -321,3 +321,64 @@ def test_pareto_pruner_keeps_trials_non_dominated_at_their_rung(tmp_path):
       assert len(t.metrics) == 3
   assert all(t.values is None or t.status != "pruned" or t.values[0] is not None
              for t in res.trials)
+
+
+# ------------------------------------------------------------------ hardware-aware NAS
+def _nas_config(path, **over):
+  import importlib.util
+  spec = importlib.util.spec_from_file_location("cfg", path)
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  cfg = mod.get_config().to_dict()
+  cfg.update(dataset="digits", model=dict(features=4, n_cells=1, stages=1, stem_stride=1,
+                                          partial_k=1))
+  for k, v in over.items():
+    if isinstance(v, dict):
+      cfg[k] = {**cfg[k], **v}
+    else:
+      cfg[k] = v
+  return cfg
+
+
+@pytest.mark.slow
+def test_hardware_aware_darts_derives_a_cheaper_cell():
+  """configs/darts_hw_shapes.py (FLOPs penalty on) end to end, against the same search with
+  the penalty off: the derived cell costs fewer FLOPs."""
+  from metaopt import nas
+  outs = {}
+  for pen in (0.0, 1.0):
+    cfg = _nas_config("configs/darts_hw_shapes.py", name=f"hw{pen}", search={"epochs": 2},
+                      retrain={"seeds": 1, "epochs": 1}, hardware={"penalty": pen})
+    outs[pen] = nas.run_config(cfg, metaopt.Store("sqlite://"), progress=False)
+  assert outs[1.0]["expected_flops"] < outs[0.0]["expected_flops"], (
+      outs[1.0]["genotype"], outs[0.0]["genotype"])
+  assert outs[1.0]["test_acc_mean"] > 0.1  # retrained and tested once
+
+
+@pytest.mark.slow
+def test_blackbox_nas_searches_accuracy_and_flops(tmp_path):
+  """configs/darts_pareto_shapes.py end to end (tiny): NSGA-II over the cell space with
+  (accuracy, FLOPs); both values stored per candidate, the output's Pareto front is the
+  non-dominated set of the stored values."""
+  from metaopt import nas
+  cfg = _nas_config("configs/darts_pareto_shapes.py",
+                    fallback={"trials": 8, "population": 4, "epochs": 1},
+                    retrain={"seeds": 1, "epochs": 1})
+  store = metaopt.Store(f"sqlite:///{tmp_path}/p.db")
+  out = nas.run_config(cfg, store, progress=False)
+  fb = out["fallback"]
+  rec = store.load_study(None)
+  assert store.objectives(rec.id) == [("valid_acc", "maximize"), ("flops", "minimize")]
+  cand = [t for t in store.trials(rec.id) if t.params.get("role") == "fallback"]
+  assert len(cand) == 8 and all(len(t.values) == 2 for t in cand)
+  pts = {t.number: (t.values[0], t.values[1]) for t in cand if t.status == "complete"}
+  front = {n for n, (a, f) in pts.items()
+           if not any(a2 >= a and f2 <= f and (a2, f2) != (a, f) for a2, f2 in pts.values())}
+  assert {p["trial"] for p in fb["pareto_front"]} == front
+  assert fb["hypervolume"] > 0 and fb["objectives"] == ["accuracy", "flops"]
+  with pytest.raises(ValueError, match="fallback.objectives"):
+    nas.parse_config(_nas_config("configs/darts_pareto_shapes.py",
+                                 fallback={"objectives": ["flops"]}))
+  with pytest.raises(ValueError, match="multi-objective searcher"):
+    nas.parse_config(_nas_config("configs/darts_pareto_shapes.py",
+                                 fallback={"searcher": "evolution"}))

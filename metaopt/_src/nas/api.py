@@ -52,7 +52,10 @@ _MODEL_DEFAULTS = {"features": 8, "n_cells": 1, "stages": 2, "stem_stride": 2, "
 _SEARCH_DEFAULTS = {"epochs": 4, "batch_size": 64}
 _RETRAIN_DEFAULTS = {"epochs": 6, "seeds": 3, "batch_size": 64, "lr": 3e-3, "wd": 1e-4}
 # black-box stage after a search whose gradients can't be trusted (epochs 0: retrain.epochs)
-_FALLBACK_DEFAULTS = {"searcher": "evolution", "trials": 8, "population": 4, "epochs": 0}
+_FALLBACK_DEFAULTS = {"searcher": "evolution", "trials": 8, "population": 4, "epochs": 0,
+                      "objectives": ("accuracy",), "when": "untrusted"}
+# what the black-box stage can trade against validation accuracy (hardware.py tables)
+_FALLBACK_COSTS = ("params", "flops", "latency")
 _SAFEGUARD_FIELDS = {f.name for f in dataclasses.fields(safeguards.SafeguardSettings)}
 _SETTINGS_FIELDS = {f.name for f in dataclasses.fields(SearchSettings)}
 
@@ -177,6 +180,23 @@ def parse_config(cfg: Any) -> NASConfig:
   for k in ("trials", "population"):
     _int("fallback", fallback, k, 1)
   _int("fallback", fallback, "epochs", 0)
+  objs = fallback["objectives"]
+  objs = [objs] if isinstance(objs, str) else list(objs)
+  if (not objs or objs[0] != "accuracy" or len(set(objs)) != len(objs)
+      or any(o not in _FALLBACK_COSTS for o in objs[1:])):
+    raise ValueError(f"config field 'fallback.objectives'={fallback['objectives']!r}: must be "
+                     f"['accuracy'] followed by any of {list(_FALLBACK_COSTS)} (accuracy "
+                     "maximised, costs minimised)")
+  fallback["objectives"] = tuple(objs)
+  if len(objs) > 1 and fallback["searcher"] not in ("nsga2", "motpe", "parego", "random",
+                                                    "sobol", "halton"):
+    raise ValueError(f"config field 'fallback.searcher'={fallback['searcher']!r}: with "
+                     f"fallback.objectives={list(objs)} it must be a multi-objective "
+                     "searcher: nsga2, motpe, parego (or random, sobol, halton)")
+  if fallback["when"] not in ("untrusted", "always"):
+    raise ValueError(f"config field 'fallback.when'={fallback['when']!r}: allowed values are "
+                     "'untrusted' (when the architecture gradients can't be trusted), "
+                     "'always' (black-box search after every gradient search)")
   return NASConfig(name, seed, dataset, space, model, search, settings, sg_settings, retrain, c,
                    fallback)
 
@@ -198,7 +218,8 @@ def derive(space: CellSpace, alpha: Mapping[str, Any]) -> Genotype:
 
 
 def blackbox_fallback(conf: NASConfig, supernet: Network, data: Dataset, res: Mapping[str, Any],
-                      store: Any, study_id: int, progress: bool = False) -> dict[str, Any]:
+                      store: Any, study_id: int, progress: bool = False,
+                      tables: Mapping[str, Any] | None = None) -> dict[str, Any]:
   """The black-box stage of a NAS run whose architecture gradients can't be trusted.
 
   The config's ``fallback.searcher`` searches the genotype cube of the same cell space; its
@@ -206,6 +227,11 @@ def blackbox_fallback(conf: NASConfig, supernet: Network, data: Dataset, res: Ma
   hands over) beside the searcher's proposals. Every candidate is trained from scratch like a
   retraining seed (one population kernel: the supernet with one-hot mixing weights) and
   recorded as a trial; the best by validation accuracy is the derived genotype.
+
+  With ``fallback.objectives`` naming costs after ``accuracy`` (e.g. ``["accuracy",
+  "flops"]``), the searcher (NSGA-II, MOTPE, ParEGO) is told ``(-accuracy, cost...)`` per
+  candidate, every value is stored with the trial, and the result holds the Pareto front and
+  its hypervolume; the derived genotype is still the most accurate one.
   """
   from metaopt._src.registry import make_searcher
   from metaopt._src.types import COMPLETE, FAILED
@@ -215,7 +241,22 @@ def blackbox_fallback(conf: NASConfig, supernet: Network, data: Dataset, res: Ma
   dim = len(space.encode(res["genotype"]))
   kw = ({"population_size": max(2, fb["population"]), "tournament_size": max(
       1, fb["population"] // 2)} if fb["searcher"] == "evolution" else {})
+  objs = list(fb.get("objectives", ("accuracy",)))
+  m = len(objs)
+  if m > 1 and fb["searcher"] in ("nsga2", "motpe", "parego"):
+    kw = {"n_objectives": m, **({"pop_size": max(2, fb["population"])}
+                                if fb["searcher"] == "nsga2" else {})}
   searcher = make_searcher(fb["searcher"], dim, **kw)
+  if m > 1:
+    store.set_objectives(study_id, [("valid_acc", "maximize")]
+                         + [(o, "minimize") for o in objs[1:]])
+    missing = [o for o in objs[1:] if tables is None or o not in tables]
+    if missing:
+      tables = dict(tables or {})
+      if "latency" in missing:
+        tables["latency"] = hardware.latency_table(supernet, data.input_shape,
+                                                   conf.retrain["batch_size"])
+  front_pts: list[tuple[Genotype, list[float], int]] = []
   key = jax.random.key(conf.seed + 11)
   state = searcher.init(key)
   seen: list[Genotype] = []
@@ -249,15 +290,41 @@ def blackbox_fallback(conf: NASConfig, supernet: Network, data: Dataset, res: Ma
         best = (genos[i], float(acc[i]), number + int(i))
     if progress:
       print(f"[fallback] round {rnd}: valid_acc={np.round(acc, 3).tolist()}", flush=True)
-    state = searcher.tell(state, jnp.asarray(u), jnp.asarray(np.where(ok, -acc, np.inf),
-                                                              jnp.float32),
-                          jnp.asarray(np.where(ok, COMPLETE, FAILED), jnp.int32))
+    status = jnp.asarray(np.where(ok, COMPLETE, FAILED), jnp.int32)
+    if m > 1:
+      costs = np.asarray([[hardware.genotype_cost(space, g, tables[o]) for o in objs[1:]]
+                          for g in genos], np.float64)
+      vals = np.concatenate([acc[:, None], costs], axis=1)
+      store.record_values({tid: v.tolist() for tid, v in zip(
+          _trial_ids(store, study_id, rnd), vals, strict=True)})
+      front_pts += [(genos[i], vals[i].tolist(), number + int(i)) for i in np.flatnonzero(ok)]
+      y = np.where(ok[:, None], np.concatenate([-acc[:, None], costs], axis=1), np.nan)
+      state = searcher.tell(state, jnp.asarray(u), jnp.asarray(y, jnp.float32), status)
+    else:
+      state = searcher.tell(state, jnp.asarray(u), jnp.asarray(np.where(ok, -acc, np.inf),
+                                                                jnp.float32), status)
     number, rnd = number + n, rnd + 1
   geno = res["genotype"] if best is None else best[0]
-  return {"searcher": fb["searcher"], "trials": number - 1, "genotype": geno,
+  mo = {}
+  if m > 1 and front_pts:
+    from metaopt._src.multiobjective import hypervolume
+    y = np.asarray([[-v[0], *v[1:]] for _, v, _ in front_pts])
+    le = np.all(y[:, None] <= y[None], axis=-1) & np.any(y[:, None] < y[None], axis=-1)
+    on = ~np.any(le, axis=0)
+    ref = y.max(axis=0) + 0.1 * np.maximum(y.max(axis=0) - y.min(axis=0), 1e-12)
+    mo = {"objectives": objs,
+          "pareto_front": sorted(({"trial": n, "genotype": str(g), "values": v}
+                                  for (g, v, n), f in zip(front_pts, on, strict=True) if f),
+                                 key=lambda d: d["values"][1]),
+          "hypervolume": hypervolume(y, ref), "reference_point": [-ref[0], *ref[1:].tolist()]}
+  return {**mo, "searcher": fb["searcher"], "trials": number - 1, "genotype": geno,
           "best_trial": None if best is None else best[2],
           "best_valid_acc": None if best is None else best[1],
           "gradient_genotype": str(res["genotype"]), "next_round": rnd}
+
+
+def _trial_ids(store: Any, study_id: int, rnd: int) -> list[int]:
+  return [r["id"] for r in store.round_trials(study_id, rnd)]
 
 
 def build_model(space: CellSpace, model: Mapping[str, int], num_classes: int,
@@ -398,13 +465,16 @@ def run_config(cfg: Any, store: Any, progress: bool = True) -> dict[str, Any]:
                else res["collapse_reason"])
   rnd = 1
   fb_out = None
-  if untrusted is not None and conf.fallback["searcher"] != "none":
+  always = conf.fallback.get("when") == "always"
+  if (untrusted is not None or always) and conf.fallback["searcher"] != "none":
     name = conf.fallback["searcher"]
-    store.log_event(rec.id, "switch", f"gradient NAS -> {name}: architecture gradients "
-                    f"untrusted ({untrusted}); black-box search goes on over the same cell "
-                    f"space from the {len(res['history'])} genotypes the search derived")
+    why = (f"architecture gradients untrusted ({untrusted})" if untrusted is not None
+           else "fallback.when='always'")
+    store.log_event(rec.id, "switch", f"gradient NAS -> {name}: {why}; black-box search "
+                    f"goes on over the same cell space from the {len(res['history'])} "
+                    "genotypes the search derived")
     plain = build_model(conf.space, {**conf.model, "partial_k": 1}, data.num_classes)
-    fb_out = blackbox_fallback(conf, plain, data, res, store, rec.id, progress)
+    fb_out = blackbox_fallback(conf, plain, data, res, store, rec.id, progress, tables)
     geno, rnd = fb_out["genotype"], fb_out["next_round"]
   out: dict[str, Any] = {
       "study": conf.name, "store": store.url, "method": s.method, "order": s.order,
