@@ -382,3 +382,19 @@ def test_blackbox_nas_searches_accuracy_and_flops(tmp_path):
   with pytest.raises(ValueError, match="multi-objective searcher"):
     nas.parse_config(_nas_config("configs/darts_pareto_shapes.py",
                                  fallback={"searcher": "evolution"}))
+
+
+def test_config_declares_objectives_and_refuses_mismatches():
+  from configs import nsga2_mlp
+  from metaopt._src import config as config_lib
+  cfg = nsga2_mlp.get_config().to_dict()
+  program, _, _, kwargs = config_lib.build(cfg)
+  assert kwargs["objectives"] == [("valid_accuracy", "maximize"), ("live_weights", "minimize")]
+  with pytest.raises(ValueError, match="searcher 'tpe'"):
+    config_lib.build({**cfg, "searcher_name": "tpe", "searcher": {}})
+  with pytest.raises(ValueError, match="n_objectives=2, so y must have shape"):
+    config_lib.build({**cfg, "objectives": [], "searcher": {}})
+  with pytest.raises(ValueError, match="declare objectives"):
+    config_lib.build({**cfg, "objectives": [], "searcher_name": "random", "searcher": {}})
+  with pytest.raises(ValueError, match="objectives="):
+    config_lib.validate({**cfg, "objectives": [["valid_accuracy", "up"]]})

@@ -34,12 +34,16 @@ FIELDS: dict[str, str] = {
     "checkpoint_dir": "population checkpoints; empty for beside the store file",
     "shared_batches": "all trials of a population see the same minibatch order (bool)",
     "checkpoint_every_s": "seconds between population checkpoints in a round (0: every epoch)",
+    "objectives": "several objectives [[name, 'maximize'|'minimize'], ...] (empty: the task's "
+                  "one objective); names: flops, device_seconds, live_weights or an epoch "
+                  "metric such as valid_accuracy",
 }
 
 
 # Fields a config may leave out (and that older stored studies lack).
 DEFAULTS: dict[str, Any] = {"checkpoint_dir": "", "shared_batches": True,
-                            "checkpoint_every_s": 10.0}
+                            "checkpoint_every_s": 10.0, "objectives": []}
+_MULTI = ("nsga2", "motpe", "parego")  # searchers that take n_objectives
 
 
 def _to_dict(x: Any) -> Any:
@@ -97,6 +101,14 @@ def validate(config: Mapping[str, Any]) -> dict[str, Any]:
   if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < float("inf"):
     raise ValueError(f"checkpoint_every_s={v!r}: must be a number >= 0 "
                      f"({FIELDS['checkpoint_every_s']})")
+  objs = cfg["objectives"]
+  ok = isinstance(objs, (list, tuple)) and all(
+      isinstance(o, (list, tuple)) and len(o) == 2 and isinstance(o[0], str) and o[0]
+      and o[1] in ("maximize", "minimize") for o in objs)
+  if not ok:
+    raise ValueError(f"objectives={objs!r}: must be a list of [name, direction] pairs with "
+                     f"direction 'maximize' or 'minimize' ({FIELDS['objectives']})")
+  cfg["objectives"] = [[str(n), str(d)] for n, d in objs]
   if cfg["space"]:
     from_spec(cfg["space"])
   return dict(cfg)
@@ -110,20 +122,26 @@ def build(config: Mapping[str, Any]) -> tuple[Searcher, Task, Space, dict[str, A
   except TypeError as e:
     raise ValueError(f"task: bad option for task {cfg['task_name']!r}: {e}") from None
   space = from_spec(cfg["space"]) if cfg["space"] else task.space
-  program = _checked("searcher", cfg["searcher_name"], cfg["searcher"],
-                     lambda: registry.make_searcher(cfg["searcher_name"], space.dim,
-                                                    **cfg["searcher"]),
-                     lambda p: _trace_searcher(p, min(cfg["population"], cfg["n_trials"])))
+  m = len(cfg["objectives"])
+  opts = dict(cfg["searcher"])
+  if m and cfg["searcher_name"] in _MULTI:
+    opts.setdefault("n_objectives", m)
+  program = _checked("searcher", cfg["searcher_name"], opts,
+                     lambda: registry.make_searcher(cfg["searcher_name"], space.dim, **opts),
+                     lambda p: _trace_searcher(p, min(cfg["population"], cfg["n_trials"]),
+                                               m))
   if cfg["pruner_name"] != "none":
     pruner = _checked("pruner", cfg["pruner_name"], cfg["pruner"],
                       lambda: registry.make_pruner(cfg["pruner_name"], cfg["epochs"],
                                                    **cfg["pruner"]),
-                      lambda p: _trace_pruner(p, cfg["population"], cfg["epochs"]))
+                      lambda p: _trace_pruner(p, cfg["population"], cfg["epochs"], m))
     program = with_pruning(program, pruner)
   kwargs = {k: cfg[k] for k in ("n_trials", "population", "epochs", "batch_size", "seed",
                                 "shared_batches", "checkpoint_every_s")}
   kwargs["study"] = cfg["name"]
   kwargs["checkpoint_dir"] = cfg["checkpoint_dir"] or None
+  if m:
+    kwargs["objectives"] = [tuple(o) for o in cfg["objectives"]]
   return program, task, space, kwargs
 
 
@@ -145,22 +163,25 @@ def _checked(field: str, name: str, options: Mapping[str, Any], make, trace):
   return obj
 
 
-def _trace_searcher(program: Searcher, n: int) -> None:
+def _trace_searcher(program: Searcher, n: int, m: int = 0) -> None:
   import jax
   import jax.numpy as jnp
 
   key = jax.random.key(0)
   state = jax.eval_shape(program.init, key)
   state, u = jax.eval_shape(lambda s, k: program.ask(s, k, n), state, key)
-  jax.eval_shape(program.tell, state, u, jax.ShapeDtypeStruct((n,), jnp.float32),
+  jax.eval_shape(program.tell, state, u,
+                 jax.ShapeDtypeStruct((n, m) if m else (n,), jnp.float32),
                  jax.ShapeDtypeStruct((n,), jnp.int32))
 
 
-def _trace_pruner(pruner: Any, n: int, epochs: int) -> None:
+def _trace_pruner(pruner: Any, n: int, epochs: int, m: int = 0) -> None:
   import jax
   import jax.numpy as jnp
 
-  values = jax.ShapeDtypeStruct((n, epochs) if pruner.uses == "objective_history" else (n,),
-                                jnp.float32)
+  if pruner.uses == "objectives" and not m:
+    raise ValueError("this pruner ranks several objectives: declare objectives")
+  shape = {"objective_history": (n, epochs), "objectives": (n, max(m, 1))}.get(pruner.uses, (n,))
+  values = jax.ShapeDtypeStruct(shape, jnp.float32)
   jax.eval_shape(pruner.prune, jax.eval_shape(pruner.init), values,
                  jax.ShapeDtypeStruct((), jnp.int32), jax.ShapeDtypeStruct((n,), jnp.bool_))
