@@ -91,7 +91,8 @@ def _report(store_url: str, study: str | None) -> None:
 
   store = metaopt.Store(store_url)
   rec = store.load_study(study)
-  result = metaopt.Result(rec.name, rec.direction, store.trials(rec.id))
+  result = metaopt.Result(rec.name, rec.direction, store.trials(rec.id),
+                          objectives=store.objectives(rec.id) or None)
   out = _OUT.value or os.path.join("runs", f"report_{rec.name}")
   summary = result.summary()
   task, space = _study_task(rec.config)
@@ -119,6 +120,12 @@ def _report(store_url: str, study: str | None) -> None:
   b = summary["best"]
   if b:
     print(f"best trial #{b['number']}: objective {b['objective']:.4f} params {b['params']}")
+  if result.objectives:
+    names = ", ".join(f"{n} ({d})" for n, d in result.objectives)
+    print(f"objectives: {names}; Pareto front of {len(summary['objectives_front'])} trials, "
+          f"hypervolume {summary['hypervolume']:.6g} (reference {summary['reference_point']})")
+    for p in summary["objectives_front"]:
+      print(f"  #{p['number']}: {p['values']}")
   for t in sorted(result.trials, key=lambda t: (t.objective is None, -(t.objective or 0)
                                                 if rec.direction == "maximize"
                                                 else (t.objective or 0)))[:10]:

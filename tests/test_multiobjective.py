@@ -267,7 +267,7 @@ def test_search_with_two_objectives_end_to_end(tmp_path):
   y = np.asarray([[-t.values[0], t.values[1]] for t in res.trials])
   assert res.hypervolume() == pytest.approx(hypervolume(y, [-ref[0], ref[1]]))
   summary = res.summary()
-  assert summary["hypervolume"] > 0 and {p["number"] for p in summary["pareto_front"]} == {
+  assert summary["hypervolume"] > 0 and {p["number"] for p in summary["objectives_front"]} == {
       t.number for t in front}
   # the searcher state saw both objectives: its archive holds the best 4 by rank
   archive = res.state["archive"]
@@ -398,3 +398,17 @@ def test_config_declares_objectives_and_refuses_mismatches():
     config_lib.build({**cfg, "objectives": [], "searcher_name": "random", "searcher": {}})
   with pytest.raises(ValueError, match="objectives="):
     config_lib.validate({**cfg, "objectives": [["valid_accuracy", "up"]]})
+
+
+def test_readme_several_objectives_example_runs(tmp_path):
+  import re
+
+  import tasks
+  readme = open("README.md").read()
+  (code,) = [b for b in re.findall(r"```py\n(.*?)```", readme, re.S) if "nsga2" in b]
+  small = code.replace("n_trials=64, population=16, epochs=9",
+                       "n_trials=4, population=4, epochs=1, progress=False")
+  assert small != code
+  scope = {"metaopt": metaopt, "tasks": tasks}
+  exec(compile(small, "README.md", "exec"), scope)
+  assert scope["result"].hypervolume() > 0

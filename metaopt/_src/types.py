@@ -183,7 +183,7 @@ class Result:
     ref = self.reference_point()
     return {
         "objectives": [{"name": n, "direction": d} for n, d in self.objectives],
-        "pareto_front": [{"number": t.number, "params": t.params, "values": t.values}
+        "objectives_front": [{"number": t.number, "params": t.params, "values": t.values}
                          for t in sorted(self.pareto_front(), key=lambda t: t.values)],
         "hypervolume": self.hypervolume(ref) if ref else 0.0,
         "reference_point": ref,
