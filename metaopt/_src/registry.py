@@ -49,9 +49,11 @@ PRUNERS: dict[str, Callable[..., Pruner]] = {
 
 
 def _call(kind: str, name: str, factory: Callable, kwargs: Mapping[str, Any], **fixed: Any):
-  allowed = [p for p in inspect.signature(factory).parameters if p not in fixed]
+  params = inspect.signature(factory).parameters
+  allowed = [p for p, v in params.items() if p not in fixed and v.kind != v.VAR_KEYWORD]
+  open_ended = any(v.kind == v.VAR_KEYWORD for v in params.values())  # e.g. parego's GP options
   unknown = sorted(set(kwargs) - set(allowed))
-  if unknown:
+  if unknown and not open_ended:
     raise ValueError(f"{kind} {name!r}: unknown option(s) {unknown}; allowed: {allowed}")
   return factory(**fixed, **kwargs)
 

@@ -188,8 +188,8 @@ def parse_config(cfg: Any) -> NASConfig:
                      f"['accuracy'] followed by any of {list(_FALLBACK_COSTS)} (accuracy "
                      "maximised, costs minimised)")
   fallback["objectives"] = tuple(objs)
-  if len(objs) > 1 and fallback["searcher"] not in ("nsga2", "motpe", "parego", "random",
-                                                    "sobol", "halton"):
+  if len(objs) > 1 and fallback["searcher"] not in ("none", "nsga2", "motpe", "parego",
+                                                    "random", "sobol", "halton"):
     raise ValueError(f"config field 'fallback.searcher'={fallback['searcher']!r}: with "
                      f"fallback.objectives={list(objs)} it must be a multi-objective "
                      "searcher: nsga2, motpe, parego (or random, sobol, halton)")
