@@ -3,53 +3,62 @@
 from metaopt._src.benchmark_functions import branin, hartmann6, mixed, rosenbrock, sphere
 from metaopt._src.checkpoint import Checkpointer
 from metaopt._src.combinators import (
-    alternate,
-    failure_rate_trigger,
-    median_pruner,
-    product,
-    sequential,
-    with_fallback,
-    with_monitor,
-    with_pruning,
+  alternate,
+  failure_rate_trigger,
+  median_pruner,
+  product,
+  sequential,
+  with_fallback,
+  with_monitor,
+  with_pruning,
 )
 from metaopt._src.constraints import max_params, param_counter
 from metaopt._src.distributed import initialize as initialize_distributed
-from metaopt._src.driver import code_version, enable_compilation_cache, hardware, search
+from metaopt._src.driver import enable_compilation_cache, search
+from metaopt._src.evaluators import (
+  CallableEvaluator,
+  Evaluator,
+  JaxEvaluator,
+  TaskEvaluator,
+  TrialBatch,
+)
 from metaopt._src.evolution import cma_es, open_es, regularized_evolution
 from metaopt._src.gp import gp_bo
 from metaopt._src.grid import grid
 from metaopt._src.monitor import (
-    CONDITIONS,
-    FAMILIES,
-    THRESHOLDS,
-    architecture_family,
-    detect_conditions,
+  CONDITIONS,
+  FAMILIES,
+  THRESHOLDS,
+  architecture_family,
+  detect_conditions,
 )
 from metaopt._src.multifidelity import asha, curve_pruner, hyperband, rungs, successive_halving
 from metaopt._src.multiobjective import (
-    crowding_distance,
-    hypervolume_2d,
-    nondominated_rank,
-    pareto_front,
-    with_constraints,
+  crowding_distance,
+  hypervolume_2d,
+  nondominated_rank,
+  pareto_front,
+  with_constraints,
 )
 from metaopt._src.pbt import pbt
 from metaopt._src.population import PopulationKernel, make_kernel, population_mesh
+from metaopt._src.provenance import code_version, hardware
 from metaopt._src.registry import PRUNERS, SEARCHERS, make_pruner, make_searcher
 from metaopt._src.searchers import halton, points, random_search, sobol
 from metaopt._src.store import Store, Study
 from metaopt._src.tpe import tpe
 from metaopt._src.types import (
-    COMPLETE,
-    FAILED,
-    INFEASIBLE,
-    PRUNED,
-    RUNNING,
-    STATUS_NAMES,
-    Pruner,
-    Result,
-    Searcher,
-    Trial,
+  COMPLETE,
+  FAILED,
+  INFEASIBLE,
+  PRUNED,
+  RUNNING,
+  STATUS_NAMES,
+  Decision,
+  Pruner,
+  Result,
+  Searcher,
+  Trial,
 )
 from metaopt._src.worker import worker
 
@@ -67,6 +76,7 @@ __all__ = [
     "rungs", "search", "Searcher", "sequential", "sobol", "Store", "Study", "successive_halving",
     "Trial", "with_fallback", "with_monitor", "with_pruning",
     "worker", "initialize_distributed", "FAMILIES", "architecture_family",
+    "CallableEvaluator", "Decision", "Evaluator", "JaxEvaluator", "TaskEvaluator", "TrialBatch",
 ]
 
 _SUBPACKAGES = ("lopt", "nas", "repair")

@@ -48,7 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from metaopt._src.monitor import CONDITIONS, FAMILIES, architecture_family, detect_conditions
-from metaopt._src.types import COMPLETE, Searcher
+from metaopt._src.types import COMPLETE, Decision, Searcher
 from spaces import Choice, Float, Int, Space
 
 ROWS: tuple[str, ...] = (*CONDITIONS, "none")  # "none": no condition detected
@@ -511,7 +511,7 @@ def repair(
     counts = state["counts"].at[:n].add(hit.astype(jnp.float32))
     epochs = state["epochs"].at[:n].add(counted.astype(jnp.float32))
     info = {c: cond[c] & seen for c in CONDITIONS}
-    return {**state, "counts": counts, "epochs": epochs}, jnp.ones_like(alive), info
+    return {**state, "counts": counts, "epochs": epochs}, Decision(jnp.ones_like(alive), info)
 
   def tell(state, u, y, status):
     n = y.shape[0]
