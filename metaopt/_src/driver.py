@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -33,7 +32,6 @@ from tqdm.auto import tqdm
 from metaopt._src import distributed as dist
 from metaopt._src import loop
 from metaopt._src import population as pop
-from metaopt._src.checkpoint import Checkpointer
 from metaopt._src.evaluators import COMPACTIONS, Evaluator, as_evaluator
 from metaopt._src.provenance import code_version, hardware
 from metaopt._src.store import Store
@@ -223,35 +221,21 @@ class _Rounds:
   def one(self, state, rnd: int):
     """Asks (or reloads), runs and tells round ``rnd``; returns the state and results."""
     env, st, rec = self.env, self.env.store, self.rec
-    t0 = time.time()
     key_r = jax.random.fold_in(self.key_rounds, rnd)
     n = min(self.population, self.n_trials - rnd * self.population)
-    numbers = [rnd * self.population + i for i in range(n)]
-    asked = rec.state_phase == "asked" and rec.state_round == rnd
-    if asked:
+    asked = None
+    if rec.state_phase == "asked" and rec.state_round == rnd:
       rows = st.round_trials(rec.id, rnd)
-      u = np.asarray([json.loads(r["u"]) for r in rows], np.float32)
-      ids = [r["id"] for r in rows]
-    else:
-      state, u = loop.ask_points(env.fns, state, jax.random.fold_in(key_r, 0), n, env.space,
-                                 calls_left=self.n_rounds - rnd)
-      ids = []
-    batch, violation = loop.make_batch(env.fns, env.space, rnd, numbers, u, seed=self.seed,
-                                       epochs=env.epochs, constraint=self.constraint,
-                                       multi=dist.is_multi(), ids=ids)
+      asked = ([r["id"] for r in rows],
+               np.asarray([json.loads(r["u"]) for r in rows], np.float32))
     proc = f"process_{jax.process_index()}" if dist.is_multi() else ""
-    ckpt = Checkpointer(os.path.join(self.checkpoint_dir, f"round_{rnd:05d}", proc))
-    if not asked:
-      batch.ids = st.start_round(rec.id, rnd, loop.new_trials(batch), loop.ser(state),
-                                 checkpoint_path=ckpt.directory)
-      st.record_epoch([], 0, [], loop.infeasible_stops(batch, violation))
-    state = loop.run_round(env, batch, state, ckpt, key_r)
-    dist.sync(f"metaopt-trained-{rnd}")  # process 0 has written the round's statuses
-    results = loop.outcomes(st.round_trials(rec.id, rnd))
-    state = loop.tell_round(env, state, u, results)
-    st.end_round(rec.id, rnd, results, loop.ser(state), duration_s=time.time() - t0)
+    plan = loop.RoundPlan(rec.id, rnd, [rnd * self.population + i for i in range(n)],
+                          jax.random.fold_in(key_r, 0), key_r,
+                          os.path.join(self.checkpoint_dir, f"round_{rnd:05d}", proc),
+                          self.seed, self.constraint, asked,
+                          calls_left=self.n_rounds - rnd)
+    state, results, _ = loop.one_round(env, state, plan)
     self.rec = st.load_study(self.study)
-    ckpt.close()
     return state, results
 
 

@@ -57,6 +57,7 @@ class TrialBatch:
     feasible: ``[n]`` False for trials a constraint ruled out (never evaluated).
     owned: multi-host: ``[n]`` True for the trials this process evaluates; None otherwise.
     epochs: epochs each trial trains at most.
+    space: the space the points come from.
   """
 
   number: int
@@ -69,6 +70,7 @@ class TrialBatch:
   feasible: np.ndarray
   owned: np.ndarray | None
   epochs: int
+  space: Space | None = None
   cache: dict[str, Any] = dataclasses.field(default_factory=dict)  # evaluator's own use
 
   @property
@@ -422,11 +424,8 @@ class TaskEvaluator(Evaluator):
     """Trial indices per structural setting (one compiled kernel per group), each padded
     with ``-1`` entries (frozen placeholders) to a multiple of the device count; the trials
     this process does not evaluate are left out."""
-    return group(self.space_of(batch), batch.params, self.task, self.multiple, batch.mine)
-
-  def space_of(self, batch: TrialBatch) -> Space:
-    del batch
-    return self.space
+    space = self.space if batch.space is None else batch.space
+    return group(space, batch.params, self.task, self.multiple, batch.mine)
 
   def _hparams(self, batch: TrialBatch, structure: Mapping[str, Any], idx: np.ndarray):
     """A group's hyperparameters; learning-rate schedules span the round's training

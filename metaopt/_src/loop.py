@@ -129,7 +129,7 @@ def make_batch(fns: SearcherFns, space: Space, rnd: int, numbers: list[int], u: 
   owned = (np.arange(n) % jax.process_count() == jax.process_index()) if multi else None
   seeds = np.asarray([trial_seed(seed, num) for num in numbers], np.uint32)
   batch = TrialBatch(rnd, list(ids or []), list(numbers), seeds, u, h, params, feasible,
-                     owned, epochs)
+                     owned, epochs, space)
   return batch, violation
 
 
@@ -431,3 +431,96 @@ def tell_round(env: RoundEnv, state, u: np.ndarray, results) -> PyTree:
   """The program told a finished round's results."""
   y, status = told(results, env.sign)
   return env.fns.tell(state, jnp.asarray(u), y, status)
+
+
+@dataclasses.dataclass
+class RoundPlan:
+  """Where one round goes in its study, and how its points are made.
+
+  Attributes:
+    study_id: the study's id in the store.
+    rnd: the round number.
+    numbers: the trial numbers of the round's trials.
+    key_ask: the key the searcher asks with.
+    key_r: the round's key (epoch ``e`` evaluates with ``fold_in(key_r, 1 + e)``).
+    checkpoint_dir: the round's checkpoint directory.
+    seed: the study seed (trial seeds derive from it and the trial numbers).
+    constraint: ``params -> value``, infeasible when ``> 0`` (or None).
+    asked: ``(ids, u)`` of a round asked (and stored) before a restart: not asked again.
+    enqueue: points evaluated first: they replace the first rows the searcher proposed, and
+      the searcher is told them.
+    calls_left: rounds left, for the tiered compilation of ``ask``.
+    label: maps a trial's params to what the store records (default: the params).
+  """
+
+  study_id: int
+  rnd: int
+  numbers: list[int]
+  key_ask: Any
+  key_r: Any
+  checkpoint_dir: str
+  seed: int
+  constraint: Callable[[dict[str, Any]], float] | None = None
+  asked: tuple[list[int], np.ndarray] | None = None
+  enqueue: np.ndarray | None = None
+  calls_left: int = 1
+  label: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+
+
+def one_round(env: RoundEnv, state, plan: RoundPlan):
+  """Asks (or reloads), evaluates and tells one round, recording it in the store.
+
+  Returns ``(state, results, batch)``; ``results`` holds ``(id, status, objective,
+  reason)`` per trial."""
+  st, t0, n = env.store, time.time(), len(plan.numbers)
+  if plan.asked is not None:
+    ids, u = plan.asked
+  else:
+    state, u = ask_points(env.fns, state, plan.key_ask, n, env.space, plan.calls_left)
+    if plan.enqueue is not None and len(plan.enqueue):
+      k = min(n, len(plan.enqueue))
+      u = u.copy()
+      u[:k] = np.asarray(plan.enqueue[:k], np.float32)
+    ids = []
+  batch, violation = make_batch(env.fns, env.space, plan.rnd, plan.numbers, u,
+                                seed=plan.seed, epochs=env.epochs, constraint=plan.constraint,
+                                multi=dist.is_multi(), ids=ids)
+  ckpt = Checkpointer(plan.checkpoint_dir)
+  if plan.asked is None:
+    rows = new_trials(batch)
+    if plan.label is not None:
+      rows = [{**r, "params": plan.label(r["params"])} for r in rows]
+    batch.ids = st.start_round(plan.study_id, plan.rnd, rows, ser(state),
+                               checkpoint_path=ckpt.directory)
+    st.record_epoch([], 0, [], infeasible_stops(batch, violation))
+  try:
+    state = run_round(env, batch, state, ckpt, plan.key_r)
+    dist.sync(f"metaopt-trained-{plan.rnd}")  # process 0 has written the round's statuses
+    results = outcomes(st.round_trials(plan.study_id, plan.rnd))
+    state = tell_round(env, state, u, results)
+    st.end_round(plan.study_id, plan.rnd, results, ser(state), duration_s=time.time() - t0)
+  finally:
+    ckpt.close()
+  return state, results, batch
+
+
+def warm_start(env: RoundEnv, state, u: np.ndarray, y: np.ndarray, chunk: int) -> PyTree:
+  """The program told earlier observations (``y`` as the evaluator reports them; not
+  finite: failed), in chunks of at most ``chunk`` (a searcher's state may be sized by its
+  population)."""
+  for i in range(0, len(u), chunk):
+    yy = np.asarray(y[i:i + chunk], np.float64)
+    ok = np.isfinite(yy)
+    status = np.where(ok, 0, FAILED).astype(np.int32)
+    ys = np.where(ok, env.sign * yy, np.inf).astype(np.float32)
+    state = env.fns.tell(state, jnp.asarray(np.asarray(u[i:i + chunk], np.float32)),
+                         jnp.asarray(ys), jnp.asarray(status))
+  return state
+
+
+def best_of(results, direction: str) -> tuple[int, float] | None:
+  """``(index, objective)`` of a round's best complete trial, or None."""
+  done = [(i, o) for i, (_, s, o, _) in enumerate(results) if s == "complete" and o is not None]
+  if not done:
+    return None
+  return (max if direction == "maximize" else min)(done, key=lambda x: x[1])

@@ -745,7 +745,7 @@ def build_table(
   :func:`table_from_corpus`), with its provenance."""
   import time
 
-  from metaopt._src.driver import code_version
+  from metaopt._src.provenance import code_version
 
   t0 = time.time()
   corpus = collect_corpus(task_names, n_configs, epochs, population, seed, actions, store,

@@ -24,12 +24,12 @@ import jax
 import numpy as np
 import optax
 
-from metaopt._src.driver import code_version, hardware
 from metaopt._src.lopt.apply import fit
 from metaopt._src.lopt.estimators import ESTIMATORS
 from metaopt._src.lopt.export import LOPTS, load_meta_params, make_lopt, save
 from metaopt._src.lopt.problem import META_LOSSES, make_problem
 from metaopt._src.lopt.train import meta_train, meta_trainer
+from metaopt._src.provenance import code_version, hardware
 from metaopt._src.store import Store
 
 MODES: tuple[str, ...] = ("meta_train", "apply")

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from metaopt._src.evaluators import Evaluator, TrialBatch
 from metaopt._src.nas import hardware, safeguards
 from metaopt._src.nas.darts import make_mixing, temperature
 from metaopt._src.nas.search import NASProgram, SearchSettings, make_search
@@ -197,61 +198,111 @@ def derive(space: CellSpace, alpha: Mapping[str, Any]) -> Genotype:
   return discretize(space, masked)
 
 
+class GenotypeSpace:
+  """A cell space as the search loop sees it: points are rows of the genotype cube, and a
+  trial's params are its genotype (``{"genotype": json}``)."""
+
+  structural: tuple[str, ...] = ()
+
+  def __init__(self, cells: CellSpace, dim: int):
+    self.cells, self.dim, self.names = cells, dim, ["genotype"]
+
+  def decode(self, u: jax.Array) -> dict[str, jax.Array]:
+    return {"u": u}
+
+  def to_python_batch(self, h: Mapping[str, Any]) -> list[dict[str, Any]]:
+    return [{"genotype": self.cells.decode(np.asarray(row)).to_json()}
+            for row in np.asarray(h["u"])]
+
+
+class RetrainEvaluator(Evaluator):
+  """NAS retraining as an evaluator: each trial's genotype trained from scratch (one
+  population kernel: the supernet with one-hot mixing weights) for ``epochs`` epochs, in
+  one loop epoch; the objective is the last validation accuracy."""
+
+  objective, direction = "valid_acc", "maximize"
+
+  def __init__(self, supernet: Network, data: Dataset, cells: CellSpace, *, seed: int,
+               epochs: int, batch_size: int, lr: float, wd: float):
+    self.supernet, self.data, self.cells, self.seed = supernet, data, cells, seed
+    self.train_kw = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "wd": wd}
+    self.space, self.data_version = None, data.data_version
+
+  def validate(self, epochs: int) -> None:
+    if epochs != 1:
+      raise ValueError(f"epochs={epochs}: a RetrainEvaluator trains each genotype in one call")
+
+  def start(self, batch: TrialBatch) -> dict[str, np.ndarray]:
+    return {"done": np.zeros(len(batch.params), bool)}
+
+  def epoch(self, state, batch, alive, epoch, key):
+    del epoch, key
+    idx = np.flatnonzero(alive)
+    genos = [self.cells.decode(np.asarray(batch.u[i])) for i in idx]
+    w = {c: jnp.stack([self.cells.to_weights(g)[c] for g in genos])
+         for c in self.cells.cell_types}
+    tr = train_networks(self.supernet, self.data, [self.seed] * len(idx), w, test=False,
+                        **self.train_kw)
+    acc = np.asarray(tr["valid_acc"][:, -1], np.float64)
+    out: list[dict[str, Any] | None] = [None] * len(batch.params)
+    for j, i in enumerate(idx):
+      out[i] = {"valid_acc": acc[j], "genotype": str(genos[j]),
+                "device_s": tr["seconds"] / max(1, len(idx))}
+    return {"done": np.array(state["done"]) | alive}, out
+
+
 def blackbox_fallback(conf: NASConfig, supernet: Network, data: Dataset, res: Mapping[str, Any],
                       store: Any, study_id: int, progress: bool = False) -> dict[str, Any]:
   """The black-box stage of a NAS run whose architecture gradients can't be trusted.
 
-  The config's ``fallback.searcher`` searches the genotype cube of the same cell space; its
-  first round trains the genotypes the gradient search derived (latest first: the history it
-  hands over) beside the searcher's proposals. Every candidate is trained from scratch like a
-  retraining seed (one population kernel: the supernet with one-hot mixing weights) and
-  recorded as a trial; the best by validation accuracy is the derived genotype.
+  The config's ``fallback.searcher`` searches the genotype cube of the same cell space
+  through the search loop; its first round trains the genotypes the gradient search derived
+  (latest first: the history it hands over) beside the searcher's proposals. Every
+  candidate is retrained from scratch (:class:`RetrainEvaluator`) and recorded as a trial;
+  the best by validation accuracy is the derived genotype.
   """
-  from metaopt._src.registry import make_searcher
-  from metaopt._src.types import COMPLETE, FAILED
-  from metaopt._src.whitebox import record_evaluations
+  import tempfile
 
-  space, fb = conf.space, conf.fallback
-  dim = len(space.encode(res["genotype"]))
+  from metaopt._src import loop
+  from metaopt._src.registry import make_searcher
+
+  cells, fb = conf.space, conf.fallback
+  dim = len(cells.encode(res["genotype"]))
   kw = ({"population_size": max(2, fb["population"]), "tournament_size": max(
       1, fb["population"] // 2)} if fb["searcher"] == "evolution" else {})
   searcher = make_searcher(fb["searcher"], dim, **kw)
   key = jax.random.key(conf.seed + 11)
-  state = searcher.init(key)
   seen: list[Genotype] = []
-  for h in [res["genotype"], *(derive(space, {c: np.log(np.maximum(np.asarray(w), 1e-9))
-                                                  for c, w in h["arch_weights"].items()})
+  for h in [res["genotype"], *(derive(cells, {c: np.log(np.maximum(np.asarray(w), 1e-9))
+                                              for c, w in h["arch_weights"].items()})
                                for h in reversed(res["history"]))]:
     if h not in seen:
       seen.append(h)
-  epochs = fb["epochs"] or conf.retrain["epochs"]
+  ev = RetrainEvaluator(supernet, data, cells, seed=conf.seed,
+                        epochs=fb["epochs"] or conf.retrain["epochs"],
+                        **{k: conf.retrain[k] for k in ("batch_size", "lr", "wd")})
+  space = GenotypeSpace(cells, dim)
+
+  def on_epoch(rnd, epoch, metrics):
+    if progress:
+      print(f"[fallback] round {rnd}: valid_acc="
+            f"{[round(float(m['valid_acc']), 3) for m in metrics]}", flush=True)
+
+  env = loop.RoundEnv(ev, loop.searcher_fns(searcher, space), space, store, 1, -1.0,
+                      on_epoch=on_epoch)
+  state, ckpt_root = searcher.init(key), tempfile.mkdtemp(prefix="metaopt-nas-fallback-")
   number, rnd, best = 1, 1, None
   while number - 1 < fb["trials"]:
     n = min(fb["population"], fb["trials"] - (number - 1))
-    state, u = searcher.ask(state, jax.random.fold_in(key, rnd), n)
-    u = np.array(u, np.float32)
-    for i, g in enumerate(seen[:n] if rnd == 1 else []):
-      u[i] = space.encode(g)
-    genos = [space.decode(row) for row in u]
-    w = {c: jnp.stack([space.to_weights(g)[c] for g in genos]) for c in space.cell_types}
-    tr = train_networks(supernet, data, [conf.seed] * n, w, epochs=epochs,
-                        batch_size=conf.retrain["batch_size"], lr=conf.retrain["lr"],
-                        wd=conf.retrain["wd"], test=False)
-    acc = np.asarray(tr["valid_acc"][:, -1], np.float64)
-    ok = record_evaluations(store, study_id, rnd, [
-        {"number": number + i, "params": {"role": "fallback", "searcher": fb["searcher"],
-                                          "genotype": g.to_json()},
-         "u": u[i].tolist(), "seed": conf.seed} for i, g in enumerate(genos)], acc,
-        [{"valid_acc": float(a), "genotype": str(g)} for a, g in zip(acc, genos, strict=True)],
-        epoch=epochs - 1, what="validation accuracy", duration_s=tr["seconds"])
-    for i in np.flatnonzero(ok):
-      if best is None or acc[i] > best[1]:
-        best = (genos[i], float(acc[i]), number + int(i))
-    if progress:
-      print(f"[fallback] round {rnd}: valid_acc={np.round(acc, 3).tolist()}", flush=True)
-    state = searcher.tell(state, jnp.asarray(u), jnp.asarray(np.where(ok, -acc, np.inf),
-                                                              jnp.float32),
-                          jnp.asarray(np.where(ok, COMPLETE, FAILED), jnp.int32))
+    plan = loop.RoundPlan(
+        study_id, rnd, list(range(number, number + n)), jax.random.fold_in(key, rnd),
+        jax.random.fold_in(key, 10_000 + rnd), f"{ckpt_root}/round_{rnd:05d}", conf.seed,
+        enqueue=np.stack([cells.encode(g) for g in seen]) if rnd == 1 else None,
+        label=lambda p: {"role": "fallback", "searcher": fb["searcher"], **p})
+    state, results, batch = loop.one_round(env, state, plan)
+    b = loop.best_of(results, "maximize")
+    if b is not None and (best is None or b[1] > best[1]):
+      best = (cells.decode(np.asarray(batch.u[b[0]])), b[1], number + b[0])
     number, rnd = number + n, rnd + 1
   geno = res["genotype"] if best is None else best[0]
   return {"searcher": fb["searcher"], "trials": number - 1, "genotype": geno,
@@ -357,8 +408,8 @@ def search(program: NASProgram, data: Dataset, *, epochs: int, batch_size: int, 
 
 def run_config(cfg: Any, store: Any, progress: bool = True) -> dict[str, Any]:
   """Runs a NAS config (search, retrain, test once) and records it in ``store``."""
-  from metaopt._src.driver import code_version
-  from metaopt._src.driver import hardware as hw_info
+  from metaopt._src.provenance import code_version
+  from metaopt._src.provenance import hardware as hw_info
 
   conf = parse_config(cfg)
   data = load_dataset(conf.dataset)

@@ -73,7 +73,7 @@ def build_table(dataset: str = "shapes", epochs: int = 3, seed: int = 0, chunk: 
                 progress: bool = True) -> dict[str, Any]:
   """Trains every cell (or a uniform ``sample`` of them, drawn with ``default_rng(seed)``)
   and returns the table as a dict."""
-  from metaopt._src.driver import code_version
+  from metaopt._src.provenance import code_version
   space = mini_space()
   data = load_dataset(dataset)
   cells = space.enumerate()
