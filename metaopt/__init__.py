@@ -12,9 +12,11 @@ from metaopt._src.combinators import (
   with_monitor,
   with_pruning,
 )
+from metaopt._src.config import FIELDS as CONFIG_FIELDS
 from metaopt._src.constraints import max_params, param_counter
 from metaopt._src.distributed import initialize as initialize_distributed
 from metaopt._src.driver import enable_compilation_cache, search
+from metaopt._src.evaluate import evaluate_study, evaluate_top
 from metaopt._src.evaluators import (
   CallableEvaluator,
   Evaluator,
@@ -42,8 +44,10 @@ from metaopt._src.multiobjective import (
 )
 from metaopt._src.pbt import pbt
 from metaopt._src.population import PopulationKernel, make_kernel, population_mesh
+from metaopt._src.programs import PROGRAMS, program_of, run_config, validate_config
 from metaopt._src.provenance import code_version, hardware
 from metaopt._src.registry import PRUNERS, SEARCHERS, make_pruner, make_searcher
+from metaopt._src.report import report_text, study_report
 from metaopt._src.searchers import halton, points, random_search, sobol
 from metaopt._src.store import Store, Study
 from metaopt._src.tpe import tpe
@@ -76,6 +80,8 @@ __all__ = [
     "rungs", "search", "Searcher", "sequential", "sobol", "Store", "Study", "successive_halving",
     "Trial", "with_fallback", "with_monitor", "with_pruning",
     "worker", "initialize_distributed", "FAMILIES", "architecture_family",
+    "CONFIG_FIELDS", "PROGRAMS", "evaluate_study", "evaluate_top", "program_of", "report_text",
+    "run_config", "study_report", "validate_config",
     "CallableEvaluator", "Decision", "Evaluator", "JaxEvaluator", "TaskEvaluator", "TrialBatch",
 ]
 

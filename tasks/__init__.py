@@ -3,12 +3,14 @@
 from tasks._src.base import (
     ACTIVATIONS,
     OPTIMIZERS,
+    SCHEDULES,
     Task,
     TrialFns,
     activation,
     make_optimizer,
     supervised,
     telemetry,
+    with_hyperparams,
 )
 from tasks._src.data import DATASETS, Dataset, Split, default_data_dir, load_dataset
 from tasks._src.library import (
@@ -20,12 +22,14 @@ from tasks._src.library import (
     register_task,
     synthetic_regression,
 )
+from tasks._src.nas_models import Network, Op, cell_layout, count_params
 
 __all__ = [
     "ACTIVATIONS", "DATASETS", "OPTIMIZERS", "TASKS", "Dataset", "Split", "Task", "TrialFns",
     "activation", "default_data_dir", "digits_cnn", "digits_mlp", "get_task", "load_dataset",
     "logreg", "make_optimizer", "register_task", "supervised", "synthetic_regression",
     "telemetry",
+    "SCHEDULES", "with_hyperparams", "Network", "Op", "cell_layout", "count_params",
 ]
 
 # Task families for learned optimizers (metaopt.lopt).

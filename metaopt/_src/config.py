@@ -12,7 +12,7 @@ from typing import Any
 
 from metaopt._src import registry
 from metaopt._src.combinators import with_pruning
-from metaopt._src.types import Searcher
+from metaopt._src.types import Result, Searcher
 from spaces import Space, from_spec
 from tasks import TASKS, Task, get_task
 
@@ -53,6 +53,10 @@ def validate(config: Mapping[str, Any]) -> dict[str, Any]:
   cfg = _to_dict(config)
   if not isinstance(cfg, Mapping):
     raise ValueError(f"config: expected a ConfigDict or dict, got {type(config).__name__}")
+  if cfg.get("program", "search") != "search":
+    raise ValueError(f"program={cfg['program']!r}: this is the black-box search's config "
+                     "(program 'search')")
+  cfg = {k: v for k, v in cfg.items() if k != "program"}
   unknown = sorted(set(cfg) - set(FIELDS))
   if unknown:
     raise ValueError(f"config: unknown field(s) {unknown}; allowed fields: {sorted(FIELDS)}")
@@ -164,3 +168,20 @@ def _trace_pruner(pruner: Any, n: int, epochs: int) -> None:
                                 jnp.float32)
   jax.eval_shape(pruner.prune, jax.eval_shape(pruner.init), values,
                  jax.ShapeDtypeStruct((), jnp.int32), jax.ShapeDtypeStruct((n,), jnp.bool_))
+
+
+def run_config(config: Mapping[str, Any], store: Any, progress: bool = True, *,
+               worker: bool = False, worker_id: str | None = None,
+               stale_after_s: float = 60.0) -> Result:
+  """Runs (or resumes) a black-box search config in ``store``; with ``worker``, as one of
+  several worker processes sharing the study."""
+  from metaopt._src.driver import search
+  from metaopt._src.worker import worker as run_worker
+
+  cfg = validate(config)
+  program, task, space, kwargs = build(cfg)
+  if worker:
+    return run_worker(program, task, space=space, store=store, config=cfg, progress=progress,
+                      worker_id=worker_id, stale_after_s=stale_after_s, **kwargs)
+  return search(program, task, space=space, store=store, config=cfg, progress=progress,
+                **kwargs)

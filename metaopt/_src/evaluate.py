@@ -122,3 +122,14 @@ def evaluate_top(store: Store, study: str | None, task: Task, space: Space, *, k
     store.log_event(rec.id, "ensemble", json.dumps(_clean(out["ensemble"]), sort_keys=True))
   store.log_event(rec.id, "evaluate", json.dumps(_clean(out), sort_keys=True))
   return out
+
+
+def evaluate_study(store: Store, study: str | None = None, *, k: int = 3, seeds: int = 3,
+                   ensemble: bool = False) -> dict[str, Any]:
+  """:func:`evaluate_top` for a stored black-box study, its task and space rebuilt from the
+  study's config."""
+  from metaopt._src import config as config_lib
+
+  rec = store.load_study(study)
+  _, task, space, _ = config_lib.build({**rec.config, "store": store.url})
+  return evaluate_top(store, rec.name, task, space, k=k, seeds=seeds, ensemble=ensemble)

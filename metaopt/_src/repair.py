@@ -91,8 +91,7 @@ class Action:
 def repair_space(max_width: int = 128) -> Space:
   """The expanded repair space of the MLP tasks (``digits_mlp``, ``wine_mlp``,
   ``breast_cancer_mlp``, ``synthetic_regression``)."""
-  from tasks import ACTIVATIONS
-  from tasks._src.base import SCHEDULES
+  from tasks import ACTIVATIONS, SCHEDULES
 
   return Space({
       "optimizer": Choice(["adamw", "sgd"], default="adamw", structural=True),

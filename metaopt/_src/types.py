@@ -114,12 +114,25 @@ class Trial:
 
 @dataclasses.dataclass
 class Result:
-  """What every search program returns: its trials, the best one, and its own state."""
+  """What every program returns: its trials, the best one, and its own state.
+
+  Attributes:
+    study: the study's name in the store.
+    direction: ``"minimize"`` or ``"maximize"``.
+    trials: every recorded trial.
+    state: the program's final state (a searcher's state, for resumption), or None.
+    program: which program made it (``"search"``, ``"whitebox"``, ``"nas"``, ``"lopt"``,
+      ``"repair"``).
+    info: the program's own summary (e.g. NAS: the genotype and test accuracy); it is part
+      of :meth:`summary`, and ``result["key"]`` reads a summary field.
+  """
 
   study: str
   direction: str
   trials: list[Trial]
   state: PyTree = None
+  program: str = "search"
+  info: dict[str, Any] = dataclasses.field(default_factory=dict)
 
   @property
   def best(self) -> Trial | None:
@@ -133,9 +146,9 @@ class Result:
     return sum(t.status == status for t in self.trials)
 
   def summary(self) -> dict[str, Any]:
-    """The JSON report: counts and the best trial."""
+    """The JSON report: counts, the best trial and the program's own summary."""
     b = self.best
-    return {
+    out = {
         "study": self.study,
         "direction": self.direction,
         "n_trials": len(self.trials),
@@ -146,3 +159,9 @@ class Result:
         "best": None if b is None else {"number": b.number, "params": b.params,
                                         "objective": b.objective, "seed": b.seed},
     }
+    if self.program != "search":
+      out["program"] = self.program
+    return {**out, **self.info}
+
+  def __getitem__(self, key: str) -> Any:
+    return self.summary()[key]

@@ -28,6 +28,7 @@ import numpy as np
 
 from metaopt._src.provenance import code_version, hardware
 from metaopt._src.store import Store
+from metaopt._src.types import Result
 
 
 def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -41,11 +42,41 @@ def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
   return {prefix[:-1]: tree}
 
 
+_REQUIRED = ("name", "problem_name", "method", "population", "seed", "inner_steps",
+             "outer_steps", "tune")
+
+
+def validate(config: Mapping[str, Any]) -> dict[str, Any]:
+  """Checks a ``program = "whitebox"`` (gradient HPO) config; returns it as a dict."""
+  cfg = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+  missing = [f for f in _REQUIRED if f not in cfg]
+  if missing:
+    raise ValueError(f"config: missing field(s) {missing} of a white-box config "
+                     f"(fields: {', '.join(_REQUIRED)})")
+  fallback = cfg.get("fallback", "tpe")
+  if fallback not in ("none", "repair"):
+    from metaopt._src.registry import SEARCHERS
+    if fallback not in SEARCHERS:
+      raise ValueError(f"config field 'fallback' must be 'none', 'repair' or one of "
+                       f"{', '.join(SEARCHERS)}; got {fallback!r}")
+  return cfg
+
+
+def run_config(config: Mapping[str, Any], store: Store, progress: bool = True) -> Result:
+  """Runs a white-box config into ``store``; the :class:`Result`'s ``info`` is the
+  hypergradient run's summary (and its fallback's)."""
+  del progress  # one compiled outer step per recorded epoch
+  cfg = validate(config)
+  info = run_whitebox(cfg, store)
+  rec = store.load_study(cfg["name"])
+  return Result(rec.name, "minimize", store.trials(rec.id), None, "whitebox", info)
+
+
 def run_whitebox(config: Mapping[str, Any], store: Store) -> dict[str, Any]:
   """Runs ``hypergrad.run_config(config)`` recording every outer step in ``store``."""
   import hypergrad
 
-  cfg = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+  cfg = validate(config)
   n = int(cfg["population"])
   rec = store.create_study(cfg["name"], direction="minimize", config=cfg, seed=cfg["seed"],
                            code_version=code_version(),
@@ -85,11 +116,6 @@ def run_whitebox(config: Mapping[str, Any], store: Store) -> dict[str, Any]:
     record_step(step, tel)
 
   fallback = cfg.get("fallback", "tpe")
-  if fallback not in ("none", "repair"):
-    from metaopt._src.registry import SEARCHERS
-    if fallback not in SEARCHERS:
-      raise ValueError(f"config field 'fallback' must be 'none', 'repair' or one of "
-                       f"{', '.join(SEARCHERS)}; got {fallback!r}")
   summary = hypergrad.run_config(cfg, on_step=on_step)
   results = []
   for i, tid in enumerate(ids):

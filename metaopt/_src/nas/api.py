@@ -30,7 +30,8 @@ from metaopt._src.nas import hardware, safeguards
 from metaopt._src.nas.darts import make_mixing, temperature
 from metaopt._src.nas.search import NASProgram, SearchSettings, make_search
 from metaopt._src.nas.train import batch_indices, train_networks
-from spaces._src.nas import (
+from metaopt._src.types import Result
+from spaces import (
     NB201_MINI_OPS,
     CellSpace,
     Genotype,
@@ -39,8 +40,7 @@ from spaces._src.nas import (
     discretize,
     nb201_space,
 )
-from tasks._src.data import Dataset, load_dataset
-from tasks._src.nas_models import Network, count_params
+from tasks import Dataset, Network, count_params, load_dataset
 
 SPACES: dict[str, Callable[[], CellSpace]] = {
     "nb201": nb201_space,
@@ -406,8 +406,14 @@ def search(program: NASProgram, data: Dataset, *, epochs: int, batch_size: int, 
           "compile_seconds": compile_s, "state": state}
 
 
-def run_config(cfg: Any, store: Any, progress: bool = True) -> dict[str, Any]:
-  """Runs a NAS config (search, retrain, test once) and records it in ``store``."""
+def validate(cfg: Any) -> NASConfig:
+  """Checks a ``program = "nas"`` config (one ``ValueError`` naming the field)."""
+  return parse_config(cfg)
+
+
+def run_config(cfg: Any, store: Any, progress: bool = True) -> Result:
+  """Runs a NAS config (search, retrain, test once) and records it in ``store``; the
+  :class:`Result`'s ``info`` holds the genotype, its costs and accuracies."""
   from metaopt._src.provenance import code_version
   from metaopt._src.provenance import hardware as hw_info
 
@@ -501,4 +507,4 @@ def run_config(cfg: Any, store: Any, progress: bool = True) -> dict[str, Any]:
         "retrain_seconds": tr["seconds"], "derived_params": count_params(p_one),
         "search_cost_in_trainings": res["seconds"] / max(tr["seconds"] / n_seeds, 1e-9),
     })
-  return out
+  return Result(conf.name, "maximize", store.trials(rec.id), None, "nas", out)
