@@ -200,3 +200,15 @@ def test_callable_evaluator_bad_input():
       progress=False)
   assert res.best.objective == max(t.objective for t in res.trials) and not math.isnan(
       res.best.objective)
+
+
+def test_readme_evaluator_example_runs():
+  with open(os.path.join(HERE, "..", "README.md")) as f:
+    (code,) = [b for b in f.read().split("```python\n")[1:] if "CallableEvaluator" in b]
+  code = code.split("```")[0].replace("n_trials=24", "n_trials=8").replace(
+      "epochs=3)", "epochs=3, progress=False)").replace("population=4)",
+                                                       "population=4, progress=False)")
+  scope: dict = {}
+  exec(compile(code, "README.md", "exec"), scope)
+  res = scope["res"]
+  assert len(res.trials) == 9 and res.count("pruned") > 0 and res.best.objective < 1.0
