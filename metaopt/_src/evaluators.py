@@ -458,7 +458,12 @@ class TaskEvaluator(Evaluator):
 
   def restore(self, batch, meta):
     layout = {g: np.asarray(v, np.int64) for g, v in meta["layout"].items()}
-    return jax.eval_shape(lambda: self._fresh(batch, layout))
+    _, structs = self._groups(batch)
+    # the jitted init's own eval_shape: jax.eval_shape around it would trace a jit built
+    # with compiler_options, which JAX refuses below the top level
+    return {g: self.kernel(structs[g]).init.eval_shape(
+        _trial_keys(batch.seeds[idx]), self._hparams(batch, structs[g], idx))
+        for g, idx in layout.items()}
 
   def resume(self, tree, batch, meta):
     layout = {g: np.asarray(v, np.int64) for g, v in meta["layout"].items()}

@@ -206,8 +206,11 @@ class EpochOutcome:
   prev: np.ndarray | None = None
 
 
-def begin(env: RoundEnv, batch: TrialBatch, searcher_state, ckpt: Checkpointer) -> RoundState:
-  """A fresh round state, or the one in the round's newest checkpoint."""
+def begin(env: RoundEnv, batch: TrialBatch, searcher_state, ckpt: Checkpointer,
+          resumed_in: int | None = None) -> RoundState:
+  """A fresh round state, or the one in the round's newest readable checkpoint. A round
+  that started before (``resumed_in``: its study's id) records what it restored as a
+  ``restore`` event (``restored epoch E``: epochs ``0..E-1`` are not run again)."""
   n, ev = len(batch.params), env.evaluator
 
   def abstract(meta):
@@ -222,6 +225,13 @@ def begin(env: RoundEnv, batch: TrialBatch, searcher_state, ckpt: Checkpointer) 
       restored = ckpt.restore(abstract, max_step=min(steps)) if min(steps) > 0 else None
       if dist.allgather(0 if restored is None else restored[0]) != [min(steps)] * len(steps):
         restored = None
+  if resumed_in is not None:
+    gone = getattr(ckpt, "skipped", [])
+    skipped = f"; skipped unreadable steps {gone}" if gone else ""
+    what = (f"epoch 0 of {env.epochs} (no readable checkpoint{skipped})" if restored is None
+            else f"epoch {restored[0]} of {env.epochs} from checkpoint step {restored[0]}"
+                 f"{skipped}")
+    env.store.log_event(resumed_in, "restore", f"round {batch.number}: restored {what}")
   if restored is not None:
     start, saved, meta = restored
     batch.u = np.array(saved["u"], np.float32)
@@ -396,11 +406,12 @@ def save(env: RoundEnv, batch: TrialBatch, rs: RoundState, ckpt: Checkpointer,
 
 
 def run_round(env: RoundEnv, batch: TrialBatch, searcher_state, ckpt: Checkpointer,
-              key_r) -> PyTree:
+              key_r, resumed_in: int | None = None) -> PyTree:
   """Evaluates one round epoch by epoch, recording everything; returns the searcher state.
 
-  Trials still running after the last epoch complete with their last objective."""
-  rs = begin(env, batch, searcher_state, ckpt)
+  Trials still running after the last epoch complete with their last objective. A round
+  started before (``resumed_in``: the study id) records a ``restore`` event."""
+  rs = begin(env, batch, searcher_state, ckpt, resumed_in)
   if env.bar is not None:
     env.bar.update(rs.start)
   for epoch in range(rs.start, env.epochs):
@@ -494,7 +505,8 @@ def one_round(env: RoundEnv, state, plan: RoundPlan):
                                checkpoint_path=ckpt.directory)
     st.record_epoch([], 0, [], infeasible_stops(batch, violation))
   try:
-    state = run_round(env, batch, state, ckpt, plan.key_r)
+    state = run_round(env, batch, state, ckpt, plan.key_r,
+                      None if plan.asked is None else plan.study_id)
     dist.sync(f"metaopt-trained-{plan.rnd}")  # process 0 has written the round's statuses
     results = outcomes(st.round_trials(plan.study_id, plan.rnd))
     state = tell_round(env, state, u, results)

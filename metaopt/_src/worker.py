@@ -235,13 +235,13 @@ class _Worker:
                                        constraint=self.constraint, ids=[x["id"] for x in rows])
     if claim.kind == "new":
       env.store.record_epoch([], 0, [], loop.infeasible_stops(batch, violation))
-    state = self.train(batch, self.load(claim.searcher_state))
+    state = self.train(batch, self.load(claim.searcher_state), claim.kind == "retry")
     if state is None:
       return
     results = loop.outcomes(env.store.round_trials(self.rec.id, rnd))
     self.finish(rnd, results, batch.u, state, claim.searcher_state, t0)
 
-  def train(self, batch, state):
+  def train(self, batch, state, resumed: bool = False):
     """Runs the round with a heartbeat thread; None if the lease was lost meanwhile."""
     st, rnd, lost, stop = self.env.store, batch.number, threading.Event(), threading.Event()
 
@@ -265,7 +265,8 @@ class _Worker:
     ckpt = Checkpointer(self.ckpt_dir(rnd))
     env = loop.RoundEnv(**{**vars(self.env), "on_epoch": epoch_done})
     try:
-      return loop.run_round(env, batch, state, ckpt, jax.random.fold_in(self.key_rounds, rnd))
+      return loop.run_round(env, batch, state, ckpt, jax.random.fold_in(self.key_rounds, rnd),
+                            self.rec.id if resumed else None)
     except _LeaseLost:
       return None
     finally:
