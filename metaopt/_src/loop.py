@@ -119,15 +119,18 @@ def ask_points(fns: SearcherFns, state, key, n: int, space: Space, calls_left: i
 
 def make_batch(fns: SearcherFns, space: Space, rnd: int, numbers: list[int], u: np.ndarray,
                *, seed: int, epochs: int, constraint=None, multi: bool = False,
-               ids: list[int] | None = None) -> tuple[TrialBatch, list[float | None]]:
-  """The round's :class:`TrialBatch` and each trial's constraint violation (or None)."""
+               ids: list[int] | None = None, seeds: list[int] | None = None
+               ) -> tuple[TrialBatch, list[float | None]]:
+  """The round's :class:`TrialBatch` and each trial's constraint violation (or None); trial
+  seeds derive from ``seed`` and the trial numbers unless ``seeds`` gives them."""
   h = jax.device_get(fns.decode(jnp.asarray(u)))  # host arrays: slicing compiles nothing
   params = space.to_python_batch(h)
   violation = [None if constraint is None else float(constraint(p)) for p in params]
   feasible = np.asarray([v is None or v <= 0 for v in violation], bool)
   n = len(numbers)
   owned = (np.arange(n) % jax.process_count() == jax.process_index()) if multi else None
-  seeds = np.asarray([trial_seed(seed, num) for num in numbers], np.uint32)
+  seeds = np.asarray(seeds if seeds is not None else
+                     [trial_seed(seed, num) for num in numbers], np.uint32)
   batch = TrialBatch(rnd, list(ids or []), list(numbers), seeds, u, h, params, feasible,
                      owned, epochs, space)
   return batch, violation
@@ -462,6 +465,7 @@ class RoundPlan:
       the searcher is told them.
     calls_left: rounds left, for the tiered compilation of ``ask``.
     label: maps a trial's params to what the store records (default: the params).
+    seeds: the trials' seeds (default: derived from ``seed`` and the trial numbers).
   """
 
   study_id: int
@@ -476,6 +480,7 @@ class RoundPlan:
   enqueue: np.ndarray | None = None
   calls_left: int = 1
   label: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+  seeds: list[int] | None = None
 
 
 def one_round(env: RoundEnv, state, plan: RoundPlan):
@@ -495,7 +500,7 @@ def one_round(env: RoundEnv, state, plan: RoundPlan):
     ids = []
   batch, violation = make_batch(env.fns, env.space, plan.rnd, plan.numbers, u,
                                 seed=plan.seed, epochs=env.epochs, constraint=plan.constraint,
-                                multi=dist.is_multi(), ids=ids)
+                                multi=dist.is_multi(), ids=ids, seeds=plan.seeds)
   ckpt = Checkpointer(plan.checkpoint_dir)
   if plan.asked is None:
     rows = new_trials(batch)

@@ -196,8 +196,9 @@ def blackbox_fallback(cfg: Mapping[str, Any], store: Store, study_id: int,
   pop = int(cfg.get("fallback_population", cfg["population"]))
   if searcher_name == "repair":  # repair the best white-box point, TPE fills spare slots
     from metaopt._src.repair import repair, space_actions
+    # no training telemetry here for its monitor: it repairs from the objectives alone
     searcher = repair(make_searcher("tpe", space.dim), space, actions=space_actions(space),
-                      table=None, population=pop)
+                      table=None, population=pop)._replace(observe=None)
   else:
     searcher = make_searcher(searcher_name, space.dim)
   ev = JaxEvaluator(objective, objective="val_loss", space=space)

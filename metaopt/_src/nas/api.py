@@ -222,9 +222,9 @@ class RetrainEvaluator(Evaluator):
 
   objective, direction = "valid_acc", "maximize"
 
-  def __init__(self, supernet: Network, data: Dataset, cells: CellSpace, *, seed: int,
-               epochs: int, batch_size: int, lr: float, wd: float):
-    self.supernet, self.data, self.cells, self.seed = supernet, data, cells, seed
+  def __init__(self, supernet: Network, data: Dataset, cells: CellSpace, *, epochs: int,
+               batch_size: int, lr: float, wd: float):
+    self.supernet, self.data, self.cells = supernet, data, cells
     self.train_kw = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "wd": wd}
     self.space, self.data_version = None, data.data_version
 
@@ -241,8 +241,8 @@ class RetrainEvaluator(Evaluator):
     genos = [self.cells.decode(np.asarray(batch.u[i])) for i in idx]
     w = {c: jnp.stack([self.cells.to_weights(g)[c] for g in genos])
          for c in self.cells.cell_types}
-    tr = train_networks(self.supernet, self.data, [self.seed] * len(idx), w, test=False,
-                        **self.train_kw)
+    tr = train_networks(self.supernet, self.data, [int(batch.seeds[i]) for i in idx], w,
+                        test=False, **self.train_kw)
     acc = np.asarray(tr["valid_acc"][:, -1], np.float64)
     out: list[dict[str, Any] | None] = [None] * len(batch.params)
     for j, i in enumerate(idx):
@@ -278,8 +278,7 @@ def blackbox_fallback(conf: NASConfig, supernet: Network, data: Dataset, res: Ma
                                for h in reversed(res["history"]))]:
     if h not in seen:
       seen.append(h)
-  ev = RetrainEvaluator(supernet, data, cells, seed=conf.seed,
-                        epochs=fb["epochs"] or conf.retrain["epochs"],
+  ev = RetrainEvaluator(supernet, data, cells, epochs=fb["epochs"] or conf.retrain["epochs"],
                         **{k: conf.retrain[k] for k in ("batch_size", "lr", "wd")})
   space = GenotypeSpace(cells, dim)
 
@@ -298,7 +297,8 @@ def blackbox_fallback(conf: NASConfig, supernet: Network, data: Dataset, res: Ma
         study_id, rnd, list(range(number, number + n)), jax.random.fold_in(key, rnd),
         jax.random.fold_in(key, 10_000 + rnd), f"{ckpt_root}/round_{rnd:05d}", conf.seed,
         enqueue=np.stack([cells.encode(g) for g in seen]) if rnd == 1 else None,
-        label=lambda p: {"role": "fallback", "searcher": fb["searcher"], **p})
+        label=lambda p: {"role": "fallback", "searcher": fb["searcher"], **p},
+        seeds=[conf.seed] * n)  # every candidate from the same initialisation
     state, results, batch = loop.one_round(env, state, plan)
     b = loop.best_of(results, "maximize")
     if b is not None and (best is None or b[1] > best[1]):
