@@ -182,7 +182,10 @@ def _open_study(st: Store, study: str, record: dict, config, ev: Evaluator, seed
       raise ValueError(f"study {study!r} exists with a different config (fields {changed}); "
                        "resume it with the same config or pick a new study name "
                        "(e.g. --config.name=...)")
-    st.log_event(rec.id, "resume", f"resumed at round {rec.state_round} ({rec.state_phase})")
+    n_rounds = -(-record["n_trials"] // record["population"])
+    if rec.state_round + (rec.state_phase == "told") < n_rounds:
+      # (a finished study is only read: nothing is written)
+      st.log_event(rec.id, "resume", f"resumed at round {rec.state_round} ({rec.state_phase})")
   else:
     rec = st.create_study(study, direction=ev.direction, config=record, seed=seed,
                           code_version=code_version(), data_version=ev.data_version,

@@ -89,7 +89,8 @@ class Evaluator:
       with ``alive[i]`` one epoch; ``metrics[i]`` is a dict of numbers for a trial that ran
       (it must hold ``objective``, the metric the search optimizes) and None for one that did
       not. A trial that broke gets ``{"error": "why"}``; it is recorded failed and the rest
-      go on.
+      go on. An exception raised by ``epoch`` stops the search (a ``failed`` study event;
+      the round's trials stay ``running`` so a resume after the fix trains them).
 
   Optional (defaults here):
     ``exploit(state, batch, copy_from, alive)``: copy trial ``copy_from[i]``'s state into
@@ -473,11 +474,12 @@ class TaskEvaluator(Evaluator):
   def epoch(self, state: _TaskState, batch, alive, epoch, key):
     metrics: list[Metrics | None] = [None] * len(batch.params)
     _, structs = self._groups(batch)
-    states = dict(state.states)
+    states, raised = dict(state.states), {}
     for g, idx in state.layout.items():
       try:
         states[g], m, acct = self._run_group(structs[g], states[g], batch, idx, alive, key)
       except Exception as e:  # noqa: BLE001 - a broken group fails, the population goes on
+        raised[g] = e
         for i in idx[idx >= 0]:
           if alive[i]:
             metrics[i] = {"error": f"{type(e).__name__} at epoch {epoch}: {e}"}
@@ -486,6 +488,12 @@ class TaskEvaluator(Evaluator):
         if i >= 0 and alive[i]:
           metrics[i] = {name: np.asarray(v[j]) for name, v in m.items()}
           metrics[i].update(acct)
+    # every live group raised: an error no trial's hyperparameters explain (a bug, a compile
+    # or tracing error, the device failing) would fail every trial of every round: stop
+    live = [g for g, idx in state.layout.items() if alive_at(alive, idx).any()]
+    if batch.owned is None and live and all(g in raised for g in live):
+      batch.cache["stop_reason"] = "every group raised"
+      raise raised[live[0]]
     return _TaskState(state.layout, states), metrics
 
   def _run_group(self, structure, states, batch, idx, alive, key):

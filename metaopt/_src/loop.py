@@ -247,12 +247,21 @@ def begin(env: RoundEnv, batch: TrialBatch, searcher_state, ckpt: Checkpointer,
                     np.full(n, np.nan), np.full((n, env.epochs), np.nan), 0, time.time())
 
 
-def evaluate(env: RoundEnv, batch: TrialBatch, rs: RoundState, epoch: int,
-             key) -> EpochOutcome:
-  """Runs the evaluator's epoch on the live trials this process evaluates."""
+def evaluate(env: RoundEnv, batch: TrialBatch, rs: RoundState, epoch: int, key,
+             study_id: int | None = None) -> EpochOutcome:
+  """Runs the evaluator's epoch on the live trials this process evaluates. An exception
+  from the evaluator stops the search, recorded as a ``failed`` study event."""
   started = rs.alive.copy()
   run = started if batch.owned is None else started & batch.owned
-  rs.evaluator, metrics = env.evaluator.epoch(rs.evaluator, batch, run, epoch, key)
+  try:
+    rs.evaluator, metrics = env.evaluator.epoch(rs.evaluator, batch, run, epoch, key)
+  except Exception as e:
+    if study_id is not None:
+      why = batch.cache.pop("stop_reason", "the evaluator raised")
+      env.store.log_event(study_id, "failed", f"round {batch.number} epoch {epoch}: {why}; "
+                          f"search stopped: {type(e).__name__}: "
+                          f"{' '.join(str(e).split())[:2000]}")
+    raise
   metrics = list(metrics)
   stopped: list[Stop] = []
   for i, m in enumerate(metrics):
@@ -409,16 +418,16 @@ def save(env: RoundEnv, batch: TrialBatch, rs: RoundState, ckpt: Checkpointer,
 
 
 def run_round(env: RoundEnv, batch: TrialBatch, searcher_state, ckpt: Checkpointer,
-              key_r, resumed_in: int | None = None) -> PyTree:
+              key_r, study_id: int | None = None, resumed: bool = False) -> PyTree:
   """Evaluates one round epoch by epoch, recording everything; returns the searcher state.
 
   Trials still running after the last epoch complete with their last objective. A round
-  started before (``resumed_in``: the study id) records a ``restore`` event."""
-  rs = begin(env, batch, searcher_state, ckpt, resumed_in)
+  started before (``resumed``) records a ``restore`` event in study ``study_id``."""
+  rs = begin(env, batch, searcher_state, ckpt, study_id if resumed else None)
   if env.bar is not None:
     env.bar.update(rs.start)
   for epoch in range(rs.start, env.epochs):
-    out = evaluate(env, batch, rs, epoch, jax.random.fold_in(key_r, 1 + epoch))
+    out = evaluate(env, batch, rs, epoch, jax.random.fold_in(key_r, 1 + epoch), study_id)
     share(batch, rs, out)
     judge(env, batch, rs, out, epoch)
     d = decide(env, batch, rs, out, epoch)
@@ -510,8 +519,8 @@ def one_round(env: RoundEnv, state, plan: RoundPlan):
                                checkpoint_path=ckpt.directory)
     st.record_epoch([], 0, [], infeasible_stops(batch, violation))
   try:
-    state = run_round(env, batch, state, ckpt, plan.key_r,
-                      None if plan.asked is None else plan.study_id)
+    state = run_round(env, batch, state, ckpt, plan.key_r, plan.study_id,
+                      resumed=plan.asked is not None)
     dist.sync(f"metaopt-trained-{plan.rnd}")  # process 0 has written the round's statuses
     results = outcomes(st.round_trials(plan.study_id, plan.rnd))
     state = tell_round(env, state, u, results)

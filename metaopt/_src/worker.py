@@ -266,7 +266,7 @@ class _Worker:
     env = loop.RoundEnv(**{**vars(self.env), "on_epoch": epoch_done})
     try:
       return loop.run_round(env, batch, state, ckpt, jax.random.fold_in(self.key_rounds, rnd),
-                            self.rec.id if resumed else None)
+                            self.rec.id, resumed)
     except _LeaseLost:
       return None
     finally:
