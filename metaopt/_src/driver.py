@@ -112,6 +112,8 @@ class _Round:
   structures: dict[str, dict[str, Any]]
   feasible: np.ndarray
   owned: np.ndarray | None = None  # multi-host: the trials this process trains
+  study_id: int | None = None  # where a resumed round records what it restored
+  resumed: bool = False  # an unfinished round started before (restart or takeover)
 
 
 def _ser(state: Any) -> bytes:
@@ -266,7 +268,8 @@ def search(
       owned = (np.arange(n) % jax.process_count() == jax.process_index()) if multi else None
       groups, structures = _group(space, params, task, multiple,
                                   feasible if owned is None else feasible & owned)
-      r = _Round(rnd, ids, u, h, params, groups, structures, feasible, owned)
+      r = _Round(rnd, ids, u, h, params, groups, structures, feasible, owned, rec.id,
+                 resumed=rows is not None)
       ckpt = Checkpointer(os.path.join(checkpoint_dir, f"round_{rnd:05d}", proc))
       if rows is None:
         numbers = [rnd * population + i for i in range(n)]
@@ -458,17 +461,16 @@ def _train_round(r: _Round, state, task: Task, kernel, data, ckpt: Checkpointer,
 
   def abstract(meta):
     layout = {g: np.asarray(v, np.int64) for g, v in meta["layout"].items()}
-    return {"groups": jax.eval_shape(lambda: fresh(layout)), "searcher": state,
+    # the jitted init's own eval_shape: jax.eval_shape around it would trace a jit built
+    # with compiler_options, which JAX refuses below the top level
+    groups = {g: kernel(r.structures[g]).init.eval_shape(_trial_keys(seeds[idx]),
+                                                         hparams(g, idx))
+              for g, idx in layout.items()}
+    return {"groups": groups, "searcher": state,
             "alive": np.zeros(n, bool), "status": np.zeros(n, np.int32),
             "last": np.zeros(n), "hist": np.zeros((n, epochs)), "u": r.u}
 
-  restored = ckpt.restore(abstract)
-  if r.owned is not None:  # every process resumes from the same epoch
-    steps = dist.allgather(0 if restored is None else restored[0])
-    if len(set(steps)) > 1:
-      restored = ckpt.restore(abstract, max_step=min(steps)) if min(steps) > 0 else None
-      if dist.allgather(0 if restored is None else restored[0]) != [min(steps)] * len(steps):
-        restored = None
+  restored = _restore_round(r, ckpt, abstract, st, epochs)
   if restored is not None:
     start, saved, meta = restored
     layout = {g: np.asarray(v, np.int64) for g, v in meta["layout"].items()}
@@ -616,6 +618,29 @@ def _train_round(r: _Round, state, task: Task, kernel, data, ckpt: Checkpointer,
   if finals:
     st.record_epoch([], epochs - 1, [], finals)
   return state
+
+
+def _restore_round(r: _Round, ckpt: Checkpointer, abstract, st: Store, epochs: int):
+  """The round's newest readable checkpoint ``(step, state, meta)``, or None. In a
+  multi-host search every process restores the same step. A resumed round records what it
+  restored as a ``restore`` event (``restored epoch E``: epochs ``0..E-1`` are not
+  retrained)."""
+  restored = ckpt.restore(abstract)
+  if r.owned is not None:  # every process resumes from the same epoch
+    steps = dist.allgather(0 if restored is None else restored[0])
+    if len(set(steps)) > 1:
+      restored = ckpt.restore(abstract, max_step=min(steps)) if min(steps) > 0 else None
+      if dist.allgather(0 if restored is None else restored[0]) != [min(steps)] * len(steps):
+        restored = None
+  if r.resumed and r.study_id is not None:
+    skipped = f"; skipped unreadable steps {ckpt.skipped}" if ckpt.skipped else ""
+    if restored is None:
+      msg = f"round {r.number}: restored epoch 0 of {epochs} (no readable checkpoint{skipped})"
+    else:
+      msg = (f"round {r.number}: restored epoch {restored[0]} of {epochs} from checkpoint "
+             f"step {restored[0]}{skipped}")
+    st.log_event(r.study_id, "restore", msg)
+  return restored
 
 
 def _exploit(states, layout, copy_from: np.ndarray, alive: np.ndarray):

@@ -249,7 +249,8 @@ def _work_round(claim: Claim, st: Store, study_id: int, wid: str, load, tell, ob
   violation = [None if constraint is None else float(constraint(p)) for p in params]
   feasible = np.asarray([v is None or v <= 0 for v in violation])
   groups, structures = _group(space, params, task, multiple, feasible)
-  r = _Round(rnd, ids, u, h, params, groups, structures, feasible)
+  r = _Round(rnd, ids, u, h, params, groups, structures, feasible, study_id=study_id,
+             resumed=claim.kind == "retry")
   if claim.kind == "new":
     st.record_epoch([], 0, [], [
         (r.ids[i], "infeasible", f"constraint violated by {violation[i]:g}", None)
