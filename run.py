@@ -14,6 +14,7 @@ import os
 import sys
 from typing import Any
 
+import sqlalchemy
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -89,7 +90,7 @@ def _report(store_url: str, study: str | None) -> None:
   import metaopt
   from metaopt._src.report import compute_summary, param_importance, pareto_front, write_report
 
-  store = metaopt.Store(store_url)
+  store = metaopt.Store(store_url, create=False)
   rec = store.load_study(study)
   result = metaopt.Result(rec.name, rec.direction, store.trials(rec.id))
   out = _OUT.value or os.path.join("runs", f"report_{rec.name}")
@@ -161,8 +162,10 @@ def _evaluate(store_url: str, study: str | None) -> None:
   from metaopt._src import config as config_lib
   from metaopt._src.evaluate import evaluate_top
 
-  store = metaopt.Store(store_url)
+  store = metaopt.Store(store_url, create=False)
   rec = store.load_study(study)
+  if store.read_only:
+    _fail(f"store {store_url!r} is read-only; evaluate records its results there")
   _, task, space, _ = config_lib.build({**rec.config, "store": store_url})
   out = evaluate_top(store, rec.name, task, space, k=_TOP_K.value, seeds=_SEEDS.value,
                      ensemble=_ENSEMBLE.value)
@@ -179,7 +182,7 @@ def main(argv: list[str]) -> None:
   cmd = args[0]
   try:
     if cmd == "run":
-      if _CONFIG.value is None:
+      if _config_value() is None:
         _fail("run needs --config configs/<name>.py")
       if "method" in _CONFIG.value and "problem_name" in _CONFIG.value:
         _whitebox(_CONFIG.value)  # a configs/hypergrad_*.py gradient-HPO config
@@ -193,7 +196,15 @@ def main(argv: list[str]) -> None:
       if not _STORE.value:
         _fail("resume needs --store URL")
       import metaopt
-      rec = metaopt.Store(_STORE.value).load_study(_STUDY.value)
+      store = metaopt.Store(_STORE.value, create=False)
+      rec = store.load_study(_STUDY.value)
+      if _finished(store, rec):  # nothing to do, and nothing written
+        print(json.dumps(metaopt.Result(rec.name, rec.direction,
+                                        store.trials(rec.id)).summary(), indent=2))
+        return
+      if store.read_only:
+        _fail(f"store {_STORE.value!r} is read-only; resuming records trials there")
+      store.close()
       cfg = {k: v for k, v in rec.config.items()}
       for k in ("n_trials", "population", "epochs", "batch_size", "seed"):
         cfg[k] = rec.config[k]
@@ -208,22 +219,80 @@ def main(argv: list[str]) -> None:
         _fail("report needs --store URL")
       _report(_STORE.value, _STUDY.value)
   except ValueError as e:
-    _fail(str(e))
+    _fail(" ".join(str(e).split()))
+  except sqlalchemy.exc.SQLAlchemyError as e:  # e.g. the store's server went away
+    _fail(f"store {_STORE.value or ''}: {' '.join(str(e).split('[SQL:')[0].split())}")
   except OSError as e:  # a config file that does not exist or does not load
     _fail(" ".join(str(e).split()))
 
 
+def _config_value() -> Any:
+  """The loaded ``--config``; exits with one line naming the file when it did not load."""
+  try:
+    cfg = _CONFIG.value
+    if cfg is not None:
+      "method" in cfg  # noqa: B015 - a config that failed to load raises on first use
+    return cfg
+  except Exception as e:  # noqa: BLE001 - ml_collections raises several error types
+    _fail(_flag_error(e, sys.argv))
+
+
+def _config_reason(e: BaseException) -> str:
+  """One line on why a config file did not load."""
+  msg = str(e)
+  if "No such file or directory" in msg or isinstance(e, FileNotFoundError):
+    return "no such file"
+  if isinstance(e, SyntaxError):
+    return f"invalid Python: {e.msg} (line {e.lineno})"
+  lines = [x.strip() for x in msg.replace("\\n", "\n").splitlines() if x.strip()]
+  return lines[-1] if lines else type(e).__name__
+
+
+def _finished(store: Any, rec: Any) -> bool:
+  """Whether a study has nothing left to run: its target was reached, or it has all its
+  trials and none is running (and, for a search, the last round was told)."""
+  if any(ev["kind"] == "target" for ev in store.events(rec.id)):
+    return True
+  trials = store.trials(rec.id, with_metrics=False)
+  return (len(trials) >= int(rec.config.get("n_trials", 0) or 0) > 0
+          and all(t.status != "running" for t in trials) and rec.state_phase != "asked")
+
+
 def _parse(argv: list[str]) -> list[str]:
-  """Flag parsing with one clear line for a bad flag or config override (no traceback)."""
+  """Flag parsing with one clear line for a bad flag, config field or config file."""
   try:
     return flags.FLAGS(argv)
   except Exception as e:  # noqa: BLE001 - absl/ml_collections raise several error types
-    msg = " ".join(str(e).replace("\\n", " ").replace("\\'", "").replace("'", "").split())
-    if any(a.startswith("--config.") for a in argv):
-      from metaopt._src.config import FIELDS
-      msg += f" (config fields: {', '.join(sorted(FIELDS))})"
-    _fail(f"bad flag: {msg.strip(chr(34))}")
+    _fail(_flag_error(e, argv))
   return []
+
+
+def _flag_error(e: Exception, argv: list[str]) -> str:
+  """One line for an error raised while parsing ``argv``."""
+  from metaopt._src.config import FIELDS
+  allowed = f"allowed fields: {', '.join(sorted(FIELDS))}"
+  name = getattr(e, "flagname", None)
+  if isinstance(e, flags.UnrecognizedFlagError) and name and name.startswith("config."):
+    return f"unknown field {name[len('config.'):]} in --config; {allowed}"
+  overrides = [a[len("--config."):].split("=")[0] for a in argv if a.startswith("--config.")]
+  if isinstance(e, AttributeError) and e.args and isinstance(e.args[0], KeyError):
+    e = e.args[0]  # ml_collections wraps the KeyError of an unknown field
+  if isinstance(e, KeyError) and overrides:  # an override of no field
+    key = str(e.args[0]).strip("'\"") if e.args else ""
+    field = next((o for o in overrides if key in o.split(".")), key)
+    return f"unknown field {field} in --config; {allowed}"
+  msg = " ".join(str(e).split())
+  if isinstance(e, flags.IllegalFlagValueError) and msg.startswith("flag --config."):
+    field = msg[len("flag --config."):].split("=")[0]
+    why = msg.split(": ", 1)[1] if ": " in msg else msg
+    return f"bad value for config field {field}: {why}"
+  config_file = isinstance(e, flags.IllegalFlagValueError) and msg.startswith("flag --config=")
+  if config_file or not isinstance(e, flags.Error):  # raised while loading the config file
+    path = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+    if path is None and "--config" in argv[:-1]:
+      path = argv[argv.index("--config") + 1]
+    return f"config file {path}: {_config_reason(e)}"
+  return f"bad flag: {msg}"
 
 
 if __name__ == "__main__":
