@@ -10,6 +10,7 @@ never train (a forked JAX process must not compile).
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -62,6 +63,8 @@ def _child(args: list[str], out: str, err: str) -> None:
     import traceback
     traceback.print_exc()
     code = 1
+  import atexit
+  atexit._run_exitfuncs()  # what the interpreter does at exit (os._exit skips it)
   sys.stdout.flush()
   sys.stderr.flush()
   os._exit(code)
@@ -74,7 +77,8 @@ def main() -> None:
   spec = json.load(open(sys.argv[1]))
   os.chdir(spec["cwd"])
   results = []
-  with tempfile.TemporaryDirectory() as tmp:
+  tmp = tempfile.mkdtemp()  # not TemporaryDirectory: a child's exit handlers would remove it
+  try:
     for i, args in enumerate(spec["runs"]):
       out, err = os.path.join(tmp, f"{i}.out"), os.path.join(tmp, f"{i}.err")
       open(out, "w").close()
@@ -97,6 +101,8 @@ def main() -> None:
         time.sleep(0.01)
       results.append({"args": args, "rc": rc, "stdout": open(out).read(),
                       "stderr": open(err).read(), "s": time.time() - t})
+  finally:
+    shutil.rmtree(tmp)
   print(json.dumps(results))
 
 

@@ -32,6 +32,7 @@ import os
 import sqlite3
 import time
 import urllib.parse
+import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -221,6 +222,8 @@ class Store:
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.close()
+    # closed connections at exit: SQLite then removes its -wal and -shm files
+    weakref.finalize(self, self.engine.dispose)
     try:
       with self.engine.connect():  # reachable, and a database: before anything is written
         pass
