@@ -10,6 +10,7 @@ import time
 
 import numpy as np
 import pytest
+from cli_batch import snapshot
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -49,6 +50,12 @@ def test_run_then_report_json_and_png(tmp_path):
   assert r.returncode == 0, r.stderr[-2000:]
   out = json.loads(r.stdout)
   assert out["n_trials"] == 8 and out["n_complete"] == 8
+  # resuming the finished study prints its summary and writes nothing
+  before = snapshot(str(tmp_path))
+  r = _cli("resume", "--store", url)
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert json.loads(r.stdout) == out
+  assert snapshot(str(tmp_path)) == before
   r = _cli("report", "--store", url, "--format", "json", "--out", str(tmp_path / "rep"))
   assert r.returncode == 0, r.stderr[-2000:]
   rep = json.loads(r.stdout)
@@ -95,7 +102,7 @@ def test_run_then_report_json_and_png(tmp_path):
     ("--config.task_name=mnist_mlp", "task_name='mnist_mlp' is unknown; allowed: digits_mlp"),
     ("--config.n_trials=0", "n_trials=0: must be an integer >= 1"),
     ("--config.pruner_name=hyper", "pruner_name='hyper' is unknown; allowed: none, median"),
-    ("--config.n_trails=5", "n_trails"),
+    ("--config.n_trails=5", "unknown field n_trails in --config; allowed fields: "),
 ])
 def test_bad_config_gives_one_clear_error(tmp_path, override, message):
   cfg, _ = _config(tmp_path)
