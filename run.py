@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from typing import Any
 
@@ -278,9 +279,12 @@ def _flag_error(e: Exception, argv: list[str]) -> str:
   if isinstance(e, AttributeError) and e.args and isinstance(e.args[0], KeyError):
     e = e.args[0]  # ml_collections wraps the KeyError of an unknown field
   if isinstance(e, KeyError) and overrides:  # an override of no field
-    key = str(e.args[0]).strip("'\"") if e.args else ""
+    first, *rest = (str(e.args[0]) if e.args else "").splitlines() or [""]
+    key = first.strip("'\"")
     field = next((o for o in overrides if key in o.split(".")), key)
-    return f"unknown field {field} in --config; {allowed}"
+    hint = re.search(r'Did you mean "([^"]+)"', " ".join(rest))
+    hint = f" (did you mean {hint.group(1)}?)" if hint else ""
+    return f"unknown field {field} in --config{hint}; {allowed}"
   msg = " ".join(str(e).split())
   if isinstance(e, flags.IllegalFlagValueError) and msg.startswith("flag --config."):
     field = msg[len("flag --config."):].split("=")[0]

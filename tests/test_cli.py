@@ -102,7 +102,8 @@ def test_run_then_report_json_and_png(tmp_path):
     ("--config.task_name=mnist_mlp", "task_name='mnist_mlp' is unknown; allowed: digits_mlp"),
     ("--config.n_trials=0", "n_trials=0: must be an integer >= 1"),
     ("--config.pruner_name=hyper", "pruner_name='hyper' is unknown; allowed: none, median"),
-    ("--config.n_trails=5", "unknown field n_trails in --config; allowed fields: "),
+    ("--config.n_trails=5", "unknown field n_trails in --config (did you mean n_trials?); "
+                            "allowed fields: batch_size, "),
 ])
 def test_bad_config_gives_one_clear_error(tmp_path, override, message):
   cfg, _ = _config(tmp_path)
