@@ -494,6 +494,7 @@ def _train_round(r: _Round, state, task: Task, kernel, data, ckpt: Checkpointer,
     metrics: list[dict[str, Any] | None] = [None] * n
     started = alive.copy()
     stopped = []
+    raised: dict[str, BaseException] = {}
     for g, idx in layout.items():
       k = kernel(r.structures[g])
       try:
@@ -522,6 +523,7 @@ def _train_round(r: _Round, state, task: Task, kernel, data, ckpt: Checkpointer,
         slot = busy / slots
         p["slot_s"] = slot if p["slot_s"] is None else min(p["slot_s"], slot)
       except Exception as e:  # noqa: BLE001 - a broken group fails, the population goes on
+        raised[g] = e
         for i in idx[idx >= 0]:
           if alive[i]:
             alive[i], status[i] = False, FAILED
@@ -536,6 +538,7 @@ def _train_round(r: _Round, state, task: Task, kernel, data, ckpt: Checkpointer,
             metrics[i]["flops"] = flops_cache[skey]
           if r.owned is not None:
             metrics[i]["process"] = jax.process_index()
+    _stop_if_every_group_raised(r, st, layout, started, raised, epoch)
     if r.owned is not None:  # multi-host: every process gets every trial's epoch
       mine = ({i: metrics[i] for i in np.flatnonzero(r.owned) if metrics[i] is not None},
               [x for x in stopped])
@@ -618,6 +621,23 @@ def _train_round(r: _Round, state, task: Task, kernel, data, ckpt: Checkpointer,
   if finals:
     st.record_epoch([], epochs - 1, [], finals)
   return state
+
+
+def _stop_if_every_group_raised(r: _Round, st: Store, layout, started: np.ndarray,
+                                raised: dict[str, BaseException], epoch: int) -> None:
+  """Re-raises when every group with a live trial raised in this epoch: an error no trial's
+  hyperparameters explain (a bug, a compile or tracing error, the device failing), which
+  would fail every trial of every round. It is recorded as a ``failed`` study event; the
+  round's trials stay ``running``, so a resume after the fix trains them. (A group that
+  raises while another trains fails its own trials: its structure is at fault.)"""
+  live = [g for g, idx in layout.items() if _alive_at(started, idx).any()]
+  if r.owned is not None or not live or any(g not in raised for g in live):
+    return
+  e = raised[live[0]]
+  if r.study_id is not None:
+    st.log_event(r.study_id, "failed", f"round {r.number} epoch {epoch}: every group raised; "
+                 f"search stopped: {type(e).__name__}: {' '.join(str(e).split())[:2000]}")
+  raise e
 
 
 def _restore_round(r: _Round, ckpt: Checkpointer, abstract, st: Store, epochs: int):
