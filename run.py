@@ -292,7 +292,8 @@ def _flag_error(e: Exception, argv: list[str]) -> str:
     return f"bad value for config field {field}: {why}"
   config_file = isinstance(e, flags.IllegalFlagValueError) and msg.startswith("flag --config=")
   if config_file or not isinstance(e, flags.Error):  # raised while loading the config file
-    path = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+    path = next((a.split("=", 1)[1] for a in reversed(argv) if a.startswith("--config=")),
+                None)  # absl keeps the last
     if path is None and "--config" in argv[:-1]:
       path = argv[argv.index("--config") + 1]
     return f"config file {path}: {_config_reason(e)}"

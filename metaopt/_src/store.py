@@ -189,7 +189,10 @@ class Store:
     kwargs: dict[str, Any] = {}
     if parsed.get_backend_name() == "sqlite":
       path = parsed.database
-      if path and path != ":memory:" and not path.startswith("file:"):
+      if parsed.query.get("uri") not in (None, "false", "0"):
+        raise ValueError(f"store={url!r}: SQLite URI filenames (uri=true) are not supported; "
+                         "name the file: sqlite:///path/to/file.db")
+      if path and path != ":memory:":
         self.read_only = _check_sqlite_file(shown, path, create)
         if create:
           os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -211,7 +214,7 @@ class Store:
     except ImportError as e:
       raise ValueError(f"store {shown!r}: the driver for {parsed.drivername!r} is not "
                        f"installed ({e}); for PostgreSQL use postgresql+psycopg://") from None
-    except sa.exc.ArgumentError as e:
+    except (sa.exc.ArgumentError, TypeError, ValueError) as e:  # e.g. ?timeout=x
       raise ValueError(f"store {shown!r}: {_one_line(e)}") from None
     if parsed.get_backend_name() == "sqlite" and not self.read_only:
       @sa.event.listens_for(self.engine, "connect")
@@ -500,6 +503,14 @@ def _parse_url(url: str) -> sa.engine.URL:
     parsed = sa.engine.make_url(url)
   except (sa.exc.ArgumentError, ValueError) as e:
     raise ValueError(f"store={url!r}: not an SQLAlchemy URL ({_one_line(e)})") from None
+  url = parsed.render_as_string(hide_password=True)
+  try:
+    parsed.get_dialect()
+  except sa.exc.NoSuchModuleError:
+    raise ValueError(f"store={url!r}: unknown database dialect {parsed.drivername!r}; use "
+                     "sqlite:///path/to/file.db or postgresql+psycopg://user@host/db") from None
+  except ImportError:
+    pass  # a known dialect whose driver is missing: create_engine says which
   if parsed.get_backend_name() == "sqlite" and (parsed.host or parsed.port or parsed.username):
     raise ValueError(f"store={url!r}: a SQLite URL has no host; write "
                      f"sqlite:///{parsed.host}/{parsed.database} (relative path) or "
