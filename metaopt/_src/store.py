@@ -185,7 +185,7 @@ class Store:
     self.url = url
     self.read_only = False
     parsed = _parse_url(url)
-    shown = parsed.render_as_string(hide_password=True)
+    shown = self._shown = parsed.render_as_string(hide_password=True)
     kwargs: dict[str, Any] = {}
     if parsed.get_backend_name() == "sqlite":
       path = parsed.database
@@ -262,7 +262,7 @@ class Store:
     now = _now()
     with self.engine.begin() as c:
       if c.execute(sa.select(studies.c.id).where(studies.c.name == name)).first():
-        raise ValueError(f"study {name!r} already exists in {self.url}; use `resume` or a new "
+        raise ValueError(f"study {name!r} already exists in {self._shown}; use `resume` or a new "
                          "study name")
       c.execute(studies.insert().values(
           name=name, direction=direction, config=_dumps(config), seed=int(seed),
@@ -283,11 +283,12 @@ class Store:
         q = q.where(studies.c.name == name)
       rows = c.execute(q).mappings().all()
     if not rows and name is None:
-      raise ValueError(f"{self.url} holds no study")
+      raise ValueError(f"{self._shown} holds no study")
     if not rows:
-      raise ValueError(f"study {name!r} not found in {self.url}; studies: {self.study_names()}")
+      raise ValueError(f"study {name!r} not found in {self._shown}; studies: "
+                       f"{self.study_names()}")
     if len(rows) > 1:
-      raise ValueError(f"{self.url} holds several studies {self.study_names()}; pass --study")
+      raise ValueError(f"{self._shown} holds several studies {self.study_names()}; pass --study")
     r = rows[0]
     return Study(r["id"], r["name"], r["direction"], json.loads(r["config"]), r["seed"],
                  r["code_version"], json.loads(r["data_version"] or "null"),
