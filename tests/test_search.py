@@ -174,7 +174,9 @@ def test_interrupted_search_resumes_to_identical_result(tmp_path):
     assert (a.number, a.params, a.status) == (b.number, b.params, b.status)
     assert a.objective == pytest.approx(b.objective, abs=1e-6)
   events = Store(url).events(Store(url).load_study("r").id)
-  assert [e["kind"] for e in events] == ["resume"]
+  assert [e["kind"] for e in events] == ["resume", "restore"]
+  # cut after epoch 1 of round 1, whose checkpoint (step 2) was written: epochs 0-1 kept
+  assert events[1]["message"] == "round 1: restored epoch 2 of 3 from checkpoint step 2"
 
 
 def test_bad_arguments_fail_before_compiling(task):
