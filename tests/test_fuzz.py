@@ -342,3 +342,12 @@ def test_cli_arguments_give_a_message_not_a_traceback_and_write_nothing(runs):
     if r["rc"] == 2:
       assert r["stderr"].strip().startswith("error: ") or "FATAL Flags parsing error" in \
           r["stderr"] or "USAGE" in r["stderr"], r
+
+
+def test_running_a_finished_study_again_writes_nothing(stored_study):
+  cfg, db, before = stored_study
+  program, task, space, kwargs = config_lib.build(cfg)
+  res = metaopt.search(program, task, space=space, store=metaopt.Store(cfg["store"]),
+                       config=cfg, progress=False, **kwargs)
+  assert len(res.trials) == cfg["n_trials"]
+  assert _dump(db) == before  # not even a resume event

@@ -220,7 +220,9 @@ def search(
       raise ValueError(f"study {study!r} exists with a different config (fields {changed}); "
                        "resume it with the same config or pick a new study name "
                        "(e.g. --config.name=...)")
-    st.log_event(rec.id, "resume", f"resumed at round {rec.state_round} ({rec.state_phase})")
+    if rec.state_round + (rec.state_phase == "told") < -(-n_trials // population):
+      # (a finished study is only read: nothing is written)
+      st.log_event(rec.id, "resume", f"resumed at round {rec.state_round} ({rec.state_phase})")
   else:
     rec = st.create_study(study, direction=direction, config=record, seed=seed,
                           code_version=code_version(), data_version=task.data.data_version,
