@@ -10,8 +10,11 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
+from typing import Any
 
+import sqlalchemy
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -55,7 +58,8 @@ def _run(cfg) -> None:
 def _report(store_url: str, study: str | None) -> None:
   import metaopt
 
-  summary, result = metaopt.study_report(metaopt.Store(store_url), study, _OUT.value)
+  summary, result = metaopt.study_report(metaopt.Store(store_url, create=False), study,
+                                         _OUT.value)
   if _FORMAT.value == "json":
     print(json.dumps(summary, indent=2))
   else:
@@ -73,39 +77,108 @@ def main(argv: list[str]) -> None:
   cmd = args[0]
   try:
     if cmd == "run":
-      if _CONFIG.value is None:
+      if _config_value() is None:
         _fail("run needs --config configs/<name>.py")
       _run(_CONFIG.value)
       return
     if not _STORE.value:
       _fail(f"{cmd} needs --store URL")
-    store = metaopt.Store(_STORE.value)
     if cmd == "resume":
-      rec = store.load_study(_STUDY.value)
-      _run({**rec.config, "store": _STORE.value})
+      _resume(_STORE.value, _STUDY.value)
     elif cmd == "evaluate":
+      store = metaopt.Store(_STORE.value, create=False)
+      if store.read_only:
+        _fail(f"store {_STORE.value!r} is read-only; evaluate records its results there")
       print(json.dumps(metaopt.evaluate_study(store, _STUDY.value, k=_TOP_K.value,
                                               seeds=_SEEDS.value, ensemble=_ENSEMBLE.value),
                        indent=2))
     else:
       _report(_STORE.value, _STUDY.value)
   except ValueError as e:
-    _fail(str(e))
+    _fail(" ".join(str(e).split()))
+  except sqlalchemy.exc.SQLAlchemyError as e:  # e.g. the store's server went away
+    _fail(f"store {_STORE.value or ''}: {' '.join(str(e).split('[SQL:')[0].split())}")
   except OSError as e:  # a config file that does not exist or does not load
     _fail(" ".join(str(e).split()))
 
 
+def _resume(url: str, study: str | None) -> None:
+  """Resumes a stored study; a finished one is only read (its summary printed)."""
+  import metaopt
+
+  store = metaopt.Store(url, create=False)
+  rec = store.load_study(study)
+  if metaopt.study_finished(store, rec):  # nothing to do, and nothing written
+    print(json.dumps(metaopt.Result(rec.name, rec.direction,
+                                    store.trials(rec.id)).summary(), indent=2))
+    return
+  if store.read_only:
+    _fail(f"store {url!r} is read-only; resuming records trials there")
+  store.close()
+  _run({**rec.config, "store": url})
+
+
+def _config_value() -> Any:
+  """The loaded ``--config``; exits with one line naming the file when it did not load."""
+  try:
+    cfg = _CONFIG.value
+    if cfg is not None:
+      "method" in cfg  # noqa: B015 - a config that failed to load raises on first use
+    return cfg
+  except Exception as e:  # noqa: BLE001 - ml_collections raises several error types
+    _fail(_flag_error(e, sys.argv))
+
+
+def _config_reason(e: BaseException) -> str:
+  """One line on why a config file did not load."""
+  msg = str(e)
+  if "No such file or directory" in msg or isinstance(e, FileNotFoundError):
+    return "no such file"
+  if isinstance(e, SyntaxError):
+    return f"invalid Python: {e.msg} (line {e.lineno})"
+  lines = [x.strip() for x in msg.replace("\\n", "\n").splitlines() if x.strip()]
+  return lines[-1] if lines else type(e).__name__
+
+
 def _parse(argv: list[str]) -> list[str]:
-  """Flag parsing with one clear line for a bad flag or config override (no traceback)."""
+  """Flag parsing with one clear line for a bad flag, config field or config file."""
   try:
     return flags.FLAGS(argv)
   except Exception as e:  # noqa: BLE001 - absl/ml_collections raise several error types
-    msg = " ".join(str(e).replace("\\n", " ").replace("\\'", "").replace("'", "").split())
-    if any(a.startswith("--config.") for a in argv):
-      from metaopt import CONFIG_FIELDS
-      msg += f" (config fields: {', '.join(sorted(CONFIG_FIELDS))})"
-    _fail(f"bad flag: {msg.strip(chr(34))}")
+    _fail(_flag_error(e, argv))
   return []
+
+
+def _flag_error(e: Exception, argv: list[str]) -> str:
+  """One line for an error raised while parsing ``argv``."""
+  from metaopt import CONFIG_FIELDS
+  allowed = f"allowed fields: {', '.join(sorted(CONFIG_FIELDS))}"
+  name = getattr(e, "flagname", None)
+  if isinstance(e, flags.UnrecognizedFlagError) and name and name.startswith("config."):
+    return f"unknown field {name[len('config.'):]} in --config; {allowed}"
+  overrides = [a[len("--config."):].split("=")[0] for a in argv if a.startswith("--config.")]
+  if isinstance(e, AttributeError) and e.args and isinstance(e.args[0], KeyError):
+    e = e.args[0]  # ml_collections wraps the KeyError of an unknown field
+  if isinstance(e, KeyError) and overrides:  # an override of no field
+    first, *rest = (str(e.args[0]) if e.args else "").splitlines() or [""]
+    key = first.strip("'\"")
+    field = next((o for o in overrides if key in o.split(".")), key)
+    hint = re.search(r'Did you mean "([^"]+)"', " ".join(rest))
+    hint = f" (did you mean {hint.group(1)}?)" if hint else ""
+    return f"unknown field {field} in --config{hint}; {allowed}"
+  msg = " ".join(str(e).split())
+  if isinstance(e, flags.IllegalFlagValueError) and msg.startswith("flag --config."):
+    field = msg[len("flag --config."):].split("=")[0]
+    why = msg.split(": ", 1)[1] if ": " in msg else msg
+    return f"bad value for config field {field}: {why}"
+  config_file = isinstance(e, flags.IllegalFlagValueError) and msg.startswith("flag --config=")
+  if config_file or not isinstance(e, flags.Error):  # raised while loading the config file
+    path = next((a.split("=", 1)[1] for a in reversed(argv) if a.startswith("--config=")),
+                None)  # absl keeps the last
+    if path is None and "--config" in argv[:-1]:
+      path = argv[argv.index("--config") + 1]
+    return f"config file {path}: {_config_reason(e)}"
+  return f"bad flag: {msg}"
 
 
 if __name__ == "__main__":

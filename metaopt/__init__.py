@@ -44,7 +44,13 @@ from metaopt._src.multiobjective import (
 )
 from metaopt._src.pbt import pbt
 from metaopt._src.population import PopulationKernel, make_kernel, population_mesh
-from metaopt._src.programs import PROGRAMS, program_of, run_config, validate_config
+from metaopt._src.programs import (
+    PROGRAMS,
+    program_of,
+    run_config,
+    study_finished,
+    validate_config,
+)
 from metaopt._src.provenance import code_version, hardware
 from metaopt._src.registry import PRUNERS, SEARCHERS, make_pruner, make_searcher
 from metaopt._src.report import report_text, study_report
@@ -81,7 +87,7 @@ __all__ = [
     "Trial", "with_fallback", "with_monitor", "with_pruning",
     "worker", "initialize_distributed", "FAMILIES", "architecture_family",
     "CONFIG_FIELDS", "PROGRAMS", "evaluate_study", "evaluate_top", "program_of", "report_text",
-    "run_config", "study_report", "validate_config",
+    "run_config", "study_finished", "study_report", "validate_config",
     "CallableEvaluator", "Decision", "Evaluator", "JaxEvaluator", "TaskEvaluator", "TrialBatch",
 ]
 

@@ -72,3 +72,13 @@ def run_config(config: Mapping[str, Any], store: Store | str | None = None, *,
   module.validate(config)
   st = store if isinstance(store, Store) else Store(store or default_store(config))
   return module.run_config(config, st, progress=progress, **kwargs)
+
+
+def study_finished(store: Store, rec: Any) -> bool:
+  """Whether a stored study has nothing left to run: its target was reached, or it has all
+  its trials and none is running (and, for a search, the last round was told)."""
+  if any(ev["kind"] == "target" for ev in store.events(rec.id)):
+    return True
+  trials = store.trials(rec.id, with_metrics=False)
+  return (len(trials) >= int(rec.config.get("n_trials", 0) or 0) > 0
+          and all(t.status != "running" for t in trials) and rec.state_phase != "asked")
