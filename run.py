@@ -5,6 +5,10 @@
     python run.py report --store sqlite:///runs/quickstart.db [--format json] [--out DIR]
     python run.py evaluate --store sqlite:///runs/quickstart.db [--top_k 3] [--seeds 3]
                            [--ensemble]
+
+A bad flag, config field, config file or store prints one ``error:`` line and exits with
+code 2, before anything is written; ``report``, ``resume`` and ``evaluate`` never create a
+store, and ``resume`` of a finished study prints its summary and writes nothing.
 """
 
 from __future__ import annotations
