@@ -229,7 +229,7 @@ def begin(env: RoundEnv, batch: TrialBatch, searcher_state, ckpt: Checkpointer,
       if dist.allgather(0 if restored is None else restored[0]) != [min(steps)] * len(steps):
         restored = None
   if resumed_in is not None:
-    gone = getattr(ckpt, "skipped", [])
+    gone = ckpt.skipped
     skipped = f"; skipped unreadable steps {gone}" if gone else ""
     what = (f"epoch 0 of {env.epochs} (no readable checkpoint{skipped})" if restored is None
             else f"epoch {restored[0]} of {env.epochs} from checkpoint step {restored[0]}"
