@@ -194,6 +194,9 @@ def main(argv: list[str]) -> None:
         _fail("resume needs --store URL")
       import metaopt
       rec = metaopt.Store(_STORE.value).load_study(_STUDY.value)
+      if rec.config.get("kind") == "study":
+        _fail(f"study {rec.name!r} was made in Python by metaopt.create_study; its objective is "
+              f"Python code: continue it with metaopt.load_study({rec.name!r}, store)")
       cfg = {k: v for k, v in rec.config.items()}
       for k in ("n_trials", "population", "epochs", "batch_size", "seed"):
         cfg[k] = rec.config[k]

@@ -97,10 +97,20 @@ class Float:
     return float(math.exp(m) if self.log else m)
 
   def to_python(self, x: Any) -> float:
-    return float(x)
+    return clean_float(x)
 
   def from_python(self, v: Any) -> Any:
     return v
+
+
+def clean_float(x: Any) -> float:
+  """A decoded value as a Python float; float32 values become the shortest decimal that
+  rounds back to the same float32 (``0.9``, not ``0.8999999761581421``), so a value that
+  is printed, stored and typed back in trains with exactly the same float32."""
+  a = np.asarray(x)
+  if a.dtype == np.float32:
+    return float(str(np.float32(a)))
+  return float(a)
 
 
 @dataclasses.dataclass(frozen=True)
