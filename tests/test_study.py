@@ -203,6 +203,12 @@ def test_run_py_report_reads_a_python_study(tmp_path):
   out = json.loads(r.stdout)
   assert out["n_trials"] == 5 and out["best"]["number"] == study.best_trial.number
   assert out["best"]["params"] == study.best_params
+
+
+@pytest.mark.slow
+def test_run_py_resume_points_a_python_study_to_load_study(tmp_path):
+  url = f"sqlite:///{tmp_path}/py.db"
+  metaopt.create_study(SPACE, "random", store=url, study_name="py").optimize(_f, n_trials=2)
   r = subprocess.run([sys.executable, "run.py", "resume", "--store", url, "--quiet"], cwd=ROOT,
                      capture_output=True, text=True, timeout=300)
   assert r.returncode == 2 and "metaopt.load_study" in r.stderr
