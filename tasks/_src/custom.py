@@ -270,8 +270,8 @@ def from_flax(model: nn.Module | Callable[[Mapping[str, Any]], nn.Module], data:
   make_opt = _optimizer(optimizer)
   defaults = dict(defaults or {})
   example = np.zeros((2, *ds.input_shape), np.float32)
-  structure = {n: p.to_python(p.from_python(p.fallback())) if isinstance(p, Choice)
-               else p.fallback() for n, p in space.params.items() if p.structural}
+  structure = {n: p.to_python(p.fallback()) if isinstance(p, Choice) else p.fallback()
+               for n, p in space.params.items() if p.structural}  # a Choice's is its index
 
   def build(structure: Mapping[str, Any]) -> TrialFns:
     module = model if isinstance(model, nn.Module) else model(dict(structure))
