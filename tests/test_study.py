@@ -1,11 +1,13 @@
 """The Study API: ask / tell / optimize / enqueue, the store, warm start, Optuna both ways."""
 
+import importlib.util
 import json
 import math
 import os
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
@@ -43,6 +45,8 @@ def test_ask_returns_plain_values_and_enqueued_points_first():
     study.tell(t, _f(t.params))
   assert study.best_value == min(_f(t.params) for t in (t0, t1, t2))
   assert [r["params_x"] for r in study.table()] == [t.params["x"] for t in (t0, t1, t2)]
+  if importlib.util.find_spec("pandas"):
+    assert list(study.to_pandas()["value"]) == [t.value for t in study.trials]
   csv_text = study.to_csv()
   assert csv_text.splitlines()[0].startswith("number,status,value") and "0.9" in csv_text
 
@@ -132,7 +136,12 @@ def test_store_round_trip_continues_exactly(tmp_path):
                            searcher_options=opts)
   a.optimize(_f, n_trials=8, batch_size=2)
   b = metaopt.create_study(SPACE, "tpe", seed=3, searcher_options=opts)
+  assert b._program is a._program  # built once per settings, its ask / tell compiled once
+  compiles = []
+  jax.monitoring.register_event_duration_secs_listener(
+      lambda e, d, **_: compiles.append(e) if e.endswith("backend_compile_duration") else None)
   b.optimize(_f, n_trials=8, batch_size=2)
+  assert compiles == []
   loaded = metaopt.load_study("r", url)
   assert [(t.params, t.value) for t in loaded.trials] == [(t.params, t.value) for t in a.trials]
   assert loaded.best_trial.number == a.best_trial.number
