@@ -163,6 +163,9 @@ def _evaluate(store_url: str, study: str | None) -> None:
 
   store = metaopt.Store(store_url)
   rec = store.load_study(study)
+  if rec.config.get("kind") == "study":
+    _fail(f"study {rec.name!r} was made in Python by metaopt.create_study with a Python "
+          "objective; there is no task to retrain (its trials are in `report`)")
   _, task, space, _ = config_lib.build({**rec.config, "store": store_url})
   out = evaluate_top(store, rec.name, task, space, k=_TOP_K.value, seeds=_SEEDS.value,
                      ensemble=_ENSEMBLE.value)
