@@ -221,3 +221,6 @@ def test_run_py_resume_points_a_python_study_to_load_study(tmp_path):
   r = subprocess.run([sys.executable, "run.py", "resume", "--store", url, "--quiet"], cwd=ROOT,
                      capture_output=True, text=True, timeout=300)
   assert r.returncode == 2 and "metaopt.load_study" in r.stderr
+  r = subprocess.run([sys.executable, "run.py", "evaluate", "--store", url, "--quiet"],
+                     cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert r.returncode == 2 and "no task to retrain" in r.stderr

@@ -92,6 +92,7 @@ def _ser(state: Any) -> bytes:
 
 
 _DECODERS: dict[int, tuple[Space, Callable]] = {}
+_fold_in = pop.fast_jit(jax.random.fold_in)  # one dispatch, not several eager ops per ask
 
 
 def _decoder(space: Space) -> Callable:
@@ -424,7 +425,7 @@ class Study:
     from metaopt._src.driver import trial_seed
     n = _positive("n", n)
     rnd = max(self._rounds, default=-1) + 1
-    state, u = self._propose(jax.random.fold_in(self._key, rnd), n)
+    state, u = self._propose(_fold_in(self._key, rnd), n)
     given = [self._queue.pop(0) for _ in range(min(n, len(self._queue)))]
     for i, g in enumerate(given):
       u[i] = _encode(self.space, g, u[i])

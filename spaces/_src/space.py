@@ -355,16 +355,18 @@ class Space:
     return out
 
   def active(self, h: Mapping[str, jnp.ndarray]) -> dict[str, jnp.ndarray]:
-    """Boolean arrays: which parameters are active at the decoded point(s) ``h``."""
-    shape = jnp.shape(next(iter(h.values())))
+    """Boolean arrays: which parameters are active at the decoded point(s) ``h`` (numpy
+    arrays when ``h`` holds only numpy values, so host code dispatches nothing to JAX)."""
+    xp = np if all(isinstance(v, (np.ndarray, np.generic)) for v in h.values()) else jnp
+    shape = np.shape(next(iter(h.values())))
     act: dict[str, jnp.ndarray] = {}
     for n in self._order:
       p = self.params[n]
-      a = jnp.ones(shape, bool)
+      a = xp.ones(shape, bool)
       for parent, values in (p.when or {}).items():
         q = self.params[parent]
         codes = [q.from_python(v) for v in values]
-        hit = jnp.isin(jnp.asarray(h[parent]), jnp.asarray(codes))
+        hit = xp.isin(xp.asarray(h[parent]), xp.asarray(codes))
         a = a & act[parent] & hit
       act[n] = a
     return act
