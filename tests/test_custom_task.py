@@ -159,3 +159,40 @@ def test_cli_runs_a_task_by_import_path(tmp_path):
   rec = metaopt.Store(url).load_study("cli")
   assert rec.config["task_name"] == "user_tasks:task" and rec.data_version["tfds_name"] == ""
   assert load_wine().data.shape == (178, 13)
+
+
+class DropNet(nn.Module):
+  """Dropout and batch norm: ``__call__(x, train)``."""
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    x = nn.Dense(32)(x.reshape(x.shape[0], -1))
+    x = nn.BatchNorm(use_running_average=not train)(x)
+    x = nn.Dropout(0.5, deterministic=not train)(nn.relu(x))
+    return nn.Dense(10)(x)
+
+
+def test_dropout_and_batch_norm_models_train_and_evaluate():
+  x, y = _digits()
+  task = tasks.from_flax(DropNet(), (x, y), LION_SPACE, optimizer="adamw",
+                         defaults={"learning_rate": 3e-3})
+  fns = task.build({})
+  h = {"learning_rate": np.float32(3e-3), "weight_decay": np.float32(1e-4),
+       "b1": np.float32(0.9)}
+  state = jax.jit(fns.init)(jax.random.key(0), h)
+  step, ev = jax.jit(fns.train_step), jax.jit(fns.evaluate)
+  xb, yb = task.data.train.x[:64], task.data.train.y[:64]
+  first = float(ev(state, xb, yb, h)["loss"])
+  s1, _ = step(state, (xb, yb), h)
+  s1b, _ = step(state, (xb, yb), h)
+  s2, _ = step(s1, (xb, yb), h)
+  # the same step (same dropout mask) twice gives the same state; running stats move
+  chex_equal = jax.tree_util.tree_all(jax.tree_util.tree_map(np.array_equal, s1, s1b))
+  assert chex_equal and not np.allclose(s2["params"]["params"]["Dense_0"]["kernel"],
+                                        s1["params"]["params"]["Dense_0"]["kernel"])
+  bs0 = state["params"]["batch_stats"]["BatchNorm_0"]["mean"]
+  assert not np.allclose(s1["params"]["batch_stats"]["BatchNorm_0"]["mean"], bs0)
+  for _ in range(30):
+    s1, _ = step(s1, (xb, yb), h)
+  e1, e2 = ev(s1, xb, yb, h), ev(s1, xb, yb, h)
+  assert float(e1["loss"]) == float(e2["loss"]) < first  # evaluation is deterministic

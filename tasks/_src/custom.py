@@ -2,7 +2,10 @@
 
 ``from_flax`` builds what the population engine trains from the pieces a JAX user already has:
 
-* a Flax module called as ``module.apply(params, x)`` (a plain ``__call__(x)``), or a function
+* a Flax module called as ``module.apply(params, x)`` (a plain ``__call__(x)``; a
+  ``__call__(x, train)`` gets ``train=True``, a ``dropout`` rng per step and its mutable
+  collections such as ``batch_stats`` updated in training, ``train=False`` in evaluation), or
+  a function
   ``structure -> module`` when hyperparameters shape the model (``Int(..., structural=True)``
   and structural ``Choice`` values arrive as Python values, one compiled kernel per setting);
 * a loss ``(predictions, y) -> scalar`` (default: softmax cross-entropy for integer labels,
@@ -180,29 +183,58 @@ def _optimizer(optimizer: Any) -> Callable[[Mapping[str, Any]], optax.GradientTr
                    f"optax name or a GradientTransformation, got {type(optimizer).__name__}")
 
 
+def _takes_train(module: nn.Module) -> bool:
+  """Whether the module's ``__call__`` has a ``train`` argument (dropout, batch norm)."""
+  try:
+    return "train" in inspect.signature(type(module).__call__).parameters
+  except (TypeError, ValueError):
+    return False
+
+
 def flax_trial_fns(module: nn.Module, example_x: Any, loss: Callable, metrics: Callable,
                    make_opt: Callable, structure: Mapping[str, Any],
                    defaults: Mapping[str, Any]) -> TrialFns:
-  """:class:`TrialFns` of a module with a plain ``__call__(x)``."""
+  """:class:`TrialFns` of a module with a plain ``__call__(x)``, or ``__call__(x, train)``:
+  then training passes ``train=True`` with a ``dropout`` rng per step and updates mutable
+  collections such as ``batch_stats``; evaluation passes ``train=False``."""
+  train_kw = _takes_train(module)
+  mode = (lambda train: {"train": train}) if train_kw else (lambda train: {})
+
   def opt_for(h: H) -> optax.GradientTransformation:
     return make_opt({**defaults, **h, **structure})
 
   def init(key: jax.Array, h: H) -> Any:
-    params = module.init(key, example_x)
-    return {"params": params, "opt_state": opt_for(h).init(params),
-            "step": jnp.zeros((), jnp.int32)}
+    k_params, k_drop = jax.random.split(key)
+    variables = module.init({"params": k_params, "dropout": k_drop}, example_x, **mode(False))
+    state = {"params": variables, "opt_state": opt_for(h).init(variables["params"]),
+             "step": jnp.zeros((), jnp.int32)}
+    if train_kw:  # raw key data: the engine gathers and checkpoints plain arrays
+      state["rng"] = jax.random.key_data(k_drop)
+    return state
 
   def train_step(state: Any, batch: tuple[jax.Array, jax.Array], h: H):
     x, y = batch
-    value, grads = jax.value_and_grad(lambda p: loss(module.apply(p, x), y))(state["params"])
+    extra = {k: v for k, v in state["params"].items() if k != "params"}
+    rngs = {"dropout": jax.random.fold_in(jax.random.wrap_key_data(state["rng"]),
+                                          state["step"])} if train_kw else None
+
+    def objective(p):
+      out = module.apply({"params": p, **extra}, x, rngs=rngs, mutable=list(extra) or False,
+                         **mode(True))
+      pred, new_extra = out if extra else (out, {})
+      return loss(pred, y), new_extra
+
+    (value, new_extra), grads = jax.value_and_grad(objective, has_aux=True)(
+        state["params"]["params"])
     opt_state = _refresh(state["opt_state"], {**defaults, **h})
-    updates, opt_state = opt_for(h).update(grads, opt_state, state["params"])
-    params = optax.apply_updates(state["params"], updates)
-    return ({"params": params, "opt_state": opt_state, "step": state["step"] + 1},
-            base.telemetry(value, params, grads, None))
+    updates, opt_state = opt_for(h).update(grads, opt_state, state["params"]["params"])
+    params = optax.apply_updates(state["params"]["params"], updates)
+    new = {**state, "params": {"params": params, **extra, **new_extra}, "opt_state": opt_state,
+           "step": state["step"] + 1}
+    return new, base.telemetry(value, params, grads, None)
 
   def evaluate(state: Any, x: jax.Array, y: jax.Array, h: H) -> dict:
-    pred = module.apply(state["params"], x)
+    pred = module.apply(state["params"], x, **mode(False))
     return {**metrics(pred, y), "loss": loss(pred, y)}
 
   return TrialFns(init, train_step, evaluate)
