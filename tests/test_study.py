@@ -183,6 +183,9 @@ def test_optuna_export_and_import_round_trip(tmp_path):
   study.tell(t, None, "failed", reason="boom")
   storage = f"sqlite:///{tmp_path}/optuna.db"
   ost = study.to_optuna(storage)
+  with pytest.raises(ValueError, match="already has an Optuna study 'ours'; pass study_name"):
+    study.to_optuna(storage)
+  assert len(study.to_optuna(storage, replace=True).trials) == 7
   back = optuna.load_study(study_name="ours", storage=storage)
   done = back.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
   assert [(o.params, o.value) for o in done] == [(t.params, t.value) for t in study.trials[:6]]

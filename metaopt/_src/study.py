@@ -624,14 +624,23 @@ class Study:
                         "need nothing") from None
     return pd.DataFrame(self.table())
 
-  def to_optuna(self, storage: Any = None, study_name: str | None = None):
-    """Writes the finished trials into an Optuna study (``storage``: None for in-memory, an
-    Optuna storage or URL such as ``sqlite:///optuna.db``) that ``optuna-dashboard`` and
-    ``optuna.visualization`` read; returns the ``optuna.Study``."""
+  def to_optuna(self, storage: Any = None, study_name: str | None = None,
+                replace: bool = False):
+    """Writes the finished trials into a new Optuna study (``storage``: None for in-memory,
+    an Optuna storage or URL such as ``sqlite:///optuna.db``) that ``optuna-dashboard`` and
+    ``optuna.visualization`` read; returns the ``optuna.Study``. An Optuna study of that
+    name already in ``storage`` is an error, or is replaced with ``replace=True``."""
     import optuna
     dists = optuna_distributions(self.space)
-    out = optuna.create_study(storage=storage, study_name=study_name or self.study_name,
-                              direction=self.direction)
+    name = study_name or self.study_name
+    if storage is not None:
+      names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
+      if name in names and not replace:
+        raise ValueError(f"to_optuna: {storage} already has an Optuna study {name!r}; pass "
+                         "study_name=... or replace=True")
+      if name in names:
+        optuna.delete_study(study_name=name, storage=storage)
+    out = optuna.create_study(storage=storage, study_name=name, direction=self.direction)
     states = {"complete": optuna.trial.TrialState.COMPLETE,
               "failed": optuna.trial.TrialState.FAIL,
               "pruned": optuna.trial.TrialState.PRUNED}
