@@ -116,6 +116,9 @@ def _resume(url: str, study: str | None) -> None:
     print(json.dumps(metaopt.Result(rec.name, rec.direction,
                                     store.trials(rec.id)).summary(), indent=2))
     return
+  if rec.config.get("kind") == "study":
+    _fail(f"study {rec.name!r} was made in Python by metaopt.create_study; its objective is "
+          f"Python code: continue it with metaopt.load_study({rec.name!r}, store)")
   if store.read_only:
     _fail(f"store {url!r} is read-only; resuming records trials there")
   store.close()

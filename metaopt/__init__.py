@@ -55,7 +55,15 @@ from metaopt._src.provenance import code_version, hardware
 from metaopt._src.registry import PRUNERS, SEARCHERS, make_pruner, make_searcher
 from metaopt._src.report import report_text, study_report
 from metaopt._src.searchers import halton, points, random_search, sobol
-from metaopt._src.store import Store, Study
+from metaopt._src.store import Store, StudyRecord
+from metaopt._src.study import (
+    Study,
+    TrialPruned,
+    create_study,
+    from_optuna,
+    load_study,
+    space_from_optuna,
+)
 from metaopt._src.tpe import tpe
 from metaopt._src.types import (
   COMPLETE,
@@ -84,7 +92,8 @@ __all__ = [
     "pbt", "points", "population_mesh", "PopulationKernel", "product", "Pruner", "random_search",
     "Result",
     "rungs", "search", "Searcher", "sequential", "sobol", "Store", "Study", "successive_halving",
-    "Trial", "with_fallback", "with_monitor", "with_pruning",
+    "Trial", "TrialPruned", "StudyRecord", "create_study", "load_study", "from_optuna",
+    "space_from_optuna", "with_fallback", "with_monitor", "with_pruning",
     "worker", "initialize_distributed", "FAMILIES", "architecture_family",
     "CONFIG_FIELDS", "PROGRAMS", "evaluate_study", "evaluate_top", "program_of", "report_text",
     "run_config", "study_finished", "study_report", "validate_config",

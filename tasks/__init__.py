@@ -12,6 +12,13 @@ from tasks._src.base import (
     telemetry,
     with_hyperparams,
 )
+from tasks._src.custom import (
+    as_dataset,
+    dataset_from_arrays,
+    dataset_from_sources,
+    from_flax,
+    import_task,
+)
 from tasks._src.data import DATASETS, Dataset, Split, default_data_dir, load_dataset
 from tasks._src.library import (
     TASKS,
@@ -25,6 +32,7 @@ from tasks._src.library import (
 from tasks._src.nas_models import Network, Op, cell_layout, count_params
 
 __all__ = [
+    "as_dataset", "dataset_from_arrays", "dataset_from_sources", "from_flax", "import_task",
     "ACTIVATIONS", "DATASETS", "OPTIMIZERS", "TASKS", "Dataset", "Split", "Task", "TrialFns",
     "activation", "default_data_dir", "digits_cnn", "digits_mlp", "get_task", "load_dataset",
     "logreg", "make_optimizer", "register_task", "supervised", "synthetic_regression",

@@ -18,7 +18,7 @@ from tasks import TASKS, Task, get_task
 
 FIELDS: dict[str, str] = {
     "name": "study name in the store",
-    "task_name": f"one of {', '.join(TASKS)}",
+    "task_name": f"one of {', '.join(TASKS)}, or an import path 'my_module:my_task'",
     "task": "keyword arguments of the task factory",
     "searcher_name": f"one of {', '.join(registry.SEARCHERS)}",
     "searcher": "keyword arguments of the searcher factory",
@@ -68,8 +68,9 @@ def validate(config: Mapping[str, Any]) -> dict[str, Any]:
   for f in ("task_name", "searcher_name", "pruner_name"):
     if not isinstance(cfg[f], str):
       raise ValueError(f"{f}={cfg[f]!r}: must be a string, {FIELDS[f]}")
-  if cfg["task_name"] not in TASKS:
-    raise ValueError(f"task_name={cfg['task_name']!r} is unknown; allowed: {', '.join(TASKS)}")
+  if cfg["task_name"] not in TASKS and ":" not in cfg["task_name"]:
+    raise ValueError(f"task_name={cfg['task_name']!r} is unknown; allowed: {', '.join(TASKS)}, "
+                     "or an import path 'my_module:my_task'")
   if cfg["searcher_name"] not in registry.SEARCHERS:
     raise ValueError(f"searcher_name={cfg['searcher_name']!r} is unknown; allowed: "
                      f"{', '.join(registry.SEARCHERS)}")

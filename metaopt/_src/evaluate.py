@@ -131,5 +131,8 @@ def evaluate_study(store: Store, study: str | None = None, *, k: int = 3, seeds:
   from metaopt._src import config as config_lib
 
   rec = store.load_study(study)
+  if rec.config.get("kind") == "study":
+    raise ValueError(f"study {rec.name!r} was made in Python by metaopt.create_study with a "
+                     "Python objective; there is no task to retrain (its trials are in `report`)")
   _, task, space, _ = config_lib.build({**rec.config, "store": store.url})
   return evaluate_top(store, rec.name, task, space, k=k, seeds=seeds, ensemble=ensemble)

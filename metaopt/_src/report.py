@@ -438,7 +438,9 @@ def _study_task(cfg: dict) -> tuple[Any, Any]:
   except (KeyError, TypeError, ValueError):
     task = None
   try:
-    space = from_spec(cfg["space"]) if cfg.get("space") else getattr(task, "space", None)
+    spec = cfg.get("space") or {}
+    order = cfg.get("space_order") or list(spec)  # the store's JSON sorts keys
+    space = from_spec({n: spec[n] for n in order}) if spec else getattr(task, "space", None)
   except (KeyError, TypeError, ValueError):
     space = None
   return task, space

@@ -145,8 +145,8 @@ def _dumps(x: Any) -> str:
 
 
 @dataclasses.dataclass
-class Study:
-  """A study row."""
+class StudyRecord:
+  """A study row (the Python-side :class:`metaopt.Study` and the population engine share it)."""
 
   id: int
   name: str
@@ -255,7 +255,7 @@ class Store:
   # ---------------------------------------------------------------- studies
   def create_study(self, name: str, *, direction: str, config: Mapping[str, Any], seed: int,
                    code_version: str | None = None, data_version: Mapping | None = None,
-                   hardware: Mapping | None = None) -> Study:
+                   hardware: Mapping | None = None) -> StudyRecord:
     """Creates a study; raises ``ValueError`` if the name is taken."""
     if direction not in ("maximize", "minimize"):
       raise ValueError(f"direction={direction!r}: allowed values are 'maximize', 'minimize'")
@@ -275,7 +275,7 @@ class Store:
     with self.engine.connect() as c:
       return [r[0] for r in c.execute(sa.select(studies.c.name).order_by(studies.c.id))]
 
-  def load_study(self, name: str | None = None) -> Study:
+  def load_study(self, name: str | None = None) -> StudyRecord:
     """Loads a study by name, or the only study in the store when ``name`` is None."""
     with self.engine.connect() as c:
       q = sa.select(studies)
@@ -290,7 +290,7 @@ class Store:
     if len(rows) > 1:
       raise ValueError(f"{self._shown} holds several studies {self.study_names()}; pass --study")
     r = rows[0]
-    return Study(r["id"], r["name"], r["direction"], json.loads(r["config"]), r["seed"],
+    return StudyRecord(r["id"], r["name"], r["direction"], json.loads(r["config"]), r["seed"],
                  r["code_version"], json.loads(r["data_version"] or "null"),
                  json.loads(r["hardware"] or "null"), r["searcher_state"], r["state_round"],
                  r["state_phase"])
@@ -471,6 +471,42 @@ class Store:
       rows = c.execute(sa.select(rounds).where(rounds.c.study_id == study_id)
                        .order_by(rounds.c.round)).mappings().all()
     return [{k: v for k, v in r.items() if k != "searcher_state"} for r in rows]
+
+  # ---------------------------------------------------------------- single trials
+  def finish_trials(self, study_id: int, results: Sequence[tuple[int, str, float | None,
+                                                                  str | None, float | None]],
+                    metrics: Mapping[int, Mapping[str, Any]] | None = None,
+                    searcher_state: bytes | None = None, rnd: int | None = None) -> None:
+    """Final ``(id, status, objective, reason, duration_s)`` of single trials (the
+    :class:`metaopt.Study` ``tell``), their metrics as epoch 0, and, when a whole ask batch
+    ``rnd`` is told, the searcher state after ``tell``; one transaction."""
+    now = _now()
+    with self.engine.begin() as c:
+      for tid, status, obj, reason, duration in results:
+        c.execute(trials.update().where(trials.c.id == int(tid)).values(
+            status=status, objective=_finite(obj), failure_reason=reason, finished_at=now,
+            duration_s=duration))
+      for tid, m in (metrics or {}).items():
+        c.execute(trial_epochs.delete().where(trial_epochs.c.trial_id == int(tid)))
+        c.execute(trial_epochs.insert().values(trial_id=int(tid), epoch=0, metrics=_dumps(m)))
+        c.execute(trials.update().where(trials.c.id == int(tid)).values(last_epoch=0))
+      if searcher_state is not None:
+        c.execute(studies.update().where(studies.c.id == study_id).values(
+            searcher_state=searcher_state, state_round=rnd, state_phase="told",
+            updated_at=now))
+
+  def update_config(self, study_id: int, config: Mapping[str, Any]) -> None:
+    """Replaces a study's recorded config (e.g. to add the provenance of a warm start)."""
+    with self.engine.begin() as c:
+      c.execute(studies.update().where(studies.c.id == study_id).values(
+          config=_dumps(config), updated_at=_now()))
+
+  def trial_ids(self, study_id: int) -> dict[int, int]:
+    """Trial number -> row id of every trial of a study."""
+    with self.engine.connect() as c:
+      rows = c.execute(sa.select(trials.c.number, trials.c.id).where(
+          trials.c.study_id == study_id)).all()
+    return {int(n): int(i) for n, i in rows}
 
   # ---------------------------------------------------------------- reading
   def trials(self, study_id: int, with_metrics: bool = True) -> list[Trial]:

@@ -111,6 +111,11 @@ class Trial:
   u: list[float] | None = None
   duration_s: float | None = None
 
+  @property
+  def value(self) -> float | None:
+    """The objective (Optuna's name for it)."""
+    return self.objective
+
 
 @dataclasses.dataclass
 class Result:

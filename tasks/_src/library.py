@@ -236,9 +236,14 @@ TASKS: dict[str, Callable[..., Task]] = {
 
 
 def get_task(name: str, **kwargs: Any) -> Task:
-  """Builds a registered task by name."""
+  """Builds a registered task by name, or the task at an import path ``"module:attr"`` (a
+  :class:`Task` or a factory called with ``kwargs``, e.g. one made by ``tasks.from_flax``)."""
+  if isinstance(name, str) and ":" in name:
+    from tasks._src.custom import import_task
+    return import_task(name, **kwargs)
   if name not in TASKS:
-    raise ValueError(f"task {name!r} is unknown; allowed: {', '.join(TASKS)}")
+    raise ValueError(f"task {name!r} is unknown; allowed: {', '.join(TASKS)}, or an import "
+                     "path 'my_module:my_task'")
   return TASKS[name](**kwargs)
 
 
