@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 
 from metaopt._src import distributed as dist
 from metaopt._src import population as pop
+from metaopt._src import streaming
 from metaopt._src.checkpoint import Checkpointer
 from metaopt._src.store import Store, _dumps
 from metaopt._src.types import (
@@ -332,7 +333,12 @@ def _engine(task: Task, devices: list[jax.Device] | None, batch_size: int,
   ``batch_size``."""
   mesh = pop.population_mesh(devices)
   multiple = 1 if mesh is None else mesh.size
-  data = pop.data_arrays(task.data)
+  # data larger than the memory budget streams from the host (single device for now)
+  stream = mesh is None and streaming.should_stream(task.data)
+  if stream:
+    data = streaming.shape_only(task.data)
+  else:
+    data = pop.data_arrays(task.data)
   if mesh is not None:
     data = jax.device_put(data, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
   kernels: dict[tuple, pop.PopulationKernel] = {}
@@ -342,7 +348,11 @@ def _engine(task: Task, devices: list[jax.Device] | None, batch_size: int,
     k = tuple(sorted(structure.items()))
     if k not in kernels:
       bs = min(int(structure.get("batch_size", batch_size)), n_train)
-      kernels[k] = pop.make_kernel(task.build(structure), n_train, bs, shared_batches, mesh)
+      if stream:
+        kernels[k] = streaming.make_streaming_kernel(task.build(structure), task.data, bs,
+                                                     shared_batches)
+      else:
+        kernels[k] = pop.make_kernel(task.build(structure), n_train, bs, shared_batches, mesh)
     return kernels[k]
 
   return multiple, data, kernel

@@ -475,8 +475,9 @@ def from_arrays(train: Any, valid: Any, test: Any, *, name: str = "arrays",
     num_classes: number of classes; labels must lie in ``[0, num_classes)``.
 
   Returns:
-    The dataset, ``x`` as float32 (uint8 images scaled to [0, 1]) and ``y`` as int32 labels
-    or float32 targets, read-only, with a sha256 checksum of the arrays.
+    The dataset, ``x`` as float32 (uint8 images scaled to [0, 1]; a float32 ``np.memmap``
+    is kept as it is, not read into memory) and ``y`` as int32 labels or float32 targets,
+    read-only, with a sha256 checksum of the arrays.
 
   Raises:
     ValueError: naming the split and the rule it breaks (pairs, shapes, dtypes, label range,
@@ -505,11 +506,15 @@ def from_arrays(train: Any, valid: Any, test: Any, *, name: str = "arrays",
   elif num_classes is not None:
     raise ValueError(f"num_classes={num_classes!r}: a regression dataset (float y) has none")
   splits = []
-  for x, y in pairs.values():
-    xf = (x / 255.0 if x.dtype == np.uint8 else x).astype(np.float32)
+  for (x, y), raw in zip(pairs.values(), (train, valid, test), strict=True):
+    if isinstance(raw[0], np.memmap) and raw[0].dtype == np.float32:
+      xf = raw[0]  # stays on disk: the engine streams it (see metaopt's streaming input)
+    else:
+      xf = (x / 255.0 if x.dtype == np.uint8 else x).astype(np.float32)
     yf = y.astype(np.int32) if classify else y.astype(np.float32)
     for a in (xf, yf):
-      a.setflags(write=False)
+      if a.flags.writeable:
+        a.setflags(write=False)
     splits.append(Split(xf, yf))
   return _dataset(name, name, "arrays", num_classes if classify else None, splits)
 
