@@ -39,7 +39,8 @@ HP = {
 MIN_ACCURACY = {"mnist1d_mlp": 0.3, "mnist1d_gru": 0.25}
 
 
-@pytest.mark.parametrize("name", list(tasks.TASKS))
+# images32_resnet trains on 50,000 images prepared on first use: tests/test_images32.py
+@pytest.mark.parametrize("name", [n for n in tasks.TASKS if n != "images32_resnet"])
 def test_task_trains_and_reports_telemetry(name):
   task = get_task(name)
   fns = task.build({})

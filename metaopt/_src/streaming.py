@@ -64,9 +64,8 @@ def should_stream(data: Dataset, budget: int | None = None) -> bool:
 
 def _take(source: Any, idx: np.ndarray) -> np.ndarray:
   """Rows ``idx`` of a random-access source, as a float32 / int32 numpy array."""
-  if hasattr(source, "__getitems__") and not isinstance(source, np.ndarray):
-    rows = source.__getitems__(idx.tolist())
-    return np.stack([np.asarray(r) for r in rows])
+  if not isinstance(source, np.ndarray):  # e.g. tasks' SourceArray over array_record
+    return np.asarray(source[idx])
   order = np.argsort(idx, kind="stable")  # sorted reads are sequential on a memmap
   out = np.empty((len(idx), *source.shape[1:]), source.dtype)
   out[order] = source[idx[order]]
@@ -82,17 +81,23 @@ def _cast(x: np.ndarray, like: np.dtype) -> np.ndarray:
 class StreamingKernel:
   """A population kernel (``init``, ``chunk``, ``steps_per_chunk``, ``multiple``, ``mode``
   as :class:`~metaopt._src.population.PopulationKernel`) whose ``chunk`` streams the epoch's
-  minibatches from the host; its ``data`` argument is ignored."""
+  minibatches from the host; its ``data`` argument is ignored.
+
+  ``max_steps`` cuts a chunk to that many minibatches (of the epoch's permutation) and
+  ``eval_rows`` validates on the first rows only (both for measurements)."""
 
   mode = "vmap"
   multiple = 1
 
   def __init__(self, fns: TrialFns, data: Dataset, batch_size: int,
                shared_batches: bool = True, block_steps: int = 16, prefetch: int = 2,
-               eval_batch: int = 1024):
+               eval_batch: int = 1024, max_steps: int | None = None,
+               eval_rows: int | None = None):
     n_train = len(data.train)
     for name, v, lo in (("batch_size", batch_size, 1), ("block_steps", block_steps, 1),
-                        ("prefetch", prefetch, 0), ("eval_batch", eval_batch, 1)):
+                        ("prefetch", prefetch, 0), ("eval_batch", eval_batch, 1),
+                        ("max_steps", 1 if max_steps is None else max_steps, 1),
+                        ("eval_rows", 1 if eval_rows is None else eval_rows, 1)):
       if isinstance(v, bool) or not isinstance(v, int) or v < lo:
         raise ValueError(f"{name}={v!r}: must be an integer >= {lo}")
     if batch_size > n_train:
@@ -100,9 +105,10 @@ class StreamingKernel:
     self.fns, self.data = fns, data
     self.batch_size, self.shared = batch_size, shared_batches
     self.n_train = n_train
-    self.steps_per_chunk = n_train // batch_size
+    self.steps_per_chunk = min(n_train // batch_size, max_steps or n_train)
     self.block_steps = min(block_steps, self.steps_per_chunk)
-    self.prefetch, self.eval_batch = prefetch, min(eval_batch, len(data.valid))
+    self.eval_rows = min(eval_rows or len(data.valid), len(data.valid))
+    self.prefetch, self.eval_batch = prefetch, min(eval_batch, self.eval_rows)
     self.x_dtype = np.dtype(np.float32)
     self.y_dtype = np.dtype(np.int32 if data.num_classes is not None else np.float32)
     self.init = pop.fast_jit(jax.vmap(fns.init))
@@ -194,7 +200,7 @@ class StreamingKernel:
     """Metrics of every trial on a split, in batches of ``eval_batch`` rows (means weighted
     by rows)."""
     s = getattr(self.data, split)
-    n, eb = len(s), self.eval_batch
+    n, eb = (self.eval_rows if split == "valid" else len(s)), self.eval_batch
     total: dict[str, Any] = {}
     for start in range(0, n, eb):
       idx = np.arange(start, min(n, start + eb))

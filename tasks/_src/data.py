@@ -44,6 +44,7 @@ from typing import Any, TextIO
 import numpy as np
 import tensorflow_datasets as tfds
 
+from tasks._src import images32 as _images32
 from tasks._src import mnist1d as _mnist1d
 from tasks._src import shapes as _shapes
 
@@ -223,6 +224,103 @@ _SOURCES["mnist1d"] = _Source(
 _BUILDERS = {name: _make_builder(name) for name in DATASETS + PROCEDURAL}
 
 
+# Large procedural images (tasks._src.images32), read lazily: not in DATASETS / PROCEDURAL,
+# whose splits load into memory.
+LARGE: tuple[str, ...] = tuple(_images32.SIZES)
+
+
+def _make_image_builder(ds: str) -> type[tfds.core.GeneratorBasedBuilder]:
+  parts = _images32.split_blocks(ds)
+
+  class Builder(tfds.core.GeneratorBasedBuilder):
+    name = f"metaopt_{ds}"
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "Initial release: generated from seed 0 in blocks of 1000."}
+
+    def _info(self) -> tfds.core.DatasetInfo:
+      return tfds.core.DatasetInfo(
+          builder=self, description=_images32.DESCRIPTION,
+          features=tfds.features.FeaturesDict({
+              # uint8 tensors, not tfds.features.Image: no PNG encoding, no TensorFlow
+              "image": tfds.features.Tensor(shape=(32, 32, 3), dtype=np.uint8),
+              "label": tfds.features.ClassLabel(num_classes=_images32.NUM_CLASSES),
+              "index": np.int64,
+          }),
+          supervised_keys=("image", "label"))
+
+    def _split_generators(self, dl_manager):
+      del dl_manager
+      return {s: self._generate_examples(first, n) for s, (first, n) in parts.items()}
+
+    def _generate_examples(self, first, n):
+      for b, (x, y) in enumerate(_images32.blocks(n, 0, first)):
+        for i in range(len(y)):
+          k = (first + b) * _images32.BLOCK + i
+          yield k, {"image": x[i], "label": y[i], "index": k}
+
+  Builder.__name__ = Builder.__qualname__ = "Metaopt" + ds.title().replace("_", "")
+  return Builder
+
+
+_IMAGE_BUILDERS = {name: _make_image_builder(name) for name in LARGE}
+
+
+class SourceArray:
+  """Rows of one feature of a TFDS data source, read on demand as float32 in [0, 1] (uint8
+  pixels / 255): an array-like of shape ``(n, ...)`` that a streaming engine indexes by row
+  without loading the split. ``np.asarray`` reads it all."""
+
+  def __init__(self, source: Sequence[Mapping[str, Any]], key: str, row_shape: tuple[int, ...]):
+    self._source, self._key = source, key
+    self.shape = (len(source), *row_shape)
+    self.dtype = np.dtype(np.float32)
+    self.ndim = len(self.shape)
+
+  def __len__(self) -> int:
+    return self.shape[0]
+
+  def __getitem__(self, idx: Any) -> np.ndarray:
+    rows = np.arange(len(self))[idx]
+    if rows.ndim == 0:
+      return self[rows[None]][0]
+    recs = self._source.__getitems__(rows.tolist()) if len(rows) else []
+    out = np.empty((len(rows), *self.shape[1:]), np.float32)
+    for i, r in enumerate(recs):
+      out[i] = np.asarray(r[self._key], np.float32) / np.float32(255.0)
+    return out
+
+  def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+    out = np.concatenate([self[i:i + 1000] for i in range(0, len(self), 1000)] or
+                         [np.zeros((0, *self.shape[1:]), np.float32)])
+    return out if dtype is None else out.astype(dtype)
+
+
+def _load_lazy(name: str, data_dir: str) -> Dataset:
+  """A LARGE dataset: prepared once, its images left in the array_record files."""
+  cls = _IMAGE_BUILDERS[name]
+  with _quiet():
+    with _lock(data_dir, cls.name):
+      builder = cls(data_dir=data_dir, file_format="array_record")
+      builder.download_and_prepare()
+    sources = builder.as_data_source()
+  h = hashlib.sha256()
+  splits = []
+  for s in _SPLITS:
+    src = sources[s]
+    ys = []
+    for i in range(0, len(src), 1000):  # one pass in blocks: labels and checksum
+      recs = src.__getitems__(list(range(i, min(len(src), i + 1000))))
+      for r in recs:
+        h.update(np.ascontiguousarray(r["image"]).tobytes())
+      ys.append(np.asarray([r["label"] for r in recs], np.int32))
+    y = np.concatenate(ys)
+    h.update(y.tobytes())
+    y.setflags(write=False)
+    splits.append(Split(SourceArray(src, "image", (32, 32, 3)), y))
+  return Dataset(name, cls.name, str(builder.version), h.hexdigest(), _images32.NUM_CLASSES,
+                 *splits)
+
+
 # ------------------------------------------------------------------------- loading
 
 def default_data_dir() -> str:
@@ -343,6 +441,8 @@ def _load(name: str, data_dir: str | tuple[str, ...]) -> Dataset:
   if name.startswith("tfds:"):
     with _quiet(sys.stderr):  # a download can take minutes: keep its banners visible
       return _load_online(name, list(data_dir))
+  if name in LARGE:
+    return _load_lazy(name, data_dir)
   with _quiet():
     cls, src = _BUILDERS[name], _SOURCES[name]
     with _lock(data_dir, cls.name):
@@ -429,8 +529,8 @@ def load_dataset(name: str, data_dir: str | None = None) -> Dataset:
     ValueError: if ``name`` is unknown, or a ``"tfds:"`` dataset cannot be prepared (when it
       is not prepared and the download host is unreachable, within ``NETWORK_PROBE_S``).
   """
-  if not isinstance(name, str) or not (name in DATASETS or name in PROCEDURAL or
-                                       (name.startswith("tfds:") and len(name) > 5)):
+  if not isinstance(name, str) or not (name in DATASETS or name in PROCEDURAL or name in LARGE
+                                       or (name.startswith("tfds:") and len(name) > 5)):
     raise ValueError(f"dataset {name!r} is unknown; allowed: "
                      f"{', '.join(DATASETS + PROCEDURAL)}, or "
                      "'tfds:<name>' for any TFDS dataset (needs internet)")

@@ -403,6 +403,102 @@ def mnist1d_gru(data_dir: str | None = None, hidden: int = 6, dataset: Any = "mn
   return Task("mnist1d_gru", data, space, build, "accuracy", "maximize", {}, "rnn")
 
 
+# ------------------------------------------------------------------------- 32x32 images
+class Conv2D(nn.Module):
+  """A 3x3 'same' convolution as one matrix product over the 9 shifted inputs (XLA:CPU runs
+  ``conv`` inside the engine's scan several times slower, see :class:`Conv1D`)."""
+
+  features: int
+  stride: int = 1
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    c, s = x.shape[-1], self.stride
+    kernel = self.param("kernel", nn.initializers.lecun_normal(), (3, 3, c, self.features))
+    bias = self.param("bias", nn.initializers.zeros, (self.features,))
+    hh, ww = x.shape[1], x.shape[2]
+    xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    cols = jnp.concatenate([xp[:, i:i + hh:s, j:j + ww:s] for i in range(3) for j in range(3)],
+                           axis=-1)
+    return cols @ kernel.reshape(9 * c, self.features) + bias
+
+
+class SmallResNet(nn.Module):
+  """A stem convolution, two residual blocks (the second halves the resolution and doubles
+  the channels, with a 1x1 projection on the skip), global average pooling, a linear head."""
+
+  channels: int
+  outputs: int
+
+  @nn.compact
+  def __call__(self, x: jax.Array, h: H) -> jax.Array:
+    act = h.get("activation", 0)
+    x = base.activation(act, Conv2D(self.channels)(x))
+    for c, stride in ((self.channels, 1), (2 * self.channels, 2)):
+      y = base.activation(act, Conv2D(c, stride)(x))
+      y = Conv2D(c)(y)
+      if stride != 1 or x.shape[-1] != c:
+        x = nn.Dense(c)(x[:, ::stride, ::stride])
+      x = base.activation(act, x + y)
+    return nn.Dense(self.outputs)(x.mean(axis=(1, 2)))
+
+
+def augment(key: jax.Array, x: jax.Array, pad: int = 4) -> jax.Array:
+  """Random crops (zero padding ``pad``, then a random ``H x W`` window) and horizontal flips
+  of a batch of images, one draw per image."""
+  n, hh, ww = x.shape[:3]
+  k1, k2, k3 = jax.random.split(key, 3)
+  xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+  oy = jax.random.randint(k1, (n,), 0, 2 * pad + 1)
+  ox = jax.random.randint(k2, (n,), 0, 2 * pad + 1)
+  crop = jax.vmap(lambda im, a, b: jax.lax.dynamic_slice(im, (a, b, 0), (hh, ww, x.shape[3])))
+  x = crop(xp, oy, ox)
+  flip = jax.random.bernoulli(k3, 0.5, (n,))
+  return jnp.where(flip[:, None, None, None], x[:, :, ::-1], x)
+
+
+def with_augmentation(fns: TrialFns) -> TrialFns:
+  """``fns`` whose train step augments its batch (:func:`augment`) inside the kernel, with a
+  key per trial (from its init key) and per step."""
+
+  def init(key: jax.Array, h: H):
+    return {**fns.init(key, h), "aug_key": jax.random.key_data(jax.random.fold_in(key, 7))}
+
+  def train_step(state, batch, h: H):
+    inner = {k: v for k, v in state.items() if k != "aug_key"}
+    key = jax.random.fold_in(jax.random.wrap_key_data(state["aug_key"]), state["step"])
+    x, y = batch
+    new, tel = fns.train_step(inner, (augment(key, x), y), h)
+    return {**new, "aug_key": state["aug_key"]}, tel
+
+  return TrialFns(init, train_step, fns.evaluate)
+
+
+def images32_resnet(data_dir: str | None = None, channels: int = 16, augment: bool = True,
+                    dataset: Any = "images32") -> Task:
+  """A small ResNet-style CNN (:class:`SmallResNet`) on the procedural 32x32x3 images (50,000
+  train images, read lazily and streamed when over the memory budget); ``augment`` adds
+  random crops and flips inside the kernel."""
+  if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
+    raise ValueError(f"channels={channels!r}: must be an integer >= 1")
+  if not isinstance(augment, bool):
+    raise ValueError(f"augment={augment!r}: must be True or False")
+  data = _data("images32_resnet", dataset, data_dir, "image")
+  space = Space({
+      "learning_rate": Float(1e-4, 3e-2, log=True),
+      "weight_decay": Float(1e-6, 1e-1, log=True),
+  })
+
+  def build(structure: Mapping[str, Any]) -> TrialFns:
+    model = SmallResNet(channels=int(structure.get("channels", channels)),
+                        outputs=data.num_classes)
+    fns = base.supervised(model, _example(data), base.softmax_xent,
+                          base.classification_metrics, structure.get("optimizer", "adamw"), {})
+    return with_augmentation(fns) if augment else fns
+
+  return Task("images32_resnet", data, space, build, "accuracy", "maximize", {}, "cnn")
+
+
 TASKS: dict[str, Callable[..., Task]] = {
     "digits_mlp": digits_mlp,
     "digits_cnn": digits_cnn,
@@ -413,6 +509,7 @@ TASKS: dict[str, Callable[..., Task]] = {
     "mnist1d_mlp": mnist1d_mlp,
     "mnist1d_cnn": mnist1d_cnn,
     "mnist1d_gru": mnist1d_gru,
+    "images32_resnet": images32_resnet,
 }
 
 
