@@ -20,9 +20,14 @@ def _arrays(n=60, shape=(5,), classes=3, seed=0):
   return {"train": mk(n), "valid": mk(n // 3), "test": mk(n // 3)}
 
 
-@pytest.mark.parametrize("name,shape", [("digits_mlp", (5,)), ("wine_mlp", (5,)),
-                                        ("breast_cancer_mlp", (5,)), ("logreg", (5,)),
-                                        ("digits_cnn", (6, 6, 2)), ("mnist1d_mlp", (5,)),
+_slow = pytest.mark.slow  # the same code path as digits_mlp
+
+
+@pytest.mark.parametrize("name,shape", [("digits_mlp", (5,)),
+                                        pytest.param("wine_mlp", (5,), marks=_slow),
+                                        pytest.param("breast_cancer_mlp", (5,), marks=_slow),
+                                        ("logreg", (5,)), ("digits_cnn", (6, 6, 2)),
+                                        pytest.param("mnist1d_mlp", (5,), marks=_slow),
                                         ("mnist1d_cnn", (12,)), ("mnist1d_gru", (12, 1))])
 def test_tasks_take_arrays_and_train(name, shape):
   task = get_task(name, dataset={**_arrays(shape=shape), "name": "mine"})

@@ -51,7 +51,7 @@ def _run(mode):
   return json.loads(r.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("mode", ["shared", "per_trial"])
+@pytest.mark.parametrize("mode", ["shared", pytest.param("per_trial", marks=pytest.mark.slow)])
 def test_pop2_data4_mesh_matches_one_device(mode):
   out = _run(mode)
   one, mesh = out["one"], out["mesh"]

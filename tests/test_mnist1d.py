@@ -63,7 +63,7 @@ def test_conv1d_equals_flax_conv(stride, kernel):
   np.testing.assert_allclose(ours.apply(params, x), ref.apply(params, x), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("arch", ["pool", "paper"])
+@pytest.mark.parametrize("arch", ["pool", pytest.param("paper", marks=pytest.mark.slow)])
 def test_masked_channels_stay_zero_and_do_not_change_the_output(arch):
   task = get_task("mnist1d_cnn", arch=arch)
   fns = task.build({})

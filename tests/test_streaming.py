@@ -17,7 +17,7 @@ def task():
   return get_task("digits_mlp")
 
 
-@pytest.mark.parametrize("shared", [True, False])
+@pytest.mark.parametrize("shared", [True, pytest.param(False, marks=pytest.mark.slow)])
 def test_streaming_equals_in_memory_bit_for_bit(task, shared):
   fns = task.build({})
   n = 3
