@@ -6,8 +6,9 @@
   array_record files, prefetch thread) and by the in-memory kernel (the whole train split on
   the device); the ratio of their images per second, timed after one warm-up chunk each.
 * ``peak_rss_growth_50k_over_5k``: two fresh processes stream the same number of steps and
-  validate in batches, one on ``images32`` (50,000 train images), one on ``images32_5k`` (the
-  first 5,000 of them); the ratio of their peak resident memory (``ru_maxrss``).
+  validate on 500 rows in batches of 100, one on ``images32`` (50,000 train images), one on
+  ``images32_5k`` (the first 5,000 of them); the ratio of their peak resident memory
+  (``ru_maxrss``). Both validate 100 rows in the throughput comparison.
 
     python benchmarks/data_scale.py [--quick]
 
@@ -53,7 +54,7 @@ def throughput(pop_size: int, steps: int, batch: int, reps: int) -> dict:
   out = {}
   # streaming: an epoch cut to `steps` minibatches drawn from all 50,000 images
   stm = streaming.make_streaming_kernel(fns, task.data, batch, block_steps=steps,
-                                        max_steps=steps, eval_batch=1000, eval_rows=1000)
+                                        max_steps=steps, eval_batch=100, eval_rows=100)
   st = stm.init(keys, h)
   t = []
   for r in range(reps + 1):
@@ -64,7 +65,7 @@ def throughput(pop_size: int, steps: int, batch: int, reps: int) -> dict:
   out["streaming_s"] = min(t[1:])
   # in memory: the whole train split on the device, the same number of steps
   data = pop.data_arrays(task.data)
-  data = {**data, "x_valid": data["x_valid"][:1000], "y_valid": data["y_valid"][:1000]}
+  data = {**data, "x_valid": data["x_valid"][:100], "y_valid": data["y_valid"][:100]}
   mem = pop.make_kernel(fns, steps * batch, batch, mode="vmap")
   sm = mem.init(keys, h)
   t = []
@@ -90,8 +91,9 @@ def peak_rss(name: str, pop_size: int, steps: int, batch: int) -> None:
   task = _task(name)
   fns = task.build({})
   h, keys = _population(task, pop_size)
+  # validation of 16 trials at 32x32 holds pop * eval_batch activations: batches of 100
   stm = streaming.make_streaming_kernel(fns, task.data, batch, block_steps=steps,
-                                        max_steps=steps, eval_batch=1000)
+                                        max_steps=steps, eval_batch=100, eval_rows=500)
   st = stm.init(keys, h)
   for r in range(2):
     st, m = stm.chunk(st, h, jnp.ones(pop_size, bool), jax.random.key(r))
