@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from metaopt._src import population as pop
+from metaopt._src import streaming
 from spaces import Space
 from tasks import Task
 
@@ -400,7 +401,9 @@ class TaskEvaluator(Evaluator):
     self.data_version = task.data.data_version
     mesh = pop.population_mesh(devices)
     self.multiple = 1 if mesh is None else mesh.size
-    data = pop.data_arrays(task.data)
+    # data larger than the memory budget streams from the host (single device for now)
+    self._stream = mesh is None and streaming.should_stream(task.data)
+    data = streaming.shape_only(task.data) if self._stream else pop.data_arrays(task.data)
     if mesh is not None:
       data = jax.device_put(data, jax.sharding.NamedSharding(mesh,
                                                              jax.sharding.PartitionSpec()))
@@ -417,8 +420,12 @@ class TaskEvaluator(Evaluator):
     if k not in self._kernels:
       n_train = len(self.task.data.train)
       bs = min(int(structure.get("batch_size", self.batch_size)), n_train)
-      self._kernels[k] = pop.make_kernel(self.task.build(dict(structure)), n_train, bs,
-                                         self._shared, self._mesh)
+      if self._stream:
+        self._kernels[k] = streaming.make_streaming_kernel(self.task.build(dict(structure)),
+                                                           self.task.data, bs, self._shared)
+      else:
+        self._kernels[k] = pop.make_kernel(self.task.build(dict(structure)), n_train, bs,
+                                           self._shared, self._mesh)
     return self._kernels[k]
 
   def structures(self, batch: TrialBatch) -> tuple[dict[str, np.ndarray], dict[str, dict]]:
