@@ -5,15 +5,20 @@
     python run.py report --store sqlite:///runs/quickstart.db [--format json] [--out DIR]
     python run.py evaluate --store sqlite:///runs/quickstart.db [--top_k 3] [--seeds 3]
                            [--ensemble]
+
+A bad flag, config field, config file or store prints one ``error:`` line and exits with
+code 2, before anything is written; ``report``, ``resume`` and ``evaluate`` never create a
+store, and ``resume`` of a finished study prints its summary and writes nothing.
 """
 
 from __future__ import annotations
 
 import json
-import os
+import re
 import sys
 from typing import Any
 
+import sqlalchemy
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -41,196 +46,146 @@ def _fail(msg: str) -> None:
   sys.exit(2)
 
 
-def _search(cfg: dict) -> None:
+def _run(cfg) -> None:
+  """Runs any program's config (``program``: search, whitebox, nas, lopt, repair)."""
   import metaopt
-  from metaopt._src import config as config_lib
 
-  program, task, space, kwargs = config_lib.build(cfg)
-  store = metaopt.Store(cfg["store"])
-  if _WORKER.value:
-    result = metaopt.worker(program, task, space=space, store=store, config=cfg,
-                            progress=not _QUIET.value, worker_id=_WORKER_ID.value,
-                            stale_after_s=_STALE.value, **kwargs)
-  else:
-    result = metaopt.search(program, task, space=space, store=store, config=cfg,
-                            progress=not _QUIET.value, **kwargs)
-  print(json.dumps(result.summary(), indent=2))
-
-
-def _study_task(cfg: dict) -> tuple[Any, Any]:
-  """``(task, space)`` of a study, built once from its config; None where it does not say."""
-  from spaces import from_spec
-  from tasks import get_task
-  try:
-    task = get_task(cfg["task_name"], **cfg.get("task", {}))
-  except (KeyError, TypeError, ValueError):
-    task = None
-  try:
-    space = from_spec(cfg["space"]) if cfg.get("space") else getattr(task, "space", None)
-  except (KeyError, TypeError, ValueError):
-    space = None
-  return task, space
-
-
-def _live_weights(task: Any, space: Any, trials: list) -> tuple[str, dict[int, float]] | None:
-  """Live weights of every complete trial's model, when the study's config names a task."""
-  if task is None:
-    return None
-  from metaopt import param_counter
-  try:
-    count = param_counter(task, space)
-    return "live weights", {t.number: float(count(t.params)) for t in trials
-                            if t.status == "complete" and t.objective is not None}
-  except (KeyError, TypeError, ValueError):
-    return None
+  kwargs = {}
+  if metaopt.program_of(cfg) == "search":
+    cfg = metaopt.validate_config(cfg)
+    kwargs = {"worker": _WORKER.value, "worker_id": _WORKER_ID.value,
+              "stale_after_s": _STALE.value}
+  result = metaopt.run_config(cfg, _STORE.value, progress=not _QUIET.value, **kwargs)
+  print(json.dumps(result.summary(), indent=2, default=str))
 
 
 def _report(store_url: str, study: str | None) -> None:
   import metaopt
-  from metaopt._src.report import compute_summary, param_importance, pareto_front, write_report
 
-  store = metaopt.Store(store_url)
-  rec = store.load_study(study)
-  result = metaopt.Result(rec.name, rec.direction, store.trials(rec.id),
-                          objectives=store.objectives(rec.id) or None)
-  out = _OUT.value or os.path.join("runs", f"report_{rec.name}")
-  summary = result.summary()
-  task, space = _study_task(rec.config)
-  costs = _live_weights(task, space, result.trials)
-  paths = write_report(result, out, {"code version": rec.code_version,
-                                     "data version": rec.data_version,
-                                     "hardware": rec.hardware, "seed": rec.seed},
-                       coords=None if space is None else space.names,
-                       events=store.events(rec.id), costs=costs)
-  summary["plot"] = paths["history"]
-  summary["html"] = paths["html"]
-  summary["plots"] = paths
-  summary["importance"] = param_importance(result)
-  summary["pareto_front"] = pareto_front(result, costs)
-  comp = compute_summary(result)
-  summary["compute"] = {k: v for k, v in comp.items() if k != "per_trial"}
-  summary["events"] = store.events(rec.id)
-  summary["data_version"] = rec.data_version
-  summary["code_version"] = rec.code_version
+  summary, result = metaopt.study_report(metaopt.Store(store_url, create=False), study,
+                                         _OUT.value)
   if _FORMAT.value == "json":
     print(json.dumps(summary, indent=2))
-    return
-  print(f"study {rec.name}: {summary['n_trials']} trials, {summary['n_complete']} complete, "
-        f"{summary['n_failed']} failed, {summary['n_pruned']} pruned ({rec.direction})")
-  b = summary["best"]
-  if b:
-    print(f"best trial #{b['number']}: objective {b['objective']:.4f} params {b['params']}")
-  if result.objectives:
-    names = ", ".join(f"{n} ({d})" for n, d in result.objectives)
-    print(f"objectives: {names}; Pareto front of {len(summary['objectives_front'])} trials, "
-          f"hypervolume {summary['hypervolume']:.6g} (reference {summary['reference_point']})")
-    for p in summary["objectives_front"]:
-      print(f"  #{p['number']}: {p['values']}")
-  for t in sorted(result.trials, key=lambda t: (t.objective is None, -(t.objective or 0)
-                                                if rec.direction == "maximize"
-                                                else (t.objective or 0)))[:10]:
-    obj = "-" if t.objective is None else f"{t.objective:.4f}"
-    print(f"  #{t.number:<4d} {t.status:<9s} {obj:>8s}  {t.failure_reason or ''} {t.params}")
-  c = summary["compute"]
-  print(f"compute: {c['total_flops'] / 1e9:.2f} GFLOPs, {c['total_device_seconds']:.2f} "
-        "device-seconds")
-  print(f"report: {summary['html']}")
-
-
-def _whitebox(cfg) -> None:
-  import metaopt
-  from metaopt._src.whitebox import run_whitebox
-
-  url = _STORE.value or f"sqlite:///runs/{cfg.name}.db"
-  print(json.dumps(run_whitebox(cfg, metaopt.Store(url)), indent=2))
-
-
-# configs with a ``program`` field are run by that package's ``run_config(cfg, store, progress)``.
-PROGRAMS = {"nas": "metaopt.nas", "lopt": "metaopt.lopt", "repair": "metaopt.repair"}
-
-
-def _program(cfg) -> None:
-  import importlib
-
-  import metaopt
-
-  name = cfg["program"]
-  if name not in PROGRAMS:
-    _fail(f"config field 'program' must be one of {', '.join(PROGRAMS)}; got {name!r}")
-  url = _STORE.value or cfg.get("store") or f"sqlite:///runs/{cfg.name}.db"
-  run_config = importlib.import_module(PROGRAMS[name]).run_config
-  print(json.dumps(run_config(cfg, metaopt.Store(url), progress=not _QUIET.value), indent=2,
-                   default=str))
-
-
-def _evaluate(store_url: str, study: str | None) -> None:
-  import metaopt
-  from metaopt._src import config as config_lib
-  from metaopt._src.evaluate import evaluate_top
-
-  store = metaopt.Store(store_url)
-  rec = store.load_study(study)
-  _, task, space, _ = config_lib.build({**rec.config, "store": store_url})
-  out = evaluate_top(store, rec.name, task, space, k=_TOP_K.value, seeds=_SEEDS.value,
-                     ensemble=_ENSEMBLE.value)
-  print(json.dumps(out, indent=2))
+  else:
+    print(metaopt.report_text(summary, result))
 
 
 def main(argv: list[str]) -> None:
+  import metaopt
+
   logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint at INFO
-  from metaopt._src.driver import enable_compilation_cache
-  enable_compilation_cache()  # kernels compiled by one run are reused by the next
+  metaopt.enable_compilation_cache()  # kernels compiled by one run are reused by the next
   args = argv[1:]
   if len(args) != 1 or args[0] not in COMMANDS:
     _fail(f"expected one command, one of {', '.join(COMMANDS)}; got {args}")
   cmd = args[0]
   try:
     if cmd == "run":
-      if _CONFIG.value is None:
+      if _config_value() is None:
         _fail("run needs --config configs/<name>.py")
-      if "method" in _CONFIG.value and "problem_name" in _CONFIG.value:
-        _whitebox(_CONFIG.value)  # a configs/hypergrad_*.py gradient-HPO config
-        return
-      if "program" in _CONFIG.value:
-        _program(_CONFIG.value)  # NAS, learned-optimizer and repair configs
-        return
-      from metaopt._src import config as config_lib
-      _search(config_lib.validate(_CONFIG.value))
-    elif cmd == "resume":
-      if not _STORE.value:
-        _fail("resume needs --store URL")
-      import metaopt
-      rec = metaopt.Store(_STORE.value).load_study(_STUDY.value)
-      cfg = {k: v for k, v in rec.config.items()}
-      for k in ("n_trials", "population", "epochs", "batch_size", "seed"):
-        cfg[k] = rec.config[k]
-      cfg["store"] = _STORE.value
-      _search(cfg)
+      _run(_CONFIG.value)
+      return
+    if not _STORE.value:
+      _fail(f"{cmd} needs --store URL")
+    if cmd == "resume":
+      _resume(_STORE.value, _STUDY.value)
     elif cmd == "evaluate":
-      if not _STORE.value:
-        _fail("evaluate needs --store URL")
-      _evaluate(_STORE.value, _STUDY.value)
+      store = metaopt.Store(_STORE.value, create=False)
+      if store.read_only:
+        _fail(f"store {_STORE.value!r} is read-only; evaluate records its results there")
+      print(json.dumps(metaopt.evaluate_study(store, _STUDY.value, k=_TOP_K.value,
+                                              seeds=_SEEDS.value, ensemble=_ENSEMBLE.value),
+                       indent=2))
     else:
-      if not _STORE.value:
-        _fail("report needs --store URL")
       _report(_STORE.value, _STUDY.value)
   except ValueError as e:
-    _fail(str(e))
+    _fail(" ".join(str(e).split()))
+  except sqlalchemy.exc.SQLAlchemyError as e:  # e.g. the store's server went away
+    _fail(f"store {_STORE.value or ''}: {' '.join(str(e).split('[SQL:')[0].split())}")
   except OSError as e:  # a config file that does not exist or does not load
     _fail(" ".join(str(e).split()))
 
 
+def _resume(url: str, study: str | None) -> None:
+  """Resumes a stored study; a finished one is only read (its summary printed)."""
+  import metaopt
+
+  store = metaopt.Store(url, create=False)
+  rec = store.load_study(study)
+  if metaopt.study_finished(store, rec):  # nothing to do, and nothing written
+    print(json.dumps(metaopt.Result(rec.name, rec.direction,
+                                    store.trials(rec.id)).summary(), indent=2))
+    return
+  if rec.config.get("kind") == "study":
+    _fail(f"study {rec.name!r} was made in Python by metaopt.create_study; its objective is "
+          f"Python code: continue it with metaopt.load_study({rec.name!r}, store)")
+  if store.read_only:
+    _fail(f"store {url!r} is read-only; resuming records trials there")
+  store.close()
+  _run({**rec.config, "store": url})
+
+
+def _config_value() -> Any:
+  """The loaded ``--config``; exits with one line naming the file when it did not load."""
+  try:
+    cfg = _CONFIG.value
+    if cfg is not None:
+      "method" in cfg  # noqa: B015 - a config that failed to load raises on first use
+    return cfg
+  except Exception as e:  # noqa: BLE001 - ml_collections raises several error types
+    _fail(_flag_error(e, sys.argv))
+
+
+def _config_reason(e: BaseException) -> str:
+  """One line on why a config file did not load."""
+  msg = str(e)
+  if "No such file or directory" in msg or isinstance(e, FileNotFoundError):
+    return "no such file"
+  if isinstance(e, SyntaxError):
+    return f"invalid Python: {e.msg} (line {e.lineno})"
+  lines = [x.strip() for x in msg.replace("\\n", "\n").splitlines() if x.strip()]
+  return lines[-1] if lines else type(e).__name__
+
+
 def _parse(argv: list[str]) -> list[str]:
-  """Flag parsing with one clear line for a bad flag or config override (no traceback)."""
+  """Flag parsing with one clear line for a bad flag, config field or config file."""
   try:
     return flags.FLAGS(argv)
   except Exception as e:  # noqa: BLE001 - absl/ml_collections raise several error types
-    msg = " ".join(str(e).replace("\\n", " ").replace("\\'", "").replace("'", "").split())
-    if any(a.startswith("--config.") for a in argv):
-      from metaopt._src.config import FIELDS
-      msg += f" (config fields: {', '.join(sorted(FIELDS))})"
-    _fail(f"bad flag: {msg.strip(chr(34))}")
+    _fail(_flag_error(e, argv))
   return []
+
+
+def _flag_error(e: Exception, argv: list[str]) -> str:
+  """One line for an error raised while parsing ``argv``."""
+  from metaopt import CONFIG_FIELDS
+  allowed = f"allowed fields: {', '.join(sorted(CONFIG_FIELDS))}"
+  name = getattr(e, "flagname", None)
+  if isinstance(e, flags.UnrecognizedFlagError) and name and name.startswith("config."):
+    return f"unknown field {name[len('config.'):]} in --config; {allowed}"
+  overrides = [a[len("--config."):].split("=")[0] for a in argv if a.startswith("--config.")]
+  if isinstance(e, AttributeError) and e.args and isinstance(e.args[0], KeyError):
+    e = e.args[0]  # ml_collections wraps the KeyError of an unknown field
+  if isinstance(e, KeyError) and overrides:  # an override of no field
+    first, *rest = (str(e.args[0]) if e.args else "").splitlines() or [""]
+    key = first.strip("'\"")
+    field = next((o for o in overrides if key in o.split(".")), key)
+    hint = re.search(r'Did you mean "([^"]+)"', " ".join(rest))
+    hint = f" (did you mean {hint.group(1)}?)" if hint else ""
+    return f"unknown field {field} in --config{hint}; {allowed}"
+  msg = " ".join(str(e).split())
+  if isinstance(e, flags.IllegalFlagValueError) and msg.startswith("flag --config."):
+    field = msg[len("flag --config."):].split("=")[0]
+    why = msg.split(": ", 1)[1] if ": " in msg else msg
+    return f"bad value for config field {field}: {why}"
+  config_file = isinstance(e, flags.IllegalFlagValueError) and msg.startswith("flag --config=")
+  if config_file or not isinstance(e, flags.Error):  # raised while loading the config file
+    path = next((a.split("=", 1)[1] for a in reversed(argv) if a.startswith("--config=")),
+                None)  # absl keeps the last
+    if path is None and "--config" in argv[:-1]:
+      path = argv[argv.index("--config") + 1]
+    return f"config file {path}: {_config_reason(e)}"
+  return f"bad flag: {msg}"
 
 
 if __name__ == "__main__":

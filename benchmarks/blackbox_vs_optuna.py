@@ -41,6 +41,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+from _paths import results_path  # noqa: E402 - benchmarks/ is on sys.path
 
 from metaopt._src import benchmark_functions as bf  # noqa: E402
 from metaopt._src.evolution import cma_es  # noqa: E402
@@ -208,8 +209,9 @@ def main() -> None:
                 f"{os.cpu_count()} CPU cores, jax {jax.__version__}, optuna {optuna.__version__})."]
   table = "\n".join(lines)
   print("\n" + table)
-  if args.out:
-    with open(args.out, "w") as f:
+  out = results_path(args.out, args.quick)
+  if out:
+    with open(out, "w") as f:
       f.write(table + "\n")
 
 

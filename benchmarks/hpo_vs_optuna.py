@@ -256,7 +256,7 @@ def profile_ours(task, make_program, n_trials, population, epochs, batch) -> Non
       "create_study", "start_round", "record_epoch", "end_round", "round_trials",
       "load_study", "trials", "study_names", "log_event"))
   ckpt = sum(cum.get(("checkpoint.py", fn), 0.0) for fn in ("save", "close", "restore"))
-  ser = cum.get(("driver.py", "_ser"), 0.0) + cum.get(("driver.py", "code_version"), 0.0)
+  ser = cum.get(("loop.py", "ser"), 0.0) + cum.get(("provenance.py", "code_version"), 0.0)
   rest = total - compile_s - store - ckpt - ser
   print(f"# profile of one metaopt run ({n_trials} trials, population {population}, "
         f"{epochs} epochs, under cProfile): total {total:.1f} s")

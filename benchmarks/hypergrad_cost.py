@@ -48,6 +48,8 @@ from jax.flatten_util import ravel_pytree  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from _paths import results_path  # noqa: E402 - benchmarks/ is on sys.path
+
 import hypergrad  # noqa: E402
 from hypergrad import problems  # noqa: E402
 from hypergrad.unrolled import run_inner  # noqa: E402
@@ -220,6 +222,7 @@ def main() -> None:
   growth = memory[("reverse+remat(sqrt)", 1000)] / memory[("reverse+remat(sqrt)", 100)]
   plain = memory[("reverse", 1000)] / memory[("reverse", 100)]
   print(f"hypergrad_memory_growth_T1000_over_T100_no_remat: {plain:.2f}")
+  args.markdown = results_path(args.markdown, args.quick)
   if args.markdown:
     cmd = "python benchmarks/hypergrad_cost.py" + (" --quick" if args.quick else "") + (
         " --threads 0" if args.threads == "0" else "")

@@ -35,6 +35,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+from _paths import results_path  # noqa: E402 - benchmarks/ is on sys.path
 
 import hypergrad  # noqa: E402
 import metaopt  # noqa: E402
@@ -182,6 +183,7 @@ def main() -> None:
               f"{statistics.median(runs[m]):g} | {statistics.median(secs[m]):.1f} |")
   text = "\n".join(md)
   print(text)
+  a.out = results_path(a.out, a.quick)  # a quick run leaves the committed table alone
   with open(a.out, "w") as f:
     f.write(text + "\n")
   print(f"hypergrad_vs_tpe_val_loss_ratio: {med['hypergrad'] / med['tpe']:.3f}")

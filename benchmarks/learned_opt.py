@@ -35,6 +35,8 @@ import optax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from _paths import results_path  # noqa: E402 - benchmarks/ is on sys.path
+
 import tasks  # noqa: E402
 from metaopt import lopt as L  # noqa: E402
 
@@ -181,6 +183,7 @@ def main() -> None:
   tp = {f: throughput(args, f) for f in ("quadratic", "digits_mlp")}
   md = markdown(args, rows, tp, hist, meta_seconds)
   print(md)
+  args.markdown = results_path(args.markdown, args.quick)
   if args.markdown:
     with open(args.markdown, "w") as f:
       f.write("# Learned optimizers vs tuned Adam\n\n" + md)

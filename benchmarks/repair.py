@@ -33,6 +33,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from _paths import results_path  # noqa: E402 - benchmarks/ is on sys.path
+
 import metaopt  # noqa: E402
 from metaopt.repair import repair, repair_space  # noqa: E402
 from tasks import get_task  # noqa: E402
@@ -130,6 +132,7 @@ def main() -> None:
     md.append(f"random / repair-4 median trials: {med['random'] / med['repair-4']:.2f}x")
   text = "\n".join(md)
   print(text)
+  a.out = results_path(a.out, a.quick)  # a quick run leaves the committed table alone
   with open(a.out, "w") as f:
     f.write(text + "\n")
   key = "repair-4" if "repair-4" in med else methods[0]

@@ -30,6 +30,8 @@ import sys
 import tempfile
 import time
 
+from _paths import results_path
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 RUN = """
@@ -180,7 +182,8 @@ def main() -> None:
   footer = (f"\n\n8 simulated devices / 1 device: {ratio:.2f}x trials/s. "
             f"2 worker processes / 1: {w2 / w1:.2f}x. "
             f"2 jax.distributed processes / 1: {d2 / d1:.2f}x.\n")
-  with open(os.path.join(ROOT, "benchmarks", "results_scaling.md"), "w") as f:
+  out = results_path(os.path.join(ROOT, "benchmarks", "results_scaling.md"), args.quick)
+  with open(out, "w") as f:
     f.write(header + "\n".join(lines) + footer)
   print(f"2workers_over_1worker: {w2 / w1:.2f}")
   print(f"2processes_over_1process: {d2 / d1:.2f}")

@@ -14,6 +14,7 @@ import ml_collections
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.name = "hypergrad_implicit"
+  config.program = "whitebox"
   config.problem_name = "logreg"
   config.problem = ml_collections.ConfigDict(
       {"dataset": "breast_cancer", "batch_size": 1024, "per_feature_l2": True})

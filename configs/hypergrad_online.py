@@ -14,6 +14,7 @@ import ml_collections
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.name = "hypergrad_online"
+  config.program = "whitebox"
   config.problem_name = "logreg"
   config.problem = ml_collections.ConfigDict({"dataset": "digits", "batch_size": 64})
   config.method = "online"

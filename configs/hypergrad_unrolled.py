@@ -15,6 +15,7 @@ import ml_collections
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.name = "hypergrad_unrolled"
+  config.program = "whitebox"
   config.problem_name = "logreg"  # one of hypergrad.problems.PROBLEMS
   config.problem = ml_collections.ConfigDict({"dataset": "breast_cancer", "batch_size": 64})
   config.method = "unrolled"  # unrolled | forward | implicit | online

@@ -3,29 +3,54 @@
 from tasks._src.base import (
     ACTIVATIONS,
     OPTIMIZERS,
+    SCHEDULES,
     Task,
     TrialFns,
     activation,
     make_optimizer,
     supervised,
     telemetry,
+    with_hyperparams,
 )
-from tasks._src.data import DATASETS, Dataset, Split, default_data_dir, load_dataset
+from tasks._src.custom import (
+    as_dataset,
+    dataset_from_arrays,
+    dataset_from_sources,
+    from_flax,
+    import_task,
+)
+from tasks._src.data import (
+    DATASETS,
+    PROCEDURAL,
+    Dataset,
+    Split,
+    default_data_dir,
+    from_arrays,
+    load_dataset,
+    resolve_dataset,
+)
 from tasks._src.library import (
     TASKS,
     digits_cnn,
     digits_mlp,
     get_task,
     logreg,
+    mnist1d_cnn,
+    mnist1d_gru,
+    mnist1d_mlp,
     register_task,
     synthetic_regression,
 )
+from tasks._src.nas_models import Network, Op, cell_layout, count_params
 
 __all__ = [
-    "ACTIVATIONS", "DATASETS", "OPTIMIZERS", "TASKS", "Dataset", "Split", "Task", "TrialFns",
-    "activation", "default_data_dir", "digits_cnn", "digits_mlp", "get_task", "load_dataset",
-    "logreg", "make_optimizer", "register_task", "supervised", "synthetic_regression",
+    "as_dataset", "dataset_from_arrays", "dataset_from_sources", "from_flax", "import_task",
+    "ACTIVATIONS", "DATASETS", "OPTIMIZERS", "PROCEDURAL", "TASKS", "Dataset", "Split", "Task",
+    "TrialFns", "activation", "default_data_dir", "digits_cnn", "digits_mlp", "from_arrays",
+    "get_task", "load_dataset", "logreg", "make_optimizer", "mnist1d_cnn", "mnist1d_gru",
+    "mnist1d_mlp", "register_task", "resolve_dataset", "supervised", "synthetic_regression",
     "telemetry",
+    "SCHEDULES", "with_hyperparams", "Network", "Op", "cell_layout", "count_params",
 ]
 
 # Task families for learned optimizers (metaopt.lopt).

@@ -30,10 +30,23 @@ RUN_CONFIGS = [p for p in ALL_CONFIGS if not os.path.basename(p).startswith("hyp
 @pytest.mark.parametrize("path", [p for p in ALL_CONFIGS if "program" in _load(p)],
                          ids=os.path.basename)
 def test_program_configs_name_a_known_program(path):
-  import run
-
   cfg = _load(path)
-  assert cfg.program in run.PROGRAMS and cfg.name and isinstance(cfg.seed, int)
+  assert cfg.program in metaopt.PROGRAMS and cfg.name and isinstance(cfg.seed, int)
+
+
+@pytest.mark.parametrize("path", ALL_CONFIGS, ids=os.path.basename)
+def test_every_config_names_its_program_with_one_key_and_validates(path):
+  cfg = _load(path)
+  name = metaopt.program_of(cfg)
+  assert name == ("whitebox" if os.path.basename(path).startswith("hypergrad")
+                  else cfg.get("program", "search"))
+  if os.path.basename(path) == "lopt_apply.py":  # needs a meta-trained optimizer on disk
+    with pytest.raises(ValueError, match="meta_params"):
+      metaopt.validate_config(cfg)
+  else:
+    metaopt.validate_config(cfg)  # the program module's own validate
+  with pytest.raises(ValueError, match="program"):
+    metaopt.validate_config({**cfg.to_dict(), "program": "annealing"})
 
 
 NAS_CONFIGS = [p for p in ALL_CONFIGS if _load(p).get("program") == "nas"]

@@ -144,14 +144,18 @@ def test_default_data_dir(monkeypatch, tmp_path):
   monkeypatch.setenv("METAOPT_DATA_DIR", str(tmp_path))
   assert default_data_dir() == str(tmp_path)
   monkeypatch.delenv("METAOPT_DATA_DIR")
+  monkeypatch.delenv("TFDS_DATA_DIR", raising=False)
   assert default_data_dir() == os.path.join(
       os.path.expanduser("~"), ".cache", "metaopt", "tensorflow_datasets")
+  monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))  # the TFDS convention
+  assert default_data_dir() == str(tmp_path / "tfds")
 
 
 @pytest.mark.parametrize("bad", ["mnits", "", "tfds:", "DIGITS"])
 def test_unknown_name_lists_allowed(bad, tmp_path):
   with pytest.raises(ValueError, match="is unknown; allowed: digits, breast_cancer, wine, "
-                                       "synthetic_regression, shapes, or 'tfds:<name>'") as e:
+                                       "synthetic_regression, shapes, mnist1d, "
+                                       "or 'tfds:<name>'") as e:
     load_dataset(bad, str(tmp_path))
   assert repr(bad) in str(e.value)
 

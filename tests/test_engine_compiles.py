@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 import metaopt
-from metaopt._src import driver
 from metaopt._src import population as pop
+from metaopt._src.evaluators import compaction_size
 from tasks import get_task
 
 COMPILES: collections.Counter = collections.Counter()
@@ -84,7 +84,10 @@ def test_a_pruned_search_compiles_each_function_once(task, tmp_path):
 
 def test_auto_compaction_weighs_saved_compute_against_a_compile():
   perf = {"g0": {"compile_s": 5.0, "slot_s": 0.01, "sizes": {32}, "mode": "vmap"}}
-  size = driver._compaction_size
+
+  def size(mode, multiple, epochs_left, perf, g, n, live):
+    return compaction_size(mode, multiple, epochs_left, perf.get(g), n, live)
+
   # 28 slots x 10 ms x 10 epochs = 2.8 s saved < 5 s compile: keep the kernel
   assert size("auto", 1, 10, perf, "g0", 32, 3) == 32
   assert size("always", 1, 10, perf, "g0", 32, 3) == 4

@@ -1,6 +1,7 @@
 """Bad input fuzzing: any config or space spec gives one clear ValueError (or a working
 search program), never an error from inside a compiled kernel, and a bad run attempt leaves
-an existing store exactly as it was."""
+an existing store exactly as it was; store URLs and run.py argument lists give one message,
+never a traceback, and write nothing but the store they name."""
 
 import math
 import sqlite3
@@ -191,3 +192,162 @@ def test_changed_config_for_an_existing_study_is_refused_before_writing(stored_s
                    progress=False, **kwargs)
   after = _dump(db)
   assert after["trials"] == before["trials"] and after["events"] == before["events"]
+
+
+# ------------------------------------------------------------ store URLs and CLI arguments
+_SEGMENT = st.text(alphabet="abx.-_ %?=&:#@é", min_size=1, max_size=6).filter(
+    lambda s: s not in (".", ".."))
+
+
+@st.composite
+def store_urls(draw):
+  """URLs near the ones people type: known and unknown dialects, 0 to 4 slashes, hosts
+  (only a local port that refuses), odd path characters and query strings. Paths are
+  relative (or inside the test's directory), so a store that opens lands there."""
+  scheme = draw(st.sampled_from(["sqlite", "sqlite+pysqlite", "SQLite", "foo", "",
+                                 "postgresql+psycopg", "postgresql", "mysql", "sqlite+foo"]))
+  sep = draw(st.sampled_from([":", ":/", "://", ":///", "://tmp/", "://{refused}/",
+                              "://u:pw@{refused}/", ":////{box}/"]))
+  path = "/".join(draw(st.lists(_SEGMENT, max_size=3)))
+  query = draw(st.sampled_from(["", "?mode=ro", "?timeout=x", "?uri=true", "?foo=1",
+                                "?check_same_thread=0", "#frag"]))
+  return scheme + sep + path + query
+
+
+def _refused_port():
+  import socket
+  s = socket.socket()
+  s.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
+  return s
+
+
+def _new_paths(before, after):
+  return sorted(set(after) - set(before))
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(url=store_urls(), create=st.booleans())
+def test_store_urls_open_or_raise_one_value_error_and_write_only_the_store(url, create):
+  import os
+  import tempfile
+
+  from cli_batch import snapshot
+  box = tempfile.mkdtemp(prefix="metaopt-fuzz-")
+  refused = _refused_port()
+  url = url.format(refused=f"127.0.0.1:{refused.getsockname()[1]}", box=box.lstrip("/"))
+  here = os.getcwd()
+  os.chdir(box)
+  try:
+    before = snapshot(box)
+    try:
+      metaopt.Store(url, create=create).close()
+      opened = True
+    except ValueError as e:
+      assert str(e).strip() and "\n" not in str(e).strip() and "Traceback" not in str(e)
+      opened = False
+    new = _new_paths(before, snapshot(box))
+    if not (opened and create):
+      assert new == [] and snapshot(box) == before, (url, new)
+    else:  # only the named SQLite file (and the directories on its path) appeared
+      import sqlalchemy as sa
+      db = sa.engine.make_url(url).database
+      rel = os.path.relpath(os.path.join(box, db), box) if db not in (None, "", ":memory:") \
+          else None
+      allowed = set() if rel is None else {rel}
+      while rel and os.path.dirname(rel):
+        rel = os.path.dirname(rel)
+        allowed.add(rel)
+      assert set(new) <= allowed, (url, new)
+  finally:
+    os.chdir(here)
+    refused.close()
+    import shutil
+    shutil.rmtree(box, ignore_errors=True)
+
+
+_CFG_FILES = ["nothere.py", "syntax.py", "raises.py", "configs/quickstart.py", ""]
+_NOT_CREATABLE = ["foo://x/y.db", "sqlite://tmp/a/x.db", "sqlite:///junk.db", "sqlite:///keep",
+                  "postgresql+psycopg://u@{refused}/db", "sqlite:///x.db?uri=true", "", "x.db"]
+_CREATABLE = ["sqlite:///missing/x.db", "sqlite:///new.db", "sqlite:///keep/y.db"]
+
+
+@st.composite
+def cli_args(draw):
+  """Argument lists for run.py that can never train: a command (or junk), flags with odd
+  values, stores that do not exist or are not stores, configs that do not load or carry a
+  bad override."""
+  args = [draw(st.sampled_from(["run", "resume", "report", "evaluate", "bogus", "--", ""]))]
+  for _ in range(draw(st.integers(0, 4))):
+    kind = draw(st.sampled_from(["store", "study", "format", "top_k", "flag", "text",
+                                 "config"]))
+    if kind == "store":
+      args.append(f"--store={draw(st.sampled_from(_NOT_CREATABLE + _CREATABLE))}")
+    elif kind == "study":
+      args.append(f"--study={draw(st.text(max_size=4))}")
+    elif kind == "format":
+      args.append(f"--format={draw(st.sampled_from(['json', 'text', 'xml', '']))}")
+    elif kind == "top_k":
+      args.append(f"--top_k={draw(st.sampled_from(['0', '-1', 'x', '3', '']))}")
+    elif kind == "flag":
+      args.append(draw(st.sampled_from(["--bogus", "--quiet", "--noquiet", "--worker",
+                                        "--config.", "--config.epochs", "-x", "--"])))
+    elif kind == "text":
+      args.append(draw(st.text(alphabet="ab-=. /\\'\"é", max_size=6)))
+    else:  # a config file, and, for one that loads, always one bad override
+      path = draw(st.sampled_from(_CFG_FILES))
+      args.append(f"--config={path}")
+      if path == "configs/quickstart.py":
+        args.append(draw(st.sampled_from([
+            "--config.bogus=1", "--config.n_trials=0", "--config.epochs=x",
+            "--config.searcher_name=nope",
+            f"--config.store={draw(st.sampled_from(_NOT_CREATABLE))}"])))
+  return args
+
+
+@settings(max_examples=2, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(runs=st.lists(cli_args(), min_size=24, max_size=24))
+def test_cli_arguments_give_a_message_not_a_traceback_and_write_nothing(runs):
+  """No argument list makes run.py print a traceback, and none writes a file (the stores
+  named do not exist, are not stores, or are on a path that a read may not create)."""
+  import os
+  import shutil
+  import socket
+  import tempfile
+
+  from cli_batch import ROOT, run_batch, snapshot
+  box = tempfile.mkdtemp(prefix="metaopt-fuzz-cli-")
+  refused = socket.socket()
+  refused.bind(("127.0.0.1", 0))
+  port = f"127.0.0.1:{refused.getsockname()[1]}"
+  try:
+    os.makedirs(os.path.join(box, "keep"))
+    os.symlink(os.path.join(ROOT, "configs"), os.path.join(box, "configs"))
+    with open(os.path.join(box, "junk.db"), "wb") as f:
+      f.write(b"not a database\n" * 40)
+    with open(os.path.join(box, "syntax.py"), "w") as f:
+      f.write("def get_config(:\n")
+    with open(os.path.join(box, "raises.py"), "w") as f:
+      f.write("def get_config():\n  raise ValueError('boom')\n")
+    runs = [[a.replace("{refused}", port) for a in r] for r in runs]
+    before = snapshot(box)
+    results = run_batch(box, runs, timeout_s=20)
+    assert snapshot(box) == before, runs
+  finally:
+    refused.close()
+    shutil.rmtree(box, ignore_errors=True)
+  for r in results:
+    assert r["rc"] in (0, 2), r  # 1: an uncaught exception
+    assert "Traceback" not in r["stderr"], r
+    if r["rc"] == 2:
+      assert r["stderr"].strip().startswith("error: ") or "FATAL Flags parsing error" in \
+          r["stderr"] or "USAGE" in r["stderr"], r
+
+
+def test_running_a_finished_study_again_writes_nothing(stored_study):
+  cfg, db, before = stored_study
+  program, task, space, kwargs = config_lib.build(cfg)
+  res = metaopt.search(program, task, space=space, store=metaopt.Store(cfg["store"]),
+                       config=cfg, progress=False, **kwargs)
+  assert len(res.trials) == cfg["n_trials"]
+  assert _dump(db) == before  # not even a resume event

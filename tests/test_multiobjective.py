@@ -1,6 +1,10 @@
 """Multi-objective search: sorting and hypervolume against brute force, the searchers against
 random search on ZDT1 and on a two-objective HPO task (digits MLP: error vs FLOPs), vector
-``tell`` errors, and a two-objective study through the driver and the store."""
+``tell`` errors, and a two-objective study through the driver and the store.
+
+The default run keeps the exact checks (sorting, hypervolume, vector ``tell`` errors, scan vs
+loop, constraints, config validation) and one small study; the searcher-quality comparisons,
+the pruner study and the NAS runs are ``slow``."""
 
 from __future__ import annotations
 
@@ -140,8 +144,8 @@ def random_zdt1():
           for s in _SEEDS]
 
 
-@pytest.mark.parametrize("name", [
-    "nsga2", "motpe", pytest.param("parego", marks=pytest.mark.slow)])
+@pytest.mark.slow  # ~8 s: a quality check, not a contract
+@pytest.mark.parametrize("name", ["nsga2", "motpe", "parego"])
 def test_searcher_beats_random_on_zdt1(name, random_zdt1):
   s = SEARCHERS[name](5)
   hv = [hypervolume(_run(s, _ZDT1, 80, 8, seed), [1.1, 11.0]) for seed in _SEEDS]
@@ -189,8 +193,8 @@ def digits_hpo():
   return f, ref, rand
 
 
-@pytest.mark.parametrize("name", [
-    "nsga2", "motpe", pytest.param("parego", marks=pytest.mark.slow)])
+@pytest.mark.slow  # ~45 s: trains 3 x 80 MLPs per searcher
+@pytest.mark.parametrize("name", ["nsga2", "motpe", "parego"])
 def test_searcher_beats_random_on_digits_hpo(name, digits_hpo):
   f, ref, rand = digits_hpo
   s = {"nsga2": lambda: metaopt.nsga2(3, pop_size=8),
@@ -303,6 +307,7 @@ def test_constraints_combine_with_several_objectives():
     s2.tell(s2.init(jax.random.key(0)), u, y[:, :1], jnp.zeros(2, jnp.int32))
 
 
+@pytest.mark.slow  # ~6 s; the end-to-end study covers the vector tell through the loop
 def test_pareto_pruner_keeps_trials_non_dominated_at_their_rung(tmp_path):
   from tasks import get_task
   task = get_task("digits_mlp")

@@ -80,3 +80,47 @@ def test_readme_learned_optimizer_example_runs(tmp_path):
   updates, _ = opt.update({"w": jnp.ones(3)}, opt.init(params), params)
   assert bool(jnp.all(jnp.isfinite(updates["w"]))) and float(jnp.abs(updates["w"]).sum()) > 0
   assert isinstance(opt, optax.GradientTransformation)
+
+
+def test_readme_study_example_runs(tmp_path):
+  (code,) = [b for b in _blocks("python") if "metaopt.create_study(space, \"tpe\"" in b]
+  small = (code.replace("n_trials=30", "n_trials=6").replace("range(5)", "range(2)")
+           .replace("sqlite:///runs/", f"sqlite:///{tmp_path}/"))
+  assert small.count(str(tmp_path)) == 2
+  scope: dict = {}
+  exec(compile(small, "README.md", "exec"), scope)
+  study, warm = scope["study"], scope["warm"]
+  assert len(study.trials) == 8 and study.trials[0].params == {"C": 0.9, "solver": "lbfgs"}
+  assert study.best_value > 0.9 and len(scope["rows"]) == 8
+  assert warm.warm_start_sources[0]["n_used"] == 8 and warm.ask()[0].params == study.best_params
+  import optuna
+  back = optuna.load_study(study_name="wine_logreg", storage=f"sqlite:///{tmp_path}/"
+                           "wine_optuna.db")
+  assert back.best_value == study.best_value
+
+
+def test_readme_bring_your_own_model_example_runs(tmp_path):
+  (code,) = [b for b in _blocks("python") if "tasks.from_flax(" in b]
+  small = (code.replace("n_trials=32, population=16, epochs=8", "n_trials=4, population=4, "
+                        "epochs=2, progress=False")
+           .replace("n_epochs=8", "n_epochs=2").replace("[32, 64]", "[32]")
+           .replace("sqlite:///runs/", f"sqlite:///{tmp_path}/"))
+  assert small.count(str(tmp_path)) == 1 and "[32]" in small
+  scope: dict = {}
+  exec(compile(small, "README.md", "exec"), scope)
+  res = scope["result"]
+  assert len(res.trials) == 4 and res.best.objective > 0.5
+
+
+def test_readme_pure_jax_train_example_runs():
+  (code,) = [b for b in _blocks("python") if "def train(h, key)" in b]
+  small = code.replace("n_trials=64, batch_size=16", "n_trials=8, batch_size=4")
+  assert small != code
+  scope: dict = {}
+  exec(compile(small, "README.md", "exec"), scope)
+  study = scope["study"]
+  assert len(study.trials) == 8 and [t.round for t in study.trials] == [0] * 4 + [1] * 4
+  train, p = scope["train"], study.best_params
+  again = float(train({"learning_rate": jnp.float32(p["learning_rate"])}, jax.random.split(
+      jax.random.key(0), 4)[study.best_trial.number % 4]))
+  assert abs(again - study.best_value) <= 1e-3 * max(1.0, abs(again))

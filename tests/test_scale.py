@@ -93,15 +93,17 @@ def test_workers_share_a_study_and_take_over_a_killed_one(tmp_path):
   deadline = time.time() + 300
   victim = None
   while victim is None and time.time() < deadline:
-    rows = _query(db, "select r.worker from rounds r join trials t on t.study_id = r.study_id "
-                      "and t.round = r.round where r.status = 'running' and r.round < 3 "
-                      "and t.last_epoch is not null")
-    for (w,) in rows:
+    rows = _query(db, "select r.worker, r.round from rounds r join trials t on t.study_id = "
+                      "r.study_id and t.round = r.round where r.status = 'running' and "
+                      "r.round < 3 and t.last_epoch is not null")
+    for w, rnd in rows:
       pid = int(w.split(":")[1])
       if pid in by_pid and by_pid[pid].poll() is None:
         victim = by_pid[pid]
         victim.send_signal(signal.SIGKILL)
         victim.wait()
+        # the newest checkpoint it left (the others wait 4 s before taking over)
+        newest = ([0] + _steps(os.path.join(db + ".ckpt", "scale", f"round_{rnd:05d}")))[-1]
         break
     time.sleep(0.02)
   assert victim is not None, "no worker was caught mid-round"
@@ -122,12 +124,23 @@ def test_workers_share_a_study_and_take_over_a_killed_one(tmp_path):
   dead = f":{victim.pid}:"
   assert lost and all(dead in m for m in lost), lost
   assert any(a == 2 for *_, a in rounds)  # the killed worker's round was retried once
+  restored = _query(db, "select message from events where kind = 'restore'")
+  assert len(restored) == 1 and restored[0][0].startswith(f"round {rnd}: restored epoch "
+                                                          f"{newest} of 2"), restored
   # random search asks independently of results: the same trials as one plain search
   task = tasks.get_task("digits_mlp")
   ref = metaopt.search(metaopt.random_search(task.space.dim), task, n_trials=16, population=4,
                        epochs=2, batch_size=128, seed=0, progress=False)
   _same_trials(got, [(t.number, t.status, json.dumps(t.params, sort_keys=True), t.objective)
                      for t in ref.trials])
+
+
+def _steps(round_dir):
+  """Checkpoint steps orbax has finished writing in ``round_dir``."""
+  try:
+    return sorted(int(d) for d in os.listdir(round_dir) if d.isdigit())
+  except OSError:
+    return []
 
 
 def _small(**kw):
@@ -185,6 +198,35 @@ def test_stale_round_is_retried_or_failed(tmp_path, max_attempts):
         [t.objective for t in ref.trials[4:]], abs=1e-6)
   kinds = [e["kind"] for e in st.events(rec.id)]
   assert kinds.count("worker_lost") == 1
+  if max_attempts == 2:  # w2 went on from w1's checkpoint of epoch 0, not from the start
+    assert [e["message"] for e in st.events(rec.id) if e["kind"] == "restore"] == [
+        "round 0: restored epoch 1 of 2 from checkpoint step 1"]
+
+
+def test_resume_skips_a_damaged_newest_checkpoint(tmp_path):
+  """A search stopped after epoch 2 of 4 left checkpoint steps 2 and 3; with step 3's bytes
+  damaged, the resumed search restores step 2 (not epoch 0) and ends identical to an
+  uninterrupted search."""
+  task, args = _small(n_trials=4, epochs=4)
+  url = f"sqlite:///{tmp_path}/s.db"
+  prog = metaopt.random_search(task.space.dim)
+
+  def crash(rnd, epoch, metrics):
+    if epoch == 2:
+      raise _Crash("killed")
+
+  with pytest.raises(_Crash):
+    metaopt.search(prog, task, store=url, study="s", on_epoch=crash, **args)
+  ckdir = f"{tmp_path}/s.db.ckpt/s"
+  assert _steps(os.path.join(ckdir, "round_00000")) == [2, 3]
+  assert _damage_newest_checkpoint(ckdir, 0).endswith("3")
+  res = metaopt.search(prog, task, store=url, study="s", **args)
+  st = metaopt.Store(url)
+  assert [e["message"] for e in st.events(st.load_study("s").id) if e["kind"] == "restore"] == [
+      "round 0: restored epoch 2 of 4 from checkpoint step 2; skipped unreadable steps [3]"]
+  ref = metaopt.search(prog, task, **args)
+  assert [(t.number, t.status, t.params, t.objective) for t in res.trials] == [
+      (t.number, t.status, t.params, t.objective) for t in ref.trials]
 
 
 def test_search_refuses_a_worker_study(tmp_path):

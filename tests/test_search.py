@@ -174,7 +174,9 @@ def test_interrupted_search_resumes_to_identical_result(tmp_path):
     assert (a.number, a.params, a.status) == (b.number, b.params, b.status)
     assert a.objective == pytest.approx(b.objective, abs=1e-6)
   events = Store(url).events(Store(url).load_study("r").id)
-  assert [e["kind"] for e in events] == ["resume"]
+  assert [e["kind"] for e in events] == ["resume", "restore"]
+  # cut after epoch 1 of round 1, whose checkpoint (step 2) was written: epochs 0-1 kept
+  assert events[1]["message"] == "round 1: restored epoch 2 of 3 from checkpoint step 2"
 
 
 def test_bad_arguments_fail_before_compiling(task):
@@ -298,3 +300,57 @@ def test_every_registered_searcher_drives_the_engine(name, tmp_path):
   assert len({tuple(t.u) for t in res.trials}) >= 9  # proposals are not stuck
   again = metaopt.search(prog, task, **args)
   assert [t.objective for t in again.trials] == [t.objective for t in res.trials]
+
+
+def _buggy(task, broken_depths):
+  """``task`` whose train step, for the depths in ``broken_depths``, has a bug that raises
+  while tracing (adding arrays of shapes (3,) and (4,)); depth is structural."""
+  import dataclasses
+
+  from tasks import TrialFns
+
+  def build(structure):
+    fns = task.build(structure)
+    if int(structure.get("depth", 2)) not in broken_depths:
+      return fns
+
+    def train_step(state, batch, h):
+      state, tel = fns.train_step(state, batch, h)
+      return state, {**tel, "loss": tel["loss"] + jnp.sum(jnp.ones(3) + jnp.ones(4))}
+
+    return TrialFns(fns.init, train_step, fns.evaluate)
+
+  space = Space({**task.space.params, "depth": Choice([2, 3], structural=True)})
+  return dataclasses.replace(task, build=build, space=space)
+
+
+def test_a_group_that_raises_fails_its_trials_and_the_others_go_on(task, tmp_path):
+  """Depth 3 raises while its kernel traces, depth 2 trains: the depth-3 trials fail with the
+  error as their reason, the others complete, and the search goes on."""
+  t = _buggy(task, {3})
+  res = metaopt.search(metaopt.random_search(t.space.dim), t, n_trials=6, population=6,
+                       epochs=1, batch_size=128, seed=1, progress=False)
+  depth = {tr.number: tr.params["depth"] for tr in res.trials}
+  assert set(depth.values()) == {2, 3}
+  for tr in res.trials:
+    if depth[tr.number] == 3:
+      assert tr.status == "failed" and tr.failure_reason.startswith("TypeError at epoch 0")
+    else:
+      assert tr.status == "complete" and 0 < tr.objective <= 1
+
+
+def test_an_error_in_every_group_stops_the_search(task, tmp_path):
+  """A bug that fails every group stops the search with the error and a ``failed`` study
+  event; its trials stay ``running`` (a resume after the fix trains them), not failed."""
+  t = _buggy(task, {2, 3})
+  url = f"sqlite:///{tmp_path}/s.db"
+  with pytest.raises(TypeError, match="add got incompatible shapes"):
+    metaopt.search(metaopt.random_search(t.space.dim), t, n_trials=12, population=6,
+                   epochs=2, batch_size=128, seed=1, progress=False, store=url, study="s")
+  st = Store(url)
+  rec = st.load_study("s")
+  events = [e for e in st.events(rec.id) if e["kind"] == "failed"]
+  assert len(events) == 1, st.events(rec.id)
+  assert events[0]["message"].startswith("round 0 epoch 0: every group raised; search stopped: "
+                                         "TypeError: add got incompatible shapes")
+  assert [x.status for x in st.trials(rec.id)] == ["running"] * 6  # round 1 never started

@@ -37,3 +37,36 @@ def test_eight_devices_match_one_device():
     if a[2] is not None:
       assert abs(a[2] - b[2]) <= 1e-5  # 12 trials padded to 16 over 8 devices, then compacted
   assert sum(t[1] == "complete" for t in one) == 3
+
+
+JAX_FN = """
+import json
+import jax, jax.numpy as jnp
+import metaopt
+from spaces import Float, Space
+assert jax.device_count() == 8, jax.devices()
+
+def train(h, key):
+  w = jax.random.normal(key, (4,))
+  w, _ = jax.lax.scan(lambda w, _: (w - h["lr"] * 2 * w, None), w, None, 10)
+  return jnp.sum(w ** 2)
+
+space = Space({"lr": Float(1e-3, 0.4, log=True)})
+out = []
+for n_dev in (1, 8):
+  ev = metaopt.JaxEvaluator(train, space=space, mode="vmap", devices=jax.devices()[:n_dev])
+  res = metaopt.search(metaopt.sobol(1), ev, n_trials=16, population=8, seed=2, progress=False)
+  out.append([[t.number, t.status, t.objective] for t in res.trials])
+print(json.dumps(out))
+"""
+
+
+def test_a_pure_jax_function_sharded_over_eight_devices_matches_one():
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
+  r = subprocess.run([sys.executable, "-c", JAX_FN], cwd=ROOT, env=env, capture_output=True,
+                     text=True, timeout=600)
+  assert r.returncode == 0, r.stderr[-3000:]
+  one, eight = json.loads(r.stdout.strip().splitlines()[-1])
+  assert [t[:2] for t in one] == [t[:2] for t in eight] and len(one) == 16
+  for a, b in zip(one, eight, strict=True):
+    assert abs(a[2] - b[2]) <= 1e-6 * max(1.0, abs(a[2]))

@@ -1,5 +1,6 @@
 """Trial store: a real SQLite file, transactions, upserts, resumable searcher state."""
 
+import os
 import sqlite3
 
 import pytest
@@ -76,3 +77,28 @@ def test_bad_url_and_direction(tmp_path):
   st = Store("sqlite://")
   with pytest.raises(ValueError, match="direction='up': allowed values are 'maximize'"):
     st.create_study("x", direction="up", config={}, seed=0)
+
+
+def test_opening_to_read_checks_before_it_writes(tmp_path):
+  """``Store(url, create=False)`` (report, resume, evaluate) raises one ValueError for a
+  missing file, a SQLite file of another program or a URL with a password, and writes
+  nothing; the store it opens is the one a search wrote."""
+  with pytest.raises(ValueError, match="no such file"):
+    Store(f"sqlite:///{tmp_path}/sub/s.db", create=False)
+  assert os.listdir(tmp_path) == []
+  other = tmp_path / "other.db"
+  con = sqlite3.connect(other)
+  con.execute("create table t (x)")
+  con.commit()
+  con.close()
+  before = other.read_bytes()
+  with pytest.raises(ValueError, match="not a metaopt store"):
+    Store(f"sqlite:///{other}", create=False)
+  assert other.read_bytes() == before and sorted(os.listdir(tmp_path)) == ["other.db"]
+  with pytest.raises(ValueError, match=r"u:\*\*\*@") as e:
+    Store("postgresql+psycopg://u:secret@127.0.0.1:1/db", create=False)
+  assert "secret" not in str(e.value)
+  st = Store(f"sqlite:///{tmp_path}/s.db")
+  _study(st)
+  st.close()
+  assert Store(f"sqlite:///{tmp_path}/s.db", create=False).load_study("s").name == "s"

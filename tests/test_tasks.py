@@ -31,10 +31,16 @@ HP = {
     "logreg": {"learning_rate": 0.1, "l2": 1e-4},
     "wine_mlp": {"learning_rate": 3e-3},
     "breast_cancer_mlp": {"learning_rate": 3e-3},
+    "mnist1d_mlp": {"learning_rate": 1e-2},
+    "mnist1d_cnn": {"learning_rate": 1e-2},
+    "mnist1d_gru": {"learning_rate": 1e-2},
 }
+# accuracy after 150 steps where 0.8 is out of reach (MNIST-1D: the paper's MLP tops at 68 %)
+MIN_ACCURACY = {"mnist1d_mlp": 0.3, "mnist1d_gru": 0.25}
 
 
-@pytest.mark.parametrize("name", list(tasks.TASKS))
+# images32_resnet trains on 50,000 images prepared on first use: tests/test_images32.py
+@pytest.mark.parametrize("name", [n for n in tasks.TASKS if n != "images32_resnet"])
 def test_task_trains_and_reports_telemetry(name):
   task = get_task(name)
   fns = task.build({})
@@ -54,7 +60,7 @@ def test_task_trains_and_reports_telemetry(name):
   assert not bool(tel["nonfinite_loss"])
   assert 0.0 <= float(tel["zero_grad_frac"]) <= 1.0
   if task.direction == "maximize":
-    assert float(after["accuracy"]) > 0.8
+    assert float(after["accuracy"]) > MIN_ACCURACY.get(name, 0.8)
 
 
 class TrainStepVariants(chex.TestCase):

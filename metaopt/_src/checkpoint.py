@@ -66,6 +66,7 @@ class Checkpointer:
 
   def __init__(self, directory: str, max_to_keep: int = 2):
     self.directory = os.path.abspath(directory)
+    self.skipped: list[int] = []
     os.makedirs(self.directory, exist_ok=True)
     kwargs: dict[str, Any] = {"create": True}
     if jax.process_count() > 1:  # multi-host searches: each process keeps its own steps
@@ -97,7 +98,9 @@ class Checkpointer:
 
     ``abstract`` is the target pytree (arrays or ``ShapeDtypeStruct`` s), or a function of
     the step's metadata returning it, for states whose shapes the metadata records.
+    Steps skipped as unreadable are listed in ``self.skipped``.
     """
+    self.skipped = []
     for step in reversed(self.steps()):
       if max_step is not None and step > max_step:
         continue
@@ -121,6 +124,7 @@ class Checkpointer:
       except Exception as e:  # noqa: BLE001 - a damaged step falls back to the previous one
         log.warning("checkpoint step %d in %s unreadable (%s); trying an older one", step,
                     self.directory, e)
+        self.skipped.append(step)
     return None
 
   def meta(self) -> dict[str, Any] | None:

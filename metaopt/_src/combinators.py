@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from metaopt._src.types import COMPLETE, FAILED, Pruner, Searcher
+from metaopt._src.types import COMPLETE, FAILED, Decision, Pruner, Searcher, merge_decisions
 
 
 def _select(pred: jax.Array, a, b):
@@ -192,13 +192,12 @@ def _chain_observe(searcher: Searcher, key: str, own: Callable) -> Callable:
   """An ``observe`` that runs ``searcher``'s own observer (if any), then ``own``."""
 
   def observe(state, metrics, epoch, alive):
-    keep = jnp.ones_like(alive)
-    info: dict = {}
+    first = Decision(jnp.ones_like(alive), {})
     inner = state["search"]
     if searcher.observe is not None:
-      inner, keep, info = searcher.observe(inner, metrics, epoch, alive)
-    sub, keep2, info2 = own(state[key], metrics, epoch, alive & keep)
-    return {**state, "search": inner, key: sub}, keep & keep2, {**info, **info2}
+      inner, first = searcher.observe(inner, metrics, epoch, alive)
+    sub, keep2, cond2 = own(state[key], metrics, epoch, alive & first.keep)
+    return {**state, "search": inner, key: sub}, merge_decisions(first, Decision(keep2, cond2))
 
   return observe
 

@@ -12,13 +12,13 @@ from typing import Any
 
 from metaopt._src import registry
 from metaopt._src.combinators import with_pruning
-from metaopt._src.types import Searcher
+from metaopt._src.types import Result, Searcher
 from spaces import Space, from_spec
 from tasks import TASKS, Task, get_task
 
 FIELDS: dict[str, str] = {
     "name": "study name in the store",
-    "task_name": f"one of {', '.join(TASKS)}",
+    "task_name": f"one of {', '.join(TASKS)}, or an import path 'my_module:my_task'",
     "task": "keyword arguments of the task factory",
     "searcher_name": f"one of {', '.join(registry.SEARCHERS)}",
     "searcher": "keyword arguments of the searcher factory",
@@ -57,6 +57,10 @@ def validate(config: Mapping[str, Any]) -> dict[str, Any]:
   cfg = _to_dict(config)
   if not isinstance(cfg, Mapping):
     raise ValueError(f"config: expected a ConfigDict or dict, got {type(config).__name__}")
+  if cfg.get("program", "search") != "search":
+    raise ValueError(f"program={cfg['program']!r}: this is the black-box search's config "
+                     "(program 'search')")
+  cfg = {k: v for k, v in cfg.items() if k != "program"}
   unknown = sorted(set(cfg) - set(FIELDS))
   if unknown:
     raise ValueError(f"config: unknown field(s) {unknown}; allowed fields: {sorted(FIELDS)}")
@@ -68,8 +72,9 @@ def validate(config: Mapping[str, Any]) -> dict[str, Any]:
   for f in ("task_name", "searcher_name", "pruner_name"):
     if not isinstance(cfg[f], str):
       raise ValueError(f"{f}={cfg[f]!r}: must be a string, {FIELDS[f]}")
-  if cfg["task_name"] not in TASKS:
-    raise ValueError(f"task_name={cfg['task_name']!r} is unknown; allowed: {', '.join(TASKS)}")
+  if cfg["task_name"] not in TASKS and ":" not in cfg["task_name"]:
+    raise ValueError(f"task_name={cfg['task_name']!r} is unknown; allowed: {', '.join(TASKS)}, "
+                     "or an import path 'my_module:my_task'")
   if cfg["searcher_name"] not in registry.SEARCHERS:
     raise ValueError(f"searcher_name={cfg['searcher_name']!r} is unknown; allowed: "
                      f"{', '.join(registry.SEARCHERS)}")
@@ -185,3 +190,20 @@ def _trace_pruner(pruner: Any, n: int, epochs: int, m: int = 0) -> None:
   values = jax.ShapeDtypeStruct(shape, jnp.float32)
   jax.eval_shape(pruner.prune, jax.eval_shape(pruner.init), values,
                  jax.ShapeDtypeStruct((), jnp.int32), jax.ShapeDtypeStruct((n,), jnp.bool_))
+
+
+def run_config(config: Mapping[str, Any], store: Any, progress: bool = True, *,
+               worker: bool = False, worker_id: str | None = None,
+               stale_after_s: float = 60.0) -> Result:
+  """Runs (or resumes) a black-box search config in ``store``; with ``worker``, as one of
+  several worker processes sharing the study."""
+  from metaopt._src.driver import search
+  from metaopt._src.worker import worker as run_worker
+
+  cfg = validate(config)
+  program, task, space, kwargs = build(cfg)
+  if worker:
+    return run_worker(program, task, space=space, store=store, config=cfg, progress=progress,
+                      worker_id=worker_id, stale_after_s=stale_after_s, **kwargs)
+  return search(program, task, space=space, store=store, config=cfg, progress=progress,
+                **kwargs)

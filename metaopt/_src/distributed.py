@@ -86,6 +86,14 @@ class HostStore:
     if self.leader:
       self._store.record_epoch(*args, **kwargs)
 
+  def set_objectives(self, *args: Any, **kwargs: Any) -> None:
+    if self.leader:
+      self._store.set_objectives(*args, **kwargs)
+
+  def record_values(self, *args: Any, **kwargs: Any) -> None:
+    if self.leader:
+      self._store.record_values(*args, **kwargs)
+
   def start_round(self, study_id: int, rnd: int, *args: Any, **kwargs: Any) -> list[int]:
     ids = self._store.start_round(study_id, rnd, *args, **kwargs) if self.leader else None
     sync(f"metaopt-start-round-{rnd}")

@@ -1,10 +1,11 @@
-"""The search driver: runs a black-box program over a population of trials, with a store.
+"""The search driver: runs a black-box program over rounds of trials, with a store.
 
-``search`` is the one loop that ties the pieces together. Per round it asks the program for
-a population of points, decodes them, trains the population epoch by epoch in compiled
-kernels (one per structural group), lets the program prune between epochs, records every
-epoch, checkpoints, and tells the program the results. Failed trials (non-finite loss or
-weights) stop and are recorded with their reason while the rest of the population goes on.
+``search`` asks the program for a population of points per round, hands them to an
+evaluator (a task's population kernels, a pure JAX function, a Python callable; see
+``evaluators.py``) through the one round loop (``loop.py``: epoch by epoch, pruning and PBT
+between epochs, every epoch recorded, checkpoints), and tells the program the results.
+Failed trials (non-finite loss or weights, an exception) stop and are recorded with their
+reason while the rest of the population goes on.
 
 Killed and restarted with the same arguments, ``search`` resumes: finished rounds are not
 re-run, and an unfinished round continues from its newest checkpoint with the searcher state
@@ -17,64 +18,29 @@ processes sharing one study, see :func:`metaopt.worker`.
 
 from __future__ import annotations
 
-import concurrent.futures
-import dataclasses
-import functools
 import json
 import os
-import platform
-import subprocess
 import tempfile
-import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import flax.serialization
 import jax
-import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
 from metaopt._src import distributed as dist
+from metaopt._src import loop
 from metaopt._src import population as pop
-from metaopt._src.checkpoint import Checkpointer
-from metaopt._src.store import Store, _dumps
-from metaopt._src.types import (
-    COMPLETE,
-    FAILED,
-    INFEASIBLE,
-    PRUNED,
-    RUNNING,
-    STATUS_NAMES,
-    Result,
-    Searcher,
-)
+from metaopt._src.evaluators import COMPACTIONS, Evaluator, as_evaluator
+from metaopt._src.objectives import OBJECTIVES, check_objectives
+from metaopt._src.provenance import code_version, hardware
+from metaopt._src.store import Store
+from metaopt._src.types import Result, Searcher
 from spaces import Space
 from tasks import Task
 
-
-@functools.lru_cache(maxsize=1)
-def code_version() -> str:
-  """The git commit of the metaopt checkout (``+dirty`` if modified), or the package version."""
-  here = os.path.dirname(os.path.abspath(__file__))
-  try:
-    rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
-                         text=True, timeout=10, check=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                           capture_output=True, text=True, timeout=10).stdout.strip()
-    return rev + ("+dirty" if dirty else "")
-  except (OSError, subprocess.SubprocessError):
-    from importlib.metadata import version
-    return f"metaopt-{version('metaopt')}"
-
-
-def hardware() -> dict[str, Any]:
-  """A description of the devices and host a search ran on."""
-  devs = jax.devices()
-  return {"platform": devs[0].platform, "device_kind": devs[0].device_kind,
-          "device_count": len(devs), "process_count": jax.process_count(),
-          "host": platform.node(), "cpu_count": os.cpu_count(),
-          "machine": platform.machine(), "jax": jax.__version__}
+__all__ = ["OBJECTIVES", "code_version", "enable_compilation_cache", "hardware", "search"]
 
 
 def enable_compilation_cache(path: str | None = None, min_compile_time_s: float = 0.3) -> str:
@@ -89,43 +55,22 @@ def enable_compilation_cache(path: str | None = None, min_compile_time_s: float 
   return path
 
 
-def trial_seed(seed: int, number: int) -> int:
-  return (int(seed) * 1_000_003 + int(number)) % (2**31 - 1)
-
-
-def _positive_int(name: str, v: Any) -> int:
-  if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-    raise ValueError(f"{name}={v!r}: must be an integer >= 1")
-  return int(v)
-
-
-@dataclasses.dataclass
-class _Round:
-  """Host-side bookkeeping of the round in progress."""
-
-  number: int
-  ids: list[int]
-  u: np.ndarray
-  h: dict[str, jax.Array]
-  params: list[dict[str, Any]]
-  groups: dict[str, np.ndarray]
-  structures: dict[str, dict[str, Any]]
-  feasible: np.ndarray
-  owned: np.ndarray | None = None  # multi-host: the trials this process trains
-
-
-def _ser(state: Any) -> bytes:
-  return flax.serialization.to_bytes(jax.device_get(state))
+def default_checkpoint_dir(st: Store, study: str, fallback: str | None = None) -> str:
+  """Beside a SQLite store file (``<file>.ckpt/<study>``), else a temporary directory."""
+  db = st.engine.url.database if st.url.startswith("sqlite") else None
+  base = (db + ".ckpt") if db and db != ":memory:" else (
+      fallback or tempfile.mkdtemp(prefix="metaopt-"))
+  return os.path.join(base, study)
 
 
 def search(
     program: Searcher,
-    task: Task,
+    task: Task | Evaluator,
     *,
     space: Space | None = None,
     n_trials: int,
     population: int,
-    epochs: int,
+    epochs: int = 1,
     batch_size: int = 32,
     seed: int = 0,
     store: Store | str | None = None,
@@ -142,321 +87,174 @@ def search(
     compaction: str = "auto",
     objectives: list[tuple[str, str]] | None = None,
 ) -> Result:
-  """Runs (or resumes) a population search and returns its :class:`Result`.
+  """Runs (or resumes) a search: ask -> evaluate -> tell, and returns its :class:`Result`.
 
   Args:
     program: the black-box search program (``init/ask/tell`` and optional ``observe``).
-    task: what each trial trains; ``task.space`` is searched unless ``space`` is given.
+    task: what each trial runs: a :class:`tasks.Task` (trained as population kernels) or
+      any :class:`metaopt.Evaluator` (:class:`metaopt.JaxEvaluator`,
+      :class:`metaopt.CallableEvaluator`, ...). Its ``space`` is searched unless ``space``
+      is given.
     n_trials: total trials; rounds of ``population`` trials (the last may be smaller).
-    population: trials trained together in one kernel per round.
-    epochs: epochs (chunks) each trial trains at most.
-    batch_size: minibatch size.
+    population: trials evaluated together per round.
+    epochs: epochs (chunks) each trial trains at most; the program's observer (pruning,
+      PBT) acts between epochs.
+    batch_size: minibatch size (tasks only).
     seed: root seed; searcher keys, trial seeds and data order all derive from it.
     store: a :class:`Store` or SQLAlchemy URL; default an in-memory SQLite store.
     study: study name in the store. An existing study of that name is resumed.
-    checkpoint_dir: where population checkpoints go; default beside a SQLite store file.
+    checkpoint_dir: where round checkpoints go; default beside a SQLite store file.
     config: JSON-able settings recorded with the study (the CLI stores its config here).
-    shared_batches: one minibatch order per epoch for the whole population.
+    shared_batches: one minibatch order per epoch for the whole population (tasks only).
     progress: show a progress bar.
     on_epoch: ``(round, epoch, per-trial metrics)`` callback after each epoch.
-    checkpoint_every_s: seconds between population checkpoints within a round (0: every
-      epoch); the last epoch of a round is always checkpointed. A resumed round restarts
-      from its newest checkpoint and re-runs later epochs identically.
-    devices: devices to shard the population axis over (default: all local devices).
+    checkpoint_every_s: seconds between checkpoints within a round (0: every epoch); the
+      last epoch of a round is always checkpointed. A resumed round restarts from its
+      newest checkpoint and re-runs later epochs identically.
+    devices: devices to shard the population axis over (tasks only; default: all local).
     constraint: ``params -> value``, feasible when ``value <= 0`` (e.g.
       :func:`metaopt.max_params`); infeasible trials are recorded ``infeasible`` and not
-      trained, and the searcher is told so.
+      evaluated, and the searcher is told so.
     target: stop after the round in which a trial reaches this objective (at least it when
-      the task maximises, at most when it minimises); a ``target`` event is recorded.
-    compaction: when a group's kernel shrinks to its surviving trials (see
-      :func:`_compact`): ``"auto"`` when the compute it saves beats compiling the smaller
-      kernel, ``"always"`` once the survivors fit in half the kernel, ``"never"``.
+      the direction is maximize, at most when minimize); a ``target`` event is recorded.
+    compaction: when a task group's kernel shrinks to its surviving trials
+      (:func:`evaluators.compaction_size`): ``"auto"``, ``"always"`` or ``"never"``.
     objectives: several objectives ``[(name, direction), ...]`` (see :data:`OBJECTIVES`):
       the searcher is told ``y[n, m]`` (each minimised: maximised ones negated), the store
       keeps every value and the :class:`Result` gives the Pareto front and its hypervolume.
-      The task's own objective still fills ``Trial.objective``.
+      The evaluator's own objective still fills ``Trial.objective``.
   """
-  space = task.space if space is None else space
-  n_trials = _positive_int("n_trials", n_trials)
-  population = _positive_int("population", population)
-  epochs = _positive_int("epochs", epochs)
-  batch_size = _positive_int("batch_size", batch_size)
+  n_trials = loop.positive_int("n_trials", n_trials)
+  population = loop.positive_int("population", population)
+  epochs = loop.positive_int("epochs", epochs)
+  batch_size = loop.positive_int("batch_size", batch_size)
   if compaction not in COMPACTIONS:
     raise ValueError(f"compaction={compaction!r}: must be one of {', '.join(COMPACTIONS)}")
-  if batch_size > len(task.data.train):
-    raise ValueError(f"batch_size={batch_size}: must be <= {len(task.data.train)} "
-                     f"(size of {task.data.name}'s train split)")
+  ev = as_evaluator(task, batch_size=batch_size, shared_batches=shared_batches,
+                    devices=devices, compaction=compaction)
+  space = ev.space if space is None else space
+  if space is None:
+    raise ValueError("space: the evaluator has no space; pass space=spaces.Space({...})")
+  ev.validate(epochs)
   if not isinstance(program, Searcher):
     raise ValueError(f"program: expected a metaopt.Searcher, got {type(program).__name__}")
-  objectives = _check_objectives(objectives, program, space.dim)
+  objectives = check_objectives(objectives, program, space.dim, getattr(ev, "task", None))
+  if not isinstance(checkpoint_every_s, (int, float)) or checkpoint_every_s < 0:
+    raise ValueError(f"checkpoint_every_s={checkpoint_every_s!r}: must be a number >= 0")
+  st = _open_store(store, study)
+  record = dict(config or {}, n_trials=n_trials, population=population, epochs=epochs,
+                batch_size=batch_size, seed=seed)
+  key_init, key_rounds = jax.random.split(jax.random.key(seed))
+  template = pop.fast_jit(program.init)(key_init)  # one compile, not one per eager op
+  rec = _open_study(st, study, record, config, ev, seed, objectives)
+  state = template if rec.searcher_state is None else \
+      flax.serialization.from_bytes(template, rec.searcher_state)
+  sign = -1.0 if ev.direction == "maximize" else 1.0
+  n_rounds = -(-n_trials // population)
+  bar = tqdm(total=n_rounds * epochs, disable=not progress, desc=f"{study}", unit="epoch",
+             mininterval=1.0, leave=False)
+  env = loop.RoundEnv(ev, loop.searcher_fns(program, space), space, st, epochs, sign,
+                      checkpoint_every_s, bar, on_epoch, objectives)
+  run = _Rounds(env, rec, key_rounds, n_trials, population, seed, constraint,
+                checkpoint_dir or default_checkpoint_dir(st, study), study)
+  try:
+    state = run.all(state, target)
+  finally:
+    bar.close()
+  return Result(study, ev.direction, st.trials(rec.id), state,
+                objectives=st.objectives(rec.id) or None)
+
+
+def _open_store(store: Store | str | None, study: str) -> Store:
   st = store if isinstance(store, Store) else Store(store or "sqlite://")
-  multi = dist.is_multi()
-  if multi:  # process 0 writes; the others read after barriers
+  if dist.is_multi():  # process 0 writes; the others read after barriers
     if st.url in ("sqlite://", "sqlite:///:memory:"):
       raise ValueError("store: a multi-host search needs a store every process can reach "
                        "(a SQLite file on a shared disk, or PostgreSQL)")
     st = dist.HostStore(st)
-    if not st.leader:
-      dist.sync(f"metaopt-open-{study}")
-  direction = task.direction
-  sign = -1.0 if direction == "maximize" else 1.0
-  if not isinstance(checkpoint_every_s, (int, float)) or checkpoint_every_s < 0:
-    raise ValueError(f"checkpoint_every_s={checkpoint_every_s!r}: must be a number >= 0")
-  if checkpoint_dir is None:
-    db = st.engine.url.database if st.url.startswith("sqlite") else None
-    base = (db + ".ckpt") if db and db != ":memory:" else tempfile.mkdtemp(prefix="metaopt-")
-    checkpoint_dir = os.path.join(base, study)
+  return st
 
-  root = jax.random.key(seed)
-  key_init, key_rounds = jax.random.split(root)
-  template = pop.fast_jit(program.init)(key_init)  # one compile, not one per eager op
-  record = dict(config or {}, n_trials=n_trials, population=population, epochs=epochs,
-                batch_size=batch_size, seed=seed)
+
+def _open_study(st: Store, study: str, record: dict, config, ev: Evaluator, seed: int,
+                objectives: list[tuple[str, str]] | None = None):
+  """Loads (to resume) or creates the study (declaring its ``objectives``); multi-host,
+  process 0 creates it first."""
+  multi = dist.is_multi()
+  if multi and not st.leader:
+    dist.sync(f"metaopt-open-{study}")
   if study in st.study_names():
     rec = st.load_study(study)
     if rec.state_phase == "worker":
       raise ValueError(f"study {study!r} is run by workers; continue it with "
                        "metaopt.worker(...) / `run.py run --worker`")
-    now = _json_round_trip(record)
-    changed = sorted(k for k in set(rec.config) | set(now)
-                     if k != "store" and rec.config.get(k) != now.get(k))
+    changed = loop.config_changes(rec.config, record)
     if config is not None and changed:
       raise ValueError(f"study {study!r} exists with a different config (fields {changed}); "
                        "resume it with the same config or pick a new study name "
                        "(e.g. --config.name=...)")
-    st.log_event(rec.id, "resume", f"resumed at round {rec.state_round} ({rec.state_phase})")
+    n_rounds = -(-record["n_trials"] // record["population"])
+    if rec.state_round + (rec.state_phase == "told") < n_rounds:
+      # (a finished study is only read: nothing is written)
+      st.log_event(rec.id, "resume", f"resumed at round {rec.state_round} ({rec.state_phase})")
   else:
-    rec = st.create_study(study, direction=direction, config=record, seed=seed,
-                          code_version=code_version(), data_version=task.data.data_version,
+    rec = st.create_study(study, direction=ev.direction, config=record, seed=seed,
+                          code_version=code_version(), data_version=ev.data_version,
                           hardware=hardware())
-    if objectives and (not multi or st.leader):
+    if objectives:
       st.set_objectives(rec.id, objectives)
   if objectives and st.objectives(rec.id) not in ([], objectives):
     raise ValueError(f"study {study!r} exists with objectives {st.objectives(rec.id)}; "
                      f"got {objectives}")
   if multi and st.leader:
     dist.sync(f"metaopt-open-{study}")
-  state = template
-  if rec.searcher_state is not None:
-    state = flax.serialization.from_bytes(template, rec.searcher_state)
+  return rec
 
-  ask, tell, observe, decode = _searcher_fns(program, space)
-  multiple, data, kernel = _engine(task, devices, batch_size, shared_batches)
-  flops_cache: dict[str, Any] = {}
-  proc = f"process_{jax.process_index()}" if multi else ""
 
-  n_rounds = -(-n_trials // population)
-  rnd = rec.state_round + (1 if rec.state_phase == "told" else 0)
-  rnd = max(rnd, 0)
-  bar = tqdm(total=n_rounds * epochs, initial=min(rnd, n_rounds) * epochs, disable=not progress,
-             desc=f"{study}", unit="epoch", mininterval=1.0, leave=False)
-  if target is not None and rnd > 0 and _reached(
-      [(t.number, t.status, t.objective, None) for t in st.trials(rec.id)], target, direction):
-    rnd = n_rounds  # a resumed study that had already reached its target
-  try:
-    while rnd < n_rounds:
-      t0 = time.time()
-      key_r = jax.random.fold_in(key_rounds, rnd)
-      n = min(population, n_trials - rnd * population)
-      if rec.state_phase == "asked" and rec.state_round == rnd:
-        rows = st.round_trials(rec.id, rnd)
-        u = np.asarray([json.loads(r["u"]) for r in rows], np.float32)
-        ids = [r["id"] for r in rows]
-      else:
-        state, u = ask(state, jax.random.fold_in(key_r, 0), n, calls_left=n_rounds - rnd)
-        u = np.asarray(u, np.float32)
-        if u.shape != (n, space.dim):
-          raise ValueError(f"program.ask returned points of shape {u.shape}; the space needs "
-                           f"(n, {space.dim}) for {space.names}")
-        rows = None
-        ids = []
-      h = jax.device_get(decode(jnp.asarray(u)))  # host arrays: slicing them compiles nothing
-      params = space.to_python_batch(h)
-      violation = [None if constraint is None else float(constraint(p)) for p in params]
-      feasible = np.asarray([v is None or v <= 0 for v in violation])
-      owned = (np.arange(n) % jax.process_count() == jax.process_index()) if multi else None
-      groups, structures = _group(space, params, task, multiple,
-                                  feasible if owned is None else feasible & owned)
-      r = _Round(rnd, ids, u, h, params, groups, structures, feasible, owned)
-      ckpt = Checkpointer(os.path.join(checkpoint_dir, f"round_{rnd:05d}", proc))
-      if rows is None:
-        numbers = [rnd * population + i for i in range(n)]
-        r.ids = st.start_round(rec.id, rnd, [
-            {"number": num, "params": p, "u": uu, "seed": trial_seed(seed, num)}
-            for num, p, uu in zip(numbers, params, u.tolist(), strict=True)],
-            _ser(state), checkpoint_path=ckpt.directory)
-        st.record_epoch([], 0, [], [
-            (r.ids[i], "infeasible", f"constraint violated by {violation[i]:g}", None)
-            for i in np.flatnonzero(~feasible)])
-      state = _train_round(r, state, task, kernel, data, ckpt, st, key_r, epochs, sign, observe,
-                           seed, population, bar, on_epoch, space, checkpoint_every_s,
-                           multiple, flops_cache, batch_size, compaction, objectives)
-      dist.sync(f"metaopt-trained-{rnd}")  # process 0 has written the round's statuses
-      rows = st.round_trials(rec.id, rnd)
-      status = np.asarray([STATUS_NAMES.index(x["status"]) if x["status"] != "running"
-                           else COMPLETE for x in rows], np.int32)
-      y = np.asarray([sign * x["objective"] if x["objective"] is not None else np.inf
-                      for x in rows], np.float32)
-      reasons = [x["failure_reason"] for x in rows]
-      if objectives:
-        vals = _objective_values(st, rec.id, rnd, objectives, task, space)
-        y, status, reasons = _vector_y(rows, vals, objectives, status, reasons)
-        st.record_values({x["id"]: vals[x["number"]] for x in rows})
-      state = tell(state, jnp.asarray(u), jnp.asarray(y), jnp.asarray(status))
-      results = []
-      for x, s, why in zip(rows, status, reasons, strict=True):
-        results.append((x["id"], STATUS_NAMES[s], x["objective"], why))
-      st.end_round(rec.id, rnd, results, _ser(state), duration_s=time.time() - t0)
-      rec = st.load_study(study)
-      ckpt.close()
+class _Rounds:
+  """The rounds of one ``search``: ask (or reload an asked round), run, tell, record."""
+
+  def __init__(self, env: loop.RoundEnv, rec, key_rounds, n_trials: int, population: int,
+               seed: int, constraint, checkpoint_dir: str, study: str):
+    self.env, self.rec, self.key_rounds = env, rec, key_rounds
+    self.n_trials, self.population, self.seed = n_trials, population, seed
+    self.constraint, self.checkpoint_dir, self.study = constraint, checkpoint_dir, study
+    self.n_rounds = -(-n_trials // population)
+
+  def all(self, state, target: float | None):
+    env, st = self.env, self.env.store
+    rnd = max(self.rec.state_round + (1 if self.rec.state_phase == "told" else 0), 0)
+    env.bar.update(min(rnd, self.n_rounds) * env.epochs)
+    if target is not None and rnd > 0 and _reached(
+        [(t.number, t.status, t.objective, None) for t in st.trials(self.rec.id)], target,
+        env.evaluator.direction):
+      rnd = self.n_rounds  # a resumed study that had already reached its target
+    while rnd < self.n_rounds:
+      state, results = self.one(state, rnd)
       rnd += 1
-      if target is not None and _reached(results, target, direction):
-        st.log_event(rec.id, "target", f"objective reached {target:g} in round {rnd - 1}")
+      if target is not None and _reached(results, target, env.evaluator.direction):
+        st.log_event(self.rec.id, "target", f"objective reached {target:g} in round {rnd - 1}")
         break
-  finally:
-    bar.close()
-  return Result(study, direction, st.trials(rec.id), state,
-                objectives=st.objectives(rec.id) or None)
+    return state
 
-
-OBJECTIVES = {
-    "flops": "training FLOPs of the trial, summed over its epochs",
-    "device_seconds": "device-seconds of the trial, summed over its epochs",
-    "live_weights": "live (unmasked) weights of the trial's model",
-    "<metric>": "any recorded epoch metric at the trial's last epoch, e.g. valid_accuracy; a "
-                "bare task metric name such as accuracy means valid_<name>",
-}
-
-
-def _check_objectives(objectives, program: Searcher, dim: int) -> list[tuple[str, str]] | None:
-  """Validated ``[(name, direction), ...]``; checks (by tracing, nothing compiles) that
-  ``program.tell`` takes ``y[n, m]``."""
-  if objectives is None:
-    return None
-  ok = isinstance(objectives, (list, tuple)) and len(objectives) >= 1 and all(
-      isinstance(o, (list, tuple)) and len(o) == 2 and isinstance(o[0], str) and o[0]
-      for o in objectives)
-  if not ok:
-    raise ValueError(f"objectives={objectives!r}: must be a non-empty list of (name, "
-                     "direction) pairs, e.g. [('valid_accuracy', 'maximize'), ('flops', "
-                     "'minimize')]")
-  out = [(str(n), str(d)) for n, d in objectives]
-  for n, d in out:
-    if d not in ("maximize", "minimize"):
-      raise ValueError(f"objectives: direction {d!r} of {n!r}: allowed values are "
-                       "'maximize', 'minimize'")
-  names = [n for n, _ in out]
-  if len(set(names)) != len(names):
-    raise ValueError(f"objectives: names {names} repeat")
-  m, n = len(out), len(out) + 2
-  try:
-    state = jax.eval_shape(program.init, jax.random.key(0))
-    jax.eval_shape(program.tell, state, jax.ShapeDtypeStruct((n, dim), jnp.float32),
-                   jax.ShapeDtypeStruct((n, m), jnp.float32),
-                   jax.ShapeDtypeStruct((n,), jnp.int32))
-  except Exception as e:  # noqa: BLE001 - any failure means the searcher is single-objective
-    raise ValueError(f"objectives: the searcher cannot be told {m} objectives per trial "
-                     f"({type(e).__name__}: {str(e).splitlines()[0][:200]}); use one built "
-                     f"for them with n_objectives={m} (nsga2, motpe, parego) or random / "
-                     "sobol / halton") from None
-  return out
-
-
-def _objective_values(st: Store, study_id: int, rnd: int, objectives, task: Task,
-                      space: Space) -> dict[int, list[float | None]]:
-  """``{trial number: [value per objective]}`` of one round's trials (None: not recorded)."""
-  from metaopt._src.constraints import param_counter
-  from metaopt._src.report import trial_compute
-  counter = None
-  out = {}
-  for t in st.trials(study_id):
-    if t.round != rnd:
-      continue
-    comp = trial_compute(t)
-    last = t.metrics[-1] if t.metrics else {}
-    vals: list[float | None] = []
-    for name, _ in objectives:
-      if name in ("flops", "device_seconds"):
-        v = comp[name] if t.metrics else None
-      elif name == "live_weights":
-        if counter is None:
-          counter = param_counter(task, space)
-        v = float(counter(t.params)) if t.status != "infeasible" else None
-      else:
-        v = last.get(name, last.get(f"valid_{name}"))
-      v = None if v is None or not np.isfinite(float(v)) else float(v)
-      vals.append(v)
-    out[t.number] = vals
-  return out
-
-
-def _vector_y(rows, vals, objectives, status: np.ndarray, reasons: list):
-  """``(y[n, m], status, reasons)`` to tell: each objective minimised; a complete trial
-  missing a value is marked failed (its y stays NaN)."""
-  sign = np.asarray([-1.0 if d == "maximize" else 1.0 for _, d in objectives], np.float32)
-  y = np.full((len(rows), len(objectives)), np.nan, np.float32)
-  status, reasons = status.copy(), list(reasons)
-  for i, x in enumerate(rows):
-    v = vals.get(x["number"])
-    if status[i] != COMPLETE:
-      continue
-    if v is None or any(a is None for a in v):
-      missing = [n for (n, _), a in zip(objectives, v or [None] * len(objectives), strict=True)
-                 if a is None]
-      status[i] = FAILED
-      reasons[i] = f"objective(s) {missing} not recorded"
-      continue
-    y[i] = sign * np.asarray(v, np.float32)
-  return y, status, reasons
-
-
-def _searcher_fns(program: Searcher, space: Space):
-  """``(ask, tell, observe, decode)`` compiled for the driver: ``ask`` tiered (see
-  :class:`population.TieredJit`; call it with ``calls_left``) and only compiled once the
-  program's ``startup_ask`` (if any) no longer stands in for it, the others without backend
-  optimisation (each runs once per round or epoch, in milliseconds, but would take seconds
-  to compile optimised)."""
-  tiered = pop.TieredJit(program.ask, static_argnums=2)
-  startup = None if program.startup_ask is None else \
-      pop.fast_jit(program.startup_ask, static_argnums=2)
-
-  def ask(state, key, n: int, calls_left: int = 1, model: bool = False):
-    if startup is not None and not model:  # the model is not used yet: ask stays uncompiled
-      s, u, ok = startup(state, key, n)
-      if bool(ok):
-        return s, u
-    return tiered(state, key, n, calls_left=calls_left)
-
-  tell = pop.fast_jit(program.tell)
-  observe = pop.fast_jit(program.observe) if program.observe is not None else None
-  return ask, tell, observe, pop.fast_jit(space.decode)
-
-
-def _engine(task: Task, devices: list[jax.Device] | None, batch_size: int,
-            shared_batches: bool):
-  """``(multiple, data, kernel)``: the population multiple the device mesh needs, the
-  task's data placed on the mesh, and ``kernel(structure)``, which builds (once per
-  structural setting) the population kernel; a structural ``batch_size`` wins over
-  ``batch_size``."""
-  mesh = pop.population_mesh(devices)
-  multiple = 1 if mesh is None else mesh.size
-  data = pop.data_arrays(task.data)
-  if mesh is not None:
-    data = jax.device_put(data, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
-  kernels: dict[tuple, pop.PopulationKernel] = {}
-  n_train = len(task.data.train)
-
-  def kernel(structure: dict[str, Any]) -> pop.PopulationKernel:
-    k = tuple(sorted(structure.items()))
-    if k not in kernels:
-      bs = min(int(structure.get("batch_size", batch_size)), n_train)
-      kernels[k] = pop.make_kernel(task.build(structure), n_train, bs, shared_batches, mesh)
-    return kernels[k]
-
-  return multiple, data, kernel
-
-
-COMPACTIONS = ("auto", "always", "never")
+  def one(self, state, rnd: int):
+    """Asks (or reloads), runs and tells round ``rnd``; returns the state and results."""
+    env, st, rec = self.env, self.env.store, self.rec
+    key_r = jax.random.fold_in(self.key_rounds, rnd)
+    n = min(self.population, self.n_trials - rnd * self.population)
+    asked = None
+    if rec.state_phase == "asked" and rec.state_round == rnd:
+      rows = st.round_trials(rec.id, rnd)
+      asked = ([r["id"] for r in rows],
+               np.asarray([json.loads(r["u"]) for r in rows], np.float32))
+    proc = f"process_{jax.process_index()}" if dist.is_multi() else ""
+    plan = loop.RoundPlan(rec.id, rnd, [rnd * self.population + i for i in range(n)],
+                          jax.random.fold_in(key_r, 0), key_r,
+                          os.path.join(self.checkpoint_dir, f"round_{rnd:05d}", proc),
+                          self.seed, self.constraint, asked,
+                          calls_left=self.n_rounds - rnd)
+    state, results, _ = loop.one_round(env, state, plan)
+    self.rec = st.load_study(self.study)
+    return state, results
 
 
 def _reached(results: list[tuple], target: float, direction: str) -> bool:
@@ -464,407 +262,3 @@ def _reached(results: list[tuple], target: float, direction: str) -> bool:
   if direction == "maximize":
     return any(v >= target for v in vals)
   return any(v <= target for v in vals)
-
-
-def _json_round_trip(x: Any) -> Any:
-  """``x`` as the store will give it back (JSON-safe, non-finite floats as None)."""
-  return json.loads(_dumps(x))
-
-
-def _group(space: Space, params: list[dict[str, Any]], task: Task, multiple: int = 1,
-           feasible: np.ndarray | None = None):
-  """Trial indices per structural setting (one compiled kernel per group), each padded with
-  ``-1`` entries (frozen placeholders) to a multiple of the device count. Infeasible trials
-  are left out."""
-  names = space.structural
-  by: dict[tuple, list[int]] = {}
-  for i, p in enumerate(params):
-    if feasible is not None and not feasible[i]:
-      continue
-    key = tuple((n, p.get(n, task.defaults.get(n))) for n in names)
-    by.setdefault(key, []).append(i)
-  groups, structures = {}, {}
-  for gi, key in enumerate(sorted(by, key=repr)):
-    groups[f"g{gi}"] = _pad(np.asarray(by[key]), multiple)
-    structures[f"g{gi}"] = {**{k: v for k, v in task.defaults.items()}, **dict(key)}
-  return groups, structures
-
-
-def _pad(idx: np.ndarray, multiple: int) -> np.ndarray:
-  extra = -len(idx) % multiple
-  return np.concatenate([idx, np.full(extra, -1, idx.dtype)]) if extra else idx
-
-
-def _alive_at(alive: np.ndarray, idx: np.ndarray) -> np.ndarray:
-  return (idx >= 0) & alive[np.maximum(idx, 0)]
-
-
-def _take(h: Mapping[str, Any], idx: np.ndarray) -> dict[str, Any]:
-  return {k: v[idx] for k, v in h.items()}
-
-
-_trial_keys = pop.fast_jit(jax.vmap(jax.random.key))  # one compile, not one per eager op
-
-
-@pop.fast_jit
-def _gather_jit(tree, idx):
-  return jax.tree_util.tree_map(lambda a: a[idx], tree)
-
-
-_background = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="metaopt-flops")
-
-
-def _gather(tree, idx: np.ndarray):
-  """Rows ``idx`` of every leaf, in one compiled call (eager indexing would compile once per
-  leaf shape)."""
-  return _gather_jit(tree, jnp.asarray(idx, jnp.int32))
-
-
-def _train_round(r: _Round, state, task: Task, kernel, data, ckpt: Checkpointer, st: Store,
-                 key_r, epochs: int, sign: float, observe, seed: int, population: int, bar,
-                 on_epoch, space: Space, checkpoint_every_s: float = 0.0,
-                 multiple: int = 1, flops_cache: dict | None = None,
-                 batch_size: int | None = None, compaction: str = "auto",
-                 objectives: list[tuple[str, str]] | None = None) -> Any:
-  """Trains one round's population epoch by epoch; returns the searcher state.
-
-  Between epochs the program's ``observe`` may stop trials (pruning, monitoring) and, for
-  population-based training, hand back ``copy_from`` (exploit) and new points ``u``
-  (explore). Stopped trials stay in their kernel, frozen, until the group is compacted:
-  the survivors are gathered into a smaller kernel so stopped trials cost no more compute
-  (``compaction``; with ``"auto"`` only when the measured compute saved over the epochs
-  left exceeds the measured time to compile a kernel of the new size, see
-  :func:`_compaction_size`).
-
-  Every trial-epoch records its compute: ``flops`` (XLA cost analysis of the population
-  step, per trial) and ``device_s`` (wall time of its group's chunk, compilation excluded,
-  times the devices, divided by the group's slots, or by its live trials for a ``"loop"``
-  kernel).
-  """
-  n = len(r.params)
-  numbers = [r.number * population + i for i in range(n)]
-  seeds = np.asarray([trial_seed(seed, num) for num in numbers], np.uint32)
-
-  for g in r.groups:  # build (outside any trace) before eval_shape below
-    kernel(r.structures[g])
-  flops_cache = {} if flops_cache is None else flops_cache
-  # per structure, for compaction: compile seconds, seconds per slot-epoch, sizes compiled
-  perf = flops_cache.setdefault("perf", {})
-  decode = flops_cache.setdefault("decode", pop.fast_jit(space.decode))  # PBT explores
-
-  def hparams(g, idx):
-    """Group ``g``'s hyperparameters; learning-rate schedules span the round's training
-    (``schedule_steps``: epochs x steps per epoch) unless the space sets the horizon."""
-    hg = _take(r.h, idx)
-    if "schedule_steps" not in hg:
-      steps = epochs * kernel(r.structures[g]).steps_per_chunk
-      hg = {**hg, "schedule_steps": np.full(len(idx), steps, np.float32)}
-    return hg
-
-  def fresh(layout):
-    return {g: kernel(r.structures[g]).init(_trial_keys(seeds[idx]), hparams(g, idx))
-            for g, idx in layout.items()}
-
-  def abstract(meta):
-    layout = {g: np.asarray(v, np.int64) for g, v in meta["layout"].items()}
-    return {"groups": jax.eval_shape(lambda: fresh(layout)), "searcher": state,
-            "alive": np.zeros(n, bool), "status": np.zeros(n, np.int32),
-            "last": np.zeros(n), "hist": np.zeros((n, epochs)), "u": r.u}
-
-  restored = ckpt.restore(abstract)
-  if r.owned is not None:  # every process resumes from the same epoch
-    steps = dist.allgather(0 if restored is None else restored[0])
-    if len(set(steps)) > 1:
-      restored = ckpt.restore(abstract, max_step=min(steps)) if min(steps) > 0 else None
-      if dist.allgather(0 if restored is None else restored[0]) != [min(steps)] * len(steps):
-        restored = None
-  if restored is not None:
-    start, saved, meta = restored
-    layout = {g: np.asarray(v, np.int64) for g, v in meta["layout"].items()}
-    states, state = saved["groups"], saved["searcher"]
-    alive, status = np.array(saved["alive"]), np.array(saved["status"])
-    last, hist = np.array(saved["last"]), np.array(saved["hist"])
-    r.u = np.array(saved["u"], np.float32)
-    r.h = jax.device_get(decode(jnp.asarray(r.u)))
-  else:
-    start = 0
-    layout = dict(r.groups)
-    states = fresh(layout)
-    alive = r.feasible.copy()
-    status = np.where(r.feasible, RUNNING, INFEASIBLE).astype(np.int32)
-    last, hist = np.full(n, np.nan), np.full((n, epochs), np.nan)
-  bar.update(start)
-  obj_key = f"valid_{task.objective}"
-  last_save = time.time()
-  running = _RunningObjectives(objectives, r.params, task, space) if objectives else None
-  for epoch in range(start, epochs):
-    key_e = jax.random.fold_in(key_r, 1 + epoch)
-    metrics: list[dict[str, Any] | None] = [None] * n
-    started = alive.copy()
-    stopped = []
-    for g, idx in layout.items():
-      k = kernel(r.structures[g])
-      try:
-        hg = hparams(g, idx)
-        skey = repr(sorted(r.structures[g].items()))
-        if batch_size is not None and skey not in flops_cache:
-          # traced on another thread while the chunk compiles (XLA releases the GIL)
-          bs = min(int(r.structures[g].get("batch_size", batch_size)), len(task.data.train))
-          flops_cache[skey] = _background.submit(
-              pop.trial_epoch_flops, task.build(r.structures[g]), pop.shapes(states[g]),
-              pop.shapes(hg), data, bs)
-        c0, t0 = pop.compile_seconds(), time.perf_counter()
-        states[g], m = k.chunk(states[g], hg, jnp.asarray(_alive_at(alive, idx)), key_e, data)
-        m = jax.device_get(m)
-        compiled = pop.compile_seconds() - c0
-        busy = max(0.0, time.perf_counter() - t0 - compiled)
-        if isinstance(flops_cache.get(skey), concurrent.futures.Future):
-          flops_cache[skey] = flops_cache[skey].result()
-        # "loop" kernels spend time on live trials only; "vmap" ones on every slot
-        slots = max(1, int(_alive_at(started, idx).sum())) if k.mode == "loop" else len(idx)
-        p = perf.setdefault(skey, {"compile_s": 0.0, "slot_s": None, "sizes": set(),
-                                   "mode": k.mode})
-        if len(idx) not in p["sizes"]:
-          p["sizes"].add(len(idx))
-          p["compile_s"] = max(p["compile_s"], compiled)
-        slot = busy / slots
-        p["slot_s"] = slot if p["slot_s"] is None else min(p["slot_s"], slot)
-      except Exception as e:  # noqa: BLE001 - a broken group fails, the population goes on
-        for i in idx[idx >= 0]:
-          if alive[i]:
-            alive[i], status[i] = False, FAILED
-            stopped.append((r.ids[i], "failed", f"{type(e).__name__} at epoch {epoch}: {e}",
-                            None))
-        continue
-      for j, i in enumerate(idx):
-        if i >= 0 and started[i]:
-          metrics[i] = {name: np.asarray(v[j]) for name, v in m.items()}
-          metrics[i]["device_s"] = busy * k.multiple / slots
-          if skey in flops_cache:
-            metrics[i]["flops"] = flops_cache[skey]
-          if r.owned is not None:
-            metrics[i]["process"] = jax.process_index()
-    if r.owned is not None:  # multi-host: every process gets every trial's epoch
-      mine = ({i: metrics[i] for i in np.flatnonzero(r.owned) if metrics[i] is not None},
-              [x for x in stopped])
-      for p, (theirs, failed) in enumerate(dist.allgather(mine)):
-        if p == jax.process_index():
-          continue
-        for i, mi in theirs.items():
-          metrics[i] = mi
-        for x in failed:
-          i = r.ids.index(x[0])
-          alive[i], status[i] = False, FAILED
-          stopped.append(x)
-    values = np.full(n, np.inf, np.float64)
-    prev = sign * last
-    for i in range(n):
-      m = metrics[i]
-      if m is None or not alive[i]:
-        continue
-      reason = _failure(m, obj_key, epoch)
-      if reason:
-        alive[i], status[i] = False, FAILED
-        stopped.append((r.ids[i], "failed", reason, None))
-        continue
-      last[i] = float(m[obj_key])
-      values[i] = sign * last[i]
-      hist[i, epoch] = values[i]
-    if observe is not None:
-      was_alive = alive.copy()
-      pm = _population_metrics(metrics, values, prev - values)
-      pm["objective_history"] = jnp.asarray(hist, jnp.float32)
-      pm["u"] = jnp.asarray(r.u)
-      if running is not None:  # y[n, m] so far, minimised, for multi-objective pruners
-        pm["objectives"] = jnp.asarray(running.update(metrics, alive), jnp.float32)
-      state, keep, info = observe(state, pm, jnp.asarray(epoch), jnp.asarray(was_alive))
-      info = {c: np.asarray(v) for c, v in info.items()}
-      copy_from, new_u = info.pop("copy_from", None), info.pop("u", None)
-      for i in np.flatnonzero(started):
-        if metrics[i] is not None:
-          metrics[i]["conditions"] = [c for c, v in info.items() if v[i]]
-      if epoch < epochs - 1:
-        for i in np.flatnonzero(was_alive & ~np.asarray(keep)):
-          alive[i], status[i] = False, PRUNED
-          conds = metrics[i]["conditions"]
-          why = f"stopped after epoch {epoch}: {', '.join(conds)}" if conds else \
-              f"pruned after epoch {epoch}"
-          stopped.append((r.ids[i], "pruned", why, last[i]))
-        if copy_from is not None:
-          states = _exploit(states, layout, copy_from, alive)
-          for i in np.flatnonzero((copy_from >= 0) & alive):
-            metrics[i]["parent"] = numbers[int(copy_from[i])]
-        if new_u is not None:
-          changed = np.flatnonzero(np.any(new_u != r.u, axis=1) & alive)
-          r.u = np.where(alive[:, None], new_u, r.u).astype(np.float32)
-          r.h = jax.device_get(decode(jnp.asarray(r.u)))
-          for i, p in zip(changed, space.to_python_batch(_take(r.h, changed)), strict=True):
-            metrics[i]["next_params"] = p
-      if compaction != "never":
-        choose = functools.partial(_compaction_size, compaction, multiple, epochs - epoch - 1,
-                                   {g: perf.get(repr(sorted(r.structures[g].items())))
-                                    for g in layout})
-        layout, states = _compact(layout, states, alive, multiple, choose)
-    rows = [(r.ids[i], m) for i, m in enumerate(metrics) if m is not None]
-    st.record_epoch([i for i, _ in rows], epoch, [m for _, m in rows], stopped)
-    save = (epoch == epochs - 1 or not alive.any()
-            or time.time() - last_save >= checkpoint_every_s)
-    if r.owned is not None:
-      save = any(dist.allgather(save))  # the same epochs in every process
-    if save:
-      last_save = time.time()
-      ckpt.save(epoch + 1, {"groups": states, "searcher": state, "alive": alive,
-                            "status": status, "last": last, "hist": hist, "u": r.u},
-                {"round": r.number, "epoch": epoch,
-                 "layout": {g: v.tolist() for g, v in layout.items()}})
-    bar.update(1)
-    if on_epoch is not None:
-      on_epoch(r.number, epoch, [m for _, m in rows])
-    if not alive.any():
-      bar.update(epochs - epoch - 1)
-      break
-  # Trials still running finish now with their last valid objective.
-  finals = [(r.ids[i], "complete", None, last[i]) for i in range(n) if status[i] == RUNNING]
-  if finals:
-    st.record_epoch([], epochs - 1, [], finals)
-  return state
-
-
-def _exploit(states, layout, copy_from: np.ndarray, alive: np.ndarray):
-  """Copies train states (weights and optimizer state) from ``copy_from[i]`` into trial i."""
-  out = dict(states)
-  for g, idx in layout.items():
-    where = {int(t): j for j, t in enumerate(idx) if t >= 0}
-    src = np.arange(len(idx))
-    for j, t in enumerate(idx):
-      c = int(copy_from[t]) if t >= 0 else -1
-      if c >= 0 and alive[t]:
-        if c not in where:
-          raise ValueError(f"exploit: trial {t} cannot copy trial {c} from another structural "
-                           "group; population-based training needs one group")
-        src[j] = where[c]
-    if np.any(src != np.arange(len(idx))):
-      out[g] = _gather(states[g], src)
-  return out
-
-
-def _pow2_size(live: int, multiple: int) -> int:
-  """The next power of two (times the device count) at or above ``live`` trials."""
-  return multiple * (1 << int(np.ceil(np.log2(max(1, -(-live // multiple))))))
-
-
-def _compaction_size(mode: str, multiple: int, epochs_left: int, perf: dict, g: str,
-                     size: int, live: int) -> int:
-  """The kernel size group ``g`` (``size`` slots, ``live`` trials alive) continues at.
-
-  ``"always"``: the next power of two above ``live`` once that is at most half of ``size``.
-  ``"auto"``: a ``"loop"`` kernel keeps its size (stopped trials cost nothing in it); for
-  ``"vmap"``, of the current size, the sizes already compiled for this structure that hold
-  the survivors, and the next power of two, the one with the least expected cost:
-  ``slots * slot_s * epochs_left`` plus ``compile_s`` if not compiled yet, with ``slot_s``
-  (seconds per slot-epoch) and ``compile_s`` measured on this group's kernel. On a small
-  task one compile costs hundreds of trial-epochs, so a round then keeps its kernel and
-  lets pruned trials sit in it, frozen."""
-  pow2 = _pow2_size(live, multiple)
-  p = perf.get(g)
-  if mode == "always" or p is None or p["slot_s"] is None:
-    return pow2 if pow2 <= size // 2 else size
-  if p["mode"] == "loop":  # stopped trials cost nothing there
-    return size
-  best, cost = size, size * p["slot_s"] * epochs_left
-  for s in sorted({pow2} | {s for s in p["sizes"] if live <= s < size}):
-    c = s * p["slot_s"] * epochs_left + (0.0 if s in p["sizes"] else p["compile_s"])
-    if s < size and c < cost:
-      best, cost = s, c
-  return best
-
-
-def _compact(layout, states, alive: np.ndarray, multiple: int = 1, choose=None):
-  """Drops groups with no live trial and gathers a group's survivors into a smaller kernel
-  when ``choose(group, size, live) -> new size`` says so (default: the next power of two,
-  times the device count, above the live trials once that is at most half the size). Sizes
-  stay powers of two, so a search compiles a handful of kernel sizes however trials stop."""
-  new_layout, new_states = {}, {}
-  for g, idx in layout.items():
-    live = np.flatnonzero(_alive_at(alive, idx))
-    if len(live) == 0:
-      continue
-    if choose is None:
-      size = _pow2_size(len(live), multiple)
-      size = size if size <= len(idx) // 2 else len(idx)
-    else:
-      size = choose(g, len(idx), len(live))
-    if len(live) <= size < len(idx):
-      pos = np.concatenate([live, np.full(size - len(live), live[0])])
-      new_layout[g] = np.concatenate([idx[live], np.full(size - len(live), -1, idx.dtype)])
-      new_states[g] = _gather(states[g], pos)
-    else:
-      new_layout[g], new_states[g] = idx, states[g]
-  return new_layout, new_states
-
-
-_ACCOUNTING = ("device_s", "flops", "process")
-
-
-class _RunningObjectives:
-  """Each trial's declared objectives after every epoch (minimised; ``inf`` while unknown):
-  FLOPs and device-seconds summed so far, live weights, or the epoch's metric."""
-
-  def __init__(self, objectives, params, task: Task, space: Space):
-    self.objectives = objectives
-    self.sign = np.asarray([-1.0 if d == "maximize" else 1.0 for _, d in objectives])
-    self.cum = {"flops": np.zeros(len(params)), "device_seconds": np.zeros(len(params))}
-    self.live = None
-    if any(n == "live_weights" for n, _ in objectives):
-      from metaopt._src.constraints import param_counter
-      count = param_counter(task, space)
-      self.live = np.asarray([float(count(p)) for p in params])
-
-  def update(self, metrics, alive: np.ndarray) -> np.ndarray:
-    n = len(metrics)
-    y = np.full((n, len(self.objectives)), np.inf)
-    for i, m in enumerate(metrics):
-      if m is None:
-        continue
-      self.cum["flops"][i] += float(m.get("flops") or 0.0)
-      self.cum["device_seconds"][i] += float(m.get("device_s") or 0.0)
-      if not alive[i]:
-        continue
-      for j, (name, _) in enumerate(self.objectives):
-        if name in self.cum:
-          v = self.cum[name][i]
-        elif name == "live_weights":
-          v = self.live[i]
-        else:
-          v = m.get(name, m.get(f"valid_{name}"))
-        v = np.inf if v is None or not np.isfinite(float(v)) else self.sign[j] * float(v)
-        y[i, j] = v
-    return y
-
-
-def _population_metrics(metrics: list[dict[str, Any] | None], values: np.ndarray,
-                        delta: np.ndarray) -> dict[str, jax.Array]:
-  """Scalar epoch metrics of the whole population as ``[n]`` arrays for ``observe``."""
-  ref = next((m for m in metrics if m is not None), {})
-  out = {"objective": jnp.asarray(values, jnp.float32),
-         "objective_delta": jnp.asarray(delta, jnp.float32)}
-  for k, v in ref.items():
-    if k in _ACCOUNTING:  # host-measured, not training telemetry
-      continue
-    if np.ndim(v) == 0:
-      dtype = bool if np.asarray(v).dtype == bool else np.float32
-      col = [m[k] if m is not None else 0 for m in metrics]
-      out[k] = jnp.asarray(np.asarray(col, dtype))
-  return out
-
-
-def _failure(m: Mapping[str, Any], obj_key: str, epoch: int) -> str | None:
-  if m.get("nonfinite_loss"):
-    return f"non-finite loss at epoch {epoch}"
-  if m.get("nonfinite_params"):
-    return f"non-finite weights at epoch {epoch}"
-  if m.get("nonfinite_grads"):
-    return f"non-finite gradients at epoch {epoch}"
-  if not np.isfinite(m[obj_key]):
-    return f"non-finite {obj_key} at epoch {epoch}"
-  return None

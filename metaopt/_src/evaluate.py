@@ -21,7 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from metaopt._src import population as pop
-from metaopt._src.driver import _group, _take, trial_seed
+from metaopt._src.evaluators import group
+from metaopt._src.loop import trial_seed
 from metaopt._src.store import Store, _clean
 from spaces import Space
 from tasks import Task
@@ -65,7 +66,7 @@ def evaluate_top(store: Store, study: str | None, task: Task, space: Space, *, k
   u = np.asarray([t.u for t, _ in runs], np.float32)
   h = space.decode(jnp.asarray(u))
   params = space.to_python_batch(h)
-  groups, structures = _group(space, params, task)
+  groups, structures = group(space, params, task)
   data = pop.data_arrays(task.data)
   x_te, y_te = jnp.asarray(task.data.test.x), jnp.asarray(task.data.test.y)
   keys = jax.vmap(jax.random.key)(jnp.asarray(
@@ -80,7 +81,7 @@ def evaluate_top(store: Store, study: str | None, task: Task, space: Space, *, k
   for g, idx in groups.items():
     fns = task.build(structures[g])
     kern = pop.make_kernel(fns, len(task.data.train), batch_size)
-    hg = _take(h, idx)
+    hg = {k: v[idx] for k, v in h.items()}
     states = kern.init(keys[idx], hg)
     alive = jnp.ones(len(idx), bool)
     for e in range(epochs):
@@ -121,3 +122,17 @@ def evaluate_top(store: Store, study: str | None, task: Task, space: Space, *, k
     store.log_event(rec.id, "ensemble", json.dumps(_clean(out["ensemble"]), sort_keys=True))
   store.log_event(rec.id, "evaluate", json.dumps(_clean(out), sort_keys=True))
   return out
+
+
+def evaluate_study(store: Store, study: str | None = None, *, k: int = 3, seeds: int = 3,
+                   ensemble: bool = False) -> dict[str, Any]:
+  """:func:`evaluate_top` for a stored black-box study, its task and space rebuilt from the
+  study's config."""
+  from metaopt._src import config as config_lib
+
+  rec = store.load_study(study)
+  if rec.config.get("kind") == "study":
+    raise ValueError(f"study {rec.name!r} was made in Python by metaopt.create_study with a "
+                     "Python objective; there is no task to retrain (its trials are in `report`)")
+  _, task, space, _ = config_lib.build({**rec.config, "store": store.url})
+  return evaluate_top(store, rec.name, task, space, k=k, seeds=seeds, ensemble=ensemble)

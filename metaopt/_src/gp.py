@@ -213,6 +213,18 @@ def _log_h(z: jax.Array) -> jax.Array:
   return jnp.where(z > -5.0, direct, asym)
 
 
+def _check_n_exploit(n_exploit: int | Sequence[int]) -> tuple[int, ...]:
+  if isinstance(n_exploit, (int, np.integer)) and not isinstance(n_exploit, bool):
+    _check_int("n_exploit", n_exploit, 0)
+    return (int(n_exploit),) if n_exploit else ()
+  if not (isinstance(n_exploit, Sequence) and all(
+      isinstance(k, (int, np.integer)) and not isinstance(k, bool) and k >= 1
+      for k in n_exploit)):
+    raise ValueError(f"n_exploit={n_exploit!r}: must be an integer >= 0 or a sequence of "
+                     "integers >= 1")
+  return tuple(int(k) for k in n_exploit)
+
+
 def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float = 2.0,
           capacity: int = 256, fit_steps: int = 100, fit_lr: float = 0.05,
           n_candidates: int = 1024, n_local: int = 256, local_std: float = 0.05,
@@ -282,15 +294,7 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
   _check_int("n_local", n_local, 0)
   _check_int("n_restarts", n_restarts, 1)
   _check_int("grad_steps", grad_steps, 0)
-  if isinstance(n_exploit, (int, np.integer)) and not isinstance(n_exploit, bool):
-    _check_int("n_exploit", n_exploit, 0)
-    n_exploit = (int(n_exploit),) if n_exploit else ()
-  elif not (isinstance(n_exploit, Sequence) and all(
-      isinstance(k, (int, np.integer)) and not isinstance(k, bool) and k >= 1
-      for k in n_exploit)):
-    raise ValueError(f"n_exploit={n_exploit!r}: must be an integer >= 0 or a sequence of "
-                     "integers >= 1")
-  n_exploit = tuple(int(k) for k in n_exploit)
+  n_exploit = _check_n_exploit(n_exploit)
   if n_restarts > n_candidates + n_local + 1:
     raise ValueError(f"n_restarts={n_restarts}: must be <= n_candidates + n_local + 1")
   for name, v in (("kappa", kappa), ("fit_lr", fit_lr), ("local_std", local_std),

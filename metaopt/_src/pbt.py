@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from metaopt._src.types import Searcher
+from metaopt._src.types import Decision, Searcher
 
 
 def pbt(dim: int, interval: int = 2, quantile: float = 0.25, perturb: float = 0.05,
@@ -85,7 +85,7 @@ def pbt(dim: int, interval: int = 2, quantile: float = 0.25, perturb: float = 0.
     explored = jnp.where(explore_mask, jnp.where(pick, resampled, moved), u[donor])
     new_u = jnp.where(replace[:, None], explored, u)
     copy_from = jnp.where(replace, donor, -1)
-    info = {"exploited": replace, "copy_from": copy_from, "u": new_u}
-    return {**state, "key": jax.random.key_data(key)}, jnp.ones_like(alive), info
+    decision = Decision(jnp.ones_like(alive), {"exploited": replace}, copy_from, new_u)
+    return {**state, "key": jax.random.key_data(key)}, decision
 
   return Searcher(init, ask, tell, observe)

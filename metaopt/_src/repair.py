@@ -48,7 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from metaopt._src.monitor import CONDITIONS, FAMILIES, architecture_family, detect_conditions
-from metaopt._src.types import COMPLETE, Searcher
+from metaopt._src.types import COMPLETE, Decision, Searcher
 from spaces import Choice, Float, Int, Space
 
 ROWS: tuple[str, ...] = (*CONDITIONS, "none")  # "none": no condition detected
@@ -91,8 +91,7 @@ class Action:
 def repair_space(max_width: int = 128) -> Space:
   """The expanded repair space of the MLP tasks (``digits_mlp``, ``wine_mlp``,
   ``breast_cancer_mlp``, ``synthetic_regression``)."""
-  from tasks import ACTIVATIONS
-  from tasks._src.base import SCHEDULES
+  from tasks import ACTIVATIONS, SCHEDULES
 
   return Space({
       "optimizer": Choice(["adamw", "sgd"], default="adamw", structural=True),
@@ -511,7 +510,7 @@ def repair(
     counts = state["counts"].at[:n].add(hit.astype(jnp.float32))
     epochs = state["epochs"].at[:n].add(counted.astype(jnp.float32))
     info = {c: cond[c] & seen for c in CONDITIONS}
-    return {**state, "counts": counts, "epochs": epochs}, jnp.ones_like(alive), info
+    return {**state, "counts": counts, "epochs": epochs}, Decision(jnp.ones_like(alive), info)
 
   def tell(state, u, y, status):
     n = y.shape[0]
@@ -745,7 +744,7 @@ def build_table(
   :func:`table_from_corpus`), with its provenance."""
   import time
 
-  from metaopt._src.driver import code_version
+  from metaopt._src.provenance import code_version
 
   t0 = time.time()
   corpus = collect_corpus(task_names, n_configs, epochs, population, seed, actions, store,

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 from typing import Any
 
 from metaopt._src.store import Store
+from metaopt._src.types import Result
 
 _FIELDS = ("name", "program", "task_name", "start", "searcher", "n_trials", "population",
            "epochs", "target", "seed", "table", "ucb")
 _FILL = ("random", "tpe", "sobol")
 
 
-def _config(cfg: Any) -> dict[str, Any]:
+def validate(cfg: Any) -> dict[str, Any]:
+  """Checks a ``program = "repair"`` config; returns it as a dict (one ``ValueError``)."""
   cfg = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
   unknown = sorted(set(cfg) - set(_FIELDS) - {"store", "batch_size"})
   if unknown:
@@ -69,7 +72,7 @@ def trials_to_target(trials: list, target: float, direction: str) -> int | None:
   return sum(t.round <= first_round for t in trials)
 
 
-def run_config(cfg: Mapping[str, Any], store: Store, progress: bool = True) -> dict[str, Any]:
+def run_config(cfg: Mapping[str, Any], store: Store, progress: bool = True) -> Result:
   """Repairs ``cfg.start`` on ``cfg.task_name`` until ``cfg.target`` or ``cfg.n_trials``."""
   from metaopt._src.driver import search
   from metaopt._src.monitor import architecture_family
@@ -83,7 +86,7 @@ def run_config(cfg: Mapping[str, Any], store: Store, progress: bool = True) -> d
   )
   from tasks import get_task
 
-  cfg = _config(cfg)
+  cfg = validate(cfg)
   task = get_task(cfg["task_name"])
   space = repair_space()
   fill = make_searcher(cfg.get("searcher", "random"), space.dim)
@@ -112,7 +115,7 @@ def run_config(cfg: Mapping[str, Any], store: Store, progress: bool = True) -> d
     store.log_event(rec.id, "repair", f"round {s['round']}: repaired trial #{s['parent']} "
                     f"(conditions: {', '.join(trial_conditions(parent.metrics)) or 'none'}) "
                     f"with {[t['changes'] for t in s['trials']]}")
-  out = res.summary()
+  out: dict[str, Any] = {}
   out["start_conditions"] = trial_conditions(res.trials[0].metrics) if res.trials else []
   out["family"] = family
   out["table_used"] = table_applies(table, family)  # else: random actions, learnt online
@@ -121,4 +124,4 @@ def run_config(cfg: Mapping[str, Any], store: Store, progress: bool = True) -> d
     out["trials_to_target"] = trials_to_target(res.trials, cfg["target"], task.direction)
   out["repairs"] = steps
   out["store"] = store.url
-  return out
+  return dataclasses.replace(res, program="repair", info=out)

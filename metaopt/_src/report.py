@@ -428,3 +428,86 @@ kernels, and their wall time with compilation excluded, per trial).</p>
     f.write(page)
   return {k: v for k, v in paths.items() if v}
 
+
+def _study_task(cfg: dict) -> tuple[Any, Any]:
+  """``(task, space)`` of a study, built once from its config; None where it does not say."""
+  from spaces import from_spec
+  from tasks import get_task
+  try:
+    task = get_task(cfg["task_name"], **cfg.get("task", {}))
+  except (KeyError, TypeError, ValueError):
+    task = None
+  try:
+    spec = cfg.get("space") or {}
+    order = cfg.get("space_order") or list(spec)  # the store's JSON sorts keys
+    space = from_spec({n: spec[n] for n in order}) if spec else getattr(task, "space", None)
+  except (KeyError, TypeError, ValueError):
+    space = None
+  return task, space
+
+
+def _live_weights(task: Any, space: Any, trials: list) -> tuple[str, dict[int, float]] | None:
+  """Live weights of every complete trial's model, when the study's config names a task."""
+  if task is None:
+    return None
+  from metaopt._src.constraints import param_counter
+  try:
+    count = param_counter(task, space)
+    return "live weights", {t.number: float(count(t.params)) for t in trials
+                            if t.status == "complete" and t.objective is not None}
+  except (KeyError, TypeError, ValueError):
+    return None
+
+
+def study_report(store: Any, study: str | None = None, out: str | None = None
+                 ) -> tuple[dict[str, Any], Result]:
+  """Writes a stored study's report (plots, HTML) to ``out`` (default
+  ``runs/report_<study>``); returns the JSON summary and the study's :class:`Result`."""
+  rec = store.load_study(study)
+  result = Result(rec.name, rec.direction, store.trials(rec.id),
+                  objectives=store.objectives(rec.id) or None)
+  out = out or os.path.join("runs", f"report_{rec.name}")
+  summary = result.summary()
+  task, space = _study_task(rec.config)
+  costs = _live_weights(task, space, result.trials)
+  paths = write_report(result, out, {"code version": rec.code_version,
+                                     "data version": rec.data_version,
+                                     "hardware": rec.hardware, "seed": rec.seed},
+                       coords=None if space is None else space.names,
+                       events=store.events(rec.id), costs=costs)
+  summary.update(plot=paths["history"], html=paths["html"], plots=paths,
+                 importance=param_importance(result), pareto_front=pareto_front(result, costs))
+  comp = compute_summary(result)
+  summary["compute"] = {k: v for k, v in comp.items() if k != "per_trial"}
+  summary.update(events=store.events(rec.id), data_version=rec.data_version,
+                 code_version=rec.code_version)
+  return summary, result
+
+
+def report_text(summary: dict[str, Any], result: Result) -> str:
+  """The report as the CLI prints it: counts, the best trial, a multi-objective study's
+  Pareto front and hypervolume, the ten best trials, compute."""
+  d = result.direction
+  lines = [f"study {result.study}: {summary['n_trials']} trials, {summary['n_complete']} "
+           f"complete, {summary['n_failed']} failed, {summary['n_pruned']} pruned ({d})"]
+  b = summary["best"]
+  if b:
+    lines.append(f"best trial #{b['number']}: objective {b['objective']:.4f} "
+                 f"params {b['params']}")
+  if result.objectives:
+    names = ", ".join(f"{n} ({d})" for n, d in result.objectives)
+    lines.append(f"objectives: {names}; Pareto front of {len(summary['objectives_front'])} "
+                 f"trials, hypervolume {summary['hypervolume']:.6g} "
+                 f"(reference {summary['reference_point']})")
+    lines += [f"  #{p['number']}: {p['values']}" for p in summary["objectives_front"]]
+  order = sorted(result.trials, key=lambda t: (
+      t.objective is None, -(t.objective or 0) if d == "maximize" else (t.objective or 0)))
+  for t in order[:10]:
+    obj = "-" if t.objective is None else f"{t.objective:.4f}"
+    lines.append(f"  #{t.number:<4d} {t.status:<9s} {obj:>8s}  {t.failure_reason or ''} "
+                 f"{t.params}")
+  c = summary["compute"]
+  lines.append(f"compute: {c['total_flops'] / 1e9:.2f} GFLOPs, "
+               f"{c['total_device_seconds']:.2f} device-seconds")
+  lines.append(f"report: {summary['html']}")
+  return "\n".join(lines)

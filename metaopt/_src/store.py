@@ -25,10 +25,14 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import json
 import math
 import os
+import sqlite3
 import time
+import urllib.parse
+import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -106,6 +110,7 @@ trial_values = sa.Table(
     sa.Column("idx", sa.Integer, primary_key=True),
     sa.Column("value", sa.Float),
 )
+_ADDITIVE = {"study_objectives", "trial_values"}  # tables a store opened to read may lack
 
 
 rounds = sa.Table(
@@ -157,8 +162,8 @@ def _dumps(x: Any) -> str:
 
 
 @dataclasses.dataclass
-class Study:
-  """A study row."""
+class StudyRecord:
+  """A study row (the Python-side :class:`metaopt.Study` and the population engine share it)."""
 
   id: int
   name: str
@@ -176,36 +181,93 @@ class Study:
 class Store:
   """A SQL trial store at ``url`` (e.g. ``sqlite:///runs/study.db``, ``postgresql://...``)."""
 
-  def __init__(self, url: str):
+  def __init__(self, url: str, create: bool = True):
+    """Opens (``create``: creating if needed) the store at ``url``.
+
+    Args:
+      url: SQLAlchemy URL.
+      create: create the SQLite file, its directory and the tables if missing. With
+        ``create=False`` (reading an existing study: report, resume, evaluate) a missing or
+        foreign store raises and nothing is written; a SQLite file that cannot be written
+        (e.g. immutable) is then opened read-only (``read_only``).
+
+    Raises:
+      ValueError: one line naming the problem (malformed URL, unknown dialect or missing
+        driver, a SQLite path that does not exist, is not SQLite, is read-only, or a server
+        that cannot be reached), raised before anything is written.
+    """
     if not isinstance(url, str) or "://" not in url:
       raise ValueError(f"store={url!r}: must be an SQLAlchemy URL such as "
                        "'sqlite:///runs/quickstart.db' or 'postgresql://user@host/db'")
     self.url = url
+    self.read_only = False
+    self._absent: set[str] = set()
+    parsed = _parse_url(url)
+    shown = self._shown = parsed.render_as_string(hide_password=True)
     kwargs: dict[str, Any] = {}
-    if url.startswith("sqlite"):
-      path = sa.engine.make_url(url).database
+    if parsed.get_backend_name() == "sqlite":
+      path = parsed.database
+      if parsed.query.get("uri") not in (None, "false", "0"):
+        raise ValueError(f"store={url!r}: SQLite URI filenames (uri=true) are not supported; "
+                         "name the file: sqlite:///path/to/file.db")
       if path and path != ":memory:":
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        self.read_only = _check_sqlite_file(shown, path, create)
+        if create:
+          os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        if self.read_only:  # no -wal / -shm files, no locks: nothing written beside it
+          kwargs["creator"] = functools.partial(
+              sqlite3.connect, f"file:{urllib.parse.quote(os.path.abspath(path))}?immutable=1",
+              uri=True, check_same_thread=False)
       else:  # one shared connection, or every connection would see its own empty database
         kwargs["poolclass"] = sa.pool.StaticPool
       kwargs["connect_args"] = {"timeout": 60, "check_same_thread": False}
-    self.engine = sa.create_engine(url, **kwargs)
-    if url.startswith("sqlite"):
+    elif parsed.get_backend_name() == "postgresql":
+      kwargs["connect_args"] = {"connect_timeout": 5}  # an unreachable server fails fast
+    try:
+      self.engine = sa.create_engine(url, **kwargs)
+    except sa.exc.NoSuchModuleError:
+      raise ValueError(f"store {shown!r}: unknown database dialect {parsed.drivername!r}; "
+                       "use sqlite:///path/to/file.db or postgresql+psycopg://user@host/db") \
+          from None
+    except ImportError as e:
+      raise ValueError(f"store {shown!r}: the driver for {parsed.drivername!r} is not "
+                       f"installed ({e}); for PostgreSQL use postgresql+psycopg://") from None
+    except (sa.exc.ArgumentError, TypeError, ValueError) as e:  # e.g. ?timeout=x
+      raise ValueError(f"store {shown!r}: {_one_line(e)}") from None
+    if parsed.get_backend_name() == "sqlite" and not self.read_only:
       @sa.event.listens_for(self.engine, "connect")
       def _pragmas(conn, _):
         cur = conn.cursor()
-        cur.execute("PRAGMA journal_mode=WAL")
+        if create:  # persistent in the file: a store opened to read keeps what it has
+          cur.execute("PRAGMA journal_mode=WAL")
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.close()
-    for attempt in range(10):  # several processes may create the schema at once
-      try:
-        _meta.create_all(self.engine)
-        break
-      except sa.exc.DBAPIError:
-        if attempt == 9:
-          raise
-        time.sleep(0.05 * (attempt + 1))
+    # closed connections at exit: SQLite then removes its -wal and -shm files
+    weakref.finalize(self, self.engine.dispose)
+    try:
+      with self.engine.connect():  # reachable, and a database: before anything is written
+        pass
+      if not create:
+        missing = {t for t in _meta.tables if not sa.inspect(self.engine).has_table(t)}
+        self._absent = missing & _ADDITIVE  # a store from before these tables: read as empty
+        missing -= _ADDITIVE
+        if missing:
+          self.engine.dispose()
+          raise ValueError(f"store {shown!r}: not a metaopt store (no table "
+                           f"{', '.join(sorted(missing))})")
+        return
+      for attempt in range(10):  # several processes may create the schema at once
+        try:
+          _meta.create_all(self.engine)
+          break
+        except sa.exc.DBAPIError:
+          if attempt == 9:
+            raise
+          time.sleep(0.05 * (attempt + 1))
+    except sa.exc.DBAPIError as e:
+      self.engine.dispose()
+      raise ValueError(f"store {shown!r}: cannot open ({_one_line(e.orig or e)})") from None
 
   def close(self) -> None:
     self.engine.dispose()
@@ -213,14 +275,14 @@ class Store:
   # ---------------------------------------------------------------- studies
   def create_study(self, name: str, *, direction: str, config: Mapping[str, Any], seed: int,
                    code_version: str | None = None, data_version: Mapping | None = None,
-                   hardware: Mapping | None = None) -> Study:
+                   hardware: Mapping | None = None) -> StudyRecord:
     """Creates a study; raises ``ValueError`` if the name is taken."""
     if direction not in ("maximize", "minimize"):
       raise ValueError(f"direction={direction!r}: allowed values are 'maximize', 'minimize'")
     now = _now()
     with self.engine.begin() as c:
       if c.execute(sa.select(studies.c.id).where(studies.c.name == name)).first():
-        raise ValueError(f"study {name!r} already exists in {self.url}; use `resume` or a new "
+        raise ValueError(f"study {name!r} already exists in {self._shown}; use `resume` or a new "
                          "study name")
       c.execute(studies.insert().values(
           name=name, direction=direction, config=_dumps(config), seed=int(seed),
@@ -233,19 +295,22 @@ class Store:
     with self.engine.connect() as c:
       return [r[0] for r in c.execute(sa.select(studies.c.name).order_by(studies.c.id))]
 
-  def load_study(self, name: str | None = None) -> Study:
+  def load_study(self, name: str | None = None) -> StudyRecord:
     """Loads a study by name, or the only study in the store when ``name`` is None."""
     with self.engine.connect() as c:
       q = sa.select(studies)
       if name is not None:
         q = q.where(studies.c.name == name)
       rows = c.execute(q).mappings().all()
+    if not rows and name is None:
+      raise ValueError(f"{self._shown} holds no study")
     if not rows:
-      raise ValueError(f"study {name!r} not found in {self.url}; studies: {self.study_names()}")
+      raise ValueError(f"study {name!r} not found in {self._shown}; studies: "
+                       f"{self.study_names()}")
     if len(rows) > 1:
-      raise ValueError(f"{self.url} holds several studies {self.study_names()}; pass --study")
+      raise ValueError(f"{self._shown} holds several studies {self.study_names()}; pass --study")
     r = rows[0]
-    return Study(r["id"], r["name"], r["direction"], json.loads(r["config"]), r["seed"],
+    return StudyRecord(r["id"], r["name"], r["direction"], json.loads(r["config"]), r["seed"],
                  r["code_version"], json.loads(r["data_version"] or "null"),
                  json.loads(r["hardware"] or "null"), r["searcher_state"], r["state_round"],
                  r["state_phase"])
@@ -427,6 +492,42 @@ class Store:
                        .order_by(rounds.c.round)).mappings().all()
     return [{k: v for k, v in r.items() if k != "searcher_state"} for r in rows]
 
+  # ---------------------------------------------------------------- single trials
+  def finish_trials(self, study_id: int, results: Sequence[tuple[int, str, float | None,
+                                                                  str | None, float | None]],
+                    metrics: Mapping[int, Mapping[str, Any]] | None = None,
+                    searcher_state: bytes | None = None, rnd: int | None = None) -> None:
+    """Final ``(id, status, objective, reason, duration_s)`` of single trials (the
+    :class:`metaopt.Study` ``tell``), their metrics as epoch 0, and, when a whole ask batch
+    ``rnd`` is told, the searcher state after ``tell``; one transaction."""
+    now = _now()
+    with self.engine.begin() as c:
+      for tid, status, obj, reason, duration in results:
+        c.execute(trials.update().where(trials.c.id == int(tid)).values(
+            status=status, objective=_finite(obj), failure_reason=reason, finished_at=now,
+            duration_s=duration))
+      for tid, m in (metrics or {}).items():
+        c.execute(trial_epochs.delete().where(trial_epochs.c.trial_id == int(tid)))
+        c.execute(trial_epochs.insert().values(trial_id=int(tid), epoch=0, metrics=_dumps(m)))
+        c.execute(trials.update().where(trials.c.id == int(tid)).values(last_epoch=0))
+      if searcher_state is not None:
+        c.execute(studies.update().where(studies.c.id == study_id).values(
+            searcher_state=searcher_state, state_round=rnd, state_phase="told",
+            updated_at=now))
+
+  def update_config(self, study_id: int, config: Mapping[str, Any]) -> None:
+    """Replaces a study's recorded config (e.g. to add the provenance of a warm start)."""
+    with self.engine.begin() as c:
+      c.execute(studies.update().where(studies.c.id == study_id).values(
+          config=_dumps(config), updated_at=_now()))
+
+  def trial_ids(self, study_id: int) -> dict[int, int]:
+    """Trial number -> row id of every trial of a study."""
+    with self.engine.connect() as c:
+      rows = c.execute(sa.select(trials.c.number, trials.c.id).where(
+          trials.c.study_id == study_id)).all()
+    return {int(n): int(i) for n, i in rows}
+
   # ---------------------------------------------------------------- objectives
   def set_objectives(self, study_id: int, objectives: Sequence[tuple[str, str]]) -> None:
     """Declares a study's objectives ``[(name, direction), ...]`` (once, at creation)."""
@@ -442,6 +543,8 @@ class Store:
 
   def objectives(self, study_id: int) -> list[tuple[str, str]]:
     """The declared objectives of a study; empty for a single-objective study."""
+    if "study_objectives" in self._absent:
+      return []
     with self.engine.connect() as c:
       rows = c.execute(sa.select(study_objectives).where(
           study_objectives.c.study_id == study_id).order_by(study_objectives.c.idx)).mappings()
@@ -473,7 +576,7 @@ class Store:
           per.setdefault(r["trial_id"], []).append({"epoch": r["epoch"],
                                                     **json.loads(r["metrics"])})
       vals: dict[int, list[float | None]] = {}
-      if rows:
+      if rows and "trial_values" not in self._absent:
         for r in c.execute(sa.select(trial_values).join(trials).where(
             trials.c.study_id == study_id).order_by(trial_values.c.trial_id,
                                                     trial_values.c.idx)).mappings():
@@ -483,6 +586,60 @@ class Store:
                   metrics=per.get(r["id"], []), failure_reason=r["failure_reason"],
                   checkpoint_path=r["checkpoint_path"], u=json.loads(r["u"] or "null"),
                   duration_s=r["duration_s"], values=vals.get(r["id"])) for r in rows]
+
+
+def _one_line(e: BaseException) -> str:
+  return " ".join(str(e).split("\n[SQL:")[0].split())
+
+
+def _parse_url(url: str) -> sa.engine.URL:
+  """The parsed URL; ValueError (one line) for a malformed one or a SQLite URL with a host
+  (``sqlite://tmp/x.db``: a relative path needs three slashes, an absolute one four)."""
+  try:
+    parsed = sa.engine.make_url(url)
+  except (sa.exc.ArgumentError, ValueError) as e:
+    raise ValueError(f"store={url!r}: not an SQLAlchemy URL ({_one_line(e)})") from None
+  url = parsed.render_as_string(hide_password=True)
+  try:
+    parsed.get_dialect()
+  except sa.exc.NoSuchModuleError:
+    raise ValueError(f"store={url!r}: unknown database dialect {parsed.drivername!r}; use "
+                     "sqlite:///path/to/file.db or postgresql+psycopg://user@host/db") from None
+  except ImportError:
+    pass  # a known dialect whose driver is missing: create_engine says which
+  if parsed.get_backend_name() == "sqlite" and (parsed.host or parsed.port or parsed.username):
+    raise ValueError(f"store={url!r}: a SQLite URL has no host; write "
+                     f"sqlite:///{parsed.host}/{parsed.database} (relative path) or "
+                     f"sqlite:////{parsed.host}/{parsed.database} (absolute path)")
+  return parsed
+
+
+def _check_sqlite_file(url: str, path: str, create: bool) -> bool:
+  """Checks a SQLite store's path before anything opens it; returns whether the file
+  exists and cannot be written. ValueError for a missing file (unless ``create``), a
+  directory, a file that is not SQLite, or a read-only file the store would write."""
+  if not os.path.exists(path):
+    if not create:
+      raise ValueError(f"store {url!r}: no such file {os.path.abspath(path)}")
+    return False
+  if os.path.isdir(path):
+    raise ValueError(f"store {url!r}: {os.path.abspath(path)} is a directory, not a SQLite file")
+  try:
+    with open(path, "rb") as f:
+      head = f.read(16)
+  except OSError as e:
+    raise ValueError(f"store {url!r}: cannot read {os.path.abspath(path)} ({e.strerror})") \
+        from None
+  if head and head != b"SQLite format 3\x00":
+    raise ValueError(f"store {url!r}: {os.path.abspath(path)} is not a SQLite database")
+  read_only = not os.access(path, os.W_OK) or not os.access(
+      os.path.dirname(os.path.abspath(path)), os.W_OK)
+  if read_only and create:
+    raise ValueError(f"store {url!r}: {os.path.abspath(path)} is read-only; a search "
+                     "records its trials there")
+  if read_only and not head:
+    raise ValueError(f"store {url!r}: {os.path.abspath(path)} is empty and read-only")
+  return read_only
 
 
 def _finite(x: float | None) -> float | None:

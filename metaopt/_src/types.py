@@ -11,16 +11,17 @@ pytree state, in the style of ``optax.GradientTransformation``::
 inside ``lax.scan``. Searchers minimise; the driver negates objectives a task maximises.
 Only trials with ``status == COMPLETE`` carry a meaningful ``y``.
 
-A searcher may carry an ``observe`` function that the population engine calls between
-chunks (epochs) with the population's epoch metrics; pruners (``with_pruning``) and monitors
-(``with_monitor``) are observers::
+A searcher may carry an ``observe`` function that the search loop calls between chunks
+(epochs) with the population's epoch metrics; pruners (``with_pruning``), monitors
+(``with_monitor``) and PBT are observers::
 
-    state, keep, info = searcher.observe(state, metrics, epoch, alive)
+    state, decision = searcher.observe(state, metrics, epoch, alive)
 
 ``metrics`` maps names to arrays of shape ``[n]`` (``objective`` is the minimised valid
 objective, ``objective_delta`` its change since the previous epoch, plus the trial telemetry);
-``keep[n]`` is False for trials to stop now, and ``info`` maps condition names to ``[n]``
-boolean arrays that are recorded with the epoch.
+``decision`` is a :class:`Decision`: ``keep[n]`` is False for trials to stop now,
+``conditions`` maps condition names to ``[n]`` booleans recorded with the epoch, and PBT sets
+``copy_from`` (exploit) and ``u`` (explore).
 """
 
 from __future__ import annotations
@@ -37,6 +38,31 @@ COMPLETE, FAILED, PRUNED, INFEASIBLE, RUNNING = 0, 1, 2, 3, 4
 STATUS_NAMES = ("complete", "failed", "pruned", "infeasible", "running")
 
 
+class Decision(NamedTuple):
+  """What an observer (pruner, monitor, PBT) decides after an epoch, for ``n`` trials.
+
+  Attributes:
+    keep: ``[n]`` False for trials to stop now.
+    conditions: name -> ``[n]`` booleans, recorded with each trial's epoch (e.g. the
+      monitor's ``vanishing``, PBT's ``exploited``).
+    copy_from: ``[n]`` PBT exploit: trial ``i`` continues from trial ``copy_from[i]``'s
+      weights and optimizer state (``-1``: its own); None when nothing is copied.
+    u: ``[n, d]`` PBT explore: the points trials continue with; None to keep theirs.
+  """
+
+  keep: jax.Array
+  conditions: dict[str, jax.Array] | None = None
+  copy_from: jax.Array | None = None
+  u: jax.Array | None = None
+
+
+def merge_decisions(a: Decision, b: Decision) -> Decision:
+  """Both observers' decisions: a trial stops if either stops it; ``b``'s PBT wins."""
+  return Decision(a.keep & b.keep, {**(a.conditions or {}), **(b.conditions or {})},
+                  b.copy_from if b.copy_from is not None else a.copy_from,
+                  b.u if b.u is not None else a.u)
+
+
 class Searcher(NamedTuple):
   """A black-box search program over ``[0, 1]^dim``.
 
@@ -50,7 +76,7 @@ class Searcher(NamedTuple):
   init: Callable[[jax.Array], PyTree]
   ask: Callable[[PyTree, jax.Array, int], tuple[PyTree, jax.Array]]
   tell: Callable[[PyTree, jax.Array, jax.Array, jax.Array], PyTree]
-  observe: Callable[..., tuple[PyTree, jax.Array, dict]] | None = None
+  observe: Callable[..., tuple[PyTree, Decision]] | None = None
   startup_ask: Callable[[PyTree, jax.Array, int], tuple[PyTree, jax.Array, jax.Array]] | None \
       = None
 
@@ -86,19 +112,36 @@ class Trial:
   duration_s: float | None = None
   values: list[float | None] | None = None  # one per declared objective (several objectives)
 
+  @property
+  def value(self) -> float | None:
+    """The objective (Optuna's name for it)."""
+    return self.objective
+
 
 @dataclasses.dataclass
 class Result:
-  """What every search program returns: its trials, the best one, and its own state.
+  """What every program returns: its trials, the best one, and its own state.
 
-  A study with several ``objectives`` (``[(name, direction), ...]``) also gives its Pareto
-  front (:meth:`pareto_front`) and the front's hypervolume (:meth:`hypervolume`).
+  Attributes:
+    study: the study's name in the store.
+    direction: ``"minimize"`` or ``"maximize"``.
+    trials: every recorded trial.
+    state: the program's final state (a searcher's state, for resumption), or None.
+    program: which program made it (``"search"``, ``"whitebox"``, ``"nas"``, ``"lopt"``,
+      ``"repair"``).
+    info: the program's own summary (e.g. NAS: the genotype and test accuracy); it is part
+      of :meth:`summary`, and ``result["key"]`` reads a summary field.
+    objectives: several objectives ``[(name, direction), ...]`` (None: one). Such a study
+      also gives its Pareto front (:meth:`pareto_front`) and the front's hypervolume
+      (:meth:`hypervolume`).
   """
 
   study: str
   direction: str
   trials: list[Trial]
   state: PyTree = None
+  program: str = "search"
+  info: dict[str, Any] = dataclasses.field(default_factory=dict)
   objectives: list[tuple[str, str]] | None = None
 
   def _front_data(self):
@@ -164,9 +207,9 @@ class Result:
     return sum(t.status == status for t in self.trials)
 
   def summary(self) -> dict[str, Any]:
-    """The JSON report: counts and the best trial."""
+    """The JSON report: counts, the best trial and the program's own summary."""
     b = self.best
-    return {
+    out = {
         "study": self.study,
         "direction": self.direction,
         "n_trials": len(self.trials),
@@ -178,13 +221,19 @@ class Result:
                                         "objective": b.objective, "seed": b.seed},
         **(self._multi_summary() if self.objectives else {}),
     }
+    if self.program != "search":
+      out["program"] = self.program
+    return {**out, **self.info}
+
+  def __getitem__(self, key: str) -> Any:
+    return self.summary()[key]
 
   def _multi_summary(self) -> dict[str, Any]:
     ref = self.reference_point()
     return {
         "objectives": [{"name": n, "direction": d} for n, d in self.objectives],
         "objectives_front": [{"number": t.number, "params": t.params, "values": t.values}
-                         for t in sorted(self.pareto_front(), key=lambda t: t.values)],
+                             for t in sorted(self.pareto_front(), key=lambda t: t.values)],
         "hypervolume": self.hypervolume(ref) if ref else 0.0,
         "reference_point": ref,
     }

@@ -26,9 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from metaopt._src.driver import code_version, hardware
+from metaopt._src.provenance import code_version, hardware
 from metaopt._src.store import Store
-from metaopt._src.types import COMPLETE, FAILED
+from metaopt._src.types import Result
 
 
 def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -42,11 +42,41 @@ def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
   return {prefix[:-1]: tree}
 
 
+_REQUIRED = ("name", "problem_name", "method", "population", "seed", "inner_steps",
+             "outer_steps", "tune")
+
+
+def validate(config: Mapping[str, Any]) -> dict[str, Any]:
+  """Checks a ``program = "whitebox"`` (gradient HPO) config; returns it as a dict."""
+  cfg = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+  missing = [f for f in _REQUIRED if f not in cfg]
+  if missing:
+    raise ValueError(f"config: missing field(s) {missing} of a white-box config "
+                     f"(fields: {', '.join(_REQUIRED)})")
+  fallback = cfg.get("fallback", "tpe")
+  if fallback not in ("none", "repair"):
+    from metaopt._src.registry import SEARCHERS
+    if fallback not in SEARCHERS:
+      raise ValueError(f"config field 'fallback' must be 'none', 'repair' or one of "
+                       f"{', '.join(SEARCHERS)}; got {fallback!r}")
+  return cfg
+
+
+def run_config(config: Mapping[str, Any], store: Store, progress: bool = True) -> Result:
+  """Runs a white-box config into ``store``; the :class:`Result`'s ``info`` is the
+  hypergradient run's summary (and its fallback's)."""
+  del progress  # one compiled outer step per recorded epoch
+  cfg = validate(config)
+  info = run_whitebox(cfg, store)
+  rec = store.load_study(cfg["name"])
+  return Result(rec.name, "minimize", store.trials(rec.id), None, "whitebox", info)
+
+
 def run_whitebox(config: Mapping[str, Any], store: Store) -> dict[str, Any]:
   """Runs ``hypergrad.run_config(config)`` recording every outer step in ``store``."""
   import hypergrad
 
-  cfg = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+  cfg = validate(config)
   n = int(cfg["population"])
   rec = store.create_study(cfg["name"], direction="minimize", config=cfg, seed=cfg["seed"],
                            code_version=code_version(),
@@ -86,11 +116,6 @@ def run_whitebox(config: Mapping[str, Any], store: Store) -> dict[str, Any]:
     record_step(step, tel)
 
   fallback = cfg.get("fallback", "tpe")
-  if fallback not in ("none", "repair"):
-    from metaopt._src.registry import SEARCHERS
-    if fallback not in SEARCHERS:
-      raise ValueError(f"config field 'fallback' must be 'none', 'repair' or one of "
-                       f"{', '.join(SEARCHERS)}; got {fallback!r}")
   summary = hypergrad.run_config(cfg, on_step=on_step)
   results = []
   for i, tid in enumerate(ids):
@@ -107,23 +132,6 @@ def run_whitebox(config: Mapping[str, Any], store: Store) -> dict[str, Any]:
   summary["store"] = store.url
   summary["fallback_members"] = sorted(fallback_reported)
   return summary
-
-
-def record_evaluations(store: Store, study_id: int, rnd: int, trials: list[dict[str, Any]],
-                       values: np.ndarray, rows: list[dict[str, Any]], *, epoch: int = 0,
-                       what: str = "validation loss", duration_s: float | None = None
-                       ) -> np.ndarray:
-  """Records one round of black-box evaluations (``trials`` as for ``Store.start_round``,
-  one epoch row each): complete with their value, or failed where it is not finite.
-  Returns the finite mask."""
-  ids = store.start_round(study_id, rnd, trials, b"")
-  ok = np.isfinite(values)
-  store.record_epoch(ids, epoch, rows, [])
-  store.end_round(study_id, rnd, [
-      (tid, "complete" if ok[i] else "failed", float(values[i]) if ok[i] else None,
-       None if ok[i] else f"non-finite {what}") for i, tid in enumerate(ids)], b"",
-      duration_s=duration_s)
-  return ok
 
 
 def fallback_space(cfg: Mapping[str, Any]):
@@ -157,20 +165,23 @@ def fallback_space(cfg: Mapping[str, Any]):
 def blackbox_fallback(cfg: Mapping[str, Any], store: Store, study_id: int,
                       history: list[tuple[dict, np.ndarray]], searcher_name: str
                       ) -> dict[str, Any]:
-  """Runs the black-box stage of a white-box program; returns its summary."""
+  """Runs the black-box stage of a white-box program through the search loop (rounds 1..
+  of the same study, the white-box history told first); returns its summary."""
+  import tempfile
+
   import jax
   import jax.numpy as jnp
 
   import hypergrad
-  from hypergrad.inner import optax_inner_loop
-  from hypergrad.unrolled import run_inner
+  from metaopt._src import loop
+  from metaopt._src.evaluators import JaxEvaluator
   from metaopt._src.registry import make_searcher
 
   problem = hypergrad.get_problem(cfg["problem_name"], **dict(cfg.get("problem", {})))
   space = fallback_space(cfg)
   names = list(space.names)
   steps = int(cfg["inner_steps"])
-  inner = optax_inner_loop(problem.train_loss, problem.optimizer)
+  inner = hypergrad.optax_inner_loop(problem.train_loss, problem.optimizer)
 
   def objective(h, key):
     full = {**problem.hparams}
@@ -178,21 +189,21 @@ def blackbox_fallback(cfg: Mapping[str, Any], store: Store, study_id: int,
       full[n] = jnp.broadcast_to(h[n], jnp.shape(problem.hparams[n])).astype(
           jnp.result_type(problem.hparams[n]))
     k_init, k_data = jax.random.split(key)
-    state, _ = run_inner(inner, full, problem.init_params(k_init),
-                         problem.sample(k_data, steps))
-    return problem.val_loss(inner.params(state), full)
+    state, _ = hypergrad.run_inner(inner, full, problem.init_params(k_init),
+                                   problem.sample(k_data, steps))
+    return {"val_loss": problem.val_loss(inner.params(state), full)}
 
-  evaluate = jax.jit(jax.vmap(objective))
   pop = int(cfg.get("fallback_population", cfg["population"]))
   if searcher_name == "repair":  # repair the best white-box point, TPE fills spare slots
     from metaopt._src.repair import repair, space_actions
+    # no training telemetry here for its monitor: it repairs from the objectives alone
     searcher = repair(make_searcher("tpe", space.dim), space, actions=space_actions(space),
-                      table=None, population=pop)
+                      table=None, population=pop)._replace(observe=None)
   else:
     searcher = make_searcher(searcher_name, space.dim)
+  ev = JaxEvaluator(objective, objective="val_loss", space=space)
+  env = loop.RoundEnv(ev, loop.searcher_fns(searcher, space), space, store, 1, 1.0)
   key = jax.random.key(int(cfg["seed"]) + 7)
-  state = searcher.init(key)
-  tell = jax.jit(searcher.tell)
   # the white-box history: every member at every outer step is one observation
   u_hist, y_hist = [], []
   for hp, val in history:
@@ -201,35 +212,21 @@ def blackbox_fallback(cfg: Mapping[str, Any], store: Store, study_id: int,
       point = {n: min(max(v, space.params[n].lo), space.params[n].hi) for n, v in point.items()}
       u_hist.append(space.encode(point))
       y_hist.append(val[i])
-  # told in batches of at most `pop` (a searcher's state may be sized by its population)
-  for i in range(0, len(u_hist), pop):
-    y = np.asarray(y_hist[i:i + pop], np.float32)
-    status = np.where(np.isfinite(y), COMPLETE, FAILED).astype(np.int32)
-    state = tell(state, jnp.asarray(np.stack(u_hist[i:i + pop]), jnp.float32),
-                 jnp.asarray(np.where(np.isfinite(y), y, np.inf)), jnp.asarray(status))
-  n_total = int(cfg.get("fallback_trials", 16))
-  ask = jax.jit(searcher.ask, static_argnums=2)
-  number = int(cfg["population"])
+  state = loop.warm_start(env, searcher.init(key), np.asarray(u_hist), np.asarray(y_hist), pop)
+  n_total, first = int(cfg.get("fallback_trials", 16)), int(cfg["population"])
+  ckpt_root = tempfile.mkdtemp(prefix="metaopt-fallback-")
   best: dict[str, Any] | None = None
-  rnd = 1
-  while number - int(cfg["population"]) < n_total:
-    n = min(pop, n_total - (number - int(cfg["population"])))
-    state, u = ask(state, jax.random.fold_in(key, rnd), n)
-    h = space.decode(u)
-    vals = np.asarray(evaluate(h, jax.random.split(jax.random.fold_in(key, 10_000 + rnd), n)),
-                      np.float64)
-    params = space.to_python_batch(jax.device_get(h))
-    ok = record_evaluations(store, study_id, rnd, [
-        {"number": number + i, "params": {**p, "stage": searcher_name},
-         "u": np.asarray(u[i]).tolist(), "seed": int(cfg["seed"])}
-        for i, p in enumerate(params)], vals, [{"val_loss": float(v)} for v in vals])
-    for i in np.flatnonzero(ok):
-      if best is None or vals[i] < best["val_loss"]:
-        best = {"number": number + int(i), "val_loss": float(vals[i]), "params": params[i]}
-    status = np.where(ok, COMPLETE, FAILED).astype(np.int32)
-    state = tell(state, u, jnp.asarray(np.where(ok, vals, np.inf), jnp.float32),
-                 jnp.asarray(status))
-    number += n
-    rnd += 1
+  number, rnd = first, 1
+  while number - first < n_total:
+    n = min(pop, n_total - (number - first))
+    plan = loop.RoundPlan(study_id, rnd, list(range(number, number + n)),
+                          jax.random.fold_in(key, rnd), jax.random.fold_in(key, 10_000 + rnd),
+                          f"{ckpt_root}/round_{rnd:05d}", int(cfg["seed"]),
+                          label=lambda p: {**p, "stage": searcher_name})
+    state, results, batch = loop.one_round(env, state, plan)
+    b = loop.best_of(results, "minimize")
+    if b is not None and (best is None or b[1] < best["val_loss"]):
+      best = {"number": number + b[0], "val_loss": b[1], "params": batch.params[b[0]]}
+    number, rnd = number + n, rnd + 1
   return {"searcher": searcher_name, "trials": n_total, "observations": len(u_hist),
           "space": names, "best": best}

@@ -35,22 +35,13 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
+from metaopt._src import loop
 from metaopt._src.checkpoint import Checkpointer
-from metaopt._src.driver import (
-    _engine,
-    _group,
-    _json_round_trip,
-    _positive_int,
-    _Round,
-    _searcher_fns,
-    _ser,
-    _train_round,
-    code_version,
-    hardware,
-    trial_seed,
-)
+from metaopt._src.driver import default_checkpoint_dir
+from metaopt._src.evaluators import Evaluator, as_evaluator
+from metaopt._src.provenance import code_version, hardware
 from metaopt._src.store import Claim, Store
-from metaopt._src.types import COMPLETE, FAILED, STATUS_NAMES, Result, Searcher
+from metaopt._src.types import Result, Searcher
 from spaces import Space
 from tasks import Task
 
@@ -69,7 +60,7 @@ def _merge(told: Any, local: Any) -> Any:
   return told
 
 
-def _open_study(st: Store, study: str, record: dict[str, Any], config: Any, task: Task,
+def _open_study(st: Store, study: str, record: dict[str, Any], config: Any, ev: Evaluator,
                 seed: int):
   """Creates the study, or loads it (several workers may race to create it)."""
   for _ in range(3):
@@ -78,16 +69,14 @@ def _open_study(st: Store, study: str, record: dict[str, Any], config: Any, task
       if rec.state_phase in ("asked", "told"):
         raise ValueError(f"study {study!r} was run by `search` (not by workers); resume it "
                          "without --worker, or pick a new study name")
-      now = _json_round_trip(record)
-      changed = sorted(k for k in set(rec.config) | set(now)
-                       if k not in ("store", "worker") and rec.config.get(k) != now.get(k))
+      changed = loop.config_changes(rec.config, record, ("store", "worker"))
       if config is not None and changed:
         raise ValueError(f"study {study!r} exists with a different config (fields {changed}); "
                          "run every worker with the same config")
       return rec
     try:
-      return st.create_study(study, direction=task.direction, config=record, seed=seed,
-                             code_version=code_version(), data_version=task.data.data_version,
+      return st.create_study(study, direction=ev.direction, config=record, seed=seed,
+                             code_version=code_version(), data_version=ev.data_version,
                              hardware=hardware())
     except Exception:  # noqa: BLE001 - another worker created it first: load it
       time.sleep(0.05)
@@ -96,12 +85,12 @@ def _open_study(st: Store, study: str, record: dict[str, Any], config: Any, task
 
 def worker(
     program: Searcher,
-    task: Task,
+    task: Task | Evaluator,
     *,
     space: Space | None = None,
     n_trials: int,
     population: int,
-    epochs: int,
+    epochs: int = 1,
     batch_size: int = 32,
     seed: int = 0,
     store: Store | str,
@@ -134,18 +123,20 @@ def worker(
     max_attempts: leases a round may have; after that its unfinished trials fail.
     poll_s: seconds between looks at the store while other workers hold every round.
   """
-  space = task.space if space is None else space
-  n_trials = _positive_int("n_trials", n_trials)
-  population = _positive_int("population", population)
-  epochs = _positive_int("epochs", epochs)
-  batch_size = _positive_int("batch_size", batch_size)
-  max_attempts = _positive_int("max_attempts", max_attempts)
+  n_trials = loop.positive_int("n_trials", n_trials)
+  population = loop.positive_int("population", population)
+  epochs = loop.positive_int("epochs", epochs)
+  batch_size = loop.positive_int("batch_size", batch_size)
+  max_attempts = loop.positive_int("max_attempts", max_attempts)
   for name, v in (("stale_after_s", stale_after_s), ("poll_s", poll_s)):
     if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
       raise ValueError(f"{name}={v!r}: must be a number > 0")
-  if batch_size > len(task.data.train):
-    raise ValueError(f"batch_size={batch_size}: must be <= {len(task.data.train)} "
-                     f"(size of {task.data.name}'s train split)")
+  ev = as_evaluator(task, batch_size=batch_size, shared_batches=shared_batches,
+                    devices=devices)
+  space = ev.space if space is None else space
+  if space is None:
+    raise ValueError("space: the evaluator has no space; pass space=spaces.Space({...})")
+  ev.validate(epochs)
   if not isinstance(program, Searcher):
     raise ValueError(f"program: expected a metaopt.Searcher, got {type(program).__name__}")
   if store is None:
@@ -153,162 +144,142 @@ def worker(
   st = store if isinstance(store, Store) else Store(store)
   if st.url in ("sqlite://", "sqlite:///:memory:"):
     raise ValueError("store: an in-memory SQLite store cannot be shared by workers")
-  wid = worker_id or f"{platform.node()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-  heartbeat_s = heartbeat_s or stale_after_s / 4
-  sign = -1.0 if task.direction == "maximize" else 1.0
-  if checkpoint_dir is None:
-    db = st.engine.url.database if st.url.startswith("sqlite") else None
-    base = (db + ".ckpt") if db and db != ":memory:" else os.path.join(
-        tempfile.gettempdir(), "metaopt-ckpt")
-    checkpoint_dir = os.path.join(base, study)
-
-  root = jax.random.key(seed)
-  key_init, key_rounds = jax.random.split(root)
-  template = program.init(key_init)
-  record = dict(config or {}, n_trials=n_trials, population=population, epochs=epochs,
-                batch_size=batch_size, seed=seed)
-  rec = _open_study(st, study, record, config, task, seed)
-
-  ask, tell, observe, decode = _searcher_fns(program, space)
-  multiple, data, kernel = _engine(task, devices, batch_size, shared_batches)
-  flops_cache: dict[str, Any] = {}
-
-  def load(b: bytes | None):
-    return template if b is None else flax.serialization.from_bytes(template, b)
-
-  n_rounds = -(-n_trials // population)
-  sizes = {min(population, n_trials - r * population) for r in range(n_rounds)}
-  for n in sizes:  # compile ask and tell outside the store's serialized transactions
-    ask(template, jax.random.key(0), n)  # the startup ask, if the program has one
-    s, u = ask(template, jax.random.key(0), n, model=True)
-    tell(s, u, jnp.zeros(n), jnp.zeros(n, jnp.int32))
-
-  def make_round(state_bytes: bytes | None, rnd: int):
-    n = min(population, n_trials - rnd * population)
-    key_r = jax.random.fold_in(key_rounds, rnd)
-    state, u = ask(load(state_bytes), jax.random.fold_in(key_r, 0), n)
-    u = np.asarray(u, np.float32)
-    if u.shape != (n, space.dim):
-      raise ValueError(f"program.ask returned points of shape {u.shape}; the space needs "
-                       f"(n, {space.dim}) for {space.names}")
-    params = space.to_python_batch(jax.device_get(decode(jnp.asarray(u))))
-    numbers = [rnd * population + i for i in range(n)]
-    return _ser(state), [{"number": num, "params": p, "u": uu, "seed": trial_seed(seed, num)}
-                         for num, p, uu in zip(numbers, params, u.tolist(), strict=True)]
-
-  def ckpt_dir(rnd: int) -> str:
-    return os.path.join(checkpoint_dir, f"round_{rnd:05d}")
-
-  bar = tqdm(disable=not progress, desc=f"{study} [{wid}]", unit="epoch", mininterval=1.0,
-             leave=False)
-  try:
-    while True:
-      claim = st.claim_round(rec.id, wid, n_rounds, make_round, stale_after_s=stale_after_s,
-                             max_attempts=max_attempts, checkpoint_path=ckpt_dir)
-      if claim == "done":
-        break
-      if claim == "wait":
-        time.sleep(poll_s)
-        continue
-      assert isinstance(claim, Claim)
-      _work_round(claim, st, rec.id, wid, load, tell, observe, decode, kernel, data, task,
-                  space, key_rounds, epochs, sign, seed, population, bar, on_epoch,
-                  checkpoint_every_s, multiple, flops_cache, batch_size, constraint,
-                  heartbeat_s, ckpt_dir(claim.round))
-  finally:
-    bar.close()
+  w = _Worker(program, ev, space, st, study, epochs, n_trials, population, seed, constraint,
+              checkpoint_dir or default_checkpoint_dir(st, study, os.path.join(
+                  tempfile.gettempdir(), "metaopt-ckpt")),
+              worker_id or f"{platform.node()}:{os.getpid()}:{uuid.uuid4().hex[:6]}",
+              heartbeat_s or stale_after_s / 4, checkpoint_every_s, on_epoch, progress)
+  w.rec = _open_study(st, study, dict(config or {}, n_trials=n_trials, population=population,
+                                      epochs=epochs, batch_size=batch_size, seed=seed),
+                      config, ev, seed)
+  w.run(stale_after_s, max_attempts, poll_s)
   final = st.load_study(study)
-  return Result(study, task.direction, st.trials(rec.id), load(final.searcher_state))
+  return Result(study, ev.direction, st.trials(w.rec.id), w.load(final.searcher_state))
 
 
-def _work_round(claim: Claim, st: Store, study_id: int, wid: str, load, tell, observe,
-                decode, kernel, data, task: Task, space: Space, key_rounds, epochs: int,
-                sign: float, seed: int, population: int, bar, on_epoch, checkpoint_every_s,
-                multiple: int, flops_cache: dict, batch_size: int, constraint,
-                heartbeat_s: float, directory: str) -> None:
-  """Trains (or gives up) one leased round and tells the searcher; a lost lease drops it."""
-  t0 = time.time()
-  rnd = claim.round
-  rows = claim.trials
-  u = np.asarray([_json_loads(x["u"]) for x in rows], np.float32)
-  ids = [x["id"] for x in rows]
-  state = load(claim.searcher_state)
-  if claim.kind == "give_up":
-    results = []
-    for x in rows:
-      if x["status"] == "running":
-        results.append((x["id"], "failed", None,
-                        f"worker lost {claim.attempts - 1} times (round {rnd})"))
-      else:
-        results.append((x["id"], x["status"], x["objective"], x["failure_reason"]))
-    _finish(st, study_id, rnd, wid, results, u, sign, state, claim.searcher_state, load, tell,
-            t0, status="failed")
-    return
-  h = jax.device_get(decode(jnp.asarray(u)))
-  params = space.to_python_batch(h)
-  violation = [None if constraint is None else float(constraint(p)) for p in params]
-  feasible = np.asarray([v is None or v <= 0 for v in violation])
-  groups, structures = _group(space, params, task, multiple, feasible)
-  r = _Round(rnd, ids, u, h, params, groups, structures, feasible)
-  if claim.kind == "new":
-    st.record_epoch([], 0, [], [
-        (r.ids[i], "infeasible", f"constraint violated by {violation[i]:g}", None)
-        for i in np.flatnonzero(~feasible)])
-  lost = threading.Event()
-  stop = threading.Event()
+class _Worker:
+  """One worker's view of a shared study: leases rounds and runs them through the loop."""
 
-  def beat():
-    while not stop.wait(heartbeat_s):
-      try:
-        if not st.heartbeat(study_id, rnd, wid):
-          lost.set()
-          return
-      except Exception:  # noqa: BLE001 - a missed beat is retried; staleness decides
-        pass
+  def __init__(self, program: Searcher, ev: Evaluator, space: Space, st: Store, study: str,
+               epochs: int, n_trials: int, population: int, seed: int, constraint,
+               checkpoint_dir: str, wid: str, heartbeat_s: float, checkpoint_every_s: float,
+               on_epoch, progress: bool):
+    key_init, self.key_rounds = jax.random.split(jax.random.key(seed))
+    self.template = program.init(key_init)
+    self.sign = -1.0 if ev.direction == "maximize" else 1.0
+    self.bar = tqdm(disable=not progress, desc=f"{study} [{wid}]", unit="epoch",
+                    mininterval=1.0, leave=False)
+    self.env = loop.RoundEnv(ev, loop.searcher_fns(program, space), space, st, epochs,
+                             self.sign, checkpoint_every_s, self.bar, None)
+    self.on_epoch, self.study, self.wid, self.heartbeat_s = on_epoch, study, wid, heartbeat_s
+    self.n_trials, self.population, self.seed = n_trials, population, seed
+    self.constraint, self.checkpoint_dir = constraint, checkpoint_dir
+    self.n_rounds = -(-n_trials // population)
+    self.rec = None
 
-  def epoch_done(number, epoch, metrics):
-    if lost.is_set():
-      raise _LeaseLost(f"round {number} was taken over")
-    if on_epoch is not None:
-      on_epoch(number, epoch, metrics)
+  def load(self, b: bytes | None):
+    return self.template if b is None else flax.serialization.from_bytes(self.template, b)
 
-  thread = threading.Thread(target=beat, daemon=True, name=f"heartbeat-{rnd}")
-  thread.start()
-  ckpt = Checkpointer(directory)
-  try:
-    key_r = jax.random.fold_in(key_rounds, rnd)
-    state = _train_round(r, state, task, kernel, data, ckpt, st, key_r, epochs, sign, observe,
-                         seed, population, bar, epoch_done, space, checkpoint_every_s,
-                         multiple, flops_cache, batch_size)
-  except _LeaseLost:
-    return
-  finally:
-    stop.set()
-    thread.join()
-    ckpt.close()
-  rows = st.round_trials(study_id, rnd)
-  results = [(x["id"], "complete" if x["status"] == "running" else x["status"], x["objective"],
-              x["failure_reason"]) for x in rows]
-  _finish(st, study_id, rnd, wid, results, r.u, sign, state, claim.searcher_state, load, tell,
-          t0)
+  def ckpt_dir(self, rnd: int) -> str:
+    return os.path.join(self.checkpoint_dir, f"round_{rnd:05d}")
 
+  def numbers(self, rnd: int) -> list[int]:
+    n = min(self.population, self.n_trials - rnd * self.population)
+    return [rnd * self.population + i for i in range(n)]
 
-def _finish(st: Store, study_id: int, rnd: int, wid: str, results, u: np.ndarray,
-            sign: float, local, asked: bytes | None, load, tell, t0: float,
-            status: str = "done") -> bool:
-  codes = np.asarray([STATUS_NAMES.index(s) if s != "running" else COMPLETE
-                      for _, s, _, _ in results], np.int32)
-  codes = np.where(np.asarray([s == "failed" for _, s, _, _ in results]), FAILED, codes)
-  y = np.asarray([sign * o if o is not None else np.inf for _, _, o, _ in results], np.float32)
+  def run(self, stale_after_s: float, max_attempts: int, poll_s: float) -> None:
+    fns, st = self.env.fns, self.env.store
+    for n in {len(self.numbers(r)) for r in range(self.n_rounds)}:
+      # compile ask and tell outside the store's serialized transactions
+      fns.ask(self.template, jax.random.key(0), n)  # the startup ask, if the program has one
+      s, u = fns.ask(self.template, jax.random.key(0), n, model=True)
+      fns.tell(s, u, jnp.zeros(n), jnp.zeros(n, jnp.int32))
+    try:
+      while True:
+        claim = st.claim_round(self.rec.id, self.wid, self.n_rounds, self.make_round,
+                               stale_after_s=stale_after_s, max_attempts=max_attempts,
+                               checkpoint_path=self.ckpt_dir)
+        if claim == "done":
+          break
+        if claim == "wait":
+          time.sleep(poll_s)
+          continue
+        assert isinstance(claim, Claim)
+        self.work(claim)
+    finally:
+      self.bar.close()
 
-  def told(current: bytes | None) -> bytes:
-    # nobody told since this round's ask: exactly the sequential search's state
-    merged = local if current == asked else _merge(load(current), local)
-    return _ser(tell(merged, jnp.asarray(u), jnp.asarray(y), jnp.asarray(codes)))
+  def make_round(self, state_bytes: bytes | None, rnd: int):
+    """Asks round ``rnd`` (inside the store's lease transaction)."""
+    env, numbers = self.env, self.numbers(rnd)
+    key_r = jax.random.fold_in(self.key_rounds, rnd)
+    state, u = loop.ask_points(env.fns, self.load(state_bytes), jax.random.fold_in(key_r, 0),
+                               len(numbers), env.space)
+    batch, _ = loop.make_batch(env.fns, env.space, rnd, numbers, u, seed=self.seed,
+                               epochs=env.epochs)
+    return loop.ser(state), loop.new_trials(batch)
 
-  return st.finish_round(study_id, rnd, wid, results, told, duration_s=time.time() - t0,
-                         status=status)
+  def work(self, claim: Claim) -> None:
+    """Trains (or gives up) one leased round and tells the searcher; a lost lease drops it."""
+    t0, rnd, rows, env = time.time(), claim.round, claim.trials, self.env
+    u = np.asarray([json.loads(x["u"] or "null") for x in rows], np.float32)
+    if claim.kind == "give_up":
+      results = [(x["id"], "failed", None, f"worker lost {claim.attempts - 1} times "
+                  f"(round {rnd})") if x["status"] == "running" else
+                 (x["id"], x["status"], x["objective"], x["failure_reason"]) for x in rows]
+      self.finish(rnd, results, u, self.load(claim.searcher_state), claim.searcher_state, t0,
+                  status="failed")
+      return
+    batch, violation = loop.make_batch(env.fns, env.space, rnd, [x["number"] for x in rows],
+                                       u, seed=self.seed, epochs=env.epochs,
+                                       constraint=self.constraint, ids=[x["id"] for x in rows])
+    if claim.kind == "new":
+      env.store.record_epoch([], 0, [], loop.infeasible_stops(batch, violation))
+    state = self.train(batch, self.load(claim.searcher_state), claim.kind == "retry")
+    if state is None:
+      return
+    results = loop.outcomes(env.store.round_trials(self.rec.id, rnd))
+    self.finish(rnd, results, batch.u, state, claim.searcher_state, t0)
 
+  def train(self, batch, state, resumed: bool = False):
+    """Runs the round with a heartbeat thread; None if the lease was lost meanwhile."""
+    st, rnd, lost, stop = self.env.store, batch.number, threading.Event(), threading.Event()
 
-def _json_loads(x: str | None) -> Any:
-  return json.loads(x or "null")
+    def beat():
+      while not stop.wait(self.heartbeat_s):
+        try:
+          if not st.heartbeat(self.rec.id, rnd, self.wid):
+            lost.set()
+            return
+        except Exception:  # noqa: BLE001 - a missed beat is retried; staleness decides
+          pass
+
+    def epoch_done(number, epoch, metrics):
+      if lost.is_set():
+        raise _LeaseLost(f"round {number} was taken over")
+      if self.on_epoch is not None:
+        self.on_epoch(number, epoch, metrics)
+
+    thread = threading.Thread(target=beat, daemon=True, name=f"heartbeat-{rnd}")
+    thread.start()
+    ckpt = Checkpointer(self.ckpt_dir(rnd))
+    env = loop.RoundEnv(**{**vars(self.env), "on_epoch": epoch_done})
+    try:
+      return loop.run_round(env, batch, state, ckpt, jax.random.fold_in(self.key_rounds, rnd),
+                            self.rec.id, resumed)
+    except _LeaseLost:
+      return None
+    finally:
+      stop.set()
+      thread.join()
+      ckpt.close()
+
+  def finish(self, rnd: int, results, u: np.ndarray, local, asked: bytes | None, t0: float,
+             status: str = "done") -> bool:
+    def told(current: bytes | None) -> bytes:
+      # nobody told since this round's ask: exactly the sequential search's state
+      merged = local if current == asked else _merge(self.load(current), local)
+      return loop.ser(loop.tell_round(self.env, merged, u, results))
+
+    return self.env.store.finish_round(self.rec.id, rnd, self.wid, results, told,
+                                       duration_s=time.time() - t0, status=status)

@@ -97,10 +97,20 @@ class Float:
     return float(math.exp(m) if self.log else m)
 
   def to_python(self, x: Any) -> float:
-    return float(x)
+    return clean_float(x)
 
   def from_python(self, v: Any) -> Any:
     return v
+
+
+def clean_float(x: Any) -> float:
+  """A decoded value as a Python float; float32 values become the shortest decimal that
+  rounds back to the same float32 (``0.9``, not ``0.8999999761581421``), so a value that
+  is printed, stored and typed back in trains with exactly the same float32."""
+  a = np.asarray(x)
+  if a.dtype == np.float32:
+    return float(str(np.float32(a)))
+  return float(a)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -345,16 +355,18 @@ class Space:
     return out
 
   def active(self, h: Mapping[str, jnp.ndarray]) -> dict[str, jnp.ndarray]:
-    """Boolean arrays: which parameters are active at the decoded point(s) ``h``."""
-    shape = jnp.shape(next(iter(h.values())))
+    """Boolean arrays: which parameters are active at the decoded point(s) ``h`` (numpy
+    arrays when ``h`` holds only numpy values, so host code dispatches nothing to JAX)."""
+    xp = np if all(isinstance(v, (np.ndarray, np.generic)) for v in h.values()) else jnp
+    shape = np.shape(next(iter(h.values())))
     act: dict[str, jnp.ndarray] = {}
     for n in self._order:
       p = self.params[n]
-      a = jnp.ones(shape, bool)
+      a = xp.ones(shape, bool)
       for parent, values in (p.when or {}).items():
         q = self.params[parent]
         codes = [q.from_python(v) for v in values]
-        hit = jnp.isin(jnp.asarray(h[parent]), jnp.asarray(codes))
+        hit = xp.isin(xp.asarray(h[parent]), xp.asarray(codes))
         a = a & act[parent] & hit
       act[n] = a
     return act

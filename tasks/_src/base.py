@@ -93,7 +93,7 @@ def telemetry(loss: jax.Array, params: PyTree, grads: PyTree, live: PyTree | Non
   the fraction of exactly-zero gradients among live kernel entries (dying ReLU), and
   non-finite flags for loss, gradients and weights.
   """
-  gk = _kernels(grads)
+  gk = _kernels(grads) or jax.tree_util.tree_leaves(grads)  # modules without "kernel" leaves
   norms = jnp.stack([jnp.sqrt(jnp.sum(jnp.square(g))) for g in gk])
   live_k = _kernels(live) if live is not None else [jnp.ones_like(g) for g in gk]
   zeros = sum(jnp.sum((g == 0) * m) for g, m in zip(gk, live_k, strict=True))

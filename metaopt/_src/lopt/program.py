@@ -24,13 +24,14 @@ import jax
 import numpy as np
 import optax
 
-from metaopt._src.driver import code_version, hardware
 from metaopt._src.lopt.apply import fit
 from metaopt._src.lopt.estimators import ESTIMATORS
 from metaopt._src.lopt.export import LOPTS, load_meta_params, make_lopt, save
 from metaopt._src.lopt.problem import META_LOSSES, make_problem
 from metaopt._src.lopt.train import meta_train, meta_trainer
+from metaopt._src.provenance import code_version, hardware
 from metaopt._src.store import Store
+from metaopt._src.types import Result
 
 MODES: tuple[str, ...] = ("meta_train", "apply")
 _POSITIVE_INT = ("num_tasks", "horizon", "unroll_length", "outer_steps", "checkpoint_every",
@@ -39,7 +40,7 @@ _POSITIVE_FLOAT = ("sigma", "meta_lr", "clip", "baseline_lr")
 
 
 def _families() -> tuple[str, ...]:
-  from tasks._src.families import FAMILIES
+  from tasks import FAMILIES
   return FAMILIES
 
 
@@ -104,7 +105,7 @@ def _study(store: Store, cfg: dict[str, Any], data_version: dict[str, Any], resu
 
 
 def _meta_train(cfg: dict[str, Any], store: Store, progress: bool) -> dict[str, Any]:
-  from tasks._src.families import get_family
+  from tasks import get_family
 
   lopt = make_lopt(cfg["lopt_name"], **dict(cfg.get("lopt") or {}))
   problems = [make_problem(get_family(f), lopt, cfg["horizon"], cfg["unroll_length"],
@@ -145,7 +146,7 @@ def _meta_train(cfg: dict[str, Any], store: Store, progress: bool) -> dict[str, 
 
 def _apply(cfg: dict[str, Any], store: Store, progress: bool) -> dict[str, Any]:
   del progress  # one compiled training run per trial
-  from tasks._src.families import get_family
+  from tasks import get_family
 
   lopt, theta, extra = load_meta_params(cfg["meta_params"])
   family = get_family(cfg["family"])
@@ -179,9 +180,11 @@ def _apply(cfg: dict[str, Any], store: Store, progress: bool) -> dict[str, Any]:
   return out
 
 
-def run_config(cfg: Mapping[str, Any], store: Store, progress: bool = True) -> dict[str, Any]:
-  """Runs a ``program = "lopt"`` config (``mode`` "meta_train" or "apply") into ``store``."""
+def run_config(cfg: Mapping[str, Any], store: Store, progress: bool = True) -> Result:
+  """Runs a ``program = "lopt"`` config (``mode`` "meta_train" or "apply") into ``store``;
+  the :class:`Result` holds its trials and, as ``info``, the run's summary."""
   cfg = validate(cfg)
-  if cfg["mode"] == "meta_train":
-    return _meta_train(cfg, store, progress)
-  return _apply(cfg, store, progress)
+  run = _meta_train if cfg["mode"] == "meta_train" else _apply
+  info = run(cfg, store, progress)
+  rec = store.load_study(cfg["name"])
+  return Result(rec.name, rec.direction, store.trials(rec.id), None, "lopt", info)

@@ -25,11 +25,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from metaopt._src.evaluators import Evaluator, TrialBatch
 from metaopt._src.nas import hardware, safeguards
 from metaopt._src.nas.darts import make_mixing, temperature
 from metaopt._src.nas.search import NASProgram, SearchSettings, make_search
 from metaopt._src.nas.train import batch_indices, train_networks
-from spaces._src.nas import (
+from metaopt._src.types import Result
+from spaces import (
     NB201_MINI_OPS,
     CellSpace,
     Genotype,
@@ -38,8 +40,7 @@ from spaces._src.nas import (
     discretize,
     nb201_space,
 )
-from tasks._src.data import Dataset, load_dataset
-from tasks._src.nas_models import Network, count_params
+from tasks import Dataset, Network, count_params, load_dataset
 
 SPACES: dict[str, Callable[[], CellSpace]] = {
     "nb201": nb201_space,
@@ -168,7 +169,14 @@ def parse_config(cfg: Any) -> NASConfig:
     v = retrain[k]
     if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
       raise ValueError(f"config field 'retrain.{k}'={v!r}: must be a number >= 0")
-  fallback = {**_FALLBACK_DEFAULTS, **_as_dict(c.get("fallback"))}
+  fallback = _parse_fallback(c.get("fallback"))
+  return NASConfig(name, seed, dataset, space, model, search, settings, sg_settings, retrain, c,
+                   fallback)
+
+
+def _parse_fallback(section: Any) -> dict[str, Any]:
+  """The validated ``fallback`` section (black-box stage) of a NAS config."""
+  fallback = {**_FALLBACK_DEFAULTS, **_as_dict(section)}
   bad = sorted(set(fallback) - set(_FALLBACK_DEFAULTS))
   if bad:
     raise ValueError(f"config field(s) fallback.{bad} unknown; allowed: "
@@ -197,8 +205,7 @@ def parse_config(cfg: Any) -> NASConfig:
     raise ValueError(f"config field 'fallback.when'={fallback['when']!r}: allowed values are "
                      "'untrusted' (when the architecture gradients can't be trusted), "
                      "'always' (black-box search after every gradient search)")
-  return NASConfig(name, seed, dataset, space, model, search, settings, sg_settings, retrain, c,
-                   fallback)
+  return fallback
 
 
 def derive(space: CellSpace, alpha: Mapping[str, Any]) -> Genotype:
@@ -217,28 +224,87 @@ def derive(space: CellSpace, alpha: Mapping[str, Any]) -> Genotype:
   return discretize(space, masked)
 
 
+class GenotypeSpace:
+  """A cell space as the search loop sees it: points are rows of the genotype cube, and a
+  trial's params are its genotype (``{"genotype": json}``)."""
+
+  structural: tuple[str, ...] = ()
+
+  def __init__(self, cells: CellSpace, dim: int):
+    self.cells, self.dim, self.names = cells, dim, ["genotype"]
+
+  def decode(self, u: jax.Array) -> dict[str, jax.Array]:
+    return {"u": u}
+
+  def to_python_batch(self, h: Mapping[str, Any]) -> list[dict[str, Any]]:
+    return [{"genotype": self.cells.decode(np.asarray(row)).to_json()}
+            for row in np.asarray(h["u"])]
+
+
+class RetrainEvaluator(Evaluator):
+  """NAS retraining as an evaluator: each trial's genotype trained from scratch (one
+  population kernel: the supernet with one-hot mixing weights) for ``epochs`` epochs, in
+  one loop epoch; the objective is the last validation accuracy. ``costs`` (name -> a
+  :mod:`hardware` cost table) adds each genotype's cost as the metric ``cost_<name>``."""
+
+  objective, direction = "valid_acc", "maximize"
+
+  def __init__(self, supernet: Network, data: Dataset, cells: CellSpace, *, epochs: int,
+               batch_size: int, lr: float, wd: float,
+               costs: Mapping[str, Any] | None = None):
+    self.supernet, self.data, self.cells = supernet, data, cells
+    self.costs = dict(costs or {})
+    self.train_kw = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "wd": wd}
+    self.space, self.data_version = None, data.data_version
+
+  def validate(self, epochs: int) -> None:
+    if epochs != 1:
+      raise ValueError(f"epochs={epochs}: a RetrainEvaluator trains each genotype in one call")
+
+  def start(self, batch: TrialBatch) -> dict[str, np.ndarray]:
+    return {"done": np.zeros(len(batch.params), bool)}
+
+  def epoch(self, state, batch, alive, epoch, key):
+    del epoch, key
+    idx = np.flatnonzero(alive)
+    genos = [self.cells.decode(np.asarray(batch.u[i])) for i in idx]
+    w = {c: jnp.stack([self.cells.to_weights(g)[c] for g in genos])
+         for c in self.cells.cell_types}
+    tr = train_networks(self.supernet, self.data, [int(batch.seeds[i]) for i in idx], w,
+                        test=False, **self.train_kw)
+    acc = np.asarray(tr["valid_acc"][:, -1], np.float64)
+    out: list[dict[str, Any] | None] = [None] * len(batch.params)
+    for j, i in enumerate(idx):
+      out[i] = {"valid_acc": acc[j], "genotype": str(genos[j]),
+                "device_s": tr["seconds"] / max(1, len(idx)),
+                **{f"cost_{o}": float(hardware.genotype_cost(self.cells, genos[j], t))
+                   for o, t in self.costs.items()}}
+    return {"done": np.array(state["done"]) | alive}, out
+
+
 def blackbox_fallback(conf: NASConfig, supernet: Network, data: Dataset, res: Mapping[str, Any],
                       store: Any, study_id: int, progress: bool = False,
                       tables: Mapping[str, Any] | None = None) -> dict[str, Any]:
   """The black-box stage of a NAS run whose architecture gradients can't be trusted.
 
-  The config's ``fallback.searcher`` searches the genotype cube of the same cell space; its
-  first round trains the genotypes the gradient search derived (latest first: the history it
-  hands over) beside the searcher's proposals. Every candidate is trained from scratch like a
-  retraining seed (one population kernel: the supernet with one-hot mixing weights) and
-  recorded as a trial; the best by validation accuracy is the derived genotype.
+  The config's ``fallback.searcher`` searches the genotype cube of the same cell space
+  through the search loop; its first round trains the genotypes the gradient search derived
+  (latest first: the history it hands over) beside the searcher's proposals. Every
+  candidate is retrained from scratch (:class:`RetrainEvaluator`) and recorded as a trial;
+  the best by validation accuracy is the derived genotype.
 
   With ``fallback.objectives`` naming costs after ``accuracy`` (e.g. ``["accuracy",
   "flops"]``), the searcher (NSGA-II, MOTPE, ParEGO) is told ``(-accuracy, cost...)`` per
   candidate, every value is stored with the trial, and the result holds the Pareto front and
   its hypervolume; the derived genotype is still the most accurate one.
   """
-  from metaopt._src.registry import make_searcher
-  from metaopt._src.types import COMPLETE, FAILED
-  from metaopt._src.whitebox import record_evaluations
+  import tempfile
 
-  space, fb = conf.space, conf.fallback
-  dim = len(space.encode(res["genotype"]))
+  from metaopt._src import loop
+  from metaopt._src.registry import make_searcher
+
+  cells, fb = conf.space, conf.fallback
+  dim = len(cells.encode(res["genotype"]))
   kw = ({"population_size": max(2, fb["population"]), "tournament_size": max(
       1, fb["population"] // 2)} if fb["searcher"] == "evolution" else {})
   objs = list(fb.get("objectives", ("accuracy",)))
@@ -247,84 +313,73 @@ def blackbox_fallback(conf: NASConfig, supernet: Network, data: Dataset, res: Ma
     kw = {"n_objectives": m, **({"pop_size": max(2, fb["population"])}
                                 if fb["searcher"] == "nsga2" else {})}
   searcher = make_searcher(fb["searcher"], dim, **kw)
+  declared = None
   if m > 1:
-    store.set_objectives(study_id, [("valid_acc", "maximize")]
-                         + [(o, "minimize") for o in objs[1:]])
-    missing = [o for o in objs[1:] if tables is None or o not in tables]
-    if missing:
-      tables = dict(tables or {})
-      if "latency" in missing:
-        tables["latency"] = hardware.latency_table(supernet, data.input_shape,
-                                                   conf.retrain["batch_size"])
-  front_pts: list[tuple[Genotype, list[float], int]] = []
+    declared = [("valid_acc", "maximize")] + [(o, "minimize") for o in objs[1:]]
+    store.set_objectives(study_id, declared)
+    tables = dict(tables or {})
+    if "latency" in objs[1:] and "latency" not in tables:
+      tables["latency"] = hardware.latency_table(supernet, data.input_shape,
+                                                 conf.retrain["batch_size"])
   key = jax.random.key(conf.seed + 11)
-  state = searcher.init(key)
   seen: list[Genotype] = []
-  for h in [res["genotype"], *(derive(space, {c: np.log(np.maximum(np.asarray(w), 1e-9))
-                                                  for c, w in h["arch_weights"].items()})
+  for h in [res["genotype"], *(derive(cells, {c: np.log(np.maximum(np.asarray(w), 1e-9))
+                                              for c, w in h["arch_weights"].items()})
                                for h in reversed(res["history"]))]:
     if h not in seen:
       seen.append(h)
-  epochs = fb["epochs"] or conf.retrain["epochs"]
+  ev = RetrainEvaluator(supernet, data, cells, epochs=fb["epochs"] or conf.retrain["epochs"],
+                        **{k: conf.retrain[k] for k in ("batch_size", "lr", "wd")},
+                        costs={o: tables[o] for o in objs[1:]} if m > 1 else None)
+  space = GenotypeSpace(cells, dim)
+
+  def on_epoch(rnd, epoch, metrics):
+    if progress:
+      print(f"[fallback] round {rnd}: valid_acc="
+            f"{[round(float(m['valid_acc']), 3) for m in metrics]}", flush=True)
+
+  env = loop.RoundEnv(ev, loop.searcher_fns(searcher, space), space, store, 1, -1.0,
+                      on_epoch=on_epoch, objectives=declared,
+                      objective_keys={o: f"cost_{o}" for o in objs[1:]})
+  state, ckpt_root = searcher.init(key), tempfile.mkdtemp(prefix="metaopt-nas-fallback-")
   number, rnd, best = 1, 1, None
   while number - 1 < fb["trials"]:
     n = min(fb["population"], fb["trials"] - (number - 1))
-    state, u = searcher.ask(state, jax.random.fold_in(key, rnd), n)
-    u = np.array(u, np.float32)
-    for i, g in enumerate(seen[:n] if rnd == 1 else []):
-      u[i] = space.encode(g)
-    genos = [space.decode(row) for row in u]
-    w = {c: jnp.stack([space.to_weights(g)[c] for g in genos]) for c in space.cell_types}
-    tr = train_networks(supernet, data, [conf.seed] * n, w, epochs=epochs,
-                        batch_size=conf.retrain["batch_size"], lr=conf.retrain["lr"],
-                        wd=conf.retrain["wd"], test=False)
-    acc = np.asarray(tr["valid_acc"][:, -1], np.float64)
-    ok = record_evaluations(store, study_id, rnd, [
-        {"number": number + i, "params": {"role": "fallback", "searcher": fb["searcher"],
-                                          "genotype": g.to_json()},
-         "u": u[i].tolist(), "seed": conf.seed} for i, g in enumerate(genos)], acc,
-        [{"valid_acc": float(a), "genotype": str(g)} for a, g in zip(acc, genos, strict=True)],
-        epoch=epochs - 1, what="validation accuracy", duration_s=tr["seconds"])
-    for i in np.flatnonzero(ok):
-      if best is None or acc[i] > best[1]:
-        best = (genos[i], float(acc[i]), number + int(i))
-    if progress:
-      print(f"[fallback] round {rnd}: valid_acc={np.round(acc, 3).tolist()}", flush=True)
-    status = jnp.asarray(np.where(ok, COMPLETE, FAILED), jnp.int32)
-    if m > 1:
-      costs = np.asarray([[hardware.genotype_cost(space, g, tables[o]) for o in objs[1:]]
-                          for g in genos], np.float64)
-      vals = np.concatenate([acc[:, None], costs], axis=1)
-      store.record_values({tid: v.tolist() for tid, v in zip(
-          _trial_ids(store, study_id, rnd), vals, strict=True)})
-      front_pts += [(genos[i], vals[i].tolist(), number + int(i)) for i in np.flatnonzero(ok)]
-      y = np.where(ok[:, None], np.concatenate([-acc[:, None], costs], axis=1), np.nan)
-      state = searcher.tell(state, jnp.asarray(u), jnp.asarray(y, jnp.float32), status)
-    else:
-      state = searcher.tell(state, jnp.asarray(u), jnp.asarray(np.where(ok, -acc, np.inf),
-                                                                jnp.float32), status)
+    plan = loop.RoundPlan(
+        study_id, rnd, list(range(number, number + n)), jax.random.fold_in(key, rnd),
+        jax.random.fold_in(key, 10_000 + rnd), f"{ckpt_root}/round_{rnd:05d}", conf.seed,
+        enqueue=np.stack([cells.encode(g) for g in seen]) if rnd == 1 else None,
+        label=lambda p: {"role": "fallback", "searcher": fb["searcher"], **p},
+        seeds=[conf.seed] * n)  # every candidate from the same initialisation
+    state, results, batch = loop.one_round(env, state, plan)
+    b = loop.best_of(results, "maximize")
+    if b is not None and (best is None or b[1] > best[1]):
+      best = (cells.decode(np.asarray(batch.u[b[0]])), b[1], number + b[0])
     number, rnd = number + n, rnd + 1
   geno = res["genotype"] if best is None else best[0]
-  mo = {}
-  if m > 1 and front_pts:
-    from metaopt._src.multiobjective import hypervolume
-    y = np.asarray([[-v[0], *v[1:]] for _, v, _ in front_pts])
-    le = np.all(y[:, None] <= y[None], axis=-1) & np.any(y[:, None] < y[None], axis=-1)
-    on = ~np.any(le, axis=0)
-    ref = y.max(axis=0) + 0.1 * np.maximum(y.max(axis=0) - y.min(axis=0), 1e-12)
-    mo = {"objectives": objs,
-          "pareto_front": sorted(({"trial": n, "genotype": str(g), "values": v}
-                                  for (g, v, n), f in zip(front_pts, on, strict=True) if f),
-                                 key=lambda d: d["values"][1]),
-          "hypervolume": hypervolume(y, ref), "reference_point": [-ref[0], *ref[1:].tolist()]}
+  mo = _fallback_front(store, study_id, objs) if m > 1 else {}
   return {**mo, "searcher": fb["searcher"], "trials": number - 1, "genotype": geno,
           "best_trial": None if best is None else best[2],
           "best_valid_acc": None if best is None else best[1],
           "gradient_genotype": str(res["genotype"]), "next_round": rnd}
 
 
-def _trial_ids(store: Any, study_id: int, rnd: int) -> list[int]:
-  return [r["id"] for r in store.round_trials(study_id, rnd)]
+def _fallback_front(store: Any, study_id: int, objs: list[str]) -> dict[str, Any]:
+  """The fallback candidates' Pareto front (accuracy up, costs down) and its hypervolume."""
+  from metaopt._src.multiobjective import hypervolume
+  pts = [t for t in store.trials(study_id)
+         if t.params.get("role") == "fallback" and t.status == "complete" and t.values
+         and len(t.values) == len(objs) and all(v is not None for v in t.values)]
+  if not pts:
+    return {}
+  y = np.asarray([[-t.values[0], *t.values[1:]] for t in pts], np.float64)
+  le = np.all(y[:, None] <= y[None], axis=-1) & np.any(y[:, None] < y[None], axis=-1)
+  on = ~np.any(le, axis=0)
+  ref = y.max(axis=0) + 0.1 * np.maximum(y.max(axis=0) - y.min(axis=0), 1e-12)
+  front = [{"trial": t.number, "genotype": str(Genotype.from_json(t.params["genotype"])),
+            "values": list(t.values)} for t, f in zip(pts, on, strict=True) if f]
+  return {"objectives": objs, "pareto_front": sorted(front, key=lambda d: d["values"][1]),
+          "hypervolume": hypervolume(y, ref), "reference_point": [-ref[0], *ref[1:].tolist()]}
 
 
 def build_model(space: CellSpace, model: Mapping[str, int], num_classes: int,
@@ -422,10 +477,16 @@ def search(program: NASProgram, data: Dataset, *, epochs: int, batch_size: int, 
           "compile_seconds": compile_s, "state": state}
 
 
-def run_config(cfg: Any, store: Any, progress: bool = True) -> dict[str, Any]:
-  """Runs a NAS config (search, retrain, test once) and records it in ``store``."""
-  from metaopt._src.driver import code_version
-  from metaopt._src.driver import hardware as hw_info
+def validate(cfg: Any) -> NASConfig:
+  """Checks a ``program = "nas"`` config (one ``ValueError`` naming the field)."""
+  return parse_config(cfg)
+
+
+def run_config(cfg: Any, store: Any, progress: bool = True) -> Result:
+  """Runs a NAS config (search, retrain, test once) and records it in ``store``; the
+  :class:`Result`'s ``info`` holds the genotype, its costs and accuracies."""
+  from metaopt._src.provenance import code_version
+  from metaopt._src.provenance import hardware as hw_info
 
   conf = parse_config(cfg)
   data = load_dataset(conf.dataset)
@@ -520,4 +581,4 @@ def run_config(cfg: Any, store: Any, progress: bool = True) -> dict[str, Any]:
         "retrain_seconds": tr["seconds"], "derived_params": count_params(p_one),
         "search_cost_in_trainings": res["seconds"] / max(tr["seconds"] / n_seeds, 1e-9),
     })
-  return out
+  return Result(conf.name, "maximize", store.trials(rec.id), None, "nas", out)

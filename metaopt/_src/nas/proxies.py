@@ -27,8 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from spaces._src.nas import Genotype
-from tasks._src.nas_models import Network
+from spaces import Genotype
+from tasks import Network
 
 PROXIES: tuple[str, ...] = ("synflow", "grad_norm", "jacob_cov")
 

@@ -35,9 +35,8 @@ import jax.numpy as jnp
 import optax
 
 from metaopt._src.nas import hardware
-from spaces._src.nas import CellSpace
-from tasks._src.base import make_optimizer, with_hyperparams
-from tasks._src.nas_models import Network
+from spaces import CellSpace
+from tasks import Network, make_optimizer, with_hyperparams
 
 PyTree = Any
 Batch = tuple[jax.Array, jax.Array]

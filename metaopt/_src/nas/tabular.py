@@ -30,9 +30,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from metaopt._src.nas.train import train_networks
-from spaces._src.nas import NB201_MINI_OPS, CellSpace, Genotype, nb201_space
-from tasks._src.data import load_dataset
-from tasks._src.nas_models import Network
+from spaces import NB201_MINI_OPS, CellSpace, Genotype, nb201_space
+from tasks import Network, load_dataset
 
 TABLE_PATH = pathlib.Path(__file__).parent / "data" / "nb201_mini.json"
 MODEL = {"features": 8, "n_cells": 1, "stages": 2, "stem_stride": 2}
@@ -73,7 +72,7 @@ def build_table(dataset: str = "shapes", epochs: int = 3, seed: int = 0, chunk: 
                 progress: bool = True) -> dict[str, Any]:
   """Trains every cell (or a uniform ``sample`` of them, drawn with ``default_rng(seed)``)
   and returns the table as a dict."""
-  from metaopt._src.driver import code_version
+  from metaopt._src.provenance import code_version
   space = mini_space()
   data = load_dataset(dataset)
   cells = space.enumerate()

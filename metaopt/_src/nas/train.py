@@ -19,8 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from tasks._src.data import Dataset
-from tasks._src.nas_models import Network
+from tasks import Dataset, Network
 
 
 def batch_indices(n: int, batch_size: int, steps: int, seed: int) -> np.ndarray:

@@ -1,0 +1,664 @@
+"""Evaluators: what :func:`metaopt.search` runs for the trials a searcher asks for.
+
+An :class:`Evaluator` advances a batch of trials one *epoch* (chunk) at a time; the search
+loop (``loop.py``) owns everything else: asking, decoding, recording, pruning and PBT
+between epochs, checkpoints and telling. Four evaluators ship with metaopt:
+
+* :class:`TaskEvaluator`: a bundled :class:`tasks.Task`, trained as compiled population
+  kernels (one per structural group; a loop over live trials on one CPU device, ``vmap``
+  sharded over the devices on accelerators);
+* :class:`JaxEvaluator`: a user's pure JAX function, either ``train(h, key) -> metrics``
+  (one epoch) or ``init(h, key) -> state`` with ``epoch(state, h) -> (state, metrics)``
+  (pruning and PBT between epochs), vmapped or looped over the batch like a task;
+* :class:`CallableEvaluator`: any Python callable ``params -> value | metrics`` (no JAX
+  needed), called one trial at a time or with the whole batch;
+* NAS retraining (``metaopt.nas``) is a :class:`JaxEvaluator` over a genotype's training.
+
+The protocol, in short (see :class:`Evaluator`)::
+
+    state = ev.start(batch)                                  # fresh trial states
+    state, metrics = ev.epoch(state, batch, alive, epoch, key)  # metrics[i]: dict or None
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from metaopt._src import population as pop
+from metaopt._src import streaming
+from spaces import Space
+from tasks import Task
+
+PyTree = Any
+Metrics = dict[str, Any]
+
+DIRECTIONS = ("minimize", "maximize")
+
+
+@dataclasses.dataclass
+class TrialBatch:
+  """The trials of one round, as the evaluator sees them.
+
+  Attributes:
+    number: the round number.
+    ids: store ids of the trials.
+    numbers: trial numbers in the study.
+    seeds: one integer seed per trial.
+    u: ``[n, d]`` points in the unit cube (PBT may change them between epochs).
+    h: the decoded hyperparameters, a dict of ``[n]`` host arrays.
+    params: the same values as plain Python dicts, one per trial.
+    feasible: ``[n]`` False for trials a constraint ruled out (never evaluated).
+    owned: multi-host: ``[n]`` True for the trials this process evaluates; None otherwise.
+    epochs: epochs each trial trains at most.
+    space: the space the points come from.
+  """
+
+  number: int
+  ids: list[int]
+  numbers: list[int]
+  seeds: np.ndarray
+  u: np.ndarray
+  h: dict[str, Any]
+  params: list[dict[str, Any]]
+  feasible: np.ndarray
+  owned: np.ndarray | None
+  epochs: int
+  space: Space | None = None
+  cache: dict[str, Any] = dataclasses.field(default_factory=dict)  # evaluator's own use
+
+  @property
+  def mine(self) -> np.ndarray:
+    """Trials this process evaluates."""
+    return self.feasible if self.owned is None else self.feasible & self.owned
+
+
+class Evaluator:
+  """The protocol every evaluator implements (subclass it, or duck-type the two methods).
+
+  Required:
+    ``start(batch) -> state``: fresh evaluation state for ``batch``'s feasible trials (a
+      pytree, checkpointed with the round).
+    ``epoch(state, batch, alive, epoch, key) -> (state, metrics)``: advances the trials
+      with ``alive[i]`` one epoch; ``metrics[i]`` is a dict of numbers for a trial that ran
+      (it must hold ``objective``, the metric the search optimizes) and None for one that did
+      not. A trial that broke gets ``{"error": "why"}``; it is recorded failed and the rest
+      go on. An exception raised by ``epoch`` stops the search (a ``failed`` study event;
+      the round's trials stay ``running`` so a resume after the fix trains them).
+
+  Optional (defaults here):
+    ``exploit(state, batch, copy_from, alive)``: copy trial ``copy_from[i]``'s state into
+      trial ``i`` (PBT). ``settle(state, batch, alive, epochs_left)``: drop or gather
+      stopped trials (compaction). ``checkpoint(state) -> (tree, meta)`` and
+      ``restore(batch, meta) -> abstract tree`` / ``resume(tree, batch, meta) -> state``.
+    ``validate(epochs)``: raise ``ValueError`` for a setting it cannot run, before anything
+      compiles.
+
+  Attributes:
+    objective: name of the metric (in ``metrics[i]``) the search optimizes.
+    direction: ``"minimize"`` or ``"maximize"``.
+    space: the space searched when ``search`` is given none (or None).
+    data_version: what the evaluator trains on, recorded with the study (or None).
+  """
+
+  objective: str = "objective"
+  direction: str = "minimize"
+  space: Space | None = None
+  data_version: Mapping[str, Any] | None = None
+
+  def start(self, batch: TrialBatch) -> PyTree:
+    raise NotImplementedError
+
+  def epoch(self, state: PyTree, batch: TrialBatch, alive: np.ndarray, epoch: int,
+            key: jax.Array) -> tuple[PyTree, list[Metrics | None]]:
+    raise NotImplementedError
+
+  def validate(self, epochs: int) -> None:
+    del epochs
+
+  def exploit(self, state: PyTree, batch: TrialBatch, copy_from: np.ndarray,
+              alive: np.ndarray) -> PyTree:
+    del state, batch, copy_from, alive
+    raise ValueError(f"{type(self).__name__} cannot copy trial states (population-based "
+                     "training needs an evaluator with per-trial state)")
+
+  def settle(self, state: PyTree, batch: TrialBatch, alive: np.ndarray,
+             epochs_left: int) -> PyTree:
+    del batch, alive, epochs_left
+    return state
+
+  def checkpoint(self, state: PyTree) -> tuple[PyTree, dict[str, Any]]:
+    return state, {}
+
+  def restore(self, batch: TrialBatch, meta: Mapping[str, Any]) -> PyTree:
+    del meta
+    return jax.eval_shape(lambda: self.start(batch))
+
+  def resume(self, tree: PyTree, batch: TrialBatch, meta: Mapping[str, Any]) -> PyTree:
+    del batch, meta
+    return tree
+
+
+def _check_direction(direction: str) -> str:
+  if direction not in DIRECTIONS:
+    raise ValueError(f"direction={direction!r}: must be one of {', '.join(DIRECTIONS)}")
+  return direction
+
+
+def _scalars(out: Any, objective: str) -> Metrics:
+  """A trial's result as a metrics dict: a number is the objective; a mapping is copied."""
+  if isinstance(out, Mapping):
+    m = {k: np.asarray(v) for k, v in out.items()}
+    if objective not in m:
+      raise ValueError(f"metrics {sorted(m)} have no {objective!r} (the evaluator's "
+                       "objective); return it, or set objective=... to one of them")
+    return m
+  return {objective: np.asarray(out, np.float64)}
+
+
+# --------------------------------------------------------------------------- callable
+
+
+class CallableEvaluator(Evaluator):
+  """Any Python callable as an evaluator; no JAX needed inside it.
+
+  ``fn(params) -> value`` (or a dict of metrics holding ``objective``), where ``params`` is
+  the trial's plain Python parameter dict. With ``batched=True``, ``fn(list_of_params) ->
+  list of values`` is called once per round. An exception fails that trial (or, batched,
+  the whole round) with the exception as its reason; the search goes on.
+
+  Example:
+    >>> ev = metaopt.CallableEvaluator(lambda p: (p["x"] - 0.3) ** 2)
+    >>> res = metaopt.search(metaopt.tpe(1), ev, space=Space({"x": Float(0, 1)}),
+    ...                      n_trials=20, population=4)
+  """
+
+  def __init__(self, fn: Callable[..., Any], *, batched: bool = False,
+               direction: str = "minimize", objective: str = "objective",
+               space: Space | None = None):
+    if not callable(fn):
+      raise ValueError(f"fn: expected a callable, got {type(fn).__name__}")
+    self.fn, self.batched = fn, bool(batched)
+    self.direction, self.objective = _check_direction(direction), objective
+    self.space, self.data_version = space, None
+
+  def validate(self, epochs: int) -> None:
+    if epochs != 1:
+      raise ValueError(f"epochs={epochs}: a CallableEvaluator evaluates each trial once "
+                       "(epochs=1)")
+
+  def start(self, batch: TrialBatch) -> PyTree:
+    return {"done": np.zeros(len(batch.params), bool)}
+
+  def epoch(self, state, batch, alive, epoch, key):
+    del epoch, key
+    idx = [i for i in np.flatnonzero(alive)]
+    out: list[Metrics | None] = [None] * len(batch.params)
+    t0 = time.perf_counter()
+    if self.batched and idx:
+      try:
+        values = list(self.fn([batch.params[i] for i in idx]))
+        if len(values) != len(idx):
+          raise ValueError(f"returned {len(values)} values for {len(idx)} trials")
+        for i, v in zip(idx, values, strict=True):
+          out[i] = _scalars(v, self.objective)
+      except Exception as e:  # noqa: BLE001 - the user's objective failed: the trials fail
+        for i in idx:
+          out[i] = {"error": f"{type(e).__name__}: {e}"}
+    else:
+      for i in idx:
+        try:
+          out[i] = _scalars(self.fn(batch.params[i]), self.objective)
+        except Exception as e:  # noqa: BLE001 - one failed trial, the others go on
+          out[i] = {"error": f"{type(e).__name__}: {e}"}
+    dt = (time.perf_counter() - t0) / max(1, len(idx))
+    for i in idx:
+      out[i]["device_s"] = dt
+    done = np.array(state["done"])
+    done[idx] = True
+    return {"done": done}, out
+
+
+# --------------------------------------------------------------------------- pure JAX
+
+
+class JaxEvaluator(Evaluator):
+  """A user's pure JAX training function, run over the batch like a task's kernel.
+
+  Give either ``train(h, key) -> metrics`` (evaluated in one epoch), or ``init(h, key) ->
+  state`` and ``epoch(state, h) -> (state, metrics)`` (one call per epoch, so pruners and
+  PBT act between epochs). ``h`` is a dict of scalar hyperparameters (traced: one compile
+  serves every value), ``key`` a per-trial PRNG key from the trial's seed, and ``metrics``
+  a scalar (the objective) or a dict of scalars holding ``objective``.
+
+  ``mode="vmap"`` runs the batch as ``jit(vmap(fn))`` (sharded over ``devices`` when there
+  are several), ``"loop"`` as ``lax.map`` inside one jit (one trial at a time, less memory;
+  the default on one CPU device, as for tasks), ``"auto"`` picks.
+
+  Example:
+    >>> def train(h, key):
+    ...   w = jax.random.normal(key) * 0.01
+    ...   for _ in range(10): w = w - h["lr"] * 2 * (w - 3.0)
+    ...   return {"objective": (w - 3.0) ** 2}
+    >>> res = metaopt.search(metaopt.tpe(1), metaopt.JaxEvaluator(train), space=space,
+    ...                      n_trials=16, population=8)
+  """
+
+  def __init__(self, train: Callable | None = None, *, init: Callable | None = None,
+               epoch: Callable | None = None, direction: str = "minimize",
+               objective: str = "objective", space: Space | None = None,
+               mode: str = "auto", devices: Sequence[jax.Device] | None = None,
+               data_version: Mapping[str, Any] | None = None):
+    if (train is None) == (init is None or epoch is None):
+      raise ValueError("JaxEvaluator: give train=..., or both init=... and epoch=...")
+    if mode not in ("auto", *pop.KERNEL_MODES):
+      raise ValueError(f"mode={mode!r}: must be one of auto, {', '.join(pop.KERNEL_MODES)}")
+    self.direction, self.objective = _check_direction(direction), objective
+    self.space, self.data_version = space, data_version
+    self._train, self._init, self._epoch = train, init, epoch
+    self._mesh = pop.population_mesh(devices)
+    self.mode = pop.default_mode(self._mesh) if mode == "auto" else mode
+    self._fns: dict[str, Callable] = {}
+
+  @property
+  def epochwise(self) -> bool:
+    return self._train is None
+
+  def validate(self, epochs: int) -> None:
+    if not self.epochwise and epochs != 1:
+      raise ValueError(f"epochs={epochs}: train(h, key) is one epoch; pass init=... and "
+                       "epoch=... to train over several epochs")
+
+  def _map(self, fn: Callable) -> Callable:
+    """``fn`` over a leading batch axis: vmap or a loop (``lax.map``), jitted once."""
+    if self.mode == "vmap":
+      return jax.jit(jax.vmap(fn))
+    return jax.jit(lambda *args: jax.lax.map(lambda a: fn(*a), args))
+
+  def _fn(self, name: str) -> Callable:
+    if name not in self._fns:
+      if name == "init":
+        self._fns[name] = self._map(self._init)
+      elif name == "train":
+        self._fns[name] = self._map(lambda h, k: _as_dict(self._train(h, k), self.objective))
+      else:
+        def step(state, h, alive):
+          new, m = self._epoch(state, h)
+          new = jax.tree_util.tree_map(lambda a, b: jnp.where(alive, a, b), new, state)
+          return new, _as_dict(m, self.objective)
+        self._fns[name] = self._map(step)
+    return self._fns[name]
+
+  def _h(self, batch: TrialBatch) -> dict[str, jax.Array]:
+    h = {k: jnp.asarray(v) for k, v in batch.h.items()}
+    if self._mesh is not None and len(batch.params) % self._mesh.size == 0:
+      sh = jax.sharding.NamedSharding(self._mesh, jax.sharding.PartitionSpec("pop"))
+      h = jax.device_put(h, sh)
+    return h
+
+  def _keys(self, batch: TrialBatch) -> jax.Array:
+    return _trial_keys(np.asarray(batch.seeds, np.uint32))
+
+  def start(self, batch: TrialBatch) -> PyTree:
+    if not self.epochwise:
+      return {"done": np.zeros(len(batch.params), bool)}
+    return self._fn("init")(self._h(batch), self._keys(batch))
+
+  def epoch(self, state, batch, alive, epoch, key):
+    del key
+    t0 = time.perf_counter()
+    if self.epochwise:
+      state, m = self._fn("epoch")(state, self._h(batch), jnp.asarray(alive))
+    else:
+      m = self._fn("train")(self._h(batch), self._keys(batch))
+      state = {"done": np.array(state["done"]) | alive}
+    m = jax.device_get(m)
+    dt = (time.perf_counter() - t0) / max(1, int(alive.sum()))
+    out: list[Metrics | None] = [None] * len(batch.params)
+    for i in np.flatnonzero(alive):
+      out[i] = {k: np.asarray(v[i]) for k, v in m.items()}
+      out[i]["device_s"] = dt
+    return state, out
+
+  def exploit(self, state, batch, copy_from, alive):
+    if not self.epochwise:
+      return super().exploit(state, batch, copy_from, alive)
+    src = np.arange(len(copy_from))
+    take = (copy_from >= 0) & alive
+    src[take] = copy_from[take]
+    return gather(state, src) if take.any() else state
+
+
+def _as_dict(m: Any, objective: str) -> dict[str, jax.Array]:
+  if isinstance(m, Mapping):
+    if objective not in m:
+      raise ValueError(f"metrics {sorted(m)} have no {objective!r} (the evaluator's "
+                       "objective); return it, or set objective=... to one of them")
+    return dict(m)
+  return {objective: jnp.asarray(m)}
+
+
+# --------------------------------------------------------------------------- tasks
+
+
+_trial_keys = pop.fast_jit(jax.vmap(jax.random.key))  # one compile, not one per eager op
+
+
+@pop.fast_jit
+def _gather_jit(tree, idx):
+  return jax.tree_util.tree_map(lambda a: a[idx], tree)
+
+
+def gather(tree: PyTree, idx: np.ndarray) -> PyTree:
+  """Rows ``idx`` of every leaf, in one compiled call (eager indexing would compile once per
+  leaf shape)."""
+  return _gather_jit(tree, jnp.asarray(idx, jnp.int32))
+
+
+_background = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="metaopt-flops")
+
+COMPACTIONS = ("auto", "always", "never")
+
+
+@dataclasses.dataclass
+class _TaskState:
+  """Per structural group: the trial indices of its kernel slots and their train states."""
+
+  layout: dict[str, np.ndarray]
+  states: dict[str, PyTree]
+
+
+class TaskEvaluator(Evaluator):
+  """A bundled :class:`tasks.Task` trained as population kernels (today's engine).
+
+  Trials are grouped by their structural hyperparameters (one compiled kernel per group,
+  padded to a multiple of the device count); each epoch runs every group's kernel once
+  (``population.make_kernel``: a loop over live trials on one CPU device, ``vmap`` sharded
+  over a device mesh elsewhere). Every trial-epoch records ``flops`` (XLA cost analysis of
+  the population step, per trial) and ``device_s`` (wall time of its group's chunk,
+  compilation excluded, times the devices, divided by the group's slots, or by its live
+  trials for a ``"loop"`` kernel). ``compaction`` decides when a group's kernel shrinks to
+  its survivors (see :func:`compaction_size`).
+  """
+
+  def __init__(self, task: Task, *, batch_size: int = 32, shared_batches: bool = True,
+               devices: Sequence[jax.Device] | None = None, compaction: str = "auto"):
+    if compaction not in COMPACTIONS:
+      raise ValueError(f"compaction={compaction!r}: must be one of {', '.join(COMPACTIONS)}")
+    if batch_size > len(task.data.train):
+      raise ValueError(f"batch_size={batch_size}: must be <= {len(task.data.train)} "
+                       f"(size of {task.data.name}'s train split)")
+    self.task, self.batch_size, self.compaction = task, batch_size, compaction
+    self.objective = f"valid_{task.objective}"
+    self.direction, self.space = task.direction, task.space
+    self.data_version = task.data.data_version
+    mesh = pop.population_mesh(devices)
+    self.multiple = 1 if mesh is None else mesh.size
+    # data larger than the memory budget streams from the host (single device for now)
+    self._stream = mesh is None and streaming.should_stream(task.data)
+    data = streaming.shape_only(task.data) if self._stream else pop.data_arrays(task.data)
+    if mesh is not None:
+      data = jax.device_put(data, jax.sharding.NamedSharding(mesh,
+                                                             jax.sharding.PartitionSpec()))
+    self.data, self._mesh, self._shared = data, mesh, shared_batches
+    self._kernels: dict[tuple, pop.PopulationKernel] = {}
+    self.flops: dict[str, Any] = {}   # structure -> FLOPs per trial-epoch (or a future)
+    # per structure, for compaction: compile seconds, seconds per slot-epoch, sizes compiled
+    self.perf: dict[str, dict[str, Any]] = {}
+
+  def kernel(self, structure: Mapping[str, Any]) -> pop.PopulationKernel:
+    """The population kernel of one structural setting, built once; a structural
+    ``batch_size`` wins over the evaluator's."""
+    k = tuple(sorted(structure.items()))
+    if k not in self._kernels:
+      n_train = len(self.task.data.train)
+      bs = min(int(structure.get("batch_size", self.batch_size)), n_train)
+      if self._stream:
+        self._kernels[k] = streaming.make_streaming_kernel(self.task.build(dict(structure)),
+                                                           self.task.data, bs, self._shared)
+      else:
+        self._kernels[k] = pop.make_kernel(self.task.build(dict(structure)), n_train, bs,
+                                           self._shared, self._mesh)
+    return self._kernels[k]
+
+  def structures(self, batch: TrialBatch) -> tuple[dict[str, np.ndarray], dict[str, dict]]:
+    """Trial indices per structural setting (one compiled kernel per group), each padded
+    with ``-1`` entries (frozen placeholders) to a multiple of the device count; the trials
+    this process does not evaluate are left out."""
+    space = self.space if batch.space is None else batch.space
+    return group(space, batch.params, self.task, self.multiple, batch.mine)
+
+  def _hparams(self, batch: TrialBatch, structure: Mapping[str, Any], idx: np.ndarray):
+    """A group's hyperparameters; learning-rate schedules span the round's training
+    (``schedule_steps``: epochs x steps per epoch) unless the space sets the horizon."""
+    hg = {k: v[idx] for k, v in batch.h.items()}
+    if "schedule_steps" not in hg:
+      steps = batch.epochs * self.kernel(structure).steps_per_chunk
+      hg = {**hg, "schedule_steps": np.full(len(idx), steps, np.float32)}
+    return hg
+
+  def _fresh(self, batch: TrialBatch, layout: Mapping[str, np.ndarray]):
+    _, structs = self._groups(batch)
+    return {g: self.kernel(structs[g]).init(_trial_keys(batch.seeds[idx]),
+                                            self._hparams(batch, structs[g], idx))
+            for g, idx in layout.items()}
+
+  def _groups(self, batch: TrialBatch):
+    if "groups" not in batch.cache:
+      batch.cache["groups"] = self.structures(batch)
+      for s in batch.cache["groups"][1].values():  # built outside any trace (eval_shape)
+        self.kernel(s)
+    return batch.cache["groups"]
+
+  def start(self, batch: TrialBatch) -> _TaskState:
+    layout = dict(self._groups(batch)[0])
+    return _TaskState(layout, self._fresh(batch, layout))
+
+  def checkpoint(self, state: _TaskState):
+    return state.states, {"layout": {g: v.tolist() for g, v in state.layout.items()}}
+
+  def restore(self, batch, meta):
+    layout = {g: np.asarray(v, np.int64) for g, v in meta["layout"].items()}
+    _, structs = self._groups(batch)
+    # the jitted init's own eval_shape: jax.eval_shape around it would trace a jit built
+    # with compiler_options, which JAX refuses below the top level
+    return {g: self.kernel(structs[g]).init.eval_shape(
+        _trial_keys(batch.seeds[idx]), self._hparams(batch, structs[g], idx))
+        for g, idx in layout.items()}
+
+  def resume(self, tree, batch, meta):
+    layout = {g: np.asarray(v, np.int64) for g, v in meta["layout"].items()}
+    self._groups(batch)
+    return _TaskState(layout, tree)
+
+  def epoch(self, state: _TaskState, batch, alive, epoch, key):
+    metrics: list[Metrics | None] = [None] * len(batch.params)
+    _, structs = self._groups(batch)
+    states, raised = dict(state.states), {}
+    for g, idx in state.layout.items():
+      try:
+        states[g], m, acct = self._run_group(structs[g], states[g], batch, idx, alive, key)
+      except Exception as e:  # noqa: BLE001 - a broken group fails, the population goes on
+        raised[g] = e
+        for i in idx[idx >= 0]:
+          if alive[i]:
+            metrics[i] = {"error": f"{type(e).__name__} at epoch {epoch}: {e}"}
+        continue
+      for j, i in enumerate(idx):
+        if i >= 0 and alive[i]:
+          metrics[i] = {name: np.asarray(v[j]) for name, v in m.items()}
+          metrics[i].update(acct)
+    # every live group raised: an error no trial's hyperparameters explain (a bug, a compile
+    # or tracing error, the device failing) would fail every trial of every round: stop
+    live = [g for g, idx in state.layout.items() if alive_at(alive, idx).any()]
+    if batch.owned is None and live and all(g in raised for g in live):
+      batch.cache["stop_reason"] = "every group raised"
+      raise raised[live[0]]
+    return _TaskState(state.layout, states), metrics
+
+  def _run_group(self, structure, states, batch, idx, alive, key):
+    """One chunk of one group's kernel; returns its states, metrics and accounting."""
+    k = self.kernel(structure)
+    hg = self._hparams(batch, structure, idx)
+    skey = repr(sorted(structure.items()))
+    if skey not in self.flops:
+      # traced on another thread while the chunk compiles (XLA releases the GIL)
+      bs = min(int(structure.get("batch_size", self.batch_size)), len(self.task.data.train))
+      self.flops[skey] = _background.submit(
+          pop.trial_epoch_flops, self.task.build(dict(structure)), pop.shapes(states),
+          pop.shapes(hg), self.data, bs)
+    live = alive_at(alive, idx)
+    c0, t0 = pop.compile_seconds(), time.perf_counter()
+    states, m = k.chunk(states, hg, jnp.asarray(live), key, self.data)
+    m = jax.device_get(m)
+    compiled = pop.compile_seconds() - c0
+    busy = max(0.0, time.perf_counter() - t0 - compiled)
+    if isinstance(self.flops.get(skey), concurrent.futures.Future):
+      self.flops[skey] = self.flops[skey].result()
+    # "loop" kernels spend time on live trials only; "vmap" ones on every slot
+    slots = max(1, int(live.sum())) if k.mode == "loop" else len(idx)
+    p = self.perf.setdefault(skey, {"compile_s": 0.0, "slot_s": None, "sizes": set(),
+                                    "mode": k.mode})
+    if len(idx) not in p["sizes"]:
+      p["sizes"].add(len(idx))
+      p["compile_s"] = max(p["compile_s"], compiled)
+    slot = busy / slots
+    p["slot_s"] = slot if p["slot_s"] is None else min(p["slot_s"], slot)
+    acct = {"device_s": busy * k.multiple / slots}
+    if not isinstance(self.flops.get(skey), concurrent.futures.Future):
+      acct["flops"] = self.flops[skey]
+    return states, m, acct
+
+  def exploit(self, state: _TaskState, batch, copy_from, alive):
+    """Copies train states (weights and optimizer state) from ``copy_from[i]`` into i."""
+    out = dict(state.states)
+    for g, idx in state.layout.items():
+      where = {int(t): j for j, t in enumerate(idx) if t >= 0}
+      src = np.arange(len(idx))
+      for j, t in enumerate(idx):
+        c = int(copy_from[t]) if t >= 0 else -1
+        if c >= 0 and alive[t]:
+          if c not in where:
+            raise ValueError(f"exploit: trial {t} cannot copy trial {c} from another "
+                             "structural group; population-based training needs one group")
+          src[j] = where[c]
+      if np.any(src != np.arange(len(idx))):
+        out[g] = gather(state.states[g], src)
+    return _TaskState(state.layout, out)
+
+  def settle(self, state: _TaskState, batch, alive, epochs_left):
+    if self.compaction == "never":
+      return state
+    _, structs = self._groups(batch)
+
+    def choose(g, size, live):
+      perf = self.perf.get(repr(sorted(structs[g].items())))
+      return compaction_size(self.compaction, self.multiple, epochs_left, perf, size, live)
+
+    layout, states = compact(state.layout, state.states, alive, self.multiple, choose)
+    return _TaskState(layout, states)
+
+
+def group(space: Space, params: list[dict[str, Any]], task: Task, multiple: int = 1,
+          feasible: np.ndarray | None = None):
+  """Trial indices per structural setting, padded with ``-1`` to a multiple of the device
+  count, and each group's structure; trials with ``feasible[i]`` False are left out."""
+  names = space.structural
+  by: dict[tuple, list[int]] = {}
+  for i, p in enumerate(params):
+    if feasible is not None and not feasible[i]:
+      continue
+    key = tuple((n, p.get(n, task.defaults.get(n))) for n in names)
+    by.setdefault(key, []).append(i)
+  groups, structures = {}, {}
+  for gi, key in enumerate(sorted(by, key=repr)):
+    groups[f"g{gi}"] = _pad(np.asarray(by[key]), multiple)
+    structures[f"g{gi}"] = {**dict(task.defaults.items()), **dict(key)}
+  return groups, structures
+
+
+def _pad(idx: np.ndarray, multiple: int) -> np.ndarray:
+  extra = -len(idx) % multiple
+  return np.concatenate([idx, np.full(extra, -1, idx.dtype)]) if extra else idx
+
+
+def alive_at(alive: np.ndarray, idx: np.ndarray) -> np.ndarray:
+  """``alive`` at kernel slots ``idx`` (``-1`` placeholders are never alive)."""
+  return (idx >= 0) & alive[np.maximum(idx, 0)]
+
+
+def pow2_size(live: int, multiple: int) -> int:
+  """The next power of two (times the device count) at or above ``live`` trials."""
+  return multiple * (1 << int(np.ceil(np.log2(max(1, -(-live // multiple))))))
+
+
+def compaction_size(mode: str, multiple: int, epochs_left: int, p: dict | None,
+                    size: int, live: int) -> int:
+  """The kernel size a group (``size`` slots, ``live`` trials alive) continues at.
+
+  ``"always"``: the next power of two above ``live`` once that is at most half of ``size``.
+  ``"auto"``: a ``"loop"`` kernel keeps its size (stopped trials cost nothing in it); for
+  ``"vmap"``, of the current size, the sizes already compiled for this structure that hold
+  the survivors, and the next power of two, the one with the least expected cost:
+  ``slots * slot_s * epochs_left`` plus ``compile_s`` if not compiled yet, with ``slot_s``
+  (seconds per slot-epoch) and ``compile_s`` measured on this group's kernel (``p``). On a
+  small task one compile costs hundreds of trial-epochs, so a round then keeps its kernel
+  and lets pruned trials sit in it, frozen."""
+  pow2 = pow2_size(live, multiple)
+  if mode == "always" or p is None or p["slot_s"] is None:
+    return pow2 if pow2 <= size // 2 else size
+  if p["mode"] == "loop":  # stopped trials cost nothing there
+    return size
+  best, cost = size, size * p["slot_s"] * epochs_left
+  for s in sorted({pow2} | {s for s in p["sizes"] if live <= s < size}):
+    c = s * p["slot_s"] * epochs_left + (0.0 if s in p["sizes"] else p["compile_s"])
+    if s < size and c < cost:
+      best, cost = s, c
+  return best
+
+
+def compact(layout, states, alive: np.ndarray, multiple: int = 1, choose=None):
+  """Drops groups with no live trial and gathers a group's survivors into a smaller kernel
+  when ``choose(group, size, live) -> new size`` says so (default: the next power of two,
+  times the device count, above the live trials once that is at most half the size). Sizes
+  stay powers of two, so a search compiles a handful of kernel sizes however trials stop."""
+  new_layout, new_states = {}, {}
+  for g, idx in layout.items():
+    live = np.flatnonzero(alive_at(alive, idx))
+    if len(live) == 0:
+      continue
+    if choose is None:
+      size = pow2_size(len(live), multiple)
+      size = size if size <= len(idx) // 2 else len(idx)
+    else:
+      size = choose(g, len(idx), len(live))
+    if len(live) <= size < len(idx):
+      pos = np.concatenate([live, np.full(size - len(live), live[0])])
+      new_layout[g] = np.concatenate([idx[live], np.full(size - len(live), -1, idx.dtype)])
+      new_states[g] = gather(states[g], pos)
+    else:
+      new_layout[g], new_states[g] = idx, states[g]
+  return new_layout, new_states
+
+
+def as_evaluator(x: Any, *, batch_size: int = 32, shared_batches: bool = True,
+                 devices: Sequence[jax.Device] | None = None,
+                 compaction: str = "auto") -> Evaluator:
+  """``x`` as an evaluator: a :class:`tasks.Task` becomes a :class:`TaskEvaluator` (with the
+  task-only settings given here), an evaluator is returned as is."""
+  if isinstance(x, Task):
+    return TaskEvaluator(x, batch_size=batch_size, shared_batches=shared_batches,
+                         devices=devices, compaction=compaction)
+  if compaction not in COMPACTIONS:
+    raise ValueError(f"compaction={compaction!r}: must be one of {', '.join(COMPACTIONS)}")
+  if hasattr(x, "start") and hasattr(x, "epoch"):
+    return x
+  raise ValueError(f"evaluator: expected a tasks.Task or a metaopt.Evaluator (e.g. "
+                   f"metaopt.CallableEvaluator(fn)), got {type(x).__name__}")

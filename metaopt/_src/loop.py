@@ -1,0 +1,578 @@
+"""The one ask -> evaluate -> tell loop, in named phases over a round-state dataclass.
+
+``search`` (``driver.py``), ``worker`` and the white-box, NAS and repair fallbacks all run
+rounds through here. A round is:
+
+1. ``ask_round``: the searcher proposes points; they are decoded into a :class:`TrialBatch`
+   (constraint-infeasible trials marked, never evaluated);
+2. ``run_round``: the evaluator advances the batch epoch by epoch. Per epoch: ``evaluate``
+   (the evaluator's chunk), ``share`` (multi-host: every process gets every trial's epoch),
+   ``judge`` (failures, objective history), ``decide`` (the program's observer returns a
+   :class:`Decision`), ``apply`` (prune, PBT exploit / explore, compaction), ``record``
+   (store) and ``save`` (checkpoint). A restored round continues from its newest checkpoint;
+3. ``outcomes`` / ``told``: the round's final statuses and objectives become the ``tell``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import flax.serialization
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from metaopt._src import distributed as dist
+from metaopt._src import objectives as mo
+from metaopt._src import population as pop
+from metaopt._src.checkpoint import Checkpointer
+from metaopt._src.evaluators import Evaluator, TrialBatch
+from metaopt._src.store import Store, _dumps
+from metaopt._src.types import (
+    FAILED,
+    INFEASIBLE,
+    PRUNED,
+    RUNNING,
+    STATUS_NAMES,
+    Decision,
+    Searcher,
+)
+from spaces import Space
+
+PyTree = Any
+Stop = tuple[int, str, str | None, float | None]  # (trial id, status, reason, objective)
+
+
+def trial_seed(seed: int, number: int) -> int:
+  """The seed of trial ``number`` of a study seeded ``seed``."""
+  return (int(seed) * 1_000_003 + int(number)) % (2**31 - 1)
+
+
+def positive_int(name: str, v: Any) -> int:
+  if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+    raise ValueError(f"{name}={v!r}: must be an integer >= 1")
+  return int(v)
+
+
+def ser(state: Any) -> bytes:
+  return flax.serialization.to_bytes(jax.device_get(state))
+
+
+def json_round_trip(x: Any) -> Any:
+  """``x`` as the store will give it back (JSON-safe, non-finite floats as None)."""
+  return json.loads(_dumps(x))
+
+
+def config_changes(saved: Mapping[str, Any], record: Mapping[str, Any],
+                   ignore: tuple[str, ...] = ("store",)) -> list[str]:
+  """Fields whose values differ between a stored study config and this run's."""
+  now = json_round_trip(record)
+  return sorted(k for k in set(saved) | set(now)
+                if k not in ignore and saved.get(k) != now.get(k))
+
+
+# --------------------------------------------------------------------------- searcher
+
+
+@dataclasses.dataclass
+class SearcherFns:
+  """A program's functions compiled for the loop (see :func:`searcher_fns`)."""
+
+  ask: Callable
+  tell: Callable
+  observe: Callable | None
+  decode: Callable
+
+
+def searcher_fns(program: Searcher, space: Space) -> SearcherFns:
+  """``ask`` tiered (see :class:`population.TieredJit`; call it with ``calls_left``) and
+  only compiled once the program's ``startup_ask`` (if any) no longer stands in for it; the
+  others without backend optimisation (each runs once per round or epoch, in milliseconds,
+  but would take seconds to compile optimised)."""
+  tiered = pop.TieredJit(program.ask, static_argnums=2)
+  startup = None if program.startup_ask is None else \
+      pop.fast_jit(program.startup_ask, static_argnums=2)
+
+  def ask(state, key, n: int, calls_left: int = 1, model: bool = False):
+    if startup is not None and not model:  # the model is not used yet: ask stays uncompiled
+      s, u, ok = startup(state, key, n)
+      if bool(ok):
+        return s, u
+    return tiered(state, key, n, calls_left=calls_left)
+
+  observe = pop.fast_jit(program.observe) if program.observe is not None else None
+  return SearcherFns(ask, pop.fast_jit(program.tell), observe, pop.fast_jit(space.decode))
+
+
+def ask_points(fns: SearcherFns, state, key, n: int, space: Space, calls_left: int = 1):
+  """``(state, u)``: ``n`` new points, checked against the space."""
+  state, u = fns.ask(state, key, n, calls_left=calls_left)
+  u = np.asarray(u, np.float32)
+  if u.shape != (n, space.dim):
+    raise ValueError(f"program.ask returned points of shape {u.shape}; the space needs "
+                     f"(n, {space.dim}) for {space.names}")
+  return state, u
+
+
+def make_batch(fns: SearcherFns, space: Space, rnd: int, numbers: list[int], u: np.ndarray,
+               *, seed: int, epochs: int, constraint=None, multi: bool = False,
+               ids: list[int] | None = None, seeds: list[int] | None = None
+               ) -> tuple[TrialBatch, list[float | None]]:
+  """The round's :class:`TrialBatch` and each trial's constraint violation (or None); trial
+  seeds derive from ``seed`` and the trial numbers unless ``seeds`` gives them."""
+  h = jax.device_get(fns.decode(jnp.asarray(u)))  # host arrays: slicing compiles nothing
+  params = space.to_python_batch(h)
+  violation = [None if constraint is None else float(constraint(p)) for p in params]
+  feasible = np.asarray([v is None or v <= 0 for v in violation], bool)
+  n = len(numbers)
+  owned = (np.arange(n) % jax.process_count() == jax.process_index()) if multi else None
+  seeds = np.asarray(seeds if seeds is not None else
+                     [trial_seed(seed, num) for num in numbers], np.uint32)
+  batch = TrialBatch(rnd, list(ids or []), list(numbers), seeds, u, h, params, feasible,
+                     owned, epochs, space)
+  return batch, violation
+
+
+def new_trials(batch: TrialBatch) -> list[dict[str, Any]]:
+  """The batch's trials as rows for ``Store.start_round`` / ``Store.claim_round``."""
+  return [{"number": num, "params": p, "u": uu, "seed": int(s)}
+          for num, p, uu, s in zip(batch.numbers, batch.params, batch.u.tolist(), batch.seeds,
+                                   strict=True)]
+
+
+def infeasible_stops(batch: TrialBatch, violation: list[float | None]) -> list[Stop]:
+  return [(batch.ids[i], "infeasible", f"constraint violated by {violation[i]:g}", None)
+          for i in np.flatnonzero(~batch.feasible)]
+
+
+def outcomes(rows: list[dict[str, Any]]) -> list[tuple[int, str, float | None, str | None]]:
+  """``(id, status, objective, reason)`` of a finished round's stored trials."""
+  return [(x["id"], "complete" if x["status"] == "running" else x["status"], x["objective"],
+           x["failure_reason"]) for x in rows]
+
+
+def told(results, sign: float) -> tuple[jax.Array, jax.Array]:
+  """``(y, status)`` for ``tell``: objectives minimised (``inf`` where there is none)."""
+  status = np.asarray([STATUS_NAMES.index(s) for _, s, _, _ in results], np.int32)
+  y = np.asarray([sign * o if o is not None else np.inf for _, _, o, _ in results],
+                 np.float32)
+  return jnp.asarray(y), jnp.asarray(status)
+
+
+# --------------------------------------------------------------------------- one round
+
+
+@dataclasses.dataclass
+class RoundEnv:
+  """What stays fixed while rounds run: the evaluator, program functions and the store."""
+
+  evaluator: Evaluator
+  fns: SearcherFns
+  space: Space
+  store: Store
+  epochs: int
+  sign: float
+  checkpoint_every_s: float = 0.0
+  bar: Any = None
+  on_epoch: Callable[[int, int, list[dict[str, Any]]], None] | None = None
+  objectives: list[tuple[str, str]] | None = None  # several: the searcher is told y[n, m]
+  objective_keys: Mapping[str, str] | None = None  # objective name -> epoch metric holding it
+
+
+@dataclasses.dataclass
+class RoundState:
+  """The round in progress (host arrays over the round's ``n`` trials)."""
+
+  searcher: PyTree      # the program's state
+  evaluator: PyTree     # the evaluator's state (trial train states)
+  alive: np.ndarray     # [n] still training
+  status: np.ndarray    # [n] status codes
+  last: np.ndarray      # [n] latest objective, as the evaluator reports it
+  hist: np.ndarray      # [n, epochs] minimised objective per epoch
+  start: int = 0        # first epoch to run
+  last_save: float = 0.0
+  running: Any = None   # several objectives: their values so far (objectives.RunningObjectives)
+
+  def tree(self, ev_tree: PyTree, u: np.ndarray) -> dict[str, Any]:
+    return {"evaluator": ev_tree, "searcher": self.searcher, "alive": self.alive,
+            "status": self.status, "last": self.last, "hist": self.hist, "u": u}
+
+
+@dataclasses.dataclass
+class EpochOutcome:
+  """One epoch's per-trial metrics (None: not run) and the trials that stopped in it."""
+
+  metrics: list[dict[str, Any] | None]
+  stopped: list[Stop]
+  started: np.ndarray
+  values: np.ndarray | None = None
+  prev: np.ndarray | None = None
+
+
+def begin(env: RoundEnv, batch: TrialBatch, searcher_state, ckpt: Checkpointer,
+          resumed_in: int | None = None) -> RoundState:
+  """A fresh round state, or the one in the round's newest readable checkpoint. A round
+  that started before (``resumed_in``: its study's id) records what it restored as a
+  ``restore`` event (``restored epoch E``: epochs ``0..E-1`` are not run again)."""
+  n, ev = len(batch.params), env.evaluator
+
+  def abstract(meta):
+    return {"evaluator": ev.restore(batch, meta), "searcher": searcher_state,
+            "alive": np.zeros(n, bool), "status": np.zeros(n, np.int32),
+            "last": np.zeros(n), "hist": np.zeros((n, env.epochs)), "u": batch.u}
+
+  restored = ckpt.restore(abstract)
+  if batch.owned is not None:  # every process resumes from the same epoch
+    steps = dist.allgather(0 if restored is None else restored[0])
+    if len(set(steps)) > 1:
+      restored = ckpt.restore(abstract, max_step=min(steps)) if min(steps) > 0 else None
+      if dist.allgather(0 if restored is None else restored[0]) != [min(steps)] * len(steps):
+        restored = None
+  if resumed_in is not None:
+    gone = ckpt.skipped
+    skipped = f"; skipped unreadable steps {gone}" if gone else ""
+    what = (f"epoch 0 of {env.epochs} (no readable checkpoint{skipped})" if restored is None
+            else f"epoch {restored[0]} of {env.epochs} from checkpoint step {restored[0]}"
+                 f"{skipped}")
+    env.store.log_event(resumed_in, "restore", f"round {batch.number}: restored {what}")
+  if restored is not None:
+    start, saved, meta = restored
+    batch.u = np.array(saved["u"], np.float32)
+    batch.h = jax.device_get(env.fns.decode(jnp.asarray(batch.u)))
+    return RoundState(saved["searcher"], ev.resume(saved["evaluator"], batch, meta),
+                      np.array(saved["alive"]), np.array(saved["status"]),
+                      np.array(saved["last"]), np.array(saved["hist"]), start, time.time())
+  status = np.where(batch.feasible, RUNNING, INFEASIBLE).astype(np.int32)
+  return RoundState(searcher_state, ev.start(batch), batch.feasible.copy(), status,
+                    np.full(n, np.nan), np.full((n, env.epochs), np.nan), 0, time.time())
+
+
+def evaluate(env: RoundEnv, batch: TrialBatch, rs: RoundState, epoch: int, key,
+             study_id: int | None = None) -> EpochOutcome:
+  """Runs the evaluator's epoch on the live trials this process evaluates. An exception
+  from the evaluator stops the search, recorded as a ``failed`` study event."""
+  started = rs.alive.copy()
+  run = started if batch.owned is None else started & batch.owned
+  try:
+    rs.evaluator, metrics = env.evaluator.epoch(rs.evaluator, batch, run, epoch, key)
+  except Exception as e:
+    if study_id is not None:
+      why = batch.cache.pop("stop_reason", "the evaluator raised")
+      env.store.log_event(study_id, "failed", f"round {batch.number} epoch {epoch}: {why}; "
+                          f"search stopped: {type(e).__name__}: "
+                          f"{' '.join(str(e).split())[:2000]}")
+    raise
+  metrics = list(metrics)
+  stopped: list[Stop] = []
+  for i, m in enumerate(metrics):
+    if m is not None and "error" in m:
+      rs.alive[i], rs.status[i] = False, FAILED
+      stopped.append((batch.ids[i], "failed", str(m["error"]), None))
+      metrics[i] = None
+    elif m is not None and batch.owned is not None:
+      m["process"] = jax.process_index()
+  return EpochOutcome(metrics, stopped, started)
+
+
+def share(batch: TrialBatch, rs: RoundState, out: EpochOutcome) -> None:
+  """Multi-host: every process gets every trial's epoch and failures."""
+  if batch.owned is None:
+    return
+  mine = ({i: out.metrics[i] for i in np.flatnonzero(batch.owned)
+           if out.metrics[i] is not None}, list(out.stopped))
+  for p, (theirs, failed) in enumerate(dist.allgather(mine)):
+    if p == jax.process_index():
+      continue
+    for i, mi in theirs.items():
+      out.metrics[i] = mi
+    for x in failed:
+      i = batch.ids.index(x[0])
+      rs.alive[i], rs.status[i] = False, FAILED
+      out.stopped.append(x)
+
+
+def failure(m: Mapping[str, Any], obj_key: str, epoch: int) -> str | None:
+  """Why a trial's epoch failed (non-finite loss, weights, gradients or objective)."""
+  if m.get("nonfinite_loss"):
+    return f"non-finite loss at epoch {epoch}"
+  if m.get("nonfinite_params"):
+    return f"non-finite weights at epoch {epoch}"
+  if m.get("nonfinite_grads"):
+    return f"non-finite gradients at epoch {epoch}"
+  if obj_key not in m:
+    return f"no {obj_key!r} in the metrics at epoch {epoch} (got {sorted(m)})"
+  if not np.isfinite(m[obj_key]):
+    return f"non-finite {obj_key} at epoch {epoch}"
+  return None
+
+
+def judge(env: RoundEnv, batch: TrialBatch, rs: RoundState, out: EpochOutcome,
+          epoch: int) -> None:
+  """Fails broken trials and records every live trial's objective."""
+  n = len(batch.params)
+  obj = env.evaluator.objective
+  out.values = np.full(n, np.inf, np.float64)
+  out.prev = env.sign * rs.last
+  for i in range(n):
+    m = out.metrics[i]
+    if m is None or not rs.alive[i]:
+      continue
+    reason = failure(m, obj, epoch)
+    if reason:
+      rs.alive[i], rs.status[i] = False, FAILED
+      out.stopped.append((batch.ids[i], "failed", reason, None))
+      continue
+    rs.last[i] = float(m[obj])
+    out.values[i] = env.sign * rs.last[i]
+    rs.hist[i, epoch] = out.values[i]
+
+
+_ACCOUNTING = ("device_s", "flops", "process")
+
+
+def population_metrics(metrics: list[dict[str, Any] | None], values: np.ndarray,
+                       delta: np.ndarray) -> dict[str, jax.Array]:
+  """Scalar epoch metrics of the whole population as ``[n]`` arrays for ``observe``."""
+  ref = next((m for m in metrics if m is not None), {})
+  out = {"objective": jnp.asarray(values, jnp.float32),
+         "objective_delta": jnp.asarray(delta, jnp.float32)}
+  for k, v in ref.items():
+    if k in _ACCOUNTING:  # host-measured, not training telemetry
+      continue
+    if np.ndim(v) == 0 and np.asarray(v).dtype.kind in "biuf":
+      dtype = bool if np.asarray(v).dtype == bool else np.float32
+      col = [m.get(k, 0) if m is not None else 0 for m in metrics]
+      out[k] = jnp.asarray(np.asarray(col, dtype))
+  return out
+
+
+def decide(env: RoundEnv, batch: TrialBatch, rs: RoundState, out: EpochOutcome,
+           epoch: int) -> Decision | None:
+  """The program's observer on this epoch's population (None without an observer)."""
+  if env.fns.observe is None:
+    return None
+  pm = population_metrics(out.metrics, out.values, out.prev - out.values)
+  pm["objective_history"] = jnp.asarray(rs.hist, jnp.float32)
+  pm["u"] = jnp.asarray(batch.u)
+  if env.objectives:  # y[n, m] so far, minimised, for multi-objective pruners
+    if rs.running is None:
+      rs.running = mo.RunningObjectives(env.objectives, batch.params,
+                                        getattr(env.evaluator, "task", None), env.space,
+                                        env.objective_keys)
+    pm["objectives"] = jnp.asarray(rs.running.update(out.metrics, rs.alive), jnp.float32)
+  rs.searcher, d = env.fns.observe(rs.searcher, pm, jnp.asarray(epoch), jnp.asarray(rs.alive))
+  conditions = {c: np.asarray(v) for c, v in (d.conditions or {}).items()}
+  for i in np.flatnonzero(out.started):
+    if out.metrics[i] is not None:
+      out.metrics[i]["conditions"] = [c for c, v in conditions.items() if v[i]]
+  return Decision(np.asarray(d.keep, bool), conditions,
+                  None if d.copy_from is None else np.asarray(d.copy_from),
+                  None if d.u is None else np.asarray(d.u))
+
+
+def apply(env: RoundEnv, batch: TrialBatch, rs: RoundState, out: EpochOutcome,
+          d: Decision, epoch: int) -> None:
+  """Prunes, copies (PBT exploit) and moves (PBT explore) trials, then lets the evaluator
+  settle (compact) its state around the survivors."""
+  ev = env.evaluator
+  if epoch < env.epochs - 1:
+    for i in np.flatnonzero(rs.alive & ~d.keep):
+      rs.alive[i], rs.status[i] = False, PRUNED
+      conds = out.metrics[i]["conditions"]
+      why = f"stopped after epoch {epoch}: {', '.join(conds)}" if conds else \
+          f"pruned after epoch {epoch}"
+      out.stopped.append((batch.ids[i], "pruned", why, rs.last[i]))
+    if d.copy_from is not None:
+      rs.evaluator = ev.exploit(rs.evaluator, batch, d.copy_from, rs.alive)
+      for i in np.flatnonzero((d.copy_from >= 0) & rs.alive):
+        out.metrics[i]["parent"] = batch.numbers[int(d.copy_from[i])]
+    if d.u is not None:
+      explore(env, batch, rs, out, d.u)
+  rs.evaluator = ev.settle(rs.evaluator, batch, rs.alive, env.epochs - epoch - 1)
+
+
+def explore(env: RoundEnv, batch: TrialBatch, rs: RoundState, out: EpochOutcome,
+            new_u: np.ndarray) -> None:
+  """Live trials continue at ``new_u``; changed ones record their next parameters."""
+  changed = np.flatnonzero(np.any(new_u != batch.u, axis=1) & rs.alive)
+  batch.u = np.where(rs.alive[:, None], new_u, batch.u).astype(np.float32)
+  batch.h = jax.device_get(env.fns.decode(jnp.asarray(batch.u)))
+  h_changed = {k: v[changed] for k, v in batch.h.items()}
+  for i, p in zip(changed, env.space.to_python_batch(h_changed), strict=True):
+    out.metrics[i]["next_params"] = p
+
+
+def record(env: RoundEnv, batch: TrialBatch, out: EpochOutcome, epoch: int) -> list[dict]:
+  """Stores the epoch's metrics and stopped trials; returns the metrics recorded."""
+  rows = [(batch.ids[i], m) for i, m in enumerate(out.metrics) if m is not None]
+  env.store.record_epoch([i for i, _ in rows], epoch, [m for _, m in rows], out.stopped)
+  return [m for _, m in rows]
+
+
+def save(env: RoundEnv, batch: TrialBatch, rs: RoundState, ckpt: Checkpointer,
+         epoch: int) -> None:
+  """Checkpoints the round after ``epoch`` when it is due (always after its last epoch)."""
+  due = (epoch == env.epochs - 1 or not rs.alive.any()
+         or time.time() - rs.last_save >= env.checkpoint_every_s)
+  if batch.owned is not None:
+    due = any(dist.allgather(due))  # the same epochs in every process
+  if due:
+    rs.last_save = time.time()
+    tree, meta = env.evaluator.checkpoint(rs.evaluator)
+    ckpt.save(epoch + 1, rs.tree(tree, batch.u), {"round": batch.number, "epoch": epoch,
+                                                  **meta})
+
+
+def run_round(env: RoundEnv, batch: TrialBatch, searcher_state, ckpt: Checkpointer,
+              key_r, study_id: int | None = None, resumed: bool = False) -> PyTree:
+  """Evaluates one round epoch by epoch, recording everything; returns the searcher state.
+
+  Trials still running after the last epoch complete with their last objective. A round
+  started before (``resumed``) records a ``restore`` event in study ``study_id``."""
+  rs = begin(env, batch, searcher_state, ckpt, study_id if resumed else None)
+  if env.bar is not None:
+    env.bar.update(rs.start)
+  for epoch in range(rs.start, env.epochs):
+    out = evaluate(env, batch, rs, epoch, jax.random.fold_in(key_r, 1 + epoch), study_id)
+    share(batch, rs, out)
+    judge(env, batch, rs, out, epoch)
+    d = decide(env, batch, rs, out, epoch)
+    if d is not None:
+      apply(env, batch, rs, out, d, epoch)
+    metrics = record(env, batch, out, epoch)
+    save(env, batch, rs, ckpt, epoch)
+    if env.bar is not None:
+      env.bar.update(1)
+    if env.on_epoch is not None:
+      env.on_epoch(batch.number, epoch, metrics)
+    if not rs.alive.any():
+      if env.bar is not None:
+        env.bar.update(env.epochs - epoch - 1)
+      break
+  finals = [(batch.ids[i], "complete", None, rs.last[i]) for i in range(len(batch.params))
+            if rs.status[i] == RUNNING]
+  if finals:
+    env.store.record_epoch([], env.epochs - 1, [], finals)
+  return rs.searcher
+
+
+def tell_round(env: RoundEnv, state, u: np.ndarray, results,
+               y_vector: np.ndarray | None = None) -> PyTree:
+  """The program told a finished round's results (``y_vector``: ``y[n, m]`` of several
+  objectives, each minimised)."""
+  y, status = told(results, env.sign)
+  if y_vector is not None:
+    y = jnp.asarray(y_vector, jnp.float32)
+  return env.fns.tell(state, jnp.asarray(u), y, status)
+
+
+def round_outcomes(env: RoundEnv, study_id: int, rnd: int):
+  """``(results, y[n, m] or None)`` of a finished round, from the store; with several
+  objectives their values are recorded too (see :func:`objectives.vector_outcomes`)."""
+  rows = env.store.round_trials(study_id, rnd)
+  results = outcomes(rows)
+  if not env.objectives:
+    return results, None
+  return mo.vector_outcomes(env.store, study_id, rnd, rows, results, env.objectives,
+                            getattr(env.evaluator, "task", None), env.space,
+                            env.objective_keys)
+
+
+@dataclasses.dataclass
+class RoundPlan:
+  """Where one round goes in its study, and how its points are made.
+
+  Attributes:
+    study_id: the study's id in the store.
+    rnd: the round number.
+    numbers: the trial numbers of the round's trials.
+    key_ask: the key the searcher asks with.
+    key_r: the round's key (epoch ``e`` evaluates with ``fold_in(key_r, 1 + e)``).
+    checkpoint_dir: the round's checkpoint directory.
+    seed: the study seed (trial seeds derive from it and the trial numbers).
+    constraint: ``params -> value``, infeasible when ``> 0`` (or None).
+    asked: ``(ids, u)`` of a round asked (and stored) before a restart: not asked again.
+    enqueue: points evaluated first: they replace the first rows the searcher proposed, and
+      the searcher is told them.
+    calls_left: rounds left, for the tiered compilation of ``ask``.
+    label: maps a trial's params to what the store records (default: the params).
+    seeds: the trials' seeds (default: derived from ``seed`` and the trial numbers).
+  """
+
+  study_id: int
+  rnd: int
+  numbers: list[int]
+  key_ask: Any
+  key_r: Any
+  checkpoint_dir: str
+  seed: int
+  constraint: Callable[[dict[str, Any]], float] | None = None
+  asked: tuple[list[int], np.ndarray] | None = None
+  enqueue: np.ndarray | None = None
+  calls_left: int = 1
+  label: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+  seeds: list[int] | None = None
+
+
+def one_round(env: RoundEnv, state, plan: RoundPlan):
+  """Asks (or reloads), evaluates and tells one round, recording it in the store.
+
+  Returns ``(state, results, batch)``; ``results`` holds ``(id, status, objective,
+  reason)`` per trial."""
+  st, t0, n = env.store, time.time(), len(plan.numbers)
+  if plan.asked is not None:
+    ids, u = plan.asked
+  else:
+    state, u = ask_points(env.fns, state, plan.key_ask, n, env.space, plan.calls_left)
+    if plan.enqueue is not None and len(plan.enqueue):
+      k = min(n, len(plan.enqueue))
+      u = u.copy()
+      u[:k] = np.asarray(plan.enqueue[:k], np.float32)
+    ids = []
+  batch, violation = make_batch(env.fns, env.space, plan.rnd, plan.numbers, u,
+                                seed=plan.seed, epochs=env.epochs, constraint=plan.constraint,
+                                multi=dist.is_multi(), ids=ids, seeds=plan.seeds)
+  ckpt = Checkpointer(plan.checkpoint_dir)
+  if plan.asked is None:
+    rows = new_trials(batch)
+    if plan.label is not None:
+      rows = [{**r, "params": plan.label(r["params"])} for r in rows]
+    batch.ids = st.start_round(plan.study_id, plan.rnd, rows, ser(state),
+                               checkpoint_path=ckpt.directory)
+    st.record_epoch([], 0, [], infeasible_stops(batch, violation))
+  try:
+    state = run_round(env, batch, state, ckpt, plan.key_r, plan.study_id,
+                      resumed=plan.asked is not None)
+    dist.sync(f"metaopt-trained-{plan.rnd}")  # process 0 has written the round's statuses
+    results, y_vector = round_outcomes(env, plan.study_id, plan.rnd)
+    state = tell_round(env, state, u, results, y_vector)
+    st.end_round(plan.study_id, plan.rnd, results, ser(state), duration_s=time.time() - t0)
+  finally:
+    ckpt.close()
+  return state, results, batch
+
+
+def warm_start(env: RoundEnv, state, u: np.ndarray, y: np.ndarray, chunk: int) -> PyTree:
+  """The program told earlier observations (``y`` as the evaluator reports them; not
+  finite: failed), in chunks of at most ``chunk`` (a searcher's state may be sized by its
+  population)."""
+  for i in range(0, len(u), chunk):
+    yy = np.asarray(y[i:i + chunk], np.float64)
+    ok = np.isfinite(yy)
+    status = np.where(ok, 0, FAILED).astype(np.int32)
+    ys = np.where(ok, env.sign * yy, np.inf).astype(np.float32)
+    state = env.fns.tell(state, jnp.asarray(np.asarray(u[i:i + chunk], np.float32)),
+                         jnp.asarray(ys), jnp.asarray(status))
+  return state
+
+
+def best_of(results, direction: str) -> tuple[int, float] | None:
+  """``(index, objective)`` of a round's best complete trial, or None."""
+  done = [(i, o) for i, (_, s, o, _) in enumerate(results) if s == "complete" and o is not None]
+  if not done:
+    return None
+  return (max if direction == "maximize" else min)(done, key=lambda x: x[1])

@@ -1,0 +1,84 @@
+"""Programs by name: every config names its program with one key, ``program``.
+
+Each program module offers the same pair: ``validate(config)`` (one ``ValueError`` naming
+the field and the allowed values, before anything compiles or is stored) and
+``run_config(config, store, progress=True) -> Result``.
+
+=========== ============================================ =====================================
+program     module                                       what
+=========== ============================================ =====================================
+search      ``metaopt._src.config``                      black-box search (the default)
+whitebox    ``metaopt._src.whitebox``                    gradient HPO (``hypergrad``)
+nas         ``metaopt._src.nas.api``                     gradient NAS, retraining, test once
+lopt        ``metaopt._src.lopt.program``                learned-optimizer training / apply
+repair      ``metaopt._src.repair_run``                  the repair loop
+=========== ============================================ =====================================
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+from typing import Any
+
+from metaopt._src.store import Store
+from metaopt._src.types import Result
+
+PROGRAMS: dict[str, str] = {
+    "search": "metaopt._src.config",
+    "whitebox": "metaopt._src.whitebox",
+    "nas": "metaopt._src.nas.api",
+    "lopt": "metaopt._src.lopt.program",
+    "repair": "metaopt._src.repair_run",
+}
+
+
+def _get(config: Mapping[str, Any], key: str, default: Any = None) -> Any:
+  try:
+    return config[key]
+  except (KeyError, AttributeError):
+    return default
+
+
+def program_of(config: Mapping[str, Any]) -> str:
+  """The program a config names (``program``; ``"search"`` when it names none)."""
+  name = _get(config, "program", "search")
+  if name not in PROGRAMS:
+    raise ValueError(f"config field 'program' must be one of {', '.join(PROGRAMS)}; "
+                     f"got {name!r}")
+  return name
+
+
+def _module(config: Mapping[str, Any]):
+  return importlib.import_module(PROGRAMS[program_of(config)])
+
+
+def validate_config(config: Mapping[str, Any]) -> Any:
+  """Checks any program's config (one ``ValueError`` naming the field)."""
+  return _module(config).validate(config)
+
+
+def default_store(config: Mapping[str, Any]) -> str:
+  """The config's ``store``, else ``sqlite:///runs/<name>.db``."""
+  return _get(config, "store") or f"sqlite:///runs/{_get(config, 'name', 'study')}.db"
+
+
+def run_config(config: Mapping[str, Any], store: Store | str | None = None, *,
+               progress: bool = True, **kwargs: Any) -> Result:
+  """Validates and runs any program's config into ``store`` (default: the config's, else
+  ``sqlite:///runs/<name>.db``); ``kwargs`` go to the program (search: ``worker``,
+  ``worker_id``, ``stale_after_s``)."""
+  module = _module(config)
+  module.validate(config)
+  st = store if isinstance(store, Store) else Store(store or default_store(config))
+  return module.run_config(config, st, progress=progress, **kwargs)
+
+
+def study_finished(store: Store, rec: Any) -> bool:
+  """Whether a stored study has nothing left to run: its target was reached, or it has all
+  its trials and none is running (and, for a search, the last round was told)."""
+  if any(ev["kind"] == "target" for ev in store.events(rec.id)):
+    return True
+  trials = store.trials(rec.id, with_metrics=False)
+  return (len(trials) >= int(rec.config.get("n_trials", 0) or 0) > 0
+          and all(t.status != "running" for t in trials) and rec.state_phase != "asked")

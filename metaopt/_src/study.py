@@ -1,0 +1,755 @@
+"""The Study API: ``ask`` / ``tell`` / ``optimize`` over any Python objective, with a store.
+
+The vocabulary of Optuna (``create_study``, ``ask``, ``tell``, ``optimize``, ``enqueue``,
+``best_trial``), Vizier and Ray Tune (a named ``metric`` in a dict of results) over a
+:class:`spaces.Space` and any :class:`metaopt.Searcher`::
+
+    study = metaopt.create_study(space, "tpe", direction="maximize", seed=0)
+    study.optimize(lambda p: train_and_score(**p), n_trials=50)
+    print(study.best_trial.params, study.best_value)
+
+Each ``ask(n)`` is one batch (a *round* in the store): the searcher's ``ask`` proposes ``n``
+points, the first ones replaced by enqueued parameters, and the searcher is told the batch
+once every trial of it has been told (searchers that update per generation, such as CMA-ES,
+want ``n`` = their population). The searcher's ``ask`` and ``tell`` are jitted once per
+batch size and searcher (a searcher given by name is built once per process and settings,
+so a second study with the same settings compiles nothing); before its ``n_startup``
+observations TPE's cheap ``startup_ask`` stands in for ``ask``. TPE by name starts with a
+history of 128 rows and doubles it (one more compile) when it fills, up to 4096.
+
+Parameter values are plain Python: values a user typed come back as typed, and decoded
+floats as the shortest decimal of their float32 (``0.9``, not ``0.8999999761581421``).
+
+With ``store`` (any SQLAlchemy URL) every ask and tell is written through, in the schema
+``metaopt.search`` and ``run.py`` use (``run.py report`` reads a Python study), and
+``create_study`` with the name of a stored study continues it, searcher state included.
+
+Warm start (``warm_start=``): complete trials of earlier studies (a :class:`Study`, a
+``(store_url, study_name)`` pair, or an ``optuna.Study``) whose parameters fit this space are
+told to the searcher as prior observations before the first ask, and the best
+``warm_start_top_k`` of them are enqueued so they are evaluated first; the sources are
+recorded in the study's config (``warm_start``) and as a ``warm_start`` event.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import math
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import flax.serialization
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from metaopt._src import population as pop
+from metaopt._src import registry
+from metaopt._src.store import Store
+from metaopt._src.types import COMPLETE, FAILED, PRUNED, Searcher, Trial
+from spaces import Choice, Fixed, Float, Int, Space, from_spec, to_spec
+
+DIRECTIONS = ("minimize", "maximize")
+STATES = ("complete", "failed", "pruned")
+_CODES = {"complete": COMPLETE, "failed": FAILED, "pruned": PRUNED}
+_TPE_CAPACITY, _TPE_MAX_CAPACITY = 128, 4096
+
+
+class TrialPruned(Exception):  # noqa: N818 - the name Optuna users know
+  """Raise inside an objective to record the trial as pruned."""
+
+
+# Compiled searcher functions, per searcher object (kept alive here so ids stay unique).
+_COMPILED: dict[int, tuple[Searcher, dict[str, Any]]] = {}
+_BY_NAME: dict[tuple, Searcher] = {}
+
+
+def _compiled(program: Searcher) -> dict[str, Any]:
+  if id(program) not in _COMPILED:
+    fns = {"ask": pop.TieredJit(program.ask, static_argnums=2),
+           "tell": pop.fast_jit(program.tell), "init": pop.fast_jit(program.init),
+           "startup": None if program.startup_ask is None else
+           pop.fast_jit(program.startup_ask, static_argnums=2)}
+    _COMPILED[id(program)] = (program, fns)
+  return _COMPILED[id(program)][1]
+
+
+def _named_searcher(name: str, dim: int, options: Mapping[str, Any]) -> Searcher:
+  key = (name, dim, json.dumps(dict(options), sort_keys=True, default=repr))
+  if key not in _BY_NAME:
+    _BY_NAME[key] = registry.make_searcher(name, dim, **options)
+  return _BY_NAME[key]
+
+
+def _ser(state: Any) -> bytes:
+  return flax.serialization.to_bytes(jax.device_get(state))
+
+
+
+_DECODERS: dict[int, tuple[Space, Callable]] = {}
+_fold_in = pop.fast_jit(jax.random.fold_in)  # one dispatch, not several eager ops per ask
+
+
+def _decoder(space: Space) -> Callable:
+  if id(space) not in _DECODERS:
+    _DECODERS[id(space)] = (space, pop.fast_jit(space.decode))
+  return _DECODERS[id(space)][1]
+
+
+def _number(v: Any) -> bool:
+  return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+
+
+def check_params(space: Space, params: Any, what: str = "params") -> dict[str, Any]:
+  """User-given values, checked against ``space`` (known names, inside the bounds or among
+  the choices), as plain Python values; one ``ValueError`` naming the parameter otherwise."""
+  if not isinstance(params, Mapping):
+    raise ValueError(f"{what}: expected a dict {{name: value}}, got {type(params).__name__}")
+  unknown = sorted(set(params) - set(space.params))
+  if unknown:
+    raise ValueError(f"{what}: unknown parameter(s) {unknown}; the space has "
+                     f"{sorted(space.params)}")
+  out = {}
+  for n, v in params.items():
+    p = space.params[n]
+    if isinstance(p, Float):
+      ok = _number(v) and math.isfinite(float(v)) and p.lo <= float(v) <= p.hi
+      allowed, v = f"a number in [{p.lo}, {p.hi}]", float(v) if _number(v) else v
+    elif isinstance(p, Int):
+      ok = _number(v) and float(v).is_integer() and p.lo <= v <= p.hi
+      allowed, v = f"an integer in [{p.lo}, {p.hi}]", int(v) if ok else v
+    elif isinstance(p, Choice):
+      ok = any(v == c and type(v) is type(c) for c in p.choices) or v in p.choices
+      allowed = f"one of {list(p.choices)}"
+    else:
+      ok, allowed = v == p.value, f"the fixed value {p.value!r}"
+    if not ok:
+      raise ValueError(f"{what}: {n}={v!r} is outside the space; allowed: {allowed}")
+    out[n] = v
+  return out
+
+
+def _make_program(searcher: Any, dim: int, options: Mapping[str, Any] | None
+                  ) -> tuple[Searcher, str, dict[str, Any]]:
+  """``(program, name, options)``: a registered searcher by name, or a given Searcher."""
+  options = dict(options or {})
+  if isinstance(searcher, Searcher):
+    if options:
+      raise ValueError("searcher_options: only for a searcher given by name")
+    return searcher, "custom", {}
+  if not isinstance(searcher, str) or searcher not in registry.SEARCHERS:
+    raise ValueError(f"searcher={searcher!r} is unknown; allowed: a metaopt.Searcher or one "
+                     f"of {', '.join(registry.SEARCHERS)}")
+  full = dict(options)
+  if searcher == "tpe" and "capacity" not in options:
+    full["capacity"] = _TPE_CAPACITY
+  return _named_searcher(searcher, dim, full), searcher, options
+
+
+def _optuna_direction(obj: Any) -> str:
+  dirs = [d.name.lower() for d in obj.directions]
+  if len(dirs) != 1:
+    raise ValueError(f"warm_start: Optuna study {obj.study_name!r} has {len(dirs)} objectives; "
+                     "only single-objective studies can warm-start a metaopt study")
+  return dirs[0]
+
+
+def _source(src: Any) -> tuple[dict[str, Any], str, list[tuple[dict[str, Any], float]]]:
+  """``(description, direction, [(params, value)])`` of one warm-start source's complete
+  trials."""
+  if isinstance(src, Study):
+    pairs = [(t.params, t.objective) for t in src._trials
+             if t.status == "complete" and t.objective is not None]
+    return ({"study": src.study_name, "store": src.store_url}, src.direction, pairs)
+  if type(src).__module__.startswith("optuna"):
+    import optuna
+    done = src.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    return ({"optuna_study": src.study_name}, _optuna_direction(src),
+            [(dict(t.params), float(t.value)) for t in done])
+  if isinstance(src, Mapping) and set(src) == {"store", "study"}:
+    url, name = src["store"], src["study"]
+  elif isinstance(src, (tuple, list)) and len(src) == 2 and all(isinstance(x, str) for x in src):
+    url, name = src
+  else:
+    raise ValueError(f"warm_start: {src!r} is not a source; allowed: a metaopt.Study, a "
+                     "(store_url, study_name) pair, {'store': url, 'study': name}, or an "
+                     "optuna.Study")
+  st = Store(url)
+  rec = st.load_study(name)
+  pairs = [(t.params, t.objective) for t in st.trials(rec.id, with_metrics=False)
+           if t.status == "complete" and t.objective is not None]
+  return {"study": name, "store": url}, rec.direction, pairs
+
+
+def _fit(space: Space, params: Mapping[str, Any]) -> dict[str, Any] | None:
+  """A source trial's values restricted to ``space``, or None when one is outside it."""
+  kept = {k: v for k, v in params.items() if k in space.params}
+  try:
+    return check_params(space, kept)
+  except ValueError:
+    return None
+
+
+@dataclasses.dataclass
+class _Prior:
+  """Warm-start observations resolved before the study is created or written."""
+
+  u: np.ndarray
+  y: np.ndarray
+  best: list[dict[str, Any]]
+  provenance: list[dict[str, Any]]
+
+
+def _resolve_warm_start(space: Space, direction: str, sources: Any, top_k: int) -> _Prior | None:
+  if sources is None:
+    return None
+  if isinstance(sources, (Study, Mapping)) or type(sources).__module__.startswith("optuna") or (
+      isinstance(sources, tuple) and len(sources) == 2 and all(isinstance(x, str)
+                                                              for x in sources)):
+    sources = [sources]
+  if not isinstance(sources, (list, tuple)):
+    sources = [sources]  # _source says what it accepts
+  rows, prov = [], []
+  for src in sources:
+    desc, src_dir, pairs = _source(src)
+    if src_dir != direction:
+      raise ValueError(f"warm_start: source {desc} is a {src_dir} study; this study is "
+                       f"{direction}: their objectives cannot be compared")
+    fitted = [(_fit(space, p), v) for p, v in pairs if math.isfinite(float(v))]
+    used = [(p, float(v)) for p, v in fitted if p is not None]
+    rows += used
+    prov.append({**desc, "n_complete": len(pairs), "n_used": len(used)})
+  if not rows:
+    return _Prior(np.zeros((0, space.dim), np.float32), np.zeros(0, np.float32), [], prov)
+  sign = -1.0 if direction == "maximize" else 1.0
+  u = np.asarray([_encode(space, p) for p, _ in rows], np.float32)
+  y = np.asarray([sign * v for _, v in rows], np.float32)
+  best, seen = [], set()
+  for i in np.argsort(y, kind="stable"):
+    key = json.dumps(rows[i][0], sort_keys=True, default=repr)
+    if key not in seen and len(best) < top_k:
+      seen.add(key)
+      best.append(rows[i][0])
+  return _Prior(u, y, best, prov)
+
+
+def _encode(space: Space, values: Mapping[str, Any], base: np.ndarray | None = None
+            ) -> np.ndarray:
+  """Unit-cube point of ``values``; coordinates they leave out come from ``base`` (or the
+  parameters' defaults)."""
+  u = space.encode({}) if base is None else np.array(base, np.float64)
+  for i, n in enumerate(space.names):
+    if n in values:
+      p = space.params[n]
+      u[i] = p.encode(p.from_python(values[n]))
+  return u
+
+
+def _positive(name: str, v: Any) -> int:
+  if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+    raise ValueError(f"{name}={v!r}: must be an integer >= 1")
+  return int(v)
+
+
+class Study:
+  """A search over ``space`` driven by ``ask`` / ``tell`` or ``optimize`` (see module doc).
+
+  Args:
+    space: the :class:`spaces.Space` searched.
+    searcher: a name in ``metaopt.SEARCHERS`` (``"tpe"``, ``"gp"``, ``"random"``, ...) or a
+      :class:`metaopt.Searcher` over ``[0, 1]^space.dim``.
+    store: a SQLAlchemy URL or :class:`metaopt.Store`; None keeps the study in memory.
+    study_name: name in the store; a stored study of that name is continued.
+    direction: ``"minimize"`` or ``"maximize"``.
+    seed: root seed of the searcher's keys.
+    searcher_options: keyword arguments of a searcher given by name.
+    metric: the key of the objective when results are dicts of metrics (Ray Tune style).
+    warm_start: earlier studies whose complete trials seed this one (module doc).
+    warm_start_top_k: how many of their best points are evaluated first.
+  """
+
+  def __init__(self, space: Space, searcher: str | Searcher = "tpe", *,
+               store: str | Store | None = None, study_name: str | None = None,
+               direction: str = "minimize", seed: int = 0,
+               searcher_options: Mapping[str, Any] | None = None, metric: str | None = None,
+               warm_start: Any = None, warm_start_top_k: int = 3):
+    if not isinstance(space, Space):
+      raise ValueError(f"space: expected a spaces.Space, got {type(space).__name__}")
+    if direction not in DIRECTIONS:
+      raise ValueError(f"direction={direction!r}: allowed values are 'minimize', 'maximize'")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+      raise ValueError(f"seed={seed!r}: must be an integer")
+    if metric is not None and not isinstance(metric, str):
+      raise ValueError(f"metric={metric!r}: must be a string (a key of the told metrics)")
+    if study_name is not None and (not isinstance(study_name, str) or not study_name):
+      raise ValueError(f"study_name={study_name!r}: must be a non-empty string")
+    if warm_start_top_k != 0:
+      _positive("warm_start_top_k", warm_start_top_k)
+    self._program, self._searcher_name, self._options = _make_program(
+        searcher, space.dim, searcher_options)
+    prior = _resolve_warm_start(space, direction, warm_start, warm_start_top_k)
+    self.space, self.direction, self.seed, self.metric = space, direction, int(seed), metric
+    self.study_name = study_name or f"study-{uuid.uuid4().hex[:8]}"
+    self._sign = -1.0 if direction == "maximize" else 1.0
+    self._trials: list[Trial] = []
+    self._rounds: dict[int, list[int]] = {}
+    self._queue: list[dict[str, Any]] = []
+    self._started: dict[int, float] = {}
+    self._calls_left = 1
+    self._key = jax.random.fold_in(jax.random.key(seed), 1)
+    self._state = _compiled(self._program)["init"](jax.random.key(seed))
+    self.warm_start_sources: list[dict[str, Any]] = []
+    self._store: Store | None = None
+    self._rec_id: int | None = None
+    self._ids: dict[int, int] = {}
+    loaded = False
+    if store is not None:
+      loaded = self._open(store)
+    if prior is not None and not loaded:
+      self._apply_prior(prior)
+
+  # ------------------------------------------------------------------ store
+  @property
+  def store_url(self) -> str | None:
+    """The store's URL, or None for an in-memory study."""
+    return None if self._store is None else self._store.url
+
+  def _config(self) -> dict[str, Any]:
+    return {"kind": "study", "space": to_spec(self.space),
+            "space_order": list(self.space.params), "searcher_name":
+            self._searcher_name, "searcher": self._options, "metric": self.metric,
+            "direction": self.direction, "warm_start": self.warm_start_sources}
+
+  def _open(self, store: str | Store) -> bool:
+    """Creates the study in ``store`` or loads it; True when it existed."""
+    from metaopt._src.provenance import code_version, hardware
+    st = store if isinstance(store, Store) else Store(store)
+    if self.study_name not in st.study_names():
+      rec = st.create_study(self.study_name, direction=self.direction, config=self._config(),
+                            seed=self.seed, code_version=code_version(), hardware=hardware())
+      self._store, self._rec_id = st, rec.id
+      return False
+    rec = st.load_study(self.study_name)
+    if rec.config.get("kind") != "study":
+      raise ValueError(f"study {self.study_name!r} in {st.url} was made by metaopt.search / "
+                       "run.py; continue it with `run.py resume`, or pick a new study_name")
+    now, was = self._config(), rec.config
+    changed = sorted(k for k in ("space", "space_order", "searcher_name", "searcher", "metric",
+                                 "direction")
+                     if json.loads(json.dumps(now[k])) != was.get(k))
+    if changed or rec.seed != self.seed:
+      raise ValueError(f"study {self.study_name!r} exists in {st.url} with different "
+                       f"settings (fields {changed or ['seed']}); pass the same ones to "
+                       "continue it, or pick a new study_name")
+    if rec.searcher_state is not None:
+      self._state = flax.serialization.from_bytes(self._state, rec.searcher_state)
+      self._rebuild_for_state()
+    self._trials = st.trials(rec.id)
+    for t in self._trials:
+      self._rounds.setdefault(t.round, []).append(t.number)
+      if t.status == "running":
+        self._started[t.number] = time.time()
+    self.warm_start_sources = list(was.get("warm_start") or [])
+    self._store, self._rec_id, self._ids = st, rec.id, st.trial_ids(rec.id)
+    st.log_event(rec.id, "resume", f"continued with {len(self._trials)} trials")
+    return True
+
+  def _rebuild_for_state(self) -> None:
+    """A TPE history restored at a grown capacity needs the searcher of that capacity."""
+    if self._searcher_name == "tpe" and "capacity" not in self._options:
+      cap = int(np.shape(self._state["y"])[0])
+      self._program = _named_searcher("tpe", self.space.dim, {**self._options,
+                                                              "capacity": cap})
+
+  def _maybe_grow(self, n_new: int) -> None:
+    """Doubles TPE's history (padding with empty rows) before ``n_new`` rows would wrap."""
+    if self._searcher_name != "tpe" or "capacity" in self._options:
+      return
+    cap = int(np.shape(self._state["y"])[0])
+    need = int(self._state["count"]) + n_new
+    if need <= cap or cap >= _TPE_MAX_CAPACITY:
+      return
+    new = cap
+    while new < need and new < _TPE_MAX_CAPACITY:
+      new *= 2
+    pad = lambda a: jnp.concatenate([a, jnp.zeros((new - cap, *a.shape[1:]), a.dtype)])
+    self._state = {**self._state, "x": pad(self._state["x"]), "y": pad(self._state["y"]),
+                   "valid": pad(self._state["valid"])}
+    self._rebuild_for_state()
+
+  def _apply_prior(self, prior: _Prior) -> None:
+    """Tells the warm-start observations, enqueues their best points, records provenance."""
+    if len(prior.y):
+      self._maybe_grow(len(prior.y))
+      self._state = _compiled(self._program)["tell"](
+          self._state, jnp.asarray(prior.u), jnp.asarray(prior.y),
+          jnp.zeros(len(prior.y), jnp.int32))
+    for p in prior.best:
+      self.enqueue(p)
+    self.warm_start_sources = prior.provenance
+    if self._store is not None:
+      self._store.update_config(self._rec_id, self._config())
+      self._store.log_event(self._rec_id, "warm_start", json.dumps(
+          {"sources": prior.provenance, "prior_observations": int(len(prior.y)),
+           "enqueued": len(prior.best)}))
+      self._store.finish_trials(self._rec_id, [], searcher_state=_ser(self._state), rnd=-1)
+
+  # ------------------------------------------------------------------ ask / tell
+  def enqueue(self, params: Mapping[str, Any]) -> None:
+    """Queues ``params`` (all or some of the space's parameters, inside it) to be evaluated
+    by the next ``ask``, before the searcher's own points; left-out parameters come from the
+    searcher's proposal."""
+    self._queue.append(check_params(self.space, params, "enqueue"))
+
+  def _propose(self, key: jax.Array, n: int) -> tuple[Any, np.ndarray]:
+    fns = _compiled(self._program)
+    if fns["startup"] is not None:
+      s, u, ok = fns["startup"](self._state, key, n)
+      if bool(ok):
+        return s, np.array(u, np.float32)
+    s, u = fns["ask"](self._state, key, n, calls_left=self._calls_left)
+    u = np.array(u, np.float32)
+    if u.shape != (n, self.space.dim):
+      raise ValueError(f"searcher.ask returned points of shape {u.shape}; the space needs "
+                       f"({n}, {self.space.dim}) for {self.space.names}")
+    return s, u
+
+  def ask(self, n: int = 1) -> list[Trial]:
+    """``n`` new trials (status ``running``) with plain Python ``params``: enqueued ones
+    first, then the searcher's."""
+    from metaopt._src.loop import trial_seed
+    n = _positive("n", n)
+    rnd = max(self._rounds, default=-1) + 1
+    state, u = self._propose(_fold_in(self._key, rnd), n)
+    given = [self._queue.pop(0) for _ in range(min(n, len(self._queue)))]
+    for i, g in enumerate(given):
+      u[i] = _encode(self.space, g, u[i])
+    params = self.space.to_python_batch(jax.device_get(_decoder(self.space)(jnp.asarray(u))))
+    for p, g in zip(params, given, strict=False):
+      p.update({k: v for k, v in g.items() if k in p})
+    first = len(self._trials)
+    new = [Trial(number=first + i, params=params[i], status="running", objective=None,
+                 seed=trial_seed(self.seed, first + i), round=rnd, u=u[i].tolist())
+           for i in range(n)]
+    if self._store is not None:
+      ids = self._store.start_round(self._rec_id, rnd, [
+          {"number": t.number, "params": t.params, "u": t.u, "seed": t.seed} for t in new],
+          _ser(state))
+      self._ids.update({t.number: i for t, i in zip(new, ids, strict=True)})
+    self._state = state
+    self._trials += new
+    self._rounds[rnd] = [t.number for t in new]
+    now = time.time()
+    self._started.update({t.number: now for t in new})
+    return [dataclasses.replace(t, params=dict(t.params)) for t in new]
+
+  def _check_tell(self, trial: Trial | int, value: Any, state: str
+                  ) -> tuple[int, float | None, dict[str, Any] | None]:
+    """``(number, objective, metrics)`` of a tell, or one ``ValueError`` (nothing changed)."""
+    number = trial.number if isinstance(trial, Trial) else trial
+    if isinstance(number, bool) or not isinstance(number, (int, np.integer)) or \
+        not 0 <= number < len(self._trials):
+      raise ValueError(f"tell: trial {number!r} is unknown in study {self.study_name!r} "
+                       f"(trials 0..{len(self._trials) - 1})")
+    t = self._trials[number]
+    if t.status != "running":
+      raise ValueError(f"tell: trial {number} was already told ({t.status})")
+    if state not in STATES:
+      raise ValueError(f"tell: state={state!r}; allowed: {', '.join(STATES)}")
+    metrics = None
+    if isinstance(value, Mapping):
+      if self.metric is None:
+        raise ValueError("tell: got a dict of metrics; create the study with metric=<key> to "
+                         "say which one is the objective")
+      if self.metric not in value:
+        raise ValueError(f"tell: metric {self.metric!r} is not among the told metrics "
+                         f"{sorted(value)}")
+      metrics = dict(value)
+      value = value[self.metric]
+    if value is not None and not _number(value) and not (
+        hasattr(value, "shape") and np.shape(value) == () and np.asarray(value).dtype.kind
+        in "fiu"):
+      raise ValueError(f"tell: value={value!r} must be a number")
+    if state == "complete" and value is None:
+      raise ValueError(f"tell: trial {number} is 'complete' but has no value; pass value=..., "
+                       "or state='failed'")
+    return int(number), None if value is None else float(value), metrics
+
+  def tell(self, trial: Trial | int, value: float | Mapping[str, Any] | None = None,
+           state: str = "complete", *, reason: str | None = None) -> Trial:
+    """Records a running trial's result: ``value`` (a number, or a dict of metrics holding
+    ``metric``) and ``state`` (``complete``, ``failed`` or ``pruned``). A non-finite value
+    records the trial as failed. Once every trial of its batch is told, the searcher is."""
+    number, value, metrics = self._check_tell(trial, value, state)
+    if state == "complete" and not math.isfinite(value):
+      state, reason = "failed", reason or f"objective is {value}"
+    if state == "failed":
+      value = None
+    t = self._trials[number]
+    t.status, t.objective, t.failure_reason = state, value, reason
+    t.duration_s = time.time() - self._started.pop(number, time.time())
+    if metrics is not None:
+      t.metrics = [{"epoch": 0, **metrics}]
+    batch = [self._trials[i] for i in self._rounds[t.round]]
+    told = all(b.status != "running" for b in batch)
+    if told:
+      self._maybe_grow(sum(b.status == "complete" for b in batch))
+      y = [self._sign * b.objective if b.status == "complete" else np.inf for b in batch]
+      self._state = _compiled(self._program)["tell"](
+          self._state, jnp.asarray(np.asarray([b.u for b in batch], np.float32)),
+          jnp.asarray(y, jnp.float32), jnp.asarray([_CODES[b.status] for b in batch],
+                                                   jnp.int32))
+    if self._store is not None:
+      tid = self._ids[number]
+      self._store.finish_trials(
+          self._rec_id, [(tid, state, value, reason, t.duration_s)],
+          metrics=None if metrics is None else {tid: metrics},
+          searcher_state=_ser(self._state) if told else None, rnd=t.round)
+    return dataclasses.replace(t, params=dict(t.params))
+
+  def optimize(self, objective: Callable[..., Any], n_trials: int, batch_size: int = 1, *,
+               vectorized: bool = False,
+               catch: tuple[type[BaseException], ...] = (Exception,)) -> Study:
+    """Runs ``n_trials`` new trials of ``objective(params) -> value`` (a number, or a dict of
+    metrics holding ``metric``), ``batch_size`` asked at a time. With ``vectorized`` the
+    objective takes the batch's list of params and returns a list of values. An exception
+    in ``catch`` records the trial as failed with its reason and the search goes on;
+    :class:`TrialPruned` records it as pruned. A result ``tell`` rejects (e.g. a dict
+    without ``metric``) is recorded as failed with the reason, then raised."""
+    if not callable(objective):
+      raise ValueError(f"objective: expected a callable params -> value, got "
+                       f"{type(objective).__name__}")
+    n_trials, batch_size = _positive("n_trials", n_trials), _positive("batch_size", batch_size)
+    done = 0
+    try:
+      while done < n_trials:
+        k = min(batch_size, n_trials - done)
+        self._calls_left = -(-(n_trials - done) // batch_size)
+        trials = self.ask(k)
+        for t, (value, state, reason) in zip(trials, self._evaluate(
+            objective, trials, vectorized, catch), strict=True):
+          try:
+            self.tell(t, value, state, reason=reason)
+          except ValueError as e:
+            self.tell(t, None, "failed", reason=str(e))
+            raise
+        done += k
+    finally:
+      self._calls_left = 1
+    return self
+
+  @staticmethod
+  def _evaluate(objective, trials: Sequence[Trial], vectorized: bool, catch
+                ) -> list[tuple[Any, str, str | None]]:
+    """``(value, state, reason)`` per trial."""
+    def failed(e: BaseException) -> tuple[Any, str, str]:
+      if isinstance(e, TrialPruned):
+        return None, "pruned", str(e) or "pruned by the objective"
+      return None, "failed", f"{type(e).__name__}: {e}"
+
+    if vectorized:
+      try:
+        values = list(objective([dict(t.params) for t in trials]))
+      except (TrialPruned, *catch) as e:
+        return [failed(e)] * len(trials)
+      if len(values) != len(trials):
+        raise ValueError(f"objective: vectorized objective returned {len(values)} values for "
+                         f"{len(trials)} trials")
+      return [(v, "complete", None) for v in values]
+    out = []
+    for t in trials:
+      try:
+        out.append((objective(dict(t.params)), "complete", None))
+      except (TrialPruned, *catch) as e:
+        out.append(failed(e))
+    return out
+
+  # ------------------------------------------------------------------ results
+  @property
+  def trials(self) -> list[Trial]:
+    """Every trial, in number order (copies)."""
+    return [dataclasses.replace(t, params=dict(t.params)) for t in self._trials]
+
+  @property
+  def best_trial(self) -> Trial:
+    """The best complete trial; ``ValueError`` while there is none."""
+    done = [t for t in self._trials if t.status == "complete" and t.objective is not None]
+    if not done:
+      raise ValueError(f"study {self.study_name!r} has no complete trial yet")
+    pick = max if self.direction == "maximize" else min
+    t = pick(done, key=lambda t: t.objective)
+    return dataclasses.replace(t, params=dict(t.params))
+
+  @property
+  def best_params(self) -> dict[str, Any]:
+    return self.best_trial.params
+
+  @property
+  def best_value(self) -> float:
+    return self.best_trial.objective
+
+  def table(self) -> list[dict[str, Any]]:
+    """One plain dict per trial: ``number, status, value, duration_s, failure_reason`` and a
+    ``params_<name>`` column per parameter."""
+    names = list(self.space.params)
+    return [{"number": t.number, "status": t.status, "value": t.objective,
+             "duration_s": t.duration_s, "failure_reason": t.failure_reason,
+             **{f"params_{n}": t.params.get(n) for n in names}} for t in self._trials]
+
+  def to_csv(self, path: str | None = None) -> str:
+    """The :meth:`table` as CSV, written to ``path`` when given; returns the text."""
+    rows = self.table()
+    buf = io.StringIO()
+    cols = ["number", "status", "value", "duration_s", "failure_reason",
+            *[f"params_{n}" for n in self.space.params]]
+    w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    if path is not None:
+      with open(path, "w", newline="") as f:
+        f.write(buf.getvalue())
+    return buf.getvalue()
+
+  def to_pandas(self):
+    """The :meth:`table` as a ``pandas.DataFrame`` (needs pandas)."""
+    try:
+      import pandas as pd
+    except ImportError:
+      raise ImportError("to_pandas needs pandas (pip install pandas); table() and to_csv() "
+                        "need nothing") from None
+    return pd.DataFrame(self.table())
+
+  def to_optuna(self, storage: Any = None, study_name: str | None = None,
+                replace: bool = False):
+    """Writes the finished trials into a new Optuna study (``storage``: None for in-memory,
+    an Optuna storage or URL such as ``sqlite:///optuna.db``) that ``optuna-dashboard`` and
+    ``optuna.visualization`` read; returns the ``optuna.Study``. An Optuna study of that
+    name already in ``storage`` is an error, or is replaced with ``replace=True``."""
+    import optuna
+    dists = optuna_distributions(self.space)
+    name = study_name or self.study_name
+    if storage is not None:
+      names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
+      if name in names and not replace:
+        raise ValueError(f"to_optuna: {storage} already has an Optuna study {name!r}; pass "
+                         "study_name=... or replace=True")
+      if name in names:
+        optuna.delete_study(study_name=name, storage=storage)
+    out = optuna.create_study(storage=storage, study_name=name, direction=self.direction)
+    states = {"complete": optuna.trial.TrialState.COMPLETE,
+              "failed": optuna.trial.TrialState.FAIL,
+              "pruned": optuna.trial.TrialState.PRUNED}
+    frozen = []
+    for t in self._trials:
+      if t.status not in states:
+        continue
+      attrs = {"metaopt_number": t.number, "metaopt_study": self.study_name}
+      if t.failure_reason:
+        attrs["failure_reason"] = t.failure_reason
+      frozen.append(optuna.trial.create_trial(
+          params={k: v for k, v in t.params.items() if k in dists},
+          distributions={k: dists[k] for k in t.params if k in dists},
+          value=t.objective if t.status == "complete" else None, state=states[t.status],
+          user_attrs=attrs))
+    out.add_trials(frozen)
+    return out
+
+  def __repr__(self) -> str:
+    return (f"Study({self.study_name!r}, {self._searcher_name}, {self.direction}, "
+            f"{len(self._trials)} trials, store={self.store_url!r})")
+
+
+def optuna_distributions(space: Space) -> dict[str, Any]:
+  """Optuna distributions of the space's parameters (``Fixed`` as a one-choice
+  categorical)."""
+  import optuna.distributions as od
+  out = {}
+  for n, p in space.params.items():
+    if isinstance(p, Float):
+      out[n] = od.FloatDistribution(p.lo, p.hi, log=p.log)
+    elif isinstance(p, Int):
+      out[n] = od.IntDistribution(p.lo, p.hi, log=p.log)
+    elif isinstance(p, Choice):
+      out[n] = od.CategoricalDistribution(list(p.choices))
+    elif isinstance(p, Fixed):
+      out[n] = od.CategoricalDistribution([p.value])
+  return out
+
+
+def space_from_optuna(optuna_study: Any) -> Space:
+  """The space of an Optuna study's trials' distributions (a ``step`` is dropped: the
+  parameter becomes continuous / every integer)."""
+  import optuna.distributions as od
+  dists: dict[str, Any] = {}
+  for t in optuna_study.get_trials(deepcopy=False):
+    dists.update(t.distributions)
+  if not dists:
+    raise ValueError(f"Optuna study {optuna_study.study_name!r} has no trial with parameters")
+  params = {}
+  for n, d in dists.items():
+    if isinstance(d, od.FloatDistribution):
+      params[n] = Float(d.low, d.high, log=d.log)
+    elif isinstance(d, od.IntDistribution):
+      params[n] = Int(d.low, d.high, log=d.log)
+    elif isinstance(d, od.CategoricalDistribution):
+      params[n] = Fixed(d.choices[0]) if len(d.choices) == 1 else Choice(list(d.choices))
+    else:
+      raise ValueError(f"Optuna parameter {n!r}: distribution {type(d).__name__} is not "
+                       "supported")
+  return Space(params)
+
+
+def create_study(space: Space, searcher: str | Searcher = "tpe", *,
+                 store: str | Store | None = None, study_name: str | None = None,
+                 direction: str = "minimize", seed: int = 0, **kwargs: Any) -> Study:
+  """A new :class:`Study`, or the stored one named ``study_name`` continued.
+
+  Examples:
+    >>> from spaces import Float, Space
+    >>> study = create_study(Space({"x": Float(-2.0, 2.0)}), "random", seed=0)
+    >>> study.enqueue({"x": 0.9})
+    >>> _ = study.optimize(lambda p: (p["x"] - 1.0) ** 2, n_trials=8)
+    >>> study.trials[0].params
+    {'x': 0.9}
+  """
+  return Study(space, searcher, store=store, study_name=study_name, direction=direction,
+               seed=seed, **kwargs)
+
+
+def space_from_config(cfg: Mapping[str, Any]) -> Space:
+  """The space a study's config records, its parameters in their original order (the
+  store's JSON sorts keys; the order fixes the unit-cube coordinates)."""
+  spec = cfg["space"]
+  order = cfg.get("space_order") or list(spec)
+  return from_spec({n: spec[n] for n in order})
+
+
+def load_study(study_name: str | None, store: str | Store,
+               searcher: str | Searcher | None = None) -> Study:
+  """A stored :class:`Study` (its space, searcher and direction read from the store),
+  continued from its searcher state; pass ``searcher`` when it was a custom object."""
+  st = store if isinstance(store, Store) else Store(store)
+  rec = st.load_study(study_name)
+  cfg = rec.config
+  if cfg.get("kind") != "study":
+    raise ValueError(f"study {rec.name!r} in {st.url} was made by metaopt.search / run.py, "
+                     "not create_study; continue it with `run.py resume`")
+  name = cfg["searcher_name"]
+  if name == "custom" and searcher is None:
+    raise ValueError(f"study {rec.name!r} used a custom searcher object; pass it as searcher=")
+  return Study(space_from_config(cfg), searcher or name, store=st, study_name=rec.name,
+               direction=rec.direction, seed=rec.seed,
+               searcher_options=cfg["searcher"] or None, metric=cfg.get("metric"))
+
+
+def from_optuna(optuna_study: Any, searcher: str | Searcher = "tpe", **kwargs: Any) -> Study:
+  """A new :class:`Study` over the space of an Optuna study's distributions, warm-started
+  from its complete trials (same direction)."""
+  return Study(space_from_optuna(optuna_study), searcher,
+               direction=_optuna_direction(optuna_study), warm_start=optuna_study, **kwargs)
+

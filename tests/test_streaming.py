@@ -1,0 +1,98 @@
+"""Streaming input: the same batches and results as in memory; data over the memory budget
+trains from a memmap through the search driver."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import metaopt
+from metaopt._src import population as pop
+from metaopt._src import streaming
+from tasks import from_arrays, get_task
+
+
+@pytest.fixture(scope="module")
+def task():
+  return get_task("digits_mlp")
+
+
+@pytest.mark.parametrize("shared", [True, pytest.param(False, marks=pytest.mark.slow)])
+def test_streaming_equals_in_memory_bit_for_bit(task, shared):
+  fns = task.build({})
+  n = 3
+  h = task.space.decode(jax.random.uniform(jax.random.key(0), (n, task.space.dim)))
+  keys = jax.random.split(jax.random.key(1), n)
+  alive = jnp.asarray([True, False, True])
+  # 1078 rows / batch 64 = 16 steps: blocks of 5 leave a padded last block
+  mem = pop.make_kernel(fns, len(task.data.train), 64, shared, mode="vmap")
+  stm = streaming.make_streaming_kernel(fns, task.data, 64, shared, block_steps=5)
+  assert stm.steps_per_chunk == mem.steps_per_chunk == 16
+  data = pop.data_arrays(task.data)
+  s_mem, s_stm = mem.init(keys, h), stm.init(keys, h)
+  for epoch in range(2):
+    key = jax.random.key(10 + epoch)
+    s_mem, m_mem = mem.chunk(s_mem, h, alive, key, data)
+    s_stm, m_stm = stm.chunk(s_stm, h, alive, key, None)
+    for a, b in zip(jax.tree_util.tree_leaves(s_mem), jax.tree_util.tree_leaves(s_stm),
+                    strict=True):
+      np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    for k in ("train_loss", "train_loss_last", "valid_accuracy", "valid_loss",
+              "grad_norm_first", "zero_grad_frac"):
+      live = np.asarray(alive)
+      np.testing.assert_array_equal(np.asarray(m_mem[k])[live], np.asarray(m_stm[k])[live], k)
+
+
+def test_batched_validation_matches_one_pass(task):
+  fns = task.build({})
+  h = task.space.decode(jax.random.uniform(jax.random.key(0), (2, task.space.dim)))
+  stm = streaming.make_streaming_kernel(fns, task.data, 64, eval_batch=100)
+  states = stm.init(jax.random.split(jax.random.key(1), 2), h)
+  h = {k: jnp.asarray(v) for k, v in h.items()}
+  batched = stm.evaluate(states, h)
+  whole = jax.vmap(fns.evaluate, in_axes=(0, None, None, 0))(
+      states, jnp.asarray(task.data.valid.x), jnp.asarray(task.data.valid.y), h)
+  for k in whole:
+    np.testing.assert_allclose(batched[k], whole[k], rtol=1e-5, atol=1e-6)
+
+
+def test_bad_streaming_settings_are_clear_errors(task):
+  fns = task.build({})
+  with pytest.raises(ValueError, match="block_steps=0: must be an integer >= 1"):
+    streaming.make_streaming_kernel(fns, task.data, 64, block_steps=0)
+  with pytest.raises(ValueError, match=r"batch_size=5000: must be in \[1, 1078\]"):
+    streaming.make_streaming_kernel(fns, task.data, 5000)
+
+
+def test_budget_picks_in_memory_or_streaming(task, monkeypatch):
+  assert not streaming.should_stream(task.data)  # digits: 0.3 MB, default budget 2 GiB
+  monkeypatch.setenv("METAOPT_DATA_MEMORY_BYTES", "1000")
+  assert streaming.should_stream(task.data)
+  monkeypatch.setenv("METAOPT_DATA_MEMORY_BYTES", "lots")
+  with pytest.raises(ValueError, match="METAOPT_DATA_MEMORY_BYTES='lots'"):
+    streaming.memory_budget()
+
+
+def test_a_dataset_over_the_memory_budget_trains_from_a_memmap(tmp_path, monkeypatch):
+  rng = np.random.default_rng(0)
+  n, d = 3000, 16
+  w = rng.normal(size=(d, 4))
+  path = tmp_path / "x.f32"
+  x = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(n, d))
+  x[:] = rng.normal(size=(n, d)).astype(np.float32)
+  y = np.argmax(np.asarray(x) @ w, -1)
+  x.flush()
+  del x
+  xr = np.load(path, mmap_mode="r")
+  data = from_arrays((xr[:2000], y[:2000]), (xr[2000:2500], y[2000:2500]),
+                     (xr[2500:], y[2500:]), name="memmapped")
+  assert isinstance(data.train.x, np.memmap)
+  monkeypatch.setenv("METAOPT_DATA_MEMORY_BYTES", str(streaming.data_bytes(data) // 4))
+  task = get_task("digits_mlp", dataset=data, max_width=32)
+  res = metaopt.search(metaopt.random_search(task.space.dim), task, n_trials=4, population=4,
+                       epochs=3, batch_size=100, seed=0, store=f"sqlite:///{tmp_path}/s.db",
+                       progress=False)
+  assert res.count("complete") == 4
+  assert res.best.objective > 0.7  # a linear teacher: learnable
+  for t in res.trials:
+    assert [m["epoch"] for m in t.metrics] == [0, 1, 2]
