@@ -97,7 +97,10 @@ class Float:
     return float(math.exp(m) if self.log else m)
 
   def to_python(self, x: Any) -> float:
-    return float(x)
+    # a float32 value as the shortest decimal that is the same float32 (0.001, not
+    # 0.0010000000474974513); wider floats unchanged
+    x = np.asarray(x)
+    return float(str(x.item() if x.dtype != np.float32 else np.float32(x)))
 
   def from_python(self, v: Any) -> Any:
     return v
