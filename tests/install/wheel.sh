@@ -21,7 +21,7 @@ WHEEL=$(ls "$WORK"/dist/metaopt-*.whl)
 
 mkdir -p "$WORK/user"
 cd "$WORK/user"
-cp "$REPO/notebooks/colab.ipynb" .
+cp "$REPO/notebooks/quickstart.ipynb" .
 cat > tasks.py <<'PY'
 """A user's own tasks.py: importing it instead of metaopt.tasks would fail loudly."""
 raise ImportError("the user's tasks.py was imported instead of metaopt.tasks")
@@ -73,5 +73,5 @@ assert len(table) > 0
 print(f"repair: ok; NAS table: {len(table)} rows from the installed package")
 PY
 
-"$BIN/python" -m pytest -q -p no:cacheprovider --nbmake --nbmake-timeout=900 colab.ipynb
+"$BIN/python" -m pytest -q -p no:cacheprovider --nbmake --nbmake-timeout=900 quickstart.ipynb
 echo "wheel test: passed"
