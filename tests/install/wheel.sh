@@ -14,7 +14,16 @@ echo "wheel test in $WORK"
 "$PY" -m venv "$WORK/venv"
 BIN="$WORK/venv/bin"
 "$BIN/pip" install -q --upgrade pip
-"$BIN/pip" wheel -q --no-deps -w "$WORK/dist" "$REPO"
+# build from the repository's files only (not a stale build/ folder or local venvs)
+mkdir "$WORK/src"
+if git -C "$REPO" rev-parse --git-dir >/dev/null 2>&1; then
+  (cd "$REPO" && git ls-files -co --exclude-standard -z | xargs -0 tar cf - 2>/dev/null) \
+    | tar xf - -C "$WORK/src"
+else
+  (cd "$REPO" && tar cf - --exclude=./.venv --exclude=./.venv-latest --exclude=./build \
+    --exclude=./runs .) | tar xf - -C "$WORK/src"
+fi
+"$BIN/pip" wheel -q --no-deps -w "$WORK/dist" "$WORK/src"
 WHEEL=$(ls "$WORK"/dist/metaopt-*.whl)
 # the pip cache (filled by `make`) keeps this install fast; --find-links serves our wheel
 "$BIN/pip" install -q -c "$REPO/constraints.txt" --find-links "$WORK/dist" "metaopt[test]"
