@@ -17,7 +17,7 @@ BIN="$WORK/venv/bin"
 # build from the repository's files only (not a stale build/ folder or local venvs)
 mkdir "$WORK/src"
 if git -C "$REPO" rev-parse --git-dir >/dev/null 2>&1; then
-  (cd "$REPO" && git ls-files -co --exclude-standard -z | xargs -0 tar cf - 2>/dev/null) \
+  (cd "$REPO" && git ls-files -co --exclude-standard -z | xargs -0 tar cf - --ignore-failed-read 2>/dev/null) \
     | tar xf - -C "$WORK/src"
 else
   (cd "$REPO" && tar cf - --exclude=./.venv --exclude=./.venv-latest --exclude=./build \
