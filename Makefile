@@ -10,7 +10,7 @@ LATEST_STAMP := $(LATEST)/.installed
 
 $(STAMP): pyproject.toml setup.py constraints.txt
 	$(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q --upgrade pip 'setuptools>=70.1'
 	$(BIN)/pip install -q -c constraints.txt -e '.[test]'
 	touch $(STAMP)
 
@@ -26,7 +26,7 @@ test-slow: $(STAMP)
 
 $(LATEST_STAMP): pyproject.toml setup.py
 	$(PY) -m venv $(LATEST)
-	$(LATEST)/bin/pip install -q --upgrade pip
+	$(LATEST)/bin/pip install -q --upgrade pip 'setuptools>=70.1'
 	$(LATEST)/bin/pip install -q --upgrade --upgrade-strategy eager -e '.[test]'
 	touch $(LATEST_STAMP)
 
