@@ -17,16 +17,20 @@ BIN="$WORK/venv/bin"
 # build from the repository's files only (not a stale build/ folder or local venvs)
 mkdir "$WORK/src"
 if git -C "$REPO" rev-parse --git-dir >/dev/null 2>&1; then
-  (cd "$REPO" && git ls-files -co --exclude-standard -z | xargs -0 tar cf - --ignore-failed-read 2>/dev/null) \
+  (cd "$REPO" && git ls-files -co --exclude-standard -z \
+    | tar cf - --null -T - --ignore-failed-read 2>/dev/null) \
     | tar xf - -C "$WORK/src"
 else
   (cd "$REPO" && tar cf - --exclude=./.venv --exclude=./.venv-latest --exclude=./build \
     --exclude=./runs .) | tar xf - -C "$WORK/src"
 fi
-"$BIN/pip" wheel -q --no-deps -w "$WORK/dist" "$WORK/src"
+test -f "$WORK/src/pyproject.toml" && test -f "$WORK/src/tasks/__init__.py"
+"$BIN/pip" wheel -q --no-deps -w "$WORK/dist" "$WORK/src" 2> "$WORK/build.log" \
+  || { cat "$WORK/build.log" >&2; exit 1; }
 WHEEL=$(ls "$WORK"/dist/metaopt-*.whl)
-# the pip cache (filled by `make`) keeps this install fast; --find-links serves our wheel
-"$BIN/pip" install -q -c "$REPO/constraints.txt" --find-links "$WORK/dist" "metaopt[test]"
+# this wheel (not a metaopt from an index), the exact versions of constraints.txt; the pip
+# cache filled by `make` keeps the install fast
+"$BIN/pip" install -q -c "$REPO/constraints.txt" "${WHEEL}[test]"
 
 mkdir -p "$WORK/user"
 cd "$WORK/user"
