@@ -3,10 +3,11 @@
     python run.py run --config configs/quickstart.py [--config.seed=3] [--worker]
     python run.py report --store sqlite:///runs/quickstart.db
 
-Same commands and flags as ``metaopt``; see ``python run.py --help``.
+Same commands and flags as ``metaopt``; see ``python run.py --help``. The logic lives in
+:mod:`metaopt.cli` (re-exported here for code that imports ``run``).
 """
 
-from metaopt.cli import console_main
+from metaopt.cli import COMMANDS, PROGRAMS, _parse, config_path, console_main, main  # noqa: F401
 
 if __name__ == "__main__":
   console_main()
