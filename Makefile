@@ -2,13 +2,16 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# the newest releases pyproject.toml allows (no constraints file), for `make test-latest`
+LATEST := .venv-latest
+LATEST_STAMP := $(LATEST)/.installed
 
-.PHONY: run test test-slow lint bench clean
+.PHONY: run test test-slow test-latest test-wheel lint bench device-check clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py constraints.txt
 	$(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q --upgrade pip 'setuptools>=70.1'
+	$(BIN)/pip install -q -c constraints.txt -e '.[test]'
 	touch $(STAMP)
 
 run: $(STAMP)
@@ -21,8 +24,30 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
 
+$(LATEST_STAMP): pyproject.toml setup.py
+	$(PY) -m venv $(LATEST)
+	$(LATEST)/bin/pip install -q --upgrade pip 'setuptools>=70.1'
+	$(LATEST)/bin/pip install -q --upgrade --upgrade-strategy eager -e '.[test]'
+	touch $(LATEST_STAMP)
+
+# The fast tests of the engine, spaces, tasks, store and CLI against the newest allowed releases
+# (the subset keeps CI inside its time; `make test-latest TESTS=tests` runs all of them).
+TESTS ?= tests/test_spaces.py tests/test_search.py tests/test_searchers.py tests/test_store.py \
+  tests/test_tasks.py tests/test_cli.py tests/test_hypergrad.py tests/test_install.py
+test-latest: $(LATEST_STAMP)
+	$(LATEST)/bin/pip list 2>/dev/null | grep -E '^(jax|jaxlib|flax|optax|chex|orbax-checkpoint) '
+	$(LATEST)/bin/python -m pytest -q $(TESTS)
+
+# Builds the wheel and runs the quickstart, report, repair, NAS table and the Colab notebook
+# from a fresh virtual environment outside the repository.
+test-wheel:
+	PY=$(PY) bash tests/install/wheel.sh
+
+device-check: $(STAMP)
+	$(BIN)/python benchmarks/device_check.py
+
 bench: $(STAMP)
 	$(BIN)/python benchmarks/population_vs_sequential.py
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) $(LATEST) runs

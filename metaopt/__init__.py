@@ -1,5 +1,6 @@
 """metaopt: hyperparameter optimization, learned optimizers and NAS as pure JAX programs."""
 
+from metaopt import _checkout  # noqa: F401 - first: metaopt.tasks etc. in a source tree
 from metaopt._src.benchmark_functions import (
   branin,
   hartmann6,
@@ -121,11 +122,12 @@ __all__ = [
     "CallableEvaluator", "Decision", "Evaluator", "JaxEvaluator", "TaskEvaluator", "TrialBatch",
 ]
 
-_SUBPACKAGES = ("lopt", "nas", "repair")
+_SUBPACKAGES = ("lopt", "nas", "repair", "spaces", "tasks", "hypergrad", "configs")
 
 
 def __getattr__(name: str):
-  """``metaopt.lopt``, ``metaopt.nas`` and ``metaopt.repair`` load on first use."""
+  """``metaopt.lopt``, ``metaopt.nas``, ``metaopt.repair``, ``metaopt.tasks``, ... load on first
+  use."""
   if name in _SUBPACKAGES:
     import importlib
     return importlib.import_module(f"metaopt.{name}")

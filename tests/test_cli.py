@@ -46,7 +46,8 @@ def _config(tmp_path, name="small.py", **kw):
 
 def test_run_then_report_json_and_png(tmp_path):
   cfg, url = _config(tmp_path)
-  r = _cli("run", "--config", cfg, "--config.seed=3")
+  # a new key of a nested dict field (the task factory's max_width) from the command line
+  r = _cli("run", "--config", cfg, "--config.seed=3", "--config.task.max_width=32")
   assert r.returncode == 0, r.stderr[-2000:]
   out = json.loads(r.stdout)
   assert out["n_trials"] == 8 and out["n_complete"] == 8
@@ -85,6 +86,12 @@ def test_run_then_report_json_and_png(tmp_path):
   assert [p["cost"] for p in rep["pareto_front"]] == sorted(size[a] for a in front)
   assert "pareto" in rep["plots"]
   assert con.execute("select seed from studies").fetchone()[0] == 3
+  assert json.loads(con.execute("select config from studies").fetchone()[0])["task"] == {
+      "max_width": 32}
+  assert max(json.loads(p)["width"] for (p,) in con.execute("select params from trials")) <= 32
+  r = _cli("report", "--store", url)  # text report, written beside the store by default
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert os.path.isfile(tmp_path / "report_small" / "report.html")
   # retrain the best two from scratch with two fresh seeds each; test split used once
   r = _cli("evaluate", "--store", url, "--top_k", "2", "--seeds", "2")
   assert r.returncode == 0, r.stderr[-2000:]
@@ -268,3 +275,26 @@ def test_repair_wraps_a_white_box_program_that_falls_back(tmp_path):
       "select params from trials where number >= 2"))
   assert repaired == pytest.approx(sorted(best_l2 * f for f in (0.1, 1 / 3, 3.0, 10.0)),
                                    rel=1e-3)
+
+
+def test_help_lists_the_config_fields_and_exits_0():
+  r = _cli("run", "--help", "--config", "metaopt:quickstart", timeout=120)
+  assert r.returncode == 0, r.stderr[-1500:]
+  assert "n_trials = 128" in r.stdout and "task_name = 'digits_mlp'" in r.stdout
+  assert "bundled configs (--config metaopt:NAME)" in r.stdout and "quickstart" in r.stdout
+
+
+def test_report_on_a_missing_store_is_one_line_and_creates_nothing(tmp_path):
+  r = _cli("report", "--store", f"sqlite:///{tmp_path}/none/missing.db", timeout=120)
+  assert r.returncode == 2
+  assert r.stderr.strip().count("\n") == 0 and "no store at" in r.stderr
+  assert list(tmp_path.iterdir()) == []
+
+
+def test_parallel_axes_are_labelled_in_parameter_values():
+  from metaopt._src.report import _axis_ticks
+  from spaces import Choice, Float
+  ticks = _axis_ticks(Float(1e-4, 1e-1, log=True))
+  assert [t[1] for t in ticks] == ["0.0001", "0.001", "0.01", "0.1"]
+  np.testing.assert_allclose([t[0] for t in ticks], [0, 1 / 3, 2 / 3, 1], atol=1e-9)  # log axis
+  assert _axis_ticks(Choice(["relu", "tanh"])) == [(0.25, "relu"), (0.75, "tanh")]

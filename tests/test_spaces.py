@@ -140,3 +140,13 @@ def test_spec_round_trip_and_errors():
 def test_decode_rejects_wrong_dimension():
   with pytest.raises(ValueError, match="expected points with last axis 7"):
     _space().decode(jnp.zeros((3, 5)))
+
+
+def test_float_values_print_without_float32_noise():
+  f = Float(1e-4, 1e-1, log=True)
+  for u in (0.1, 0.37, 0.9):
+    v = f.decode(jnp.float32(u))
+    p = f.to_python(v)
+    assert np.float32(p) == v  # the same float32
+    assert len(repr(p)) <= 14  # 0.0012882495, not 0.0012882495066151023
+  assert f.to_python(0.1 + 1e-12) == 0.1 + 1e-12  # a float64 keeps every digit

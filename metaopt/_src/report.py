@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import html
+import math
 import os
 from collections import Counter
 from typing import Any
@@ -162,26 +163,66 @@ def plot_importance(result: Result, path: str) -> str | None:
   return _save(fig, path)
 
 
-def plot_parallel(result: Result, path: str, coords: list[str] | None = None) -> str | None:
-  """Parallel coordinates of the unit-cube points of complete trials, colored by objective;
-  ``coords`` names the unit-cube coordinates (the space's ``names``)."""
+def _axis_ticks(p: Any) -> list[tuple[float, str]]:
+  """``(unit-cube position, label)`` of a few real values of parameter ``p`` on its axis: powers
+  of ten for a log scale, category names for a choice."""
+  kind = type(p).__name__
+  if kind == "Choice":
+    return [(float(p.encode(i)), str(c)) for i, c in enumerate(p.choices)]
+  if kind not in ("Float", "Int"):
+    return []
+  lo, hi = float(p.lo), float(p.hi)
+  if getattr(p, "log", False) and lo > 0:
+    vals = [10.0 ** k for k in range(math.ceil(math.log10(lo) - 1e-9),
+                                     math.floor(math.log10(hi) + 1e-9) + 1)]
+    if len(vals) < 3:  # under two decades: a few geometrically spaced values
+      vals = list(np.geomspace(lo, hi, 4))
+      if kind == "Int":
+        vals = sorted({int(round(v)) for v in vals})
+  else:
+    vals = list(np.linspace(lo, hi, 5))
+    if kind == "Int":
+      vals = sorted({int(round(v)) for v in vals})
+  return [(float(p.encode(v)), f"{v:.3g}") for v in vals]
+
+
+def plot_parallel(result: Result, path: str, coords: list[str] | None = None,
+                  space: Any = None) -> str | None:
+  """Parallel coordinates of complete trials, colored by objective. With the ``space``, each
+  axis is labelled in the parameter's own values (log axes for log parameters, category names);
+  else ``coords`` names the unit-cube coordinates."""
   done = [t for t in result.trials if t.status == "complete" and t.u and t.objective is not None]
   if len(done) < 2:
     return None
   plt = _plt()
   u = np.asarray([t.u for t in done])
+  params = None
+  if space is not None and len(getattr(space, "names", [])) == u.shape[1]:
+    coords = list(space.names)
+    params = [space.params[n] for n in coords]
   names = coords if coords and len(coords) == u.shape[1] else \
       [f"u{i}" for i in range(u.shape[1])]
   y = np.asarray([t.objective for t in done])
   order = np.argsort(y if result.direction == "maximize" else -y)
-  fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+  fig, ax = plt.subplots(figsize=(max(7, 1.6 * u.shape[1]), 4.2), dpi=110)
   cmap = plt.get_cmap("viridis")
   span = np.ptp(y) or 1.0
   for i in order:
     ax.plot(range(u.shape[1]), u[i], c=cmap((y[i] - y.min()) / span), alpha=0.6, lw=0.9)
   ax.set_xticks(range(u.shape[1]))
-  ax.set_xticklabels(names, rotation=20, fontsize=8)
-  ax.set_ylabel("unit-cube coordinate")
+  ax.set_xticklabels(names, rotation=20 if params is None else 0, fontsize=8)
+  if params is None:
+    ax.set_ylabel("unit-cube coordinate")
+  else:
+    ax.set_yticks([])
+    for j, p in enumerate(params):
+      ax.axvline(j, c="0.6", lw=0.8, zorder=0)
+      for pos, label in _axis_ticks(p):
+        ax.plot([j - 0.03, j], [pos, pos], c="0.3", lw=0.8)
+        ax.text(j + 0.04, pos, label, fontsize=7, va="center", ha="left", color="0.15",
+                bbox=dict(boxstyle="round,pad=0.1", fc="white", ec="none", alpha=0.7))
+    ax.set_ylim(-0.03, 1.03)
+    ax.set_xlim(-0.2, u.shape[1] - 0.6)
   ax.set_title("parallel coordinates (yellow = better)" if result.direction == "maximize"
                else "parallel coordinates (yellow = worse)")
   return _save(fig, path)
@@ -357,7 +398,8 @@ def _img(path: str | None) -> str:
 def write_report(result: Result, out: str, extra: dict[str, Any] | None = None,
                  coords: list[str] | None = None,
                  events: list[dict[str, Any]] | None = None,
-                 costs: tuple[str, dict[int, float]] | None = None) -> dict[str, str]:
+                 costs: tuple[str, dict[int, float]] | None = None,
+                 space: Any = None) -> dict[str, str]:
   """Writes the PNG plots and ``report.html`` (images embedded) to ``out``; returns paths.
 
   ``costs`` (``(name, {trial number: cost})``) is the x axis of the Pareto front; FLOPs by
@@ -370,7 +412,8 @@ def write_report(result: Result, out: str, extra: dict[str, Any] | None = None,
       "history": plot_history(result, os.path.join(out, "history.png")),
       "learning_curves": plot_learning_curves(result, os.path.join(out, "learning_curves.png")),
       "importance": plot_importance(result, os.path.join(out, "importance.png")),
-      "parallel": plot_parallel(result, os.path.join(out, "parallel.png"), coords),
+      "parallel": plot_parallel(result, os.path.join(out, "parallel.png"), coords,
+                                space),
       "lineage": plot_lineage(result, os.path.join(out, "lineage.png")),
       "hypergrad": plot_hypergrad(result, os.path.join(out, "hypergrad.png")),
       "arch_weights": plot_arch_weights(result, os.path.join(out, "arch_weights.png")),
@@ -459,14 +502,24 @@ def _live_weights(task: Any, space: Any, trials: list) -> tuple[str, dict[int, f
     return None
 
 
+def _sqlite_file(url: str) -> str | None:
+  """The file of a ``sqlite:///PATH`` store URL (None for other stores and in-memory ones)."""
+  if not url.startswith("sqlite:///"):
+    return None
+  path = url[len("sqlite:///"):].split("?")[0]
+  return None if path in ("", ":memory:") else path
+
+
 def study_report(store: Any, study: str | None = None, out: str | None = None
                  ) -> tuple[dict[str, Any], Result]:
-  """Writes a stored study's report (plots, HTML) to ``out`` (default
-  ``runs/report_<study>``); returns the JSON summary and the study's :class:`Result`."""
+  """Writes a stored study's report (plots, HTML) to ``out`` (default ``report_<study>``
+  beside the store's SQLite file, ``runs/report_<study>`` for a server store); returns the
+  JSON summary and the study's :class:`Result`."""
   rec = store.load_study(study)
   result = Result(rec.name, rec.direction, store.trials(rec.id),
                   objectives=store.objectives(rec.id) or None)
-  out = out or os.path.join("runs", f"report_{rec.name}")
+  out = out or os.path.join(os.path.dirname(_sqlite_file(store.url) or "runs/x"),
+                            f"report_{rec.name}")
   summary = result.summary()
   task, space = _study_task(rec.config)
   costs = _live_weights(task, space, result.trials)
@@ -474,7 +527,7 @@ def study_report(store: Any, study: str | None = None, out: str | None = None
                                      "data version": rec.data_version,
                                      "hardware": rec.hardware, "seed": rec.seed},
                        coords=None if space is None else space.names,
-                       events=store.events(rec.id), costs=costs)
+                       events=store.events(rec.id), costs=costs, space=space)
   summary.update(plot=paths["history"], html=paths["html"], plots=paths,
                  importance=param_importance(result), pareto_front=pareto_front(result, costs))
   comp = compute_summary(result)
