@@ -423,3 +423,23 @@ def test_readme_several_objectives_example_runs(tmp_path):
   scope = {"metaopt": metaopt, "tasks": tasks}
   exec(compile(small, "README.md", "exec"), scope)
   assert scope["result"].hypervolume() > 0
+
+
+def test_a_store_from_before_the_objective_tables_is_read_as_single_objective(tmp_path):
+  """Opened to read (create=False), a store without study_objectives / trial_values (written
+  before they existed) is a metaopt store: no objectives, no values, nothing written."""
+  import sqlite3
+  path = tmp_path / "old.db"
+  st = metaopt.Store(f"sqlite:///{path}")
+  rec = st.create_study("old", direction="maximize", config={}, seed=0)
+  st.start_round(rec.id, 0, [{"number": 0, "params": {"x": 1.0}, "u": [0.5], "seed": 0}], b"")
+  st.engine.dispose()
+  with sqlite3.connect(path) as c:
+    c.execute("DROP TABLE study_objectives")
+    c.execute("DROP TABLE trial_values")
+  before = path.read_bytes()
+  old = metaopt.Store(f"sqlite:///{path}", create=False)
+  assert old.objectives(rec.id) == []
+  assert [t.values for t in old.trials(rec.id)] == [None]
+  old.engine.dispose()
+  assert path.read_bytes() == before
