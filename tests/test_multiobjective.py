@@ -408,6 +408,8 @@ def test_config_declares_objectives_and_refuses_mismatches():
     config_lib.build({**cfg, "objectives": [], "searcher_name": "random", "searcher": {}})
   with pytest.raises(ValueError, match="objectives="):
     config_lib.validate({**cfg, "objectives": [["valid_accuracy", "up"]]})
+  with pytest.raises(ValueError, match="workers run single-objective studies"):
+    config_lib.run_config(cfg, metaopt.Store("sqlite://"), progress=False, worker=True)
 
 
 @pytest.mark.slow  # the same path as test_search_with_two_objectives_end_to_end

@@ -203,6 +203,9 @@ def run_config(config: Mapping[str, Any], store: Any, progress: bool = True, *,
   cfg = validate(config)
   program, task, space, kwargs = build(cfg)
   if worker:
+    if cfg["objectives"]:
+      raise ValueError("objectives: workers run single-objective studies; run a study with "
+                       "several objectives without --worker")
     return run_worker(program, task, space=space, store=store, config=cfg, progress=progress,
                       worker_id=worker_id, stale_after_s=stale_after_s, **kwargs)
   return search(program, task, space=space, store=store, config=cfg, progress=progress,
