@@ -552,6 +552,7 @@ def test_benchmark_functions_have_their_known_minima():
     (gp_bo, {"dim": 2, "n_diverse": 8}, "n_diverse"),
     (tpe, {"dim": 2, "bandwidth": "silverman"}, "bandwidth"),
     (cma_es, {"dim": 2, "bounds": "clip"}, "bounds"),
+    (cma_es, {"dim": 2, "restart_tol": -1.0}, "restart_tol"),
     (regularized_evolution, {"dim": 2, "tournament_size": 64}, "tournament_size"),
     (regularized_evolution, {"dim": 2, "n_mutations": 3}, "n_mutations"),
     (regularized_evolution, {"dim": 2, "levels": [3]}, "levels"),
@@ -606,3 +607,25 @@ def test_searchers_find_the_2d_sphere_and_rosenbrock_optima(name):
   assert np.median(best[3:]) < tol_rosen, best
   u = jax.random.uniform(jax.random.key(0), (rounds * N, 2))
   assert tol_rosen < float(bf.rosenbrock(u).min()), "the bound must beat random search"
+
+
+def test_cma_es_restarts_when_the_step_collapses_and_stays_jittable():
+  """restart_tol=1e-3 on the 2-D sphere: the step collapses, the strategy restarts from a
+  random mean with sigma0 (a jump in the mean), inside one jitted scan, and the best point
+  found is still the optimum."""
+  s = cma_es(2, popsize=8, restart_tol=1e-3)
+
+  def body(carry, r):
+    st, best = carry
+    st, u = s.ask(st, jax.random.fold_in(jax.random.key(1), r), 8)
+    y = bf.sphere(u)
+    st = s.tell(st, u, y, jnp.zeros(8, jnp.int32))
+    return (st, jnp.minimum(best, y.min())), (st["restarts"], st["es"].mean, u)
+
+  (st, best), (restarts, means, us) = jax.jit(
+      lambda: jax.lax.scan(body, (s.init(jax.random.key(0)), jnp.inf), jnp.arange(60)))()
+  assert int(st["restarts"]) >= 1 and int(st["generation"]) == 60
+  first = int(np.argmax(np.asarray(restarts) >= 1))
+  assert np.linalg.norm(np.asarray(means[first]) - 0.3) > 1e-2  # moved away from the optimum
+  assert float(best) < 1e-6, best
+  assert bool(jnp.all((us >= 0) & (us <= 1)))
