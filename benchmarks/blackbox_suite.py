@@ -55,6 +55,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+from _paths import results_path  # noqa: E402 - benchmarks/ is on sys.path
 
 from metaopt._src import benchmark_functions as bf  # noqa: E402
 from metaopt._src.bbob import BBOB_GROUPS, BBOB_NAMES, bbob_problem  # noqa: E402
@@ -469,13 +470,16 @@ def main() -> None:
   gp_s, gp_cpu = gp_compile_seconds() if "gp" in ours_names else (float("nan"),) * 2
   print(f"gp_ask_compile_seconds: {gp_s:.2f}")
   print(f"gp_ask_compile_cpu_seconds: {gp_cpu:.2f}")
-  if args.out:
-    with open(args.out, "w") as f:
+  out_path = results_path(args.out, quick=args.quick)  # a quick run writes no tracked file
+  if out_path:
+    with open(out_path, "w") as f:
       f.write(text + f"\n\ngp_ask_compile_seconds: {gp_s:.2f} (CPU {gp_cpu:.2f})\n")
-  if args.plot:
-    plot_ecdf(results, args.batch, args.plot)
-  if args.raw:
-    with open(args.raw, "w") as f:
+  plot_path = results_path(args.plot, quick=args.quick)
+  if plot_path:
+    plot_ecdf(results, args.batch, plot_path)
+  raw_path = results_path(args.raw, quick=args.quick)
+  if raw_path:
+    with open(raw_path, "w") as f:
       json.dump({"|".join(map(str, k2)): v for k2, v in results.items()}, f)
 
 
