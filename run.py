@@ -7,7 +7,7 @@ Same commands and flags as ``metaopt``; see ``python run.py --help``. The logic 
 :mod:`metaopt.cli` (re-exported here for code that imports ``run``).
 """
 
-from metaopt.cli import COMMANDS, _parse, config_path, console_main, main  # noqa: F401
+from metaopt.cli import COMMANDS, config_path, console_main, main  # noqa: F401
 
 if __name__ == "__main__":
   console_main()

@@ -29,6 +29,7 @@ sys.path.insert(0, HERE)  # population_vs_sequential
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
+from _paths import results_path  # noqa: E402 - benchmarks/ is on sys.path
 
 import metaopt  # noqa: E402
 
@@ -150,8 +151,9 @@ def main() -> None:
     g = k["gpu_utilisation"]
     print(f"  GPU utilisation during the kernel runs: mean {g['mean_pct']:.0f}%, "
           f"peak {g['peak_pct']:.0f}%")
-  if args.json:
-    with open(args.json, "w") as f:
+  path = results_path(args.json, quick=args.quick)  # a quick run never writes a tracked file
+  if path:
+    with open(path, "w") as f:
       json.dump(out, f, indent=2)
 
 

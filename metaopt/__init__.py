@@ -1,6 +1,7 @@
 """metaopt: hyperparameter optimization, learned optimizers and NAS as pure JAX programs."""
 
 from metaopt import _checkout  # noqa: F401 - first: metaopt.tasks etc. in a source tree
+from metaopt._src.bbob import BBOB_GROUPS, BBOB_NAMES, bbob_function, bbob_instance, bbob_problem
 from metaopt._src.benchmark_functions import (
   branin,
   hartmann6,
@@ -101,6 +102,7 @@ from metaopt._src.types import (
 from metaopt._src.worker import worker
 
 __all__ = [
+    "BBOB_GROUPS", "BBOB_NAMES", "bbob_function", "bbob_instance", "bbob_problem",
     "branin", "hartmann6", "mixed", "rosenbrock", "sphere", "cma_es", "open_es",
     "regularized_evolution", "gp_bo", "grid", "crowding_distance", "hypervolume_2d",
     "nondominated_rank", "pareto_front", "with_constraints", "tpe",

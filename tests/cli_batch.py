@@ -47,8 +47,6 @@ def snapshot(root: str) -> dict[str, str]:
 
 
 def _child(args: list[str], out: str, err: str) -> None:
-  from absl import app
-
   import run
   o, e = os.open(out, os.O_WRONLY), os.open(err, os.O_WRONLY)
   os.dup2(o, 1)
@@ -56,7 +54,7 @@ def _child(args: list[str], out: str, err: str) -> None:
   sys.argv = [os.path.join(ROOT, "run.py"), *args]
   code = 0
   try:
-    app.run(run.main, flags_parser=run._parse)
+    run.console_main(sys.argv)  # what `python run.py ...` runs
   except SystemExit as x:
     code = x.code if isinstance(x.code, int) else (0 if x.code is None else 1)
   except BaseException:  # noqa: BLE001 - reported like an uncaught exception

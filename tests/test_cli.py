@@ -287,7 +287,7 @@ def test_help_lists_the_config_fields_and_exits_0():
 def test_report_on_a_missing_store_is_one_line_and_creates_nothing(tmp_path):
   r = _cli("report", "--store", f"sqlite:///{tmp_path}/none/missing.db", timeout=120)
   assert r.returncode == 2
-  assert r.stderr.strip().count("\n") == 0 and "no store at" in r.stderr
+  assert r.stderr.strip().count("\n") == 0 and "no such file" in r.stderr
   assert list(tmp_path.iterdir()) == []
 
 

@@ -130,7 +130,7 @@ def regularized_evolution(dim: int, population_size: int = 32, tournament_size: 
 
 
 def _evosax_searcher(strategy, params, dim: int, mean0: jax.Array,
-                     bounds: str = "reflect") -> Searcher:
+                     bounds: str = "reflect", restart_tol: float = 0.0) -> Searcher:
   """Wraps an evosax distribution-based strategy as a :class:`Searcher` on the cube.
 
   ``bounds="reflect"`` maps raw samples into the cube by :func:`reflect` and tells the strategy
@@ -157,7 +157,8 @@ def _evosax_searcher(strategy, params, dim: int, mean0: jax.Array,
     return {"es": es, "gen_x": jnp.zeros((popsize, dim), jnp.float32),
             "gen_y": jnp.full((popsize,), jnp.nan, jnp.float32),
             "told": jnp.zeros((popsize,), bool), "handed": jnp.zeros((), jnp.int32),
-            "fresh": jnp.ones((), bool), "generation": jnp.zeros((), jnp.int32)}
+            "fresh": jnp.ones((), bool), "generation": jnp.zeros((), jnp.int32),
+            "restarts": jnp.zeros((), jnp.int32)}
 
   def ask(state, key, n):
     k_gen, k_extra = jax.random.split(key)
@@ -201,14 +202,23 @@ def _evosax_searcher(strategy, params, dim: int, mean0: jax.Array,
       return es
 
     es = jax.lax.cond(done, update, lambda: state["es"])
+    restart = jnp.zeros((), bool)
+    if restart_tol > 0:  # step collapsed or a flat generation: start again elsewhere
+      flat = jnp.nanmax(gen_y) - jnp.nanmin(gen_y) <= 1e-12 * jnp.maximum(
+          jnp.nanmax(jnp.abs(gen_y)), 1e-12)
+      restart = done & ((jnp.max(jnp.asarray(es.std)) < restart_tol) | flat)
+      k = jax.random.fold_in(jax.random.key(1), state["generation"])
+      fresh_es = strategy.init(k, jax.random.uniform(k, (dim,)), params)
+      es = jax.tree_util.tree_map(lambda a, b: jnp.where(restart, a, b), fresh_es, es)
     return {**state, "es": es, "gen_y": gen_y, "told": told, "fresh": done,
-            "generation": state["generation"] + done.astype(jnp.int32)}
+            "generation": state["generation"] + done.astype(jnp.int32),
+            "restarts": state["restarts"] + restart.astype(jnp.int32)}
 
   return Searcher(init, ask, tell)
 
 
 def cma_es(dim: int, popsize: int | None = None, sigma0: float = 1.0 / 6.0,
-           bounds: str = "resample") -> Searcher:
+           bounds: str = "resample", restart_tol: float = 0.0) -> Searcher:
   """CMA-ES (evosax ``CMA_ES``) on ``[0, 1]^dim``, started at the centre with step ``sigma0``.
 
   ``ask(state, key, n)`` hands out the next ``n`` members of the current generation of
@@ -230,6 +240,11 @@ def cma_es(dim: int, popsize: int | None = None, sigma0: float = 1.0 / 6.0,
     popsize: generation size; ``None`` gives CMA-ES's default ``4 + floor(3 ln dim)``.
     sigma0: initial step size, in unit-cube lengths (default 1/6, as Optuna's range / 6).
     bounds: ``"resample"`` or ``"reflect"``, see above.
+    restart_tol: when > 0, restarts: after a generation whose step size ``sigma`` fell below
+      ``restart_tol`` or whose values were all equal, the strategy starts again from a
+      uniformly random mean with ``sigma0`` (the restart trigger of IPOP/BIPOP-CMA-ES, Auger
+      & Hansen 2005, Hansen 2009, without their population growth: shapes stay fixed);
+      ``state["restarts"]`` counts them. 0 (default): no restarts.
 
   Returns:
     A :class:`Searcher`; ``state["es"]`` is evosax's state, ``state["generation"]`` counts updates.
@@ -249,11 +264,12 @@ def cma_es(dim: int, popsize: int | None = None, sigma0: float = 1.0 / 6.0,
     popsize = 4 + int(math.floor(3 * math.log(dim)))
   _check_int("popsize", popsize, 2)
   _check_float("sigma0", sigma0, 0.0, float("inf"))
+  _check_float("restart_tol", restart_tol, 0.0, float("inf"), lo_open=False)
   if bounds not in _BOUNDS:
     raise ValueError(f"bounds={bounds!r}: must be one of {_BOUNDS}")
   strategy = CMA_ES(population_size=popsize, solution=jnp.zeros(dim))
   params = strategy.default_params.replace(std_init=jnp.asarray(sigma0, jnp.float32))
-  return _evosax_searcher(strategy, params, dim, jnp.full((dim,), 0.5), bounds)
+  return _evosax_searcher(strategy, params, dim, jnp.full((dim,), 0.5), bounds, restart_tol)
 
 
 def open_es(dim: int, popsize: int = 16, sigma: float = 0.1,

@@ -230,15 +230,18 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
           n_candidates: int = 1024, n_local: int = 256, local_std: float = 0.05,
           n_restarts: int = 8, grad_steps: int = 50, grad_lr: float = 0.02,
           levels: Sequence[int] | None = None, deterministic: bool = False,
-          n_exploit: int | Sequence[int] = (24, 12, 48, 96)) -> Searcher:
+          n_exploit: int | Sequence[int] = (24, 12, 48, 96),
+          buckets: bool = True, n_diverse: int = 0) -> Searcher:
   """GP-BO with a Matern-5/2 ARD kernel, log-EI or UCB, and kriging-believer batches.
 
   Until ``n_startup`` observations are complete, proposals are scrambled Sobol points. Then
-  each ``ask`` fits the GP on the smallest buffer prefix of 64, 128, 256, ... (or
-  ``capacity``) rows that holds all observations, one compiled branch per size picked by
-  ``lax.switch``, so early asks are cheap; the cost grows as rows^3 (a Cholesky per Adam step
-  and per batch point). Beyond ``capacity`` observations the oldest are overwritten. Under
-  ``vmap`` the switch evaluates every branch: vmap over GP searchers only with small capacity.
+  each ``ask`` fits the GP on the smallest prefix of 64, 128, 256, ... (or ``capacity``)
+  buffer rows that holds the observations, one compiled branch per size picked by
+  ``lax.switch``, so early asks are cheap; ``buckets=False`` fits on all ``capacity`` rows
+  (unused rows masked out), one compiled body (less to compile). The cost grows as rows^3
+  (a Cholesky per Adam step and per batch point). Beyond ``capacity`` observations the
+  oldest are overwritten. Under ``vmap`` a switch evaluates every branch: vmap over bucketed
+  GP searchers only with small capacity.
   In batches of two or more, the first points each minimise the posterior mean of a GP
   refitted on the ``n_exploit[j]`` observations nearest the incumbent (see the module
   docstring); the others (at least one) maximise the acquisition under the kriging believer.
@@ -257,7 +260,7 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
       std ``local_std``, ``local_std / 5``, ``/ 25`` and ``/ 125``.
     local_std: largest std of the local perturbations.
     n_restarts: points refined by gradient ascent: the incumbent and the
-      ``n_restarts - 1`` best candidates.
+      ``n_restarts - 1`` best candidates (``n_diverse`` of them chosen per region, below).
     grad_steps: Adam steps of that refinement.
     grad_lr: its initial learning rate (cosine-decayed to ``grad_lr / 1000``).
     levels: per coordinate, 0 for continuous or the number of choices ``k`` of a categorical
@@ -271,6 +274,12 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
       of a local GP on the ``n_exploit[j]`` observations nearest the incumbent. An integer
       ``k > 0`` means ``(k,)``, a single exploitation point;
       0 or ``()``: every point maximises the acquisition.
+    buckets: fit on the smallest power-of-two prefix of the buffer that holds the data (one
+      compiled branch per size) instead of the whole buffer (one compiled body).
+    n_diverse: of the ``n_restarts - 1`` refined candidates, this many are the best candidate
+      in each of as many fixed regions of the cube (Voronoi cells of fixed anchor points), so
+      the acquisition search also starts away from the leading basin; the others are the
+      best candidates overall.
 
   Returns:
     A :class:`Searcher`; ``state["theta"]`` holds the fitted GP hyperparameters.
@@ -294,6 +303,9 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
   _check_int("n_local", n_local, 0)
   _check_int("n_restarts", n_restarts, 1)
   _check_int("grad_steps", grad_steps, 0)
+  _check_int("n_diverse", n_diverse, 0)
+  if n_diverse > n_restarts - 1:
+    raise ValueError(f"n_diverse={n_diverse}: must be <= n_restarts - 1 = {n_restarts - 1}")
   n_exploit = _check_n_exploit(n_exploit)
   if n_restarts > n_candidates + n_local + 1:
     raise ValueError(f"n_restarts={n_restarts}: must be <= n_candidates + n_local + 1")
@@ -306,7 +318,10 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
   design = sobol(dim)
   n_top = 5
   # Buffer prefixes the GP is fitted on, one compiled branch each: 64, 128, 256, ... capacity.
-  sizes = sorted({2**k for k in range(6, 31) if 2**k < capacity} | {capacity})
+  sizes = (sorted({2**k for k in range(6, 31) if 2**k < capacity} | {capacity}) if buckets
+           else [capacity])
+  n_div = n_diverse  # restarts from the best candidate of each region
+  anchors = jnp.asarray(np.random.default_rng(0).uniform(size=(n_div, dim)), jnp.float32)
 
   def init(key):
     theta = {"log_ls": jnp.full((dim,), math.log(0.5 * math.sqrt(dim)), jnp.float32),
@@ -355,9 +370,15 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
   def maximise(acq, cand, centre):
     """Best of ``centre`` and the best candidates, each before and after Adam refinement."""
     score = acq(cand)
-    k = min(n_restarts - 1, cand.shape[0])
-    _, idx = jax.lax.top_k(jnp.where(jnp.isfinite(score), score, -jnp.inf), k)
-    starts = jnp.concatenate([centre[None], cand[idx]])
+    score = jnp.where(jnp.isfinite(score), score, -jnp.inf)
+    k = min(n_restarts - 1 - n_div, cand.shape[0])
+    _, idx = jax.lax.top_k(score, k)
+    starts = [centre[None], cand[idx]]
+    if n_div:  # the best candidate of each region: diverse starting points
+      region = jnp.argmin(jnp.sum(jnp.square(cand[:, None] - anchors[None]), -1), axis=1)
+      mine = region[None, :] == jnp.arange(n_div)[:, None]
+      starts.append(cand[jnp.argmax(jnp.where(mine, score[None, :], -jnp.inf), axis=1)])
+    starts = jnp.concatenate(starts)
     refined = jax.vmap(lambda x0: refine(acq, x0))(starts) if grad_steps else starts
     pool = jnp.concatenate([starts, refined])
     pool_score = acq(pool)

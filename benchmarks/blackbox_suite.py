@@ -1,0 +1,487 @@
+"""Black-box suite: metaopt's searchers vs Optuna 5 on the 24 noiseless BBOB functions (COCO).
+
+Seeds (stated before any run, not changed after): seed ``s`` runs BBOB instance ``1 + s % 15``.
+  REPORT_SEEDS = 0..4 (instances 1-5): the reported runs (held out: no default was chosen on them).
+  DEV_SEEDS = 1000..1004 (instances 11-15): for choosing defaults (``--dev``).
+One default configuration per searcher for every function (``ours`` below, the library
+defaults); nothing is tuned per function.
+
+Problems: BBOB f1-f24 (metaopt.bbob_problem: COCO's definitions and instances, checked against
+ioh in tests/test_bbob.py) on ``[-5, 5]^d`` mapped to the unit cube, d in {2, 5, 10, 20}; plus
+``mixed`` (two categoricals, two floats; metaopt/_src/benchmark_functions.py) and ``conditional``
+(an HPO-like space: optimizer in {sgd, adam, rmsprop}, log learning rate, momentum only for sgd,
+1 - beta2 only for adam, log weight decay, 1-4 layers; minimum 0). Budgets ``20 d`` and ``100 d``
+evaluations, asked in batches of ``--batch`` (1 = sequential, 10 = how metaopt's engine runs);
+Optuna is driven the same way through ask/tell (a batch is asked before any of it is told).
+Regret = best f - fopt. Targets are COCO's: regret <= 10^k for k = 2, 1.8, ..., -8 (51).
+
+  ours:   tpe(d), gp_bo(d, levels), cma_es(d, popsize=batch if batch > 1), random_search(d)
+  Optuna: TPESampler() ("tpe_default"), TPESampler(multivariate=True, constant_liar=True)
+          ("tpe"), GPSampler(deterministic_objective=True) ("gp"), CmaEsSampler(popsize=batch
+          if batch > 1) ("cma_es"), RandomSampler ("random"); in-memory storage. On ``mixed``
+          and ``conditional`` Optuna gets categorical / int / conditional (define-by-run)
+          parameters as its users write them; metaopt sees index coordinates on the cube.
+  optional: nevergrad NGOpt ("ngopt") when nevergrad imports.
+Pairs scored (``suite_cells_at_or_below_optuna: K/N``): metaopt tpe vs Optuna tpe, gp vs gp,
+cma_es vs cma_es; a cell (function x d x searcher, at the largest batch run) counts when
+metaopt's median regret over seeds is at or below Optuna's (regrets below 1e-8, COCO's final
+target, count as equal); each cell also gets a paired Wilcoxon signed-rank p (same seed = same
+instance on both sides).
+
+Optuna's results do not depend on metaopt's code: they are cached in ``--cache`` (default
+runs/blackbox_suite, git-ignored) keyed by sampler, problem, seed, budget, batch and Optuna's
+version, so a second run only re-runs metaopt. metaopt is always re-run.
+
+    python benchmarks/blackbox_suite.py --quick     # 8 functions x d 2/5/10, 5 seeds, batch 10,
+                                                    # max(40, 10 d) evaluations; prints the
+                                                    # K/N line and gp_ask_compile_seconds
+    python benchmarks/blackbox_suite.py --out BENCH.md --plot ecdf.png   # the full suite
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+import warnings
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from _paths import results_path  # noqa: E402 - benchmarks/ is on sys.path
+
+from metaopt._src import benchmark_functions as bf  # noqa: E402
+from metaopt._src.bbob import BBOB_GROUPS, BBOB_NAMES, bbob_problem  # noqa: E402
+from metaopt._src.evolution import cma_es  # noqa: E402
+from metaopt._src.gp import gp_bo  # noqa: E402
+from metaopt._src.searchers import random_search  # noqa: E402
+from metaopt._src.tpe import tpe  # noqa: E402
+
+REPORT_SEEDS = tuple(range(5))
+DEV_SEEDS = tuple(range(1000, 1005))
+QUICK_FUNCTIONS = (2, 3, 8, 10, 13, 15, 20, 21)  # at least one per group, fixed
+QUICK_DIMS = (2, 5, 10)
+TARGETS = 10.0 ** np.linspace(2, -8, 51)
+SOLVED = 1e-8
+PAIRS = ("tpe", "gp", "cma_es")
+OURS = ("tpe", "gp", "cma_es", "random")
+PEERS = ("tpe", "tpe_default", "gp", "cma_es", "random")
+
+
+def instance_of(seed: int) -> int:
+  return 1 + seed % 15
+
+
+# ------------------------------------------------------------------ problems
+
+COND_LEVELS = (3, 0, 0, 0, 0, 4)
+
+
+def conditional(u: jax.Array) -> jax.Array:
+  """HPO-like conditional space on ``[0, 1]^6``; minimum 0 (adam, lr 1e-3, 1 - beta2 1e-3,
+  weight decay 1e-4, 3 layers). Coordinates: optimizer index (3 choices), log10 lr in [-5, 0],
+  momentum in [0, 0.99] (used by sgd only), log10(1 - beta2) in [-4, -1] (adam only), log10
+  weight decay in [-6, -1], layers index (4 choices, 1-4). The best learning rate of sgd moves
+  with its momentum."""
+  opt = jnp.clip(jnp.floor(u[..., 0] * 3), 0, 2)
+  lr = -5.0 + 5.0 * u[..., 1]
+  mom = 0.99 * u[..., 2]
+  b2 = -4.0 + 3.0 * u[..., 3]
+  wd = -6.0 + 5.0 * u[..., 4]
+  layers = jnp.clip(jnp.floor(u[..., 5] * 4), 0, 3)
+  sgd = 0.05 + jnp.square(lr + 1.5 + 3.0 * (mom - 0.9)) + 2.0 * jnp.square(mom - 0.9)
+  adam = jnp.square(lr + 3.0) + 0.3 * jnp.square(b2 + 3.0)
+  rms = 0.1 + 1.5 * jnp.square(lr + 3.5)
+  base = jnp.where(opt == 0, sgd, jnp.where(opt == 1, adam, rms))
+  return (base + 0.05 * jnp.square(wd + 4.0)
+          + jnp.asarray([0.3, 0.1, 0.0, 0.05])[layers.astype(jnp.int32)])
+
+
+def problem(name: str, dim: int, seed: int):
+  """``(fn on the cube, minimum, levels)`` of a suite problem for a seed."""
+  if name == "mixed":
+    return bf.mixed, 0.0, bf.MIXED_LEVELS
+  if name == "conditional":
+    return conditional, 0.0, COND_LEVELS
+  p = bbob_problem(int(name[1:]), dim, instance_of(seed))
+  return p.fn, p.minimum, None
+
+
+def group_of(name: str) -> str:
+  if name in ("mixed", "conditional"):
+    return "mixed / conditional"
+  fid = int(name[1:])
+  return next(g for g, fs in BBOB_GROUPS.items() if fid in fs)
+
+
+# ------------------------------------------------------------------ metaopt side
+
+_COMPILED = {}
+
+
+def ours(name: str, dim: int, batch: int, levels):
+  key = (name, dim, batch, levels)
+  if key not in _COMPILED:
+    s = {"tpe": lambda: tpe(dim), "gp": lambda: gp_bo(dim, levels=levels),
+         "cma_es": lambda: cma_es(dim, popsize=batch) if batch > 1 else cma_es(dim),
+         "random": lambda: random_search(dim)}[name]()
+    _COMPILED[key] = (s, jax.jit(s.ask, static_argnums=2), jax.jit(s.tell))
+  return _COMPILED[key]
+
+
+def run_ours(name, pname, dim, seed, budget, batch):
+  fn, fmin, levels = problem(pname, dim, seed)
+  s, ask, tell = ours(name, dim, batch, levels)
+  fn = jax.jit(fn)
+  state = s.init(jax.random.key(seed))
+  best, traj = np.inf, []
+  for r in range(budget // batch):
+    state, u = ask(state, jax.random.fold_in(jax.random.key(seed + 10_000), r), batch)
+    y = fn(u)
+    state = tell(state, u, y, jnp.zeros(batch, jnp.int32))
+    best = min(best, float(jnp.min(y)))
+    traj.append(best - fmin)
+  return traj
+
+
+# ------------------------------------------------------------------ peers
+
+
+def optuna_sampler(name: str, seed: int, batch: int):
+  import optuna
+
+  s = optuna.samplers
+  if name == "tpe":
+    return s.TPESampler(multivariate=True, constant_liar=True, seed=seed)
+  if name == "tpe_default":
+    return s.TPESampler(seed=seed)
+  if name == "gp":
+    return s.GPSampler(seed=seed, deterministic_objective=True)
+  if name == "cma_es":
+    return s.CmaEsSampler(seed=seed, popsize=batch if batch > 1 else None,
+                          warn_independent_sampling=False)
+  return s.RandomSampler(seed=seed)
+
+
+def _optuna_point(trial, pname: str, dim: int):
+  """Suggests a point the way an Optuna user writes the space; returns it on the cube."""
+  if pname == "conditional":
+    opt = trial.suggest_categorical("optimizer", ["sgd", "adam", "rmsprop"])
+    lr = trial.suggest_float("lr", 1e-5, 1.0, log=True)
+    mom = trial.suggest_float("momentum", 0.0, 0.99) if opt == "sgd" else 0.5
+    b2 = trial.suggest_float("one_minus_beta2", 1e-4, 1e-1, log=True) if opt == "adam" else 0.01
+    wd = trial.suggest_float("weight_decay", 1e-6, 1e-1, log=True)
+    layers = trial.suggest_int("layers", 1, 4)
+    return [(["sgd", "adam", "rmsprop"].index(opt) + 0.5) / 3, (math.log10(lr) + 5) / 5,
+            mom / 0.99, (math.log10(b2) + 4) / 3, (math.log10(wd) + 6) / 5, (layers - 0.5) / 4]
+  if pname == "mixed":
+    return [(trial.suggest_categorical("a", [0, 1, 2]) + 0.5) / 3,
+            (trial.suggest_categorical("b", [0, 1, 2, 3]) + 0.5) / 4,
+            trial.suggest_float("x0", 0, 1), trial.suggest_float("x1", 0, 1)]
+  return [trial.suggest_float(f"x{j}", 0.0, 1.0) for j in range(dim)]
+
+
+def run_optuna(name, pname, dim, seed, budget, batch):
+  import optuna
+
+  fn, fmin, _ = problem(pname, dim, seed)
+  fn = jax.jit(fn)
+  study = optuna.create_study(sampler=optuna_sampler(name, seed, batch))
+  best, traj = np.inf, []
+  for _ in range(budget // batch):
+    trials = [study.ask() for _ in range(batch)]
+    u = np.asarray([_optuna_point(t, pname, dim) for t in trials], np.float32)
+    y = np.asarray(fn(jnp.asarray(u)), np.float64)
+    for t, v in zip(trials, y, strict=True):
+      study.tell(t, float(v))
+    best = min(best, float(y.min()))
+    traj.append(best - fmin)
+  return traj
+
+
+def run_ngopt(pname, dim, seed, budget, batch):
+  import nevergrad as ng
+
+  fn, fmin, _ = problem(pname, dim, seed)
+  fn = jax.jit(fn)
+  param = ng.p.Array(shape=(dim,), lower=0.0, upper=1.0)
+  param.random_state = np.random.RandomState(seed)
+  opt = ng.optimizers.NGOpt(parametrization=param, budget=budget, num_workers=batch)
+  best, traj = np.inf, []
+  for _ in range(budget // batch):
+    cands = [opt.ask() for _ in range(batch)]
+    y = np.asarray(fn(jnp.asarray(np.stack([c.value for c in cands]), jnp.float32)))
+    for c, v in zip(cands, y, strict=True):
+      opt.tell(c, float(v))
+    best = min(best, float(y.min()))
+    traj.append(best - fmin)
+  return traj
+
+
+# ------------------------------------------------------------------ running and caching
+
+
+def _cache_key(lib, name, pname, dim, seed, budget, batch):
+  import optuna
+
+  raw = f"{lib}|{name}|{pname}|{dim}|{seed}|{budget}|{batch}|optuna-{optuna.__version__}|v1"
+  return hashlib.sha1(raw.encode()).hexdigest()
+
+
+def run_cell(lib, name, pname, dim, seeds, budget, batch, cache):
+  """Trajectories (best regret after each batch) of one searcher on one problem, per seed."""
+  out = []
+  for seed in seeds:
+    path = None
+    if lib != "metaopt" and cache:
+      path = os.path.join(cache, _cache_key(lib, name, pname, dim, seed, budget, batch) + ".json")
+      if os.path.exists(path):
+        with open(path) as f:
+          out.append(json.load(f))
+        continue
+    t = time.perf_counter()
+    if lib == "metaopt":
+      traj = run_ours(name, pname, dim, seed, budget, batch)
+    elif lib == "nevergrad":
+      traj = run_ngopt(pname, dim, seed, budget, batch)
+    else:
+      traj = run_optuna(name, pname, dim, seed, budget, batch)
+    rec = {"traj": traj, "seconds": time.perf_counter() - t}
+    if path:
+      os.makedirs(cache, exist_ok=True)
+      with open(path, "w") as f:
+        json.dump(rec, f)
+    out.append(rec)
+  return out
+
+
+def gp_compile_seconds(dim: int = 5, batch: int = 10) -> tuple[float, float]:
+  """Compile time of ``gp_bo(dim).ask`` (default settings, a batch of ``batch``, past the
+  startup design), measured in a fresh process so no cache is warm: (wall, process CPU) s.
+  On a loaded machine the CPU seconds are the figure to trust."""
+  code = f"""
+import time, jax, jax.numpy as jnp
+from metaopt import gp_bo
+s = gp_bo({dim})
+st = s.init(jax.random.key(0))
+u = jax.random.uniform(jax.random.key(1), (20, {dim}))
+st = s.tell(st, u, jnp.sum(u ** 2, 1), jnp.zeros(20, jnp.int32))
+t, c = time.perf_counter(), time.process_time()
+jax.jit(s.ask, static_argnums=2).lower(st, jax.random.key(2), {batch}).compile()
+print(time.perf_counter() - t, time.process_time() - c)
+"""
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = {**os.environ, "PYTHONPATH": root}
+  res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                       check=True)
+  wall, cpu = res.stdout.strip().splitlines()[-1].split()
+  return float(wall), float(cpu)
+
+
+# ------------------------------------------------------------------ reporting
+
+
+def _final(recs):
+  return np.asarray([r["traj"][-1] for r in recs])
+
+
+def _wilcoxon(a, b):
+  from scipy.stats import wilcoxon
+
+  a, b = np.maximum(a, SOLVED), np.maximum(b, SOLVED)
+  if np.allclose(a, b):
+    return 1.0
+  try:
+    return float(wilcoxon(np.log10(a), np.log10(b)).pvalue)
+  except ValueError:
+    return float("nan")
+
+
+def at_or_below(ours_final, peer_final) -> bool:
+  m, o = np.median(ours_final), np.median(peer_final)
+  return bool(m <= o * (1 + 1e-9) or (m <= SOLVED and o <= SOLVED))
+
+
+def ecdf_curve(recs, batch, dim):
+  """Fraction of (run, target) pairs reached after each batch, x = evaluations / d."""
+  hits = np.mean([[np.mean(np.asarray(r["traj"][i]) <= TARGETS) for i in range(len(r["traj"]))]
+                  for r in recs], axis=0)
+  return (np.arange(1, len(hits) + 1) * batch) / dim, hits
+
+
+def report(results, batch, seeds, budget_label, wall):
+  """Markdown: per-cell pairs, per-group medians, and ECDF finals."""
+  lines = []
+  cells = sorted({(p, d) for (_, _, p, d) in results})
+  lines += [f"Batch {batch}; seeds {list(seeds)} (instances "
+            f"{sorted({instance_of(s) for s in seeds})}); budget {budget_label}; median final "
+            "regret over seeds [25%-75%]; p: paired Wilcoxon signed-rank (two-sided) on "
+            "log10 regret.", "",
+            "| problem | d | searcher | metaopt | Optuna | at or below | p |",
+            "|---|---|---|---|---|---|---|"]
+  k = n = 0
+  for pname, dim in cells:
+    for name in PAIRS:
+      a, b = results.get(("metaopt", name, pname, dim)), results.get(("optuna", name, pname, dim))
+      if a is None or b is None:
+        continue
+      fa, fb = _final(a), _final(b)
+      ok = at_or_below(fa, fb)
+      k, n = k + ok, n + 1
+      lines.append(f"| {pname} | {dim} | {name} | {np.median(fa):.3g} [{np.quantile(fa, .25):.2g}"
+                   f"-{np.quantile(fa, .75):.2g}] | {np.median(fb):.3g} [{np.quantile(fb, .25):.2g}"
+                   f"-{np.quantile(fb, .75):.2g}] | {'yes' if ok else 'no'} | "
+                   f"{_wilcoxon(fa, fb):.2f} |")
+  # per group: median over functions and seeds of log10 regret, and the ECDF's final value
+  groups = sorted({group_of(p) for p, _ in cells}, key=lambda g: list(BBOB_GROUPS).index(g)
+                  if g in BBOB_GROUPS else 99)
+  dims = sorted({d for _, d in cells})
+  searchers = sorted({(lib, name) for (lib, name, _, _) in results})
+  lines += ["", "Per group: median log10 regret over functions x seeds [25%-75%]; "
+            "targets reached (fraction of COCO's 51 targets 1e2..1e-8, averaged over runs).", "",
+            "| group | d | " + " | ".join(f"{lib} {name}" for lib, name in searchers) + " |",
+            "|---|---|" + "---|" * len(searchers)]
+  for g in groups:
+    for dim in dims:
+      row = []
+      for lib, name in searchers:
+        recs = [r for (l2, n2, p, d), rs in results.items() if l2 == lib and n2 == name
+                and d == dim and group_of(p) == g for r in rs]
+        if not recs:
+          row.append("-")
+          continue
+        lf = np.log10(np.maximum(_final(recs), SOLVED))
+        frac = np.mean([np.mean(r["traj"][-1] <= TARGETS) for r in recs])
+        row.append(f"{np.median(lf):.2f} [{np.quantile(lf, .25):.1f}..{np.quantile(lf, .75):.1f}]"
+                   f" / {frac:.2f}")
+      if any(c != "-" for c in row):
+        lines.append(f"| {g} | {dim} | " + " | ".join(row) + " |")
+  lines += ["", f"suite_cells_at_or_below_optuna: {k}/{n}",
+            f"Wall time {wall:.0f} s ({os.cpu_count()} CPU cores, jax {jax.__version__})."]
+  return "\n".join(lines), k, n
+
+
+def plot_ecdf(results, batch, path):
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  dims = sorted({d for (_, _, _, d) in results})
+  fig, axes = plt.subplots(1, len(dims), figsize=(4.2 * len(dims), 3.6), squeeze=False)
+  for ax, dim in zip(axes[0], dims, strict=True):
+    for lib, name in sorted({(lib, n) for (lib, n, _, d) in results if d == dim}):
+      recs = [r for (l2, n2, p, d), rs in results.items() if (l2, n2, d) == (lib, name, dim)
+              and p not in ("mixed", "conditional") for r in rs]
+      if not recs:
+        continue
+      x, h = ecdf_curve(recs, batch, dim)
+      ax.plot(x, h, ls="-" if lib == "metaopt" else "--", label=f"{lib} {name}")
+    ax.set_xscale("log")
+    ax.set_ylim(0, 1)
+    ax.set_title(f"BBOB, d = {dim}, batch {batch}")
+    ax.set_xlabel("evaluations / d")
+    ax.set_ylabel("fraction of (run, target) pairs")
+  axes[0][-1].legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+  ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  ap.add_argument("--quick", action="store_true", help="the fixed subset (see the docstring)")
+  ap.add_argument("--dev", action="store_true", help="development seeds instead of REPORT_SEEDS")
+  ap.add_argument("--functions", default=None,
+                  help="comma-separated: BBOB ids (1-24), mixed, conditional")
+  ap.add_argument("--dims", default=None, help="comma-separated; default 2,5,10,20")
+  ap.add_argument("--budget", default=None, help="evaluations per d (e.g. 20 or 100)")
+  ap.add_argument("--batch", type=int, default=10)
+  ap.add_argument("--seeds", type=int, default=None, help="how many of the seed list")
+  ap.add_argument("--ours", default=None,
+                  help="comma-separated; default " + ",".join(OURS) + "; none: peers only")
+  ap.add_argument("--peers", default=None, help="comma-separated Optuna samplers (and ngopt)")
+  ap.add_argument("--cache", default="runs/blackbox_suite", help="'' disables the Optuna cache")
+  ap.add_argument("--out", default=None, help="write the markdown report here")
+  ap.add_argument("--plot", default=None, help="write the ECDF plot here (png)")
+  ap.add_argument("--raw", default=None, help="write all trajectories here (JSON)")
+  args = ap.parse_args()
+
+  import optuna
+
+  optuna.logging.set_verbosity(optuna.logging.ERROR)
+  warnings.filterwarnings("ignore")
+  seeds = DEV_SEEDS if args.dev else REPORT_SEEDS
+  seeds = seeds[: args.seeds] if args.seeds else seeds
+  if args.quick:
+    funcs = [f"f{f}" for f in QUICK_FUNCTIONS]
+    dims, ours_names, peers = QUICK_DIMS, PAIRS, PAIRS
+  else:
+    funcs = [f"f{f}" for f in range(1, 25)] + ["mixed", "conditional"]
+    dims, ours_names, peers = (2, 5, 10, 20), OURS, PEERS
+  if args.functions:
+    funcs = [f if f in ("mixed", "conditional") else f"f{int(f)}"
+             for f in args.functions.split(",")]
+  dims = [int(d) for d in args.dims.split(",")] if args.dims else list(dims)
+  ours_names = args.ours.split(",") if args.ours else list(ours_names)
+  peers = args.peers.split(",") if args.peers else list(peers)
+  ours_names, peers = [n for n in ours_names if n != "none"], [n for n in peers if n != "none"]
+
+  def budget_of(dim):
+    if args.budget:
+      return int(args.budget) * dim
+    return max(40, 10 * dim) if args.quick else 100 * dim
+
+  t0 = time.perf_counter()
+  results = {}
+  for pname in funcs:
+    pdims = [len(bf.MIXED_LEVELS)] if pname == "mixed" else (
+        [len(COND_LEVELS)] if pname == "conditional" else dims)
+    for dim in pdims:
+      budget = budget_of(dim)
+      budget -= budget % args.batch
+      jobs = [("metaopt", n) for n in ours_names]
+      jobs += [("nevergrad" if n == "ngopt" else "optuna", n) for n in peers]
+      for lib, name in jobs:
+        if lib == "nevergrad":
+          try:
+            import nevergrad  # noqa: F401
+          except ImportError:
+            print("nevergrad not installed: NGOpt skipped", flush=True)
+            continue
+        recs = run_cell(lib, name, pname, dim, seeds, budget, args.batch, args.cache)
+        results[(lib, name, pname, dim)] = recs
+        fin = _final(recs)
+        label = BBOB_NAMES.get(int(pname[1:]), "") if pname[0] == "f" else ""
+        print(f"{pname:11s} {label:20s} d={dim:2d} {lib:8s} {name:11s} median regret "
+              f"{np.median(fin):.3g}  ({np.mean([r['seconds'] for r in recs]):.1f} s/run)",
+              flush=True)
+  wall = time.perf_counter() - t0
+  label = "max(40, 10 d)" if args.quick and not args.budget else (
+      f"{args.budget} d" if args.budget else "100 d")
+  text, k, n = report(results, args.batch, seeds, label + " evaluations", wall)
+  print("\n" + text)
+  gp_s, gp_cpu = gp_compile_seconds() if "gp" in ours_names else (float("nan"),) * 2
+  print(f"gp_ask_compile_seconds: {gp_s:.2f}")
+  print(f"gp_ask_compile_cpu_seconds: {gp_cpu:.2f}")
+  out_path = results_path(args.out, quick=args.quick)  # a quick run writes no tracked file
+  if out_path:
+    with open(out_path, "w") as f:
+      f.write(text + f"\n\ngp_ask_compile_seconds: {gp_s:.2f} (CPU {gp_cpu:.2f})\n")
+  plot_path = results_path(args.plot, quick=args.quick)
+  if plot_path:
+    plot_ecdf(results, args.batch, plot_path)
+  raw_path = results_path(args.raw, quick=args.quick)
+  if raw_path:
+    with open(raw_path, "w") as f:
+      json.dump({"|".join(map(str, k2)): v for k2, v in results.items()}, f)
+
+
+if __name__ == "__main__":
+  main()
