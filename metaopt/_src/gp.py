@@ -225,6 +225,23 @@ def _check_n_exploit(n_exploit: int | Sequence[int]) -> tuple[int, ...]:
   return tuple(int(k) for k in n_exploit)
 
 
+def _check_gp_args(dim: int, acquisition: str, **ints: int) -> None:
+  """One ``ValueError`` naming the first bad integer argument of :func:`gp_bo`."""
+  _check_dim(dim)
+  if acquisition not in _ACQUISITIONS:
+    raise ValueError(f"acquisition={acquisition!r}: must be one of {_ACQUISITIONS}")
+  lows = {"n_startup": 0, "capacity": 2, "fit_steps": 0, "n_candidates": 1, "n_local": 0,
+          "n_restarts": 1, "grad_steps": 0, "n_diverse": 0}
+  for name, low in lows.items():
+    _check_int(name, ints[name], low)
+  n_restarts = ints["n_restarts"]
+  if ints["n_diverse"] > n_restarts - 1:
+    raise ValueError(f"n_diverse={ints['n_diverse']}: must be <= n_restarts - 1 = "
+                     f"{n_restarts - 1}")
+  if n_restarts > ints["n_candidates"] + ints["n_local"] + 1:
+    raise ValueError(f"n_restarts={n_restarts}: must be <= n_candidates + n_local + 1")
+
+
 def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float = 2.0,
           capacity: int = 256, fit_steps: int = 100, fit_lr: float = 0.05,
           n_candidates: int = 1024, n_local: int = 256, local_std: float = 0.05,
@@ -293,22 +310,10 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
     >>> u.shape
     (2, 2)
   """
-  _check_dim(dim)
-  if acquisition not in _ACQUISITIONS:
-    raise ValueError(f"acquisition={acquisition!r}: must be one of {_ACQUISITIONS}")
-  _check_int("n_startup", n_startup, 0)
-  _check_int("capacity", capacity, 2)
-  _check_int("fit_steps", fit_steps, 0)
-  _check_int("n_candidates", n_candidates, 1)
-  _check_int("n_local", n_local, 0)
-  _check_int("n_restarts", n_restarts, 1)
-  _check_int("grad_steps", grad_steps, 0)
-  _check_int("n_diverse", n_diverse, 0)
-  if n_diverse > n_restarts - 1:
-    raise ValueError(f"n_diverse={n_diverse}: must be <= n_restarts - 1 = {n_restarts - 1}")
+  _check_gp_args(dim, acquisition, n_startup=n_startup, capacity=capacity,
+                 fit_steps=fit_steps, n_candidates=n_candidates, n_local=n_local,
+                 n_restarts=n_restarts, grad_steps=grad_steps, n_diverse=n_diverse)
   n_exploit = _check_n_exploit(n_exploit)
-  if n_restarts > n_candidates + n_local + 1:
-    raise ValueError(f"n_restarts={n_restarts}: must be <= n_candidates + n_local + 1")
   for name, v in (("kappa", kappa), ("fit_lr", fit_lr), ("local_std", local_std),
                   ("grad_lr", grad_lr)):
     _check_float(name, v, 0.0, float("inf"))
