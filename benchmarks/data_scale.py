@@ -30,7 +30,7 @@ sys.path.insert(0, ROOT)
 
 
 def _task(name: str):
-  from tasks import get_task
+  from metaopt.tasks import get_task
   return get_task("images32_resnet", channels=8, dataset=name)
 
 
@@ -113,7 +113,7 @@ def main() -> None:
   if a.child:
     peak_rss(a.child, a.population, steps, a.batch)
     return
-  from tasks import load_dataset
+  from metaopt.tasks import load_dataset
   t0 = time.perf_counter()
   for name in ("images32", "images32_5k"):  # prepared once (minutes), then cached on disk
     load_dataset(name)

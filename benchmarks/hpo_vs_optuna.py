@@ -67,9 +67,9 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import metaopt  # noqa: E402
-import tasks  # noqa: E402
+from metaopt import tasks  # noqa: E402
 from metaopt._src import population as pop  # noqa: E402
-from spaces import Choice, Float, Int  # noqa: E402
+from metaopt.spaces import Choice, Float, Int  # noqa: E402
 
 try:
   from metaopt._src.tpe import tpe

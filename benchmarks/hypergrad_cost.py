@@ -50,9 +50,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from _paths import results_path  # noqa: E402 - benchmarks/ is on sys.path
 
-import hypergrad  # noqa: E402
-from hypergrad import problems  # noqa: E402
-from hypergrad.unrolled import run_inner  # noqa: E402
+from metaopt import hypergrad  # noqa: E402
+from metaopt.hypergrad import problems  # noqa: E402
+from metaopt.hypergrad.unrolled import run_inner  # noqa: E402
 
 
 def _best_times(fns: dict, args: tuple, rounds: int) -> dict:

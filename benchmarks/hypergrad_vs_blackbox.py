@@ -1,7 +1,7 @@
 """Gradient-based HPO of 21 per-layer hyperparameters vs random search and TPE at equal time.
 
 The problem: a 10-layer ReLU MLP (width 32) on digits trained for ``T`` SGD steps
-(``hypergrad.problems.mlp(per_layer=True)``); the hyperparameters are one learning rate and
+(``metaopt.hypergrad.problems.mlp(per_layer=True)``); the hyperparameters are one learning rate and
 one weight decay per layer plus the momentum (21 in all). The objective of every method is
 the same: validation loss after ``T`` steps from a fresh initialisation.
 
@@ -37,11 +37,11 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from _paths import results_path  # noqa: E402 - benchmarks/ is on sys.path
 
-import hypergrad  # noqa: E402
 import metaopt  # noqa: E402
-from hypergrad.inner import optax_inner_loop  # noqa: E402
-from hypergrad.unrolled import run_inner  # noqa: E402
-from spaces import Float, Space  # noqa: E402
+from metaopt import hypergrad  # noqa: E402
+from metaopt.hypergrad.inner import optax_inner_loop  # noqa: E402
+from metaopt.hypergrad.unrolled import run_inner  # noqa: E402
+from metaopt.spaces import Float, Space  # noqa: E402
 
 DEPTH, WIDTH = 10, 32
 

@@ -1,9 +1,9 @@
 """Learned optimizer vs per-task tuned Adam on held-out task families; meta-training throughput.
 
 1. Meta-trains the per-parameter MLP learned optimizer (``metaopt.lopt.mlp_lopt``) with
-   ``--estimator`` (PES by default) on ``tasks.TRAIN_FAMILIES`` (digits MLPs, MLPs on the
+   ``--estimator`` (PES by default) on ``metaopt.tasks.TRAIN_FAMILIES`` (digits MLPs, MLPs on the
    synthetic regression set, noisy quadratics, linear regression), horizon = ``--steps``.
-2. On ``--tasks_per_family`` tasks of each of ``tasks.HELDOUT_FAMILIES`` (wine and breast
+2. On ``--tasks_per_family`` tasks of each of ``metaopt.tasks.HELDOUT_FAMILIES`` (wine and breast
    cancer MLPs, a deeper and wider digits MLP, a digits CNN, a 64-d ill-conditioned
    quadratic; none seen in meta-training) it trains ``--steps`` steps with the learned
    optimizer and with Adam at each of 7 learning rates (1e-4 ... 1e-1, vmapped), and reports
@@ -37,8 +37,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from _paths import results_path  # noqa: E402 - benchmarks/ is on sys.path
 
-import tasks  # noqa: E402
 from metaopt import lopt as L  # noqa: E402
+from metaopt import tasks  # noqa: E402
 
 LRS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
 

@@ -34,9 +34,9 @@ MODELS = {"logreg": ("logreg", {"dataset": "mnist1d"}), "mlp": ("mnist1d_mlp", {
 
 def run(model: str, quick: bool, out_dir: str) -> dict:
   import metaopt
-  from configs import mnist1d_cnn
   from metaopt._src import config as config_lib
   from metaopt._src.evaluate import evaluate_top
+  from metaopt.configs import mnist1d_cnn
 
   cfg = mnist1d_cnn.get_config().to_dict()
   task_name, task_kwargs = MODELS[model]

@@ -35,7 +35,7 @@ import metaopt  # noqa: E402
 from metaopt import nas  # noqa: E402
 from metaopt._src.nas import api, tabular  # noqa: E402
 from metaopt._src.nas.train import train_networks  # noqa: E402
-from tasks import load_dataset  # noqa: E402
+from metaopt.tasks import load_dataset  # noqa: E402
 
 OUT = pathlib.Path(__file__).with_name("results_nas.md")
 

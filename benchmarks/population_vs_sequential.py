@@ -27,7 +27,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from metaopt._src import population as pop  # noqa: E402
-from tasks import get_task  # noqa: E402
+from metaopt.tasks import get_task  # noqa: E402
 
 SIZES = {"small": {"width": 16, "batch": 32}, "medium": {"width": 128, "batch": 128}}
 

@@ -37,7 +37,7 @@ from _paths import results_path  # noqa: E402 - benchmarks/ is on sys.path
 
 import metaopt  # noqa: E402
 from metaopt.repair import repair, repair_space  # noqa: E402
-from tasks import get_task  # noqa: E402
+from metaopt.tasks import get_task  # noqa: E402
 
 TARGETS = {"digits_mlp": 0.93, "wine_mlp": 0.93, "breast_cancer_mlp": 0.95,
            "synthetic_regression": 0.35}

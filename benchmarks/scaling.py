@@ -37,7 +37,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUN = """
 import json, sys, time
 import jax
-import metaopt, tasks
+import metaopt
+from metaopt import tasks
 n_dev, population, n_trials, epochs = (int(a) for a in sys.argv[1:5])
 task = tasks.get_task("digits_mlp")
 devices = jax.devices()[:n_dev]
@@ -53,7 +54,8 @@ print(json.dumps({"seconds": once("timed")}))
 
 WORKER = """
 import json, os, sys, time
-import metaopt, tasks
+import metaopt
+from metaopt import tasks
 url, ck, population, n_trials, epochs, mine = sys.argv[1:7]
 task = tasks.get_task("digits_mlp")
 prog = metaopt.random_search(task.space.dim)
@@ -69,7 +71,8 @@ metaopt.worker(prog, task, store=url, study="bench", n_trials=int(n_trials), **k
 
 DIST = """
 import json, sys, time
-import metaopt, tasks
+import metaopt
+from metaopt import tasks
 nproc, pid, port, db, ck, population, n_trials, epochs = sys.argv[1:9]
 if int(nproc) > 1:
   metaopt.initialize_distributed(f"127.0.0.1:{port}", int(nproc), int(pid))

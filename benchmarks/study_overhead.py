@@ -31,7 +31,7 @@ import optuna  # noqa: E402
 
 import metaopt  # noqa: E402
 from metaopt._src import population as pop  # noqa: E402
-from spaces import Choice, Float, Int, Space  # noqa: E402
+from metaopt.spaces import Choice, Float, Int, Space  # noqa: E402
 
 SPACE = Space({"x": Float(-5.0, 5.0), "lr": Float(1e-5, 1.0, log=True), "n": Int(1, 64),
                "act": Choice(["relu", "tanh", "gelu"])})

@@ -35,7 +35,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 import metaopt  # noqa: E402
-from spaces import Float, Space  # noqa: E402
+from metaopt.spaces import Float, Space  # noqa: E402
 
 SPACE = Space({f"x{i}": Float(0.0, 1.0) for i in range(6)})
 DELTA, SCALE, SHIFT, REGRET = 0.05, 1.1, 0.3, 0.2

@@ -8,7 +8,7 @@ the promising ones.
 
 import ml_collections
 
-from configs import quickstart
+from metaopt.configs import quickstart
 
 
 def get_config() -> ml_collections.ConfigDict:

@@ -6,7 +6,7 @@ budgets, populations of 32 in one kernel.
 
 import ml_collections
 
-from configs import quickstart
+from metaopt.configs import quickstart
 
 
 def get_config() -> ml_collections.ConfigDict:

@@ -9,7 +9,7 @@ About 30-60 s on 2 CPU cores.
   python run.py run --config configs/gdas_shapes.py --store sqlite:///runs/gdas.db
 """
 
-from configs import darts_shapes
+from metaopt.configs import darts_shapes
 
 
 def get_config(arg=None):

@@ -6,7 +6,7 @@ or 27 epochs), each round successive halving with eta = 3.
 
 import ml_collections
 
-from configs import quickstart
+from metaopt.configs import quickstart
 
 
 def get_config() -> ml_collections.ConfigDict:

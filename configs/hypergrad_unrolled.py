@@ -6,7 +6,7 @@ loss, differentiating 100 SGD steps (minibatch 64) with sqrt(T) rematerialisatio
 population of 8 starting points at once (one jitted, vmapped outer step). About 15 s on a
 2-core CPU (most of it compilation).
 
-    python -m hypergrad --config configs/hypergrad_unrolled.py --config.outer_steps=20
+    python -m metaopt.hypergrad --config configs/hypergrad_unrolled.py --config.outer_steps=20
 """
 
 import ml_collections

@@ -12,7 +12,7 @@ About 5-10 min for the search on a loaded 2-core CPU; README shows the measured 
 
 import ml_collections
 
-from configs import quickstart
+from metaopt.configs import quickstart
 
 
 def get_config() -> ml_collections.ConfigDict:

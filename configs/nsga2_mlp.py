@@ -7,7 +7,7 @@ front is among the best third). The summary gives the Pareto front and its hyper
 
 import ml_collections
 
-from configs import quickstart
+from metaopt.configs import quickstart
 
 
 def get_config() -> ml_collections.ConfigDict:

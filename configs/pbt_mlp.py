@@ -6,7 +6,7 @@ weights and hyperparameters of the best quarter and perturbs the hyperparameters
 
 import ml_collections
 
-from configs import quickstart
+from metaopt.configs import quickstart
 
 
 def get_config() -> ml_collections.ConfigDict:

@@ -16,7 +16,7 @@ train_loss)``):
   (:func:`to_hparams` / :func:`to_theta`), with pathology flags for a black-box fallback.
 """
 
-from hypergrad.diagnostics import (
+from metaopt.hypergrad.diagnostics import (
     HypergradMonitor,
     MonitorState,
     Pathologies,
@@ -26,8 +26,8 @@ from hypergrad.diagnostics import (
     nondifferentiable,
     summarize,
 )
-from hypergrad.forward import forward
-from hypergrad.hpo import (
+from metaopt.hypergrad.forward import forward
+from metaopt.hypergrad.hpo import (
     METHODS,
     HPOState,
     OnlineState,
@@ -40,7 +40,7 @@ from hypergrad.hpo import (
     run,
     run_config,
 )
-from hypergrad.implicit import (
+from metaopt.hypergrad.implicit import (
     SOLVERS,
     SolveResult,
     cg_solve,
@@ -50,7 +50,7 @@ from hypergrad.implicit import (
     neumann_solve,
     power_iteration,
 )
-from hypergrad.inner import (
+from metaopt.hypergrad.inner import (
     OptaxInnerState,
     TreeSgdState,
     broadcast_prefix,
@@ -60,9 +60,9 @@ from hypergrad.inner import (
     tree_sgd,
     trial_fns_inner_loop,
 )
-from hypergrad.online import AdamHdState, SgdHdState, adam_hd, hd_learning_rate, sgd_hd
-from hypergrad.problems import PROBLEMS, BilevelProblem, get_problem
-from hypergrad.transforms import (
+from metaopt.hypergrad.online import AdamHdState, SgdHdState, adam_hd, hd_learning_rate, sgd_hd
+from metaopt.hypergrad.problems import PROBLEMS, BilevelProblem, get_problem
+from metaopt.hypergrad.transforms import (
     BIJECTORS,
     IDENTITY,
     LOG,
@@ -75,7 +75,7 @@ from hypergrad.transforms import (
     to_hparams,
     to_theta,
 )
-from hypergrad.types import (
+from metaopt.hypergrad.types import (
     Diagnostics,
     Estimator,
     HypergradResult,
@@ -85,7 +85,7 @@ from hypergrad.types import (
     tree_norm,
     tree_vdot,
 )
-from hypergrad.unrolled import BACKWARDS, REMAT, run_inner, unrolled
+from metaopt.hypergrad.unrolled import BACKWARDS, REMAT, run_inner, unrolled
 
 __all__ = [
     "BACKWARDS", "BIJECTORS", "IDENTITY", "LOG", "LOGIT", "METHODS", "PROBLEMS", "REMAT",

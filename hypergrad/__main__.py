@@ -1,6 +1,6 @@
 """Runs a gradient-HPO config and prints a JSON summary.
 
-    python -m hypergrad --config configs/hypergrad_unrolled.py [--config.outer_steps=5]
+    python -m metaopt.hypergrad --config configs/hypergrad_unrolled.py [--config.outer_steps=5]
 """
 
 import json
@@ -14,7 +14,7 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/hypergrad_<na
 
 def main(argv: list[str]) -> None:
   del argv
-  from hypergrad.hpo import run_config
+  from metaopt.hypergrad.hpo import run_config
 
   if _CONFIG.value is None:
     raise app.UsageError("needs --config configs/hypergrad_<name>.py")

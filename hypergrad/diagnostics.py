@@ -4,7 +4,7 @@ Hypergradients fail in known ways: unrolled reverse-mode through long training a
 learning rates is chaotic or explodes (Maclaurin et al. 2015; Shaban et al. 2019 analyse
 truncation bias), implicit solves stop short of the tolerance or start from a non-stationary
 inner point (Pedregosa 2016; Lorraine et al. 2020), and discrete hyperparameters (``Int``,
-``Choice``) have no gradient at all. This module turns :class:`hypergrad.Diagnostics` into
+``Choice``) have no gradient at all. This module turns :class:`metaopt.hypergrad.Diagnostics` into
 boolean :class:`Pathologies`, tracking norm growth across outer steps in a small state:
 
     monitor = hypergrad_monitor(max_norm=1e3, max_growth=100.0)
@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from hypergrad.types import Diagnostics
+from metaopt.hypergrad.types import Diagnostics
 
 
 class Pathologies(NamedTuple):
@@ -155,13 +155,13 @@ def nondifferentiable(space: Any, names: Sequence[str] | None = None) -> list[st
   ``Float`` parameters are differentiable only where active, and are not listed.
 
   Args:
-    space: a ``spaces.Space``.
+    space: a ``metaopt.spaces.Space``.
     names: restrict to these names (default: all parameters).
 
   Returns:
     Sorted list of names.
   """
-  from spaces import Float
+  from metaopt.spaces import Float
 
   names = list(space.params) if names is None else list(names)
   unknown = [n for n in names if n not in space.params]

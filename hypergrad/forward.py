@@ -4,7 +4,7 @@ Franceschi, Donini, Frasconi & Pontil (2017), "Forward and Reverse Gradient-Base
 Hyperparameter Optimization" (forward-mode / real-time hyperparameter optimization).
 
 ``forward(inner, val_loss)`` returns ``hypergrad(hparams, start, xs)`` with the same values
-as :func:`hypergrad.unrolled` but computed with ``jax.jvp`` through the same ``lax.scan``:
+as :func:`metaopt.hypergrad.unrolled` but computed with ``jax.jvp`` through the same ``lax.scan``:
 memory does not grow with the number of inner steps ``T``, and the cost is one tangent
 pass per scalar hyperparameter, so it suits a few hyperparameters (learning rate, momentum,
 a weight decay) over long runs. All tangents are pushed together (``vmap`` of ``jvp`` over
@@ -20,8 +20,8 @@ import jax.numpy as jnp
 from jax import lax
 from jax.flatten_util import ravel_pytree
 
-from hypergrad.types import HParams, HypergradResult, InnerLoop, PyTree, make_diagnostics
-from hypergrad.unrolled import run_inner
+from metaopt.hypergrad.types import HParams, HypergradResult, InnerLoop, PyTree, make_diagnostics
+from metaopt.hypergrad.unrolled import run_inner
 
 
 def forward(

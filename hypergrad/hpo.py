@@ -13,16 +13,16 @@ A program is a :class:`WhiteBox` ``(init, step)`` (DESIGN §3)::
 
 ``step`` advances every member of the population (``jax.vmap`` over ``theta``) by one outer
 step and returns telemetry, a pytree of ``[N]``-leading arrays: ``val_loss``, ``train_loss``,
-``hypergrad_norm``, ``hparams``, ``applied`` and the full :class:`hypergrad.Diagnostics` and
-:class:`hypergrad.diagnostics.Pathologies`. A hypergradient flagged untrustworthy
+``hypergrad_norm``, ``hparams``, ``applied`` and the full :class:`metaopt.hypergrad.Diagnostics` and
+:class:`metaopt.hypergrad.diagnostics.Pathologies`. A hypergradient flagged untrustworthy
 (non-finite, exploding, growing, chaotic, unconverged solve) is *not applied*
 (``skip_untrusted``); ``pathologies.fallback`` tells a driver to hand the space and history
 to a black-box searcher. :func:`run` scans ``step`` for many outer steps under one ``jit``.
 
-:func:`make_estimator` builds an estimator for a ``hypergrad.problems.BilevelProblem`` with
+:func:`make_estimator` builds an estimator for a ``metaopt.hypergrad.problems.BilevelProblem`` with
 any method (``unrolled``, ``forward``, ``implicit``), and :func:`run_config` runs a
 ``configs/hypergrad_*.py`` config and returns a JSON-able summary
-(``python -m hypergrad --config configs/hypergrad_unrolled.py``).
+(``python -m metaopt.hypergrad --config configs/hypergrad_unrolled.py``).
 """
 
 from __future__ import annotations
@@ -37,21 +37,21 @@ import numpy as np
 import optax
 from jax import lax
 
-from hypergrad import online as online_lib
-from hypergrad.diagnostics import (
+from metaopt.hypergrad import online as online_lib
+from metaopt.hypergrad.diagnostics import (
     HypergradMonitor,
     MonitorState,
     first_fallback,
     hypergrad_monitor,
     summarize,
 )
-from hypergrad.forward import forward
-from hypergrad.implicit import implicit
-from hypergrad.inner import optax_inner_loop
-from hypergrad.problems import BilevelProblem, get_problem
-from hypergrad.transforms import to_hparams, to_theta
-from hypergrad.types import Estimator, HParams, PyTree, tree_norm, tree_vdot
-from hypergrad.unrolled import run_inner, unrolled
+from metaopt.hypergrad.forward import forward
+from metaopt.hypergrad.implicit import implicit
+from metaopt.hypergrad.inner import optax_inner_loop
+from metaopt.hypergrad.problems import BilevelProblem, get_problem
+from metaopt.hypergrad.transforms import to_hparams, to_theta
+from metaopt.hypergrad.types import Estimator, HParams, PyTree, tree_norm, tree_vdot
+from metaopt.hypergrad.unrolled import run_inner, unrolled
 
 METHODS: tuple[str, ...] = ("unrolled", "forward", "implicit", "online")
 
@@ -70,7 +70,7 @@ class HPOState(NamedTuple):
     theta: unconstrained meta-parameters.
     meta_state: the meta-optimizer state.
     start: the next inner run's start (initial params, or the last params if warm).
-    monitor: :class:`hypergrad.diagnostics.MonitorState`.
+    monitor: :class:`metaopt.hypergrad.diagnostics.MonitorState`.
     best_value: lowest validation loss seen.
     best_theta: ``theta`` that reached it.
     count: outer steps taken (scalar, no ``[N]`` axis).
@@ -109,7 +109,7 @@ def gradient_hpo(
     estimator: ``estimator(hparams, start, key) -> HypergradResult`` (see
       :func:`make_estimator`).
     init_start: ``key -> start`` for an inner run (e.g. ``problem.init_params``).
-    spec: bijectors, ``hparams = to_hparams(theta, spec)`` (``hypergrad.transforms``).
+    spec: bijectors, ``hparams = to_hparams(theta, spec)`` (``metaopt.hypergrad.transforms``).
     meta_optimizer: optax optimizer on ``theta``.
     fixed: hyperparameters held constant (merged under the searched ones).
     warm_start: start each inner run from the previous run's final params (greedy /
@@ -230,7 +230,7 @@ def make_estimator(
   applies the implicit function theorem on ``problem.full_batch``.
 
   Args:
-    problem: a ``hypergrad.problems.BilevelProblem``.
+    problem: a ``metaopt.hypergrad.problems.BilevelProblem``.
     method: ``"unrolled"``, ``"forward"`` or ``"implicit"``.
     inner_steps: inner optimizer steps ``T`` per outer step.
     truncate: unrolled / forward: differentiate only the last ``truncate`` steps.

@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from hypergrad.types import (
+from metaopt.hypergrad.types import (
     HParams,
     HypergradResult,
     PyTree,

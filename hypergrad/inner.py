@@ -2,12 +2,12 @@
 
 The bilevel view of hyperparameter optimization (Domke 2012; Maclaurin et al. 2015) needs
 an inner training step that is a differentiable function of the hyperparameters. Two
-builders make an :class:`hypergrad.types.InnerLoop`:
+builders make an :class:`metaopt.hypergrad.types.InnerLoop`:
 
 * :func:`optax_inner_loop` from a training loss ``loss(params, hparams, batch)`` and an
   optimizer factory ``hparams -> optax.GradientTransformation`` (typically
   ``optax.inject_hyperparams(optax.sgd)(learning_rate=h["learning_rate"], ...)``);
-* :func:`trial_fns_inner_loop` from a task's ``TrialFns`` (``tasks.supervised``).
+* :func:`trial_fns_inner_loop` from a task's ``TrialFns`` (``metaopt.tasks.supervised``).
 
 ``optax.inject_hyperparams`` keeps its hyperparameters in ``opt_state.hyperparams`` and
 *ignores* the values the optimizer is rebuilt with after ``init``. Differentiating through a
@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from hypergrad.types import HParams, InnerLoop, PyTree
+from metaopt.hypergrad.types import HParams, InnerLoop, PyTree
 
 _INJECT_STATES = (optax.InjectHyperparamsState, optax.InjectStatefulHyperparamsState)
 
@@ -115,10 +115,10 @@ def trial_fns_inner_loop(
   gets the whole train state, e.g. ``lambda s, h: fns.evaluate(s, xv, yv, h)["loss"]``.
 
   Args:
-    fns: ``tasks.TrialFns``.
+    fns: ``metaopt.tasks.TrialFns``.
     optimizer: the task's optimizer factory (``lambda h: tasks.make_optimizer(name, h,
       defaults)``). When given, each step refreshes ``state["opt_state"]``'s injected
-      hyperparameters from ``h`` (``tasks.supervised`` reads them from the state set at
+      hyperparameters from ``h`` (``metaopt.tasks.supervised`` reads them from the state set at
       ``init``, so without this only a full unroll from ``init`` sees the learning rate).
 
   Returns:

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from hypergrad.types import PyTree, tree_norm, tree_vdot
+from metaopt.hypergrad.types import PyTree, tree_norm, tree_vdot
 
 
 class SgdHdState(NamedTuple):

@@ -1,7 +1,7 @@
 """Bilevel problems for hypergradient methods: ridge, logistic regression, an MLP on digits.
 
 A :class:`BilevelProblem` bundles pure functions of ``(params, hparams)`` over data closed
-over at build time (small, bundled datasets from ``tasks.load_dataset``):
+over at build time (small, bundled datasets from ``metaopt.tasks.load_dataset``):
 
 * ``init_params(key) -> params``;
 * ``train_loss(params, hparams, batch)`` with ``batch`` an index array into the train split;
@@ -9,7 +9,7 @@ over at build time (small, bundled datasets from ``tasks.load_dataset``):
 * ``optimizer(hparams) -> optax.GradientTransformation`` for the inner loop;
 * ``sample(key, T) -> xs``: ``T`` minibatches of indices, the scan inputs of an unroll;
 * ``full_batch``: every training index (implicit differentiation solves on it);
-* ``hparams`` (a default starting point) and ``spec`` (bijectors, ``hypergrad.transforms``).
+* ``hparams`` (a default starting point) and ``spec`` (bijectors, ``metaopt.hypergrad.transforms``).
 
 Ridge regression has closed forms (:func:`ridge_solution`, :func:`ridge_hypergrad`) for
 checking implicit differentiation (Pedregosa 2016). Floating dtypes follow the parameters,
@@ -26,8 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from hypergrad.inner import sgd, tree_sgd
-from hypergrad.types import HParams, PyTree
+from metaopt.hypergrad.inner import sgd, tree_sgd
+from metaopt.hypergrad.types import HParams, PyTree
 
 
 class BilevelProblem(NamedTuple):
@@ -124,7 +124,7 @@ def logreg(dataset: str = "breast_cancer", batch_size: int = 64, per_feature_l2:
   """Multinomial logistic regression with an L2 penalty ``½ Σ_j λ_j ||W_j||²`` in the loss.
 
   Args:
-    dataset: a ``tasks.load_dataset`` name with classes (``breast_cancer``, ``wine``,
+    dataset: a ``metaopt.tasks.load_dataset`` name with classes (``breast_cancer``, ``wine``,
       ``digits``; images are flattened).
     batch_size: minibatch size of ``sample``.
     per_feature_l2: one L2 strength per input feature (Lorraine et al.'s many-hyperparameter
@@ -134,7 +134,7 @@ def logreg(dataset: str = "breast_cancer", batch_size: int = 64, per_feature_l2:
   Returns:
     A problem with ``hparams = {learning_rate, momentum, l2}`` and SGD (injected).
   """
-  from tasks import load_dataset
+  from metaopt.tasks import load_dataset
 
   data = load_dataset(dataset, data_dir)
   x = data.train.x.reshape(len(data.train), -1)
@@ -179,7 +179,7 @@ def mlp(dataset: str = "digits", widths: Sequence[int] = (128, 128), batch_size:
   """A ReLU MLP (``64-128-128-10`` on digits) trained by SGD + momentum + weight decay.
 
   Args:
-    dataset: a ``tasks.load_dataset`` classification dataset (inputs flattened).
+    dataset: a ``metaopt.tasks.load_dataset`` classification dataset (inputs flattened).
     widths: hidden layer widths.
     batch_size: minibatch size of ``sample``.
     per_layer: learning rate and weight decay are dicts ``{"layer_i": value}`` (one per
@@ -192,7 +192,7 @@ def mlp(dataset: str = "digits", widths: Sequence[int] = (128, 128), batch_size:
   Returns:
     A problem with ``hparams = {learning_rate, momentum, weight_decay}`` and ``tree_sgd``.
   """
-  from tasks import load_dataset
+  from metaopt.tasks import load_dataset
 
   data = load_dataset(dataset, data_dir)
   x = data.train.x.reshape(len(data.train), -1)

@@ -8,7 +8,7 @@ positive hyperparameter is ``exp(theta)``, one in ``(0, 1)`` is ``sigmoid(theta)
 A *spec* is a pytree prefix of ``hparams`` whose leaves are :class:`Bijector`\\ s or their
 names (``"identity"``, ``"log"``, ``"logit"``); one bijector applies to a whole subtree
 (e.g. ``{"learning_rate": "log"}`` for a dict of per-layer learning rates).
-:func:`spec_from_space` derives a spec from a ``spaces.Space``.
+:func:`spec_from_space` derives a spec from a ``metaopt.spaces.Space``.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from hypergrad.types import HParams, PyTree
+from metaopt.hypergrad.types import HParams, PyTree
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,10 +103,10 @@ def to_theta(hparams: HParams, spec: PyTree) -> PyTree:
 
 def spec_from_space(space: Any, names: Sequence[str] | None = None,
                     bounded: bool = False) -> dict[str, Bijector]:
-  """A bijector per differentiable (``Float``) parameter of a ``spaces.Space``.
+  """A bijector per differentiable (``Float``) parameter of a ``metaopt.spaces.Space``.
 
   Args:
-    space: a ``spaces.Space``.
+    space: a ``metaopt.spaces.Space``.
     names: parameters to include (default: every ``Float``).
     bounded: keep values inside the space's bounds (``log_interval`` / ``interval``)
       rather than only positive (``log``) or unconstrained (``identity``).
@@ -116,9 +116,9 @@ def spec_from_space(space: Any, names: Sequence[str] | None = None,
 
   Raises:
     ValueError: a named parameter is not a ``Float`` (``Int``/``Choice`` are discrete, see
-      ``hypergrad.diagnostics.nondifferentiable``) or is unknown.
+      ``metaopt.hypergrad.diagnostics.nondifferentiable``) or is unknown.
   """
-  from spaces import Float
+  from metaopt.spaces import Float
 
   names = list(names) if names is not None else [
       n for n, p in space.params.items() if isinstance(p, Float)]

@@ -44,7 +44,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from hypergrad.types import (
+from metaopt.hypergrad.types import (
     HParams,
     HypergradResult,
     InnerLoop,
@@ -297,7 +297,7 @@ def unrolled(
   """Reverse-mode hypergradient of ``val_loss(params_T, hparams)`` through ``T`` steps.
 
   Args:
-    inner: the inner loop (see ``hypergrad.optax_inner_loop``).
+    inner: the inner loop (see ``metaopt.hypergrad.optax_inner_loop``).
     val_loss: ``val_loss(params, hparams) -> scalar`` on ``inner.params(state_T)``.
     truncate: back-propagate only through the last ``truncate`` steps (Shaban et al.
       2019); ``None`` or ``>= T`` is the full unroll.

@@ -1,6 +1,6 @@
 """Search spaces: the hyperparameter DSL, its unit-cube encoding, and NAS cell spaces."""
 
-from spaces._src.nas import (
+from metaopt.spaces._src.nas import (
     DARTS_OPS,
     NB201_MINI_OPS,
     NB201_OPS,
@@ -13,7 +13,7 @@ from spaces._src.nas import (
     mixing_weights,
     nb201_space,
 )
-from spaces._src.space import Choice, Fixed, Float, Int, Param, Space, from_spec, to_spec
+from metaopt.spaces._src.space import Choice, Fixed, Float, Int, Param, Space, from_spec, to_spec
 
 __all__ = [
     "Choice", "Fixed", "Float", "Int", "Param", "Space", "from_spec", "to_spec",

@@ -1,6 +1,6 @@
 """Tasks: what a trial trains (Flax models, TFDS data, losses) and the task registry."""
 
-from tasks._src.base import (
+from metaopt.tasks._src.base import (
     ACTIVATIONS,
     OPTIMIZERS,
     SCHEDULES,
@@ -12,14 +12,14 @@ from tasks._src.base import (
     telemetry,
     with_hyperparams,
 )
-from tasks._src.custom import (
+from metaopt.tasks._src.custom import (
     as_dataset,
     dataset_from_arrays,
     dataset_from_sources,
     from_flax,
     import_task,
 )
-from tasks._src.data import (
+from metaopt.tasks._src.data import (
     DATASETS,
     PROCEDURAL,
     Dataset,
@@ -29,7 +29,7 @@ from tasks._src.data import (
     load_dataset,
     resolve_dataset,
 )
-from tasks._src.library import (
+from metaopt.tasks._src.library import (
     TASKS,
     digits_cnn,
     digits_mlp,
@@ -41,7 +41,7 @@ from tasks._src.library import (
     register_task,
     synthetic_regression,
 )
-from tasks._src.nas_models import Network, Op, cell_layout, count_params
+from metaopt.tasks._src.nas_models import Network, Op, cell_layout, count_params
 
 __all__ = [
     "as_dataset", "dataset_from_arrays", "dataset_from_sources", "from_flax", "import_task",
@@ -54,7 +54,7 @@ __all__ = [
 ]
 
 # Task families for learned optimizers (metaopt.lopt).
-from tasks._src.families import (  # noqa: E402
+from metaopt.tasks._src.families import (  # noqa: E402
     FAMILIES,
     HELDOUT_FAMILIES,
     TRAIN_FAMILIES,

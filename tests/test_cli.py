@@ -15,7 +15,7 @@ from cli_batch import snapshot
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 SMALL = """
-from configs import quickstart
+from metaopt.configs import quickstart
 
 def get_config():
   c = quickstart.get_config()
@@ -293,7 +293,7 @@ def test_report_on_a_missing_store_is_one_line_and_creates_nothing(tmp_path):
 
 def test_parallel_axes_are_labelled_in_parameter_values():
   from metaopt._src.report import _axis_ticks
-  from spaces import Choice, Float
+  from metaopt.spaces import Choice, Float
   ticks = _axis_ticks(Float(1e-4, 1e-1, log=True))
   assert [t[1] for t in ticks] == ["0.0001", "0.001", "0.01", "0.1"]
   np.testing.assert_allclose([t[0] for t in ticks], [0, 1 / 3, 2 / 3, 1], atol=1e-9)  # log axis

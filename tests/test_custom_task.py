@@ -13,8 +13,8 @@ import pytest
 from sklearn.datasets import load_digits, load_wine
 
 import metaopt
-import tasks
-from spaces import Float, Int, Space
+from metaopt import tasks
+from metaopt.spaces import Float, Int, Space
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -106,14 +106,14 @@ def test_data_forms_structure_and_bad_input():
       tasks.from_flax(**args)
     assert msg in str(e.value), (msg, str(e.value))
   with pytest.raises(ValueError, match="cannot import 'nope' from 'tasks'"):
-    tasks.get_task("tasks:nope")
+    tasks.get_task("metaopt.tasks:nope")
 
 
 USER_MODULE = '''
 import flax.linen as nn, optax
 from sklearn.datasets import load_wine
-import tasks
-from spaces import Float, Space
+from metaopt import tasks
+from metaopt.spaces import Float, Space
 
 d = load_wine()
 task = tasks.from_flax(nn.Sequential([nn.Dense(8), nn.relu, nn.Dense(3)]),

@@ -14,7 +14,7 @@ import pytest
 import tensorflow_datasets as tfds
 from sklearn import datasets as skd
 
-from tasks._src.data import DATASETS, Dataset, default_data_dir, load_dataset
+from metaopt.tasks._src.data import DATASETS, Dataset, default_data_dir, load_dataset
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # name -> (source rows, x shape of one example, num_classes)
@@ -178,7 +178,7 @@ def test_prepared_through_tfds_as_array_record(loaded, fresh_dir, name):
 _RACED = ("digits", "breast_cancer")
 _CHILD = textwrap.dedent(f"""
     import json, sys
-    from tasks._src.data import load_dataset
+    from metaopt.tasks._src.data import load_dataset
     print(json.dumps({{n: load_dataset(n, sys.argv[1]).checksum for n in {_RACED!r}}}))
 """)
 

@@ -9,8 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import tasks
-from tasks import from_arrays, get_task, load_dataset
+from metaopt import tasks
+from metaopt.tasks import from_arrays, get_task, load_dataset
 
 
 def _arrays(n=60, shape=(5,), classes=3, seed=0):

@@ -12,7 +12,7 @@ import pytest
 import metaopt
 from metaopt._src import population as pop
 from metaopt._src.evaluators import compaction_size
-from tasks import get_task
+from metaopt.tasks import get_task
 
 COMPILES: collections.Counter = collections.Counter()
 

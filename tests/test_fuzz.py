@@ -14,11 +14,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import metaopt
-import tasks
-from configs import quickstart
+from metaopt import tasks
 from metaopt._src import config as config_lib
 from metaopt._src import registry
-from spaces import from_spec
+from metaopt.configs import quickstart
+from metaopt.spaces import from_spec
 
 SETTINGS = settings(max_examples=80, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.too_slow,

@@ -11,9 +11,9 @@ import optax
 import pytest
 from jax.flatten_util import ravel_pytree
 
-import hypergrad
-from hypergrad import problems
-from hypergrad.unrolled import run_inner
+from metaopt import hypergrad
+from metaopt.hypergrad import problems
+from metaopt.hypergrad.unrolled import run_inner
 
 
 @pytest.fixture
@@ -197,7 +197,7 @@ def test_chaotic_unroll_is_flagged():
 
 
 def test_trial_fns_adapter_on_logreg_task():
-  import tasks
+  from metaopt import tasks
 
   task = tasks.get_task("logreg")
   fns = task.build({})
@@ -355,7 +355,7 @@ def test_hd_composes_in_an_optax_chain():
 
 # ------------------------------------------------------------------------- transforms, spaces
 def test_transforms_round_trip_and_spaces():
-  from spaces import Choice, Float, Int, Space
+  from metaopt.spaces import Choice, Float, Int, Space
 
   spec = {"lr": "log", "mom": "logit", "w": hypergrad.interval(-1.0, 2.0),
           "wd": hypergrad.log_interval(1e-6, 1e-1), "per_layer": "log"}
@@ -430,7 +430,7 @@ CONFIGS = ["unrolled", "implicit", "online"]
 def _small_config(name):
   import importlib
 
-  config = importlib.import_module(f"configs.hypergrad_{name}").get_config()
+  config = importlib.import_module(f"metaopt.configs.hypergrad_{name}").get_config()
   config.outer_steps, config.population, config.inner_steps = 2, 2, 5
   if name == "unrolled":
     config.estimator.remat = "none"  # compiles faster; remat is checked above
@@ -464,5 +464,5 @@ def test_docstring_examples(module):
   import doctest
   import importlib
 
-  result = doctest.testmod(importlib.import_module(f"hypergrad.{module}"))
+  result = doctest.testmod(importlib.import_module(f"metaopt.hypergrad.{module}"))
   assert result.failed == 0 and result.attempted > 0

@@ -5,9 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tasks import get_task
-from tasks._src import images32
-from tasks._src.library import augment
+from metaopt.tasks import get_task
+from metaopt.tasks._src import images32
+from metaopt.tasks._src.library import augment
 
 
 def test_blocks_are_deterministic_balanced_uint8_images():
@@ -75,8 +75,8 @@ def test_resnet_task_trains_with_a_key_per_trial():
 
 @pytest.mark.slow
 def test_images32_5k_loads_lazily_with_a_checksum():
-  from tasks import load_dataset
-  from tasks._src.data import SourceArray
+  from metaopt.tasks import load_dataset
+  from metaopt.tasks._src.data import SourceArray
   ds = load_dataset("images32_5k")
   assert (len(ds.train), len(ds.valid), len(ds.test)) == (5000, 5000, 5000)
   assert isinstance(ds.train.x, SourceArray) and ds.input_shape == (32, 32, 3)

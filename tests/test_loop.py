@@ -22,8 +22,8 @@ import numpy as np
 import pytest
 
 import metaopt
-from spaces import Choice, Float, Space
-from tasks import get_task
+from metaopt.spaces import Choice, Float, Space
+from metaopt.tasks import get_task
 
 HERE = os.path.dirname(__file__)
 with open(os.path.join(HERE, "data", "engine_pin_8e022cd.json")) as f:

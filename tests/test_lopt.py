@@ -15,8 +15,8 @@ import numpy as np
 import optax
 import pytest
 
-import tasks
 from metaopt import lopt as L
+from metaopt import tasks
 from metaopt._src.store import Store
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -287,7 +287,7 @@ def test_task_family_vmaps_like_a_loop():
     ("lopt_name", "velo", "'lopt_name'.*mlp"),
 ])
 def test_bad_config_is_one_value_error(field, value, match):
-  from configs import lopt_meta_train
+  from metaopt.configs import lopt_meta_train
   cfg = lopt_meta_train.get_config().to_dict()
   cfg[field] = value
   with pytest.raises(ValueError, match=match):
@@ -295,7 +295,7 @@ def test_bad_config_is_one_value_error(field, value, match):
 
 
 def test_apply_config_without_meta_params(tmp_path):
-  from configs import lopt_apply
+  from metaopt.configs import lopt_apply
   cfg = lopt_apply.get_config().to_dict()
   cfg["meta_params"] = str(tmp_path / "missing")
   with pytest.raises(ValueError, match="'meta_params'.*lopt_meta_train"):

@@ -13,7 +13,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = """
 import json, sys
 import jax, jax.numpy as jnp, numpy as np
-import tasks
+from metaopt import tasks
 from metaopt._src import population as pop
 from metaopt._src import mesh2d
 assert jax.device_count() == 8, jax.devices()
@@ -66,7 +66,7 @@ def test_bad_mesh_arguments():
   import jax
 
   from metaopt._src import mesh2d
-  from tasks import get_task
+  from metaopt.tasks import get_task
 
   with pytest.raises(ValueError, match="data_size=0: must be an integer >= 1"):
     mesh2d.population_data_mesh(1, 0)
@@ -84,7 +84,7 @@ def test_bfloat16_compute_keeps_float32_params_and_tracks_float32():
   import numpy as np
 
   from metaopt._src import mesh2d
-  from tasks import get_task
+  from metaopt.tasks import get_task
 
   task = get_task("digits_mlp")
   fns = task.build({})

@@ -8,8 +8,8 @@ import pytest
 
 import metaopt
 from metaopt import Store
-from tasks import get_task, load_dataset
-from tasks._src.library import Conv1D
+from metaopt.tasks import get_task, load_dataset
+from metaopt.tasks._src.library import Conv1D
 
 # sha256 of our float32 splits (train, valid, test: x then y), pinned: a change in the
 # mnist1d package's generator or in our split changes the store's data version.

@@ -14,7 +14,7 @@ import pytest
 
 import metaopt
 from metaopt._src import population as pop
-from tasks import get_task
+from metaopt.tasks import get_task
 
 CASES = {  # name -> (task, structure, hyperparameters)
     "healthy": ("digits_mlp", {"depth": 2}, {"learning_rate": 3e-3, "activation": 0}),

@@ -9,8 +9,8 @@ import pytest
 
 import metaopt
 from metaopt import Checkpointer
-from spaces import Float, Space
-from tasks import Dataset, Split, Task, TrialFns, get_task
+from metaopt.spaces import Float, Space
+from metaopt.tasks import Dataset, Split, Task, TrialFns, get_task
 
 
 def test_rungs():

@@ -164,7 +164,7 @@ def digits_hpo():
   """Two-objective HPO on digits: (validation error, forward FLOPs per example) of a flax MLP
   whose hidden width, learning rate and weight decay come from ``u[:, 0:3]``; a batch of
   points trains as one vmapped kernel (80 full-batch Adam steps)."""
-  from tasks._src.data import load_dataset
+  from metaopt.tasks._src.data import load_dataset
   ds = load_dataset("digits")
   xt, yt = jnp.asarray(ds.train.x.reshape(len(ds.train), -1)), jnp.asarray(ds.train.y)
   xv, yv = jnp.asarray(ds.valid.x.reshape(len(ds.valid), -1)), jnp.asarray(ds.valid.y)
@@ -252,7 +252,7 @@ def test_search_with_two_objectives_end_to_end(tmp_path):
   """A study declaring (accuracy up, live weights down): the searcher is told both, the
   store keeps both (and gives them back after reopening), the Result gives the front and
   its hypervolume; a single-objective searcher is refused before anything compiles."""
-  from tasks import get_task
+  from metaopt.tasks import get_task
   task = get_task("digits_mlp")
   objs = [("valid_accuracy", "maximize"), ("live_weights", "minimize")]
   with pytest.raises(ValueError, match="cannot be told 2 objectives"):
@@ -311,7 +311,7 @@ def test_constraints_combine_with_several_objectives():
 
 @pytest.mark.slow  # ~6 s; the end-to-end study covers the vector tell through the loop
 def test_pareto_pruner_keeps_trials_non_dominated_at_their_rung(tmp_path):
-  from tasks import get_task
+  from metaopt.tasks import get_task
   task = get_task("digits_mlp")
   objs = [("valid_accuracy", "maximize"), ("live_weights", "minimize")]
   prog = metaopt.with_pruning(metaopt.random_search(task.space.dim),
@@ -397,8 +397,8 @@ def test_blackbox_nas_searches_accuracy_and_flops(tmp_path):
 
 
 def test_config_declares_objectives_and_refuses_mismatches():
-  from configs import nsga2_mlp
   from metaopt._src import config as config_lib
+  from metaopt.configs import nsga2_mlp
   cfg = nsga2_mlp.get_config().to_dict()
   program, _, _, kwargs = config_lib.build(cfg)
   assert kwargs["objectives"] == [("valid_accuracy", "maximize"), ("live_weights", "minimize")]
@@ -418,7 +418,7 @@ def test_config_declares_objectives_and_refuses_mismatches():
 def test_readme_several_objectives_example_runs(tmp_path):
   import re
 
-  import tasks
+  from metaopt import tasks
   readme = open("README.md").read()
   (code,) = [b for b in re.findall(r"```py\n(.*?)```", readme, re.S) if "nsga2" in b]
   small = code.replace("n_trials=64, population=16, epochs=9",

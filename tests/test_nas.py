@@ -20,10 +20,10 @@ import pytest
 
 import metaopt
 from metaopt import nas
-from spaces import NB201_MINI_OPS, Genotype, count_ops, darts_space, discretize, nb201_space
-from tasks import load_dataset
-from tasks._src.data import Dataset, Split
-from tasks._src.nas_models import MixedOp, Network, Op, count_params
+from metaopt.spaces import NB201_MINI_OPS, Genotype, count_ops, darts_space, discretize, nb201_space
+from metaopt.tasks import load_dataset
+from metaopt.tasks._src.data import Dataset, Split
+from metaopt.tasks._src.nas_models import MixedOp, Network, Op, count_params
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 MINI = nb201_space(NB201_MINI_OPS)
@@ -330,7 +330,7 @@ def test_param_cost_table_matches_derived_networks(digits):
     ("fallback", {"searcher": "annealing"}, "evolution"),
     ("fallback", {"trials": 0}, ">= 1")])
 def test_bad_config_raises_one_value_error(field, value, allowed):
-  from configs import darts_shapes
+  from metaopt.configs import darts_shapes
   cfg = darts_shapes.get_config().to_dict()
   cfg[field] = value
   with pytest.raises(ValueError, match=field) as e:

@@ -17,7 +17,7 @@ import pytest
 import sqlalchemy as sa
 
 import metaopt
-import tasks
+from metaopt import tasks
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -130,7 +130,8 @@ def test_duplicate_trial_number_rolls_back_whole_round(url):
 
 
 WORKER = """
-import sys, metaopt, tasks
+import sys, metaopt
+from metaopt import tasks
 task = tasks.get_task("digits_mlp")
 metaopt.worker(metaopt.random_search(task.space.dim), task, store=sys.argv[1], study="pg",
                n_trials=16, population=4, epochs=2, batch_size=128, seed=2,

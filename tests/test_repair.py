@@ -26,7 +26,7 @@ from metaopt.repair import (
     repair_space,
     trial_conditions,
 )
-from tasks import get_task
+from metaopt.tasks import get_task
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPACE = repair_space()

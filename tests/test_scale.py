@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import metaopt
-import tasks
+from metaopt import tasks
 from metaopt._src.checkpoint import Checkpointer
 from metaopt._src.evaluate import evaluate_top
 from metaopt._src.report import compute_summary, write_report
@@ -23,7 +23,7 @@ from metaopt._src.report import compute_summary, write_report
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 CONFIG = """
-from configs import quickstart
+from metaopt.configs import quickstart
 
 def get_config():
   c = quickstart.get_config()
@@ -444,7 +444,8 @@ def test_compute_is_recorded_reported_and_ensembles_evaluate(tmp_path):
 # ----------------------------------------------------------------------------- multi-host
 MULTIHOST = """
 import json, sys
-import metaopt, tasks
+import metaopt
+from metaopt import tasks
 nproc, pid, port, db, ck = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
 if nproc > 1:
   metaopt.initialize_distributed(f"127.0.0.1:{port}", nproc, pid)

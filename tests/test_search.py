@@ -10,8 +10,8 @@ import pytest
 import metaopt
 from metaopt import Store
 from metaopt._src import population as pop
-from spaces import Choice, Fixed, Float, Int, Space
-from tasks import get_task
+from metaopt.spaces import Choice, Fixed, Float, Int, Space
+from metaopt.tasks import get_task
 
 
 @pytest.fixture(scope="module")
@@ -307,7 +307,7 @@ def _buggy(task, broken_depths):
   while tracing (adding arrays of shapes (3,) and (4,)); depth is structural."""
   import dataclasses
 
-  from tasks import TrialFns
+  from metaopt.tasks import TrialFns
 
   def build(structure):
     fns = task.build(structure)

@@ -10,7 +10,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = """
 import json, sys
 import jax
-import metaopt, tasks
+import metaopt
+from metaopt import tasks
 n_dev = int(sys.argv[1])
 assert jax.device_count() == 8, jax.devices()
 task = tasks.get_task("digits_mlp")
@@ -43,7 +44,7 @@ JAX_FN = """
 import json
 import jax, jax.numpy as jnp
 import metaopt
-from spaces import Float, Space
+from metaopt.spaces import Float, Space
 assert jax.device_count() == 8, jax.devices()
 
 def train(h, key):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 
-from spaces import Choice, Fixed, Float, Int, Space, from_spec, to_spec
+from metaopt.spaces import Choice, Fixed, Float, Int, Space, from_spec, to_spec
 
 
 def _space():

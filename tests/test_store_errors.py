@@ -13,8 +13,8 @@ import pytest
 from cli_batch import ROOT, run_batch, snapshot
 
 import metaopt
-from configs import quickstart
 from metaopt._src import config as config_lib
+from metaopt.configs import quickstart
 
 
 def _study_store(path: str, n_trials: int = 4) -> None:

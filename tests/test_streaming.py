@@ -9,7 +9,7 @@ import pytest
 import metaopt
 from metaopt._src import population as pop
 from metaopt._src import streaming
-from tasks import from_arrays, get_task
+from metaopt.tasks import from_arrays, get_task
 
 
 @pytest.fixture(scope="module")

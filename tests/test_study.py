@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import metaopt
-from spaces import Choice, Float, Int, Space
+from metaopt.spaces import Choice, Float, Int, Space
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

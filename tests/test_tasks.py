@@ -6,8 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import tasks
-from tasks import get_task
+from metaopt import tasks
+from metaopt.tasks import get_task
 
 
 def _h(task, **over):
@@ -164,7 +164,7 @@ def test_changed_hyperparameters_take_effect_mid_training():
 
 
 def test_learning_rate_schedules_follow_their_closed_form():
-  from tasks._src.base import SCHEDULES, lr_factor
+  from metaopt.tasks._src.base import SCHEDULES, lr_factor
   h = {"lr_schedule": jnp.asarray(SCHEDULES.index("cosine")), "schedule_steps": 100.0,
        "lr_end": 0.1}
   for step, want in ((0, 1.0), (50, 0.1 + 0.9 * 0.5), (100, 0.1), (300, 0.1)):
@@ -177,7 +177,7 @@ def test_learning_rate_schedules_follow_their_closed_form():
 
 
 def test_multi_step_fine_tuning_stages_follow_their_closed_form():
-  from tasks._src.base import finetune_factor, finetune_stage
+  from metaopt.tasks._src.base import finetune_factor, finetune_stage
   h = {"finetune_steps": jnp.asarray(3), "finetune_fraction": 0.2, "schedule_steps": 100.0,
        "finetune_lr": 0.1}
   stages = [int(finetune_stage(jnp.asarray(t), h)) for t in (0, 59, 60, 79, 80, 99, 500)]
@@ -219,7 +219,7 @@ def test_fine_tuning_with_a_frozen_body_updates_only_the_output_layer(freeze):
 
 
 def test_gradient_clipping_bounds_the_global_norm():
-  from tasks._src.base import clip_gradients
+  from metaopt.tasks._src.base import clip_gradients
   g = {"a": jnp.full((3,), 4.0), "b": jnp.full((4,), 3.0)}  # norm sqrt(48 + 36)
   c = clip_gradients(g, {"clip_norm": 2.0})
   norm = float(jnp.sqrt(sum(jnp.sum(v ** 2) for v in c.values())))

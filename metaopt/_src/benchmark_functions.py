@@ -7,7 +7,7 @@ rescaling to the function's usual domain inside, so any searcher of metaopt runs
 * Hartmann-6 (Hartmann 1973; Dixon & Szego 1978), on ``[0, 1]^6``: minimum -3.32237.
 * Rosenbrock (Rosenbrock 1960), d-dimensional on ``[-5, 10]^d``: minimum 0 at ``x = 1``.
 * ``mixed``: two categorical index coordinates (3 and 4 choices, decoded as in
-  ``spaces.Choice``: ``floor(u * k)``) and two continuous ones whose optimum moves with the
+  ``metaopt.spaces.Choice``: ``floor(u * k)``) and two continuous ones whose optimum moves with the
   first category; minimum 0. ``MIXED_LEVELS`` gives the number of choices per coordinate
   (0 = continuous), the ``levels`` argument of ``grid`` and ``regularized_evolution``.
 * Sphere: ``sum((u - 0.3)^2)``, minimum 0.

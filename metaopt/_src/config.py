@@ -13,8 +13,8 @@ from typing import Any
 from metaopt._src import registry
 from metaopt._src.combinators import with_pruning
 from metaopt._src.types import Result, Searcher
-from spaces import Space, from_spec
-from tasks import TASKS, Task, get_task
+from metaopt.spaces import Space, from_spec
+from metaopt.tasks import TASKS, Task, get_task
 
 FIELDS: dict[str, str] = {
     "name": "study name in the store",

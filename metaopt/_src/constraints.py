@@ -8,8 +8,8 @@ from typing import Any
 import jax
 import numpy as np
 
-from spaces import Space
-from tasks import Task
+from metaopt.spaces import Space
+from metaopt.tasks import Task
 
 
 def param_counter(task: Task, space: Space | None = None) -> Callable[[dict[str, Any]], int]:

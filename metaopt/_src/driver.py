@@ -37,8 +37,8 @@ from metaopt._src.objectives import OBJECTIVES, check_objectives
 from metaopt._src.provenance import code_version, hardware
 from metaopt._src.store import Store
 from metaopt._src.types import Result, Searcher
-from spaces import Space
-from tasks import Task
+from metaopt.spaces import Space
+from metaopt.tasks import Task
 
 __all__ = ["OBJECTIVES", "code_version", "enable_compilation_cache", "hardware", "search"]
 
@@ -91,7 +91,7 @@ def search(
 
   Args:
     program: the black-box search program (``init/ask/tell`` and optional ``observe``).
-    task: what each trial runs: a :class:`tasks.Task` (trained as population kernels) or
+    task: what each trial runs: a :class:`metaopt.tasks.Task` (trained as population kernels) or
       any :class:`metaopt.Evaluator` (:class:`metaopt.JaxEvaluator`,
       :class:`metaopt.CallableEvaluator`, ...). Its ``space`` is searched unless ``space``
       is given.

@@ -24,8 +24,8 @@ from metaopt._src import population as pop
 from metaopt._src.evaluators import group
 from metaopt._src.loop import trial_seed
 from metaopt._src.store import Store, _clean
-from spaces import Space
-from tasks import Task
+from metaopt.spaces import Space
+from metaopt.tasks import Task
 
 
 def _class_probs(fns, n_classes: int):

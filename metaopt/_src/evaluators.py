@@ -4,7 +4,7 @@ An :class:`Evaluator` advances a batch of trials one *epoch* (chunk) at a time; 
 loop (``loop.py``) owns everything else: asking, decoding, recording, pruning and PBT
 between epochs, checkpoints and telling. Four evaluators ship with metaopt:
 
-* :class:`TaskEvaluator`: a bundled :class:`tasks.Task`, trained as compiled population
+* :class:`TaskEvaluator`: a bundled :class:`metaopt.tasks.Task`, trained as compiled population
   kernels (one per structural group; a loop over live trials on one CPU device, ``vmap``
   sharded over the devices on accelerators);
 * :class:`JaxEvaluator`: a user's pure JAX function, either ``train(h, key) -> metrics``
@@ -34,8 +34,8 @@ import numpy as np
 
 from metaopt._src import population as pop
 from metaopt._src import streaming
-from spaces import Space
-from tasks import Task
+from metaopt.spaces import Space
+from metaopt.tasks import Task
 
 PyTree = Any
 Metrics = dict[str, Any]
@@ -376,7 +376,7 @@ class _TaskState:
 
 
 class TaskEvaluator(Evaluator):
-  """A bundled :class:`tasks.Task` trained as population kernels (today's engine).
+  """A bundled :class:`metaopt.tasks.Task` trained as population kernels (today's engine).
 
   Trials are grouped by their structural hyperparameters (one compiled kernel per group,
   padded to a multiple of the device count); each epoch runs every group's kernel once
@@ -651,7 +651,7 @@ def compact(layout, states, alive: np.ndarray, multiple: int = 1, choose=None):
 def as_evaluator(x: Any, *, batch_size: int = 32, shared_batches: bool = True,
                  devices: Sequence[jax.Device] | None = None,
                  compaction: str = "auto") -> Evaluator:
-  """``x`` as an evaluator: a :class:`tasks.Task` becomes a :class:`TaskEvaluator` (with the
+  """``x`` as an evaluator: a :class:`metaopt.tasks.Task` becomes a :class:`TaskEvaluator` (with the
   task-only settings given here), an evaluator is returned as is."""
   if isinstance(x, Task):
     return TaskEvaluator(x, batch_size=batch_size, shared_batches=shared_batches,

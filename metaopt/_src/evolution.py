@@ -62,7 +62,7 @@ def regularized_evolution(dim: int, population_size: int = 32, tournament_size: 
   population). Then each child copies the best of ``tournament_size`` members drawn without
   replacement and mutates ``n_mutations`` distinct coordinates: a continuous coordinate moves
   by ``N(0, mutation_std^2)`` reflected into ``[0, 1]``; a categorical index coordinate
-  (``levels[j] = k > 0``, decoded as ``floor(u * k)`` like ``spaces.Choice``) jumps to the
+  (``levels[j] = k > 0``, decoded as ``floor(u * k)`` like ``metaopt.spaces.Choice``) jumps to the
   midpoint of another of its ``k`` choices. Told complete results join the population,
   replacing the oldest member; failed, pruned and infeasible trials are ignored. A batch's
   children all come from the population as it was at ``ask``.

@@ -281,7 +281,7 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
     grad_steps: Adam steps of that refinement.
     grad_lr: its initial learning rate (cosine-decayed to ``grad_lr / 1000``).
     levels: per coordinate, 0 for continuous or the number of choices ``k`` of a categorical
-      index coordinate (decoded as ``floor(u * k)``, as ``spaces.Choice`` does). Categorical
+      index coordinate (decoded as ``floor(u * k)``, as ``metaopt.spaces.Choice`` does). Categorical
       coordinates get a Hamming kernel, proposals at choice midpoints and an exhaustive
       search over their choices. ``None``: all continuous.
     deterministic: the objective has no noise: the noise variance stays at the floor instead

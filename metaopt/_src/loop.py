@@ -41,7 +41,7 @@ from metaopt._src.types import (
     Decision,
     Searcher,
 )
-from spaces import Space
+from metaopt.spaces import Space
 
 PyTree = Any
 Stop = tuple[int, str, str | None, float | None]  # (trial id, status, reason, objective)

@@ -25,7 +25,7 @@ from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from metaopt._src import population as pop
-from tasks import TrialFns
+from metaopt.tasks import TrialFns
 
 PyTree = Any
 

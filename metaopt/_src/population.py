@@ -38,7 +38,7 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from tasks import Dataset, TrialFns
+from metaopt.tasks import Dataset, TrialFns
 
 PyTree = Any
 

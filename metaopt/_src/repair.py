@@ -49,7 +49,7 @@ import numpy as np
 
 from metaopt._src.monitor import CONDITIONS, FAMILIES, architecture_family, detect_conditions
 from metaopt._src.types import COMPLETE, Decision, Searcher
-from spaces import Choice, Float, Int, Space
+from metaopt.spaces import Choice, Float, Int, Space
 
 ROWS: tuple[str, ...] = (*CONDITIONS, "none")  # "none": no condition detected
 CHANGED = "changed:"  # + a parameter name: a row for models that set it off its default
@@ -91,7 +91,7 @@ class Action:
 def repair_space(max_width: int = 128) -> Space:
   """The expanded repair space of the MLP tasks (``digits_mlp``, ``wine_mlp``,
   ``breast_cancer_mlp``, ``synthetic_regression``)."""
-  from tasks import ACTIVATIONS, SCHEDULES
+  from metaopt.tasks import ACTIVATIONS, SCHEDULES
 
   return Space({
       "optimizer": Choice(["adamw", "sgd"], default="adamw", structural=True),
@@ -587,7 +587,7 @@ def collect_corpus(
   from metaopt._src.driver import search
   from metaopt._src.searchers import points
   from metaopt._src.store import Store
-  from tasks import get_task
+  from metaopt.tasks import get_task
 
   space = repair_space()
   actions = tuple(actions)

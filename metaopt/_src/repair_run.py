@@ -84,7 +84,7 @@ def run_config(cfg: Mapping[str, Any], store: Store, progress: bool = True) -> R
     table_applies,
     trial_conditions,
   )
-  from tasks import get_task
+  from metaopt.tasks import get_task
 
   cfg = validate(cfg)
   task = get_task(cfg["task_name"])

@@ -474,8 +474,8 @@ kernels, and their wall time with compilation excluded, per trial).</p>
 
 def _study_task(cfg: dict) -> tuple[Any, Any]:
   """``(task, space)`` of a study, built once from its config; None where it does not say."""
-  from spaces import from_spec
-  from tasks import get_task
+  from metaopt.spaces import from_spec
+  from metaopt.tasks import get_task
   try:
     task = get_task(cfg["task_name"], **cfg.get("task", {}))
   except (KeyError, TypeError, ValueError):

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from metaopt._src import population as pop
-from tasks import Dataset, TrialFns
+from metaopt.tasks import Dataset, TrialFns
 
 PyTree = Any
 _DEFAULT_BUDGET = 2 << 30

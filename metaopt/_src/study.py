@@ -2,7 +2,7 @@
 
 The vocabulary of Optuna (``create_study``, ``ask``, ``tell``, ``optimize``, ``enqueue``,
 ``best_trial``), Vizier and Ray Tune (a named ``metric`` in a dict of results) over a
-:class:`spaces.Space` and any :class:`metaopt.Searcher`::
+:class:`metaopt.spaces.Space` and any :class:`metaopt.Searcher`::
 
     study = metaopt.create_study(space, "tpe", direction="maximize", seed=0)
     study.optimize(lambda p: train_and_score(**p), n_trials=50)
@@ -52,7 +52,7 @@ from metaopt._src import population as pop
 from metaopt._src import registry
 from metaopt._src.store import Store
 from metaopt._src.types import COMPLETE, FAILED, PRUNED, Searcher, Trial
-from spaces import Choice, Fixed, Float, Int, Space, from_spec, to_spec
+from metaopt.spaces import Choice, Fixed, Float, Int, Space, from_spec, to_spec
 
 DIRECTIONS = ("minimize", "maximize")
 STATES = ("complete", "failed", "pruned")
@@ -260,7 +260,7 @@ class Study:
   """A search over ``space`` driven by ``ask`` / ``tell`` or ``optimize`` (see module doc).
 
   Args:
-    space: the :class:`spaces.Space` searched.
+    space: the :class:`metaopt.spaces.Space` searched.
     searcher: a name in ``metaopt.SEARCHERS`` (``"tpe"``, ``"gp"``, ``"random"``, ...) or a
       :class:`metaopt.Searcher` over ``[0, 1]^space.dim``.
     store: a SQLAlchemy URL or :class:`metaopt.Store`; None keeps the study in memory.

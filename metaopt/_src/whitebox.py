@@ -73,8 +73,8 @@ def run_config(config: Mapping[str, Any], store: Store, progress: bool = True) -
 
 
 def run_whitebox(config: Mapping[str, Any], store: Store) -> dict[str, Any]:
-  """Runs ``hypergrad.run_config(config)`` recording every outer step in ``store``."""
-  import hypergrad
+  """Runs ``metaopt.hypergrad.run_config(config)`` recording every outer step in ``store``."""
+  from metaopt import hypergrad
 
   cfg = validate(config)
   n = int(cfg["population"])
@@ -139,8 +139,8 @@ def fallback_space(cfg: Mapping[str, Any]):
   shares one value): log-scale ``[v/100, 100 v]`` around the start ``v`` for ``log``
   bijectors, ``[1e-3, 0.999]`` for ``logit``, ``[v - 1, v + 1]`` otherwise; the config's
   ``fallback_bounds`` ({name: [lo, hi, log]}) overrides."""
-  import hypergrad
-  from spaces import Float, Space
+  from metaopt import hypergrad
+  from metaopt.spaces import Float, Space
 
   problem = hypergrad.get_problem(cfg["problem_name"], **dict(cfg.get("problem", {})))
   init = dict(cfg.get("init", {}))
@@ -172,7 +172,7 @@ def blackbox_fallback(cfg: Mapping[str, Any], store: Store, study_id: int,
   import jax
   import jax.numpy as jnp
 
-  import hypergrad
+  from metaopt import hypergrad
   from metaopt._src import loop
   from metaopt._src.evaluators import JaxEvaluator
   from metaopt._src.registry import make_searcher

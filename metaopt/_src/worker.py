@@ -42,8 +42,8 @@ from metaopt._src.evaluators import Evaluator, as_evaluator
 from metaopt._src.provenance import code_version, hardware
 from metaopt._src.store import Claim, Store
 from metaopt._src.types import Result, Searcher
-from spaces import Space
-from tasks import Task
+from metaopt.spaces import Space
+from metaopt.tasks import Task
 
 
 class _LeaseLost(Exception):

@@ -23,8 +23,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from spaces import Space
-from tasks._src.data import Dataset
+from metaopt.spaces import Space
+from metaopt.tasks._src.data import Dataset
 
 PyTree = Any
 H = Mapping[str, jax.Array]
@@ -44,7 +44,7 @@ class Task:
 
   Attributes:
     name: registry name.
-    data: the train / valid / test splits (see ``tasks.load_dataset``).
+    data: the train / valid / test splits (see ``metaopt.tasks.load_dataset``).
     space: default hyperparameter search space.
     build: ``structure -> TrialFns``; ``structure`` holds Python values of the space's
       structural parameters (empty when there are none).

@@ -40,10 +40,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from spaces import Choice, Space
-from tasks._src import base
-from tasks._src.base import H, Task, TrialFns
-from tasks._src.data import DATASETS, PROCEDURAL, Dataset, Split, _checksum, load_dataset
+from metaopt.spaces import Choice, Space
+from metaopt.tasks._src import base
+from metaopt.tasks._src.base import H, Task, TrialFns
+from metaopt.tasks._src.data import DATASETS, PROCEDURAL, Dataset, Split, _checksum, load_dataset
 
 _SPLITS = ("train", "valid", "test")
 

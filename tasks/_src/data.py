@@ -21,7 +21,7 @@ Built in (train / valid / test sizes):
   (1200 / 400 / 400).
 
 Procedural (``PROCEDURAL``): ``shapes`` (16x16x1 shapes and textures, 1800 / 600 / 600) and
-``mnist1d`` (MNIST-1D, the published split: 3600 / 400 / 1000, see ``tasks._src.mnist1d``).
+``mnist1d`` (MNIST-1D, the published split: 3600 / 400 / 1000, see ``metaopt.tasks._src.mnist1d``).
 
 Any other TFDS dataset loads as ``"tfds:<name>"`` on a machine that is online (TFDS downloads
 and prepares it the usual way).
@@ -44,9 +44,9 @@ from typing import Any, TextIO
 import numpy as np
 import tensorflow_datasets as tfds
 
-from tasks._src import images32 as _images32
-from tasks._src import mnist1d as _mnist1d
-from tasks._src import shapes as _shapes
+from metaopt.tasks._src import images32 as _images32
+from metaopt.tasks._src import mnist1d as _mnist1d
+from metaopt.tasks._src import shapes as _shapes
 
 DATASETS: tuple[str, ...] = ("digits", "breast_cancer", "wine", "synthetic_regression")
 _SPLITS = ("train", "valid", "test")

@@ -16,7 +16,7 @@ A :class:`TaskFamily` holds
 * ``eval_loss(params, cfg, split) -> scalar``: loss on a whole split (or a large fixed
   sample for synthetic families).
 
-Families on the bundled TFDS datasets (``tasks.load_dataset``): MLPs on digits, wine,
+Families on the bundled TFDS datasets (``metaopt.tasks.load_dataset``): MLPs on digits, wine,
 breast_cancer and synthetic_regression; a small CNN on digits. Synthetic families: noisy
 quadratics and linear regression against a random teacher. :data:`TRAIN_FAMILIES` are used
 for meta-training, :data:`HELDOUT_FAMILIES` (other datasets, a deeper and wider MLP, a CNN, a
@@ -34,8 +34,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from tasks._src.base import ACTIVATIONS, activation
-from tasks._src.data import load_dataset
+from metaopt.tasks._src.base import ACTIVATIONS, activation
+from metaopt.tasks._src.data import load_dataset
 
 PyTree = Any
 Cfg = dict[str, jax.Array]
@@ -173,11 +173,11 @@ def mlp_family(dataset: str = "digits", depth: int = 1, min_width: int = 8,
   """MLPs on a bundled dataset: sampled width (masked), activation, init scale, data subset.
 
   Args:
-    dataset: one of ``tasks.DATASETS``.
+    dataset: one of ``metaopt.tasks.DATASETS``.
     depth: hidden layers (structural: one kernel per depth).
     min_width: smallest sampled hidden width.
     max_width: allocated hidden width; wider units are masked.
-    activations: names from ``tasks.ACTIVATIONS`` to sample from (``lax.switch``).
+    activations: names from ``metaopt.tasks.ACTIVATIONS`` to sample from (``lax.switch``).
     batch_size: minibatch size.
     data_dir: TFDS data directory.
     name: family name (default ``<dataset>_mlp``).

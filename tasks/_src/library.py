@@ -22,10 +22,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from spaces import Choice, Float, Int, Space
-from tasks._src import base
-from tasks._src.base import H, Task, TrialFns
-from tasks._src.data import Dataset, resolve_dataset
+from metaopt.spaces import Choice, Float, Int, Space
+from metaopt.tasks._src import base
+from metaopt.tasks._src.base import H, Task, TrialFns
+from metaopt.tasks._src.data import Dataset, resolve_dataset
 
 
 class MaskedLayerNorm(nn.Module):
@@ -363,7 +363,7 @@ def mnist1d_cnn(data_dir: str | None = None, max_channels: int = 32, arch: str =
     max_channels: allocated channels per layer (the space searches 8 to this).
     arch: ``"pool"`` (default: stride-1 convolutions and max pooling over positions) or
       ``"paper"`` (the paper's CNN, 94 % published test accuracy), see :class:`Conv1DNet`.
-    dataset: any classification dataset of 1-D signals (see ``tasks.resolve_dataset``).
+    dataset: any classification dataset of 1-D signals (see ``metaopt.tasks.resolve_dataset``).
   """
   if arch not in MNIST1D_ARCHS:
     raise ValueError(f"arch={arch!r}: must be one of {', '.join(MNIST1D_ARCHS)}")
@@ -517,7 +517,7 @@ def get_task(name: str, **kwargs: Any) -> Task:
   """Builds a registered task by name, or the task at an import path ``"module:attr"`` (a
   :class:`Task` or a factory called with ``kwargs``, e.g. one made by ``tasks.from_flax``)."""
   if isinstance(name, str) and ":" in name:
-    from tasks._src.custom import import_task
+    from metaopt.tasks._src.custom import import_task
     return import_task(name, **kwargs)
   if name not in TASKS:
     raise ValueError(f"task {name!r} is unknown; allowed: {', '.join(TASKS)}, or an import "

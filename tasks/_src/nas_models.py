@@ -28,7 +28,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from spaces import CellSpace, Genotype
+from metaopt.spaces import CellSpace, Genotype
 
 
 def _norm(x: jax.Array, use_norm: bool) -> jax.Array:

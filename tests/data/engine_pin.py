@@ -8,7 +8,7 @@ checks that the current engine reproduces those numbers exactly.
 import json
 
 import metaopt
-from tasks import get_task
+from metaopt.tasks import get_task
 
 
 def run(prog, task, **kw):

@@ -19,7 +19,7 @@ def fit(family: Any, opt: optax.GradientTransformation, key: jax.Array, num_step
   """Trains the task ``family.sample(key)`` with ``opt`` for ``num_steps`` steps.
 
   Args:
-    family: a ``tasks.TaskFamily``.
+    family: a ``metaopt.tasks.TaskFamily``.
     opt: any optax transform (e.g. ``metaopt.lopt.load(path)`` or ``optax.adam(1e-3)``).
     key: samples the task, its initialisation and its minibatches.
     num_steps: training steps; must be a multiple of ``eval_every``.

@@ -50,7 +50,7 @@ def make_problem(family: Any, lopt: LearnedOptimizer, horizon: int, unroll_lengt
   """An :class:`InnerProblem` training tasks of ``family`` with ``lopt``.
 
   Args:
-    family: a ``tasks.TaskFamily``.
+    family: a ``metaopt.tasks.TaskFamily``.
     lopt: the learned optimizer whose meta-parameters are trained.
     horizon: inner steps before a task is replaced by a new one.
     unroll_length: inner steps per truncation (``K``); must divide ``horizon``.

@@ -40,7 +40,7 @@ _POSITIVE_FLOAT = ("sigma", "meta_lr", "clip", "baseline_lr")
 
 
 def _families() -> tuple[str, ...]:
-  from tasks import FAMILIES
+  from metaopt.tasks import FAMILIES
   return FAMILIES
 
 
@@ -105,7 +105,7 @@ def _study(store: Store, cfg: dict[str, Any], data_version: dict[str, Any], resu
 
 
 def _meta_train(cfg: dict[str, Any], store: Store, progress: bool) -> dict[str, Any]:
-  from tasks import get_family
+  from metaopt.tasks import get_family
 
   lopt = make_lopt(cfg["lopt_name"], **dict(cfg.get("lopt") or {}))
   problems = [make_problem(get_family(f), lopt, cfg["horizon"], cfg["unroll_length"],
@@ -146,7 +146,7 @@ def _meta_train(cfg: dict[str, Any], store: Store, progress: bool) -> dict[str, 
 
 def _apply(cfg: dict[str, Any], store: Store, progress: bool) -> dict[str, Any]:
   del progress  # one compiled training run per trial
-  from tasks import get_family
+  from metaopt.tasks import get_family
 
   lopt, theta, extra = load_meta_params(cfg["meta_params"])
   family = get_family(cfg["family"])

@@ -31,7 +31,7 @@ from metaopt._src.nas.darts import make_mixing, temperature
 from metaopt._src.nas.search import NASProgram, SearchSettings, make_search
 from metaopt._src.nas.train import batch_indices, train_networks
 from metaopt._src.types import Result
-from spaces import (
+from metaopt.spaces import (
     NB201_MINI_OPS,
     CellSpace,
     Genotype,
@@ -40,7 +40,7 @@ from spaces import (
     discretize,
     nb201_space,
 )
-from tasks import Dataset, Network, count_params, load_dataset
+from metaopt.tasks import Dataset, Network, count_params, load_dataset
 
 SPACES: dict[str, Callable[[], CellSpace]] = {
     "nb201": nb201_space,
@@ -209,7 +209,7 @@ def _parse_fallback(section: Any) -> dict[str, Any]:
 
 
 def derive(space: CellSpace, alpha: Mapping[str, Any]) -> Genotype:
-  """The cell a search derives from its architecture logits: :func:`spaces.discretize`,
+  """The cell a search derives from its architecture logits: :func:`metaopt.spaces.discretize`,
   except that an NB201 cell that would compute nothing (``none`` cuts every path from the
   input to the output) takes the strongest non-``none`` op on each edge instead, as DARTS
   derives its cells."""

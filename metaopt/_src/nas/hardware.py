@@ -28,8 +28,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from spaces import CellSpace, Genotype
-from tasks import Network, Op, cell_layout
+from metaopt.spaces import CellSpace, Genotype
+from metaopt.tasks import Network, Op, cell_layout
 
 METRICS: tuple[str, ...] = ("params", "flops", "latency")
 CostTable = dict[str, np.ndarray]

@@ -27,8 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from spaces import Genotype
-from tasks import Network
+from metaopt.spaces import Genotype
+from metaopt.tasks import Network
 
 PROXIES: tuple[str, ...] = ("synflow", "grad_norm", "jacob_cov")
 

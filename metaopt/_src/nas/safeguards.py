@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
-from hypergrad import power_iteration
+from metaopt.hypergrad import power_iteration
 
 
 @dataclasses.dataclass(frozen=True)

@@ -35,8 +35,8 @@ import jax.numpy as jnp
 import optax
 
 from metaopt._src.nas import hardware
-from spaces import CellSpace
-from tasks import Network, make_optimizer, with_hyperparams
+from metaopt.spaces import CellSpace
+from metaopt.tasks import Network, make_optimizer, with_hyperparams
 
 PyTree = Any
 Batch = tuple[jax.Array, jax.Array]

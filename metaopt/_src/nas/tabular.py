@@ -30,8 +30,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from metaopt._src.nas.train import train_networks
-from spaces import NB201_MINI_OPS, CellSpace, Genotype, nb201_space
-from tasks import Network, load_dataset
+from metaopt.spaces import NB201_MINI_OPS, CellSpace, Genotype, nb201_space
+from metaopt.tasks import Network, load_dataset
 
 TABLE_PATH = pathlib.Path(__file__).parent / "data" / "nb201_mini.json"
 MODEL = {"features": 8, "n_cells": 1, "stages": 2, "stem_stride": 2}

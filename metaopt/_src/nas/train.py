@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from tasks import Dataset, Network
+from metaopt.tasks import Dataset, Network
 
 
 def batch_indices(n: int, batch_size: int, steps: int, seed: int) -> np.ndarray:
