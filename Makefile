@@ -30,10 +30,11 @@ $(LATEST_STAMP): pyproject.toml setup.py
 	$(LATEST)/bin/pip install -q --upgrade --upgrade-strategy eager -e '.[test]'
 	touch $(LATEST_STAMP)
 
-# The fast tests of the engine, spaces, tasks, store and CLI against the newest allowed releases
-# (the subset keeps CI inside its time; `make test-latest TESTS=tests` runs all of them).
-TESTS ?= tests/test_spaces.py tests/test_search.py tests/test_searchers.py tests/test_store.py \
-  tests/test_tasks.py tests/test_cli.py tests/test_hypergrad.py tests/test_install.py
+# Fast tests of the spaces, searchers, store, pruners, Study API and the install checks against
+# the newest allowed releases (a subset keeps CI inside its time; `make test-latest TESTS=tests`
+# runs all of them).
+TESTS ?= tests/test_spaces.py tests/test_searchers.py tests/test_store.py \
+  tests/test_multifidelity.py tests/test_study.py tests/test_install.py
 test-latest: $(LATEST_STAMP)
 	$(LATEST)/bin/pip list 2>/dev/null | grep -E '^(jax|jaxlib|flax|optax|chex|orbax-checkpoint) '
 	$(LATEST)/bin/python -m pytest -q $(TESTS)

@@ -36,6 +36,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+from _paths import results_path  # noqa: E402 - benchmarks/ is on sys.path
 
 from metaopt._src import benchmark_functions as bf  # noqa: E402
 from metaopt._src.mosearch import motpe, nsga2  # noqa: E402
@@ -151,8 +152,9 @@ def main() -> None:
   print("\n" + table)
   for pair, v in headline.items():
     print(f"hypervolume_vs_optuna_{pair}: {v:.4f}")
-  if args.out:
-    with open(args.out, "w") as f:
+  out = results_path(args.out, quick=args.quick)  # a quick run writes no tracked file
+  if out:
+    with open(out, "w") as f:
       f.write(table + "\n")
 
 

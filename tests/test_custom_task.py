@@ -105,7 +105,7 @@ def test_data_forms_structure_and_bad_input():
     with pytest.raises(ValueError) as e:
       tasks.from_flax(**args)
     assert msg in str(e.value), (msg, str(e.value))
-  with pytest.raises(ValueError, match="cannot import 'nope' from 'tasks'"):
+  with pytest.raises(ValueError, match="cannot import 'nope' from 'metaopt.tasks'"):
     tasks.get_task("metaopt.tasks:nope")
 
 

@@ -29,13 +29,22 @@ def own_lines(fn: ast.AST) -> int:
   return len(lines)
 
 
+def _package_name(module: str) -> str:
+  """``metaopt.tasks._src.x`` -> ``tasks._src.x``: the folders beside metaopt/ import as
+  metaopt.<name>, but each is its own package for these rules."""
+  parts = module.split(".")
+  if len(parts) > 1 and parts[0] == "metaopt" and parts[1] in PACKAGES + ("configs",):
+    return ".".join(parts[1:])
+  return module
+
+
 def _imports(tree: ast.AST):
   for node in ast.walk(tree):
     if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-      yield node.lineno, node.module, [a.name for a in node.names]
+      yield node.lineno, _package_name(node.module), [a.name for a in node.names]
     elif isinstance(node, ast.Import):
       for a in node.names:
-        yield node.lineno, a.name, []
+        yield node.lineno, _package_name(a.name), []
 
 
 def _parse(path: pathlib.Path) -> ast.AST:
