@@ -13,29 +13,13 @@ About 30-60 s on 2 CPU cores.
   python run.py run --config configs/darts_hw_shapes.py --store sqlite:///runs/darts_hw.db
 """
 
-import ml_collections
+from metaopt.configs import darts_shapes
 
 
 def get_config(arg=None):
-  del arg
-  c = ml_collections.ConfigDict()
-  c.program = "nas"
+  c = darts_shapes.get_config(arg)
   c.name = "darts_hw_shapes"
-  c.seed = 0
-  c.dataset = "shapes"
-  c.space = "nb201_mini"
-  c.method = "darts"
-  c.order = 1
-  c.hessian = "exact"
-  c.hpo = "none"
-  c.model = dict(features=8, n_cells=1, stages=2, stem_stride=2, partial_k=1)
-  c.search = dict(epochs=3, batch_size=64, w_lr=0.05, a_lr=0.01, aux_skip=0.0,
-                  skip_penalty=0.0)
-  c.safeguard = dict(enabled=True, max_skip=2, eig_window=2, eig_ratio=0.75, eig_iters=8)
   c.hardware = dict(metric="flops", penalty=0.1)
-  c.retrain = dict(epochs=3, seeds=2, batch_size=64, lr=3e-3, wd=1e-4)
-  # when a safeguard fires (or the search loss goes non-finite) black-box search takes over
-  # the cell space ("none": off); epochs 0 trains each candidate for retrain.epochs
   # a FLOPs penalty pushes every edge towards the free ops (skip / none): when the skip
   # safeguard calls that a collapse, NSGA-II goes on over the cell space for accuracy vs FLOPs
   c.fallback = dict(searcher="nsga2", trials=8, population=4, epochs=0,

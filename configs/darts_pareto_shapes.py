@@ -12,27 +12,15 @@ About 1-2 min on 2 CPU cores.
   python run.py run --config configs/darts_pareto_shapes.py --store sqlite:///runs/pareto.db
 """
 
-import ml_collections
+from metaopt.configs import darts_shapes
 
 
 def get_config(arg=None):
-  del arg
-  c = ml_collections.ConfigDict()
-  c.program = "nas"
+  c = darts_shapes.get_config(arg)
   c.name = "darts_pareto_shapes"
-  c.seed = 0
-  c.dataset = "shapes"
-  c.space = "nb201_mini"
-  c.method = "darts"
-  c.order = 1
-  c.hessian = "exact"
-  c.hpo = "none"
-  c.model = dict(features=8, n_cells=1, stages=2, stem_stride=2, partial_k=1)
-  c.search = dict(epochs=1, batch_size=64, w_lr=0.05, a_lr=0.01, aux_skip=0.0,
-                  skip_penalty=0.0)
-  c.safeguard = dict(enabled=True, max_skip=2, eig_window=2, eig_ratio=0.75, eig_iters=8)
+  c.search.epochs = 1
   c.hardware = dict(metric="flops", penalty=0.0)
-  c.retrain = dict(epochs=3, seeds=1, batch_size=64, lr=3e-3, wd=1e-4)
+  c.retrain.seeds = 1
   c.fallback = dict(searcher="nsga2", trials=16, population=8, epochs=0,
                     objectives=["accuracy", "flops"], when="always")
   return c
