@@ -35,15 +35,7 @@ from metaopt._src.multiobjective import (
     nondominated_rank,
 )
 from metaopt._src.searchers import _check_dim
-from metaopt._src.tpe import (
-    _check_float,
-    _check_int,
-    _log_density,
-    _mixture,
-    _n_below,
-    _point_keys,
-    _sample,
-)
+from metaopt._src.tpe import _check_float, _check_int, _n_below, make_startup_ask, propose
 from metaopt._src.types import COMPLETE, Searcher
 
 
@@ -319,34 +311,12 @@ def motpe(dim: int, n_objectives: int = 2, n_startup: int = 10, gamma: float | N
     n_obs = jnp.sum(valid)
     good = _split_good(state["y"], valid, _n_below(n_obs, gamma))
     bad = valid & ~good
-    mus_l, sig_l, logw_l = _mixture(state["x"], good, prior_weight, d_eff)
-    x_bad = jnp.concatenate([state["x"], jnp.zeros((n, dim), jnp.float32)])
-    bad = jnp.concatenate([bad, jnp.zeros(n, bool)])
-    startup = n_obs < n_startup
-
-    def propose(carry, i):
-      x_bad, bad = carry
-      k_rand, k_cand = _point_keys(key, i)
-      mus_g, sig_g, logw_g = _mixture(x_bad, bad, prior_weight, d_eff)
-      cand = _sample(k_cand, mus_l, sig_l, logw_l, n_candidates, multivariate)
-      score = (_log_density(cand, mus_l, sig_l, logw_l, multivariate)
-               - _log_density(cand, mus_g, sig_g, logw_g, multivariate))
-      if multivariate:
-        best = cand[jnp.argmax(score)]
-      else:
-        best = jnp.take_along_axis(cand, jnp.argmax(score, axis=0)[None], axis=0)[0]
-      u = jnp.where(startup, jax.random.uniform(k_rand, (dim,)), best)
-      if constant_liar:
-        x_bad = x_bad.at[capacity + i].set(u)
-        bad = bad.at[capacity + i].set(True)
-      return (x_bad, bad), u
-
-    _, u = jax.lax.scan(propose, (x_bad, bad), jnp.arange(n))
+    u = propose(state["x"], good, bad, n_obs < n_startup, key, n, prior_weight=prior_weight,
+                d_eff=d_eff, n_candidates=n_candidates, multivariate=multivariate,
+                constant_liar=constant_liar)
     return state, u
 
-  def startup_ask(state, key, n):
-    u = jax.vmap(lambda i: jax.random.uniform(_point_keys(key, i)[0], (dim,)))(jnp.arange(n))
-    return state, u, jnp.sum(state["valid"]) < n_startup
+  startup_ask = make_startup_ask(dim, n_startup)
 
   def tell(state, u, y, status):
     y = check_vector_tell(y, status, m, u.shape[0])

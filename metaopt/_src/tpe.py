@@ -171,6 +171,47 @@ def _point_keys(key: jax.Array, i: jax.Array) -> jax.Array:
   return jax.random.split(jax.random.fold_in(key, i))
 
 
+def propose(x: jax.Array, good: jax.Array, bad: jax.Array, startup: jax.Array,
+            key: jax.Array, n: int, *, prior_weight: float, d_eff: int, n_candidates: int,
+            multivariate: bool, constant_liar: bool, bandwidth: str = "gaps") -> jax.Array:
+  """``n`` TPE proposals ``[n, dim]`` from history rows ``x`` split into ``good`` and ``bad``
+  (uniform points while ``startup``); with ``constant_liar`` each proposal joins the bad set
+  for the next."""
+  capacity, dim = x.shape
+  mus_l, sig_l, logw_l = _mixture(x, good, prior_weight, d_eff, bandwidth)
+  x_bad = jnp.concatenate([x, jnp.zeros((n, dim), jnp.float32)])
+  bad = jnp.concatenate([bad, jnp.zeros(n, bool)])
+
+  def one(carry, i):
+    x_bad, bad = carry
+    k_rand, k_cand = _point_keys(key, i)
+    mus_g, sig_g, logw_g = _mixture(x_bad, bad, prior_weight, d_eff, bandwidth)
+    cand = _sample(k_cand, mus_l, sig_l, logw_l, n_candidates, multivariate)
+    score = (_log_density(cand, mus_l, sig_l, logw_l, multivariate)
+             - _log_density(cand, mus_g, sig_g, logw_g, multivariate))
+    if multivariate:
+      best = cand[jnp.argmax(score)]
+    else:
+      best = jnp.take_along_axis(cand, jnp.argmax(score, axis=0)[None], axis=0)[0]
+    u = jnp.where(startup, jax.random.uniform(k_rand, (dim,)), best)
+    if constant_liar:
+      x_bad = x_bad.at[capacity + i].set(u)
+      bad = bad.at[capacity + i].set(True)
+    return (x_bad, bad), u
+
+  _, u = jax.lax.scan(one, (x_bad, bad), jnp.arange(n))
+  return u
+
+
+def make_startup_ask(dim: int, n_startup: int):
+  """A searcher's ``startup_ask``: the uniform points ``ask`` gives before ``n_startup``
+  complete observations."""
+  def startup_ask(state, key, n):
+    u = jax.vmap(lambda i: jax.random.uniform(_point_keys(key, i)[0], (dim,)))(jnp.arange(n))
+    return state, u, jnp.sum(state["valid"]) < n_startup
+  return startup_ask
+
+
 def tpe(dim: int, n_startup: int = 10, gamma: float | None = None, n_candidates: int = 24,
         multivariate: bool = True, constant_liar: bool = True, prior_weight: float = 1.0,
         capacity: int = 1024, bandwidth: str = "gaps") -> Searcher:
@@ -235,34 +276,12 @@ def tpe(dim: int, n_startup: int = 10, gamma: float | None = None, n_candidates:
     rank = jnp.zeros(capacity, jnp.int32).at[order].set(jnp.arange(capacity, dtype=jnp.int32))
     good = valid & (rank < _n_below(n_obs, gamma))
     bad = valid & ~good
-    mus_l, sig_l, logw_l = _mixture(state["x"], good, prior_weight, d_eff, bandwidth)
-    x_bad = jnp.concatenate([state["x"], jnp.zeros((n, dim), jnp.float32)])
-    bad = jnp.concatenate([bad, jnp.zeros(n, bool)])
-    startup = n_obs < n_startup
-
-    def propose(carry, i):
-      x_bad, bad = carry
-      k_rand, k_cand = _point_keys(key, i)
-      mus_g, sig_g, logw_g = _mixture(x_bad, bad, prior_weight, d_eff, bandwidth)
-      cand = _sample(k_cand, mus_l, sig_l, logw_l, n_candidates, multivariate)
-      score = (_log_density(cand, mus_l, sig_l, logw_l, multivariate)
-               - _log_density(cand, mus_g, sig_g, logw_g, multivariate))
-      if multivariate:
-        best = cand[jnp.argmax(score)]
-      else:
-        best = jnp.take_along_axis(cand, jnp.argmax(score, axis=0)[None], axis=0)[0]
-      u = jnp.where(startup, jax.random.uniform(k_rand, (dim,)), best)
-      if constant_liar:
-        x_bad = x_bad.at[capacity + i].set(u)
-        bad = bad.at[capacity + i].set(True)
-      return (x_bad, bad), u
-
-    _, u = jax.lax.scan(propose, (x_bad, bad), jnp.arange(n))
+    u = propose(state["x"], good, bad, n_obs < n_startup, key, n, prior_weight=prior_weight,
+                d_eff=d_eff, n_candidates=n_candidates, multivariate=multivariate,
+                constant_liar=constant_liar, bandwidth=bandwidth)
     return state, u
 
-  def startup_ask(state, key, n):
-    u = jax.vmap(lambda i: jax.random.uniform(_point_keys(key, i)[0], (dim,)))(jnp.arange(n))
-    return state, u, jnp.sum(state["valid"]) < n_startup
+  startup_ask = make_startup_ask(dim, n_startup)
 
   def tell(state, u, y, status):
     return history_tell(state, u, y, status)
