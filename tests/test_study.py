@@ -227,3 +227,45 @@ def test_run_py_resume_points_a_python_study_to_load_study(tmp_path):
   r = subprocess.run([sys.executable, "run.py", "evaluate", "--store", url, "--quiet"],
                      cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert r.returncode == 2 and "no task to retrain" in r.stderr
+
+
+def test_optimize_runs_rounds_through_the_search_loop(tmp_path):
+  """``optimize`` runs each batch as one round of the loop (``CallableEvaluator`` and
+  ``metaopt.search`` share its handling of pruned trials and broken batched objectives);
+  what the study holds in memory is what the store holds."""
+  url = f"sqlite:///{tmp_path}/o.db"
+  study = metaopt.create_study(SPACE, "random", store=url, study_name="o", seed=2)
+
+  def objective(ps):
+    if len(ps) == 2:
+      return [1.0]  # a broken batched objective: one value for two trials
+    return [metaopt.TrialPruned("slow") if p["x"] > 2.5 else _f(p) for p in ps]
+
+  def vectorized(ps):
+    out = objective(ps)
+    for v in out:
+      if isinstance(v, Exception):
+        raise v
+    return out
+
+  study.optimize(vectorized, n_trials=6, batch_size=3, vectorized=True)
+  with pytest.raises(ValueError, match="returned 1 values for 2 trials"):
+    study.optimize(vectorized, n_trials=2, batch_size=2, vectorized=True)
+  st = metaopt.Store(url)
+  rec = st.load_study("o")
+  stored = st.trials(rec.id)
+  assert [(t.number, t.status, t.objective) for t in stored] == \
+      [(t.number, t.status, t.objective) for t in study.trials]
+  assert [t.status for t in stored[6:]] == ["running", "running"]  # the stopped round
+  assert [e["kind"] for e in st.events(rec.id)][-1] == "failed"
+  for t in stored[:6]:
+    rnd = [u for u in stored[:6] if u.round == t.round]
+    if any(u.params["x"] > 2.5 for u in rnd):
+      assert t.status == "pruned" and t.failure_reason == "slow"
+    else:
+      assert t.status == "complete" and t.metrics == [{"epoch": 0, "objective": t.value}]
+  # one trial at a time, metaopt.search prunes what the objective prunes
+  res = metaopt.search(metaopt.sobol(SPACE.dim), metaopt.CallableEvaluator(
+      lambda p: vectorized([p])[0]), space=SPACE, n_trials=8, population=4, progress=False)
+  assert {t.status for t in res.trials} == {"pruned", "complete"}
+  assert all(t.failure_reason == "slow" for t in res.trials if t.status == "pruned")

@@ -166,13 +166,24 @@ def _scalars(out: Any, objective: str) -> Metrics:
 # --------------------------------------------------------------------------- callable
 
 
+class TrialPruned(Exception):  # noqa: N818 - the name Optuna users know
+  """Raise inside an objective to record the trial as pruned."""
+
+
+@dataclasses.dataclass
+class _Raised:
+  e: BaseException
+
+
 class CallableEvaluator(Evaluator):
   """Any Python callable as an evaluator; no JAX needed inside it.
 
   ``fn(params) -> value`` (or a dict of metrics holding ``objective``), where ``params`` is
   the trial's plain Python parameter dict. With ``batched=True``, ``fn(list_of_params) ->
-  list of values`` is called once per round. An exception fails that trial (or, batched,
-  the whole round) with the exception as its reason; the search goes on.
+  list of values`` is called once per round. An exception in ``catch`` fails that trial
+  (or, batched, the whole round) with the exception as its reason and the search goes on;
+  :class:`TrialPruned` records it as pruned; any other exception stops the search. A
+  batched ``fn`` returning the wrong number of values stops it too.
 
   Example:
     >>> ev = metaopt.CallableEvaluator(lambda p: (p["x"] - 0.3) ** 2)
@@ -180,12 +191,15 @@ class CallableEvaluator(Evaluator):
     ...                      n_trials=20, population=4)
   """
 
+  timed = True  # each trial's metrics get its share of the call's time as ``device_s``
+
   def __init__(self, fn: Callable[..., Any], *, batched: bool = False,
                direction: str = "minimize", objective: str = "objective",
-               space: Space | None = None):
+               space: Space | None = None,
+               catch: tuple[type[BaseException], ...] = (Exception,)):
     if not callable(fn):
       raise ValueError(f"fn: expected a callable, got {type(fn).__name__}")
-    self.fn, self.batched = fn, bool(batched)
+    self.fn, self.batched, self.catch = fn, bool(batched), tuple(catch)
     self.direction, self.objective = _check_direction(direction), objective
     self.space, self.data_version = space, None
 
@@ -197,30 +211,48 @@ class CallableEvaluator(Evaluator):
   def start(self, batch: TrialBatch) -> PyTree:
     return {"done": np.zeros(len(batch.params), bool)}
 
+  def metrics(self, out: Any) -> Metrics:
+    """One trial's result as its metrics; ``ValueError`` when it is not a result."""
+    return _scalars(out, self.objective)
+
+  def rejected(self, e: ValueError) -> Metrics:
+    """The metrics of a trial whose result :meth:`metrics` rejected."""
+    return {"error": f"{type(e).__name__}: {e}"}
+
+  def _outcome(self, out: Any) -> Metrics:
+    if isinstance(out, _Raised) and isinstance(out.e, TrialPruned):
+      return {"pruned": str(out.e) or "pruned by the objective"}
+    if isinstance(out, _Raised):
+      return {"error": f"{type(out.e).__name__}: {out.e}"}
+    try:
+      return self.metrics(out)
+    except ValueError as e:
+      return self.rejected(e)
+
+  def _call(self, arg: Any) -> Any:
+    try:
+      return self.fn(arg)
+    except (TrialPruned, *self.catch) as e:
+      return _Raised(e)
+
   def epoch(self, state, batch, alive, epoch, key):
     del epoch, key
     idx = [i for i in np.flatnonzero(alive)]
     out: list[Metrics | None] = [None] * len(batch.params)
     t0 = time.perf_counter()
     if self.batched and idx:
-      try:
-        values = list(self.fn([batch.params[i] for i in idx]))
-        if len(values) != len(idx):
-          raise ValueError(f"returned {len(values)} values for {len(idx)} trials")
-        for i, v in zip(idx, values, strict=True):
-          out[i] = _scalars(v, self.objective)
-      except Exception as e:  # noqa: BLE001 - the user's objective failed: the trials fail
-        for i in idx:
-          out[i] = {"error": f"{type(e).__name__}: {e}"}
+      values = self._call([dict(batch.params[i]) for i in idx])
+      values = [values] * len(idx) if isinstance(values, _Raised) else list(values)
+      if len(values) != len(idx):
+        raise ValueError(f"objective: the batched objective returned {len(values)} values "
+                         f"for {len(idx)} trials")
     else:
-      for i in idx:
-        try:
-          out[i] = _scalars(self.fn(batch.params[i]), self.objective)
-        except Exception as e:  # noqa: BLE001 - one failed trial, the others go on
-          out[i] = {"error": f"{type(e).__name__}: {e}"}
+      values = [self._call(dict(batch.params[i])) for i in idx]
     dt = (time.perf_counter() - t0) / max(1, len(idx))
-    for i in idx:
-      out[i]["device_s"] = dt
+    for i, v in zip(idx, values, strict=True):
+      out[i] = self._outcome(v)
+      if self.timed and "error" not in out[i] and "pruned" not in out[i]:
+        out[i]["device_s"] = dt
     done = np.array(state["done"])
     done[idx] = True
     return {"done": done}, out

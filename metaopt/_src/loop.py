@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -86,13 +87,14 @@ class SearcherFns:
   tell: Callable
   observe: Callable | None
   decode: Callable
+  init: Callable | None = None
 
 
 def searcher_fns(program: Searcher, space: Space) -> SearcherFns:
   """``ask`` tiered (see :class:`population.TieredJit`; call it with ``calls_left``) and
   only compiled once the program's ``startup_ask`` (if any) no longer stands in for it; the
-  others without backend optimisation (each runs once per round or epoch, in milliseconds,
-  but would take seconds to compile optimised)."""
+  others (``init`` too) without backend optimisation (each runs once per round or epoch, in
+  milliseconds, but would take seconds to compile optimised)."""
   tiered = pop.TieredJit(program.ask, static_argnums=2)
   startup = None if program.startup_ask is None else \
       pop.fast_jit(program.startup_ask, static_argnums=2)
@@ -105,7 +107,8 @@ def searcher_fns(program: Searcher, space: Space) -> SearcherFns:
     return tiered(state, key, n, calls_left=calls_left)
 
   observe = pop.fast_jit(program.observe) if program.observe is not None else None
-  return SearcherFns(ask, pop.fast_jit(program.tell), observe, pop.fast_jit(space.decode))
+  return SearcherFns(ask, pop.fast_jit(program.tell), observe, pop.fast_jit(space.decode),
+                     pop.fast_jit(program.init))
 
 
 def ask_points(fns: SearcherFns, state, key, n: int, space: Space, calls_left: int = 1):
@@ -120,12 +123,16 @@ def ask_points(fns: SearcherFns, state, key, n: int, space: Space, calls_left: i
 
 def make_batch(fns: SearcherFns, space: Space, rnd: int, numbers: list[int], u: np.ndarray,
                *, seed: int, epochs: int, constraint=None, multi: bool = False,
-               ids: list[int] | None = None, seeds: list[int] | None = None
+               ids: list[int] | None = None, seeds: list[int] | None = None,
+               given: list[Mapping[str, Any]] | None = None
                ) -> tuple[TrialBatch, list[float | None]]:
   """The round's :class:`TrialBatch` and each trial's constraint violation (or None); trial
-  seeds derive from ``seed`` and the trial numbers unless ``seeds`` gives them."""
+  seeds derive from ``seed`` and the trial numbers unless ``seeds`` gives them. ``given``:
+  values a user typed for the first trials (see :func:`enqueued`), kept exactly as typed."""
   h = jax.device_get(fns.decode(jnp.asarray(u)))  # host arrays: slicing compiles nothing
   params = space.to_python_batch(h)
+  for p, g in zip(params, given or [], strict=False):
+    p.update({k: v for k, v in g.items() if k in p})
   violation = [None if constraint is None else float(constraint(p)) for p in params]
   feasible = np.asarray([v is None or v <= 0 for v in violation], bool)
   n = len(numbers)
@@ -135,6 +142,33 @@ def make_batch(fns: SearcherFns, space: Space, rnd: int, numbers: list[int], u: 
   batch = TrialBatch(rnd, list(ids or []), list(numbers), seeds, u, h, params, feasible,
                      owned, epochs, space)
   return batch, violation
+
+
+def encode_values(space: Space, values: Mapping[str, Any], base: np.ndarray | None = None
+                  ) -> np.ndarray:
+  """Unit-cube point of ``values``; coordinates they leave out come from ``base`` (or the
+  parameters' defaults)."""
+  u = space.encode({}) if base is None else np.array(base, np.float64)
+  for i, n in enumerate(space.names):
+    if n in values:
+      p = space.params[n]
+      u[i] = p.encode(p.from_python(values[n]))
+  return u
+
+
+def enqueued(space: Space, u: np.ndarray, points: Any) -> tuple[np.ndarray, list[dict]]:
+  """``u`` with its first rows replaced by ``points`` (each a unit-cube row, or a dict of
+  some of the space's values: the coordinates it leaves out stay the searcher's), and the
+  values given per replaced row (``{}`` for a unit-cube row)."""
+  u, given = np.array(u, np.float32), []
+  for i in range(min(len(u), len(points))):
+    if isinstance(points[i], Mapping):
+      u[i] = encode_values(space, points[i], u[i])
+      given.append(dict(points[i]))
+    else:
+      u[i] = np.asarray(points[i], np.float32)
+      given.append({})
+  return u, given
 
 
 def new_trials(batch: TrialBatch) -> list[dict[str, Any]]:
@@ -181,6 +215,13 @@ class RoundEnv:
   on_epoch: Callable[[int, int, list[dict[str, Any]]], None] | None = None
   objectives: list[tuple[str, str]] | None = None  # several: the searcher is told y[n, m]
   objective_keys: Mapping[str, str] | None = None  # objective name -> epoch metric holding it
+  keep_state: bool = True  # False: nothing resumes from this store (an in-memory Study), so
+  #                          the searcher state is not serialised into it
+
+
+def state_bytes(env: RoundEnv, state: PyTree) -> bytes | None:
+  """The searcher state as the store keeps it (None where ``env.keep_state`` is off)."""
+  return ser(state) if env.keep_state else None
 
 
 @dataclasses.dataclass
@@ -213,11 +254,12 @@ class EpochOutcome:
   prev: np.ndarray | None = None
 
 
-def begin(env: RoundEnv, batch: TrialBatch, searcher_state, ckpt: Checkpointer,
+def begin(env: RoundEnv, batch: TrialBatch, searcher_state, ckpt: Checkpointer | None,
           resumed_in: int | None = None) -> RoundState:
-  """A fresh round state, or the one in the round's newest readable checkpoint. A round
-  that started before (``resumed_in``: its study's id) records what it restored as a
-  ``restore`` event (``restored epoch E``: epochs ``0..E-1`` are not run again)."""
+  """A fresh round state, or the one in the round's newest readable checkpoint (none
+  without a checkpointer). A round that started before (``resumed_in``: its study's id)
+  records what it restored as a ``restore`` event (``restored epoch E``: epochs ``0..E-1``
+  are not run again)."""
   n, ev = len(batch.params), env.evaluator
 
   def abstract(meta):
@@ -225,15 +267,15 @@ def begin(env: RoundEnv, batch: TrialBatch, searcher_state, ckpt: Checkpointer,
             "alive": np.zeros(n, bool), "status": np.zeros(n, np.int32),
             "last": np.zeros(n), "hist": np.zeros((n, env.epochs)), "u": batch.u}
 
-  restored = ckpt.restore(abstract)
-  if batch.owned is not None:  # every process resumes from the same epoch
+  restored = None if ckpt is None else ckpt.restore(abstract)
+  if batch.owned is not None and ckpt is not None:  # every process resumes from the same epoch
     steps = dist.allgather(0 if restored is None else restored[0])
     if len(set(steps)) > 1:
       restored = ckpt.restore(abstract, max_step=min(steps)) if min(steps) > 0 else None
       if dist.allgather(0 if restored is None else restored[0]) != [min(steps)] * len(steps):
         restored = None
   if resumed_in is not None:
-    gone = ckpt.skipped
+    gone = [] if ckpt is None else ckpt.skipped
     skipped = f"; skipped unreadable steps {gone}" if gone else ""
     what = (f"epoch 0 of {env.epochs} (no readable checkpoint{skipped})" if restored is None
             else f"epoch {restored[0]} of {env.epochs} from checkpoint step {restored[0]}"
@@ -269,9 +311,11 @@ def evaluate(env: RoundEnv, batch: TrialBatch, rs: RoundState, epoch: int, key,
   metrics = list(metrics)
   stopped: list[Stop] = []
   for i, m in enumerate(metrics):
-    if m is not None and "error" in m:
-      rs.alive[i], rs.status[i] = False, FAILED
-      stopped.append((batch.ids[i], "failed", str(m["error"]), None))
+    if m is not None and ("error" in m or "pruned" in m):  # the evaluator stopped it
+      failed = "error" in m
+      rs.alive[i], rs.status[i] = False, FAILED if failed else PRUNED
+      stopped.append((batch.ids[i], "failed" if failed else "pruned",
+                      str(m["error" if failed else "pruned"]), None))
       metrics[i] = None
     elif m is not None and batch.owned is not None:
       m["process"] = jax.process_index()
@@ -413,9 +457,12 @@ def record(env: RoundEnv, batch: TrialBatch, out: EpochOutcome, epoch: int) -> l
   return [m for _, m in rows]
 
 
-def save(env: RoundEnv, batch: TrialBatch, rs: RoundState, ckpt: Checkpointer,
+def save(env: RoundEnv, batch: TrialBatch, rs: RoundState, ckpt: Checkpointer | None,
          epoch: int) -> None:
-  """Checkpoints the round after ``epoch`` when it is due (always after its last epoch)."""
+  """Checkpoints the round after ``epoch`` when it is due (always after its last epoch;
+  never without a checkpointer)."""
+  if ckpt is None:
+    return
   due = (epoch == env.epochs - 1 or not rs.alive.any()
          or time.time() - rs.last_save >= env.checkpoint_every_s)
   if batch.owned is not None:
@@ -427,7 +474,7 @@ def save(env: RoundEnv, batch: TrialBatch, rs: RoundState, ckpt: Checkpointer,
                                                   **meta})
 
 
-def run_round(env: RoundEnv, batch: TrialBatch, searcher_state, ckpt: Checkpointer,
+def run_round(env: RoundEnv, batch: TrialBatch, searcher_state, ckpt: Checkpointer | None,
               key_r, study_id: int | None = None, resumed: bool = False) -> PyTree:
   """Evaluates one round epoch by epoch, recording everything; returns the searcher state.
 
@@ -492,12 +539,14 @@ class RoundPlan:
     numbers: the trial numbers of the round's trials.
     key_ask: the key the searcher asks with.
     key_r: the round's key (epoch ``e`` evaluates with ``fold_in(key_r, 1 + e)``).
-    checkpoint_dir: the round's checkpoint directory.
+    checkpoint_dir: the round's checkpoint directory; None: the round is not checkpointed
+      (a killed round starts again; for evaluators whose one epoch is the whole trial).
     seed: the study seed (trial seeds derive from it and the trial numbers).
     constraint: ``params -> value``, infeasible when ``> 0`` (or None).
     asked: ``(ids, u)`` of a round asked (and stored) before a restart: not asked again.
-    enqueue: points evaluated first: they replace the first rows the searcher proposed, and
-      the searcher is told them.
+    enqueue: points evaluated first (unit-cube rows, or dicts of parameter values as in
+      :func:`enqueued`): they replace the first rows the searcher proposed, and the searcher
+      is told them.
     calls_left: rounds left, for the tiered compilation of ``ask``.
     label: maps a trial's params to what the store records (default: the params).
     seeds: the trials' seeds (default: derived from ``seed`` and the trial numbers).
@@ -508,14 +557,56 @@ class RoundPlan:
   numbers: list[int]
   key_ask: Any
   key_r: Any
-  checkpoint_dir: str
+  checkpoint_dir: str | None
   seed: int
   constraint: Callable[[dict[str, Any]], float] | None = None
   asked: tuple[list[int], np.ndarray] | None = None
-  enqueue: np.ndarray | None = None
+  enqueue: Any = None
   calls_left: int = 1
   label: Callable[[dict[str, Any]], dict[str, Any]] | None = None
   seeds: list[int] | None = None
+
+
+def ask_round(env: RoundEnv, state, plan: RoundPlan):
+  """The ask half of :func:`one_round`: asks the plan's round (or reloads it) and stores
+  its trials as ``running`` with the post-ask searcher state. Returns ``(state, batch,
+  u)``; ``u`` holds the points asked (what the searcher is told)."""
+  given = None
+  if plan.asked is not None:
+    ids, u = plan.asked
+  else:
+    state, u = ask_points(env.fns, state, plan.key_ask, len(plan.numbers), env.space,
+                          plan.calls_left)
+    if plan.enqueue is not None and len(plan.enqueue):
+      u, given = enqueued(env.space, u, plan.enqueue)
+    ids = []
+  batch, violation = make_batch(env.fns, env.space, plan.rnd, plan.numbers, u,
+                                seed=plan.seed, epochs=env.epochs, constraint=plan.constraint,
+                                multi=dist.is_multi(), ids=ids, seeds=plan.seeds, given=given)
+  if plan.asked is None:
+    rows = new_trials(batch)
+    if plan.label is not None:
+      rows = [{**r, "params": plan.label(r["params"])} for r in rows]
+    path = None if plan.checkpoint_dir is None else os.path.abspath(plan.checkpoint_dir)
+    batch.ids = env.store.start_round(plan.study_id, plan.rnd, rows, state_bytes(env, state),
+                                      checkpoint_path=path)
+    stops = infeasible_stops(batch, violation)
+    if stops:
+      env.store.record_epoch([], 0, [], stops)
+  return state, batch, u
+
+
+def close_round(env: RoundEnv, state, study_id: int, rnd: int, u: np.ndarray, *,
+                results=None, duration_s: float | None = None):
+  """The tell half of :func:`one_round`: the program told the finished round's results
+  (read from the store unless given), stored with the post-tell searcher state (and, when
+  given, ``duration_s`` as every trial's duration). Returns ``(state, results)``."""
+  y_vector = None
+  if results is None:
+    results, y_vector = round_outcomes(env, study_id, rnd)
+  state = tell_round(env, state, u, results, y_vector)
+  env.store.end_round(study_id, rnd, results, state_bytes(env, state), duration_s=duration_s)
+  return state, results
 
 
 def one_round(env: RoundEnv, state, plan: RoundPlan):
@@ -523,36 +614,18 @@ def one_round(env: RoundEnv, state, plan: RoundPlan):
 
   Returns ``(state, results, batch)``; ``results`` holds ``(id, status, objective,
   reason)`` per trial."""
-  st, t0, n = env.store, time.time(), len(plan.numbers)
-  if plan.asked is not None:
-    ids, u = plan.asked
-  else:
-    state, u = ask_points(env.fns, state, plan.key_ask, n, env.space, plan.calls_left)
-    if plan.enqueue is not None and len(plan.enqueue):
-      k = min(n, len(plan.enqueue))
-      u = u.copy()
-      u[:k] = np.asarray(plan.enqueue[:k], np.float32)
-    ids = []
-  batch, violation = make_batch(env.fns, env.space, plan.rnd, plan.numbers, u,
-                                seed=plan.seed, epochs=env.epochs, constraint=plan.constraint,
-                                multi=dist.is_multi(), ids=ids, seeds=plan.seeds)
-  ckpt = Checkpointer(plan.checkpoint_dir)
-  if plan.asked is None:
-    rows = new_trials(batch)
-    if plan.label is not None:
-      rows = [{**r, "params": plan.label(r["params"])} for r in rows]
-    batch.ids = st.start_round(plan.study_id, plan.rnd, rows, ser(state),
-                               checkpoint_path=ckpt.directory)
-    st.record_epoch([], 0, [], infeasible_stops(batch, violation))
+  t0 = time.time()
+  ckpt = None if plan.checkpoint_dir is None else Checkpointer(plan.checkpoint_dir)
   try:
+    state, batch, u = ask_round(env, state, plan)
     state = run_round(env, batch, state, ckpt, plan.key_r, plan.study_id,
                       resumed=plan.asked is not None)
     dist.sync(f"metaopt-trained-{plan.rnd}")  # process 0 has written the round's statuses
-    results, y_vector = round_outcomes(env, plan.study_id, plan.rnd)
-    state = tell_round(env, state, u, results, y_vector)
-    st.end_round(plan.study_id, plan.rnd, results, ser(state), duration_s=time.time() - t0)
+    state, results = close_round(env, state, plan.study_id, plan.rnd, u,
+                                 duration_s=time.time() - t0)
   finally:
-    ckpt.close()
+    if ckpt is not None:
+      ckpt.close()
   return state, results, batch
 
 

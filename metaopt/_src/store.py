@@ -373,13 +373,15 @@ class Store:
   def end_round(self, study_id: int, rnd: int,
                 results: Sequence[tuple[int, str, float | None, str | None]],
                 searcher_state: bytes, duration_s: float | None = None) -> None:
-    """Final ``(id, status, objective, reason)`` per trial and the post-``tell`` state."""
+    """Final ``(id, status, objective, reason)`` per trial and the post-``tell`` state;
+    ``duration_s`` (when given) as every trial's duration."""
     now = _now()
+    took = {} if duration_s is None else {"duration_s": duration_s}
     with self.engine.begin() as c:
       for tid, status, obj, reason in results:
         c.execute(trials.update().where(trials.c.id == int(tid)).values(
             status=status, objective=_finite(obj), failure_reason=reason, finished_at=now,
-            duration_s=duration_s))
+            **took))
       c.execute(studies.update().where(studies.c.id == study_id).values(
           searcher_state=searcher_state, state_round=rnd, state_phase="told", updated_at=now))
 

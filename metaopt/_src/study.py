@@ -11,11 +11,15 @@ The vocabulary of Optuna (``create_study``, ``ask``, ``tell``, ``optimize``, ``e
 Each ``ask(n)`` is one batch (a *round* in the store): the searcher's ``ask`` proposes ``n``
 points, the first ones replaced by enqueued parameters, and the searcher is told the batch
 once every trial of it has been told (searchers that update per generation, such as CMA-ES,
-want ``n`` = their population). The searcher's ``ask`` and ``tell`` are jitted once per
-batch size and searcher (a searcher given by name is built once per process and settings,
-so a second study with the same settings compiles nothing); before its ``n_startup``
-observations TPE's cheap ``startup_ask`` stands in for ``ask``. TPE by name starts with a
-history of 128 rows and doubles it (one more compile) when it fills, up to 4096.
+want ``n`` = their population). A study runs on the search loop (``loop.py``): ``ask`` is
+the loop's ask half of a round (``loop.ask_round``), the last ``tell`` of a batch its tell
+half (``loop.close_round``), and ``optimize`` runs every batch as one ``loop.one_round``
+with the objective as a :class:`metaopt.CallableEvaluator`. The searcher's ``ask`` and
+``tell`` are jitted once per batch size and searcher (a searcher given by name is built
+once per process and settings, so a second study with the same settings compiles nothing);
+before its ``n_startup`` observations TPE's cheap ``startup_ask`` stands in for ``ask``.
+TPE by name starts with a history of 128 rows and doubles it (one more compile) when it
+fills, up to 4096.
 
 Parameter values are plain Python: values a user typed come back as typed, and decoded
 floats as the shortest decimal of their float32 (``0.9``, not ``0.8999999761581421``).
@@ -23,6 +27,7 @@ floats as the shortest decimal of their float32 (``0.9``, not ``0.89999997615814
 With ``store`` (any SQLAlchemy URL) every ask and tell is written through, in the schema
 ``metaopt.search`` and ``run.py`` use (``run.py report`` reads a Python study), and
 ``create_study`` with the name of a stored study continues it, searcher state included.
+Without one, the study lives in an in-memory SQLite store of its own.
 
 Warm start (``warm_start=``): complete trials of earlier studies (a :class:`Study`, a
 ``(store_url, study_name)`` pair, or an ``optuna.Study``) whose parameters fit this space are
@@ -40,7 +45,7 @@ import json
 import math
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import flax.serialization
@@ -48,35 +53,32 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from metaopt._src import loop, registry
 from metaopt._src import population as pop
-from metaopt._src import registry
+from metaopt._src.evaluators import CallableEvaluator, TrialPruned
 from metaopt._src.store import Store
-from metaopt._src.types import COMPLETE, FAILED, PRUNED, Searcher, Trial
+from metaopt._src.types import COMPLETE, Searcher, Trial
 from metaopt.spaces import Choice, Fixed, Float, Int, Space, from_spec, to_spec
+
+__all__ = ["Study", "TrialPruned", "create_study", "from_optuna", "load_study",
+           "space_from_optuna"]
 
 DIRECTIONS = ("minimize", "maximize")
 STATES = ("complete", "failed", "pruned")
-_CODES = {"complete": COMPLETE, "failed": FAILED, "pruned": PRUNED}
 _TPE_CAPACITY, _TPE_MAX_CAPACITY = 128, 4096
 
-
-class TrialPruned(Exception):  # noqa: N818 - the name Optuna users know
-  """Raise inside an objective to record the trial as pruned."""
-
-
-# Compiled searcher functions, per searcher object (kept alive here so ids stay unique).
-_COMPILED: dict[int, tuple[Searcher, dict[str, Any]]] = {}
+# The loop's compiled searcher functions per (searcher, space) object, kept alive here so
+# ids stay unique: a second study with the same settings compiles nothing.
+_FNS: dict[tuple[int, int], tuple[Searcher, Space, loop.SearcherFns]] = {}
 _BY_NAME: dict[tuple, Searcher] = {}
+_fold_in = pop.fast_jit(jax.random.fold_in)  # one dispatch, not several eager ops per ask
 
 
-def _compiled(program: Searcher) -> dict[str, Any]:
-  if id(program) not in _COMPILED:
-    fns = {"ask": pop.TieredJit(program.ask, static_argnums=2),
-           "tell": pop.fast_jit(program.tell), "init": pop.fast_jit(program.init),
-           "startup": None if program.startup_ask is None else
-           pop.fast_jit(program.startup_ask, static_argnums=2)}
-    _COMPILED[id(program)] = (program, fns)
-  return _COMPILED[id(program)][1]
+def _searcher_fns(program: Searcher, space: Space) -> loop.SearcherFns:
+  key = (id(program), id(space))
+  if key not in _FNS:
+    _FNS[key] = (program, space, loop.searcher_fns(program, space))
+  return _FNS[key][2]
 
 
 def _named_searcher(name: str, dim: int, options: Mapping[str, Any]) -> Searcher:
@@ -84,21 +86,6 @@ def _named_searcher(name: str, dim: int, options: Mapping[str, Any]) -> Searcher
   if key not in _BY_NAME:
     _BY_NAME[key] = registry.make_searcher(name, dim, **options)
   return _BY_NAME[key]
-
-
-def _ser(state: Any) -> bytes:
-  return flax.serialization.to_bytes(jax.device_get(state))
-
-
-
-_DECODERS: dict[int, tuple[Space, Callable]] = {}
-_fold_in = pop.fast_jit(jax.random.fold_in)  # one dispatch, not several eager ops per ask
-
-
-def _decoder(space: Space) -> Callable:
-  if id(space) not in _DECODERS:
-    _DECODERS[id(space)] = (space, pop.fast_jit(space.decode))
-  return _DECODERS[id(space)][1]
 
 
 def _number(v: Any) -> bool:
@@ -200,7 +187,7 @@ class _Prior:
   """Warm-start observations resolved before the study is created or written."""
 
   u: np.ndarray
-  y: np.ndarray
+  y: np.ndarray  # as the sources report them (not negated for maximize)
   best: list[dict[str, Any]]
   provenance: list[dict[str, Any]]
 
@@ -227,10 +214,10 @@ def _resolve_warm_start(space: Space, direction: str, sources: Any, top_k: int) 
   if not rows:
     return _Prior(np.zeros((0, space.dim), np.float32), np.zeros(0, np.float32), [], prov)
   sign = -1.0 if direction == "maximize" else 1.0
-  u = np.asarray([_encode(space, p) for p, _ in rows], np.float32)
-  y = np.asarray([sign * v for _, v in rows], np.float32)
+  u = np.asarray([loop.encode_values(space, p) for p, _ in rows], np.float32)
+  y = np.asarray([v for _, v in rows], np.float64)
   best, seen = [], set()
-  for i in np.argsort(y, kind="stable"):
+  for i in np.argsort(np.asarray(sign * y, np.float32), kind="stable"):
     key = json.dumps(rows[i][0], sort_keys=True, default=repr)
     if key not in seen and len(best) < top_k:
       seen.add(key)
@@ -238,22 +225,35 @@ def _resolve_warm_start(space: Space, direction: str, sources: Any, top_k: int) 
   return _Prior(u, y, best, prov)
 
 
-def _encode(space: Space, values: Mapping[str, Any], base: np.ndarray | None = None
-            ) -> np.ndarray:
-  """Unit-cube point of ``values``; coordinates they leave out come from ``base`` (or the
-  parameters' defaults)."""
-  u = space.encode({}) if base is None else np.array(base, np.float64)
-  for i, n in enumerate(space.names):
-    if n in values:
-      p = space.params[n]
-      u[i] = p.encode(p.from_python(values[n]))
-  return u
+class _Objective(CallableEvaluator):
+  """A study's objective as the loop's evaluator: each result checked as ``tell`` checks it
+  (a result ``tell`` would reject fails its trial, and ``optimize`` raises it once the
+  round is stored)."""
 
+  timed = False  # a study records what the objective returned, nothing more
 
-def _positive(name: str, v: Any) -> int:
-  if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-    raise ValueError(f"{name}={v!r}: must be an integer >= 1")
-  return int(v)
+  def __init__(self, study: Study, fn: Callable[..., Any], vectorized: bool,
+               catch: tuple[type[BaseException], ...]):
+    super().__init__(fn, batched=vectorized, direction=study.direction,
+                     objective=study.metric or "objective", space=study.space, catch=catch)
+    self.study, self.first_rejected = study, None
+    self.last: list[dict[str, Any] | None] = []
+
+  def metrics(self, out: Any) -> dict[str, Any]:
+    value, metrics = self.study._check_value(out)
+    if value is None:
+      raise ValueError("tell: a 'complete' trial has no value (the objective returned None)")
+    if not math.isfinite(value):
+      return {"error": f"objective is {value}"}
+    return metrics if metrics is not None else {self.objective: value}
+
+  def rejected(self, e: ValueError) -> dict[str, Any]:
+    self.first_rejected = self.first_rejected or str(e)
+    return {"error": str(e)}
+
+  def epoch(self, state, batch, alive, epoch, key):
+    state, self.last = super().epoch(state, batch, alive, epoch, key)
+    return state, self.last
 
 
 class Study:
@@ -289,35 +289,39 @@ class Study:
     if study_name is not None and (not isinstance(study_name, str) or not study_name):
       raise ValueError(f"study_name={study_name!r}: must be a non-empty string")
     if warm_start_top_k != 0:
-      _positive("warm_start_top_k", warm_start_top_k)
-    self._program, self._searcher_name, self._options = _make_program(
+      loop.positive_int("warm_start_top_k", warm_start_top_k)
+    program, self._searcher_name, self._options = _make_program(
         searcher, space.dim, searcher_options)
     prior = _resolve_warm_start(space, direction, warm_start, warm_start_top_k)
     self.space, self.direction, self.seed, self.metric = space, direction, int(seed), metric
     self.study_name = study_name or f"study-{uuid.uuid4().hex[:8]}"
-    self._sign = -1.0 if direction == "maximize" else 1.0
     self._trials: list[Trial] = []
     self._rounds: dict[int, list[int]] = {}
     self._queue: list[dict[str, Any]] = []
     self._started: dict[int, float] = {}
     self._calls_left = 1
     self._key = jax.random.fold_in(jax.random.key(seed), 1)
-    self._state = _compiled(self._program)["init"](jax.random.key(seed))
     self.warm_start_sources: list[dict[str, Any]] = []
-    self._store: Store | None = None
-    self._rec_id: int | None = None
+    self._persistent = store is not None
+    st = store if isinstance(store, Store) else Store(store or "sqlite://")
+    self._env = loop.RoundEnv(None, None, space, st, 1, -1.0 if direction == "maximize" else
+                              1.0, keep_state=self._persistent)
+    self._use(program)
+    self._state = self._env.fns.init(jax.random.key(seed))
+    self._rec_id: int = -1
     self._ids: dict[int, int] = {}
-    loaded = False
-    if store is not None:
-      loaded = self._open(store)
-    if prior is not None and not loaded:
+    if not self._open(st) and prior is not None:
       self._apply_prior(prior)
 
   # ------------------------------------------------------------------ store
   @property
   def store_url(self) -> str | None:
     """The store's URL, or None for an in-memory study."""
-    return None if self._store is None else self._store.url
+    return self._env.store.url if self._persistent else None
+
+  @property
+  def _store(self) -> Store:
+    return self._env.store
 
   def _config(self) -> dict[str, Any]:
     return {"kind": "study", "space": to_spec(self.space),
@@ -325,79 +329,85 @@ class Study:
             self._searcher_name, "searcher": self._options, "metric": self.metric,
             "direction": self.direction, "warm_start": self.warm_start_sources}
 
-  def _open(self, store: str | Store) -> bool:
-    """Creates the study in ``store`` or loads it; True when it existed."""
+  def _open(self, st: Store) -> bool:
+    """Creates the study in ``st`` or loads it; True when it existed."""
     from metaopt._src.provenance import code_version, hardware
-    st = store if isinstance(store, Store) else Store(store)
     if self.study_name not in st.study_names():
       rec = st.create_study(self.study_name, direction=self.direction, config=self._config(),
                             seed=self.seed, code_version=code_version(), hardware=hardware())
-      self._store, self._rec_id = st, rec.id
+      self._rec_id = rec.id
       return False
     rec = st.load_study(self.study_name)
     if rec.config.get("kind") != "study":
       raise ValueError(f"study {self.study_name!r} in {st.url} was made by metaopt.search / "
                        "run.py; continue it with `run.py resume`, or pick a new study_name")
-    now, was = self._config(), rec.config
-    changed = sorted(k for k in ("space", "space_order", "searcher_name", "searcher", "metric",
-                                 "direction")
-                     if json.loads(json.dumps(now[k])) != was.get(k))
+    changed = loop.config_changes(rec.config, self._config(), ("warm_start",))
     if changed or rec.seed != self.seed:
       raise ValueError(f"study {self.study_name!r} exists in {st.url} with different "
                        f"settings (fields {changed or ['seed']}); pass the same ones to "
                        "continue it, or pick a new study_name")
     if rec.searcher_state is not None:
       self._state = flax.serialization.from_bytes(self._state, rec.searcher_state)
-      self._rebuild_for_state()
-    self._trials = st.trials(rec.id)
-    for t in self._trials:
-      self._rounds.setdefault(t.round, []).append(t.number)
-      if t.status == "running":
-        self._started[t.number] = time.time()
-    self.warm_start_sources = list(was.get("warm_start") or [])
-    self._store, self._rec_id, self._ids = st, rec.id, st.trial_ids(rec.id)
+      if self._grows:  # a TPE history restored at a grown capacity needs that searcher
+        self._use(self._tpe(int(np.shape(self._state["y"])[0])))
+    self._rec_id = rec.id
+    self._reload()
+    self.warm_start_sources = list(rec.config.get("warm_start") or [])
     st.log_event(rec.id, "resume", f"continued with {len(self._trials)} trials")
     return True
 
-  def _rebuild_for_state(self) -> None:
-    """A TPE history restored at a grown capacity needs the searcher of that capacity."""
-    if self._searcher_name == "tpe" and "capacity" not in self._options:
-      cap = int(np.shape(self._state["y"])[0])
-      self._program = _named_searcher("tpe", self.space.dim, {**self._options,
-                                                              "capacity": cap})
+  def _reload(self) -> None:
+    """The trials as the store holds them (running ones timed from now)."""
+    self._trials = self._store.trials(self._rec_id)
+    self._rounds = {}
+    for t in self._trials:
+      self._rounds.setdefault(t.round, []).append(t.number)
+      if t.status == "running":
+        self._started.setdefault(t.number, time.time())
+    self._ids = self._store.trial_ids(self._rec_id)
 
-  def _maybe_grow(self, n_new: int) -> None:
-    """Doubles TPE's history (padding with empty rows) before ``n_new`` rows would wrap."""
-    if self._searcher_name != "tpe" or "capacity" in self._options:
-      return
-    cap = int(np.shape(self._state["y"])[0])
-    need = int(self._state["count"]) + n_new
-    if need <= cap or cap >= _TPE_MAX_CAPACITY:
-      return
-    new = cap
-    while new < need and new < _TPE_MAX_CAPACITY:
-      new *= 2
-    pad = lambda a: jnp.concatenate([a, jnp.zeros((new - cap, *a.shape[1:]), a.dtype)])
-    self._state = {**self._state, "x": pad(self._state["x"]), "y": pad(self._state["y"]),
-                   "valid": pad(self._state["valid"])}
-    self._rebuild_for_state()
+  # ------------------------------------------------------------------ searcher
+  def _use(self, program: Searcher) -> None:
+    """Runs ``program`` from now on (its loop functions, ``tell`` growing TPE first)."""
+    self._program = program
+    self._env.fns = dataclasses.replace(_searcher_fns(program, self.space), tell=self._tell)
+
+  @property
+  def _grows(self) -> bool:
+    return self._searcher_name == "tpe" and "capacity" not in self._options
+
+  def _tpe(self, capacity: int) -> Searcher:
+    return _named_searcher("tpe", self.space.dim, {**self._options, "capacity": capacity})
+
+  def _tell(self, state, u, y, status):
+    """The searcher's ``tell``; a TPE by name first doubles its history (one more compile)
+    while the complete rows told would not fit, up to 4096 rows."""
+    if self._grows:
+      cap = int(np.shape(state["y"])[0])
+      need = int(state["count"]) + int(np.sum(np.asarray(status) == COMPLETE))
+      if cap < need and cap < _TPE_MAX_CAPACITY:
+        new = cap
+        while new < need and new < _TPE_MAX_CAPACITY:
+          new *= 2
+        pad = lambda a: jnp.concatenate([a, jnp.zeros((new - cap, *a.shape[1:]), a.dtype)])
+        state = {**state, "x": pad(state["x"]), "y": pad(state["y"]),
+                 "valid": pad(state["valid"])}
+        self._use(self._tpe(new))
+    return _searcher_fns(self._program, self.space).tell(state, u, y, status)
 
   def _apply_prior(self, prior: _Prior) -> None:
     """Tells the warm-start observations, enqueues their best points, records provenance."""
     if len(prior.y):
-      self._maybe_grow(len(prior.y))
-      self._state = _compiled(self._program)["tell"](
-          self._state, jnp.asarray(prior.u), jnp.asarray(prior.y),
-          jnp.zeros(len(prior.y), jnp.int32))
+      self._state = loop.warm_start(self._env, self._state, prior.u, prior.y, len(prior.y))
     for p in prior.best:
       self.enqueue(p)
     self.warm_start_sources = prior.provenance
-    if self._store is not None:
-      self._store.update_config(self._rec_id, self._config())
-      self._store.log_event(self._rec_id, "warm_start", json.dumps(
-          {"sources": prior.provenance, "prior_observations": int(len(prior.y)),
-           "enqueued": len(prior.best)}))
-      self._store.finish_trials(self._rec_id, [], searcher_state=_ser(self._state), rnd=-1)
+    self._store.update_config(self._rec_id, self._config())
+    self._store.log_event(self._rec_id, "warm_start", json.dumps(
+        {"sources": prior.provenance, "prior_observations": int(len(prior.y)),
+         "enqueued": len(prior.best)}))
+    self._store.finish_trials(self._rec_id, [],
+                              searcher_state=loop.state_bytes(self._env, self._state), rnd=-1)
 
   # ------------------------------------------------------------------ ask / tell
   def enqueue(self, params: Mapping[str, Any]) -> None:
@@ -406,61 +416,35 @@ class Study:
     searcher's proposal."""
     self._queue.append(check_params(self.space, params, "enqueue"))
 
-  def _propose(self, key: jax.Array, n: int) -> tuple[Any, np.ndarray]:
-    fns = _compiled(self._program)
-    if fns["startup"] is not None:
-      s, u, ok = fns["startup"](self._state, key, n)
-      if bool(ok):
-        return s, np.array(u, np.float32)
-    s, u = fns["ask"](self._state, key, n, calls_left=self._calls_left)
-    u = np.array(u, np.float32)
-    if u.shape != (n, self.space.dim):
-      raise ValueError(f"searcher.ask returned points of shape {u.shape}; the space needs "
-                       f"({n}, {self.space.dim}) for {self.space.names}")
-    return s, u
+  def _plan(self, n: int) -> loop.RoundPlan:
+    """The next round of ``n`` trials, enqueued points first."""
+    rnd, first = max(self._rounds, default=-1) + 1, len(self._trials)
+    key = _fold_in(self._key, rnd)
+    return loop.RoundPlan(self._rec_id, rnd, list(range(first, first + n)), key, key, None,
+                          self.seed, enqueue=self._queue[:n], calls_left=self._calls_left)
+
+  def _asked(self, plan: loop.RoundPlan, batch) -> list[Trial]:
+    """Registers the trials of an asked round (``running``)."""
+    del self._queue[:len(plan.enqueue)]
+    new = [Trial(number=num, params=p, status="running", objective=None, seed=int(s),
+                 round=plan.rnd, u=uu) for num, p, s, uu in
+           zip(batch.numbers, batch.params, batch.seeds, batch.u.tolist(), strict=True)]
+    self._ids.update(zip(batch.numbers, batch.ids, strict=True))
+    self._trials += new
+    self._rounds[plan.rnd] = list(batch.numbers)
+    now = time.time()
+    self._started.update({t.number: now for t in new})
+    return new
 
   def ask(self, n: int = 1) -> list[Trial]:
     """``n`` new trials (status ``running``) with plain Python ``params``: enqueued ones
     first, then the searcher's."""
-    from metaopt._src.loop import trial_seed
-    n = _positive("n", n)
-    rnd = max(self._rounds, default=-1) + 1
-    state, u = self._propose(_fold_in(self._key, rnd), n)
-    given = [self._queue.pop(0) for _ in range(min(n, len(self._queue)))]
-    for i, g in enumerate(given):
-      u[i] = _encode(self.space, g, u[i])
-    params = self.space.to_python_batch(jax.device_get(_decoder(self.space)(jnp.asarray(u))))
-    for p, g in zip(params, given, strict=False):
-      p.update({k: v for k, v in g.items() if k in p})
-    first = len(self._trials)
-    new = [Trial(number=first + i, params=params[i], status="running", objective=None,
-                 seed=trial_seed(self.seed, first + i), round=rnd, u=u[i].tolist())
-           for i in range(n)]
-    if self._store is not None:
-      ids = self._store.start_round(self._rec_id, rnd, [
-          {"number": t.number, "params": t.params, "u": t.u, "seed": t.seed} for t in new],
-          _ser(state))
-      self._ids.update({t.number: i for t, i in zip(new, ids, strict=True)})
-    self._state = state
-    self._trials += new
-    self._rounds[rnd] = [t.number for t in new]
-    now = time.time()
-    self._started.update({t.number: now for t in new})
-    return [dataclasses.replace(t, params=dict(t.params)) for t in new]
+    plan = self._plan(loop.positive_int("n", n))
+    self._state, batch, _ = loop.ask_round(self._env, self._state, plan)
+    return [dataclasses.replace(t, params=dict(t.params)) for t in self._asked(plan, batch)]
 
-  def _check_tell(self, trial: Trial | int, value: Any, state: str
-                  ) -> tuple[int, float | None, dict[str, Any] | None]:
-    """``(number, objective, metrics)`` of a tell, or one ``ValueError`` (nothing changed)."""
-    number = trial.number if isinstance(trial, Trial) else trial
-    if isinstance(number, bool) or not isinstance(number, (int, np.integer)) or \
-        not 0 <= number < len(self._trials):
-      raise ValueError(f"tell: trial {number!r} is unknown in study {self.study_name!r} "
-                       f"(trials 0..{len(self._trials) - 1})")
-    t = self._trials[number]
-    if t.status != "running":
-      raise ValueError(f"tell: trial {number} was already told ({t.status})")
-    if state not in STATES:
-      raise ValueError(f"tell: state={state!r}; allowed: {', '.join(STATES)}")
+  def _check_value(self, value: Any) -> tuple[float | None, dict[str, Any] | None]:
+    """``(objective, metrics)`` of a told value, or one ``ValueError``."""
     metrics = None
     if isinstance(value, Mapping):
       if self.metric is None:
@@ -475,10 +459,26 @@ class Study:
         hasattr(value, "shape") and np.shape(value) == () and np.asarray(value).dtype.kind
         in "fiu"):
       raise ValueError(f"tell: value={value!r} must be a number")
+    return None if value is None else float(value), metrics
+
+  def _check_tell(self, trial: Trial | int, value: Any, state: str
+                  ) -> tuple[int, float | None, dict[str, Any] | None]:
+    """``(number, objective, metrics)`` of a tell, or one ``ValueError`` (nothing changed)."""
+    number = trial.number if isinstance(trial, Trial) else trial
+    if isinstance(number, bool) or not isinstance(number, (int, np.integer)) or \
+        not 0 <= number < len(self._trials):
+      raise ValueError(f"tell: trial {number!r} is unknown in study {self.study_name!r} "
+                       f"(trials 0..{len(self._trials) - 1})")
+    t = self._trials[number]
+    if t.status != "running":
+      raise ValueError(f"tell: trial {number} was already told ({t.status})")
+    if state not in STATES:
+      raise ValueError(f"tell: state={state!r}; allowed: {', '.join(STATES)}")
+    value, metrics = self._check_value(value)
     if state == "complete" and value is None:
       raise ValueError(f"tell: trial {number} is 'complete' but has no value; pass value=..., "
                        "or state='failed'")
-    return int(number), None if value is None else float(value), metrics
+    return int(number), value, metrics
 
   def tell(self, trial: Trial | int, value: float | Mapping[str, Any] | None = None,
            state: str = "complete", *, reason: str | None = None) -> Trial:
@@ -497,77 +497,63 @@ class Study:
       t.metrics = [{"epoch": 0, **metrics}]
     batch = [self._trials[i] for i in self._rounds[t.round]]
     told = all(b.status != "running" for b in batch)
-    if told:
-      self._maybe_grow(sum(b.status == "complete" for b in batch))
-      y = [self._sign * b.objective if b.status == "complete" else np.inf for b in batch]
-      self._state = _compiled(self._program)["tell"](
-          self._state, jnp.asarray(np.asarray([b.u for b in batch], np.float32)),
-          jnp.asarray(y, jnp.float32), jnp.asarray([_CODES[b.status] for b in batch],
-                                                   jnp.int32))
-    if self._store is not None:
-      tid = self._ids[number]
-      self._store.finish_trials(
-          self._rec_id, [(tid, state, value, reason, t.duration_s)],
-          metrics=None if metrics is None else {tid: metrics},
-          searcher_state=_ser(self._state) if told else None, rnd=t.round)
+    if told:  # the loop's tell phase, as a round's end
+      self._state = loop.tell_round(
+          self._env, self._state, np.asarray([b.u for b in batch], np.float32),
+          [(self._ids[b.number], b.status, b.objective, b.failure_reason) for b in batch])
+    tid = self._ids[number]
+    self._store.finish_trials(  # the trial and, at a round's end, the state: one transaction
+        self._rec_id, [(tid, state, value, reason, t.duration_s)],
+        metrics=None if metrics is None else {tid: metrics},
+        searcher_state=loop.state_bytes(self._env, self._state) if told else None,
+        rnd=t.round)
     return dataclasses.replace(t, params=dict(t.params))
 
   def optimize(self, objective: Callable[..., Any], n_trials: int, batch_size: int = 1, *,
                vectorized: bool = False,
                catch: tuple[type[BaseException], ...] = (Exception,)) -> Study:
     """Runs ``n_trials`` new trials of ``objective(params) -> value`` (a number, or a dict of
-    metrics holding ``metric``), ``batch_size`` asked at a time. With ``vectorized`` the
-    objective takes the batch's list of params and returns a list of values. An exception
-    in ``catch`` records the trial as failed with its reason and the search goes on;
-    :class:`TrialPruned` records it as pruned. A result ``tell`` rejects (e.g. a dict
-    without ``metric``) is recorded as failed with the reason, then raised."""
+    metrics holding ``metric``), ``batch_size`` at a time, each batch one round of the
+    search loop. With ``vectorized`` the objective takes the batch's list of params and
+    returns a list of values. An exception in ``catch`` records the trial as failed with its
+    reason and the search goes on; :class:`TrialPruned` records it as pruned. A result
+    ``tell`` rejects (e.g. a dict without ``metric``) is recorded as failed with the reason,
+    then raised."""
     if not callable(objective):
       raise ValueError(f"objective: expected a callable params -> value, got "
                        f"{type(objective).__name__}")
-    n_trials, batch_size = _positive("n_trials", n_trials), _positive("batch_size", batch_size)
-    done = 0
+    n_trials = loop.positive_int("n_trials", n_trials)
+    batch_size = loop.positive_int("batch_size", batch_size)
+    ev = _Objective(self, objective, vectorized, catch)
+    self._env.evaluator, done = ev, 0
     try:
       while done < n_trials:
         k = min(batch_size, n_trials - done)
         self._calls_left = -(-(n_trials - done) // batch_size)
-        trials = self.ask(k)
-        for t, (value, state, reason) in zip(trials, self._evaluate(
-            objective, trials, vectorized, catch), strict=True):
-          try:
-            self.tell(t, value, state, reason=reason)
-          except ValueError as e:
-            self.tell(t, None, "failed", reason=str(e))
-            raise
+        plan, t0 = self._plan(k), time.time()
+        try:
+          self._state, results, batch = loop.one_round(self._env, self._state, plan)
+        except BaseException:
+          self._reload()  # what the store holds: a round asked, then stopped, stays running
+          if plan.rnd in self._rounds:
+            del self._queue[:len(plan.enqueue)]
+          raise
+        self._evaluated(self._asked(plan, batch), results, ev.last, time.time() - t0)
+        if ev.first_rejected:
+          raise ValueError(ev.first_rejected)
         done += k
     finally:
-      self._calls_left = 1
+      self._calls_left, self._env.evaluator = 1, None
     return self
 
-  @staticmethod
-  def _evaluate(objective, trials: Sequence[Trial], vectorized: bool, catch
-                ) -> list[tuple[Any, str, str | None]]:
-    """``(value, state, reason)`` per trial."""
-    def failed(e: BaseException) -> tuple[Any, str, str]:
-      if isinstance(e, TrialPruned):
-        return None, "pruned", str(e) or "pruned by the objective"
-      return None, "failed", f"{type(e).__name__}: {e}"
-
-    if vectorized:
-      try:
-        values = list(objective([dict(t.params) for t in trials]))
-      except (TrialPruned, *catch) as e:
-        return [failed(e)] * len(trials)
-      if len(values) != len(trials):
-        raise ValueError(f"objective: vectorized objective returned {len(values)} values for "
-                         f"{len(trials)} trials")
-      return [(v, "complete", None) for v in values]
-    out = []
-    for t in trials:
-      try:
-        out.append((objective(dict(t.params)), "complete", None))
-      except (TrialPruned, *catch) as e:
-        out.append(failed(e))
-    return out
+  def _evaluated(self, trials: list[Trial], results, metrics, duration_s: float) -> None:
+    """The outcomes of a round ``optimize`` ran, as the loop stored them."""
+    for t, (_, status, obj, reason), m in zip(trials, results, metrics, strict=True):
+      t.status, t.objective, t.failure_reason = status, obj, reason
+      t.duration_s = duration_s
+      if m is not None and "error" not in m and "pruned" not in m:
+        t.metrics = [{"epoch": 0, **m}]
+      self._started.pop(t.number, None)
 
   # ------------------------------------------------------------------ results
   @property
