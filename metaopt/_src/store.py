@@ -140,6 +140,11 @@ class Claim:
   trials: list[dict[str, Any]]
 
 
+# UPDATEs of one row by id, their SET columns the keys of the parameters they run with
+_SET_STUDY = studies.update().where(studies.c.id == sa.bindparam("b_id"))
+_SET_TRIAL = trials.update().where(trials.c.id == sa.bindparam("b_id"))
+
+
 def _now() -> dt.datetime:
   return dt.datetime.now(dt.UTC).replace(tzinfo=None)
 
@@ -334,14 +339,14 @@ class Store:
     now = _now()
     with self.engine.begin() as c:
       ids = []
-      for t in new_trials:
-        res = c.execute(trials.insert().values(
-            study_id=study_id, number=int(t["number"]), round=rnd, params=_dumps(t["params"]),
-            u=_dumps(t.get("u")), status="running", seed=int(t["seed"]), started_at=now,
-            checkpoint_path=checkpoint_path))
+      for t in new_trials:  # statements with parameters: compiled once, cached
+        res = c.execute(trials.insert(), {
+            "study_id": study_id, "number": int(t["number"]), "round": rnd,
+            "params": _dumps(t["params"]), "u": _dumps(t.get("u")), "status": "running",
+            "seed": int(t["seed"]), "started_at": now, "checkpoint_path": checkpoint_path})
         ids.append(res.inserted_primary_key[0])
-      c.execute(studies.update().where(studies.c.id == study_id).values(
-          searcher_state=searcher_state, state_round=rnd, state_phase="asked", updated_at=now))
+      c.execute(_SET_STUDY, {"b_id": study_id, "searcher_state": searcher_state,
+                             "state_round": rnd, "state_phase": "asked", "updated_at": now})
     return ids
 
   def round_trials(self, study_id: int, rnd: int) -> list[dict[str, Any]]:
@@ -505,17 +510,16 @@ class Store:
     now = _now()
     with self.engine.begin() as c:
       for tid, status, obj, reason, duration in results:
-        c.execute(trials.update().where(trials.c.id == int(tid)).values(
-            status=status, objective=_finite(obj), failure_reason=reason, finished_at=now,
-            duration_s=duration))
+        c.execute(_SET_TRIAL, {"b_id": int(tid), "status": status, "objective": _finite(obj),
+                               "failure_reason": reason, "finished_at": now,
+                               "duration_s": duration})
       for tid, m in (metrics or {}).items():
         c.execute(trial_epochs.delete().where(trial_epochs.c.trial_id == int(tid)))
         c.execute(trial_epochs.insert().values(trial_id=int(tid), epoch=0, metrics=_dumps(m)))
         c.execute(trials.update().where(trials.c.id == int(tid)).values(last_epoch=0))
       if searcher_state is not None:
-        c.execute(studies.update().where(studies.c.id == study_id).values(
-            searcher_state=searcher_state, state_round=rnd, state_phase="told",
-            updated_at=now))
+        c.execute(_SET_STUDY, {"b_id": study_id, "searcher_state": searcher_state,
+                               "state_round": rnd, "state_phase": "told", "updated_at": now})
 
   def update_config(self, study_id: int, config: Mapping[str, Any]) -> None:
     """Replaces a study's recorded config (e.g. to add the provenance of a warm start)."""
