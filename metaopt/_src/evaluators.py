@@ -90,8 +90,9 @@ class Evaluator:
       with ``alive[i]`` one epoch; ``metrics[i]`` is a dict of numbers for a trial that ran
       (it must hold ``objective``, the metric the search optimizes) and None for one that did
       not. A trial that broke gets ``{"error": "why"}``; it is recorded failed and the rest
-      go on. An exception raised by ``epoch`` stops the search (a ``failed`` study event;
-      the round's trials stay ``running`` so a resume after the fix trains them).
+      go on (``{"pruned": "why"}``: recorded pruned). An exception raised by ``epoch``
+      stops the search (a ``failed`` study event; the round's trials stay ``running`` so a
+      resume after the fix trains them).
 
   Optional (defaults here):
     ``exploit(state, batch, copy_from, alive)``: copy trial ``copy_from[i]``'s state into

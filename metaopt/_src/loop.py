@@ -1,16 +1,18 @@
 """The one ask -> evaluate -> tell loop, in named phases over a round-state dataclass.
 
-``search`` (``driver.py``), ``worker`` and the white-box, NAS and repair fallbacks all run
-rounds through here. A round is:
+``search`` (``driver.py``), ``worker``, the white-box, NAS and repair fallbacks and the
+``Study`` API (``study.py``: ``ask`` is ``ask_round``, a batch's last ``tell`` is
+``tell_round``, ``optimize`` runs ``one_round``) all run rounds through here. A round is:
 
-1. ``ask_round``: the searcher proposes points; they are decoded into a :class:`TrialBatch`
-   (constraint-infeasible trials marked, never evaluated);
+1. ``ask_round``: the searcher proposes points (enqueued ones first); they are decoded into a
+   :class:`TrialBatch` (constraint-infeasible trials marked, never evaluated) and stored;
 2. ``run_round``: the evaluator advances the batch epoch by epoch. Per epoch: ``evaluate``
    (the evaluator's chunk), ``share`` (multi-host: every process gets every trial's epoch),
    ``judge`` (failures, objective history), ``decide`` (the program's observer returns a
    :class:`Decision`), ``apply`` (prune, PBT exploit / explore, compaction), ``record``
    (store) and ``save`` (checkpoint). A restored round continues from its newest checkpoint;
-3. ``outcomes`` / ``told``: the round's final statuses and objectives become the ``tell``.
+3. ``close_round``: the round's final statuses and objectives (``outcomes``) become the
+   ``tell`` (``told``, ``tell_round``), stored with the post-tell searcher state.
 """
 
 from __future__ import annotations
@@ -561,7 +563,7 @@ class RoundPlan:
   seed: int
   constraint: Callable[[dict[str, Any]], float] | None = None
   asked: tuple[list[int], np.ndarray] | None = None
-  enqueue: Any = None
+  enqueue: np.ndarray | list[Mapping[str, Any]] | None = None
   calls_left: int = 1
   label: Callable[[dict[str, Any]], dict[str, Any]] | None = None
   seeds: list[int] | None = None
