@@ -9,9 +9,10 @@ At a stationary point ``w*(λ)`` of the training loss ``L(w, λ)``,
 
     dV/dλ = ∂_λ V − ∂²_{λw} L · H⁻¹ ∂_w V,      H = ∂²_w L,
 
-with ``H v`` computed as a Hessian-vector product (forward-over-reverse,
-``jax.linearize(jax.grad(L))``, never forming ``H``) and ``∂²_{λw} L · v`` as
-``∂_λ <∂_w L(w, λ), v>``. The linear system ``H v = ∂_w V`` is solved by
+with ``H v`` computed as a Hessian-vector product (forward-over-reverse, never forming ``H``):
+one ``jax.linearize`` of ``w -> (∂_w L, ∂_λ L)`` serves every iteration, and its tangent at the
+solution ``v`` gives both ``H v`` (for the true residual) and ``∂²_{λw} L · v`` (the mixed term,
+by symmetry of second derivatives) in one pass. The linear system ``H v = ∂_w V`` is solved by
 
 * ``"cg"``: conjugate gradient, stopping at relative residual ``tol`` (HOAG);
 * ``"neumann"``: ``H⁻¹ ≈ α Σ_{j≤K} (I − αH)^j``, ``K = maxiter`` terms (Lorraine et al.);
@@ -70,8 +71,13 @@ def _tiny(x: jax.Array) -> jax.Array:
 
 
 def _finish(matvec: MatVec, b: PyTree, x: PyTree, k: jax.Array, tol: float) -> SolveResult:
+  return _finish_from(matvec(x), b, x, k, tol)
+
+
+def _finish_from(ax: PyTree, b: PyTree, x: PyTree, k: jax.Array, tol: float) -> SolveResult:
+  """The :class:`SolveResult` of ``x`` given ``ax = A x`` (the true residual's product)."""
   b_norm = tree_norm(b)
-  r = jax.tree.map(jnp.subtract, matvec(x), b)
+  r = jax.tree.map(jnp.subtract, ax, b)
   res = jnp.where(b_norm > 0, tree_norm(r) / jnp.maximum(b_norm, _tiny(b_norm)), 0.0)
   ok = jnp.isfinite(res) & (res <= tol) & tree_finite(x)
   return SolveResult(x, res, jnp.asarray(k, jnp.int32), ok)
@@ -99,6 +105,11 @@ def cg_solve(matvec: MatVec, b: PyTree, *, maxiter: int = 100, tol: float = 1e-5
     >>> bool(r.converged), [round(float(v), 4) for v in r.x]
     (True, [0.0909, 0.6364])
   """
+  return _finish(matvec, b, *_cg(matvec, b, maxiter, tol), tol)
+
+
+def _cg(matvec: MatVec, b: PyTree, maxiter: int, tol: float) -> tuple[PyTree, jax.Array]:
+  """CG iterations only: ``(x, iterations)``."""
   b_norm = tree_norm(b)
   x0 = jax.tree.map(jnp.zeros_like, b)
   rs0 = tree_vdot(b, b)
@@ -122,7 +133,7 @@ def cg_solve(matvec: MatVec, b: PyTree, *, maxiter: int = 100, tol: float = 1e-5
 
   x, _, _, _, k, _ = lax.while_loop(cond, body, (x0, b, b, rs0, jnp.zeros((), jnp.int32),
                                                  jnp.asarray(False)))
-  return _finish(matvec, b, x, k, tol)
+  return x, k
 
 
 def power_iteration(matvec: MatVec, v: PyTree, iters: int = 20) -> jax.Array:
@@ -163,6 +174,12 @@ def neumann_solve(
   Returns:
     A :class:`SolveResult`.
   """
+  return _finish(matvec, b, *_neumann(matvec, b, maxiter, tol, step_size), tol)
+
+
+def _neumann(matvec: MatVec, b: PyTree, maxiter: int, tol: float,
+             step_size: float | None) -> tuple[PyTree, jax.Array]:
+  del tol  # always sums maxiter terms
   alpha = _step_size(matvec, b, step_size)
 
   def body(_, c):
@@ -171,8 +188,7 @@ def neumann_solve(
     return v, jax.tree.map(jnp.add, p, v)
 
   _, p = lax.fori_loop(0, maxiter, body, (b, b))
-  x = jax.tree.map(lambda a: alpha * a, p)
-  return _finish(matvec, b, x, maxiter, tol)
+  return jax.tree.map(lambda a: alpha * a, p), jnp.asarray(maxiter, jnp.int32)
 
 
 def fixed_point_solve(
@@ -194,6 +210,11 @@ def fixed_point_solve(
   Returns:
     A :class:`SolveResult`.
   """
+  return _finish(matvec, b, *_fixed_point(matvec, b, maxiter, tol, step_size), tol)
+
+
+def _fixed_point(matvec: MatVec, b: PyTree, maxiter: int, tol: float,
+                 step_size: float | None) -> tuple[PyTree, jax.Array]:
   alpha = _step_size(matvec, b, step_size)
   b_norm = tree_norm(b)
 
@@ -210,7 +231,7 @@ def fixed_point_solve(
 
   x0 = jax.tree.map(jnp.zeros_like, b)
   x, _, k = lax.while_loop(cond, body, (x0, b, jnp.zeros((), jnp.int32)))
-  return _finish(matvec, b, x, k, tol)
+  return x, k
 
 
 def linear_solve(
@@ -218,12 +239,18 @@ def linear_solve(
     step_size: float | None = None,
 ) -> SolveResult:
   """Dispatches to :func:`cg_solve`, :func:`neumann_solve` or :func:`fixed_point_solve`."""
+  return _finish(matvec, b, *_iterate(matvec, b, solver, maxiter, tol, step_size), tol)
+
+
+def _iterate(matvec: MatVec, b: PyTree, solver: str, maxiter: int, tol: float,
+             step_size: float | None) -> tuple[PyTree, jax.Array]:
+  """The solver's iterations without the final residual check: ``(x, iterations)``."""
   if solver == "cg":
-    return cg_solve(matvec, b, maxiter=maxiter, tol=tol)
+    return _cg(matvec, b, maxiter, tol)
   if solver == "neumann":
-    return neumann_solve(matvec, b, maxiter=maxiter, tol=tol, step_size=step_size)
+    return _neumann(matvec, b, maxiter, tol, step_size)
   if solver == "fixed_point":
-    return fixed_point_solve(matvec, b, maxiter=maxiter, tol=tol, step_size=step_size)
+    return _fixed_point(matvec, b, maxiter, tol, step_size)
   raise ValueError(f"solver={solver!r} is unknown; allowed: {', '.join(SOLVERS)}")
 
 
@@ -274,13 +301,17 @@ def implicit(
 
   def hypergrad(hparams: HParams, params: PyTree, batch: PyTree) -> HypergradResult:
     value, (g_w, g_h) = jax.value_and_grad(val_loss, argnums=(0, 1))(params, hparams)
-    value_grad_w = lambda w: jax.value_and_grad(train_loss)(w, hparams, batch)
-    (train_value, inner_grad), lin = jax.linearize(value_grad_w, params)
-    hvp = lambda v: lin(v)[1]
-    matvec = hvp if damping == 0.0 else (lambda v: tree_axpy(damping, v, hvp(v)))
-    sol = linear_solve(matvec, g_w, solver, maxiter=maxiter, tol=tol, step_size=step_size)
-    v = lax.stop_gradient(sol.x)
-    mixed = jax.grad(lambda h: tree_vdot(jax.grad(train_loss)(params, h, batch), v))(hparams)
+    # one linearisation of w -> (dL/dw, dL/dλ): its tangent at v is (H v, ∂²_{λw}L · v), so
+    # the true residual's product and the mixed term come from one pass (no second
+    # differentiation for the mixed term)
+    full_grad = lambda w: jax.value_and_grad(train_loss, argnums=(0, 1))(w, hparams, batch)
+    (train_value, (inner_grad, _)), lin = jax.linearize(full_grad, params)
+    hvp = lambda v: lin(v)[1][0]
+    damped = lambda hv, v: hv if damping == 0.0 else tree_axpy(damping, v, hv)
+    x, k = _iterate(lambda v: damped(hvp(v), v), g_w, solver, maxiter, tol, step_size)
+    v = lax.stop_gradient(x)
+    _, (hv, mixed) = lin(v)
+    sol = _finish_from(damped(hv, v), g_w, v, k, tol)
     grad = jax.tree.map(jnp.subtract, g_h, mixed)
     diag = make_diagnostics(value, grad, residual_norm=sol.residual_norm,
                             iterations=sol.iterations, converged=sol.converged,
