@@ -79,6 +79,10 @@ def _finish_from(ax: PyTree, b: PyTree, x: PyTree, k: jax.Array, tol: float) -> 
   b_norm = tree_norm(b)
   r = jax.tree.map(jnp.subtract, ax, b)
   res = jnp.where(b_norm > 0, tree_norm(r) / jnp.maximum(b_norm, _tiny(b_norm)), 0.0)
+  return _result(res, x, k, tol)
+
+
+def _result(res: jax.Array, x: PyTree, k: jax.Array, tol: float) -> SolveResult:
   ok = jnp.isfinite(res) & (res <= tol) & tree_finite(x)
   return SolveResult(x, res, jnp.asarray(k, jnp.int32), ok)
 
@@ -105,11 +109,12 @@ def cg_solve(matvec: MatVec, b: PyTree, *, maxiter: int = 100, tol: float = 1e-5
     >>> bool(r.converged), [round(float(v), 4) for v in r.x]
     (True, [0.0909, 0.6364])
   """
-  return _finish(matvec, b, *_cg(matvec, b, maxiter, tol), tol)
+  return _finish(matvec, b, *_cg(matvec, b, maxiter, tol)[:2], tol)
 
 
-def _cg(matvec: MatVec, b: PyTree, maxiter: int, tol: float) -> tuple[PyTree, jax.Array]:
-  """CG iterations only: ``(x, iterations)``."""
+def _cg(matvec: MatVec, b: PyTree, maxiter: int,
+        tol: float) -> tuple[PyTree, jax.Array, jax.Array]:
+  """CG iterations only: ``(x, iterations, recursive relative residual)``."""
   b_norm = tree_norm(b)
   x0 = jax.tree.map(jnp.zeros_like, b)
   rs0 = tree_vdot(b, b)
@@ -131,9 +136,9 @@ def _cg(matvec: MatVec, b: PyTree, maxiter: int, tol: float) -> tuple[PyTree, ja
     p = tree_axpy(beta, p, r)
     return x, r, p, rs_new, k + 1, broken
 
-  x, _, _, _, k, _ = lax.while_loop(cond, body, (x0, b, b, rs0, jnp.zeros((), jnp.int32),
-                                                 jnp.asarray(False)))
-  return x, k
+  x, _, _, rs, k, _ = lax.while_loop(cond, body, (x0, b, b, rs0, jnp.zeros((), jnp.int32),
+                                                  jnp.asarray(False)))
+  return x, k, jnp.sqrt(rs) / jnp.maximum(b_norm, _tiny(b_norm))
 
 
 def power_iteration(matvec: MatVec, v: PyTree, iters: int = 20) -> jax.Array:
@@ -174,11 +179,12 @@ def neumann_solve(
   Returns:
     A :class:`SolveResult`.
   """
-  return _finish(matvec, b, *_neumann(matvec, b, maxiter, tol, step_size), tol)
+  return _finish(matvec, b, *_neumann(matvec, b, maxiter, tol, step_size)[:2], tol)
 
 
 def _neumann(matvec: MatVec, b: PyTree, maxiter: int, tol: float,
-             step_size: float | None) -> tuple[PyTree, jax.Array]:
+             step_size: float | None) -> tuple[PyTree, jax.Array, None]:
+  """Neumann terms only: ``(x, iterations, None)`` (no residual estimate of its own)."""
   del tol  # always sums maxiter terms
   alpha = _step_size(matvec, b, step_size)
 
@@ -188,7 +194,7 @@ def _neumann(matvec: MatVec, b: PyTree, maxiter: int, tol: float,
     return v, jax.tree.map(jnp.add, p, v)
 
   _, p = lax.fori_loop(0, maxiter, body, (b, b))
-  return jax.tree.map(lambda a: alpha * a, p), jnp.asarray(maxiter, jnp.int32)
+  return jax.tree.map(lambda a: alpha * a, p), jnp.asarray(maxiter, jnp.int32), None
 
 
 def fixed_point_solve(
@@ -210,11 +216,13 @@ def fixed_point_solve(
   Returns:
     A :class:`SolveResult`.
   """
-  return _finish(matvec, b, *_fixed_point(matvec, b, maxiter, tol, step_size), tol)
+  return _finish(matvec, b, *_fixed_point(matvec, b, maxiter, tol, step_size)[:2], tol)
 
 
 def _fixed_point(matvec: MatVec, b: PyTree, maxiter: int, tol: float,
-                 step_size: float | None) -> tuple[PyTree, jax.Array]:
+                 step_size: float | None) -> tuple[PyTree, jax.Array, jax.Array]:
+  """Richardson iterations only: ``(x, iterations, relative residual)`` (``r = b - A x`` is
+  recomputed from ``x`` every iteration, so it is the true residual)."""
   alpha = _step_size(matvec, b, step_size)
   b_norm = tree_norm(b)
 
@@ -230,8 +238,8 @@ def _fixed_point(matvec: MatVec, b: PyTree, maxiter: int, tol: float,
     return x, r, k + 1
 
   x0 = jax.tree.map(jnp.zeros_like, b)
-  x, _, k = lax.while_loop(cond, body, (x0, b, jnp.zeros((), jnp.int32)))
-  return x, k
+  x, r, k = lax.while_loop(cond, body, (x0, b, jnp.zeros((), jnp.int32)))
+  return x, k, tree_norm(r) / jnp.maximum(b_norm, _tiny(b_norm))
 
 
 def linear_solve(
@@ -239,12 +247,13 @@ def linear_solve(
     step_size: float | None = None,
 ) -> SolveResult:
   """Dispatches to :func:`cg_solve`, :func:`neumann_solve` or :func:`fixed_point_solve`."""
-  return _finish(matvec, b, *_iterate(matvec, b, solver, maxiter, tol, step_size), tol)
+  return _finish(matvec, b, *_iterate(matvec, b, solver, maxiter, tol, step_size)[:2], tol)
 
 
 def _iterate(matvec: MatVec, b: PyTree, solver: str, maxiter: int, tol: float,
-             step_size: float | None) -> tuple[PyTree, jax.Array]:
-  """The solver's iterations without the final residual check: ``(x, iterations)``."""
+             step_size: float | None) -> tuple[PyTree, jax.Array, jax.Array | None]:
+  """The solver's iterations without the final residual check: ``(x, iterations, the
+  solver's own relative residual estimate or None)``."""
   if solver == "cg":
     return _cg(matvec, b, maxiter, tol)
   if solver == "neumann":
@@ -265,6 +274,7 @@ def implicit(
     damping: float = 0.0,
     inner_tol: float | None = None,
     max_norm: float = 1e6,
+    check: bool = True,
 ) -> Callable[[HParams, PyTree, PyTree], HypergradResult]:
   """Implicit hypergradient ``∂_λV − ∂²_{λw}L · (H + damping·I)⁻¹ ∂_wV`` at ``w``.
 
@@ -282,6 +292,11 @@ def implicit(
     inner_tol: if given, ``||∂_w L(w)|| > inner_tol`` makes the result untrustworthy (the
       inner problem was not solved, so the IFT does not apply).
     max_norm: hypergradient norms above this are flagged *exploding*.
+    check: ``True`` (default): ``residual_norm`` is the true residual ``||H v − b|| / ||b||``
+      and ``inner_grad_norm`` is computed. ``False`` skips the two checks (their Hessian-vector
+      product and training-loss gradient): ``residual_norm`` is the solver's own estimate
+      (CG's recursive residual; fixed point's is exact; Neumann always checks) and
+      ``inner_grad_norm`` is 0. Needs ``inner_tol=None``.
 
   Returns:
     ``hypergrad(hparams, params, batch) -> HypergradResult``, with ``params`` the
@@ -298,6 +313,9 @@ def implicit(
   """
   if solver not in SOLVERS:
     raise ValueError(f"solver={solver!r} is unknown; allowed: {', '.join(SOLVERS)}")
+  if not check and inner_tol is not None:
+    raise ValueError("check=False skips the inner gradient: it cannot be combined with "
+                     f"inner_tol={inner_tol!r} (use check=True or inner_tol=None)")
 
   def hypergrad(hparams: HParams, params: PyTree, batch: PyTree) -> HypergradResult:
     value, (g_w, g_h) = jax.value_and_grad(val_loss, argnums=(0, 1))(params, hparams)
@@ -308,15 +326,19 @@ def implicit(
     (train_value, (inner_grad, _)), lin = jax.linearize(full_grad, params)
     hvp = lambda v: lin(v)[1][0]
     damped = lambda hv, v: hv if damping == 0.0 else tree_axpy(damping, v, hv)
-    x, k = _iterate(lambda v: damped(hvp(v), v), g_w, solver, maxiter, tol, step_size)
+    x, k, estimate = _iterate(lambda v: damped(hvp(v), v), g_w, solver, maxiter, tol,
+                              step_size)
     v = lax.stop_gradient(x)
     _, (hv, mixed) = lin(v)
-    sol = _finish_from(damped(hv, v), g_w, v, k, tol)
+    if check or estimate is None:
+      sol = _finish_from(damped(hv, v), g_w, v, k, tol)
+    else:
+      sol = _result(estimate, v, k, tol)
     grad = jax.tree.map(jnp.subtract, g_h, mixed)
     diag = make_diagnostics(value, grad, residual_norm=sol.residual_norm,
                             iterations=sol.iterations, converged=sol.converged,
-                            inner_grad_norm=tree_norm(inner_grad), max_norm=max_norm,
-                            max_inner_grad_norm=inner_tol)
+                            inner_grad_norm=tree_norm(inner_grad) if check else 0.0,
+                            max_norm=max_norm, max_inner_grad_norm=inner_tol)
     return HypergradResult(value, grad, diag, params, train_value)
 
   return hypergrad

@@ -328,6 +328,29 @@ def test_unconverged_implicit_solve_is_flagged(x64):
   assert bool(far.diagnostics.converged) and not bool(far.diagnostics.trustworthy)
 
 
+def test_implicit_check_false_skips_checks_not_correctness(x64):
+  """check=False: the same hypergradient (closed form), the solver's own residual estimate,
+  still flags an unconverged solve, and refuses inner_tol."""
+  p = problems.ridge(noise=2.0)
+  x, y, xv, yv = (jnp.asarray(a) for a in problems.ridge_data(noise=2.0))
+  lam = jnp.asarray(5.0)
+  w_star = problems.ridge_solution(x, y, lam)
+  expected = float(problems.ridge_hypergrad(x, y, xv, yv, lam))
+  for solver in hypergrad.SOLVERS:
+    r = jax.jit(hypergrad.implicit(p.train_loss, p.val_loss, solver=solver, maxiter=2000,
+                                   tol=1e-10, check=False))({"l2": lam}, w_star, p.full_batch)
+    assert abs(float(r.grad["l2"]) - expected) < 1e-6 * abs(expected), solver
+    assert bool(r.diagnostics.converged) and float(r.diagnostics.residual_norm) <= 1e-10
+    assert float(r.diagnostics.inner_grad_norm) == 0.0
+  train_loss, val_loss, h, w_bad = _ill_conditioned()
+  for solver in hypergrad.SOLVERS:
+    r = jax.jit(hypergrad.implicit(train_loss, val_loss, solver=solver, maxiter=2,
+                                   check=False))(h, w_bad, None)
+    assert not bool(r.diagnostics.trustworthy) and float(r.diagnostics.residual_norm) > 1e-5
+  with pytest.raises(ValueError, match="inner_tol"):
+    hypergrad.implicit(train_loss, val_loss, check=False, inner_tol=1e-6)
+
+
 def test_hpo_does_not_apply_unconverged_hypergradients(x64):
   train_loss, val_loss, h, w_star = _ill_conditioned()
   ig = hypergrad.implicit(train_loss, val_loss, maxiter=2)
