@@ -25,7 +25,7 @@ Protocol (BENCHMARKS.md "Protocol", issue 23):
   initialisations; the figure is the mean *test* loss (the digits test split, which no
   method sees). Printed: medians with quartiles and paired sign / Wilcoxon tests per seed.
 
-    python benchmarks/hypergrad_vs_blackbox.py [--quick] [--select] [--budget B]
+    python benchmarks/hypergrad_vs_blackbox.py [--quick] [--select] [--budget B] [--cost C]
 
 The last line is ``hypergrad_vs_tpe_test_loss_ratio: X`` (median gradient-HPO test loss /
 median TPE test loss; < 1: the gradient method wins).
@@ -249,9 +249,14 @@ def main() -> None:
   ap.add_argument("--dev_seeds", type=int, default=5, help="development seeds for --select")
   ap.add_argument("--steps", type=int, default=100, help="inner SGD steps T")
   ap.add_argument("--budget", type=float, default=192, help="TRE per method and seed")
+  ap.add_argument("--cost", type=float, default=0.0,
+                  help="TRE of one hypergradient (0: measure it in this run; give the value a "
+                       "--select run printed to give both runs the same outer steps)")
   ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__),
                                                 "results_hypergrad_vs_blackbox.md"))
   a = ap.parse_args()
+  if a.cost < 0 or a.budget <= 0:
+    ap.error(f"--cost must be >= 0 and --budget > 0, got {a.cost:g} and {a.budget:g}")
   steps, budget, n_seeds = (50, 64, 2) if a.quick else (a.steps, a.budget, a.seeds)
   problem = hypergrad.get_problem("mlp", **_config(steps, 1, 0, HYPER_LR)["problem"])
   test_problem = hypergrad.get_problem("mlp", val_split="test",
@@ -262,6 +267,9 @@ def main() -> None:
   evaluate_test = _objective(test_problem, layers, steps)
   load = os.getloadavg()
   cost, compile_s = hypergrad_cost(steps, evaluate, space, layers)
+  if a.cost > 0:
+    print(f"measured {cost:.2f} TRE per hypergradient; using --cost {a.cost:g}")
+    cost = a.cost
   outer = _outer_steps(budget, cost)
   print(f"{space.dim} hyperparameters, T={steps}; one hypergradient = {cost:.2f} TRE "
         f"(measured here); budget {budget:g} TRE: gradient {outer} outer steps x {POP}, "
@@ -300,7 +308,8 @@ def main() -> None:
         f"{DEV_SEEDS[a.dev_seeds - 1]} with `--select`; load average {load[0]:.1f} at the "
         f"start, {load_end[0]:.1f} at the end).", "",
         f"Budget per method and seed: {budget:g} training-run equivalents (TRE). One "
-        f"hypergradient of this net costs {cost:.2f} TRE (measured in this run), so the "
+        f"hypergradient of this net costs {cost:.2f} TRE ("
+        f"{'given by --cost' if a.cost > 0 else 'measured in this run'}), so the "
         f"gradient method gets {outer} outer steps x population {POP} "
         f"({outer * POP} hypergradients = {outer * POP * cost:.0f} TRE); random search and TPE "
         f"get {math.ceil(budget / BATCH) * BATCH} training runs each. Every method starts from "
