@@ -272,7 +272,8 @@ def main() -> None:
     cost = a.cost
   outer = _outer_steps(budget, cost)
   print(f"{space.dim} hyperparameters, T={steps}; one hypergradient = {cost:.2f} TRE "
-        f"(measured here); budget {budget:g} TRE: gradient {outer} outer steps x {POP}, "
+        f"({'--cost' if a.cost > 0 else 'measured here'}); budget {budget:g} TRE: "
+        f"gradient {outer} outer steps x {POP}, "
         f"random / TPE {math.ceil(budget / BATCH) * BATCH} trials; "
         f"load {load[0]:.1f}", flush=True)
   print("compile seconds (once per process): "
