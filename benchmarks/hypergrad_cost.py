@@ -12,10 +12,14 @@ hyperparameters {learning_rate, momentum, weight_decay}:
 
     python benchmarks/hypergrad_cost.py [--quick] [--threads 1|0] [--markdown out.md]
 
-Prints ``hypergrad_memory_growth_T1000_over_T100: X`` (sqrt remat; target <= 3.5) and, last,
-``hypergrad_over_train_T100: X`` (reverse-mode, default backward; target <= 3). Times are the
-best of interleaved rounds (each round times every entry once), robust to load spikes from
-other processes but not to sustained load.
+Prints ``hypergrad_memory_growth_T1000_over_T100: X`` (sqrt remat; target <= 3.5),
+``implicit_over_jaxopt: X`` (default, checked implicit; target <= 1.0),
+``implicit_over_jaxopt_check_false: X`` (without the two checks jaxopt does not make) and,
+last, ``hypergrad_over_train_T100: X`` (reverse-mode, default backward; target <= 3). Both
+sides of every ratio are timed in the same run with the same repeats: the best of interleaved
+rounds (each round times every entry once), robust to load spikes from other processes but
+not to sustained load (the load average is printed). Compile seconds are printed separately
+and excluded from the ratios.
 """
 
 from __future__ import annotations
@@ -92,9 +96,13 @@ def mlp_rows(steps: list[int], rounds: dict[int, int], quick: bool) -> tuple[lis
         "forward (3 hparams)": hypergrad.forward(inner, p.val_loss),
         "truncated K=T/10": hypergrad.unrolled(inner, p.val_loss, truncate=t // 10),
     }
+    t0 = time.perf_counter()
     compiled = {"train": train.lower(h, w0, xs).compile()}
+    compile_s = {"train": time.perf_counter() - t0}
     for name, fn in methods.items():
+      t0 = time.perf_counter()
       compiled[name] = jax.jit(fn).lower(h, w0, xs).compile()
+      compile_s[name] = time.perf_counter() - t0
       memory[(name, t)] = _temp_mb(compiled[name])
     timed = {k: v for k, v in compiled.items()
              if not (quick and t > 100 and k.startswith("forward"))}
@@ -108,13 +116,15 @@ def mlp_rows(steps: list[int], rounds: dict[int, int], quick: bool) -> tuple[lis
       agree = float(np.linalg.norm(g - ref) / np.linalg.norm(ref))
       sec = secs.get(name, float("nan"))
       rows.append({"T": t, "method": name, "seconds": sec, "train_seconds": t_train,
+                   "compile_seconds": compile_s[name], "train_compile_seconds": compile_s["train"],
                    "ratio": sec / t_train, "temp_mb": memory[(name, t)],
                    "rel_diff_vs_reverse": agree,
                    "amplification": float(res.diagnostics.amplification),
                    "trustworthy": bool(res.diagnostics.trustworthy)})
       print(f"T={t:5d} {name:31s} {sec * 1e3:9.1f} ms  train {t_train * 1e3:8.1f} ms  "
             f"ratio {sec / t_train:5.2f}  temp {memory[(name, t)]:7.1f} MiB  "
-            f"rel.diff {agree:.1e}", flush=True)
+            f"rel.diff {agree:.1e}  compile {compile_s[name]:.1f}s (train "
+            f"{compile_s['train']:.1f}s)", flush=True)
   return rows, memory
 
 
@@ -138,7 +148,10 @@ def implicit_rows(rounds: int) -> list[dict]:
   w_star = jax.block_until_ready(problems.ridge_solution(x, y, lam))
 
   ours_fn = hypergrad.implicit(train_loss, val_loss, solver="cg", maxiter=500, tol=1e-6)
-  fns = {"ours": jax.jit(lambda h, w: ours_fn(h, w, None))}
+  lean_fn = hypergrad.implicit(train_loss, val_loss, solver="cg", maxiter=500, tol=1e-6,
+                               check=False)
+  fns = {"ours": jax.jit(lambda h, w: ours_fn(h, w, None)),
+         "ours_check_false": jax.jit(lambda h, w: lean_fn(h, w, None))}
   with jax.enable_x64(True):
     x64 = [jnp.asarray(a, jnp.float64) for a in (x, y, xv, yv)]
     exact = float(problems.ridge_hypergrad(*x64, jnp.asarray(50.0, jnp.float64)))
@@ -155,19 +168,29 @@ def implicit_rows(rounds: int) -> list[dict]:
     fns["jaxopt"] = jax.jit(jax.value_and_grad(lambda h, w: val_loss(ridge_solver(w, h), h)))
   except Exception as e:  # noqa: BLE001
     print(f"jaxopt: not usable with jax {jax.__version__} ({e!r}); skipping its row")
+  compile_s = {}
+  for name, fn in fns.items():
+    t0 = time.perf_counter()
+    fns[name] = fn.lower(lam, w_star).compile()
+    compile_s[name] = time.perf_counter() - t0
   secs = _best_times(fns, (lam, w_star), rounds)
-  r = fns["ours"](lam, w_star)
-  rows = [{"method": "hypergrad.implicit (cg)", "seconds": secs["ours"], "grad": float(r.grad),
-           "rel_err_vs_closed_form": abs(float(r.grad) - exact) / abs(exact),
-           "iterations": int(r.diagnostics.iterations)}]
+  rows = []
+  for name, label in (("ours", "hypergrad.implicit (cg)"),
+                      ("ours_check_false", "hypergrad.implicit (cg, check=False)")):
+    r = fns[name](lam, w_star)
+    rows.append({"method": label, "seconds": secs[name], "grad": float(r.grad),
+                 "rel_err_vs_closed_form": abs(float(r.grad) - exact) / abs(exact),
+                 "iterations": int(r.diagnostics.iterations), "compile": compile_s[name]})
   if "jaxopt" in fns:
     _, g = fns["jaxopt"](lam, w_star)
     rows.append({"method": "jaxopt 0.8.5 custom_root (solve_cg)", "seconds": secs["jaxopt"],
                  "grad": float(g), "rel_err_vs_closed_form": abs(float(g) - exact) / abs(exact),
-                 "iterations": -1})
-    rows.append({"method": "ratio ours / jaxopt", "seconds": secs["ours"] / secs["jaxopt"],
-                 "grad": abs(float(r.grad) - float(g)) / abs(float(g)),
-                 "rel_err_vs_closed_form": float("nan"), "iterations": -1})
+                 "iterations": -1, "compile": compile_s["jaxopt"]})
+    for name, label in (("ours", "ratio ours / jaxopt"),
+                        ("ours_check_false", "ratio ours (check=False) / jaxopt")):
+      rows.append({"method": label, "seconds": secs[name] / secs["jaxopt"],
+                   "grad": abs(rows[0 if name == "ours" else 1]["grad"] - float(g)) / abs(float(g)),
+                   "rel_err_vs_closed_form": float("nan"), "iterations": -1, "compile": 0.0})
   return rows
 
 
@@ -176,7 +199,8 @@ def markdown(rows: list[dict], irows: list[dict], memory: dict, steps: list[int]
   out = [f"Command: `{command}`", "",
          f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores (shared), "
          f"jax {jax.__version__}, backend {jax.default_backend()}, "
-         f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}. Times: best of interleaved rounds.",
+         f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}. Times: best of interleaved rounds; "
+         f"load average (1 min) {os.getloadavg()[0]:.1f} when the tables were written.",
          "",
          "### MLP 64-128-128-10 on digits, SGD + momentum, batch 128", "",
          "| T | method | hypergrad (ms) | train (ms) | ratio | temp MiB | rel. diff vs reverse |",
@@ -194,15 +218,15 @@ def markdown(rows: list[dict], irows: list[dict], memory: dict, steps: list[int]
                + f" | {vals[-1] / vals[0]:.2f} |")
   out += ["", f"`hypergrad_memory_growth_T1000_over_T100: {growth:.2f}` (sqrt remat)", "",
           "### Implicit hypergradient on ridge (n=2000, d=200, float32), given w*", "",
-          "| method | time (ms) | hypergradient | rel. err vs closed form | CG iters |",
-          "|---|---|---|---|---|"]
+          "| method | time (ms) | hypergradient | rel. err vs closed form | CG iters | "
+          "compile (s) |", "|---|---|---|---|---|---|"]
   for r in irows:
     if r["method"].startswith("ratio"):
-      out.append(f"| {r['method']} | {r['seconds']:.2f}x | rel. diff {r['grad']:.1e} | | |")
+      out.append(f"| {r['method']} | {r['seconds']:.2f}x | rel. diff {r['grad']:.1e} | | | |")
     else:
       out.append(f"| {r['method']} | {r['seconds'] * 1e3:.2f} | {r['grad']:.6g} | "
                  f"{r['rel_err_vs_closed_form']:.1e} | "
-                 f"{r['iterations'] if r['iterations'] >= 0 else '-'} |")
+                 f"{r['iterations'] if r['iterations'] >= 0 else '-'} | {r['compile']:.2f} |")
   return "\n".join(out) + "\n"
 
 
@@ -215,6 +239,7 @@ def main() -> None:
   args = parser.parse_args()
   rounds = 3 if args.quick else 7
   steps = [100, 1000]
+  load = os.getloadavg()
   rows, memory = mlp_rows(steps, {100: 5 * rounds, 1000: rounds}, args.quick)
   irows = implicit_rows(rounds * 5)
   for r in irows:
@@ -230,6 +255,11 @@ def main() -> None:
       f.write(markdown(rows, irows, memory, steps, cmd, growth))
   row = next(r for r in rows if r["T"] == 100 and r["method"] == "reverse")
   print(f"hypergrad_memory_growth_T1000_over_T100: {growth:.2f}")
+  print(f"load average (1 min) at the start {load[0]:.1f}, at the end {os.getloadavg()[0]:.1f}")
+  ratios = {r["method"]: r["seconds"] for r in irows if r["method"].startswith("ratio")}
+  if "ratio ours / jaxopt" in ratios:
+    print(f"implicit_over_jaxopt_check_false: {ratios['ratio ours (check=False) / jaxopt']:.2f}")
+    print(f"implicit_over_jaxopt: {ratios['ratio ours / jaxopt']:.2f}")
   print(f"hypergrad_over_train_T100: {row['ratio']:.2f}")
 
 

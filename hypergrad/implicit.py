@@ -9,9 +9,10 @@ At a stationary point ``w*(λ)`` of the training loss ``L(w, λ)``,
 
     dV/dλ = ∂_λ V − ∂²_{λw} L · H⁻¹ ∂_w V,      H = ∂²_w L,
 
-with ``H v`` computed as a Hessian-vector product (forward-over-reverse,
-``jax.linearize(jax.grad(L))``, never forming ``H``) and ``∂²_{λw} L · v`` as
-``∂_λ <∂_w L(w, λ), v>``. The linear system ``H v = ∂_w V`` is solved by
+with ``H v`` computed as a Hessian-vector product (forward-over-reverse, never forming ``H``):
+one ``jax.linearize`` of ``w -> (∂_w L, ∂_λ L)`` serves every iteration, and its tangent at the
+solution ``v`` gives both ``H v`` (for the true residual) and ``∂²_{λw} L · v`` (the mixed term,
+by symmetry of second derivatives) in one pass. The linear system ``H v = ∂_w V`` is solved by
 
 * ``"cg"``: conjugate gradient, stopping at relative residual ``tol`` (HOAG);
 * ``"neumann"``: ``H⁻¹ ≈ α Σ_{j≤K} (I − αH)^j``, ``K = maxiter`` terms (Lorraine et al.);
@@ -70,9 +71,18 @@ def _tiny(x: jax.Array) -> jax.Array:
 
 
 def _finish(matvec: MatVec, b: PyTree, x: PyTree, k: jax.Array, tol: float) -> SolveResult:
+  return _finish_from(matvec(x), b, x, k, tol)
+
+
+def _finish_from(ax: PyTree, b: PyTree, x: PyTree, k: jax.Array, tol: float) -> SolveResult:
+  """The :class:`SolveResult` of ``x`` given ``ax = A x`` (the true residual's product)."""
   b_norm = tree_norm(b)
-  r = jax.tree.map(jnp.subtract, matvec(x), b)
+  r = jax.tree.map(jnp.subtract, ax, b)
   res = jnp.where(b_norm > 0, tree_norm(r) / jnp.maximum(b_norm, _tiny(b_norm)), 0.0)
+  return _result(res, x, k, tol)
+
+
+def _result(res: jax.Array, x: PyTree, k: jax.Array, tol: float) -> SolveResult:
   ok = jnp.isfinite(res) & (res <= tol) & tree_finite(x)
   return SolveResult(x, res, jnp.asarray(k, jnp.int32), ok)
 
@@ -99,6 +109,12 @@ def cg_solve(matvec: MatVec, b: PyTree, *, maxiter: int = 100, tol: float = 1e-5
     >>> bool(r.converged), [round(float(v), 4) for v in r.x]
     (True, [0.0909, 0.6364])
   """
+  return _finish(matvec, b, *_cg(matvec, b, maxiter, tol)[:2], tol)
+
+
+def _cg(matvec: MatVec, b: PyTree, maxiter: int,
+        tol: float) -> tuple[PyTree, jax.Array, jax.Array]:
+  """CG iterations only: ``(x, iterations, recursive relative residual)``."""
   b_norm = tree_norm(b)
   x0 = jax.tree.map(jnp.zeros_like, b)
   rs0 = tree_vdot(b, b)
@@ -120,9 +136,9 @@ def cg_solve(matvec: MatVec, b: PyTree, *, maxiter: int = 100, tol: float = 1e-5
     p = tree_axpy(beta, p, r)
     return x, r, p, rs_new, k + 1, broken
 
-  x, _, _, _, k, _ = lax.while_loop(cond, body, (x0, b, b, rs0, jnp.zeros((), jnp.int32),
-                                                 jnp.asarray(False)))
-  return _finish(matvec, b, x, k, tol)
+  x, _, _, rs, k, _ = lax.while_loop(cond, body, (x0, b, b, rs0, jnp.zeros((), jnp.int32),
+                                                  jnp.asarray(False)))
+  return x, k, jnp.sqrt(rs) / jnp.maximum(b_norm, _tiny(b_norm))
 
 
 def power_iteration(matvec: MatVec, v: PyTree, iters: int = 20) -> jax.Array:
@@ -163,6 +179,13 @@ def neumann_solve(
   Returns:
     A :class:`SolveResult`.
   """
+  return _finish(matvec, b, *_neumann(matvec, b, maxiter, tol, step_size)[:2], tol)
+
+
+def _neumann(matvec: MatVec, b: PyTree, maxiter: int, tol: float,
+             step_size: float | None) -> tuple[PyTree, jax.Array, None]:
+  """Neumann terms only: ``(x, iterations, None)`` (no residual estimate of its own)."""
+  del tol  # always sums maxiter terms
   alpha = _step_size(matvec, b, step_size)
 
   def body(_, c):
@@ -171,8 +194,7 @@ def neumann_solve(
     return v, jax.tree.map(jnp.add, p, v)
 
   _, p = lax.fori_loop(0, maxiter, body, (b, b))
-  x = jax.tree.map(lambda a: alpha * a, p)
-  return _finish(matvec, b, x, maxiter, tol)
+  return jax.tree.map(lambda a: alpha * a, p), jnp.asarray(maxiter, jnp.int32), None
 
 
 def fixed_point_solve(
@@ -194,6 +216,13 @@ def fixed_point_solve(
   Returns:
     A :class:`SolveResult`.
   """
+  return _finish(matvec, b, *_fixed_point(matvec, b, maxiter, tol, step_size)[:2], tol)
+
+
+def _fixed_point(matvec: MatVec, b: PyTree, maxiter: int, tol: float,
+                 step_size: float | None) -> tuple[PyTree, jax.Array, jax.Array]:
+  """Richardson iterations only: ``(x, iterations, relative residual)`` (``r = b - A x`` is
+  recomputed from ``x`` every iteration, so it is the true residual)."""
   alpha = _step_size(matvec, b, step_size)
   b_norm = tree_norm(b)
 
@@ -209,8 +238,8 @@ def fixed_point_solve(
     return x, r, k + 1
 
   x0 = jax.tree.map(jnp.zeros_like, b)
-  x, _, k = lax.while_loop(cond, body, (x0, b, jnp.zeros((), jnp.int32)))
-  return _finish(matvec, b, x, k, tol)
+  x, r, k = lax.while_loop(cond, body, (x0, b, jnp.zeros((), jnp.int32)))
+  return x, k, tree_norm(r) / jnp.maximum(b_norm, _tiny(b_norm))
 
 
 def linear_solve(
@@ -218,12 +247,19 @@ def linear_solve(
     step_size: float | None = None,
 ) -> SolveResult:
   """Dispatches to :func:`cg_solve`, :func:`neumann_solve` or :func:`fixed_point_solve`."""
+  return _finish(matvec, b, *_iterate(matvec, b, solver, maxiter, tol, step_size)[:2], tol)
+
+
+def _iterate(matvec: MatVec, b: PyTree, solver: str, maxiter: int, tol: float,
+             step_size: float | None) -> tuple[PyTree, jax.Array, jax.Array | None]:
+  """The solver's iterations without the final residual check: ``(x, iterations, the
+  solver's own relative residual estimate or None)``."""
   if solver == "cg":
-    return cg_solve(matvec, b, maxiter=maxiter, tol=tol)
+    return _cg(matvec, b, maxiter, tol)
   if solver == "neumann":
-    return neumann_solve(matvec, b, maxiter=maxiter, tol=tol, step_size=step_size)
+    return _neumann(matvec, b, maxiter, tol, step_size)
   if solver == "fixed_point":
-    return fixed_point_solve(matvec, b, maxiter=maxiter, tol=tol, step_size=step_size)
+    return _fixed_point(matvec, b, maxiter, tol, step_size)
   raise ValueError(f"solver={solver!r} is unknown; allowed: {', '.join(SOLVERS)}")
 
 
@@ -238,6 +274,7 @@ def implicit(
     damping: float = 0.0,
     inner_tol: float | None = None,
     max_norm: float = 1e6,
+    check: bool = True,
 ) -> Callable[[HParams, PyTree, PyTree], HypergradResult]:
   """Implicit hypergradient ``∂_λV − ∂²_{λw}L · (H + damping·I)⁻¹ ∂_wV`` at ``w``.
 
@@ -255,6 +292,11 @@ def implicit(
     inner_tol: if given, ``||∂_w L(w)|| > inner_tol`` makes the result untrustworthy (the
       inner problem was not solved, so the IFT does not apply).
     max_norm: hypergradient norms above this are flagged *exploding*.
+    check: ``True`` (default): ``residual_norm`` is the true residual ``||H v − b|| / ||b||``
+      and ``inner_grad_norm`` is computed. ``False`` skips the two checks (their Hessian-vector
+      product and training-loss gradient): ``residual_norm`` is the solver's own estimate
+      (CG's recursive residual; fixed point's is exact; Neumann always checks) and
+      ``inner_grad_norm`` is 0. Needs ``inner_tol=None``.
 
   Returns:
     ``hypergrad(hparams, params, batch) -> HypergradResult``, with ``params`` the
@@ -271,21 +313,32 @@ def implicit(
   """
   if solver not in SOLVERS:
     raise ValueError(f"solver={solver!r} is unknown; allowed: {', '.join(SOLVERS)}")
+  if not check and inner_tol is not None:
+    raise ValueError("check=False skips the inner gradient: it cannot be combined with "
+                     f"inner_tol={inner_tol!r} (use check=True or inner_tol=None)")
 
   def hypergrad(hparams: HParams, params: PyTree, batch: PyTree) -> HypergradResult:
     value, (g_w, g_h) = jax.value_and_grad(val_loss, argnums=(0, 1))(params, hparams)
-    value_grad_w = lambda w: jax.value_and_grad(train_loss)(w, hparams, batch)
-    (train_value, inner_grad), lin = jax.linearize(value_grad_w, params)
-    hvp = lambda v: lin(v)[1]
-    matvec = hvp if damping == 0.0 else (lambda v: tree_axpy(damping, v, hvp(v)))
-    sol = linear_solve(matvec, g_w, solver, maxiter=maxiter, tol=tol, step_size=step_size)
-    v = lax.stop_gradient(sol.x)
-    mixed = jax.grad(lambda h: tree_vdot(jax.grad(train_loss)(params, h, batch), v))(hparams)
+    # one linearisation of w -> (dL/dw, dL/dλ): its tangent at v is (H v, ∂²_{λw}L · v), so
+    # the true residual's product and the mixed term come from one pass (no second
+    # differentiation for the mixed term)
+    full_grad = lambda w: jax.value_and_grad(train_loss, argnums=(0, 1))(w, hparams, batch)
+    (train_value, (inner_grad, _)), lin = jax.linearize(full_grad, params)
+    hvp = lambda v: lin(v)[1][0]
+    damped = lambda hv, v: hv if damping == 0.0 else tree_axpy(damping, v, hv)
+    x, k, estimate = _iterate(lambda v: damped(hvp(v), v), g_w, solver, maxiter, tol,
+                              step_size)
+    v = lax.stop_gradient(x)
+    _, (hv, mixed) = lin(v)
+    if check or estimate is None:
+      sol = _finish_from(damped(hv, v), g_w, v, k, tol)
+    else:
+      sol = _result(estimate, v, k, tol)
     grad = jax.tree.map(jnp.subtract, g_h, mixed)
     diag = make_diagnostics(value, grad, residual_norm=sol.residual_norm,
                             iterations=sol.iterations, converged=sol.converged,
-                            inner_grad_norm=tree_norm(inner_grad), max_norm=max_norm,
-                            max_inner_grad_norm=inner_tol)
+                            inner_grad_norm=tree_norm(inner_grad) if check else 0.0,
+                            max_norm=max_norm, max_inner_grad_norm=inner_tol)
     return HypergradResult(value, grad, diag, params, train_value)
 
   return hypergrad

@@ -175,7 +175,7 @@ def logreg(dataset: str = "breast_cancer", batch_size: int = 64, per_feature_l2:
 # ------------------------------------------------------------------------- MLP on digits
 def mlp(dataset: str = "digits", widths: Sequence[int] = (128, 128), batch_size: int = 128,
         per_layer: bool = False, data_dir: str | None = None,
-        loss_hparams: bool = False) -> BilevelProblem:
+        loss_hparams: bool = False, val_split: str = "valid") -> BilevelProblem:
   """A ReLU MLP (``64-128-128-10`` on digits) trained by SGD + momentum + weight decay.
 
   Args:
@@ -188,16 +188,21 @@ def mlp(dataset: str = "digits", widths: Sequence[int] = (128, 128), batch_size:
     loss_hparams: also ``label_smoothing`` (in (0, 1)), ``aug_noise`` (std of Gaussian
       input-noise augmentation, reparameterised so it is differentiable) and
       ``class_weights`` (one loss weight per class) enter the training loss.
+    val_split: the split ``val_loss`` reads: ``"valid"`` (default) or ``"test"`` (to report
+      hyperparameters chosen on ``"valid"`` on data that chose nothing).
 
   Returns:
     A problem with ``hparams = {learning_rate, momentum, weight_decay}`` and ``tree_sgd``.
   """
   from metaopt.tasks import load_dataset
 
+  if val_split not in ("valid", "test"):
+    raise ValueError(f"val_split={val_split!r} is unknown; allowed: valid, test")
   data = load_dataset(dataset, data_dir)
+  held = getattr(data, val_split)
   x = data.train.x.reshape(len(data.train), -1)
-  xv = data.valid.x.reshape(len(data.valid), -1)
-  y, yv = np.asarray(data.train.y), np.asarray(data.valid.y)
+  xv = held.x.reshape(len(held), -1)
+  y, yv = np.asarray(data.train.y), np.asarray(held.y)
   sizes = [x.shape[1], *widths, int(data.num_classes)]
   names = [f"layer_{i}" for i in range(len(sizes) - 1)]
 
