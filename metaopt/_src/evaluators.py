@@ -614,7 +614,17 @@ class TaskEvaluator(Evaluator):
   def _run_group(self, structure, states, batch, idx, alive, key):
     """One chunk of one group's kernel; returns its states, metrics and accounting."""
     k = self.kernel(structure)
-    hg = self._hparams(batch, structure, idx)
+    # the group's hyperparameters go to the device once per round (again only after PBT
+    # moved trials: explore gives batch.h anew), not every epoch
+    held = batch.cache.get("h_device")
+    if held is None or held[0] is not batch.h:
+      held = batch.cache["h_device"] = (batch.h, {})
+    hkey = (repr(sorted(structure.items())), idx.tobytes())
+    if hkey not in held[1]:
+      where = None if self._mesh is None else jax.sharding.NamedSharding(
+          self._mesh, jax.sharding.PartitionSpec("pop"))
+      held[1][hkey] = jax.device_put(self._hparams(batch, structure, idx), where)
+    hg = held[1][hkey]
     skey = repr(sorted(structure.items()))
     if skey not in self.flops:
       # traced on another thread while the chunk compiles (XLA releases the GIL)
