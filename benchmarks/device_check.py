@@ -100,17 +100,23 @@ def population_kernel(ns: tuple[int, ...], steps: int, repeats: int) -> dict:
   """Trials/s of the population kernel and its FLOP/s over the matmul peak."""
   import population_vs_sequential as pvs
 
+  from metaopt._src import population as pop
+
   peak = pvs.matmul_peak()
-  task, fns, data, kernel, cfg = pvs.setup("medium", steps)
+  task, fns, data, cfg, n_train = pvs.setup("medium", steps)
+  kernels = pvs.Kernels(fns, n_train, cfg["batch"])
+  mode = pop.default_mode()  # as a search runs it: searched activation, switches per "auto"
   rows = []
   with GpuSampler() as gpu:
     for n in ns:
-      tv = pvs.run_vmap(task, kernel, data, n, repeats)
-      flops = pvs.kernel_flops(task, fns, data, n, steps, cfg["batch"])
+      grouped = pop.group_switches("auto", mode, n, min(n, pvs.N_ACT))
+      tv = pvs._best(pvs.population_fn(task, kernels, data, n, mode, grouped), repeats)
+      flops = pvs.useful_flops(task, fns, data, n, steps, cfg["batch"])
       rows.append({"population": n, "trials_per_s": n / tv, "chunk_s": tv,
                    "gflops_per_s": flops / tv / 1e9, "fraction_of_matmul_peak": flops / tv / peak})
   return {"matmul_peak_gflops": peak / 1e9, "steps_per_trial": steps, "width": cfg["width"],
-          "batch": cfg["batch"], "rows": rows, "gpu_utilisation": gpu.summary()}
+          "batch": cfg["batch"], "kernel_mode": mode, "rows": rows,
+          "gpu_utilisation": gpu.summary()}
 
 
 def main() -> None:

@@ -1,14 +1,23 @@
 """Population kernel vs one-trial-at-a-time training, side by side in one run.
 
-Trains the same digits MLP on the same data for N trials of `steps` minibatch steps each:
-  (a) vmap:     one jit(vmap(train)) population kernel (metaopt's engine),
-  (b) jit:      N calls of a jitted per-trial training loop (lax.scan over steps),
-  (c) steploop: a Python loop per trial calling a jitted train step on host-sliced batches,
-                the way a typical Optuna objective is written.
+Trains the same digits MLP on the same data for N trials of `steps` minibatch steps each,
+with a *searched activation* (trial i uses relu / tanh / gelu / silu, i mod 4), every side
+timed best of the same number of repeats:
+  (a) loop:     the population kernel in "loop" mode (live trials one after another inside
+                one compiled chunk; the engine's default on one CPU device),
+  (b) vmap:     the population kernel in "vmap" mode as the engine runs it
+                (`group_switches="auto"`: one kernel per activation, each computing only its
+                branch, when there are >= SWITCH_GROUP_MIN trials per value; else one kernel),
+  (c) branches: one "vmap" kernel for all N trials, where every activation branch runs for
+                every trial and a select keeps the trial's own (what (b) avoids),
+  (d) jit:      N calls of a jitted per-trial training loop (lax.scan over steps), the
+                activation fixed in each trial's program,
+  (e) steploop: a Python loop per trial calling a jitted train step on host-sliced batches,
+                the way a typical Optuna objective is written (activation fixed per trial).
 Two sizes: small (width 16, batch 32: dispatch-bound) and medium (width 128, batch 128:
-compute-bound). In the same run it measures the machine's matmul peak (a large jitted
-jnp.dot) and reports the medium N=32 kernel's achieved FLOP/s (XLA cost analysis) as a
-fraction of it.
+compute-bound). The fraction of the machine's matmul peak (a 2048^2 jitted jnp.dot) is
+measured on the medium N=32 kernels, interleaved: peak, kernel, peak, kernel, ... in the same
+run, one fraction per pair (useful FLOPs: XLA's cost analysis of each trial's own branch).
 
     python benchmarks/population_vs_sequential.py [--quick]
 """
@@ -20,16 +29,19 @@ import os
 import sys
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+from _protocol import spread  # noqa: E402
 
 from metaopt._src import population as pop  # noqa: E402
 from metaopt.tasks import get_task  # noqa: E402
 
 SIZES = {"small": {"width": 16, "batch": 32}, "medium": {"width": 128, "batch": 128}}
+N_ACT = 4  # relu, tanh, gelu, silu: the digits MLP space's activation choices
 
 
 def _best(f, repeats):
@@ -41,13 +53,17 @@ def _best(f, repeats):
   return min(times)
 
 
-def matmul_peak(n: int = 2048, repeats: int = 5) -> float:
+def matmul_fn(n: int = 2048):
   a = jax.random.normal(jax.random.key(0), (n, n))
   b = jax.random.normal(jax.random.key(1), (n, n))
   f = jax.jit(jnp.dot)
   f(a, b).block_until_ready()
-  t = _best(lambda: f(a, b).block_until_ready(), repeats)
-  return 2 * n**3 / t
+  return lambda: f(a, b).block_until_ready(), 2 * n**3
+
+
+def matmul_peak(repeats: int = 5) -> float:
+  f, flops = matmul_fn()
+  return flops / _best(f, repeats)
 
 
 def setup(size: str, steps: int):
@@ -59,122 +75,174 @@ def setup(size: str, steps: int):
   reps = -(-n_train // len(task.data.train))
   for k in ("x_train", "y_train"):  # tile so one chunk is exactly `steps` steps
     data[k] = jnp.concatenate([data[k]] * reps)[:n_train]
-  kernel = pop.make_kernel(fns, n_train, cfg["batch"])
-  return task, fns, data, kernel, cfg
+  return task, fns, data, cfg, n_train
 
 
-def hparams(task, n):
+def activations(n):
+  return np.arange(n) % N_ACT
+
+
+def hparams(task, n, acts):
   u = jax.random.uniform(jax.random.key(0), (n, task.space.dim))
   h = task.space.decode(u)
   h["width"] = jnp.full((n,), task.space.params["width"].hi)  # full width
-  del h["activation"]  # a fixed relu model (a searched activation costs all branches)
+  h["activation"] = jnp.asarray(acts, jnp.int32)
   h["learning_rate"] = jnp.full((n,), 1e-3)
   return h
 
 
-def run_vmap(task, kernel, data, n, repeats):
-  h = hparams(task, n)
+class Kernels:
+  """Population kernels of one size, built once per (activation fixed or traced, mode)."""
+
+  def __init__(self, fns, n_train, batch):
+    self.fns, self.n_train, self.batch, self.k = fns, n_train, batch, {}
+
+  def get(self, act, mode):
+    if (act, mode) not in self.k:
+      fns = self.fns if act is None else pop.fix_hparams(self.fns, {"activation": int(act)})
+      self.k[(act, mode)] = pop.make_kernel(fns, self.n_train, self.batch, mode=mode)
+    return self.k[(act, mode)]
+
+
+def population_fn(task, ks, data, n, mode, grouped):
+  """One chunk of the population (of each activation group when ``grouped``)."""
+  acts = activations(n)
+  parts = [(a, np.flatnonzero(acts == a)) for a in range(N_ACT)] if grouped else \
+      [(None, np.arange(n))]
+  parts = [(a, idx, hparams(task, len(idx), acts[idx]), ks.get(a, mode)) for a, idx in parts
+           if len(idx)]
   keys = jax.random.split(jax.random.key(1), n)
-  alive = jnp.ones(n, bool)
 
   def once():
-    s = kernel.init(keys, h)
-    s, m = kernel.chunk(s, h, alive, jax.random.key(2), data)
-    jax.block_until_ready(m)
+    out = []
+    for _, idx, h, k in parts:
+      s = k.init(keys[idx], h)
+      out.append(k.chunk(s, h, jnp.ones(len(idx), bool), jax.random.key(2), data)[1])
+    jax.block_until_ready(out)
 
   once()
-  return _best(once, repeats)
+  return once
 
 
-def run_jit_loop(task, kernel, data, n, repeats):
-  h = hparams(task, n)
+def jit_loop_fn(task, ks, data, n):
+  acts = activations(n)
+  h = hparams(task, n, acts)
   keys = jax.random.split(jax.random.key(1), n)
   hs = [{k: v[i:i + 1] for k, v in h.items()} for i in range(n)]
   one = jnp.ones(1, bool)
 
   def once():
     for i in range(n):
-      s = kernel.init(keys[i:i + 1], hs[i])
-      s, m = kernel.chunk(s, hs[i], one, jax.random.key(2), data)
+      k = ks.get(int(acts[i]), "vmap")
+      s = k.init(keys[i:i + 1], hs[i])
+      s, m = k.chunk(s, hs[i], one, jax.random.key(2), data)
       jax.block_until_ready(m)
 
   once()
-  return _best(once, repeats)
+  return once
 
 
-def run_step_loop(task, fns, data, n, steps, batch, repeats):
-  h = hparams(task, n)
+def step_loop_fn(task, fns, data, n, steps, batch):
+  acts = activations(n)
+  h = hparams(task, n, acts)
   hs = [{k: v[i] for k, v in h.items()} for i in range(n)]
   x = np.asarray(data["x_train"])
   y = np.asarray(data["y_train"])
-  step = jax.jit(fns.train_step)
-  init = jax.jit(fns.init)
+  per_act = {a: pop.fix_hparams(fns, {"activation": a}) for a in range(N_ACT)}
+  step = {a: jax.jit(f.train_step) for a, f in per_act.items()}
+  init = {a: jax.jit(f.init) for a, f in per_act.items()}
 
   def once():
     rng = np.random.default_rng(0)
     for i in range(n):
-      s = init(jax.random.key(i), hs[i])
+      a = int(acts[i])
+      s = init[a](jax.random.key(i), hs[i])
       perm = rng.permutation(len(x))
       for t in range(steps):
         idx = perm[t * batch:(t + 1) * batch]
-        s, tel = step(s, (x[idx], y[idx]), hs[i])
+        s, tel = step[a](s, (x[idx], y[idx]), hs[i])
       jax.block_until_ready(tel["loss"])
 
   once()
-  return _best(once, repeats)
+  return once
 
 
-def kernel_flops(task, fns, data, n, steps, batch) -> float:
-  """FLOPs of one population chunk: `steps` vmapped train steps plus one evaluation.
-
-  XLA's cost analysis counts a loop body once, so the step and the evaluation are costed
-  separately and the step is multiplied by the trip count.
-  """
-  h = hparams(task, n)
-  s = jax.vmap(fns.init)(jax.random.split(jax.random.key(1), n), h)
+def useful_flops(task, fns, data, n, steps, batch) -> float:
+  """FLOPs of one chunk of ``n`` trials counting each trial's own activation only:
+  XLA's cost analysis of one trial's train step (times the steps) plus its evaluation,
+  per activation. (Cost analysis counts a loop body once, hence the step on its own.)"""
+  acts = activations(n)
+  h = {k: v[0] for k, v in hparams(task, 1, [0]).items()}
   xb, yb = data["x_train"][:batch], data["y_train"][:batch]
-
-  def cost(f, *args):
-    c = jax.jit(f).lower(*args).compile().cost_analysis()
-    return float((c[0] if isinstance(c, list) else c)["flops"])
-
-  step = cost(jax.vmap(fns.train_step, in_axes=(0, None, 0)), s, (xb, yb), h)
-  ev = cost(jax.vmap(fns.evaluate, in_axes=(0, None, None, 0)), s, data["x_valid"],
-            data["y_valid"], h)
-  return steps * step + ev
+  total = 0.0
+  for a in range(N_ACT):
+    f = pop.fix_hparams(fns, {"activation": a})
+    s = jax.jit(f.init)(jax.random.key(0), h)
+    step = pop._cost_flops(jax.jit(f.train_step), s, (xb, yb), h)
+    ev = pop._cost_flops(jax.jit(f.evaluate), s, data["x_valid"], data["y_valid"], h)
+    total += int(np.sum(acts == a)) * (steps * step + ev)
+  return total
 
 
 def main() -> None:
   ap = argparse.ArgumentParser()
-  ap.add_argument("--quick", action="store_true", help="fewer N, steps and repeats (< 2 min)")
+  ap.add_argument("--quick", action="store_true", help="N=32 only, fewer steps and repeats")
   args = ap.parse_args()
-  ns = (1, 8, 32) if args.quick else (1, 8, 32, 128)
+  ns = (32,) if args.quick else (1, 8, 32, 128)
   steps = 40 if args.quick else 100
-  repeats = 1 if args.quick else 3
+  repeats = 2 if args.quick else 3   # best of `repeats` for every side
+  pairs = 5 if args.quick else 7     # interleaved (peak, kernel) pairs for the fraction
   dev = jax.devices()[0]
+  load = os.getloadavg()[0]
   print(f"# device: {dev.platform} {dev.device_kind} x{len(jax.devices())}, jax {jax.__version__}"
-        f", steps/trial={steps}")
-  peak = matmul_peak()
-  print(f"matmul_peak_gflops: {peak / 1e9:.1f}")
+        f", {os.cpu_count()} cores, load average at start {load:.1f}, steps/trial={steps}, "
+        f"searched activation (trial i: {N_ACT} values, i mod {N_ACT}), best of {repeats} "
+        "for every side")
+  print(f"matmul_peak_gflops (at start): {matmul_peak() / 1e9:.1f}")
   rows = {}
-  print(f"{'size':7s} {'N':>4s} {'vmap t/s':>10s} {'jit t/s':>10s} {'steploop t/s':>13s} "
-        f"{'vmap/jit':>9s} {'vmap/step':>10s}")
-  fraction = float("nan")
+  cols = ("loop", "vmap", "branches", "jit", "steploop")
+  print(f"{'size':7s} {'N':>4s} " + " ".join(f"{c + ' t/s':>12s}" for c in cols) +
+        f" {'vmap/step':>10s} {'loop/step':>10s} {'vmap/jit':>9s} {'vmap grouped':>13s}")
+  fractions = {}
   for size in SIZES:
-    task, fns, data, kernel, cfg = setup(size, steps)
+    task, fns, data, cfg, n_train = setup(size, steps)
+    ks = Kernels(fns, n_train, cfg["batch"])
     for n in ns:
-      tv = run_vmap(task, kernel, data, n, repeats)
-      tj = run_jit_loop(task, kernel, data, n, repeats)
-      ts = run_step_loop(task, fns, data, n, steps, cfg["batch"], 1 if n >= 32 else repeats)
-      rows[(size, n)] = (tv, tj, ts)
-      print(f"{size:7s} {n:4d} {n / tv:10.1f} {n / tj:10.1f} {n / ts:13.1f} {tj / tv:9.2f} "
-            f"{ts / tv:10.2f}", flush=True)
+      grouped = pop.group_switches("auto", "vmap", n, min(n, N_ACT))
+      f = {"loop": population_fn(task, ks, data, n, "loop", False),
+           "branches": population_fn(task, ks, data, n, "vmap", False),
+           "jit": jit_loop_fn(task, ks, data, n),
+           "steploop": step_loop_fn(task, fns, data, n, steps, cfg["batch"])}
+      f["vmap"] = population_fn(task, ks, data, n, "vmap", True) if grouped else f["branches"]
+      t = {c: _best(f[c], repeats) for c in cols}
+      rows[(size, n)] = t
+      print(f"{size:7s} {n:4d} " + " ".join(f"{n / t[c]:12.1f}" for c in cols) +
+            f" {t['steploop'] / t['vmap']:10.2f} {t['steploop'] / t['loop']:10.2f}"
+            f" {t['jit'] / t['vmap']:9.2f} {str(grouped):>13s}", flush=True)
       if size == "medium" and n == 32:
-        fraction = kernel_flops(task, fns, data, n, steps, cfg["batch"]) / tv / peak
-  tv, tj, ts = rows[("small", 32)]
-  print(f"ratio_vmap_vs_steploop_N32_small: {ts / tv:.2f}")
-  print(f"ratio_vmap_vs_jit_N32_small: {tj / tv:.2f}")
-  print(f"kernel_fraction_of_matmul_peak: {fraction:.3f}")
+        flops = useful_flops(task, fns, data, n, steps, cfg["batch"])
+        peak_f, peak_flops = matmul_fn()
+        for c in ("loop", "vmap", "branches"):
+          fr, peaks = [], []
+          for _ in range(pairs):
+            p = peak_flops / _best(peak_f, 1)
+            fr.append(flops / _best(f[c], 1) / p)
+            peaks.append(p / 1e9)
+          fractions[c] = (spread(fr), spread(peaks))
+  print(f"# load average at end {os.getloadavg()[0]:.1f}")
+  for c, (fr, pk) in fractions.items():
+    print(f"# medium N=32 {c}: fraction of peak {fr}; interleaved peak GFLOP/s {pk}")
+  t = rows[("small", 32)]
+  print(f"ratio_vmap_vs_steploop_N32_small: {t['steploop'] / t['vmap']:.2f}")
+  print(f"ratio_loop_vs_steploop_N32_small: {t['steploop'] / t['loop']:.2f}")
+  print(f"ratio_vmap_vs_jit_N32_small: {t['jit'] / t['vmap']:.2f}")
+  print(f"kernel_fraction_of_matmul_peak_loop: {fractions['loop'][0].median:.3f}")
+  print(f"kernel_fraction_of_matmul_peak_vmap_branches: {fractions['branches'][0].median:.3f}")
+  # headline: the kernel a search runs by default on this device, medians of interleaved pairs
+  default = "loop" if pop.default_mode() == "loop" else "vmap"
+  print(f"kernel_fraction_of_matmul_peak_vmap: {fractions['vmap'][0].median:.3f}")
+  print(f"kernel_fraction_of_matmul_peak: {fractions[default][0].median:.3f}  "
+        f"# variant: {default} kernel (this device's default), searched activation")
 
 
 if __name__ == "__main__":

@@ -34,8 +34,8 @@ import numpy as np
 
 from metaopt._src import population as pop
 from metaopt._src import streaming
-from metaopt.spaces import Space
-from metaopt.tasks import Task
+from metaopt.spaces import Choice, Space
+from metaopt.tasks import Task, TrialFns
 
 PyTree = Any
 Metrics = dict[str, Any]
@@ -398,6 +398,7 @@ def gather(tree: PyTree, idx: np.ndarray) -> PyTree:
 _background = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="metaopt-flops")
 
 COMPACTIONS = ("auto", "always", "never")
+SWITCHED = "_switched"  # a structure's key naming the switches grouped into it
 
 
 @dataclasses.dataclass
@@ -406,6 +407,7 @@ class _TaskState:
 
   layout: dict[str, np.ndarray]
   states: dict[str, PyTree]
+  merged: dict[str, dict] = dataclasses.field(default_factory=dict)  # see _merge_switched
 
 
 class TaskEvaluator(Evaluator):
@@ -419,12 +421,27 @@ class TaskEvaluator(Evaluator):
   compilation excluded, times the devices, divided by the group's slots, or by its live
   trials for a ``"loop"`` kernel). ``compaction`` decides when a group's kernel shrinks to
   its survivors (see :func:`compaction_size`).
+
+  ``kernel_mode`` fixes the kernel (``"vmap"`` or ``"loop"``; default
+  ``population.default_mode``: ``"loop"`` on one CPU device, else ``"vmap"``).
+  ``group_switches`` decides, per round, whether a searched switch of the task (its
+  ``switches``, e.g. ``activation``: a non-structural ``Choice`` read through
+  ``lax.switch``) is grouped as structure, one kernel per value computing only its branch,
+  instead of one kernel where ``vmap`` computes every branch for every trial:
+  ``"auto"`` (:func:`population.group_switches`: ``"vmap"`` kernels with at least
+  ``SWITCH_GROUP_MIN`` trials per value), ``"always"`` or ``"never"``. Both give every trial
+  the same results. A PBT step that copies or moves a trial across such groups merges them
+  back into one kernel for the rest of the round.
   """
 
   def __init__(self, task: Task, *, batch_size: int = 32, shared_batches: bool = True,
-               devices: Sequence[jax.Device] | None = None, compaction: str = "auto"):
+               devices: Sequence[jax.Device] | None = None, compaction: str = "auto",
+               kernel_mode: str | None = None, group_switches: str = "auto"):
     if compaction not in COMPACTIONS:
       raise ValueError(f"compaction={compaction!r}: must be one of {', '.join(COMPACTIONS)}")
+    if group_switches not in pop.SWITCH_GROUPINGS:
+      raise ValueError(f"group_switches={group_switches!r}: must be one of "
+                       f"{', '.join(pop.SWITCH_GROUPINGS)}")
     if batch_size > len(task.data.train):
       raise ValueError(f"batch_size={batch_size}: must be <= {len(task.data.train)} "
                        f"(size of {task.data.name}'s train split)")
@@ -433,6 +450,12 @@ class TaskEvaluator(Evaluator):
     self.direction, self.space = task.direction, task.space
     self.data_version = task.data.data_version
     mesh = pop.population_mesh(devices)
+    if kernel_mode is not None and (kernel_mode not in pop.KERNEL_MODES or
+                                    (kernel_mode == "loop" and mesh is not None)):
+      raise ValueError(f"kernel_mode={kernel_mode!r}: must be one of "
+                       f"{', '.join(pop.KERNEL_MODES)} ('vmap' with several devices)")
+    self.mode = pop.default_mode(mesh) if kernel_mode is None else kernel_mode
+    self.group_switches = group_switches
     self.multiple = 1 if mesh is None else mesh.size
     # data larger than the memory budget streams from the host (single device for now)
     self._stream = mesh is None and streaming.should_stream(task.data)
@@ -454,19 +477,94 @@ class TaskEvaluator(Evaluator):
       n_train = len(self.task.data.train)
       bs = min(int(structure.get("batch_size", self.batch_size)), n_train)
       if self._stream:
-        self._kernels[k] = streaming.make_streaming_kernel(self.task.build(dict(structure)),
+        self._kernels[k] = streaming.make_streaming_kernel(self.fns(structure),
                                                            self.task.data, bs, self._shared)
       else:
-        self._kernels[k] = pop.make_kernel(self.task.build(dict(structure)), n_train, bs,
-                                           self._shared, self._mesh)
+        self._kernels[k] = pop.make_kernel(self.fns(structure), n_train, bs,
+                                           self._shared, self._mesh, self.mode)
     return self._kernels[k]
+
+  def fns(self, structure: Mapping[str, Any]) -> TrialFns:
+    """The task's trial functions for one group: built from its structural values, with
+    its grouped switches (named by ``structure[SWITCHED]``, each holding the index of its
+    choice) fixed to that index."""
+    sw = {n: int(structure[n]) for n in structure.get(SWITCHED, ())}
+    fns = self.task.build({n: v for n, v in structure.items()
+                           if n not in sw and n != SWITCHED})
+    return pop.fix_hparams(fns, sw)
+
+  def switches(self, batch: TrialBatch) -> list[str]:
+    """The task's switches grouped as structure in ``batch`` (see ``group_switches``)."""
+    space = self.space if batch.space is None else batch.space
+    mine = batch.mine
+    n = int(mine.sum())
+    out = []
+    for name in self.task.switches:
+      p = space.params.get(name)
+      if not isinstance(p, Choice) or p.structural or p.when is not None:
+        continue
+      values = len({batch.params[i].get(name) for i in np.flatnonzero(mine)})
+      if n and pop.group_switches(self.group_switches, self.mode, n, values, self.multiple):
+        out.append(name)
+    return out
 
   def structures(self, batch: TrialBatch) -> tuple[dict[str, np.ndarray], dict[str, dict]]:
     """Trial indices per structural setting (one compiled kernel per group), each padded
     with ``-1`` entries (frozen placeholders) to a multiple of the device count; the trials
     this process does not evaluate are left out."""
     space = self.space if batch.space is None else batch.space
-    return group(space, batch.params, self.task, self.multiple, batch.mine)
+    switches = self.switches(batch)
+    layout, structs = group(space, batch.params, self.task, self.multiple, batch.mine,
+                            switches)
+    if switches:
+      for st in structs.values():  # a grouped switch holds the index its kernel fixes
+        st.update({n: space.params[n].from_python(st[n]) for n in switches})
+        st[SWITCHED] = tuple(switches)
+    return layout, structs
+
+  def _merge_switched(self, state: _TaskState, batch: TrialBatch) -> _TaskState:
+    """The groups that differ only in grouped switches merged back into one kernel each
+    (the switch traced again), for the rest of the round."""
+    _, structs = self._groups(batch)
+    by: dict[tuple, list[str]] = {}
+    for g in state.layout:
+      base = {n: v for n, v in structs[g].items()
+              if n != SWITCHED and n not in structs[g].get(SWITCHED, ())}
+      by.setdefault(tuple(sorted(base.items())), []).append(g)
+    layout, states, merged = {}, {}, dict(state.merged)
+    for key, gs in by.items():
+      if len(gs) == 1 and SWITCHED not in structs[gs[0]]:
+        layout[gs[0]], states[gs[0]] = state.layout[gs[0]], state.states[gs[0]]
+        continue
+      name = "+".join(gs)
+      structs[name] = merged[name] = dict(key)
+      self.kernel(structs[name])
+      idx = np.concatenate([state.layout[g] for g in gs])
+      tree = jax.tree_util.tree_map(lambda *a: jnp.concatenate(a),
+                                    *[state.states[g] for g in gs])
+      keep = np.flatnonzero(idx >= 0)
+      keep = np.concatenate([keep, np.full(-len(keep) % self.multiple, keep[0])])
+      layout[name] = np.where(np.arange(len(keep)) < int((idx >= 0).sum()), idx[keep], -1)
+      states[name] = gather(tree, keep)
+    return _TaskState(layout, states, merged)
+
+  def _switch_conflict(self, state: _TaskState, batch: TrialBatch, alive: np.ndarray,
+                       copy_from: np.ndarray | None = None) -> bool:
+    """Whether a live trial's switch no longer matches its group's (PBT explore), or a copy
+    crosses groups (PBT exploit)."""
+    _, structs = self._groups(batch)
+    if not any(SWITCHED in structs[g] for g in state.layout):
+      return False
+    where = {int(t): g for g, idx in state.layout.items() for t in idx if t >= 0}
+    for g, idx in state.layout.items():
+      for t in idx[idx >= 0]:
+        if not alive[t]:
+          continue
+        if any(int(batch.h[n][t]) != structs[g][n] for n in structs[g].get(SWITCHED, ())):
+          return True
+        if copy_from is not None and copy_from[t] >= 0 and where.get(int(copy_from[t])) != g:
+          return True
+    return False
 
   def _hparams(self, batch: TrialBatch, structure: Mapping[str, Any], idx: np.ndarray):
     """A group's hyperparameters; learning-rate schedules span the round's training
@@ -495,11 +593,21 @@ class TaskEvaluator(Evaluator):
     return _TaskState(layout, self._fresh(batch, layout))
 
   def checkpoint(self, state: _TaskState):
-    return state.states, {"layout": {g: v.tolist() for g, v in state.layout.items()}}
+    merged = {g: {k: list(v) if k == SWITCHED else v for k, v in st.items()}
+              for g, st in state.merged.items()}
+    return state.states, {"layout": {g: v.tolist() for g, v in state.layout.items()},
+                          "merged": merged}
+
+  def _restore_merged(self, batch, meta):
+    _, structs = self._groups(batch)
+    for g, st in meta.get("merged", {}).items():
+      structs[g] = {k: tuple(v) if k == SWITCHED else v for k, v in st.items()}
+      self.kernel(structs[g])
+    return structs
 
   def restore(self, batch, meta):
     layout = {g: np.asarray(v, np.int64) for g, v in meta["layout"].items()}
-    _, structs = self._groups(batch)
+    structs = self._restore_merged(batch, meta)
     # the jitted init's own eval_shape: jax.eval_shape around it would trace a jit built
     # with compiler_options, which JAX refuses below the top level
     return {g: self.kernel(structs[g]).init.eval_shape(
@@ -508,8 +616,8 @@ class TaskEvaluator(Evaluator):
 
   def resume(self, tree, batch, meta):
     layout = {g: np.asarray(v, np.int64) for g, v in meta["layout"].items()}
-    self._groups(batch)
-    return _TaskState(layout, tree)
+    structs = self._restore_merged(batch, meta)
+    return _TaskState(layout, tree, {g: structs[g] for g in meta.get("merged", {})})
 
   def epoch(self, state: _TaskState, batch, alive, epoch, key):
     metrics: list[Metrics | None] = [None] * len(batch.params)
@@ -534,18 +642,28 @@ class TaskEvaluator(Evaluator):
     if batch.owned is None and live and all(g in raised for g in live):
       batch.cache["stop_reason"] = "every group raised"
       raise raised[live[0]]
-    return _TaskState(state.layout, states), metrics
+    return _TaskState(state.layout, states, state.merged), metrics
 
   def _run_group(self, structure, states, batch, idx, alive, key):
     """One chunk of one group's kernel; returns its states, metrics and accounting."""
     k = self.kernel(structure)
-    hg = self._hparams(batch, structure, idx)
+    # the group's hyperparameters go to the device once per round (again only after PBT
+    # moved trials: explore gives batch.h anew), not every epoch
+    held = batch.cache.get("h_device")
+    if held is None or held[0] is not batch.h:
+      held = batch.cache["h_device"] = (batch.h, {})
+    hkey = (repr(sorted(structure.items())), idx.tobytes())
+    if hkey not in held[1]:
+      where = None if self._mesh is None else jax.sharding.NamedSharding(
+          self._mesh, jax.sharding.PartitionSpec("pop"))
+      held[1][hkey] = jax.device_put(self._hparams(batch, structure, idx), where)
+    hg = held[1][hkey]
     skey = repr(sorted(structure.items()))
     if skey not in self.flops:
       # traced on another thread while the chunk compiles (XLA releases the GIL)
       bs = min(int(structure.get("batch_size", self.batch_size)), len(self.task.data.train))
       self.flops[skey] = _background.submit(
-          pop.trial_epoch_flops, self.task.build(dict(structure)), pop.shapes(states),
+          pop.trial_epoch_flops, self.fns(structure), pop.shapes(states),
           pop.shapes(hg), self.data, bs)
     live = alive_at(alive, idx)
     c0, t0 = pop.compile_seconds(), time.perf_counter()
@@ -571,6 +689,8 @@ class TaskEvaluator(Evaluator):
 
   def exploit(self, state: _TaskState, batch, copy_from, alive):
     """Copies train states (weights and optimizer state) from ``copy_from[i]`` into i."""
+    if self._switch_conflict(state, batch, alive, copy_from):
+      state = self._merge_switched(state, batch)
     out = dict(state.states)
     for g, idx in state.layout.items():
       where = {int(t): j for j, t in enumerate(idx) if t >= 0}
@@ -584,9 +704,11 @@ class TaskEvaluator(Evaluator):
           src[j] = where[c]
       if np.any(src != np.arange(len(idx))):
         out[g] = gather(state.states[g], src)
-    return _TaskState(state.layout, out)
+    return _TaskState(state.layout, out, state.merged)
 
   def settle(self, state: _TaskState, batch, alive, epochs_left):
+    if self._switch_conflict(state, batch, alive):
+      state = self._merge_switched(state, batch)
     if self.compaction == "never":
       return state
     _, structs = self._groups(batch)
@@ -596,14 +718,15 @@ class TaskEvaluator(Evaluator):
       return compaction_size(self.compaction, self.multiple, epochs_left, perf, size, live)
 
     layout, states = compact(state.layout, state.states, alive, self.multiple, choose)
-    return _TaskState(layout, states)
+    return _TaskState(layout, states, state.merged)
 
 
 def group(space: Space, params: list[dict[str, Any]], task: Task, multiple: int = 1,
-          feasible: np.ndarray | None = None):
-  """Trial indices per structural setting, padded with ``-1`` to a multiple of the device
-  count, and each group's structure; trials with ``feasible[i]`` False are left out."""
-  names = space.structural
+          feasible: np.ndarray | None = None, switches: Sequence[str] = ()):
+  """Trial indices per structural setting (plus the ``switches`` grouped as structure),
+  padded with ``-1`` to a multiple of the device count, and each group's structure; trials
+  with ``feasible[i]`` False are left out."""
+  names = [*space.structural, *(n for n in switches if n not in space.structural)]
   by: dict[tuple, list[int]] = {}
   for i, p in enumerate(params):
     if feasible is not None and not feasible[i]:

@@ -52,6 +52,10 @@ class Task:
     direction: ``"maximize"`` or ``"minimize"``.
     defaults: values for hyperparameters the space leaves out.
     family: architecture family ("mlp", "cnn", "linear"), read by the monitor.
+    switches: hyperparameters whose value selects a branch of the computation (read through
+      :func:`activation`'s ``lax.switch``). Searched as a non-structural ``Choice``, they stay
+      one traced kernel, or the engine compiles one kernel per value when that pays (see
+      ``metaopt.TaskEvaluator``'s ``group_switches``).
   """
 
   name: str
@@ -62,6 +66,7 @@ class Task:
   direction: str
   defaults: Mapping[str, float] = dataclasses.field(default_factory=dict)
   family: str = "mlp"
+  switches: tuple[str, ...] = ("activation",)
 
 
 # ------------------------------------------------------------------------- activations
