@@ -35,7 +35,7 @@ import numpy as np
 from metaopt._src import population as pop
 from metaopt._src import streaming
 from metaopt.spaces import Space
-from metaopt.tasks import Task
+from metaopt.tasks import Task, check_reads
 
 PyTree = Any
 Metrics = dict[str, Any]
@@ -122,6 +122,10 @@ class Evaluator:
 
   def validate(self, epochs: int) -> None:
     del epochs
+
+  def validate_space(self, space: Any) -> None:
+    """Raises ``ValueError`` before anything compiles if ``space`` cannot be searched here."""
+    del space
 
   def exploit(self, state: PyTree, batch: TrialBatch, copy_from: np.ndarray,
               alive: np.ndarray) -> PyTree:
@@ -427,6 +431,10 @@ class TaskEvaluator(Evaluator):
         self._kernels[k] = pop.make_kernel(self.task.build(dict(structure)), n_train, bs,
                                            self._shared, self._mesh)
     return self._kernels[k]
+
+  def validate_space(self, space: Space) -> None:
+    """Every parameter of ``space`` must be one the task reads (``Task.reads``)."""
+    check_reads(self.task, space.names)
 
   def structures(self, batch: TrialBatch) -> tuple[dict[str, np.ndarray], dict[str, dict]]:
     """Trial indices per structural setting (one compiled kernel per group), each padded

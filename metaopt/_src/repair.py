@@ -144,6 +144,10 @@ DEFAULT_ACTIONS: tuple[Action, ...] = (
     Action("width", 64), Action("depth", 2), Action("depth", 1), Action("residual", True),
     Action("finetune_steps", 2), Action("finetune_steps", 3), Action("finetune_fraction", 0.4),
     Action("finetune_lr", 0.01), Action("finetune_freeze", True),
+    # undos: every parameter an action moves can be set back to its default (or moved back)
+    Action("lr_end", 0.01), Action("batch_size", 32), Action("residual", False),
+    Action("finetune_steps", 1), Action("finetune_fraction", 0.2), Action("finetune_lr", 0.1),
+    Action("finetune_lr", 10.0, "scale"), Action("finetune_freeze", False),
 )
 
 

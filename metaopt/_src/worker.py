@@ -137,6 +137,7 @@ def worker(
   if space is None:
     raise ValueError("space: the evaluator has no space; pass space=spaces.Space({...})")
   ev.validate(epochs)
+  ev.validate_space(space)
   if not isinstance(program, Searcher):
     raise ValueError(f"program: expected a metaopt.Searcher, got {type(program).__name__}")
   if store is None:
