@@ -285,7 +285,8 @@ def main() -> None:
   if "in-sample" in per and per["in-sample"]["repair-4"]:
     v = float(np.median(per["in-sample"]["repair-4"]))
     headline("repair_insample_median_trials_to_target", v,
-             "repair-4 on the 22 development starts (in-sample: chosen and reported on them)")
+             f"repair-4 on {len(per['in-sample']['repair-4'])} broken development starts "
+             "(in-sample: chosen and reported on them)")
   if "held-out" in per and per["held-out"]["repair-4"]:
     h = per["held-out"]
     v = float(np.median(h["repair-4"]))
