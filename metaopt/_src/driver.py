@@ -38,7 +38,7 @@ from metaopt._src.provenance import code_version, hardware
 from metaopt._src.store import Store
 from metaopt._src.types import Result, Searcher
 from metaopt.spaces import Space
-from metaopt.tasks import Task, check_reads
+from metaopt.tasks import Task
 
 __all__ = ["OBJECTIVES", "code_version", "enable_compilation_cache", "hardware", "search"]
 
@@ -130,10 +130,8 @@ def search(
   batch_size = loop.positive_int("batch_size", batch_size)
   if compaction not in COMPACTIONS:
     raise ValueError(f"compaction={compaction!r}: must be one of {', '.join(COMPACTIONS)}")
-  if isinstance(task, Task) and space is not None:
-    check_reads(task, space.names)  # before anything compiles (data staging included)
   ev = as_evaluator(task, batch_size=batch_size, shared_batches=shared_batches,
-                    devices=devices, compaction=compaction)
+                    devices=devices, compaction=compaction, space=space)
   space = ev.space if space is None else space
   if space is None:
     raise ValueError("space: the evaluator has no space; pass space=spaces.Space({...})")

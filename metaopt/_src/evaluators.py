@@ -123,10 +123,6 @@ class Evaluator:
   def validate(self, epochs: int) -> None:
     del epochs
 
-  def validate_space(self, space: Any) -> None:
-    """Raises ``ValueError`` before anything compiles if ``space`` cannot be searched here."""
-    del space
-
   def exploit(self, state: PyTree, batch: TrialBatch, copy_from: np.ndarray,
               alive: np.ndarray) -> PyTree:
     del state, batch, copy_from, alive
@@ -432,10 +428,6 @@ class TaskEvaluator(Evaluator):
                                            self._shared, self._mesh)
     return self._kernels[k]
 
-  def validate_space(self, space: Space) -> None:
-    """Every parameter of ``space`` must be one the task reads (``Task.reads``)."""
-    check_reads(self.task, space.names)
-
   def structures(self, batch: TrialBatch) -> tuple[dict[str, np.ndarray], dict[str, dict]]:
     """Trial indices per structural setting (one compiled kernel per group), each padded
     with ``-1`` entries (frozen placeholders) to a multiple of the device count; the trials
@@ -658,10 +650,13 @@ def compact(layout, states, alive: np.ndarray, multiple: int = 1, choose=None):
 
 def as_evaluator(x: Any, *, batch_size: int = 32, shared_batches: bool = True,
                  devices: Sequence[jax.Device] | None = None,
-                 compaction: str = "auto") -> Evaluator:
+                 compaction: str = "auto", space: Space | None = None) -> Evaluator:
   """``x`` as an evaluator: a :class:`metaopt.tasks.Task` becomes a :class:`TaskEvaluator` (with the
-  task-only settings given here), an evaluator is returned as is."""
+  task-only settings given here), an evaluator is returned as is. A ``space`` to search on a
+  task must set only parameters the task reads (``tasks.check_reads``, before any compile)."""
   if isinstance(x, Task):
+    if space is not None:
+      check_reads(x, space.names)  # before the evaluator stages data (nothing compiled yet)
     return TaskEvaluator(x, batch_size=batch_size, shared_batches=shared_batches,
                          devices=devices, compaction=compaction)
   if compaction not in COMPACTIONS:

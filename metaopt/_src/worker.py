@@ -43,7 +43,7 @@ from metaopt._src.provenance import code_version, hardware
 from metaopt._src.store import Claim, Store
 from metaopt._src.types import Result, Searcher
 from metaopt.spaces import Space
-from metaopt.tasks import Task, check_reads
+from metaopt.tasks import Task
 
 
 class _LeaseLost(Exception):
@@ -131,10 +131,8 @@ def worker(
   for name, v in (("stale_after_s", stale_after_s), ("poll_s", poll_s)):
     if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
       raise ValueError(f"{name}={v!r}: must be a number > 0")
-  if isinstance(task, Task) and space is not None:
-    check_reads(task, space.names)  # before anything compiles (data staging included)
   ev = as_evaluator(task, batch_size=batch_size, shared_batches=shared_batches,
-                    devices=devices)
+                    devices=devices, space=space)
   space = ev.space if space is None else space
   if space is None:
     raise ValueError("space: the evaluator has no space; pass space=spaces.Space({...})")
