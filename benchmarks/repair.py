@@ -252,8 +252,9 @@ def main() -> None:
                                  lambda ci: REPORT_SEEDS[:n_seeds], methods, budget, epochs,
                                  clock, table)
   if "in-sample" in suites:
-    recs["in-sample"] = run_suite("in-sample", insample, TARGETS, lambda ci: (ci,), methods,
-                                  budget, epochs, clock, table)
+    recs["in-sample"] = run_suite("in-sample", insample, TARGETS,  # seed: index in SUITE
+                                  lambda ci: (SUITE.index(insample[ci]),), methods, budget,
+                                  epochs, clock, table)
   load1 = os.getloadavg()
   flags = " --quick" if a.quick else (
       f" --budget {budget} --epochs {epochs} --seeds {n_seeds} --suites {a.suites} "
