@@ -2,11 +2,14 @@
 
 from metaopt.tasks._src.base import (
     ACTIVATIONS,
+    ENGINE_READS,
     OPTIMIZERS,
     SCHEDULES,
+    SUPERVISED_READS,
     Task,
     TrialFns,
     activation,
+    check_reads,
     make_optimizer,
     supervised,
     telemetry,
@@ -45,6 +48,7 @@ from metaopt.tasks._src.nas_models import Network, Op, cell_layout, count_params
 
 __all__ = [
     "as_dataset", "dataset_from_arrays", "dataset_from_sources", "from_flax", "import_task",
+    "ENGINE_READS", "SUPERVISED_READS", "check_reads",
     "ACTIVATIONS", "DATASETS", "OPTIMIZERS", "PROCEDURAL", "TASKS", "Dataset", "Split", "Task",
     "TrialFns", "activation", "default_data_dir", "digits_cnn", "digits_mlp", "from_arrays",
     "get_task", "load_dataset", "logreg", "make_optimizer", "mnist1d_cnn", "mnist1d_gru",

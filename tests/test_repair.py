@@ -30,6 +30,9 @@ from metaopt.tasks import get_task
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPACE = repair_space()
+UNDO_ACTIONS = ("lr_end=0.01", "batch_size=32", "residual=False", "finetune_steps=1",
+                "finetune_fraction=0.2", "finetune_lr=0.1", "finetune_lr*10",
+                "finetune_freeze=False")
 
 
 class ActionTest(chex.TestCase):
@@ -67,13 +70,93 @@ class ActionTest(chex.TestCase):
 
 def test_fine_tuning_settings_only_act_on_multi_step_training():
   from metaopt._src.repair import _changes
-  sub = [a for a in DEFAULT_ACTIONS if a.param in ("finetune_fraction", "finetune_lr",
-                                                    "finetune_freeze")]
+  sub = [a for a in DEFAULT_ACTIONS if a.name in ("finetune_fraction=0.4", "finetune_lr=0.01",
+                                                   "finetune_freeze=True")]
   assert len(sub) == 3
   for steps, expect in ((1, False), (2, True)):
     u = jnp.asarray(SPACE.encode({"finetune_steps": steps}), jnp.float32)
     changed = np.asarray(_changes(SPACE, u, apply_actions(SPACE, sub, u)))
     assert changed.tolist() == [expect] * 3, steps
+
+
+def test_every_parameter_an_action_moves_has_an_action_that_sets_it_back():
+  defaults = SPACE.to_python(jax.device_get(SPACE.decode(jnp.asarray(SPACE.encode({})))))
+  defaults.update({"momentum": 0.9, "lr_end": 0.01, "finetune_fraction": 0.2,
+                   "finetune_lr": 0.1, "finetune_freeze": False})  # off by default (when=)
+  undo = {(a.param, a.value) for a in DEFAULT_ACTIONS if a.kind == "set" and not a.also}
+  moved = {p for a in DEFAULT_ACTIONS for p, _, _ in a.parts()}
+  assert moved == set(SPACE.names)
+  for p in moved:
+    d = defaults[p]
+    assert any(q == p and (v == d or (isinstance(v, float) and v == pytest.approx(d, rel=1e-3)))
+               for q, v in undo), p
+  for a in DEFAULT_ACTIONS:  # x10 and /10 undo each other where both are actions
+    if a.kind == "scale" and a.param == "learning_rate":
+      assert Action(a.param, 1.0 / a.value, "scale") in DEFAULT_ACTIONS
+
+
+class UndoActionTest(chex.TestCase):
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_undo_actions_turn_fine_tuning_off_and_raise_its_rate(self):
+    start = {"finetune_steps": 3, "finetune_fraction": 0.5, "finetune_lr": 0.01,
+             "finetune_freeze": True, "residual": True, "batch_size": 128,
+             "lr_schedule": "cosine", "lr_end": 0.1}
+    names = ("finetune_steps=1", "finetune_lr=0.1", "finetune_lr*10", "finetune_fraction=0.2",
+             "finetune_freeze=False", "residual=False", "batch_size=32", "lr_end=0.01")
+    assert set(names) == set(UNDO_ACTIONS)
+    by_name = {a.name: a for a in DEFAULT_ACTIONS}
+    acts = tuple(by_name[n] for n in names)
+    u = jnp.asarray(SPACE.encode(start), jnp.float32)
+    got = SPACE.to_python_batch(jax.device_get(SPACE.decode(
+        self.variant(lambda u: apply_actions(SPACE, acts, u))(u))))
+    off = got[0]  # one stage: the fine-tuning settings switch off with it
+    assert off["finetune_steps"] == 1 and "finetune_lr" not in off and off["residual"] is True
+    assert got[1]["finetune_lr"] == pytest.approx(0.1, rel=1e-4)
+    assert got[2]["finetune_lr"] == pytest.approx(0.1, rel=1e-4)
+    assert got[3]["finetune_fraction"] == pytest.approx(0.2, rel=1e-4)
+    assert got[4]["finetune_freeze"] is False and got[4]["finetune_steps"] == 3
+    assert got[5]["residual"] is False and got[6]["batch_size"] == 32
+    assert got[7]["lr_end"] == pytest.approx(0.01, rel=1e-4)
+    for g in got[1:5]:  # each leaves the rest of the start alone
+      assert g["finetune_steps"] == 3 and g["batch_size"] == 128
+
+
+def test_unread_space_parameter_fails_before_compiling():
+  task = get_task("digits_cnn")
+  prog = metaopt.random_search(SPACE.dim)
+  compiles = []
+  jax.monitoring.register_event_duration_secs_listener(
+      lambda name, *a, **k: compiles.append(name) if "backend_compile" in name else None)
+  try:
+    with pytest.raises(ValueError, match=r"\['norm', 'width', 'depth', 'residual'\] are not "
+                       r"read by task 'digits_cnn'.*it reads: .*init_scale"):
+      metaopt.search(prog, task, space=SPACE, n_trials=2, population=2, progress=False)
+  finally:
+    jax.monitoring.clear_event_listeners()
+  assert compiles == []  # nothing compiled
+  # the repair space of a task holds what it reads, and its default actions only those
+  cnn = repair_space(task=task)
+  assert set(SPACE.names) - set(cnn.names) == {"width", "depth", "norm", "residual"}
+  assert repair_space(task=get_task("mnist1d_mlp")).names == SPACE.names
+  acts = metaopt.repair.space_default_actions(cnn)
+  assert 0 < len(acts) < len(DEFAULT_ACTIONS)
+  assert all(p in cnn.names for a in acts for p, _, _ in a.parts())
+  metaopt.tasks.check_reads(task, cnn.names)  # no error
+
+
+def test_digits_cnn_reads_its_initializer_parameters():
+  task = get_task("digits_cnn")
+  fns = task.build({})
+  key = jax.random.key(0)
+  p0 = fns.init(key, {})["params"]["params"]
+  p1 = fns.init(key, {"init_scale": jnp.float32(0.5), "bias_init": jnp.float32(-2.0)})
+  p1 = p1["params"]["params"]
+  for name in ("Conv_0", "Conv_1", "Dense_0"):
+    np.testing.assert_allclose(p1[name]["kernel"], 0.5 * p0[name]["kernel"], rtol=1e-6)
+  for name in ("Conv_0", "Conv_1"):  # hidden biases move, the head's does not
+    np.testing.assert_allclose(p1[name]["bias"], p0[name]["bias"] - 2.0)
+  np.testing.assert_array_equal(p1["Dense_0"]["bias"], p0["Dense_0"]["bias"])
 
 
 def test_bad_actions_name_the_field_before_compiling():
@@ -189,7 +272,11 @@ def test_shipped_table_has_provenance_and_every_condition():
   assert prov["command"].startswith("python -m metaopt.repair build-table")
   assert prov["runs"] > 100 and prov["code_version"]
   assert table["rows"][:len(ROWS)] == list(ROWS)
-  assert {a.name for a in DEFAULT_ACTIONS} == set(table["actions"])
+  names = {a.name for a in DEFAULT_ACTIONS}
+  assert set(table["actions"]) <= names
+  # the undo actions came after the table's build; they rank below every measured positive
+  # gain (random) and are learnt online until the table is rebuilt with the same command
+  assert names - set(table["actions"]) <= set(UNDO_ACTIONS)
   assert sorted(table["opening"]) == sorted(table["actions"])  # a portfolio of every action
   seen = [r for r in ROWS if any(c > 0 for c in table["count"][ROWS.index(r)])]
   assert "none" in seen and len(seen) >= 3, seen

@@ -209,7 +209,8 @@ def test_monitor_records_conditions_and_stops_trials(tmp_path):
   # composed with a pruner that never fires (min_trials too high): all complete, none slow
   prog = metaopt.with_monitor(
       metaopt.with_pruning(metaopt.random_search(1), metaopt.median_pruner(3, min_trials=99)))
-  space2 = Space({"learning_rate": Fixed(3e-3), "width": Fixed(64), "x": Float(0, 1)})
+  space2 = Space({"learning_rate": Fixed(3e-3), "width": Fixed(64),
+                  "weight_decay": Float(1e-6, 1e-5, log=True)})
   res = metaopt.search(prog, task, space=space2, n_trials=4, population=4, epochs=3,
                        batch_size=64, store=f"sqlite:///{tmp_path}/h.db", progress=False)
   assert res.count("complete") == 4

@@ -131,7 +131,7 @@ def search(
   if compaction not in COMPACTIONS:
     raise ValueError(f"compaction={compaction!r}: must be one of {', '.join(COMPACTIONS)}")
   ev = as_evaluator(task, batch_size=batch_size, shared_batches=shared_batches,
-                    devices=devices, compaction=compaction)
+                    devices=devices, compaction=compaction, space=space)
   space = ev.space if space is None else space
   if space is None:
     raise ValueError("space: the evaluator has no space; pass space=spaces.Space({...})")

@@ -35,7 +35,7 @@ import numpy as np
 from metaopt._src import population as pop
 from metaopt._src import streaming
 from metaopt.spaces import Choice, Space
-from metaopt.tasks import Task, TrialFns
+from metaopt.tasks import Task, TrialFns, check_reads
 
 PyTree = Any
 Metrics = dict[str, Any]
@@ -806,10 +806,13 @@ def compact(layout, states, alive: np.ndarray, multiple: int = 1, choose=None):
 
 def as_evaluator(x: Any, *, batch_size: int = 32, shared_batches: bool = True,
                  devices: Sequence[jax.Device] | None = None,
-                 compaction: str = "auto") -> Evaluator:
+                 compaction: str = "auto", space: Space | None = None) -> Evaluator:
   """``x`` as an evaluator: a :class:`metaopt.tasks.Task` becomes a :class:`TaskEvaluator` (with the
-  task-only settings given here), an evaluator is returned as is."""
+  task-only settings given here), an evaluator is returned as is. A ``space`` to search on a
+  task must set only parameters the task reads (``tasks.check_reads``, before any compile)."""
   if isinstance(x, Task):
+    if space is not None:
+      check_reads(x, space.names)  # before the evaluator stages data (nothing compiled yet)
     return TaskEvaluator(x, batch_size=batch_size, shared_batches=shared_batches,
                          devices=devices, compaction=compaction)
   if compaction not in COMPACTIONS:

@@ -88,9 +88,30 @@ class Action:
     return ((self.param, self.value, self.kind), *((k, v, "set") for k, v in self.also))
 
 
-def repair_space(max_width: int = 128) -> Space:
+def repair_space(max_width: int = 128, task: Any = None) -> Space:
   """The expanded repair space of the MLP tasks (``digits_mlp``, ``wine_mlp``,
-  ``breast_cancer_mlp``, ``synthetic_regression``)."""
+  ``breast_cancer_mlp``, ``synthetic_regression``, ``mnist1d_mlp``); with ``task`` (a
+  :class:`metaopt.tasks.Task`), only the parameters it reads (``Task.reads``; e.g. no width,
+  depth, norm or residual for ``digits_cnn``)."""
+  from metaopt.tasks import ENGINE_READS
+
+  space = _full_repair_space(max_width)
+  reads = getattr(task, "reads", None)
+  if reads is None:
+    return space
+  keep = {n: p for n, p in space.params.items() if n in reads or n in ENGINE_READS}
+  return Space(keep)
+
+
+def space_default_actions(space: Space,
+                          actions: Sequence[Action] | None = None) -> tuple[Action, ...]:
+  """The actions of ``actions`` (default :data:`DEFAULT_ACTIONS`) that touch only parameters
+  of ``space`` (e.g. of :func:`repair_space` for one task)."""
+  return tuple(a for a in (DEFAULT_ACTIONS if actions is None else actions)
+               if all(p in space.names for p, _, _ in a.parts()))
+
+
+def _full_repair_space(max_width: int) -> Space:
   from metaopt.tasks import ACTIVATIONS, SCHEDULES
 
   return Space({
@@ -144,6 +165,10 @@ DEFAULT_ACTIONS: tuple[Action, ...] = (
     Action("width", 64), Action("depth", 2), Action("depth", 1), Action("residual", True),
     Action("finetune_steps", 2), Action("finetune_steps", 3), Action("finetune_fraction", 0.4),
     Action("finetune_lr", 0.01), Action("finetune_freeze", True),
+    # undos: every parameter an action moves can be set back to its default (or moved back)
+    Action("lr_end", 0.01), Action("batch_size", 32), Action("residual", False),
+    Action("finetune_steps", 1), Action("finetune_fraction", 0.2), Action("finetune_lr", 0.1),
+    Action("finetune_lr", 10.0, "scale"), Action("finetune_freeze", False),
 )
 
 
@@ -389,7 +414,7 @@ def repair(
     space: Space,
     *,
     start: Mapping[str, Any] | None = None,
-    actions: Sequence[Action] = DEFAULT_ACTIONS,
+    actions: Sequence[Action] | None = None,
     table: Mapping[str, Any] | str | None = "default",
     population: int = 64,
     ucb: float = 0.05,
@@ -404,7 +429,8 @@ def repair(
       untried action is left; it is told every result, repairs included.
     space: the searched space; every action's parameter must be in it.
     start: the starting configuration (trial 0), e.g. a broken config to repair.
-    actions: the action space (:data:`DEFAULT_ACTIONS` over :func:`repair_space`).
+    actions: the action space; default: the :data:`DEFAULT_ACTIONS` whose parameters are all
+      in ``space`` (:func:`space_default_actions`).
     table: priority table: ``"default"`` (the shipped one), a path, a dict, or ``None``
       (every action random until the loop has observed gains).
     population: the largest number of trials per round (sizes the searcher state).
@@ -417,9 +443,10 @@ def repair(
   """
   if not isinstance(searcher, Searcher):
     raise ValueError(f"searcher: expected a metaopt.Searcher, got {type(searcher).__name__}")
-  actions = tuple(actions)
+  actions = space_default_actions(space) if actions is None else tuple(actions)
   if not actions:
-    raise ValueError("actions: must not be empty")
+    raise ValueError("actions: must not be empty (the default actions need parameters of "
+                     f"repair_space(); the space has {space.names})")
   _action_arrays(space, actions)  # validates before anything compiles
   if isinstance(population, bool) or not isinstance(population, int) or population < 1:
     raise ValueError(f"population={population!r}: must be a positive integer")

@@ -88,7 +88,7 @@ def run_config(cfg: Mapping[str, Any], store: Store, progress: bool = True) -> R
 
   cfg = validate(cfg)
   task = get_task(cfg["task_name"])
-  space = repair_space()
+  space = repair_space(task=task)  # only what the task reads
   fill = make_searcher(cfg.get("searcher", "random"), space.dim)
   start = dict(cfg.get("start") or {})
   try:

@@ -132,7 +132,7 @@ def worker(
     if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
       raise ValueError(f"{name}={v!r}: must be a number > 0")
   ev = as_evaluator(task, batch_size=batch_size, shared_batches=shared_batches,
-                    devices=devices)
+                    devices=devices, space=space)
   space = ev.space if space is None else space
   if space is None:
     raise ValueError("space: the evaluator has no space; pass space=spaces.Space({...})")

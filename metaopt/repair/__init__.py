@@ -21,6 +21,7 @@ from metaopt._src.repair import (
     repair,
     repair_space,
     space_actions,
+    space_default_actions,
     table_applies,
     trial_conditions,
 )
@@ -29,5 +30,5 @@ from metaopt._src.repair_run import run_config
 __all__ = [
     "DEFAULT_ACTIONS", "ROWS", "TABLE_PATH", "Action", "aggregate", "apply_actions",
     "build_table", "load_table", "priorities", "ranked_actions", "repair", "repair_space",
-    "run_config", "space_actions", "table_applies", "trial_conditions",
+    "run_config", "space_actions", "space_default_actions", "table_applies", "trial_conditions",
 ]

@@ -56,6 +56,9 @@ class Task:
       :func:`activation`'s ``lax.switch``). Searched as a non-structural ``Choice``, they stay
       one traced kernel, or the engine compiles one kernel per value when that pays (see
       ``metaopt.TaskEvaluator``'s ``group_switches``).
+    reads: every hyperparameter and structural parameter the task's functions read (under
+      some structure); a search over a space with any other parameter fails before
+      compiling (:func:`check_reads`). ``None``: not declared, not checked.
   """
 
   name: str
@@ -67,6 +70,23 @@ class Task:
   defaults: Mapping[str, float] = dataclasses.field(default_factory=dict)
   family: str = "mlp"
   switches: tuple[str, ...] = ("activation",)
+  reads: frozenset[str] | None = None
+
+
+# what the search engine itself reads from a trial's parameters (any task)
+ENGINE_READS: frozenset[str] = frozenset({"batch_size", "schedule_steps"})
+
+
+def check_reads(task: Task, names: Any) -> None:
+  """Raises ``ValueError`` naming the parameters of ``names`` (a space's) that ``task``
+  never reads: searching them would train identical models."""
+  if task.reads is None:
+    return
+  unread = [n for n in names if n not in task.reads and n not in ENGINE_READS]
+  if unread:
+    raise ValueError(
+        f"space: parameter(s) {unread} are not read by task {task.name!r} (every value would "
+        f"train the same model); it reads: {', '.join(sorted(task.reads | ENGINE_READS))}")
 
 
 # ------------------------------------------------------------------------- activations
@@ -227,6 +247,14 @@ def clip_gradients(grads: PyTree, h: H) -> PyTree:
 
 
 # ------------------------------------------------------------------------- supervised builder
+# what :func:`supervised` reads (``momentum`` with SGD, ``b1`` with AdamW; structural:
+# ``optimizer``), beside what the model and ``init_transform`` read
+SUPERVISED_READS: frozenset[str] = frozenset({
+    "optimizer", "learning_rate", "weight_decay", "momentum", "b1", "lr_schedule", "lr_end",
+    "schedule_steps", "clip_norm", "finetune_steps", "finetune_fraction", "finetune_lr",
+    "finetune_freeze"})
+
+
 def supervised(
     model: nn.Module,
     example_x: jax.Array,

@@ -6,7 +6,11 @@
   and ``optimizer`` are *structural*: the engine compiles one kernel per value.
 * ``wine_mlp``, ``breast_cancer_mlp``: the same MLP on the other bundled tabular datasets.
   All MLP tasks also take the structural ``norm`` (masked layer norm) and ``residual``.
-* ``digits_cnn``: a small Flax CNN on digits as 8x8x1 images.
+* ``digits_cnn``: a small Flax CNN on digits as 8x8x1 images (reads ``init_scale`` and
+  ``bias_init`` as the MLPs do; no width, depth, norm or residual).
+
+Every task declares the parameters it reads (``Task.reads``): a search whose space sets any
+other fails before compiling.
 * ``synthetic_regression``: MLP regression on a procedural dataset (objective: valid MSE).
 * ``logreg``: L2-regularised multinomial logistic regression (convex; the L2 strength
   ``l2`` enters the loss, so it is differentiable for hypergradient checks).
@@ -118,6 +122,25 @@ class CNN(nn.Module):
     return nn.Dense(self.outputs)(x)
 
 
+def _init_scale_bias(params, h: H):
+  """The initializer hyperparameters of a network whose last kernel is its head:
+  ``init_scale`` multiplies every initial kernel (default 1), ``bias_init`` is added to the
+  hidden layers' initial biases (default 0). No mask (every parameter is live)."""
+  init_scale = jnp.asarray(h.get("init_scale", 1.0), jnp.float32)
+  bias_init = jnp.asarray(h.get("bias_init", 0.0), jnp.float32)
+  head = base.output_layer_mask(params)
+
+  def one(path, v, m):
+    key = getattr(path[-1], "key", None)
+    if key == "kernel":
+      return v * init_scale.astype(v.dtype)
+    if key == "bias":
+      return v + (bias_init * (1.0 - m)).astype(v.dtype)
+    return v
+
+  return jax.tree_util.tree_map_with_path(one, params, head), None
+
+
 class Linear(nn.Module):
   outputs: int
 
@@ -162,6 +185,10 @@ def _data(task: str, dataset: Any, data_dir: str | None, kind: str = "any") -> D
   return data
 
 
+MLP_READS = base.SUPERVISED_READS | {"width", "activation", "init_scale", "bias_init", "depth",
+                                     "norm", "residual"}
+
+
 def _mlp_task(name: str, dataset: Any, data_dir: str | None, max_width: int,
               max_lr: float) -> Task:
   data = _data(name, dataset, data_dir)
@@ -185,7 +212,8 @@ def _mlp_task(name: str, dataset: Any, data_dir: str | None, max_width: int,
                            init_transform=_mask_width(max_width))
 
   objective, direction = ("mse", "minimize") if regression else ("accuracy", "maximize")
-  return Task(name, data, space, build, objective, direction, defaults, "mlp")
+  return Task(name, data, space, build, objective, direction, defaults, "mlp",
+              reads=MLP_READS)
 
 
 def digits_mlp(data_dir: str | None = None, max_width: int = 128,
@@ -218,9 +246,12 @@ def digits_cnn(data_dir: str | None = None, channels: int = 16, dataset: Any = "
   def build(structure: Mapping[str, Any]) -> TrialFns:
     model = CNN(channels=int(structure.get("channels", channels)), outputs=data.num_classes)
     return base.supervised(model, _example(data), base.softmax_xent,
-                           base.classification_metrics, structure.get("optimizer", "adamw"), {})
+                           base.classification_metrics, structure.get("optimizer", "adamw"), {},
+                           init_transform=_init_scale_bias)
 
-  return Task("digits_cnn", data, space, build, "accuracy", "maximize", {}, "cnn")
+  return Task("digits_cnn", data, space, build, "accuracy", "maximize", {}, "cnn",
+              reads=base.SUPERVISED_READS | {"activation", "channels", "init_scale",
+                                             "bias_init"})
 
 
 def synthetic_regression(data_dir: str | None = None, max_width: int = 64,
@@ -248,7 +279,8 @@ def logreg(data_dir: str | None = None, dataset: Any = "breast_cancer") -> Task:
                            base.classification_metrics, structure.get("optimizer", "sgd"),
                            {"momentum": 0.0}, penalty=penalty)
 
-  return Task("logreg", data, space, build, "accuracy", "maximize", {}, "linear")
+  return Task("logreg", data, space, build, "accuracy", "maximize", {}, "linear",
+              reads=base.SUPERVISED_READS | {"l2"})
 
 
 # ------------------------------------------------------------------------- MNIST-1D
@@ -308,13 +340,15 @@ class Conv1DNet(nn.Module):
 
 def _mask_channels(max_channels: int) -> Callable:
   """Zeroes the weights of channels past ``h["channels"]`` in a :class:`Conv1DNet` and
-  rescales every later layer's fan-in to the live channels (init_scale multiplies all)."""
+  rescales every later layer's fan-in to the live channels (init_scale multiplies all kernels,
+  bias_init is added to the convolutions' initial biases)."""
 
   def transform(params, h: H):
     width = jnp.asarray(h.get("channels", max_channels))
     unit = (jnp.arange(max_channels) < width).astype(jnp.float32)
     scale = jnp.sqrt(max_channels / width.astype(jnp.float32))
     init_scale = jnp.asarray(h.get("init_scale", 1.0), jnp.float32)
+    bias_init = jnp.asarray(h.get("bias_init", 0.0), jnp.float32)
     layers = params["params"]
     new, live = {}, {}
     for i in range(3):
@@ -322,7 +356,8 @@ def _mask_channels(max_channels: int) -> Callable:
       k, b = layers[name]["kernel"], layers[name]["bias"]
       in_m = unit[None, :, None] if i > 0 else jnp.ones((1, 1, 1))
       m_k = in_m * unit[None, None, :] * jnp.ones_like(k)
-      new[name] = {"kernel": k * m_k * (scale if i > 0 else 1.0) * init_scale, "bias": b * unit}
+      new[name] = {"kernel": k * m_k * (scale if i > 0 else 1.0) * init_scale,
+                   "bias": (b + bias_init) * unit}
       live[name] = {"kernel": m_k, "bias": unit}
     k = layers["Dense_0"]["kernel"]  # rows: flattened (position, channel) features
     m_k = jnp.tile(unit, k.shape[0] // max_channels)[:, None] * jnp.ones_like(k)
@@ -383,7 +418,9 @@ def mnist1d_cnn(data_dir: str | None = None, max_channels: int = 32, arch: str =
                            base.classification_metrics, structure.get("optimizer", "adamw"), {},
                            init_transform=_mask_channels(max_channels))
 
-  return Task("mnist1d_cnn", data, space, build, "accuracy", "maximize", {}, "cnn")
+  return Task("mnist1d_cnn", data, space, build, "accuracy", "maximize", {}, "cnn",
+              reads=base.SUPERVISED_READS | {"channels", "activation", "init_scale",
+                                             "bias_init"})
 
 
 def mnist1d_gru(data_dir: str | None = None, hidden: int = 6, dataset: Any = "mnist1d") -> Task:
@@ -400,7 +437,8 @@ def mnist1d_gru(data_dir: str | None = None, hidden: int = 6, dataset: Any = "mn
     return base.supervised(model, _example(data), base.softmax_xent,
                            base.classification_metrics, structure.get("optimizer", "adamw"), {})
 
-  return Task("mnist1d_gru", data, space, build, "accuracy", "maximize", {}, "rnn")
+  return Task("mnist1d_gru", data, space, build, "accuracy", "maximize", {}, "rnn",
+              reads=base.SUPERVISED_READS | {"hidden"})
 
 
 # ------------------------------------------------------------------------- 32x32 images
@@ -496,7 +534,8 @@ def images32_resnet(data_dir: str | None = None, channels: int = 16, augment: bo
                           base.classification_metrics, structure.get("optimizer", "adamw"), {})
     return with_augmentation(fns) if augment else fns
 
-  return Task("images32_resnet", data, space, build, "accuracy", "maximize", {}, "cnn")
+  return Task("images32_resnet", data, space, build, "accuracy", "maximize", {}, "cnn",
+              reads=base.SUPERVISED_READS | {"activation", "channels"})
 
 
 TASKS: dict[str, Callable[..., Task]] = {
