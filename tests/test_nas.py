@@ -347,6 +347,23 @@ def _config(path, **over):
   return cfg
 
 
+def test_flops_penalty_moves_the_search_to_the_cost_side(digits):
+  """The default-suite variant of the end-to-end test below: the same search (one epoch of
+  the tiny supernet) with and without the FLOPs penalty of configs/darts_hw_shapes.py: with
+  it, the expected FLOPs the search sees (mean over the epoch's steps) fall below the
+  unpenalised search's, and the derived cell costs no more."""
+  out = {}
+  for pen in (0.0, 0.1):
+    s = nas.SearchSettings(a_lr=0.01, hw_metric="flops", hw_penalty=pen, total_steps=4)
+    prog, tables = nas.make_program(MINI, tiny_net(), s, digits, 64)
+    out[pen] = nas.search(prog, digits, epochs=1, batch_size=64, seed=0,
+                          safeguard=nas.SafeguardSettings(enabled=False, eig_iters=2))
+  flops = lambda r: nas.genotype_cost(MINI, r["genotype"], tables["flops"])
+  assert out[0.1]["history"][0]["expected_cost"] < out[0.0]["history"][0]["expected_cost"]
+  assert flops(out[0.1]) <= flops(out[0.0]), (out[0.1]["genotype"], out[0.0]["genotype"])
+
+
+@pytest.mark.slow  # two NAS runs end to end (~40 s of CPU); the variant above is the cheap one
 def test_hardware_aware_config_derives_a_cell_on_the_cost_side():
   """configs/darts_hw_shapes.py end to end as shipped (safeguards and black-box fallback on;
   tiny supernet, one search epoch, small budgets) against the same config with the penalty
