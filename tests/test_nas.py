@@ -268,12 +268,12 @@ def test_second_order_arch_gradient_matches_finite_differences(digits):
 
 
 # ------------------------------------------------------------------ safeguards
-def _search(digits, **kw):
+def _search(digits, enabled=True, **kw):
   s = nas.SearchSettings(total_steps=64, warmup_steps=32, **kw)
   prog, _ = nas.make_program(MINI, tiny_net(), s, digits, 64)
   # the eigenvalue rule is left out here (tested on its own below)
-  return nas.search(prog, digits, epochs=4, batch_size=64, seed=0,
-                    safeguard=nas.SafeguardSettings(max_skip=2, eig_iters=5, eig_warmup=4))
+  return nas.search(prog, digits, epochs=4, batch_size=64, seed=0, safeguard=nas.SafeguardSettings(
+      enabled=enabled, max_skip=2, eig_iters=5, eig_warmup=4))
 
 
 def test_skip_collapse_safeguard_fires_on_a_collapsing_run_only(digits_full):
@@ -286,6 +286,16 @@ def test_skip_collapse_safeguard_fires_on_a_collapsing_run_only(digits_full):
   assert len(collapsing["history"]) < 4  # stopped early
   assert collapsing["history"][-1]["skip_count"] > 2
   assert count_ops(collapsing["genotype"]) <= 2  # rolled back to the last healthy epoch
+  # reporting only: every epoch runs, and the safeguarded outcome is the stopped search's
+  full = _search(digits_full, enabled=False, skip_penalty=-200.0, a_lr=0.05)
+  assert len(full["history"]) == len(full["genotypes"]) == 4 and full["collapsed"]
+  assert full["safeguard_epoch"] == collapsing["safeguard_epoch"] == collapsing["stopped_epoch"]
+  assert full["safeguard_genotype"] == collapsing["genotype"] != full["genotype"]
+  assert full["genotypes"][-1] == full["genotype"]
+  assert 0 < full["safeguard_seconds"] < full["seconds"] == pytest.approx(
+      sum(h["seconds"] for h in full["history"]))
+  assert healthy["safeguard_epoch"] is None and healthy["safeguard_genotype"] == healthy[
+      "genotype"]
   for h in healthy["history"]:
     assert np.isfinite(h["eigenvalue"]) and h["eigenvalue"] > 0
     assert 0 <= h["entropy"] <= np.log(MINI.num_ops) + 1e-6
@@ -322,6 +332,68 @@ def test_param_cost_table_matches_derived_networks(digits):
   g = jax.grad(lambda q: nas.expected_cost(q, tab["flops"]))(probs)["normal"]
   assert float(jnp.max(g)) > 0  # convolutions cost, skips do not
 
+
+def _config(path, **over):
+  """A shipped config, shrunk to the tiny digits supernet of this file."""
+  import importlib.util
+  spec = importlib.util.spec_from_file_location("cfg", REPO / path)
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  cfg = mod.get_config().to_dict()
+  cfg.update(dataset="digits", model=dict(features=4, n_cells=1, stages=1, stem_stride=1,
+                                          partial_k=1))
+  for k, v in over.items():
+    cfg[k] = {**cfg[k], **v} if isinstance(v, dict) else v
+  return cfg
+
+
+def test_flops_penalty_moves_the_search_to_the_cost_side(digits):
+  """The default-suite variant of the end-to-end test below: the same search (one epoch of
+  the tiny supernet) with and without the FLOPs penalty of configs/darts_hw_shapes.py: with
+  it, the expected FLOPs the search sees (mean over the epoch's steps) fall below the
+  unpenalised search's, and the derived cell costs no more."""
+  out = {}
+  for pen in (0.0, 0.1):
+    s = nas.SearchSettings(a_lr=0.01, hw_metric="flops", hw_penalty=pen, total_steps=4)
+    prog, tables = nas.make_program(MINI, tiny_net(), s, digits, 64)
+    out[pen] = nas.search(prog, digits, epochs=1, batch_size=64, seed=0,
+                          safeguard=nas.SafeguardSettings(enabled=False, eig_iters=2))
+  flops = lambda r: nas.genotype_cost(MINI, r["genotype"], tables["flops"])
+  assert out[0.1]["history"][0]["expected_cost"] < out[0.0]["history"][0]["expected_cost"]
+  assert flops(out[0.1]) <= flops(out[0.0]), (out[0.1]["genotype"], out[0.0]["genotype"])
+
+
+@pytest.mark.slow  # two NAS runs end to end (~40 s of CPU); the variant above is the cheap one
+def test_hardware_aware_config_derives_a_cell_on_the_cost_side():
+  """configs/darts_hw_shapes.py end to end as shipped (safeguards and black-box fallback on;
+  tiny supernet, one search epoch, small budgets) against the same config with the penalty
+  off: the penalty lowers the expected FLOPs the search sees, and the derived cell costs
+  fewer FLOPs. On a supernet this small the accuracy signal is weak and the penalty turns
+  every edge to skip_connect within the epoch: the skip safeguard then calls a collapse,
+  NSGA-II (accuracy vs FLOPs) takes over and the cell it returns is the one with the best
+  penalised objective, not the most accurate one."""
+  outs, stores = {}, {}
+  for pen in (0.0, 0.1):
+    cfg = _config("configs/darts_hw_shapes.py", name=f"hw{pen}", search={"epochs": 1},
+                  retrain={"seeds": int(pen > 0), "epochs": 1}, hardware={"penalty": pen},
+                  fallback={"trials": 4, "population": 4, "epochs": 1})
+    stores[pen] = metaopt.Store("sqlite://")
+    outs[pen] = nas.run_config(cfg, stores[pen], progress=False)
+  hw, plain = outs[0.1], outs[0.0]
+  why = (f"penalised: {hw['genotype']} ({hw['expected_flops']:.0f} FLOPs; collapsed: "
+         f"{hw['collapse_reason']}; fallback: {hw['fallback'] and hw['fallback']['selection']})"
+         f" vs unpenalised: {plain['genotype']} ({plain['expected_flops']:.0f} FLOPs)")
+  assert hw["expected_flops"] < plain["expected_flops"], why
+  # the gradient search itself saw the penalty: same start, lower expected cost
+  cost = {}
+  for p, st in stores.items():
+    (search,) = [t for t in st.trials(st.load_study(None).id) if t.params["role"] == "search"]
+    cost[p] = search.metrics[0]["expected_cost"]
+  assert cost[0.1] < cost[0.0], cost
+  if hw["untrusted"] is not None:  # collapsed: the fallback kept the config's trade-off
+    assert hw["fallback"]["selection"] == "penalised flops", why
+    assert "collapse" in hw["collapse_reason"], why
+  assert len(hw["test_acc"]) == 1 and hw["retrain_seconds"] > 0  # retrained, tested once
 
 # ------------------------------------------------------------------ configs, CLI
 @pytest.mark.parametrize("field,value,allowed", [

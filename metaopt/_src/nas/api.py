@@ -296,7 +296,11 @@ def blackbox_fallback(conf: NASConfig, supernet: Network, data: Dataset, res: Ma
   With ``fallback.objectives`` naming costs after ``accuracy`` (e.g. ``["accuracy",
   "flops"]``), the searcher (NSGA-II, MOTPE, ParEGO) is told ``(-accuracy, cost...)`` per
   candidate, every value is stored with the trial, and the result holds the Pareto front and
-  its hypervolume; the derived genotype is still the most accurate one.
+  its hypervolume. The derived genotype is the most accurate candidate, except in a
+  hardware-aware run (``hardware.penalty > 0``), where it is the candidate with the best
+  penalised objective of the search itself, ``(1 - accuracy) + penalty * cost / reference``
+  (the hinge ``penalty * relu(cost - budget) / budget`` with a budget): the black-box stage
+  keeps the trade-off the config asked for (``selection`` in the output says which).
   """
   import tempfile
 
@@ -342,7 +346,7 @@ def blackbox_fallback(conf: NASConfig, supernet: Network, data: Dataset, res: Ma
                       on_epoch=on_epoch, objectives=declared,
                       objective_keys={o: f"cost_{o}" for o in objs[1:]})
   state, ckpt_root = searcher.init(key), tempfile.mkdtemp(prefix="metaopt-nas-fallback-")
-  number, rnd, best = 1, 1, None
+  number, rnd, best, cands = 1, 1, None, []
   while number - 1 < fb["trials"]:
     n = min(fb["population"], fb["trials"] - (number - 1))
     plan = loop.RoundPlan(
@@ -353,12 +357,30 @@ def blackbox_fallback(conf: NASConfig, supernet: Network, data: Dataset, res: Ma
         seeds=[conf.seed] * n)  # every candidate from the same initialisation
     state, results, batch = loop.one_round(env, state, plan)
     b = loop.best_of(results, "maximize")
+    cands += [(cells.decode(np.asarray(batch.u[i])), float(o)) for i, (_, st, o, _)
+              in enumerate(results) if st == "complete" and o is not None]
     if b is not None and (best is None or b[1] > best[1]):
       best = (cells.decode(np.asarray(batch.u[b[0]])), b[1], number + b[0])
     number, rnd = number + n, rnd + 1
   geno = res["genotype"] if best is None else best[0]
+  s, selection = conf.settings, "accuracy"
+  if s.hw_penalty > 0 and cands:
+    tables = dict(tables or {})
+    if s.hw_metric not in tables:
+      tables[s.hw_metric] = hardware.latency_table(supernet, data.input_shape,
+                                                   conf.retrain["batch_size"])
+    tab = tables[s.hw_metric]
+    ref = hardware.uniform_cost(cells, tab)
+
+    def penalised(c):
+      cost = hardware.genotype_cost(cells, c[0], tab)
+      pen = (cost / ref if s.hw_budget is None else max(0.0, cost - s.hw_budget) / s.hw_budget)
+      return (1.0 - c[1]) + s.hw_penalty * pen
+
+    geno, selection = min(cands, key=penalised)[0], f"penalised {s.hw_metric}"
   mo = _fallback_front(store, study_id, objs) if m > 1 else {}
   return {**mo, "searcher": fb["searcher"], "trials": number - 1, "genotype": geno,
+          "selection": selection,
           "best_trial": None if best is None else best[2],
           "best_valid_acc": None if best is None else best[1],
           "gradient_genotype": str(res["genotype"]), "next_round": rnd}
@@ -408,9 +430,13 @@ def search(program: NASProgram, data: Dataset, *, epochs: int, batch_size: int, 
            on_epoch: Callable[[int, dict, str | None], None] | None = None) -> dict[str, Any]:
   """Runs the bilevel search epoch by epoch with the collapse safeguards.
 
-  Returns the derived ``genotype``, final ``alpha``, per-epoch ``history``, ``collapsed`` and
-  ``collapse_reason``, ``stopped_epoch``, ``seconds`` (compilation excluded) and
-  ``compile_seconds``.
+  Returns the derived ``genotype``, final ``alpha``, per-epoch ``history`` (each epoch's
+  ``seconds`` included) and ``genotypes`` (the cell derived after each epoch), ``collapsed``
+  and ``collapse_reason``, ``stopped_epoch``, ``seconds`` (compilation excluded) and
+  ``compile_seconds``. ``safeguard_epoch`` is the epoch at which a safeguard first fired (None
+  if none did), ``safeguard_genotype`` and ``safeguard_seconds`` the cell and search time of
+  the search that stops there: with ``safeguard.enabled=False`` the search runs all
+  ``epochs`` and reports both the full and the safeguarded outcome.
   """
   space = program.model.space
   xt, yt = jnp.asarray(data.train.x), jnp.asarray(data.train.y)
@@ -438,6 +464,7 @@ def search(program: NASProgram, data: Dataset, *, epochs: int, batch_size: int, 
   history: list[dict[str, Any]] = []
   alphas = [{c: np.asarray(a) for c, a in state.alpha.items()}]  # [0] = before the search
   collapsed, reason, seconds, stopped = False, None, 0.0, epochs - 1
+  fired, guard_alpha, guard_s, genos = None, None, 0.0, []
   for e in range(epochs):
     key, k_ep, k_eig = jax.random.split(key, 3)
     idx_t = jnp.asarray(batch_indices(len(data.train), batch_size, steps, seed * 1000 + 2 * e))
@@ -447,10 +474,12 @@ def search(program: NASProgram, data: Dataset, *, epochs: int, batch_size: int, 
     state, tel = epoch_c(state, idx_t, idx_v, k_ep)
     eig = float(eig_c(state.params, state.alpha, k_eig))
     jax.block_until_ready(state)
-    seconds += time.perf_counter() - t0
+    epoch_s = time.perf_counter() - t0
+    seconds += epoch_s
     alpha = {c: np.asarray(a) for c, a in state.alpha.items()}
     alphas.append(alpha)
     geno = derive(space, alpha)
+    genos.append(geno)
     rec = {k: float(np.mean(v)) for k, v in tel.items()}
     rec.update({
         "val_acc_last": float(np.asarray(tel["val_acc"])[-max(1, steps // 4):].mean()),
@@ -460,21 +489,24 @@ def search(program: NASProgram, data: Dataset, *, epochs: int, batch_size: int, 
                          for c, a in alpha.items()},
         "genotype": str(geno),
         "tau": float(temperature(program.settings, state.step)),
+        "seconds": epoch_s,
     })
     history.append(rec)
     why, back = safeguards.check(history, safeguard)
     if on_epoch is not None:
       on_epoch(e, rec, why if not collapsed else None)
     if why is not None and not collapsed:
-      collapsed, reason = True, why
+      collapsed, reason, fired, guard_s = True, why, e, seconds
+      guard_alpha = alphas[max(0, len(alphas) - 1 - back)]  # the initial logits at worst
       if safeguard.enabled:
-        stopped = e
-        alpha = alphas[max(0, len(alphas) - 1 - back)]  # the initial logits at worst
+        stopped, alpha = e, guard_alpha
         break
   geno = derive(space, alpha)
   return {"genotype": geno, "alpha": alpha, "history": history, "collapsed": collapsed,
           "collapse_reason": reason, "stopped_epoch": stopped, "seconds": seconds,
-          "compile_seconds": compile_s, "state": state}
+          "compile_seconds": compile_s, "state": state, "safeguard_epoch": fired,
+          "safeguard_genotype": geno if fired is None else derive(space, guard_alpha),
+          "safeguard_seconds": seconds if fired is None else guard_s, "genotypes": genos}
 
 
 def validate(cfg: Any) -> NASConfig:
