@@ -114,6 +114,25 @@ def test_hypervolume_contributions_and_hssp_match_brute_force():
   assert good.sum() == len(front) + 2 and np.all(good[front])
 
 
+@pytest.mark.parametrize("n", [1, 25, 26, 27, 60])
+def test_motpe_bad_set_weights_are_optunas_default_weights(n):
+  """The bad density of MOTPE weighs its observations as Optuna's ``default_weights``: the
+  newest 25 weigh 1, older ones ramp up linearly from 1/n, in order of age (a ring buffer
+  that wrapped, with some rows outside the set)."""
+  from optuna.samplers._tpe.sampler import default_weights
+
+  from metaopt._src.tpe import _ramp_logw
+  cap = 80
+  rng = np.random.default_rng(n)
+  age = (np.arange(cap) - 37) % cap  # slot 37 holds the oldest row
+  mask = np.zeros(cap, bool)
+  mask[rng.choice(cap, n, replace=False)] = True
+  got = np.exp(np.asarray(jax.jit(_ramp_logw)(jnp.asarray(mask), jnp.asarray(age))))
+  order = np.flatnonzero(mask)[np.argsort(age[mask])]
+  np.testing.assert_allclose(got[order], default_weights(n), rtol=1e-5)
+  assert np.all(got[~mask] == 0)
+
+
 SEARCHERS = {
     "nsga2": lambda d: metaopt.nsga2(d, pop_size=10),
     "motpe": lambda d: metaopt.motpe(d),

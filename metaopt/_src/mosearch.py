@@ -259,9 +259,34 @@ def _split_good(y: jax.Array, valid: jax.Array, k: jax.Array) -> jax.Array:
   return good | (boundary & (pos < need))
 
 
+def _hv_logw_2d(y: jax.Array, good: jax.Array) -> jax.Array:
+  """Log weights of the good set by exclusive hypervolume contribution (the MOTPE paper's
+  rule; Optuna before 4.x): each point's contribution to the good set's front, reference
+  ``1.1 x`` its worst values, divided by the largest; dominated points weigh ~0."""
+  worst = jnp.max(jnp.where(good[:, None], y, -jnp.inf), axis=0)
+  ref = jnp.maximum(1.1 * worst, 0.9 * worst)
+  front = good & (nondominated_rank(y, good) == 0)
+  y0, y1 = y[:, 0], y[:, 1]
+  right = front[None, :] & (y0[None, :] > y0[:, None])
+  left = front[None, :] & (y0[None, :] < y0[:, None])
+  nxt0 = jnp.min(jnp.where(right, y0[None, :], ref[0]), axis=1)
+  prv1 = jnp.min(jnp.where(left, y1[None, :], ref[1]), axis=1)
+  c = jnp.where(front, jnp.maximum((nxt0 - y0) * (prv1 - y1), 0.0), 0.0) + 1e-12
+  return jnp.log(c / jnp.max(jnp.where(good, c, 0.0)))
+
+
+def _n_below_mo(n: jax.Array, gamma: float | None) -> jax.Array:
+  """Good-set size: ``ceil(gamma * n)``, or Optuna's multi-objective ``ceil(0.1 n)`` (no cap)."""
+  if gamma is not None:
+    return _n_below(n, gamma)
+  nf = n.astype(jnp.float32)
+  return jnp.clip(jnp.ceil(0.1 * nf), 1.0, jnp.maximum(nf, 1.0)).astype(jnp.int32)
+
+
 def motpe(dim: int, n_objectives: int = 2, n_startup: int = 10, gamma: float | None = None,
           n_candidates: int = 24, multivariate: bool = True, constant_liar: bool = True,
-          prior_weight: float = 1.0, capacity: int = 256) -> Searcher:
+          prior_weight: float = 1.0, capacity: int = 256, age_weights: bool = True,
+          hv_weights: bool = False) -> Searcher:
   """Multi-objective TPE over ``[0, 1]^dim`` (Optuna's ``TPESampler`` with several objectives).
 
   As :func:`metaopt.tpe`, except that the good set is the best ``n_below`` observations by
@@ -309,11 +334,13 @@ def motpe(dim: int, n_objectives: int = 2, n_startup: int = 10, gamma: float | N
   def ask(state, key, n):
     valid = state["valid"]
     n_obs = jnp.sum(valid)
-    good = _split_good(state["y"], valid, _n_below(n_obs, gamma))
+    good = _split_good(state["y"], valid, _n_below_mo(n_obs, gamma))
     bad = valid & ~good
+    age = (jnp.arange(capacity, dtype=jnp.int32) - state["count"]) % capacity
     u = propose(state["x"], good, bad, n_obs < n_startup, key, n, prior_weight=prior_weight,
                 d_eff=d_eff, n_candidates=n_candidates, multivariate=multivariate,
-                constant_liar=constant_liar)
+                constant_liar=constant_liar, age=age if age_weights else None,
+                good_logw=_hv_logw_2d(state["y"], good) if hv_weights and m == 2 else None)
     return state, u
 
   startup_ask = make_startup_ask(dim, n_startup)
