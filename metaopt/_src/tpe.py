@@ -195,13 +195,13 @@ def _point_keys(key: jax.Array, i: jax.Array) -> jax.Array:
 def propose(x: jax.Array, good: jax.Array, bad: jax.Array, startup: jax.Array,
             key: jax.Array, n: int, *, prior_weight: float, d_eff: int, n_candidates: int,
             multivariate: bool, constant_liar: bool, bandwidth: str = "gaps",
-            age: jax.Array | None = None, good_logw: jax.Array | None = None) -> jax.Array:
+            age: jax.Array | None = None) -> jax.Array:
   """``n`` TPE proposals ``[n, dim]`` from history rows ``x`` split into ``good`` and ``bad``
   (uniform points while ``startup``); with ``constant_liar`` each proposal joins the bad set
   for the next. With ``age`` (per row, smaller: older), the bad density down-weights its older
   observations as Optuna's ``default_weights`` does (:func:`_ramp_logw`)."""
   capacity, dim = x.shape
-  mus_l, sig_l, logw_l = _mixture(x, good, prior_weight, d_eff, bandwidth, good_logw)
+  mus_l, sig_l, logw_l = _mixture(x, good, prior_weight, d_eff, bandwidth)
   x_bad = jnp.concatenate([x, jnp.zeros((n, dim), jnp.float32)])
   bad = jnp.concatenate([bad, jnp.zeros(n, bool)])
   if age is not None:  # pending points of this batch are the newest
