@@ -153,18 +153,23 @@ def run_optuna(name: str, problem: bf.Problem, fn, evals: int, batch: int, seed:
   return best
 
 
-def optuna_cached(name: str, fname: str, fn, evals: int, batch: int,
-                  seed: int) -> tuple[float, float]:
-  """(best value, seconds) of one Optuna run, from the cache when it was run before."""
+def optuna_cached(name: str, fname: str, fn, evals: int, batch: int, seed: int,
+                  wait: bool = False) -> tuple[float, float]:
+  """(best value, seconds) of one Optuna run, from the cache when it was run before (with
+  ``wait``, until another process running ``--libs optuna`` has put it there)."""
   import optuna
 
   key = f"{optuna.__version__}|{fname}|{name}|e{evals}|b{batch}|s{seed}"
-  if os.path.exists(CACHE):
-    with open(CACHE) as f:
-      for line in f:
-        r = json.loads(line)
-        if r["key"] == key:
-          return r["best"], r["seconds"]
+  while True:
+    if os.path.exists(CACHE):
+      with open(CACHE) as f:
+        for line in f:
+          r = json.loads(line)
+          if r["key"] == key:
+            return r["best"], r["seconds"]
+    if not wait:
+      break
+    time.sleep(5)
   t = time.perf_counter()
   best = run_optuna(name, PROBLEMS[fname], fn, evals, batch, seed)
   sec = time.perf_counter() - t
@@ -196,6 +201,9 @@ def main() -> None:
   ap.add_argument("--libs", default="metaopt,optuna",
                   help="'optuna' alone fills the cache of Optuna's runs")
   ap.add_argument("--out", default=None, help="also write the markdown table here")
+  ap.add_argument("--wait_for_optuna", action="store_true",
+                  help="wait for Optuna's runs to appear in the cache (filled by another "
+                       "process with --libs optuna) instead of running them")
   args = ap.parse_args()
   evals = args.evals or (30 if args.quick else 100)
   seeds = _protocol.seeds(args.seed_kind, args.seeds or (3 if args.quick else 10))
@@ -237,7 +245,8 @@ def main() -> None:
       rt, st = [], []
       if "optuna" in libs:
         for seed in seeds:
-          b, sec = optuna_cached(name, fname, fn, evals, args.batch, seed)
+          b, sec = optuna_cached(name, fname, fn, evals, args.batch, seed,
+                                 args.wait_for_optuna)
           rt.append(b - p.minimum)
           st.append(sec)
       if not (ro and rt):

@@ -90,6 +90,7 @@ def run_ours(name: str, fn, evals: int, batch: int, seed: int) -> tuple[float, f
   return float(hypervolume(np.concatenate(ys), REF)), time.time() - t0
 
 
+WAIT_FOR_OPTUNA = False
 CACHE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "runs",
                      "benchmarks", "optuna_mo_cache.json")
 
@@ -103,6 +104,9 @@ def run_optuna(name: str, fname: str, evals: int, batch: int, seed: int) -> tupl
 
   key = f"{optuna.__version__}|{name}|{fname}|d{DIM}|e{evals}|b{batch}|s{seed}"
   cache = json.load(open(CACHE)) if os.path.exists(CACHE) else {}
+  while WAIT_FOR_OPTUNA and key not in cache:  # another process is filling the cache
+    time.sleep(5)
+    cache = json.load(open(CACHE)) if os.path.exists(CACHE) else {}
   if key not in cache:
     cache[key] = _run_optuna(name, FUNCTIONS[fname], evals, batch, seed)
     fresh = json.load(open(CACHE)) if os.path.exists(CACHE) else {}  # other processes' runs
@@ -149,7 +153,12 @@ def main() -> None:
   ap.add_argument("--pairs", default="nsga2,tpe")
   ap.add_argument("--functions", default=",".join(FUNCTIONS))
   ap.add_argument("--out", default=None, help="also write the markdown table here")
+  ap.add_argument("--wait_for_optuna", action="store_true",
+                  help="wait for Optuna's runs to appear in the cache (another process "
+                       "filling it) instead of running them")
   args = ap.parse_args()
+  global WAIT_FOR_OPTUNA
+  WAIT_FOR_OPTUNA = args.wait_for_optuna
   seeds = list(_protocol.seeds(args.seed_kind, args.seeds or (5 if args.quick else 10)))
 
   lines = [f"ZDT (d={DIM}) {args.evals} evaluations, batch {args.batch}, {args.seed_kind} seeds "
