@@ -12,14 +12,16 @@ The target level is a regret of ``REGRET`` on the target task. For each seed:
 
 Trials of the source study are not counted (it is an earlier, finished study). A run that
 does not reach the level within ``--max_trials`` counts as ``max_trials`` (reported as
-censored). DELTA, REGRET and the budgets were set on seeds 0-4; the full run also reports
-held-out seeds 5-14.
+censored). DELTA, REGRET and the budgets were set on the development seeds 0-4
+(``--dev`` runs them); the headline comes from report seeds (``_protocol.REPORT_SEEDS``)
+never used to choose anything, with a paired sign / Wilcoxon test of warm against cold.
 
-    python benchmarks/transfer.py --quick   # seeds 0-4, writes nothing
-    python benchmarks/transfer.py           # seeds 0-4 and held-out 5-14
+    python benchmarks/transfer.py --quick   # report seeds 1000-1004, writes nothing
+    python benchmarks/transfer.py           # report seeds 1000-1009
+    python benchmarks/transfer.py --dev     # development seeds 0-4
 
 Prints ``warmstart_trials_to_target_ratio: X`` (median cold trials / median warm trials on
-the dev seeds; target >= 2).
+the report seeds; target >= 2).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import _protocol  # noqa: E402 - benchmarks/ is on sys.path
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
@@ -84,24 +87,27 @@ def summarize(name: str, rows: list[tuple[int | None, int | None]], max_trials: 
   censored = (sum(c is None for c, _ in rows), sum(w is None for _, w in rows))
   ratio = statistics.median(cold) / statistics.median(warm)
   print(f"{name}: cold {cold} (median {statistics.median(cold)}), warm {warm} "
-        f"(median {statistics.median(warm)}), censored cold/warm {censored}, ratio {ratio:.2f}")
+        f"(median {statistics.median(warm)}), censored cold/warm {censored}, ratio {ratio:.2f}; "
+        f"warm vs cold: {_protocol.paired(warm, cold)}")
   return ratio
 
 
 def main() -> None:
   ap = argparse.ArgumentParser()
-  ap.add_argument("--quick", action="store_true")
+  ap.add_argument("--quick", action="store_true", help="5 report seeds (else 10)")
+  ap.add_argument("--dev", action="store_true", help="the development seeds 0-4 instead")
   ap.add_argument("--source_trials", type=int, default=100)
   ap.add_argument("--max_trials", type=int, default=200)
   args = ap.parse_args()
   print(f"target level {TARGET_LEVEL:.4f} (regret {REGRET} on the target task); "
         f"load average {os.getloadavg()[0]:.2f}")
-  dev = [run_seed(s, args.source_trials, args.max_trials) for s in range(5)]
-  ratio = summarize("dev seeds 0-4", dev, args.max_trials)
-  if not args.quick:
-    held = [run_seed(s, args.source_trials, args.max_trials) for s in range(5, 15)]
-    summarize("held-out seeds 5-14", held, args.max_trials)
-  print(f"warmstart_trials_to_target_ratio: {ratio:.2f}")
+  kind = "dev" if args.dev else "report"
+  seeds = _protocol.seeds(kind, 5 if (args.quick or args.dev) else 10)
+  rows = [run_seed(s, args.source_trials, args.max_trials) for s in seeds]
+  ratio = summarize(f"{kind} seeds {seeds[0]}-{seeds[-1]}", rows, args.max_trials)
+  _protocol.headline("warmstart_trials_to_target_ratio", f"{ratio:.2f}",
+                     f"TPE warm-started from a {args.source_trials}-trial source study, "
+                     f"{kind} seeds {seeds[0]}-{seeds[-1]}", "benchmarks/transfer.py")
 
 
 if __name__ == "__main__":

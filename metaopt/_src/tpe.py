@@ -120,9 +120,24 @@ def _gap_bandwidth(x: jax.Array, mask: jax.Array) -> jax.Array:
   return jnp.where(mask[:, None], out, 1.0)
 
 
+def _ramp_logw(mask: jax.Array, age: jax.Array, flat: int = 25) -> jax.Array:
+  """Log weights ``[k]`` of Optuna's ``default_weights`` over the rows in ``mask`` ordered by
+  ``age`` (smaller: older): the newest ``flat`` weigh 1, the older ones ramp linearly from
+  ``1/n`` (oldest) towards 1."""
+  n = jnp.sum(mask)
+  key = jnp.where(mask, age, jnp.iinfo(jnp.int32).max)
+  pos = jnp.zeros(mask.shape[0], jnp.int32).at[jnp.argsort(key)].set(
+      jnp.arange(mask.shape[0], dtype=jnp.int32))
+  nf = jnp.maximum(n, 1).astype(jnp.float32)
+  ramp = 1.0 / nf + pos * (1.0 - 1.0 / nf) / jnp.maximum(nf - flat - 1.0, 1.0)
+  w = jnp.where(pos >= n - flat, 1.0, ramp)
+  return jnp.where(mask, jnp.log(w), -jnp.inf)
+
+
 def _mixture(x: jax.Array, mask: jax.Array, prior_weight: float, d_eff: int,
-             bandwidth: str = "gaps"):
-  """A Parzen estimator: component centres ``[k+1, d]``, widths, log weights ``[k+1]``."""
+             bandwidth: str = "gaps", logw_obs: jax.Array | None = None):
+  """A Parzen estimator: component centres ``[k+1, d]``, widths, log weights ``[k+1]``
+  (observations weigh 1 each, or ``exp(logw_obs)``; the prior weighs ``prior_weight``)."""
   n = jnp.sum(mask)
   dim = x.shape[1]
   if bandwidth == "gaps":
@@ -131,8 +146,14 @@ def _mixture(x: jax.Array, mask: jax.Array, prior_weight: float, d_eff: int,
     sigma = jnp.broadcast_to(_bandwidth(x, mask / jnp.maximum(n, 1), n, d_eff), x.shape)
   mus = jnp.concatenate([x, jnp.full((1, dim), 0.5)], axis=0)
   sigmas = jnp.concatenate([sigma, jnp.ones((1, dim))], axis=0)
-  logw = jnp.concatenate([jnp.where(mask, 0.0, -jnp.inf), jnp.zeros(1) + math.log(prior_weight)])
-  logw = logw - jnp.log(n + prior_weight)
+  if logw_obs is None:
+    logw = jnp.concatenate([jnp.where(mask, 0.0, -jnp.inf),
+                            jnp.zeros(1) + math.log(prior_weight)])
+    logw = logw - jnp.log(n + prior_weight)
+  else:
+    logw = jnp.concatenate([jnp.where(mask, logw_obs, -jnp.inf),
+                            jnp.zeros(1) + math.log(prior_weight)])
+    logw = logw - logsumexp(logw)
   return mus, sigmas, logw
 
 
@@ -173,19 +194,25 @@ def _point_keys(key: jax.Array, i: jax.Array) -> jax.Array:
 
 def propose(x: jax.Array, good: jax.Array, bad: jax.Array, startup: jax.Array,
             key: jax.Array, n: int, *, prior_weight: float, d_eff: int, n_candidates: int,
-            multivariate: bool, constant_liar: bool, bandwidth: str = "gaps") -> jax.Array:
+            multivariate: bool, constant_liar: bool, bandwidth: str = "gaps",
+            age: jax.Array | None = None) -> jax.Array:
   """``n`` TPE proposals ``[n, dim]`` from history rows ``x`` split into ``good`` and ``bad``
   (uniform points while ``startup``); with ``constant_liar`` each proposal joins the bad set
-  for the next."""
+  for the next. With ``age`` (per row, smaller: older), the bad density down-weights its older
+  observations as Optuna's ``default_weights`` does (:func:`_ramp_logw`)."""
   capacity, dim = x.shape
   mus_l, sig_l, logw_l = _mixture(x, good, prior_weight, d_eff, bandwidth)
   x_bad = jnp.concatenate([x, jnp.zeros((n, dim), jnp.float32)])
   bad = jnp.concatenate([bad, jnp.zeros(n, bool)])
+  if age is not None:  # pending points of this batch are the newest
+    age = jnp.concatenate([jnp.asarray(age, jnp.int32),
+                           capacity + jnp.arange(n, dtype=jnp.int32)])
 
   def one(carry, i):
     x_bad, bad = carry
     k_rand, k_cand = _point_keys(key, i)
-    mus_g, sig_g, logw_g = _mixture(x_bad, bad, prior_weight, d_eff, bandwidth)
+    logw_obs = None if age is None else _ramp_logw(bad, age)
+    mus_g, sig_g, logw_g = _mixture(x_bad, bad, prior_weight, d_eff, bandwidth, logw_obs)
     cand = _sample(k_cand, mus_l, sig_l, logw_l, n_candidates, multivariate)
     score = (_log_density(cand, mus_l, sig_l, logw_l, multivariate)
              - _log_density(cand, mus_g, sig_g, logw_g, multivariate))
