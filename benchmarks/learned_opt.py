@@ -57,8 +57,9 @@ TASK_SEED_DEV, TASK_SEED_REPORT = 100, 2000  # which tasks of a family (not trai
 # Meta-training settings compared on VALID_FAMILIES (fixed before any held-out run); the
 # first is the default --quick uses, frozen from a --select run on the validation families.
 CANDIDATES: tuple[dict, ...] = (
-    {"normalise": "ratio", "meta_lr": 1e-2},
-    {"normalise": "log", "meta_lr": 1e-2},
+    {"normalise": "ratio", "meta_loss": "train_mean", "meta_lr": 1e-2},
+    {"normalise": "log", "meta_loss": "train_mean", "meta_lr": 1e-2},
+    {"normalise": "log", "meta_loss": "train_late", "meta_lr": 1e-2},
 )
 HIDDEN = (16,)
 # Training families' tuned Adam lr (median over 2 dev tasks, tuning seed, 20-step runs of a
@@ -179,7 +180,7 @@ def meta_train(args, cand: dict, base_lrs: dict[str, float]):
       return lr0 * jnp.exp(jax.random.uniform(key, (), minval=-np.log(2), maxval=np.log(2)))
 
     problems.append(L.make_problem(tasks.get_family(name), lopt, args.steps, args.unroll,
-                                   args.meta_loss, normalise=cand["normalise"],
+                                   cand["meta_loss"], normalise=cand["normalise"],
                                    learning_rate=sample_lr))
   trainer = L.meta_trainer(lopt, problems, "pes", num_tasks=args.num_tasks, sigma=args.sigma,
                            meta_lr=cand["meta_lr"], clip=1.0)
@@ -249,7 +250,6 @@ def main() -> None:
   p.add_argument("--steps", type=int, default=None, help="inner steps (= meta horizon)")
   p.add_argument("--unroll", type=int, default=20)
   p.add_argument("--num_tasks", type=int, default=None, help="PES pairs per family")
-  p.add_argument("--meta_loss", default="train_mean", choices=L.META_LOSSES)
   p.add_argument("--sigma", type=float, default=0.01)
   p.add_argument("--tasks_per_family", type=int, default=2)
   p.add_argument("--seeds", type=int, default=None, help="report seeds per task")
@@ -289,6 +289,7 @@ def main() -> None:
           f"{hist[-1]['meta_loss']:.4f}, validation score {score:.4f}", flush=True)
   best = min(trained, key=lambda t: t[0] if np.isfinite(t[0]) else 0.0)
   score, cand, theta, hist, secs = best
+  args.save = results_path(args.save, args.quick)
   if args.save:
     L.save(args.save, controller(args.steps), theta,
            {"benchmark": "benchmarks/learned_opt.py", "meta_steps": args.meta_steps,
@@ -305,7 +306,7 @@ def main() -> None:
       f"Learned optimizer: `adam_controller` (hidden {HIDDEN}), PES, {args.meta_steps} outer "
       f"steps, {args.num_tasks} antithetic pairs per family x {len(tasks.TRAIN_FAMILIES)} "
       f"families ({', '.join(tasks.TRAIN_FAMILIES)}), horizon {args.steps} in truncations of "
-      f"{args.unroll}, meta-loss {args.meta_loss}. Training families' tuned Adam lr: "
+      f"{args.unroll}. Training families' tuned Adam lr: "
       + ", ".join(f"{k} {v:.3g}" for k, v in base_lrs.items()) + ".", "",
       f"Meta-training settings compared on validation families "
       f"({', '.join(tasks.VALID_FAMILIES)}; score = mean log loss ratio vs tuned Adam, dev "

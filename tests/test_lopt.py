@@ -251,6 +251,23 @@ def test_adam_controller_and_problem_bad_input():
     L.make_problem(tasks.quadratic_family(dim=2), L.adam_controller(), 4, 2, normalise="l2")
 
 
+def test_late_meta_loss_weights_the_end_of_the_horizon():
+  """train_late = train_mean x 2t/horizon at each truncation's middle step (weights mean 1)."""
+  fam, lopt = tasks.quadratic_family(dim=2), L.adam_controller(0.1, hidden_sizes=(2,))
+  theta = lopt.init(jax.random.PRNGKey(0))
+  mean = L.make_problem(fam, lopt, horizon=6, unroll_length=2, meta_loss="train_mean")
+  late = L.make_problem(fam, lopt, horizon=6, unroll_length=2, meta_loss="train_late")
+  key = jax.random.PRNGKey(1)
+  s_mean, s_late = mean.init(key, theta), late.init(key, theta)
+  weights = []
+  for k in jax.random.split(key, 3):
+    s_mean, m, _ = mean.unroll(theta, s_mean, k)
+    s_late, ml, _ = late.unroll(theta, s_late, k)
+    weights.append(float(ml / m))
+  np.testing.assert_allclose(weights, [1 / 3, 1.0, 5 / 3], rtol=1e-5)
+  assert int(s_late["t"]) == 6
+
+
 def test_mnist1d_families():
   """MNIST-1D MLP and 1-D CNN families: distinct tasks with finite losses and gradients, and
   the three family lists are disjoint."""

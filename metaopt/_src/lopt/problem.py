@@ -9,10 +9,13 @@ reset a task after ``horizon`` steps (``horizon // unroll_length`` truncations).
 Meta-losses (``META_LOSSES``): ``train_mean`` / ``valid_mean`` average the minibatch loss
 over the truncation's steps (so the sum over truncations is the full-horizon average, the
 objective PES is unbiased for), ``train_final`` / ``valid_final`` take the loss after the
-truncation's last step. Each loss is divided by the task's initial loss (so families with
-different loss scales weigh alike) and clipped at ``loss_clip`` (non-finite losses count as
-``loss_clip``), as in learned_optimization's task normalisers; ``normalise="log"`` takes
-the log of that ratio instead, so a halving of the loss counts alike at every loss scale.
+truncation's last step, ``train_late`` / ``valid_late`` weight the truncation's mean by
+``2 t / horizon`` at its middle step ``t`` (weights average to 1 over a horizon: the end of
+training counts most, as when only the final loss matters). Each loss is divided by the
+task's initial loss (so families with different loss scales weigh alike) and clipped at
+``loss_clip`` (non-finite losses count as ``loss_clip``), as in learned_optimization's task
+normalisers; ``normalise="log"`` takes the log of that ratio instead, so a halving of the
+loss counts alike at every loss scale.
 
 ``learning_rate`` (a function of a key) gives every sampled task its own base learning rate:
 the task is trained with ``optax.chain(lopt.as_optax(theta), optax.scale(lr))``, for learned
@@ -31,7 +34,8 @@ import optax
 from metaopt._src.lopt.base import LearnedOptimizer
 
 PyTree = Any
-META_LOSSES: tuple[str, ...] = ("train_mean", "train_final", "valid_mean", "valid_final")
+META_LOSSES: tuple[str, ...] = ("train_mean", "train_final", "valid_mean", "valid_final",
+                                "train_late", "valid_late")
 NORMALISATIONS: tuple[str, ...] = ("ratio", "log")
 
 
@@ -78,6 +82,7 @@ def make_problem(family: Any, lopt: LearnedOptimizer, horizon: int, unroll_lengt
                      "be >= 1 and divide horizon")
   split = "valid" if meta_loss.startswith("valid") else "train"
   final = meta_loss.endswith("final")
+  late = meta_loss.endswith("late")
 
   log_space = normalise == "log"
 
@@ -101,6 +106,8 @@ def make_problem(family: Any, lopt: LearnedOptimizer, horizon: int, unroll_lengt
              "l0": l0}
     if lr is not None:
       state["lr"] = lr
+    if late:
+      state["t"] = jnp.zeros((), jnp.int32)
     return state
 
   def unroll(theta: PyTree, state: PyTree, key: jax.Array):
@@ -129,6 +136,9 @@ def make_problem(family: Any, lopt: LearnedOptimizer, horizon: int, unroll_lengt
     else:
       meta = jnp.mean(mls)
     new = {**state, "params": params, "opt_state": opt_state}
+    if late:
+      meta = meta * (2.0 * state["t"] + unroll_length) / horizon
+      new["t"] = state["t"] + unroll_length
     return new, meta, {"train_loss": jnp.mean(losses), "final_loss": losses[-1]}
 
   return InnerProblem(init, unroll, int(horizon), int(unroll_length),
