@@ -312,7 +312,9 @@ def main() -> None:
       f"({', '.join(tasks.VALID_FAMILIES)}; score = mean log loss ratio vs tuned Adam, dev "
       f"seeds): " + "; ".join(f"{c} -> {s:.4f} ({t:.0f} s, meta-loss {h[0]['meta_loss']:.3f} "
                                f"-> {h[-1]['meta_loss']:.3f})" for s, c, _, h, t in trained)
-      + f". Chosen: {cand}.", "",
+      + f". Chosen: {cand}"
+      + (" (its score is above 0: on the validation families it does not beat the Adam it "
+         "starts from)" if np.isfinite(score) and score > 0 else "") + ".", "",
       f"Adam lr grid {{{', '.join(f'{x:g}' for x in LRS)}}} (extended upward while the best is "
       f"the top edge), chosen per task on tuning seed {TUNE_SEED}; report seeds "
       f"{REPORT_SEEDS[0]}..{REPORT_SEEDS[args.seeds - 1]}; the controller uses the same lr.", "",
