@@ -1,23 +1,33 @@
-"""Learned optimizer vs per-task tuned Adam on held-out task families; meta-training throughput.
+"""Learned optimizer vs per-task tuned Adam on held-out task families (the issue-23 protocol).
 
-1. Meta-trains the per-parameter MLP learned optimizer (``metaopt.lopt.mlp_lopt``) with
-   ``--estimator`` (PES by default) on ``metaopt.tasks.TRAIN_FAMILIES`` (digits MLPs, MLPs on the
-   synthetic regression set, noisy quadratics, linear regression), horizon = ``--steps``.
-2. On ``--tasks_per_family`` tasks of each of ``metaopt.tasks.HELDOUT_FAMILIES`` (wine and breast
-   cancer MLPs, a deeper and wider digits MLP, a digits CNN, a 64-d ill-conditioned
-   quadratic; none seen in meta-training) it trains ``--steps`` steps with the learned
-   optimizer and with Adam at each of 7 learning rates (1e-4 ... 1e-1, vmapped), and reports
-   final training loss (whole train split) and validation loss. Adam's learning rate is
-   tuned per task and per column: the grid value with the lowest final training loss for the
-   training column, the lowest final validation loss for the validation column.
-3. Meta-training throughput (inner tasks x steps per second, PES on noisy quadratics and
-   digits MLPs) with
-   ``--throughput_tasks`` tasks vmapped in one kernel vs the same tasks one at a time.
+The learned optimizer is ``metaopt.lopt.adam_controller``: Adam times a learned per-step
+multiplier of its update (an MLP on global training statistics and progress; untrained it is
+Adam exactly). Both sides train with the same Adam learning rate, tuned per task.
+
+1. **Adam's learning rate** for every task: grid ``LRS`` (1e-4 ... 1.0, extended upward while
+   the best value is the top edge), the value with the lowest final training loss on a
+   *tuning seed* (``DEV_SEEDS[0]``), never on a reported seed. The learned optimizer gets no
+   tuning of its own: it runs on top of that same learning rate.
+2. **Meta-training** (PES, antithetic) on ``metaopt.tasks.TRAIN_FAMILIES`` (digits, synthetic
+   regression and MNIST-1D MLPs, an MNIST-1D 1-D CNN, noisy quadratics, linear regression),
+   horizon ``--steps`` in truncations of ``--unroll``; each task's base learning rate is its
+   family's tuned Adam rate (median over dev tasks) times a log-uniform factor in [1/2, 2].
+3. **Choosing the meta-training setting** on ``metaopt.tasks.VALID_FAMILIES`` (a deeper
+   MNIST-1D MLP, 48-d linear regression; neither trained on nor reported) with dev seeds:
+   every candidate in ``CANDIDATES`` is meta-trained and the one with the lowest mean
+   log(final loss / tuned Adam's final loss) is kept. The held-out families are not looked at.
+4. **Report** on ``metaopt.tasks.HELDOUT_FAMILIES`` (wine and breast-cancer MLPs, a deeper and
+   wider digits MLP, a 2-D digits CNN, a 64-d ill-conditioned quadratic), ``--tasks_per_family``
+   tasks each, every task trained under ``--seeds`` report seeds (``REPORT_SEEDS``) by both
+   sides, at the meta-training horizon and at twice it (Adam re-tuned for the longer run). A
+   task is a win when the learned optimizer's median final training loss over the report
+   seeds is below tuned Adam's; every task prints both spreads and a paired sign / Wilcoxon
+   test over its seeds.
 
     python benchmarks/learned_opt.py [--quick] [--markdown benchmarks/results_learned_opt.md]
 
-The learned optimizer *matches* tuned Adam on a task when its final training loss is at most
-tuned Adam's. Last line: ``lopt_wins_vs_tuned_adam: K/N``.
+Last lines: ``lopt_wins_vs_tuned_adam: K/N`` (meta-training horizon) and
+``lopt_wins_vs_tuned_adam_2x_horizon: K/N``.
 """
 
 from __future__ import annotations
@@ -36,159 +46,292 @@ import optax
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from _paths import results_path  # noqa: E402 - benchmarks/ is on sys.path
+from _protocol import DEV_SEEDS, REPORT_SEEDS, headline, paired, spread  # noqa: E402
 
 from metaopt import lopt as L  # noqa: E402
 from metaopt import tasks  # noqa: E402
 
-LRS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
+LRS: tuple[float, ...] = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0)
+TUNE_SEED = DEV_SEEDS[0]
+TASK_SEED_DEV, TASK_SEED_REPORT = 100, 2000  # which tasks of a family (not training seeds)
+# Meta-training settings compared on VALID_FAMILIES (fixed before any held-out run); the
+# first is the default --quick uses, frozen from a --select run on the validation families.
+CANDIDATES: tuple[dict, ...] = (
+    {"normalise": "log", "meta_loss": "train_mean", "meta_lr": 1e-2},  # chosen (full run)
+    {"normalise": "ratio", "meta_loss": "train_mean", "meta_lr": 1e-2},
+    {"normalise": "log", "meta_loss": "train_late", "meta_lr": 1e-2},
+)
+HIDDEN = (16,)
+# Training families' tuned Adam lr (median over 2 dev tasks, tuning seed, 20-step runs of a
+# smoke run of this script); --tune_train_lrs (full mode) re-tunes at the run's horizon.
+TRAIN_LRS: dict[str, float] = {"digits_mlp": 0.03, "synthetic_regression_mlp": 0.1,
+                               "quadratic": 0.1, "linear_regression": 0.1,
+                               "mnist1d_mlp": 0.03, "mnist1d_cnn": 0.3}
 
 
-def meta_train(args) -> tuple[L.LearnedOptimizer, dict, list[dict], float]:
-  hidden = (32, 32) if args.lopt == "mlp" else (16,)
-  lopt = L.make_lopt(args.lopt, hidden_sizes=hidden, init_lr=args.init_lr)
-  problems = [L.make_problem(tasks.get_family(f), lopt, args.steps, args.unroll,
-                             args.meta_loss) for f in tasks.TRAIN_FAMILIES]
-  trainer = L.meta_trainer(lopt, problems, args.estimator, num_tasks=args.num_tasks,
-                           sigma=args.sigma, meta_lr=args.meta_lr, clip=1.0)
+def controller(steps: int) -> L.LearnedOptimizer:
+  return L.adam_controller(1.0, hidden_sizes=HIDDEN, num_steps=steps)
+
+
+def _final_losses(family, steps: int):
+  """A jitted function of a batch of (theta, lr, task key, seed key) -> final train / valid
+  loss; ``theta`` of the untrained controller gives Adam at ``lr`` exactly."""
+  lopt = controller(steps)
+
+  def one(theta, lr, task_key, seed_key):
+    opt = optax.chain(lopt.as_optax(theta), optax.scale(lr))
+    c = L.fit(family, opt, task_key, steps, steps, seed_key=seed_key)
+    return c["train_eval"][-1], c["valid_loss"][-1]
+
+  return jax.jit(jax.vmap(one))
+
+
+def _padded(fn, batch: int):
+  """``fn`` on a batch of any size, run in chunks of exactly ``batch`` rows (padding by
+  repeating the last row), so each family and horizon compiles once."""
+  def call(*args):
+    n = jax.tree.leaves(args)[0].shape[0]
+    outs = []
+    for i in range(0, n, batch):
+      m = min(batch, n - i)
+      chunk = jax.tree.map(lambda x, i=i, m=m: jnp.concatenate(
+          [x[i:i + m], jnp.repeat(x[i + m - 1:i + m], batch - m, axis=0)]), args)
+      outs.append(jax.tree.map(lambda y, m=m: np.asarray(y)[:m], fn(*chunk)))
+    return jax.tree.map(lambda *ys: np.concatenate(ys), *outs)
+  return call
+
+
+def _stack(theta, n: int):
+  return jax.tree.map(lambda x: jnp.broadcast_to(x, (n, *x.shape)), theta)
+
+
+class Evaluator:
+  """Tunes Adam per task on the tuning seed and runs both sides on other seeds."""
+
+  def __init__(self, family_name: str, steps: int, batch: int):
+    self.family = tasks.get_family(family_name)
+    self.name, self.steps = family_name, steps
+    self.run = _padded(_final_losses(self.family, steps), batch)
+    self.theta0 = controller(steps).init(jax.random.PRNGKey(0))  # Adam exactly
+
+  def tune(self, task_keys: jax.Array) -> tuple[np.ndarray, np.ndarray]:
+    """Per task: the lr with the lowest final training loss on the tuning seed (grid extended
+    by x sqrt(10) steps while the best is the top edge), and whether it is still an edge."""
+    n = task_keys.shape[0]
+    lrs = list(LRS)
+    best = np.full(n, np.inf)
+    best_lr = np.zeros(n)
+    at_top = np.ones(n, bool)
+    todo = list(LRS)
+    while todo and at_top.any():
+      grid = np.asarray(todo)
+      b = len(grid) * n
+      tr, _ = self.run(_stack(self.theta0, b), jnp.asarray(np.repeat(grid, n), jnp.float32),
+                       jnp.tile(task_keys, (len(grid), 1)),
+                       jnp.tile(jax.random.PRNGKey(TUNE_SEED)[None], (b, 1)))
+      tr = np.asarray(tr).reshape(len(grid), n)
+      tr = np.where(np.isfinite(tr), tr, np.inf)
+      for j, lr in enumerate(grid):
+        better = tr[j] < best
+        best = np.where(better, tr[j], best)
+        best_lr = np.where(better, lr, best_lr)
+      at_top = best_lr >= max(lrs) * 0.999
+      if not at_top.any() or max(lrs) >= 100.0:
+        break
+      nxt = max(lrs) * np.sqrt(10.0)
+      lrs.append(nxt)
+      todo = [nxt]
+    edge = (best_lr >= max(lrs) * 0.999) | (best_lr <= min(lrs) * 1.001)
+    return best_lr, edge
+
+  def compare(self, theta, task_keys: jax.Array, lrs: np.ndarray, seeds) -> tuple:
+    """Final (train, valid) losses ``[task, seed]`` of the controller and of Adam."""
+    n, s = task_keys.shape[0], len(seeds)
+    seed_keys = jnp.stack([jax.random.PRNGKey(x) for x in seeds])
+    tk = jnp.repeat(task_keys, s, axis=0)
+    sk = jnp.tile(seed_keys, (n, 1))
+    lr = jnp.asarray(np.repeat(lrs, s), jnp.float32)
+    both = jax.tree.map(lambda a, b: jnp.concatenate([_stack(a, n * s), _stack(b, n * s)]),
+                        theta, self.theta0)
+    tr, va = self.run(both, jnp.concatenate([lr, lr]), jnp.concatenate([tk, tk]),
+                      jnp.concatenate([sk, sk]))
+    tr, va = (np.asarray(x).reshape(2, n, s) for x in (tr, va))
+    return tr[0], va[0], tr[1], va[1]
+
+
+def family_lrs(args) -> dict[str, float]:
+  """Each training family's tuned Adam rate: median (in log) over dev tasks."""
+  out = {}
+  for name in tasks.TRAIN_FAMILIES:
+    ev = Evaluator(name, args.steps, args.batch)
+    keys = jax.random.split(jax.random.PRNGKey(TASK_SEED_DEV), args.tasks_per_family)
+    lrs, _ = ev.tune(keys)
+    out[name] = float(np.exp(np.median(np.log(lrs))))
+  return out
+
+
+def meta_train(args, cand: dict, base_lrs: dict[str, float]):
+  lopt = controller(args.steps)
+  problems = []
+  for name in tasks.TRAIN_FAMILIES:
+    lr0 = base_lrs[name]
+
+    def sample_lr(key, lr0=lr0):
+      return lr0 * jnp.exp(jax.random.uniform(key, (), minval=-np.log(2), maxval=np.log(2)))
+
+    problems.append(L.make_problem(tasks.get_family(name), lopt, args.steps, args.unroll,
+                                   cand["meta_loss"], normalise=cand["normalise"],
+                                   learning_rate=sample_lr))
+  trainer = L.meta_trainer(lopt, problems, "pes", num_tasks=args.num_tasks, sigma=args.sigma,
+                           meta_lr=cand["meta_lr"], clip=1.0)
   t0 = time.perf_counter()
-  state, history = L.meta_train(trainer, jax.random.PRNGKey(args.seed), args.meta_steps,
-                                log_every=max(1, args.meta_steps // 10), progress=True)
-  return lopt, state.theta, history, time.perf_counter() - t0
+  state, hist = L.meta_train(trainer, jax.random.PRNGKey(args.seed), args.meta_steps,
+                             log_every=max(1, args.meta_steps // 10), progress=args.progress)
+  return state.theta, hist, time.perf_counter() - t0
 
 
-def evaluate(lopt, theta, args) -> list[dict]:
+def validation_score(theta, args, cache: dict) -> float:
+  """Mean over VALID_FAMILIES tasks and dev seeds of log(controller loss / tuned Adam loss)."""
+  scores = []
+  for name in tasks.VALID_FAMILIES:
+    if name not in cache:
+      ev = Evaluator(name, args.steps, args.batch)
+      keys = jax.random.split(jax.random.PRNGKey(TASK_SEED_DEV + 1), args.tasks_per_family)
+      cache[name] = (ev, keys, ev.tune(keys)[0])
+    ev, keys, lrs = cache[name]
+    c_tr, _, a_tr, _ = ev.compare(theta, keys, lrs, DEV_SEEDS[1:1 + args.dev_seeds])
+    scores.append(np.log(np.maximum(c_tr, 1e-12) / np.maximum(a_tr, 1e-12)).ravel())
+  return float(np.mean(np.concatenate(scores)))
+
+
+def report(theta, args, steps: int) -> list[dict]:
   rows = []
-  n_eval = max(1, args.steps // 4)
+  seeds = REPORT_SEEDS[:args.seeds]
   for name in tasks.HELDOUT_FAMILIES:
-    fam = tasks.get_family(name)
-    keys = jax.random.split(jax.random.PRNGKey(1000 + args.seed), args.tasks_per_family)
-
-    def final(opt, key, fam=fam):
-      c = L.fit(fam, opt, key, args.steps, n_eval)
-      return c["train_eval"][-1], c["valid_loss"][-1]
-
-    learned = jax.jit(jax.vmap(lambda k: final(lopt.as_optax(theta), k)))(keys)
-    adam = jax.jit(jax.vmap(jax.vmap(lambda lr, k: final(optax.adam(lr), k), (0, None)),
-                            (None, 0)))(jnp.asarray(LRS), keys)
-    (l_tr, l_va), (a_tr, a_va) = jax.device_get(learned), jax.device_get(adam)
-    for i in range(args.tasks_per_family):
-      tr = np.where(np.isfinite(a_tr[i]), a_tr[i], np.inf)
-      va = np.where(np.isfinite(a_va[i]), a_va[i], np.inf)
-      rows.append({"task": f"{name}#{i}", "lopt_train": float(l_tr[i]),
-                   "adam_train": float(tr.min()), "adam_lr_train": LRS[int(tr.argmin())],
-                   "lopt_valid": float(l_va[i]), "adam_valid": float(va.min()),
-                   "adam_lr_valid": LRS[int(va.argmin())]})
+    ev = Evaluator(name, steps, args.batch)
+    keys = jax.random.split(jax.random.PRNGKey(TASK_SEED_REPORT), args.tasks_per_family)
+    lrs, edge = ev.tune(keys)
+    c_tr, c_va, a_tr, a_va = ev.compare(theta, keys, lrs, seeds)
+    for i in range(len(lrs)):
+      rows.append({"task": f"{name}#{i}", "lr": float(lrs[i]), "edge": bool(edge[i]),
+                   "c_tr": c_tr[i], "a_tr": a_tr[i], "c_va": c_va[i], "a_va": a_va[i]})
   return rows
 
 
-def throughput(args, family: str) -> dict:
-  """Inner task-steps per second of PES meta-training steps, vmapped vs one task at a time,
-  timed in interleaved rounds (best of 3) so load from other processes hits both alike."""
-  lopt = L.mlp_lopt(hidden_sizes=(32, 32))
-  problem = L.make_problem(tasks.get_family(family), lopt, args.steps, args.unroll)
-  n = args.throughput_tasks
-  runs = {}
-  for label, tasks_per_call, calls in (("vmapped", n, 1), ("one at a time", 1, n)):
-    trainer = L.meta_trainer(lopt, [problem], "pes", num_tasks=tasks_per_call)
-    states = [trainer.init(jax.random.PRNGKey(i)) for i in range(calls)]
-    states = [jax.block_until_ready(trainer.step(s)[0]) for s in states]  # compile + warm
-    runs[label] = (trainer, states)
-  best = {label: np.inf for label in runs}
-  for _ in range(3):
-    for label, (trainer, states) in runs.items():
-      t0 = time.perf_counter()
-      for _ in range(args.throughput_steps):
-        states = [trainer.step(s)[0] for s in states]
-      jax.block_until_ready(states)
-      best[label] = min(best[label], time.perf_counter() - t0)
-      runs[label] = (trainer, states)
-  inner_steps = 2 * n * args.unroll * args.throughput_steps  # antithetic pairs
-  return {label: inner_steps / t for label, t in best.items()}
+def _wins(rows, key_c="c_tr", key_a="a_tr") -> int:
+  return sum(float(np.median(r[key_c])) < float(np.median(r[key_a])) for r in rows)
 
 
-def markdown(args, rows, tp, hist, meta_seconds) -> str:
-  wins = sum(r["lopt_train"] <= r["adam_train"] for r in rows)
-  vwins = sum(r["lopt_valid"] <= r["adam_valid"] for r in rows)
-  lines = [
-      f"`{' '.join(['python', 'benchmarks/learned_opt.py', *sys.argv[1:]])}` on "
-      f"{platform.machine()} ({os.cpu_count()} cores, jax {jax.__version__}, "
-      f"{jax.devices()[0].platform}).",
-      "",
-      f"Meta-training: {args.lopt} lopt, {args.estimator}, {args.meta_steps} outer steps, "
-      f"{args.num_tasks} tasks per family x {len(tasks.TRAIN_FAMILIES)} families "
-      f"({', '.join(tasks.TRAIN_FAMILIES)}), horizon {args.steps}, truncations of "
-      f"{args.unroll}, meta-loss {args.meta_loss}, Adam meta_lr {args.meta_lr:g} from "
-      f"init_lr {args.init_lr:g}: {meta_seconds:.0f} s, meta-loss "
-      f"{hist[0]['meta_loss']:.3f} -> {hist[-1]['meta_loss']:.3f}.",
-      "",
-      f"Held-out tasks, {args.steps} steps; final loss on the whole split (lower is better); "
-      "Adam tuned per task over lr in {" + ", ".join(f"{x:g}" for x in LRS) + "}.",
-      "",
-      "| task | lopt train | tuned Adam train (lr) | lopt valid | tuned Adam valid (lr) |",
-      "|---|---|---|---|---|",
-  ]
+def table(rows, steps: int) -> list[str]:
+  lines = [f"Held-out tasks, {steps} steps, final training loss (whole train split; median "
+           "[IQR] over report seeds), paired over seeds:", "",
+           "| task | Adam lr | controller train | tuned Adam train | paired (train) | "
+           "valid: controller / Adam (medians) |", "|---|---|---|---|---|---|"]
   for r in rows:
-    bt = "**" if r["lopt_train"] <= r["adam_train"] else ""
-    bv = "**" if r["lopt_valid"] <= r["adam_valid"] else ""
-    lines.append(f"| {r['task']} | {bt}{r['lopt_train']:.4g}{bt} | {r['adam_train']:.4g} "
-                 f"({r['adam_lr_train']:g}) | {bv}{r['lopt_valid']:.4g}{bv} | "
-                 f"{r['adam_valid']:.4g} ({r['adam_lr_valid']:g}) |")
-  lines += [
-      "",
-      f"Learned optimizer at least matches tuned Adam: training loss {wins}/{len(rows)} tasks, "
-      f"validation loss {vwins}/{len(rows)} tasks.",
-      "",
-      f"Meta-training throughput: PES outer steps of the MLP learned optimizer, "
-      f"{args.throughput_tasks} tasks (antithetic pairs) x {args.unroll} steps, inner "
-      "task-steps per second, best of 3 interleaved rounds:",
-      "",
-      "| family | vmapped in one kernel | one task at a time | speed-up |",
-      "|---|---|---|---|",
-  ]
-  for fam, t in tp.items():
-    lines.append(f"| {fam} | {t['vmapped']:.0f} | {t['one at a time']:.0f} | "
-                 f"{t['vmapped'] / t['one at a time']:.1f}x |")
-  return "\n".join(lines) + "\n"
+    win = float(np.median(r["c_tr"])) < float(np.median(r["a_tr"]))
+    b = "**" if win else ""
+    lines.append(f"| {r['task']} | {r['lr']:.3g} | {b}{spread(r['c_tr'])}{b} | "
+                 f"{spread(r['a_tr'])} | {paired(r['c_tr'], r['a_tr'])} | "
+                 f"{np.median(r['c_va']):.4g} / {np.median(r['a_va']):.4g} |")
+  c = np.concatenate([r["c_tr"] for r in rows])
+  a = np.concatenate([r["a_tr"] for r in rows])
+  ratio = np.median(np.log(np.maximum(c, 1e-12) / np.maximum(a, 1e-12)))
+  lines += ["", f"Wins (median training loss below tuned Adam's): {_wins(rows)}/{len(rows)}; "
+            f"on validation loss: {_wins(rows, 'c_va', 'a_va')}/{len(rows)}. All (task, seed) "
+            f"pairs: {paired(c, a)}; median loss ratio {np.exp(ratio):.3f}. Tuned lr at a "
+            f"grid edge on {sum(r['edge'] for r in rows)} tasks."]
+  return lines
 
 
 def main() -> None:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  p.add_argument("--quick", action="store_true", help="small budget (~3 min)")
+  p.add_argument("--quick", action="store_true", help="small budget (a few minutes)")
   p.add_argument("--meta_steps", type=int, default=None)
   p.add_argument("--steps", type=int, default=None, help="inner steps (= meta horizon)")
-  p.add_argument("--unroll", type=int, default=10)
-  p.add_argument("--num_tasks", type=int, default=4)
-  p.add_argument("--lopt", default="mlp", choices=tuple(L.LOPTS))
-  p.add_argument("--estimator", default="pes", choices=L.ESTIMATORS)
-  p.add_argument("--meta_loss", default="train_mean", choices=L.META_LOSSES)
+  p.add_argument("--unroll", type=int, default=20)
+  p.add_argument("--num_tasks", type=int, default=None, help="PES pairs per family")
   p.add_argument("--sigma", type=float, default=0.01)
-  p.add_argument("--meta_lr", type=float, default=3e-3)
-  p.add_argument("--init_lr", type=float, default=1e-2, help="lr of the untrained lopt")
-  p.add_argument("--tasks_per_family", type=int, default=None)
-  p.add_argument("--throughput_tasks", type=int, default=16)
-  p.add_argument("--throughput_steps", type=int, default=5)
+  p.add_argument("--tasks_per_family", type=int, default=2)
+  p.add_argument("--seeds", type=int, default=None, help="report seeds per task")
+  p.add_argument("--dev_seeds", type=int, default=3, help="dev seeds per validation task")
+  p.add_argument("--select", action=argparse.BooleanOptionalAction, default=None,
+                 help="meta-train every CANDIDATE and keep the best on VALID_FAMILIES "
+                 "(default: full mode; --quick uses the frozen default CANDIDATES[0])")
+  p.add_argument("--tune_train_lrs", action=argparse.BooleanOptionalAction, default=None,
+                 help="tune the training families' Adam lr at --steps (default: full mode)")
   p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--progress", action="store_true")
   p.add_argument("--markdown", default=None, help="write the tables to this file")
-  p.add_argument("--save", default=None, help="save the meta-trained optimizer here (orbax)")
+  p.add_argument("--save", default=None, help="save the chosen optimizer here (orbax)")
   args = p.parse_args()
-  args.meta_steps = args.meta_steps or (300 if args.quick else 1500)
+  args.meta_steps = args.meta_steps or (100 if args.quick else 600)
   args.steps = args.steps or (100 if args.quick else 200)
-  args.tasks_per_family = args.tasks_per_family or (2 if args.quick else 4)
+  args.num_tasks = args.num_tasks or (2 if args.quick else 4)
+  args.seeds = args.seeds or (5 if args.quick else 10)
+  if args.select is None:
+    args.select = not args.quick
+  if args.tune_train_lrs is None:
+    args.tune_train_lrs = not args.quick
+  n_cand = len(CANDIDATES) if args.select else 1
+  args.batch = max(len(LRS), 2 * args.seeds, 2 * args.dev_seeds) * args.tasks_per_family
+  t_start = time.perf_counter()
 
-  lopt, theta, hist, meta_seconds = meta_train(args)
+  base_lrs = family_lrs(args) if args.tune_train_lrs else dict(TRAIN_LRS)
+  print("training families' tuned Adam lr:", {k: f"{v:.3g}" for k, v in base_lrs.items()},
+        flush=True)
+  cache: dict = {}
+  trained = []
+  for cand in CANDIDATES[:n_cand]:
+    theta, hist, secs = meta_train(args, cand, base_lrs)
+    score = validation_score(theta, args, cache) if n_cand > 1 else float("nan")
+    trained.append((score, cand, theta, hist, secs))
+    print(f"candidate {cand}: {secs:.0f} s, meta-loss {hist[0]['meta_loss']:.4f} -> "
+          f"{hist[-1]['meta_loss']:.4f}, validation score {score:.4f}", flush=True)
+  best = min(trained, key=lambda t: t[0] if np.isfinite(t[0]) else 0.0)
+  score, cand, theta, hist, secs = best
+  args.save = results_path(args.save, args.quick)
   if args.save:
-    L.save(args.save, lopt, theta, {"benchmark": "benchmarks/learned_opt.py",
-                                    "meta_steps": args.meta_steps, "horizon": args.steps})
-  rows = evaluate(lopt, theta, args)
-  tp = {f: throughput(args, f) for f in ("quadratic", "digits_mlp")}
-  md = markdown(args, rows, tp, hist, meta_seconds)
+    L.save(args.save, controller(args.steps), theta,
+           {"benchmark": "benchmarks/learned_opt.py", "meta_steps": args.meta_steps,
+            "horizon": args.steps, **cand})
+
+  rows1 = report(theta, args, args.steps)
+  rows2 = report(theta, args, 2 * args.steps)
+  total = time.perf_counter() - t_start
+
+  lines = [
+      f"`{' '.join(['python', 'benchmarks/learned_opt.py', *sys.argv[1:]])}` on "
+      f"{platform.machine()} ({os.cpu_count()} cores, jax {jax.__version__}, "
+      f"{jax.devices()[0].platform}), {total:.0f} s in all.", "",
+      f"Learned optimizer: `adam_controller` (hidden {HIDDEN}), PES, {args.meta_steps} outer "
+      f"steps, {args.num_tasks} antithetic pairs per family x {len(tasks.TRAIN_FAMILIES)} "
+      f"families ({', '.join(tasks.TRAIN_FAMILIES)}), horizon {args.steps} in truncations of "
+      f"{args.unroll}. Training families' tuned Adam lr: "
+      + ", ".join(f"{k} {v:.3g}" for k, v in base_lrs.items()) + ".", "",
+      f"Meta-training settings compared on validation families "
+      f"({', '.join(tasks.VALID_FAMILIES)}; score = mean log loss ratio vs tuned Adam, dev "
+      f"seeds): " + "; ".join(f"{c} -> {s:.4f} ({t:.0f} s, meta-loss {h[0]['meta_loss']:.3f} "
+                               f"-> {h[-1]['meta_loss']:.3f})" for s, c, _, h, t in trained)
+      + f". Chosen: {cand}"
+      + (" (its score is above 0: on the validation families it does not beat the Adam it "
+         "starts from)" if np.isfinite(score) and score > 0 else "") + ".", "",
+      f"Adam lr grid {{{', '.join(f'{x:g}' for x in LRS)}}} (extended upward while the best is "
+      f"the top edge), chosen per task on tuning seed {TUNE_SEED}; report seeds "
+      f"{REPORT_SEEDS[0]}..{REPORT_SEEDS[args.seeds - 1]}; the controller uses the same lr.", "",
+      *table(rows1, args.steps), "", *table(rows2, 2 * args.steps),
+  ]
+  md = "\n".join(lines) + "\n"
   print(md)
   args.markdown = results_path(args.markdown, args.quick)
   if args.markdown:
     with open(args.markdown, "w") as f:
       f.write("# Learned optimizers vs tuned Adam\n\n" + md)
-  wins = sum(r["lopt_train"] <= r["adam_train"] for r in rows)
-  print(f"lopt_wins_vs_tuned_adam: {wins}/{len(rows)}")
+  variant = (f"adam_controller {cand}, chosen on {'/'.join(tasks.VALID_FAMILIES)}"
+             if n_cand > 1 else f"adam_controller {cand} (frozen default)")
+  headline("lopt_wins_vs_tuned_adam", f"{_wins(rows1)}/{len(rows1)}", variant,
+           "benchmarks/learned_opt.py CANDIDATES")
+  headline("lopt_wins_vs_tuned_adam_2x_horizon", f"{_wins(rows2)}/{len(rows2)}", variant,
+           "benchmarks/learned_opt.py CANDIDATES")
 
 
 if __name__ == "__main__":

@@ -8,8 +8,9 @@ curve (trial 0) next to Adam at ``baseline_lr`` (trial 1).
     python run.py run --config configs/lopt_meta_train.py
     python run.py run --config configs/lopt_apply.py --config.family=breast_cancer_mlp
 
-``benchmarks/lopt_mlp_quick`` is a shipped optimizer meta-trained by
-``benchmarks/learned_opt.py --quick`` (300 PES steps on tasks.TRAIN_FAMILIES, horizon 100):
+``benchmarks/lopt_mlp_quick`` is a shipped per-parameter MLP optimizer meta-trained by an
+earlier ``benchmarks/learned_opt.py --quick`` (300 PES steps on digits_mlp,
+synthetic_regression_mlp, quadratic and linear_regression, horizon 100):
 
     python run.py run --config configs/lopt_apply.py --config.meta_params=benchmarks/lopt_mlp_quick
 """

@@ -62,6 +62,7 @@ from metaopt.tasks._src.families import (  # noqa: E402
     FAMILIES,
     HELDOUT_FAMILIES,
     TRAIN_FAMILIES,
+    VALID_FAMILIES,
     TaskFamily,
     cnn_family,
     get_family,
@@ -71,6 +72,7 @@ from metaopt.tasks._src.families import (  # noqa: E402
 )
 
 __all__ += [
-    "FAMILIES", "HELDOUT_FAMILIES", "TRAIN_FAMILIES", "TaskFamily", "cnn_family", "get_family",
+    "FAMILIES", "HELDOUT_FAMILIES", "TRAIN_FAMILIES", "VALID_FAMILIES", "TaskFamily",
+    "cnn_family", "get_family",
     "linear_regression_family", "mlp_family", "quadratic_family",
 ]

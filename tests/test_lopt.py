@@ -157,6 +157,135 @@ class TruncatedBackpropTest(chex.TestCase):
       chex.assert_trees_all_close(g_plain, grad, rtol=1e-10)
 
 
+# ------------------------------------------------------------------ Adam controller
+def _train_pair(opt, ref, fam, cfg, key, steps=8):
+  """Params after ``steps`` steps of ``opt`` and of ``ref`` on the same minibatches, and the
+  controller's multipliers."""
+  params = fam.init(key, cfg)
+  states, ps, mult = [opt.init(params), ref.init(params)], [params, params], []
+  for k in jax.random.split(key, steps):
+    b = fam.batch(k, cfg, "train")
+    for i, o in enumerate((opt, ref)):
+      g = jax.grad(fam.loss)(ps[i], cfg, b)
+      u, states[i] = o.update(g, states[i], ps[i])
+      ps[i] = optax.apply_updates(ps[i], u)
+    s0 = states[0] if hasattr(states[0], "multiplier") else states[0][0]
+    mult.append(s0.multiplier)
+  return ps, jnp.stack(mult)
+
+
+class AdamControllerTest(chex.TestCase):
+  """The untrained controller is optax.adam; meta-gradients match finite differences."""
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_untrained_controller_is_adam(self):
+    fam = tasks.quadratic_family(dim=5)
+    key = jax.random.PRNGKey(0)
+    cfg = fam.sample(key)
+    lopt = L.adam_controller(3e-2, hidden_sizes=(4,), num_steps=8)
+    theta = lopt.init(jax.random.PRNGKey(1))
+    lr = jnp.asarray(7e-3, jnp.float32)  # the benchmark's form: lr 1 then a traced scale
+    unit = L.adam_controller(1.0, hidden_sizes=(4,), num_steps=8)
+    pairs = [(lopt.as_optax(theta), optax.adam(3e-2)),
+             (optax.chain(unit.as_optax(unit.init(key)), optax.scale(lr)), optax.adam(lr))]
+    jitted = "__with_jit" in self._testMethodName
+    for opt, ref in pairs:
+      (mine, adam), mult = self.variant(
+          lambda opt=opt, ref=ref: _train_pair(opt, ref, fam, cfg, key))()
+      np.testing.assert_array_equal(mult, 1.0)
+      assert not np.allclose(mine["x"], fam.init(key, cfg)["x"])
+      if jitted:  # XLA's fusion may round the last bit differently
+        chex.assert_trees_all_close(mine, adam, rtol=1e-6, atol=1e-7)
+      else:
+        chex.assert_trees_all_equal(mine, adam)  # bit for bit
+
+    # a trained (non-zero) head changes the step, within exp(+-max_log_change)
+    opt = lopt.as_optax(jax.tree.map(lambda x: x + 0.3, theta))
+    params = fam.init(key, cfg)
+    g = jax.grad(fam.loss)(params, cfg, fam.batch(key, cfg, "train"))
+    u, st = opt.update(g, opt.init(params), params)
+    ua, _ = optax.adam(3e-2).update(g, optax.adam(3e-2).init(params), params)
+    ratio = float(st.multiplier)
+    assert ratio != 1.0 and np.exp(-3.0) <= ratio <= np.exp(3.0)
+    np.testing.assert_allclose(u["x"], ratio * ua["x"], rtol=1e-5)
+
+  def test_meta_gradient_matches_finite_differences(self):
+    with jax.enable_x64(True):
+      family = tasks.quadratic_family(dim=3)
+      lopt = L.adam_controller(1.0, hidden_sizes=(3,), num_steps=6)
+      theta = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64) + 0.2,
+                           lopt.init(jax.random.PRNGKey(1)))
+      problem = L.make_problem(family, lopt, horizon=6, unroll_length=3, normalise="log",
+                               learning_rate=lambda k: 0.05 * jnp.exp(
+                                   jax.random.uniform(k, (), jnp.float64, -0.5, 0.5)))
+      est = L.truncated_backprop(problem, num_tasks=2, stagger=False)
+      state = est.init(jax.random.PRNGKey(2), theta)
+      assert float(jnp.ptp(state.tasks["lr"])) > 0  # tasks get their own base rates
+      key = jax.random.PRNGKey(3)
+      grad, _, metrics = jax.jit(est.estimate)(theta, state, key)
+      keys = jax.random.split(jax.random.split(key)[1], 2)
+
+      @jax.jit
+      def meta_loss(th):
+        return jnp.mean(jax.vmap(problem.unroll, (None, 0, 0))(th, state.tasks, keys)[1])
+
+      np.testing.assert_allclose(meta_loss(theta), metrics["meta_loss"], rtol=1e-12)
+      leaves, treedef = jax.tree.flatten(theta)
+      v = treedef.unflatten([jax.random.normal(jax.random.PRNGKey(i), x.shape, jnp.float64)
+                             for i, x in enumerate(leaves)])
+      eps = 1e-6
+      shift = lambda s: jax.tree.map(lambda t, d: t + s * eps * d, theta, v)
+      fd = (meta_loss(shift(1.0)) - meta_loss(shift(-1.0))) / (2 * eps)
+      ad = sum(jnp.vdot(g, d) for g, d in zip(jax.tree.leaves(grad), jax.tree.leaves(v),
+                                               strict=True))
+      assert abs(float(ad)) > 1e-6
+      np.testing.assert_allclose(float(ad), float(fd), rtol=1e-5)
+
+
+def test_adam_controller_and_problem_bad_input():
+  with pytest.raises(ValueError, match="learning_rate"):
+    L.adam_controller(0.0)
+  with pytest.raises(ValueError, match="num_steps"):
+    L.adam_controller(num_steps=0)
+  with pytest.raises(ValueError, match="normalise.*ratio, log"):
+    L.make_problem(tasks.quadratic_family(dim=2), L.adam_controller(), 4, 2, normalise="l2")
+
+
+def test_late_meta_loss_weights_the_end_of_the_horizon():
+  """train_late = train_mean x 2t/horizon at each truncation's middle step (weights mean 1)."""
+  fam, lopt = tasks.quadratic_family(dim=2), L.adam_controller(0.1, hidden_sizes=(2,))
+  theta = lopt.init(jax.random.PRNGKey(0))
+  mean = L.make_problem(fam, lopt, horizon=6, unroll_length=2, meta_loss="train_mean")
+  late = L.make_problem(fam, lopt, horizon=6, unroll_length=2, meta_loss="train_late")
+  key = jax.random.PRNGKey(1)
+  s_mean, s_late = mean.init(key, theta), late.init(key, theta)
+  weights = []
+  for k in jax.random.split(key, 3):
+    s_mean, m, _ = mean.unroll(theta, s_mean, k)
+    s_late, ml, _ = late.unroll(theta, s_late, k)
+    weights.append(float(ml / m))
+  np.testing.assert_allclose(weights, [1 / 3, 1.0, 5 / 3], rtol=1e-5)
+  assert int(s_late["t"]) == 6
+
+
+def test_mnist1d_families():
+  """MNIST-1D MLP and 1-D CNN families: distinct tasks with finite losses and gradients, and
+  the three family lists are disjoint."""
+  for name in ("mnist1d_mlp", "mnist1d_cnn"):
+    fam = tasks.get_family(name)
+    losses = []
+    for k in jax.random.split(jax.random.PRNGKey(0), 2):
+      cfg = fam.sample(k)
+      params = fam.init(k, cfg)
+      loss, g = jax.value_and_grad(fam.loss)(params, cfg, fam.batch(k, cfg, "train"))
+      assert np.isfinite(float(loss)) and all(np.isfinite(x).all() for x in jax.tree.leaves(g))
+      assert float(optax.global_norm(g)) > 0
+      losses.append(float(fam.eval_loss(params, cfg, "valid")))
+    assert losses[0] != losses[1] and all(0.5 < x < 10 for x in losses), (name, losses)
+  fams = (tasks.TRAIN_FAMILIES, tasks.VALID_FAMILIES, tasks.HELDOUT_FAMILIES)
+  assert sum(len(f) for f in fams) == len(set().union(*fams))
+
+
 # ------------------------------------------------------------------ export
 class _Net(nn.Module):
   @nn.compact

@@ -10,7 +10,14 @@
 
 from metaopt._src.lopt.apply import fit
 from metaopt._src.lopt.base import LearnedOptimizer
-from metaopt._src.lopt.controller import BASES, ControllerState, hparam_controller
+from metaopt._src.lopt.controller import (
+    ADAM_CONTROLLER_FEATURES,
+    BASES,
+    AdamControllerState,
+    ControllerState,
+    adam_controller,
+    hparam_controller,
+)
 from metaopt._src.lopt.estimators import (
     ESTIMATORS,
     ESState,
@@ -25,7 +32,7 @@ from metaopt._src.lopt.estimators import (
 from metaopt._src.lopt.export import LOPTS, load, load_meta_params, make_lopt, save
 from metaopt._src.lopt.features import second_moment_normalize, time_features
 from metaopt._src.lopt.mlp_lopt import MLPLOptState, mlp_lopt
-from metaopt._src.lopt.problem import META_LOSSES, InnerProblem, make_problem
+from metaopt._src.lopt.problem import META_LOSSES, NORMALISATIONS, InnerProblem, make_problem
 from metaopt._src.lopt.program import MODES, run_config, validate
 from metaopt._src.lopt.train import (
     MetaTrainer,
@@ -36,6 +43,7 @@ from metaopt._src.lopt.train import (
 )
 
 __all__ = [
+    "ADAM_CONTROLLER_FEATURES", "AdamControllerState", "NORMALISATIONS", "adam_controller",
     "BASES", "ESTIMATORS", "LOPTS", "META_LOSSES", "MODES", "ControllerState", "ESState",
     "Estimator", "InnerProblem", "LearnedOptimizer", "MLPLOptState", "MetaTrainState",
     "MetaTrainer", "PESState", "TruncatedState", "es", "fit", "hparam_controller", "load",

@@ -18,9 +18,10 @@ A :class:`TaskFamily` holds
 
 Families on the bundled TFDS datasets (``metaopt.tasks.load_dataset``): MLPs on digits, wine,
 breast_cancer and synthetic_regression; a small CNN on digits. Synthetic families: noisy
-quadratics and linear regression against a random teacher. :data:`TRAIN_FAMILIES` are used
-for meta-training, :data:`HELDOUT_FAMILIES` (other datasets, a deeper and wider MLP, a CNN, a
-larger quadratic) only for evaluation.
+quadratics and linear regression against a random teacher; MLPs and 1-D CNNs on MNIST-1D.
+:data:`TRAIN_FAMILIES` are used for meta-training, :data:`VALID_FAMILIES` (other sizes of
+training families) for choosing meta-training settings, :data:`HELDOUT_FAMILIES` (other
+datasets, a deeper and wider MLP, a 2-D CNN, a larger quadratic) only for evaluation.
 """
 
 from __future__ import annotations
@@ -110,6 +111,22 @@ class _MaskedCNN(nn.Module):
     x = activation(cfg["activation"],
                    nn.Conv(self.max_channels, (3, 3), strides=(2, 2))(x)) * mask
     return nn.Dense(self.outputs)(x.mean(axis=(1, 2)))
+
+
+class _MaskedCNN1D(nn.Module):
+  """Two width-5 1-D convolutions (channels past ``cfg["width"]`` masked), mean pool, head."""
+
+  max_channels: int
+  outputs: int
+
+  @nn.compact
+  def __call__(self, x: jax.Array, cfg: Cfg) -> jax.Array:
+    mask = (jnp.arange(self.max_channels) < cfg["width"]).astype(x.dtype)
+    x = x.reshape(x.shape[0], -1, 1)
+    x = activation(cfg["activation"], nn.Conv(self.max_channels, (5,))(x)) * mask
+    x = activation(cfg["activation"],
+                   nn.Conv(self.max_channels, (5,), strides=(2,))(x)) * mask
+    return nn.Dense(self.outputs)(x.mean(axis=1))
 
 
 def _dataset_family(name: str, dataset: str, model: nn.Module, min_width: int,
@@ -203,12 +220,14 @@ def mlp_family(dataset: str = "digits", depth: int = 1, min_width: int = 8,
 def cnn_family(dataset: str = "digits", min_channels: int = 4, max_channels: int = 8,
                activations: tuple[str, ...] = ("relu", "tanh", "gelu"), batch_size: int = 32,
                data_dir: str | None = None, name: str | None = None) -> TaskFamily:
-  """Small CNNs on an image dataset: sampled channels (masked), activation, init scale."""
+  """Small CNNs on an image dataset (2-D convolutions) or a 1-D signal dataset such as
+  ``mnist1d`` (1-D convolutions): sampled channels (masked), activation, init scale."""
   data = load_dataset(dataset, data_dir)
-  if len(data.input_shape) != 3:
-    raise ValueError(f"dataset={dataset!r}: a CNN family needs image data (H, W, C); "
-                     f"its inputs have shape {data.input_shape}")
-  model = _MaskedCNN(max_channels, data.num_classes or 1)
+  if len(data.input_shape) not in (1, 3):
+    raise ValueError(f"dataset={dataset!r}: a CNN family needs image data (H, W, C) or 1-D "
+                     f"signals (L,); its inputs have shape {data.input_shape}")
+  cls = _MaskedCNN if len(data.input_shape) == 3 else _MaskedCNN1D
+  model = cls(max_channels, data.num_classes or 1)
   return _dataset_family(name or f"{dataset}_cnn", dataset, model, min_channels,
                          max_channels, activations, batch_size, data_dir)
 
@@ -302,6 +321,15 @@ _FAMILIES: dict[str, Callable[..., TaskFamily]] = {
         "synthetic_regression", name="synthetic_regression_mlp", **kw),
     "quadratic": lambda **kw: quadratic_family(name="quadratic", **kw),
     "linear_regression": lambda **kw: linear_regression_family(name="linear_regression", **kw),
+    "mnist1d_mlp": lambda **kw: mlp_family("mnist1d", min_width=16, max_width=32,
+                                           name="mnist1d_mlp", **kw),
+    "mnist1d_cnn": lambda **kw: cnn_family("mnist1d", min_channels=4, max_channels=8,
+                                           name="mnist1d_cnn", **kw),
+    # validation (choosing meta-training settings): other sizes of the training families
+    "mnist1d_mlp_deep": lambda **kw: mlp_family("mnist1d", depth=2, min_width=24,
+                                                max_width=48, name="mnist1d_mlp_deep", **kw),
+    "linear_regression_large": lambda **kw: linear_regression_family(
+        dim=48, name="linear_regression_large", **kw),
     # held out: other datasets, other architectures, other sizes
     "wine_mlp": lambda **kw: mlp_family("wine", name="wine_mlp", **kw),
     "breast_cancer_mlp": lambda **kw: mlp_family("breast_cancer", name="breast_cancer_mlp",
@@ -314,7 +342,8 @@ _FAMILIES: dict[str, Callable[..., TaskFamily]] = {
 }
 FAMILIES: tuple[str, ...] = tuple(_FAMILIES)
 TRAIN_FAMILIES: tuple[str, ...] = ("digits_mlp", "synthetic_regression_mlp", "quadratic",
-                                   "linear_regression")
+                                   "linear_regression", "mnist1d_mlp", "mnist1d_cnn")
+VALID_FAMILIES: tuple[str, ...] = ("mnist1d_mlp_deep", "linear_regression_large")
 HELDOUT_FAMILIES: tuple[str, ...] = ("wine_mlp", "breast_cancer_mlp", "digits_mlp_deep",
                                      "digits_cnn", "quadratic_large")
 

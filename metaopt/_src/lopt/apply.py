@@ -15,7 +15,7 @@ import optax
 
 
 def fit(family: Any, opt: optax.GradientTransformation, key: jax.Array, num_steps: int,
-        eval_every: int) -> dict[str, jax.Array]:
+        eval_every: int, seed_key: jax.Array | None = None) -> dict[str, jax.Array]:
   """Trains the task ``family.sample(key)`` with ``opt`` for ``num_steps`` steps.
 
   Args:
@@ -24,6 +24,8 @@ def fit(family: Any, opt: optax.GradientTransformation, key: jax.Array, num_step
     key: samples the task, its initialisation and its minibatches.
     num_steps: training steps; must be a multiple of ``eval_every``.
     eval_every: steps between evaluations.
+    seed_key: when given, ``key`` only samples the task and ``seed_key`` its initialisation
+      and minibatches (the same task trained under several seeds).
 
   Returns:
     ``step`` ``(n,)``, ``train_loss`` (mean minibatch loss over the last ``eval_every``
@@ -34,6 +36,8 @@ def fit(family: Any, opt: optax.GradientTransformation, key: jax.Array, num_step
     raise ValueError(f"num_steps={num_steps}, eval_every={eval_every}: num_steps must be a "
                      "multiple of eval_every")
   k_cfg, k_init, k_run = jax.random.split(key, 3)
+  if seed_key is not None:
+    _, k_init, k_run = jax.random.split(seed_key, 3)
   cfg = family.sample(k_cfg)
   params = family.init(k_init, cfg)
 

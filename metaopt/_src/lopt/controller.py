@@ -146,3 +146,116 @@ def hparam_controller(base: str = "adamw", hidden_sizes: Sequence[int] = (16,),
     return optax.GradientTransformation(init_fn, update_fn)
 
   return LearnedOptimizer(init, as_optax, "hparam_controller", config)
+
+
+# --------------------------------------------------------------------- Adam controller
+class AdamControllerState(NamedTuple):
+  """State of :func:`adam_controller`: statistics, the last multiplier, Adam's state."""
+
+  count: jax.Array
+  ema_fast: jax.Array
+  ema_slow: jax.Array
+  multiplier: jax.Array
+  adam: Any
+
+
+class _Head(nn.Module):
+  hidden_sizes: Sequence[int]
+  outputs: int
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    for h in self.hidden_sizes:
+      x = nn.tanh(nn.Dense(h)(x))
+    return nn.Dense(self.outputs, kernel_init=nn.initializers.zeros)(x)
+
+
+ADAM_CONTROLLER_FEATURES: tuple[str, ...] = (
+    "log_grad_norm - slow_ema", "fast_ema - slow_ema", "cos(grad, momentum)",
+    "t / num_steps", "1 - t / num_steps", *(f"tanh(t / {s:g})" for s in features.TIMESCALES))
+
+
+def adam_controller(learning_rate: float = 1e-3, hidden_sizes: Sequence[int] = (16,),
+                    b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
+                    max_log_change: float = 3.0, num_steps: int | None = None,
+                    fast_decay: float = 0.9, slow_decay: float = 0.99) -> LearnedOptimizer:
+  """Adam at ``learning_rate`` times a learned per-step multiplier of its update.
+
+  A small MLP reads global training statistics (:data:`ADAM_CONTROLLER_FEATURES`: the log
+  gradient norm against its fast and slow moving averages, the cosine between the gradient
+  and Adam's first moment, training progress ``t / num_steps`` when ``num_steps`` is given
+  and ``tanh(t / s)``) and outputs ``o``; the step is ``exp(max_log_change * tanh(o))`` times
+  Adam's. The MLP's last layer starts at zero, so an untrained controller *is*
+  ``optax.adam(learning_rate, b1, b2, eps)`` (bit for bit): meta-training can only move it
+  away from Adam where that lowers the meta-loss. Use it on top of a tuned Adam learning rate.
+
+  Args:
+    learning_rate: Adam's learning rate (the base the multiplier scales).
+    hidden_sizes: hidden layers of the controller MLP.
+    b1, b2, eps: Adam's settings.
+    max_log_change: bound on ``|log multiplier|``.
+    num_steps: length of the run (progress features ``t / num_steps``); ``None``: zero.
+    fast_decay, slow_decay: decays of the moving averages of the log gradient norm.
+
+  Returns:
+    A :class:`LearnedOptimizer`.
+
+  Examples:
+    >>> lopt = adam_controller(3e-3, num_steps=200)
+    >>> opt = lopt.as_optax(lopt.init(jax.random.key(0)))  # == optax.adam(3e-3) untrained
+  """
+  if not learning_rate > 0:
+    raise ValueError(f"learning_rate={learning_rate}: must be > 0")
+  if num_steps is not None and num_steps < 1:
+    raise ValueError(f"num_steps={num_steps}: must be >= 1 or None")
+  if not max_log_change > 0:
+    raise ValueError(f"max_log_change={max_log_change}: must be > 0")
+  net = _Head(tuple(int(h) for h in hidden_sizes), 1)
+  n_features = len(ADAM_CONTROLLER_FEATURES)
+  adam = optax.scale_by_adam(b1=b1, b2=b2, eps=eps)
+  config = {"learning_rate": float(learning_rate), "hidden_sizes": list(net.hidden_sizes),
+            "b1": float(b1), "b2": float(b2), "eps": float(eps),
+            "max_log_change": float(max_log_change),
+            "num_steps": None if num_steps is None else int(num_steps),
+            "fast_decay": float(fast_decay), "slow_decay": float(slow_decay)}
+
+  def init(key: jax.Array) -> PyTree:
+    return {"net": net.init(key, jnp.zeros((1, n_features)))["params"]}
+
+  def as_optax(theta: PyTree) -> optax.GradientTransformation:
+    def init_fn(params: PyTree) -> AdamControllerState:
+      dt = jnp.result_type(*jax.tree.leaves(params), jnp.float32)  # float64 under x64
+      z = jnp.zeros((), dt)
+      return AdamControllerState(jnp.zeros((), jnp.int32), z, z, jnp.ones((), dt),
+                                 adam.init(params))
+
+    def update_fn(grads: PyTree, state: AdamControllerState, params: PyTree | None = None):
+      del params
+      direction, adam_state = adam.update(grads, state.adam)
+      gn = optax.global_norm(grads)
+      log_gn = features.safe_log(gn)
+      dt = log_gn.dtype
+      first = state.count == 0
+      fast = jnp.where(first, log_gn, fast_decay * state.ema_fast + (1 - fast_decay) * log_gn)
+      slow = jnp.where(first, log_gn, slow_decay * state.ema_slow + (1 - slow_decay) * log_gn)
+      mu = adam_state.mu
+      dot = sum(jnp.vdot(g, m) for g, m in zip(jax.tree.leaves(grads), jax.tree.leaves(mu),
+                                                strict=True))
+      cos = dot / jnp.maximum(gn * optax.global_norm(mu), 1e-12)
+      t = state.count.astype(dt)
+      frac = t / num_steps if num_steps is not None else jnp.zeros((), dt)
+      x = jnp.concatenate([jnp.stack([log_gn - slow, fast - slow, cos.astype(dt), frac,
+                                      1.0 - frac]),
+                           features.time_features(state.count).astype(dt)])
+      o = net.apply({"params": theta["net"]}, x[None])[0, 0]
+      mult = jnp.exp(max_log_change * jnp.tanh(o))
+      step = -learning_rate * mult
+      updates = jax.tree.map(lambda u: u * step.astype(u.dtype), direction)
+      cast = lambda v, ref: v.astype(ref.dtype)
+      fast, slow = cast(fast, state.ema_fast), cast(slow, state.ema_slow)
+      mult = cast(mult, state.multiplier)
+      return updates, AdamControllerState(state.count + 1, fast, slow, mult, adam_state)
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+  return LearnedOptimizer(init, as_optax, "adam_controller", config)

@@ -18,12 +18,12 @@ import optax
 
 from metaopt._src.checkpoint import Checkpointer
 from metaopt._src.lopt.base import LearnedOptimizer
-from metaopt._src.lopt.controller import hparam_controller
+from metaopt._src.lopt.controller import adam_controller, hparam_controller
 from metaopt._src.lopt.mlp_lopt import mlp_lopt
 
 PyTree = Any
 LOPTS: dict[str, Callable[..., LearnedOptimizer]] = {
-    "mlp": mlp_lopt, "hparam_controller": hparam_controller}
+    "mlp": mlp_lopt, "hparam_controller": hparam_controller, "adam_controller": adam_controller}
 
 
 def make_lopt(name: str, **kwargs: Any) -> LearnedOptimizer:
