@@ -32,8 +32,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from metaopt._src import compile_cache, streaming
 from metaopt._src import population as pop
-from metaopt._src import streaming
 from metaopt.spaces import Space
 from metaopt.tasks import Task
 
@@ -276,24 +276,15 @@ class JaxEvaluator(Evaluator):
       raise ValueError(f"epochs={epochs}: train(h, key) is one epoch; pass init=... and "
                        "epoch=... to train over several epochs")
 
-  def _map(self, fn: Callable) -> Callable:
-    """``fn`` over a leading batch axis: vmap or a loop (``lax.map``), jitted once."""
-    if self.mode == "vmap":
-      return jax.jit(jax.vmap(fn))
-    return jax.jit(lambda *args: jax.lax.map(lambda a: fn(*a), args))
-
   def _fn(self, name: str) -> Callable:
+    """The jitted ``init``, ``train`` or ``epoch`` over the batch, shared by every evaluator
+    of the same functions in this process (see ``compile_cache``)."""
     if name not in self._fns:
-      if name == "init":
-        self._fns[name] = self._map(self._init)
-      elif name == "train":
-        self._fns[name] = self._map(lambda h, k: _as_dict(self._train(h, k), self.objective))
-      else:
-        def step(state, h, alive):
-          new, m = self._epoch(state, h)
-          new = jax.tree_util.tree_map(lambda a, b: jnp.where(alive, a, b), new, state)
-          return new, _as_dict(m, self.objective)
-        self._fns[name] = self._map(step)
+      user = {"init": self._init, "train": self._train, "epoch": self._epoch}[name]
+      mesh = None if self._mesh is None else tuple(d.id for d in self._mesh.devices.flat)
+      self._fns[name] = compile_cache.cached(
+          lambda: _batched(name, user, self.objective, self.mode), "jax-evaluator", name,
+          user, self.objective, self.mode, mesh)
     return self._fns[name]
 
   def _h(self, batch: TrialBatch) -> dict[str, jax.Array]:
@@ -336,6 +327,23 @@ class JaxEvaluator(Evaluator):
     return gather(state, src) if take.any() else state
 
 
+def _batched(name: str, fn: Callable, objective: str, mode: str) -> Callable:
+  """A user's ``init``, ``train`` or ``epoch`` over a leading batch axis: vmap or a loop
+  (``lax.map``), jitted once."""
+  if name == "train":
+    one = lambda h, k: _as_dict(fn(h, k), objective)
+  elif name == "epoch":
+    def one(state, h, alive):
+      new, m = fn(state, h)
+      new = jax.tree_util.tree_map(lambda a, b: jnp.where(alive, a, b), new, state)
+      return new, _as_dict(m, objective)
+  else:
+    one = fn
+  if mode == "vmap":
+    return jax.jit(jax.vmap(one))
+  return jax.jit(lambda *args: jax.lax.map(lambda a: one(*a), args))
+
+
 def _as_dict(m: Any, objective: str) -> dict[str, jax.Array]:
   if isinstance(m, Mapping):
     if objective not in m:
@@ -363,6 +371,7 @@ def gather(tree: PyTree, idx: np.ndarray) -> PyTree:
 
 
 _background = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="metaopt-flops")
+_FLOPS: dict[int, tuple[pop.PopulationKernel, float]] = {}  # per cached kernel (by id)
 
 COMPACTIONS = ("auto", "always", "never")
 
@@ -423,10 +432,15 @@ class TaskEvaluator(Evaluator):
       if self._stream:
         self._kernels[k] = streaming.make_streaming_kernel(self.task.build(dict(structure)),
                                                            self.task.data, bs, self._shared)
-      else:
-        self._kernels[k] = pop.make_kernel(self.task.build(dict(structure)), n_train, bs,
-                                           self._shared, self._mesh)
+      else:  # shared by every search of the same task and settings in this process
+        self._kernels[k] = compile_cache.cached(
+            lambda: pop.make_kernel(self.task.build(dict(structure)), n_train, bs,
+                                    self._shared, self._mesh),
+            "task-kernel", self.task.build, k, n_train, bs, self._shared, self._mesh_key())
     return self._kernels[k]
+
+  def _mesh_key(self) -> tuple | None:
+    return None if self._mesh is None else tuple(d.id for d in self._mesh.devices.flat)
 
   def structures(self, batch: TrialBatch) -> tuple[dict[str, np.ndarray], dict[str, dict]]:
     """Trial indices per structural setting (one compiled kernel per group), each padded
@@ -509,6 +523,8 @@ class TaskEvaluator(Evaluator):
     hg = self._hparams(batch, structure, idx)
     skey = repr(sorted(structure.items()))
     if skey not in self.flops:
+      self.flops[skey] = _FLOPS.get(id(k), (None, None))[1]
+    if self.flops[skey] is None:
       # traced on another thread while the chunk compiles (XLA releases the GIL)
       bs = min(int(structure.get("batch_size", self.batch_size)), len(self.task.data.train))
       self.flops[skey] = _background.submit(
@@ -522,6 +538,7 @@ class TaskEvaluator(Evaluator):
     busy = max(0.0, time.perf_counter() - t0 - compiled)
     if isinstance(self.flops.get(skey), concurrent.futures.Future):
       self.flops[skey] = self.flops[skey].result()
+      _FLOPS[id(k)] = (k, self.flops[skey])  # the kernel is kept: its id stays its own
     # "loop" kernels spend time on live trials only; "vmap" ones on every slot
     slots = max(1, int(live.sum())) if k.mode == "loop" else len(idx)
     p = self.perf.setdefault(skey, {"compile_s": 0.0, "slot_s": None, "sizes": set(),

@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from metaopt._src import compile_cache
 from metaopt._src import distributed as dist
 from metaopt._src import objectives as mo
 from metaopt._src import population as pop
@@ -89,6 +90,13 @@ class SearcherFns:
 
 
 def searcher_fns(program: Searcher, space: Space) -> SearcherFns:
+  """The program's functions compiled for the loop, shared by every search of the same
+  program and space in this process (see ``compile_cache``)."""
+  return compile_cache.cached(lambda: _searcher_fns(program, space), "searcher-fns",
+                              program, space)
+
+
+def _searcher_fns(program: Searcher, space: Space) -> SearcherFns:
   """``ask`` tiered (see :class:`population.TieredJit`; call it with ``calls_left``) and
   only compiled once the program's ``startup_ask`` (if any) no longer stands in for it; the
   others without backend optimisation (each runs once per round or epoch, in milliseconds,
