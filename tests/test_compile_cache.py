@@ -103,3 +103,16 @@ def test_what_cannot_be_fingerprinted_is_not_cached(big, monkeypatch):
   compile_cache.cached(lambda: built.append(1), "x", np.zeros(16))
   compile_cache.cached(lambda: built.append(1), "x", np.zeros(16))
   assert len(built) == 2
+
+
+def test_profile_text_names_each_compiled_function_and_its_seconds():
+  s0, c0 = compile_cache.compile_profile(), compile_cache.compiles()
+
+  def perf_probe_fn(x):
+    return jnp.cos(x) * 7.0
+
+  jax.jit(perf_probe_fn)(jnp.ones(37)).block_until_ready()
+  text = compile_cache.profile_text(s0, c0, 1.0)
+  line = next(x for x in text.splitlines() if "perf_probe_fn" in x)
+  assert line.rstrip().endswith("x1") and float(line.split()[2]) > 0, text
+  assert text.startswith("# compile: ") and "XLA compilations" in text

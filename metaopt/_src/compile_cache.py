@@ -196,3 +196,19 @@ def compile_profile(thread: int | None = None) -> dict[str, float]:
   """Seconds spent tracing, lowering and compiling so far, per function name, on
   ``thread`` (default: the calling thread); a copy."""
   return dict(_seconds[threading.get_ident() if thread is None else thread])
+
+
+def profile_text(seconds0: Mapping[str, float], count0: Mapping[str, int],
+                 wall_s: float) -> str:
+  """Compile seconds (tracing, lowering, XLA) and XLA compilations per function since
+  ``seconds0`` / ``count0`` (earlier :func:`compile_profile` / :func:`compiles`) on the calling
+  thread, most expensive first, as lines for ``--profile``."""
+  seconds, count = compile_profile(), compiles()
+  rows = sorted(((v - seconds0.get(k, 0.0), count[k] - count0.get(k, 0), k)
+                 for k, v in seconds.items() if v - seconds0.get(k, 0.0) > 0.0), reverse=True)
+  total = sum(r[0] for r in rows)
+  lines = [f"# compile: {total:.2f} s of {wall_s:.1f} s wall, "
+           f"{sum(r[1] for r in rows)} XLA compilations "
+           f"(in-process cache: {STATS['hits']} hits, {STATS['misses']} misses)"]
+  lines += [f"#   {name:36s} {sec:7.2f} s  x{n}" for sec, n, name in rows if sec >= 0.005]
+  return "\n".join(lines)

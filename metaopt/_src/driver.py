@@ -135,7 +135,7 @@ def search(
   space = ev.space if space is None else space
   if space is None:
     raise ValueError("space: the evaluator has no space; pass space=spaces.Space({...})")
-  ev.validate(epochs)
+  _prepare(ev, space, epochs, min(population, n_trials))
   if not isinstance(program, Searcher):
     raise ValueError(f"program: expected a metaopt.Searcher, got {type(program).__name__}")
   objectives = check_objectives(objectives, program, space.dim, getattr(ev, "task", None))
@@ -163,6 +163,14 @@ def search(
     bar.close()
   return Result(study, ev.direction, st.trials(rec.id), state,
                 objectives=st.objectives(rec.id) or None)
+
+
+def _prepare(ev: Evaluator, space: Space, epochs: int, n: int) -> None:
+  """Checks the evaluator's settings; a task's kernel for a first round of ``n`` trials then
+  starts compiling, while the searcher's first ``ask`` does."""
+  ev.validate(epochs)
+  if hasattr(ev, "precompile"):
+    ev.precompile(space, n)
 
 
 def _searcher_init(program: Searcher, key: jax.Array):

@@ -418,6 +418,7 @@ class TaskEvaluator(Evaluator):
                                                              jax.sharding.PartitionSpec()))
     self.data, self._mesh, self._shared = data, mesh, shared_batches
     self._kernels: dict[tuple, pop.PopulationKernel] = {}
+    self._precompiling: concurrent.futures.Future | None = None
     self.flops: dict[str, Any] = {}   # structure -> FLOPs per trial-epoch (or a future)
     # per structure, for compaction: compile seconds, seconds per slot-epoch, sizes compiled
     self.perf: dict[str, dict[str, Any]] = {}
@@ -458,7 +459,42 @@ class TaskEvaluator(Evaluator):
       hg = {**hg, "schedule_steps": np.full(len(idx), steps, np.float32)}
     return hg
 
+  def precompile(self, space: Space, n: int) -> None:
+    """Starts compiling the population ``init`` and ``chunk`` for a first round of ``n``
+    trials on a background thread (XLA releases the GIL), so the compile overlaps the
+    searcher's first ``ask``; then the FLOPs accounting. Only for spaces without structural
+    parameters (one kernel, known before any point is asked) on one device."""
+    if self._stream or self._mesh is not None or space.structural:
+      return
+    structure = dict(self.task.defaults)
+    k, skey = self.kernel(structure), repr(sorted(structure.items()))
+    u = jax.ShapeDtypeStruct((n, space.dim), jnp.float32)
+    h = {**jax.eval_shape(space.decode, u),
+         "schedule_steps": jax.ShapeDtypeStruct((n,), jnp.float32)}
+    keys = jax.eval_shape(_trial_keys, jax.ShapeDtypeStruct((n,), jnp.uint32))
+    states = k.init.eval_shape(keys, h)
+    key = jax.eval_shape(lambda: jax.random.fold_in(jax.random.key(0), 1))
+    alive = jax.ShapeDtypeStruct((n,), jnp.bool_)
+
+    def work():
+      k.init.lower(keys, h).compile()
+      k.chunk.lower(states, h, alive, key, self.data).compile()
+
+    self._precompiling = _background.submit(work)
+    if skey not in self.flops and id(k) not in _FLOPS:
+      bs = min(int(structure.get("batch_size", self.batch_size)), len(self.task.data.train))
+      self.flops[skey] = _background.submit(
+          pop.trial_epoch_flops, self.task.build(structure), states, h, self.data, bs)
+
+  def _precompiled(self) -> None:
+    """Waits for :meth:`precompile`'s compiles (a failed one is compiled again, and its
+    error raised, where the kernel is called)."""
+    if self._precompiling is not None:
+      concurrent.futures.wait([self._precompiling])
+      self._precompiling = None
+
   def _fresh(self, batch: TrialBatch, layout: Mapping[str, np.ndarray]):
+    self._precompiled()
     _, structs = self._groups(batch)
     return {g: self.kernel(structs[g]).init(_trial_keys(batch.seeds[idx]),
                                             self._hparams(batch, structs[g], idx))
@@ -531,6 +567,7 @@ class TaskEvaluator(Evaluator):
           pop.trial_epoch_flops, self.task.build(dict(structure)), pop.shapes(states),
           pop.shapes(hg), self.data, bs)
     live = alive_at(alive, idx)
+    self._precompiled()
     c0, t0 = pop.compile_seconds(), time.perf_counter()
     states, m = k.chunk(states, hg, jnp.asarray(live), key, self.data)
     m = jax.device_get(m)
