@@ -71,6 +71,7 @@ import _protocol  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+from _paths import results_path  # noqa: E402
 
 import metaopt  # noqa: E402
 from metaopt import tasks  # noqa: E402
@@ -88,8 +89,8 @@ OPTUNA = "Optuna TPE+MedianPruner"
 # Per workload: full and quick settings; targets fixed on dev seeds (see BENCHMARKS.md).
 WORKLOADS = {
     "mnist1d": {"task": "mnist1d_cnn", "batch": 100,
-                "full": {"trials": 128, "epochs": 30, "population": 16, "target": 0.93},
-                "quick": {"trials": 32, "epochs": 12, "population": 16, "target": 0.80},
+                "full": {"trials": 128, "epochs": 30, "population": 16, "target": 0.97},
+                "quick": {"trials": 32, "epochs": 12, "population": 16, "target": 0.95},
                 "primary": "metaopt TPE+ASHA", "methods": ("metaopt TPE+ASHA",),
                 "headline": "speedup_time_to_target_vs_optuna"},
     "digits": {"task": "digits_mlp", "batch": 64,
@@ -414,6 +415,8 @@ def main() -> None:
   ap.add_argument("--dev", action="store_true", help="dev seeds (to fix targets)")
   ap.add_argument("--settings", default="cold,warm")
   ap.add_argument("--profile", action="store_true", help="also profile metaopt runs")
+  ap.add_argument("--raw", default="runs/benchmarks/hpo_vs_optuna_raw.json",
+                  help="every run's best-so-far curve as JSON (ignored by git)")
   ap.add_argument("--one", default=None, help=argparse.SUPPRESS)
   args = ap.parse_args()
   logging.getLogger("absl").setLevel(logging.ERROR)
@@ -426,7 +429,7 @@ def main() -> None:
   print(f"# device: {jax.devices()[0].platform}, cpus {os.cpu_count()}, jax {jax.__version__},"
         f" load avg {os.getloadavg()[0]:.1f}, kernel mode {pop.default_mode()!r}, "
         f"{mode} mode, {'dev' if args.dev else 'report'} seeds {seeds}")
-  headlines = []
+  headlines, raw = [], {}
   for workload in args.workloads.split(","):
     w = WORKLOADS[workload]
     s = w[mode]
@@ -436,6 +439,10 @@ def main() -> None:
           flush=True)
     for setting in args.settings.split(","):
       runs = measure(workload, methods, mode, seeds, setting)
+      raw[f"{workload}/{setting}"] = {"seeds": seeds, "target": s["target"], "runs": runs}
+      if args.raw:
+        with open(results_path(args.raw, args.quick), "w") as f:
+          json.dump(raw, f)
       times = table(workload, runs, s["target"], setting)
       sp = compare(workload, runs, times, setting, w["primary"])
       if setting == "cold":
