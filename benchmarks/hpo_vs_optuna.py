@@ -82,7 +82,8 @@ from metaopt.spaces import Choice, Float, Int  # noqa: E402
 COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration",
                   "/jax/core/compile/jaxpr_to_mlir_module_duration",
                   "/jax/core/compile/backend_compile_duration")
-COMPILE = {"seconds": 0.0, "count": 0, "by_fun": collections.defaultdict(lambda: [0, 0.0])}
+COMPILE = {"seconds": 0.0, "count": 0, "by_fun": collections.defaultdict(lambda: [0, 0.0]),
+           "background": 0.0}
 
 OPTUNA = "Optuna TPE+MedianPruner"
 
@@ -105,8 +106,11 @@ WORKLOADS = {
 
 def _on_compile_event(event: str, duration: float, **kwargs) -> None:
   """JAX monitoring listener: tracing, lowering and XLA compilation seconds, per function, on
-  the main thread (metaopt traces its FLOPs accounting on a background thread while its chunk
-  compiles; that overlapped time is not on the clock's critical path)."""
+  the main thread (metaopt compiles its kernel and traces its FLOPs accounting on a background
+  thread while the searcher's functions compile: that time is counted apart, as
+  ``background``; whatever of it the main thread waits for is in the time excluding compile)."""
+  if event in COMPILE_EVENTS and threading.current_thread() is not threading.main_thread():
+    COMPILE["background"] += duration
   if event in COMPILE_EVENTS and threading.current_thread() is threading.main_thread():
     COMPILE["seconds"] += duration
     entry = COMPILE["by_fun"][kwargs.get("fun_name", "?")]
@@ -131,11 +135,15 @@ class Clock:
     self.start = time.perf_counter()
     self.compile0 = COMPILE["seconds"]
     self.count0 = COMPILE["count"]
+    self.background0 = COMPILE["background"]
     self.curve: list[tuple[float, float, float]] = []
     self.best = -np.inf
 
   def compile_s(self) -> float:
     return COMPILE["seconds"] - self.compile0
+
+  def background_s(self) -> float:
+    return COMPILE["background"] - self.background0
 
   def compiles(self) -> int:
     return COMPILE["count"] - self.count0
@@ -151,7 +159,7 @@ class Clock:
 
 def time_to(curve, target: float, exclude_compile: bool = False) -> float:
   for t, c, a in curve:
-    if a >= target:
+    if a >= target - 1e-6:  # float32 accuracies: 0.975 is 0.97499996
       return t - c if exclude_compile else t
   return float("inf")
 
@@ -233,7 +241,8 @@ def run_optuna(task, n_trials: int, epochs: int, batch: int, seed: int,
     study.optimize(objective, n_trials=n_trials)
   states = [t.state for t in study.trials]
   return {"curve": clock.curve, "total": clock.elapsed(), "compile": clock.compile_s(),
-          "compiles": clock.compiles(), "best": study.best_value,
+          "compiles": clock.compiles(), "background_compile": clock.background_s(),
+          "best": study.best_value,
           "epoch_fn_compile": fun_compile_s("train_epoch") - epoch_fn0,
           "pruned": sum(s == optuna.trial.TrialState.PRUNED for s in states),
           "trials": len(study.trials)}
@@ -268,7 +277,7 @@ def run_ours(task, method: str, n_trials: int, population: int, epochs: int, bat
                          batch_size=batch, seed=seed, store=None, checkpoint_dir=ckpt,
                          progress=False, checkpoint_every_s=600, on_epoch=on_epoch)
   return {"curve": clock.curve, "total": clock.elapsed(), "compile": clock.compile_s(),
-          "compiles": clock.compiles(),
+          "compiles": clock.compiles(), "background_compile": clock.background_s(),
           "best": res.best.objective if res.best else float("nan"),
           "pruned": res.count("pruned"), "trials": len(res.trials)}
 
@@ -381,16 +390,28 @@ def table(workload: str, runs: dict[str, list[dict]], target: float, setting: st
   med = statistics.median
   print(f"\n{workload}, {setting}:\n")
   print(f"| method | best final valid acc (median) | time to {target} (s) | excl. compile "
-        f"(s) | total (s) | of which compile (s) | XLA compiles | pruned |")
-  print("|---|---|---|---|---|---|---|---|")
+        f"(s) | total (s) | of which compile (s) | background compile (s) | XLA compiles | "
+        f"pruned |")
+  print("|---|---|---|---|---|---|---|---|---|")
   times = {}
   for name, rs in runs.items():
     times[name] = [time_to(r["curve"], target) for r in rs]
     tx = med([time_to(r["curve"], target, True) for r in rs])
     print(f"| {name} | {med([r['best'] for r in rs]):.4f} | {fmt_t(med(times[name]))} | "
           f"{fmt_t(tx)} | {med([r['total'] for r in rs]):.1f} | "
-          f"{med([r['compile'] for r in rs]):.1f} | {med([r['compiles'] for r in rs]):.0f} | "
-          f"{med([r['pruned'] for r in rs]):.0f} |")
+          f"{med([r['compile'] for r in rs]):.1f} | "
+          f"{med([r.get('background_compile', 0.0) for r in rs]):.1f} | "
+          f"{med([r['compiles'] for r in rs]):.0f} | {med([r['pruned'] for r in rs]):.0f} |")
+  print("(medians over seeds; compile: tracing, lowering and XLA on the main thread; "
+        "background: metaopt's kernel and FLOPs accounting, compiled beside it)\n")
+  targets = sorted({round(target + d, 4) for d in (-0.02, -0.01, 0.0, 0.01, 0.02, 0.025)
+                    if target + d < 1.0})
+  print("| median time to target (s), all targets shown | " + " | ".join(map(str, targets))
+        + " |")
+  print("|---" * (len(targets) + 1) + "|")
+  for name, rs in runs.items():
+    print(f"| {name} | " + " | ".join(
+        fmt_t(med([time_to(r["curve"], t) for r in rs])) for t in targets) + " |")
   return times
 
 

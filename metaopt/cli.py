@@ -75,11 +75,11 @@ def _run(cfg) -> None:
     cfg = metaopt.validate_config(cfg)
     kwargs = {"worker": _WORKER.value, "worker_id": _WORKER_ID.value,
               "stale_after_s": _STALE.value}
-  seconds0, count0, t0 = compile_cache.compile_profile(), compile_cache.compiles(), time.time()
+  before, t0 = compile_cache.snapshot(), time.time()
   result = metaopt.run_config(cfg, _STORE.value, progress=not _QUIET.value, **kwargs)
   print(json.dumps(result.summary(), indent=2, default=str))
   if _PROFILE.value:
-    print(compile_cache.profile_text(seconds0, count0, time.time() - t0), file=sys.stderr)
+    print(compile_cache.profile_text(before, time.time() - t0), file=sys.stderr)
 
 
 def _report(store_url: str, study: str | None) -> None:

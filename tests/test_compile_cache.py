@@ -106,13 +106,23 @@ def test_what_cannot_be_fingerprinted_is_not_cached(big, monkeypatch):
 
 
 def test_profile_text_names_each_compiled_function_and_its_seconds():
-  s0, c0 = compile_cache.compile_profile(), compile_cache.compiles()
+  import threading
+
+  before = compile_cache.snapshot()
 
   def perf_probe_fn(x):
     return jnp.cos(x) * 7.0
 
+  def other_thread_fn(x):
+    return jnp.sinh(x) - 2.0
+
   jax.jit(perf_probe_fn)(jnp.ones(37)).block_until_ready()
-  text = compile_cache.profile_text(s0, c0, 1.0)
+  t = threading.Thread(target=lambda: jax.jit(other_thread_fn)(jnp.ones(39)).block_until_ready())
+  t.start()
+  t.join()
+  text = compile_cache.profile_text(before, 1.0)
   line = next(x for x in text.splitlines() if "perf_probe_fn" in x)
-  assert line.rstrip().endswith("x1") and float(line.split()[2]) > 0, text
+  assert line.rstrip().endswith("x1") and float(line.split()[-3]) > 0, text
+  assert "(background)" not in line
+  assert "other_thread_fn (background)" in text, text
   assert text.startswith("# compile: ") and "XLA compilations" in text

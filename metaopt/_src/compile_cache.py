@@ -198,17 +198,30 @@ def compile_profile(thread: int | None = None) -> dict[str, float]:
   return dict(_seconds[threading.get_ident() if thread is None else thread])
 
 
-def profile_text(seconds0: Mapping[str, float], count0: Mapping[str, int],
+def snapshot() -> dict[int, tuple[dict[str, float], dict[str, int]]]:
+  """Compile seconds and XLA compilations per function so far, per thread (copies), for
+  :func:`profile_text`."""
+  return {t: (dict(_seconds[t]), dict(_by_thread[t])) for t in list(_seconds)}
+
+
+def profile_text(before: Mapping[int, tuple[Mapping[str, float], Mapping[str, int]]],
                  wall_s: float) -> str:
   """Compile seconds (tracing, lowering, XLA) and XLA compilations per function since
-  ``seconds0`` / ``count0`` (earlier :func:`compile_profile` / :func:`compiles`) on the calling
-  thread, most expensive first, as lines for ``--profile``."""
-  seconds, count = compile_profile(), compiles()
-  rows = sorted(((v - seconds0.get(k, 0.0), count[k] - count0.get(k, 0), k)
-                 for k, v in seconds.items() if v - seconds0.get(k, 0.0) > 0.0), reverse=True)
-  total = sum(r[0] for r in rows)
-  lines = [f"# compile: {total:.2f} s of {wall_s:.1f} s wall, "
-           f"{sum(r[1] for r in rows)} XLA compilations "
-           f"(in-process cache: {STATS['hits']} hits, {STATS['misses']} misses)"]
-  lines += [f"#   {name:36s} {sec:7.2f} s  x{n}" for sec, n, name in rows if sec >= 0.005]
+  ``before`` (an earlier :func:`snapshot`), most expensive first, as lines for
+  ``--profile``; functions compiled on other threads than the caller's (the kernel compiled
+  while the first ``ask`` compiles, the FLOPs accounting) are marked ``(background)``."""
+  me, rows = threading.get_ident(), []
+  for t, (seconds, count) in snapshot().items():
+    s0, c0 = before.get(t, ({}, {}))
+    for name, v in seconds.items():
+      if v - s0.get(name, 0.0) >= 0.005:
+        label = name if t == me else f"{name} (background)"
+        rows.append((v - s0.get(name, 0.0), count.get(name, 0) - c0.get(name, 0), label))
+  rows.sort(reverse=True)
+  main = sum(r[0] for r in rows if not r[2].endswith("(background)"))
+  lines = [f"# compile: {main:.2f} s on the calling thread of {wall_s:.1f} s wall, "
+           f"{sum(r[0] for r in rows) - main:.2f} s in the background; "
+           f"{sum(r[1] for r in rows)} XLA compilations (in-process cache: {STATS['hits']} "
+           f"hits, {STATS['misses']} misses)"]
+  lines += [f"#   {name:44s} {sec:7.2f} s  x{n}" for sec, n, name in rows]
   return "\n".join(lines)
