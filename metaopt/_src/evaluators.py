@@ -572,7 +572,7 @@ class TaskEvaluator(Evaluator):
     live = alive_at(alive, idx)
     self._precompiled()
     c0, t0 = pop.compile_seconds(), time.perf_counter()
-    states, m = k.chunk(states, hg, jnp.asarray(live), key, self.data)
+    states, m = k.chunk(states, hg, np.asarray(live), key, self.data)
     m = jax.device_get(m)
     compiled = pop.compile_seconds() - c0
     busy = max(0.0, time.perf_counter() - t0 - compiled)
