@@ -470,10 +470,13 @@ class TaskEvaluator(Evaluator):
     structure = dict(self.task.defaults)
     k, skey = self.kernel(structure), repr(sorted(structure.items()))
     u = jax.ShapeDtypeStruct((n, space.dim), jnp.float32)
-    h = {**jax.eval_shape(space.decode, u),
-         "schedule_steps": jax.ShapeDtypeStruct((n,), jnp.float32)}
-    keys = jax.eval_shape(_trial_keys, jax.ShapeDtypeStruct((n,), jnp.uint32))
-    states = k.init.eval_shape(keys, h)
+    try:  # shapes only; whatever fails here fails again, with its error, where it runs
+      h = {**jax.eval_shape(space.decode, u),
+           "schedule_steps": jax.ShapeDtypeStruct((n,), jnp.float32)}
+      keys = jax.eval_shape(_trial_keys, jax.ShapeDtypeStruct((n,), jnp.uint32))
+      states = k.init.eval_shape(keys, h)
+    except Exception:  # noqa: BLE001
+      return
     key = jax.eval_shape(lambda: jax.random.fold_in(jax.random.key(0), 1))
     alive = jax.ShapeDtypeStruct((n,), jnp.bool_)
 
