@@ -59,7 +59,6 @@ def _function(f: types.FunctionType, seen: dict, keep: list) -> tuple:
   if id(f) in seen:  # recursion (a function naming itself): its place in the walk
     return ("rec", seen[id(f)])
   seen[id(f)] = len(seen)
-  keep.append(f)
   cells = tuple(_fp(c.cell_contents, seen, keep) if _filled(c) else ("empty",)
                 for c in (f.__closure__ or ()))
   return ("fn", _code(f.__code__, seen, keep, f.__globals__), cells,
@@ -102,8 +101,8 @@ def _fp(x: Any, seen: dict, keep: list) -> Hashable:
   if isinstance(x, Mapping) and type(x) in (dict, types.MappingProxyType,
                                            collections.OrderedDict):
     return ("dict", tuple(sorted(((repr(k), _fp(v, seen, keep)) for k, v in x.items()))))
-  keep.append(x)
   if isinstance(x, type) or isinstance(x, types.BuiltinFunctionType):
+    keep.append(x)  # named by identity: kept alive with the entry, so the id stays its own
     return ("id", id(x))
   if id(x) in seen:
     return ("rec", seen[id(x)])
@@ -111,13 +110,14 @@ def _fp(x: Any, seen: dict, keep: list) -> Hashable:
   if _is_dataset(x):  # its checksum names its arrays (hashing them again would cost)
     return ("dataset", x.name, x.checksum, tuple(np.shape(s.x) for s in (x.train, x.valid)))
   if hasattr(x, "_fields"):  # NamedTuple
-    return ("namedtuple", id(type(x)), tuple(_fp(v, seen, keep) for v in x))
+    return ("namedtuple", _fp(type(x), seen, keep), tuple(_fp(v, seen, keep) for v in x))
   if dataclasses.is_dataclass(x):
-    return ("dataclass", id(type(x)), tuple(
+    return ("dataclass", _fp(type(x), seen, keep), tuple(
         (f.name, _fp(getattr(x, f.name, None), seen, keep)) for f in dataclasses.fields(x)))
   mod = type(x).__module__ or ""
   if hasattr(x, "__dict__") and mod.split(".")[0] not in _STABLE:  # e.g. a Space
-    return ("object", id(type(x)), _fp(dict(vars(x)), seen, keep))
+    return ("object", _fp(type(x), seen, keep), _fp(dict(vars(x)), seen, keep))
+  keep.append(x)
   return ("id", id(x))
 
 
