@@ -343,7 +343,7 @@ _ACCOUNTING = ("device_s", "flops", "process")
 
 
 def population_metrics(metrics: list[dict[str, Any] | None], values: np.ndarray,
-                       delta: np.ndarray) -> dict[str, jax.Array]:
+                       delta: np.ndarray) -> dict[str, np.ndarray]:
   """Scalar epoch metrics of the whole population as ``[n]`` arrays for ``observe``."""
   ref = next((m for m in metrics if m is not None), {})
   out = {"objective": np.asarray(values, np.float32),
