@@ -72,6 +72,8 @@ def test_fingerprints_tell_computations_apart():
   assert key(metaopt.asha(9, min_epochs=1, eta=3)) == key(metaopt.asha(9, min_epochs=1, eta=3))
   assert key(metaopt.asha(9, min_epochs=1, eta=3)) != key(metaopt.asha(9, min_epochs=1, eta=2))
   assert key(np.arange(3)) != key(np.arange(3) + 1)
+  # attribute names count: ASHA's and the median pruner's inits differ only in jnp.inf / nan
+  assert key(metaopt.asha(4, min_epochs=1, eta=3).init) != key(metaopt.median_pruner(4).init)
   a = key(_uses_global)
   globals()["G"] = 3.0  # a global the function reads changed: another computation
   try:

@@ -48,7 +48,9 @@ class _Unhashable(Exception):
 def _code(code: types.CodeType, seen: dict, keep: list, globs: dict) -> tuple:
   consts = tuple(_code(c, seen, keep, globs) if isinstance(c, types.CodeType)
                  else _fp(c, seen, keep) for c in code.co_consts)
-  names = tuple((n, _fp(globs[n], seen, keep)) for n in code.co_names if n in globs)
+  # every name the code uses (attribute names too: jnp.nan vs jnp.inf), with the values of
+  # those that are globals
+  names = tuple((n, _fp(globs[n], seen, keep)) if n in globs else (n,) for n in code.co_names)
   return ("code", code.co_code, code.co_name, code.co_varnames, code.co_freevars, consts, names)
 
 

@@ -365,15 +365,16 @@ def decide(env: RoundEnv, batch: TrialBatch, rs: RoundState, out: EpochOutcome,
     return None
   pm = population_metrics(out.metrics, out.values, out.prev - out.values)
   pm["objective_history"] = np.asarray(rs.hist, np.float32)
-  pm["u"] = np.asarray(batch.u, np.float32)
+  pm["u"] = np.array(batch.u, np.float32)  # copies: jit may alias a host array on CPU
   if env.objectives:  # y[n, m] so far, minimised, for multi-objective pruners
     if rs.running is None:
       rs.running = mo.RunningObjectives(env.objectives, batch.params,
                                         getattr(env.evaluator, "task", None), env.space,
                                         env.objective_keys)
     pm["objectives"] = np.asarray(rs.running.update(out.metrics, rs.alive), np.float32)
-  # host arrays into the jitted observe: jnp.asarray would compile a conversion per shape
-  rs.searcher, d = env.fns.observe(rs.searcher, pm, epoch, np.asarray(rs.alive))
+  # host arrays into the jitted observe (jnp.asarray would compile a conversion per shape),
+  # copied: on CPU jit may alias a host buffer, and rs.alive changes after this epoch
+  rs.searcher, d = env.fns.observe(rs.searcher, pm, epoch, np.array(rs.alive))
   conditions = {c: np.asarray(v) for c, v in (d.conditions or {}).items()}
   for i in np.flatnonzero(out.started):
     if out.metrics[i] is not None:
@@ -476,7 +477,7 @@ def tell_round(env: RoundEnv, state, u: np.ndarray, results,
   y, status = told(results, env.sign)
   if y_vector is not None:
     y = np.asarray(y_vector, np.float32)
-  return env.fns.tell(state, np.asarray(u, np.float32), y, status)
+  return env.fns.tell(state, np.array(u, np.float32), y, status)
 
 
 def round_outcomes(env: RoundEnv, study_id: int, rnd: int):
