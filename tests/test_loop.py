@@ -212,8 +212,9 @@ def test_callable_evaluator_bad_input():
 
 def test_readme_evaluator_example_runs():
   with open(os.path.join(HERE, "..", "README.md")) as f:
-    (code,) = [b for b in f.read().split("```python\n")[1:] if "CallableEvaluator" in b]
-  code = code.split("```")[0].replace("n_trials=24", "n_trials=8").replace(
+    (code,) = [b.split("```")[0] for b in f.read().split("```python\n")[1:]
+               if "CallableEvaluator" in b.split("```")[0]]
+  code = code.replace("n_trials=24", "n_trials=8").replace(
       "epochs=3)", "epochs=3, progress=False)").replace("population=4)",
                                                        "population=4, progress=False)")
   scope: dict = {}

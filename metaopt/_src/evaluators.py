@@ -597,7 +597,7 @@ class TaskEvaluator(Evaluator):
     trials on a background thread (XLA releases the GIL), so the compile overlaps the
     searcher's first ``ask``; then the FLOPs accounting. Only for spaces without structural
     parameters (one kernel, known before any point is asked) on one device."""
-    if self._stream or self._mesh is not None or space.structural:
+    if self._stream or self._mesh is not None or space.structural or self._may_group(space, n):
       return
     structure = dict(self.task.defaults)
     k, skey = self.kernel(structure), repr(sorted(structure.items()))
@@ -623,6 +623,16 @@ class TaskEvaluator(Evaluator):
       bs = min(int(structure.get("batch_size", self.batch_size)), len(self.task.data.train))
       self.flops[skey] = _background.submit(
           pop.trial_epoch_flops, self.fns(structure), states, h, self.data, bs)
+
+  def _may_group(self, space: Space, n: int) -> bool:
+    """Whether a first round of ``n`` trials may group a searched switch as structure (its
+    kernels are then not the one :meth:`precompile` would build)."""
+    for name in self.task.switches:
+      p = space.params.get(name)
+      if isinstance(p, Choice) and not p.structural and p.when is None and \
+          pop.group_switches(self.group_switches, self.mode, n, len(p.choices), self.multiple):
+        return True
+    return False
 
   def _precompiled(self) -> None:
     """Waits for :meth:`precompile`'s compiles (a failed one is compiled again, and its
