@@ -37,7 +37,11 @@ class Spread:
   n: int
 
   def __str__(self) -> str:
-    return f"{self.median:.4g} [{self.q25:.4g}, {self.q75:.4g}] (n={self.n})"
+    return f"{self.cell('.4g')} (n={self.n})"
+
+  def cell(self, fmt: str = ".3g") -> str:
+    """``median [q25, q75]`` for a table cell."""
+    return f"{self.median:{fmt}} [{self.q25:{fmt}}, {self.q75:{fmt}}]"
 
 
 def spread(values: Sequence[float]) -> Spread:

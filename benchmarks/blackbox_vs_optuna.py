@@ -261,8 +261,8 @@ def main() -> None:
       tot["compile"] += comp
       tot["optuna"] += sum(st)
       a, b = _protocol.spread(ro), _protocol.spread(rt)
-      row = (f"| {fname} | {group} | {label[name]} | {a.median:.3g} [{a.q25:.3g}, {a.q75:.3g}] | "
-             f"{b.median:.3g} [{b.q25:.3g}, {b.q75:.3g}] | {pt.wins}/{pt.ties}/{pt.losses}, "
+      row = (f"| {fname} | {group} | {label[name]} | {a.cell()} | "
+             f"{b.cell()} | {pt.wins}/{pt.ties}/{pt.losses}, "
              f"sign p={pt.sign_p:.2g}, W p={pt.wilcoxon_p:.2g} | {v} | {ours_s:.1f} "
              f"({comp:.1f}) | {sum(st):.1f} | {sum(st) / ours_s:.2f} |")
       lines.append(row)

@@ -180,8 +180,8 @@ def main() -> None:
       all_a += ha
       all_b += hb
       sa, sb = _protocol.spread(ha), _protocol.spread(hb)
-      row = (f"| {fname} | {pair} | {sa.median:.4f} [{sa.q25:.4f}, {sa.q75:.4f}] | "
-             f"{sb.median:.4f} [{sb.q25:.4f}, {sb.q75:.4f}] | {ratio:.4f} | "
+      row = (f"| {fname} | {pair} | {sa.cell('.4f')} | "
+             f"{sb.cell('.4f')} | {ratio:.4f} | "
              f"{_protocol.paired(ha, hb, lower_is_better=False)} | {np.median(r):.4f} | "
              f"{np.median([x[1] for x in a]):.2f} | {np.median([x[1] for x in b]):.2f} |")
       lines.append(row)

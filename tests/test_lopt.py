@@ -116,6 +116,22 @@ def test_pes_and_es_unbiased_on_analytic_problem():
 
 
 # ------------------------------------------------------------------ truncated backprop vs FD
+def _check_meta_gradient(meta_loss, theta, grad, metrics):
+  """``metrics['meta_loss']`` is ``meta_loss(theta)``, and ``grad`` matches central
+  differences of ``meta_loss`` along a random direction (float64)."""
+  np.testing.assert_allclose(meta_loss(theta), metrics["meta_loss"], rtol=1e-12)
+  leaves, treedef = jax.tree.flatten(theta)
+  v = treedef.unflatten([jax.random.normal(jax.random.PRNGKey(i), x.shape, jnp.float64)
+                         for i, x in enumerate(leaves)])
+  eps = 1e-6
+  shift = lambda s: jax.tree.map(lambda t, d: t + s * eps * d, theta, v)
+  fd = (meta_loss(shift(1.0)) - meta_loss(shift(-1.0))) / (2 * eps)
+  ad = sum(jnp.vdot(g, d) for g, d in zip(jax.tree.leaves(grad), jax.tree.leaves(v),
+                                           strict=True))
+  assert abs(float(ad)) > 1e-6
+  np.testing.assert_allclose(float(ad), float(fd), rtol=1e-5)
+
+
 class TruncatedBackpropTest(chex.TestCase):
   """Reverse-mode through K vmapped lopt steps equals central differences (float64)."""
 
@@ -141,17 +157,7 @@ class TruncatedBackpropTest(chex.TestCase):
 
       plain = L.make_problem(family, lopt, horizon=6, unroll_length=3, remat=False)
 
-      np.testing.assert_allclose(meta_loss(theta), metrics["meta_loss"], rtol=1e-12)
-      leaves, treedef = jax.tree.flatten(theta)
-      v = treedef.unflatten([jax.random.normal(jax.random.PRNGKey(i), x.shape, jnp.float64)
-                             for i, x in enumerate(leaves)])
-      eps = 1e-6
-      shift = lambda s: jax.tree.map(lambda t, d: t + s * eps * d, theta, v)
-      fd = (meta_loss(shift(1.0)) - meta_loss(shift(-1.0))) / (2 * eps)
-      ad = sum(jnp.vdot(g, d) for g, d in zip(jax.tree.leaves(grad), jax.tree.leaves(v),
-                                               strict=True))
-      assert abs(float(ad)) > 1e-6
-      np.testing.assert_allclose(float(ad), float(fd), rtol=1e-5)
+      _check_meta_gradient(meta_loss, theta, grad, metrics)
       # rematerialisation changes memory, not numbers
       g_plain = jax.grad(lambda th: meta_loss(th, False))(theta)
       chex.assert_trees_all_close(g_plain, grad, rtol=1e-10)
@@ -229,17 +235,7 @@ class AdamControllerTest(chex.TestCase):
       def meta_loss(th):
         return jnp.mean(jax.vmap(problem.unroll, (None, 0, 0))(th, state.tasks, keys)[1])
 
-      np.testing.assert_allclose(meta_loss(theta), metrics["meta_loss"], rtol=1e-12)
-      leaves, treedef = jax.tree.flatten(theta)
-      v = treedef.unflatten([jax.random.normal(jax.random.PRNGKey(i), x.shape, jnp.float64)
-                             for i, x in enumerate(leaves)])
-      eps = 1e-6
-      shift = lambda s: jax.tree.map(lambda t, d: t + s * eps * d, theta, v)
-      fd = (meta_loss(shift(1.0)) - meta_loss(shift(-1.0))) / (2 * eps)
-      ad = sum(jnp.vdot(g, d) for g, d in zip(jax.tree.leaves(grad), jax.tree.leaves(v),
-                                               strict=True))
-      assert abs(float(ad)) > 1e-6
-      np.testing.assert_allclose(float(ad), float(fd), rtol=1e-5)
+      _check_meta_gradient(meta_loss, theta, grad, metrics)
 
 
 def test_adam_controller_and_problem_bad_input():

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from _tiny_nas import tiny_nas_config
 
 import metaopt
 from metaopt._src.mosearch import _hssp_2d, _split_good
@@ -354,48 +355,15 @@ def test_pareto_pruner_keeps_trials_non_dominated_at_their_rung(tmp_path):
 
 
 # ------------------------------------------------------------------ hardware-aware NAS
-def _nas_config(path, **over):
-  import importlib.util
-  spec = importlib.util.spec_from_file_location("cfg", path)
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  cfg = mod.get_config().to_dict()
-  cfg.update(dataset="digits", model=dict(features=4, n_cells=1, stages=1, stem_stride=1,
-                                          partial_k=1))
-  for k, v in over.items():
-    if isinstance(v, dict):
-      cfg[k] = {**cfg[k], **v}
-    else:
-      cfg[k] = v
-  return cfg
-
-
-@pytest.mark.slow
-def test_hardware_aware_darts_derives_a_cheaper_cell():
-  """configs/darts_hw_shapes.py (FLOPs penalty on) end to end, against the same search with
-  the penalty off (safeguards and fallback off, so both cells are the gradient search's, not
-  reverted): the derived cell costs fewer FLOPs."""
-  from metaopt import nas
-  outs = {}
-  for pen in (0.0, 0.1):
-    cfg = _nas_config("configs/darts_hw_shapes.py", name=f"hw{pen}", search={"epochs": 2},
-                      retrain={"seeds": 1, "epochs": 1}, hardware={"penalty": pen},
-                      fallback={"searcher": "none"}, safeguard={"enabled": False})
-    outs[pen] = nas.run_config(cfg, metaopt.Store("sqlite://"), progress=False)
-  assert outs[0.1]["expected_flops"] < outs[0.0]["expected_flops"], (
-      outs[0.1]["genotype"], outs[0.0]["genotype"])
-  assert outs[0.1]["test_acc_mean"] > 0.1  # retrained and tested once
-
-
 @pytest.mark.slow
 def test_blackbox_nas_searches_accuracy_and_flops(tmp_path):
   """configs/darts_pareto_shapes.py end to end (tiny): NSGA-II over the cell space with
   (accuracy, FLOPs); both values stored per candidate, the output's Pareto front is the
   non-dominated set of the stored values."""
   from metaopt import nas
-  cfg = _nas_config("configs/darts_pareto_shapes.py",
-                    fallback={"trials": 8, "population": 4, "epochs": 1},
-                    retrain={"seeds": 1, "epochs": 1})
+  cfg = tiny_nas_config("configs/darts_pareto_shapes.py",
+                        fallback={"trials": 8, "population": 4, "epochs": 1},
+                        retrain={"seeds": 1, "epochs": 1})
   store = metaopt.Store(f"sqlite:///{tmp_path}/p.db")
   out = nas.run_config(cfg, store, progress=False)
   fb = out["fallback"]
@@ -409,11 +377,11 @@ def test_blackbox_nas_searches_accuracy_and_flops(tmp_path):
   assert {p["trial"] for p in fb["pareto_front"]} == front
   assert fb["hypervolume"] > 0 and fb["objectives"] == ["accuracy", "flops"]
   with pytest.raises(ValueError, match="fallback.objectives"):
-    nas.parse_config(_nas_config("configs/darts_pareto_shapes.py",
-                                 fallback={"objectives": ["flops"]}))
+    nas.parse_config(tiny_nas_config("configs/darts_pareto_shapes.py",
+                                     fallback={"objectives": ["flops"]}))
   with pytest.raises(ValueError, match="multi-objective searcher"):
-    nas.parse_config(_nas_config("configs/darts_pareto_shapes.py",
-                                 fallback={"searcher": "evolution"}))
+    nas.parse_config(tiny_nas_config("configs/darts_pareto_shapes.py",
+                                     fallback={"searcher": "evolution"}))
 
 
 def test_config_declares_objectives_and_refuses_mismatches():

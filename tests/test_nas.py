@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _tiny_nas import tiny_nas_config
 
 import metaopt
 from metaopt import nas
@@ -333,18 +334,6 @@ def test_param_cost_table_matches_derived_networks(digits):
   assert float(jnp.max(g)) > 0  # convolutions cost, skips do not
 
 
-def _config(path, **over):
-  """A shipped config, shrunk to the tiny digits supernet of this file."""
-  import importlib.util
-  spec = importlib.util.spec_from_file_location("cfg", REPO / path)
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  cfg = mod.get_config().to_dict()
-  cfg.update(dataset="digits", model=dict(features=4, n_cells=1, stages=1, stem_stride=1,
-                                          partial_k=1))
-  for k, v in over.items():
-    cfg[k] = {**cfg[k], **v} if isinstance(v, dict) else v
-  return cfg
 
 
 def test_flops_penalty_moves_the_search_to_the_cost_side(digits):
@@ -374,9 +363,9 @@ def test_hardware_aware_config_derives_a_cell_on_the_cost_side():
   penalised objective, not the most accurate one."""
   outs, stores = {}, {}
   for pen in (0.0, 0.1):
-    cfg = _config("configs/darts_hw_shapes.py", name=f"hw{pen}", search={"epochs": 1},
-                  retrain={"seeds": int(pen > 0), "epochs": 1}, hardware={"penalty": pen},
-                  fallback={"trials": 4, "population": 4, "epochs": 1})
+    cfg = tiny_nas_config("configs/darts_hw_shapes.py", name=f"hw{pen}", search={"epochs": 1},
+                          retrain={"seeds": int(pen > 0), "epochs": 1}, hardware={"penalty": pen},
+                          fallback={"trials": 4, "population": 4, "epochs": 1})
     stores[pen] = metaopt.Store("sqlite://")
     outs[pen] = nas.run_config(cfg, stores[pen], progress=False)
   hw, plain = outs[0.1], outs[0.0]
