@@ -10,6 +10,14 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
                       tempfile.mkdtemp(prefix="metaopt-test-jax-cache-"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.3")
 
+import jax  # noqa: E402
+
+# The pytest process itself does not use the persistent cache (subprocesses that tests start
+# do): one CI run aborted inside XLA while serializing an executable for it (jax 0.10.2,
+# compilation_cache.put_executable_and_time), and in-process re-compiles are served by
+# metaopt's own compile cache.
+jax.config.update("jax_enable_compilation_cache", False)
+
 
 @pytest.fixture(scope="session", autouse=True)
 def data_dir(tmp_path_factory):
