@@ -32,8 +32,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from metaopt._src import compile_cache, streaming
 from metaopt._src import population as pop
+from metaopt._src import streaming
 from metaopt.spaces import Choice, Space
 from metaopt.tasks import Task, TrialFns, check_reads
 
@@ -309,15 +309,24 @@ class JaxEvaluator(Evaluator):
       raise ValueError(f"epochs={epochs}: train(h, key) is one epoch; pass init=... and "
                        "epoch=... to train over several epochs")
 
+  def _map(self, fn: Callable) -> Callable:
+    """``fn`` over a leading batch axis: vmap or a loop (``lax.map``), jitted once."""
+    if self.mode == "vmap":
+      return jax.jit(jax.vmap(fn))
+    return jax.jit(lambda *args: jax.lax.map(lambda a: fn(*a), args))
+
   def _fn(self, name: str) -> Callable:
-    """The jitted ``init``, ``train`` or ``epoch`` over the batch, shared by every evaluator
-    of the same functions in this process (see ``compile_cache``)."""
     if name not in self._fns:
-      user = {"init": self._init, "train": self._train, "epoch": self._epoch}[name]
-      mesh = None if self._mesh is None else tuple(d.id for d in self._mesh.devices.flat)
-      self._fns[name] = compile_cache.cached(
-          lambda: _batched(name, user, self.objective, self.mode), "jax-evaluator", name,
-          user, self.objective, self.mode, mesh)
+      if name == "init":
+        self._fns[name] = self._map(self._init)
+      elif name == "train":
+        self._fns[name] = self._map(lambda h, k: _as_dict(self._train(h, k), self.objective))
+      else:
+        def step(state, h, alive):
+          new, m = self._epoch(state, h)
+          new = jax.tree_util.tree_map(lambda a, b: jnp.where(alive, a, b), new, state)
+          return new, _as_dict(m, self.objective)
+        self._fns[name] = self._map(step)
     return self._fns[name]
 
   def _h(self, batch: TrialBatch) -> dict[str, jax.Array]:
@@ -360,23 +369,6 @@ class JaxEvaluator(Evaluator):
     return gather(state, src) if take.any() else state
 
 
-def _batched(name: str, fn: Callable, objective: str, mode: str) -> Callable:
-  """A user's ``init``, ``train`` or ``epoch`` over a leading batch axis: vmap or a loop
-  (``lax.map``), jitted once."""
-  if name == "train":
-    one = lambda h, k: _as_dict(fn(h, k), objective)
-  elif name == "epoch":
-    def one(state, h, alive):
-      new, m = fn(state, h)
-      new = jax.tree_util.tree_map(lambda a, b: jnp.where(alive, a, b), new, state)
-      return new, _as_dict(m, objective)
-  else:
-    one = fn
-  if mode == "vmap":
-    return jax.jit(jax.vmap(one))
-  return jax.jit(lambda *args: jax.lax.map(lambda a: one(*a), args))
-
-
 def _as_dict(m: Any, objective: str) -> dict[str, jax.Array]:
   if isinstance(m, Mapping):
     if objective not in m:
@@ -404,7 +396,6 @@ def gather(tree: PyTree, idx: np.ndarray) -> PyTree:
 
 
 _background = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="metaopt-flops")
-_FLOPS: dict[int, tuple[pop.PopulationKernel, float]] = {}  # per cached kernel (by id)
 
 COMPACTIONS = ("auto", "always", "never")
 SWITCHED = "_switched"  # a structure's key naming the switches grouped into it
@@ -474,8 +465,6 @@ class TaskEvaluator(Evaluator):
                                                              jax.sharding.PartitionSpec()))
     self.data, self._mesh, self._shared = data, mesh, shared_batches
     self._kernels: dict[tuple, pop.PopulationKernel] = {}
-    self._precompiling: concurrent.futures.Future | None = None
-    self._precompile_s = 0.0
     self.flops: dict[str, Any] = {}   # structure -> FLOPs per trial-epoch (or a future)
     # per structure, for compaction: compile seconds, seconds per slot-epoch, sizes compiled
     self.perf: dict[str, dict[str, Any]] = {}
@@ -490,16 +479,10 @@ class TaskEvaluator(Evaluator):
       if self._stream:
         self._kernels[k] = streaming.make_streaming_kernel(self.fns(structure),
                                                            self.task.data, bs, self._shared)
-      else:  # shared by every search of the same task and settings in this process
-        self._kernels[k] = compile_cache.cached(
-            lambda: pop.make_kernel(self.fns(structure), n_train, bs, self._shared,
-                                    self._mesh, self.mode),
-            "task-kernel", self.task.build, k, n_train, bs, self._shared, self._mesh_key(),
-            self.mode)
+      else:
+        self._kernels[k] = pop.make_kernel(self.fns(structure), n_train, bs,
+                                           self._shared, self._mesh, self.mode)
     return self._kernels[k]
-
-  def _mesh_key(self) -> tuple | None:
-    return None if self._mesh is None else tuple(d.id for d in self._mesh.devices.flat)
 
   def fns(self, structure: Mapping[str, Any]) -> TrialFns:
     """The task's trial functions for one group: built from its structural values, with
@@ -592,57 +575,7 @@ class TaskEvaluator(Evaluator):
       hg = {**hg, "schedule_steps": np.full(len(idx), steps, np.float32)}
     return hg
 
-  def precompile(self, space: Space, n: int) -> None:
-    """Starts compiling the population ``init`` and ``chunk`` for a first round of ``n``
-    trials on a background thread (XLA releases the GIL), so the compile overlaps the
-    searcher's first ``ask``; then the FLOPs accounting. Only for spaces without structural
-    parameters (one kernel, known before any point is asked) on one device."""
-    if self._stream or self._mesh is not None or space.structural or self._may_group(space, n):
-      return
-    structure = dict(self.task.defaults)
-    k, skey = self.kernel(structure), repr(sorted(structure.items()))
-    u = jax.ShapeDtypeStruct((n, space.dim), jnp.float32)
-    try:  # shapes only; whatever fails here fails again, with its error, where it runs
-      h = {**jax.eval_shape(space.decode, u),
-           "schedule_steps": jax.ShapeDtypeStruct((n,), jnp.float32)}
-      keys = jax.eval_shape(_trial_keys, jax.ShapeDtypeStruct((n,), jnp.uint32))
-      states = k.init.eval_shape(keys, h)
-    except Exception:  # noqa: BLE001
-      return
-    key = jax.eval_shape(lambda: jax.random.fold_in(jax.random.key(0), 1))
-    alive = jax.ShapeDtypeStruct((n,), jnp.bool_)
-
-    def work():
-      k.init.lower(keys, h).compile()
-      t0 = time.perf_counter()
-      k.chunk.lower(states, h, alive, key, self.data).compile()
-      self._precompile_s = time.perf_counter() - t0  # what another kernel size would cost
-
-    self._precompiling = _background.submit(work)
-    if skey not in self.flops and id(k) not in _FLOPS:
-      bs = min(int(structure.get("batch_size", self.batch_size)), len(self.task.data.train))
-      self.flops[skey] = _background.submit(
-          pop.trial_epoch_flops, self.fns(structure), states, h, self.data, bs)
-
-  def _may_group(self, space: Space, n: int) -> bool:
-    """Whether a first round of ``n`` trials may group a searched switch as structure (its
-    kernels are then not the one :meth:`precompile` would build)."""
-    for name in self.task.switches:
-      p = space.params.get(name)
-      if isinstance(p, Choice) and not p.structural and p.when is None and \
-          pop.group_switches(self.group_switches, self.mode, n, len(p.choices), self.multiple):
-        return True
-    return False
-
-  def _precompiled(self) -> None:
-    """Waits for :meth:`precompile`'s compiles (a failed one is compiled again, and its
-    error raised, where the kernel is called)."""
-    if self._precompiling is not None:
-      concurrent.futures.wait([self._precompiling])
-      self._precompiling = None
-
   def _fresh(self, batch: TrialBatch, layout: Mapping[str, np.ndarray]):
-    self._precompiled()
     _, structs = self._groups(batch)
     return {g: self.kernel(structs[g]).init(_trial_keys(batch.seeds[idx]),
                                             self._hparams(batch, structs[g], idx))
@@ -727,30 +660,26 @@ class TaskEvaluator(Evaluator):
     hg = held[1][hkey]
     skey = repr(sorted(structure.items()))
     if skey not in self.flops:
-      self.flops[skey] = _FLOPS.get(id(k), (None, None))[1]
-    if self.flops[skey] is None:
       # traced on another thread while the chunk compiles (XLA releases the GIL)
       bs = min(int(structure.get("batch_size", self.batch_size)), len(self.task.data.train))
       self.flops[skey] = _background.submit(
           pop.trial_epoch_flops, self.fns(structure), pop.shapes(states),
           pop.shapes(hg), self.data, bs)
     live = alive_at(alive, idx)
-    self._precompiled()
     c0, t0 = pop.compile_seconds(), time.perf_counter()
-    states, m = k.chunk(states, hg, np.asarray(live), key, self.data)
+    states, m = k.chunk(states, hg, jnp.asarray(live), key, self.data)
     m = jax.device_get(m)
     compiled = pop.compile_seconds() - c0
     busy = max(0.0, time.perf_counter() - t0 - compiled)
     if isinstance(self.flops.get(skey), concurrent.futures.Future):
       self.flops[skey] = self.flops[skey].result()
-      _FLOPS[id(k)] = (k, self.flops[skey])  # the kernel is kept: its id stays its own
     # "loop" kernels spend time on live trials only; "vmap" ones on every slot
     slots = max(1, int(live.sum())) if k.mode == "loop" else len(idx)
     p = self.perf.setdefault(skey, {"compile_s": 0.0, "slot_s": None, "sizes": set(),
                                     "mode": k.mode})
     if len(idx) not in p["sizes"]:
       p["sizes"].add(len(idx))
-      p["compile_s"] = max(p["compile_s"], compiled, self._precompile_s)
+      p["compile_s"] = max(p["compile_s"], compiled)
     slot = busy / slots
     p["slot_s"] = slot if p["slot_s"] is None else min(p["slot_s"], slot)
     acct = {"device_s": busy * k.multiple / slots}
