@@ -14,8 +14,7 @@ import jax  # noqa: E402
 
 # The pytest process itself does not use the persistent cache (subprocesses that tests start
 # do): one CI run aborted inside XLA while serializing an executable for it (jax 0.10.2,
-# compilation_cache.put_executable_and_time), and in-process re-compiles are served by
-# metaopt's own compile cache.
+# compilation_cache.put_executable_and_time; the cause is not yet known).
 jax.config.update("jax_enable_compilation_cache", False)
 
 
