@@ -23,6 +23,8 @@ from metaopt._src.combinators import (
   with_monitor,
   with_pruning,
 )
+from metaopt._src.compile_cache import clear as clear_compile_cache
+from metaopt._src.compile_cache import info as compile_cache_info
 from metaopt._src.config import FIELDS as CONFIG_FIELDS
 from metaopt._src.constraints import max_params, param_counter
 from metaopt._src.distributed import initialize as initialize_distributed
@@ -106,7 +108,7 @@ __all__ = [
     "branin", "hartmann6", "mixed", "rosenbrock", "sphere", "cma_es", "open_es",
     "regularized_evolution", "gp_bo", "grid", "crowding_distance", "hypervolume_2d",
     "nondominated_rank", "pareto_front", "with_constraints", "tpe",
-    "enable_compilation_cache",
+    "enable_compilation_cache", "clear_compile_cache", "compile_cache_info",
     "COMPLETE", "CONDITIONS", "FAILED", "INFEASIBLE", "PRUNED", "PRUNERS", "RUNNING", "SEARCHERS",
     "STATUS_NAMES", "THRESHOLDS", "alternate", "asha", "Checkpointer", "code_version",
     "curve_pruner", "detect_conditions", "failure_rate_trigger", "halton", "hardware", "hyperband",

@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+import time
 from typing import Any
 
 import sqlalchemy
@@ -46,6 +47,8 @@ _FORMAT = flags.DEFINE_enum("format", "text", ["text", "json"], "Report format."
 _OUT = flags.DEFINE_string("out", None, "Report directory (default: report_<study> beside the "
                            "store's SQLite file; runs/report_<study> for a server store).")
 _QUIET = flags.DEFINE_bool("quiet", False, "No progress bar.")
+_PROFILE = flags.DEFINE_bool("profile", False, "run/resume: print JAX compile seconds and XLA "
+                             "compilations per function (to stderr) after the run.")
 _TOP_K = flags.DEFINE_integer("top_k", 3, "evaluate: how many of the best configurations.")
 _SEEDS = flags.DEFINE_integer("seeds", 3, "evaluate: fresh seeds per configuration.")
 _WORKER = flags.DEFINE_bool("worker", False, "run/resume: be one of several worker processes "
@@ -65,14 +68,18 @@ def _fail(msg: str) -> None:
 def _run(cfg) -> None:
   """Runs any program's config (``program``: search, whitebox, nas, lopt, repair)."""
   import metaopt
+  from metaopt._src import compile_cache
 
   kwargs = {}
   if metaopt.program_of(cfg) == "search":
     cfg = metaopt.validate_config(cfg)
     kwargs = {"worker": _WORKER.value, "worker_id": _WORKER_ID.value,
               "stale_after_s": _STALE.value}
+  before, t0 = compile_cache.snapshot(), time.time()
   result = metaopt.run_config(cfg, _STORE.value, progress=not _QUIET.value, **kwargs)
   print(json.dumps(result.summary(), indent=2, default=str))
+  if _PROFILE.value:
+    print(compile_cache.profile_text(before, time.time() - t0), file=sys.stderr)
 
 
 def _report(store_url: str, study: str | None) -> None:

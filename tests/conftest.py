@@ -24,3 +24,15 @@ def data_dir(tmp_path_factory):
   d = os.environ.get("METAOPT_TEST_DATA_DIR") or str(tmp_path_factory.mktemp("tfds"))
   os.environ["METAOPT_DATA_DIR"] = d
   return d
+
+
+@pytest.fixture(scope="module", autouse=True)
+def fresh_compile_cache():
+  """Each test module starts with an empty in-process compile cache and leaves none behind:
+  the executables one module compiled are freed before the next (the cache is bounded, but a
+  long pytest process need not carry one module's kernels into another's)."""
+  import metaopt
+
+  metaopt.clear_compile_cache()
+  yield
+  metaopt.clear_compile_cache()

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import metaopt
+from metaopt._src import compile_cache
 from metaopt._src import population as pop
 from metaopt._src.evaluators import compaction_size
 from metaopt.tasks import get_task
@@ -70,6 +71,7 @@ def test_a_pruned_search_compiles_each_function_once(task, tmp_path):
   however many trials stop (pruned trials stay in their "loop" kernel at no cost)."""
   prog = metaopt.with_pruning(metaopt.random_search(task.space.dim),
                               metaopt.asha(4, min_epochs=1, eta=3))
+  compile_cache.clear()  # counted cold (an earlier test may have searched the same program)
   COMPILES.clear()
   res = metaopt.search(prog, task, n_trials=24, population=8, epochs=4, batch_size=128,
                        seed=3, store=f"sqlite:///{tmp_path}/s.db", progress=False)
@@ -142,6 +144,7 @@ def test_ask_compiles_only_once_the_model_is_used(task, tmp_path):
   ``startup_ask`` serves them; the third round needs the model and compiles ``ask``."""
   prog = metaopt.tpe(task.space.dim, n_startup=10)
   kw = dict(population=8, epochs=2, batch_size=256, seed=5, progress=False)
+  compile_cache.clear()
   COMPILES.clear()
   res = metaopt.search(prog, task, n_trials=16, store=f"sqlite:///{tmp_path}/a.db", **kw)
   assert len(res.trials) == 16

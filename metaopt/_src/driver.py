@@ -29,8 +29,8 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
+from metaopt._src import compile_cache, loop
 from metaopt._src import distributed as dist
-from metaopt._src import loop
 from metaopt._src import population as pop
 from metaopt._src.evaluators import COMPACTIONS, Evaluator, as_evaluator
 from metaopt._src.objectives import OBJECTIVES, check_objectives
@@ -145,7 +145,7 @@ def search(
   record = dict(config or {}, n_trials=n_trials, population=population, epochs=epochs,
                 batch_size=batch_size, seed=seed)
   key_init, key_rounds = jax.random.split(jax.random.key(seed))
-  template = pop.fast_jit(program.init)(key_init)  # one compile, not one per eager op
+  template = _searcher_init(program, key_init)
   rec = _open_study(st, study, record, config, ev, seed, objectives)
   state = template if rec.searcher_state is None else \
       flax.serialization.from_bytes(template, rec.searcher_state)
@@ -163,6 +163,13 @@ def search(
     bar.close()
   return Result(study, ev.direction, st.trials(rec.id), state,
                 objectives=st.objectives(rec.id) or None)
+
+
+def _searcher_init(program: Searcher, key: jax.Array):
+  """The program's initial state: one compile, not one per eager op, and none when the same
+  program was searched before in this process."""
+  return compile_cache.cached(lambda: pop.fast_jit(program.init), "searcher-init",
+                              program.init)(key)
 
 
 def _open_store(store: Store | str | None, study: str) -> Store:

@@ -32,8 +32,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from metaopt._src import compile_cache, streaming
 from metaopt._src import population as pop
-from metaopt._src import streaming
 from metaopt.spaces import Choice, Space
 from metaopt.tasks import Task, TrialFns, check_reads
 
@@ -309,24 +309,15 @@ class JaxEvaluator(Evaluator):
       raise ValueError(f"epochs={epochs}: train(h, key) is one epoch; pass init=... and "
                        "epoch=... to train over several epochs")
 
-  def _map(self, fn: Callable) -> Callable:
-    """``fn`` over a leading batch axis: vmap or a loop (``lax.map``), jitted once."""
-    if self.mode == "vmap":
-      return jax.jit(jax.vmap(fn))
-    return jax.jit(lambda *args: jax.lax.map(lambda a: fn(*a), args))
-
   def _fn(self, name: str) -> Callable:
+    """The jitted ``init``, ``train`` or ``epoch`` over the batch, shared by every evaluator
+    of the same functions in this process (see ``compile_cache``)."""
     if name not in self._fns:
-      if name == "init":
-        self._fns[name] = self._map(self._init)
-      elif name == "train":
-        self._fns[name] = self._map(lambda h, k: _as_dict(self._train(h, k), self.objective))
-      else:
-        def step(state, h, alive):
-          new, m = self._epoch(state, h)
-          new = jax.tree_util.tree_map(lambda a, b: jnp.where(alive, a, b), new, state)
-          return new, _as_dict(m, self.objective)
-        self._fns[name] = self._map(step)
+      user = {"init": self._init, "train": self._train, "epoch": self._epoch}[name]
+      mesh = None if self._mesh is None else tuple(d.id for d in self._mesh.devices.flat)
+      self._fns[name] = compile_cache.cached(
+          lambda: _batched(name, user, self.objective, self.mode), "jax-evaluator", name,
+          user, self.objective, self.mode, mesh)
     return self._fns[name]
 
   def _h(self, batch: TrialBatch) -> dict[str, jax.Array]:
@@ -367,6 +358,23 @@ class JaxEvaluator(Evaluator):
     take = (copy_from >= 0) & alive
     src[take] = copy_from[take]
     return gather(state, src) if take.any() else state
+
+
+def _batched(name: str, fn: Callable, objective: str, mode: str) -> Callable:
+  """A user's ``init``, ``train`` or ``epoch`` over a leading batch axis: vmap or a loop
+  (``lax.map``), jitted once."""
+  if name == "train":
+    one = lambda h, k: _as_dict(fn(h, k), objective)
+  elif name == "epoch":
+    def one(state, h, alive):
+      new, m = fn(state, h)
+      new = jax.tree_util.tree_map(lambda a, b: jnp.where(alive, a, b), new, state)
+      return new, _as_dict(m, objective)
+  else:
+    one = fn
+  if mode == "vmap":
+    return jax.jit(jax.vmap(one))
+  return jax.jit(lambda *args: jax.lax.map(lambda a: one(*a), args))
 
 
 def _as_dict(m: Any, objective: str) -> dict[str, jax.Array]:
@@ -465,6 +473,7 @@ class TaskEvaluator(Evaluator):
                                                              jax.sharding.PartitionSpec()))
     self.data, self._mesh, self._shared = data, mesh, shared_batches
     self._kernels: dict[tuple, pop.PopulationKernel] = {}
+    self._shared_info: dict[tuple, dict[str, Any]] = {}  # per kernel, shared with the cache
     self.flops: dict[str, Any] = {}   # structure -> FLOPs per trial-epoch (or a future)
     # per structure, for compaction: compile seconds, seconds per slot-epoch, sizes compiled
     self.perf: dict[str, dict[str, Any]] = {}
@@ -479,10 +488,17 @@ class TaskEvaluator(Evaluator):
       if self._stream:
         self._kernels[k] = streaming.make_streaming_kernel(self.fns(structure),
                                                            self.task.data, bs, self._shared)
-      else:
-        self._kernels[k] = pop.make_kernel(self.fns(structure), n_train, bs,
-                                           self._shared, self._mesh, self.mode)
+        self._shared_info[k] = {}
+      else:  # shared (with its FLOPs) by every search of the same task and settings
+        self._kernels[k], self._shared_info[k] = compile_cache.cached(
+            lambda: (pop.make_kernel(self.fns(structure), n_train, bs, self._shared,
+                                     self._mesh, self.mode), {}),
+            "task-kernel", self.task.build, k, n_train, bs, self._shared, self._mesh_key(),
+            self.mode)
     return self._kernels[k]
+
+  def _mesh_key(self) -> tuple | None:
+    return None if self._mesh is None else tuple(d.id for d in self._mesh.devices.flat)
 
   def fns(self, structure: Mapping[str, Any]) -> TrialFns:
     """The task's trial functions for one group: built from its structural values, with
@@ -659,7 +675,10 @@ class TaskEvaluator(Evaluator):
       held[1][hkey] = jax.device_put(self._hparams(batch, structure, idx), where)
     hg = held[1][hkey]
     skey = repr(sorted(structure.items()))
+    info = self._shared_info[tuple(sorted(structure.items()))]
     if skey not in self.flops:
+      self.flops[skey] = info.get("flops")
+    if self.flops[skey] is None:
       # traced on another thread while the chunk compiles (XLA releases the GIL)
       bs = min(int(structure.get("batch_size", self.batch_size)), len(self.task.data.train))
       self.flops[skey] = _background.submit(
@@ -667,12 +686,12 @@ class TaskEvaluator(Evaluator):
           pop.shapes(hg), self.data, bs)
     live = alive_at(alive, idx)
     c0, t0 = pop.compile_seconds(), time.perf_counter()
-    states, m = k.chunk(states, hg, jnp.asarray(live), key, self.data)
+    states, m = k.chunk(states, hg, np.asarray(live), key, self.data)
     m = jax.device_get(m)
     compiled = pop.compile_seconds() - c0
     busy = max(0.0, time.perf_counter() - t0 - compiled)
     if isinstance(self.flops.get(skey), concurrent.futures.Future):
-      self.flops[skey] = self.flops[skey].result()
+      self.flops[skey] = info["flops"] = self.flops[skey].result()
     # "loop" kernels spend time on live trials only; "vmap" ones on every slot
     slots = max(1, int(live.sum())) if k.mode == "loop" else len(idx)
     p = self.perf.setdefault(skey, {"compile_s": 0.0, "slot_s": None, "sizes": set(),

@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from metaopt._src import compile_cache
 from metaopt._src import distributed as dist
 from metaopt._src import objectives as mo
 from metaopt._src import population as pop
@@ -93,6 +94,13 @@ class SearcherFns:
 
 
 def searcher_fns(program: Searcher, space: Space) -> SearcherFns:
+  """The program's functions compiled for the loop, shared by every search of the same
+  program and space in this process (see ``compile_cache``)."""
+  return compile_cache.cached(lambda: _searcher_fns(program, space), "searcher-fns",
+                              program, space)
+
+
+def _searcher_fns(program: Searcher, space: Space) -> SearcherFns:
   """``ask`` tiered (see :class:`population.TieredJit`; call it with ``calls_left``) and
   only compiled once the program's ``startup_ask`` (if any) no longer stands in for it; the
   others (``init`` too) without backend optimisation (each runs once per round or epoch, in
@@ -131,7 +139,7 @@ def make_batch(fns: SearcherFns, space: Space, rnd: int, numbers: list[int], u: 
   """The round's :class:`TrialBatch` and each trial's constraint violation (or None); trial
   seeds derive from ``seed`` and the trial numbers unless ``seeds`` gives them. ``given``:
   values a user typed for the first trials (see :func:`enqueued`), kept exactly as typed."""
-  h = jax.device_get(fns.decode(jnp.asarray(u)))  # host arrays: slicing compiles nothing
+  h = jax.device_get(fns.decode(np.asarray(u, np.float32)))  # host arrays: slicing compiles nothing
   params = space.to_python_batch(h)
   for p, g in zip(params, given or [], strict=False):
     p.update({k: v for k, v in g.items() if k in p})
@@ -191,12 +199,12 @@ def outcomes(rows: list[dict[str, Any]]) -> list[tuple[int, str, float | None, s
            x["failure_reason"]) for x in rows]
 
 
-def told(results, sign: float) -> tuple[jax.Array, jax.Array]:
+def told(results, sign: float) -> tuple[np.ndarray, np.ndarray]:
   """``(y, status)`` for ``tell``: objectives minimised (``inf`` where there is none)."""
   status = np.asarray([STATUS_NAMES.index(s) for _, s, _, _ in results], np.int32)
   y = np.asarray([sign * o if o is not None else np.inf for _, _, o, _ in results],
                  np.float32)
-  return jnp.asarray(y), jnp.asarray(status)
+  return y, status  # host arrays: jitted tell takes them (jnp.asarray would compile)
 
 
 # --------------------------------------------------------------------------- one round
@@ -286,7 +294,7 @@ def begin(env: RoundEnv, batch: TrialBatch, searcher_state, ckpt: Checkpointer |
   if restored is not None:
     start, saved, meta = restored
     batch.u = np.array(saved["u"], np.float32)
-    batch.h = jax.device_get(env.fns.decode(jnp.asarray(batch.u)))
+    batch.h = jax.device_get(env.fns.decode(np.asarray(batch.u, np.float32)))
     return RoundState(saved["searcher"], ev.resume(saved["evaluator"], batch, meta),
                       np.array(saved["alive"]), np.array(saved["status"]),
                       np.array(saved["last"]), np.array(saved["hist"]), start, time.time())
@@ -381,18 +389,18 @@ _ACCOUNTING = ("device_s", "flops", "process")
 
 
 def population_metrics(metrics: list[dict[str, Any] | None], values: np.ndarray,
-                       delta: np.ndarray) -> dict[str, jax.Array]:
+                       delta: np.ndarray) -> dict[str, np.ndarray]:
   """Scalar epoch metrics of the whole population as ``[n]`` arrays for ``observe``."""
   ref = next((m for m in metrics if m is not None), {})
-  out = {"objective": jnp.asarray(values, jnp.float32),
-         "objective_delta": jnp.asarray(delta, jnp.float32)}
+  out = {"objective": np.asarray(values, np.float32),
+         "objective_delta": np.asarray(delta, np.float32)}
   for k, v in ref.items():
     if k in _ACCOUNTING:  # host-measured, not training telemetry
       continue
     if np.ndim(v) == 0 and np.asarray(v).dtype.kind in "biuf":
       dtype = bool if np.asarray(v).dtype == bool else np.float32
       col = [m.get(k, 0) if m is not None else 0 for m in metrics]
-      out[k] = jnp.asarray(np.asarray(col, dtype))
+      out[k] = np.asarray(col, dtype)
   return out
 
 
@@ -402,15 +410,17 @@ def decide(env: RoundEnv, batch: TrialBatch, rs: RoundState, out: EpochOutcome,
   if env.fns.observe is None:
     return None
   pm = population_metrics(out.metrics, out.values, out.prev - out.values)
-  pm["objective_history"] = jnp.asarray(rs.hist, jnp.float32)
-  pm["u"] = jnp.asarray(batch.u)
+  pm["objective_history"] = np.asarray(rs.hist, np.float32)
+  pm["u"] = np.array(batch.u, np.float32)  # copies: jit may alias a host array on CPU
   if env.objectives:  # y[n, m] so far, minimised, for multi-objective pruners
     if rs.running is None:
       rs.running = mo.RunningObjectives(env.objectives, batch.params,
                                         getattr(env.evaluator, "task", None), env.space,
                                         env.objective_keys)
-    pm["objectives"] = jnp.asarray(rs.running.update(out.metrics, rs.alive), jnp.float32)
-  rs.searcher, d = env.fns.observe(rs.searcher, pm, jnp.asarray(epoch), jnp.asarray(rs.alive))
+    pm["objectives"] = np.asarray(rs.running.update(out.metrics, rs.alive), np.float32)
+  # host arrays into the jitted observe (jnp.asarray would compile a conversion per shape),
+  # copied: on CPU jit may alias a host buffer, and rs.alive changes after this epoch
+  rs.searcher, d = env.fns.observe(rs.searcher, pm, epoch, np.array(rs.alive))
   conditions = {c: np.asarray(v) for c, v in (d.conditions or {}).items()}
   for i in np.flatnonzero(out.started):
     if out.metrics[i] is not None:
@@ -446,7 +456,7 @@ def explore(env: RoundEnv, batch: TrialBatch, rs: RoundState, out: EpochOutcome,
   """Live trials continue at ``new_u``; changed ones record their next parameters."""
   changed = np.flatnonzero(np.any(new_u != batch.u, axis=1) & rs.alive)
   batch.u = np.where(rs.alive[:, None], new_u, batch.u).astype(np.float32)
-  batch.h = jax.device_get(env.fns.decode(jnp.asarray(batch.u)))
+  batch.h = jax.device_get(env.fns.decode(np.asarray(batch.u, np.float32)))
   h_changed = {k: v[changed] for k, v in batch.h.items()}
   for i, p in zip(changed, env.space.to_python_batch(h_changed), strict=True):
     out.metrics[i]["next_params"] = p
@@ -515,8 +525,8 @@ def tell_round(env: RoundEnv, state, u: np.ndarray, results,
   objectives, each minimised)."""
   y, status = told(results, env.sign)
   if y_vector is not None:
-    y = jnp.asarray(y_vector, jnp.float32)
-  return env.fns.tell(state, jnp.asarray(u), y, status)
+    y = np.asarray(y_vector, np.float32)
+  return env.fns.tell(state, np.array(u, np.float32), y, status)
 
 
 def round_outcomes(env: RoundEnv, study_id: int, rnd: int):

@@ -1,0 +1,167 @@
+"""A search run again in the same process compiles nothing (the in-process compile cache),
+with the same trials for the same seed; the cache tells different computations apart."""
+
+import collections
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import metaopt
+from metaopt._src import compile_cache
+from metaopt.tasks import get_task
+
+XLA: collections.Counter = collections.Counter()
+
+
+def _count(event: str, duration: float, **kw) -> None:
+  del duration
+  if event == "/jax/core/compile/backend_compile_duration":  # every thread
+    XLA[kw.get("fun_name", "?")] += 1
+
+
+jax.monitoring.register_event_duration_secs_listener(_count)
+
+
+def _search(seed: int, study: str = "study"):
+  task = get_task("digits_mlp")  # rebuilt each time, as a notebook cell re-run does
+  prog = metaopt.with_pruning(metaopt.tpe(task.space.dim, n_startup=4),
+                              metaopt.asha(3, min_epochs=1, eta=3))
+  return metaopt.search(prog, task, n_trials=12, population=4, epochs=3, batch_size=256,
+                        seed=seed, study=study, progress=False)
+
+
+def _rows(res):
+  return [(t.params, t.status, t.objective) for t in res.trials]
+
+
+def test_a_search_run_again_compiles_nothing():
+  XLA.clear()
+  first = _search(seed=1)
+  cold = sum(XLA.values())
+  XLA.clear()
+  again = _search(seed=1)
+  assert sum(XLA.values()) == 0, dict(XLA)  # the kernel, init, ask, tell, observe, decode
+  assert _rows(again) == _rows(first)
+  assert any(t.status == "pruned" for t in first.trials) and len(first.trials) == 12
+  other = _search(seed=2, study="other")
+  assert sum(XLA.values()) == 0, dict(XLA)
+  assert _rows(other) != _rows(first)
+  assert cold > 0  # (tests/conftest.py empties the cache for each test module)
+
+
+def _closure(c: float, scale: int):
+  def f(x):
+    return jnp.sin(x) * c + scale
+  return f
+
+
+G = 2.0
+
+
+def _uses_global(x):
+  return x * G
+
+
+def test_fingerprints_tell_computations_apart():
+  key = lambda *p: compile_cache.fingerprint(*p)[0]
+  assert key(_closure(1.0, 2)) == key(_closure(1.0, 2))  # rebuilt: the same computation
+  assert key(_closure(1.0, 2)) != key(_closure(1.5, 2))  # a closed-over constant differs
+  assert key(_closure(1.0, 2)) != key(_closure(1.0, 3))
+  assert key(metaopt.asha(9, min_epochs=1, eta=3)) == key(metaopt.asha(9, min_epochs=1, eta=3))
+  assert key(metaopt.asha(9, min_epochs=1, eta=3)) != key(metaopt.asha(9, min_epochs=1, eta=2))
+  assert key(np.arange(3)) != key(np.arange(3) + 1)
+  assert key(_closure(0.0, 2)) != key(_closure(-0.0, 2))  # 0.0 == -0.0, yet sin(x) * c differs
+  assert key(_closure(float("nan"), 2)) == key(_closure(float("nan"), 2))
+  # attribute names count: ASHA's and the median pruner's inits differ only in jnp.inf / nan
+  assert key(metaopt.asha(4, min_epochs=1, eta=3).init) != key(metaopt.median_pruner(4).init)
+  a = key(_uses_global)
+  globals()["G"] = 3.0  # a global the function reads changed: another computation
+  try:
+    assert key(_uses_global) != a
+  finally:
+    globals()["G"] = 2.0
+  assert key(get_task("digits_mlp").build) == key(get_task("digits_mlp").build)
+  assert key(get_task("digits_mlp", max_width=32).build) != key(get_task("digits_mlp").build)
+
+
+def test_a_cached_function_is_built_once():
+  built = []
+
+  def build():
+    built.append(1)
+    return jax.jit(lambda x: x + 1)
+
+  f = compile_cache.cached(build, "test-once", _closure(0.5, 1))
+  g = compile_cache.cached(build, "test-once", _closure(0.5, 1))
+  h = compile_cache.cached(build, "test-once", _closure(0.25, 1))
+  assert f is g and h is not f and len(built) == 2
+
+
+def test_what_cannot_be_fingerprinted_is_not_cached(monkeypatch):
+  monkeypatch.setattr(compile_cache, "_MAX_HASHED_BYTES", 8)
+  assert compile_cache.fingerprint(np.zeros(16)) is None
+  built = []
+  compile_cache.cached(lambda: built.append(1), "x", np.zeros(16))
+  compile_cache.cached(lambda: built.append(1), "x", np.zeros(16))
+  assert len(built) == 2
+
+
+def test_profile_text_names_each_compiled_function_and_its_seconds():
+  import threading
+
+  before = compile_cache.snapshot()
+
+  def perf_probe_fn(x):
+    return jnp.cos(x) * 7.0
+
+  def other_thread_fn(x):
+    return jnp.sinh(x) - 2.0
+
+  jax.jit(perf_probe_fn)(jnp.ones(37)).block_until_ready()
+  t = threading.Thread(target=lambda: jax.jit(other_thread_fn)(jnp.ones(39)).block_until_ready())
+  t.start()
+  t.join()
+  text = compile_cache.profile_text(before, 1.0)
+  line = next(x for x in text.splitlines() if "perf_probe_fn" in x)
+  assert line.rstrip().endswith("x1") and float(line.split()[-3]) > 0, text
+  assert "(background)" not in line
+  assert "other_thread_fn (background)" in text, text
+  assert text.startswith("# compile: ") and "XLA compilations" in text
+
+
+def _jitted(i: int):
+  return jax.jit(lambda x: jnp.tanh(x * i).sum() + jnp.cumsum(x)[-1] * i)
+
+
+def test_the_cache_stays_bounded_and_frees_what_it_drops(monkeypatch):
+  """At most MAX_ENTRIES functions are kept (least recently used go first); above
+  MAX_MAP_FRACTION of the process's mapping limit the older half goes; clear() drops all,
+  and the executables of what is dropped are freed (their code pages unmapped)."""
+  import weakref
+
+  metaopt.clear_compile_cache()
+  monkeypatch.setattr(compile_cache, "MAX_ENTRIES", 4)
+  refs = []
+  for i in range(10):
+    f = compile_cache.cached(lambda i=i: _jitted(i), "bounded", i)
+    f(jnp.ones(7)).block_until_ready()
+    refs.append(weakref.ref(f))
+    assert metaopt.compile_cache_info()["entries"] <= 4
+  del f
+  import gc
+
+  gc.collect()
+  assert [r() is not None for r in refs] == [False] * 6 + [True] * 4  # the last 4 are kept
+  assert compile_cache.cached(lambda: _jitted(9), "bounded", 9) is refs[9]()  # a hit
+  info = metaopt.compile_cache_info()
+  assert info["entries"] == 4 and info["evicted"] >= 6 and info["max_entries"] == 4
+  if info["map_limit"] is not None:  # Linux: the mapping guard
+    before = info["mappings"]
+    metaopt.clear_compile_cache()
+    assert all(r() is None for r in refs) and metaopt.compile_cache_info()["entries"] == 0
+    assert metaopt.compile_cache_info()["mappings"] < before  # executables unmapped
+    monkeypatch.setattr(compile_cache, "MAX_MAP_FRACTION", 0.0)  # always "too many"
+    for i in range(3):
+      compile_cache.cached(lambda i=i: _jitted(i), "bounded", i)
+      assert metaopt.compile_cache_info()["entries"] == 0
