@@ -56,7 +56,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
 from _paths import results_path  # noqa: E402 - benchmarks/ is on sys.path
-from _protocol import REPORT_SEEDS, headline, paired, spread  # noqa: E402
+from _protocol import DEV_SEEDS, REPORT_SEEDS, headline, paired, spread  # noqa: E402
 
 import metaopt  # noqa: E402
 from metaopt.repair import load_table, repair, repair_space  # noqa: E402
@@ -112,11 +112,12 @@ def shuffled_table(table: dict, rng: np.random.Generator) -> dict:
           "opening": [relabel[n] for n in table.get("opening", [])]}
 
 
-def _program(method: str, space, start, table, rng):
+def _program(method: str, space, start, table, rng, repair_kw=None):
   n = space.dim
   if method in ("repair-4", "random-order"):
     tab = table if method == "repair-4" else shuffled_table(table, rng)
-    return repair(metaopt.random_search(n), space, start=start, population=4, table=tab), 4
+    return repair(metaopt.random_search(n), space, start=start, population=4, table=tab,
+                  **(repair_kw or {})), 4
   first = metaopt.points(space.encode(start)[None])
   inner = metaopt.random_search(n) if method == "random" else metaopt.tpe(n, n_startup=4)
   return metaopt.sequential(first, inner, n_first=1), 4
@@ -145,7 +146,8 @@ class _CompileClock:
     self.s = 0.0
 
 
-def run_suite(label, cases, targets, seeds_of, methods, budget, epochs, clock, table):
+def run_suite(label, cases, targets, seeds_of, methods, budget, epochs, clock, table,
+              repair_kw=None):
   """Runs every (case, seed) with every method; returns per-pair records."""
   out = []
   for ci, (task_name, broken) in enumerate(cases):
@@ -158,7 +160,7 @@ def run_suite(label, cases, targets, seeds_of, methods, budget, epochs, clock, t
              "compile_s": {}}
       for m in methods:
         rng = np.random.default_rng([seed, ci])
-        prog, pop = _program(m, space, start, table, rng)
+        prog, pop = _program(m, space, start, table, rng, repair_kw)
         clock.reset()
         t0 = time.perf_counter()
         res = metaopt.search(prog, task, space=space, n_trials=budget, population=pop,
@@ -224,25 +226,42 @@ def main() -> None:
   ap.add_argument("--insample-every", type=int, default=1,
                   help="run every k-th in-sample start (a reduced full run)")
   ap.add_argument("--limit", type=int, default=0, help="first N starts per suite (smoke test)")
-  ap.add_argument("--methods", default=",".join(METHODS))
+  ap.add_argument("--methods", default=None,
+                  help=f"comma-separated subset of {','.join(METHODS)} (default: all; "
+                       "--quick: all but tpe)")
+  ap.add_argument("--dev", action="store_true",
+                  help="development run for choosing settings: the in-sample starts on "
+                       "development seeds (--seeds of DEV_SEEDS), repair methods only; "
+                       "writes under runs/ only")
+  ap.add_argument("--table", default=None, help="priority table JSON (default: shipped)")
+  ap.add_argument("--combine", type=int, default=None,
+                  help="repair(combine=...) (default: the shipped default)")
   ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__),
                                                 "results_repair.md"))
   a = ap.parse_args()
-  if a.quick:  # a smoke run may reuse compiled kernels; its wall-clock is not a figure
+  if a.quick or a.dev:  # smoke and development runs may reuse compiled kernels
     metaopt.enable_compilation_cache()
   elif jax.config.jax_compilation_cache_dir:
     raise SystemExit("a persistent compilation cache is on (JAX_COMPILATION_CACHE_DIR): the "
                      "report measures cold compiles; unset it")
   budget, epochs = (8, 4) if a.quick else (a.budget, a.epochs)
-  methods = ("repair-4", "random-order", "random") if a.quick else tuple(a.methods.split(","))
+  methods = (tuple(a.methods.split(",")) if a.methods
+             else ("repair-4", "random-order", "random") if a.quick else METHODS)
+  bad = sorted(set(methods) - set(METHODS))
+  if bad:
+    raise SystemExit(f"--methods: unknown {bad}; allowed: {', '.join(METHODS)}")
   suites = a.suites.split(",")
   n_seeds = 1 if a.quick else a.seeds
   insample = SUITE[::11] if a.quick else SUITE[::a.insample_every]
   heldout = ([(t, f) for t in HELDOUT_TARGETS for f in ("finetune_tiny", "sgd_slow_bigbatch")]
              if a.quick else HELDOUT)
+  if a.dev:
+    suites = ["in-sample"]
+    methods = tuple(m for m in methods if m in ("repair-4", "random-order"))
   if a.limit:
     insample, heldout = insample[:a.limit], heldout[:a.limit]
-  table = load_table()
+  table = load_table(a.table)
+  repair_kw = {} if a.combine is None else {"combine": a.combine}
   clock = _CompileClock()
   t_start = time.time()
   load0 = os.getloadavg()
@@ -250,18 +269,24 @@ def main() -> None:
   if "held-out" in suites:
     recs["held-out"] = run_suite("held-out", heldout, HELDOUT_TARGETS,
                                  lambda ci: REPORT_SEEDS[:n_seeds], methods, budget, epochs,
-                                 clock, table)
+                                 clock, table, repair_kw)
   if "in-sample" in suites:
-    recs["in-sample"] = run_suite("in-sample", insample, TARGETS,  # seed: index in SUITE
-                                  lambda ci: (SUITE.index(insample[ci]),), methods, budget,
-                                  epochs, clock, table)
+    dev_seeds = DEV_SEEDS[:a.seeds]
+    recs["in-sample"] = run_suite(  # seed: index in SUITE, or the development seeds
+        "in-sample", insample, TARGETS,
+        (lambda ci: dev_seeds) if a.dev else (lambda ci: (SUITE.index(insample[ci]),)),
+        methods, budget, epochs, clock, table, repair_kw)
   load1 = os.getloadavg()
-  flags = " --quick" if a.quick else (
+  quick_flags = (" --quick" + (f" --methods {a.methods}" if a.methods else "")
+                 + (f" --suites {a.suites}" if a.suites != "in-sample,held-out" else ""))
+  flags = quick_flags if a.quick else (
       f" --budget {budget} --epochs {epochs} --seeds {n_seeds} --suites {a.suites} "
       f"--methods {','.join(methods)}" + (f" --insample-every {a.insample_every}"
                                           if a.insample_every > 1 else "")
       + (f" --limit {a.limit}" if a.limit else ""))
-  cache = ("persistent compilation cache on: wall-clock is not a figure" if a.quick
+  flags += (" --dev" if a.dev else "") + (f" --table {a.table}" if a.table else "") + (
+      f" --combine {a.combine}" if a.combine is not None else "")
+  cache = ("persistent compilation cache on: wall-clock is not a figure" if a.quick or a.dev
            else "no persistent compilation cache")
   md = [f"Command: `python benchmarks/repair.py{flags}` (budget {budget} trials, {epochs} "
         f"epochs per trial; {time.time() - t_start:.0f} s; load average "
@@ -278,7 +303,7 @@ def main() -> None:
     md += s_md + [""] + _table(recs[label], methods, budget) + [""]
   text = "\n".join(md)
   print(text)
-  out = results_path(a.out, a.quick)  # a quick run leaves the committed table alone
+  out = results_path(a.out, a.quick or a.dev)  # a quick/dev run: not the committed file
   with open(out, "w") as f:
     f.write(text + "\n")
   print(f"wrote {out}")

@@ -445,3 +445,29 @@ def test_bad_corpus_settings_name_the_field_before_training():
     metaopt.repair.build_table(["wine_mlp"], n_configs=2, mutations=-1, progress=False)
   with pytest.raises(ValueError, match=r"broken_fraction=0: must be in \(0, 1\]"):
     metaopt.repair.build_table(["wine_mlp"], n_configs=2, broken_fraction=0, progress=False)
+
+
+def test_a_combined_slot_trains_the_top_action_with_the_next_on_other_parameters():
+  acts = (Action("learning_rate", 0.01), Action("activation", "relu"),
+          Action("learning_rate", 1e-3), Action("init_scale", 1.0))
+  table = {**_table(acts, {}), "opening": [acts[i].name for i in (0, 2, 1, 3)]}
+  start = {"learning_rate": 10.0, "activation": "sigmoid", "init_scale": 5.0}
+  got = {}
+  for combine in (0, 1):
+    prog = repair(metaopt.random_search(SPACE.dim), SPACE, actions=acts, table=table,
+                  start=start, population=4, combine=combine)
+    state, u = prog.ask(prog.init(jax.random.key(0)), jax.random.key(1), 4)
+    got[combine] = (np.asarray(state["pending"]).tolist(), np.asarray(state["pending2"]).tolist(),
+                    SPACE.to_python_batch(jax.device_get(SPACE.decode(u))), state, u)
+  assert got[0][:2] == ([-1, 0, 2, 1], [-1, -1, -1, -1])
+  # the last slot: the top action (lr 0.01) with the best one on another parameter (relu)
+  pending, pending2, params, state, u = got[1]
+  assert (pending, pending2) == ([-1, 0, 2, 0], [-1, -1, -1, 1])
+  assert params[3]["activation"] == "relu" and params[3]["init_scale"] == pytest.approx(5.0)
+  assert params[3]["learning_rate"] == pytest.approx(0.01, rel=1e-4)
+  assert not bool(state["tried"][1])  # relu alone was not trained yet
+  # the combined trial wins: both its actions count as applied to the new best model
+  state = prog.tell(state, u, jnp.asarray([0.9, 0.5, 0.6, 0.1]), jnp.zeros(4, jnp.int32))
+  assert np.asarray(state["best_applied"]).tolist() == [True, True, False, False]
+  with pytest.raises(ValueError, match="combine=-1: must be an integer >= 0"):
+    repair(metaopt.random_search(SPACE.dim), SPACE, table=None, combine=-1)

@@ -21,7 +21,9 @@ engine like any other program:
    best model so far (its conditions and its changed parameters select the table rows; two
    actions that make the same configuration count as one) -- as a population in one
    kernel, not one at a time -- and keeps the better model; the engine stops at the target
-   score (``search(..., target=...)``) or the trial budget.
+   score (``search(..., target=...)``) or the trial budget. The last ``combine`` slots of a
+   round (of 4 or more) train its top action together with the next best on other
+   parameters, for models broken in two ways at once.
 
 Priorities come from a *priority table*: the mean share of the gap to the task's best run
 that each action closes on corpus models that showed each condition, measured by
@@ -421,6 +423,7 @@ def repair(
     prior_weight: float = 5.0,
     thresholds: Mapping[str, float] | None = None,
     family: str | None = None,
+    combine: int = 1,
 ) -> Searcher:
   """DREAM's repair loop (Algorithm 1) over ``searcher``, with top-k actions as a population.
 
@@ -440,6 +443,10 @@ def repair(
     family: architecture family of the model being repaired
       (:func:`metaopt.architecture_family`); a table measured on other families is not
       used (every action random until observed), as for conditions the table lacks.
+    combine: slots per round (the last ones; rounds of 4 or more trials) that train the
+      round's top action together with the next best untried action on other parameters
+      (e.g. a smaller initial scale and a lower learning rate at once, for a model broken
+      in two ways); 0: one action per trial.
   """
   if not isinstance(searcher, Searcher):
     raise ValueError(f"searcher: expected a metaopt.Searcher, got {type(searcher).__name__}")
@@ -452,6 +459,8 @@ def repair(
     raise ValueError(f"population={population!r}: must be a positive integer")
   if not ucb >= 0 or not prior_weight >= 0:
     raise ValueError(f"ucb={ucb}, prior_weight={prior_weight}: must be >= 0")
+  if isinstance(combine, bool) or not isinstance(combine, int) or combine < 0:
+    raise ValueError(f"combine={combine!r}: must be an integer >= 0")
   if family is not None and family not in FAMILIES:
     raise ValueError(f"family={family!r} is unknown; allowed: {', '.join(FAMILIES)} or None")
   if isinstance(table, str):
@@ -461,6 +470,11 @@ def repair(
   rows = table_rows(space)
   prior_mean, prior_n = _prior(table, actions, prior_weight, rows)
   opening = _opening_rank(table, actions)
+  touches = np.zeros((len(actions), space.dim), bool)
+  for a, act in enumerate(actions):
+    for param, _, _ in act.parts():
+      touches[a, space.names.index(param)] = True
+  disjoint = jnp.asarray(~(touches.astype(np.int32) @ touches.T.astype(np.int32) > 0))
   u_start = None if start is None else jnp.asarray(space.encode(dict(start)), jnp.float32)
   n_act, n_cond, cap = len(actions), len(CONDITIONS), population
   if thresholds:
@@ -480,6 +494,7 @@ def repair(
         "tried": jnp.zeros(n_act, bool),
         "round": jnp.zeros((), jnp.int32),
         "pending": jnp.full(cap, -1, jnp.int32),
+        "pending2": jnp.full(cap, -1, jnp.int32),  # a combined slot's second action
         "parent_y": jnp.asarray(jnp.inf, jnp.float32),
         "parent_cond": jnp.zeros(n_cond, bool),
         "parent_changed": jnp.zeros(space.dim, bool),
@@ -513,15 +528,31 @@ def repair(
     same = _same(space, cand)
     pick = _select(score, same, min(n, n_act))
     pick = jnp.full(n, -1, jnp.int32).at[:pick.shape[0]].set(pick)
+    # combined slots: the top action with the best untried action on other parameters
+    n_comb = min(combine, max(n - 3, 0), n_act - 1)  # rounds of 4+: 2 single slots stay
+    top = pick[0]
+    cand2 = apply_actions(space, actions, cand[jnp.maximum(top, 0)])  # [A, d]
+    ok2 = (disjoint[jnp.maximum(top, 0)] & usable & (top >= 0)
+           & _changes(space, cand[jnp.maximum(top, 0)], cand2))
+    partner = _select(jnp.where(ok2, score, -jnp.inf), _same(space, cand2), n_comb) \
+        if n_comb else jnp.zeros(0, jnp.int32)
     pick = jnp.where(opening, jnp.roll(pick, 1).at[0].set(-1), pick)  # slot 0: the start
+    second = jnp.full(n, -1, jnp.int32)
+    if n_comb:
+      last = jnp.arange(n - n_comb, n)
+      pick = pick.at[last].set(jnp.where(partner >= 0, top, pick[last]))
+      second = second.at[last].set(partner)
     repairing = pick >= 0
     u = jnp.where(repairing[:, None], cand[jnp.maximum(pick, 0)], proposals)
+    u = jnp.where((second >= 0)[:, None], cand2[jnp.maximum(second, 0)], u)
     if u_start is not None:
       u = jnp.where((opening & (jnp.arange(n) == 0))[:, None], u_start, u)
     # an action is tried with every action that makes the same configuration of this model
-    tried = state["tried"] | jnp.any(same[jnp.maximum(pick, 0)] & repairing[:, None], 0)
+    single = repairing & (second < 0)
+    tried = state["tried"] | jnp.any(same[jnp.maximum(pick, 0)] & single[:, None], 0)
     return {**state, "search": inner, "tried": tried,
             "pending": state["pending"].at[:n].set(pick),
+            "pending2": state["pending2"].at[:n].set(second),
             "parent_y": state["best_y"], "parent_cond": state["best_cond"],
             "parent_changed": changed, "parent_known": state["has_best"],
             "counts": jnp.zeros_like(state["counts"]),
@@ -549,7 +580,9 @@ def repair(
     gain = _gain(state["parent_y"], yv)
     rows = _active_rows(state["obs_n"].shape[0], state["parent_cond"],
                         state["parent_changed"]).astype(jnp.float32)
-    credit = jax.nn.one_hot(pending, n_act) * (pending >= 0)[:, None]  # [n, A]
+    pending2 = state["pending2"][:n]
+    credit = (jax.nn.one_hot(pending, n_act) * (pending >= 0)[:, None]
+              + jax.nn.one_hot(pending2, n_act) * (pending2 >= 0)[:, None])  # [n, A]
     rows = rows * state["parent_known"]  # the opening round's parent was not measured yet
     obs_sum = state["obs_sum"] + rows[:, None] * jnp.sum(credit * gain[:, None], 0)
     obs_n = state["obs_n"] + rows[:, None] * jnp.sum(credit, 0)
