@@ -35,11 +35,12 @@ def test_tasks_take_arrays_and_train(name, shape):
   assert task.data.data_version["name"] == "mine" and len(task.data.checksum) == 64
   fns = task.build({})
   h = task.space.decode(jnp.full((task.space.dim,), 0.5))
-  state = fns.init(jax.random.key(0), h)
+  # jitted, as the engine runs them (op by op, a step costs several times its compile)
+  state = jax.jit(fns.init)(jax.random.key(0), h)
   x, y = jnp.asarray(task.data.train.x[:8]), jnp.asarray(task.data.train.y[:8])
-  state, tel = fns.train_step(state, (x, y), h)
+  state, tel = jax.jit(fns.train_step)(state, (x, y), h)
   assert np.isfinite(float(tel["loss"]))
-  assert fns.evaluate(state, x, y, h)["accuracy"].shape == ()
+  assert jax.jit(fns.evaluate)(state, x, y, h)["accuracy"].shape == ()
 
 
 def test_regression_arrays_and_a_dataset_object():

@@ -28,28 +28,41 @@ CASES = {  # name -> (task, structure, hyperparameters)
 }
 
 
+# hyperparameters a case leaves out, at the task's defaults (cases of one task and structure
+# train side by side as one population: one compilation per task and structure)
+DEFAULTS = {"width": 64, "weight_decay": 0.0, "init_scale": 1.0, "bias_init": 0.0}
+
+
 @pytest.fixture(scope="module")
 def conditions():
-  out = {}
+  groups: dict = {}
   for name, (task_name, structure, hp) in CASES.items():
+    groups.setdefault((task_name, tuple(sorted(structure.items()))), []).append((name, hp))
+  out = {}
+  for (task_name, structure), cases in groups.items():
     task = get_task(task_name)
     data = pop.data_arrays(task.data)
     obj = f"valid_{task.objective}"
     sign = 1.0 if task.direction == "maximize" else -1.0
-    kern = pop.make_kernel(task.build(structure), len(task.data.train), 64)
-    h = {k: jnp.asarray([v]) for k, v in {"width": 64, "weight_decay": 0.0, **hp}.items()}
-    states = kern.init(jax.random.split(jax.random.key(0), 1), h)
+    n = len(cases)
+    kern = pop.make_kernel(task.build(dict(structure)), len(task.data.train), 64)
+    keys = set(DEFAULTS).union(*(hp for _, hp in cases))
+    h = {k: jnp.asarray([{**DEFAULTS, **hp}[k] for _, hp in cases]) for k in keys}
+    # every trial starts from the same key, as it would alone
+    states = kern.init(jnp.concatenate([jax.random.split(jax.random.key(0), 1)] * n), h)
     prev = None
-    seen: set[str] = set()
+    seen: list[set[str]] = [set() for _ in cases]
     for e in range(3):
-      states, m = kern.chunk(states, h, jnp.ones(1, bool), jax.random.key(e), data)
-      acc = sign * float(m[obj][0])
+      states, m = kern.chunk(states, h, jnp.ones(n, bool), jax.random.key(e), data)
+      acc = sign * np.asarray(m[obj], np.float64)
       metrics = {k: v for k, v in m.items() if np.ndim(v) == 1}
-      metrics["objective_delta"] = jnp.asarray([np.nan if prev is None else acc - prev])
+      metrics["objective_delta"] = jnp.asarray(np.full(n, np.nan) if prev is None
+                                               else acc - prev)
       cond = metaopt.detect_conditions(metrics)
-      seen |= {c for c, v in cond.items() if bool(v[0])}
+      for i in range(n):
+        seen[i] |= {c for c, v in cond.items() if bool(v[i])}
       prev = acc
-    out[name] = seen
+    out.update({name: s for (name, _), s in zip(cases, seen, strict=True)})
   return out
 
 

@@ -1,12 +1,18 @@
-"""notebooks/quickstart.ipynb runs top to bottom (nbmake), as CI runs it."""
+"""notebooks/quickstart.ipynb runs top to bottom (nbmake), as CI runs it.
+
+Slow: CI runs the notebook after `make test` anyway (`make test-wheel`, tests/install/wheel.sh,
+from the installed wheel); `make test-slow` runs it from the source tree."""
 
 import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.slow
 def test_quickstart_notebook_runs():
   r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                       "--nbmake", "--nbmake-timeout=300", "notebooks/quickstart.ipynb"],

@@ -291,8 +291,12 @@ def test_every_registered_searcher_drives_the_engine(name, tmp_path):
   """Each searcher runs rounds of the population engine; its state is saved to the store
   every round (serialised) and a second call resumes the finished study without re-running."""
   task = get_task("digits_mlp")
+  # small settings (the GP's as in tests/test_blackbox.py, one local model): this is about
+  # the engine driving the searcher, not the searcher's quality at its defaults
   kw = {"cma_es": {"popsize": 4}, "open_es": {"popsize": 4}, "tpe": {"n_startup": 4},
-        "gp": {"n_startup": 4}, "evolution": {"population_size": 4, "tournament_size": 2}}
+        "gp": {"n_startup": 4, "capacity": 64, "fit_steps": 50, "n_candidates": 256,
+               "n_local": 64, "grad_steps": 10, "n_exploit": 16},
+        "evolution": {"population_size": 4, "tournament_size": 2}}
   prog = metaopt.make_searcher(name, task.space.dim, **kw.get(name, {}))
   url = f"sqlite:///{tmp_path}/s.db"
   args = dict(n_trials=12, population=4, epochs=1, batch_size=256, progress=False, store=url)

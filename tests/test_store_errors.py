@@ -53,6 +53,7 @@ def _one_line_error(r: dict, *words: str) -> None:
 
 
 CFG = os.path.join(ROOT, "configs", "quickstart.py")
+REPAIR_CFG = os.path.join(ROOT, "configs", "repair_digits.py")
 BAD = {"foo://x/y.db": "unknown database dialect 'foo'",
        "sqlite://tmp/a/x.db": "a SQLite URL has no host",
        "postgresql+psycopg://u:pw@127.0.0.1:{refused}/db": "cannot open",
@@ -71,6 +72,8 @@ MESSAGES = {  # argument list -> what its one line says
     ("report", "--store", "sqlite:///empty.db"): "holds no study",
     ("resume", "--store", "sqlite:///ro.db", "--study=t"): "study 't' not found",
     ("report", "--bogus"): "bad flag: Unknown command line flag 'bogus'",
+    ("run", f"--config={REPAIR_CFG}", "--config.searcher=grid_search"):
+        "'searcher' must be one of random, tpe, sobol",
 }
 
 
