@@ -1,8 +1,11 @@
 """Learned optimizer vs per-task tuned Adam on held-out task families (the issue-23 protocol).
 
 The learned optimizer is ``metaopt.lopt.adam_controller``: Adam times a learned per-step
-multiplier of its update (an MLP on global training statistics and progress; untrained it is
-Adam exactly). Both sides train with the same Adam learning rate, tuned per task.
+multiplier of its update (untrained it is Adam exactly). The multiplier is an MLP either on
+global training statistics and progress (``inputs="all"``) or on the fraction of training
+``t / num_steps`` alone (``inputs="progress"``: a meta-learned learning-rate schedule,
+``max_log_increase`` bounding how far it may raise Adam's step). Both sides train with the
+same Adam learning rate, tuned per task.
 
 1. **Adam's learning rate** for every task: grid ``LRS`` (1e-4 ... 1.0, extended upward while
    the best value is the top edge), the value with the lowest final training loss on a
@@ -15,7 +18,8 @@ Adam exactly). Both sides train with the same Adam learning rate, tuned per task
 3. **Choosing the meta-training setting** on ``metaopt.tasks.VALID_FAMILIES`` (a deeper
    MNIST-1D MLP, 48-d linear regression; neither trained on nor reported) with dev seeds:
    every candidate in ``CANDIDATES`` is meta-trained and the one with the lowest mean
-   log(final loss / tuned Adam's final loss) is kept. The held-out families are not looked at.
+   log(final loss / tuned Adam's final loss) is kept (the controller's inputs and bound are
+   part of the setting). The held-out families are not looked at.
 4. **Report** on ``metaopt.tasks.HELDOUT_FAMILIES`` (wine and breast-cancer MLPs, a deeper and
    wider digits MLP, a 2-D digits CNN, a 64-d ill-conditioned quadratic), ``--tasks_per_family``
    tasks each, every task trained under ``--seeds`` report seeds (``REPORT_SEEDS``) by both
