@@ -1,8 +1,11 @@
 """Learned optimizer vs per-task tuned Adam on held-out task families (the issue-23 protocol).
 
 The learned optimizer is ``metaopt.lopt.adam_controller``: Adam times a learned per-step
-multiplier of its update (an MLP on global training statistics and progress; untrained it is
-Adam exactly). Both sides train with the same Adam learning rate, tuned per task.
+multiplier of its update (untrained it is Adam exactly). The multiplier is an MLP either on
+global training statistics and progress (``inputs="all"``) or on the fraction of training
+``t / num_steps`` alone (``inputs="progress"``: a meta-learned learning-rate schedule,
+``max_log_increase`` bounding how far it may raise Adam's step). Both sides train with the
+same Adam learning rate, tuned per task.
 
 1. **Adam's learning rate** for every task: grid ``LRS`` (1e-4 ... 1.0, extended upward while
    the best value is the top edge), the value with the lowest final training loss on a
@@ -15,7 +18,8 @@ Adam exactly). Both sides train with the same Adam learning rate, tuned per task
 3. **Choosing the meta-training setting** on ``metaopt.tasks.VALID_FAMILIES`` (a deeper
    MNIST-1D MLP, 48-d linear regression; neither trained on nor reported) with dev seeds:
    every candidate in ``CANDIDATES`` is meta-trained and the one with the lowest mean
-   log(final loss / tuned Adam's final loss) is kept. The held-out families are not looked at.
+   log(final loss / tuned Adam's final loss) is kept (the controller's inputs and bound are
+   part of the setting). The held-out families are not looked at.
 4. **Report** on ``metaopt.tasks.HELDOUT_FAMILIES`` (wine and breast-cancer MLPs, a deeper and
    wider digits MLP, a 2-D digits CNN, a 64-d ill-conditioned quadratic), ``--tasks_per_family``
    tasks each, every task trained under ``--seeds`` report seeds (``REPORT_SEEDS``) by both
@@ -57,31 +61,42 @@ TASK_SEED_DEV, TASK_SEED_REPORT = 100, 2000  # which tasks of a family (not trai
 # Meta-training settings compared on VALID_FAMILIES (fixed before any held-out run); the
 # first is the default --quick uses, frozen from a --select run on the validation families.
 CANDIDATES: tuple[dict, ...] = (
-    {"normalise": "log", "meta_loss": "train_mean", "meta_lr": 1e-2},  # chosen (full run)
-    {"normalise": "ratio", "meta_loss": "train_mean", "meta_lr": 1e-2},
-    {"normalise": "log", "meta_loss": "train_late", "meta_lr": 1e-2},
+    # chosen by `--quick --select --tune_train_lrs` (validation score -0.245; the others
+    # -0.068, -0.126 and +0.099 in this order)
+    {"inputs": "progress", "normalise": "log", "meta_loss": "train_late", "meta_lr": 1e-2},
+    {"inputs": "progress", "max_log_increase": 0.7, "normalise": "log",
+     "meta_loss": "train_late", "meta_lr": 1e-2},
+    {"inputs": "progress", "max_log_increase": 0.7, "normalise": "log",
+     "meta_loss": "train_mean", "meta_lr": 1e-2},
+    {"inputs": "all", "normalise": "log", "meta_loss": "train_mean", "meta_lr": 1e-2},
 )
 HIDDEN = (16,)
-# Training families' tuned Adam lr (median over 2 dev tasks, tuning seed, 20-step runs of a
-# smoke run of this script); --tune_train_lrs (full mode) re-tunes at the run's horizon.
-TRAIN_LRS: dict[str, float] = {"digits_mlp": 0.03, "synthetic_regression_mlp": 0.1,
-                               "quadratic": 0.1, "linear_regression": 0.1,
-                               "mnist1d_mlp": 0.03, "mnist1d_cnn": 0.3}
+# Training families' tuned Adam lr (median over 2 dev tasks, tuning seed, 100-step runs: the
+# --quick --select --tune_train_lrs run); --tune_train_lrs (full mode) re-tunes at --steps.
+TRAIN_LRS: dict[str, float] = {"digits_mlp": 0.03, "synthetic_regression_mlp": 0.0548,
+                               "quadratic": 0.1, "linear_regression": 0.173,
+                               "mnist1d_mlp": 0.0316, "mnist1d_cnn": 0.0548}
 
 
-def controller(steps: int) -> L.LearnedOptimizer:
-  return L.adam_controller(1.0, hidden_sizes=HIDDEN, num_steps=steps)
+CONTROLLER_KEYS = ("inputs", "max_log_increase", "max_log_change")
+QUARTERS = 4  # training curves are read at 1/4, 1/2, 3/4 and the end of the run
 
 
-def _final_losses(family, steps: int):
-  """A jitted function of a batch of (theta, lr, task key, seed key) -> final train / valid
-  loss; ``theta`` of the untrained controller gives Adam at ``lr`` exactly."""
-  lopt = controller(steps)
+def controller(steps: int, cand: dict | None = None) -> L.LearnedOptimizer:
+  kw = {k: v for k, v in (cand or {}).items() if k in CONTROLLER_KEYS}
+  return L.adam_controller(1.0, hidden_sizes=HIDDEN, num_steps=steps, **kw)
+
+
+def _final_losses(family, steps: int, cand: dict | None):
+  """A jitted function of a batch of (theta, lr, task key, seed key) -> train-split loss at
+  each quarter of the run ``[QUARTERS]`` and the final valid loss; ``theta`` of the
+  untrained controller gives Adam at ``lr`` exactly."""
+  lopt = controller(steps, cand)
 
   def one(theta, lr, task_key, seed_key):
     opt = optax.chain(lopt.as_optax(theta), optax.scale(lr))
-    c = L.fit(family, opt, task_key, steps, steps, seed_key=seed_key)
-    return c["train_eval"][-1], c["valid_loss"][-1]
+    c = L.fit(family, opt, task_key, steps, steps // QUARTERS, seed_key=seed_key)
+    return c["train_eval"], c["valid_loss"][-1]
 
   return jax.jit(jax.vmap(one))
 
@@ -108,11 +123,11 @@ def _stack(theta, n: int):
 class Evaluator:
   """Tunes Adam per task on the tuning seed and runs both sides on other seeds."""
 
-  def __init__(self, family_name: str, steps: int, batch: int):
+  def __init__(self, family_name: str, steps: int, batch: int, cand: dict | None = None):
     self.family = tasks.get_family(family_name)
     self.name, self.steps = family_name, steps
-    self.run = _padded(_final_losses(self.family, steps), batch)
-    self.theta0 = controller(steps).init(jax.random.PRNGKey(0))  # Adam exactly
+    self.run = _padded(_final_losses(self.family, steps, cand), batch)
+    self.theta0 = controller(steps, cand).init(jax.random.PRNGKey(0))  # Adam exactly
 
   def tune(self, task_keys: jax.Array) -> tuple[np.ndarray, np.ndarray]:
     """Per task: the lr with the lowest final training loss on the tuning seed (grid extended
@@ -129,7 +144,7 @@ class Evaluator:
       tr, _ = self.run(_stack(self.theta0, b), jnp.asarray(np.repeat(grid, n), jnp.float32),
                        jnp.tile(task_keys, (len(grid), 1)),
                        jnp.tile(jax.random.PRNGKey(TUNE_SEED)[None], (b, 1)))
-      tr = np.asarray(tr).reshape(len(grid), n)
+      tr = np.asarray(tr)[:, -1].reshape(len(grid), n)
       tr = np.where(np.isfinite(tr), tr, np.inf)
       for j, lr in enumerate(grid):
         better = tr[j] < best
@@ -145,7 +160,8 @@ class Evaluator:
     return best_lr, edge
 
   def compare(self, theta, task_keys: jax.Array, lrs: np.ndarray, seeds) -> tuple:
-    """Final (train, valid) losses ``[task, seed]`` of the controller and of Adam."""
+    """Train-split losses ``[task, seed, quarter]`` and final valid losses ``[task, seed]``
+    of the controller and of Adam."""
     n, s = task_keys.shape[0], len(seeds)
     seed_keys = jnp.stack([jax.random.PRNGKey(x) for x in seeds])
     tk = jnp.repeat(task_keys, s, axis=0)
@@ -155,7 +171,8 @@ class Evaluator:
                         theta, self.theta0)
     tr, va = self.run(both, jnp.concatenate([lr, lr]), jnp.concatenate([tk, tk]),
                       jnp.concatenate([sk, sk]))
-    tr, va = (np.asarray(x).reshape(2, n, s) for x in (tr, va))
+    tr = np.asarray(tr).reshape(2, n, s, QUARTERS)
+    va = np.asarray(va).reshape(2, n, s)
     return tr[0], va[0], tr[1], va[1]
 
 
@@ -171,7 +188,7 @@ def family_lrs(args) -> dict[str, float]:
 
 
 def meta_train(args, cand: dict, base_lrs: dict[str, float]):
-  lopt = controller(args.steps)
+  lopt = controller(args.steps, cand)
   problems = []
   for name in tasks.TRAIN_FAMILIES:
     lr0 = base_lrs[name]
@@ -190,32 +207,54 @@ def meta_train(args, cand: dict, base_lrs: dict[str, float]):
   return state.theta, hist, time.perf_counter() - t0
 
 
-def validation_score(theta, args, cache: dict) -> float:
-  """Mean over VALID_FAMILIES tasks and dev seeds of log(controller loss / tuned Adam loss)."""
-  scores = []
+def _ctrl_key(cand: dict) -> tuple:
+  return tuple((k, cand.get(k)) for k in CONTROLLER_KEYS)
+
+
+def validation_score(theta, cand: dict, args, cache: dict) -> tuple[float, dict]:
+  """Mean over VALID_FAMILIES tasks and dev seeds of log(controller final loss / tuned Adam
+  final loss), and that mean per family and quarter of the run (where it loses)."""
+  scores, per_family = [], {}
   for name in tasks.VALID_FAMILIES:
-    if name not in cache:
-      ev = Evaluator(name, args.steps, args.batch)
-      keys = jax.random.split(jax.random.PRNGKey(TASK_SEED_DEV + 1), args.tasks_per_family)
-      cache[name] = (ev, keys, ev.tune(keys)[0])
-    ev, keys, lrs = cache[name]
-    c_tr, _, a_tr, _ = ev.compare(theta, keys, lrs, DEV_SEEDS[1:1 + args.dev_seeds])
-    scores.append(np.log(np.maximum(c_tr, 1e-12) / np.maximum(a_tr, 1e-12)).ravel())
-  return float(np.mean(np.concatenate(scores)))
+    keys = jax.random.split(jax.random.PRNGKey(TASK_SEED_DEV + 1), args.tasks_per_family)
+    if (name, _ctrl_key(cand)) not in cache:
+      cache[(name, _ctrl_key(cand))] = Evaluator(name, args.steps, args.batch, cand)
+    ev = cache[(name, _ctrl_key(cand))]
+    if name not in cache:  # Adam's tuned rates do not depend on the controller
+      cache[name] = ev.tune(keys)[0]
+    c_tr, _, a_tr, _ = ev.compare(theta, keys, cache[name], DEV_SEEDS[1:1 + args.dev_seeds])
+    lr = np.log(np.maximum(c_tr, 1e-12) / np.maximum(a_tr, 1e-12))  # [task, seed, quarter]
+    scores.append(lr[..., -1].ravel())
+    per_family[name] = lr.reshape(-1, QUARTERS).mean(0)
+  return float(np.mean(np.concatenate(scores))), per_family
 
 
-def report(theta, args, steps: int) -> list[dict]:
+def report(theta, cand: dict, args, steps: int) -> list[dict]:
   rows = []
   seeds = REPORT_SEEDS[:args.seeds]
   for name in tasks.HELDOUT_FAMILIES:
-    ev = Evaluator(name, steps, args.batch)
+    ev = Evaluator(name, steps, args.batch, cand)
     keys = jax.random.split(jax.random.PRNGKey(TASK_SEED_REPORT), args.tasks_per_family)
     lrs, edge = ev.tune(keys)
     c_tr, c_va, a_tr, a_va = ev.compare(theta, keys, lrs, seeds)
     for i in range(len(lrs)):
-      rows.append({"task": f"{name}#{i}", "lr": float(lrs[i]), "edge": bool(edge[i]),
-                   "c_tr": c_tr[i], "a_tr": a_tr[i], "c_va": c_va[i], "a_va": a_va[i]})
+      rows.append({"task": f"{name}#{i}", "family": name, "lr": float(lrs[i]),
+                   "edge": bool(edge[i]), "c_tr": c_tr[i, :, -1], "a_tr": a_tr[i, :, -1],
+                   "c_curve": c_tr[i], "a_curve": a_tr[i], "c_va": c_va[i], "a_va": a_va[i]})
   return rows
+
+
+def where_it_loses(rows) -> list[str]:
+  """Per family: median over (task, seed) of controller / Adam training loss at each quarter
+  of the run (below 1: the controller is ahead)."""
+  lines = ["| family | " + " | ".join(f"ratio at {q + 1}/{QUARTERS}" for q in range(QUARTERS))
+           + " |", "|---|" + "---|" * QUARTERS]
+  for fam in dict.fromkeys(r["family"] for r in rows):
+    c = np.concatenate([r["c_curve"] for r in rows if r["family"] == fam])
+    a = np.concatenate([r["a_curve"] for r in rows if r["family"] == fam])
+    ratio = np.exp(np.median(np.log(np.maximum(c, 1e-12) / np.maximum(a, 1e-12)), axis=0))
+    lines.append(f"| {fam} | " + " | ".join(f"{x:.3f}" for x in ratio) + " |")
+  return lines
 
 
 def _wins(rows, key_c="c_tr", key_a="a_tr") -> int:
@@ -239,7 +278,9 @@ def table(rows, steps: int) -> list[str]:
   lines += ["", f"Wins (median training loss below tuned Adam's): {_wins(rows)}/{len(rows)}; "
             f"on validation loss: {_wins(rows, 'c_va', 'a_va')}/{len(rows)}. All (task, seed) "
             f"pairs: {paired(c, a)}; median loss ratio {np.exp(ratio):.3f}. Tuned lr at a "
-            f"grid edge on {sum(r['edge'] for r in rows)} tasks."]
+            f"grid edge on {sum(r['edge'] for r in rows)} tasks.", "",
+            "Controller / tuned Adam training loss during the run (median over tasks and "
+            "seeds of each family):", "", *where_it_loses(rows)]
   return lines
 
 
@@ -283,20 +324,24 @@ def main() -> None:
   trained = []
   for cand in CANDIDATES[:n_cand]:
     theta, hist, secs = meta_train(args, cand, base_lrs)
-    score = validation_score(theta, args, cache) if n_cand > 1 else float("nan")
+    score, per_fam = (validation_score(theta, cand, args, cache) if n_cand > 1
+                      else (float("nan"), {}))
     trained.append((score, cand, theta, hist, secs))
     print(f"candidate {cand}: {secs:.0f} s, meta-loss {hist[0]['meta_loss']:.4f} -> "
-          f"{hist[-1]['meta_loss']:.4f}, validation score {score:.4f}", flush=True)
+          f"{hist[-1]['meta_loss']:.4f}, validation score {score:.4f}; per family, mean log "
+          "ratio at each quarter: " + "; ".join(
+              f"{k} " + " ".join(f"{x:+.3f}" for x in v) for k, v in per_fam.items()),
+          flush=True)
   best = min(trained, key=lambda t: t[0] if np.isfinite(t[0]) else 0.0)
   score, cand, theta, hist, secs = best
   args.save = results_path(args.save, args.quick)
   if args.save:
-    L.save(args.save, controller(args.steps), theta,
+    L.save(args.save, controller(args.steps, cand), theta,
            {"benchmark": "benchmarks/learned_opt.py", "meta_steps": args.meta_steps,
             "horizon": args.steps, **cand})
 
-  rows1 = report(theta, args, args.steps)
-  rows2 = report(theta, args, 2 * args.steps)
+  rows1 = report(theta, cand, args, args.steps)
+  rows2 = report(theta, cand, args, 2 * args.steps)
   total = time.perf_counter() - t_start
 
   lines = [

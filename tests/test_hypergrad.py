@@ -354,6 +354,7 @@ def test_implicit_check_false_skips_checks_not_correctness(x64):
     assert abs(float(r.grad["l2"]) - expected) < 1e-6 * abs(expected), solver
     assert bool(r.diagnostics.converged) and float(r.diagnostics.residual_norm) <= 1e-10
     assert float(r.diagnostics.inner_grad_norm) == 0.0
+    assert np.isnan(float(r.train_loss))  # not evaluated
   train_loss, val_loss, h, w_bad = _ill_conditioned()
   for solver in hypergrad.SOLVERS:
     r = jax.jit(hypergrad.implicit(train_loss, val_loss, solver=solver, maxiter=2,

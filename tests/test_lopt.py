@@ -238,11 +238,47 @@ class AdamControllerTest(chex.TestCase):
       _check_meta_gradient(meta_loss, theta, grad, metrics)
 
 
+def test_progress_controller_is_a_schedule_within_its_bounds():
+  """inputs="progress": the multiplier is a function of t / num_steps alone (the same for
+  any gradients), bounded by exp(max_log_increase) above and exp(-max_log_change) below;
+  untrained it is Adam."""
+  lopt = L.adam_controller(1e-2, hidden_sizes=(4,), num_steps=6, inputs="progress",
+                           max_log_increase=0.5, max_log_change=2.0)
+  theta = lopt.init(jax.random.PRNGKey(0))
+  params = {"w": jnp.ones(3)}
+
+  def multipliers(th, scale):
+    opt, mults = lopt.as_optax(th), []
+    state = opt.init(params)
+    for t in range(6):
+      g = {"w": scale * jnp.array([1.0, -2.0, 0.5]) * (t + 1)}
+      _, state = opt.update(g, state, params)
+      mults.append(float(state.multiplier))
+    return np.array(mults)
+
+  np.testing.assert_array_equal(multipliers(theta, 1.0), 1.0)
+  for shift, bound in ((5.0, np.exp(0.5)), (-5.0, np.exp(-2.0))):
+    last = {**theta["net"]["Dense_1"], "bias": theta["net"]["Dense_1"]["bias"] + shift}
+    th = {"net": {**theta["net"], "Dense_1": last}}  # saturates the tanh either way
+    np.testing.assert_allclose(multipliers(th, 1.0), bound, rtol=1e-3)
+  th = jax.tree.map(lambda x: x + 0.4, theta)
+  m1, m2 = multipliers(th, 1.0), multipliers(th, 100.0)
+  np.testing.assert_allclose(m1, m2, rtol=1e-6)  # gradients do not matter, only t
+  assert np.ptp(m1) > 0  # but t does
+  assert L.adam_controller(num_steps=4, inputs="progress").config["inputs"] == "progress"
+
+
 def test_adam_controller_and_problem_bad_input():
   with pytest.raises(ValueError, match="learning_rate"):
     L.adam_controller(0.0)
   with pytest.raises(ValueError, match="num_steps"):
     L.adam_controller(num_steps=0)
+  with pytest.raises(ValueError, match="inputs.*all, progress"):
+    L.adam_controller(num_steps=4, inputs="grads")
+  with pytest.raises(ValueError, match="num_steps"):
+    L.adam_controller(inputs="progress")
+  with pytest.raises(ValueError, match="max_log_increase"):
+    L.adam_controller(num_steps=4, max_log_increase=0.0)
   with pytest.raises(ValueError, match="normalise.*ratio, log"):
     L.make_problem(tasks.quadratic_family(dim=2), L.adam_controller(), 4, 2, normalise="l2")
 

@@ -12,7 +12,9 @@ from metaopt._src.lopt.apply import fit
 from metaopt._src.lopt.base import LearnedOptimizer
 from metaopt._src.lopt.controller import (
     ADAM_CONTROLLER_FEATURES,
+    ADAM_CONTROLLER_INPUTS,
     BASES,
+    PROGRESS_FEATURES,
     AdamControllerState,
     ControllerState,
     adam_controller,
@@ -43,7 +45,8 @@ from metaopt._src.lopt.train import (
 )
 
 __all__ = [
-    "ADAM_CONTROLLER_FEATURES", "AdamControllerState", "NORMALISATIONS", "adam_controller",
+    "ADAM_CONTROLLER_FEATURES", "ADAM_CONTROLLER_INPUTS", "PROGRESS_FEATURES",
+    "AdamControllerState", "NORMALISATIONS", "adam_controller",
     "BASES", "ESTIMATORS", "LOPTS", "META_LOSSES", "MODES", "ControllerState", "ESState",
     "Estimator", "InnerProblem", "LearnedOptimizer", "MLPLOptState", "MetaTrainState",
     "MetaTrainer", "PESState", "TruncatedState", "es", "fit", "hparam_controller", "load",

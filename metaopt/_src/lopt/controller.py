@@ -173,19 +173,28 @@ class _Head(nn.Module):
 ADAM_CONTROLLER_FEATURES: tuple[str, ...] = (
     "log_grad_norm - slow_ema", "fast_ema - slow_ema", "cos(grad, momentum)",
     "t / num_steps", "1 - t / num_steps", *(f"tanh(t / {s:g})" for s in features.TIMESCALES))
+# ``inputs="progress"``: the MLP sees only the fraction of training done, so the multiplier
+# is a learned learning-rate schedule in ``t / num_steps`` (the same at every horizon).
+ADAM_CONTROLLER_INPUTS: tuple[str, ...] = ("all", "progress")
+PROGRESS_FEATURES: tuple[str, ...] = ("t / num_steps", "1 - t / num_steps")
 
 
 def adam_controller(learning_rate: float = 1e-3, hidden_sizes: Sequence[int] = (16,),
                     b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
                     max_log_change: float = 3.0, num_steps: int | None = None,
-                    fast_decay: float = 0.9, slow_decay: float = 0.99) -> LearnedOptimizer:
+                    fast_decay: float = 0.9, slow_decay: float = 0.99,
+                    inputs: str = "all",
+                    max_log_increase: float | None = None) -> LearnedOptimizer:
   """Adam at ``learning_rate`` times a learned per-step multiplier of its update.
 
   A small MLP reads global training statistics (:data:`ADAM_CONTROLLER_FEATURES`: the log
   gradient norm against its fast and slow moving averages, the cosine between the gradient
   and Adam's first moment, training progress ``t / num_steps`` when ``num_steps`` is given
   and ``tanh(t / s)``) and outputs ``o``; the step is ``exp(max_log_change * tanh(o))`` times
-  Adam's. The MLP's last layer starts at zero, so an untrained controller *is*
+  Adam's. With ``inputs="progress"`` the MLP reads only ``t / num_steps``
+  (:data:`PROGRESS_FEATURES`): the multiplier is then a learned learning-rate schedule over
+  the fraction of training, horizon-free. The MLP's last layer starts at zero, so an
+  untrained controller *is*
   ``optax.adam(learning_rate, b1, b2, eps)`` (bit for bit): meta-training can only move it
   away from Adam where that lowers the meta-loss. Use it on top of a tuned Adam learning rate.
 
@@ -193,9 +202,15 @@ def adam_controller(learning_rate: float = 1e-3, hidden_sizes: Sequence[int] = (
     learning_rate: Adam's learning rate (the base the multiplier scales).
     hidden_sizes: hidden layers of the controller MLP.
     b1, b2, eps: Adam's settings.
-    max_log_change: bound on ``|log multiplier|``.
+    max_log_change: bound on ``|log multiplier|`` (on its decrease when
+      ``max_log_increase`` is given).
     num_steps: length of the run (progress features ``t / num_steps``); ``None``: zero.
     fast_decay, slow_decay: decays of the moving averages of the log gradient norm.
+    inputs: ``"all"`` (:data:`ADAM_CONTROLLER_FEATURES`) or ``"progress"``
+      (:data:`PROGRESS_FEATURES` only, needs ``num_steps``), one of
+      :data:`ADAM_CONTROLLER_INPUTS`.
+    max_log_increase: bound on the increase of the log multiplier (``None``:
+      ``max_log_change``); e.g. ``log(2)`` never more than doubles Adam's step.
 
   Returns:
     A :class:`LearnedOptimizer`.
@@ -210,14 +225,25 @@ def adam_controller(learning_rate: float = 1e-3, hidden_sizes: Sequence[int] = (
     raise ValueError(f"num_steps={num_steps}: must be >= 1 or None")
   if not max_log_change > 0:
     raise ValueError(f"max_log_change={max_log_change}: must be > 0")
+  if inputs not in ADAM_CONTROLLER_INPUTS:
+    raise ValueError(f"inputs={inputs!r}: allowed values are "
+                     f"{', '.join(ADAM_CONTROLLER_INPUTS)}")
+  if inputs == "progress" and num_steps is None:
+    raise ValueError("inputs='progress' needs num_steps (the schedule is over t / num_steps)")
+  if max_log_increase is not None and not max_log_increase > 0:
+    raise ValueError(f"max_log_increase={max_log_increase}: must be > 0 or None")
+  up = float(max_log_change if max_log_increase is None else max_log_increase)
   net = _Head(tuple(int(h) for h in hidden_sizes), 1)
-  n_features = len(ADAM_CONTROLLER_FEATURES)
+  progress_only = inputs == "progress"
+  n_features = len(PROGRESS_FEATURES if progress_only else ADAM_CONTROLLER_FEATURES)
   adam = optax.scale_by_adam(b1=b1, b2=b2, eps=eps)
   config = {"learning_rate": float(learning_rate), "hidden_sizes": list(net.hidden_sizes),
             "b1": float(b1), "b2": float(b2), "eps": float(eps),
             "max_log_change": float(max_log_change),
             "num_steps": None if num_steps is None else int(num_steps),
-            "fast_decay": float(fast_decay), "slow_decay": float(slow_decay)}
+            "fast_decay": float(fast_decay), "slow_decay": float(slow_decay),
+            "inputs": inputs,
+            "max_log_increase": None if max_log_increase is None else float(max_log_increase)}
 
   def init(key: jax.Array) -> PyTree:
     return {"net": net.init(key, jnp.zeros((1, n_features)))["params"]}
@@ -244,11 +270,14 @@ def adam_controller(learning_rate: float = 1e-3, hidden_sizes: Sequence[int] = (
       cos = dot / jnp.maximum(gn * optax.global_norm(mu), 1e-12)
       t = state.count.astype(dt)
       frac = t / num_steps if num_steps is not None else jnp.zeros((), dt)
-      x = jnp.concatenate([jnp.stack([log_gn - slow, fast - slow, cos.astype(dt), frac,
-                                      1.0 - frac]),
-                           features.time_features(state.count).astype(dt)])
-      o = net.apply({"params": theta["net"]}, x[None])[0, 0]
-      mult = jnp.exp(max_log_change * jnp.tanh(o))
+      if progress_only:
+        x = jnp.stack([frac, 1.0 - frac])
+      else:
+        x = jnp.concatenate([jnp.stack([log_gn - slow, fast - slow, cos.astype(dt), frac,
+                                        1.0 - frac]),
+                             features.time_features(state.count).astype(dt)])
+      o = jnp.tanh(net.apply({"params": theta["net"]}, x[None])[0, 0])
+      mult = jnp.exp(jnp.where(o > 0, up, max_log_change) * o)
       step = -learning_rate * mult
       updates = jax.tree.map(lambda u: u * step.astype(u.dtype), direction)
       cast = lambda v, ref: v.astype(ref.dtype)
