@@ -53,10 +53,10 @@ import warnings
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import _protocol  # noqa: E402 - benchmarks/ is on sys.path
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-import _protocol  # noqa: E402 - benchmarks/ is on sys.path
 from _paths import results_path  # noqa: E402
 
 from metaopt._src import benchmark_functions as bf  # noqa: E402
