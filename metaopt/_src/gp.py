@@ -16,7 +16,8 @@ by the Hamming distance of their choices. Log lengthscales, log signal variance 
 variance (relative to the signal) are MAP estimates (priors in :func:`_log_prior`), fitted
 with ``optax.adam`` for a fixed number of steps inside ``ask``, warm-started from the
 previous fit. The noise is floored at 1e-6 of the signal variance; where float32 Cholesky
-fails at that floor (near-duplicate points) the factorisation is redone at 1e-4. The history
+fails at that floor (near-duplicate points; found by a trial factorisation outside the
+gradient) the factorisation is redone at 1e-4. The history
 is a fixed-capacity buffer whose unused rows are masked out of the kernel matrix (identity
 rows, zero targets), so shapes never change.
 
@@ -34,7 +35,9 @@ minimises the posterior mean of a local GP fitted (from the global hyperparamete
 model cannot resolve values closer to the optimum than its noise floor (1e-6 of the signal
 variance, needed by float32 Cholesky); re-standardising the neighbourhood puts those small
 differences back on the unit scale, so the batch keeps closing in on the incumbent's optimum
-while the other points follow log-EI.
+while the other points follow log-EI. Exploitation and log-EI points share one scan step (the
+local model and its candidates, padded to the global model's shapes, are selected by the
+step index), so the acquisition search is compiled once per ``ask``, not once per kind.
 """
 
 from __future__ import annotations
@@ -112,10 +115,14 @@ def _gram(theta, x, mask, levels=None, floor=None):
 def _cholesky(theta, x, mask, levels=None):
   """Cholesky factor of the Gram matrix with noise floored at ``_MIN_NOISE`` (1e-6 of the
   signal variance); where float32 loses positive definiteness at that floor (near-duplicate
-  points), it is refactored with the floor at ``_SAFE_NOISE`` (1e-4)."""
-  chol = jnp.linalg.cholesky(_gram(theta, x, mask, levels))
-  return jax.lax.cond(jnp.all(jnp.isfinite(chol)), lambda: chol,
-                      lambda: jnp.linalg.cholesky(_gram(theta, x, mask, levels, _SAFE_NOISE)))
+  points), it is refactored with the floor at ``_SAFE_NOISE`` (1e-4).
+
+  The floor is picked by a trial factorisation outside the gradient, so differentiating
+  this (the marginal-likelihood fit) traces one Cholesky, not both branches of a ``cond``:
+  the gradient of a ``cond`` of two factorisations cost ~1.5 s of compile per fit."""
+  trial = jnp.linalg.cholesky(jax.lax.stop_gradient(_gram(theta, x, mask, levels)))
+  floor = jnp.where(jnp.all(jnp.isfinite(trial)), _MIN_NOISE, _SAFE_NOISE)
+  return jnp.linalg.cholesky(_gram(theta, x, mask, levels, floor))
 
 
 def _log_prior(theta, dim: int) -> jax.Array:
@@ -334,14 +341,6 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
              "log_noise": jnp.full((), _LOG_NOISE_MIN if deterministic else -6.0, jnp.float32)}
     return {**history_init(capacity, dim), "theta": theta, "design": design.init(key)}
 
-  def acq_fn(predict, best):
-    def acq(xq):
-      mean, std = predict(xq)
-      if acquisition == "ei":
-        return _log_h((best - mean) / std) + jnp.log(std)
-      return -mean + kappa * std
-    return acq
-
   def refine(acq, x0):
     # Adam on the continuous coordinates with a cosine-decayed step: large first moves, then
     # steps down to grad_lr / 1000 so the optimum is located to float32 precision.
@@ -372,10 +371,11 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
     local = parents + mult[:, None] * jax.random.normal(key, (n_local, dim))
     return snap(jnp.clip(local, 0.0, 1.0), lvl)
 
-  def maximise(acq, cand, centre):
-    """Best of ``centre`` and the best candidates, each before and after Adam refinement."""
+  def maximise(acq, cand, centre, cand_ok=True):
+    """Best of ``centre`` and the best candidates (where ``cand_ok``), each before and after
+    Adam refinement."""
     score = acq(cand)
-    score = jnp.where(jnp.isfinite(score), score, -jnp.inf)
+    score = jnp.where(jnp.isfinite(score) & cand_ok, score, -jnp.inf)
     k = min(n_restarts - 1 - n_div, cand.shape[0])
     _, idx = jax.lax.top_k(score, k)
     starts = [centre[None], cand[idx]]
@@ -390,11 +390,11 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
     u = pool[jnp.argmax(jnp.where(jnp.isfinite(pool_score), pool_score, -jnp.inf))]
     return choice_search(acq, u)
 
-  def exploit(theta, x, y, valid, key, k_nn):
-    """Minimiser of the posterior mean of a GP refitted on the ``k_nn`` (traced)
-    observations nearest the incumbent (in the fitted lengthscales), ``y`` re-standardised
-    among them. The model masks all but the first ``k_nn`` of the ``max(n_exploit)``
-    nearest, so one compiled body serves every size; all of them are candidates."""
+  def local_model(theta, x, y, valid, key, k_nn):
+    """A GP refitted on the ``k_nn`` (traced) observations nearest the incumbent (in the
+    fitted lengthscales), ``y`` re-standardised among them, and its candidates. The model
+    masks all but the first ``k_nn`` of the ``max(n_exploit)`` nearest, so one compiled body
+    serves every size; all of them are candidates."""
     inc = jnp.argmin(jnp.where(valid, y, jnp.inf))
     d2 = jnp.where(valid, _sq_dist(x, x[inc][None], theta["log_ls"], lvl)[:, 0], jnp.inf)
     neg_d2, nn = jax.lax.top_k(-d2, min(max(n_exploit), x.shape[0]))
@@ -402,53 +402,80 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
     xl = x[nn]
     yl = warp_and_standardize(y[nn], ml)
     theta_l = fit_gp(theta, xl, yl, ml, _EXPLOIT_FIT_STEPS, fit_lr, lvl, deterministic)
-    predict = _posterior(theta_l, xl, yl, ml, lvl)
-    centre = snap(x[inc], lvl)
-    cand = jnp.concatenate([perturb(centre, key), snap(xl, lvl)])
-    return maximise(lambda xq: -predict(xq)[0], cand, centre)
+    cand = jnp.concatenate([perturb(snap(x[inc], lvl), key), snap(xl, lvl)])
+    return theta_l, xl, yl, ml, cand
+
+  def pad_rows(a, rows, fill=0):
+    return jnp.concatenate([a, jnp.full((rows - a.shape[0], *a.shape[1:]), fill, a.dtype)])
 
   def model_ask(size, state, key, n):
-    """Fits the GP on the first ``size`` buffer rows and proposes a kriging-believer batch."""
+    """Fits the GP on the first ``size`` buffer rows and proposes a kriging-believer batch.
+
+    Exploitation and log-EI points go through one scan (one compiled acquisition search):
+    step ``i < m`` maximises minus the mean of local model ``i``, the others the acquisition
+    of the global model with the believed points; every chosen point then joins the global
+    data as a fantasy observation."""
     x, y, valid = state["x"][:size], state["y"][:size], state["valid"][:size]
     n_obs = jnp.sum(valid)
     yz = warp_and_standardize(y, valid)
     best = jnp.min(jnp.where(valid, yz, jnp.inf))
     theta = fit_gp(state["theta"], x, yz, valid, fit_steps, fit_lr, lvl, deterministic)
     top = snap(x[jnp.argsort(jnp.where(valid, y, jnp.inf))[:n_top]], lvl)
+    rows = size + n
+    n_cand = n_candidates + n_local
+    m = min(len(n_exploit), n - 1)  # exploitation points; at least one point follows log-EI
+    if m:
+      keys = jax.vmap(lambda j: jax.random.fold_in(key, n + j))(jnp.arange(m))
+      loc = jax.lax.map(lambda a: local_model(theta, x, y, valid, a[0], a[1]),
+                        (keys, jnp.asarray(n_exploit[:m])))
+      theta_l, xl, yl, ml, cand_l = loc
+      # padded to the global model's rows and candidates (masked rows; repeats of the centre)
+      xl = jax.vmap(lambda a: pad_rows(a, rows))(xl)
+      yl = jax.vmap(lambda a: pad_rows(a, rows))(yl)
+      ml = jax.vmap(lambda a: pad_rows(a, rows, False))(ml)
+      n_pad = n_cand - cand_l.shape[1]
+      cand_l = jnp.concatenate([cand_l, jnp.broadcast_to(top[0], (m, n_pad, dim))], axis=1)
+      ok_l = jnp.arange(n_cand) < n_cand - n_pad
+      pick = lambda a, i: a[jnp.minimum(i, m - 1)]  # noqa: E731
 
     def propose(carry, i):
       x_all, yz_all, m_all = carry
       k_rand, k_loc, k_pick = jax.random.split(jax.random.fold_in(key, i), 3)
-      predict = _posterior(theta, x_all, yz_all, m_all, lvl)
-      acq = acq_fn(predict, best)
       cand = snap(jax.random.uniform(k_rand, (n_candidates, dim)), lvl)
       if n_local:  # perturbations of the best observations
         parent = top[jax.random.randint(k_pick, (n_local,), 0, jnp.minimum(n_obs, n_top))]
         cand = jnp.concatenate([cand, perturb(parent, k_loc)])
-      u = maximise(acq, cand, top[0])  # the incumbent always starts a search
-      return believe((x_all, yz_all, m_all), predict, i, u), u
+      model = (theta, x_all, yz_all, m_all)
+      glob = _posterior(*model, lvl)
+      if m:
+        local = i < m
+        sel = lambda a, b: jnp.where(local, a, b)  # noqa: E731
+        model = jax.tree_util.tree_map(
+            sel, (jax.tree_util.tree_map(lambda a: pick(a, i), theta_l), pick(xl, i),
+                  pick(yl, i), pick(ml, i)), model)
+        cand = sel(pick(cand_l, i), cand)
+        cand_ok = ~local | ok_l
+        predict = _posterior(*model, lvl)
+      else:
+        local, predict, cand_ok = False, glob, True
 
-    def believe(carry, predict, i, u):
-      """Adds ``u`` as row ``size + i`` with its posterior mean as a fantasy observation."""
-      x_all, yz_all, m_all = carry
-      fantasy, _ = predict(u[None])
-      return (x_all.at[size + i].set(u), yz_all.at[size + i].set(fantasy[0]),
-              m_all.at[size + i].set(True))
+      def acq(xq):
+        mean, std = predict(xq)
+        if acquisition == "ei":
+          score = _log_h((best - mean) / std) + jnp.log(std)
+        else:
+          score = -mean + kappa * std
+        return jnp.where(local, -mean, score) if m else score
 
-    carry = (jnp.concatenate([x, jnp.zeros((n, dim), jnp.float32)]),
-             jnp.concatenate([yz, jnp.zeros(n, jnp.float32)]),
-             jnp.concatenate([valid, jnp.zeros(n, bool)]))
-    m = min(len(n_exploit), n - 1)  # exploitation points; at least one point follows log-EI
-    first = []
-    if m:
-      keys = jax.vmap(lambda j: jax.random.fold_in(key, n + j))(jnp.arange(m))
-      first = [jax.lax.map(lambda a: exploit(theta, x, y, valid, a[0], a[1]),
-                           (keys, jnp.asarray(n_exploit[:m])))]
-      carry, _ = jax.lax.scan(
-          lambda c, ju: (believe(c, _posterior(theta, *c, lvl), ju[0], ju[1]), None), carry,
-          (jnp.arange(m), first[0]))
-    _, u = jax.lax.scan(propose, carry, jnp.arange(m, n))
-    return theta, jnp.concatenate([*first, u])
+      u = maximise(acq, cand, top[0], cand_ok)  # the incumbent always starts a search
+      fantasy, _ = glob(u[None])  # joins the global data at its posterior mean
+      carry = (x_all.at[size + i].set(u), yz_all.at[size + i].set(fantasy[0]),
+               m_all.at[size + i].set(True))
+      return carry, u
+
+    carry = (pad_rows(x, rows), pad_rows(yz, rows), pad_rows(valid, rows, False))
+    _, u = jax.lax.scan(propose, carry, jnp.arange(n))
+    return theta, u
 
   def ask(state, key, n):
     design_state, u_design = design.ask(state["design"], None, n)
