@@ -26,7 +26,8 @@ import numpy as np  # noqa: E402
 from metaopt._src.mosearch import motpe  # noqa: E402
 from metaopt._src.multiobjective import hypervolume  # noqa: E402
 
-VARIANTS = {"default": {}, "cand64": {"n_candidates": 64}, "gamma0.2": {"gamma": 0.2},
+VARIANTS = {"default": {}, "cand64": {"n_candidates": 64}, "gamma0.1": {"gamma": None},
+            "gamma0.2": {"gamma": 0.2},
             "prior0.5": {"prior_weight": 0.5}}
 
 
