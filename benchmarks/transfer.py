@@ -72,11 +72,13 @@ def trials_to_target(study: metaopt.Study, max_trials: int) -> int | None:
   return None
 
 
-def run_seed(seed: int, source_trials: int, max_trials: int) -> tuple[int | None, int | None]:
+def run_seed(seed: int, source_trials: int, max_trials: int,
+             top_k: int = 3) -> tuple[int | None, int | None]:
   cold = trials_to_target(metaopt.create_study(SPACE, "tpe", seed=seed), max_trials)
   src = metaopt.create_study(SPACE, "tpe", seed=10_000 + seed, study_name=f"source{seed}")
   src.optimize(source_task, n_trials=source_trials)
-  warm_study = metaopt.create_study(SPACE, "tpe", seed=seed, warm_start=src)
+  warm_study = metaopt.create_study(SPACE, "tpe", seed=seed, warm_start=src,
+                                    warm_start_top_k=top_k)
   assert warm_study.warm_start_sources[0]["n_used"] == source_trials
   return cold, trials_to_target(warm_study, max_trials)
 
@@ -96,14 +98,16 @@ def main() -> None:
   ap = argparse.ArgumentParser()
   ap.add_argument("--quick", action="store_true", help="5 report seeds (else 10)")
   ap.add_argument("--dev", action="store_true", help="the development seeds 0-4 instead")
+  ap.add_argument("--top_k", type=int, default=3, help="warm_start_top_k")
+  ap.add_argument("--seeds", type=int, default=None, help="how many seeds (overrides 5 / 10)")
   ap.add_argument("--source_trials", type=int, default=100)
   ap.add_argument("--max_trials", type=int, default=200)
   args = ap.parse_args()
   print(f"target level {TARGET_LEVEL:.4f} (regret {REGRET} on the target task); "
         f"load average {os.getloadavg()[0]:.2f}")
   kind = "dev" if args.dev else "report"
-  seeds = _protocol.seeds(kind, 5 if (args.quick or args.dev) else 10)
-  rows = [run_seed(s, args.source_trials, args.max_trials) for s in seeds]
+  seeds = _protocol.seeds(kind, args.seeds or (5 if (args.quick or args.dev) else 10))
+  rows = [run_seed(s, args.source_trials, args.max_trials, args.top_k) for s in seeds]
   ratio = summarize(f"{kind} seeds {seeds[0]}-{seeds[-1]}", rows, args.max_trials)
   _protocol.headline("warmstart_trials_to_target_ratio", f"{ratio:.2f}",
                      f"TPE warm-started from a {args.source_trials}-trial source study, "
