@@ -248,9 +248,18 @@ def make_search(model: Network, settings: SearchSettings, example_x: jax.Array,
 
   def step(state: NASState, batch_t: Batch, batch_v: Batch, key: jax.Array):
     k_arch, k_w = jax.random.split(key)
-    g_a, (val_loss, val_acc, cost) = arch_grad_aux(state, batch_t, batch_v, k_arch)
-    upd, a_state = a_opt.update(g_a, state.a_opt, state.alpha)
     warm = state.step < s.warmup_steps  # weights only, architecture frozen
+    if s.warmup_steps > 0:  # a warm-up step skips the architecture gradient (forward only)
+      def frozen(_):
+        w = jax.lax.stop_gradient(mixing(state.alpha, jax.random.split(k_arch)[1], state.step))
+        loss, acc = net(state.params, w, batch_v, state.step)
+        return jax.tree.map(jnp.zeros_like, state.alpha), (loss, acc, penalty(state.alpha)[1])
+
+      g_a, (val_loss, val_acc, cost) = jax.lax.cond(
+          warm, frozen, lambda _: arch_grad_aux(state, batch_t, batch_v, k_arch), None)
+    else:
+      g_a, (val_loss, val_acc, cost) = arch_grad_aux(state, batch_t, batch_v, k_arch)
+    upd, a_state = a_opt.update(g_a, state.a_opt, state.alpha)
     a_state = jax.tree.map(lambda old, new: jnp.where(warm, old, new), state.a_opt, a_state)
     alpha = optax.apply_updates(state.alpha, jax.tree.map(lambda u: jnp.where(warm, 0.0, u),
                                                           upd))
