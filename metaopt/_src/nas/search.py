@@ -14,7 +14,8 @@ weights come from the architecture logits ``alpha`` (see ``darts.py`` and ``gdas
 * ``snas``: the relaxed (soft) Gumbel-softmax sample, temperature annealed exponentially
   (Xie et al., ICLR 2019); ``snas_hard=True`` uses the straight-through hard sample.
 
-Options: weight-only warm-up steps (``warmup_steps``), partial channels (``partial_k``,
+Options: weight-only warm-up steps (``warmup_steps``; they skip the architecture gradient,
+only a validation forward pass is taken for the telemetry), partial channels (``partial_k``,
 PC-DARTS), an auxiliary skip decaying to zero (``aux_skip``, DARTS-), a penalty on the skip
 weight in the normal cell (``skip_penalty``), a hardware penalty or budget on the expected
 cost (``hw_penalty``, ``hw_budget``), and joint HPO (``hpo="hypergrad"``): the weight
