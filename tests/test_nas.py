@@ -302,6 +302,26 @@ def test_skip_collapse_safeguard_fires_on_a_collapsing_run_only(digits_full):
     assert 0 <= h["entropy"] <= np.log(MINI.num_ops) + 1e-6
 
 
+def test_warmup_steps_freeze_the_architecture_then_release_it(digits):
+  s = nas.SearchSettings(total_steps=4, warmup_steps=1, a_lr=0.1)
+  prog, _ = nas.make_program(MINI, tiny_net(), s, digits, 16)
+  step = jax.jit(prog.step)
+  st0 = prog.init(jax.random.key(0))
+  b = _batch(digits.train), _batch(digits.valid)
+  st1, tel1 = step(st0, *b, jax.random.key(1))  # warm-up: weights move, alpha does not
+  np.testing.assert_array_equal(st1.alpha["normal"], st0.alpha["normal"])
+  assert float(tel1["arch_grad_norm"]) == 0.0 and np.isfinite(float(tel1["val_loss"]))
+  assert float(tree_norm_diff(st1.params, st0.params)) > 0
+  st2, tel2 = step(st1, *b, jax.random.key(2))  # after it: the architecture step is taken
+  assert float(tel2["arch_grad_norm"]) > 0
+  assert float(jnp.abs(st2.alpha["normal"] - st1.alpha["normal"]).max()) > 1e-3
+
+
+def tree_norm_diff(a, b):
+  return sum(jnp.sum(jnp.square(x - y)) for x, y in zip(
+      jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True))
+
+
 def test_eigenvalue_early_stop_rule():
   sg = nas.SafeguardSettings(eig_window=2, eig_ratio=0.75)
   flat = [{"skip_count": 0, "eigenvalue": e} for e in (1.0, 1.1, 1.0, 1.05, 1.1)]

@@ -14,7 +14,8 @@ weights come from the architecture logits ``alpha`` (see ``darts.py`` and ``gdas
 * ``snas``: the relaxed (soft) Gumbel-softmax sample, temperature annealed exponentially
   (Xie et al., ICLR 2019); ``snas_hard=True`` uses the straight-through hard sample.
 
-Options: weight-only warm-up steps (``warmup_steps``), partial channels (``partial_k``,
+Options: weight-only warm-up steps (``warmup_steps``; they skip the architecture gradient,
+only a validation forward pass is taken for the telemetry), partial channels (``partial_k``,
 PC-DARTS), an auxiliary skip decaying to zero (``aux_skip``, DARTS-), a penalty on the skip
 weight in the normal cell (``skip_penalty``), a hardware penalty or budget on the expected
 cost (``hw_penalty``, ``hw_budget``), and joint HPO (``hpo="hypergrad"``): the weight
@@ -248,9 +249,18 @@ def make_search(model: Network, settings: SearchSettings, example_x: jax.Array,
 
   def step(state: NASState, batch_t: Batch, batch_v: Batch, key: jax.Array):
     k_arch, k_w = jax.random.split(key)
-    g_a, (val_loss, val_acc, cost) = arch_grad_aux(state, batch_t, batch_v, k_arch)
-    upd, a_state = a_opt.update(g_a, state.a_opt, state.alpha)
     warm = state.step < s.warmup_steps  # weights only, architecture frozen
+    if s.warmup_steps > 0:  # a warm-up step skips the architecture gradient (forward only)
+      def frozen(_):
+        w = jax.lax.stop_gradient(mixing(state.alpha, jax.random.split(k_arch)[1], state.step))
+        loss, acc = net(state.params, w, batch_v, state.step)
+        return jax.tree.map(jnp.zeros_like, state.alpha), (loss, acc, penalty(state.alpha)[1])
+
+      g_a, (val_loss, val_acc, cost) = jax.lax.cond(
+          warm, frozen, lambda _: arch_grad_aux(state, batch_t, batch_v, k_arch), None)
+    else:
+      g_a, (val_loss, val_acc, cost) = arch_grad_aux(state, batch_t, batch_v, k_arch)
+    upd, a_state = a_opt.update(g_a, state.a_opt, state.alpha)
     a_state = jax.tree.map(lambda old, new: jnp.where(warm, old, new), state.a_opt, a_state)
     alpha = optax.apply_updates(state.alpha, jax.tree.map(lambda u: jnp.where(warm, 0.0, u),
                                                           upd))
