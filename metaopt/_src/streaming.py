@@ -200,17 +200,8 @@ class StreamingKernel:
     """Metrics of every trial on a split, in batches of ``eval_batch`` rows (means weighted
     by rows)."""
     s = getattr(self.data, split)
-    n, eb = (self.eval_rows if split == "valid" else len(s)), self.eval_batch
-    total: dict[str, Any] = {}
-    for start in range(0, n, eb):
-      idx = np.arange(start, min(n, start + eb))
-      x = _cast(_take(s.x, idx), self.x_dtype)
-      y = _take(s.y, idx).astype(self.y_dtype)
-      m = self._eval(states, h, jnp.asarray(x), jnp.asarray(y))
-      w = len(idx) / n
-      for k_, v in m.items():
-        total[k_] = v * w if k_ not in total else total[k_] + v * w
-    return total
+    n = self.eval_rows if split == "valid" else len(s)
+    return evaluate_batched(self._eval, states, h, s, self.eval_batch, self.y_dtype, rows=n)
 
   def chunk(self, states: PyTree, h: Mapping[str, Any], alive: Any, key: jax.Array,
             data: Any = None) -> tuple[PyTree, dict]:
@@ -229,6 +220,34 @@ class StreamingKernel:
     metrics = jax.vmap(pop.epoch_metrics)(tel, ev)
     zero = lambda m: jnp.where(alive.reshape((-1,) + (1,) * (m.ndim - 1)), m, jnp.zeros_like(m))
     return states, jax.tree_util.tree_map(zero, metrics)
+
+
+def batches(split: Any, eval_batch: int, y_dtype: Any, rows: int | None = None
+            ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+  """``(x, y)`` host batches of the first ``rows`` rows of a split (default all), in order,
+  ``eval_batch`` rows each (the last may be smaller); inputs float32 (uint8 scaled)."""
+  n = len(split) if rows is None else rows
+  for start in range(0, n, eval_batch):
+    idx = np.arange(start, min(n, start + eval_batch))
+    yield _cast(_take(split.x, idx), np.dtype(np.float32)), \
+        _take(split.y, idx).astype(y_dtype)
+
+
+def evaluate_batched(fn: Callable, states: PyTree, h: Mapping[str, Any], split: Any,
+                     eval_batch: int, y_dtype: Any, rows: int | None = None) -> dict:
+  """Metrics of a population on a split, ``fn(states, h, x, y) -> {name: [n]}`` run on
+  batches of ``eval_batch`` rows: each metric (a mean over rows: loss, accuracy, MSE) is the
+  row-weighted mean of its batches' (float64 on the host, float32 returned), so host and
+  device memory hold one batch, not the split. One batch gives ``fn``'s values exactly."""
+  n = len(split) if rows is None else rows
+  total: dict[str, np.ndarray] = {}
+  for x, y in batches(split, eval_batch, y_dtype, n):
+    m = jax.device_get(fn(states, h, jnp.asarray(x), jnp.asarray(y)))
+    w = len(x) / n
+    for k_, v in m.items():
+      v = np.asarray(v, np.float64) * w
+      total[k_] = v if k_ not in total else total[k_] + v
+  return {k_: v.astype(np.float32) for k_, v in total.items()}
 
 
 def _concat_valid(tels: list[tuple[dict, Any]]) -> dict:
