@@ -1,6 +1,7 @@
 """A search on a (pop, data) device mesh: 8 simulated CPU devices, trials over 2 of them and
 each minibatch over 4, give the same trials as one device (the same driver, asked for through
-``search(mesh=...)`` or a config's ``mesh``); bad mesh settings fail before anything compiles."""
+``search(mesh=...)`` or a config's ``mesh``), in memory and streamed; bad mesh settings fail
+before anything compiles."""
 
 import json
 import os
@@ -13,8 +14,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 SCRIPT = """
 import json
+import os
 import jax
 import metaopt
+from metaopt._src.evaluators import as_evaluator
 from metaopt import spaces
 from metaopt._src import config as config_lib
 from metaopt._src import population as pop
@@ -37,6 +40,12 @@ out = {"one": rows(metaopt.search(program, task, space=space, devices=jax.device
 cfg.mesh = (2, 4)  # the same search through the config path of `run.py run`
 res = config_lib.run_config(cfg, metaopt.Store("sqlite://"), progress=False)
 out["mesh"] = rows(res)
+# over the memory budget, the same search streams its minibatches onto the mesh
+os.environ["METAOPT_DATA_MEMORY_BYTES"] = "1000"
+ev = as_evaluator(task, batch_size=64, mesh=(2, 4), space=space)
+out["stream_kernel"] = type(ev.kernel({})).__name__
+out["streamed"] = rows(metaopt.search(program, ev, space=space, progress=False, **kw))
+del os.environ["METAOPT_DATA_MEMORY_BYTES"]
 bs_space = spaces.Space({"learning_rate": spaces.Float(1e-3, 2e-2, log=True),
                          "batch_size": spaces.Choice([32, 50], structural=True)})
 errors = []
@@ -64,8 +73,10 @@ def mesh_run():
   return json.loads(r.stdout.strip().splitlines()[-1])
 
 
-def test_pop2_data4_search_matches_one_device(mesh_run):
-  one, mesh = mesh_run["one"], mesh_run["mesh"]
+@pytest.mark.parametrize("run", ["mesh", "streamed"])
+def test_pop2_data4_search_matches_one_device(mesh_run, run):
+  one, mesh = mesh_run["one"], mesh_run[run]
+  assert mesh_run["stream_kernel"] == "StreamingKernel"
   assert [t[:2] for t in one] == [t[:2] for t in mesh]
   assert {t[1] for t in one} == {"complete", "pruned"}  # ASHA pruned on the mesh too
   for a, b in zip(one, mesh, strict=True):

@@ -469,10 +469,10 @@ class TaskEvaluator(Evaluator):
     self.mode = pop.default_mode(mesh) if kernel_mode is None else kernel_mode
     self.group_switches = group_switches
     self.multiple = 1 if mesh is None else mesh.shape["pop"]
-    # data larger than the memory budget streams from the host (single device for now)
-    self._stream = mesh is None and streaming.should_stream(task.data)
+    # data larger than the memory budget streams from the host (blocks placed on the mesh)
+    self._stream = streaming.should_stream(task.data)
     data = streaming.shape_only(task.data) if self._stream else pop.data_arrays(task.data)
-    if mesh is not None:
+    if mesh is not None and not self._stream:
       data = jax.device_put(data, jax.sharding.NamedSharding(mesh,
                                                              jax.sharding.PartitionSpec()))
     self.data, self._mesh, self._shared = data, mesh, shared_batches
@@ -489,8 +489,8 @@ class TaskEvaluator(Evaluator):
       n_train = len(self.task.data.train)
       bs = min(int(structure.get("batch_size", self.batch_size)), n_train)
       if self._stream:
-        self._kernels[k] = streaming.make_streaming_kernel(self.fns(structure),
-                                                           self.task.data, bs, self._shared)
+        self._kernels[k] = streaming.make_streaming_kernel(
+            self.fns(structure), self.task.data, bs, self._shared, mesh=self._mesh)
       elif self._two_d:
         self._kernels[k] = mesh2d.make_kernel(self.fns(structure), n_train, bs, self._mesh,
                                               self._shared)
