@@ -126,3 +126,32 @@ def test_batched_test_evaluation_is_the_one_pass_mean(task):
   for k in whole:
     np.testing.assert_array_equal(one[k], np.asarray(whole[k]))  # one batch: exactly fn's
     np.testing.assert_allclose(batched[k], whole[k], rtol=1e-5, atol=1e-6)
+
+
+def test_a_tfds_data_source_is_read_lazily_and_streams(tmp_path, monkeypatch):
+  import tensorflow_datasets as tfds
+
+  from metaopt.tasks import SourceArray, default_data_dir, from_sources, load_dataset
+
+  mem = load_dataset("digits")  # prepares the array_record files if needed
+  src = tfds.builder("metaopt_digits", data_dir=default_data_dir()).as_data_source()
+  ds = from_sources(src["train"], src["valid"], src["test"], name="digits_source")
+  assert isinstance(ds.train.x, SourceArray) and ds.num_classes == 10
+  assert [len(s) for s in (ds.train, ds.valid, ds.test)] == \
+      [len(s) for s in (mem.train, mem.valid, mem.test)]
+  # array_record keeps no order: rows sorted by their generation index are the loaded split
+  order = np.argsort([r["index"] for r in src["valid"].__getitems__(list(range(len(ds.valid))))])
+  np.testing.assert_array_equal(np.asarray(ds.valid.x)[order], mem.valid.x)
+  np.testing.assert_array_equal(ds.valid.y[order], mem.valid.y)
+  with pytest.raises(ValueError, match="dataset: valid must be a random-access source"):
+    from_sources(src["train"], [1, 2], src["test"])
+  with pytest.raises(ValueError, match="records have keys .*not x_key='x'"):
+    from_sources(src["train"], src["valid"], src["test"], x_key="x")
+  # over the memory budget, a task on the raw sources streams them through the search
+  monkeypatch.setenv("METAOPT_DATA_MEMORY_BYTES", "1000")
+  task = get_task("digits_mlp", max_width=32, dataset={
+      "train": src["train"], "valid": src["valid"], "test": src["test"], "name": "src"})
+  assert streaming.should_stream(task.data)
+  res = metaopt.search(metaopt.random_search(task.space.dim), task, n_trials=2, population=2,
+                       epochs=2, batch_size=64, seed=0, progress=False)
+  assert res.count("complete") == 2 and res.best.objective > 0.5
