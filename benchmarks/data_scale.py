@@ -119,7 +119,8 @@ def main() -> None:
   ap.add_argument("--repeats", type=int, default=None,
                   help="timed chunk pairs (default 10; 3 with --quick)")
   ap.add_argument("--rss-repeats", type=int, default=None,
-                  help="pairs of fresh processes for peak RSS (default 3; 1 with --quick)")
+                  help="pairs of fresh processes for peak RSS (default 3; 1 with --quick; "
+                  "0: throughput only)")
   ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
   a = ap.parse_args()
   steps = a.steps or (8 if a.quick else 32)
@@ -134,7 +135,7 @@ def main() -> None:
         f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
         + (" (--quick: a smoke run)" if a.quick else ""))
   rss_ratios = []
-  for _ in range(a.rss_repeats or (1 if a.quick else 3)):
+  for _ in range((1 if a.quick else 3) if a.rss_repeats is None else a.rss_repeats):
     rss = {}
     for name in ("images32_5k", "images32"):
       out = subprocess.run([sys.executable, __file__, "--child", name, "--steps", str(steps),
@@ -145,6 +146,7 @@ def main() -> None:
           f"{rss['images32']:.0f} MB", flush=True)
     rss_ratios.append(rss["images32"] / rss["images32_5k"])
   tp = throughput(a.population, steps, a.batch, reps=a.repeats or (3 if a.quick else 10))
+  print(f"# load average after the timed pairs: {os.getloadavg()[0]:.1f}")
   n_img = tp["images_per_chunk"]
   print(f"# population {a.population}, {steps} steps of {a.batch}; warm-up chunk (compile s): "
         f"streaming {tp['warmup_s']['streaming']:.1f} ({tp['compile_s']['streaming']:.1f}), "
@@ -158,7 +160,8 @@ def main() -> None:
   variant = f"16 images32_resnet CNNs, {steps} steps of {a.batch}" if a.population == 16 \
       else f"population {a.population}, {steps} steps of {a.batch}"
   proto.headline("streaming_over_inmemory_throughput", sp.median, variant)
-  proto.headline("peak_rss_growth_50k_over_5k", sr.median, variant)
+  if rss_ratios:  # --rss-repeats 0 measures throughput only
+    proto.headline("peak_rss_growth_50k_over_5k", sr.median, variant)
 
 
 if __name__ == "__main__":
