@@ -28,4 +28,6 @@ def get_config() -> ml_collections.ConfigDict:
   config.checkpoint_dir = ""
   config.shared_batches = True
   config.checkpoint_every_s = 10.0
+  config.mesh = ()  # (pop, data): e.g. --config.mesh="(2,4)" on 8 devices
+  config.compute_dtype = "float32"
   return config

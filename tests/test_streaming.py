@@ -9,6 +9,7 @@ import pytest
 import metaopt
 from metaopt._src import population as pop
 from metaopt._src import streaming
+from metaopt._src.evaluate import evaluate_top
 from metaopt.tasks import from_arrays, get_task
 
 
@@ -96,3 +97,61 @@ def test_a_dataset_over_the_memory_budget_trains_from_a_memmap(tmp_path, monkeyp
   assert res.best.objective > 0.7  # a linear teacher: learnable
   for t in res.trials:
     assert [m["epoch"] for m in t.metrics] == [0, 1, 2]
+  # the top configuration retrained (streamed, as searched) and tested in batches of 128
+  # rows gives the numbers of in-memory retraining tested in one pass
+  st = metaopt.Store(f"sqlite:///{tmp_path}/s.db")
+  streamed = evaluate_top(st, None, task, task.space, k=1, seeds=2, eval_batch=128,
+                          ensemble=True)
+  monkeypatch.delenv("METAOPT_DATA_MEMORY_BYTES")
+  whole = evaluate_top(st, None, task, task.space, k=1, seeds=2, eval_batch=10_000,
+                       ensemble=True)
+  a, b = streamed["configs"][0], whole["configs"][0]
+  assert a["number"] == b["number"] == res.best.number
+  np.testing.assert_allclose(a["per_seed"], b["per_seed"], atol=1.5 / 500)  # <= 1 flip
+  assert a["test_accuracy"] > 0.7
+  assert abs(streamed["ensemble"]["test_accuracy"] - whole["ensemble"]["test_accuracy"]) \
+      <= 1.5 / 500
+
+
+def test_batched_test_evaluation_is_the_one_pass_mean(task):
+  fns = task.build({})
+  h = task.space.decode(jax.random.uniform(jax.random.key(0), (3, task.space.dim)))
+  states = jax.vmap(fns.init)(jax.random.split(jax.random.key(1), 3), h)
+  ev = jax.jit(lambda s, hh, x, y: jax.vmap(fns.evaluate, in_axes=(0, None, None, 0))(
+      s, x, y, hh))
+  # 360 test rows in batches of 7: a short last batch
+  batched = streaming.evaluate_batched(ev, states, h, task.data.test, 7, np.int32)
+  one = streaming.evaluate_batched(ev, states, h, task.data.test, 1000, np.int32)
+  whole = ev(states, h, jnp.asarray(task.data.test.x), jnp.asarray(task.data.test.y))
+  for k in whole:
+    np.testing.assert_array_equal(one[k], np.asarray(whole[k]))  # one batch: exactly fn's
+    np.testing.assert_allclose(batched[k], whole[k], rtol=1e-5, atol=1e-6)
+
+
+def test_a_tfds_data_source_is_read_lazily_and_streams(tmp_path, monkeypatch):
+  import tensorflow_datasets as tfds
+
+  from metaopt.tasks import SourceArray, default_data_dir, from_sources, load_dataset
+
+  mem = load_dataset("digits")  # prepares the array_record files if needed
+  src = tfds.builder("metaopt_digits", data_dir=default_data_dir()).as_data_source()
+  ds = from_sources(src["train"], src["valid"], src["test"], name="digits_source")
+  assert isinstance(ds.train.x, SourceArray) and ds.num_classes == 10
+  assert [len(s) for s in (ds.train, ds.valid, ds.test)] == \
+      [len(s) for s in (mem.train, mem.valid, mem.test)]
+  # array_record keeps no order: rows sorted by their generation index are the loaded split
+  order = np.argsort([r["index"] for r in src["valid"].__getitems__(list(range(len(ds.valid))))])
+  np.testing.assert_array_equal(np.asarray(ds.valid.x)[order], mem.valid.x)
+  np.testing.assert_array_equal(ds.valid.y[order], mem.valid.y)
+  with pytest.raises(ValueError, match="dataset: valid must be a random-access source"):
+    from_sources(src["train"], [1, 2], src["test"])
+  with pytest.raises(ValueError, match="records have keys .*not x_key='x'"):
+    from_sources(src["train"], src["valid"], src["test"], x_key="x")
+  # over the memory budget, a task on the raw sources streams them through the search
+  monkeypatch.setenv("METAOPT_DATA_MEMORY_BYTES", "1000")
+  task = get_task("digits_mlp", max_width=32, dataset={
+      "train": src["train"], "valid": src["valid"], "test": src["test"], "name": "src"})
+  assert streaming.should_stream(task.data)
+  res = metaopt.search(metaopt.random_search(task.space.dim), task, n_trials=2, population=2,
+                       epochs=2, batch_size=64, seed=0, progress=False)
+  assert res.count("complete") == 2 and res.best.objective > 0.5

@@ -37,12 +37,18 @@ FIELDS: dict[str, str] = {
     "objectives": "several objectives [[name, 'maximize'|'minimize'], ...] (empty: the task's "
                   "one objective); names: flops, device_seconds, live_weights or an epoch "
                   "metric such as valid_accuracy",
+    "mesh": "[pop, data] device mesh: trials over pop devices, each minibatch over data "
+            "devices (pop * data divides the device count); empty for all devices over pop",
+    "compute_dtype": "'float32' or 'bfloat16' (forward and backward pass; parameters float32)",
 }
 
 
 # Fields a config may leave out (and that older stored studies lack).
 DEFAULTS: dict[str, Any] = {"checkpoint_dir": "", "shared_batches": True,
                             "checkpoint_every_s": 10.0, "objectives": []}
+# Fields a config may leave out that are dropped at their default, so studies stored before
+# they existed resume with the same config.
+OPTIONAL: dict[str, Any] = {"mesh": [], "compute_dtype": "float32"}
 _MULTI = ("nsga2", "motpe", "parego")  # searchers that take n_objectives
 
 
@@ -65,7 +71,7 @@ def validate(config: Mapping[str, Any]) -> dict[str, Any]:
   if unknown:
     raise ValueError(f"config: unknown field(s) {unknown}; allowed fields: {sorted(FIELDS)}")
   cfg = {**DEFAULTS, **cfg}
-  missing = sorted(set(FIELDS) - set(cfg))
+  missing = sorted(set(FIELDS) - set(cfg) - set(OPTIONAL))
   if missing:
     what = "; ".join(f"{m}: {FIELDS[m]}" for m in missing)
     raise ValueError(f"config: missing field(s) {missing} ({what})")
@@ -114,6 +120,20 @@ def validate(config: Mapping[str, Any]) -> dict[str, Any]:
     raise ValueError(f"objectives={objs!r}: must be a list of [name, direction] pairs with "
                      f"direction 'maximize' or 'minimize' ({FIELDS['objectives']})")
   cfg["objectives"] = [[str(n), str(d)] for n, d in objs]
+  mesh = cfg.get("mesh", [])
+  if mesh is None or (isinstance(mesh, (list, tuple)) and len(mesh) == 0):
+    cfg.pop("mesh", None)
+  elif not (isinstance(mesh, (list, tuple)) and len(mesh) == 2 and all(
+      isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in mesh)):
+    raise ValueError(f"mesh={mesh!r}: must be [pop, data], two integers >= 1 ({FIELDS['mesh']})")
+  else:
+    cfg["mesh"] = [int(v) for v in mesh]
+  dt = cfg.get("compute_dtype", "float32")
+  if dt not in ("float32", "bfloat16"):
+    raise ValueError(f"compute_dtype={dt!r}: must be 'float32' or 'bfloat16' "
+                     f"({FIELDS['compute_dtype']})")
+  if dt == "float32":
+    cfg.pop("compute_dtype", None)
   if cfg["space"]:
     from_spec(cfg["space"])
   return dict(cfg)
@@ -147,6 +167,10 @@ def build(config: Mapping[str, Any]) -> tuple[Searcher, Task, Space, dict[str, A
   kwargs["checkpoint_dir"] = cfg["checkpoint_dir"] or None
   if m:
     kwargs["objectives"] = [tuple(o) for o in cfg["objectives"]]
+  if "mesh" in cfg:
+    kwargs["mesh"] = tuple(cfg["mesh"])
+  if "compute_dtype" in cfg:
+    kwargs["compute_dtype"] = cfg["compute_dtype"]
   return program, task, space, kwargs
 
 

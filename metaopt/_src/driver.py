@@ -86,6 +86,8 @@ def search(
     target: float | None = None,
     compaction: str = "auto",
     objectives: list[tuple[str, str]] | None = None,
+    mesh: tuple[int, int] | None = None,
+    compute_dtype: str | None = None,
 ) -> Result:
   """Runs (or resumes) a search: ask -> evaluate -> tell, and returns its :class:`Result`.
 
@@ -123,6 +125,13 @@ def search(
       the searcher is told ``y[n, m]`` (each minimised: maximised ones negated), the store
       keeps every value and the :class:`Result` gives the Pareto front and its hypervolume.
       The evaluator's own objective still fills ``Trial.objective``.
+    mesh: ``(pop, data)``: a 2-D device mesh over ``devices`` (tasks only): trials sharded
+      over ``pop`` devices and each minibatch over ``data`` devices (gradients averaged by
+      the compiler's collectives), so a population can use more devices than it has trials
+      and one trial can span devices. ``pop * data`` must divide the device count and
+      ``data`` every minibatch size. Default: the population over all ``devices``.
+    compute_dtype: ``"bfloat16"`` runs the forward and backward pass in bfloat16 with
+      float32 parameters and optimizer state (tasks only); default float32.
   """
   n_trials = loop.positive_int("n_trials", n_trials)
   population = loop.positive_int("population", population)
@@ -131,7 +140,8 @@ def search(
   if compaction not in COMPACTIONS:
     raise ValueError(f"compaction={compaction!r}: must be one of {', '.join(COMPACTIONS)}")
   ev = as_evaluator(task, batch_size=batch_size, shared_batches=shared_batches,
-                    devices=devices, compaction=compaction, space=space)
+                    devices=devices, compaction=compaction, space=space, mesh=mesh,
+                    compute_dtype=compute_dtype)
   space = ev.space if space is None else space
   if space is None:
     raise ValueError("space: the evaluator has no space; pass space=spaces.Space({...})")
@@ -194,7 +204,8 @@ def _open_study(st: Store, study: str, record: dict, config, ev: Evaluator, seed
     if rec.state_phase == "worker":
       raise ValueError(f"study {study!r} is run by workers; continue it with "
                        "metaopt.worker(...) / `run.py run --worker`")
-    changed = loop.config_changes(rec.config, record)
+    # the device mesh is where the study runs, not what it computes: it may change
+    changed = loop.config_changes(rec.config, record, ignore=("store", "mesh"))
     if config is not None and changed:
       raise ValueError(f"study {study!r} exists with a different config (fields {changed}); "
                        "resume it with the same config or pick a new study name "

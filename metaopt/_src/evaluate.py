@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from metaopt._src import population as pop
+from metaopt._src import streaming
 from metaopt._src.evaluators import group
 from metaopt._src.loop import trial_seed
 from metaopt._src.store import Store, _clean
@@ -44,12 +45,22 @@ def _class_probs(fns, n_classes: int):
   return probs
 
 
+def _population_eval(fns):
+  """``(states, h, x, y) -> metrics[n]`` of a population on one batch, compiled."""
+  return jax.jit(lambda s, h, x, y: jax.vmap(fns.evaluate, in_axes=(0, None, None, 0))(
+      s, x, y, h))
+
+
 def evaluate_top(store: Store, study: str | None, task: Task, space: Space, *, k: int = 3,
                  seeds: int = 3, epochs: int | None = None, batch_size: int | None = None,
-                 ensemble: bool = False) -> dict[str, Any]:
+                 ensemble: bool = False, eval_batch: int = 1024) -> dict[str, Any]:
   """Retrains the top-``k`` configurations with ``seeds`` seeds and tests them once; with
-  ``ensemble`` also the average of all ``k * seeds`` models' predicted probabilities."""
-  for name, v in (("k", k), ("seeds", seeds)):
+  ``ensemble`` also the average of all ``k * seeds`` models' predicted probabilities.
+
+  Retraining streams the train split when the search would (:func:`streaming.should_stream`),
+  and the test split is evaluated in batches of ``eval_batch`` rows, so memory holds a batch,
+  not the split (metrics are row-weighted means of the batches')."""
+  for name, v in (("k", k), ("seeds", seeds), ("eval_batch", eval_batch)):
     if isinstance(v, bool) or not isinstance(v, int) or v < 1:
       raise ValueError(f"{name}={v!r}: must be an integer >= 1")
   rec = store.load_study(study)
@@ -67,8 +78,9 @@ def evaluate_top(store: Store, study: str | None, task: Task, space: Space, *, k
   h = space.decode(jnp.asarray(u))
   params = space.to_python_batch(h)
   groups, structures = group(space, params, task)
-  data = pop.data_arrays(task.data)
-  x_te, y_te = jnp.asarray(task.data.test.x), jnp.asarray(task.data.test.y)
+  stream = streaming.should_stream(task.data)
+  data = streaming.shape_only(task.data) if stream else pop.data_arrays(task.data)
+  y_dtype = np.int32 if task.data.num_classes is not None else np.float32
   keys = jax.vmap(jax.random.key)(jnp.asarray(
       [trial_seed(rec.seed + 10_000 + s, t.number) for t, s in runs], jnp.uint32))
   test: list[dict[str, Any] | None] = [None] * len(runs)
@@ -76,23 +88,27 @@ def evaluate_top(store: Store, study: str | None, task: Task, space: Space, *, k
     if task.objective != "accuracy":
       raise ValueError(f"ensemble: needs a classification task (objective 'accuracy'); "
                        f"{task.name!r} optimizes {task.objective!r}")
-    n_classes = int(max(np.max(task.data.train.y), np.max(task.data.test.y))) + 1
+    n_classes = task.data.num_classes or int(
+        max(np.max(task.data.train.y), np.max(task.data.test.y))) + 1
     probs: list[np.ndarray | None] = [None] * len(runs)
   for g, idx in groups.items():
     fns = task.build(structures[g])
-    kern = pop.make_kernel(fns, len(task.data.train), batch_size)
+    kern = (streaming.make_streaming_kernel(fns, task.data, batch_size) if stream
+            else pop.make_kernel(fns, len(task.data.train), batch_size))
     hg = {k: v[idx] for k, v in h.items()}
     states = kern.init(keys[idx], hg)
     alive = jnp.ones(len(idx), bool)
     for e in range(epochs):
       states, _ = kern.chunk(states, hg, alive, jax.random.fold_in(jax.random.key(rec.seed), e),
                              data)
-    metrics = jax.vmap(fns.evaluate, in_axes=(0, None, None, 0))(states, x_te, y_te, hg)
+    metrics = streaming.evaluate_batched(_population_eval(fns), states, hg, task.data.test,
+                                         eval_batch, y_dtype)
     for j, i in enumerate(idx):
       test[i] = {m: float(v[j]) for m, v in metrics.items()}
-    if ensemble:
-      p = np.asarray(jax.jit(jax.vmap(_class_probs(fns, n_classes), in_axes=(0, None, 0)))(
-          states, x_te, hg))
+    if ensemble:  # [models, test rows, classes]: one row of probabilities per example
+      pf = jax.jit(jax.vmap(_class_probs(fns, n_classes), in_axes=(0, None, 0)))
+      p = np.concatenate([np.asarray(pf(states, jnp.asarray(x), hg)) for x, _ in
+                          streaming.batches(task.data.test, eval_batch, y_dtype)], axis=1)
       for j, i in enumerate(idx):
         probs[i] = p[j]
   obj = task.objective
@@ -125,7 +141,7 @@ def evaluate_top(store: Store, study: str | None, task: Task, space: Space, *, k
 
 
 def evaluate_study(store: Store, study: str | None = None, *, k: int = 3, seeds: int = 3,
-                   ensemble: bool = False) -> dict[str, Any]:
+                   ensemble: bool = False, eval_batch: int = 1024) -> dict[str, Any]:
   """:func:`evaluate_top` for a stored black-box study, its task and space rebuilt from the
   study's config."""
   from metaopt._src import config as config_lib
@@ -135,4 +151,5 @@ def evaluate_study(store: Store, study: str | None = None, *, k: int = 3, seeds:
     raise ValueError(f"study {rec.name!r} was made in Python by metaopt.create_study with a "
                      "Python objective; there is no task to retrain (its trials are in `report`)")
   _, task, space, _ = config_lib.build({**rec.config, "store": store.url})
-  return evaluate_top(store, rec.name, task, space, k=k, seeds=seeds, ensemble=ensemble)
+  return evaluate_top(store, rec.name, task, space, k=k, seeds=seeds, ensemble=ensemble,
+                      eval_batch=eval_batch)

@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from metaopt._src import compile_cache, streaming
+from metaopt._src import compile_cache, mesh2d, streaming
 from metaopt._src import population as pop
 from metaopt.spaces import Choice, Space
 from metaopt.tasks import Task, TrialFns, check_reads
@@ -444,7 +444,9 @@ class TaskEvaluator(Evaluator):
 
   def __init__(self, task: Task, *, batch_size: int = 32, shared_batches: bool = True,
                devices: Sequence[jax.Device] | None = None, compaction: str = "auto",
-               kernel_mode: str | None = None, group_switches: str = "auto"):
+               kernel_mode: str | None = None, group_switches: str = "auto",
+               mesh: tuple[int, int] | None = None, compute_dtype: Any = None,
+               space: Space | None = None):
     if compaction not in COMPACTIONS:
       raise ValueError(f"compaction={compaction!r}: must be one of {', '.join(COMPACTIONS)}")
     if group_switches not in pop.SWITCH_GROUPINGS:
@@ -457,18 +459,28 @@ class TaskEvaluator(Evaluator):
     self.objective = f"valid_{task.objective}"
     self.direction, self.space = task.direction, task.space
     self.data_version = task.data.data_version
-    mesh = pop.population_mesh(devices)
+    self.compute_dtype = mesh2d.check_compute_dtype(compute_dtype)
+    n_devices = len(jax.local_devices() if devices is None else devices)
+    if mesh is None:
+      mesh = pop.population_mesh(devices)
+    else:  # trials over "pop", each minibatch over "data"
+      mesh = mesh2d.search_mesh(mesh, devices)
+      mesh2d.check_batch_sizes(mesh, batch_size, task.space if space is None else space,
+                               len(task.data.train))
+      n_devices = mesh.size
+    self._two_d = mesh is not None and "data" in mesh.axis_names
+    self.n_devices = 1 if mesh is None else n_devices
     if kernel_mode is not None and (kernel_mode not in pop.KERNEL_MODES or
                                     (kernel_mode == "loop" and mesh is not None)):
       raise ValueError(f"kernel_mode={kernel_mode!r}: must be one of "
                        f"{', '.join(pop.KERNEL_MODES)} ('vmap' with several devices)")
     self.mode = pop.default_mode(mesh) if kernel_mode is None else kernel_mode
     self.group_switches = group_switches
-    self.multiple = 1 if mesh is None else mesh.size
-    # data larger than the memory budget streams from the host (single device for now)
-    self._stream = mesh is None and streaming.should_stream(task.data)
+    self.multiple = 1 if mesh is None else mesh.shape["pop"]
+    # data larger than the memory budget streams from the host (blocks placed on the mesh)
+    self._stream = streaming.should_stream(task.data)
     data = streaming.shape_only(task.data) if self._stream else pop.data_arrays(task.data)
-    if mesh is not None:
+    if mesh is not None and not self._stream:
       data = jax.device_put(data, jax.sharding.NamedSharding(mesh,
                                                              jax.sharding.PartitionSpec()))
     self.data, self._mesh, self._shared = data, mesh, shared_batches
@@ -486,19 +498,25 @@ class TaskEvaluator(Evaluator):
       n_train = len(self.task.data.train)
       bs = min(int(structure.get("batch_size", self.batch_size)), n_train)
       if self._stream:
-        self._kernels[k] = streaming.make_streaming_kernel(self.fns(structure),
-                                                           self.task.data, bs, self._shared)
+        self._kernels[k] = streaming.make_streaming_kernel(
+            self.fns(structure), self.task.data, bs, self._shared, mesh=self._mesh)
         self._shared_info[k] = {}
       else:  # shared (with its FLOPs) by every search of the same task and settings
+        def build():
+          if self._two_d:
+            return mesh2d.make_kernel(self.fns(structure), n_train, bs, self._mesh,
+                                      self._shared), {}
+          return pop.make_kernel(self.fns(structure), n_train, bs, self._shared,
+                                 self._mesh, self.mode), {}
         self._kernels[k], self._shared_info[k] = compile_cache.cached(
-            lambda: (pop.make_kernel(self.fns(structure), n_train, bs, self._shared,
-                                     self._mesh, self.mode), {}),
-            "task-kernel", self.task.build, k, n_train, bs, self._shared, self._mesh_key(),
-            self.mode)
+            build, "task-kernel", self.task.build, k, n_train, bs, self._shared,
+            self._mesh_key(), self.mode, str(self.compute_dtype))
     return self._kernels[k]
 
   def _mesh_key(self) -> tuple | None:
-    return None if self._mesh is None else tuple(d.id for d in self._mesh.devices.flat)
+    if self._mesh is None:
+      return None
+    return (tuple(self._mesh.shape.items()), tuple(d.id for d in self._mesh.devices.flat))
 
   def fns(self, structure: Mapping[str, Any]) -> TrialFns:
     """The task's trial functions for one group: built from its structural values, with
@@ -507,7 +525,8 @@ class TaskEvaluator(Evaluator):
     sw = {n: int(structure[n]) for n in structure.get(SWITCHED, ())}
     fns = self.task.build({n: v for n, v in structure.items()
                            if n not in sw and n != SWITCHED})
-    return pop.fix_hparams(fns, sw)
+    fns = pop.fix_hparams(fns, sw)
+    return fns if self.compute_dtype is None else mesh2d.bfloat16_compute(fns)
 
   def switches(self, batch: TrialBatch) -> list[str]:
     """The task's switches grouped as structure in ``batch`` (see ``group_switches``)."""
@@ -701,7 +720,7 @@ class TaskEvaluator(Evaluator):
       p["compile_s"] = max(p["compile_s"], compiled)
     slot = busy / slots
     p["slot_s"] = slot if p["slot_s"] is None else min(p["slot_s"], slot)
-    acct = {"device_s": busy * k.multiple / slots}
+    acct = {"device_s": busy * self.n_devices / slots}
     if not isinstance(self.flops.get(skey), concurrent.futures.Future):
       acct["flops"] = self.flops[skey]
     return states, m, acct
@@ -825,7 +844,8 @@ def compact(layout, states, alive: np.ndarray, multiple: int = 1, choose=None):
 
 def as_evaluator(x: Any, *, batch_size: int = 32, shared_batches: bool = True,
                  devices: Sequence[jax.Device] | None = None,
-                 compaction: str = "auto", space: Space | None = None) -> Evaluator:
+                 compaction: str = "auto", space: Space | None = None,
+                 mesh: tuple[int, int] | None = None, compute_dtype: Any = None) -> Evaluator:
   """``x`` as an evaluator: a :class:`metaopt.tasks.Task` becomes a :class:`TaskEvaluator` (with the
   task-only settings given here), an evaluator is returned as is. A ``space`` to search on a
   task must set only parameters the task reads (``tasks.check_reads``, before any compile)."""
@@ -833,9 +853,14 @@ def as_evaluator(x: Any, *, batch_size: int = 32, shared_batches: bool = True,
     if space is not None:
       check_reads(x, space.names)  # before the evaluator stages data (nothing compiled yet)
     return TaskEvaluator(x, batch_size=batch_size, shared_batches=shared_batches,
-                         devices=devices, compaction=compaction)
+                         devices=devices, compaction=compaction, mesh=mesh,
+                         compute_dtype=compute_dtype, space=space)
   if compaction not in COMPACTIONS:
     raise ValueError(f"compaction={compaction!r}: must be one of {', '.join(COMPACTIONS)}")
+  for name, v in (("mesh", mesh), ("compute_dtype", compute_dtype)):
+    if v is not None:
+      raise ValueError(f"{name}={v!r}: only for tasks (a metaopt.tasks.Task); "
+                       f"{type(x).__name__} places its own computation")
   if hasattr(x, "start") and hasattr(x, "epoch"):
     return x
   raise ValueError(f"evaluator: expected a tasks.Task or a metaopt.Evaluator (e.g. "

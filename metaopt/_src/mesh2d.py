@@ -44,6 +44,58 @@ def population_data_mesh(pop_size: int, data_size: int,
   return Mesh(grid, ("pop", "data"), axis_types=(AxisType.Auto, AxisType.Auto))
 
 
+def search_mesh(mesh: Any, devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """The ``(pop, data)`` mesh a search asked for (``mesh=(pop, data)`` over ``devices``,
+  default all local devices), checked: one ``ValueError`` naming ``mesh`` otherwise."""
+  ok = isinstance(mesh, (tuple, list)) and len(mesh) == 2 and all(
+      not isinstance(v, bool) and isinstance(v, (int, np.integer)) and v >= 1 for v in mesh)
+  if not ok:
+    raise ValueError(f"mesh={mesh!r}: must be a (pop, data) pair of integers >= 1 "
+                     "(trials over pop devices, each minibatch over data devices)")
+  p, d = int(mesh[0]), int(mesh[1])
+  devices = list(jax.local_devices() if devices is None else devices)
+  if not devices or len(devices) % (p * d):
+    raise ValueError(f"mesh={(p, d)}: pop * data = {p * d} must divide the number of devices "
+                     f"({len(devices)}: {devices[0].platform if devices else 'none'})")
+  return population_data_mesh(p, d, devices)
+
+
+def check_batch_sizes(mesh: Mesh, batch_size: int, space: Any, n_train: int) -> None:
+  """Every minibatch size a search can use (``batch_size`` and a structural ``batch_size``
+  of the space) splits evenly over the mesh's ``data`` axis; else one ``ValueError``."""
+  n_data = mesh.shape["data"]
+  sizes = {("batch_size", min(batch_size, n_train))}
+  p = getattr(space, "params", {}).get("batch_size") if space is not None else None
+  if p is not None and getattr(p, "structural", False):
+    vals = list(p.choices) if hasattr(p, "choices") else list(range(p.lo, p.hi + 1))
+    sizes = {("space batch_size", min(int(v), n_train)) for v in vals}
+  bad = sorted(v for _, v in sizes if v % n_data)
+  if bad:
+    field = "space batch_size" if any(f == "space batch_size" for f, _ in sizes) else \
+        "batch_size"
+    raise ValueError(f"{field}={bad[0]}: must be a multiple of the mesh's data axis "
+                     f"({n_data}), so each minibatch splits evenly over its devices")
+
+
+COMPUTE_DTYPES = ("float32", "bfloat16")
+
+
+def check_compute_dtype(compute_dtype: Any) -> Any:
+  """``None`` for float32 compute, ``jnp.bfloat16`` for bfloat16; else one ``ValueError``."""
+  if compute_dtype is None:
+    return None
+  try:
+    dt = jnp.dtype(compute_dtype)
+  except TypeError:
+    dt = None
+  if dt == jnp.float32:
+    return None
+  if dt != jnp.bfloat16:
+    raise ValueError(f"compute_dtype={compute_dtype!r}: must be one of "
+                     f"{', '.join(COMPUTE_DTYPES)} (parameters stay float32)")
+  return jnp.bfloat16
+
+
 def bfloat16_compute(fns: TrialFns) -> TrialFns:
   """``fns`` whose forward and backward pass run in bfloat16: the train step differentiates
   the loss at a bfloat16 copy of the float32 parameters (inputs cast too) and applies the
@@ -86,9 +138,7 @@ def make_kernel(fns: TrialFns, n_train: int, batch_size: int, mesh: Mesh,
   if batch_size < 1 or batch_size > n_train or batch_size % n_data:
     raise ValueError(f"batch_size={batch_size}: must be in [1, {n_train}] and a multiple of "
                      f"the data axis ({n_data})")
-  if compute_dtype is not None:
-    if jnp.dtype(compute_dtype) != jnp.bfloat16:
-      raise ValueError(f"compute_dtype={compute_dtype!r}: must be None or bfloat16")
+  if check_compute_dtype(compute_dtype) is not None:
     fns = bfloat16_compute(fns)
   steps = n_train // batch_size
   batch_sh = NamedSharding(mesh, P("data"))

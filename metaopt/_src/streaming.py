@@ -29,6 +29,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from metaopt._src import population as pop
 from metaopt.tasks import Dataset, TrialFns
@@ -87,12 +89,11 @@ class StreamingKernel:
   ``eval_rows`` validates on the first rows only (both for measurements)."""
 
   mode = "vmap"
-  multiple = 1
 
   def __init__(self, fns: TrialFns, data: Dataset, batch_size: int,
                shared_batches: bool = True, block_steps: int = 16, prefetch: int = 2,
                eval_batch: int = 1024, max_steps: int | None = None,
-               eval_rows: int | None = None):
+               eval_rows: int | None = None, mesh: Mesh | None = None):
     n_train = len(data.train)
     for name, v, lo in (("batch_size", batch_size, 1), ("block_steps", block_steps, 1),
                         ("prefetch", prefetch, 0), ("eval_batch", eval_batch, 1),
@@ -111,10 +112,27 @@ class StreamingKernel:
     self.prefetch, self.eval_batch = prefetch, min(eval_batch, self.eval_rows)
     self.x_dtype = np.dtype(np.float32)
     self.y_dtype = np.dtype(np.int32 if data.num_classes is not None else np.float32)
-    self.init = pop.fast_jit(jax.vmap(fns.init))
-    self._block = jax.jit(self._block_fn, donate_argnums=(0,))
-    self._eval = jax.jit(self._eval_fn)
     self._perms = jax.jit(self._perms_fn, static_argnums=(1,))
+    self.mesh, self.multiple = mesh, 1 if mesh is None else mesh.shape["pop"]
+    if mesh is None:
+      self.init = pop.fast_jit(jax.vmap(fns.init))
+      self._block = jax.jit(self._block_fn, donate_argnums=(0,))
+      self._eval = jax.jit(self._eval_fn)
+      self._where = None
+      return
+    # trials over "pop"; a block's minibatches over "data" when the mesh has that axis
+    # (gradients then averaged by the compiler's collectives), else replicated
+    data_ax = "data" if "data" in mesh.axis_names else None
+    ps, rep = NamedSharding(mesh, P("pop")), NamedSharding(mesh, P())
+    batch = NamedSharding(mesh, P(None, data_ax) if shared_batches else  # [steps, rows]
+                          P("pop", None, data_ax))  # [trials, steps, rows]
+    self._where = (batch, batch, rep)
+    self.init = pop.fast_jit(jax.vmap(fns.init), in_shardings=(ps, ps), out_shardings=ps)
+    self._block = jax.jit(self._block_fn, in_shardings=(ps, ps, ps, batch, batch, rep),
+                          out_shardings=(ps, ps), donate_argnums=(0,))
+    # validation batches replicated: any eval_batch works, whatever the data axis
+    self._eval = jax.jit(self._eval_fn, in_shardings=(ps, ps, rep, rep), out_shardings=ps)
+    self._pop_sharding = ps
 
   # ----------------------------------------------------------------- compiled pieces
   def _block_fn(self, states, h, alive, xb, yb, valid):
@@ -159,7 +177,7 @@ class StreamingKernel:
       x = x.reshape(*lead, k, bs, *x.shape[1:])
       y = y.reshape(*lead, k, bs)
       valid = np.arange(k) < n_steps
-      yield jax.device_put((x, y, valid))
+      yield jax.device_put((x, y, valid), self._where)
 
   def _prefetched(self, gen: Iterator[Any]) -> Iterator[Any]:
     if self.prefetch == 0:
@@ -200,17 +218,8 @@ class StreamingKernel:
     """Metrics of every trial on a split, in batches of ``eval_batch`` rows (means weighted
     by rows)."""
     s = getattr(self.data, split)
-    n, eb = (self.eval_rows if split == "valid" else len(s)), self.eval_batch
-    total: dict[str, Any] = {}
-    for start in range(0, n, eb):
-      idx = np.arange(start, min(n, start + eb))
-      x = _cast(_take(s.x, idx), self.x_dtype)
-      y = _take(s.y, idx).astype(self.y_dtype)
-      m = self._eval(states, h, jnp.asarray(x), jnp.asarray(y))
-      w = len(idx) / n
-      for k_, v in m.items():
-        total[k_] = v * w if k_ not in total else total[k_] + v * w
-    return total
+    n = self.eval_rows if split == "valid" else len(s)
+    return evaluate_batched(self._eval, states, h, s, self.eval_batch, self.y_dtype, rows=n)
 
   def chunk(self, states: PyTree, h: Mapping[str, Any], alive: Any, key: jax.Array,
             data: Any = None) -> tuple[PyTree, dict]:
@@ -219,6 +228,8 @@ class StreamingKernel:
     n = int(np.shape(alive)[0])
     h = {k_: jnp.asarray(v) for k_, v in h.items()}
     alive = jnp.asarray(alive)
+    if self.mesh is not None:  # states gathered on the host (compaction, PBT) come back
+      states, h, alive = jax.device_put((states, h, alive), self._pop_sharding)
     perm = np.asarray(self._perms(key, n))
     tels = []
     for xb, yb, valid in self._prefetched(self._blocks(perm)):
@@ -229,6 +240,34 @@ class StreamingKernel:
     metrics = jax.vmap(pop.epoch_metrics)(tel, ev)
     zero = lambda m: jnp.where(alive.reshape((-1,) + (1,) * (m.ndim - 1)), m, jnp.zeros_like(m))
     return states, jax.tree_util.tree_map(zero, metrics)
+
+
+def batches(split: Any, eval_batch: int, y_dtype: Any, rows: int | None = None
+            ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+  """``(x, y)`` host batches of the first ``rows`` rows of a split (default all), in order,
+  ``eval_batch`` rows each (the last may be smaller); inputs float32 (uint8 scaled)."""
+  n = len(split) if rows is None else rows
+  for start in range(0, n, eval_batch):
+    idx = np.arange(start, min(n, start + eval_batch))
+    yield _cast(_take(split.x, idx), np.dtype(np.float32)), \
+        _take(split.y, idx).astype(y_dtype)
+
+
+def evaluate_batched(fn: Callable, states: PyTree, h: Mapping[str, Any], split: Any,
+                     eval_batch: int, y_dtype: Any, rows: int | None = None) -> dict:
+  """Metrics of a population on a split, ``fn(states, h, x, y) -> {name: [n]}`` run on
+  batches of ``eval_batch`` rows: each metric (a mean over rows: loss, accuracy, MSE) is the
+  row-weighted mean of its batches' (float64 on the host, float32 returned), so host and
+  device memory hold one batch, not the split. One batch gives ``fn``'s values exactly."""
+  n = len(split) if rows is None else rows
+  total: dict[str, np.ndarray] = {}
+  for x, y in batches(split, eval_batch, y_dtype, n):
+    m = jax.device_get(fn(states, h, jnp.asarray(x), jnp.asarray(y)))
+    w = len(x) / n
+    for k_, v in m.items():
+      v = np.asarray(v, np.float64) * w
+      total[k_] = v if k_ not in total else total[k_] + v
+  return {k_: v.astype(np.float32) for k_, v in total.items()}
 
 
 def _concat_valid(tels: list[tuple[dict, Any]]) -> dict:

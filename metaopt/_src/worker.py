@@ -69,7 +69,7 @@ def _open_study(st: Store, study: str, record: dict[str, Any], config: Any, ev: 
       if rec.state_phase in ("asked", "told"):
         raise ValueError(f"study {study!r} was run by `search` (not by workers); resume it "
                          "without --worker, or pick a new study name")
-      changed = loop.config_changes(rec.config, record, ("store", "worker"))
+      changed = loop.config_changes(rec.config, record, ("store", "worker", "mesh"))
       if config is not None and changed:
         raise ValueError(f"study {study!r} exists with a different config (fields {changed}); "
                          "run every worker with the same config")
@@ -108,6 +108,8 @@ def worker(
     max_attempts: int = 3,
     poll_s: float = 0.5,
     on_epoch: Callable[[int, int, list[dict[str, Any]]], None] | None = None,
+    mesh: tuple[int, int] | None = None,
+    compute_dtype: str | None = None,
 ) -> Result:
   """Works on a shared study until all its rounds are done; returns the study's Result.
 
@@ -132,7 +134,7 @@ def worker(
     if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
       raise ValueError(f"{name}={v!r}: must be a number > 0")
   ev = as_evaluator(task, batch_size=batch_size, shared_batches=shared_batches,
-                    devices=devices, space=space)
+                    devices=devices, space=space, mesh=mesh, compute_dtype=compute_dtype)
   space = ev.space if space is None else space
   if space is None:
     raise ValueError("space: the evaluator has no space; pass space=spaces.Space({...})")

@@ -270,8 +270,9 @@ class SourceArray:
   pixels / 255): an array-like of shape ``(n, ...)`` that a streaming engine indexes by row
   without loading the split. ``np.asarray`` reads it all."""
 
-  def __init__(self, source: Sequence[Mapping[str, Any]], key: str, row_shape: tuple[int, ...]):
-    self._source, self._key = source, key
+  def __init__(self, source: Sequence[Mapping[str, Any]], key: Any, row_shape: tuple[int, ...],
+               scale: float = 255.0):
+    self._source, self._key, self._scale = source, key, np.float32(scale)
     self.shape = (len(source), *row_shape)
     self.dtype = np.dtype(np.float32)
     self.ndim = len(self.shape)
@@ -283,16 +284,97 @@ class SourceArray:
     rows = np.arange(len(self))[idx]
     if rows.ndim == 0:
       return self[rows[None]][0]
-    recs = self._source.__getitems__(rows.tolist()) if len(rows) else []
+    recs = _records(self._source, rows.tolist())
     out = np.empty((len(rows), *self.shape[1:]), np.float32)
     for i, r in enumerate(recs):
-      out[i] = np.asarray(r[self._key], np.float32) / np.float32(255.0)
-    return out
+      out[i] = np.asarray(r[self._key], np.float32)
+    return out / self._scale if self._scale != 1 else out
 
   def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
     out = np.concatenate([self[i:i + 1000] for i in range(0, len(self), 1000)] or
                          [np.zeros((0, *self.shape[1:]), np.float32)])
     return out if dtype is None else out.astype(dtype)
+
+
+def _records(source: Any, rows: list[int]) -> list[Any]:
+  """Records ``rows`` of a random-access source (``__getitems__`` when it has one)."""
+  if not rows:
+    return []
+  if hasattr(source, "__getitems__"):
+    return list(source.__getitems__(rows))
+  return [source[i] for i in rows]
+
+
+def from_sources(train: Any, valid: Any, test: Any, *, x_key: Any = "image",
+                 y_key: Any = "label", name: str = "source",
+                 num_classes: int | None = None) -> Dataset:
+  """A :class:`Dataset` over random-access sources, read lazily: a TFDS ``data_source``
+  (``builder.as_data_source()[split]``, array_record), a grain source, or anything with
+  ``__len__`` and ``__getitem__`` whose records are dicts (``x_key``, ``y_key``) or
+  ``(x, y)`` pairs (pass ``x_key=0, y_key=1``).
+
+  One pass in blocks of 1000 records reads the labels, checks every split (the same rules as
+  :func:`from_arrays`: shapes per example, finite inputs, label range) and computes the
+  checksum; inputs stay in the source (a :class:`SourceArray`, uint8 scaled to [0, 1]), so
+  the engine streams data larger than memory (``$METAOPT_DATA_MEMORY_BYTES``) from it.
+  """
+  h = hashlib.sha256()
+  splits, shapes, ys = [], {}, {}
+  for what, src in (("train", train), ("valid", valid), ("test", test)):
+    if isinstance(src, (tuple, list, np.ndarray)) or not (
+        hasattr(src, "__len__") and hasattr(src, "__getitem__")):
+      raise ValueError(f"dataset: {what} must be a random-access source (__len__ and "
+                       f"__getitem__), got {type(src).__name__}")
+    n = len(src)
+    if n == 0:
+      raise ValueError(f"dataset: {what} source is empty")
+    first = _records(src, [0])[0]
+    try:
+      x0, y0 = np.asarray(first[x_key]), np.asarray(first[y_key])
+    except (KeyError, IndexError, TypeError):
+      keys = sorted(first) if isinstance(first, Mapping) else f"a {type(first).__name__}"
+      raise ValueError(f"dataset: {what} records have keys {keys}, not x_key={x_key!r} / "
+                       f"y_key={y_key!r}") from None
+    shapes[what], scale = x0.shape, 255.0 if x0.dtype == np.uint8 else 1.0
+    labels = []
+    for i in range(0, n, 1000):
+      recs = _records(src, list(range(i, min(n, i + 1000))))
+      xb = np.stack([np.asarray(r[x_key]) for r in recs])
+      if xb.shape[1:] != x0.shape:
+        raise ValueError(f"dataset: {what} x must have one shape per example; record {i} "
+                         f"has {x0.shape}, a later one {xb.shape[1:]}")
+      if xb.dtype.kind == "f" and not np.all(np.isfinite(xb)):
+        raise ValueError(f"dataset: {what} x has non-finite values (records {i}-{i + 999})")
+      h.update(np.ascontiguousarray(xb).tobytes())
+      labels.append(np.asarray([r[y_key] for r in recs]))
+    y = np.concatenate(labels)
+    ys[what] = y
+    splits.append((src, scale, y, y0))
+  if len(set(shapes.values())) > 1:
+    raise ValueError("dataset: x must have the same shape per example in every split; got "
+                     + ", ".join(f"{s} {v}" for s, v in shapes.items()))
+  classify = all(y.dtype.kind in "biu" for y in ys.values())
+  if classify:
+    num_classes = max(int(y.max()) for y in ys.values()) + 1 if num_classes is None \
+        else num_classes
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+      raise ValueError(f"num_classes={num_classes!r}: must be an integer >= 2")
+    for what, y in ys.items():
+      if y.min() < 0 or y.max() >= num_classes:
+        raise ValueError(f"dataset: {what} labels must lie in [0, {num_classes}) "
+                         f"(num_classes={num_classes}); got [{int(y.min())}, {int(y.max())}]")
+  out = []
+  for (src, scale, y, _), what in zip(splits, ("train", "valid", "test"), strict=True):
+    y = y.astype(np.int32) if classify else y.astype(np.float32)
+    h.update(y.tobytes())
+    y.setflags(write=False)
+    out.append(Split(SourceArray(src, x_key, shapes[what], scale), y))
+  return Dataset(name, name, "source", h.hexdigest(), num_classes if classify else None, *out)
+
+
+def _is_source(v: Any) -> bool:
+  return hasattr(v, "__len__") and hasattr(v, "__getitem__") and not isinstance(
+      v, (tuple, list, np.ndarray, str, Mapping))
 
 
 def _load_lazy(name: str, data_dir: str) -> Dataset:
@@ -625,7 +707,9 @@ def resolve_dataset(dataset: Any, data_dir: str | None = None) -> Dataset:
   Args:
     dataset: a built-in name or ``"tfds:<name>"`` (see :func:`load_dataset`), a
       :class:`Dataset`, or a mapping ``{"train": (x, y), "valid": (x, y), "test": (x, y)}``
-      (optionally with ``"num_classes"`` and ``"name"``; see :func:`from_arrays`).
+      (optionally with ``"num_classes"`` and ``"name"``; see :func:`from_arrays`), or the
+      same with random-access sources instead of pairs (TFDS ``data_source``, grain;
+      optionally ``"x_key"``, ``"y_key"``; see :func:`from_sources`).
     data_dir: TFDS data directory for names.
 
   Raises:
@@ -636,11 +720,18 @@ def resolve_dataset(dataset: Any, data_dir: str | None = None) -> Dataset:
   if isinstance(dataset, str):
     return load_dataset(dataset, data_dir)
   if isinstance(dataset, Mapping):
-    extra = set(dataset) - {"train", "valid", "test", "num_classes", "name"}
+    extra = set(dataset) - {"train", "valid", "test", "num_classes", "name", "x_key", "y_key"}
     missing = {"train", "valid", "test"} - set(dataset)
     if extra or missing:
       raise ValueError(f"dataset: a mapping needs keys train, valid, test (and optionally "
-                       f"num_classes, name); missing {sorted(missing)}, unknown {sorted(extra)}")
+                       f"num_classes, name; x_key, y_key for sources); missing "
+                       f"{sorted(missing)}, unknown {sorted(extra)}")
+    if any(_is_source(dataset[s]) for s in ("train", "valid", "test")):
+      return from_sources(dataset["train"], dataset["valid"], dataset["test"],
+                          x_key=dataset.get("x_key", "image"),
+                          y_key=dataset.get("y_key", "label"),
+                          name=str(dataset.get("name", "source")),
+                          num_classes=dataset.get("num_classes"))
     return from_arrays(dataset["train"], dataset["valid"], dataset["test"],
                        name=str(dataset.get("name", "arrays")),
                        num_classes=dataset.get("num_classes"))
