@@ -1,6 +1,7 @@
 """Shared fixtures: one prepared TFDS data directory and one persistent JAX compilation
 cache for the whole test session (subprocesses started by tests inherit both)."""
 
+import gc
 import os
 import tempfile
 
@@ -28,11 +29,15 @@ def data_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module", autouse=True)
 def fresh_compile_cache():
-  """Each test module starts with an empty in-process compile cache and leaves none behind:
-  the executables one module compiled are freed before the next (the cache is bounded, but a
-  long pytest process need not carry one module's kernels into another's)."""
+  """Each test module starts with an empty in-process compile cache and leaves no compiled
+  code behind: the executables one module compiled are freed before the next. Each one keeps
+  its code mapped, and a process past ``vm.max_map_count`` mappings (65530 here) crashes in
+  the next XLA compile; JAX's own caches also hold the executables of functions that test
+  modules keep alive, so those are cleared too."""
   import metaopt
 
   metaopt.clear_compile_cache()
   yield
   metaopt.clear_compile_cache()
+  jax.clear_caches()
+  gc.collect()
