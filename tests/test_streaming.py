@@ -155,3 +155,9 @@ def test_a_tfds_data_source_is_read_lazily_and_streams(tmp_path, monkeypatch):
   res = metaopt.search(metaopt.random_search(task.space.dim), task, n_trials=2, population=2,
                        epochs=2, batch_size=64, seed=0, progress=False)
   assert res.count("complete") == 2 and res.best.objective > 0.5
+  # under the budget the same sources are read into memory and train in the in-memory kernel
+  monkeypatch.delenv("METAOPT_DATA_MEMORY_BYTES")
+  assert not streaming.should_stream(task.data)
+  mem_res = metaopt.search(metaopt.random_search(task.space.dim), task, n_trials=2,
+                           population=2, epochs=2, batch_size=64, seed=0, progress=False)
+  assert mem_res.count("complete") == 2 and mem_res.best.objective > 0.5

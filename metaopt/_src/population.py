@@ -184,9 +184,12 @@ def epoch_metrics(tel: Mapping[str, jax.Array], evaluation: Mapping[str, jax.Arr
 
 def data_arrays(data: Dataset) -> dict[str, jax.Array]:
   """Train and valid splits as device arrays (the test split never enters a search)."""
-  # device_put, not jnp.asarray: the latter compiles a conversion per array shape
-  return jax.device_put({"x_train": data.train.x, "y_train": data.train.y,
-                         "x_valid": data.valid.x, "y_valid": data.valid.y})
+  # device_put, not jnp.asarray: the latter compiles a conversion per array shape; a lazy
+  # array (a source or memmap view with ``__array__``) is read into host memory first
+  def host(v: Any) -> Any:
+    return v if isinstance(v, (np.ndarray, jax.Array)) else np.asarray(v)
+  return jax.device_put({"x_train": host(data.train.x), "y_train": host(data.train.y),
+                         "x_valid": host(data.valid.x), "y_valid": host(data.valid.y)})
 
 
 KERNEL_MODES = ("vmap", "loop")
