@@ -133,24 +133,14 @@ def search(
     compute_dtype: ``"bfloat16"`` runs the forward and backward pass in bfloat16 with
       float32 parameters and optimizer state (tasks only); default float32.
   """
-  n_trials = loop.positive_int("n_trials", n_trials)
-  population = loop.positive_int("population", population)
-  epochs = loop.positive_int("epochs", epochs)
-  batch_size = loop.positive_int("batch_size", batch_size)
-  if compaction not in COMPACTIONS:
-    raise ValueError(f"compaction={compaction!r}: must be one of {', '.join(COMPACTIONS)}")
+  n_trials, population, epochs, batch_size = _check_settings(
+      program, n_trials, population, epochs, batch_size, compaction, checkpoint_every_s)
   ev = as_evaluator(task, batch_size=batch_size, shared_batches=shared_batches,
                     devices=devices, compaction=compaction, space=space, mesh=mesh,
                     compute_dtype=compute_dtype)
-  space = ev.space if space is None else space
-  if space is None:
-    raise ValueError("space: the evaluator has no space; pass space=spaces.Space({...})")
+  space = _space_of(ev, space)
   ev.validate(epochs)
-  if not isinstance(program, Searcher):
-    raise ValueError(f"program: expected a metaopt.Searcher, got {type(program).__name__}")
   objectives = check_objectives(objectives, program, space.dim, getattr(ev, "task", None))
-  if not isinstance(checkpoint_every_s, (int, float)) or checkpoint_every_s < 0:
-    raise ValueError(f"checkpoint_every_s={checkpoint_every_s!r}: must be a number >= 0")
   st = _open_store(store, study)
   record = dict(config or {}, n_trials=n_trials, population=population, epochs=epochs,
                 batch_size=batch_size, seed=seed)
@@ -173,6 +163,30 @@ def search(
     bar.close()
   return Result(study, ev.direction, st.trials(rec.id), state,
                 objectives=st.objectives(rec.id) or None)
+
+
+def _space_of(ev: Evaluator, space: Space | None) -> Space:
+  """The space searched: ``space`` if given, else the evaluator's."""
+  space = ev.space if space is None else space
+  if space is None:
+    raise ValueError("space: the evaluator has no space; pass space=spaces.Space({...})")
+  return space
+
+
+def _check_settings(program: Any, n_trials: int, population: int, epochs: int,
+                    batch_size: int, compaction: str,
+                    checkpoint_every_s: float) -> tuple[int, int, int, int]:
+  """The search's sizes as ints, or one ValueError naming the first bad setting."""
+  if not isinstance(program, Searcher):
+    raise ValueError(f"program: expected a metaopt.Searcher, got {type(program).__name__}")
+  sizes = tuple(loop.positive_int(n, v) for n, v in (
+      ("n_trials", n_trials), ("population", population), ("epochs", epochs),
+      ("batch_size", batch_size)))
+  if compaction not in COMPACTIONS:
+    raise ValueError(f"compaction={compaction!r}: must be one of {', '.join(COMPACTIONS)}")
+  if not isinstance(checkpoint_every_s, (int, float)) or checkpoint_every_s < 0:
+    raise ValueError(f"checkpoint_every_s={checkpoint_every_s!r}: must be a number >= 0")
+  return sizes
 
 
 def _searcher_init(program: Searcher, key: jax.Array):
