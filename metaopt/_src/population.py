@@ -90,6 +90,11 @@ FAST_COMPILE: dict[str, Any] = {"xla_backend_optimization_level": 0}
 CHUNK_COMPILE: dict[str, Any] = {"xla_backend_optimization_level": 1}
 
 
+def _chunk_options() -> dict[str, Any] | None:
+  # measured on CPU only; GPU/TPU kernels keep XLA's default optimisation
+  return CHUNK_COMPILE if jax.default_backend() == "cpu" else None
+
+
 def fast_jit(fun, **kwargs):
   """``jax.jit`` without XLA backend optimisation, for functions called a few times per
   round whose compilation costs far more than their runs."""
@@ -322,12 +327,12 @@ def make_kernel(fns: TrialFns, n_train: int, batch_size: int,
   if mesh is None:
     init = fast_jit(jax.vmap(fns.init))
     fn = loop_chunk if mode == "loop" else chunk
-    return PopulationKernel(init, jax.jit(fn, donate_argnums=(0,), compiler_options=CHUNK_COMPILE),
-                            steps, 1, mode)
+    chunk_j = jax.jit(fn, donate_argnums=(0,), compiler_options=_chunk_options())
+    return PopulationKernel(init, chunk_j, steps, 1, mode)
   pop, rep = NamedSharding(mesh, P("pop")), NamedSharding(mesh, P())
   init = fast_jit(jax.vmap(fns.init), in_shardings=(pop, pop), out_shardings=pop)
   chunk_j = jax.jit(chunk, in_shardings=(pop, pop, pop, rep, rep), out_shardings=(pop, pop),
-                    donate_argnums=(0,), compiler_options=CHUNK_COMPILE)
+                    donate_argnums=(0,), compiler_options=_chunk_options())
 
   def chunk_sharded(states, h, alive, key, data):
     # states gathered on the host side (compaction, exploit) come back replicated
