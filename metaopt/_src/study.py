@@ -399,6 +399,8 @@ class Study:
     """Tells the warm-start observations, enqueues their best points, records provenance."""
     if len(prior.y):
       self._state = loop.warm_start(self._env, self._state, prior.u, prior.y, len(prior.y))
+      if isinstance(self._state, dict) and "n_prior" in self._state:  # TPE weighs its priors
+        self._state = {**self._state, "n_prior": jnp.asarray(self._state["count"], jnp.int32)}
     for p in prior.best:
       self.enqueue(p)
     self.warm_start_sources = prior.provenance
