@@ -174,7 +174,7 @@ def test_warm_start_tells_priors_evaluates_best_first_and_records_sources(tmp_pa
   assert part.warm_start_sources[0]["n_used"] == sum(t.params["x"] >= 0 for t in src.trials)
 
 
-def test_tpe_weighs_warm_start_priors_by_how_well_they_rank_own_rows():
+def test_tpe_weighs_warm_start_priors_by_how_well_they_rank_own_rows(tmp_path):
   from metaopt._src.tpe import prior_rows, source_weight, tpe
 
   x = jax.random.uniform(jax.random.key(0), (40, 2))
@@ -194,8 +194,14 @@ def test_tpe_weighs_warm_start_priors_by_how_well_they_rank_own_rows():
                                                  False]
   study = metaopt.create_study(SPACE, "tpe", seed=0)
   study.optimize(_f, n_trials=12)
-  warm = metaopt.create_study(SPACE, "tpe", seed=1, warm_start=study)
+  url = f"sqlite:///{tmp_path}/p.db"
+  warm = metaopt.create_study(SPACE, "tpe", seed=1, warm_start=study, store=url,
+                              study_name="warm")
   assert int(warm._state["n_prior"]) == 12 and int(np.sum(prior_rows(warm._state))) == 12
+  warm.optimize(_f, n_trials=2)
+  again = metaopt.create_study(SPACE, "tpe", seed=1, store=url, study_name="warm")  # resumed
+  assert int(again._state["n_prior"]) == 12 and int(again._state["count"]) == 14
+  assert "n_prior" not in study._state  # a study without priors runs plain TPE
   with pytest.raises(ValueError, match="prior_weighting='x': must be 'ranking'"):
     tpe(2, prior_weighting="x")
 

@@ -331,8 +331,10 @@ def tpe(dim: int, n_startup: int = 10, gamma: float | None = None, n_candidates:
       and set, Scott's rule on the set's spread (the rule before; over 30 seeds it was better
       on Branin and the mixed function, worse on Hartmann-6).
 
-    prior_weighting: how warm-start priors (the first ``state["n_prior"]`` rows told, set by
-      :class:`metaopt.Study`'s ``warm_start``) weigh against this study's own rows.
+    prior_weighting: how warm-start priors weigh against this study's own rows, once the
+      state carries ``n_prior`` (the first ``n_prior`` rows told are priors; a
+      :class:`metaopt.Study` with ``warm_start`` adds it to a TPE by name; without it the
+      searcher is plain TPE).
       ``"ranking"`` (default): by how well they rank the own rows (:func:`source_weight`),
       in the good/bad split and both densities; ``"ranking_vs_own"``: that skill relative to
       the own rows' (leave-one-out); ``"equal"``: as own rows. Chosen on development seeds
@@ -366,21 +368,27 @@ def tpe(dim: int, n_startup: int = 10, gamma: float | None = None, n_candidates:
 
   def init(key):
     del key
-    return {**history_init(capacity, dim), "n_prior": jnp.zeros((), jnp.int32)}
+    return history_init(capacity, dim)
 
   def ask(state, key, n):
     valid, y = state["valid"], state["y"]
     n_obs = jnp.sum(valid)
-    src = prior_rows(state) if "n_prior" in state else jnp.zeros_like(valid)
-    if prior_weighting in ("ranking", "ranking_vs_own"):
-      rel = prior_weighting == "ranking_vs_own"
-      w = jax.lax.cond(jnp.any(src), lambda: source_weight(state["x"], y, valid, src,
-                                                           relative=rel),
-                       lambda: jnp.ones(()))
-    else:
-      w = jnp.ones(())
-    w = jnp.maximum(w, 1e-3)  # weights of the rows: 1, or w for warm-start priors
-    r = jnp.where(src, w, 1.0)
+    if "n_prior" not in state or prior_weighting == "equal":  # no priors marked: plain TPE
+      # Ranks of complete observations (invalid rows sort last); the best n_below are "good".
+      order = jnp.argsort(jnp.where(valid, y, jnp.inf))
+      rank = jnp.zeros(capacity, jnp.int32).at[order].set(jnp.arange(capacity, dtype=jnp.int32))
+      good = valid & (rank < _n_below(n_obs, gamma))
+      bad = valid & ~good
+      u = propose(state["x"], good, bad, n_obs < n_startup, key, n, prior_weight=prior_weight,
+                  d_eff=d_eff, n_candidates=n_candidates, multivariate=multivariate,
+                  constant_liar=constant_liar, bandwidth=bandwidth)
+      return state, u
+    src = prior_rows(state)
+    rel = prior_weighting == "ranking_vs_own"
+    w = jax.lax.cond(jnp.any(src), lambda: source_weight(state["x"], y, valid, src,
+                                                         relative=rel), lambda: jnp.ones(()))
+    w = jnp.maximum(w, 1e-3)
+    r = jnp.where(src, w, 1.0)  # the weights of the rows: 1, or w for warm-start priors
     # Sorted by value (invalid rows last), a row is "good" while the weight before it is
     # under n_below of the total weight (with equal weights: the best n_below rows).
     order = jnp.argsort(jnp.where(valid, y, jnp.inf))
