@@ -26,7 +26,9 @@ import numpy as np  # noqa: E402
 from metaopt._src.mosearch import motpe  # noqa: E402
 from metaopt._src.multiobjective import hypervolume  # noqa: E402
 
-VARIANTS = {"default": {}, "cand64": {"n_candidates": 64}, "gamma0.1": {"gamma": None},
+VARIANTS = {"default": {}, "cand64": {"n_candidates": 64}, "cand12": {"n_candidates": 12},
+            "cand24": {"n_candidates": 24},
+            "gamma0.1": {"gamma": None},
             "gamma0.2": {"gamma": 0.2},
             "prior0.5": {"prior_weight": 0.5}}
 
@@ -61,6 +63,7 @@ def main() -> None:
         hv.append(float(hypervolume(np.concatenate(ys), mo.REF)))
       out[fname] = hv
     res[v] = out
+    print(v, "per seed", {k: [round(h, 4) for h in x] for k, x in out.items()}, flush=True)
     print(v, {k: round(float(np.median(x)), 4) for k, x in out.items()},
           f"{time.time() - t0:.0f} s (compile included; load {os.getloadavg()[0]:.1f})", flush=True)
     if v != names[0]:

@@ -8,7 +8,9 @@ The target level is a regret of ``REGRET`` on the target task. For each seed:
 * cold: a TPE study on the target task, counted until a trial reaches the level;
 * warm: a TPE study on the source task runs ``--source_trials`` trials to completion, then a
   TPE study on the target task is created with ``warm_start=`` that study (its trials told
-  to TPE as prior observations, its best 3 points evaluated first) and counted the same way.
+  to TPE as prior observations, weighed by how well they rank the target's own trials, TPE's
+  default ``prior_weighting="ranking"``; its best 3 points evaluated first) and counted the
+  same way. ``--prior_weighting`` picks another rule for the warm study.
 
 Trials of the source study are not counted (it is an earlier, finished study). A run that
 does not reach the level within ``--max_trials`` counts as ``max_trials`` (reported as
@@ -72,13 +74,13 @@ def trials_to_target(study: metaopt.Study, max_trials: int) -> int | None:
   return None
 
 
-def run_seed(seed: int, source_trials: int, max_trials: int,
-             top_k: int = 3) -> tuple[int | None, int | None]:
+def run_seed(seed: int, source_trials: int, max_trials: int, top_k: int = 3,
+             options: dict | None = None) -> tuple[int | None, int | None]:
   cold = trials_to_target(metaopt.create_study(SPACE, "tpe", seed=seed), max_trials)
   src = metaopt.create_study(SPACE, "tpe", seed=10_000 + seed, study_name=f"source{seed}")
   src.optimize(source_task, n_trials=source_trials)
   warm_study = metaopt.create_study(SPACE, "tpe", seed=seed, warm_start=src,
-                                    warm_start_top_k=top_k)
+                                    warm_start_top_k=top_k, searcher_options=options or {})
   assert warm_study.warm_start_sources[0]["n_used"] == source_trials
   return cold, trials_to_target(warm_study, max_trials)
 
@@ -102,12 +104,15 @@ def main() -> None:
   ap.add_argument("--seeds", type=int, default=None, help="how many seeds (overrides 5 / 10)")
   ap.add_argument("--source_trials", type=int, default=100)
   ap.add_argument("--max_trials", type=int, default=200)
+  ap.add_argument("--prior_weighting", default=None, choices=["ranking", "ranking_vs_own", "equal"],
+                  help="TPE's prior_weighting for the warm study (default: TPE's default)")
   args = ap.parse_args()
   print(f"target level {TARGET_LEVEL:.4f} (regret {REGRET} on the target task); "
         f"load average {os.getloadavg()[0]:.2f}")
   kind = "dev" if args.dev else "report"
   seeds = _protocol.seeds(kind, args.seeds or (5 if (args.quick or args.dev) else 10))
-  rows = [run_seed(s, args.source_trials, args.max_trials, args.top_k) for s in seeds]
+  opts = {} if args.prior_weighting is None else {"prior_weighting": args.prior_weighting}
+  rows = [run_seed(s, args.source_trials, args.max_trials, args.top_k, opts) for s in seeds]
   ratio = summarize(f"{kind} seeds {seeds[0]}-{seeds[-1]}", rows, args.max_trials)
   _protocol.headline("warmstart_trials_to_target_ratio", f"{ratio:.2f}",
                      f"TPE warm-started from a {args.source_trials}-trial source study, "

@@ -174,6 +174,38 @@ def test_warm_start_tells_priors_evaluates_best_first_and_records_sources(tmp_pa
   assert part.warm_start_sources[0]["n_used"] == sum(t.params["x"] >= 0 for t in src.trials)
 
 
+def test_tpe_weighs_warm_start_priors_by_how_well_they_rank_own_rows(tmp_path):
+  from metaopt._src.tpe import prior_rows, source_weight, tpe
+
+  x = jax.random.uniform(jax.random.key(0), (40, 2))
+  f = x[:, 0] + 2.0 * x[:, 1]
+  src, valid = np.arange(40) < 30, np.ones(40, bool)
+  pairs = 10 * 9 / 2  # own rows 30..39, all values distinct
+  same = float(source_weight(x, f, valid, src))
+  flipped = float(source_weight(x, np.where(src, f, -f), valid, src))
+  assert same > 0.8  # the sources rank a task like theirs well
+  assert flipped == pytest.approx(10.0 / (10.0 + pairs))  # reversed order: only the pseudo-pairs
+  assert float(source_weight(x, f, np.arange(40) < 30, src)) == 1.0  # no own rows yet
+  # the first n_prior rows told are the priors, until the ring buffer overwrites them
+  s = tpe(2, capacity=8)
+  st = s.tell(s.init(None), x[:6], f[:6], np.zeros(6, np.int32))
+  st = s.tell({**st, "n_prior": st["count"]}, x[6:10], f[6:10], np.zeros(4, np.int32))
+  assert np.asarray(prior_rows(st)).tolist() == [False, False, True, True, True, True, False,
+                                                 False]
+  study = metaopt.create_study(SPACE, "tpe", seed=0)
+  study.optimize(_f, n_trials=12)
+  url = f"sqlite:///{tmp_path}/p.db"
+  warm = metaopt.create_study(SPACE, "tpe", seed=1, warm_start=study, store=url,
+                              study_name="warm")
+  assert int(warm._state["n_prior"]) == 12 and int(np.sum(prior_rows(warm._state))) == 12
+  warm.optimize(_f, n_trials=2)
+  again = metaopt.create_study(SPACE, "tpe", seed=1, store=url, study_name="warm")  # resumed
+  assert int(again._state["n_prior"]) == 12 and int(again._state["count"]) == 14
+  assert "n_prior" not in study._state  # a study without priors runs plain TPE
+  with pytest.raises(ValueError, match="prior_weighting='x': must be 'ranking'"):
+    tpe(2, prior_weighting="x")
+
+
 def test_optuna_export_and_import_round_trip(tmp_path):
   optuna = pytest.importorskip("optuna")
   optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -347,6 +347,8 @@ class Study:
                        f"settings (fields {changed or ['seed']}); pass the same ones to "
                        "continue it, or pick a new study_name")
     if rec.searcher_state is not None:
+      if self._searcher_name == "tpe" and rec.config.get("warm_start"):  # marked priors
+        self._state = {**self._state, "n_prior": jnp.zeros((), jnp.int32)}
       self._state = flax.serialization.from_bytes(self._state, rec.searcher_state)
       if self._grows:  # a TPE history restored at a grown capacity needs that searcher
         self._use(self._tpe(int(np.shape(self._state["y"])[0])))
@@ -399,6 +401,8 @@ class Study:
     """Tells the warm-start observations, enqueues their best points, records provenance."""
     if len(prior.y):
       self._state = loop.warm_start(self._env, self._state, prior.u, prior.y, len(prior.y))
+    if self._searcher_name == "tpe" and prior.provenance:  # TPE weighs these rows as priors
+      self._state = {**self._state, "n_prior": jnp.asarray(self._state["count"], jnp.int32)}
     for p in prior.best:
       self.enqueue(p)
     self.warm_start_sources = prior.provenance
