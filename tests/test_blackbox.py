@@ -109,8 +109,13 @@ def test_loop_and_scan_give_the_same_points_and_state(name):
     np.testing.assert_allclose(b1, float(b2), rtol=5e-3)
     rows = np.all(np.isclose(st1["x"], st2["x"], rtol=0, atol=1e-4), axis=-1)
     assert rows.mean() >= 0.9, rows
-    np.testing.assert_allclose(np.asarray(st1["y"])[rows], np.asarray(st2["y"])[rows],
-                               atol=1e-4, rtol=1e-3)
+    # the told values of those rows differ by what their points' difference explains: at most
+    # twice the first-order change |grad f| . |dx| (seen: 1.5e-3 where dx ~ 1e-4), plus rounding
+    x1, x2 = np.asarray(st1["x"])[rows], np.asarray(st2["x"])[rows]
+    grad = np.asarray(jax.vmap(jax.grad(lambda v: bf.branin(v[None])[0]))(jnp.asarray(x1)))
+    y1, y2 = np.asarray(st1["y"])[rows], np.asarray(st2["y"])[rows]
+    bound = 2 * np.sum(np.abs(grad) * np.abs(x1 - x2), -1) + 1e-4 + 1e-5 * np.abs(y1)
+    assert np.all(np.abs(y1 - y2) <= bound), (np.abs(y1 - y2), bound)
     rest = [{k: v for k, v in st.items() if k not in ("x", "y")} for st in (st1, st2)]
     chex.assert_trees_all_close(*rest, atol=1e-2, rtol=1e-2)
   else:
