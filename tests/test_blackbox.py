@@ -586,7 +586,10 @@ _OPTIMA_2D = {  # searcher, rounds of 8, sphere and Rosenbrock regret bounds (3 
 
 
 # [gp] stalled (no CPU, inside the jitted vmap-of-scan call) in 2 of 4 runs after the suite's
-# earlier tests in one process, passing in 14-17 s otherwise: slow until that is understood.
+# earlier tests in one process, passing in 14-17 s otherwise: slow until that is fixed. Seen
+# again alone (gdb, 2 cores): a deadlock in jaxlib's batched CPU Cholesky (the vmap makes
+# lapack_spotrf_ffi batched): both Eigen intra-op threads sit in jax::ParallelBatchMap's
+# BlockingCounter::Wait inside spotrf thunks, waiting for batch items no free thread can run.
 @pytest.mark.parametrize("name", [n if n != "gp" else pytest.param(n, marks=pytest.mark.slow)
                                   for n in _OPTIMA_2D])
 def test_searchers_find_the_2d_sphere_and_rosenbrock_optima(name):
