@@ -37,6 +37,8 @@ version, so a second run only re-runs metaopt. metaopt is always re-run.
                                                     # max(40, 10 d) evaluations; prints the
                                                     # K/N line and gp_ask_compile_seconds
     python benchmarks/blackbox_suite.py --out BENCH.md --plot ecdf.png   # the full suite
+    python benchmarks/blackbox_suite.py --gp_compile_only  # only gp_ask_compile_seconds (plain
+                                                       # jit and the engine's first compile)
 """
 
 from __future__ import annotations
@@ -264,19 +266,27 @@ def run_cell(lib, name, pname, dim, seeds, budget, batch, cache):
   return out
 
 
-def gp_compile_seconds(dim: int = 5, batch: int = 10) -> tuple[float, float]:
-  """Compile time of ``gp_bo(dim).ask`` (default settings, a batch of ``batch``, past the
-  startup design), measured in a fresh process so no cache is warm: (wall, process CPU) s.
-  On a loaded machine the CPU seconds are the figure to trust."""
+def gp_compile_seconds(dim: int = 5, batch: int = 10, engine: bool = False
+                       ) -> tuple[float, float]:
+  """Compile time (trace, lower and XLA compile) of ``gp_bo(dim).ask`` (default settings, a
+  batch of ``batch``, past the startup design), measured in a fresh process so no cache is
+  warm: (wall, process CPU) s. ``engine=False``: a plain ``jax.jit`` (XLA's default backend
+  optimisation); ``engine=True``: the first compile the search engine makes
+  (``population.FAST_COMPILE``, no LLVM optimisation; the engine recompiles optimised only
+  once the remaining asks repay it). On a loaded machine the CPU seconds are the figure to
+  trust."""
+  opts = "FAST_COMPILE" if engine else "None"
   code = f"""
 import time, jax, jax.numpy as jnp
 from metaopt import gp_bo
+from metaopt._src.population import FAST_COMPILE
 s = gp_bo({dim})
 st = s.init(jax.random.key(0))
 u = jax.random.uniform(jax.random.key(1), (20, {dim}))
 st = s.tell(st, u, jnp.sum(u ** 2, 1), jnp.zeros(20, jnp.int32))
 t, c = time.perf_counter(), time.process_time()
-jax.jit(s.ask, static_argnums=2).lower(st, jax.random.key(2), {batch}).compile()
+jax.jit(s.ask, static_argnums=2, compiler_options={opts}).lower(
+    st, jax.random.key(2), {batch}).compile()
 print(time.perf_counter() - t, time.process_time() - c)
 """
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -285,6 +295,18 @@ print(time.perf_counter() - t, time.process_time() - c)
                        check=True)
   wall, cpu = res.stdout.strip().splitlines()[-1].split()
   return float(wall), float(cpu)
+
+
+def print_gp_compile() -> tuple[float, float]:
+  """Prints the plain-jit and the engine's first-compile figures; returns the plain one."""
+  load0 = os.getloadavg()[0]
+  gp_s, gp_cpu = gp_compile_seconds()
+  eng_s, eng_cpu = gp_compile_seconds(engine=True)
+  print(f"gp_ask_compile_seconds: {gp_s:.2f}")
+  print(f"gp_ask_compile_cpu_seconds: {gp_cpu:.2f}")
+  print(f"gp_ask_engine_first_compile_seconds: {eng_s:.2f} (CPU {eng_cpu:.2f})")
+  print(f"load average (1 min) before / after: {load0:.1f} / {os.getloadavg()[0]:.1f}")
+  return gp_s, gp_cpu
 
 
 # ------------------------------------------------------------------ reporting
@@ -413,7 +435,12 @@ def main() -> None:
   ap.add_argument("--out", default=None, help="write the markdown report here")
   ap.add_argument("--plot", default=None, help="write the ECDF plot here (png)")
   ap.add_argument("--raw", default=None, help="write all trajectories here (JSON)")
+  ap.add_argument("--gp_compile_only", action="store_true",
+                  help="only measure gp_ask_compile_seconds (fresh processes; a few minutes)")
   args = ap.parse_args()
+  if args.gp_compile_only:
+    print_gp_compile()
+    return
 
   import optuna
 
@@ -469,9 +496,7 @@ def main() -> None:
       f"{args.budget} d" if args.budget else "100 d")
   text, k, n = report(results, args.batch, seeds, label + " evaluations", wall)
   print("\n" + text)
-  gp_s, gp_cpu = gp_compile_seconds() if "gp" in ours_names else (float("nan"),) * 2
-  print(f"gp_ask_compile_seconds: {gp_s:.2f}")
-  print(f"gp_ask_compile_cpu_seconds: {gp_cpu:.2f}")
+  gp_s, gp_cpu = print_gp_compile() if "gp" in ours_names else (float("nan"),) * 2
   out_path = results_path(args.out, quick=args.quick)  # a quick run writes no tracked file
   if out_path:
     with open(out_path, "w") as f:

@@ -109,8 +109,13 @@ def test_loop_and_scan_give_the_same_points_and_state(name):
     np.testing.assert_allclose(b1, float(b2), rtol=5e-3)
     rows = np.all(np.isclose(st1["x"], st2["x"], rtol=0, atol=1e-4), axis=-1)
     assert rows.mean() >= 0.9, rows
-    np.testing.assert_allclose(np.asarray(st1["y"])[rows], np.asarray(st2["y"])[rows],
-                               atol=1e-4, rtol=1e-3)
+    # the told values of those rows differ by what their points' difference explains: at most
+    # twice the first-order change |grad f| . |dx| (seen: 1.5e-3 where dx ~ 1e-4), plus rounding
+    x1, x2 = np.asarray(st1["x"])[rows], np.asarray(st2["x"])[rows]
+    grad = np.asarray(jax.vmap(jax.grad(lambda v: bf.branin(v[None])[0]))(jnp.asarray(x1)))
+    y1, y2 = np.asarray(st1["y"])[rows], np.asarray(st2["y"])[rows]
+    bound = 2 * np.sum(np.abs(grad) * np.abs(x1 - x2), -1) + 1e-4 + 1e-5 * np.abs(y1)
+    assert np.all(np.abs(y1 - y2) <= bound), (np.abs(y1 - y2), bound)
     rest = [{k: v for k, v in st.items() if k not in ("x", "y")} for st in (st1, st2)]
     chex.assert_trees_all_close(*rest, atol=1e-2, rtol=1e-2)
   else:
@@ -581,7 +586,10 @@ _OPTIMA_2D = {  # searcher, rounds of 8, sphere and Rosenbrock regret bounds (3 
 
 
 # [gp] stalled (no CPU, inside the jitted vmap-of-scan call) in 2 of 4 runs after the suite's
-# earlier tests in one process, passing in 14-17 s otherwise: slow until that is understood.
+# earlier tests in one process, passing in 14-17 s otherwise: slow until that is fixed. Seen
+# again alone (gdb, 2 cores): a deadlock in jaxlib's batched CPU Cholesky (the vmap makes
+# lapack_spotrf_ffi batched): both Eigen intra-op threads sit in jax::ParallelBatchMap's
+# BlockingCounter::Wait inside spotrf thunks, waiting for batch items no free thread can run.
 @pytest.mark.parametrize("name", [n if n != "gp" else pytest.param(n, marks=pytest.mark.slow)
                                   for n in _OPTIMA_2D])
 def test_searchers_find_the_2d_sphere_and_rosenbrock_optima(name):

@@ -38,6 +38,12 @@ differences back on the unit scale, so the batch keeps closing in on the incumbe
 while the other points follow log-EI. Exploitation and log-EI points share one scan step (the
 local model and its candidates, padded to the global model's shapes, are selected by the
 step index), so the acquisition search is compiled once per ``ask``, not once per kind.
+
+Compile time: ``ask`` holds one copy of the model per bucket size (below), so what does not
+depend on the size is computed once outside the copies: every random number of the ask (one
+uniform draw; normals by the inverse CDF), the warped targets and the incumbents. The
+gradient refinement moves all its starts in one batched Adam (the acquisition is pointwise),
+not a ``vmap`` over starts.
 """
 
 from __future__ import annotations
@@ -51,7 +57,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from jax.scipy.linalg import cho_solve, solve_triangular
-from jax.scipy.special import ndtr
+from jax.scipy.special import ndtr, ndtri
 
 from metaopt._src.evolution import _check_levels
 from metaopt._src.searchers import _check_dim, sobol
@@ -342,10 +348,13 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
     return {**history_init(capacity, dim), "theta": theta, "design": design.init(key)}
 
   def refine(acq, x0):
-    # Adam on the continuous coordinates with a cosine-decayed step: large first moves, then
-    # steps down to grad_lr / 1000 so the optimum is located to float32 precision.
+    # Adam on the continuous coordinates of every start ``x0[k, dim]`` at once, with a
+    # cosine-decayed step: large first moves, then steps down to grad_lr / 1000 so the optimum
+    # is located to float32 precision. The acquisition is pointwise and Adam elementwise, so
+    # the gradient of the sum moves each start as its own Adam would (one batched solve per
+    # step instead of a vmap that copies the Cholesky factor per start).
     opt = optax.adam(optax.cosine_decay_schedule(grad_lr, max(grad_steps, 1), 1e-3))
-    grad = jax.grad(lambda x: -acq(x[None])[0])
+    grad = jax.grad(lambda x: -jnp.sum(acq(x)))
 
     def step(carry, _):
       x, s = carry
@@ -364,11 +373,12 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
       u = alt[jnp.argmax(jnp.where(jnp.isfinite(score), score, -jnp.inf))]
     return u
 
-  def perturb(parents, key):
-    """``n_local`` perturbations of ``parents`` (``[n_local, dim]`` or one point) at the
-    scales ``local_std``, ``local_std / 5``, ..., clipped to the cube."""
+  def perturb(parents, z):
+    """``n_local`` perturbations of ``parents`` (``[n_local, dim]`` or one point) by the
+    standard normal ``z[n_local, dim]`` at the scales ``local_std``, ``local_std / 5``, ...,
+    clipped to the cube."""
     mult = local_std * jnp.asarray(_LOCAL_SCALES)[jnp.arange(n_local) % len(_LOCAL_SCALES)]
-    local = parents + mult[:, None] * jax.random.normal(key, (n_local, dim))
+    local = parents + mult[:, None] * z
     return snap(jnp.clip(local, 0.0, 1.0), lvl)
 
   def maximise(acq, cand, centre, cand_ok=True):
@@ -384,13 +394,13 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
       mine = region[None, :] == jnp.arange(n_div)[:, None]
       starts.append(cand[jnp.argmax(jnp.where(mine, score[None, :], -jnp.inf), axis=1)])
     starts = jnp.concatenate(starts)
-    refined = jax.vmap(lambda x0: refine(acq, x0))(starts) if grad_steps else starts
+    refined = refine(acq, starts) if grad_steps else starts
     pool = jnp.concatenate([starts, refined])
     pool_score = acq(pool)
     u = pool[jnp.argmax(jnp.where(jnp.isfinite(pool_score), pool_score, -jnp.inf))]
     return choice_search(acq, u)
 
-  def local_model(theta, x, y, valid, key, k_nn):
+  def local_model(theta, x, y, valid, z, k_nn):
     """A GP refitted on the ``k_nn`` (traced) observations nearest the incumbent (in the
     fitted lengthscales), ``y`` re-standardised among them, and its candidates. The model
     masks all but the first ``k_nn`` of the ``max(n_exploit)`` nearest, so one compiled body
@@ -402,13 +412,30 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
     xl = x[nn]
     yl = warp_and_standardize(y[nn], ml)
     theta_l = fit_gp(theta, xl, yl, ml, _EXPLOIT_FIT_STEPS, fit_lr, lvl, deterministic)
-    cand = jnp.concatenate([perturb(snap(x[inc], lvl), key), snap(xl, lvl)])
+    cand = jnp.concatenate([perturb(snap(x[inc], lvl), z), snap(xl, lvl)])
     return theta_l, xl, yl, ml, cand
 
   def pad_rows(a, rows, fill=0):
     return jnp.concatenate([a, jnp.full((rows - a.shape[0], *a.shape[1:]), fill, a.dtype)])
 
-  def model_ask(size, state, key, n):
+  def draws(key, n):
+    """Every random number one ``ask`` of ``n`` points uses, drawn once outside the model's
+    bucketed copies (one uniform draw: each random-number call site costs ~0.3 s of XLA
+    compile, and each copy would compile its own): per point the uniform candidates, the
+    parents' ranks and the perturbations; per exploitation model its perturbations."""
+    m = min(len(n_exploit), n - 1)
+    sizes_ = {"cand": (n, n_candidates, dim), "parent": (n, n_local),
+              "z": (n, n_local, dim), "z_l": (m, n_local, dim)}
+    total = sum(math.prod(v) for v in sizes_.values())
+    flat = jax.random.uniform(key, (total,), minval=1e-7, maxval=1.0 - 1e-7)
+    out, at = {}, 0
+    for name, shape in sizes_.items():
+      out[name] = flat[at:at + math.prod(shape)].reshape(shape)
+      at += math.prod(shape)
+    out["z"], out["z_l"] = ndtri(out["z"]), ndtri(out["z_l"])
+    return out
+
+  def model_ask(size, state, rnd, n):
     """Fits the GP on the first ``size`` buffer rows and proposes a kriging-believer batch.
 
     Exploitation and log-EI points go through one scan (one compiled acquisition search):
@@ -416,18 +443,14 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
     of the global model with the believed points; every chosen point then joins the global
     data as a fantasy observation."""
     x, y, valid = state["x"][:size], state["y"][:size], state["valid"][:size]
-    n_obs = jnp.sum(valid)
-    yz = warp_and_standardize(y, valid)
-    best = jnp.min(jnp.where(valid, yz, jnp.inf))
+    n_obs, best, top, yz = rnd["n_obs"], rnd["best"], rnd["top"], rnd["yz"][:size]
     theta = fit_gp(state["theta"], x, yz, valid, fit_steps, fit_lr, lvl, deterministic)
-    top = snap(x[jnp.argsort(jnp.where(valid, y, jnp.inf))[:n_top]], lvl)
     rows = size + n
     n_cand = n_candidates + n_local
     m = min(len(n_exploit), n - 1)  # exploitation points; at least one point follows log-EI
     if m:
-      keys = jax.vmap(lambda j: jax.random.fold_in(key, n + j))(jnp.arange(m))
       loc = jax.lax.map(lambda a: local_model(theta, x, y, valid, a[0], a[1]),
-                        (keys, jnp.asarray(n_exploit[:m])))
+                        (rnd["z_l"], jnp.asarray(n_exploit[:m])))
       theta_l, xl, yl, ml, cand_l = loc
       # padded to the global model's rows and candidates (masked rows; repeats of the centre)
       xl = jax.vmap(lambda a: pad_rows(a, rows))(xl)
@@ -438,13 +461,13 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
       ok_l = jnp.arange(n_cand) < n_cand - n_pad
       pick = lambda a, i: a[jnp.minimum(i, m - 1)]  # noqa: E731
 
-    def propose(carry, i):
+    def propose(carry, xs):
       x_all, yz_all, m_all = carry
-      k_rand, k_loc, k_pick = jax.random.split(jax.random.fold_in(key, i), 3)
-      cand = snap(jax.random.uniform(k_rand, (n_candidates, dim)), lvl)
+      i, r = xs
+      cand = snap(r["cand"], lvl)
       if n_local:  # perturbations of the best observations
-        parent = top[jax.random.randint(k_pick, (n_local,), 0, jnp.minimum(n_obs, n_top))]
-        cand = jnp.concatenate([cand, perturb(parent, k_loc)])
+        rank = jnp.floor(r["parent"] * jnp.minimum(n_obs, n_top)).astype(jnp.int32)
+        cand = jnp.concatenate([cand, perturb(top[rank], r["z"])])
       model = (theta, x_all, yz_all, m_all)
       glob = _posterior(*model, lvl)
       if m:
@@ -474,7 +497,8 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
       return carry, u
 
     carry = (pad_rows(x, rows), pad_rows(yz, rows), pad_rows(valid, rows, False))
-    _, u = jax.lax.scan(propose, carry, jnp.arange(n))
+    per_point = {k: rnd[k] for k in ("cand", "parent", "z")}
+    _, u = jax.lax.scan(propose, carry, (jnp.arange(n), per_point))
     return theta, u
 
   def ask(state, key, n):
@@ -485,7 +509,15 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
     startup = jnp.sum(state["valid"]) < n_startup
     branches = [lambda st, k: (st["theta"], u_design)]
     branches += [functools.partial(model_ask, size, n=n) for size in sizes]
-    theta, u = jax.lax.switch(jnp.where(startup, 0, 1 + bucket), branches, state, key)
+    # what does not depend on the bucket is computed once, outside its copies (the data
+    # rows are a prefix of the buffer, so the whole buffer gives the same values)
+    valid = state["valid"]
+    yz = warp_and_standardize(state["y"], valid)
+    shared = {**draws(key, n), "n_obs": jnp.sum(valid), "yz": yz,
+              "best": jnp.min(jnp.where(valid, yz, jnp.inf)),
+              "top": snap(state["x"][jnp.argsort(jnp.where(valid, state["y"], jnp.inf))[:n_top]],
+                          lvl)}
+    theta, u = jax.lax.switch(jnp.where(startup, 0, 1 + bucket), branches, state, shared)
     design_state = jax.tree_util.tree_map(lambda a, b: jnp.where(startup, a, b), design_state,
                                           state["design"])
     return {**state, "theta": theta, "design": design_state}, u
