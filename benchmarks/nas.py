@@ -67,6 +67,16 @@ SEARCH_EPOCHS = 2
 TRAIN_EPOCHS = 3  # = the tabular benchmark's budget, so table queries are real evaluations
 BATCH = 64
 N_RANDOM = 4  # filtered random cells per seed
+# The evaluation protocol (how every compared cell is retrained; the same for every side),
+# chosen with ``--dev-eval`` on dev training seeds and frozen before the report run: each cell
+# is trained ``EVAL_EPOCHS`` epochs with ``EVAL_SEEDS`` training seeds and scored by its mean
+# test accuracy. Rule fixed before the dev run (BENCHMARKS.md): the cheapest budget
+# (epochs x seeds) whose paired reliability (two-way cell x seed ANOVA: between-cell variance
+# over itself plus the cell-by-seed residual variance / seeds) is at least 0.8.
+EVAL_EPOCHS = 3
+EVAL_SEEDS = 1
+DEV_EVAL_EPOCHS = (3, 10)
+DEV_EVAL_CELLS = 6  # filtered random cells in the --dev-eval measurement
 # Search variants: SearchSettings fields, plus ``partial_k`` (PC-DARTS channel fraction of
 # the supernet) and ``warmup_epochs`` (weights only, the architecture frozen).
 METHODS = {
@@ -149,6 +159,63 @@ def context() -> dict:
   return {"data": data, "space": space, "model_cfg": model_cfg, "supernet": supernet,
           "supernets": {1: supernet}, "steps": len(data.train) // BATCH,
           "table": tabular.load_table(), "reference": reference_cell(space)}
+
+
+def train_seeds(sd: int) -> list[int]:
+  """The retraining seeds of search seed ``sd`` (the first is ``sd`` itself)."""
+  return [sd + 100_000 * j for j in range(EVAL_SEEDS)]
+
+
+def reliability(acc: np.ndarray) -> dict:
+  """Two-way (cell x training seed) ANOVA without replication of ``acc[cells, seeds]``: the
+  between-cell variance, the cell-by-seed residual variance, and the paired reliability of
+  a cell's mean over ``r`` seeds, ``vb / (vb + ve / r)``, for r = 1..8."""
+  c, s = acc.shape
+  g, cm, sm = acc.mean(), acc.mean(1), acc.mean(0)
+  res = acc - cm[:, None] - sm[None, :] + g
+  ms_cell = s * np.sum((cm - g) ** 2) / (c - 1)
+  ms_res = np.sum(res ** 2) / ((c - 1) * (s - 1))
+  vb = max(0.0, (ms_cell - ms_res) / s)
+  return {"between_sd": math.sqrt(vb), "resid_sd": math.sqrt(ms_res),
+          "seed_sd": float(np.std(sm, ddof=1)),
+          "rel": {r: (vb / (vb + ms_res / r) if vb + ms_res > 0 else float("nan"))
+                  for r in range(1, 9)}}
+
+
+def dev_eval(a) -> None:
+  """The evaluation protocol on dev seeds: ``DEV_EVAL_CELLS`` filtered random cells (drawn
+  with ``default_rng(0)``), each trained with the dev seeds as training seeds for each budget
+  of ``DEV_EVAL_EPOCHS``; prints how much of a cell's score is the cell and how much the
+  training seed, and the budget the rule picks."""
+  ctx = context()
+  space, data, table = ctx["space"], ctx["data"], ctx["table"]
+  live = [g for g in space.enumerate() if computes_something(space, g)]
+  rng = np.random.default_rng(0)
+  cells = [live[i] for i in rng.choice(len(live), DEV_EVAL_CELLS, replace=False)]
+  tseeds = list(seeds("dev", a.seeds))
+  w = {c: jnp.stack([space.to_weights(g)[c] for g in cells for _ in tseeds])
+       for c in space.cell_types}
+  picks = []
+  for ep in DEV_EVAL_EPOCHS:
+    t0 = time.process_time()
+    r = train_networks(ctx["supernet"], data, tseeds * len(cells), w, epochs=ep,
+                       batch_size=BATCH)
+    acc = np.asarray(r["test_acc"]).reshape(len(cells), len(tseeds))
+    rel = reliability(acc)
+    print(f"dev-eval {ep} epochs, {len(cells)} cells x training seeds {tseeds}: "
+          f"{r['seconds']:.0f}s wall (+{r['compile_seconds']:.0f}s compile), "
+          f"{time.process_time() - t0:.0f}s CPU with compile; load {os.getloadavg()[0]:.1f}",
+          flush=True)
+    for g, row in zip(cells, acc, strict=True):
+      print(f"  {g}: table valid {table.query(g)['valid_acc']:.3f}, test acc per seed "
+            + ", ".join(f"{x:.3f}" for x in row) + f"; mean {row.mean():.3f}")
+    print(f"  between-cell sd {rel['between_sd']:.4f}, cell x seed residual sd "
+          f"{rel['resid_sd']:.4f}, seed-mean sd {rel['seed_sd']:.4f}; paired reliability "
+          + ", ".join(f"r={k}: {v:.2f}" for k, v in rel["rel"].items()), flush=True)
+    picks += [(ep * k, ep, k) for k, v in rel["rel"].items() if v >= 0.8]
+  best = min(picks) if picks else None
+  print("chosen EVAL_EPOCHS, EVAL_SEEDS: " + (f"{best[1]}, {best[2]}" if best else
+                                              "none reaches reliability 0.8"))
 
 
 def dev(a) -> None:
@@ -329,6 +396,8 @@ def main() -> None:
   ap = argparse.ArgumentParser()
   ap.add_argument("--quick", action="store_true", help="3 report seeds, DARTS-1st only")
   ap.add_argument("--dev", action="store_true", help="choose HEADLINE on dev seeds")
+  ap.add_argument("--dev-eval", action="store_true",
+                  help="choose EVAL_EPOCHS / EVAL_SEEDS on dev seeds")
   ap.add_argument("--seeds", type=int, default=None)
   ap.add_argument("--methods", default=None, help=f"comma-separated, from {list(METHODS)}")
   a = ap.parse_args()
@@ -338,7 +407,10 @@ def main() -> None:
   jax.config.update("jax_compilation_cache_dir", tempfile.mkdtemp(prefix="nas-bench-jax-"))
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   a.load_start = os.getloadavg()[0]
-  if a.dev:
+  if a.dev_eval:
+    a.seeds = a.seeds or 4
+    dev_eval(a)
+  elif a.dev:
     a.seeds = a.seeds or 3
     dev(a)
   else:
