@@ -38,6 +38,7 @@ points, median over report seeds).
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import pathlib
@@ -96,7 +97,8 @@ CANDIDATES = ("DARTS-1st", "PC-DARTS-1st", "PC-DARTS-1st+skip-penalty", "PC-DART
               "GDAS", "PC-GDAS")
 HEADLINE = "PC-DARTS-1st+skip-penalty"  # the configured search, chosen on dev seeds (BENCHMARKS.md)
 FULL_METHODS = ("DARTS-1st", "DARTS-2nd", "GDAS")
-FIXED = "benchmarks/nas.py (SEARCH_EPOCHS, METHODS, HEADLINE, N_RANDOM, reference_cell)"
+FIXED = ("benchmarks/nas.py (SEARCH_EPOCHS, METHODS, HEADLINE, N_RANDOM, EVAL_EPOCHS, "
+         "EVAL_SEEDS, reference_cell)")
 
 
 def computes_something(space, g) -> bool:
@@ -256,7 +258,7 @@ def dev(a) -> None:
 
 def report(a) -> None:
   ctx = context()
-  space, table, data, supernet = ctx["space"], ctx["table"], ctx["data"], ctx["supernet"]
+  space = ctx["space"]
   report_seeds = seeds("report", a.seeds)
   methods = a.methods.split(",") if a.methods else (
       [HEADLINE] if a.quick else list(dict.fromkeys((HEADLINE, *FULL_METHODS))))
@@ -264,19 +266,64 @@ def report(a) -> None:
     raise ValueError(f"--methods={a.methods!r}: must include {HEADLINE}, allowed "
                      f"{', '.join(METHODS)}")
   live = [g for g in space.enumerate() if computes_something(space, g)]
+  if a.searches and os.path.exists(a.searches):
+    per, members = load_searches(a.searches, space, report_seeds, methods)
+  else:
+    per, members = search_phase(a, ctx, report_seeds, methods, live)
+    if a.searches:
+      save_searches(a.searches, space, per, members, a)
+      if a.search_only:
+        return
+  evaluate_phase(a, ctx, report_seeds, methods, live, per, members)
+
+
+def save_searches(path: str, space, per: dict, members: list, a) -> None:
+  """The search phase (costs and the cells to compare), so the evaluation can run later."""
+  enc = lambda v: str(v) if hasattr(v, "normal") else v
+  d = {"per": {str(sd): {k: ({kk: enc(vv) for kk, vv in v.items()} if isinstance(v, dict)
+                             else v) for k, v in p.items()} for sd, p in per.items()},
+       "members": [(lab, int(space.index(g)), int(sd)) for lab, g, sd in members],
+       "load_start": a.load_start, "load_end": os.getloadavg()[0],
+       "time": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path, "w") as f:
+    json.dump(d, f, indent=1, default=lambda o: str(o) if hasattr(o, "normal") else float(o))
+  print(f"search phase saved to {path}", flush=True)
+
+
+def load_searches(path: str, space, report_seeds, methods) -> tuple[dict, list]:
+  with open(path) as f:
+    d = json.load(f)
+  per = {int(sd): p for sd, p in d["per"].items()}
+  if sorted(per) != sorted(report_seeds) or any(m not in per[sd] for sd in per for m in methods):
+    raise ValueError(f"--searches={path!r} holds seeds {sorted(per)}, not {list(report_seeds)} "
+                     f"with methods {methods}")
+  cells = space.enumerate()
+  print(f"search phase loaded from {path} (run {d['time']}, load {d['load_start']:.1f}-"
+        f"{d['load_end']:.1f})", flush=True)
+  return per, [(lab, cells[i], sd) for lab, i, sd in d["members"]]
+
+
+def search_phase(a, ctx, report_seeds, methods, live) -> tuple[dict, list]:
+  """Each seed's searches, their costs, and the cells every method contributes."""
+  space, table = ctx["space"], ctx["table"]
   per = {sd: {} for sd in report_seeds}
   members = []  # (label, genotype, seed)
   for sd in report_seeds:
+    c0 = time.process_time()
     ref = one_training(ctx, ctx["reference"], sd)  # the unit, on the seed's own clock
+    per[sd]["ref_cpu"] = time.process_time() - c0  # CPU clock, compile or cache load included
     per[sd]["ref_s"], per[sd]["ref_compile_s"] = ref["seconds"], ref["compile_seconds"]
     for name in methods:
-      t0 = time.perf_counter()
+      t0, c0 = time.perf_counter(), time.process_time()
       r = run_search(ctx, METHODS[name], SEARCH_EPOCHS, sd)
+      search_cpu = time.process_time() - c0
       tr = one_training(ctx, r["safeguard_genotype"], sd)
       unit = ref["seconds"]
       per[sd][name] = {"full_cost": r["seconds"] / unit, "trunc_cost": r["safeguard_seconds"] /
                        unit, "search_s": r["seconds"], "search_compile_s": r["compile_seconds"],
                        "derived_cost": r["seconds"] / tr["seconds"],
+                       "cpu_cost": search_cpu / per[sd]["ref_cpu"],
                        "unit_s": tr["seconds"], "unit_compile_s": tr["compile_seconds"],
                        "fired": r["safeguard_epoch"], "reason": r["collapse_reason"],
                        "cell": r["safeguard_genotype"], "full_cell": r["genotype"]}
@@ -284,7 +331,9 @@ def report(a) -> None:
       print(f"seed {sd} {name}: {r['safeguard_genotype']} search {r['seconds']:.1f}s "
             f"(+{r['compile_seconds']:.0f}s compile), one training: reference {unit:.2f}s, "
             f"derived {tr['seconds']:.2f}s; cost {per[sd][name]['full_cost']:.2f} (truncated "
-            f"{per[sd][name]['trunc_cost']:.2f}), safeguard epoch {r['safeguard_epoch']} "
+            f"{per[sd][name]['trunc_cost']:.2f}; CPU clock {search_cpu:.1f}s / "
+            f"{per[sd]['ref_cpu']:.1f}s = {per[sd][name]['cpu_cost']:.2f}, compile or cache "
+            f"load included), safeguard epoch {r['safeguard_epoch']} "
             f"[{time.perf_counter() - t0:.0f}s]", flush=True)
     n_eq = math.ceil(per[sd][HEADLINE]["full_cost"])
     per[sd]["n_equal"] = n_eq
@@ -293,20 +342,30 @@ def report(a) -> None:
     rng = np.random.default_rng(sd)
     for i in rng.choice(len(live), N_RANDOM, replace=False):
       members.append(("random", live[i], sd))
+  return per, members
 
-  # one population kernel; identical (canonical cell, seed) pairs are trained once
-  key_of = lambda g, sd: (tabular.canonical(space, g), sd)
-  uniq = list(dict.fromkeys(key_of(g, sd) for _, g, sd in members))
+
+def evaluate_phase(a, ctx, report_seeds, methods, live, per, members) -> None:
+  """Every compared cell retrained by the evaluation protocol; the tables and headlines."""
+  space, data, supernet = ctx["space"], ctx["data"], ctx["supernet"]
+  # one population kernel; every cell trained EVAL_SEEDS times (the seed's training seeds),
+  # EVAL_EPOCHS epochs, scored by its mean test accuracy; identical (canonical cell, training
+  # seed) pairs are trained once
+  key_of = lambda g, ts: (tabular.canonical(space, g), ts)
+  uniq = list(dict.fromkeys(key_of(g, ts) for _, g, sd in members for ts in train_seeds(sd)))
   w = {c: jnp.stack([space.to_weights(g)[c] for g, _ in uniq]) for c in space.cell_types}
-  t0 = time.perf_counter()
-  res = train_networks(supernet, data, [sd for _, sd in uniq], w, epochs=TRAIN_EPOCHS,
+  t0, c0 = time.perf_counter(), time.process_time()
+  res = train_networks(supernet, data, [ts for _, ts in uniq], w, epochs=EVAL_EPOCHS,
                        batch_size=BATCH)
-  print(f"population of {len(uniq)} distinct trainings ({len(members)} members): "
-        f"{time.perf_counter() - t0:.0f}s", flush=True)
+  eval_s = (time.perf_counter() - t0, time.process_time() - c0)
+  print(f"population of {len(uniq)} distinct trainings ({len(members)} cells x {EVAL_SEEDS} "
+        f"training seeds, {EVAL_EPOCHS} epochs): {eval_s[0]:.0f}s wall, {eval_s[1]:.0f}s CPU",
+        flush=True)
   acc_of = {k: float(t) for k, t in zip(uniq, res["test_acc"], strict=True)}
   acc = {sd: {} for sd in report_seeds}
   for label, g, sd in members:
-    acc[sd].setdefault(label, []).append(acc_of[key_of(g, sd)])
+    acc[sd].setdefault(label, []).append(
+        float(np.mean([acc_of[key_of(g, ts)] for ts in train_seeds(sd)])))
   mean = lambda label: [float(np.mean(acc[sd][label])) for sd in report_seeds]
 
   lines, out = [], []
@@ -317,10 +376,12 @@ def report(a) -> None:
 
   emit(f"Report seeds {report_seeds[0]}-{report_seeds[-1]} ({len(report_seeds)} search seeds; "
        f"each also the training seed of its pair), {SEARCH_EPOCHS} search epochs, configured "
-       f"search {HEADLINE} (both chosen on dev seeds), {TRAIN_EPOCHS} training epochs, one "
-       f"training = the reference cell `{ctx['reference']}` (the median filtered random cell) "
-       f"trained once on the seed's clock; {jax.devices()[0].platform}, {os.cpu_count()} "
-       f"cores, load at start "
+       f"search {HEADLINE} (both chosen on dev seeds); every compared cell retrained "
+       f"{EVAL_EPOCHS} epochs with {EVAL_SEEDS} training seeds (chosen with --dev-eval) and "
+       f"scored by its mean test accuracy; one training (the cost unit, {TRAIN_EPOCHS} epochs, "
+       f"the table's budget) = the reference cell `{ctx['reference']}` (the median filtered "
+       f"random cell) trained once on the seed's clock; {jax.devices()[0].platform}, "
+       f"{os.cpu_count()} cores, load at start "
        f"{a.load_start:.2f}, at end {os.getloadavg()[0]:.2f}; quick={a.quick}.")
   emit()
   emit("| method | full search cost (x one training) | truncated by the safeguard | "
@@ -347,6 +408,11 @@ def report(a) -> None:
   ref_c = per[report_seeds[0]]["ref_compile_s"]
   cold = (first["search_s"] + first["search_compile_s"]) / (per[report_seeds[0]]["ref_s"]
                                                              + ref_c)
+  cpu = [per[sd][HEADLINE]["cpu_cost"] for sd in report_seeds[1:]]
+  emit(f"Full search cost of {HEADLINE} on the CPU clock (process time of the search / of the "
+       f"reference training, each including its kernels' load from the process's compilation "
+       f"cache; seeds after the first): {spread(cpu)}.")
+  emit()
   emit(f"Median (IQR) over seeds; one training of the reference cell: {spread(unit)} s, of "
        f"the {HEADLINE} cell: {spread(unit_d)} s. Compilation, cold (first seed): search "
        f"{first['search_compile_s']:.1f} s, one training {ref_c:.1f} s; later "
@@ -372,7 +438,8 @@ def report(a) -> None:
   full = [per[sd][HEADLINE]["full_cost"] for sd in report_seeds]
   trunc = [per[sd][HEADLINE]["trunc_cost"] for sd in report_seeds]
   delta = 100 * (np.asarray(d) - np.asarray(mean("random")))
-  variant = f"{HEADLINE}, {SEARCH_EPOCHS} epochs, report seeds, quick={a.quick}"
+  variant = (f"{HEADLINE}, {SEARCH_EPOCHS} epochs, cells retrained {EVAL_EPOCHS} epochs x "
+             f"{EVAL_SEEDS} seeds, report seeds, quick={a.quick}")
   out.append(f"nas_full_search_cost spread: {spread(full)}; at or below 4 on each seed: "
              f"{paired(full, [4.0] * len(full))}")
   out.append(headline("nas_full_search_cost_over_one_training", float(np.median(full)),
@@ -399,6 +466,10 @@ def main() -> None:
   ap.add_argument("--dev-eval", action="store_true",
                   help="choose EVAL_EPOCHS / EVAL_SEEDS on dev seeds")
   ap.add_argument("--seeds", type=int, default=None)
+  ap.add_argument("--searches", default=None,
+                  help="JSON of the search phase: written if absent, else read (the evaluation "
+                  "then runs on the saved searches)")
+  ap.add_argument("--search-only", action="store_true", help="stop after saving --searches")
   ap.add_argument("--methods", default=None, help=f"comma-separated, from {list(METHODS)}")
   a = ap.parse_args()
   # A fresh persistent compilation cache for this process: the first seed compiles cold, the
