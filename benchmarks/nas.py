@@ -519,6 +519,8 @@ def main() -> None:
   jax.config.update("jax_compilation_cache_dir", tempfile.mkdtemp(prefix="nas-bench-jax-"))
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   a.load_start = os.getloadavg()[0]
+  if a.searches:  # a quick run keeps it (and the saved trainings beside it) under runs/
+    a.searches = results_path(a.searches, a.quick)
   if a.dev_eval:
     a.seeds = a.seeds or 4
     dev_eval(a)
