@@ -174,9 +174,9 @@ def context() -> dict:
           "table": tabular.load_table(), "reference": reference_cell(space)}
 
 
-def train_seeds(sd: int) -> list[int]:
+def train_seeds(sd: int, n: int | None = None) -> list[int]:
   """The retraining seeds of search seed ``sd`` (the first is ``sd`` itself)."""
-  return [sd + 100_000 * j for j in range(EVAL_SEEDS)]
+  return [sd + 100_000 * j for j in range(n or EVAL_SEEDS)]
 
 
 def reliability(acc: np.ndarray) -> dict:
@@ -371,23 +371,26 @@ def evaluate_phase(a, ctx, report_seeds, methods, live, per, members) -> None:
   uniq = list(dict.fromkeys(key_of(g, ts) for _, g, sd in members for ts in train_seeds(sd)))
   # trainings already done by --eval-part processes (same protocol, same cells) are read back
   cache_dir = pathlib.Path(a.searches or "runs/benchmarks/nas").with_suffix(".eval")
-  tag = f"e{EVAL_EPOCHS}"
+  epochs = a.eval_epochs if a.eval_part is not None and a.eval_epochs else EVAL_EPOCHS
+  tag = f"e{epochs}"
   acc_of = {}
   for f in sorted(cache_dir.glob(f"{tag}_*.json")) if a.searches else []:
     acc_of.update({(space.enumerate()[i], ts): v for i, ts, v in json.loads(f.read_text())})
   todo = [k for k in uniq if k not in acc_of]
   if a.eval_part is not None:
     part = {int(x) for x in a.eval_part.split(",")}
-    mine = {key_of(g, ts) for _, g, sd in members if sd in part for ts in train_seeds(sd)}
-    todo = [k for k in todo if k in mine]
+    mine = dict.fromkeys(key_of(g, ts) for _, g, sd in members if sd in part
+                         for j, ts in enumerate(train_seeds(sd, a.eval_seeds_max))
+                         if a.eval_index is None or j == a.eval_index)
+    todo = [k for k in mine if k not in acc_of]
   if todo:
     w = {c: jnp.stack([space.to_weights(g)[c] for g, _ in todo]) for c in space.cell_types}
     t0, c0 = time.perf_counter(), time.process_time()
-    res = train_networks(supernet, data, [ts for _, ts in todo], w, epochs=EVAL_EPOCHS,
+    res = train_networks(supernet, data, [ts for _, ts in todo], w, epochs=epochs,
                          batch_size=BATCH)
     eval_s = (time.perf_counter() - t0, time.process_time() - c0)
     print(f"population of {len(todo)} distinct trainings ({len(uniq)} needed for "
-          f"{len(members)} cells x {EVAL_SEEDS} training seeds, {EVAL_EPOCHS} epochs): "
+          f"{len(members)} cells x {EVAL_SEEDS} training seeds, {epochs} epochs): "
           f"{eval_s[0]:.0f}s wall, {eval_s[1]:.0f}s CPU, load {os.getloadavg()[0]:.1f}",
           flush=True)
     new = {k: float(t) for k, t in zip(todo, res["test_acc"], strict=True)}
@@ -511,6 +514,12 @@ def main() -> None:
   ap.add_argument("--eval-part", default=None,
                   help="with --searches: retrain only these search seeds' cells (comma-"
                   "separated) and save them for the final run")
+  ap.add_argument("--eval-index", type=int, default=None,
+                  help="with --eval-part: only the training seed of this index")
+  ap.add_argument("--eval-seeds-max", type=int, default=None,
+                  help="with --eval-part: train this many seeds per cell (default EVAL_SEEDS)")
+  ap.add_argument("--eval-epochs", type=int, default=None,
+                  help="with --eval-part: the retraining epochs (default EVAL_EPOCHS)")
   ap.add_argument("--methods", default=None, help=f"comma-separated, from {list(METHODS)}")
   a = ap.parse_args()
   # A fresh persistent compilation cache for this process: the first seed compiles cold, the
