@@ -85,6 +85,9 @@ N_RANDOM = 4  # filtered random cells per seed
 # over itself plus the cell-by-seed residual variance / seeds) is at least 0.8; if none is
 # (fallback fixed before the 10-epoch figures were seen), the most reliable budget of at most
 # 30 epoch-trainings per cell (epochs x seeds), ties to the cheaper.
+# --dev-eval (dev seeds 0-3, 2026-12-06): reliability 0 at 3 and at 10 epochs for every
+# number of seeds (between-cell variance estimated at 0), so the fallback's tie-break picks
+# the cheapest budget, 3 x 1: no affordable budget separates the cells of this space.
 EVAL_EPOCHS = 3
 EVAL_SEEDS = 1
 DEV_EVAL_EPOCHS = (3, 10)
