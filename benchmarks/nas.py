@@ -24,10 +24,19 @@ Follows the protocol at the top of BENCHMARKS.md (``benchmarks/_protocol.py``):
   ``--quick``, 10 by default).
   Each search seed is also the training seed of its pair, so differences are paired by seed
   (sign and Wilcoxon tests).
+* **Evaluation protocol** (``EVAL_EPOCHS`` x ``EVAL_SEEDS``): every compared cell is
+  retrained with the same training seeds of its search seed and scored by the mean test
+  accuracy; ``--dev-eval`` chose the budget on dev training seeds (how much of a cell's score
+  is the cell and how much the training seed) before the report run.
 
   python benchmarks/nas.py --quick     # ~5 min on 2 idle CPU cores
   python benchmarks/nas.py             # 10 report seeds, HEADLINE, DARTS-1st/2nd and GDAS
   python benchmarks/nas.py --dev       # the dev-seed choice of HEADLINE
+  python benchmarks/nas.py --dev-eval  # the dev-seed choice of EVAL_EPOCHS / EVAL_SEEDS
+  # on a loaded machine: the search phase once, the retraining split over processes
+  python benchmarks/nas.py --quick --searches runs/benchmarks/s.json --search-only
+  python benchmarks/nas.py --quick --searches runs/benchmarks/s.json --eval-part 1000  # etc.
+  python benchmarks/nas.py --quick --searches runs/benchmarks/s.json   # the tables
 
 Writes benchmarks/results_nas.md (a ``--quick`` run writes under runs/benchmarks/ only);
 prints ``nas_full_search_cost_over_one_training: X`` and ``darts_vs_filtered_random_delta: X``
@@ -38,6 +47,7 @@ points, median over report seeds).
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import pathlib
@@ -67,6 +77,21 @@ SEARCH_EPOCHS = 2
 TRAIN_EPOCHS = 3  # = the tabular benchmark's budget, so table queries are real evaluations
 BATCH = 64
 N_RANDOM = 4  # filtered random cells per seed
+# The evaluation protocol (how every compared cell is retrained; the same for every side),
+# chosen with ``--dev-eval`` on dev training seeds and frozen before the report run: each cell
+# is trained ``EVAL_EPOCHS`` epochs with ``EVAL_SEEDS`` training seeds and scored by its mean
+# test accuracy. Rule fixed before the dev run (BENCHMARKS.md): the cheapest budget
+# (epochs x seeds) whose paired reliability (two-way cell x seed ANOVA: between-cell variance
+# over itself plus the cell-by-seed residual variance / seeds) is at least 0.8; if none is
+# (fallback fixed before the 10-epoch figures were seen), the most reliable budget of at most
+# 30 epoch-trainings per cell (epochs x seeds), ties to the cheaper.
+# --dev-eval (dev seeds 0-3, 2026-12-06): reliability 0 at 3 and at 10 epochs for every
+# number of seeds (between-cell variance estimated at 0), so the fallback's tie-break picks
+# the cheapest budget, 3 x 1: no affordable budget separates the cells of this space.
+EVAL_EPOCHS = 3
+EVAL_SEEDS = 1
+DEV_EVAL_EPOCHS = (3, 10)
+DEV_EVAL_CELLS = 6  # filtered random cells in the --dev-eval measurement
 # Search variants: SearchSettings fields, plus ``partial_k`` (PC-DARTS channel fraction of
 # the supernet) and ``warmup_epochs`` (weights only, the architecture frozen).
 METHODS = {
@@ -86,7 +111,8 @@ CANDIDATES = ("DARTS-1st", "PC-DARTS-1st", "PC-DARTS-1st+skip-penalty", "PC-DART
               "GDAS", "PC-GDAS")
 HEADLINE = "PC-DARTS-1st+skip-penalty"  # the configured search, chosen on dev seeds (BENCHMARKS.md)
 FULL_METHODS = ("DARTS-1st", "DARTS-2nd", "GDAS")
-FIXED = "benchmarks/nas.py (SEARCH_EPOCHS, METHODS, HEADLINE, N_RANDOM, reference_cell)"
+FIXED = ("benchmarks/nas.py (SEARCH_EPOCHS, METHODS, HEADLINE, N_RANDOM, EVAL_EPOCHS, "
+         "EVAL_SEEDS, reference_cell)")
 
 
 def computes_something(space, g) -> bool:
@@ -151,6 +177,68 @@ def context() -> dict:
           "table": tabular.load_table(), "reference": reference_cell(space)}
 
 
+def train_seeds(sd: int, n: int | None = None) -> list[int]:
+  """The retraining seeds of search seed ``sd`` (the first is ``sd`` itself)."""
+  return [sd + 100_000 * j for j in range(n or EVAL_SEEDS)]
+
+
+def reliability(acc: np.ndarray) -> dict:
+  """Two-way (cell x training seed) ANOVA without replication of ``acc[cells, seeds]``: the
+  between-cell variance, the cell-by-seed residual variance, and the paired reliability of
+  a cell's mean over ``r`` seeds, ``vb / (vb + ve / r)``, for r = 1..8."""
+  c, s = acc.shape
+  g, cm, sm = acc.mean(), acc.mean(1), acc.mean(0)
+  res = acc - cm[:, None] - sm[None, :] + g
+  ms_cell = s * np.sum((cm - g) ** 2) / (c - 1)
+  ms_res = np.sum(res ** 2) / ((c - 1) * (s - 1))
+  vb = max(0.0, (ms_cell - ms_res) / s)
+  return {"between_sd": math.sqrt(vb), "resid_sd": math.sqrt(ms_res),
+          "seed_sd": float(np.std(sm, ddof=1)),
+          "rel": {r: (vb / (vb + ms_res / r) if vb + ms_res > 0 else float("nan"))
+                  for r in range(1, 9)}}
+
+
+def dev_eval(a) -> None:
+  """The evaluation protocol on dev seeds: ``DEV_EVAL_CELLS`` filtered random cells (drawn
+  with ``default_rng(0)``), each trained with the dev seeds as training seeds for each budget
+  of ``DEV_EVAL_EPOCHS``; prints how much of a cell's score is the cell and how much the
+  training seed, and the budget the rule picks."""
+  ctx = context()
+  space, data, table = ctx["space"], ctx["data"], ctx["table"]
+  live = [g for g in space.enumerate() if computes_something(space, g)]
+  rng = np.random.default_rng(0)
+  cells = [live[i] for i in rng.choice(len(live), DEV_EVAL_CELLS, replace=False)]
+  tseeds = list(seeds("dev", a.seeds))
+  w = {c: jnp.stack([space.to_weights(g)[c] for g in cells for _ in tseeds])
+       for c in space.cell_types}
+  picks, fallback = [], []
+  for ep in DEV_EVAL_EPOCHS:
+    t0 = time.process_time()
+    r = train_networks(ctx["supernet"], data, tseeds * len(cells), w, epochs=ep,
+                       batch_size=BATCH)
+    acc = np.asarray(r["test_acc"]).reshape(len(cells), len(tseeds))
+    rel = reliability(acc)
+    print(f"dev-eval {ep} epochs, {len(cells)} cells x training seeds {tseeds}: "
+          f"{r['seconds']:.0f}s wall (+{r['compile_seconds']:.0f}s compile), "
+          f"{time.process_time() - t0:.0f}s CPU with compile; load {os.getloadavg()[0]:.1f}",
+          flush=True)
+    for g, row in zip(cells, acc, strict=True):
+      print(f"  {g}: table valid {table.query(g)['valid_acc']:.3f}, test acc per seed "
+            + ", ".join(f"{x:.3f}" for x in row) + f"; mean {row.mean():.3f}")
+    print(f"  between-cell sd {rel['between_sd']:.4f}, cell x seed residual sd "
+          f"{rel['resid_sd']:.4f}, seed-mean sd {rel['seed_sd']:.4f}; paired reliability "
+          + ", ".join(f"r={k}: {v:.2f}" for k, v in rel["rel"].items()), flush=True)
+    picks += [(ep * k, ep, k) for k, v in rel["rel"].items() if v >= 0.8]
+    fallback += [(v, -ep * k, ep, k) for k, v in rel["rel"].items() if ep * k <= 30]
+  best = min(picks) if picks else None
+  if best:
+    print(f"chosen EVAL_EPOCHS, EVAL_SEEDS: {best[1]}, {best[2]}")
+  else:
+    fb = max(fallback)
+    print(f"no budget reaches reliability 0.8; fallback (most reliable with epochs x seeds "
+          f"<= 30): EVAL_EPOCHS, EVAL_SEEDS = {fb[2]}, {fb[3]} (reliability {fb[0]:.2f})")
+
+
 def dev(a) -> None:
   """The configured search on dev seeds: each candidate variant's ``SEARCH_EPOCHS``-epoch
   search, its full cost in trainings of the reference cell (measured on the same seed), and
@@ -189,7 +277,7 @@ def dev(a) -> None:
 
 def report(a) -> None:
   ctx = context()
-  space, table, data, supernet = ctx["space"], ctx["table"], ctx["data"], ctx["supernet"]
+  space = ctx["space"]
   report_seeds = seeds("report", a.seeds)
   methods = a.methods.split(",") if a.methods else (
       [HEADLINE] if a.quick else list(dict.fromkeys((HEADLINE, *FULL_METHODS))))
@@ -197,19 +285,64 @@ def report(a) -> None:
     raise ValueError(f"--methods={a.methods!r}: must include {HEADLINE}, allowed "
                      f"{', '.join(METHODS)}")
   live = [g for g in space.enumerate() if computes_something(space, g)]
+  if a.searches and os.path.exists(a.searches):
+    per, members = load_searches(a.searches, space, report_seeds, methods)
+  else:
+    per, members = search_phase(a, ctx, report_seeds, methods, live)
+    if a.searches:
+      save_searches(a.searches, space, per, members, a)
+      if a.search_only:
+        return
+  evaluate_phase(a, ctx, report_seeds, methods, live, per, members)
+
+
+def save_searches(path: str, space, per: dict, members: list, a) -> None:
+  """The search phase (costs and the cells to compare), so the evaluation can run later."""
+  enc = lambda v: str(v) if hasattr(v, "normal") else v
+  d = {"per": {str(sd): {k: ({kk: enc(vv) for kk, vv in v.items()} if isinstance(v, dict)
+                             else v) for k, v in p.items()} for sd, p in per.items()},
+       "members": [(lab, int(space.index(g)), int(sd)) for lab, g, sd in members],
+       "load_start": a.load_start, "load_end": os.getloadavg()[0],
+       "time": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path, "w") as f:
+    json.dump(d, f, indent=1, default=lambda o: str(o) if hasattr(o, "normal") else float(o))
+  print(f"search phase saved to {path}", flush=True)
+
+
+def load_searches(path: str, space, report_seeds, methods) -> tuple[dict, list]:
+  with open(path) as f:
+    d = json.load(f)
+  per = {int(sd): p for sd, p in d["per"].items()}
+  if sorted(per) != sorted(report_seeds) or any(m not in per[sd] for sd in per for m in methods):
+    raise ValueError(f"--searches={path!r} holds seeds {sorted(per)}, not {list(report_seeds)} "
+                     f"with methods {methods}")
+  cells = space.enumerate()
+  print(f"search phase loaded from {path} (run {d['time']}, load {d['load_start']:.1f}-"
+        f"{d['load_end']:.1f})", flush=True)
+  return per, [(lab, cells[i], sd) for lab, i, sd in d["members"]]
+
+
+def search_phase(a, ctx, report_seeds, methods, live) -> tuple[dict, list]:
+  """Each seed's searches, their costs, and the cells every method contributes."""
+  space, table = ctx["space"], ctx["table"]
   per = {sd: {} for sd in report_seeds}
   members = []  # (label, genotype, seed)
   for sd in report_seeds:
+    c0 = time.process_time()
     ref = one_training(ctx, ctx["reference"], sd)  # the unit, on the seed's own clock
+    per[sd]["ref_cpu"] = time.process_time() - c0  # CPU clock, compile or cache load included
     per[sd]["ref_s"], per[sd]["ref_compile_s"] = ref["seconds"], ref["compile_seconds"]
     for name in methods:
-      t0 = time.perf_counter()
+      t0, c0 = time.perf_counter(), time.process_time()
       r = run_search(ctx, METHODS[name], SEARCH_EPOCHS, sd)
+      search_cpu = time.process_time() - c0
       tr = one_training(ctx, r["safeguard_genotype"], sd)
       unit = ref["seconds"]
       per[sd][name] = {"full_cost": r["seconds"] / unit, "trunc_cost": r["safeguard_seconds"] /
                        unit, "search_s": r["seconds"], "search_compile_s": r["compile_seconds"],
                        "derived_cost": r["seconds"] / tr["seconds"],
+                       "cpu_cost": search_cpu / per[sd]["ref_cpu"],
                        "unit_s": tr["seconds"], "unit_compile_s": tr["compile_seconds"],
                        "fired": r["safeguard_epoch"], "reason": r["collapse_reason"],
                        "cell": r["safeguard_genotype"], "full_cell": r["genotype"]}
@@ -217,7 +350,9 @@ def report(a) -> None:
       print(f"seed {sd} {name}: {r['safeguard_genotype']} search {r['seconds']:.1f}s "
             f"(+{r['compile_seconds']:.0f}s compile), one training: reference {unit:.2f}s, "
             f"derived {tr['seconds']:.2f}s; cost {per[sd][name]['full_cost']:.2f} (truncated "
-            f"{per[sd][name]['trunc_cost']:.2f}), safeguard epoch {r['safeguard_epoch']} "
+            f"{per[sd][name]['trunc_cost']:.2f}; CPU clock {search_cpu:.1f}s / "
+            f"{per[sd]['ref_cpu']:.1f}s = {per[sd][name]['cpu_cost']:.2f}, compile or cache "
+            f"load included), safeguard epoch {r['safeguard_epoch']} "
             f"[{time.perf_counter() - t0:.0f}s]", flush=True)
     n_eq = math.ceil(per[sd][HEADLINE]["full_cost"])
     per[sd]["n_equal"] = n_eq
@@ -226,20 +361,55 @@ def report(a) -> None:
     rng = np.random.default_rng(sd)
     for i in rng.choice(len(live), N_RANDOM, replace=False):
       members.append(("random", live[i], sd))
+  return per, members
 
-  # one population kernel; identical (canonical cell, seed) pairs are trained once
-  key_of = lambda g, sd: (tabular.canonical(space, g), sd)
-  uniq = list(dict.fromkeys(key_of(g, sd) for _, g, sd in members))
-  w = {c: jnp.stack([space.to_weights(g)[c] for g, _ in uniq]) for c in space.cell_types}
-  t0 = time.perf_counter()
-  res = train_networks(supernet, data, [sd for _, sd in uniq], w, epochs=TRAIN_EPOCHS,
-                       batch_size=BATCH)
-  print(f"population of {len(uniq)} distinct trainings ({len(members)} members): "
-        f"{time.perf_counter() - t0:.0f}s", flush=True)
-  acc_of = {k: float(t) for k, t in zip(uniq, res["test_acc"], strict=True)}
+
+def evaluate_phase(a, ctx, report_seeds, methods, live, per, members) -> None:
+  """Every compared cell retrained by the evaluation protocol; the tables and headlines."""
+  space, data, supernet = ctx["space"], ctx["data"], ctx["supernet"]
+  # one population kernel; every cell trained EVAL_SEEDS times (the seed's training seeds),
+  # EVAL_EPOCHS epochs, scored by its mean test accuracy; identical (canonical cell, training
+  # seed) pairs are trained once
+  key_of = lambda g, ts: (tabular.canonical(space, g), ts)
+  uniq = list(dict.fromkeys(key_of(g, ts) for _, g, sd in members for ts in train_seeds(sd)))
+  # trainings already done by --eval-part processes (same protocol, same cells) are read back
+  cache_dir = pathlib.Path(a.searches or "runs/benchmarks/nas").with_suffix(".eval")
+  epochs = a.eval_epochs if a.eval_part is not None and a.eval_epochs else EVAL_EPOCHS
+  tag = f"e{epochs}"
+  acc_of = {}
+  for f in sorted(cache_dir.glob(f"{tag}_*.json")) if a.searches else []:
+    acc_of.update({(space.enumerate()[i], ts): v for i, ts, v in json.loads(f.read_text())})
+  todo = [k for k in uniq if k not in acc_of]
+  if a.eval_part is not None:
+    part = {int(x) for x in a.eval_part.split(",")}
+    mine = dict.fromkeys(key_of(g, ts) for _, g, sd in members if sd in part
+                         for j, ts in enumerate(train_seeds(sd, a.eval_seeds_max))
+                         if a.eval_index is None or j == a.eval_index)
+    todo = [k for k in mine if k not in acc_of]
+  if todo:
+    w = {c: jnp.stack([space.to_weights(g)[c] for g, _ in todo]) for c in space.cell_types}
+    t0, c0 = time.perf_counter(), time.process_time()
+    res = train_networks(supernet, data, [ts for _, ts in todo], w, epochs=epochs,
+                         batch_size=BATCH)
+    eval_s = (time.perf_counter() - t0, time.process_time() - c0)
+    print(f"population of {len(todo)} distinct trainings ({len(uniq)} needed for "
+          f"{len(members)} cells x {EVAL_SEEDS} training seeds, {epochs} epochs): "
+          f"{eval_s[0]:.0f}s wall, {eval_s[1]:.0f}s CPU, load {os.getloadavg()[0]:.1f}",
+          flush=True)
+    new = {k: float(t) for k, t in zip(todo, res["test_acc"], strict=True)}
+    acc_of.update(new)
+    if a.searches:
+      cache_dir.mkdir(parents=True, exist_ok=True)
+      name = f"{tag}_{a.eval_part or 'all'}_{os.getpid()}.json".replace(",", "-")
+      (cache_dir / name).write_text(json.dumps(
+          [(int(space.index(g)), int(ts), v) for (g, ts), v in new.items()]))
+  if a.eval_part is not None:
+    print(f"--eval-part {a.eval_part}: trainings saved under {cache_dir}", flush=True)
+    return
   acc = {sd: {} for sd in report_seeds}
   for label, g, sd in members:
-    acc[sd].setdefault(label, []).append(acc_of[key_of(g, sd)])
+    acc[sd].setdefault(label, []).append(
+        float(np.mean([acc_of[key_of(g, ts)] for ts in train_seeds(sd)])))
   mean = lambda label: [float(np.mean(acc[sd][label])) for sd in report_seeds]
 
   lines, out = [], []
@@ -250,10 +420,12 @@ def report(a) -> None:
 
   emit(f"Report seeds {report_seeds[0]}-{report_seeds[-1]} ({len(report_seeds)} search seeds; "
        f"each also the training seed of its pair), {SEARCH_EPOCHS} search epochs, configured "
-       f"search {HEADLINE} (both chosen on dev seeds), {TRAIN_EPOCHS} training epochs, one "
-       f"training = the reference cell `{ctx['reference']}` (the median filtered random cell) "
-       f"trained once on the seed's clock; {jax.devices()[0].platform}, {os.cpu_count()} "
-       f"cores, load at start "
+       f"search {HEADLINE} (both chosen on dev seeds); every compared cell retrained "
+       f"{EVAL_EPOCHS} epochs with {EVAL_SEEDS} training seeds (chosen with --dev-eval) and "
+       f"scored by its mean test accuracy; one training (the cost unit, {TRAIN_EPOCHS} epochs, "
+       f"the table's budget) = the reference cell `{ctx['reference']}` (the median filtered "
+       f"random cell) trained once on the seed's clock; {jax.devices()[0].platform}, "
+       f"{os.cpu_count()} cores, load at start "
        f"{a.load_start:.2f}, at end {os.getloadavg()[0]:.2f}; quick={a.quick}.")
   emit()
   emit("| method | full search cost (x one training) | truncated by the safeguard | "
@@ -280,6 +452,11 @@ def report(a) -> None:
   ref_c = per[report_seeds[0]]["ref_compile_s"]
   cold = (first["search_s"] + first["search_compile_s"]) / (per[report_seeds[0]]["ref_s"]
                                                              + ref_c)
+  cpu = [per[sd][HEADLINE]["cpu_cost"] for sd in report_seeds[1:]]
+  emit(f"Full search cost of {HEADLINE} on the CPU clock (process time of the search / of the "
+       f"reference training, each including its kernels' load from the process's compilation "
+       f"cache; seeds after the first): {spread(cpu)}.")
+  emit()
   emit(f"Median (IQR) over seeds; one training of the reference cell: {spread(unit)} s, of "
        f"the {HEADLINE} cell: {spread(unit_d)} s. Compilation, cold (first seed): search "
        f"{first['search_compile_s']:.1f} s, one training {ref_c:.1f} s; later "
@@ -305,7 +482,8 @@ def report(a) -> None:
   full = [per[sd][HEADLINE]["full_cost"] for sd in report_seeds]
   trunc = [per[sd][HEADLINE]["trunc_cost"] for sd in report_seeds]
   delta = 100 * (np.asarray(d) - np.asarray(mean("random")))
-  variant = f"{HEADLINE}, {SEARCH_EPOCHS} epochs, report seeds, quick={a.quick}"
+  variant = (f"{HEADLINE}, {SEARCH_EPOCHS} epochs, cells retrained {EVAL_EPOCHS} epochs x "
+             f"{EVAL_SEEDS} seeds, report seeds, quick={a.quick}")
   out.append(f"nas_full_search_cost spread: {spread(full)}; at or below 4 on each seed: "
              f"{paired(full, [4.0] * len(full))}")
   out.append(headline("nas_full_search_cost_over_one_training", float(np.median(full)),
@@ -329,7 +507,22 @@ def main() -> None:
   ap = argparse.ArgumentParser()
   ap.add_argument("--quick", action="store_true", help="3 report seeds, DARTS-1st only")
   ap.add_argument("--dev", action="store_true", help="choose HEADLINE on dev seeds")
+  ap.add_argument("--dev-eval", action="store_true",
+                  help="choose EVAL_EPOCHS / EVAL_SEEDS on dev seeds")
   ap.add_argument("--seeds", type=int, default=None)
+  ap.add_argument("--searches", default=None,
+                  help="JSON of the search phase: written if absent, else read (the evaluation "
+                  "then runs on the saved searches)")
+  ap.add_argument("--search-only", action="store_true", help="stop after saving --searches")
+  ap.add_argument("--eval-part", default=None,
+                  help="with --searches: retrain only these search seeds' cells (comma-"
+                  "separated) and save them for the final run")
+  ap.add_argument("--eval-index", type=int, default=None,
+                  help="with --eval-part: only the training seed of this index")
+  ap.add_argument("--eval-seeds-max", type=int, default=None,
+                  help="with --eval-part: train this many seeds per cell (default EVAL_SEEDS)")
+  ap.add_argument("--eval-epochs", type=int, default=None,
+                  help="with --eval-part: the retraining epochs (default EVAL_EPOCHS)")
   ap.add_argument("--methods", default=None, help=f"comma-separated, from {list(METHODS)}")
   a = ap.parse_args()
   # A fresh persistent compilation cache for this process: the first seed compiles cold, the
@@ -338,7 +531,12 @@ def main() -> None:
   jax.config.update("jax_compilation_cache_dir", tempfile.mkdtemp(prefix="nas-bench-jax-"))
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   a.load_start = os.getloadavg()[0]
-  if a.dev:
+  if a.searches:  # a quick run keeps it (and the saved trainings beside it) under runs/
+    a.searches = results_path(a.searches, a.quick)
+  if a.dev_eval:
+    a.seeds = a.seeds or 4
+    dev_eval(a)
+  elif a.dev:
     a.seeds = a.seeds or 3
     dev(a)
   else:
