@@ -108,9 +108,7 @@ class PopulationInit:
     self._fast = fast_jit(jax.vmap(init), **jit_kwargs)
     self._opt = jax.jit(jax.vmap(init), compiler_options=INIT_COMPILE, **jit_kwargs)
     self._big: dict[Any, bool] = {}
-
-  def eval_shape(self, keys: jax.Array, h: Any) -> Any:
-    return self._fast.eval_shape(keys, h)
+    self.eval_shape = self._fast.eval_shape  # (keys, h) -> shapes of the states
 
   def __call__(self, keys: jax.Array, h: Any) -> Any:
     leaves, tree = jax.tree_util.tree_flatten(h)
