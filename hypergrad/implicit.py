@@ -33,6 +33,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from metaopt.hypergrad.types import (
@@ -263,6 +264,30 @@ def _iterate(matvec: MatVec, b: PyTree, solver: str, maxiter: int, tol: float,
   raise ValueError(f"solver={solver!r} is unknown; allowed: {', '.join(SOLVERS)}")
 
 
+def _shared_consts(fn: Callable, *args: PyTree) -> Callable:
+  """``fn`` with the arrays it closes over (training data) passed through one
+  ``optimization_barrier``: XLA then keeps a single buffer for them, read by the solver's loop
+  and by the checks after it, instead of sinking a second copy of the constants into the loop
+  body (measured on ridge, n=2000, d=200: each product outside the loop then read a cold
+  1.6 MB copy and the checks cost 40% of the solve)."""
+  closed, out_shape = jax.make_jaxpr(fn, return_shape=True)(*args)
+  if not closed.consts:
+    return fn
+  consts = list(closed.consts)
+  plain = [i for i, c in enumerate(consts)  # typed PRNG keys etc. stay as they are
+           if isinstance(c, jax.Array | np.ndarray) and not jax.dtypes.issubdtype(
+               c.dtype, jax.dtypes.extended)]
+  for i, c in zip(plain, lax.optimization_barrier([consts[i] for i in plain]), strict=True):
+    consts[i] = c
+  out_tree = jax.tree.structure(out_shape)
+
+  def shared(*a: PyTree):
+    out = jax.core.eval_jaxpr(closed.jaxpr, consts, *jax.tree.leaves(a))
+    return jax.tree.unflatten(out_tree, out)
+
+  return shared
+
+
 def implicit(
     train_loss: Callable[[PyTree, HParams, PyTree], jax.Array],
     val_loss: Callable[[PyTree, HParams], jax.Array],
@@ -324,20 +349,20 @@ def implicit(
     # one linearisation of w -> (dL/dw, dL/dλ): its tangent at v is (H v, ∂²_{λw}L · v), so
     # the true residual's product and the mixed term come from one pass (no second
     # differentiation for the mixed term)
-    if check:
-      full_grad = lambda w: jax.value_and_grad(train_loss, argnums=(0, 1))(w, hparams, batch)
-      (train_value, (inner_grad, _)), lin_all = jax.linearize(full_grad, params)
-      lin = lambda v: lin_all(v)[1]
-    else:  # no training-loss value: jaxopt's work (the primal gradient is dead code)
-      grads = lambda w: jax.grad(train_loss, argnums=(0, 1))(w, hparams, batch)
-      _, lin = jax.linearize(grads, params)
-      train_value = jnp.asarray(jnp.nan, jnp.result_type(float))
+    loss = _shared_consts(train_loss, params, hparams, batch)
+    grads = lambda w: jax.grad(loss, argnums=(0, 1))(w, hparams, batch)
+    _, lin = jax.linearize(grads, params)  # the solve's products (primal gradient: dead code)
     hvp = lambda v: lin(v)[0]
     damped = lambda hv, v: hv if damping == 0.0 else tree_axpy(damping, v, hv)
     x, k, estimate = _iterate(lambda v: damped(hvp(v), v), g_w, solver, maxiter, tol,
                               step_size)
     v = lax.stop_gradient(x)
-    hv, mixed = lin(v)
+    if check:  # the checks' primal gradient and the last product in one pass after the solve
+      full_grad = lambda w: jax.value_and_grad(loss, argnums=(0, 1))(w, hparams, batch)
+      (train_value, (inner_grad, _)), (_, (hv, mixed)) = jax.jvp(full_grad, (params,), (v,))
+    else:  # no training-loss value: jaxopt's work
+      hv, mixed = lin(v)
+      train_value = jnp.asarray(jnp.nan, jnp.result_type(float))
     if check or estimate is None:
       sol = _finish_from(damped(hv, v), g_w, v, k, tol)
     else:

@@ -155,3 +155,25 @@ def test_ask_compiles_only_once_the_model_is_used(task, tmp_path):
   # the same search, points and all, as far as the first one went
   first = metaopt.search(prog, task, n_trials=16, store=f"sqlite:///{tmp_path}/c.db", **kw)
   assert [t.params for t in res.trials[:16]] == [t.params for t in first.trials]
+
+
+def test_population_init_build_by_size(task, monkeypatch):
+  """Large populations are initialised by the level-1 build, small ones by the fast build;
+  both give the same initial states."""
+  fns = task.build({})
+  h = task.space.decode(jax.random.uniform(jax.random.key(0), (4, task.space.dim)))
+  keys = jax.random.split(jax.random.key(1), 4)
+  init = pop.PopulationInit(fns.init)
+  size = sum(a.size for a in jax.tree_util.tree_leaves(init.eval_shape(keys, h)))
+  used = []
+  for name in ("_fast", "_opt"):
+    f = getattr(init, name)
+    monkeypatch.setattr(init, name, lambda k, hh, f=f, name=name: used.append(name) or f(k, hh))
+  monkeypatch.setattr(pop, "INIT_OPT_MIN_ELEMENTS", size + 1)
+  small = init(keys, h)
+  init._big.clear()
+  monkeypatch.setattr(pop, "INIT_OPT_MIN_ELEMENTS", size)
+  big = init(keys, h)
+  assert used == ["_fast", "_opt"]
+  for a, b in zip(jax.tree_util.tree_leaves(small), jax.tree_util.tree_leaves(big), strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)

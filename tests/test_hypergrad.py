@@ -340,6 +340,25 @@ def test_unconverged_implicit_solve_is_flagged(x64):
   assert bool(far.diagnostics.converged) and not bool(far.diagnostics.trustworthy)
 
 
+def test_implicit_with_closed_over_arrays_and_keys(x64):
+  """The training loss closes over a data matrix (its constants are shared by the solve and
+  the checks) and a typed PRNG key (left as it is): closed form, inner gradient, vmap."""
+  key = jax.random.key(3)
+  a = jnp.asarray([[2.0, 0.3], [0.3, 1.0]])
+  noise = lambda: jax.random.normal(key, (2,))
+  train_loss = lambda w, h, b: 0.5 * w @ a @ w + 0.5 * h * w @ w - noise() @ w
+  w_of = lambda h: jnp.linalg.solve(a + h * jnp.eye(2), noise())
+  hg = jax.jit(hypergrad.implicit(train_loss, lambda w, h: jnp.sum(w), tol=1e-10))
+  h = jnp.asarray(0.5)
+  r = hg(h, w_of(h), None)
+  assert abs(float(r.grad) - float(jax.grad(lambda h: jnp.sum(w_of(h)))(h))) < 1e-8
+  assert bool(r.diagnostics.trustworthy) and float(r.diagnostics.inner_grad_norm) < 1e-10
+  assert float(hg(h, w_of(h) + 0.1, None).diagnostics.inner_grad_norm) > 1e-2
+  hs = jnp.asarray([0.5, 2.0])
+  np.testing.assert_allclose(jax.vmap(lambda h: hg(h, w_of(h), None).grad)(hs),
+                             jax.vmap(jax.grad(lambda h: jnp.sum(w_of(h))))(hs), rtol=1e-8)
+
+
 def test_implicit_check_false_skips_checks_not_correctness(x64):
   """check=False: the same hypergradient (closed form), the solver's own residual estimate,
   still flags an unconverged solve, and refuses inner_tol."""
