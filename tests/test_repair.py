@@ -274,8 +274,8 @@ def test_shipped_table_has_provenance_and_every_condition():
   assert table["rows"][:len(ROWS)] == list(ROWS)
   names = {a.name for a in DEFAULT_ACTIONS}
   assert set(table["actions"]) <= names
-  # the undo actions came after the table's build; they rank below every measured positive
-  # gain (random) and are learnt online until the table is rebuilt with the same command
+  # every action has a column (an action added after a build would score at random until
+  # the table is rebuilt with the same command); the undo actions are measured
   assert names - set(table["actions"]) <= set(UNDO_ACTIONS)
   assert sorted(table["opening"]) == sorted(table["actions"])  # a portfolio of every action
   seen = [r for r in ROWS if any(c > 0 for c in table["count"][ROWS.index(r)])]
