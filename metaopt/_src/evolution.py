@@ -219,6 +219,7 @@ def _evosax_searcher(strategy, params, dim: int, mean0: jax.Array,
 
 _RESTARTS = ("none", "ipop", "bipop")
 _TOL_FUN = 1e-12  # range of the recent generations' values (Hansen's tolfun)
+_EPS32 = float(np.finfo(np.float32).eps)
 _TOL_X = 1e-11  # sigma * the largest axis of C, in unit-cube lengths (tolx)
 _MAX_COND = 1e14  # condition number of C (tolconditioncov)
 
@@ -338,7 +339,9 @@ def _cma_restarts(strategies, params, dim: int, sigma0: float, mode: str,
     run_best = jnp.where(done & improved, g_min, state["run_best"])
     stall = jnp.where(done, jnp.where(improved, 0, state["stall"] + 1), state["stall"])
     h_rng = jnp.nanmax(hist) - jnp.nanmin(hist)
-    tol_fun = (run_gens >= hist_len) & (jnp.maximum(h_rng, g_max - g_min) < _TOL_FUN)
+    # 1e-12, or float32's resolution at the values' magnitude when that is coarser.
+    f_tol = jnp.maximum(_TOL_FUN, 4 * _EPS32 * jnp.abs(run_best))
+    tol_fun = (run_gens >= hist_len) & (jnp.maximum(h_rng, g_max - g_min) < f_tol)
     sd = jnp.asarray(es.std) * jnp.sqrt(jnp.max(jnp.diag(es.C)))
     d2 = jnp.asarray(es.D) ** 2
     cond = jnp.max(d2) / jnp.maximum(jnp.min(d2), 1e-30)
@@ -419,7 +422,8 @@ def cma_es(dim: int, popsize: int | None = None, sigma0: float = 1.0 / 6.0,
     restarts: ``"none"`` (default), ``"ipop"`` or ``"bipop"``: restarts with population
       growth. A run stops when a generation is complete and one of Hansen's criteria holds:
       the best values of the last ``10 + ceil(30 dim / popsize)`` generations and the current
-      generation's values span less than 1e-12 (tolfun); ``sigma`` times the largest axis
+      generation's values span less than 1e-12 or ``4 eps |best|`` (float32's ``eps``), whichever
+      is larger (tolfun); ``sigma`` times the largest axis
       of ``C`` is below 1e-11 (tolx); the condition number of ``C`` exceeds 1e14; the run's
       best has not improved for ``120 + ceil(30 dim / popsize)`` generations; a generation's
       values are all equal; the state is not finite; or ``sigma < restart_tol``. It then
