@@ -270,6 +270,8 @@ def _cma_restarts(strategies, params, dim: int, sigma0: float, mode: str,
 
   def init(key):
     es = strategies[0].init(key, jnp.full((dim,), 0.5), params[0])
+    # Strong dtypes, as after a tell: otherwise a jitted ask/tell compiles twice.
+    es = jax.tree_util.tree_map(lambda a: jnp.array(a, jnp.asarray(a).dtype), es)
     i32, f32 = jnp.int32, jnp.float32
     return {"es": es, "gen_x": jnp.zeros((big, dim), f32),
             "gen_y": jnp.full((big,), jnp.nan, f32), "told": jnp.zeros((big,), bool),
