@@ -1,6 +1,6 @@
 """CMA-ES restarts ("none" / "ipop" / "bipop") on multimodal BBOB functions, dev seeds.
 
-Quality only (final regret ``best - fopt`` after ``budget_mult * d`` evaluations), asked in
+Quality only (final regret ``best - fopt``, NaN values skipped, after ``budget_mult * d`` evaluations), asked in
 batches of CMA-ES's default population, so an IPOP generation of ``2**k`` populations spans
 ``2**k`` asks. Paired over DEV_SEEDS (instance 1, seed-dependent searcher keys); prints a
 table and, per mode, wins/ties/losses against "none" over all cells.
@@ -39,7 +39,7 @@ def run(mode: str, fid: int, dim: int, budget: int, seeds) -> np.ndarray:
       st, best = c
       st, u = s.ask(st, jax.random.fold_in(jax.random.key(seed + 10_000), r), lam)
       y = p.fn(u)
-      return (s.tell(st, u, y, jnp.zeros(lam, jnp.int32)), jnp.minimum(best, y.min())), None
+      return (s.tell(st, u, y, jnp.zeros(lam, jnp.int32)), jnp.fmin(best, jnp.nanmin(y))), None
     (_, best), _ = jax.lax.scan(body, (s.init(jax.random.key(seed)), jnp.inf), jnp.arange(rounds))
     return best
 
