@@ -1,9 +1,9 @@
 """CMA-ES restarts ("none" / "ipop" / "bipop") on multimodal BBOB functions, dev seeds.
 
-Quality only (final regret ``best - fopt``, NaN values skipped, after ``budget_mult * d`` evaluations), asked in
-batches of CMA-ES's default population, so an IPOP generation of ``2**k`` populations spans
-``2**k`` asks. Paired over DEV_SEEDS (instance 1, seed-dependent searcher keys); prints a
-table and, per mode, wins/ties/losses against "none" over all cells.
+Quality only (final regret ``best - fopt``, NaN values skipped, after ``budget_mult * d``
+evaluations), asked in batches of CMA-ES's default population, so an IPOP generation of
+``2**k`` populations spans ``2**k`` asks. Paired over DEV_SEEDS (instance 1, seed-dependent
+searcher keys); prints a table and, per mode, wins/ties/losses against "none" over all cells.
 
   python benchmarks/cma_restarts_dev.py [--fids 3 15 21 22] [--dims 2 5] [--budget-mult 100]
 """
