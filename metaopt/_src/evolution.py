@@ -217,8 +217,184 @@ def _evosax_searcher(strategy, params, dim: int, mean0: jax.Array,
   return Searcher(init, ask, tell)
 
 
+_RESTARTS = ("none", "ipop", "bipop")
+_TOL_FUN = 1e-12  # range of the recent generations' values (Hansen's tolfun)
+_EPS32 = float(np.finfo(np.float32).eps)
+_TOL_X = 1e-11  # sigma * the largest axis of C, in unit-cube lengths (tolx)
+_MAX_COND = 1e14  # condition number of C (tolconditioncov)
+
+
+def _cma_restarts(strategies, params, dim: int, sigma0: float, mode: str,
+                  restart_tol: float) -> Searcher:
+  """CMA-ES with IPOP / BIPOP restarts (Auger & Hansen 2005; Hansen 2009) on the cube.
+
+  ``strategies[k]`` is evosax's CMA-ES with population ``lam0 * 2**k``; the level in use is part
+  of the state and picked with ``lax.switch``, the generation lives in arrays of the largest
+  size, masked beyond the current ``lam``. Bounds are handled by resampling as in
+  :func:`cma_es`.
+  """
+  lams = [s.population_size for s in strategies]
+  lam0, big, n_levels = lams[0], lams[-1], len(lams)
+  n_draws = 10 * dim
+  hist_len = 10 + int(math.ceil(30 * dim / lam0))  # tolfun window (generations)
+  stall_len = 120 + int(math.ceil(30 * dim / lam0))  # no improvement of the run's best
+
+  def sample_level(k):
+    strat, prm, lam = strategies[k], params[k], lams[k]
+
+    def go(key, es):
+      xs, es_k = jax.vmap(lambda kk: strat.ask(kk, es, prm))(jax.random.split(key, n_draws))
+      inside = jnp.all((xs >= 0.0) & (xs <= 1.0), axis=-1)
+      first = jnp.argmax(inside, axis=0)
+      x = jnp.clip(xs[first, jnp.arange(lam)], 0.0, 1.0)
+      x = jnp.concatenate([x, jnp.full((big - lam, dim), 0.5, x.dtype)], axis=0)
+      return x, jax.tree_util.tree_map(lambda a: a[0], es_k)
+    return go
+
+  samplers = [sample_level(k) for k in range(n_levels)]
+
+  def update_level(k):
+    strat, prm, lam = strategies[k], params[k], lams[k]
+
+    def go(gen_x, gen_y, es):
+      es, _ = strat.tell(jax.random.key(0), gen_x[:lam], gen_y[:lam], es, prm)
+      return es
+    return go
+
+  updaters = [update_level(k) for k in range(n_levels)]
+
+  def fresh_es(key, sigma):
+    k_m, k_i = jax.random.split(key)
+    es = strategies[0].init(k_i, jax.random.uniform(k_m, (dim,)), params[0])
+    return es.replace(std=jnp.asarray(sigma, jnp.asarray(es.std).dtype))
+
+  def init(key):
+    es = strategies[0].init(key, jnp.full((dim,), 0.5), params[0])
+    # Strong dtypes, as after a tell: otherwise a jitted ask/tell compiles twice.
+    es = jax.tree_util.tree_map(lambda a: jnp.array(a, jnp.asarray(a).dtype), es)
+    i32, f32 = jnp.int32, jnp.float32
+    return {"es": es, "gen_x": jnp.zeros((big, dim), f32),
+            "gen_y": jnp.full((big,), jnp.nan, f32), "told": jnp.zeros((big,), bool),
+            "handed": jnp.zeros((), i32), "fresh": jnp.ones((), bool),
+            "generation": jnp.zeros((), i32), "restarts": jnp.zeros((), i32),
+            "level": jnp.zeros((), i32), "popsize": jnp.asarray(lam0, i32),
+            "large_level": jnp.zeros((), i32), "small": jnp.zeros((), bool),
+            "budget_large": jnp.zeros((), i32), "budget_small": jnp.zeros((), i32),
+            "hist": jnp.full((hist_len,), jnp.nan, f32), "run_gens": jnp.zeros((), i32),
+            "run_best": jnp.asarray(jnp.inf, f32), "stall": jnp.zeros((), i32),
+            "best_x": jnp.full((dim,), 0.5, f32), "best_y": jnp.asarray(jnp.inf, f32)}
+
+  def ask(state, key, n):
+    k_gen, k_extra = jax.random.split(key)
+    fresh, lam = state["fresh"], state["popsize"]
+
+    def new_generation():
+      x, es = jax.lax.switch(state["level"], samplers, k_gen, state["es"])
+      return es, x
+
+    es, gen_x = jax.lax.cond(fresh, new_generation, lambda: (state["es"], state["gen_x"]))
+    handed = jnp.where(fresh, 0, state["handed"])
+    idx = handed + jnp.arange(n)
+    reps = -(-n // lam0)
+    extra = jax.vmap(lambda k: samplers[0](k, es)[0][:lam0])(jax.random.split(k_extra, reps))
+    extra = extra.reshape(-1, dim)[:n]
+    x = jnp.where((idx < lam)[:, None], gen_x[jnp.minimum(idx, big - 1)], extra)
+    return {**state, "es": es, "gen_x": gen_x,
+            "gen_y": jnp.where(fresh, jnp.nan, state["gen_y"]),
+            "told": state["told"] & ~fresh, "handed": jnp.minimum(handed + n, lam),
+            "fresh": jnp.zeros((), bool)}, x
+
+  def tell(state, u, y, status):
+    u = jnp.asarray(u)
+    lam = state["popsize"]
+    dist = jnp.max(jnp.abs(u[:, None, :] - state["gen_x"][None]), axis=-1)
+    open_ = (jnp.arange(big) < state["handed"]) & ~state["told"] & ~state["fresh"]
+
+    def claim(open_, d):
+      d = jnp.where(open_ & (d < _MATCH_TOL), d, jnp.inf)
+      j = jnp.argmin(d)
+      hit = jnp.isfinite(d[j])
+      return open_ & ~(hit & (jnp.arange(big) == j)), jnp.where(hit, j, big)
+
+    _, member = jax.lax.scan(claim, open_, dist)
+    ok = (jnp.asarray(status) == COMPLETE) & jnp.isfinite(y)
+    fit = jnp.where(ok, y, jnp.nan).astype(jnp.float32)
+    # The best complete point over all restarts (any told point, matched or extra).
+    yb = jnp.where(ok, y, jnp.inf).astype(jnp.float32)
+    j = jnp.argmin(yb)
+    better = yb[j] < state["best_y"]
+    best_y = jnp.where(better, yb[j], state["best_y"])
+    best_x = jnp.where(better, u[j].astype(jnp.float32), state["best_x"])
+    gen_y = state["gen_y"].at[member].set(fit, mode="drop")
+    told = state["told"].at[member].set(True, mode="drop")
+    done = jnp.all(told | (jnp.arange(big) >= lam))
+
+    es = jax.lax.cond(done, lambda: jax.lax.switch(state["level"], updaters, state["gen_x"],
+                                                   gen_y, state["es"]), lambda: state["es"])
+    # Stopping criteria, checked once a generation is complete.
+    valid = jnp.arange(big) < lam
+    g_min = jnp.nanmin(jnp.where(valid, gen_y, jnp.nan))
+    g_max = jnp.nanmax(jnp.where(valid, gen_y, jnp.nan))
+    hist = jnp.where(done, jnp.roll(state["hist"], 1).at[0].set(g_min), state["hist"])
+    run_gens = state["run_gens"] + done.astype(jnp.int32)
+    improved = g_min < state["run_best"]
+    run_best = jnp.where(done & improved, g_min, state["run_best"])
+    stall = jnp.where(done, jnp.where(improved, 0, state["stall"] + 1), state["stall"])
+    h_rng = jnp.nanmax(hist) - jnp.nanmin(hist)
+    # 1e-12, or float32's resolution at the values' magnitude when that is coarser.
+    f_tol = jnp.maximum(_TOL_FUN, 4 * _EPS32 * jnp.abs(run_best))
+    tol_fun = (run_gens >= hist_len) & (jnp.maximum(h_rng, g_max - g_min) < f_tol)
+    sd = jnp.asarray(es.std) * jnp.sqrt(jnp.max(jnp.diag(es.C)))
+    d2 = jnp.asarray(es.D) ** 2
+    cond = jnp.max(d2) / jnp.maximum(jnp.min(d2), 1e-30)
+    flat = (g_max - g_min) <= 1e-12 * jnp.maximum(jnp.maximum(jnp.abs(g_max),
+                                                              jnp.abs(g_min)), 1e-12)
+    broken = ~jnp.all(jnp.isfinite(es.mean)) | ~jnp.all(jnp.isfinite(es.C)) | ~jnp.isfinite(sd)
+    stop = (tol_fun | (sd < _TOL_X) | (cond > _MAX_COND) | (stall >= stall_len) | flat | broken
+            | (jnp.asarray(es.std) < restart_tol))
+    restart = done & stop
+
+    # Budget accounting and the next regime (IPOP: always large; BIPOP: the regime that has
+    # used fewer evaluations so far, large first).
+    small_now = state["small"]
+    spent = jnp.where(done, lam, 0)
+    b_large = state["budget_large"] + jnp.where(small_now, 0, spent)
+    b_small = state["budget_small"] + jnp.where(small_now, spent, 0)
+    k_r = jax.random.fold_in(jax.random.key(1), state["generation"])
+    k_u, k_es = jax.random.split(k_r)
+    if mode == "bipop":
+      go_small = (state["restarts"] >= 1) & (b_small < b_large)
+    else:
+      go_small = jnp.zeros((), bool)
+    large_level = jnp.where(restart & ~go_small,
+                            jnp.minimum(state["large_level"] + 1, n_levels - 1),
+                            state["large_level"])
+    # BIPOP's small regime: lam = lam0 * (lam_large / (2 lam0))**(U**2) (rounded down to our
+    # power-of-two levels), sigma = sigma0 * 10**(-2 U).
+    uu = jax.random.uniform(k_u)
+    small_level = jnp.floor(uu ** 2 * jnp.maximum(large_level - 1, 0)).astype(jnp.int32)
+    level = jnp.where(restart, jnp.where(go_small, small_level, large_level), state["level"])
+    sigma = jnp.where(go_small, sigma0 * 10.0 ** (-2.0 * uu), sigma0)
+    new_es = fresh_es(k_es, sigma)
+    es = jax.tree_util.tree_map(lambda a, b: jnp.where(restart, a, b), new_es, es)
+    lam_of = jnp.asarray(lams, jnp.int32)
+    return {**state, "es": es, "gen_y": gen_y, "told": told, "fresh": done,
+            "generation": state["generation"] + done.astype(jnp.int32),
+            "restarts": state["restarts"] + restart.astype(jnp.int32),
+            "level": level, "popsize": lam_of[level], "large_level": large_level,
+            "small": jnp.where(restart, go_small, small_now),
+            "budget_large": b_large, "budget_small": b_small,
+            "hist": jnp.where(restart, jnp.nan, hist),
+            "run_gens": jnp.where(restart, 0, run_gens),
+            "run_best": jnp.where(restart, jnp.inf, run_best),
+            "stall": jnp.where(restart, 0, stall), "best_x": best_x, "best_y": best_y}
+
+  return Searcher(init, ask, tell)
+
+
 def cma_es(dim: int, popsize: int | None = None, sigma0: float = 1.0 / 6.0,
-           bounds: str = "resample", restart_tol: float = 0.0) -> Searcher:
+           bounds: str = "resample", restart_tol: float = 0.0, restarts: str = "none",
+           max_popsize: int | None = None) -> Searcher:
   """CMA-ES (evosax ``CMA_ES``) on ``[0, 1]^dim``, started at the centre with step ``sigma0``.
 
   ``ask(state, key, n)`` hands out the next ``n`` members of the current generation of
@@ -245,6 +421,29 @@ def cma_es(dim: int, popsize: int | None = None, sigma0: float = 1.0 / 6.0,
       uniformly random mean with ``sigma0`` (the restart trigger of IPOP/BIPOP-CMA-ES, Auger
       & Hansen 2005, Hansen 2009, without their population growth: shapes stay fixed);
       ``state["restarts"]`` counts them. 0 (default): no restarts.
+    restarts: ``"none"`` (default), ``"ipop"`` or ``"bipop"``: restarts with population
+      growth. A run stops when a generation is complete and one of Hansen's criteria holds:
+      the best values of the last ``10 + ceil(30 dim / popsize)`` generations and the current
+      generation's values span less than 1e-12 or ``4 eps |best|`` (float32's ``eps``), whichever
+      is larger (tolfun); ``sigma`` times the largest axis
+      of ``C`` is below 1e-11 (tolx); the condition number of ``C`` exceeds 1e14; the run's
+      best has not improved for ``120 + ceil(30 dim / popsize)`` generations; a generation's
+      values are all equal; the state is not finite; or ``sigma < restart_tol``. It then
+      starts again from a uniformly random mean. IPOP doubles the population at every restart
+      (up to ``max_popsize``) and starts with ``sigma0``. BIPOP (requires ``bounds="resample"``)
+      alternates the IPOP regime with local runs of a small population
+      ``popsize * 2**floor(U**2 (k - 1))`` (``k`` the current number of doublings, U uniform;
+      Hansen's ``lam0 (lam_large / (2 lam0))**(U**2)`` on our power-of-two sizes) and
+      ``sigma0 * 10**(-2 U)``; after the first restart, whichever regime has used fewer
+      evaluations runs next. Shapes stay static: the generation is an array of
+      ``max_popsize`` rows masked beyond the current size ``state["popsize"]``, and
+      ``ask(state, key, n)`` keeps handing out ``n`` members a call, so a generation of
+      ``2**k popsize`` spans ``2**k`` asks when the engine asks ``popsize`` points per round
+      (as it should: a batch dividing ``popsize``). ``state["best_x"], state["best_y"]``
+      keep the best complete point over all restarts. Only the resampling bounds rule is
+      supported with restarts.
+    max_popsize: the largest population of ``"ipop"``/``"bipop"``, rounded down to
+      ``popsize * 2**k``; ``None``: ``16 * popsize`` (four doublings). Only with restarts.
 
   Returns:
     A :class:`Searcher`; ``state["es"]`` is evosax's state, ``state["generation"]`` counts updates.
@@ -267,6 +466,23 @@ def cma_es(dim: int, popsize: int | None = None, sigma0: float = 1.0 / 6.0,
   _check_float("restart_tol", restart_tol, 0.0, float("inf"), lo_open=False)
   if bounds not in _BOUNDS:
     raise ValueError(f"bounds={bounds!r}: must be one of {_BOUNDS}")
+  if restarts not in _RESTARTS:
+    raise ValueError(f"restarts={restarts!r}: must be one of {_RESTARTS}")
+  if restarts != "none":
+    if bounds != "resample":
+      raise ValueError(f"bounds={bounds!r}: restarts={restarts!r} needs bounds='resample'")
+    if max_popsize is None:
+      max_popsize = 16 * popsize
+    _check_int("max_popsize", max_popsize, popsize)
+    lams = [popsize]
+    while lams[-1] * 2 <= max_popsize:
+      lams.append(lams[-1] * 2)
+    strategies = [CMA_ES(population_size=lam, solution=jnp.zeros(dim)) for lam in lams]
+    params = [st.default_params.replace(std_init=jnp.asarray(sigma0, jnp.float32))
+              for st in strategies]
+    return _cma_restarts(strategies, params, dim, sigma0, restarts, restart_tol)
+  if max_popsize is not None:
+    raise ValueError(f"max_popsize={max_popsize!r}: only with restarts in ('ipop', 'bipop')")
   strategy = CMA_ES(population_size=popsize, solution=jnp.zeros(dim))
   params = strategy.default_params.replace(std_init=jnp.asarray(sigma0, jnp.float32))
   return _evosax_searcher(strategy, params, dim, jnp.full((dim,), 0.5), bounds, restart_tol)
