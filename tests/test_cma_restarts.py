@@ -114,3 +114,18 @@ class AskTellJittable(chex.TestCase):
 def test_bad_restart_options(kw, field):
   with pytest.raises(ValueError, match=field):
     cma_es(2, **kw)
+
+
+def test_default_cma_es_starts_again_when_its_update_breaks():
+  """restarts="none": a generation after which the strategy's mean is NaN (what a collapsed
+  step does to evosax's update on long runs) restarts the strategy instead of handing out NaN
+  points from then on."""
+  s = cma_es(2)
+  st = s.init(jax.random.key(0))
+  st, u = s.ask(st, jax.random.key(1), LAM0)
+  st = {**st, "es": st["es"].replace(mean=jnp.full_like(st["es"].mean, jnp.nan))}
+  st = jax.jit(s.tell)(st, u, bf.sphere(u), jnp.zeros(LAM0, jnp.int32))
+  assert int(st["restarts"]) == 1
+  _, u2 = s.ask(st, jax.random.key(2), LAM0)
+  assert np.all(np.isfinite(np.asarray(u2)))
+  assert np.all((np.asarray(u2) >= 0) & (np.asarray(u2) <= 1))

@@ -129,6 +129,14 @@ def regularized_evolution(dim: int, population_size: int = 32, tournament_size: 
   return Searcher(init, ask, tell)
 
 
+def _finite_strategy(es) -> jax.Array:
+  ok = jnp.all(jnp.isfinite(es.mean))
+  for name in ("std", "C"):
+    if hasattr(es, name):
+      ok &= jnp.all(jnp.isfinite(jnp.asarray(getattr(es, name))))
+  return ok
+
+
 def _evosax_searcher(strategy, params, dim: int, mean0: jax.Array,
                      bounds: str = "reflect", restart_tol: float = 0.0) -> Searcher:
   """Wraps an evosax distribution-based strategy as a :class:`Searcher` on the cube.
@@ -202,14 +210,16 @@ def _evosax_searcher(strategy, params, dim: int, mean0: jax.Array,
       return es
 
     es = jax.lax.cond(done, update, lambda: state["es"])
-    restart = jnp.zeros((), bool)
+    # A strategy whose update broke (NaN mean or step after the step collapsed) always starts
+    # again elsewhere: otherwise every later ask would hand out NaN points.
+    restart = done & ~_finite_strategy(es)
     if restart_tol > 0:  # step collapsed or a flat generation: start again elsewhere
       flat = jnp.nanmax(gen_y) - jnp.nanmin(gen_y) <= 1e-12 * jnp.maximum(
           jnp.nanmax(jnp.abs(gen_y)), 1e-12)
-      restart = done & ((jnp.max(jnp.asarray(es.std)) < restart_tol) | flat)
-      k = jax.random.fold_in(jax.random.key(1), state["generation"])
-      fresh_es = strategy.init(k, jax.random.uniform(k, (dim,)), params)
-      es = jax.tree_util.tree_map(lambda a, b: jnp.where(restart, a, b), fresh_es, es)
+      restart |= done & ((jnp.max(jnp.asarray(es.std)) < restart_tol) | flat)
+    k = jax.random.fold_in(jax.random.key(1), state["generation"])
+    fresh_es = strategy.init(k, jax.random.uniform(k, (dim,)), params)
+    es = jax.tree_util.tree_map(lambda a, b: jnp.where(restart, a, b), fresh_es, es)
     return {**state, "es": es, "gen_y": gen_y, "told": told, "fresh": done,
             "generation": state["generation"] + done.astype(jnp.int32),
             "restarts": state["restarts"] + restart.astype(jnp.int32)}
