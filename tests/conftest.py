@@ -1,6 +1,11 @@
 """Shared fixtures: one prepared TFDS data directory and one persistent JAX compilation
 cache for the whole test session (subprocesses started by tests inherit both; with
-pytest-xdist, all workers share both)."""
+pytest-xdist, all workers share both).
+
+`make test` runs two pytest-xdist workers with ``--dist loadfile``: each test file runs whole
+in one worker process, beside another file in the other. So a test must not use a fixed path
+outside ``tmp_path`` (nor write into the repository), a fixed port (bind port 0), or state
+another file's tests leave behind; module-scoped fixtures are built once, in that worker."""
 
 import gc
 import os
