@@ -17,9 +17,12 @@ $(STAMP): pyproject.toml setup.py constraints.txt
 run: $(STAMP)
 	$(BIN)/python run.py run --config configs/quickstart.py
 
+# Two pytest workers (pytest-xdist; `make test WORKERS=4` on a bigger machine), one test file
+# at a time each: a file's module-scoped compiled fixtures are built once, by its worker.
+WORKERS ?= 2
 test: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q --durations=25
+	$(BIN)/python -m pytest -q -n $(WORKERS) --dist loadfile --durations=25
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow

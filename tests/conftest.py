@@ -1,5 +1,11 @@
 """Shared fixtures: one prepared TFDS data directory and one persistent JAX compilation
-cache for the whole test session (subprocesses started by tests inherit both)."""
+cache for the whole test session (subprocesses started by tests inherit both; with
+pytest-xdist, all workers share both).
+
+`make test` runs two pytest-xdist workers with ``--dist loadfile``: each test file runs whole
+in one worker process, beside another file in the other. So a test must not use a fixed path
+outside ``tmp_path`` (nor write into the repository), a fixed port (bind port 0), or state
+another file's tests leave behind; module-scoped fixtures are built once, in that worker."""
 
 import gc
 import os
@@ -21,8 +27,16 @@ jax.config.update("jax_enable_compilation_cache", False)
 
 @pytest.fixture(scope="session", autouse=True)
 def data_dir(tmp_path_factory):
-  """All tests read datasets prepared once into a session-wide TFDS data_dir."""
-  d = os.environ.get("METAOPT_TEST_DATA_DIR") or str(tmp_path_factory.mktemp("tfds"))
+  """All tests read datasets prepared once into a session-wide TFDS data_dir (one for all
+  pytest-xdist workers, which may prepare a dataset at the same time: tests/test_data.py
+  checks that concurrent preparation is safe)."""
+  d = os.environ.get("METAOPT_TEST_DATA_DIR")
+  if not d:
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # the workers' basetemps share this parent
+      root = root.parent
+    d = str(root / "tfds")
+    os.makedirs(d, exist_ok=True)
   os.environ["METAOPT_DATA_DIR"] = d
   return d
 

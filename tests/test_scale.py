@@ -379,6 +379,9 @@ def _run_in_process(path):
                         config=cfg, progress=False, **kwargs)
 
 
+# orbax-checkpoint 0.12.8 / tensorstore 0.1.86: when a read of a damaged step fails, the
+# reads still in flight call back into the asyncio loop orbax has already closed (harmless)
+@pytest.mark.filterwarnings("ignore:Exception ignored in:pytest.PytestUnraisableExceptionWarning")
 def test_damaged_checkpoint_falls_back_to_the_previous_one(tmp_path):
   ck = Checkpointer(str(tmp_path / "ck"))
   state = {"w": jnp.arange(64.0).reshape(8, 8), "alive": np.ones(8, bool),
