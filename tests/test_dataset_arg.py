@@ -110,7 +110,8 @@ def test_offline_tfds_dataset_fails_fast_with_one_line(tmp_path, monkeypatch):
   t0 = time.perf_counter()
   with pytest.raises(ValueError, match="not prepared in .* unreachable .*prepare it") as e:
     load_dataset("tfds:mnist", str(tmp_path))
-  assert time.perf_counter() - t0 < 5.0
+  # no download retries (those take minutes); the bound is loose for a loaded CI machine
+  assert time.perf_counter() - t0 < 30.0
   assert "\n" not in str(e.value) and "tfds:mnist" in str(e.value)
 
 
