@@ -138,9 +138,16 @@ def test_store_round_trip_continues_exactly(tmp_path):
   b = metaopt.create_study(SPACE, "tpe", seed=3, searcher_options=opts)
   assert b._program is a._program  # built once per settings, its ask / tell compiled once
   compiles = []
-  jax.monitoring.register_event_duration_secs_listener(
-      lambda e, d, **_: compiles.append(e) if e.endswith("backend_compile_duration") else None)
-  b.optimize(_f, n_trials=8, batch_size=2)
+
+  def listen(e, d, **_):
+    if e.endswith("backend_compile_duration"):
+      compiles.append(e)
+
+  jax.monitoring.register_event_duration_secs_listener(listen)
+  try:
+    b.optimize(_f, n_trials=8, batch_size=2)
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listen)
   assert compiles == []
   loaded = metaopt.load_study("r", url)
   assert [(t.params, t.value) for t in loaded.trials] == [(t.params, t.value) for t in a.trials]

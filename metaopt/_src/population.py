@@ -90,7 +90,7 @@ FAST_COMPILE: dict[str, Any] = {"xla_backend_optimization_level": 0}
 CHUNK_COMPILE: dict[str, Any] = {"xla_backend_optimization_level": 1}
 
 
-def _chunk_options() -> dict[str, Any] | None:
+def chunk_compile_options() -> dict[str, Any] | None:
   # measured on CPU only; GPU/TPU kernels keep XLA's default optimisation
   return CHUNK_COMPILE if jax.default_backend() == "cpu" else None
 
@@ -360,12 +360,12 @@ def make_kernel(fns: TrialFns, n_train: int, batch_size: int,
   if mesh is None:
     init = PopulationInit(fns.init)
     fn = loop_chunk if mode == "loop" else chunk
-    chunk_j = jax.jit(fn, donate_argnums=(0,), compiler_options=_chunk_options())
+    chunk_j = jax.jit(fn, donate_argnums=(0,), compiler_options=chunk_compile_options())
     return PopulationKernel(init, chunk_j, steps, 1, mode)
   pop, rep = NamedSharding(mesh, P("pop")), NamedSharding(mesh, P())
   init = PopulationInit(fns.init, in_shardings=(pop, pop), out_shardings=pop)
   chunk_j = jax.jit(chunk, in_shardings=(pop, pop, pop, rep, rep), out_shardings=(pop, pop),
-                    donate_argnums=(0,), compiler_options=_chunk_options())
+                    donate_argnums=(0,), compiler_options=chunk_compile_options())
 
   def chunk_sharded(states, h, alive, key, data):
     # states gathered on the host side (compaction, exploit) come back replicated

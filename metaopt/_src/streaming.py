@@ -115,9 +115,11 @@ class StreamingKernel:
     self._perms = jax.jit(self._perms_fn, static_argnums=(1,))
     self.mesh, self.multiple = mesh, 1 if mesh is None else mesh.shape["pop"]
     if mesh is None:
-      self.init = pop.fast_jit(jax.vmap(fns.init))
-      self._block = jax.jit(self._block_fn, donate_argnums=(0,))
-      self._eval = jax.jit(self._eval_fn)
+      # built as the in-memory kernel's init and chunk are: the same numbers bit for bit
+      self.init = pop.PopulationInit(fns.init)
+      self._block = jax.jit(self._block_fn, donate_argnums=(0,),
+                            compiler_options=pop.chunk_compile_options())
+      self._eval = jax.jit(self._eval_fn, compiler_options=pop.chunk_compile_options())
       self._where = None
       return
     # trials over "pop"; a block's minibatches over "data" when the mesh has that axis
@@ -127,11 +129,13 @@ class StreamingKernel:
     batch = NamedSharding(mesh, P(None, data_ax) if shared_batches else  # [steps, rows]
                           P("pop", None, data_ax))  # [trials, steps, rows]
     self._where = (batch, batch, rep)
-    self.init = pop.fast_jit(jax.vmap(fns.init), in_shardings=(ps, ps), out_shardings=ps)
+    self.init = pop.PopulationInit(fns.init, in_shardings=(ps, ps), out_shardings=ps)
     self._block = jax.jit(self._block_fn, in_shardings=(ps, ps, ps, batch, batch, rep),
-                          out_shardings=(ps, ps), donate_argnums=(0,))
+                          out_shardings=(ps, ps), donate_argnums=(0,),
+                          compiler_options=pop.chunk_compile_options())
     # validation batches replicated: any eval_batch works, whatever the data axis
-    self._eval = jax.jit(self._eval_fn, in_shardings=(ps, ps, rep, rep), out_shardings=ps)
+    self._eval = jax.jit(self._eval_fn, in_shardings=(ps, ps, rep, rep), out_shardings=ps,
+                         compiler_options=pop.chunk_compile_options())
     self._pop_sharding = ps
 
   # ----------------------------------------------------------------- compiled pieces
