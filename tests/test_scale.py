@@ -468,6 +468,7 @@ print(json.dumps([[t.number, t.status, t.objective, len(t.metrics),
 """
 
 
+@pytest.mark.alone
 def test_two_processes_split_the_population_like_one_process(tmp_path):
   """`jax.distributed` with 2 processes on 127.0.0.1 (gloo): each process trains half of
   every round's population, the processes exchange epoch metrics so successive halving
