@@ -129,6 +129,31 @@ def regularized_evolution(dim: int, population_size: int = 32, tournament_size: 
   return Searcher(init, ask, tell)
 
 
+def _resample(strategy, params, key: jax.Array, es, n_draws: int):
+  """One generation of ``strategy``: each member redrawn (up to ``n_draws`` draws) until it
+  falls inside the cube, clipped if it never does; and the strategy's state after the ask."""
+  xs, es_k = jax.vmap(lambda k: strategy.ask(k, es, params))(jax.random.split(key, n_draws))
+  inside = jnp.all((xs >= 0.0) & (xs <= 1.0), axis=-1)  # [draws, popsize]
+  first = jnp.argmax(inside, axis=0)  # first draw inside the cube (0 if none: clipped)
+  x = jnp.clip(xs[first, jnp.arange(strategy.population_size)], 0.0, 1.0)
+  return x, jax.tree_util.tree_map(lambda a: a[0], es_k)
+
+
+def _claim_members(u: jax.Array, gen_x: jax.Array, open_: jax.Array) -> jax.Array:
+  """The generation row each told point ``u`` fills: the nearest open member within
+  ``_MATCH_TOL``, or ``len(gen_x)`` (dropped) if none."""
+  size = gen_x.shape[0]
+  dist = jnp.max(jnp.abs(jnp.asarray(u)[:, None, :] - gen_x[None]), axis=-1)
+
+  def claim(open_, d):
+    d = jnp.where(open_ & (d < _MATCH_TOL), d, jnp.inf)
+    j = jnp.argmin(d)
+    hit = jnp.isfinite(d[j])
+    return open_ & ~(hit & (jnp.arange(size) == j)), jnp.where(hit, j, size)
+
+  return jax.lax.scan(claim, open_, dist)[1]
+
+
 def _finite_strategy(es) -> jax.Array:
   ok = jnp.all(jnp.isfinite(es.mean))
   for name in ("std", "C"):
@@ -152,11 +177,7 @@ def _evosax_searcher(strategy, params, dim: int, mean0: jax.Array,
   def sample(key, es):
     if bounds == "reflect":
       return strategy.ask(key, es, params)
-    xs, es_k = jax.vmap(lambda k: strategy.ask(k, es, params))(jax.random.split(key, n_draws))
-    inside = jnp.all((xs >= 0.0) & (xs <= 1.0), axis=-1)  # [draws, popsize]
-    first = jnp.argmax(inside, axis=0)  # first draw inside the cube (0 if none: clipped)
-    x = jnp.clip(xs[first, jnp.arange(popsize)], 0.0, 1.0)
-    return x, jax.tree_util.tree_map(lambda a: a[0], es_k)
+    return _resample(strategy, params, key, es, n_draws)
 
   to_cube = reflect if bounds == "reflect" else (lambda x: x)
 
@@ -189,16 +210,8 @@ def _evosax_searcher(strategy, params, dim: int, mean0: jax.Array,
             "fresh": jnp.zeros((), bool)}, to_cube(x)
 
   def tell(state, u, y, status):
-    dist = jnp.max(jnp.abs(jnp.asarray(u)[:, None, :] - to_cube(state["gen_x"])[None]), axis=-1)
     open_ = (jnp.arange(popsize) < state["handed"]) & ~state["told"] & ~state["fresh"]
-
-    def claim(open_, d):  # each told row takes the nearest open member within the tolerance
-      d = jnp.where(open_ & (d < _MATCH_TOL), d, jnp.inf)
-      j = jnp.argmin(d)
-      hit = jnp.isfinite(d[j])
-      return open_ & ~(hit & (jnp.arange(popsize) == j)), jnp.where(hit, j, popsize)
-
-    _, member = jax.lax.scan(claim, open_, dist)
+    member = _claim_members(u, to_cube(state["gen_x"]), open_)
     # Failed / pruned / infeasible members rank last (NaN fitness in evosax's shaping).
     fit = jnp.where((jnp.asarray(status) == COMPLETE) & jnp.isfinite(y), y, jnp.nan)
     gen_y = state["gen_y"].at[member].set(fit.astype(jnp.float32), mode="drop")
@@ -253,12 +266,8 @@ def _cma_restarts(strategies, params, dim: int, sigma0: float, mode: str,
     strat, prm, lam = strategies[k], params[k], lams[k]
 
     def go(key, es):
-      xs, es_k = jax.vmap(lambda kk: strat.ask(kk, es, prm))(jax.random.split(key, n_draws))
-      inside = jnp.all((xs >= 0.0) & (xs <= 1.0), axis=-1)
-      first = jnp.argmax(inside, axis=0)
-      x = jnp.clip(xs[first, jnp.arange(lam)], 0.0, 1.0)
-      x = jnp.concatenate([x, jnp.full((big - lam, dim), 0.5, x.dtype)], axis=0)
-      return x, jax.tree_util.tree_map(lambda a: a[0], es_k)
+      x, es = _resample(strat, prm, key, es, n_draws)
+      return jnp.concatenate([x, jnp.full((big - lam, dim), 0.5, x.dtype)], axis=0), es
     return go
 
   samplers = [sample_level(k) for k in range(n_levels)]
@@ -317,16 +326,8 @@ def _cma_restarts(strategies, params, dim: int, sigma0: float, mode: str,
   def tell(state, u, y, status):
     u = jnp.asarray(u)
     lam = state["popsize"]
-    dist = jnp.max(jnp.abs(u[:, None, :] - state["gen_x"][None]), axis=-1)
     open_ = (jnp.arange(big) < state["handed"]) & ~state["told"] & ~state["fresh"]
-
-    def claim(open_, d):
-      d = jnp.where(open_ & (d < _MATCH_TOL), d, jnp.inf)
-      j = jnp.argmin(d)
-      hit = jnp.isfinite(d[j])
-      return open_ & ~(hit & (jnp.arange(big) == j)), jnp.where(hit, j, big)
-
-    _, member = jax.lax.scan(claim, open_, dist)
+    member = _claim_members(u, state["gen_x"], open_)
     ok = (jnp.asarray(status) == COMPLETE) & jnp.isfinite(y)
     fit = jnp.where(ok, y, jnp.nan).astype(jnp.float32)
     # The best complete point over all restarts (any told point, matched or extra).
@@ -359,7 +360,7 @@ def _cma_restarts(strategies, params, dim: int, sigma0: float, mode: str,
     cond = jnp.max(d2) / jnp.maximum(jnp.min(d2), 1e-30)
     flat = (g_max - g_min) <= 1e-12 * jnp.maximum(jnp.maximum(jnp.abs(g_max),
                                                               jnp.abs(g_min)), 1e-12)
-    broken = ~jnp.all(jnp.isfinite(es.mean)) | ~jnp.all(jnp.isfinite(es.C)) | ~jnp.isfinite(sd)
+    broken = ~_finite_strategy(es) | ~jnp.isfinite(sd)
     stop = (tol_fun | (sd < _TOL_X) | (cond > _MAX_COND) | (stall >= stall_len) | flat | broken
             | (jnp.asarray(es.std) < restart_tol))
     restart = done & stop
