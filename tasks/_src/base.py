@@ -137,9 +137,10 @@ def telemetry(loss: jax.Array, params: PyTree, grads: PyTree, live: PyTree | Non
   sq, zeros, total, nan_g, nan_p = [], 0.0, 0.0, 0.0, 0.0
   for (_, g), p, m, k in zip(gl, pl, ll, is_k, strict=True):
     z = jnp.zeros((), g.dtype)
-    if k:
-      m = jnp.ones_like(g) if m is None else m
-      s2, nz, nl, ng, np_ = _sums(jnp.square(g), (g == 0) * m, m, g * z, p * z)
+    if k:  # norms and counts in float32 whatever the parameters' dtype (as jnp.sum does)
+      m = jnp.ones(g.shape, jnp.float32) if m is None else m.astype(jnp.float32)
+      g32 = g.astype(jnp.float32)
+      s2, nz, nl, ng, np_ = _sums(jnp.square(g32), (g32 == 0) * m, m, g * z, p * z)
       sq.append(s2)
       zeros, total = zeros + nz, total + nl
     else:
