@@ -243,3 +243,43 @@ def test_norm_and_residual_mlps_stay_width_masked_and_train(structure):
   assert float(after["loss"]) < 0.7 * float(before["loss"])
   k = state["params"]["params"]["Dense_0"]["kernel"]
   assert float(jnp.abs(k[:, 12:]).max()) == 0.0  # units past width stay exactly zero
+
+
+def _telemetry_reference(loss, params, grads, live):
+  """Telemetry written leaf by leaf (the definition the fused reductions must match)."""
+  kernels = lambda t: [v for p, v in jax.tree_util.tree_flatten_with_path(t)[0]
+                       if getattr(p[-1], "key", None) == "kernel"]
+  gk, lk = kernels(grads), kernels(live)
+  norms = jnp.stack([jnp.sqrt(jnp.sum(jnp.square(g))) for g in gk])
+  zeros = sum(jnp.sum((g == 0) * m) for g, m in zip(gk, lk, strict=True))
+  finite = lambda t: all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree_util.tree_leaves(t))
+  return {"layer_grad_norms": norms, "zero_grad_frac": zeros / sum(jnp.sum(m) for m in lk),
+          "nonfinite_loss": not bool(jnp.isfinite(loss)), "nonfinite_grads": not finite(grads),
+          "nonfinite_params": not finite(params)}
+
+
+@pytest.mark.parametrize("jit", [True, False])
+@pytest.mark.parametrize("bad", [None, ("grads", "b", 0, np.nan), ("grads", "k", 5, -np.inf),
+                                 ("params", "b", 1, np.inf), ("params", "k", 0, np.nan)])
+def test_telemetry_matches_leafwise_definition(bad, jit):
+  # one reduction per leaf: norms within float rounding, counts and non-finite flags exact
+  rng = np.random.default_rng(0)
+  tree = lambda: {f"Dense_{i}": {"kernel": rng.normal(size=(6, 4)).astype(np.float32),
+                                 "bias": rng.normal(size=(4,)).astype(np.float32)}
+                  for i in range(2)}
+  params, grads = tree(), tree()
+  grads["Dense_0"]["kernel"][:2] = 0.0  # dead units, half of them masked
+  live = jax.tree_util.tree_map(np.ones_like, params)
+  live["Dense_0"]["kernel"][0] = 0.0
+  if bad is not None:
+    which, leaf, i, v = bad
+    t = params if which == "params" else grads
+    t["Dense_1"]["kernel" if leaf == "k" else "bias"].flat[i] = v
+  fn = jax.jit(tasks.telemetry) if jit else tasks.telemetry
+  tel = fn(jnp.float32(1.5), params, grads, live)
+  ref = _telemetry_reference(jnp.float32(1.5), params, grads, live)
+  np.testing.assert_allclose(tel["layer_grad_norms"], ref["layer_grad_norms"], rtol=1e-6)
+  assert float(tel["zero_grad_frac"]) == float(ref["zero_grad_frac"]) == pytest.approx(4 / 44)
+  for k in ("nonfinite_loss", "nonfinite_grads", "nonfinite_params"):
+    assert bool(tel[k]) == ref[k], k
+  assert ref["nonfinite_grads"] == (bad is not None and bad[0] == "grads")

@@ -27,6 +27,7 @@ remaining calls pay for it.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -249,6 +250,11 @@ SWITCH_GROUPINGS = ("auto", "always", "never")
 # a batch of at least 8 trials and each extra compile shared by as many.
 SWITCH_GROUP_MIN = 8
 
+# With shared minibatches the chunk gathers the epoch's batches once, before the trials train
+# (a copy of the train split), when that copy has at most this many bytes; past it, each
+# step gathers its own batch.
+PREGATHER_MAX_BYTES = 256 << 20
+
 
 def fix_hparams(fns: TrialFns, values: Mapping[str, int]) -> TrialFns:
   """``fns`` with the hyperparameters ``values`` fixed to Python constants: a switch index
@@ -311,13 +317,25 @@ def make_kernel(fns: TrialFns, n_train: int, batch_size: int,
                      "('vmap' with a mesh)")
   steps = n_train // batch_size
 
-  def trial_chunk(state, h, alive, perm, data):
-    def step(s, i):
-      idx = jax.lax.dynamic_slice_in_dim(perm, i * batch_size, batch_size)
-      batch = (data["x_train"][idx], data["y_train"][idx])
-      return fns.train_step(s, batch, h)
+  def epoch_batches(perm, data):
+    # shared minibatches: the epoch's batches in one gather per array, (steps, batch, ...),
+    # for every trial, instead of a gather per trial and step (None past PREGATHER_MAX_BYTES)
+    size = sum(steps * batch_size * math.prod(data[k].shape[1:]) * data[k].dtype.itemsize
+               for k in ("x_train", "y_train"))
+    if size > PREGATHER_MAX_BYTES:
+      return None
+    idx = perm[:steps * batch_size].reshape(steps, batch_size)
+    return data["x_train"][idx], data["y_train"][idx]
 
-    new, tel = jax.lax.scan(step, state, jnp.arange(steps))
+  def trial_chunk(state, h, alive, perm, data, batches=None):
+    if batches is None:
+      def step(s, i):
+        idx = jax.lax.dynamic_slice_in_dim(perm, i * batch_size, batch_size)
+        batch = (data["x_train"][idx], data["y_train"][idx])
+        return fns.train_step(s, batch, h)
+      new, tel = jax.lax.scan(step, state, jnp.arange(steps))
+    else:
+      new, tel = jax.lax.scan(lambda s, b: fns.train_step(s, b, h), state, batches)
     ev = fns.evaluate(new, data["x_valid"], data["y_valid"], h)
     new = jax.tree_util.tree_map(lambda a, b: jnp.where(alive, a, b), new, state)
     return new, epoch_metrics(tel, ev)
@@ -326,21 +344,25 @@ def make_kernel(fns: TrialFns, n_train: int, batch_size: int,
     n = alive.shape[0]
     if shared_batches:
       perm = jax.random.permutation(key, n_train)
-      return jax.vmap(trial_chunk, in_axes=(0, 0, 0, None, None))(states, h, alive, perm, data)
+      batches = epoch_batches(perm, data)
+      return jax.vmap(trial_chunk, in_axes=(0, 0, 0, None, None, None))(
+          states, h, alive, perm, data, batches)
     perms = jax.vmap(lambda k: jax.random.permutation(k, n_train))(jax.random.split(key, n))
     return jax.vmap(trial_chunk, in_axes=(0, 0, 0, 0, None))(states, h, alive, perms, data)
 
   def loop_chunk(states, h, alive, key, data):
     n = alive.shape[0]
     one = lambda tree, i: jax.tree_util.tree_map(lambda a: a[i], tree)
+    batches = None
     if shared_batches:
       perm = jax.random.permutation(key, n_train)
       perm_of = lambda i: perm
+      batches = epoch_batches(perm, data)
     else:
       keys = jax.random.split(key, n)
       perm_of = lambda i: jax.random.permutation(keys[i], n_train)
     # one trace of the trial's chunk serves both its output shapes and the loop body
-    args = lambda i: (one(states, i), one(h, i), jnp.asarray(True), perm_of(i), data)
+    args = lambda i: (one(states, i), one(h, i), jnp.asarray(True), perm_of(i), data, batches)
     traced, shapes = jax.make_jaxpr(trial_chunk, return_shape=True)(*args(0))
     trial_fn = jax.extend.core.jaxpr_as_fun(traced)
     out_tree = jax.tree_util.tree_structure(shapes)

@@ -111,6 +111,13 @@ def _kernels(tree: PyTree) -> list[jax.Array]:
   return [v for path, v in leaves if getattr(path[-1], "key", None) == "kernel"]
 
 
+def _sums(*xs: jax.Array) -> tuple[jax.Array, ...]:
+  """The sums of same-shaped arrays, in one (variadic) reduction."""
+  zeros = tuple(jnp.zeros((), x.dtype) for x in xs)
+  add = lambda a, b: tuple(u + v for u, v in zip(a, b, strict=True))
+  return tuple(jax.lax.reduce(xs, zeros, add, tuple(range(xs[0].ndim))))
+
+
 def telemetry(loss: jax.Array, params: PyTree, grads: PyTree, live: PyTree | None) -> dict:
   """Per-step health signals computed inside the kernel.
 
@@ -118,13 +125,28 @@ def telemetry(loss: jax.Array, params: PyTree, grads: PyTree, live: PyTree | Non
   the fraction of exactly-zero gradients among live kernel entries (dying ReLU), and
   non-finite flags for loss, gradients and weights.
   """
-  gk = _kernels(grads) or jax.tree_util.tree_leaves(grads)  # modules without "kernel" leaves
-  norms = jnp.stack([jnp.sqrt(jnp.sum(jnp.square(g))) for g in gk])
-  live_k = _kernels(live) if live is not None else [jnp.ones_like(g) for g in gk]
-  zeros = sum(jnp.sum((g == 0) * m) for g, m in zip(gk, live_k, strict=True))
-  total = sum(jnp.sum(m) for m in live_k)
-  finite = lambda t: jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in
-                                        jax.tree_util.tree_leaves(t)]))
+  # One reduction per parameter leaf (a train step's cost on small models is its number of
+  # XLA ops): the kernel's squared norm, zero and live counts, and ``sum(x * 0)`` of the
+  # gradient and the weight, which is NaN exactly when the leaf holds a NaN or an infinity.
+  gl = jax.tree_util.tree_flatten_with_path(grads)[0]
+  pl = jax.tree_util.tree_leaves(params)
+  ll = jax.tree_util.tree_leaves(live) if live is not None else [None] * len(gl)
+  is_k = [getattr(path[-1], "key", None) == "kernel" for path, _ in gl]
+  if not any(is_k):  # modules without "kernel" leaves: every leaf counts as one
+    is_k = [True] * len(gl)
+  sq, zeros, total, nan_g, nan_p = [], 0.0, 0.0, 0.0, 0.0
+  for (_, g), p, m, k in zip(gl, pl, ll, is_k, strict=True):
+    z = jnp.zeros((), g.dtype)
+    if k:  # norms and counts in float32 whatever the parameters' dtype (as jnp.sum does)
+      m = jnp.ones(g.shape, jnp.float32) if m is None else m.astype(jnp.float32)
+      g32 = g.astype(jnp.float32)
+      s2, nz, nl, ng, np_ = _sums(jnp.square(g32), (g32 == 0) * m, m, g * z, p * z)
+      sq.append(s2)
+      zeros, total = zeros + nz, total + nl
+    else:
+      ng, np_ = _sums(g * z, p * z)
+    nan_g, nan_p = nan_g + ng, nan_p + np_
+  norms = jnp.sqrt(jnp.stack(sq))
   return {
       "loss": loss,
       "layer_grad_norms": norms,
@@ -132,8 +154,8 @@ def telemetry(loss: jax.Array, params: PyTree, grads: PyTree, live: PyTree | Non
       "grad_norm_last": norms[-1],
       "zero_grad_frac": zeros / jnp.maximum(total, 1.0),
       "nonfinite_loss": ~jnp.isfinite(loss),
-      "nonfinite_grads": ~finite(grads),
-      "nonfinite_params": ~finite(params),
+      "nonfinite_grads": ~jnp.isfinite(nan_g),
+      "nonfinite_params": ~jnp.isfinite(nan_p),
   }
 
 
