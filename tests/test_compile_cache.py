@@ -75,6 +75,19 @@ def test_the_first_chunk_compiles_in_the_background_into_the_same_trials(monkeyp
   assert seq_main["jit(loop_chunk)"] == 1 and bg_main["jit(loop_chunk)"] == 0
 
 
+def test_no_background_compile_where_the_first_kernel_depends_on_what_is_asked():
+  task = get_task("digits_mlp")
+  ev = evaluators.TaskEvaluator(task, batch_size=256)
+  space = metaopt.spaces.Space({**task.space.params,
+                                "optimizer": metaopt.spaces.Choice(["adamw", "sgd"],
+                                                                   structural=True)})
+  assert not ev.precompile(space, 4)  # one kernel per optimizer: known after the ask
+  vmapped = evaluators.TaskEvaluator(task, batch_size=256, kernel_mode="vmap",
+                                     group_switches="always")
+  assert "activation" in task.switches and not vmapped.precompile(task.space, 4)
+  assert not ev._pending and not vmapped._pending
+
+
 def _closure(c: float, scale: int):
   def f(x):
     return jnp.sin(x) * c + scale

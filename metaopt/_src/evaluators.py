@@ -524,7 +524,8 @@ class TaskEvaluator(Evaluator):
     The chunk's first call waits for it and finds the executable in JAX's cache (the same
     jitted function, argument shapes and settings): it runs the code a compile on the
     caller's thread would have made. A call whose arguments differ from those precompiled
-    compiles as before (only time is lost)."""
+    compiles as before, and an error here is raised where the round meets it (only time is
+    lost)."""
     if not BACKGROUND_COMPILE or self._stream or self._mesh is not None or space.structural:
       return False
     grouped = [name for name in self.task.switches
@@ -535,7 +536,10 @@ class TaskEvaluator(Evaluator):
       return False  # whether a switch is grouped depends on the values asked
     structure = dict(self.task.defaults)
     k = tuple(sorted(structure.items()))
-    kernel = self.kernel(structure)
+    try:
+      kernel = self.kernel(structure)
+    except Exception:  # noqa: BLE001 - the round builds it again, and raises, in its place
+      return False
     info = self._shared_info[k]
     done = info.setdefault("precompiled", set())
     if n in done or k in self._pending:
