@@ -2,22 +2,25 @@
 with the same trials for the same seed; the cache tells different computations apart."""
 
 import collections
+import threading
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 import metaopt
-from metaopt._src import compile_cache
+from metaopt._src import compile_cache, evaluators
 from metaopt.tasks import get_task
 
 XLA: collections.Counter = collections.Counter()
+ON_MAIN: collections.Counter = collections.Counter()  # compiles on the main thread
 
 
 def _count(event: str, duration: float, **kw) -> None:
   del duration
   if event == "/jax/core/compile/backend_compile_duration":  # every thread
     XLA[kw.get("fun_name", "?")] += 1
+    ON_MAIN[kw.get("fun_name", "?")] += threading.current_thread() is threading.main_thread()
 
 
 jax.monitoring.register_event_duration_secs_listener(_count)
@@ -48,6 +51,41 @@ def test_a_search_run_again_compiles_nothing():
   assert sum(XLA.values()) == 0, dict(XLA)
   assert _rows(other) != _rows(first)
   assert cold > 0  # (tests/conftest.py empties the cache for each test module)
+
+
+def test_the_first_chunk_compiles_in_the_background_into_the_same_trials(monkeypatch):
+  # the population chunk compiles on a background thread while the first ask and init
+  # compile on the caller's; the chunk's call finds it compiled: once, nothing compiled
+  # twice, and the trials equal those of the search that compiles it on the caller's thread
+  runs = {}
+  for background in (False, True):
+    monkeypatch.setattr(evaluators, "BACKGROUND_COMPILE", background)
+    compile_cache.clear()
+    XLA.clear()
+    ON_MAIN.clear()
+    runs[background] = (_search(seed=3, study=f"bg{background}"), dict(XLA), dict(ON_MAIN))
+  (seq, seq_xla, seq_main), (bg, bg_xla, bg_main) = runs[False], runs[True]
+  assert _rows(bg) == _rows(seq)
+  curves = lambda res: [[(m["epoch"] if "epoch" in m else None, m["train_loss"],
+                          m["valid_accuracy"]) for m in t.metrics] for t in res.trials]
+  assert curves(bg) == curves(seq) and sum(map(len, curves(seq))) > 12
+  # (JAX keeps its own small functions, e.g. the PRNG's, compiled across searches)
+  assert all(n <= seq_xla.get(f, 0) for f, n in bg_xla.items()), (bg_xla, seq_xla)
+  assert bg_xla["jit(loop_chunk)"] == seq_xla["jit(loop_chunk)"] == 1
+  assert seq_main["jit(loop_chunk)"] == 1 and bg_main["jit(loop_chunk)"] == 0
+
+
+def test_no_background_compile_where_the_first_kernel_depends_on_what_is_asked():
+  task = get_task("digits_mlp")
+  ev = evaluators.TaskEvaluator(task, batch_size=256)
+  space = metaopt.spaces.Space({**task.space.params,
+                                "optimizer": metaopt.spaces.Choice(["adamw", "sgd"],
+                                                                   structural=True)})
+  assert not ev.precompile(space, 4)  # one kernel per optimizer: known after the ask
+  vmapped = evaluators.TaskEvaluator(task, batch_size=256, kernel_mode="vmap",
+                                     group_switches="always")
+  assert "activation" in task.switches and not vmapped.precompile(task.space, 4)
+  assert not ev._pending and not vmapped._pending
 
 
 def _closure(c: float, scale: int):

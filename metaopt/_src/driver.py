@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from metaopt._src import compile_cache, loop
 from metaopt._src import distributed as dist
 from metaopt._src import population as pop
-from metaopt._src.evaluators import COMPACTIONS, Evaluator, as_evaluator
+from metaopt._src.evaluators import COMPACTIONS, Evaluator, TaskEvaluator, as_evaluator
 from metaopt._src.objectives import OBJECTIVES, check_objectives
 from metaopt._src.provenance import code_version, hardware
 from metaopt._src.store import Store
@@ -141,6 +141,8 @@ def search(
   space = _space_of(ev, space)
   ev.validate(epochs)
   objectives = check_objectives(objectives, program, space.dim, getattr(ev, "task", None))
+  if constraint is None and not dist.is_multi() and isinstance(ev, TaskEvaluator):
+    ev.precompile(space, min(population, n_trials))  # compiles while the first ask does
   st = _open_store(store, study)
   record = dict(config or {}, n_trials=n_trials, population=population, epochs=epochs,
                 batch_size=batch_size, seed=seed)

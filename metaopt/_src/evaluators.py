@@ -405,6 +405,28 @@ def gather(tree: PyTree, idx: np.ndarray) -> PyTree:
 
 _background = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="metaopt-flops")
 
+# TaskEvaluator.precompile: compile the first round's chunk on the background thread while
+# the searcher's first ask and the population init compile on the caller's (False: off)
+BACKGROUND_COMPILE = True
+
+
+def _compile_in_background(kernel: pop.PopulationKernel, space: Space, n: int,
+                           data: Any) -> float:
+  """Compiles ``kernel.chunk`` into JAX's cache for a round of ``n`` trials over ``space``
+  (argument shapes as ``TaskEvaluator._run_group`` passes them); returns the seconds this
+  thread spent tracing, lowering and compiling."""
+  c0 = pop.compile_seconds()
+  sds = jax.ShapeDtypeStruct
+  h = {name: sds(v.shape, v.dtype) for name, v in jax.eval_shape(
+      space.decode, sds((n, space.dim), jnp.float32)).items()}  # host arrays: not weak
+  if "schedule_steps" not in h:
+    h["schedule_steps"] = sds((n,), jnp.float32)
+  states = kernel.init.eval_shape(_trial_keys.eval_shape(sds((n,), jnp.uint32)), h)
+  key = jax.eval_shape(lambda: jax.random.key(0))
+  kernel.chunk.lower(states, h, sds((n,), jnp.bool_), key, data).compile()
+  return pop.compile_seconds() - c0
+
+
 COMPACTIONS = ("auto", "always", "never")
 SWITCHED = "_switched"  # a structure's key naming the switches grouped into it
 
@@ -489,6 +511,43 @@ class TaskEvaluator(Evaluator):
     self.flops: dict[str, Any] = {}   # structure -> FLOPs per trial-epoch (or a future)
     # per structure, for compaction: compile seconds, seconds per slot-epoch, sizes compiled
     self.perf: dict[str, dict[str, Any]] = {}
+    self._pending: dict[tuple, concurrent.futures.Future] = {}  # see precompile
+
+  def precompile(self, space: Space, n: int) -> bool:
+    """Starts compiling the population chunk that a first round of ``n`` trials over
+    ``space`` runs, on a background thread, so that it compiles while the searcher's first
+    ``ask`` and the population ``init`` compile on the caller's thread (XLA releases the
+    GIL: on a multi-core CPU both cores work). Only where that kernel is known before
+    anything is asked: one structural group (no structural parameter, no switch grouped as
+    structure), one device, data in memory; returns whether a compile was started.
+
+    The chunk's first call waits for it and finds the executable in JAX's cache (the same
+    jitted function, argument shapes and settings): it runs the code a compile on the
+    caller's thread would have made. A call whose arguments differ from those precompiled
+    compiles as before, and an error here is raised where the round meets it (only time is
+    lost)."""
+    if not BACKGROUND_COMPILE or self._stream or self._mesh is not None or space.structural:
+      return False
+    grouped = [name for name in self.task.switches
+               if isinstance(space.params.get(name), Choice)
+               and not space.params[name].structural and space.params[name].when is None]
+    if grouped and not (self.group_switches == "never" or
+                        (self.group_switches == "auto" and self.mode == "loop")):
+      return False  # whether a switch is grouped depends on the values asked
+    structure = dict(self.task.defaults)
+    k = tuple(sorted(structure.items()))
+    try:
+      kernel = self.kernel(structure)
+    except Exception:  # noqa: BLE001 - the round builds it again, and raises, in its place
+      return False
+    info = self._shared_info[k]
+    done = info.setdefault("precompiled", set())
+    if n in done or k in self._pending:
+      return False
+    done.add(n)
+    self._pending[k] = _background.submit(_compile_in_background, kernel, space, n,
+                                          self.data)
+    return True
 
   def kernel(self, structure: Mapping[str, Any]) -> pop.PopulationKernel:
     """The population kernel of one structural setting, built once; a structural
@@ -697,13 +756,22 @@ class TaskEvaluator(Evaluator):
     info = self._shared_info[tuple(sorted(structure.items()))]
     if skey not in self.flops:
       self.flops[skey] = info.get("flops")
+    pending = self._pending.pop(tuple(sorted(structure.items())), None)  # see precompile
     if self.flops[skey] is None:
-      # traced on another thread while the chunk compiles (XLA releases the GIL)
       bs = min(int(structure.get("batch_size", self.batch_size)), len(self.task.data.train))
-      self.flops[skey] = _background.submit(
-          pop.trial_epoch_flops, self.fns(structure), pop.shapes(states),
-          pop.shapes(hg), self.data, bs)
+      args = (self.fns(structure), pop.shapes(states), pop.shapes(hg), self.data, bs)
+      if pending is not None and not pending.done():
+        # this thread would wait for the chunk's background compile: it traces them meanwhile
+        self.flops[skey] = info["flops"] = pop.trial_epoch_flops(*args)
+      else:  # traced on another thread while the chunk compiles (XLA releases the GIL)
+        self.flops[skey] = _background.submit(pop.trial_epoch_flops, *args)
     live = alive_at(alive, idx)
+    background = 0.0
+    if pending is not None:
+      try:
+        background = pending.result()
+      except Exception:  # noqa: BLE001 - the call below compiles, and raises, itself
+        pass
     c0, t0 = pop.compile_seconds(), time.perf_counter()
     states, m = k.chunk(states, hg, np.asarray(live), key, self.data)
     m = jax.device_get(m)
@@ -717,7 +785,7 @@ class TaskEvaluator(Evaluator):
                                     "mode": k.mode})
     if len(idx) not in p["sizes"]:
       p["sizes"].add(len(idx))
-      p["compile_s"] = max(p["compile_s"], compiled)
+      p["compile_s"] = max(p["compile_s"], compiled + background)
     slot = busy / slots
     p["slot_s"] = slot if p["slot_s"] is None else min(p["slot_s"], slot)
     acct = {"device_s": busy * self.n_devices / slots}
