@@ -130,11 +130,16 @@ def group_of(name: str) -> str:
 _COMPILED = {}
 
 
+OURS_KWARGS: dict[str, dict] = {}  # --ours_kwargs: non-default settings, for development runs
+
+
 def ours(name: str, dim: int, batch: int, levels):
   key = (name, dim, batch, levels)
   if key not in _COMPILED:
-    s = {"tpe": lambda: tpe(dim), "gp": lambda: gp_bo(dim, levels=levels),
-         "cma_es": lambda: cma_es(dim, popsize=batch) if batch > 1 else cma_es(dim),
+    kw = OURS_KWARGS.get(name, {})
+    s = {"tpe": lambda: tpe(dim, **kw), "gp": lambda: gp_bo(dim, levels=levels, **kw),
+         "cma_es": lambda: (cma_es(dim, popsize=batch, **kw) if batch > 1
+                            else cma_es(dim, **kw)),
          "random": lambda: random_search(dim)}[name]()
     _COMPILED[key] = (s, jax.jit(s.ask, static_argnums=2), jax.jit(s.tell))
   return _COMPILED[key]
@@ -435,6 +440,9 @@ def main() -> None:
   ap.add_argument("--out", default=None, help="write the markdown report here")
   ap.add_argument("--plot", default=None, help="write the ECDF plot here (png)")
   ap.add_argument("--raw", default=None, help="write all trajectories here (JSON)")
+  ap.add_argument("--ours_kwargs", default=None,
+                  help="JSON of non-default settings per searcher, e.g. "
+                  "'{\"tpe\": {\"gamma\": 0.2}}' (development runs only)")
   ap.add_argument("--gp_compile_only", action="store_true",
                   help="only measure gp_ask_compile_seconds (fresh processes; a few minutes)")
   args = ap.parse_args()
@@ -442,6 +450,8 @@ def main() -> None:
     print_gp_compile()
     return
 
+  if args.ours_kwargs:
+    OURS_KWARGS.update(json.loads(args.ours_kwargs))
   import optuna
 
   optuna.logging.set_verbosity(optuna.logging.ERROR)

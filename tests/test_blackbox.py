@@ -28,7 +28,7 @@ from metaopt._src.multiobjective import (
     pareto_front,
     with_constraints,
 )
-from metaopt._src.tpe import _gap_bandwidth, tpe
+from metaopt._src.tpe import _gap_bandwidth, _n_below, default_gamma, tpe
 
 # Small settings keep compile and run times low; the defaults are exercised by the benchmark.
 FACTORIES = {
@@ -236,6 +236,23 @@ def test_tpe_constant_liar_spreads_a_batch():
     return float(jnp.mean(jnp.linalg.norm(u[:, None] - u[None], axis=-1)))
 
   assert spread(True) > spread(False)
+
+
+def test_tpe_default_good_set_is_optunas_from_five_dims_larger_below():
+  # good-set sizes of the default rule vs Optuna's min(ceil(0.1 n), 25)
+  n = jnp.asarray([10, 20, 30, 300])
+  assert np.asarray(_n_below(n, None)).tolist() == [1, 2, 3, 25]
+  assert np.asarray(_n_below(n, None, default_gamma(2))).tolist() == [3, 5, 8, 25]
+  assert [default_gamma(d) for d in (1, 2, 4, 5, 10)] == [0.25, 0.25, 0.125, 0.1, 0.1]
+
+  def proposals(dim, gamma):
+    s = tpe(dim, n_startup=4, gamma=gamma, capacity=32)
+    u0 = jax.random.uniform(jax.random.key(0), (20, dim))
+    st = s.tell(s.init(jax.random.key(0)), u0, bf.sphere(u0), jnp.zeros(20, jnp.int32))
+    return np.asarray(jax.jit(s.ask, static_argnums=2)(st, jax.random.key(1), 4)[1])
+
+  np.testing.assert_array_equal(proposals(5, None), proposals(5, "optuna"))
+  assert not np.array_equal(proposals(2, None), proposals(2, "optuna"))
 
 
 def test_univariate_tpe_runs():
@@ -545,6 +562,7 @@ def test_benchmark_functions_have_their_known_minima():
 @pytest.mark.parametrize("factory,kwargs,arg", [
     (tpe, {"dim": 0}, "dim"),
     (tpe, {"dim": 2, "gamma": 1.5}, "gamma"),
+    (tpe, {"dim": 2, "gamma": "scott"}, "gamma"),
     (tpe, {"dim": 2, "n_candidates": 0}, "n_candidates"),
     (tpe, {"dim": 2, "capacity": 1}, "capacity"),
     (gp_bo, {"dim": 2, "acquisition": "pi"}, "acquisition"),
