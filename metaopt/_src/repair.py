@@ -628,8 +628,9 @@ def collect_corpus(
   For every task, ``n_configs`` configurations of :func:`repair_space` are trained: with
   ``mutations=k > 0``, faulty variants of the space's defaults, each with 1 to ``k`` random
   parameters set to random values over their whole range (learning rates over 1e-7..10,
-  initial scales over 0.01..10, negative biases, sigmoid activations, deep nets: most
-  mutants carry one or two faults, like the buggy models DREAM studied); with
+  initial scales over 0.01..10, negative biases, sigmoid activations, deep nets, fine-tuning
+  rates with fine-tuning switched on: a drawn parameter switches on the parameter that
+  gates it; most mutants carry one or two faults, like the buggy models DREAM studied); with
   ``mutations=0``, uniformly random configurations (most of them broken in several ways at
   once). Then every action is applied to each of the worst ``broken_fraction`` of them (the
   models a repair loop is asked to fix) and trained the same way. A record holds, for each
