@@ -336,6 +336,26 @@ def test_corpus_configs_are_faulty_variants_of_the_defaults():
   assert np.mean(np.asarray(n_changed) <= 2) > 0.7
 
 
+def test_corpus_draws_fine_tuning_faults_with_fine_tuning_switched_on():
+  from metaopt._src.repair import _mutant
+
+  def mutants(seed, n=120):
+    rng = np.random.default_rng(seed)
+    return np.stack([_mutant(SPACE, rng, 1) for _ in range(n)])
+
+  hs = SPACE.to_python_batch(jax.device_get(SPACE.decode(jnp.asarray(mutants(0)))))
+  on = [h for h in hs if h["finetune_steps"] > 1]
+  # one mutation each: a fine-tuning rate / share / frozen body off its default can only come
+  # from a draw of that parameter, which must have switched fine-tuning on with it
+  assert any(h["finetune_lr"] < 0.05 for h in on)
+  assert any(abs(h["finetune_fraction"] - 0.2) > 0.05 for h in on)
+  assert any(h["finetune_freeze"] for h in on)
+  # a momentum draw brings plain SGD's parent (the optimizer) with it
+  assert any(h["optimizer"] == "sgd" and abs(h["momentum"] - 0.9) > 0.05 for h in hs)
+  np.testing.assert_array_equal(mutants(0), mutants(0))  # deterministic per seed
+  assert not np.array_equal(mutants(0), mutants(1))
+
+
 def test_trial_conditions_aggregate_like_the_searcher():
   epochs = [{"conditions": []}, {"conditions": ["slow_convergence"]},
             {"conditions": ["slow_convergence", "dying_relu"]}, {"conditions": []}]

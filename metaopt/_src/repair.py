@@ -628,8 +628,9 @@ def collect_corpus(
   For every task, ``n_configs`` configurations of :func:`repair_space` are trained: with
   ``mutations=k > 0``, faulty variants of the space's defaults, each with 1 to ``k`` random
   parameters set to random values over their whole range (learning rates over 1e-7..10,
-  initial scales over 0.01..10, negative biases, sigmoid activations, deep nets: most
-  mutants carry one or two faults, like the buggy models DREAM studied); with
+  initial scales over 0.01..10, negative biases, sigmoid activations, deep nets, fine-tuning
+  rates with fine-tuning switched on: a drawn parameter switches on the parameter that
+  gates it; most mutants carry one or two faults, like the buggy models DREAM studied); with
   ``mutations=0``, uniformly random configurations (most of them broken in several ways at
   once). Then every action is applied to each of the worst ``broken_fraction`` of them (the
   models a repair loop is asked to fix) and trained the same way. A record holds, for each
@@ -710,18 +711,35 @@ def collect_corpus(
 
 def _mutant(space: Space, rng: np.random.Generator, k: int) -> np.ndarray:
   """The space's defaults with 1..k random parameters that change the configuration set to
-  random values."""
+  random values. A drawn parameter that its parent switches off (``when=``) switches the
+  parent on (to one of its allowed values, at random), so e.g. a fine-tuning rate is drawn
+  together with fine-tuning itself."""
   u0 = space.encode({}).astype(np.float32)
   h0 = space.to_python(jax.device_get(space.decode(jnp.asarray(u0))))
   u = u0.copy()
   for _ in range(int(rng.integers(1, k + 1))):
-    for _ in range(20):  # a parameter its parent switches off changes nothing: draw again
+    for _ in range(20):  # a draw that leaves the configuration unchanged: draw again
       v = u.copy()
-      v[rng.integers(space.dim)] = rng.uniform()
+      i = int(rng.integers(space.dim))
+      v[i] = rng.uniform()
+      _switch_on(space, v, space.names[i], rng)
       if space.to_python(jax.device_get(space.decode(jnp.asarray(v)))) != h0:
         u = v
         break
   return u
+
+
+def _switch_on(space: Space, u: np.ndarray, name: str, rng: np.random.Generator) -> None:
+  """Sets the parents of parameter ``name`` in ``u`` (in place) to random allowed values
+  where they switch it off (recursively, for parents that are conditional themselves)."""
+  when = space.params[name].when or {}
+  h = space.to_python(jax.device_get(space.decode(jnp.asarray(u, jnp.float32))))
+  for parent, values in when.items():
+    if parent not in h or h[parent] not in values:
+      p = space.params[parent]
+      u[space.names.index(parent)] = p.encode(p.from_python(values[int(rng.integers(
+          len(values)))]))
+      _switch_on(space, u, parent, rng)
 
 
 def gap_closed(parent: np.ndarray, child: np.ndarray, best: float) -> np.ndarray:
