@@ -35,6 +35,7 @@ from metaopt.spaces import (
     NB201_MINI_OPS,
     CellSpace,
     Genotype,
+    conv1d_space,
     count_ops,
     darts_space,
     discretize,
@@ -46,8 +47,9 @@ SPACES: dict[str, Callable[[], CellSpace]] = {
     "nb201": nb201_space,
     "nb201_mini": lambda: nb201_space(NB201_MINI_OPS),
     "darts": darts_space,
+    "conv1d": conv1d_space,
 }
-DATASETS: tuple[str, ...] = ("shapes", "digits")
+DATASETS: tuple[str, ...] = ("shapes", "digits", "mnist1d")
 
 _MODEL_DEFAULTS = {"features": 8, "n_cells": 1, "stages": 2, "stem_stride": 2, "partial_k": 1}
 _SEARCH_DEFAULTS = {"epochs": 4, "batch_size": 64}
@@ -206,6 +208,17 @@ def _parse_fallback(section: Any) -> dict[str, Any]:
                      "'untrusted' (when the architecture gradients can't be trusted), "
                      "'always' (black-box search after every gradient search)")
   return fallback
+
+
+def load_nas_dataset(name: str) -> Dataset:
+  """A dataset as the cell networks read it: images as they are, 1-D signals ``(n, length)``
+  (MNIST-1D) as ``(n, length, 1, 1)`` images, so the 1-D ops convolve along the signal."""
+  data = load_dataset(name)
+  if data.train.x.ndim != 2:
+    return data
+  img = lambda sp: dataclasses.replace(sp, x=sp.x.reshape(sp.x.shape + (1, 1)))
+  return dataclasses.replace(data, train=img(data.train), valid=img(data.valid),
+                             test=img(data.test))
 
 
 def derive(space: CellSpace, alpha: Mapping[str, Any]) -> Genotype:
@@ -408,7 +421,8 @@ def build_model(space: CellSpace, model: Mapping[str, int], num_classes: int,
                 genotype: Genotype | None = None) -> Network:
   return Network(space, features=model["features"], n_cells=model["n_cells"],
                  num_classes=num_classes, partial_k=model["partial_k"] if genotype is None else 1,
-                 genotype=genotype, stem_stride=model["stem_stride"], stages=model["stages"])
+                 genotype=genotype, stem_stride=model["stem_stride"], stages=model["stages"],
+                 head=model.get("head", "mean"))
 
 
 def make_program(space: CellSpace, model: Network, settings: SearchSettings, data: Dataset,
@@ -521,7 +535,7 @@ def run_config(cfg: Any, store: Any, progress: bool = True) -> Result:
   from metaopt._src.provenance import hardware as hw_info
 
   conf = parse_config(cfg)
-  data = load_dataset(conf.dataset)
+  data = load_nas_dataset(conf.dataset)
   s = conf.settings
   bs = conf.search["batch_size"]
   steps = max(1, len(data.train) // bs)
