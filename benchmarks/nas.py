@@ -1,6 +1,23 @@
-"""Benchmark: gradient-based NAS on the procedural shapes images (NB201-style mini space).
+"""Benchmark: gradient-based NAS.
 
-Follows the protocol at the top of BENCHMARKS.md (``benchmarks/_protocol.py``):
+Two workloads (``--space``):
+
+* ``conv1d`` (the default and the ``--quick`` workload): MNIST-1D (offline, the ``mnist1d``
+  package) with an NB201-style cell of 1-D ops (``C1_OPS``: zero, skip, 3-tap convolution,
+  3-tap convolution of dilation 2, 3-tap max pooling; 5^6 cells), a stride-2 stem and a
+  flattening head. Here the cell matters: ``--dev-spread`` measures, on dev seeds, the spread
+  between filtered random cells against the training-seed noise (BENCHMARKS.md). The report
+  (``c1_report``): per report seed, one training of a fixed reference cell (the cost unit),
+  the configured search (``C1_HEADLINE``, ``C1_SEARCH_EPOCHS``), ``C1_N_RANDOM`` random cells
+  among those that compute something (the rule every derived cell obeys) and random search at
+  equal compute (as many random cells as the search costs in trainings, rounded up, the best
+  by validation accuracy); every compared cell is trained identically, once, with the search
+  seed, in one population kernel; differences paired by seed (sign and Wilcoxon tests).
+  Regularised evolution at equal compute is not run (at most 4 evaluations, less than one
+  generation).
+* ``nb201_mini``: the procedural shapes images with the 729-cell NB201-style space (none /
+  skip / 3x3 conv) and the shipped tabular benchmark; the earlier workload, whose cells a
+  training cannot tell apart (BENCHMARKS.md). Its protocol:
 
 * **Search cost** of the configured search (``HEADLINE``, ``SEARCH_EPOCHS`` epochs), in
   multiples of one training of a fixed reference cell (``reference_cell``: the typical cell
@@ -29,19 +46,20 @@ Follows the protocol at the top of BENCHMARKS.md (``benchmarks/_protocol.py``):
   accuracy; ``--dev-eval`` chose the budget on dev training seeds (how much of a cell's score
   is the cell and how much the training seed) before the report run.
 
-  python benchmarks/nas.py --quick     # ~5 min on 2 idle CPU cores
-  python benchmarks/nas.py             # 10 report seeds, HEADLINE, DARTS-1st/2nd and GDAS
-  python benchmarks/nas.py --dev       # the dev-seed choice of HEADLINE
-  python benchmarks/nas.py --dev-eval  # the dev-seed choice of EVAL_EPOCHS / EVAL_SEEDS
+  python benchmarks/nas.py --quick     # conv1d, report seeds 1000-1002
+  python benchmarks/nas.py             # conv1d, report seeds 1000-1009
+  python benchmarks/nas.py --dev-spread --dev-search  # conv1d: spread vs noise, cost, dev seeds
+  python benchmarks/nas.py --space nb201_mini --quick  # the earlier workload (and --dev, ...)
+  python benchmarks/nas.py --space nb201_mini --dev       # the dev-seed choice of HEADLINE
+  python benchmarks/nas.py --space nb201_mini --dev-eval  # EVAL_EPOCHS / EVAL_SEEDS
   # on a loaded machine: the search phase once, the retraining split over processes
-  python benchmarks/nas.py --quick --searches runs/benchmarks/s.json --search-only
-  python benchmarks/nas.py --quick --searches runs/benchmarks/s.json --eval-part 1000  # etc.
-  python benchmarks/nas.py --quick --searches runs/benchmarks/s.json   # the tables
+  python benchmarks/nas.py --space nb201_mini --quick --searches runs/benchmarks/s.json \
+      --search-only   # then --eval-part 1000 etc., then without either for the tables
 
 Writes benchmarks/results_nas.md (a ``--quick`` run writes under runs/benchmarks/ only);
 prints ``nas_full_search_cost_over_one_training: X`` and ``darts_vs_filtered_random_delta: X``
 (the configured search's test accuracy minus the mean of the filtered random cells, accuracy
-points, median over report seeds).
+points, median over report seeds), for either workload.
 """
 
 from __future__ import annotations
@@ -707,7 +725,8 @@ def c1_report(a) -> None:
 
 def main() -> None:
   ap = argparse.ArgumentParser()
-  ap.add_argument("--quick", action="store_true", help="3 report seeds, DARTS-1st only")
+  ap.add_argument("--quick", action="store_true", help="3 report seeds (nb201_mini: the "
+                  "configured search only)")
   ap.add_argument("--dev", action="store_true", help="choose HEADLINE on dev seeds")
   ap.add_argument("--dev-eval", action="store_true",
                   help="choose EVAL_EPOCHS / EVAL_SEEDS on dev seeds")

@@ -79,3 +79,14 @@ def test_mnist1d_served_as_signals_for_the_cell_network():
   w = sp.to_weights(sp.random(np.random.default_rng(1)))
   p = net.init(jax.random.key(0), data.train.x[:2], w)
   chex.assert_shape(net.apply(p, data.train.x[:3], w), (3, 10))
+
+
+@pytest.mark.parametrize("model,field", [({"head": "max"}, "model.head"),
+                                         ({"stages": 2}, "model.stages")])
+def test_conv1d_config_rejects_bad_model_fields(model, field):
+  cfg = {"program": "nas", "name": "c1", "dataset": "mnist1d", "space": "conv1d",
+         "model": {"stages": 1, "head": "flatten", **model}}
+  assert nas.parse_config({**cfg, "model": {"stages": 1, "head": "flatten"}}).model["head"] == (
+      "flatten")
+  with pytest.raises(ValueError, match=field):
+    nas.parse_config(cfg)

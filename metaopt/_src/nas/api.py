@@ -51,7 +51,8 @@ SPACES: dict[str, Callable[[], CellSpace]] = {
 }
 DATASETS: tuple[str, ...] = ("shapes", "digits", "mnist1d")
 
-_MODEL_DEFAULTS = {"features": 8, "n_cells": 1, "stages": 2, "stem_stride": 2, "partial_k": 1}
+_MODEL_DEFAULTS = {"features": 8, "n_cells": 1, "stages": 2, "stem_stride": 2, "partial_k": 1,
+                   "head": "mean"}
 _SEARCH_DEFAULTS = {"epochs": 4, "batch_size": 64}
 _RETRAIN_DEFAULTS = {"epochs": 6, "seeds": 3, "batch_size": 64, "lr": 3e-3, "wd": 1e-4}
 # black-box stage after a search whose gradients can't be trusted (epochs 0: retrain.epochs)
@@ -124,6 +125,13 @@ def parse_config(cfg: Any) -> NASConfig:
     raise ValueError(f"config field(s) model.{bad} unknown; allowed: {sorted(_MODEL_DEFAULTS)}")
   for k in ("features", "n_cells", "stages", "stem_stride", "partial_k"):
     _int("model", model, k, 1)
+  if model["head"] not in ("mean", "flatten"):
+    raise ValueError(f"config field 'model.head'={model['head']!r}: allowed values are mean, "
+                     "flatten")
+  if dataset == "mnist1d" and model["stages"] != 1:
+    raise ValueError(f"config field 'model.stages'={model['stages']}: must be 1 with dataset "
+                     "'mnist1d' (signals of width 1 have no room for the stride-2 blocks "
+                     "between stages)")
   if model["features"] % model["partial_k"]:
     raise ValueError(f"config field 'model.partial_k'={model['partial_k']}: must divide "
                      f"model.features={model['features']}")
