@@ -1,6 +1,23 @@
-"""Benchmark: gradient-based NAS on the procedural shapes images (NB201-style mini space).
+"""Benchmark: gradient-based NAS.
 
-Follows the protocol at the top of BENCHMARKS.md (``benchmarks/_protocol.py``):
+Two workloads (``--space``):
+
+* ``conv1d`` (the default and the ``--quick`` workload): MNIST-1D (offline, the ``mnist1d``
+  package) with an NB201-style cell of 1-D ops (``C1_OPS``: zero, skip, 3-tap convolution,
+  3-tap convolution of dilation 2, 3-tap max pooling; 5^6 cells), a stride-2 stem and a
+  flattening head. Here the cell matters: ``--dev-spread`` measures, on dev seeds, the spread
+  between filtered random cells against the training-seed noise (BENCHMARKS.md). The report
+  (``c1_report``): per report seed, one training of a fixed reference cell (the cost unit),
+  the configured search (``C1_HEADLINE``, ``C1_SEARCH_EPOCHS``), ``C1_N_RANDOM`` random cells
+  among those that compute something (the rule every derived cell obeys) and random search at
+  equal compute (as many random cells as the search costs in trainings, rounded up, the best
+  by validation accuracy); every compared cell is trained identically, once, with the search
+  seed, in one population kernel; differences paired by seed (sign and Wilcoxon tests).
+  Regularised evolution at equal compute is not run (at most 4 evaluations, less than one
+  generation).
+* ``nb201_mini``: the procedural shapes images with the 729-cell NB201-style space (none /
+  skip / 3x3 conv) and the shipped tabular benchmark; the earlier workload, whose cells a
+  training cannot tell apart (BENCHMARKS.md). Its protocol:
 
 * **Search cost** of the configured search (``HEADLINE``, ``SEARCH_EPOCHS`` epochs), in
   multiples of one training of a fixed reference cell (``reference_cell``: the typical cell
@@ -29,19 +46,20 @@ Follows the protocol at the top of BENCHMARKS.md (``benchmarks/_protocol.py``):
   accuracy; ``--dev-eval`` chose the budget on dev training seeds (how much of a cell's score
   is the cell and how much the training seed) before the report run.
 
-  python benchmarks/nas.py --quick     # ~5 min on 2 idle CPU cores
-  python benchmarks/nas.py             # 10 report seeds, HEADLINE, DARTS-1st/2nd and GDAS
-  python benchmarks/nas.py --dev       # the dev-seed choice of HEADLINE
-  python benchmarks/nas.py --dev-eval  # the dev-seed choice of EVAL_EPOCHS / EVAL_SEEDS
+  python benchmarks/nas.py --quick     # conv1d, report seeds 1000-1002
+  python benchmarks/nas.py             # conv1d, report seeds 1000-1009
+  python benchmarks/nas.py --dev-spread --dev-search  # conv1d: spread vs noise, cost, dev seeds
+  python benchmarks/nas.py --space nb201_mini --quick  # the earlier workload (and --dev, ...)
+  python benchmarks/nas.py --space nb201_mini --dev       # the dev-seed choice of HEADLINE
+  python benchmarks/nas.py --space nb201_mini --dev-eval  # EVAL_EPOCHS / EVAL_SEEDS
   # on a loaded machine: the search phase once, the retraining split over processes
-  python benchmarks/nas.py --quick --searches runs/benchmarks/s.json --search-only
-  python benchmarks/nas.py --quick --searches runs/benchmarks/s.json --eval-part 1000  # etc.
-  python benchmarks/nas.py --quick --searches runs/benchmarks/s.json   # the tables
+  python benchmarks/nas.py --space nb201_mini --quick --searches runs/benchmarks/s.json \
+      --search-only   # then --eval-part 1000 etc., then without either for the tables
 
 Writes benchmarks/results_nas.md (a ``--quick`` run writes under runs/benchmarks/ only);
 prints ``nas_full_search_cost_over_one_training: X`` and ``darts_vs_filtered_random_delta: X``
 (the configured search's test accuracy minus the mean of the filtered random cells, accuracy
-points, median over report seeds).
+points, median over report seeds), for either workload.
 """
 
 from __future__ import annotations
@@ -503,9 +521,212 @@ def evaluate_phase(a, ctx, report_seeds, methods, live, per, members) -> None:
   print(f"wrote {path}")
 
 
+# ------------------------------------------------------------ the MNIST-1D workload (default)
+# MNIST-1D (1-D signals of length 40, 10 classes; published test accuracy: logistic 32 %, MLP
+# 68 %, CNN 94 %) with an NB201-style cell of 1-D ops, where the cell matters: a cell of
+# pooling and skips is nearly a linear model of the stem's features, one with stacked
+# (dilated) convolutions a CNN. Served as (n, 40, 1, 1) images (``api.load_nas_dataset``).
+C1_OPS = ("none", "skip_connect", "conv_k3", "dil_conv_k3", "max_pool_k3")  # 5^6 = 15625 cells
+C1_MODEL = {"features": 8, "n_cells": 1, "stages": 1, "stem_stride": 2, "partial_k": 1,
+            "head": "flatten"}
+# The frozen protocol (fixed before the dev measurement was read; see BENCHMARKS.md):
+C1_TRAIN_EPOCHS = 5  # one training: the cost unit and the retraining of every compared cell
+C1_SEARCH_EPOCHS = 2
+C1_HEADLINE = "DARTS-1st"  # plain first-order DARTS, no variant chosen on any seed
+C1_N_RANDOM = 4  # filtered random cells per seed (the baseline's mean)
+C1_DEV_CELLS = 8  # --dev-spread: filtered random cells x dev training seeds
+C1_FIXED = ("benchmarks/nas.py (C1_OPS, C1_MODEL, C1_TRAIN_EPOCHS, C1_SEARCH_EPOCHS, "
+            "C1_HEADLINE, C1_N_RANDOM)")
+
+
+def c1_context() -> dict:
+  from metaopt.spaces import conv1d_space
+  data = api.load_nas_dataset("mnist1d")
+  space = conv1d_space(C1_OPS)
+  supernet = api.build_model(space, C1_MODEL, data.num_classes)
+  return {"data": data, "space": space, "model_cfg": C1_MODEL, "supernet": supernet,
+          "supernets": {1: supernet}, "steps": len(data.train) // BATCH}
+
+
+def n_convs(space, g) -> int:
+  return sum(o in ("conv_k3", "dil_conv_k3") for o, _, _ in tabular.canonical(space, g).normal)
+
+
+def c1_reference(space):
+  """The cost unit's cell, fixed in advance: the first cell (by index, in canonical form) with
+  the median number of live convolutions over the cells that compute something."""
+  live = [g for g in space.enumerate() if computes_something(space, g)]
+  med = int(np.median([n_convs(space, g) for g in live]))
+  return next(g for g in live if n_convs(space, g) == med and tabular.canonical(space, g) == g)
+
+
+def c1_random(space, n: int, rng: np.random.Generator) -> list:
+  """``n`` uniformly random cells among those that compute something (the derivation rule)."""
+  out = []
+  while len(out) < n:
+    g = space.random(rng)
+    if computes_something(space, g):
+      out.append(g)
+  return out
+
+
+def c1_train(ctx, cells: list, tseeds: list[int]) -> dict:
+  """Every (cell, training seed) trained once, ``C1_TRAIN_EPOCHS`` epochs, in one population
+  kernel (masked supernet, one-hot weights): identical training for every cell."""
+  space = ctx["space"]
+  w = {c: jnp.stack([space.to_weights(g)[c] for g in cells]) for c in space.cell_types}
+  return train_networks(ctx["supernet"], ctx["data"], tseeds, w, epochs=C1_TRAIN_EPOCHS,
+                        batch_size=BATCH)
+
+
+def c1_one_training(ctx, geno, seed: int) -> dict:
+  net = api.build_model(ctx["space"], ctx["model_cfg"], ctx["data"].num_classes, geno)
+  return train_networks(net, ctx["data"], [seed], epochs=C1_TRAIN_EPOCHS, batch_size=BATCH,
+                        test=False)
+
+
+def c1_dev_spread(a) -> None:
+  """Dev seeds only: ``C1_DEV_CELLS`` filtered random cells (``default_rng(0)``) each trained
+  with dev training seeds; how much of a cell's score is the cell and how much the seed."""
+  ctx = c1_context()
+  space = ctx["space"]
+  cells = c1_random(space, C1_DEV_CELLS, np.random.default_rng(0))
+  tseeds = list(seeds("dev", a.seeds))
+  c0 = time.process_time()
+  r = c1_train(ctx, [g for g in cells for _ in tseeds], tseeds * len(cells))
+  acc = np.asarray(r["test_acc"]).reshape(len(cells), len(tseeds))
+  rel = reliability(acc)
+  print(f"dev-spread: {len(cells)} filtered random cells x dev training seeds {tseeds}, "
+        f"{C1_TRAIN_EPOCHS} epochs: {r['seconds']:.0f}s wall (+{r['compile_seconds']:.0f}s "
+        f"compile), {time.process_time() - c0:.0f}s CPU; load {a.load_start:.1f} -> "
+        f"{os.getloadavg()[0]:.1f}", flush=True)
+  for g, row in zip(cells, acc, strict=True):
+    print(f"  {tabular.canonical(space, g)}: test acc " + " / ".join(f"{x:.3f}" for x in row))
+  cm = acc.mean(1)
+  print(f"cell means: min {cm.min():.3f}, max {cm.max():.3f}, sd {cm.std(ddof=1):.4f}; "
+        f"between-cell sd {rel['between_sd']:.4f}, cell x seed residual sd "
+        f"{rel['resid_sd']:.4f}, seed-mean sd {rel['seed_sd']:.4f}; between / residual "
+        f"{rel['between_sd'] / max(rel['resid_sd'], 1e-9):.1f}; reliability r=1: "
+        f"{rel['rel'][1]:.2f}", flush=True)
+  if a.dev_search:  # the configured search's cost on dev seeds
+    ref = c1_reference(space)
+    for sd in tseeds:
+      unit = c1_one_training(ctx, ref, sd)["seconds"]
+      res = run_search(ctx, METHODS[C1_HEADLINE], C1_SEARCH_EPOCHS, sd)
+      print(f"dev seed {sd} {C1_HEADLINE}: search {res['seconds']:.1f}s, reference training "
+            f"{unit:.2f}s, cost {res['seconds'] / unit:.2f}, cell {res['genotype']}",
+            flush=True)
+
+
+def c1_report(a) -> None:
+  """Report seeds: the configured search vs filtered random cells and random search at equal
+  compute, every cell trained identically; the two headlines."""
+  ctx = c1_context()
+  space = ctx["space"]
+  ref = c1_reference(space)
+  report_seeds = list(seeds("report", a.seeds))
+  per, cells, tseeds, owner = {}, [], [], []
+  for sd in report_seeds:
+    c0 = time.process_time()
+    u = c1_one_training(ctx, ref, sd)
+    ref_cpu = time.process_time() - c0
+    c0 = time.process_time()
+    r = run_search(ctx, METHODS[C1_HEADLINE], C1_SEARCH_EPOCHS, sd)
+    cpu = time.process_time() - c0
+    full, trunc = r["seconds"] / u["seconds"], r["safeguard_seconds"] / u["seconds"]
+    n_eq = math.ceil(full)
+    rnd = c1_random(space, max(C1_N_RANDOM, n_eq), np.random.default_rng(sd))
+    per[sd] = {"full": full, "trunc": trunc, "cpu": cpu / ref_cpu, "n_eq": n_eq,
+               "unit_s": u["seconds"], "unit_compile_s": u["compile_seconds"],
+               "search_s": r["seconds"], "search_compile_s": r["compile_seconds"],
+               "cell": r["genotype"], "trunc_cell": r["safeguard_genotype"],
+               "fired": r["safeguard_epoch"], "n_random": len(rnd)}
+    for lab, g in [("search", r["genotype"]), ("trunc", r["safeguard_genotype"])] + [
+        (f"random{i}", g) for i, g in enumerate(rnd)]:
+      cells.append(g)
+      tseeds.append(sd)
+      owner.append((sd, lab))
+    print(f"seed {sd}: search {r['seconds']:.1f}s (+{r['compile_seconds']:.0f}s compile), "
+          f"reference training {u['seconds']:.2f}s (+{u['compile_seconds']:.0f}s compile): "
+          f"cost {full:.2f} (truncated {trunc:.2f}; CPU clock, compile included, "
+          f"{cpu:.0f}s / {ref_cpu:.0f}s = {cpu / ref_cpu:.2f}); cell {r['genotype']}; "
+          f"safeguard epoch {r['safeguard_epoch']}; load {os.getloadavg()[0]:.1f}", flush=True)
+  c0 = time.process_time()
+  ev = c1_train(ctx, cells, tseeds)
+  print(f"retraining: {len(cells)} cells in one population kernel, {ev['seconds']:.0f}s wall "
+        f"(+{ev['compile_seconds']:.0f}s compile), {time.process_time() - c0:.0f}s CPU",
+        flush=True)
+  test = dict(zip(owner, np.asarray(ev["test_acc"]).tolist(), strict=True))
+  valid = dict(zip(owner, np.asarray(ev["valid_acc"])[:, -1].tolist(), strict=True))
+  darts = [test[(sd, "search")] for sd in report_seeds]
+  darts_t = [test[(sd, "trunc")] for sd in report_seeds]
+  rand = [float(np.mean([test[(sd, f"random{i}")] for i in range(C1_N_RANDOM)]))
+          for sd in report_seeds]
+  rs = []  # random search at equal compute: the best validation accuracy of n_eq cells
+  for sd in report_seeds:
+    best = max(range(per[sd]["n_eq"]), key=lambda i, sd=sd: valid[(sd, f"random{i}")])
+    rs.append(test[(sd, f"random{best}")])
+  lines, out = [], []
+
+  def emit(s=""):
+    lines.append(s)
+    print(s, flush=True)
+
+  emit(f"MNIST-1D, 1-D cell space {C1_OPS} (5^6 cells), model {C1_MODEL}; report seeds "
+       f"{report_seeds[0]}-{report_seeds[-1]} ({len(report_seeds)} search seeds, each the "
+       f"training seed of its cells); {C1_HEADLINE}, {C1_SEARCH_EPOCHS} search epochs; every "
+       f"compared cell trained once, {C1_TRAIN_EPOCHS} epochs, in one population kernel; one "
+       f"training (the cost unit) = the reference cell `{ref}` trained {C1_TRAIN_EPOCHS} epochs "
+       f"on the seed's clock; {os.cpu_count()} cores, load at start {a.load_start:.1f}, at end "
+       f"{os.getloadavg()[0]:.1f}; quick={a.quick}; protocol frozen before this run.")
+  emit()
+  emit("| seed | full search cost (x one training) | truncated | CPU clock | derived cell | "
+       "test acc | filtered random (mean of 4) | random search, equal compute (n) |")
+  emit("|---|---|---|---|---|---|---|---|")
+  for i, sd in enumerate(report_seeds):
+    p = per[sd]
+    emit(f"| {sd} | {p['full']:.2f} | {p['trunc']:.2f} | {p['cpu']:.2f} | `{p['cell']}` | "
+         f"{darts[i]:.3f} | {rand[i]:.3f} | {rs[i]:.3f} ({p['n_eq']}) |")
+  emit()
+  d = 100 * (np.asarray(darts) - np.asarray(rand))
+  emit(f"- {C1_HEADLINE} vs filtered random: delta {spread(d)} points; "
+       f"{paired(darts, rand, lower_is_better=False)}")
+  d2 = 100 * (np.asarray(darts) - np.asarray(rs))
+  emit(f"- {C1_HEADLINE} vs random search at equal compute: delta {spread(d2)} points; "
+       f"{paired(darts, rs, lower_is_better=False)}")
+  d3 = 100 * (np.asarray(darts_t) - np.asarray(rand))
+  emit(f"- safeguard-truncated cell vs filtered random: delta {spread(d3)} points")
+  emit("- regularised evolution at equal compute: not run (at most "
+       f"{max(p['n_eq'] for p in per.values())} evaluations, fewer than one generation)")
+  emit(f"- compilation (shown apart, excluded from the cost): search "
+       f"{spread([per[sd]['search_compile_s'] for sd in report_seeds])} s, one training "
+       f"{spread([per[sd]['unit_compile_s'] for sd in report_seeds])} s; one training "
+       f"{spread([per[sd]['unit_s'] for sd in report_seeds])} s")
+  full = [per[sd]["full"] for sd in report_seeds]
+  variant = (f"{C1_HEADLINE}, MNIST-1D 1-D cells, {C1_SEARCH_EPOCHS} search epochs, cells "
+             f"trained {C1_TRAIN_EPOCHS} epochs, report seeds, quick={a.quick}")
+  out.append(f"nas_full_search_cost spread: {spread(full)}; CPU clock "
+             f"{spread([per[sd]['cpu'] for sd in report_seeds])}")
+  out.append(headline("nas_full_search_cost_over_one_training", float(np.median(full)),
+                      variant, C1_FIXED))
+  out.append(headline("nas_truncated_search_cost_over_one_training",
+                      float(np.median([per[sd]["trunc"] for sd in report_seeds])), variant,
+                      C1_FIXED))
+  out.append(f"darts_vs_filtered_random_delta spread: {spread(d)} points; "
+             f"{paired(darts, rand, lower_is_better=False)}")
+  out.append(headline("darts_vs_filtered_random_delta", float(np.median(d)), variant, C1_FIXED))
+  for s in out:
+    print(s)
+  path = results_path(str(OUT), a.quick)
+  with open(path, "w") as f:
+    f.write("\n".join(lines) + "\n\n```\n" + "\n".join(out) + "\n```\n")
+  print(f"wrote {path}")
+
+
 def main() -> None:
   ap = argparse.ArgumentParser()
-  ap.add_argument("--quick", action="store_true", help="3 report seeds, DARTS-1st only")
+  ap.add_argument("--quick", action="store_true", help="3 report seeds (nb201_mini: the "
+                  "configured search only)")
   ap.add_argument("--dev", action="store_true", help="choose HEADLINE on dev seeds")
   ap.add_argument("--dev-eval", action="store_true",
                   help="choose EVAL_EPOCHS / EVAL_SEEDS on dev seeds")
@@ -524,6 +745,13 @@ def main() -> None:
   ap.add_argument("--eval-epochs", type=int, default=None,
                   help="with --eval-part: the retraining epochs (default EVAL_EPOCHS)")
   ap.add_argument("--methods", default=None, help=f"comma-separated, from {list(METHODS)}")
+  ap.add_argument("--space", default="conv1d", choices=("conv1d", "nb201_mini"),
+                  help="conv1d: MNIST-1D with 1-D cells (default); nb201_mini: the shapes "
+                  "images with the 729-cell space (the earlier workload)")
+  ap.add_argument("--dev-spread", action="store_true",
+                  help="conv1d: between-cell spread vs training-seed noise on dev seeds")
+  ap.add_argument("--dev-search", action="store_true",
+                  help="with --dev-spread: also the configured search's cost on dev seeds")
   a = ap.parse_args()
   # A fresh persistent compilation cache for this process: the first seed compiles cold, the
   # later seeds reuse its kernels (compilation is excluded from every cost and shown apart).
@@ -533,7 +761,16 @@ def main() -> None:
   a.load_start = os.getloadavg()[0]
   if a.searches:  # a quick run keeps it (and the saved trainings beside it) under runs/
     a.searches = results_path(a.searches, a.quick)
-  if a.dev_eval:
+  if a.space == "conv1d":
+    if a.dev or a.dev_eval or a.searches:
+      raise ValueError("--dev, --dev-eval and --searches belong to --space nb201_mini")
+    if a.dev_spread:
+      a.seeds = a.seeds or 2
+      c1_dev_spread(a)
+    else:
+      a.seeds = a.seeds or (3 if a.quick else 10)
+      c1_report(a)
+  elif a.dev_eval:
     a.seeds = a.seeds or 4
     dev_eval(a)
   elif a.dev:

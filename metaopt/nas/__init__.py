@@ -8,6 +8,8 @@ from metaopt._src.nas.api import (
     SPACES,
     NASConfig,
     build_model,
+    derive,
+    load_nas_dataset,
     make_program,
     parse_config,
     run_config,
@@ -37,10 +39,11 @@ from metaopt._src.nas.train import train_networks
 
 __all__ = [
     "HESSIANS", "METHODS", "METRICS", "PROXIES", "SPACES", "NASConfig", "NASProgram", "NASState",
-    "SafeguardSettings", "SearchSettings", "Table", "build_model", "canonical", "check",
+    "SafeguardSettings", "SearchSettings", "Table", "build_model", "canonical", "check", "derive",
     "cost_tables",
     "dominant_eigenvalue", "entropy", "expected_cost", "genotype_cost", "gumbel_softmax",
-    "latency_table", "load_table", "make_mixing", "make_program", "make_search", "parse_config",
+    "latency_table", "load_nas_dataset", "load_table", "make_mixing", "make_program",
+    "make_search", "parse_config",
     "proxy_scores", "rank_correlation", "run_config",
     "search", "simulate", "temperature", "train_networks", "uniform_cost",
 ]

@@ -10,7 +10,7 @@ Two cell spaces, both a DAG with one candidate-op set per edge:
 * NAS-Bench-201 style (Dong & Yang, "NAS-Bench-201", ICLR 2020): one cell of 4 nodes, an
   edge ``j -> i`` for every ``j < i`` (6 edges), 5 ops; every edge keeps its argmax op
   (``none`` included). :func:`nb201_space` takes a reduced op set (the 3-op, 729-cell
-  space of our tabular benchmark).
+  space of our tabular benchmark), or the 1-D ops ``CONV1D_OPS`` (:func:`conv1d_space`).
 
 Architecture parameters are a dict ``{cell_type: logits[num_edges, num_ops]}``
 (``cell_types`` is ``("normal", "reduce")`` for DARTS, ``("normal",)`` for NB201). A
@@ -38,7 +38,12 @@ DARTS_OPS: tuple[str, ...] = ("none", "max_pool_3x3", "avg_pool_3x3", "skip_conn
 NB201_OPS: tuple[str, ...] = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3",
                               "avg_pool_3x3")
 NB201_MINI_OPS: tuple[str, ...] = ("none", "skip_connect", "nor_conv_3x3")
-PARAM_FREE_OPS: tuple[str, ...] = ("none", "skip_connect", "max_pool_3x3", "avg_pool_3x3")
+# 1-D ops (a kernel of k taps along the first spatial axis, one tap along the second): the
+# cells of a sequence task such as MNIST-1D, served as ``(n, length, 1, channels)`` images
+CONV1D_OPS: tuple[str, ...] = ("none", "skip_connect", "conv_k3", "conv_k5", "dil_conv_k3",
+                               "max_pool_k3", "avg_pool_k3")
+PARAM_FREE_OPS: tuple[str, ...] = ("none", "skip_connect", "max_pool_3x3", "avg_pool_3x3",
+                                    "max_pool_k3", "avg_pool_k3")
 KINDS: tuple[str, ...] = ("darts", "nb201")
 
 Edge = tuple[str, int, int]  # (op, src, dst)
@@ -85,7 +90,7 @@ class CellSpace:
   def __post_init__(self):
     if self.kind not in KINDS:
       raise ValueError(f"cell space kind={self.kind!r}: allowed values are {', '.join(KINDS)}")
-    known = DARTS_OPS if self.kind == "darts" else NB201_OPS
+    known = DARTS_OPS if self.kind == "darts" else NB201_OPS + CONV1D_OPS[2:]
     bad = [o for o in self.ops if o not in known]
     if bad or len(set(self.ops)) != len(self.ops) or len(self.ops) < 2:
       raise ValueError(f"cell space ops={list(self.ops)}: need >= 2 distinct ops from "
@@ -263,6 +268,12 @@ def darts_space(n_nodes: int = 4, ops: Sequence[str] = DARTS_OPS) -> CellSpace:
 
 def nb201_space(ops: Sequence[str] = NB201_OPS, n_nodes: int = 4) -> CellSpace:
   """The NAS-Bench-201-style cell space (``NB201_MINI_OPS`` gives the 729-cell space)."""
+  return CellSpace("nb201", tuple(ops), n_nodes)
+
+
+def conv1d_space(ops: Sequence[str] = CONV1D_OPS, n_nodes: int = 4) -> CellSpace:
+  """An NB201-style cell space of 1-D ops (``CONV1D_OPS``: zero, skip, 3- and 5-tap
+  convolutions, a 3-tap convolution of dilation 2, 3-tap max and average pooling)."""
   return CellSpace("nb201", tuple(ops), n_nodes)
 
 

@@ -55,6 +55,22 @@ class ReLUConvNorm(nn.Module):
     return _norm(x, self.use_norm)
 
 
+class ReLUConvNorm1D(nn.Module):
+  """ReLU, a convolution of ``kernel`` taps along the first spatial axis only, norm."""
+
+  features: int
+  kernel: int
+  stride: int = 1
+  dilation: int = 1
+  use_norm: bool = True
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x = nn.Conv(self.features, (self.kernel, 1), (self.stride, 1),
+                kernel_dilation=(self.dilation, 1), use_bias=False)(nn.relu(x))
+    return _norm(x, self.use_norm)
+
+
 class SepConv(nn.Module):
   """Two (ReLU, depthwise conv, pointwise conv, norm) blocks; the first may stride."""
 
@@ -99,6 +115,12 @@ def _pool(kind: str, x: jax.Array, stride: int) -> jax.Array:
   return nn.max_pool(x, (3, 3), (stride, stride), "SAME")
 
 
+def _pool1d(kind: str, x: jax.Array, stride: int) -> jax.Array:
+  if kind == "avg":
+    return nn.avg_pool(x, (3, 1), (stride, 1), "SAME", count_include_pad=False)
+  return nn.max_pool(x, (3, 1), (stride, 1), "SAME")
+
+
 class Op(nn.Module):
   """One candidate op by name, ``C -> C`` channels at ``stride``."""
 
@@ -115,6 +137,10 @@ class Op(nn.Module):
           (x.shape[0], x.shape[1] // s, x.shape[2] // s, c), x.dtype)
     if n == "skip_connect":
       return x if s == 1 else FactorizedReduce(c, un)(x)
+    if n in ("conv_k3", "conv_k5", "dil_conv_k3"):  # 1-D: k taps along the first axis
+      return ReLUConvNorm1D(c, int(n[-1]), s, 2 if n.startswith("dil") else 1, un)(x)
+    if n in ("max_pool_k3", "avg_pool_k3"):
+      return _pool1d(n[:3], x, s)
     if n in ("avg_pool_3x3", "max_pool_3x3"):
       return _pool(n[:3], x, s)
     if n.startswith("sep_conv_"):
@@ -258,6 +284,8 @@ class Network(nn.Module):
     stem_stride: stride of the stem convolution (2 quarters the cost of small nets).
     use_norm: keep the parameter-free normalisation.
     stages: NB201: stages of cells, a stride-2 ResBlock between two (DARTS ignores it).
+    head: ``"mean"`` (global average pooling before the classifier) or ``"flatten"`` (every
+      position's features, as a CNN for MNIST-1D keeps where a stroke is).
   """
 
   space: CellSpace
@@ -269,6 +297,7 @@ class Network(nn.Module):
   stem_stride: int = 1
   use_norm: bool = True
   stages: int = 3
+  head: str = "mean"
 
   @nn.compact
   def __call__(self, x: jax.Array, weights: Mapping[str, jax.Array] | None = None,
@@ -302,7 +331,9 @@ class Network(nn.Module):
           h = NB201Cell(self.space, c, self.partial_k, None if g is None else g.normal, un,
                         name=f"cell{i}")(h, w.get("normal"), aux)
       h = nn.relu(_norm(h, un))
-    h = jnp.mean(h, axis=(1, 2))
+    if self.head not in ("mean", "flatten"):
+      raise ValueError(f"Network head={self.head!r}: allowed values are mean, flatten")
+    h = jnp.mean(h, axis=(1, 2)) if self.head == "mean" else h.reshape(h.shape[0], -1)
     return nn.Dense(self.num_classes)(h)
 
 

@@ -35,6 +35,7 @@ from metaopt.spaces import (
     NB201_MINI_OPS,
     CellSpace,
     Genotype,
+    conv1d_space,
     count_ops,
     darts_space,
     discretize,
@@ -46,10 +47,12 @@ SPACES: dict[str, Callable[[], CellSpace]] = {
     "nb201": nb201_space,
     "nb201_mini": lambda: nb201_space(NB201_MINI_OPS),
     "darts": darts_space,
+    "conv1d": conv1d_space,
 }
-DATASETS: tuple[str, ...] = ("shapes", "digits")
+DATASETS: tuple[str, ...] = ("shapes", "digits", "mnist1d")
 
-_MODEL_DEFAULTS = {"features": 8, "n_cells": 1, "stages": 2, "stem_stride": 2, "partial_k": 1}
+_MODEL_DEFAULTS = {"features": 8, "n_cells": 1, "stages": 2, "stem_stride": 2, "partial_k": 1,
+                   "head": "mean"}
 _SEARCH_DEFAULTS = {"epochs": 4, "batch_size": 64}
 _RETRAIN_DEFAULTS = {"epochs": 6, "seeds": 3, "batch_size": 64, "lr": 3e-3, "wd": 1e-4}
 # black-box stage after a search whose gradients can't be trusted (epochs 0: retrain.epochs)
@@ -122,6 +125,13 @@ def parse_config(cfg: Any) -> NASConfig:
     raise ValueError(f"config field(s) model.{bad} unknown; allowed: {sorted(_MODEL_DEFAULTS)}")
   for k in ("features", "n_cells", "stages", "stem_stride", "partial_k"):
     _int("model", model, k, 1)
+  if model["head"] not in ("mean", "flatten"):
+    raise ValueError(f"config field 'model.head'={model['head']!r}: allowed values are mean, "
+                     "flatten")
+  if dataset == "mnist1d" and model["stages"] != 1:
+    raise ValueError(f"config field 'model.stages'={model['stages']}: must be 1 with dataset "
+                     "'mnist1d' (signals of width 1 have no room for the stride-2 blocks "
+                     "between stages)")
   if model["features"] % model["partial_k"]:
     raise ValueError(f"config field 'model.partial_k'={model['partial_k']}: must divide "
                      f"model.features={model['features']}")
@@ -206,6 +216,17 @@ def _parse_fallback(section: Any) -> dict[str, Any]:
                      "'untrusted' (when the architecture gradients can't be trusted), "
                      "'always' (black-box search after every gradient search)")
   return fallback
+
+
+def load_nas_dataset(name: str) -> Dataset:
+  """A dataset as the cell networks read it: images as they are, 1-D signals ``(n, length)``
+  (MNIST-1D) as ``(n, length, 1, 1)`` images, so the 1-D ops convolve along the signal."""
+  data = load_dataset(name)
+  if data.train.x.ndim != 2:
+    return data
+  img = lambda sp: dataclasses.replace(sp, x=sp.x.reshape(sp.x.shape + (1, 1)))
+  return dataclasses.replace(data, train=img(data.train), valid=img(data.valid),
+                             test=img(data.test))
 
 
 def derive(space: CellSpace, alpha: Mapping[str, Any]) -> Genotype:
@@ -408,7 +429,8 @@ def build_model(space: CellSpace, model: Mapping[str, int], num_classes: int,
                 genotype: Genotype | None = None) -> Network:
   return Network(space, features=model["features"], n_cells=model["n_cells"],
                  num_classes=num_classes, partial_k=model["partial_k"] if genotype is None else 1,
-                 genotype=genotype, stem_stride=model["stem_stride"], stages=model["stages"])
+                 genotype=genotype, stem_stride=model["stem_stride"], stages=model["stages"],
+                 head=model.get("head", "mean"))
 
 
 def make_program(space: CellSpace, model: Network, settings: SearchSettings, data: Dataset,
@@ -521,7 +543,7 @@ def run_config(cfg: Any, store: Any, progress: bool = True) -> Result:
   from metaopt._src.provenance import hardware as hw_info
 
   conf = parse_config(cfg)
-  data = load_dataset(conf.dataset)
+  data = load_nas_dataset(conf.dataset)
   s = conf.settings
   bs = conf.search["batch_size"]
   steps = max(1, len(data.train) // bs)
