@@ -30,6 +30,17 @@ same Adam learning rate, tuned per task.
 
     python benchmarks/learned_opt.py [--quick] [--markdown benchmarks/results_learned_opt.md]
 
+The run's parts (``lrs``: training families' Adam rates; ``cand<i>``: meta-train candidate
+i and score it on the validation families; ``report1`` / ``report2``: held-out families at H
+/ 2H) can run in separate processes with the same settings, each stored in ``--parts_dir``;
+a run without ``--part`` reads the stored parts, computes any missing, and writes the tables::
+
+    python benchmarks/learned_opt.py --parts_dir runs/lopt --part lrs,cand0,cand1
+    python benchmarks/learned_opt.py --parts_dir runs/lopt --part cand2,cand3  # after lrs
+    python benchmarks/learned_opt.py --parts_dir runs/lopt --part report1  # after every cand
+    python benchmarks/learned_opt.py --parts_dir runs/lopt --part report2
+    python benchmarks/learned_opt.py --parts_dir runs/lopt --markdown ...
+
 Last lines: ``lopt_wins_vs_tuned_adam: K/N`` (meta-training horizon) and
 ``lopt_wins_vs_tuned_adam_2x_horizon: K/N``.
 """
@@ -38,6 +49,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import pickle
 import platform
 import sys
 import time
@@ -284,6 +296,54 @@ def table(rows, steps: int) -> list[str]:
   return lines
 
 
+def _part_names(n_cand: int) -> list[str]:
+  return ["lrs", *(f"cand{i}" for i in range(n_cand)), "report1", "report2"]
+
+
+def _settings(args) -> dict:
+  """Everything a stored part depends on; parts are only combined when these agree."""
+  keys = ("quick", "meta_steps", "steps", "unroll", "num_tasks", "sigma", "tasks_per_family",
+          "seeds", "dev_seeds", "select", "tune_train_lrs", "seed", "batch")
+  return {**{k: getattr(args, k) for k in keys}, "candidates": repr(CANDIDATES),
+          "lrs": LRS, "train_lrs": repr(TRAIN_LRS), "hidden": HIDDEN}
+
+
+def _needed(args, name: str) -> bool:
+  return args.part is not None and name in args.part
+
+
+def _timed(fn):
+  t0 = time.perf_counter()
+  value = fn()
+  return value, time.perf_counter() - t0
+
+
+def _stored(args, name: str, compute):
+  """``compute()`` -> (value, seconds), or the part ``name`` stored in ``--parts_dir`` by an
+  earlier run with the same settings; a computed part is stored there."""
+  path = os.path.join(args.parts_dir, f"{name}.pkl") if args.parts_dir else None
+  if path and os.path.exists(path):
+    with open(path, "rb") as f:
+      d = pickle.load(f)
+    if d["settings"] != _settings(args):
+      raise ValueError(f"--parts_dir: {path} was made with settings {d['settings']}, not "
+                       f"{_settings(args)}")
+    args.loaded_secs[name] = d["value"][1]
+    print(f"part {name}: stored ({d['value'][1]:.0f} s), read from {path}", flush=True)
+    return d["value"]
+  if args.part is not None and name not in args.part:
+    raise ValueError(f"--part: part {name!r} is needed but not stored in {args.parts_dir} "
+                     f"yet; run it first (--part {name})")
+  value = compute()
+  if path:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "wb") as f:
+      pickle.dump({"settings": _settings(args), "value": value}, f)
+    os.replace(tmp, path)
+    print(f"part {name}: {value[1]:.0f} s, stored in {path}", flush=True)
+  return value
+
+
 def main() -> None:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--quick", action="store_true", help="small budget (a few minutes)")
@@ -304,6 +364,14 @@ def main() -> None:
   p.add_argument("--progress", action="store_true")
   p.add_argument("--markdown", default=None, help="write the tables to this file")
   p.add_argument("--save", default=None, help="save the chosen optimizer here (orbax)")
+  p.add_argument("--parts_dir", default=None,
+                 help="store each part (lrs, cand<i>, report1, report2) here and reuse the "
+                 "parts already stored with the same settings")
+  p.add_argument("--part", default=None,
+                 help="comma-separated parts to compute into --parts_dir, then exit (parts "
+                 "can run in separate processes; a run without --part combines them): lrs, "
+                 "cand<i> (meta-train candidate i and score it on the validation families), "
+                 "report1 / report2 (held-out families at H / 2H)")
   args = p.parse_args()
   args.meta_steps = args.meta_steps or (100 if args.quick else 600)
   args.steps = args.steps or (100 if args.quick else 200)
@@ -315,33 +383,63 @@ def main() -> None:
     args.tune_train_lrs = not args.quick
   n_cand = len(CANDIDATES) if args.select else 1
   args.batch = max(len(LRS), 2 * args.seeds, 2 * args.dev_seeds) * args.tasks_per_family
+  if args.part is not None:
+    args.part = [x.strip() for x in args.part.split(",")]
+    bad = [x for x in args.part if x not in _part_names(n_cand)]
+    if bad or not args.parts_dir:
+      raise ValueError(f"--part: {bad or args.part} needs --parts_dir and names among "
+                       f"{_part_names(n_cand)}")
+  args.parts_dir = results_path(args.parts_dir, args.quick)
+  if args.parts_dir:
+    os.makedirs(args.parts_dir, exist_ok=True)
+  args.loaded_secs = {}
   t_start = time.perf_counter()
 
-  base_lrs = family_lrs(args) if args.tune_train_lrs else dict(TRAIN_LRS)
+  base_lrs = (_stored(args, "lrs", lambda: _timed(lambda: family_lrs(args)))[0]
+              if args.tune_train_lrs else dict(TRAIN_LRS))
   print("training families' tuned Adam lr:", {k: f"{v:.3g}" for k, v in base_lrs.items()},
         flush=True)
   cache: dict = {}
   trained = []
-  for cand in CANDIDATES[:n_cand]:
-    theta, hist, secs = meta_train(args, cand, base_lrs)
-    score, per_fam = (validation_score(theta, cand, args, cache) if n_cand > 1
-                      else (float("nan"), {}))
+  reporting = args.part is None or any(_needed(args, f"report{k}") for k in (1, 2))
+  for i, cand in enumerate(CANDIDATES[:n_cand]):
+    if args.part is not None and not _needed(args, f"cand{i}") and not reporting:
+      continue
+
+    def train_one(cand=cand):
+      theta, hist, secs = meta_train(args, cand, base_lrs)
+      score, per_fam = (validation_score(theta, cand, args, cache) if n_cand > 1
+                        else (float("nan"), {}))
+      return jax.device_get(((score, cand, theta, hist, secs), per_fam))
+
+    (score, cand, theta, hist, secs), per_fam = _stored(
+        args, f"cand{i}", lambda train_one=train_one: _timed(train_one))[0]
     trained.append((score, cand, theta, hist, secs))
     print(f"candidate {cand}: {secs:.0f} s, meta-loss {hist[0]['meta_loss']:.4f} -> "
           f"{hist[-1]['meta_loss']:.4f}, validation score {score:.4f}; per family, mean log "
           "ratio at each quarter: " + "; ".join(
               f"{k} " + " ".join(f"{x:+.3f}" for x in v) for k, v in per_fam.items()),
           flush=True)
+  if not reporting:
+    return
   best = min(trained, key=lambda t: t[0] if np.isfinite(t[0]) else 0.0)
   score, cand, theta, hist, secs = best
-  args.save = results_path(args.save, args.quick)
-  if args.save:
-    L.save(args.save, controller(args.steps, cand), theta,
-           {"benchmark": "benchmarks/learned_opt.py", "meta_steps": args.meta_steps,
-            "horizon": args.steps, **cand})
+  if args.part is None:
+    args.save = results_path(args.save, args.quick)
+    if args.save:
+      L.save(args.save, controller(args.steps, cand), theta,
+             {"benchmark": "benchmarks/learned_opt.py", "meta_steps": args.meta_steps,
+              "horizon": args.steps, **cand})
 
-  rows1 = report(theta, cand, args, args.steps)
-  rows2 = report(theta, cand, args, 2 * args.steps)
+  rows = {}
+  for k in (1, 2):
+    if args.part is None or _needed(args, f"report{k}"):
+      rows[k] = _stored(args, f"report{k}", lambda k=k: _timed(
+          lambda: report(theta, cand, args, k * args.steps)))[0]
+  if args.part is not None:
+    return
+  rows1, rows2 = rows[1], rows[2]
+  t_start -= sum(args.loaded_secs.values())  # parts stored by earlier runs: their own time
   total = time.perf_counter() - t_start
 
   lines = [
