@@ -104,17 +104,83 @@ def test_auto_compaction_weighs_saved_compute_against_a_compile():
   assert size("auto", 2, 10, {}, "g0", 32, 3) == 4
 
 
-def test_tiered_jit_upgrades_only_when_the_remaining_calls_pay():
+def test_jaxpr_cost_counts_products_factorisations_and_loop_trips():
+  a, b = jnp.ones((3, 4)), jnp.ones((4, 5))
+  work, eqns = pop.jaxpr_cost(jax.make_jaxpr(lambda a, b: a @ b)(a, b).jaxpr)
+  assert (work, eqns) == (2 * 3 * 4 * 5, 1)
+  m = jnp.eye(6)
+  work, _ = pop.jaxpr_cost(jax.make_jaxpr(jnp.linalg.cholesky)(m).jaxpr)
+  assert work >= 6**3 / 3
+  body = lambda c, _: (c @ b @ b.T, None)  # noqa: E731
+  scanned, _ = pop.jaxpr_cost(jax.make_jaxpr(
+      lambda a: jax.lax.scan(body, a, None, length=7)[0])(a).jaxpr)
+  once, _ = pop.jaxpr_cost(jax.make_jaxpr(lambda a: body(a, None)[0])(a).jaxpr)
+  assert scanned == pytest.approx(7 * once)
+
+
+def test_tiered_jit_chooses_by_shapes_and_calls_left_only():
   f = pop.TieredJit(lambda x, n: jnp.sin(x) * n, static_argnums=1)
   x = jnp.ones(3)
+  work, eqns = f.cost(x, 2)
+  assert work == 6 and eqns == 2  # sin and multiply, three elements each
   np.testing.assert_allclose(f(x, 2, calls_left=5), 2 * np.sin(1.0), rtol=1e-6)
-  assert not f.optimized and f.run_s is not None
-  f.compile_s, f.run_s = 1.0, 0.001
-  f(x, 2, calls_left=100)  # 100 x 1 ms x 0.5 < 2 x 1 s
   assert not f.optimized
-  f.run_s = 0.1
-  np.testing.assert_allclose(f(x, 2, calls_left=100), 2 * np.sin(1.0), rtol=1e-6)
+  # a rate at which 10 calls repay the optimised compile and 3 do not
+  f.WORK_RATE = 10 * work * (1 - 1 / f.SPEEDUP) / (f.COMPILE_RATIO * eqns *
+                                                   f.COMPILE_S_PER_EQN) / 2
+  assert f.pays(work, eqns, 10) and not f.pays(work, eqns, 3)
+  np.testing.assert_allclose(f(x, 2, calls_left=10), 2 * np.sin(1.0), rtol=1e-6)
   assert f.optimized
+  f(x, 2, calls_left=3)
+  assert not f.optimized
+  f(x, 2, calls_left=10)  # the same choice whatever was called or compiled before
+  assert f.optimized
+
+
+_TIERED_GP_SEARCH = """
+import hashlib, jax, jax.numpy as jnp, numpy as np
+from metaopt import gp_bo
+from metaopt._src import population as pop
+
+def gp():
+  return gp_bo(2, n_startup=4, capacity=16, fit_steps=5, grad_steps=3, n_candidates=64,
+               n_local=16, n_exploit=(4,))
+
+def search(tiered, rounds=3, calls=1000):
+  s = gp()
+  st, out = s.init(jax.random.key(0)), []
+  for r in range(rounds):
+    st, u = tiered(st, jax.random.key(r), 4, calls_left=max(calls - r, 1))
+    y = jnp.sum(jnp.square(u - 0.3), axis=1)
+    st = s.tell(st, u, y, jnp.zeros(4, jnp.int32))
+    out.append(np.asarray(u))
+  return hashlib.sha256(np.concatenate(out).tobytes()).hexdigest()
+
+def tiered():
+  return pop.TieredJit(gp().ask, static_argnums=2)
+"""
+
+
+def test_tiered_gp_search_gives_the_same_proposals_in_every_process():
+  """The build a search uses does not depend on timings or on what the process compiled
+  before: the same search repeated in this process and in a fresh one gives the same
+  proposals bit for bit, with the optimised build (many calls left) and the fast one (few)."""
+  import subprocess
+  import sys
+
+  ns: dict = {}
+  exec(_TIERED_GP_SEARCH, ns)  # noqa: S102
+  t = ns["tiered"]()
+  first = {calls: ns["search"](t, calls=calls) for calls in (10**6, 1)}
+  assert t.optimized is False  # the one-call search kept the fast build
+  again = ns["search"](t, calls=10**6)  # after the fast build ran and was compiled
+  assert t.optimized  # 10**6 calls left pay for the optimised compile
+  assert again == first[10**6]
+  assert first[10**6] != first[1]  # the two builds differ in the last bits: the test can fail
+  code = _TIERED_GP_SEARCH + "\nprint(search(tiered(), calls=10**6), search(tiered(), calls=1))"
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       check=True, timeout=600).stdout.split()
+  assert out == [first[10**6], first[1]]
 
 
 def test_compile_seconds_counts_the_calling_threads_compiles_only():

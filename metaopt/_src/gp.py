@@ -41,7 +41,8 @@ step index), so the acquisition search is compiled once per ``ask``, not once pe
 
 Compile time: ``ask`` holds one copy of the model per bucket size (below), so what does not
 depend on the size is computed once outside the copies: every random number of the ask (one
-uniform draw; normals by the inverse CDF), the warped targets and the incumbents. The
+uniform draw; normals by the inverse CDF), the warped targets, the incumbents and the
+exploitation models (their nearest observations and fit, on the whole buffer). The
 gradient refinement moves all its starts in one batched Adam (the acquisition is pointwise),
 not a ``vmap`` over starts.
 """
@@ -435,23 +436,38 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
     out["z"], out["z_l"] = ndtri(out["z"]), ndtri(out["z_l"])
     return out
 
+  def fit_global(size, state, rnd):
+    """MAP hyperparameters of the GP on the first ``size`` buffer rows."""
+    return fit_gp(state["theta"], state["x"][:size], rnd["yz"][:size], state["valid"][:size],
+                  fit_steps, fit_lr, lvl, deterministic)
+
+  def local_models(theta, state, rnd, m):
+    """The ``m`` exploitation models, built once on the whole buffer (the rows past the data
+    are invalid, so the nearest observations are the same in every bucket): one compiled
+    copy of their fit instead of one per bucket."""
+    return jax.lax.map(
+        lambda a: local_model(theta, state["x"], state["y"], state["valid"], a[0], a[1]),
+        (rnd["z_l"], jnp.asarray(n_exploit[:m])))
+
   def model_ask(size, state, rnd, n):
-    """Fits the GP on the first ``size`` buffer rows and proposes a kriging-believer batch.
+    """Proposes a kriging-believer batch from the GP on the first ``size`` buffer rows
+    (hyperparameters ``rnd["theta"]``, exploitation models ``rnd["local"]``).
 
     Exploitation and log-EI points go through one scan (one compiled acquisition search):
     step ``i < m`` maximises minus the mean of local model ``i``, the others the acquisition
     of the global model with the believed points; every chosen point then joins the global
     data as a fantasy observation."""
-    x, y, valid = state["x"][:size], state["y"][:size], state["valid"][:size]
+    x, valid = state["x"][:size], state["valid"][:size]
     n_obs, best, top, yz = rnd["n_obs"], rnd["best"], rnd["top"], rnd["yz"][:size]
-    theta = fit_gp(state["theta"], x, yz, valid, fit_steps, fit_lr, lvl, deterministic)
+    theta = rnd["theta"]
     rows = size + n
     n_cand = n_candidates + n_local
     m = min(len(n_exploit), n - 1)  # exploitation points; at least one point follows log-EI
     if m:
-      loc = jax.lax.map(lambda a: local_model(theta, x, y, valid, a[0], a[1]),
-                        (rnd["z_l"], jnp.asarray(n_exploit[:m])))
-      theta_l, xl, yl, ml, cand_l = loc
+      # the buffer's nearest rows, valid ones first: the first min(K, size) are this bucket's
+      k = min(max(n_exploit), size)
+      theta_l, xl, yl, ml, cand_l = rnd["local"]
+      xl, yl, ml, cand_l = xl[:, :k], yl[:, :k], ml[:, :k], cand_l[:, :n_local + k]
       # padded to the global model's rows and candidates (masked rows; repeats of the centre)
       xl = jax.vmap(lambda a: pad_rows(a, rows))(xl)
       yl = jax.vmap(lambda a: pad_rows(a, rows))(yl)
@@ -499,7 +515,7 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
     carry = (pad_rows(x, rows), pad_rows(yz, rows), pad_rows(valid, rows, False))
     per_point = {k: rnd[k] for k in ("cand", "parent", "z")}
     _, u = jax.lax.scan(propose, carry, (jnp.arange(n), per_point))
-    return theta, u
+    return u
 
   def ask(state, key, n):
     design_state, u_design = design.ask(state["design"], None, n)
@@ -507,8 +523,6 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
     rows = jnp.minimum(state["count"], capacity)
     bucket = jnp.searchsorted(jnp.asarray(sizes), rows, side="left")
     startup = jnp.sum(state["valid"]) < n_startup
-    branches = [lambda st, k: (st["theta"], u_design)]
-    branches += [functools.partial(model_ask, size, n=n) for size in sizes]
     # what does not depend on the bucket is computed once, outside its copies (the data
     # rows are a prefix of the buffer, so the whole buffer gives the same values)
     valid = state["valid"]
@@ -517,7 +531,20 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
               "best": jnp.min(jnp.where(valid, yz, jnp.inf)),
               "top": snap(state["x"][jnp.argsort(jnp.where(valid, state["y"], jnp.inf))[:n_top]],
                           lvl)}
-    theta, u = jax.lax.switch(jnp.where(startup, 0, 1 + bucket), branches, state, shared)
+    branch = jnp.where(startup, 0, 1 + bucket)
+    fits = [lambda st, r: st["theta"]] + [functools.partial(fit_global, size) for size in sizes]
+    theta = jax.lax.switch(branch, fits, state, shared)
+    m = min(len(n_exploit), n - 1)
+    if m:
+      shapes = jax.eval_shape(lambda: local_models(theta, state, shared, m))
+      zeros = lambda: jax.tree_util.tree_map(  # noqa: E731
+          lambda a: jnp.zeros(a.shape, a.dtype), shapes)
+      shared["local"] = jax.lax.cond(startup, zeros,
+                                     lambda: local_models(theta, state, shared, m))
+    shared["theta"] = theta
+    branches = [lambda st, r: u_design]
+    branches += [functools.partial(model_ask, size, n=n) for size in sizes]
+    u = jax.lax.switch(branch, branches, state, shared)
     design_state = jax.tree_util.tree_map(lambda a, b: jnp.where(startup, a, b), design_state,
                                           state["design"])
     return {**state, "theta": theta, "design": design_state}, u

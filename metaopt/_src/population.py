@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import math
 import threading
-import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -135,40 +134,101 @@ class PopulationInit:
     return (self._opt if self._big[sig] else self._fast)(keys, h)
 
 
+def _sub_jaxprs(params: Mapping[str, Any]) -> list:
+  out = []
+  for v in params.values():
+    for j in (v if isinstance(v, (tuple, list)) else (v,)):
+      if isinstance(j, jax.extend.core.ClosedJaxpr):
+        out.append(j.jaxpr)
+      elif isinstance(j, jax.extend.core.Jaxpr):
+        out.append(j)
+  return out
+
+
+def jaxpr_cost(jaxpr: Any) -> tuple[float, int]:
+  """``(work, equations)`` of a jaxpr: a rough count of arithmetic operations per call
+  (matrix products ``2 m n k``, Cholesky ``n^3 / 3`` per matrix, triangular solves ``n^2``
+  per right-hand side, anything else one per output element), loops counted by their trip
+  counts (``while`` loops once), a ``cond`` / ``switch`` by the mean of its branches; and the
+  number of equations, nested ones included (what XLA compiles). Both depend on shapes only."""
+  work, eqns = 0.0, 0
+  for e in jaxpr.eqns:
+    eqns += 1
+    name = e.primitive.name
+    size = lambda v: float(np.prod(getattr(v.aval, "shape", ()), dtype=np.float64))  # noqa: E731
+    subs = [jaxpr_cost(j) for j in _sub_jaxprs(e.params)]
+    eqns += sum(c[1] for c in subs)
+    if name == "scan":
+      work += e.params["length"] * sum(c[0] for c in subs)
+    elif name == "cond":
+      work += sum(c[0] for c in subs) / max(len(subs), 1)
+    elif subs:
+      work += sum(c[0] for c in subs)
+    elif name == "dot_general":
+      (contract, _), _ = e.params["dimension_numbers"]
+      k = np.prod([e.invars[0].aval.shape[i] for i in contract], dtype=np.float64)
+      work += 2.0 * size(e.outvars[0]) * k
+    elif name == "cholesky":
+      work += size(e.invars[0]) * e.invars[0].aval.shape[-1] / 3.0
+    elif name == "triangular_solve":
+      work += size(e.invars[1]) * e.invars[0].aval.shape[-1]
+    else:
+      work += sum(size(v) for v in e.outvars)
+  return work, eqns
+
+
 class TieredJit:
-  """A jitted function compiled first by :func:`fast_jit` and recompiled with full
-  optimisation once the time the remaining calls would save exceeds the expected extra
-  compile time: ``calls_left * run_s * (1 - 1 / SPEEDUP) > COMPILE_RATIO * compile_s``,
-  with ``compile_s`` and ``run_s`` measured on the fast version. The constants are measured
-  on a 2-core CPU (TPE and GP-BO ``ask``: optimised code 1.7-2.9x faster, its compile
-  1.5-1.9x longer).
+  """A jitted function compiled by :func:`fast_jit`, or with full optimisation when the
+  calls left pay for the longer compile: ``calls_left * run_s * (1 - 1 / SPEEDUP) >
+  COMPILE_RATIO * compile_s``, where ``run_s = work / WORK_RATE`` and ``compile_s =
+  equations * COMPILE_S_PER_EQN`` come from :func:`jaxpr_cost` of the traced function.
+
+  The choice is made per call from the arguments' shapes and ``calls_left`` only, never from
+  timings or from what the process compiled before, so a search makes the same choices (and
+  the same proposals, bit for bit) in every run and process. (A search long enough for the
+  optimised build falls back to the fast one for its last calls, when too few remain to
+  repay an optimised compile; that costs one fast compile more.) The constants are measured
+  on a 2-core CPU (TPE and
+  GP-BO ``ask``: optimised code 1.7-2.9x faster, its compile 1.5-1.9x longer; level-0 runs
+  at ~1e9 work units per second, level-0 compile 1.2-2.2 ms per equation).
 
   Call as ``f(*args, calls_left=k)``, ``k`` counting this call.
   """
 
   SPEEDUP = 2.0
   COMPILE_RATIO = 2.0
+  WORK_RATE = 1e9
+  COMPILE_S_PER_EQN = 1.5e-3
 
   def __init__(self, fun, **jit_kwargs):
     self._fast = fast_jit(fun, **jit_kwargs)
     self._opt = jax.jit(fun, **jit_kwargs)
-    self.optimized = False
-    self.compile_s = 0.0
-    self.run_s: float | None = None
+    self._static = set(np.atleast_1d(jit_kwargs.get("static_argnums", ())).tolist())
+    self._cost: dict[Any, tuple[float, int]] = {}
+    self.optimized = False  # the build the last call used
+
+  def _sig(self, args) -> Any:
+    leaves, tree = jax.tree_util.tree_flatten(
+        [a for i, a in enumerate(args) if i not in self._static])
+    return (tree, tuple((jnp.shape(v), str(getattr(v, "dtype", type(v)))) for v in leaves),
+            tuple(a for i, a in enumerate(args) if i in self._static))
+
+  def cost(self, *args) -> tuple[float, int]:
+    """:func:`jaxpr_cost` of the function at these arguments (traced once per shape)."""
+    sig = self._sig(args)
+    if sig not in self._cost:
+      self._cost[sig] = jaxpr_cost(self._fast.trace(*args).jaxpr.jaxpr)
+    return self._cost[sig]
+
+  def pays(self, work: float, eqns: int, calls_left: int) -> bool:
+    """Whether ``calls_left`` calls of this cost repay the optimised compile."""
+    run_s, compile_s = work / self.WORK_RATE, eqns * self.COMPILE_S_PER_EQN
+    return bool(calls_left * run_s * (1 - 1 / self.SPEEDUP) > self.COMPILE_RATIO * compile_s)
 
   def __call__(self, *args, calls_left: int = 1):
-    if not self.optimized and self.run_s is not None and \
-        calls_left * self.run_s * (1 - 1 / self.SPEEDUP) > self.COMPILE_RATIO * self.compile_s:
-      self.optimized = True
-    if self.optimized:
-      return self._opt(*args)
-    c0, t0 = compile_seconds(), time.perf_counter()
-    out = jax.block_until_ready(self._fast(*args))
-    dc = compile_seconds() - c0
-    run = max(0.0, time.perf_counter() - t0 - dc)
-    self.compile_s = max(self.compile_s, dc)
-    self.run_s = run if self.run_s is None else min(self.run_s, run)
-    return out
+    opt = self.pays(*self.cost(*args), calls_left)
+    self.optimized = opt
+    return (self._opt if opt else self._fast)(*args)
 
 
 def _cost_flops(jitted, *args) -> float:
