@@ -40,35 +40,31 @@ def _norm(x: jax.Array, use_norm: bool) -> jax.Array:
 
 
 class ReLUConvNorm(nn.Module):
-  """ReLU, convolution, norm."""
+  """ReLU, convolution, norm; with ``one_d`` the taps run along the first spatial axis only
+  (1-D signals served as ``(n, length, 1, channels)``)."""
 
   features: int
   kernel: int
   stride: int = 1
   dilation: int = 1
   use_norm: bool = True
+  one_d: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    x = nn.Conv(self.features, (self.kernel, self.kernel), (self.stride, self.stride),
-                kernel_dilation=self.dilation, use_bias=False)(nn.relu(x))
+    other = 1 if self.one_d else None  # the second spatial axis's taps, stride, dilation
+    x = nn.Conv(self.features, (self.kernel, other or self.kernel),
+                (self.stride, other or self.stride),
+                kernel_dilation=(self.dilation, other or self.dilation),
+                use_bias=False)(nn.relu(x))
     return _norm(x, self.use_norm)
 
 
-class ReLUConvNorm1D(nn.Module):
-  """ReLU, a convolution of ``kernel`` taps along the first spatial axis only, norm."""
+class ReLUConvNorm1D(ReLUConvNorm):
+  """:class:`ReLUConvNorm` with taps along the first spatial axis only (its own class, so its
+  parameters keep their own names)."""
 
-  features: int
-  kernel: int
-  stride: int = 1
-  dilation: int = 1
-  use_norm: bool = True
-
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    x = nn.Conv(self.features, (self.kernel, 1), (self.stride, 1),
-                kernel_dilation=(self.dilation, 1), use_bias=False)(nn.relu(x))
-    return _norm(x, self.use_norm)
+  one_d: bool = True
 
 
 class SepConv(nn.Module):
