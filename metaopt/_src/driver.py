@@ -141,8 +141,7 @@ def search(
   space = _space_of(ev, space)
   ev.validate(epochs)
   objectives = check_objectives(objectives, program, space.dim, getattr(ev, "task", None))
-  if constraint is None and not dist.is_multi() and isinstance(ev, TaskEvaluator):
-    ev.precompile(space, min(population, n_trials))  # compiles while the first ask does
+  _compile_ahead(ev, space, constraint, min(population, n_trials))
   st = _open_store(store, study)
   record = dict(config or {}, n_trials=n_trials, population=population, epochs=epochs,
                 batch_size=batch_size, seed=seed)
@@ -152,9 +151,8 @@ def search(
   state = template if rec.searcher_state is None else \
       flax.serialization.from_bytes(template, rec.searcher_state)
   sign = -1.0 if ev.direction == "maximize" else 1.0
-  n_rounds = -(-n_trials // population)
-  bar = tqdm(total=n_rounds * epochs, disable=not progress, desc=f"{study}", unit="epoch",
-             mininterval=1.0, leave=False)
+  bar = tqdm(total=-(-n_trials // population) * epochs, disable=not progress, desc=f"{study}",
+             unit="epoch", mininterval=1.0, leave=False)
   env = loop.RoundEnv(ev, loop.searcher_fns(program, space), space, st, epochs, sign,
                       checkpoint_every_s, bar, on_epoch, objectives)
   run = _Rounds(env, rec, key_rounds, n_trials, population, seed, constraint,
@@ -165,6 +163,13 @@ def search(
     bar.close()
   return Result(study, ev.direction, st.trials(rec.id), state,
                 objectives=st.objectives(rec.id) or None)
+
+
+def _compile_ahead(ev: Evaluator, space: Space, constraint: Any, n: int) -> None:
+  """Starts compiling the first round's kernel of ``n`` trials while the searcher's first
+  ``ask`` compiles (:meth:`TaskEvaluator.precompile`), where that kernel is known ahead."""
+  if constraint is None and not dist.is_multi() and isinstance(ev, TaskEvaluator):
+    ev.precompile(space, n)
 
 
 def _space_of(ev: Evaluator, space: Space | None) -> Space:

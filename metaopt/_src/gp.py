@@ -332,8 +332,7 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
                   ("grad_lr", grad_lr)):
     _check_float(name, v, 0.0, float("inf"))
   lv = _check_levels(levels, dim)
-  lvl = lv if np.any(lv) else None
-  cont = jnp.asarray(lv == 0, jnp.float32)
+  lvl, cont = (lv if np.any(lv) else None), jnp.asarray(lv == 0, jnp.float32)
   design = sobol(dim)
   n_top = 5
   # Buffer prefixes the GP is fitted on, one compiled branch each: 64, 128, 256, ... capacity.

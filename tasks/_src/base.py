@@ -112,7 +112,9 @@ def _kernels(tree: PyTree) -> list[jax.Array]:
 
 
 def _sums(*xs: jax.Array) -> tuple[jax.Array, ...]:
-  """The sums of same-shaped arrays, in one (variadic) reduction."""
+  """The sums of same-shaped arrays, in one (variadic) reduction; no gradient flows through
+  them (JAX cannot differentiate a variadic reduce, and health signals need none)."""
+  xs = tuple(jax.lax.stop_gradient(x) for x in xs)
   zeros = tuple(jnp.zeros((), x.dtype) for x in xs)
   add = lambda a, b: tuple(u + v for u, v in zip(a, b, strict=True))
   return tuple(jax.lax.reduce(xs, zeros, add, tuple(range(xs[0].ndim))))
