@@ -14,7 +14,9 @@ hyperparameters {learning_rate, momentum, weight_decay}:
 
 Prints ``hypergrad_memory_growth_T1000_over_T100: X`` (sqrt remat; target <= 3.5),
 ``implicit_over_jaxopt: X`` (default, checked implicit; target <= 1.0),
-``implicit_over_jaxopt_check_false: X`` (without the two checks jaxopt does not make) and,
+``implicit_over_jaxopt_check_false: X`` (without the two checks jaxopt does not make),
+``implicit_true_residual_f64`` (both sides' CG solutions, equal-accuracy check),
+``implicit_per_product_us`` (one Hessian-vector product of each side) and,
 last, ``hypergrad_over_train_T100: X`` (reverse-mode, default backward; target <= 3). Both
 sides of every ratio are timed in the same run with the same repeats: the best of interleaved
 rounds (each round times every entry once), robust to load spikes from other processes but
@@ -128,6 +130,63 @@ def mlp_rows(steps: list[int], rounds: dict[int, int], quick: bool) -> tuple[lis
   return rows, memory
 
 
+def _ridge_products(train_loss, lam, w_star):
+  """The two sides' Hessian-vector products on ridge, built as each library builds them:
+  ours is the tangent of one ``jax.linearize`` of ``w -> (dL/dw, dL/dλ)`` (what
+  ``hypergrad.implicit`` iterates on), jaxopt's is the pullback of one ``jax.vjp`` of its
+  optimality function ``dL/dw`` (``jaxopt.implicit_diff.root_vjp``). Neither recomputes the
+  primal per product."""
+  grads = lambda w: jax.grad(train_loss, argnums=(0, 1))(w, lam, None)
+  _, lin = jax.linearize(grads, w_star)
+  _, pullback = jax.vjp(lambda w: jax.grad(train_loss)(w, lam, None), w_star)
+  return (lambda v: lin(v)[0]), (lambda u: pullback(u)[0])
+
+
+def per_product_seconds(train_loss, lam, w_star, rounds: int, k: int = 100) -> dict:
+  """Seconds per Hessian-vector product of each side: a jitted loop of ``k`` products
+  (the next product's input is the last one's output, scaled), best of interleaved rounds."""
+  ours, theirs = _ridge_products(train_loss, lam, w_star)
+
+  def loop(mv):
+    return jax.jit(lambda v: jax.lax.fori_loop(0, k, lambda _, u: mv(u) * 1e-3, v))
+
+  fns = {"ours": loop(ours).lower(w_star).compile(),
+         "jaxopt": loop(theirs).lower(w_star).compile()}
+  return {name: t / k for name, t in _best_times(fns, (w_star,), rounds).items()}
+
+
+def true_residuals(train_loss, lam, w_star, b, tol: float, maxiter: int) -> dict:
+  """Each side's CG solution of ``H v = ∂_w V`` (the system both hypergradients solve, same
+  tolerance and cap) and its true relative residual ``||H v − b|| / ||b||`` evaluated in
+  float64 from the float32 solution, plus the products each used. Outside the timing."""
+  ours_mv, theirs_mv = _ridge_products(train_loss, lam, w_star)
+  ours = hypergrad.cg_solve(ours_mv, b, maxiter=maxiter, tol=tol)
+  out = {"ours": (np.asarray(ours.x), int(ours.iterations), float(ours.residual_norm))}
+  try:
+    from jaxopt import linear_solve
+
+    calls = []
+
+    def counted(u):
+      jax.debug.callback(lambda: calls.append(1))
+      return theirs_mv(u)
+
+    v = jax.block_until_ready(linear_solve.solve_cg(counted, b, maxiter=maxiter, tol=tol))
+    # jax.scipy.sparse.linalg.cg (jaxopt's solve_cg) first forms r0 = b - A x0 with x0 = 0,
+    # a product XLA folds away in the compiled program: count loop iterations only
+    out["jaxopt"] = (np.asarray(v), len(calls) - 1, float("nan"))
+  except Exception as e:  # noqa: BLE001
+    print(f"jaxopt: not usable ({e!r}); no true residual for it")
+  with jax.enable_x64(True):  # the float32 data, exactly, in float64 arithmetic
+    l64, w64 = jnp.asarray(lam, jnp.float64), jnp.asarray(w_star, jnp.float64)
+    h64 = np.asarray(jax.hessian(lambda w: train_loss(w, l64, None))(w64), np.float64)
+  b64 = np.asarray(b, np.float64)
+  return {name: {"true_residual": float(np.linalg.norm(h64 @ v.astype(np.float64) - b64)
+                                        / np.linalg.norm(b64)),
+                 "iterations": its, "own_check_f32": own}
+          for name, (v, its, own) in out.items()}
+
+
 def implicit_rows(rounds: int) -> list[dict]:
   """Our implicit CG hypergradient vs jaxopt ``custom_root`` + ``solve_cg`` on ridge.
 
@@ -174,6 +233,9 @@ def implicit_rows(rounds: int) -> list[dict]:
     fns[name] = fn.lower(lam, w_star).compile()
     compile_s[name] = time.perf_counter() - t0
   secs = _best_times(fns, (lam, w_star), rounds)
+  per_product = per_product_seconds(train_loss, lam, w_star, rounds)
+  b = jax.grad(val_loss)(w_star, lam)
+  accuracy = true_residuals(train_loss, lam, w_star, b, tol=1e-6, maxiter=500)
   rows = []
   for name, label in (("ours", "hypergrad.implicit (cg)"),
                       ("ours_check_false", "hypergrad.implicit (cg, check=False)")):
@@ -191,6 +253,10 @@ def implicit_rows(rounds: int) -> list[dict]:
       rows.append({"method": label, "seconds": secs[name] / secs["jaxopt"],
                    "grad": abs(rows[0 if name == "ours" else 1]["grad"] - float(g)) / abs(float(g)),
                    "rel_err_vs_closed_form": float("nan"), "iterations": -1, "compile": 0.0})
+  for name, acc in accuracy.items():
+    rows.append({"method": f"solve {name}", "seconds": per_product.get(name, float("nan")),
+                 "grad": acc["true_residual"], "rel_err_vs_closed_form": acc["own_check_f32"],
+                 "iterations": acc["iterations"], "compile": 0.0})
   return rows
 
 
@@ -221,12 +287,25 @@ def markdown(rows: list[dict], irows: list[dict], memory: dict, steps: list[int]
           "| method | time (ms) | hypergradient | rel. err vs closed form | CG iters | "
           "compile (s) |", "|---|---|---|---|---|---|"]
   for r in irows:
+    if r["method"].startswith("solve"):
+      continue
     if r["method"].startswith("ratio"):
       out.append(f"| {r['method']} | {r['seconds']:.2f}x | rel. diff {r['grad']:.1e} | | | |")
     else:
       out.append(f"| {r['method']} | {r['seconds'] * 1e3:.2f} | {r['grad']:.6g} | "
                  f"{r['rel_err_vs_closed_form']:.1e} | "
                  f"{r['iterations'] if r['iterations'] >= 0 else '-'} | {r['compile']:.2f} |")
+  solves = [r for r in irows if r["method"].startswith("solve")]
+  if solves:
+    out += ["", "Equal accuracy: each side's CG solution of `H v = dV/dw` (tol 1e-6, the system "
+            "both solve), true relative residual evaluated in float64 from the float32 solution; "
+            "per-product time from a jitted loop of 100 products.", "",
+            "| side | CG products | true residual (f64) | our float32 check | per product (us) |",
+            "|---|---|---|---|---|"]
+    for r in solves:
+      own = r["rel_err_vs_closed_form"]
+      out.append(f"| {r['method'][6:]} | {r['iterations']} | {r['grad']:.2e} | "
+                 f"{'-' if own != own else f'{own:.2e}'} | {r['seconds'] * 1e6:.1f} |")
   return "\n".join(out) + "\n"
 
 
@@ -243,7 +322,11 @@ def main() -> None:
   rows, memory = mlp_rows(steps, {100: 5 * rounds, 1000: rounds}, args.quick)
   irows = implicit_rows(rounds * 5)
   for r in irows:
-    print(f"implicit: {r['method']:32s} {r['seconds']:.4g} grad/diff {r['grad']:.6g}")
+    if r["method"].startswith("solve"):
+      print(f"implicit: {r['method']:32s} {r['iterations']} products, true residual (f64) "
+            f"{r['grad']:.3e}, {r['seconds'] * 1e6:.1f} us per product")
+    else:
+      print(f"implicit: {r['method']:32s} {r['seconds']:.4g} grad/diff {r['grad']:.6g}")
   growth = memory[("reverse+remat(sqrt)", 1000)] / memory[("reverse+remat(sqrt)", 100)]
   plain = memory[("reverse", 1000)] / memory[("reverse", 100)]
   print(f"hypergrad_memory_growth_T1000_over_T100_no_remat: {plain:.2f}")
@@ -256,6 +339,14 @@ def main() -> None:
   row = next(r for r in rows if r["T"] == 100 and r["method"] == "reverse")
   print(f"hypergrad_memory_growth_T1000_over_T100: {growth:.2f}")
   print(f"load average (1 min) at the start {load[0]:.1f}, at the end {os.getloadavg()[0]:.1f}")
+  solves = {r["method"][6:]: r for r in irows if r["method"].startswith("solve")}
+  if len(solves) == 2:
+    ours, theirs = solves["ours"], solves["jaxopt"]
+    print(f"implicit_true_residual_f64: ours {ours['grad']:.3g} ({ours['iterations']} CG "
+          f"products), jaxopt {theirs['grad']:.3g} ({theirs['iterations']}); tol 1e-6, our "
+          f"float32 check read {ours['rel_err_vs_closed_form']:.3g}")
+    print(f"implicit_per_product_us: ours {ours['seconds'] * 1e6:.1f}, "
+          f"jaxopt {theirs['seconds'] * 1e6:.1f}")
   ratios = {r["method"]: r["seconds"] for r in irows if r["method"].startswith("ratio")}
   if "ratio ours / jaxopt" in ratios:
     print(f"implicit_over_jaxopt_check_false: {ratios['ratio ours (check=False) / jaxopt']:.2f}")
