@@ -35,6 +35,7 @@ from metaopt._src.types import COMPLETE, Searcher
 
 _MATCH_TOL = 1e-6
 _BOUNDS = ("resample", "reflect")
+_STARTS = ("centre", "uniform", "best")
 
 
 def reflect(x: jax.Array) -> jax.Array:
@@ -163,15 +164,19 @@ def _finite_strategy(es) -> jax.Array:
 
 
 def _evosax_searcher(strategy, params, dim: int, mean0: jax.Array,
-                     bounds: str = "reflect", restart_tol: float = 0.0) -> Searcher:
+                     bounds: str = "reflect", restart_tol: float = 0.0,
+                     start: str = "centre") -> Searcher:
   """Wraps an evosax distribution-based strategy as a :class:`Searcher` on the cube.
 
   ``bounds="reflect"`` maps raw samples into the cube by :func:`reflect` and tells the strategy
   the raw samples; ``bounds="resample"`` redraws each member (up to ``10 * dim`` draws from
   the same distribution) until it falls inside the cube, clips the ones that never do, and
   tells the strategy those in-cube points (as the ``cmaes`` library and Optuna do).
+  ``start="uniform"`` / ``"best"``: the first generation is uniform on the cube and updates
+  nothing (``"uniform"``) or only moves the mean to its best complete point (``"best"``).
   """
   popsize = strategy.population_size
+  startup = start != "centre"
   n_draws = 10 * dim
 
   def sample(key, es):
@@ -183,11 +188,13 @@ def _evosax_searcher(strategy, params, dim: int, mean0: jax.Array,
 
   def init(key):
     es = strategy.init(key, mean0, params)
+    # Strong dtypes, as after a tell: otherwise a jitted ask/tell compiles twice.
+    es = jax.tree_util.tree_map(lambda a: jnp.array(a, jnp.asarray(a).dtype), es)
     return {"es": es, "gen_x": jnp.zeros((popsize, dim), jnp.float32),
             "gen_y": jnp.full((popsize,), jnp.nan, jnp.float32),
             "told": jnp.zeros((popsize,), bool), "handed": jnp.zeros((), jnp.int32),
             "fresh": jnp.ones((), bool), "generation": jnp.zeros((), jnp.int32),
-            "restarts": jnp.zeros((), jnp.int32)}
+            "restarts": jnp.zeros((), jnp.int32), "startup": jnp.asarray(startup)}
 
   def ask(state, key, n):
     k_gen, k_extra = jax.random.split(key)
@@ -195,6 +202,9 @@ def _evosax_searcher(strategy, params, dim: int, mean0: jax.Array,
 
     def new_generation():
       x, es = sample(k_gen, state["es"])
+      if startup:  # the first generation: uniform on the cube
+        u = jax.random.uniform(jax.random.fold_in(k_gen, 1), x.shape, x.dtype)
+        x = jnp.where(state["startup"], u, x)
       return es, x
 
     es, gen_x = jax.lax.cond(fresh, new_generation, lambda: (state["es"], state["gen_x"]))
@@ -222,20 +232,26 @@ def _evosax_searcher(strategy, params, dim: int, mean0: jax.Array,
       es, _ = strategy.tell(jax.random.key(0), state["gen_x"], gen_y, state["es"], params)
       return es
 
-    es = jax.lax.cond(done, update, lambda: state["es"])
+    es = jax.lax.cond(done & ~state["startup"], update, lambda: state["es"])
+    if start == "best":  # after the uniform generation: its best complete point is the mean
+      j = jnp.argmin(jnp.where(jnp.isnan(gen_y), jnp.inf, gen_y))
+      move = done & state["startup"] & jnp.isfinite(gen_y[j])
+      es = es.replace(mean=jnp.where(move, state["gen_x"][j].astype(es.mean.dtype), es.mean))
     # A strategy whose update broke (NaN mean or step after the step collapsed) always starts
     # again elsewhere: otherwise every later ask would hand out NaN points.
     restart = done & ~_finite_strategy(es)
     if restart_tol > 0:  # step collapsed or a flat generation: start again elsewhere
       flat = jnp.nanmax(gen_y) - jnp.nanmin(gen_y) <= 1e-12 * jnp.maximum(
           jnp.nanmax(jnp.abs(gen_y)), 1e-12)
-      restart |= done & ((jnp.max(jnp.asarray(es.std)) < restart_tol) | flat)
+      restart |= done & ~state["startup"] & ((jnp.max(jnp.asarray(es.std)) < restart_tol)
+                                             | flat)
     k = jax.random.fold_in(jax.random.key(1), state["generation"])
     fresh_es = strategy.init(k, jax.random.uniform(k, (dim,)), params)
     es = jax.tree_util.tree_map(lambda a, b: jnp.where(restart, a, b), fresh_es, es)
     return {**state, "es": es, "gen_y": gen_y, "told": told, "fresh": done,
             "generation": state["generation"] + done.astype(jnp.int32),
-            "restarts": state["restarts"] + restart.astype(jnp.int32)}
+            "restarts": state["restarts"] + restart.astype(jnp.int32),
+            "startup": state["startup"] & ~done}
 
   return Searcher(init, ask, tell)
 
@@ -405,7 +421,7 @@ def _cma_restarts(strategies, params, dim: int, sigma0: float, mode: str,
 
 def cma_es(dim: int, popsize: int | None = None, sigma0: float = 1.0 / 6.0,
            bounds: str = "resample", restart_tol: float = 0.0, restarts: str = "none",
-           max_popsize: int | None = None) -> Searcher:
+           max_popsize: int | None = None, start: str = "centre") -> Searcher:
   """CMA-ES (evosax ``CMA_ES``) on ``[0, 1]^dim``, started at the centre with step ``sigma0``.
 
   ``ask(state, key, n)`` hands out the next ``n`` members of the current generation of
@@ -455,6 +471,12 @@ def cma_es(dim: int, popsize: int | None = None, sigma0: float = 1.0 / 6.0,
       supported with restarts.
     max_popsize: the largest population of ``"ipop"``/``"bipop"``, rounded down to
       ``popsize * 2**k``; ``None``: ``16 * popsize`` (four doublings). Only with restarts.
+    start: the first generation. ``"centre"`` (default): drawn from the strategy, mean at the
+      centre of the cube. ``"uniform"``: ``popsize`` uniform points that update nothing, then
+      the strategy starts at the centre (what Optuna's ``CmaEsSampler`` does when a batch is
+      asked before any trial completes: its ``n_startup_trials=1`` independent samples).
+      ``"best"``: ``popsize`` uniform points, then the strategy starts at the best complete
+      one with ``sigma0``. Only without restarts.
 
   Returns:
     A :class:`Searcher`; ``state["es"]`` is evosax's state, ``state["generation"]`` counts updates.
@@ -477,11 +499,15 @@ def cma_es(dim: int, popsize: int | None = None, sigma0: float = 1.0 / 6.0,
   _check_float("restart_tol", restart_tol, 0.0, float("inf"), lo_open=False)
   if bounds not in _BOUNDS:
     raise ValueError(f"bounds={bounds!r}: must be one of {_BOUNDS}")
+  if start not in _STARTS:
+    raise ValueError(f"start={start!r}: must be one of {_STARTS}")
   if restarts not in _RESTARTS:
     raise ValueError(f"restarts={restarts!r}: must be one of {_RESTARTS}")
   if restarts != "none":
     if bounds != "resample":
       raise ValueError(f"bounds={bounds!r}: restarts={restarts!r} needs bounds='resample'")
+    if start != "centre":
+      raise ValueError(f"start={start!r}: restarts={restarts!r} needs start='centre'")
     if max_popsize is None:
       max_popsize = 16 * popsize
     _check_int("max_popsize", max_popsize, popsize)
@@ -496,7 +522,8 @@ def cma_es(dim: int, popsize: int | None = None, sigma0: float = 1.0 / 6.0,
     raise ValueError(f"max_popsize={max_popsize!r}: only with restarts in ('ipop', 'bipop')")
   strategy = CMA_ES(population_size=popsize, solution=jnp.zeros(dim))
   params = strategy.default_params.replace(std_init=jnp.asarray(sigma0, jnp.float32))
-  return _evosax_searcher(strategy, params, dim, jnp.full((dim,), 0.5), bounds, restart_tol)
+  return _evosax_searcher(strategy, params, dim, jnp.full((dim,), 0.5), bounds, restart_tol,
+                          start)
 
 
 def open_es(dim: int, popsize: int = 16, sigma: float = 0.1,

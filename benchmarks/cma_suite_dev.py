@@ -1,0 +1,151 @@
+"""CMA-ES on the black-box suite's cells, development seeds only: variants of ``cma_es`` options
+against Optuna's ``CmaEsSampler`` and against each other (paired).
+
+Cells: BBOB functions x d, batch 10 (``cma_es(d, popsize=10, **variant)``), budget max(40, 10 d)
+as ``blackbox_suite.py --quick``, seeds DEV_SEEDS (0-9, instances 1-10). Optuna's runs come from
+(and go to) the suite's cache (``--cache``), so they are the suite's own runs.
+
+  python benchmarks/cma_suite_dev.py --variants '{"base": {}, "x": {"sigma0": 0.2}}'
+  python benchmarks/cma_suite_dev.py --fill   # Optuna side only
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import blackbox_suite as bs  # noqa: E402
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from _protocol import DEV_SEEDS, paired  # noqa: E402
+
+from metaopt._src import bbob  # noqa: E402
+from metaopt._src.evolution import cma_es  # noqa: E402
+
+
+class _TracedNp:
+  """numpy for bbob._raw, with jnp's sign and abs: f20 and f24 take them of the instance's
+  xopt, which is traced here (one program over instances)."""
+  sign, abs = staticmethod(jnp.sign), staticmethod(jnp.abs)
+
+  def __getattr__(self, name):
+    return getattr(np, name)
+
+
+def run_fast(fids, dim, seeds, kw, batch=10):
+  """Final regrets [fid, seed] of cma_es(dim, popsize=batch, **kw), the suite's keys and
+  budget, every (function, seed) in one jitted vmap (the function picked by lax.switch)."""
+  budget = max(40, 10 * dim)
+  insts = {f: [bbob.bbob_instance(f, dim, bs.instance_of(s)) for s in seeds] for f in fids}
+  stacks = [{k: jnp.asarray(np.stack([i[k] for i in insts[f]]), jnp.float32)
+             for k in insts[f][0] if k != "fopt"} for f in fids]
+  fopt = np.asarray([[i["fopt"] for i in insts[f]] for f in fids])
+
+  def branch(j, f):
+    def go(si, x):
+      arrs = {k: v[si] for k, v in stacks[j].items()}
+      return bbob._raw(f, arrs, x) + jnp.asarray(fopt[j], jnp.float32)[si]
+    return go
+
+  branches = [branch(j, f) for j, f in enumerate(fids)]
+  s = cma_es(dim, popsize=batch, **kw)
+
+  def one(fj, si, seed):
+    def body(c, r):
+      st, best = c
+      st, u = s.ask(st, jax.random.fold_in(jax.random.key(seed + 10_000), r), batch)
+      y = jax.lax.switch(fj, branches, si, 10.0 * u - 5.0)
+      return (s.tell(st, u, y, jnp.zeros(batch, jnp.int32)), jnp.minimum(best, y.min())), None
+    (_, best), _ = jax.lax.scan(body, (s.init(jax.random.key(seed)), jnp.inf),
+                                jnp.arange(budget // batch))
+    return best
+
+  fj, si = np.meshgrid(np.arange(len(fids)), np.arange(len(seeds)), indexing="ij")
+  sd = np.asarray(seeds)[si]
+  bbob.np = _TracedNp()
+  try:
+    best = jax.jit(jax.vmap(one))(jnp.asarray(fj.ravel()), jnp.asarray(si.ravel()),
+                                  jnp.asarray(sd.ravel()))
+  finally:
+    bbob.np = np
+  return np.asarray(best, np.float64).reshape(fj.shape) - fopt
+
+
+def main() -> None:
+  ap = argparse.ArgumentParser()
+  ap.add_argument("--functions", default=",".join(str(f) for f in range(1, 25)))
+  ap.add_argument("--dims", default="2,5,10")
+  ap.add_argument("--seeds", type=int, default=len(DEV_SEEDS))
+  ap.add_argument("--cache", default="/work/bbcache_dev")
+  ap.add_argument("--variants", default='{"base": {}}')
+  ap.add_argument("--fill", action="store_true", help="only run / cache Optuna's side")
+  ap.add_argument("--slow", action="store_true", help="the suite's loop, not run_fast")
+  ap.add_argument("--raw", default=None, help="JSON of final regrets per variant and cell")
+  a = ap.parse_args()
+  import warnings
+
+  import optuna
+
+  optuna.logging.set_verbosity(optuna.logging.ERROR)
+  warnings.filterwarnings("ignore")
+  seeds = list(DEV_SEEDS[: a.seeds])
+  variants = json.loads(a.variants)
+  funcs = [f"f{int(f)}" for f in a.functions.split(",")]
+  dims = [int(d) for d in a.dims.split(",")]
+  batch = 10
+  fin = {"optuna": {}}
+  for v in variants:
+    fin[v] = {}
+  fast = {}
+  if not a.fill:
+    for v, kw in variants.items():
+      for d in dims:
+        fast[(v, d)] = run_fast([int(p[1:]) for p in funcs], d, seeds, kw)
+  for d in dims:
+    budget = max(40, 10 * d)
+    for p in funcs:
+      cell = f"{p}/d{d}"
+      fin["optuna"][cell] = bs._final(bs.run_cell("optuna", "cma_es", p, d, seeds, budget, batch,
+                                                   a.cache)).tolist()
+      if a.fill:
+        print(cell, "optuna", np.median(fin["optuna"][cell]), flush=True)
+        continue
+      row = [f"{cell:8s} optuna {np.median(fin['optuna'][cell]):9.3g}"]
+      for v, kw in variants.items():
+        if a.slow:  # the suite's own loop (a check of run_fast)
+          bs.OURS_KWARGS["cma_es"] = kw
+          bs._COMPILED.pop(("cma_es", d, batch, None), None)
+          fin[v][cell] = bs._final(bs.run_cell("metaopt", "cma_es", p, d, seeds, budget, batch,
+                                               "")).tolist()
+        else:
+          fin[v][cell] = fast[(v, d)][funcs.index(p)].tolist()
+        ok = bs.at_or_below(np.asarray(fin[v][cell]), np.asarray(fin["optuna"][cell]))
+        row.append(f"{v} {np.median(fin[v][cell]):9.3g}{'*' if ok else ' '}")
+      print("  ".join(row), flush=True)
+  if a.fill:
+    return
+  if a.raw:
+    with open(a.raw, "w") as f:
+      json.dump(fin, f)
+  names = list(variants)
+  for v in names:
+    for d in dims + [None]:
+      cells = [c for c in fin[v] if d is None or c.endswith(f"/d{d}")]
+      k = sum(bs.at_or_below(np.asarray(fin[v][c]), np.asarray(fin["optuna"][c])) for c in cells)
+      line = f"{v:10s} d={d or 'all':>3} at_or_below_optuna {k}/{len(cells)}"
+      if v != names[0]:
+        lo = lambda x: np.log10(np.maximum(np.asarray(x), bs.SOLVED))  # noqa: E731
+        ours = np.concatenate([lo(fin[v][c]) for c in cells])
+        base = np.concatenate([lo(fin[names[0]][c]) for c in cells])
+        line += f"  vs {names[0]} (log10 regret, paired): {paired(ours, base, rtol=1e-9)}"
+        line += f"  mean diff {np.mean(ours - base):+.3f}"
+      print(line, flush=True)
+
+
+if __name__ == "__main__":
+  main()
