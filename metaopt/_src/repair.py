@@ -60,6 +60,7 @@ TABLE_PATH = os.path.join(os.path.dirname(__file__), "data", "repair_table.json"
 # when seen in at least half of the epochs after the first
 _SLOW_FRACTION = 0.5
 _SHRINK = 3.0  # pseudo-runs pulling a table cell towards the action's mean over all rows
+_UNDO_FIRST = 1e3  # added to the opening score of an action that reverts a departure
 
 
 @dataclasses.dataclass(frozen=True)
@@ -289,6 +290,26 @@ def deviations(space: Space, u: jax.Array) -> jax.Array:
   return jnp.stack(out, -1)
 
 
+def reverts(space: Space, u: jax.Array, cand: jax.Array) -> jax.Array:
+  """``[A]``: whether each candidate moves at least one parameter that ``u`` sets off the
+  space's defaults closer to its default (a choice: back to it; a number: nearer, on a log
+  scale for log parameters; jittable). Inactive parameters decode to their defaults, so
+  undoing a gate (e.g. ``finetune_steps=1``) reverts the parameters it switches on too."""
+  h, hc = space.decode(u), space.decode(cand)
+  h0 = space.decode(jnp.asarray(space.encode({}), jnp.float32))
+  out = jnp.zeros(cand.shape[0], bool)
+  for n, p in space.params.items():
+    a, b, c = (jnp.asarray(x, jnp.float32) for x in (h[n], hc[n], h0[n]))
+    if isinstance(p, Choice):
+      closer = (a != c) & (b == c)
+    else:
+      f = (lambda x: jnp.log(jnp.maximum(x, 1e-30))) if p.log else (lambda x: x)
+      before, after = jnp.abs(f(a) - f(c)), jnp.abs(f(b) - f(c))
+      closer = after < before - 1e-4 * jnp.maximum(before, 1e-6)
+    out = out | closer
+  return out
+
+
 # ----------------------------------------------------------------------------- conditions
 def aggregate(counts: jax.Array, epochs: jax.Array) -> jax.Array:
   """``[..., C]`` trial conditions from per-condition epoch counts and epochs observed."""
@@ -424,6 +445,7 @@ def repair(
     thresholds: Mapping[str, float] | None = None,
     family: str | None = None,
     combine: int = 1,
+    undo_first: bool = True,
 ) -> Searcher:
   """DREAM's repair loop (Algorithm 1) over ``searcher``, with top-k actions as a population.
 
@@ -447,6 +469,11 @@ def repair(
       round's top action together with the next best untried action on other parameters
       (e.g. a smaller initial scale and a lower learning rate at once, for a model broken
       in two ways); 0: one action per trial.
+    undo_first: in the opening round (before any condition of the start is known), rank the
+      actions that move a parameter the start sets off its default back towards it
+      (:func:`reverts`) before all others, in the table's order among themselves (the
+      defaults are the known-good configuration, so a departure from them is the first
+      suspect); later rounds rank by the table and the detected conditions only.
   """
   if not isinstance(searcher, Searcher):
     raise ValueError(f"searcher: expected a metaopt.Searcher, got {type(searcher).__name__}")
@@ -461,6 +488,8 @@ def repair(
     raise ValueError(f"ucb={ucb}, prior_weight={prior_weight}: must be >= 0")
   if isinstance(combine, bool) or not isinstance(combine, int) or combine < 0:
     raise ValueError(f"combine={combine!r}: must be an integer >= 0")
+  if not isinstance(undo_first, bool):
+    raise ValueError(f"undo_first={undo_first!r}: must be True or False")
   if family is not None and family not in FAMILIES:
     raise ValueError(f"family={family!r} is unknown; allowed: {', '.join(FAMILIES)} or None")
   if isinstance(table, str):
@@ -522,6 +551,8 @@ def repair(
     by_config = jnp.any((n_all > 0) & _active_rows(n_all.shape[0], None, changed)[:, None])
     first = jnp.where(by_config, priorities(state, None, k_score, ucb, changed),
                       _unconditional(state, k_score))
+    if undo_first:  # the start's departures from the defaults are the first suspects
+      first = jnp.where(reverts(space, state["best_u"], cand), first + _UNDO_FIRST, first)
     score = jnp.where(opening, first,
                       priorities(state, state["best_cond"], k_score, ucb, changed))
     score = jnp.where(usable & (state["has_best"] | opening), score, -jnp.inf)
