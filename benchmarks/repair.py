@@ -246,8 +246,8 @@ def main() -> None:
   ap.add_argument("--table", default=None, help="priority table JSON (default: shipped)")
   ap.add_argument("--combine", type=int, default=None,
                   help="repair(combine=...) (default: the shipped default)")
-  ap.add_argument("--undo-first", type=int, default=None, choices=(0, 1),
-                  help="repair(undo_first=...) (default: the shipped default)")
+  ap.add_argument("--undo", default=None, choices=("off", "first", "combine"),
+                  help="repair(undo=...) (default: the shipped default)")
   ap.add_argument("--dev-finetune", action="store_true",
                   help="with --dev: the development fine-tuning faults on corpus tasks "
                        "instead of the in-sample starts")
@@ -277,8 +277,8 @@ def main() -> None:
     insample, heldout = insample[:a.limit], heldout[:a.limit]
   table = load_table(a.table)
   repair_kw = {} if a.combine is None else {"combine": a.combine}
-  if a.undo_first is not None:
-    repair_kw["undo_first"] = bool(a.undo_first)
+  if a.undo is not None:
+    repair_kw["undo"] = a.undo
   if a.dev_finetune:
     if not a.dev:
       raise SystemExit("--dev-finetune: only with --dev")
@@ -307,7 +307,7 @@ def main() -> None:
       + (f" --limit {a.limit}" if a.limit else ""))
   flags += (" --dev" if a.dev else "") + (f" --table {a.table}" if a.table else "") + (
       f" --combine {a.combine}" if a.combine is not None else "") + (
-      f" --undo-first {a.undo_first}" if a.undo_first is not None else "") + (
+      f" --undo {a.undo}" if a.undo is not None else "") + (
       " --dev-finetune" if a.dev_finetune else "")
   cache = ("persistent compilation cache on: wall-clock is not a figure" if a.quick or a.dev
            else "no persistent compilation cache")

@@ -61,6 +61,7 @@ TABLE_PATH = os.path.join(os.path.dirname(__file__), "data", "repair_table.json"
 _SLOW_FRACTION = 0.5
 _SHRINK = 3.0  # pseudo-runs pulling a table cell towards the action's mean over all rows
 _UNDO_FIRST = 1e3  # added to the opening score of an action that reverts a departure
+UNDO_MODES = ("off", "first", "combine")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -445,7 +446,7 @@ def repair(
     thresholds: Mapping[str, float] | None = None,
     family: str | None = None,
     combine: int = 1,
-    undo_first: bool = True,
+    undo: str = "combine",
 ) -> Searcher:
   """DREAM's repair loop (Algorithm 1) over ``searcher``, with top-k actions as a population.
 
@@ -469,11 +470,13 @@ def repair(
       round's top action together with the next best untried action on other parameters
       (e.g. a smaller initial scale and a lower learning rate at once, for a model broken
       in two ways); 0: one action per trial.
-    undo_first: in the opening round (before any condition of the start is known), rank the
+    undo: how the opening round (before any condition of the start is known) treats the
       actions that move a parameter the start sets off its default back towards it
-      (:func:`reverts`) before all others, in the table's order among themselves (the
-      defaults are the known-good configuration, so a departure from them is the first
-      suspect); later rounds rank by the table and the detected conditions only.
+      (:func:`reverts`; the defaults are the known-good configuration, so a departure from
+      them is a suspect): ``"combine"``: its combined slot pairs the top action with the
+      best such undo on other parameters (the table's order among them) and is trained
+      right after the top action; ``"first"``: they are ranked before all other actions;
+      ``"off"``: the table alone. Later rounds rank by the table and the conditions only.
   """
   if not isinstance(searcher, Searcher):
     raise ValueError(f"searcher: expected a metaopt.Searcher, got {type(searcher).__name__}")
@@ -488,8 +491,8 @@ def repair(
     raise ValueError(f"ucb={ucb}, prior_weight={prior_weight}: must be >= 0")
   if isinstance(combine, bool) or not isinstance(combine, int) or combine < 0:
     raise ValueError(f"combine={combine!r}: must be an integer >= 0")
-  if not isinstance(undo_first, bool):
-    raise ValueError(f"undo_first={undo_first!r}: must be True or False")
+  if undo not in UNDO_MODES:
+    raise ValueError(f"undo={undo!r} is unknown; allowed: {', '.join(UNDO_MODES)}")
   if family is not None and family not in FAMILIES:
     raise ValueError(f"family={family!r} is unknown; allowed: {', '.join(FAMILIES)} or None")
   if isinstance(table, str):
@@ -551,8 +554,9 @@ def repair(
     by_config = jnp.any((n_all > 0) & _active_rows(n_all.shape[0], None, changed)[:, None])
     first = jnp.where(by_config, priorities(state, None, k_score, ucb, changed),
                       _unconditional(state, k_score))
-    if undo_first:  # the start's departures from the defaults are the first suspects
-      first = jnp.where(reverts(space, state["best_u"], cand), first + _UNDO_FIRST, first)
+    back = reverts(space, state["best_u"], cand)  # undoes a departure of the best model
+    if undo == "first":  # the start's departures from the defaults are the first suspects
+      first = jnp.where(back, first + _UNDO_FIRST, first)
     score = jnp.where(opening, first,
                       priorities(state, state["best_cond"], k_score, ucb, changed))
     score = jnp.where(usable & (state["has_best"] | opening), score, -jnp.inf)
@@ -565,7 +569,8 @@ def repair(
     cand2 = apply_actions(space, actions, cand[jnp.maximum(top, 0)])  # [A, d]
     ok2 = (disjoint[jnp.maximum(top, 0)] & usable & (top >= 0)
            & _changes(space, cand[jnp.maximum(top, 0)], cand2))
-    partner = _select(jnp.where(ok2, score, -jnp.inf), _same(space, cand2), n_comb) \
+    boost = jnp.where(opening & back, _UNDO_FIRST, 0.0) if undo == "combine" else 0.0
+    partner = _select(jnp.where(ok2, score + boost, -jnp.inf), _same(space, cand2), n_comb) \
         if n_comb else jnp.zeros(0, jnp.int32)
     pick = jnp.where(opening, jnp.roll(pick, 1).at[0].set(-1), pick)  # slot 0: the start
     second = jnp.full(n, -1, jnp.int32)
@@ -578,6 +583,13 @@ def repair(
     u = jnp.where((second >= 0)[:, None], cand2[jnp.maximum(second, 0)], u)
     if u_start is not None:
       u = jnp.where((opening & (jnp.arange(n) == 0))[:, None], u_start, u)
+    if undo == "combine" and n_comb:  # an opening with an undo partner: the combined slots
+      # right after the top action (the start, the top action, top + undo, the rest)
+      perm = jnp.asarray([0, 1, *range(n - n_comb, n), *range(2, n - n_comb)])
+      move = opening & (partner[0] >= 0) & back[jnp.maximum(partner[0], 0)]
+      pick, second = (jnp.where(move, x[perm], x) for x in (pick, second))
+      u = jnp.where(move, u[perm], u)
+      repairing = pick >= 0
     # an action is tried with every action that makes the same configuration of this model
     single = repairing & (second < 0)
     tried = state["tried"] | jnp.any(same[jnp.maximum(pick, 0)] & single[:, None], 0)
