@@ -14,7 +14,9 @@ engine like any other program:
 
 1. the first round trains the starting configuration beside the actions that gained most on
    corpus models that changed the same parameters from their defaults (the conditions of
-   the start are not known yet; without such data, the table's opening portfolio);
+   the start are not known yet; without such data, the table's opening portfolio), and,
+   right after the top one, the top one together with the best action that moves one of
+   the start's departures from the defaults back (``undo="combine"``, :func:`reverts`);
 2. while training, ``observe`` detects the A-C-G-W conditions of every trial
    (:func:`metaopt.detect_conditions`);
 3. each later round applies the ``k`` highest-priority actions not already applied to the
