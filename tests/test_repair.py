@@ -24,6 +24,8 @@ from metaopt.repair import (
     ranked_actions,
     repair,
     repair_space,
+    reverts,
+    space_default_actions,
     trial_conditions,
 )
 from metaopt.tasks import get_task
@@ -194,11 +196,75 @@ def test_first_round_trains_the_start_beside_the_opening_portfolio():
   table = {**_table(acts, {}), "opening": [acts[4].name, acts[0].name, acts[1].name,
                                            acts[2].name]}
   # acts[0] sets the start's own learning rate: it changes nothing and is skipped
-  start = {"learning_rate": acts[0].value, "activation": "sigmoid"}
+  start = {"learning_rate": acts[0].value, "activation": "sigmoid", "init_scale": 0.5}
   prog = repair(metaopt.random_search(SPACE.dim), SPACE, actions=acts, table=table,
                 start=start, population=3)
   state, _ = prog.ask(prog.init(jax.random.key(0)), jax.random.key(1), 3)
   assert [int(a) for a in np.asarray(state["pending"])] == [-1, 4, 1]
+  # undo="first": the actions that set the sigmoid back to ReLU (with and without the
+  # standard initializer: two configurations here) come first, in the table's order
+  prog = repair(metaopt.random_search(SPACE.dim), SPACE, actions=acts, table=table,
+                start=start, population=3, undo="first")
+  state, _ = prog.ask(prog.init(jax.random.key(0)), jax.random.key(1), 3)
+  assert [int(a) for a in np.asarray(state["pending"])] == [-1, 4, 5]
+
+
+class RevertTest(chex.TestCase):
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_reverts_marks_actions_that_move_a_departed_setting_back(self):
+    start = {"finetune_steps": 3, "finetune_lr": 0.01, "learning_rate": 1e-5,
+             "activation": "sigmoid"}
+    names = ("finetune_steps=1", "finetune_lr*10", "finetune_steps=2", "learning_rate*10",
+             "learning_rate=0.01", "activation=relu", "activation=tanh", "learning_rate*0.1",
+             "finetune_fraction=0.4", "norm=True", "finetune_lr=0.01")
+    by_name = {a.name: a for a in DEFAULT_ACTIONS}
+    acts = tuple(by_name[n] for n in names)
+    fn = self.variant(lambda u: reverts(SPACE, u, apply_actions(SPACE, acts, u)))
+    got = np.asarray(fn(jnp.asarray(SPACE.encode(start), jnp.float32))).tolist()
+    # back (or nearer, on a log scale: 1e-2 is nearer 1e-3 than 1e-5 is) to the defaults;
+    # another non-default choice, a move away, a default-valued parameter left at it, or
+    # an action that changes nothing are not reverts
+    assert got == [True, True, True, True, True, True, False, False, False, False, False]
+    at_defaults = np.asarray(fn(jnp.asarray(SPACE.encode({}), jnp.float32)))
+    assert not at_defaults.any()
+
+
+def _opening(space, start, **kw):
+  """Names of the opening round's trials after the start (no training): one action, or two
+  joined by " & " for a combined slot."""
+  prog = repair(metaopt.random_search(space.dim), space, start=start, population=4, **kw)
+  state, _ = prog.ask(prog.init(jax.random.key(0)), jax.random.key(1), 4)
+  acts = space_default_actions(space)
+  return [" & ".join(acts[int(i)].name for i in (a, b) if i >= 0) for a, b in
+          zip(np.asarray(state["pending"])[1:], np.asarray(state["pending2"])[1:],
+              strict=True)]
+
+
+def test_opening_round_tries_the_undo_of_a_departed_setting_by_trial_3():
+  # a development fine-tuning fault on a corpus task, shipped table
+  space = repair_space(task=get_task("digits_mlp"))
+  start = {"finetune_steps": 3, "finetune_fraction": 0.4, "finetune_lr": 0.03}
+  undo = ("finetune_steps=1", "finetune_lr*10", "finetune_lr=0.1", "finetune_steps=2",
+          "finetune_fraction=0.2")
+  off = _opening(space, start, undo="off")
+  # the table alone (its rows mix every corpus model that changed the fine-tuning settings,
+  # most of them broken by something else) trains no undo of fine-tuning in the opening
+  assert not any(u in n for n in off for u in undo), off
+  # "combine" (the default): trial 2 is the table's top action, trial 3 the same action
+  # with the best undo of the start's departures; the rest of the round is the table's
+  new = _opening(space, start)
+  top, joint = new[0], new[1].split(" & ")
+  assert top == off[0] and joint[0] == top and joint[1] == "finetune_steps=1", (new, off)
+  assert new[2] == off[1], (new, off)
+  # "first": the undo actions alone come first
+  first = _opening(space, start, undo="first")
+  assert first[0] == "finetune_steps=1" and first[1] in undo, first
+  # a start at the defaults has nothing to undo: the table's opening whatever the mode
+  assert _opening(space, {}) == _opening(space, {}, undo="off") == _opening(
+      space, {}, undo="first")
+  with pytest.raises(ValueError, match="undo='last' is unknown; allowed: off, first, combine"):
+    repair(metaopt.random_search(space.dim), space, table=None, undo="last")
 
 
 def _table(actions, rows):
@@ -477,7 +543,7 @@ def test_a_combined_slot_trains_the_top_action_with_the_next_on_other_parameters
   got = {}
   for combine in (0, 1):
     prog = repair(metaopt.random_search(SPACE.dim), SPACE, actions=acts, table=table,
-                  start=start, population=4, combine=combine)
+                  start=start, population=4, combine=combine, undo="off")
     state, u = prog.ask(prog.init(jax.random.key(0)), jax.random.key(1), 4)
     got[combine] = (np.asarray(state["pending"]).tolist(), np.asarray(state["pending2"]).tolist(),
                     SPACE.to_python_batch(jax.device_get(SPACE.decode(u))), state, u)
@@ -491,5 +557,13 @@ def test_a_combined_slot_trains_the_top_action_with_the_next_on_other_parameters
   # the combined trial wins: both its actions count as applied to the new best model
   state = prog.tell(state, u, jnp.asarray([0.9, 0.5, 0.6, 0.1]), jnp.zeros(4, jnp.int32))
   assert np.asarray(state["best_applied"]).tolist() == [True, True, False, False]
+  # undo="combine" (the default): relu undoes the start's sigmoid, so the opening trains the
+  # combined slot right after the top action
+  prog2 = repair(metaopt.random_search(SPACE.dim), SPACE, actions=acts, table=table,
+                 start=start, population=4)
+  state2, u2 = prog2.ask(prog2.init(jax.random.key(0)), jax.random.key(1), 4)
+  assert np.asarray(state2["pending"]).tolist() == [-1, 0, 0, 2]
+  assert np.asarray(state2["pending2"]).tolist() == [-1, -1, 1, -1]
+  np.testing.assert_array_equal(np.asarray(u2), np.asarray(u)[[0, 1, 3, 2]])
   with pytest.raises(ValueError, match="combine=-1: must be an integer >= 0"):
     repair(metaopt.random_search(SPACE.dim), SPACE, table=None, combine=-1)

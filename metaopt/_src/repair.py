@@ -14,7 +14,9 @@ engine like any other program:
 
 1. the first round trains the starting configuration beside the actions that gained most on
    corpus models that changed the same parameters from their defaults (the conditions of
-   the start are not known yet; without such data, the table's opening portfolio);
+   the start are not known yet; without such data, the table's opening portfolio), and,
+   right after the top one, the top one together with the best action that moves one of
+   the start's departures from the defaults back (``undo="combine"``, :func:`reverts`);
 2. while training, ``observe`` detects the A-C-G-W conditions of every trial
    (:func:`metaopt.detect_conditions`);
 3. each later round applies the ``k`` highest-priority actions not already applied to the
@@ -60,6 +62,8 @@ TABLE_PATH = os.path.join(os.path.dirname(__file__), "data", "repair_table.json"
 # when seen in at least half of the epochs after the first
 _SLOW_FRACTION = 0.5
 _SHRINK = 3.0  # pseudo-runs pulling a table cell towards the action's mean over all rows
+_UNDO_FIRST = 1e3  # added to the opening score of an action that reverts a departure
+UNDO_MODES = ("off", "first", "combine")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -289,6 +293,26 @@ def deviations(space: Space, u: jax.Array) -> jax.Array:
   return jnp.stack(out, -1)
 
 
+def reverts(space: Space, u: jax.Array, cand: jax.Array) -> jax.Array:
+  """``[A]``: whether each candidate moves at least one parameter that ``u`` sets off the
+  space's defaults closer to its default (a choice: back to it; a number: nearer, on a log
+  scale for log parameters; jittable). Inactive parameters decode to their defaults, so
+  undoing a gate (e.g. ``finetune_steps=1``) reverts the parameters it switches on too."""
+  h, hc = space.decode(u), space.decode(cand)
+  h0 = space.decode(jnp.asarray(space.encode({}), jnp.float32))
+  out = jnp.zeros(cand.shape[0], bool)
+  for n, p in space.params.items():
+    a, b, c = (jnp.asarray(x, jnp.float32) for x in (h[n], hc[n], h0[n]))
+    if isinstance(p, Choice):
+      closer = (a != c) & (b == c)
+    else:
+      f = (lambda x: jnp.log(jnp.maximum(x, 1e-30))) if p.log else (lambda x: x)
+      before, after = jnp.abs(f(a) - f(c)), jnp.abs(f(b) - f(c))
+      closer = after < before - 1e-4 * jnp.maximum(before, 1e-6)
+    out = out | closer
+  return out
+
+
 # ----------------------------------------------------------------------------- conditions
 def aggregate(counts: jax.Array, epochs: jax.Array) -> jax.Array:
   """``[..., C]`` trial conditions from per-condition epoch counts and epochs observed."""
@@ -424,6 +448,7 @@ def repair(
     thresholds: Mapping[str, float] | None = None,
     family: str | None = None,
     combine: int = 1,
+    undo: str = "combine",
 ) -> Searcher:
   """DREAM's repair loop (Algorithm 1) over ``searcher``, with top-k actions as a population.
 
@@ -447,6 +472,13 @@ def repair(
       round's top action together with the next best untried action on other parameters
       (e.g. a smaller initial scale and a lower learning rate at once, for a model broken
       in two ways); 0: one action per trial.
+    undo: how the opening round (before any condition of the start is known) treats the
+      actions that move a parameter the start sets off its default back towards it
+      (:func:`reverts`; the defaults are the known-good configuration, so a departure from
+      them is a suspect): ``"combine"``: its combined slot pairs the top action with the
+      best such undo on other parameters (the table's order among them) and is trained
+      right after the top action; ``"first"``: they are ranked before all other actions;
+      ``"off"``: the table alone. Later rounds rank by the table and the conditions only.
   """
   if not isinstance(searcher, Searcher):
     raise ValueError(f"searcher: expected a metaopt.Searcher, got {type(searcher).__name__}")
@@ -461,6 +493,8 @@ def repair(
     raise ValueError(f"ucb={ucb}, prior_weight={prior_weight}: must be >= 0")
   if isinstance(combine, bool) or not isinstance(combine, int) or combine < 0:
     raise ValueError(f"combine={combine!r}: must be an integer >= 0")
+  if undo not in UNDO_MODES:
+    raise ValueError(f"undo={undo!r} is unknown; allowed: {', '.join(UNDO_MODES)}")
   if family is not None and family not in FAMILIES:
     raise ValueError(f"family={family!r} is unknown; allowed: {', '.join(FAMILIES)} or None")
   if isinstance(table, str):
@@ -522,6 +556,9 @@ def repair(
     by_config = jnp.any((n_all > 0) & _active_rows(n_all.shape[0], None, changed)[:, None])
     first = jnp.where(by_config, priorities(state, None, k_score, ucb, changed),
                       _unconditional(state, k_score))
+    back = reverts(space, state["best_u"], cand)  # undoes a departure of the best model
+    if undo == "first":  # the start's departures from the defaults are the first suspects
+      first = jnp.where(back, first + _UNDO_FIRST, first)
     score = jnp.where(opening, first,
                       priorities(state, state["best_cond"], k_score, ucb, changed))
     score = jnp.where(usable & (state["has_best"] | opening), score, -jnp.inf)
@@ -534,7 +571,8 @@ def repair(
     cand2 = apply_actions(space, actions, cand[jnp.maximum(top, 0)])  # [A, d]
     ok2 = (disjoint[jnp.maximum(top, 0)] & usable & (top >= 0)
            & _changes(space, cand[jnp.maximum(top, 0)], cand2))
-    partner = _select(jnp.where(ok2, score, -jnp.inf), _same(space, cand2), n_comb) \
+    boost = jnp.where(opening & back, _UNDO_FIRST, 0.0) if undo == "combine" else 0.0
+    partner = _select(jnp.where(ok2, score + boost, -jnp.inf), _same(space, cand2), n_comb) \
         if n_comb else jnp.zeros(0, jnp.int32)
     pick = jnp.where(opening, jnp.roll(pick, 1).at[0].set(-1), pick)  # slot 0: the start
     second = jnp.full(n, -1, jnp.int32)
@@ -547,6 +585,13 @@ def repair(
     u = jnp.where((second >= 0)[:, None], cand2[jnp.maximum(second, 0)], u)
     if u_start is not None:
       u = jnp.where((opening & (jnp.arange(n) == 0))[:, None], u_start, u)
+    if undo == "combine" and n_comb:  # an opening with an undo partner: the combined slots
+      # right after the top action (the start, the top action, top + undo, the rest)
+      perm = jnp.asarray([0, 1, *range(n - n_comb, n), *range(2, n - n_comb)])
+      move = opening & (partner[0] >= 0) & back[jnp.maximum(partner[0], 0)]
+      pick, second = (jnp.where(move, x[perm], x) for x in (pick, second))
+      u = jnp.where(move, u[perm], u)
+      repairing = pick >= 0
     # an action is tried with every action that makes the same configuration of this model
     single = repairing & (second < 0)
     tried = state["tried"] | jnp.any(same[jnp.maximum(pick, 0)] & single[:, None], 0)

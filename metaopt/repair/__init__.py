@@ -20,6 +20,7 @@ from metaopt._src.repair import (
     ranked_actions,
     repair,
     repair_space,
+    reverts,
     space_actions,
     space_default_actions,
     table_applies,
@@ -30,5 +31,6 @@ from metaopt._src.repair_run import run_config
 __all__ = [
     "DEFAULT_ACTIONS", "ROWS", "TABLE_PATH", "Action", "aggregate", "apply_actions",
     "build_table", "load_table", "priorities", "ranked_actions", "repair", "repair_space",
-    "run_config", "space_actions", "space_default_actions", "table_applies", "trial_conditions",
+    "reverts", "run_config", "space_actions", "space_default_actions", "table_applies",
+    "trial_conditions",
 ]
