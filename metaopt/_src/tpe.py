@@ -372,6 +372,10 @@ def tpe(dim: int, n_startup: int = 10, gamma: float | str | None = None,
     age_weights: weigh the bad set's observations by age as Optuna's ``default_weights`` does
       (the newest 25 weigh 1, older ones ramp down towards ``1/n``); without warm-start
       priors only.
+    good_weights: how the good density weighs its observations (not with warm-start priors).
+      ``"uniform"`` (default, Optuna's): 1 each. ``"ei"``: in proportion to the improvement
+      over the split value (the best bad ``y``), mean 1, floored at 0.05, so the best points
+      draw more of the candidates (:func:`_ei_weights`; Watanabe 2023's "EI" weighting).
 
   Returns:
     A :class:`Searcher`; its state holds the history and never changes shape.
