@@ -28,7 +28,14 @@ from metaopt._src.multiobjective import (
     pareto_front,
     with_constraints,
 )
-from metaopt._src.tpe import _ei_weights, _gap_bandwidth, _n_below, default_gamma, tpe
+from metaopt._src.tpe import (
+    _ei_weights,
+    _gap_bandwidth,
+    _n_below,
+    default_gamma,
+    default_good_weights,
+    tpe,
+)
 
 # Small settings keep compile and run times low; the defaults are exercised by the benchmark.
 FACTORIES = {
@@ -265,6 +272,21 @@ def test_tpe_ei_weights_follow_the_improvement_over_the_split():
   w = np.asarray(_ei_weights(jnp.asarray([2.0, 4.0, 4.0]), jnp.asarray([True, True, False]),
                              jnp.asarray([False, False, True])))
   np.testing.assert_allclose(w, [2.0, 0.05, 1.0], rtol=1e-6)
+
+
+def test_tpe_default_good_weights_are_ei_from_eight_dims():
+  assert [default_good_weights(d) for d in (2, 5, 7, 8, 10, 20)] == [
+      "uniform", "uniform", "uniform", "ei", "ei", "ei"]
+
+  def proposals(dim, good_weights):
+    s = tpe(dim, n_startup=4, good_weights=good_weights, capacity=32)
+    u0 = jax.random.uniform(jax.random.key(0), (20, dim))
+    st = s.tell(s.init(jax.random.key(0)), u0, bf.sphere(u0), jnp.zeros(20, jnp.int32))
+    return np.asarray(jax.jit(s.ask, static_argnums=2)(st, jax.random.key(1), 4)[1])
+
+  np.testing.assert_array_equal(proposals(5, None), proposals(5, "uniform"))
+  np.testing.assert_array_equal(proposals(10, None), proposals(10, "ei"))
+  assert not np.array_equal(proposals(10, None), proposals(10, "uniform"))
 
 
 @pytest.mark.parametrize("jit", [True, False])
@@ -608,6 +630,7 @@ def test_benchmark_functions_have_their_known_minima():
     (gp_bo, {"dim": 2, "n_exploit": (24, 0)}, "n_exploit"),
     (gp_bo, {"dim": 2, "n_diverse": 8}, "n_diverse"),
     (tpe, {"dim": 2, "bandwidth": "silverman"}, "bandwidth"),
+    (tpe, {"dim": 2, "good_weights": "rank"}, "good_weights"),
     (cma_es, {"dim": 2, "bounds": "clip"}, "bounds"),
     (cma_es, {"dim": 2, "restart_tol": -1.0}, "restart_tol"),
     (regularized_evolution, {"dim": 2, "tournament_size": 64}, "tournament_size"),
