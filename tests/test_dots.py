@@ -67,7 +67,7 @@ class TestCanonicalDots(chex.TestCase):
     chex.assert_trees_all_close(got, want, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("mode", ["loop", "vmap"])
+@pytest.mark.parametrize("mode", ["loop", pytest.param("vmap", marks=pytest.mark.slow)])
 def test_kernel_chunk_matches_plain_step(monkeypatch, mode):
   task = get_task("digits_mlp", max_width=16)
   fns, n = task.build({}), 4
