@@ -75,7 +75,10 @@ def _eval(jaxpr: Any, consts: list, *args: Any) -> list:
     if id(e) in swapped:
       d = swapped[id(e)]
       (lc, rc), _ = d.params["dimension_numbers"]
-      outs = [_dot(read(d.invars[1]), read(d.invars[0]), rc, lc, d.params)]
+      prec = d.params.get("precision")
+      params = {**d.params, "precision": tuple(reversed(prec))} if isinstance(prec, tuple) \
+          else d.params  # operands swap, so do their precisions
+      outs = [_dot(read(d.invars[1]), read(d.invars[0]), rc, lc, params)]
     else:
       ins = [read(v) for v in e.invars]
       if _leading_contraction(e):
