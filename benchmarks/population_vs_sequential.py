@@ -19,7 +19,7 @@ compute-bound). The fraction of the machine's matmul peak (a 2048^2 jitted jnp.d
 measured on the medium N=32 kernels, interleaved: peak, kernel, peak, kernel, ... in the same
 run, one fraction per pair (useful FLOPs: XLA's cost analysis of each trial's own branch).
 
-    python benchmarks/population_vs_sequential.py [--quick]
+    python benchmarks/population_vs_sequential.py [--quick] [--no-canonical-dots]
 """
 
 from __future__ import annotations
@@ -187,7 +187,10 @@ def useful_flops(task, fns, data, n, steps, batch) -> float:
 def main() -> None:
   ap = argparse.ArgumentParser()
   ap.add_argument("--quick", action="store_true", help="N=32 only, fewer steps and repeats")
+  ap.add_argument("--no-canonical-dots", action="store_true",
+                  help="kernels without population.CANONICAL_DOTS (the A/B baseline)")
   args = ap.parse_args()
+  pop.CANONICAL_DOTS = not args.no_canonical_dots
   ns = (32,) if args.quick else (1, 8, 32, 128)
   steps = 40 if args.quick else 100
   repeats = 2 if args.quick else 3   # best of `repeats` for every side
@@ -197,7 +200,7 @@ def main() -> None:
   print(f"# device: {dev.platform} {dev.device_kind} x{len(jax.devices())}, jax {jax.__version__}"
         f", {os.cpu_count()} cores, load average at start {load:.1f}, steps/trial={steps}, "
         f"searched activation (trial i: {N_ACT} values, i mod {N_ACT}), best of {repeats} "
-        "for every side")
+        f"for every side, canonical_dots={pop.CANONICAL_DOTS}")
   print(f"matmul_peak_gflops (at start): {matmul_peak() / 1e9:.1f}")
   rows = {}
   cols = ("loop", "vmap", "branches", "jit", "steploop")

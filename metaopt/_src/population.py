@@ -39,6 +39,7 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from metaopt._src.dots import canonical_dots
 from metaopt.tasks import Dataset, TrialFns
 
 PyTree = Any
@@ -315,6 +316,21 @@ SWITCH_GROUP_MIN = 8
 # step gathers its own batch.
 PREGATHER_MAX_BYTES = 256 << 20
 
+# On CPU the kernels train with :func:`metaopt._src.dots.canonical_dots` applied to the train
+# step: weight gradients as products XLA sends to YNNPACK instead of Eigen. Measured (CPU
+# process time, 2-core CPU under load, A/B interleaved in one process): digits MLP width 128,
+# `loop` kernel, 8 trials, 0.334 -> 0.299 ms per trial-step (median of 7; min 0.324 ->
+# 0.264). Results equal up to float rounding.
+CANONICAL_DOTS = True
+
+
+def step_fn(fns: TrialFns) -> Callable:
+  """The train step the kernels run: ``fns.train_step``, on CPU (with
+  :data:`CANONICAL_DOTS`) with its weight-gradient products in the fast layout."""
+  if CANONICAL_DOTS and jax.default_backend() == "cpu":
+    return canonical_dots(fns.train_step)
+  return fns.train_step
+
 
 def fix_hparams(fns: TrialFns, values: Mapping[str, int]) -> TrialFns:
   """``fns`` with the hyperparameters ``values`` fixed to Python constants: a switch index
@@ -376,6 +392,7 @@ def make_kernel(fns: TrialFns, n_train: int, batch_size: int,
     raise ValueError(f"mode={mode!r}: must be one of {', '.join(KERNEL_MODES)} "
                      "('vmap' with a mesh)")
   steps = n_train // batch_size
+  train_step = step_fn(fns)
 
   def epoch_batches(perm, data):
     # shared minibatches: the epoch's batches in one gather per array, (steps, batch, ...),
@@ -392,10 +409,10 @@ def make_kernel(fns: TrialFns, n_train: int, batch_size: int,
       def step(s, i):
         idx = jax.lax.dynamic_slice_in_dim(perm, i * batch_size, batch_size)
         batch = (data["x_train"][idx], data["y_train"][idx])
-        return fns.train_step(s, batch, h)
+        return train_step(s, batch, h)
       new, tel = jax.lax.scan(step, state, jnp.arange(steps))
     else:
-      new, tel = jax.lax.scan(lambda s, b: fns.train_step(s, b, h), state, batches)
+      new, tel = jax.lax.scan(lambda s, b: train_step(s, b, h), state, batches)
     ev = fns.evaluate(new, data["x_valid"], data["y_valid"], h)
     new = jax.tree_util.tree_map(lambda a, b: jnp.where(alive, a, b), new, state)
     return new, epoch_metrics(tel, ev)
