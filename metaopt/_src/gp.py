@@ -156,31 +156,32 @@ def _neg_log_marginal(theta, x, yz, mask, dim: int, levels=None) -> jax.Array:
   return nll / jnp.maximum(n, 1) - _log_prior(theta, dim) / jnp.maximum(n, 1)
 
 
-def fit_gp(theta, x, yz, mask, steps: int, lr: float, levels=None, fixed_noise: bool = False):
-  """MAP hyperparameters by ``steps`` of Adam from ``theta``; non-finite steps are skipped.
+def _clip_theta(theta):
+  return {"log_ls": jnp.clip(theta["log_ls"], math.log(1e-2), math.log(1e2)),
+          "log_s2": jnp.clip(theta["log_s2"], -4.0, 4.0),
+          "log_noise": jnp.clip(theta["log_noise"], _LOG_NOISE_MIN, 1.0)}
 
-  Adam and the clipping are elementwise, so they run on one flat vector ``[log_ls, log_s2,
-  log_noise]`` (one set of update operations to compile instead of one per hyperparameter)."""
+
+def fit_gp(theta, x, yz, mask, steps: int, lr: float, levels=None, fixed_noise: bool = False):
+  """MAP hyperparameters by ``steps`` of Adam from ``theta``; non-finite steps are skipped."""
   dim = x.shape[1]
   opt = optax.adam(lr)
-  unflat = lambda v: {"log_ls": v[:dim], "log_s2": v[dim], "log_noise": v[dim + 1]}  # noqa: E731
-  lo = np.asarray([math.log(1e-2)] * dim + [-4.0, _LOG_NOISE_MIN], np.float32)
-  hi = np.asarray([math.log(1e2)] * dim + [4.0, 1.0], np.float32)
-  free = np.arange(dim + 2) < (dim + 1 if fixed_noise else dim + 2)  # the noise stays fixed
-  loss_grad = jax.value_and_grad(
-      lambda v: _neg_log_marginal(unflat(v), x, yz, mask, dim, levels))
+  loss_grad = jax.value_and_grad(_neg_log_marginal)
 
   def step(carry, _):
-    v, opt_state = carry
-    loss, g = loss_grad(v)
-    upd, new_opt = opt.update(jnp.where(free, g, 0.0), opt_state, v)
-    new = jnp.clip(optax.apply_updates(v, upd), lo, hi)
-    ok = jnp.isfinite(loss) & jnp.all(jnp.isfinite(new))
-    return (jnp.where(ok, new, v), new_opt), loss
+    theta, opt_state = carry
+    loss, g = loss_grad(theta, x, yz, mask, dim, levels)
+    if fixed_noise:
+      g = {**g, "log_noise": jnp.zeros_like(g["log_noise"])}
+    upd, new_opt = opt.update(g, opt_state, theta)
+    new = _clip_theta(optax.apply_updates(theta, upd))
+    ok = jnp.isfinite(loss) & jnp.all(jnp.asarray(
+        [jnp.all(jnp.isfinite(v)) for v in jax.tree_util.tree_leaves(new)]))
+    theta = jax.tree_util.tree_map(lambda a, b: jnp.where(ok, a, b), new, theta)
+    return (theta, new_opt), loss
 
-  v0 = jnp.concatenate([theta["log_ls"], theta["log_s2"][None], theta["log_noise"][None]])
-  (v, _), _ = jax.lax.scan(step, (v0, opt.init(v0)), None, length=steps)
-  return unflat(v)
+  (theta, _), _ = jax.lax.scan(step, (theta, opt.init(theta)), None, length=steps)
+  return theta
 
 
 def _posterior(theta, x, yz, mask, levels=None):
@@ -439,58 +440,72 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
     return fit_gp(state["theta"], state["x"][:size], rnd["yz"][:size], state["valid"][:size],
                   fit_steps, fit_lr, lvl, deterministic)
 
-  def local_points(theta, state, rnd, m, size):
-    """The ``m`` exploitation points, each minimising the mean of its local model, found once
-    outside the bucketed copies: the models are built on the whole buffer (the rows past the
-    data are invalid, so the nearest observations are the same in every bucket) and neither
-    they nor their candidates depend on the batch's believed points. Candidates are the
-    perturbations and the first ``min(max(n_exploit), size)`` nearest rows (``size``: the
-    bucket's rows, traced)."""
-    k_max = min(max(n_exploit), capacity)
-
-    def one(a):
-      theta_l, xl, yl, ml, cand = local_model(theta, state["x"], state["y"], state["valid"],
-                                              a[0], a[1])
-      predict = _posterior(theta_l, xl, yl, ml, lvl)
-      ok = jnp.arange(n_local + k_max) < n_local + jnp.minimum(k_max, size)
-      return maximise(lambda xq: -predict(xq)[0], cand, rnd["top"][0], ok)
-
-    return jax.lax.map(one, (rnd["z_l"], jnp.asarray(n_exploit[:m])))
+  def local_models(theta, state, rnd, m):
+    """The ``m`` exploitation models, built once on the whole buffer (the rows past the data
+    are invalid, so the nearest observations are the same in every bucket): one compiled
+    copy of their fit instead of one per bucket."""
+    return jax.lax.map(
+        lambda a: local_model(theta, state["x"], state["y"], state["valid"], a[0], a[1]),
+        (rnd["z_l"], jnp.asarray(n_exploit[:m])))
 
   def model_ask(size, state, rnd, n):
     """Proposes a kriging-believer batch from the GP on the first ``size`` buffer rows
-    (hyperparameters ``rnd["theta"]``): the ``m`` exploitation points ``rnd["local"]`` first,
-    then points maximising the acquisition of the global model with the believed points;
-    every chosen point joins the global data as a fantasy observation."""
+    (hyperparameters ``rnd["theta"]``, exploitation models ``rnd["local"]``).
+
+    Exploitation and log-EI points go through one scan (one compiled acquisition search):
+    step ``i < m`` maximises minus the mean of local model ``i``, the others the acquisition
+    of the global model with the believed points; every chosen point then joins the global
+    data as a fantasy observation."""
     x, valid = state["x"][:size], state["valid"][:size]
     n_obs, best, top, yz = rnd["n_obs"], rnd["best"], rnd["top"], rnd["yz"][:size]
     theta = rnd["theta"]
     rows = size + n
+    n_cand = n_candidates + n_local
     m = min(len(n_exploit), n - 1)  # exploitation points; at least one point follows log-EI
+    if m:
+      # the buffer's nearest rows, valid ones first: the first min(K, size) are this bucket's
+      k = min(max(n_exploit), size)
+      theta_l, xl, yl, ml, cand_l = rnd["local"]
+      xl, yl, ml, cand_l = xl[:, :k], yl[:, :k], ml[:, :k], cand_l[:, :n_local + k]
+      # padded to the global model's rows and candidates (masked rows; repeats of the centre)
+      xl = jax.vmap(lambda a: pad_rows(a, rows))(xl)
+      yl = jax.vmap(lambda a: pad_rows(a, rows))(yl)
+      ml = jax.vmap(lambda a: pad_rows(a, rows, False))(ml)
+      n_pad = n_cand - cand_l.shape[1]
+      cand_l = jnp.concatenate([cand_l, jnp.broadcast_to(top[0], (m, n_pad, dim))], axis=1)
+      ok_l = jnp.arange(n_cand) < n_cand - n_pad
+      pick = lambda a, i: a[jnp.minimum(i, m - 1)]  # noqa: E731
 
     def propose(carry, xs):
       x_all, yz_all, m_all = carry
       i, r = xs
-      glob = _posterior(theta, x_all, yz_all, m_all, lvl)
-
-      def search():
-        cand = snap(r["cand"], lvl)
-        if n_local:  # perturbations of the best observations
-          rank = jnp.floor(r["parent"] * jnp.minimum(n_obs, n_top)).astype(jnp.int32)
-          cand = jnp.concatenate([cand, perturb(top[rank], r["z"])])
-
-        def acq(xq):
-          mean, std = glob(xq)
-          if acquisition == "ei":
-            return _log_h((best - mean) / std) + jnp.log(std)
-          return -mean + kappa * std
-
-        return maximise(acq, cand, top[0])  # the incumbent always starts a search
-
+      cand = snap(r["cand"], lvl)
+      if n_local:  # perturbations of the best observations
+        rank = jnp.floor(r["parent"] * jnp.minimum(n_obs, n_top)).astype(jnp.int32)
+        cand = jnp.concatenate([cand, perturb(top[rank], r["z"])])
+      model = (theta, x_all, yz_all, m_all)
+      glob = _posterior(*model, lvl)
       if m:
-        u = jax.lax.cond(i < m, lambda: rnd["local"][jnp.minimum(i, m - 1)], search)
+        local = i < m
+        sel = lambda a, b: jnp.where(local, a, b)  # noqa: E731
+        model = jax.tree_util.tree_map(
+            sel, (jax.tree_util.tree_map(lambda a: pick(a, i), theta_l), pick(xl, i),
+                  pick(yl, i), pick(ml, i)), model)
+        cand = sel(pick(cand_l, i), cand)
+        cand_ok = ~local | ok_l
+        predict = _posterior(*model, lvl)
       else:
-        u = search()
+        local, predict, cand_ok = False, glob, True
+
+      def acq(xq):
+        mean, std = predict(xq)
+        if acquisition == "ei":
+          score = _log_h((best - mean) / std) + jnp.log(std)
+        else:
+          score = -mean + kappa * std
+        return jnp.where(local, -mean, score) if m else score
+
+      u = maximise(acq, cand, top[0], cand_ok)  # the incumbent always starts a search
       fantasy, _ = glob(u[None])  # joins the global data at its posterior mean
       carry = (x_all.at[size + i].set(u), yz_all.at[size + i].set(fantasy[0]),
                m_all.at[size + i].set(True))
@@ -520,9 +535,11 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
     theta = jax.lax.switch(branch, fits, state, shared)
     m = min(len(n_exploit), n - 1)
     if m:
-      size = jnp.asarray(sizes)[jnp.minimum(bucket, len(sizes) - 1)]
-      shared["local"] = jax.lax.cond(startup, lambda: jnp.zeros((m, dim), jnp.float32),
-                                     lambda: local_points(theta, state, shared, m, size))
+      shapes = jax.eval_shape(lambda: local_models(theta, state, shared, m))
+      zeros = lambda: jax.tree_util.tree_map(  # noqa: E731
+          lambda a: jnp.zeros(a.shape, a.dtype), shapes)
+      shared["local"] = jax.lax.cond(startup, zeros,
+                                     lambda: local_models(theta, state, shared, m))
     shared["theta"] = theta
     branches = [lambda st, r: u_design]
     branches += [functools.partial(model_ask, size, n=n) for size in sizes]
