@@ -137,6 +137,25 @@ def test_tiered_jit_chooses_by_shapes_and_calls_left_only():
   assert f.optimized
 
 
+def test_tiered_jit_traces_once_per_shape():
+  """The trace that prices a call (``cost``) is the one both builds lower: choosing, then
+  running the fast build and later the optimised one, traces the function once per shape."""
+  traces = []
+
+  def fun(x, n):
+    traces.append(x.shape)
+    return jnp.sin(x) * n
+
+  f = pop.TieredJit(fun, static_argnums=1)
+  x = jnp.ones(3)
+  f(x, 2, calls_left=1)
+  assert not f.optimized
+  f(x, 2, calls_left=10**12)
+  assert f.optimized and traces == [(3,)]
+  f(jnp.ones(4), 2, calls_left=10**12)
+  assert traces == [(3,), (4,)]
+
+
 _TIERED_GP_SEARCH = """
 import hashlib, jax, jax.numpy as jnp, numpy as np
 from metaopt import gp_bo
