@@ -538,12 +538,18 @@ def test_two_processes_start_a_search_on_a_new_sqlite_store_together(tmp_path):
   procs = [subprocess.Popen([sys.executable, "-c", NEW_STORE, str(i), port, db, ck], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=os.environ.copy()) for i in range(2)]
-  release_when_opened(holder, db, procs)
   outs = []
-  for p in procs:
-    out, err = p.communicate(timeout=600)
-    assert p.returncode == 0, err[-3000:]
-    outs.append(json.loads(out.strip().splitlines()[-1]))
+  try:
+    release_when_opened(holder, db, procs)
+    for p in procs:
+      out, err = p.communicate(timeout=600)
+      assert p.returncode == 0, err[-3000:]
+      outs.append(json.loads(out.strip().splitlines()[-1]))
+  finally:  # one failed: the other would wait for it at jax.distributed's shutdown
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+        p.wait()
   assert outs[0] == outs[1] and [t[0] for t in outs[0]] == [0, 1, 2, 3]
   assert all(t[1] == "complete" for t in outs[0])
   assert _query(db, "select count(*), count(distinct number) from trials") == [(4, 4)]
