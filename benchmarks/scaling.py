@@ -19,7 +19,7 @@ reported as median [interquartile range]; every row gets the same repeats.
 Simulated devices share the host's cores: on a 2-core machine, 8 devices cannot beat 2.
 The full configuration is 3 epochs per trial (it was 5 before the protocol of issue 23
 doubled the rows: loop and vmap), population 64 over 4 rounds for (a) and (d), 8 x 8 rounds
-for (c): estimated 7-10 minutes on a quiet 2-core machine (``--quick``: about 2-3).
+for (c): estimated 6-10 minutes on a quiet 2-core machine (``--quick``: about 2-3).
 
     python benchmarks/scaling.py [--quick] [--repeats 3] [--kernel-modes loop,vmap]
 
