@@ -504,3 +504,53 @@ def test_two_processes_split_the_population_like_one_process(tmp_path):
   assert _query(db, "select count(*), count(distinct number) from trials") == [(16, 16)]
   for rnd in ("round_00000", "round_00001"):  # each process checkpoints its own trials
     assert sorted(os.listdir(os.path.join(ck, rnd))) == ["process_0", "process_1"]
+
+
+NEW_STORE = """
+import json, sys
+import metaopt
+from metaopt import tasks
+pid, port, db, ck = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+metaopt.initialize_distributed(f"127.0.0.1:{port}", 2, pid)
+task = tasks.get_task("digits_mlp")
+res = metaopt.search(metaopt.random_search(task.space.dim), task, n_trials=4, population=2,
+                     epochs=1, batch_size=128, seed=4, store=f"sqlite:///{db}", study="new",
+                     checkpoint_dir=ck, progress=False)
+print(json.dumps([[t.number, t.status, t.objective] for t in res.trials]))
+"""
+
+
+@pytest.mark.alone
+def test_two_processes_start_a_search_on_a_new_sqlite_store_together(tmp_path):
+  """Both processes of a multi-host search open its new SQLite store (process 1 to read what
+  process 0 writes). SQLite does not wait when a new file is switched to WAL while another
+  connection writes it, so the loser failed with "database is locked" (the full scaling
+  benchmark did). Here the store's write lock is held, as the first opener holds it, until
+  both have met it: both wait, the search runs and every trial is recorded once."""
+  import socket
+
+  from test_store import hold_new_store, release_when_opened
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = str(s.getsockname()[1])
+  db, ck = str(tmp_path / "new.db"), str(tmp_path / "ck")
+  holder = hold_new_store(db)
+  procs = [subprocess.Popen([sys.executable, "-c", NEW_STORE, str(i), port, db, ck], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=os.environ.copy()) for i in range(2)]
+  outs = []
+  try:
+    release_when_opened(holder, db, procs)
+    for p in procs:
+      out, err = p.communicate(timeout=600)
+      assert p.returncode == 0, err[-3000:]
+      outs.append(json.loads(out.strip().splitlines()[-1]))
+  finally:  # one failed: the other would wait for it at jax.distributed's shutdown
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+        p.wait()
+  assert outs[0] == outs[1] and [t[0] for t in outs[0]] == [0, 1, 2, 3]
+  assert all(t[1] == "complete" for t in outs[0])
+  assert _query(db, "select count(*), count(distinct number) from trials") == [(4, 4)]
+  assert _query(db, "pragma journal_mode") == [("wal",)]

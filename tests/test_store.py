@@ -2,6 +2,9 @@
 
 import os
 import sqlite3
+import subprocess
+import sys
+import time
 
 import pytest
 import sqlalchemy as sa
@@ -102,3 +105,64 @@ def test_opening_to_read_checks_before_it_writes(tmp_path):
   _study(st)
   st.close()
   assert Store(f"sqlite:///{tmp_path}/s.db", create=False).load_study("s").name == "s"
+
+
+
+OPEN_NEW = """
+import sys
+from metaopt import Store
+st = Store(sys.argv[1])
+st.create_study(sys.argv[2], direction="minimize", config={}, seed=0)
+"""
+
+
+def hold_new_store(db):
+  """A write transaction on a new, empty SQLite file ``db``, as the first of several
+  processes opening a new store holds while it switches the file to WAL."""
+  holder = sqlite3.connect(db, isolation_level=None)
+  holder.execute("BEGIN IMMEDIATE")
+  return holder
+
+
+def release_when_opened(holder, db, procs, settle_s=1.0):
+  """Commits ``holder`` once every process in ``procs`` has had ``db`` open for
+  ``settle_s`` (so each has met the lock), or as soon as one of them has exited."""
+  since = {}
+  try:
+    while len(since) < len(procs) or time.monotonic() - max(since.values()) < settle_s:
+      if any(p.poll() is not None for p in procs):
+        break
+      for p in procs:
+        try:
+          has = any(os.path.realpath(f"/proc/{p.pid}/fd/{f}") == os.path.realpath(db)
+                    for f in os.listdir(f"/proc/{p.pid}/fd"))
+        except OSError:
+          has = False
+        if has:
+          since.setdefault(p.pid, time.monotonic())
+        else:
+          since.pop(p.pid, None)
+      time.sleep(0.05)
+  finally:
+    holder.execute("COMMIT")
+    holder.close()
+
+
+def test_processes_opening_a_new_store_at_once_wait_for_each_other(tmp_path):
+  """SQLite does not wait (no busy timeout) when a new file is switched to WAL while another
+  connection writes it, so processes opening a new store together used to fail at once with
+  "database is locked". Here two real processes open a new store while its write lock is
+  held; both wait, then record their study; the file ends in WAL mode with both studies."""
+  db = str(tmp_path / "new.db")
+  holder = hold_new_store(db)
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  procs = [subprocess.Popen([sys.executable, "-c", OPEN_NEW, f"sqlite:///{db}", f"s{i}"],
+                            cwd=root, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
+           for i in range(2)]
+  release_when_opened(holder, db, procs)
+  for p in procs:
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 0, err[-2000:]
+  with sqlite3.connect(db) as c:
+    assert c.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    assert c.execute("SELECT name FROM studies ORDER BY name").fetchall() == [("s0",), ("s1",)]

@@ -29,6 +29,7 @@ import functools
 import json
 import math
 import os
+import random
 import sqlite3
 import time
 import urllib.parse
@@ -111,6 +112,7 @@ trial_values = sa.Table(
     sa.Column("value", sa.Float),
 )
 _ADDITIVE = {"study_objectives", "trial_values"}  # tables a store opened to read may lack
+_BUSY_S = 60.0  # how long a SQLite store waits for another process's lock
 
 
 rounds = sa.Table(
@@ -225,7 +227,7 @@ class Store:
               uri=True, check_same_thread=False)
       else:  # one shared connection, or every connection would see its own empty database
         kwargs["poolclass"] = sa.pool.StaticPool
-      kwargs["connect_args"] = {"timeout": 60, "check_same_thread": False}
+      kwargs["connect_args"] = {"timeout": _BUSY_S, "check_same_thread": False}
     elif parsed.get_backend_name() == "postgresql":
       kwargs["connect_args"] = {"connect_timeout": 5}  # an unreachable server fails fast
     try:
@@ -244,7 +246,7 @@ class Store:
       def _pragmas(conn, _):
         cur = conn.cursor()
         if create:  # persistent in the file: a store opened to read keeps what it has
-          cur.execute("PRAGMA journal_mode=WAL")
+          _journal_wal(cur)
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.close()
@@ -592,6 +594,23 @@ class Store:
                   metrics=per.get(r["id"], []), failure_reason=r["failure_reason"],
                   checkpoint_path=r["checkpoint_path"], u=json.loads(r["u"] or "null"),
                   duration_s=r["duration_s"], values=vals.get(r["id"])) for r in rows]
+
+
+def _journal_wal(cur: sqlite3.Cursor) -> None:
+  """Puts a SQLite file in WAL mode. Switching a new file takes a write lock on top of a
+  read lock, and SQLite does not wait for that lock (its busy timeout is skipped): when
+  several processes open a new store at once (a multi-host search, workers) the ones that
+  lose get "database is locked" at once. They retry here, for up to the busy timeout."""
+  deadline, pause = time.monotonic() + _BUSY_S, 0.002
+  while True:
+    try:
+      cur.execute("PRAGMA journal_mode=WAL")
+      return
+    except sqlite3.OperationalError as e:
+      if e.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY or time.monotonic() > deadline:
+        raise
+    time.sleep(pause * (0.5 + random.random()))  # jittered: racing openers fall apart
+    pause = min(2 * pause, 0.2)
 
 
 def _one_line(e: BaseException) -> str:
