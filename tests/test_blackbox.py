@@ -573,6 +573,7 @@ def test_benchmark_functions_have_their_known_minima():
     (gp_bo, {"dim": 2, "n_exploit": -1}, "n_exploit"),
     (gp_bo, {"dim": 2, "n_exploit": (24, 0)}, "n_exploit"),
     (gp_bo, {"dim": 2, "n_diverse": 8}, "n_diverse"),
+    (gp_bo, {"dim": 2, "warp": 1}, "warp"),
     (tpe, {"dim": 2, "bandwidth": "silverman"}, "bandwidth"),
     (cma_es, {"dim": 2, "bounds": "clip"}, "bounds"),
     (cma_es, {"dim": 2, "restart_tol": -1.0}, "restart_tol"),
@@ -664,17 +665,17 @@ def test_cma_es_restarts_when_the_step_collapses_and_stays_jittable():
 
 
 def test_kumaraswamy_warp_matches_its_closed_form():
-  """The identity at a = b = 1; ``1 - (1 - x^a)^b`` elsewhere, monotone from 0 to 1; categorical
-  coordinates are left as they are."""
+  """The identity at a = b = 1; ``1 - (1 - x^a)^b`` elsewhere (inputs clipped to [1e-6, 1]),
+  monotone from 0 to 1; categorical coordinates are left as they are."""
   x = jnp.linspace(0.0, 1.0, 101)[:, None] * jnp.ones((1, 2))
   ident = {"warp_a": jnp.zeros(2), "warp_b": jnp.zeros(2)}
   np.testing.assert_allclose(kumaraswamy_warp(x, ident), x, atol=2e-6)
   theta = {"warp_a": jnp.log(jnp.asarray([2.0, 0.5])), "warp_b": jnp.log(jnp.asarray([3.0, 1.5]))}
   w = np.asarray(kumaraswamy_warp(x, theta))
-  xs = np.asarray(x[:, 0], np.float64)
+  xs = np.clip(np.asarray(x[:, 0], np.float64), 1e-6, 1.0)
   np.testing.assert_allclose(w[:, 0], 1 - (1 - xs**2) ** 3, atol=1e-5)
   np.testing.assert_allclose(w[:, 1], 1 - (1 - xs**0.5) ** 1.5, atol=1e-5)
-  assert np.all(np.diff(w, axis=0) >= 0) and abs(w[0]).max() < 1e-3 and abs(w[-1] - 1).max() < 1e-3
+  assert np.all(np.diff(w, axis=0) >= 0) and abs(w[0]).max() < 2e-3 and abs(w[-1] - 1).max() < 1e-5
   wl = np.asarray(kumaraswamy_warp(x, theta, np.asarray([3, 0])))
   np.testing.assert_array_equal(wl[:, 0], np.asarray(x[:, 0]))
   np.testing.assert_allclose(wl[:, 1], w[:, 1])

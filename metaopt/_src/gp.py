@@ -19,7 +19,9 @@ previous fit. The noise is floored at 1e-6 of the signal variance; where float32
 fails at that floor (near-duplicate points; found by a trial factorisation outside the
 gradient) the factorisation is redone at 1e-4. The history
 is a fixed-capacity buffer whose unused rows are masked out of the kernel matrix (identity
-rows, zero targets), so shapes never change.
+rows, zero targets), so shapes never change. With ``warp=True`` each continuous input goes
+through a Kumaraswamy CDF (:func:`kumaraswamy_warp`) before the kernel, its two log
+concentrations per coordinate fitted with the other hyperparameters (Snoek et al. 2014).
 
 Acquisition (log-EI or UCB) is maximised over uniform random candidates plus Gaussian
 perturbations of the best observations at four scales (``local_std`` down to
