@@ -682,6 +682,8 @@ def test_kumaraswamy_warp_matches_its_closed_form():
   assert "warp_a" not in gp_bo(2).init(jax.random.key(0))["theta"]  # off by default
 
 
+# slow like the GP's entry of the 2-D optima test above (six searches, ~6 GP asks each)
+@pytest.mark.slow
 def test_gp_warp_finds_the_2d_sphere_and_rosenbrock_optima_in_one_jitted_scan():
   """gp_bo(warp=True), the settings of the GP's 2-D optima test: the whole search (fit of the
   warping with the hyperparameters, acquisition restarts, kriging-believer batches) runs inside
