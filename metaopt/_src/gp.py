@@ -19,7 +19,9 @@ previous fit. The noise is floored at 1e-6 of the signal variance; where float32
 fails at that floor (near-duplicate points; found by a trial factorisation outside the
 gradient) the factorisation is redone at 1e-4. The history
 is a fixed-capacity buffer whose unused rows are masked out of the kernel matrix (identity
-rows, zero targets), so shapes never change.
+rows, zero targets), so shapes never change. With ``warp=True`` each continuous input goes
+through a Kumaraswamy CDF (:func:`kumaraswamy_warp`) before the kernel, its two log
+concentrations per coordinate fitted with the other hyperparameters (Snoek et al. 2014).
 
 Acquisition (log-EI or UCB) is maximised over uniform random candidates plus Gaussian
 perturbations of the best observations at four scales (``local_std`` down to
@@ -111,8 +113,32 @@ def matern52(x1: jax.Array, x2: jax.Array, log_ls: jax.Array, log_s2: jax.Array,
   return jnp.exp(log_s2) * (1.0 + _SQRT5 * r + (5.0 / 3.0) * r2) * jnp.exp(-_SQRT5 * r)
 
 
+_WARP_EPS = 1e-6  # inputs clipped to [eps, 1 - eps] before warping (finite gradients)
+_WARP_LOG_MAX = 2.0  # Kumaraswamy log-concentrations clipped to [-2, 2]
+_WARP_PRIOR_STD = 0.75  # log-normal prior on each concentration, centred on the identity
+
+
+def kumaraswamy_warp(x: jax.Array, theta, levels: np.ndarray | None = None) -> jax.Array:
+  """Input warping by the Kumaraswamy CDF ``1 - (1 - x^a)^b`` per continuous coordinate.
+
+  ``a = exp(theta["warp_a"])``, ``b = exp(theta["warp_b"])`` (both 1: the identity) are fitted
+  with the other hyperparameters (Snoek et al., "Input Warping for Bayesian Optimization of
+  Non-Stationary Functions", ICML 2014; Balandat et al., BoTorch 2020). Without those keys in
+  ``theta`` (``gp_bo(warp=False)``), and on categorical coordinates, ``x`` is returned as is.
+  """
+  if "warp_a" not in theta:
+    return x
+  xc = jnp.clip(x, _WARP_EPS, 1.0 - _WARP_EPS)
+  xa = jnp.exp(jnp.exp(theta["warp_a"]) * jnp.log(xc))
+  w = 1.0 - jnp.exp(jnp.exp(theta["warp_b"]) * jnp.log(jnp.maximum(1.0 - xa, _WARP_EPS)))
+  if levels is not None and np.any(levels):
+    w = jnp.where(levels > 0, x, w)
+  return w
+
+
 def _gram(theta, x, mask, levels=None, floor=None):
   m = mask.astype(jnp.float32)
+  x = kumaraswamy_warp(x, theta, levels)
   k = matern52(x, x, theta["log_ls"], theta["log_s2"], levels) * (m[:, None] * m[None, :])
   noise = jnp.exp(theta["log_s2"]) * ((_MIN_NOISE if floor is None else floor)
                                       + jnp.exp(theta["log_noise"]))
@@ -145,6 +171,9 @@ def _log_prior(theta, dim: int) -> jax.Array:
   lp = -jnp.sum(0.1 * ls2 + 0.1 / ls2)
   lp += theta["log_s2"] - jnp.exp(theta["log_s2"])
   lp -= 0.5 * jnp.square((theta["log_noise"] + 9.0) / 1.5)
+  if "warp_a" in theta:  # log-normal around the identity warp
+    lp -= 0.5 * jnp.sum(jnp.square(theta["warp_a"]) + jnp.square(theta["warp_b"])) / (
+        _WARP_PRIOR_STD**2)
   return lp
 
 
@@ -157,9 +186,13 @@ def _neg_log_marginal(theta, x, yz, mask, dim: int, levels=None) -> jax.Array:
 
 
 def _clip_theta(theta):
-  return {"log_ls": jnp.clip(theta["log_ls"], math.log(1e-2), math.log(1e2)),
-          "log_s2": jnp.clip(theta["log_s2"], -4.0, 4.0),
-          "log_noise": jnp.clip(theta["log_noise"], _LOG_NOISE_MIN, 1.0)}
+  out = {"log_ls": jnp.clip(theta["log_ls"], math.log(1e-2), math.log(1e2)),
+         "log_s2": jnp.clip(theta["log_s2"], -4.0, 4.0),
+         "log_noise": jnp.clip(theta["log_noise"], _LOG_NOISE_MIN, 1.0)}
+  for k in ("warp_a", "warp_b"):
+    if k in theta:
+      out[k] = jnp.clip(theta[k], -_WARP_LOG_MAX, _WARP_LOG_MAX)
+  return out
 
 
 def fit_gp(theta, x, yz, mask, steps: int, lr: float, levels=None, fixed_noise: bool = False):
@@ -190,8 +223,11 @@ def _posterior(theta, x, yz, mask, levels=None):
   alpha = cho_solve((chol, True), yz)
   s2 = jnp.exp(theta["log_s2"])
 
+  xw = kumaraswamy_warp(x, theta, levels)
+
   def predict(xq):
-    ks = matern52(xq, x, theta["log_ls"], theta["log_s2"], levels) * mask[None, :]
+    ks = matern52(kumaraswamy_warp(xq, theta, levels), xw, theta["log_ls"], theta["log_s2"],
+                  levels) * mask[None, :]
     mean = ks @ alpha
     v = solve_triangular(chol, ks.T, lower=True)
     var = jnp.maximum(s2 - jnp.sum(jnp.square(v), axis=0), 1e-10)
@@ -262,7 +298,7 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
           n_restarts: int = 8, grad_steps: int = 50, grad_lr: float = 0.02,
           levels: Sequence[int] | None = None, deterministic: bool = False,
           n_exploit: int | Sequence[int] = (24, 12, 48, 96),
-          buckets: bool = True, n_diverse: int = 0) -> Searcher:
+          buckets: bool = True, n_diverse: int = 0, warp: bool = False) -> Searcher:
   """GP-BO with a Matern-5/2 ARD kernel, log-EI or UCB, and kriging-believer batches.
 
   Until ``n_startup`` observations are complete, proposals are scrambled Sobol points. Then
@@ -328,6 +364,8 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
                  fit_steps=fit_steps, n_candidates=n_candidates, n_local=n_local,
                  n_restarts=n_restarts, grad_steps=grad_steps, n_diverse=n_diverse)
   n_exploit = _check_n_exploit(n_exploit)
+  if not isinstance(warp, (bool, np.bool_)):
+    raise ValueError(f"warp={warp!r}: must be True or False")
   for name, v in (("kappa", kappa), ("fit_lr", fit_lr), ("local_std", local_std),
                   ("grad_lr", grad_lr)):
     _check_float(name, v, 0.0, float("inf"))
@@ -345,6 +383,9 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
     theta = {"log_ls": jnp.full((dim,), math.log(0.5 * math.sqrt(dim)), jnp.float32),
              "log_s2": jnp.zeros((), jnp.float32),
              "log_noise": jnp.full((), _LOG_NOISE_MIN if deterministic else -6.0, jnp.float32)}
+    if warp:  # the identity warp to start from
+      theta |= {"warp_a": jnp.zeros((dim,), jnp.float32),
+                "warp_b": jnp.zeros((dim,), jnp.float32)}
     return {**history_init(capacity, dim), "theta": theta, "design": design.init(key)}
 
   def refine(acq, x0):
@@ -406,7 +447,8 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
     masks all but the first ``k_nn`` of the ``max(n_exploit)`` nearest, so one compiled body
     serves every size; all of them are candidates."""
     inc = jnp.argmin(jnp.where(valid, y, jnp.inf))
-    d2 = jnp.where(valid, _sq_dist(x, x[inc][None], theta["log_ls"], lvl)[:, 0], jnp.inf)
+    xw = kumaraswamy_warp(x, theta, lvl)
+    d2 = jnp.where(valid, _sq_dist(xw, xw[inc][None], theta["log_ls"], lvl)[:, 0], jnp.inf)
     neg_d2, nn = jax.lax.top_k(-d2, min(max(n_exploit), x.shape[0]))
     ml = jnp.isfinite(neg_d2) & (jnp.arange(nn.shape[0]) < k_nn)
     xl = x[nn]
