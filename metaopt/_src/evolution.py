@@ -419,6 +419,23 @@ def _cma_restarts(strategies, params, dim: int, sigma0: float, mode: str,
   return Searcher(init, ask, tell)
 
 
+def _check_cma_args(popsize: int, sigma0: float, bounds: str, restart_tol: float,
+                    restarts: str, start: str) -> None:
+  _check_int("popsize", popsize, 2)
+  _check_float("sigma0", sigma0, 0.0, float("inf"))
+  _check_float("restart_tol", restart_tol, 0.0, float("inf"), lo_open=False)
+  if bounds not in _BOUNDS:
+    raise ValueError(f"bounds={bounds!r}: must be one of {_BOUNDS}")
+  if start not in _STARTS:
+    raise ValueError(f"start={start!r}: must be one of {_STARTS}")
+  if restarts not in _RESTARTS:
+    raise ValueError(f"restarts={restarts!r}: must be one of {_RESTARTS}")
+  if restarts != "none" and bounds != "resample":
+    raise ValueError(f"bounds={bounds!r}: restarts={restarts!r} needs bounds='resample'")
+  if restarts != "none" and start != "centre":
+    raise ValueError(f"start={start!r}: restarts={restarts!r} needs start='centre'")
+
+
 def cma_es(dim: int, popsize: int | None = None, sigma0: float = 1.0 / 6.0,
            bounds: str = "resample", restart_tol: float = 0.0, restarts: str = "none",
            max_popsize: int | None = None, start: str = "centre") -> Searcher:
@@ -494,20 +511,8 @@ def cma_es(dim: int, popsize: int | None = None, sigma0: float = 1.0 / 6.0,
   _check_dim(dim)
   if popsize is None:
     popsize = 4 + int(math.floor(3 * math.log(dim)))
-  _check_int("popsize", popsize, 2)
-  _check_float("sigma0", sigma0, 0.0, float("inf"))
-  _check_float("restart_tol", restart_tol, 0.0, float("inf"), lo_open=False)
-  if bounds not in _BOUNDS:
-    raise ValueError(f"bounds={bounds!r}: must be one of {_BOUNDS}")
-  if start not in _STARTS:
-    raise ValueError(f"start={start!r}: must be one of {_STARTS}")
-  if restarts not in _RESTARTS:
-    raise ValueError(f"restarts={restarts!r}: must be one of {_RESTARTS}")
+  _check_cma_args(popsize, sigma0, bounds, restart_tol, restarts, start)
   if restarts != "none":
-    if bounds != "resample":
-      raise ValueError(f"bounds={bounds!r}: restarts={restarts!r} needs bounds='resample'")
-    if start != "centre":
-      raise ValueError(f"start={start!r}: restarts={restarts!r} needs start='centre'")
     if max_popsize is None:
       max_popsize = 16 * popsize
     _check_int("max_popsize", max_popsize, popsize)

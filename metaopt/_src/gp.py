@@ -275,9 +275,11 @@ def _check_n_exploit(n_exploit: int | Sequence[int]) -> tuple[int, ...]:
   return tuple(int(k) for k in n_exploit)
 
 
-def _check_gp_args(dim: int, acquisition: str, **ints: int) -> None:
-  """One ``ValueError`` naming the first bad integer argument of :func:`gp_bo`."""
+def _check_gp_args(dim: int, acquisition: str, warp: bool, **ints: int) -> None:
+  """One ``ValueError`` naming the first bad integer or flag argument of :func:`gp_bo`."""
   _check_dim(dim)
+  if not isinstance(warp, (bool, np.bool_)):
+    raise ValueError(f"warp={warp!r}: must be True or False")
   if acquisition not in _ACQUISITIONS:
     raise ValueError(f"acquisition={acquisition!r}: must be one of {_ACQUISITIONS}")
   lows = {"n_startup": 0, "capacity": 2, "fit_steps": 0, "n_candidates": 1, "n_local": 0,
@@ -362,10 +364,8 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
   """
   _check_gp_args(dim, acquisition, n_startup=n_startup, capacity=capacity,
                  fit_steps=fit_steps, n_candidates=n_candidates, n_local=n_local,
-                 n_restarts=n_restarts, grad_steps=grad_steps, n_diverse=n_diverse)
+                 n_restarts=n_restarts, grad_steps=grad_steps, n_diverse=n_diverse, warp=warp)
   n_exploit = _check_n_exploit(n_exploit)
-  if not isinstance(warp, (bool, np.bool_)):
-    raise ValueError(f"warp={warp!r}: must be True or False")
   for name, v in (("kappa", kappa), ("fit_lr", fit_lr), ("local_std", local_std),
                   ("grad_lr", grad_lr)):
     _check_float(name, v, 0.0, float("inf"))
