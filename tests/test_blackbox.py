@@ -253,13 +253,18 @@ def test_tpe_default_good_set_is_optunas_from_five_dims_larger_below():
   assert [default_gamma(d) for d in (1, 2, 4, 5, 10)] == [0.25, 0.25, 0.125, 0.1, 0.1]
 
   def proposals(dim, gamma):
-    s = tpe(dim, n_startup=4, gamma=gamma, capacity=32)
-    u0 = jax.random.uniform(jax.random.key(0), (20, dim))
-    st = s.tell(s.init(jax.random.key(0)), u0, bf.sphere(u0), jnp.zeros(20, jnp.int32))
-    return np.asarray(jax.jit(s.ask, static_argnums=2)(st, jax.random.key(1), 4)[1])
+    return _tpe_proposals(dim, gamma=gamma)
 
   np.testing.assert_array_equal(proposals(5, None), proposals(5, "optuna"))
   assert not np.array_equal(proposals(2, None), proposals(2, "optuna"))
+
+
+def _tpe_proposals(dim: int, **kwargs) -> np.ndarray:
+  """One jitted ask of 4 points after 20 sphere observations, for comparing TPE settings."""
+  s = tpe(dim, n_startup=4, capacity=32, **kwargs)
+  u0 = jax.random.uniform(jax.random.key(0), (20, dim))
+  st = s.tell(s.init(jax.random.key(0)), u0, bf.sphere(u0), jnp.zeros(20, jnp.int32))
+  return np.asarray(jax.jit(s.ask, static_argnums=2)(st, jax.random.key(1), 4)[1])
 
 
 def test_tpe_ei_weights_follow_the_improvement_over_the_split():
@@ -279,10 +284,7 @@ def test_tpe_default_good_weights_are_ei_from_eight_dims():
       "uniform", "uniform", "uniform", "ei", "ei", "ei"]
 
   def proposals(dim, good_weights):
-    s = tpe(dim, n_startup=4, good_weights=good_weights, capacity=32)
-    u0 = jax.random.uniform(jax.random.key(0), (20, dim))
-    st = s.tell(s.init(jax.random.key(0)), u0, bf.sphere(u0), jnp.zeros(20, jnp.int32))
-    return np.asarray(jax.jit(s.ask, static_argnums=2)(st, jax.random.key(1), 4)[1])
+    return _tpe_proposals(dim, good_weights=good_weights)
 
   np.testing.assert_array_equal(proposals(5, None), proposals(5, "uniform"))
   np.testing.assert_array_equal(proposals(10, None), proposals(10, "ei"))
