@@ -22,6 +22,7 @@ import blackbox_suite as bs  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+from _paths import results_path  # noqa: E402
 from _protocol import DEV_SEEDS, paired  # noqa: E402
 
 from metaopt._src import bbob  # noqa: E402
@@ -129,8 +130,8 @@ def main() -> None:
       print("  ".join(row), flush=True)
   if a.fill:
     return
-  if a.raw:
-    with open(a.raw, "w") as f:
+  if a.raw:  # a development run: never over a tracked file
+    with open(results_path(a.raw, quick=True), "w") as f:
       json.dump(fin, f)
   names = list(variants)
   for v in names:

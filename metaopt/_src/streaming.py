@@ -143,11 +143,12 @@ class StreamingKernel:
     """``block_steps`` train steps of every trial; steps with ``valid[i]`` off (the padding
     of the last block) leave the state as it was."""
     in_b = None if self.shared else 0
+    train_step = pop.step_fn(self.fns)  # the in-memory kernel's step, so results match
 
     def trial(state, hh, live, xs, ys):
       def step(s, inp):
         x, y, ok = inp
-        new, tel = self.fns.train_step(s, (x, y), hh)
+        new, tel = train_step(s, (x, y), hh)
         keep = ok & live
         new = jax.tree_util.tree_map(lambda a, b: jnp.where(keep, a, b), new, s)
         return new, tel
