@@ -362,14 +362,15 @@ def _ridge_f32(n=2000, d=200):
   def solutions(w):
     _, lin = jax.linearize(jax.grad(lambda w: train_loss(w, lam, (x, y))), w)
     b = jax.grad(val_loss)(w, lam)
-    return b, [hypergrad.cg_solve(lin, b, maxiter=m, tol=1e-6).x for m in (500, 11)]
+    return b, {m: (hypergrad.cg_solve(lin, b, maxiter=m, tol=1e-6),
+                   hypergrad.linear_solve(lin, b, "cg", maxiter=m, tol=1e-6)) for m in (500, 11)}
 
-  b, vs = solutions(w_star)
+  b, solves = solutions(w_star)
   x64, b = np.asarray(x, np.float64), np.asarray(b, np.float64)
   h64 = x64.T @ x64 + 50.0 * np.eye(d)
-  exact = {m: np.linalg.norm(h64 @ np.asarray(v, np.float64) - b) / np.linalg.norm(b)
-           for m, v in zip((500, 11), vs, strict=True)}
-  return train_loss, val_loss, lam, (x, y), w_star, exact
+  exact = {m: np.linalg.norm(h64 @ np.asarray(s[0].x, np.float64) - b) / np.linalg.norm(b)
+           for m, s in solves.items()}
+  return train_loss, val_loss, lam, (x, y), w_star, exact, solves
 
 
 class FloatCheckRoundingTest(chex.TestCase):
@@ -378,9 +379,10 @@ class FloatCheckRoundingTest(chex.TestCase):
 
   @chex.variants(with_jit=True, without_jit=True)
   def test_float32_solve_at_tol_is_converged_and_above_tol_is_not(self):
-    train_loss, val_loss, lam, data, w_star, exact = _ridge_f32()
+    train_loss, val_loss, lam, data, w_star, exact, solves = _ridge_f32()
     for maxiter, below in ((500, True), (11, False)):
       assert (exact[maxiter] <= 1e-6) == below, exact  # premise: 9.4e-7 (12 its), 1.7e-6 (11)
+      assert all(bool(r.converged) == below for r in solves[maxiter]), maxiter  # solvers alone
       hg = hypergrad.implicit(train_loss, val_loss, maxiter=maxiter, tol=1e-6)
       d = self.variant(hg)(lam, w_star, data).diagnostics
       assert bool(d.converged) == below and bool(d.trustworthy) == below, (maxiter, d)
