@@ -161,7 +161,8 @@ def true_residuals(train_loss, lam, w_star, b, tol: float, maxiter: int) -> dict
   float64 from the float32 solution, plus the products each used. Outside the timing."""
   ours_mv, theirs_mv = _ridge_products(train_loss, lam, w_star)
   ours = hypergrad.cg_solve(ours_mv, b, maxiter=maxiter, tol=tol)
-  out = {"ours": (np.asarray(ours.x), int(ours.iterations), float(ours.residual_norm))}
+  out = {"ours": (np.asarray(ours.x), int(ours.iterations), float(ours.residual_norm),
+                  bool(ours.converged))}
   try:
     from jaxopt import linear_solve
 
@@ -174,7 +175,7 @@ def true_residuals(train_loss, lam, w_star, b, tol: float, maxiter: int) -> dict
     v = jax.block_until_ready(linear_solve.solve_cg(counted, b, maxiter=maxiter, tol=tol))
     # jax.scipy.sparse.linalg.cg (jaxopt's solve_cg) first forms r0 = b - A x0 with x0 = 0,
     # a product XLA folds away in the compiled program: count loop iterations only
-    out["jaxopt"] = (np.asarray(v), len(calls) - 1, float("nan"))
+    out["jaxopt"] = (np.asarray(v), len(calls) - 1, float("nan"), None)
   except Exception as e:  # noqa: BLE001
     print(f"jaxopt: not usable ({e!r}); no true residual for it")
   with jax.enable_x64(True):  # the float32 data, exactly, in float64 arithmetic
@@ -183,8 +184,8 @@ def true_residuals(train_loss, lam, w_star, b, tol: float, maxiter: int) -> dict
   b64 = np.asarray(b, np.float64)
   return {name: {"true_residual": float(np.linalg.norm(h64 @ v.astype(np.float64) - b64)
                                         / np.linalg.norm(b64)),
-                 "iterations": its, "own_check_f32": own}
-          for name, (v, its, own) in out.items()}
+                 "iterations": its, "own_check_f32": own, "converged": ok}
+          for name, (v, its, own, ok) in out.items()}
 
 
 def implicit_rows(rounds: int) -> list[dict]:
@@ -256,7 +257,8 @@ def implicit_rows(rounds: int) -> list[dict]:
   for name, acc in accuracy.items():
     rows.append({"method": f"solve {name}", "seconds": per_product.get(name, float("nan")),
                  "grad": acc["true_residual"], "rel_err_vs_closed_form": acc["own_check_f32"],
-                 "iterations": acc["iterations"], "compile": 0.0})
+                 "iterations": acc["iterations"], "compile": 0.0,
+                 "converged": acc["converged"]})
   return rows
 
 
@@ -344,7 +346,8 @@ def main() -> None:
     ours, theirs = solves["ours"], solves["jaxopt"]
     print(f"implicit_true_residual_f64: ours {ours['grad']:.3g} ({ours['iterations']} CG "
           f"products), jaxopt {theirs['grad']:.3g} ({theirs['iterations']}); tol 1e-6, our "
-          f"float32 check read {ours['rel_err_vs_closed_form']:.3g}")
+          f"float32 check read {ours['rel_err_vs_closed_form']:.3g} (converged: "
+          f"{ours['converged']})")
     print(f"implicit_per_product_us: ours {ours['seconds'] * 1e6:.1f}, "
           f"jaxopt {theirs['seconds'] * 1e6:.1f}")
   ratios = {r["method"]: r["seconds"] for r in irows if r["method"].startswith("ratio")}

@@ -3,6 +3,8 @@
 Checks run in float64 inside ``jax.enable_x64(True)`` (a context, never the global flag).
 """
 
+import functools
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -338,6 +340,68 @@ def test_unconverged_implicit_solve_is_flagged(x64):
   far = jax.jit(hypergrad.implicit(train_loss, val_loss, maxiter=500, tol=1e-9,
                                    inner_tol=1e-6))(h, w_star + 0.1, None)
   assert bool(far.diagnostics.converged) and not bool(far.diagnostics.trustworthy)
+
+
+@functools.cache
+def _ridge_f32(n=2000, d=200):
+  """The float32 ridge problem of ``benchmarks/hypergrad_cost.py`` (data passed as the batch)
+  and, for CG capped at 500 and 11 iterations, the exact (float64) relative residual of the
+  float32 solution of ``H v = dV/dw``."""
+  rng = np.random.default_rng(0)
+  f32 = lambda *shape: jnp.asarray(rng.normal(size=shape), jnp.float32)
+  w_true, x = f32(d), f32(n, d)
+  y = x @ w_true + 2.0 * f32(n)
+  xv = f32(n, d)
+  yv = xv @ w_true + 2.0 * f32(n)
+  train_loss = lambda w, h, b: 0.5 * jnp.sum((b[0] @ w - b[1]) ** 2) + 0.5 * h * jnp.sum(w * w)
+  val_loss = lambda w, h: problems.ridge_val_loss(w, xv, yv)
+  lam = jnp.asarray(50.0, jnp.float32)
+  w_star = problems.ridge_solution(x, y, lam)
+
+  @jax.jit
+  def solutions(w):
+    _, lin = jax.linearize(jax.grad(lambda w: train_loss(w, lam, (x, y))), w)
+    b = jax.grad(val_loss)(w, lam)
+    return b, {m: (hypergrad.cg_solve(lin, b, maxiter=m, tol=1e-6),
+                   hypergrad.linear_solve(lin, b, "cg", maxiter=m, tol=1e-6)) for m in (500, 11)}
+
+  b, solves = solutions(w_star)
+  x64, b = np.asarray(x, np.float64), np.asarray(b, np.float64)
+  h64 = x64.T @ x64 + 50.0 * np.eye(d)
+  exact = {m: np.linalg.norm(h64 @ np.asarray(s[0].x, np.float64) - b) / np.linalg.norm(b)
+           for m, s in solves.items()}
+  return train_loss, val_loss, lam, (x, y), w_star, exact, solves
+
+
+class FloatCheckRoundingTest(chex.TestCase):
+  """The float32 true-residual check reads its own rounding (about 2 eps here): a CG solve
+  whose exact residual is below tol is converged, one above it is not."""
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_float32_solve_at_tol_is_converged_and_above_tol_is_not(self):
+    train_loss, val_loss, lam, data, w_star, exact, solves = _ridge_f32()
+    for maxiter, below in ((500, True), (11, False)):
+      assert (exact[maxiter] <= 1e-6) == below, exact  # premise: 9.4e-7 (12 its), 1.7e-6 (11)
+      assert all(bool(r.converged) == below for r in solves[maxiter]), maxiter  # solvers alone
+      hg = hypergrad.implicit(train_loss, val_loss, maxiter=maxiter, tol=1e-6)
+      d = self.variant(hg)(lam, w_star, data).diagnostics
+      assert bool(d.converged) == below and bool(d.trustworthy) == below, (maxiter, d)
+      assert abs(float(d.residual_norm) - exact[maxiter]) < 4 * np.finfo(np.float32).eps
+
+
+def test_float32_cg_drift_beyond_rounding_is_flagged():
+  """CG's recursive residual reaches tol on an ill-conditioned float32 system while the true
+  residual stays far above it: the rounding allowance does not hide that."""
+  rng = np.random.default_rng(0)
+  q = np.linalg.qr(rng.normal(size=(50, 50)))[0]
+  a64 = q @ np.diag(np.logspace(0, 3, 50)) @ q.T
+  a, b = jnp.asarray(a64, jnp.float32), jnp.asarray(rng.normal(size=50), jnp.float32)
+  for solve in (hypergrad.cg_solve, lambda mv, b, **k: hypergrad.linear_solve(mv, b, "cg", **k)):
+    r = solve(lambda v: a @ v, b, maxiter=1000, tol=1e-6)
+    assert int(r.iterations) < 1000  # CG stopped on its own estimate
+    exact = np.linalg.norm(a64 @ np.asarray(r.x, np.float64) - np.asarray(b, np.float64))
+    assert exact / np.linalg.norm(np.asarray(b, np.float64)) > 1e-5
+    assert not bool(r.converged) and float(r.residual_norm) > 1e-5
 
 
 def test_implicit_with_closed_over_arrays_and_keys(x64):
