@@ -29,6 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _protocol  # noqa: E402
 import blackbox_suite as bs  # noqa: E402
 import numpy as np  # noqa: E402
+from _paths import results_path  # noqa: E402
 
 
 def log_regret(r: float) -> float:
@@ -135,7 +136,8 @@ def main() -> None:
   ap.add_argument("--seeds", default="10",
                   help="N (the first N development seeds) or A-B (development seeds A..B)")
   ap.add_argument("--cache", default="runs/blackbox_suite")
-  ap.add_argument("--out", default=None, help="JSON of final regrets (reused when present)")
+  ap.add_argument("--out", default=None, help="JSON of final regrets (reused when present; "
+                  "a path in the repository goes under runs/benchmarks/)")
   ap.add_argument("--fill", action="store_true", help="run (and cache) missing Optuna runs")
   args = ap.parse_args()
   variants = json.loads(args.variants)
@@ -146,6 +148,7 @@ def main() -> None:
     seeds = tuple(s for s in _protocol.DEV_SEEDS if a <= s <= b)
   else:
     seeds = _protocol.DEV_SEEDS[: int(args.seeds)]
+  args.out = results_path(args.out, quick=True)  # development runs: never a tracked file
   done = {}
   if args.out and os.path.exists(args.out):
     with open(args.out) as fh:

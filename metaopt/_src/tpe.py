@@ -133,34 +133,6 @@ def _gap_bandwidth(x: jax.Array, mask: jax.Array) -> jax.Array:
   return jnp.where(mask[:, None], out, 1.0)
 
 
-def _masked_quantile(srt: jax.Array, m: jax.Array, q: float) -> jax.Array:
-  """The ``q`` quantile ``[d]`` (linear interpolation, numpy's default) of the first ``m``
-  rows of column-sorted ``srt``."""
-  pos = q * (m - 1).astype(jnp.float32)
-  lo = jnp.floor(pos).astype(jnp.int32)
-  hi = jnp.minimum(lo + 1, m - 1)
-  frac = pos - lo
-  return (1.0 - frac) * srt[lo] + frac * srt[hi]
-
-
-def _scott1d_bandwidth(x: jax.Array, mask: jax.Array, min_width: float = 0.01) -> jax.Array:
-  """Per-dimension kernel widths ``[d]`` of a point set and the prior's centre 0.5:
-  ``1.059 min(IQR / 1.34, std) m^(-1/5)`` over its ``m`` points (Scott's one-dimensional
-  rule, as Watanabe 2023's recommended TPE applies it per dimension), clipped to
-  ``[min_width, 1]``."""
-  n = jnp.sum(mask)
-  m = n + 1
-  pts = jnp.concatenate([jnp.where(mask[:, None], x, jnp.inf), jnp.full((1, x.shape[1]), 0.5)])
-  srt = jnp.sort(pts, axis=0)  # the m finite rows first
-  fin = jnp.isfinite(srt)
-  mf = m.astype(jnp.float32)
-  mean = jnp.sum(jnp.where(fin, srt, 0.0), axis=0) / mf
-  var = jnp.sum(jnp.where(fin, jnp.square(srt - mean), 0.0), axis=0) / jnp.maximum(mf - 1.0, 1.0)
-  iqr = _masked_quantile(srt, m, 0.75) - _masked_quantile(srt, m, 0.25)
-  sigma = 1.059 * jnp.minimum(iqr / 1.34, jnp.sqrt(var)) * mf ** -0.2
-  return jnp.clip(sigma, min_width, 1.0)
-
-
 def _ramp_logw(mask: jax.Array, age: jax.Array, flat: int = 25) -> jax.Array:
   """Log weights ``[k]`` of Optuna's ``default_weights`` over the rows in ``mask`` ordered by
   ``age`` (smaller: older): the newest ``flat`` weigh 1, the older ones ramp linearly from
@@ -185,8 +157,6 @@ def _mixture(x: jax.Array, mask: jax.Array, prior_weight: float, d_eff: int,
   dim = x.shape[1]
   if bandwidth == "gaps":
     sigma = _gap_bandwidth(x, mask)
-  elif bandwidth == "scott1d":
-    sigma = jnp.broadcast_to(_scott1d_bandwidth(x, mask), x.shape)
   else:
     sigma = jnp.broadcast_to(_bandwidth(x, mask / jnp.maximum(n, 1), n, d_eff), x.shape)
   mus = jnp.concatenate([x, jnp.full((1, dim), 0.5)], axis=0)
@@ -242,27 +212,18 @@ def _point_keys(key: jax.Array, i: jax.Array) -> jax.Array:
   return jax.random.split(jax.random.fold_in(key, i))
 
 
-def latin_hypercube(key: jax.Array, n: int, dim: int) -> jax.Array:
-  """``n`` points ``[n, dim]`` of a random Latin hypercube on ``[0, 1]^dim``: along each
-  dimension exactly one point in each of the ``n`` equal slices."""
-  kp, ku = jax.random.split(jax.random.fold_in(key, 0x7FFFFFFF))
-  rank = jnp.argsort(jnp.argsort(jax.random.uniform(kp, (n, dim)), axis=0), axis=0)
-  return (rank + jax.random.uniform(ku, (n, dim))) / n
-
-
 def propose(x: jax.Array, good: jax.Array, bad: jax.Array, startup: jax.Array,
             key: jax.Array, n: int, *, prior_weight: float, d_eff: int, n_candidates: int,
             multivariate: bool, constant_liar: bool, bandwidth: str = "gaps",
             age: jax.Array | None = None, w_rows: jax.Array | None = None,
-            w_good: jax.Array | None = None, startup_u: jax.Array | None = None) -> jax.Array:
+            w_good: jax.Array | None = None) -> jax.Array:
   """``n`` TPE proposals ``[n, dim]`` from history rows ``x`` split into ``good`` and ``bad``
   (uniform points while ``startup``); with ``constant_liar`` each proposal joins the bad set
   for the next. With ``age`` (per row, smaller: older), the bad density down-weights its older
   observations as Optuna's ``default_weights`` does (:func:`_ramp_logw`). ``w_rows`` (per row;
   not with ``age``) weighs observations in both densities (warm-start priors,
   :func:`source_weight`). ``w_good`` (per row; not with ``w_rows``) weighs the good density's
-  observations only. ``startup_u`` (``[n, dim]``): the points while ``startup`` (default: one
-  uniform draw per point)."""
+  observations only."""
   capacity, dim = x.shape
   if age is not None and w_rows is not None:
     raise ValueError("propose: pass age or w_rows, not both")
@@ -291,8 +252,7 @@ def propose(x: jax.Array, good: jax.Array, bad: jax.Array, startup: jax.Array,
       best = cand[jnp.argmax(score)]
     else:
       best = jnp.take_along_axis(cand, jnp.argmax(score, axis=0)[None], axis=0)[0]
-    rand = jax.random.uniform(k_rand, (dim,)) if startup_u is None else startup_u[i]
-    u = jnp.where(startup, rand, best)
+    u = jnp.where(startup, jax.random.uniform(k_rand, (dim,)), best)
     if constant_liar:
       x_bad = x_bad.at[capacity + i].set(u)
       bad = bad.at[capacity + i].set(True)
@@ -363,14 +323,11 @@ def _ei_weights(y: jax.Array, good: jax.Array, bad: jax.Array) -> jax.Array:
   return jnp.where(good, jnp.maximum(w, 0.05), 1.0)
 
 
-def make_startup_ask(dim: int, n_startup: int, design: str = "uniform"):
-  """A searcher's ``startup_ask``: the points ``ask`` gives before ``n_startup`` complete
-  observations (uniform, or with ``design="lhs"`` a Latin hypercube per ask)."""
+def make_startup_ask(dim: int, n_startup: int):
+  """A searcher's ``startup_ask``: the uniform points ``ask`` gives before ``n_startup``
+  complete observations."""
   def startup_ask(state, key, n):
-    if design == "lhs":
-      u = latin_hypercube(key, n, dim)
-    else:
-      u = jax.vmap(lambda i: jax.random.uniform(_point_keys(key, i)[0], (dim,)))(jnp.arange(n))
+    u = jax.vmap(lambda i: jax.random.uniform(_point_keys(key, i)[0], (dim,)))(jnp.arange(n))
     return state, u, jnp.sum(state["valid"]) < n_startup
   return startup_ask
 
@@ -380,7 +337,7 @@ def tpe(dim: int, n_startup: int = 10, gamma: float | str | None = None,
         multivariate: bool = True, constant_liar: bool = True, prior_weight: float = 1.0,
         capacity: int = 1024, bandwidth: str = "gaps",
         prior_weighting: str = "ranking", age_weights: bool = False,
-        good_weights: str | None = None, startup: str = "uniform") -> Searcher:
+        good_weights: str | None = None) -> Searcher:
   """Tree-structured Parzen Estimator over ``[0, 1]^dim``.
 
   Until ``n_startup`` observations are complete, proposals are uniform random. A batch
@@ -408,9 +365,7 @@ def tpe(dim: int, n_startup: int = 10, gamma: float | str | None = None,
       a dimension is the larger gap to its neighbours there (see :func:`_gap_bandwidth`), so
       kernels are narrow where observations are dense. ``"scott"``: one width per dimension
       and set, Scott's rule on the set's spread (the rule before; over 30 seeds it was better
-      on Branin and the mixed function, worse on Hartmann-6). ``"scott1d"``: one width per
-      dimension and set, Scott's one-dimensional rule over the set and the prior's centre,
-      floored at 0.01 (:func:`_scott1d_bandwidth`; Watanabe 2023's recommended rule).
+      on Branin and the mixed function, worse on Hartmann-6).
 
     prior_weighting: how warm-start priors weigh against this study's own rows, once the
       state carries ``n_prior`` (the first ``n_prior`` rows told are priors; a
@@ -430,10 +385,6 @@ def tpe(dim: int, n_startup: int = 10, gamma: float | str | None = None,
       (default, :func:`default_good_weights`): ``"ei"`` from 8 dimensions on, ``"uniform"``
       below (chosen on development cases of ``benchmarks/blackbox_suite.py``: at d = 10 it
       lowered the regret on 24 BBOB functions; at d = 2 it raised it).
-
-    startup: the points before ``n_startup`` observations: ``"uniform"`` (default, Optuna's:
-      independent uniform draws) or ``"lhs"`` (each ask's points a Latin hypercube,
-      :func:`latin_hypercube`).
 
   Returns:
     A :class:`Searcher`; its state holds the history and never changes shape.
@@ -459,15 +410,13 @@ def tpe(dim: int, n_startup: int = 10, gamma: float | str | None = None,
     base = default_gamma(dim)
     if gamma is not None:
       _check_float("gamma", gamma, 0.0, 1.0)
-  if bandwidth not in ("gaps", "scott", "scott1d"):
-    raise ValueError(f"bandwidth={bandwidth!r}: must be 'gaps', 'scott' or 'scott1d'")
+  if bandwidth not in ("gaps", "scott"):
+    raise ValueError(f"bandwidth={bandwidth!r}: must be 'gaps' or 'scott'")
   _check_float("prior_weight", prior_weight, 0.0, float("inf"))
   if good_weights is None:
     good_weights = default_good_weights(dim)
   elif good_weights not in ("uniform", "ei"):
     raise ValueError(f"good_weights={good_weights!r}: must be 'uniform', 'ei' or None")
-  if startup not in ("uniform", "lhs"):
-    raise ValueError(f"startup={startup!r}: must be 'uniform' or 'lhs'")
   if prior_weighting not in ("ranking", "ranking_vs_own", "equal"):
     raise ValueError(f"prior_weighting={prior_weighting!r}: must be 'ranking', "
                      "'ranking_vs_own' or 'equal'")
@@ -480,7 +429,6 @@ def tpe(dim: int, n_startup: int = 10, gamma: float | str | None = None,
   def ask(state, key, n):
     valid, y = state["valid"], state["y"]
     n_obs = jnp.sum(valid)
-    su = latin_hypercube(key, n, dim) if startup == "lhs" else None
     if "n_prior" not in state or prior_weighting == "equal":  # no priors marked: plain TPE
       # Ranks of complete observations (invalid rows sort last); the best n_below are "good".
       order = jnp.argsort(jnp.where(valid, y, jnp.inf))
@@ -493,8 +441,7 @@ def tpe(dim: int, n_startup: int = 10, gamma: float | str | None = None,
       w_good = _ei_weights(y, good, bad) if good_weights == "ei" else None
       u = propose(state["x"], good, bad, n_obs < n_startup, key, n, prior_weight=prior_weight,
                   d_eff=d_eff, n_candidates=n_candidates, multivariate=multivariate,
-                  constant_liar=constant_liar, bandwidth=bandwidth, age=age, w_good=w_good,
-                  startup_u=su)
+                  constant_liar=constant_liar, bandwidth=bandwidth, age=age, w_good=w_good)
       return state, u
     src = prior_rows(state)
     rel = prior_weighting == "ranking_vs_own"
@@ -511,10 +458,10 @@ def tpe(dim: int, n_startup: int = 10, gamma: float | str | None = None,
     bad = valid & ~good
     u = propose(state["x"], good, bad, n_obs < n_startup, key, n, prior_weight=prior_weight,
                 d_eff=d_eff, n_candidates=n_candidates, multivariate=multivariate,
-                constant_liar=constant_liar, bandwidth=bandwidth, w_rows=r, startup_u=su)
+                constant_liar=constant_liar, bandwidth=bandwidth, w_rows=r)
     return state, u
 
-  startup_ask = make_startup_ask(dim, n_startup, startup)
+  startup_ask = make_startup_ask(dim, n_startup)
 
   def tell(state, u, y, status):
     out = history_tell(state, u, y, status)
