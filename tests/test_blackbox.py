@@ -790,3 +790,24 @@ class GPWarpJittable(chex.TestCase):
     told = self.variant(s.tell)(st1, u1, bf.branin(u1), jnp.zeros(3, jnp.int32))
     assert int(told["count"]) == 11
     assert jax.tree_util.tree_map(lambda a: (a.shape, a.dtype), told) == shapes0
+
+
+def test_tpe_dev_e5_is_the_five_seed_cell_count_averaged_over_subsets():
+  """benchmarks/tpe_dev.py's E5: per cell, the fraction of 5-seed subsets (same seeds on both
+  sides) where our median regret is at or below Optuna's, summed over cells with Optuna runs."""
+  import importlib.util
+  import os
+
+  path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                      "benchmarks", "tpe_dev.py")
+  spec = importlib.util.spec_from_file_location("tpe_dev", path)
+  td = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(td)
+  seeds = range(6)
+  ours = {f"{f}|2|{s}": 1.0 for f in (1, 2, 3) for s in seeds}
+  # f1: Optuna 0.5 on three seeds, 2 on three: dropping a 0.5 leaves median 2 (ours at or
+  # below), dropping a 2 leaves median 0.5 (ours above): 3 of 6 subsets. f2: always above ours.
+  opt = {**{f"1|2|{s}": (0.5 if s < 3 else 2.0) for s in seeds},
+         **{f"2|2|{s}": 3.0 for s in seeds}, "3|2|0": 9.0}  # f3: Optuna runs missing, skipped
+  assert td.e5(ours, opt, (1, 2, 3), (2,), seeds) == pytest.approx(1.5)
+  assert td.e5(ours, opt, (1,), (2,), range(5)) == 0.0  # one subset: median 0.5 < 1
