@@ -101,7 +101,9 @@ class Evaluator:
       stopped trials (compaction). ``checkpoint(state) -> (tree, meta)`` and
       ``restore(batch, meta) -> abstract tree`` / ``resume(tree, batch, meta) -> state``.
     ``validate(epochs)``: raise ``ValueError`` for a setting it cannot run, before anything
-      compiles.
+      compiles. ``first_metrics(batch)``: one trial's epoch metrics as zeros (names, shapes
+      and dtypes) while its first epoch is still compiling, or None; the loop then compiles
+      the program's observer meanwhile (``loop.warm_observe``).
 
   Attributes:
     objective: name of the metric (in ``metrics[i]``) the search optimizes.
