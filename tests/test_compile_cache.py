@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import metaopt
-from metaopt._src import compile_cache, evaluators
+from metaopt._src import compile_cache, evaluators, loop
 from metaopt.tasks import get_task
 
 XLA: collections.Counter = collections.Counter()
@@ -53,18 +53,60 @@ def test_a_search_run_again_compiles_nothing():
   assert cold > 0  # (tests/conftest.py empties the cache for each test module)
 
 
+def test_search_keys_equal_the_eager_ones_in_one_compile_each():
+  from metaopt._src import loop
+
+  for seed in (0, 1, 1000, 2**31 - 1, 2**31, 2**40, -3):  # past int32: the eager path
+    eager = jax.random.split(jax.random.key(seed))
+    got = loop.root_keys(seed)
+    for a, b in zip(eager, got, strict=True):
+      np.testing.assert_array_equal(jax.random.key_data(a), jax.random.key_data(b))
+    for data in (0, 1, 7, 2**32 - 1):
+      np.testing.assert_array_equal(jax.random.key_data(jax.random.fold_in(eager[1], data)),
+                                    jax.random.key_data(loop.fold_in(got[1], data)))
+  assert loop.search_keys._cache_size() == 1 and loop._fold_in._cache_size() == 1
+
+
+def test_a_cold_search_compiles_at_most_eleven_programs():
+  # nothing compiled before (JAX's own caches too): the searcher's init, startup ask, decode,
+  # observe and tell, the population init, its trial keys, the chunk, the search's two key
+  # functions and one conversion; no eager PRNG op compiles on its own
+  jax.clear_caches()
+  compile_cache.clear()
+  XLA.clear()
+  _search(seed=5, study="cold")
+  eager = {"jit(_threefry_split)", "jit(_threefry_fold_in)", "jit(_threefry_seed)",
+           "jit(unstack)", "jit(stage)"}
+  assert not eager & set(XLA), dict(XLA)
+  assert sum(XLA.values()) <= 11, dict(XLA)
+  assert XLA["jit(loop_chunk)"] == 1, dict(XLA)
+
+
 def test_the_first_chunk_compiles_in_the_background_into_the_same_trials(monkeypatch):
   # the population chunk compiles on a background thread while the first ask and init
   # compile on the caller's; the chunk's call finds it compiled: once, nothing compiled
   # twice, and the trials equal those of the search that compiles it on the caller's thread
-  runs = {}
+  # meanwhile the loop compiles the observer on zeros shaped as the chunk's metrics
+  runs, warmed, zeros = {}, [], []
+  warm, first = loop.warm_observe, evaluators.TaskEvaluator.first_metrics
+  monkeypatch.setattr(loop, "warm_observe", lambda *a: warmed.append(warm(*a)) or warmed[-1])
+  monkeypatch.setattr(evaluators.TaskEvaluator, "first_metrics",
+                      lambda self, b: zeros.append(first(self, b)) or zeros[-1])
   for background in (False, True):
     monkeypatch.setattr(evaluators, "BACKGROUND_COMPILE", background)
     compile_cache.clear()
     XLA.clear()
     ON_MAIN.clear()
-    runs[background] = (_search(seed=3, study=f"bg{background}"), dict(XLA), dict(ON_MAIN))
-  (seq, seq_xla, seq_main), (bg, bg_xla, bg_main) = runs[False], runs[True]
+    warmed.clear()
+    runs[background] = (_search(seed=3, study=f"bg{background}"), dict(XLA), dict(ON_MAIN),
+                        list(warmed))
+  (seq, seq_xla, seq_main, seq_warm), (bg, bg_xla, bg_main, bg_warm) = runs[False], runs[True]
+  assert seq_warm == [False] * 3 and bg_warm == [True, False, False]  # first round only
+  assert bg_xla["jit(observe)"] == 1 and bg_main["jit(observe)"] == 1
+  real = bg.trials[0].metrics[0]
+  got = next(z for z in zeros if z is not None)
+  assert set(got) <= set(real) and {"train_loss", "valid_accuracy", "nonfinite_loss"} <= set(got)
+  assert all(np.shape(v) == np.shape(real[k]) for k, v in got.items())
   assert _rows(bg) == _rows(seq)
   curves = lambda res: [[(m["epoch"] if "epoch" in m else None, m["train_loss"],
                           m["valid_accuracy"]) for m in t.metrics] for t in res.trials]

@@ -145,7 +145,7 @@ def search(
   st = _open_store(store, study)
   record = dict(config or {}, n_trials=n_trials, population=population, epochs=epochs,
                 batch_size=batch_size, seed=seed)
-  key_init, key_rounds = jax.random.split(jax.random.key(seed))
+  key_init, key_rounds = loop.root_keys(seed)
   template = _searcher_init(program, key_init)
   rec = _open_study(st, study, record, config, ev, seed, objectives)
   state = template if rec.searcher_state is None else \
@@ -278,7 +278,7 @@ class _Rounds:
   def one(self, state, rnd: int):
     """Asks (or reloads), runs and tells round ``rnd``; returns the state and results."""
     env, st, rec = self.env, self.env.store, self.rec
-    key_r = jax.random.fold_in(self.key_rounds, rnd)
+    key_r = loop.fold_in(self.key_rounds, rnd)
     n = min(self.population, self.n_trials - rnd * self.population)
     asked = None
     if rec.state_phase == "asked" and rec.state_round == rnd:
@@ -287,7 +287,7 @@ class _Rounds:
                np.asarray([json.loads(r["u"]) for r in rows], np.float32))
     proc = f"process_{jax.process_index()}" if dist.is_multi() else ""
     plan = loop.RoundPlan(rec.id, rnd, [rnd * self.population + i for i in range(n)],
-                          jax.random.fold_in(key_r, 0), key_r,
+                          loop.fold_in(key_r, 0), key_r,
                           os.path.join(self.checkpoint_dir, f"round_{rnd:05d}", proc),
                           self.seed, self.constraint, asked,
                           calls_left=self.n_rounds - rnd)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -100,7 +101,9 @@ class Evaluator:
       stopped trials (compaction). ``checkpoint(state) -> (tree, meta)`` and
       ``restore(batch, meta) -> abstract tree`` / ``resume(tree, batch, meta) -> state``.
     ``validate(epochs)``: raise ``ValueError`` for a setting it cannot run, before anything
-      compiles.
+      compiles. ``first_metrics(batch)``: one trial's epoch metrics as zeros (names, shapes
+      and dtypes) while its first epoch is still compiling, or None; the loop then compiles
+      the program's observer meanwhile (``loop.warm_observe``).
 
   Attributes:
     objective: name of the metric (in ``metrics[i]``) the search optimizes.
@@ -410,20 +413,38 @@ _background = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="metao
 BACKGROUND_COMPILE = True
 
 
+class _Precompile:
+  """A first chunk compiling in the background (see :meth:`TaskEvaluator.precompile`): its
+  round size ``n``, the shapes of the metrics it returns (``metrics``, set once lowered) and
+  the future of its compile."""
+
+  def __init__(self, n: int):
+    self.n, self.metrics, self.lowered = n, None, threading.Event()
+    self.future: concurrent.futures.Future | None = None
+
+
 def _compile_in_background(kernel: pop.PopulationKernel, space: Space, n: int,
-                           data: Any) -> float:
+                           data: Any, pre: _Precompile | None = None) -> float:
   """Compiles ``kernel.chunk`` into JAX's cache for a round of ``n`` trials over ``space``
   (argument shapes as ``TaskEvaluator._run_group`` passes them); returns the seconds this
-  thread spent tracing, lowering and compiling."""
+  thread spent tracing, lowering and compiling. Once lowered, the shapes of the metrics it
+  returns go to ``pre.metrics``."""
   c0 = pop.compile_seconds()
-  sds = jax.ShapeDtypeStruct
-  h = {name: sds(v.shape, v.dtype) for name, v in jax.eval_shape(
-      space.decode, sds((n, space.dim), jnp.float32)).items()}  # host arrays: not weak
-  if "schedule_steps" not in h:
-    h["schedule_steps"] = sds((n,), jnp.float32)
-  states = kernel.init.eval_shape(_trial_keys.eval_shape(sds((n,), jnp.uint32)), h)
-  key = jax.eval_shape(lambda: jax.random.key(0))
-  kernel.chunk.lower(states, h, sds((n,), jnp.bool_), key, data).compile()
+  try:
+    sds = jax.ShapeDtypeStruct
+    h = {name: sds(v.shape, v.dtype) for name, v in jax.eval_shape(
+        space.decode, sds((n, space.dim), jnp.float32)).items()}  # host arrays: not weak
+    if "schedule_steps" not in h:
+      h["schedule_steps"] = sds((n,), jnp.float32)
+    states = kernel.init.eval_shape(_trial_keys.eval_shape(sds((n,), jnp.uint32)), h)
+    key = jax.eval_shape(lambda: jax.random.key(0))
+    lowered = kernel.chunk.lower(states, h, sds((n,), jnp.bool_), key, data)
+    if pre is not None:
+      pre.metrics = lowered.out_info[1]
+  finally:
+    if pre is not None:
+      pre.lowered.set()
+  lowered.compile()
   return pop.compile_seconds() - c0
 
 
@@ -512,6 +533,7 @@ class TaskEvaluator(Evaluator):
     # per structure, for compaction: compile seconds, seconds per slot-epoch, sizes compiled
     self.perf: dict[str, dict[str, Any]] = {}
     self._pending: dict[tuple, concurrent.futures.Future] = {}  # see precompile
+    self._precompiling: dict[tuple, _Precompile] = {}
 
   def precompile(self, space: Space, n: int) -> bool:
     """Starts compiling the population chunk that a first round of ``n`` trials over
@@ -545,9 +567,24 @@ class TaskEvaluator(Evaluator):
     if n in done or k in self._pending:
       return False
     done.add(n)
-    self._pending[k] = _background.submit(_compile_in_background, kernel, space, n,
-                                          self.data)
+    pre = self._precompiling[k] = _Precompile(n)
+    pre.future = self._pending[k] = _background.submit(_compile_in_background, kernel, space,
+                                                       n, self.data, pre)
     return True
+
+  def first_metrics(self, batch: TrialBatch) -> dict[str, np.ndarray] | None:
+    """One trial's epoch metrics as zeros, with the names, shapes and dtypes that the first
+    chunk of ``batch``, compiling in the background (:meth:`precompile`), returns (so the
+    search loop can compile what reads them meanwhile); None where no such compile runs."""
+    if batch.owned is not None or not batch.feasible.all() or len(self._precompiling) != 1:
+      return None
+    k, pre = next(iter(self._precompiling.items()))
+    if pre.n != len(batch.params) or k not in self._pending:
+      return None
+    pre.lowered.wait()
+    if pre.metrics is None:  # the lowering raised: the round meets the error itself
+      return None
+    return {name: np.zeros(s.shape[1:], s.dtype) for name, s in pre.metrics.items()}
 
   def kernel(self, structure: Mapping[str, Any]) -> pop.PopulationKernel:
     """The population kernel of one structural setting, built once; a structural

@@ -56,6 +56,32 @@ def trial_seed(seed: int, number: int) -> int:
   return (int(seed) * 1_000_003 + int(number)) % (2**31 - 1)
 
 
+# A search's keys come from two functions compiled without backend optimisation, once per
+# process, with the bits of the eager ops (which compile ``stage``, ``_threefry_seed``,
+# ``_threefry_split``, ``unstack``, ``convert_element_type`` and ``_threefry_fold_in`` one by
+# one, optimised: 6 XLA compiles and 0.1-0.3 s of CPU per cold search on a 2-core CPU).
+@pop.fast_jit
+def search_keys(seed: jax.Array) -> tuple[jax.Array, jax.Array]:
+  key_init, key_rounds = jax.random.split(jax.random.key(seed))
+  return key_init, key_rounds
+
+
+_fold_in = pop.fast_jit(jax.random.fold_in)
+
+
+def fold_in(key: jax.Array, data: int) -> jax.Array:
+  """``jax.random.fold_in(key, data)`` for ``data >= 0`` (one compile for every ``data``)."""
+  return _fold_in(key, np.uint32(data))
+
+
+def root_keys(seed: int) -> tuple[jax.Array, jax.Array]:
+  """``(key_init, key_rounds)`` of a search seeded ``seed``: ``split(key(seed))``."""
+  if -2**31 <= int(seed) < 2**31:
+    return search_keys(int(seed))
+  key_init, key_rounds = jax.random.split(jax.random.key(seed))  # past int32: eager ops
+  return key_init, key_rounds
+
+
 def positive_int(name: str, v: Any) -> int:
   if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
     raise ValueError(f"{name}={v!r}: must be an integer >= 1")
@@ -404,14 +430,41 @@ def population_metrics(metrics: list[dict[str, Any] | None], values: np.ndarray,
   return out
 
 
+def observer_metrics(batch: TrialBatch, rs: RoundState, out: EpochOutcome) -> dict[str, Any]:
+  """The epoch's population metrics as the program's ``observe`` reads them (one objective;
+  :func:`decide` adds several objectives' values)."""
+  pm = population_metrics(out.metrics, out.values, out.prev - out.values)
+  pm["objective_history"] = np.asarray(rs.hist, np.float32)
+  pm["u"] = np.array(batch.u, np.float32)  # copies: jit may alias a host array on CPU
+  return pm
+
+
+def warm_observe(env: RoundEnv, batch: TrialBatch, rs: RoundState) -> bool:
+  """Compiles the program's ``observe`` for this round before its first epoch runs, where
+  the evaluator's first chunk is still compiling in the background (an evaluator's
+  ``first_metrics(batch)``: one trial's epoch metrics as zeros, or None): ``observe`` is
+  called once on those zeros (its result dropped), so the first epoch's results wait for no
+  compile of it. Returns whether it was called."""
+  first = getattr(env.evaluator, "first_metrics", None)
+  if env.fns.observe is None or env.objectives or first is None or rs.start != 0:
+    return False
+  m = first(batch)
+  if m is None:
+    return False
+  n = len(batch.params)
+  zeros = EpochOutcome([dict(m) for _ in range(n)], [], rs.alive.copy(), np.zeros(n),
+                       np.zeros(n))
+  env.fns.observe(rs.searcher, observer_metrics(batch, rs, zeros), rs.start,
+                  np.array(rs.alive))
+  return True
+
+
 def decide(env: RoundEnv, batch: TrialBatch, rs: RoundState, out: EpochOutcome,
            epoch: int) -> Decision | None:
   """The program's observer on this epoch's population (None without an observer)."""
   if env.fns.observe is None:
     return None
-  pm = population_metrics(out.metrics, out.values, out.prev - out.values)
-  pm["objective_history"] = np.asarray(rs.hist, np.float32)
-  pm["u"] = np.array(batch.u, np.float32)  # copies: jit may alias a host array on CPU
+  pm = observer_metrics(batch, rs, out)
   if env.objectives:  # y[n, m] so far, minimised, for multi-objective pruners
     if rs.running is None:
       rs.running = mo.RunningObjectives(env.objectives, batch.params,
@@ -493,10 +546,11 @@ def run_round(env: RoundEnv, batch: TrialBatch, searcher_state, ckpt: Checkpoint
   Trials still running after the last epoch complete with their last objective. A round
   started before (``resumed``) records a ``restore`` event in study ``study_id``."""
   rs = begin(env, batch, searcher_state, ckpt, study_id if resumed else None)
+  warm_observe(env, batch, rs)
   if env.bar is not None:
     env.bar.update(rs.start)
   for epoch in range(rs.start, env.epochs):
-    out = evaluate(env, batch, rs, epoch, jax.random.fold_in(key_r, 1 + epoch), study_id)
+    out = evaluate(env, batch, rs, epoch, fold_in(key_r, 1 + epoch), study_id)
     share(batch, rs, out)
     judge(env, batch, rs, out, epoch)
     d = decide(env, batch, rs, out, epoch)

@@ -166,7 +166,7 @@ class _Worker:
                epochs: int, n_trials: int, population: int, seed: int, constraint,
                checkpoint_dir: str, wid: str, heartbeat_s: float, checkpoint_every_s: float,
                on_epoch, progress: bool):
-    key_init, self.key_rounds = jax.random.split(jax.random.key(seed))
+    key_init, self.key_rounds = loop.root_keys(seed)
     self.template = program.init(key_init)
     self.sign = -1.0 if ev.direction == "maximize" else 1.0
     self.bar = tqdm(disable=not progress, desc=f"{study} [{wid}]", unit="epoch",
@@ -214,8 +214,8 @@ class _Worker:
   def make_round(self, state_bytes: bytes | None, rnd: int):
     """Asks round ``rnd`` (inside the store's lease transaction)."""
     env, numbers = self.env, self.numbers(rnd)
-    key_r = jax.random.fold_in(self.key_rounds, rnd)
-    state, u = loop.ask_points(env.fns, self.load(state_bytes), jax.random.fold_in(key_r, 0),
+    key_r = loop.fold_in(self.key_rounds, rnd)
+    state, u = loop.ask_points(env.fns, self.load(state_bytes), loop.fold_in(key_r, 0),
                                len(numbers), env.space)
     batch, _ = loop.make_batch(env.fns, env.space, rnd, numbers, u, seed=self.seed,
                                epochs=env.epochs)
@@ -267,7 +267,7 @@ class _Worker:
     ckpt = Checkpointer(self.ckpt_dir(rnd))
     env = loop.RoundEnv(**{**vars(self.env), "on_epoch": epoch_done})
     try:
-      return loop.run_round(env, batch, state, ckpt, jax.random.fold_in(self.key_rounds, rnd),
+      return loop.run_round(env, batch, state, ckpt, loop.fold_in(self.key_rounds, rnd),
                             self.rec.id, resumed)
     except _LeaseLost:
       return None
