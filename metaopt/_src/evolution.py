@@ -37,6 +37,7 @@ _MATCH_TOL = 1e-6
 _BOUNDS = ("resample", "reflect")
 _STARTS = ("centre", "uniform", "best")
 _SAMPLINGS = ("gaussian", "orthogonal", "mirrored")
+_STEPS = ("csa", "csa_unbiased")
 
 
 def reflect(x: jax.Array) -> jax.Array:
@@ -64,12 +65,15 @@ def _structured_normal(key: jax.Array, n: int, dim: int, sampling: str) -> jax.A
   return dirs * lens[:, None]
 
 
-def _cma_class(sampling: str):
-  """evosax's ``CMA_ES`` whose ``ask`` draws its standard-normal rows by ``sampling``."""
+def _cma_class(sampling: str, step: str = "csa"):
+  """evosax's ``CMA_ES`` whose ``ask`` draws its standard-normal rows by ``sampling``; with
+  ``step="csa_unbiased"`` the step-size path's length is divided by its stationary scale
+  ``sqrt(1 - (1 - c_sigma)^(2 g))`` (as pycma does) so a random selection leaves ``sigma``
+  unchanged in the first generations."""
   from evosax.algorithms import CMA_ES
   from evosax.algorithms.distribution_based.cma_es import eigen_decomposition
 
-  if sampling == "gaussian":
+  if sampling == "gaussian" and step == "csa":
     return CMA_ES
 
   class _CMA(CMA_ES):
@@ -78,6 +82,14 @@ def _cma_class(sampling: str):
       z = _structured_normal(key, self.population_size, self.num_dims, sampling)
       z = (z @ jnp.diag(D).T) @ B.T
       return state.mean + state.std * z, state.replace(C=C, B=B, D=D)
+
+    def _tell(self, key, population, fitness, state, params):
+      new = super()._tell(key, population, fitness, state, params)
+      if step == "csa":
+        return new
+      g = state.generation_counter + 1
+      norm = jnp.linalg.norm(new.p_std) / jnp.sqrt(1.0 - (1.0 - params.c_std) ** (2 * g))
+      return new.replace(std=self.update_std(state.std, norm, params))
 
   return _CMA
 
@@ -459,7 +471,7 @@ def _cma_restarts(strategies, params, dim: int, sigma0: float, mode: str,
 
 
 def _check_cma_args(popsize: int, sigma0: float, bounds: str, restart_tol: float,
-                    restarts: str, start: str, sampling: str) -> None:
+                    restarts: str, start: str, sampling: str, step: str) -> None:
   _check_int("popsize", popsize, 2)
   _check_float("sigma0", sigma0, 0.0, float("inf"))
   _check_float("restart_tol", restart_tol, 0.0, float("inf"), lo_open=False)
@@ -469,6 +481,8 @@ def _check_cma_args(popsize: int, sigma0: float, bounds: str, restart_tol: float
     raise ValueError(f"start={start!r}: must be one of {_STARTS}")
   if sampling not in _SAMPLINGS:
     raise ValueError(f"sampling={sampling!r}: must be one of {_SAMPLINGS}")
+  if step not in _STEPS:
+    raise ValueError(f"step={step!r}: must be one of {_STEPS}")
   if restarts not in _RESTARTS:
     raise ValueError(f"restarts={restarts!r}: must be one of {_RESTARTS}")
   if restarts != "none" and bounds != "resample":
@@ -480,7 +494,7 @@ def _check_cma_args(popsize: int, sigma0: float, bounds: str, restart_tol: float
 def cma_es(dim: int, popsize: int | None = None, sigma0: float = 1.0 / 6.0,
            bounds: str = "resample", restart_tol: float = 0.0, restarts: str = "none",
            max_popsize: int | None = None, start: str = "centre",
-           sampling: str = "gaussian") -> Searcher:
+           sampling: str = "gaussian", step: str = "csa") -> Searcher:
   """CMA-ES (evosax ``CMA_ES``) on ``[0, 1]^dim``, started at the centre with step ``sigma0``.
 
   ``ask(state, key, n)`` hands out the next ``n`` members of the current generation of
@@ -541,6 +555,10 @@ def cma_es(dim: int, popsize: int | None = None, sigma0: float = 1.0 / 6.0,
       blocks of ``dim`` mutually orthogonal rows with independent chi-distributed lengths (each
       row is still ``N(0, I)``, the generation covers more directions); ``"mirrored"`` pairs
       ``z, -z``. A member redrawn to stay inside the cube takes the next draw's row.
+    step: step-size rule. ``"csa"`` (default): cumulative step-size adaptation as in Hansen's
+      tutorial and the ``cmaes`` library (its path starts at 0, so ``sigma`` shrinks in the
+      first generations even under random selection); ``"csa_unbiased"``: the path's length
+      is divided by ``sqrt(1 - (1 - c_sigma)^(2 g))`` after ``g`` updates (pycma's correction).
 
   Returns:
     A :class:`Searcher`; ``state["es"]`` is evosax's state, ``state["generation"]`` counts updates.
@@ -556,8 +574,8 @@ def cma_es(dim: int, popsize: int | None = None, sigma0: float = 1.0 / 6.0,
   _check_dim(dim)
   if popsize is None:
     popsize = 4 + int(math.floor(3 * math.log(dim)))
-  _check_cma_args(popsize, sigma0, bounds, restart_tol, restarts, start, sampling)
-  CMA_ES = _cma_class(sampling)  # noqa: N806
+  _check_cma_args(popsize, sigma0, bounds, restart_tol, restarts, start, sampling, step)
+  CMA_ES = _cma_class(sampling, step)  # noqa: N806
   if restarts != "none":
     if max_popsize is None:
       max_popsize = 16 * popsize
