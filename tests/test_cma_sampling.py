@@ -1,5 +1,6 @@
-"""CMA-ES's ``sampling`` option: orthogonal and mirrored standard-normal draws keep each row
-``N(0, I)``, keep ``ask``/``tell`` jittable, and still find the 2-D sphere and Rosenbrock optima."""
+"""CMA-ES's ``sampling`` option and default ``sigma0``: orthogonal and mirrored standard-normal
+draws keep each row ``N(0, I)``, keep ``ask``/``tell`` jittable and still find the 2-D sphere and
+Rosenbrock optima; the default step shrinks with the dimension from d = 4 on."""
 
 import chex
 import jax
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 
 from metaopt._src import benchmark_functions as bf
-from metaopt._src.evolution import _structured_normal, cma_es
+from metaopt._src.evolution import _structured_normal, cma_es, default_sigma0
 
 N = 8
 
@@ -59,12 +60,12 @@ class SamplingJittable(chex.TestCase):
       assert jax.tree_util.tree_map(lambda a: (a.shape, a.dtype, a.weak_type), st) == kinds
 
 
-@pytest.mark.parametrize("sampling", ["orthogonal", "mirrored"])
-def test_sampling_finds_the_2d_sphere_and_rosenbrock_optima(sampling):
+@pytest.mark.parametrize("kw", [{"sampling": "orthogonal"}, {"sampling": "mirrored"}])
+def test_options_find_the_2d_sphere_and_rosenbrock_optima(kw):
   """Sphere (minimum at 0.3) and Rosenbrock on [-5, 10]^2, 40 batches of 8, seeds 0-2, one
   jitted vmap over (seed, function): median regret below 1e-8 and 1e-2 (random search's best of
   320 uniform points on Rosenbrock is above 1e-2)."""
-  s = cma_es(2, popsize=N, sampling=sampling)
+  s = cma_es(2, popsize=N, **kw)
 
   def run(seed, which):
     def body(carry, r):
@@ -86,3 +87,16 @@ def test_sampling_finds_the_2d_sphere_and_rosenbrock_optima(sampling):
 def test_bad_sampling_raises_naming_it():
   with pytest.raises(ValueError, match="^sampling="):
     cma_es(2, sampling="sobol")
+
+
+def test_default_sigma0_shrinks_with_dim_from_4_on():
+  """The default initial step is 1/6 up to d = 3 and 0.3 / sqrt(d) above (0.134 at 5, 0.095
+  at 10): the first generation's radius sigma0 sqrt(d) stays at 0.3 (before: 1/6 at every d).
+  An explicit sigma0 is kept, with and without restarts."""
+  for dim, want in ((2, 1 / 6), (3, 1 / 6), (5, 0.3 / np.sqrt(5)), (10, 0.3 / np.sqrt(10))):
+    for kw in ({}, {"restarts": "ipop"}):
+      st = cma_es(dim, popsize=10, **kw).init(jax.random.key(0))
+      np.testing.assert_allclose(float(st["es"].std), want, rtol=1e-6)
+  st = cma_es(10, popsize=10, sigma0=1 / 6).init(jax.random.key(0))
+  np.testing.assert_allclose(float(st["es"].std), 1 / 6, rtol=1e-6)
+  assert default_sigma0(10) < 0.1 < default_sigma0(4) < 1 / 6 == default_sigma0(3)
