@@ -6,6 +6,7 @@ as ``blackbox_suite.py --quick``, seeds DEV_SEEDS (0-9, instances 1-10). Optuna'
 (and go to) the suite's cache (``--cache``), so they are the suite's own runs.
 
   python benchmarks/cma_suite_dev.py --variants '{"base": {}, "x": {"sigma0": 0.2}}'
+  python benchmarks/cma_suite_dev.py --variants '{"x": {"sigma0": {"2": 0.2, "5": 0.1, "10": 0.1}}}'
   python benchmarks/cma_suite_dev.py --fill   # Optuna side only
 """
 
@@ -77,6 +78,11 @@ def run_fast(fids, dim, seeds, kw, batch=10):
   return np.asarray(best, np.float64).reshape(fj.shape) - fopt
 
 
+def _at(kw: dict, d: int) -> dict:
+  """A variant's options at dimension d: a value given as {"2": .., "5": ..} is taken per d."""
+  return {k: v[str(d)] if isinstance(v, dict) else v for k, v in kw.items()}
+
+
 def main() -> None:
   ap = argparse.ArgumentParser()
   ap.add_argument("--functions", default=",".join(str(f) for f in range(1, 25)))
@@ -106,7 +112,7 @@ def main() -> None:
   if not a.fill:
     for v, kw in variants.items():
       for d in dims:
-        fast[(v, d)] = run_fast([int(p[1:]) for p in funcs], d, seeds, kw)
+        fast[(v, d)] = run_fast([int(p[1:]) for p in funcs], d, seeds, _at(kw, d))
   for d in dims:
     budget = max(40, 10 * d)
     for p in funcs:
@@ -119,7 +125,7 @@ def main() -> None:
       row = [f"{cell:8s} optuna {np.median(fin['optuna'][cell]):9.3g}"]
       for v, kw in variants.items():
         if a.slow:  # the suite's own loop (a check of run_fast)
-          bs.OURS_KWARGS["cma_es"] = kw
+          bs.OURS_KWARGS["cma_es"] = _at(kw, d)
           bs._COMPILED.pop(("cma_es", d, batch, None), None)
           fin[v][cell] = bs._final(bs.run_cell("metaopt", "cma_es", p, d, seeds, budget, batch,
                                                "")).tolist()

@@ -36,11 +36,50 @@ from metaopt._src.types import COMPLETE, Searcher
 _MATCH_TOL = 1e-6
 _BOUNDS = ("resample", "reflect")
 _STARTS = ("centre", "uniform", "best")
+_SAMPLINGS = ("gaussian", "orthogonal", "mirrored")
 
 
 def reflect(x: jax.Array) -> jax.Array:
   """Maps ``R^d`` onto ``[0, 1]^d`` by reflection at the faces (identity inside the cube)."""
   return 1.0 - jnp.abs(jnp.mod(x, 2.0) - 1.0)
+
+
+def _structured_normal(key: jax.Array, n: int, dim: int, sampling: str) -> jax.Array:
+  """``n`` rows, each marginally ``N(0, I_dim)``. ``"orthogonal"``: blocks of ``dim`` mutually
+  orthogonal rows (Haar-random directions, independent chi-distributed lengths; Wang, Emmerich
+  & Bäck, "Mirrored Orthogonal Sampling with Pairwise Selection in Evolution Strategies", SAC
+  2014). ``"mirrored"``: pairs ``z, -z``. ``"gaussian"``: independent rows."""
+  if sampling == "gaussian":
+    return jax.random.normal(key, (n, dim))
+  if sampling == "mirrored":
+    z = jax.random.normal(key, (-(-n // 2), dim))
+    return jnp.concatenate([z, -z], axis=0)[:n]
+  k_dir, k_len = jax.random.split(key)
+  blocks = -(-n // dim)
+  g = jax.random.normal(k_dir, (blocks, dim, dim))
+  q, r = jnp.linalg.qr(g)
+  q = q * jnp.sign(jnp.diagonal(r, axis1=-2, axis2=-1))[:, None, :]  # Haar: fix QR's signs
+  dirs = jnp.swapaxes(q, -1, -2).reshape(blocks * dim, dim)[:n]  # rows: orthonormal per block
+  lens = jnp.linalg.norm(jax.random.normal(k_len, (n, dim)), axis=-1)  # chi_dim
+  return dirs * lens[:, None]
+
+
+def _cma_class(sampling: str):
+  """evosax's ``CMA_ES`` whose ``ask`` draws its standard-normal rows by ``sampling``."""
+  from evosax.algorithms import CMA_ES
+  from evosax.algorithms.distribution_based.cma_es import eigen_decomposition
+
+  if sampling == "gaussian":
+    return CMA_ES
+
+  class _CMA(CMA_ES):
+    def _ask(self, key, state, params):
+      C, B, D = eigen_decomposition(state.C)
+      z = _structured_normal(key, self.population_size, self.num_dims, sampling)
+      z = (z @ jnp.diag(D).T) @ B.T
+      return state.mean + state.std * z, state.replace(C=C, B=B, D=D)
+
+  return _CMA
 
 
 def _check_levels(levels: Sequence[int] | None, dim: int) -> np.ndarray:
@@ -420,7 +459,7 @@ def _cma_restarts(strategies, params, dim: int, sigma0: float, mode: str,
 
 
 def _check_cma_args(popsize: int, sigma0: float, bounds: str, restart_tol: float,
-                    restarts: str, start: str) -> None:
+                    restarts: str, start: str, sampling: str) -> None:
   _check_int("popsize", popsize, 2)
   _check_float("sigma0", sigma0, 0.0, float("inf"))
   _check_float("restart_tol", restart_tol, 0.0, float("inf"), lo_open=False)
@@ -428,6 +467,8 @@ def _check_cma_args(popsize: int, sigma0: float, bounds: str, restart_tol: float
     raise ValueError(f"bounds={bounds!r}: must be one of {_BOUNDS}")
   if start not in _STARTS:
     raise ValueError(f"start={start!r}: must be one of {_STARTS}")
+  if sampling not in _SAMPLINGS:
+    raise ValueError(f"sampling={sampling!r}: must be one of {_SAMPLINGS}")
   if restarts not in _RESTARTS:
     raise ValueError(f"restarts={restarts!r}: must be one of {_RESTARTS}")
   if restarts != "none" and bounds != "resample":
@@ -436,9 +477,18 @@ def _check_cma_args(popsize: int, sigma0: float, bounds: str, restart_tol: float
     raise ValueError(f"start={start!r}: restarts={restarts!r} needs start='centre'")
 
 
-def cma_es(dim: int, popsize: int | None = None, sigma0: float = 1.0 / 6.0,
+def default_sigma0(dim: int) -> float:
+  """CMA-ES's default initial step on the unit cube: ``min(1/6, 0.3 / sqrt(dim))``.
+
+  1/6 (Optuna's range / 6) up to ``dim = 3``; from there the first generation's radius
+  ``sigma0 sqrt(dim)`` is held at 0.3 (chosen on dev seeds of the BBOB suite, issue 20)."""
+  return min(1.0 / 6.0, 0.3 / math.sqrt(dim))
+
+
+def cma_es(dim: int, popsize: int | None = None, sigma0: float | None = None,
            bounds: str = "resample", restart_tol: float = 0.0, restarts: str = "none",
-           max_popsize: int | None = None, start: str = "centre") -> Searcher:
+           max_popsize: int | None = None, start: str = "centre",
+           sampling: str = "gaussian") -> Searcher:
   """CMA-ES (evosax ``CMA_ES``) on ``[0, 1]^dim``, started at the centre with step ``sigma0``.
 
   ``ask(state, key, n)`` hands out the next ``n`` members of the current generation of
@@ -458,7 +508,9 @@ def cma_es(dim: int, popsize: int | None = None, sigma0: float = 1.0 / 6.0,
   Args:
     dim: dimension of the unit cube.
     popsize: generation size; ``None`` gives CMA-ES's default ``4 + floor(3 ln dim)``.
-    sigma0: initial step size, in unit-cube lengths (default 1/6, as Optuna's range / 6).
+    sigma0: initial step size, in unit-cube lengths; ``None`` (default):
+      :func:`default_sigma0`, ``min(1/6, 0.3 / sqrt(dim))`` (Optuna's range / 6 up to
+      ``dim = 3``, smaller above: 0.134 at 5, 0.095 at 10).
     bounds: ``"resample"`` or ``"reflect"``, see above.
     restart_tol: when > 0, restarts: after a generation whose step size ``sigma`` fell below
       ``restart_tol`` or whose values were all equal, the strategy starts again from a
@@ -494,6 +546,11 @@ def cma_es(dim: int, popsize: int | None = None, sigma0: float = 1.0 / 6.0,
       asked before any trial completes: its ``n_startup_trials=1`` independent samples).
       ``"best"``: ``popsize`` uniform points, then the strategy starts at the best complete
       one with ``sigma0``. Only without restarts.
+    sampling: how a generation's standard-normal draws are made, before the strategy's
+      ``mean + sigma B D z``: ``"gaussian"`` (default) independent rows; ``"orthogonal"``
+      blocks of ``dim`` mutually orthogonal rows with independent chi-distributed lengths (each
+      row is still ``N(0, I)``, the generation covers more directions); ``"mirrored"`` pairs
+      ``z, -z``. A member redrawn to stay inside the cube takes the next draw's row.
 
   Returns:
     A :class:`Searcher`; ``state["es"]`` is evosax's state, ``state["generation"]`` counts updates.
@@ -506,12 +563,13 @@ def cma_es(dim: int, popsize: int | None = None, sigma0: float = 1.0 / 6.0,
     >>> int(state["generation"])
     1
   """
-  from evosax.algorithms import CMA_ES
-
   _check_dim(dim)
   if popsize is None:
     popsize = 4 + int(math.floor(3 * math.log(dim)))
-  _check_cma_args(popsize, sigma0, bounds, restart_tol, restarts, start)
+  if sigma0 is None:
+    sigma0 = default_sigma0(dim)
+  _check_cma_args(popsize, sigma0, bounds, restart_tol, restarts, start, sampling)
+  CMA_ES = _cma_class(sampling)  # noqa: N806
   if restarts != "none":
     if max_popsize is None:
       max_popsize = 16 * popsize
