@@ -27,7 +27,9 @@ remaining calls pay for it.
 
 from __future__ import annotations
 
+import concurrent.futures
 import math
+import os
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
@@ -53,6 +55,7 @@ class PopulationKernel(NamedTuple):
   steps_per_chunk: int
   multiple: int = 1  # population sizes must be multiples of this (the number of devices)
   mode: str = "vmap"  # "loop": stopped trials cost no compute, so there is no need to compact
+  workers: int = 1  # threads (CPU cores) a chunk runs on at once (see make_kernel)
 
 
 _compile: dict[int, float] = {}  # thread id -> seconds
@@ -361,6 +364,157 @@ def group_switches(policy: str, mode: str, n: int, values: int, multiple: int = 
   return mode == "vmap" and (values == 1 or n / values / max(1, multiple) >= SWITCH_GROUP_MIN)
 
 
+def default_workers() -> int:
+  """CPU cores this process may run on, on the CPU backend (1 elsewhere): the threads a
+  ``"loop"`` kernel's chunk splits its population over."""
+  if jax.default_backend() != "cpu":
+    return 1
+  try:
+    return max(1, len(os.sched_getaffinity(0)))
+  except AttributeError:  # not Linux
+    return max(1, os.cpu_count() or 1)
+
+
+_pool: concurrent.futures.ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+_in_pool = threading.local()
+
+
+def run_parallel(calls: Sequence[Callable[[], Any]], workers: int | None = None) -> list:
+  """The results of ``calls``, run at most ``workers`` (default :func:`default_workers`) at a
+  time: on the calling thread and on a shared thread pool, each thread taking the next call
+  when it is done with one. Compiled JAX computations release the GIL, so on a multi-core
+  CPU they run on separate cores. The first exception raised is raised again once every
+  call has returned. A call made from the pool itself runs its ``calls`` one after another
+  (no nested waiting)."""
+  workers = default_workers() if workers is None else workers
+  if workers <= 1 or len(calls) <= 1 or getattr(_in_pool, "on", False):
+    return [c() for c in calls]
+  global _pool
+  with _pool_lock:
+    if _pool is None or _pool._max_workers < workers - 1:
+      _pool = concurrent.futures.ThreadPoolExecutor(workers - 1,
+                                                    thread_name_prefix="metaopt-kernel")
+    pool = _pool
+  out: list = [None] * len(calls)
+  errors: list = []
+  todo = iter(range(len(calls)))
+  lock = threading.Lock()
+
+  def work(nested: bool) -> None:
+    _in_pool.on = nested
+    try:
+      while True:
+        with lock:
+          i = next(todo, None)
+        if i is None:
+          return
+        try:
+          out[i] = calls[i]()
+        except BaseException as e:  # noqa: BLE001 - raised again on the calling thread
+          errors.append((i, e))
+    finally:
+      _in_pool.on = False
+
+  futs = [pool.submit(work, True) for _ in range(min(workers, len(calls)) - 1)]
+  work(False)
+  concurrent.futures.wait(futs)
+  if errors:
+    raise min(errors, key=lambda x: x[0])[1]
+  return out
+
+
+def _part_layout(alive: np.ndarray, parts: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """How a ``"loop"`` chunk splits ``n`` trials over ``parts`` threads: ``idx`` (parts, m)
+  trial indices per part (live trials dealt round-robin, so the parts' live counts differ
+  by at most one; ``m = ceil(n / parts)``, short parts padded with a stopped copy of trial
+  0), each part's ``alive`` and ``inv`` (n,), each trial's row in the parts concatenated."""
+  n = alive.shape[0]
+  m = -(-n // parts)
+  order = np.concatenate([np.flatnonzero(alive), np.flatnonzero(~alive)])
+  flat = np.full(parts * m, -1, np.int64)
+  flat[:n] = order
+  idx = flat.reshape(m, parts).T  # part p: order[p], order[p + parts], ...
+  part_alive = np.where(idx >= 0, alive[np.maximum(idx, 0)], False)
+  rows = idx.reshape(-1)
+  inv = np.empty(n, np.int32)
+  inv[rows[rows >= 0]] = np.flatnonzero(rows >= 0)
+  return np.maximum(idx, 0).astype(np.int32), part_alive, inv
+
+
+class _Chunk:
+  """A jitted chunk that keeps, per argument shapes, the executable compiled on the thread
+  of its first call: later calls from other threads (see :func:`run_parallel`) run that
+  executable, whatever their thread's JAX configuration, and compile nothing there."""
+
+  def __init__(self, jitted: Any):
+    self._jit, self._exe, self._lock = jitted, {}, threading.Lock()
+
+  def lower(self, *args: Any) -> Any:
+    return self._jit.lower(*args)
+
+  def executable(self, *args: Any) -> Any:
+    """The compiled executable for these arguments' shapes (compiled on first use)."""
+    leaves, tree = jax.tree_util.tree_flatten(args)
+    sig = (tree, tuple((jnp.shape(a), jnp.result_type(a), getattr(a, "weak_type", False))
+                       for a in leaves))
+    with self._lock:
+      exe = self._exe.get(sig)
+      if exe is None:
+        exe = self._exe[sig] = self._jit.lower(*args).compile()
+    return exe
+
+  def __call__(self, *args: Any) -> Any:
+    return self.executable(*args)(*args)
+
+
+class _PartedChunk:
+  """A ``"loop"`` chunk over ``workers`` threads: the population is split into parts of
+  ``ceil(n / workers)`` trials (see :func:`_part_layout`), each part trained by the same
+  compiled loop chunk on its own thread, and the results put back in order. Every trial runs
+  the same computation on the same minibatches as in one loop, so results are bit for bit
+  those of the unsplit chunk. Executables are compiled on the calling thread (its compile
+  accounting and JAX configuration), then run on the pool."""
+
+  def __init__(self, core: Callable, workers: int, shared_batches: bool):
+    self.workers, self.shared = workers, shared_batches
+    self._core = _Chunk(jax.jit(core, donate_argnums=(0,),
+                                compiler_options=chunk_compile_options()))
+    self._split = jax.jit(self._split_fn)
+    self._merge = jax.jit(self._merge_fn)
+
+  def _split_fn(self, states, h, key, idx):
+    n = jax.tree_util.tree_leaves(h)[0].shape[0]
+    take = lambda tree, i: jax.tree_util.tree_map(lambda a: a[i], tree)  # noqa: E731
+    keys = None if self.shared else jax.random.split(key, n)  # each trial's own order
+    return [(take(states, i), take(h, i), None if keys is None else keys[i]) for i in idx]
+
+  @staticmethod
+  def _merge_fn(outs, inv):
+    return jax.tree_util.tree_map(lambda *a: jnp.concatenate(a)[inv], *outs)
+
+  def _args(self, states, h, alive, key, data, part_n):
+    # the arguments of one part's core call, as shapes (for lowering)
+    sds = lambda a: jax.ShapeDtypeStruct((part_n, *a.shape[1:]), a.dtype)  # noqa: E731
+    tkeys = None if self.shared else jax.ShapeDtypeStruct((part_n,), key.dtype)
+    return (jax.tree_util.tree_map(sds, states), jax.tree_util.tree_map(sds, h),
+            jax.ShapeDtypeStruct((part_n,), jnp.bool_), key, data, tkeys)
+
+  def lower(self, states, h, alive, key, data):
+    """The lowered part computation for a population shaped like these arguments."""
+    n = alive.shape[0]
+    return self._core.lower(*self._args(states, h, alive, key, data, -(-n // self.workers)))
+
+  def __call__(self, states, h, alive, key, data):
+    alive = np.asarray(alive, bool)
+    idx, part_alive, inv = _part_layout(alive, self.workers)
+    parts = self._split(states, h, key, idx)
+    args = [(s, hh, part_alive[p], key, data, k) for p, (s, hh, k) in enumerate(parts)]
+    exe = self._core.executable(*args[0])
+    outs = run_parallel([lambda a=a: exe(*a) for a in args], self.workers)
+    return self._merge(outs, inv)
+
+
 def default_mode(mesh: Mesh | None = None) -> str:
   """``"loop"`` on a single CPU device, else ``"vmap"`` (see :func:`make_kernel`)."""
   return "loop" if mesh is None and jax.default_backend() == "cpu" else "vmap"
@@ -368,7 +522,7 @@ def default_mode(mesh: Mesh | None = None) -> str:
 
 def make_kernel(fns: TrialFns, n_train: int, batch_size: int,
                 shared_batches: bool = True, mesh: Mesh | None = None,
-                mode: str | None = None) -> PopulationKernel:
+                mode: str | None = None, workers: int | None = None) -> PopulationKernel:
   """Builds the jitted population ``init`` and ``chunk`` for one structural group.
 
   ``mode="vmap"`` trains the population as ``vmap`` of one trial's chunk: every slot
@@ -381,6 +535,11 @@ def make_kernel(fns: TrialFns, n_train: int, batch_size: int,
   and meshes. Both give every trial the same computation, minibatches and metrics; a
   stopped trial's metrics are zeros in ``"loop"`` mode.
 
+  A ``"loop"`` chunk on the CPU splits the population over ``workers`` threads (default
+  :func:`default_workers`, the cores this process may use), one part per core, live
+  trials dealt round-robin: every trial computes exactly what it would in one loop (same
+  results, bit for bit), both cores busy (see :class:`_PartedChunk`).
+
   With a ``mesh`` (see :func:`population_mesh`) the population axis of states,
   hyperparameters and metrics is sharded over its devices; population sizes must then be
   multiples of the device count (``PopulationKernel.multiple``). Only ``"vmap"`` shards.
@@ -391,6 +550,12 @@ def make_kernel(fns: TrialFns, n_train: int, batch_size: int,
   if mode not in KERNEL_MODES or (mode == "loop" and mesh is not None):
     raise ValueError(f"mode={mode!r}: must be one of {', '.join(KERNEL_MODES)} "
                      "('vmap' with a mesh)")
+  if workers is None:
+    workers = default_workers() if mode == "loop" else 1
+  if not isinstance(workers, (int, np.integer)) or workers < 1 or (workers > 1 and
+                                                                    mode != "loop"):
+    raise ValueError(f"workers={workers!r}: must be an integer >= 1 (1 unless mode='loop')")
+  workers = int(workers)
   steps = n_train // batch_size
   train_step = step_fn(fns)
 
@@ -427,7 +592,8 @@ def make_kernel(fns: TrialFns, n_train: int, batch_size: int,
     perms = jax.vmap(lambda k: jax.random.permutation(k, n_train))(jax.random.split(key, n))
     return jax.vmap(trial_chunk, in_axes=(0, 0, 0, 0, None))(states, h, alive, perms, data)
 
-  def loop_chunk(states, h, alive, key, data):
+  def loop_chunk(states, h, alive, key, data, tkeys=None):
+    # tkeys: each trial's key for its own minibatch order (default: split from key)
     n = alive.shape[0]
     one = lambda tree, i: jax.tree_util.tree_map(lambda a: a[i], tree)
     batches = None
@@ -436,7 +602,7 @@ def make_kernel(fns: TrialFns, n_train: int, batch_size: int,
       perm_of = lambda i: perm
       batches = epoch_batches(perm, data)
     else:
-      keys = jax.random.split(key, n)
+      keys = jax.random.split(key, n) if tkeys is None else tkeys
       perm_of = lambda i: jax.random.permutation(keys[i], n_train)
     # one trace of the trial's chunk serves both its output shapes and the loop body
     args = lambda i: (one(states, i), one(h, i), jnp.asarray(True), perm_of(i), data, batches)
@@ -458,8 +624,11 @@ def make_kernel(fns: TrialFns, n_train: int, batch_size: int,
 
   if mesh is None:
     init = PopulationInit(fns.init)
+    if mode == "loop" and workers > 1:
+      return PopulationKernel(init, _PartedChunk(loop_chunk, workers, shared_batches), steps,
+                              1, mode, workers)
     fn = loop_chunk if mode == "loop" else chunk
-    chunk_j = jax.jit(fn, donate_argnums=(0,), compiler_options=chunk_compile_options())
+    chunk_j = _Chunk(jax.jit(fn, donate_argnums=(0,), compiler_options=chunk_compile_options()))
     return PopulationKernel(init, chunk_j, steps, 1, mode)
   pop, rep = NamedSharding(mesh, P("pop")), NamedSharding(mesh, P())
   init = PopulationInit(fns.init, in_shardings=(pop, pop), out_shardings=pop)
