@@ -109,3 +109,14 @@ def test_vmap_groups_run_at_once_give_the_same_trials(task, monkeypatch):
   for k in one:
     assert len(one[k]) == 3
     np.testing.assert_array_equal(one[k], two[k])
+
+
+def test_a_large_population_init_split_over_threads_is_bit_for_bit_one_call(task, monkeypatch):
+  monkeypatch.setattr(pop, "INIT_OPT_MIN_ELEMENTS", 0)  # the split (level-1) build for any
+  fns, n = task.build({}), 5
+  h = task.space.decode(jax.random.uniform(jax.random.key(0), (n, task.space.dim)))
+  keys = jax.random.split(jax.random.key(1), n)
+  one = pop.PopulationInit(fns.init)(keys, h)
+  split = pop.PopulationInit(fns.init, workers=2)(keys, h)  # parts of 3 (one padded)
+  assert jax.tree_util.tree_leaves(split)[0].shape[0] == n
+  _equal(split, one)

@@ -120,13 +120,28 @@ INIT_COMPILE: dict[str, Any] = {"xla_backend_optimization_level": 1}
 class PopulationInit:
   """Jitted ``vmap(init)``: the :func:`fast_jit` build for small populations, a level-1
   build (:data:`INIT_COMPILE`) once the initial states reach :data:`INIT_OPT_MIN_ELEMENTS`
-  elements; the choice depends on shapes only, so it is made once per population size."""
+  elements; the choice depends on shapes only, so it is made once per population size.
+  With ``workers > 1`` the level-1 build's population is split over that many threads
+  (parts of ``ceil(n / workers)`` trials, each trial initialised as in one call)."""
 
-  def __init__(self, init: Callable, **jit_kwargs: Any):
+  def __init__(self, init: Callable, workers: int = 1, **jit_kwargs: Any):
     self._fast = fast_jit(jax.vmap(init), **jit_kwargs)
     self._opt = jax.jit(jax.vmap(init), compiler_options=INIT_COMPILE, **jit_kwargs)
     self._big: dict[Any, bool] = {}
     self.eval_shape = self._fast.eval_shape  # (keys, h) -> shapes of the states
+    self.workers = 1 if jit_kwargs else workers  # (sharded builds are not split)
+    if self.workers > 1:
+      self._opt_parts = _Chunk(self._opt)
+      self._split = jax.jit(self._split_fn, static_argnums=2)
+      self._cat = jax.jit(lambda outs, n: jax.tree_util.tree_map(
+          lambda *a: jnp.concatenate(a)[:n], *outs), static_argnums=1)
+
+  @staticmethod
+  def _split_fn(keys, h, workers):
+    n = keys.shape[0]
+    m = -(-n // workers)
+    idx = np.arange(workers * m).reshape(workers, m) % n  # short: pads with trial 0, ...
+    return [(keys[i], jax.tree_util.tree_map(lambda a, i=i: a[i], h)) for i in idx]
 
   def __call__(self, keys: jax.Array, h: Any) -> Any:
     leaves, tree = jax.tree_util.tree_flatten(h)
@@ -135,7 +150,14 @@ class PopulationInit:
       out = self.eval_shape(keys, h)
       size = sum(int(np.prod(a.shape)) for a in jax.tree_util.tree_leaves(out))
       self._big[sig] = size >= INIT_OPT_MIN_ELEMENTS
-    return (self._opt if self._big[sig] else self._fast)(keys, h)
+    if not self._big[sig]:
+      return self._fast(keys, h)
+    if self.workers == 1 or keys.shape[0] < 2:
+      return self._opt(keys, h)
+    parts = self._split(keys, h, self.workers)
+    exe = self._opt_parts.executable(*parts[0])  # compiled on this thread
+    outs = run_parallel([lambda p=p: exe(*p) for p in parts], self.workers)
+    return self._cat(outs, keys.shape[0])
 
 
 def _sub_jaxprs(params: Mapping[str, Any]) -> list:
@@ -623,7 +645,7 @@ def make_kernel(fns: TrialFns, n_train: int, batch_size: int,
     return jax.lax.fori_loop(0, jnp.sum(alive), body, (states, metrics))
 
   if mesh is None:
-    init = PopulationInit(fns.init)
+    init = PopulationInit(fns.init, workers)
     if mode == "loop" and workers > 1:
       return PopulationKernel(init, _PartedChunk(loop_chunk, workers, shared_batches), steps,
                               1, mode, workers)
