@@ -52,12 +52,15 @@ def test_loop_chunk_split_over_threads_is_bit_for_bit_one_loop(task, shared, wor
 
 def test_part_layout_deals_live_trials_round_robin():
   alive = np.array([False, True, True, False, True, True, True])
-  idx, part_alive, inv = pop._part_layout(alive, 2)
-  assert idx.shape == part_alive.shape == (2, 4)
+  idx, part_alive, valid = pop._part_layout(alive, 2)
+  assert idx.shape == part_alive.shape == valid.shape == (2, 4)
   assert part_alive.sum(axis=1).tolist() == [3, 2]  # 5 live trials, as even as they go
-  rows = idx.reshape(-1)
-  np.testing.assert_array_equal(rows[inv], np.arange(7))  # every trial found back
-  np.testing.assert_array_equal(part_alive.reshape(-1)[inv], alive)
+  assert valid.sum() == 7 and not part_alive[~valid].any()  # one padding row, stopped
+  assert sorted(idx[valid].tolist()) == list(range(7))  # every trial in one part
+  np.testing.assert_array_equal(part_alive[valid], alive[idx[valid]])
+  parts = [{"w": np.stack([idx[p], -idx[p]], 1)} for p in range(2)]  # rows name their trial
+  back = pop._cat_rows(parts, idx, valid)["w"]
+  np.testing.assert_array_equal(np.asarray(back), np.stack([np.arange(7), -np.arange(7)], 1))
 
 
 def test_run_parallel_runs_calls_at_once_in_order_and_raises():

@@ -132,16 +132,6 @@ class PopulationInit:
     self.workers = 1 if jit_kwargs else workers  # (sharded builds are not split)
     if self.workers > 1:
       self._opt_parts = _Chunk(self._opt)
-      self._split = jax.jit(self._split_fn, static_argnums=2)
-      self._cat = jax.jit(lambda outs, n: jax.tree_util.tree_map(
-          lambda *a: jnp.concatenate(a)[:n], *outs), static_argnums=1)
-
-  @staticmethod
-  def _split_fn(keys, h, workers):
-    n = keys.shape[0]
-    m = -(-n // workers)
-    idx = np.arange(workers * m).reshape(workers, m) % n  # short: pads with trial 0, ...
-    return [(keys[i], jax.tree_util.tree_map(lambda a, i=i: a[i], h)) for i in idx]
 
   def __call__(self, keys: jax.Array, h: Any) -> Any:
     leaves, tree = jax.tree_util.tree_flatten(h)
@@ -154,10 +144,15 @@ class PopulationInit:
       return self._fast(keys, h)
     if self.workers == 1 or keys.shape[0] < 2:
       return self._opt(keys, h)
-    parts = self._split(keys, h, self.workers)
+    n = keys.shape[0]
+    m = -(-n // self.workers)
+    rows = np.arange(self.workers * m).reshape(self.workers, m)
+    idx = rows % n  # short parts padded with trial 0, 1, ...
+    parts = [(_rows(keys, i), _rows(h, i)) for i in idx]
     exe = self._opt_parts.executable(*parts[0])  # compiled on this thread
-    outs = run_parallel([lambda p=p: exe(*p) for p in parts], self.workers)
-    return self._cat(outs, keys.shape[0])
+    outs = run_parallel([lambda p=p: jax.block_until_ready(exe(*p)) for p in parts],
+                        self.workers)
+    return _cat_rows(outs, idx, rows < n)
 
 
 def _sub_jaxprs(params: Mapping[str, Any]) -> list:
@@ -402,6 +397,15 @@ _pool_lock = threading.Lock()
 _in_pool = threading.local()
 
 
+def _forget_pool() -> None:  # a forked child has none of the parent's threads
+  global _pool
+  _pool = None
+
+
+if hasattr(os, "register_at_fork"):
+  os.register_at_fork(after_in_child=_forget_pool)
+
+
 def run_parallel(calls: Sequence[Callable[[], Any]], workers: int | None = None) -> list:
   """The results of ``calls``, run at most ``workers`` (default :func:`default_workers`) at a
   time: on the calling thread and on a shared thread pool, each thread taking the next call
@@ -450,7 +454,7 @@ def _part_layout(alive: np.ndarray, parts: int) -> tuple[np.ndarray, np.ndarray,
   """How a ``"loop"`` chunk splits ``n`` trials over ``parts`` threads: ``idx`` (parts, m)
   trial indices per part (live trials dealt round-robin, so the parts' live counts differ
   by at most one; ``m = ceil(n / parts)``, short parts padded with a stopped copy of trial
-  0), each part's ``alive`` and ``inv`` (n,), each trial's row in the parts concatenated."""
+  0), each part's ``alive``, and ``valid``: which rows are trials, not padding."""
   n = alive.shape[0]
   m = -(-n // parts)
   order = np.concatenate([np.flatnonzero(alive), np.flatnonzero(~alive)])
@@ -458,10 +462,7 @@ def _part_layout(alive: np.ndarray, parts: int) -> tuple[np.ndarray, np.ndarray,
   flat[:n] = order
   idx = flat.reshape(m, parts).T  # part p: order[p], order[p + parts], ...
   part_alive = np.where(idx >= 0, alive[np.maximum(idx, 0)], False)
-  rows = idx.reshape(-1)
-  inv = np.empty(n, np.int32)
-  inv[rows[rows >= 0]] = np.flatnonzero(rows >= 0)
-  return np.maximum(idx, 0).astype(np.int32), part_alive, inv
+  return np.maximum(idx, 0), part_alive, idx >= 0
 
 
 class _Chunk:
@@ -490,6 +491,29 @@ class _Chunk:
     return self.executable(*args)(*args)
 
 
+def _rows(tree: PyTree, i: np.ndarray) -> PyTree:
+  """Rows ``i`` of every leaf, gathered on the host (a copy, nothing compiled); PRNG key
+  leaves by JAX."""
+  def take(a):
+    if jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):
+      return a[jnp.asarray(i)]
+    return np.asarray(a)[i]
+  return jax.tree_util.tree_map(take, tree)
+
+
+def _cat_rows(trees: Sequence[PyTree], idx: np.ndarray, valid: np.ndarray) -> PyTree:
+  """One tree whose row ``idx[p, r]`` is row ``r`` of ``trees[p]`` where ``valid[p, r]``
+  (put together on the host, one copy), as device arrays."""
+  def cat(*a):
+    if jax.dtypes.issubdtype(a[0].dtype, jax.dtypes.prng_key):
+      return jnp.concatenate(a)[jnp.asarray(np.argsort(idx[valid], kind="stable"))]
+    out = np.empty((int(valid.sum()), *a[0].shape[1:]), a[0].dtype)
+    for p, x in enumerate(a):
+      out[idx[p][valid[p]]] = np.asarray(x)[valid[p]]
+    return out
+  return jax.device_put(jax.tree_util.tree_map(cat, *trees))
+
+
 class _PartedChunk:
   """A ``"loop"`` chunk over ``workers`` threads: the population is split into parts of
   ``ceil(n / workers)`` trials (see :func:`_part_layout`), each part trained by the same
@@ -502,18 +526,6 @@ class _PartedChunk:
     self.workers, self.shared = workers, shared_batches
     self._core = _Chunk(jax.jit(core, donate_argnums=(0,),
                                 compiler_options=chunk_compile_options()))
-    self._split = jax.jit(self._split_fn)
-    self._merge = jax.jit(self._merge_fn)
-
-  def _split_fn(self, states, h, key, idx):
-    n = jax.tree_util.tree_leaves(h)[0].shape[0]
-    take = lambda tree, i: jax.tree_util.tree_map(lambda a: a[i], tree)  # noqa: E731
-    keys = None if self.shared else jax.random.split(key, n)  # each trial's own order
-    return [(take(states, i), take(h, i), None if keys is None else keys[i]) for i in idx]
-
-  @staticmethod
-  def _merge_fn(outs, inv):
-    return jax.tree_util.tree_map(lambda *a: jnp.concatenate(a)[inv], *outs)
 
   def _args(self, states, h, alive, key, data, part_n):
     # the arguments of one part's core call, as shapes (for lowering)
@@ -529,12 +541,16 @@ class _PartedChunk:
 
   def __call__(self, states, h, alive, key, data):
     alive = np.asarray(alive, bool)
-    idx, part_alive, inv = _part_layout(alive, self.workers)
-    parts = self._split(states, h, key, idx)
-    args = [(s, hh, part_alive[p], key, data, k) for p, (s, hh, k) in enumerate(parts)]
+    idx, part_alive, valid = _part_layout(alive, self.workers)
+    # split and merge on the host: copies of the states, no compile (the gathers compiled
+    # would cost ~15% of the chunk's compile, which small searches pay in full)
+    tkeys = None if self.shared else jax.random.split(key, alive.shape[0])
+    args = [(_rows(states, i), _rows(h, i), part_alive[p], key, data,
+             None if tkeys is None else tkeys[jnp.asarray(i)]) for p, i in enumerate(idx)]
     exe = self._core.executable(*args[0])
-    outs = run_parallel([lambda a=a: exe(*a) for a in args], self.workers)
-    return self._merge(outs, inv)
+    outs = run_parallel([lambda a=a: jax.block_until_ready(exe(*a)) for a in args],
+                        self.workers)
+    return _cat_rows(outs, idx, valid)
 
 
 def default_mode(mesh: Mesh | None = None) -> str:
