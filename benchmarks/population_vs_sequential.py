@@ -4,10 +4,13 @@ Trains the same digits MLP on the same data for N trials of `steps` minibatch st
 with a *searched activation* (trial i uses relu / tanh / gelu / silu, i mod 4), every side
 timed best of the same number of repeats:
   (a) loop:     the population kernel in "loop" mode (live trials one after another inside
-                one compiled chunk; the engine's default on one CPU device),
+                one compiled chunk, the population split over the CPU cores, one part per
+                core: `make_kernel(workers=...)`; the engine's default on one CPU device),
   (b) vmap:     the population kernel in "vmap" mode as the engine runs it
                 (`group_switches="auto"`: one kernel per activation, each computing only its
-                branch, when there are >= SWITCH_GROUP_MIN trials per value; else one kernel),
+                branch, when there are >= SWITCH_GROUP_MIN trials per value, the groups'
+                chunks run at once on the cores as `TaskEvaluator` runs them; else one
+                kernel),
   (c) branches: one "vmap" kernel for all N trials, where every activation branch runs for
                 every trial and a select keeps the trial's own (what (b) avoids),
   (d) jit:      N calls of a jitted per-trial training loop (lax.scan over steps), the
@@ -19,7 +22,7 @@ compute-bound). The fraction of the machine's matmul peak (a 2048^2 jitted jnp.d
 measured on the medium N=32 kernels, interleaved: peak, kernel, peak, kernel, ... in the same
 run, one fraction per pair (useful FLOPs: XLA's cost analysis of each trial's own branch).
 
-    python benchmarks/population_vs_sequential.py [--quick] [--no-canonical-dots]
+    python benchmarks/population_vs_sequential.py [--quick] [--no-canonical-dots] [--workers K]
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from metaopt.tasks import get_task  # noqa: E402
 
 SIZES = {"small": {"width": 16, "batch": 32}, "medium": {"width": 128, "batch": 128}}
 N_ACT = 4  # relu, tanh, gelu, silu: the digits MLP space's activation choices
+WORKERS = None  # kernel threads (--workers); None: the engine's default
 
 
 def _best(f, repeats):
@@ -100,7 +104,8 @@ class Kernels:
   def get(self, act, mode):
     if (act, mode) not in self.k:
       fns = self.fns if act is None else pop.fix_hparams(self.fns, {"activation": int(act)})
-      self.k[(act, mode)] = pop.make_kernel(fns, self.n_train, self.batch, mode=mode)
+      self.k[(act, mode)] = pop.make_kernel(fns, self.n_train, self.batch, mode=mode,
+                                            workers=WORKERS if mode == "loop" else None)
     return self.k[(act, mode)]
 
 
@@ -113,14 +118,17 @@ def population_fn(task, ks, data, n, mode, grouped):
            if len(idx)]
   keys = jax.random.split(jax.random.key(1), n)
 
-  def once():
-    out = []
-    for _, idx, h, k in parts:
-      s = k.init(keys[idx], h)
-      out.append(k.chunk(s, h, jnp.ones(len(idx), bool), jax.random.key(2), data)[1])
-    jax.block_until_ready(out)
+  def once(together=True):
+    # as TaskEvaluator runs a round: the groups' init on this thread, then their chunks,
+    # several groups at once on the cores once each has run (compiled) here
+    states = [k.init(keys[idx], h) for _, idx, h, k in parts]
+    calls = [lambda s=s, p=p: p[3].chunk(s, p[2], jnp.ones(len(p[1]), bool),
+                                         jax.random.key(2), data)[1]
+             for s, p in zip(states, parts, strict=True)]
+    jax.block_until_ready(pop.run_parallel(calls, WORKERS) if together else
+                          [c() for c in calls])
 
-  once()
+  once(False)
   return once
 
 
@@ -189,7 +197,12 @@ def main() -> None:
   ap.add_argument("--quick", action="store_true", help="N=32 only, fewer steps and repeats")
   ap.add_argument("--no-canonical-dots", action="store_true",
                   help="kernels without population.CANONICAL_DOTS (the A/B baseline)")
+  ap.add_argument("--workers", type=int, default=None,
+                  help="CPU threads of the kernels (default: the engine's, one per core); "
+                       "1: one thread, the engine before the split (the A/B baseline)")
   args = ap.parse_args()
+  global WORKERS
+  WORKERS = args.workers
   pop.CANONICAL_DOTS = not args.no_canonical_dots
   ns = (32,) if args.quick else (1, 8, 32, 128)
   steps = 40 if args.quick else 100
@@ -198,7 +211,8 @@ def main() -> None:
   dev = jax.devices()[0]
   load = os.getloadavg()[0]
   print(f"# device: {dev.platform} {dev.device_kind} x{len(jax.devices())}, jax {jax.__version__}"
-        f", {os.cpu_count()} cores, load average at start {load:.1f}, steps/trial={steps}, "
+        f", {os.cpu_count()} cores (kernel threads {WORKERS or pop.default_workers()}), "
+        f"load average at start {load:.1f}, steps/trial={steps}, "
         f"searched activation (trial i: {N_ACT} values, i mod {N_ACT}), best of {repeats} "
         f"for every side, canonical_dots={pop.CANONICAL_DOTS}")
   print(f"matmul_peak_gflops (at start): {matmul_peak() / 1e9:.1f}")

@@ -469,9 +469,12 @@ class TaskEvaluator(Evaluator):
   (``population.make_kernel``: a loop over live trials on one CPU device, ``vmap`` sharded
   over a device mesh elsewhere). Every trial-epoch records ``flops`` (XLA cost analysis of
   the population step, per trial) and ``device_s`` (wall time of its group's chunk,
-  compilation excluded, times the devices, divided by the group's slots, or by its live
-  trials for a ``"loop"`` kernel). ``compaction`` decides when a group's kernel shrinks to
-  its survivors (see :func:`compaction_size`).
+  compilation excluded, times the devices or the CPU threads its population is split over,
+  divided by the group's slots, or by its live trials for a ``"loop"`` kernel). On one CPU
+  device a ``"loop"`` kernel splits its population over the cores
+  (``population.make_kernel``'s ``workers``); several ``"vmap"`` groups run at once, one
+  per core, once each has run (and compiled) on the calling thread. ``compaction`` decides
+  when a group's kernel shrinks to its survivors (see :func:`compaction_size`).
 
   ``kernel_mode`` fixes the kernel (``"vmap"`` or ``"loop"``; default
   ``population.default_mode``: ``"loop"`` on one CPU device, else ``"vmap"``).
@@ -534,6 +537,7 @@ class TaskEvaluator(Evaluator):
     self.perf: dict[str, dict[str, Any]] = {}
     self._pending: dict[tuple, concurrent.futures.Future] = {}  # see precompile
     self._precompiling: dict[tuple, _Precompile] = {}
+    self._ran: set[tuple] = set()  # (structure, size) of every chunk run once (see epoch)
 
   def precompile(self, space: Space, n: int) -> bool:
     """Starts compiling the population chunk that a first round of ``n`` trials over
@@ -754,11 +758,31 @@ class TaskEvaluator(Evaluator):
     metrics: list[Metrics | None] = [None] * len(batch.params)
     _, structs = self._groups(batch)
     states, raised = dict(state.states), {}
-    for g, idx in state.layout.items():
+    held = batch.cache.get("h_device")  # see _run_group; set here, before any thread
+    if held is None or held[0] is not batch.h:
+      batch.cache["h_device"] = (batch.h, {})
+
+    def run(g, idx):
       try:
-        states[g], m, acct = self._run_group(structs[g], states[g], batch, idx, alive, key)
+        return self._run_group(structs[g], states[g], batch, idx, alive, key)
       except Exception as e:  # noqa: BLE001 - a broken group fails, the population goes on
-        raised[g] = e
+        return e
+
+    groups = list(state.layout.items())
+    sigs = [(tuple(sorted(structs[g].items())), len(idx)) for g, idx in groups]
+    # groups run at once on the CPU's cores once each has run (compiled) on this thread;
+    # a "loop" kernel splits its own population over the cores instead
+    together = (self._mesh is None and not self._stream and len(groups) > 1
+                and all(s in self._ran for s in sigs)
+                and all(getattr(self.kernel(structs[g]), "workers", 1) == 1 for g, _ in groups))
+    calls = [lambda g=g, idx=idx: run(g, idx) for g, idx in groups]
+    results = pop.run_parallel(calls) if together else [c() for c in calls]
+    for (g, idx), sig, out in zip(groups, sigs, results, strict=True):
+      if not isinstance(out, Exception):
+        self._ran.add(sig)
+        states[g], m, acct = out
+      else:
+        e = raised[g] = out
         for i in idx[idx >= 0]:
           if alive[i]:
             metrics[i] = {"error": f"{type(e).__name__} at epoch {epoch}: {e}"}
@@ -825,7 +849,7 @@ class TaskEvaluator(Evaluator):
       p["compile_s"] = max(p["compile_s"], compiled + background)
     slot = busy / slots
     p["slot_s"] = slot if p["slot_s"] is None else min(p["slot_s"], slot)
-    acct = {"device_s": busy * self.n_devices / slots}
+    acct = {"device_s": busy * self.n_devices * getattr(k, "workers", 1) / slots}
     if not isinstance(self.flops.get(skey), concurrent.futures.Future):
       acct["flops"] = self.flops[skey]
     return states, m, acct

@@ -27,7 +27,9 @@ remaining calls pay for it.
 
 from __future__ import annotations
 
+import concurrent.futures
 import math
+import os
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
@@ -53,6 +55,7 @@ class PopulationKernel(NamedTuple):
   steps_per_chunk: int
   multiple: int = 1  # population sizes must be multiples of this (the number of devices)
   mode: str = "vmap"  # "loop": stopped trials cost no compute, so there is no need to compact
+  workers: int = 1  # threads (CPU cores) a chunk runs on at once (see make_kernel)
 
 
 _compile: dict[int, float] = {}  # thread id -> seconds
@@ -117,13 +120,18 @@ INIT_COMPILE: dict[str, Any] = {"xla_backend_optimization_level": 1}
 class PopulationInit:
   """Jitted ``vmap(init)``: the :func:`fast_jit` build for small populations, a level-1
   build (:data:`INIT_COMPILE`) once the initial states reach :data:`INIT_OPT_MIN_ELEMENTS`
-  elements; the choice depends on shapes only, so it is made once per population size."""
+  elements; the choice depends on shapes only, so it is made once per population size.
+  With ``workers > 1`` the level-1 build's population is split over that many threads
+  (parts of ``ceil(n / workers)`` trials, each trial initialised as in one call)."""
 
-  def __init__(self, init: Callable, **jit_kwargs: Any):
+  def __init__(self, init: Callable, workers: int = 1, **jit_kwargs: Any):
     self._fast = fast_jit(jax.vmap(init), **jit_kwargs)
     self._opt = jax.jit(jax.vmap(init), compiler_options=INIT_COMPILE, **jit_kwargs)
     self._big: dict[Any, bool] = {}
     self.eval_shape = self._fast.eval_shape  # (keys, h) -> shapes of the states
+    self.workers = 1 if jit_kwargs else workers  # (sharded builds are not split)
+    if self.workers > 1:
+      self._opt_parts = _Chunk(self._opt)
 
   def __call__(self, keys: jax.Array, h: Any) -> Any:
     leaves, tree = jax.tree_util.tree_flatten(h)
@@ -132,7 +140,19 @@ class PopulationInit:
       out = self.eval_shape(keys, h)
       size = sum(int(np.prod(a.shape)) for a in jax.tree_util.tree_leaves(out))
       self._big[sig] = size >= INIT_OPT_MIN_ELEMENTS
-    return (self._opt if self._big[sig] else self._fast)(keys, h)
+    if not self._big[sig]:
+      return self._fast(keys, h)
+    if self.workers == 1 or keys.shape[0] < 2:
+      return self._opt(keys, h)
+    n = keys.shape[0]
+    m = -(-n // self.workers)
+    rows = np.arange(self.workers * m).reshape(self.workers, m)
+    idx = rows % n  # short parts padded with trial 0, 1, ...
+    parts = [(_rows(keys, i), _rows(h, i)) for i in idx]
+    exe = self._opt_parts.executable(*parts[0])  # compiled on this thread
+    outs = run_parallel([lambda p=p: jax.block_until_ready(exe(*p)) for p in parts],
+                        self.workers)
+    return _cat_rows(outs, idx, rows < n)
 
 
 def _sub_jaxprs(params: Mapping[str, Any]) -> list:
@@ -361,6 +381,178 @@ def group_switches(policy: str, mode: str, n: int, values: int, multiple: int = 
   return mode == "vmap" and (values == 1 or n / values / max(1, multiple) >= SWITCH_GROUP_MIN)
 
 
+def default_workers() -> int:
+  """CPU cores this process may run on, on the CPU backend (1 elsewhere): the threads a
+  ``"loop"`` kernel's chunk splits its population over."""
+  if jax.default_backend() != "cpu":
+    return 1
+  try:
+    return max(1, len(os.sched_getaffinity(0)))
+  except AttributeError:  # not Linux
+    return max(1, os.cpu_count() or 1)
+
+
+_pool: concurrent.futures.ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+_in_pool = threading.local()
+
+
+def _forget_pool() -> None:  # a forked child has none of the parent's threads
+  global _pool
+  _pool = None
+
+
+if hasattr(os, "register_at_fork"):
+  os.register_at_fork(after_in_child=_forget_pool)
+
+
+def run_parallel(calls: Sequence[Callable[[], Any]], workers: int | None = None) -> list:
+  """The results of ``calls``, run at most ``workers`` (default :func:`default_workers`) at a
+  time: on the calling thread and on a shared thread pool, each thread taking the next call
+  when it is done with one. Compiled JAX computations release the GIL, so on a multi-core
+  CPU they run on separate cores. The first exception raised is raised again once every
+  call has returned. A call made from the pool itself runs its ``calls`` one after another
+  (no nested waiting)."""
+  workers = default_workers() if workers is None else workers
+  if workers <= 1 or len(calls) <= 1 or getattr(_in_pool, "on", False):
+    return [c() for c in calls]
+  global _pool
+  with _pool_lock:
+    if _pool is None or _pool._max_workers < workers - 1:
+      _pool = concurrent.futures.ThreadPoolExecutor(workers - 1,
+                                                    thread_name_prefix="metaopt-kernel")
+    pool = _pool
+  out: list = [None] * len(calls)
+  errors: list = []
+  todo = iter(range(len(calls)))
+  lock = threading.Lock()
+
+  def work(nested: bool) -> None:
+    _in_pool.on = nested
+    try:
+      while True:
+        with lock:
+          i = next(todo, None)
+        if i is None:
+          return
+        try:
+          out[i] = calls[i]()
+        except BaseException as e:  # noqa: BLE001 - raised again on the calling thread
+          errors.append((i, e))
+    finally:
+      _in_pool.on = False
+
+  futs = [pool.submit(work, True) for _ in range(min(workers, len(calls)) - 1)]
+  work(False)
+  concurrent.futures.wait(futs)
+  if errors:
+    raise min(errors, key=lambda x: x[0])[1]
+  return out
+
+
+def _part_layout(alive: np.ndarray, parts: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """How a ``"loop"`` chunk splits ``n`` trials over ``parts`` threads: ``idx`` (parts, m)
+  trial indices per part (live trials dealt round-robin, so the parts' live counts differ
+  by at most one; ``m = ceil(n / parts)``, short parts padded with a stopped copy of trial
+  0), each part's ``alive``, and ``valid``: which rows are trials, not padding."""
+  n = alive.shape[0]
+  m = -(-n // parts)
+  order = np.concatenate([np.flatnonzero(alive), np.flatnonzero(~alive)])
+  flat = np.full(parts * m, -1, np.int64)
+  flat[:n] = order
+  idx = flat.reshape(m, parts).T  # part p: order[p], order[p + parts], ...
+  part_alive = np.where(idx >= 0, alive[np.maximum(idx, 0)], False)
+  return np.maximum(idx, 0), part_alive, idx >= 0
+
+
+class _Chunk:
+  """A jitted chunk that keeps, per argument shapes, the executable compiled on the thread
+  of its first call: later calls from other threads (see :func:`run_parallel`) run that
+  executable, whatever their thread's JAX configuration, and compile nothing there."""
+
+  def __init__(self, jitted: Any):
+    self._jit, self._exe, self._lock = jitted, {}, threading.Lock()
+
+  def lower(self, *args: Any) -> Any:
+    return self._jit.lower(*args)
+
+  def executable(self, *args: Any) -> Any:
+    """The compiled executable for these arguments' shapes (compiled on first use)."""
+    leaves, tree = jax.tree_util.tree_flatten(args)
+    sig = (tree, tuple((jnp.shape(a), jnp.result_type(a), getattr(a, "weak_type", False))
+                       for a in leaves))
+    with self._lock:
+      exe = self._exe.get(sig)
+      if exe is None:
+        exe = self._exe[sig] = self._jit.lower(*args).compile()
+    return exe
+
+  def __call__(self, *args: Any) -> Any:
+    return self.executable(*args)(*args)
+
+
+def _rows(tree: PyTree, i: np.ndarray) -> PyTree:
+  """Rows ``i`` of every leaf, gathered on the host (a copy, nothing compiled); PRNG key
+  leaves by JAX."""
+  def take(a):
+    if jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):
+      return a[jnp.asarray(i)]
+    return np.asarray(a)[i]
+  return jax.tree_util.tree_map(take, tree)
+
+
+def _cat_rows(trees: Sequence[PyTree], idx: np.ndarray, valid: np.ndarray) -> PyTree:
+  """One tree whose row ``idx[p, r]`` is row ``r`` of ``trees[p]`` where ``valid[p, r]``
+  (put together on the host, one copy), as device arrays."""
+  def cat(*a):
+    if jax.dtypes.issubdtype(a[0].dtype, jax.dtypes.prng_key):
+      return jnp.concatenate(a)[jnp.asarray(np.argsort(idx[valid], kind="stable"))]
+    out = np.empty((int(valid.sum()), *a[0].shape[1:]), a[0].dtype)
+    for p, x in enumerate(a):
+      out[idx[p][valid[p]]] = np.asarray(x)[valid[p]]
+    return out
+  return jax.device_put(jax.tree_util.tree_map(cat, *trees))
+
+
+class _PartedChunk:
+  """A ``"loop"`` chunk over ``workers`` threads: the population is split into parts of
+  ``ceil(n / workers)`` trials (see :func:`_part_layout`), each part trained by the same
+  compiled loop chunk on its own thread, and the results put back in order. Every trial runs
+  the same computation on the same minibatches as in one loop, so results are bit for bit
+  those of the unsplit chunk. Executables are compiled on the calling thread (its compile
+  accounting and JAX configuration), then run on the pool."""
+
+  def __init__(self, core: Callable, workers: int, shared_batches: bool):
+    self.workers, self.shared = workers, shared_batches
+    self._core = _Chunk(jax.jit(core, donate_argnums=(0,),
+                                compiler_options=chunk_compile_options()))
+
+  def _args(self, states, h, alive, key, data, part_n):
+    # the arguments of one part's core call, as shapes (for lowering)
+    sds = lambda a: jax.ShapeDtypeStruct((part_n, *a.shape[1:]), a.dtype)  # noqa: E731
+    tkeys = None if self.shared else jax.ShapeDtypeStruct((part_n,), key.dtype)
+    return (jax.tree_util.tree_map(sds, states), jax.tree_util.tree_map(sds, h),
+            jax.ShapeDtypeStruct((part_n,), jnp.bool_), key, data, tkeys)
+
+  def lower(self, states, h, alive, key, data):
+    """The lowered part computation for a population shaped like these arguments."""
+    n = alive.shape[0]
+    return self._core.lower(*self._args(states, h, alive, key, data, -(-n // self.workers)))
+
+  def __call__(self, states, h, alive, key, data):
+    alive = np.asarray(alive, bool)
+    idx, part_alive, valid = _part_layout(alive, self.workers)
+    # split and merge on the host: copies of the states, no compile (the gathers compiled
+    # would cost ~15% of the chunk's compile, which small searches pay in full)
+    tkeys = None if self.shared else jax.random.split(key, alive.shape[0])
+    args = [(_rows(states, i), _rows(h, i), part_alive[p], key, data,
+             None if tkeys is None else tkeys[jnp.asarray(i)]) for p, i in enumerate(idx)]
+    exe = self._core.executable(*args[0])
+    outs = run_parallel([lambda a=a: jax.block_until_ready(exe(*a)) for a in args],
+                        self.workers)
+    return _cat_rows(outs, idx, valid)
+
+
 def default_mode(mesh: Mesh | None = None) -> str:
   """``"loop"`` on a single CPU device, else ``"vmap"`` (see :func:`make_kernel`)."""
   return "loop" if mesh is None and jax.default_backend() == "cpu" else "vmap"
@@ -368,7 +560,7 @@ def default_mode(mesh: Mesh | None = None) -> str:
 
 def make_kernel(fns: TrialFns, n_train: int, batch_size: int,
                 shared_batches: bool = True, mesh: Mesh | None = None,
-                mode: str | None = None) -> PopulationKernel:
+                mode: str | None = None, workers: int | None = None) -> PopulationKernel:
   """Builds the jitted population ``init`` and ``chunk`` for one structural group.
 
   ``mode="vmap"`` trains the population as ``vmap`` of one trial's chunk: every slot
@@ -381,6 +573,11 @@ def make_kernel(fns: TrialFns, n_train: int, batch_size: int,
   and meshes. Both give every trial the same computation, minibatches and metrics; a
   stopped trial's metrics are zeros in ``"loop"`` mode.
 
+  A ``"loop"`` chunk on the CPU splits the population over ``workers`` threads (default
+  :func:`default_workers`, the cores this process may use), one part per core, live
+  trials dealt round-robin: every trial computes exactly what it would in one loop (same
+  results, bit for bit), both cores busy (see :class:`_PartedChunk`).
+
   With a ``mesh`` (see :func:`population_mesh`) the population axis of states,
   hyperparameters and metrics is sharded over its devices; population sizes must then be
   multiples of the device count (``PopulationKernel.multiple``). Only ``"vmap"`` shards.
@@ -391,6 +588,12 @@ def make_kernel(fns: TrialFns, n_train: int, batch_size: int,
   if mode not in KERNEL_MODES or (mode == "loop" and mesh is not None):
     raise ValueError(f"mode={mode!r}: must be one of {', '.join(KERNEL_MODES)} "
                      "('vmap' with a mesh)")
+  if workers is None:
+    workers = default_workers() if mode == "loop" else 1
+  if not isinstance(workers, (int, np.integer)) or workers < 1 or (workers > 1 and
+                                                                    mode != "loop"):
+    raise ValueError(f"workers={workers!r}: must be an integer >= 1 (1 unless mode='loop')")
+  workers = int(workers)
   steps = n_train // batch_size
   train_step = step_fn(fns)
 
@@ -427,7 +630,8 @@ def make_kernel(fns: TrialFns, n_train: int, batch_size: int,
     perms = jax.vmap(lambda k: jax.random.permutation(k, n_train))(jax.random.split(key, n))
     return jax.vmap(trial_chunk, in_axes=(0, 0, 0, 0, None))(states, h, alive, perms, data)
 
-  def loop_chunk(states, h, alive, key, data):
+  def loop_chunk(states, h, alive, key, data, tkeys=None):
+    # tkeys: each trial's key for its own minibatch order (default: split from key)
     n = alive.shape[0]
     one = lambda tree, i: jax.tree_util.tree_map(lambda a: a[i], tree)
     batches = None
@@ -436,7 +640,7 @@ def make_kernel(fns: TrialFns, n_train: int, batch_size: int,
       perm_of = lambda i: perm
       batches = epoch_batches(perm, data)
     else:
-      keys = jax.random.split(key, n)
+      keys = jax.random.split(key, n) if tkeys is None else tkeys
       perm_of = lambda i: jax.random.permutation(keys[i], n_train)
     # one trace of the trial's chunk serves both its output shapes and the loop body
     args = lambda i: (one(states, i), one(h, i), jnp.asarray(True), perm_of(i), data, batches)
@@ -457,9 +661,12 @@ def make_kernel(fns: TrialFns, n_train: int, batch_size: int,
     return jax.lax.fori_loop(0, jnp.sum(alive), body, (states, metrics))
 
   if mesh is None:
-    init = PopulationInit(fns.init)
+    init = PopulationInit(fns.init, workers)
+    if mode == "loop" and workers > 1:
+      return PopulationKernel(init, _PartedChunk(loop_chunk, workers, shared_batches), steps,
+                              1, mode, workers)
     fn = loop_chunk if mode == "loop" else chunk
-    chunk_j = jax.jit(fn, donate_argnums=(0,), compiler_options=chunk_compile_options())
+    chunk_j = _Chunk(jax.jit(fn, donate_argnums=(0,), compiler_options=chunk_compile_options()))
     return PopulationKernel(init, chunk_j, steps, 1, mode)
   pop, rep = NamedSharding(mesh, P("pop")), NamedSharding(mesh, P())
   init = PopulationInit(fns.init, in_shardings=(pop, pop), out_shardings=pop)

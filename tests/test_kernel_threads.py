@@ -1,0 +1,125 @@
+"""Population kernels on several CPU cores (issue 24): a "loop" chunk split over threads and
+"vmap" groups run at once give the results of one thread, bit for bit."""
+
+import threading
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import metaopt
+from metaopt._src import population as pop
+from metaopt.spaces import Choice, Float, Space
+from metaopt.tasks import get_task
+
+
+@pytest.fixture(scope="module")
+def task():
+  return get_task("digits_mlp", max_width=16)
+
+
+def _equal(a, b):
+  for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+@pytest.mark.parametrize("shared,workers", [
+    (True, 2), pytest.param(True, 3, marks=pytest.mark.slow),
+    pytest.param(False, 2, marks=pytest.mark.slow)])
+def test_loop_chunk_split_over_threads_is_bit_for_bit_one_loop(task, shared, workers):
+  fns, n = task.build({}), 5
+  h = task.space.decode(jax.random.uniform(jax.random.key(0), (n, task.space.dim)))
+  h["activation"] = jnp.arange(n, dtype=jnp.int32) % 4
+  data = pop.data_arrays(task.data)
+  keys = jax.random.split(jax.random.key(1), n)
+  alive = np.array([True, False, True, True, True])  # a stopped trial; 5 = 3 + 2 (padded)
+  out = {}
+  for w in (1, workers):
+    k = pop.make_kernel(fns, 32 * 4, 32, shared, mode="loop", workers=w)
+    assert k.workers == w
+    s = k.init(keys, h)
+    for epoch in range(2):
+      s, m = k.chunk(s, h, alive, jax.random.key(2 + epoch), data)
+    out[w] = (s, m)
+  _equal(out[workers], out[1])
+  assert np.all(np.asarray(out[workers][1]["train_loss"])[~alive] == 0)  # stopped: none
+  assert np.all(np.asarray(out[workers][1]["train_loss"])[alive] > 0)
+  # the stopped trial kept its initial state
+  _equal(jax.tree_util.tree_map(lambda a: a[1], out[workers][0]),
+         jax.tree_util.tree_map(lambda a: a[1], k.init(keys, h)))
+
+
+def test_part_layout_deals_live_trials_round_robin():
+  alive = np.array([False, True, True, False, True, True, True])
+  idx, part_alive, valid = pop._part_layout(alive, 2)
+  assert idx.shape == part_alive.shape == valid.shape == (2, 4)
+  assert part_alive.sum(axis=1).tolist() == [3, 2]  # 5 live trials, as even as they go
+  assert valid.sum() == 7 and not part_alive[~valid].any()  # one padding row, stopped
+  assert sorted(idx[valid].tolist()) == list(range(7))  # every trial in one part
+  np.testing.assert_array_equal(part_alive[valid], alive[idx[valid]])
+  parts = [{"w": np.stack([idx[p], -idx[p]], 1)} for p in range(2)]  # rows name their trial
+  back = pop._cat_rows(parts, idx, valid)["w"]
+  np.testing.assert_array_equal(np.asarray(back), np.stack([np.arange(7), -np.arange(7)], 1))
+
+
+def test_run_parallel_runs_calls_at_once_in_order_and_raises():
+  barrier = threading.Barrier(2, timeout=30)  # breaks unless both calls run at once
+  assert pop.run_parallel([lambda: barrier.wait() * 0 + 1, lambda: barrier.wait() * 0 + 2],
+                          workers=2) == [1, 2]
+  assert pop.run_parallel([lambda i=i: i for i in range(7)], workers=2) == list(range(7))
+  nested = pop.run_parallel([lambda: pop.run_parallel([lambda: 1, lambda: 2], 2)] * 2, 2)
+  assert nested == [[1, 2], [1, 2]]
+
+  def boom(i):
+    raise ValueError(f"call {i}")
+  with pytest.raises(ValueError, match="call 1"):
+    pop.run_parallel([lambda: 0, lambda: boom(1), lambda: boom(2)], workers=2)
+
+
+def test_bad_workers_is_a_clear_error(task):
+  fns = task.build({})
+  with pytest.raises(ValueError, match="workers=0: must be an integer >= 1"):
+    pop.make_kernel(fns, 128, 32, mode="loop", workers=0)
+  with pytest.raises(ValueError, match="workers=2"):
+    pop.make_kernel(fns, 128, 32, mode="vmap", workers=2)
+
+
+def test_vmap_groups_run_at_once_give_the_same_trials(task, monkeypatch):
+  space = Space({"learning_rate": Float(1e-3, 1e-1, log=True),
+                 "activation": Choice(["relu", "tanh"])})
+  calls = []
+  real = pop.run_parallel
+
+  def spy(fns, workers=None):
+    calls.append((len(fns), workers))
+    return real(fns, workers)
+  monkeypatch.setattr(pop, "run_parallel", spy)
+
+  def run(workers):
+    monkeypatch.setattr(pop, "default_workers", lambda: workers)
+    ev = metaopt.TaskEvaluator(task, batch_size=128, kernel_mode="vmap",
+                               group_switches="always")
+    res = metaopt.search(metaopt.random_search(space.dim), ev, space=space, n_trials=4,
+                         population=4, epochs=3, seed=3, progress=False, compaction="never")
+    return {t.number: [m["valid_loss"] for m in t.metrics] for t in res.trials}
+
+  one = run(1)
+  calls.clear()
+  two = run(2)
+  assert calls == [(2, None), (2, None)]  # epochs 2 and 3: both activation groups at once
+  assert one.keys() == two.keys() and len(one) == 4
+  for k in one:
+    assert len(one[k]) == 3
+    np.testing.assert_array_equal(one[k], two[k])
+
+
+def test_a_large_population_init_split_over_threads_is_bit_for_bit_one_call(task, monkeypatch):
+  monkeypatch.setattr(pop, "INIT_OPT_MIN_ELEMENTS", 0)  # the split (level-1) build for any
+  fns, n = task.build({}), 5
+  h = task.space.decode(jax.random.uniform(jax.random.key(0), (n, task.space.dim)))
+  keys = jax.random.split(jax.random.key(1), n)
+  one = pop.PopulationInit(fns.init)(keys, h)
+  split = pop.PopulationInit(fns.init, workers=2)(keys, h)  # parts of 3 (one padded)
+  assert jax.tree_util.tree_leaves(split)[0].shape[0] == n
+  _equal(split, one)
