@@ -4,6 +4,7 @@ for all of them without hanging when one fails."""
 
 import os
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -67,3 +68,35 @@ def failure(err: str) -> str:
   characters)."""
   at = err.find("Traceback (most recent")
   return err[at:at + 3000] if at >= 0 else err[-3000:]
+
+
+def hold_new_store(db):
+  """A write transaction on a new, empty SQLite file ``db``, as the first of several
+  processes opening a new store holds while it switches the file to WAL."""
+  holder = sqlite3.connect(db, isolation_level=None)
+  holder.execute("BEGIN IMMEDIATE")
+  return holder
+
+
+def release_when_opened(holder, db, procs, settle_s=1.0):
+  """Commits ``holder`` once every process in ``procs`` has had ``db`` open for
+  ``settle_s`` (so each has met the lock), or as soon as one of them has exited."""
+  since = {}
+  try:
+    while len(since) < len(procs) or time.monotonic() - max(since.values()) < settle_s:
+      if any(p.poll() is not None for p in procs):
+        break
+      for p in procs:
+        try:
+          has = any(os.path.realpath(f"/proc/{p.pid}/fd/{f}") == os.path.realpath(db)
+                    for f in os.listdir(f"/proc/{p.pid}/fd"))
+        except OSError:
+          has = False
+        if has:
+          since.setdefault(p.pid, time.monotonic())
+        else:
+          since.pop(p.pid, None)
+      time.sleep(0.05)
+  finally:
+    holder.execute("COMMIT")
+    holder.close()

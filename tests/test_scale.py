@@ -14,7 +14,14 @@ import time
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from _processes import failure, free_port, start_scripts, wait_all
+from _processes import (
+    failure,
+    free_port,
+    hold_new_store,
+    release_when_opened,
+    start_scripts,
+    wait_all,
+)
 
 import metaopt
 from metaopt import tasks
@@ -545,7 +552,6 @@ def test_two_processes_start_a_search_on_a_new_sqlite_store_together(tmp_path):
   connection writes it, so the loser failed with "database is locked" (the full scaling
   benchmark did). Here the store's write lock is held, as the first opener holds it, until
   both have met it: both wait, the search runs and every trial is recorded once."""
-  from test_store import hold_new_store, release_when_opened
   port = free_port()
   db, ck = str(tmp_path / "new.db"), str(tmp_path / "ck")
   holder = hold_new_store(db)
