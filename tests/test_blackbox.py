@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _search_helpers import scan_search
 
 from metaopt import COMPLETE, FAILED, INFEASIBLE, PRUNED, random_search, sobol
 from metaopt._src import benchmark_functions as bf
@@ -64,16 +65,7 @@ def scan_runner(name, dim, fn_name, rounds, n):
   f = getattr(bf, fn_name)
 
   def run(seed):
-    def body(carry, r):
-      state, best = carry
-      state, u = s.ask(state, jax.random.fold_in(jax.random.key(seed + 1), r), n)
-      y = f(u)
-      state = s.tell(state, u, y, jnp.zeros(n, jnp.int32))
-      return (state, jnp.minimum(best, y.min())), u
-
-    init = (s.init(jax.random.key(seed)), jnp.asarray(jnp.inf))
-    (state, best), us = jax.lax.scan(body, init, jnp.arange(rounds))
-    return state, best, us
+    return scan_search(s, f, seed, rounds, n, out=lambda st, u, y: u)
 
   return jax.jit(run)
 
@@ -198,13 +190,7 @@ def test_tpe_solves_branin_and_beats_random():
     s = make()
 
     def run(seed, s=s):
-      def body(carry, r):
-        st, best = carry
-        st, u = s.ask(st, jax.random.fold_in(jax.random.key(seed + 1), r), 10)
-        y = p.fn(u)
-        return (s.tell(st, u, y, jnp.zeros(10, jnp.int32)), jnp.minimum(best, y.min())), None
-      (_, best), _ = jax.lax.scan(body, (s.init(jax.random.key(seed)), jnp.inf), jnp.arange(10))
-      return best
+      return scan_search(s, p.fn, seed, 10, 10)[1]
 
     best = jax.jit(jax.vmap(run))(jnp.arange(10) * 7)
     regrets[name] = float(jnp.median(best)) - p.minimum
@@ -329,13 +315,7 @@ def test_cma_es_converges_on_sphere_and_rosenbrock():
     s = cma_es(dim, popsize=10)
 
     def run(seed, s=s, fn=fn, gens=gens):
-      def body(carry, r):
-        st, best = carry
-        st, u = s.ask(st, jax.random.fold_in(jax.random.key(seed + 1), r), 10)
-        y = fn(u)
-        return (s.tell(st, u, y, jnp.zeros(10, jnp.int32)), jnp.minimum(best, y.min())), None
-      (st, best), _ = jax.lax.scan(body, (s.init(jax.random.key(seed)), jnp.inf),
-                                   jnp.arange(gens))
+      st, best, _ = scan_search(s, fn, seed, gens, 10)
       return best, st["generation"]
 
     best, generation = jax.jit(jax.vmap(run))(jnp.arange(3))
@@ -473,13 +453,7 @@ def test_regularized_evolution_solves_mixed_function():
   s = regularized_evolution(4, population_size=20, tournament_size=5, levels=p.levels)
 
   def run(seed):
-    def body(carry, r):
-      st, best = carry
-      st, u = s.ask(st, jax.random.fold_in(jax.random.key(seed + 1), r), 10)
-      y = p.fn(u)
-      return (s.tell(st, u, y, jnp.zeros(10, jnp.int32)), jnp.minimum(best, y.min())), None
-    (_, best), _ = jax.lax.scan(body, (s.init(jax.random.key(seed)), jnp.inf), jnp.arange(20))
-    return best
+    return scan_search(s, p.fn, seed, 20, 10)[1]
 
   best = jax.jit(jax.vmap(run))(jnp.arange(3))
   assert float(jnp.median(best)) - p.minimum < 0.05, best
@@ -682,14 +656,7 @@ def test_searchers_find_the_2d_sphere_and_rosenbrock_optima(name):
     return jnp.where(which == 0, bf.sphere(u), bf.rosenbrock(u))
 
   def run(seed, which):
-    def body(carry, r):
-      st, best = carry
-      st, u = s.ask(st, jax.random.fold_in(jax.random.key(seed + 1), r), N)
-      y = f(u, which)
-      return (s.tell(st, u, y, jnp.zeros(N, jnp.int32)), jnp.minimum(best, y.min())), None
-    (_, best), _ = jax.lax.scan(body, (s.init(jax.random.key(seed)), jnp.inf),
-                                jnp.arange(rounds))
-    return best
+    return scan_search(s, lambda u: f(u, which), seed, rounds, N)[1]
 
   best = np.asarray(jax.jit(jax.vmap(run))(jnp.asarray([0, 1, 2] * 2),
                                            jnp.asarray([0] * 3 + [1] * 3)))
@@ -705,15 +672,8 @@ def test_cma_es_restarts_when_the_step_collapses_and_stays_jittable():
   found is still the optimum."""
   s = cma_es(2, popsize=8, restart_tol=1e-3)
 
-  def body(carry, r):
-    st, best = carry
-    st, u = s.ask(st, jax.random.fold_in(jax.random.key(1), r), 8)
-    y = bf.sphere(u)
-    st = s.tell(st, u, y, jnp.zeros(8, jnp.int32))
-    return (st, jnp.minimum(best, y.min())), (st["restarts"], st["es"].mean, u)
-
-  (st, best), (restarts, means, us) = jax.jit(
-      lambda: jax.lax.scan(body, (s.init(jax.random.key(0)), jnp.inf), jnp.arange(60)))()
+  st, best, (restarts, means, us) = jax.jit(lambda: scan_search(
+      s, bf.sphere, 0, 60, 8, out=lambda st, u, y: (st["restarts"], st["es"].mean, u)))()
   assert int(st["restarts"]) >= 1 and int(st["generation"]) == 60
   first = int(np.argmax(np.asarray(restarts) >= 1))
   assert np.linalg.norm(np.asarray(means[first]) - 0.3) > 1e-2  # moved away from the optimum
@@ -755,13 +715,8 @@ def test_gp_warp_finds_the_2d_sphere_and_rosenbrock_optima_in_one_jitted_scan():
 
   @jax.jit
   def run(seed, which):
-    def body(carry, r):
-      st, best = carry
-      st, u = s.ask(st, jax.random.fold_in(jax.random.key(seed + 1), r), N)
-      y = jnp.where(which == 0, bf.sphere(u), bf.rosenbrock(u))
-      return (s.tell(st, u, y, jnp.zeros(N, jnp.int32)), jnp.minimum(best, y.min())), None
-    (st, best), _ = jax.lax.scan(body, (s.init(jax.random.key(seed)), jnp.inf),
-                                 jnp.arange(rounds))
+    st, best, _ = scan_search(
+        s, lambda u: jnp.where(which == 0, bf.sphere(u), bf.rosenbrock(u)), seed, rounds, N)
     return st["theta"], best
 
   out = [run(seed, which) for which in (0, 1) for seed in (0, 1, 2)]

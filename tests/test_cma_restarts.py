@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _search_helpers import scan_search
 
 from metaopt._src import benchmark_functions as bf
 from metaopt._src.bbob import bbob_problem
@@ -27,12 +28,9 @@ def _runner(mode: str, rounds: int):
   s = cma_es(2, restarts=mode, max_popsize=2 * LAM0)
 
   def run(seed, which):
-    def body(st, r):
-      st, u = s.ask(st, jax.random.fold_in(jax.random.key(seed + 1), r), LAM0)
-      y = _fns(u, which)
-      st = s.tell(st, u, y, jnp.zeros(LAM0, jnp.int32))
-      return st, (st["popsize"], y.min())
-    return jax.lax.scan(body, s.init(jax.random.key(seed)), jnp.arange(rounds))
+    st, _, outs = scan_search(s, lambda u: _fns(u, which), seed, rounds, LAM0,
+                              out=lambda st, u, y: (st["popsize"], y.min()))
+    return st, outs
 
   return jax.jit(jax.vmap(run))
 

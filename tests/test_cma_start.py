@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _search_helpers import scan_search
 
 from metaopt import FAILED
 from metaopt._src import benchmark_functions as bf
@@ -53,13 +54,8 @@ def test_start_finds_the_2d_sphere_and_rosenbrock_optima(start):
   s = cma_es(2, popsize=N, start=start)
 
   def run(seed, which):
-    def body(carry, r):
-      st, best = carry
-      st, u = s.ask(st, jax.random.fold_in(jax.random.key(seed + 1), r), N)
-      y = jnp.where(which == 0, bf.sphere(u), bf.rosenbrock(u))
-      return (s.tell(st, u, y, jnp.zeros(N, jnp.int32)), jnp.minimum(best, y.min())), None
-    (_, best), _ = jax.lax.scan(body, (s.init(jax.random.key(seed)), jnp.inf), jnp.arange(40))
-    return best
+    return scan_search(s, lambda u: jnp.where(which == 0, bf.sphere(u), bf.rosenbrock(u)), seed,
+                       40, N)[1]
 
   best = np.asarray(jax.jit(jax.vmap(run))(jnp.asarray([0, 1, 2] * 2),
                                            jnp.asarray([0] * 3 + [1] * 3)))

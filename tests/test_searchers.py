@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _search_helpers import scan_search
 from scipy.stats import qmc
 
 import metaopt
@@ -28,23 +29,11 @@ def run_loop(s, f, rounds, n, key=0):
   return state, best
 
 
-def run_scan(s, f, rounds, n, key=0):
-  def body(carry, r):
-    state, best = carry
-    state, u = s.ask(state, jax.random.fold_in(jax.random.key(key + 1), r), n)
-    y = f(u)
-    state = s.tell(state, u, y, jnp.zeros(n, jnp.int32))
-    return (state, jnp.minimum(best, y.min())), None
-
-  (state, best), _ = jax.lax.scan(body, (s.init(jax.random.key(key)), jnp.inf), jnp.arange(rounds))
-  return state, best
-
-
 @pytest.mark.parametrize("name", list(SEARCHERS))
 def test_finds_sphere_optimum_in_loop_and_scan_identically(name):
   s = SEARCHERS[name](3)
   st1, b1 = run_loop(s, sphere, 16, 32)
-  st2, b2 = jax.jit(run_scan, static_argnums=(0, 1, 2, 3))(s, sphere, 16, 32)
+  st2, b2, _ = jax.jit(scan_search, static_argnums=(0, 1, 2, 3, 4))(s, sphere, 0, 16, 32)
   assert float(b1) < 0.01  # 512 points in 3-D: within 0.1 of the optimum
   np.testing.assert_allclose(float(b1), float(b2), rtol=1e-6)
   chex.assert_trees_all_close(st1, st2)

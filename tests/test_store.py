@@ -4,10 +4,10 @@ import os
 import sqlite3
 import subprocess
 import sys
-import time
 
 import pytest
 import sqlalchemy as sa
+from _processes import hold_new_store, release_when_opened
 
 from metaopt import Store
 
@@ -114,38 +114,6 @@ from metaopt import Store
 st = Store(sys.argv[1])
 st.create_study(sys.argv[2], direction="minimize", config={}, seed=0)
 """
-
-
-def hold_new_store(db):
-  """A write transaction on a new, empty SQLite file ``db``, as the first of several
-  processes opening a new store holds while it switches the file to WAL."""
-  holder = sqlite3.connect(db, isolation_level=None)
-  holder.execute("BEGIN IMMEDIATE")
-  return holder
-
-
-def release_when_opened(holder, db, procs, settle_s=1.0):
-  """Commits ``holder`` once every process in ``procs`` has had ``db`` open for
-  ``settle_s`` (so each has met the lock), or as soon as one of them has exited."""
-  since = {}
-  try:
-    while len(since) < len(procs) or time.monotonic() - max(since.values()) < settle_s:
-      if any(p.poll() is not None for p in procs):
-        break
-      for p in procs:
-        try:
-          has = any(os.path.realpath(f"/proc/{p.pid}/fd/{f}") == os.path.realpath(db)
-                    for f in os.listdir(f"/proc/{p.pid}/fd"))
-        except OSError:
-          has = False
-        if has:
-          since.setdefault(p.pid, time.monotonic())
-        else:
-          since.pop(p.pid, None)
-      time.sleep(0.05)
-  finally:
-    holder.execute("COMMIT")
-    holder.close()
 
 
 def test_processes_opening_a_new_store_at_once_wait_for_each_other(tmp_path):

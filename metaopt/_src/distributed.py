@@ -5,7 +5,11 @@ After :func:`initialize` in every process (same arguments but ``process_id``),
 a round is trained by process ``i % num_processes`` on that process's local devices. After
 every epoch the processes exchange their trials' metrics (a CPU all-gather, gloo on CPU), so
 each holds the whole population's results and takes the same pruning decisions and the
-same searcher steps. Only process 0 writes the store; the others read it after barriers.
+same searcher steps. Only process 0 writes the store. What the others need from it to take
+their next step (the study record, a round's trial ids, its outcomes) process 0 reads and
+hands them in a collective (:func:`from_leader`), so every process takes the same steps and
+collectives in the same order (read by each process itself, the store may already hold
+process 0's next round).
 Each process checkpoints its own trials (``round_NNNNN/process_P``) and a resumed run
 restores the newest step every process can read.
 
@@ -16,11 +20,14 @@ trial in one process: PBT runs single-host.
 from __future__ import annotations
 
 import pickle
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
+
+T = TypeVar("T")
 
 
 def initialize(coordinator_address: str, num_processes: int, process_id: int,
@@ -41,12 +48,6 @@ def is_multi() -> bool:
   return jax.process_count() > 1
 
 
-def sync(name: str) -> None:
-  """A barrier across processes (nothing with one process)."""
-  if is_multi():
-    multihost_utils.sync_global_devices(name)
-
-
 def allgather(obj: Any) -> list[Any]:
   """Every process's ``obj`` (any picklable value), in process order."""
   if not is_multi():
@@ -61,9 +62,43 @@ def allgather(obj: Any) -> list[Any]:
   return [pickle.loads(every[p, :int(sizes[p])].tobytes()) for p in range(len(sizes))]
 
 
+def from_leader(name: str, fn: Callable[[], T]) -> T:
+  """``fn()`` run by process 0 alone, its value (or its exception) handed to every process.
+
+  A collective: every process calls it at the same point of the program, with the same
+  ``name`` (an AssertionError names both when they differ). One process: ``fn()``.
+  """
+  if not is_multi():
+    return fn()
+  out, error = None, None
+  if jax.process_index() == 0:
+    try:
+      out = (True, fn())
+    except Exception as e:  # noqa: BLE001 - every process raises it
+      error, out = e, (False, _picklable(e))
+  got = allgather((name, out))
+  names = [n for n, _ in got]
+  if len(set(names)) > 1:
+    raise AssertionError(f"processes out of step: at {names} (in process order)")
+  if error is not None:
+    raise error
+  ok, value = got[0][1]
+  if not ok:
+    raise value
+  return value
+
+
+def _picklable(e: Exception) -> Exception:
+  try:
+    pickle.loads(pickle.dumps(e))
+    return e
+  except Exception:  # noqa: BLE001
+    return RuntimeError(f"process 0: {type(e).__name__}: {e}")
+
+
 class HostStore:
   """A store as seen by one process of a multi-host search: process 0 writes, the others
-  skip writes and read what process 0 wrote after a barrier."""
+  skip writes; the trial ids process 0 stores reach the others through :func:`from_leader`."""
 
   def __init__(self, store: Any):
     self._store = store
@@ -71,12 +106,6 @@ class HostStore:
 
   def __getattr__(self, name: str) -> Any:  # reads pass through
     return getattr(self._store, name)
-
-  def create_study(self, name: str, **kwargs: Any):
-    if self.leader:
-      return self._store.create_study(name, **kwargs)
-    raise ValueError(f"study {name!r}: process {jax.process_index()} found no study that "
-                     "process 0 created")
 
   def log_event(self, *args: Any, **kwargs: Any) -> None:
     if self.leader:
@@ -95,13 +124,9 @@ class HostStore:
       self._store.record_values(*args, **kwargs)
 
   def start_round(self, study_id: int, rnd: int, *args: Any, **kwargs: Any) -> list[int]:
-    ids = self._store.start_round(study_id, rnd, *args, **kwargs) if self.leader else None
-    sync(f"metaopt-start-round-{rnd}")
-    if ids is None:
-      ids = [r["id"] for r in self._store.round_trials(study_id, rnd)]
-    return ids
+    return from_leader(f"metaopt-start-round-{rnd}",
+                       lambda: self._store.start_round(study_id, rnd, *args, **kwargs))
 
   def end_round(self, study_id: int, rnd: int, *args: Any, **kwargs: Any) -> None:
-    if self.leader:
-      self._store.end_round(study_id, rnd, *args, **kwargs)
-    sync(f"metaopt-end-round-{rnd}")
+    from_leader(f"metaopt-end-round-{rnd}",
+                lambda: self._store.end_round(study_id, rnd, *args, **kwargs))

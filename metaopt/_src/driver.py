@@ -18,6 +18,7 @@ processes sharing one study, see :func:`metaopt.worker`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import tempfile
@@ -156,7 +157,7 @@ def search(
   env = loop.RoundEnv(ev, loop.searcher_fns(program, space), space, st, epochs, sign,
                       checkpoint_every_s, bar, on_epoch, objectives)
   run = _Rounds(env, rec, key_rounds, n_trials, population, seed, constraint,
-                checkpoint_dir or default_checkpoint_dir(st, study), study)
+                checkpoint_dir or default_checkpoint_dir(st, study))
   try:
     state = run.all(state, target)
   finally:
@@ -205,7 +206,7 @@ def _searcher_init(program: Searcher, key: jax.Array):
 
 def _open_store(store: Store | str | None, study: str) -> Store:
   st = store if isinstance(store, Store) else Store(store or "sqlite://")
-  if dist.is_multi():  # process 0 writes; the others read after barriers
+  if dist.is_multi():  # process 0 writes and reads; the others get what it read
     if st.url in ("sqlite://", "sqlite:///:memory:"):
       raise ValueError("store: a multi-host search needs a store every process can reach "
                        "(a SQLite file on a shared disk, or PostgreSQL)")
@@ -216,10 +217,13 @@ def _open_store(store: Store | str | None, study: str) -> Store:
 def _open_study(st: Store, study: str, record: dict, config, ev: Evaluator, seed: int,
                 objectives: list[tuple[str, str]] | None = None):
   """Loads (to resume) or creates the study (declaring its ``objectives``); multi-host,
-  process 0 creates it first."""
-  multi = dist.is_multi()
-  if multi and not st.leader:
-    dist.sync(f"metaopt-open-{study}")
+  process 0 alone opens it and hands every process its record."""
+  return dist.from_leader(f"metaopt-open-{study}", lambda: _open_study_here(
+      st, study, record, config, ev, seed, objectives))
+
+
+def _open_study_here(st: Store, study: str, record: dict, config, ev: Evaluator, seed: int,
+                     objectives: list[tuple[str, str]] | None):
   if study in st.study_names():
     rec = st.load_study(study)
     if rec.state_phase == "worker":
@@ -244,8 +248,6 @@ def _open_study(st: Store, study: str, record: dict, config, ev: Evaluator, seed
   if objectives and st.objectives(rec.id) not in ([], objectives):
     raise ValueError(f"study {study!r} exists with objectives {st.objectives(rec.id)}; "
                      f"got {objectives}")
-  if multi and st.leader:
-    dist.sync(f"metaopt-open-{study}")
   return rec
 
 
@@ -253,19 +255,19 @@ class _Rounds:
   """The rounds of one ``search``: ask (or reload an asked round), run, tell, record."""
 
   def __init__(self, env: loop.RoundEnv, rec, key_rounds, n_trials: int, population: int,
-               seed: int, constraint, checkpoint_dir: str, study: str):
+               seed: int, constraint, checkpoint_dir: str):
     self.env, self.rec, self.key_rounds = env, rec, key_rounds
     self.n_trials, self.population, self.seed = n_trials, population, seed
-    self.constraint, self.checkpoint_dir, self.study = constraint, checkpoint_dir, study
+    self.constraint, self.checkpoint_dir = constraint, checkpoint_dir
     self.n_rounds = -(-n_trials // population)
 
   def all(self, state, target: float | None):
     env, st = self.env, self.env.store
     rnd = max(self.rec.state_round + (1 if self.rec.state_phase == "told" else 0), 0)
     env.bar.update(min(rnd, self.n_rounds) * env.epochs)
-    if target is not None and rnd > 0 and _reached(
-        [(t.number, t.status, t.objective, None) for t in st.trials(self.rec.id)], target,
-        env.evaluator.direction):
+    if target is not None and rnd > 0 and dist.from_leader("metaopt-resumed-target", lambda: (
+        _reached([(t.number, t.status, t.objective, None) for t in st.trials(self.rec.id)],
+                 target, env.evaluator.direction))):
       rnd = self.n_rounds  # a resumed study that had already reached its target
     while rnd < self.n_rounds:
       state, results = self.one(state, rnd)
@@ -281,10 +283,8 @@ class _Rounds:
     key_r = loop.fold_in(self.key_rounds, rnd)
     n = min(self.population, self.n_trials - rnd * self.population)
     asked = None
-    if rec.state_phase == "asked" and rec.state_round == rnd:
-      rows = st.round_trials(rec.id, rnd)
-      asked = ([r["id"] for r in rows],
-               np.asarray([json.loads(r["u"]) for r in rows], np.float32))
+    if rec.state_phase == "asked" and rec.state_round == rnd:  # resumed: process 0 reads it
+      asked = dist.from_leader(f"metaopt-asked-{rnd}", lambda: _asked(st, rec.id, rnd))
     proc = f"process_{jax.process_index()}" if dist.is_multi() else ""
     plan = loop.RoundPlan(rec.id, rnd, [rnd * self.population + i for i in range(n)],
                           loop.fold_in(key_r, 0), key_r,
@@ -292,8 +292,16 @@ class _Rounds:
                           self.seed, self.constraint, asked,
                           calls_left=self.n_rounds - rnd)
     state, results, _ = loop.one_round(env, state, plan)
-    self.rec = st.load_study(self.study)
+    # what the store now says (not read back: in a multi-host search process 0 may already
+    # have asked the next round when another process would read it)
+    self.rec = dataclasses.replace(rec, state_round=rnd, state_phase="told")
     return state, results
+
+
+def _asked(st: Store, study_id: int, rnd: int) -> tuple[list[int], np.ndarray]:
+  """``(ids, u)`` of round ``rnd``'s stored trials (a round asked before a restart)."""
+  rows = st.round_trials(study_id, rnd)
+  return [r["id"] for r in rows], np.asarray([json.loads(r["u"]) for r in rows], np.float32)
 
 
 def _reached(results: list[tuple], target: float, direction: str) -> bool:

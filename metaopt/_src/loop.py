@@ -668,8 +668,9 @@ def close_round(env: RoundEnv, state, study_id: int, rnd: int, u: np.ndarray, *,
   (read from the store unless given), stored with the post-tell searcher state (and, when
   given, ``duration_s`` as every trial's duration). Returns ``(state, results)``."""
   y_vector = None
-  if results is None:
-    results, y_vector = round_outcomes(env, study_id, rnd)
+  if results is None:  # multi-host: as process 0 reads them, once it has written them all
+    results, y_vector = dist.from_leader(f"metaopt-outcomes-{rnd}",
+                                         lambda: round_outcomes(env, study_id, rnd))
   state = tell_round(env, state, u, results, y_vector)
   env.store.end_round(study_id, rnd, results, state_bytes(env, state), duration_s=duration_s)
   return state, results
@@ -686,7 +687,6 @@ def one_round(env: RoundEnv, state, plan: RoundPlan):
     state, batch, u = ask_round(env, state, plan)
     state = run_round(env, batch, state, ckpt, plan.key_r, plan.study_id,
                       resumed=plan.asked is not None)
-    dist.sync(f"metaopt-trained-{plan.rnd}")  # process 0 has written the round's statuses
     state, results = close_round(env, state, plan.study_id, plan.rnd, u,
                                  duration_s=time.time() - t0)
   finally:
