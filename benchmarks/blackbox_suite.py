@@ -4,6 +4,9 @@ Seeds (benchmarks/_protocol.py): seed ``s`` runs BBOB instance ``1 + s % 15``.
   DEV_SEEDS[:5] = 0..4 (instances 1-5): for choosing defaults (``--dev``).
   REPORT_SEEDS[:5] = 1000..1004 (instances 11-15): the reported runs (held out: no default
   was chosen on them).
+  ``--seeds N`` runs the first N of the list (1000..1000+N-1; N = 10 adds instances 1-5);
+  ``--seed_range A-B`` runs diagnostic seeds A..B (e.g. 10-14 = instances 11-15), neither dev
+  nor report (give them their own ``--cache``).
 One default configuration per searcher for every function (``ours`` below, the library
 defaults); nothing is tuned per function.
 
@@ -68,8 +71,9 @@ from metaopt._src.gp import gp_bo  # noqa: E402
 from metaopt._src.searchers import random_search  # noqa: E402
 from metaopt._src.tpe import tpe  # noqa: E402
 
-REPORT_SEEDS = _protocol.REPORT_SEEDS[:5]
-DEV_SEEDS = _protocol.DEV_SEEDS[:5]
+N_SEEDS = 5  # seeds per cell unless --seeds says otherwise
+REPORT_SEEDS = _protocol.seeds("report", N_SEEDS)
+DEV_SEEDS = _protocol.seeds("dev", N_SEEDS)
 QUICK_FUNCTIONS = (2, 3, 8, 10, 13, 15, 20, 21)  # at least one per group, fixed
 QUICK_DIMS = (2, 5, 10)
 TARGETS = 10.0 ** np.linspace(2, -8, 51)
@@ -81,6 +85,30 @@ PEERS = ("tpe", "tpe_default", "gp", "cma_es", "random")
 
 def instance_of(seed: int) -> int:
   return 1 + seed % 15
+
+
+def suite_seeds(dev: bool = False, n: int | None = None, seed_range: str | None = None
+                ) -> tuple[int, ...]:
+  """The seeds of a run: the first ``n`` (default 5) report seeds, or dev seeds with ``dev``;
+  ``seed_range`` "A-B": the diagnostic seeds A..B (neither dev nor report; seed ``s`` is
+  instance ``1 + s % 15``), which may not include a report seed."""
+  if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+    raise ValueError(f"seeds={n!r}: must be a positive integer")
+  if seed_range is None:
+    return _protocol.seeds("dev" if dev else "report", N_SEEDS if n is None else n)
+  try:
+    a, b = (int(x) for x in seed_range.split("-"))
+  except ValueError:
+    raise ValueError(f"seed_range={seed_range!r}: must be 'A-B' with integers 0 <= A <= B"
+                     ) from None
+  if not 0 <= a <= b:
+    raise ValueError(f"seed_range={seed_range!r}: must be 'A-B' with integers 0 <= A <= B")
+  if dev or n is not None:
+    raise ValueError("seed_range: not with --dev or --seeds (the range is the seed list)")
+  lo, hi = _protocol.REPORT_SEEDS[0], _protocol.REPORT_SEEDS[-1]
+  if a <= hi and b >= lo:
+    raise ValueError(f"seed_range={seed_range!r}: must not include report seeds {lo}-{hi}")
+  return tuple(range(a, b + 1))
 
 
 # ------------------------------------------------------------------ problems
@@ -432,7 +460,11 @@ def main() -> None:
   ap.add_argument("--dims", default=None, help="comma-separated; default 2,5,10,20")
   ap.add_argument("--budget", default=None, help="evaluations per d (e.g. 20 or 100)")
   ap.add_argument("--batch", type=int, default=10)
-  ap.add_argument("--seeds", type=int, default=None, help="how many of the seed list")
+  ap.add_argument("--seeds", type=int, default=None,
+                  help=f"how many seeds of the list (default {N_SEEDS}; beyond the list: the "
+                  "seeds after its first)")
+  ap.add_argument("--seed_range", default=None,
+                  help="A-B: diagnostic seeds A..B instead (neither dev nor report)")
   ap.add_argument("--ours", default=None,
                   help="comma-separated; default " + ",".join(OURS) + "; none: peers only")
   ap.add_argument("--peers", default=None, help="comma-separated Optuna samplers (and ngopt)")
@@ -456,8 +488,7 @@ def main() -> None:
 
   optuna.logging.set_verbosity(optuna.logging.ERROR)
   warnings.filterwarnings("ignore")
-  seeds = DEV_SEEDS if args.dev else REPORT_SEEDS
-  seeds = seeds[: args.seeds] if args.seeds else seeds
+  seeds = suite_seeds(args.dev, args.seeds, args.seed_range)
   if args.quick:
     funcs = [f"f{f}" for f in QUICK_FUNCTIONS]
     dims, ours_names, peers = QUICK_DIMS, PAIRS, PAIRS

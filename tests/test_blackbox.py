@@ -766,3 +766,34 @@ def test_tpe_dev_e5_is_the_five_seed_cell_count_averaged_over_subsets():
          **{f"2|2|{s}": 3.0 for s in seeds}, "3|2|0": 9.0}  # f3: Optuna runs missing, skipped
   assert td.e5(ours, opt, (1, 2, 3), (2,), seeds) == pytest.approx(1.5)
   assert td.e5(ours, opt, (1,), (2,), range(5)) == 0.0  # one subset: median 0.5 < 1
+
+
+def test_blackbox_suite_honours_seeds_and_diagnostic_ranges():
+  """benchmarks/blackbox_suite.py: ``--seeds N`` gives N seeds (it used to stop at 5), the
+  default stays 5 (``--quick``), ``--seed_range`` gives diagnostic seeds and refuses report
+  seeds; seed s is BBOB instance 1 + s % 15."""
+  import importlib.util
+  import os
+  import sys
+
+  bench = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
+  sys.path.insert(0, bench)
+  try:
+    spec = importlib.util.spec_from_file_location("blackbox_suite",
+                                                  os.path.join(bench, "blackbox_suite.py"))
+    bs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bs)
+  finally:
+    sys.path.remove(bench)
+  assert bs.suite_seeds() == (1000, 1001, 1002, 1003, 1004)
+  assert bs.suite_seeds(n=10) == tuple(range(1000, 1010))
+  assert bs.suite_seeds(dev=True) == (0, 1, 2, 3, 4)
+  assert bs.suite_seeds(dev=True, n=10) == tuple(range(10))
+  assert bs.suite_seeds(seed_range="10-14") == (10, 11, 12, 13, 14)
+  assert [bs.instance_of(s) for s in bs.suite_seeds()] == [11, 12, 13, 14, 15]
+  assert [bs.instance_of(s) for s in bs.suite_seeds(n=10)][5:] == [1, 2, 3, 4, 5]
+  for kw, field in (({"seed_range": "990-1000"}, "report seeds"), ({"seed_range": "5"}, "A-B"),
+                    ({"seed_range": "9-3"}, "A-B"), ({"n": 0}, "seeds=0"),
+                    ({"seed_range": "10-14", "n": 5}, "seed_range")):
+    with pytest.raises(ValueError, match=field):
+      bs.suite_seeds(**kw)
