@@ -485,6 +485,21 @@ def default_sigma0(dim: int) -> float:
   return min(1.0 / 6.0, 0.3 / math.sqrt(dim))
 
 
+def _cma_with_restarts(CMA_ES: type, dim: int, popsize: int, max_popsize: int | None,  # noqa: N803
+                       sigma0: float, restarts: str, restart_tol: float) -> Searcher:
+  """:func:`cma_es` with IPOP/BIPOP restarts: one strategy per population size."""
+  if max_popsize is None:
+    max_popsize = 16 * popsize
+  _check_int("max_popsize", max_popsize, popsize)
+  lams = [popsize]
+  while lams[-1] * 2 <= max_popsize:
+    lams.append(lams[-1] * 2)
+  strategies = [CMA_ES(population_size=lam, solution=jnp.zeros(dim)) for lam in lams]
+  params = [st.default_params.replace(std_init=jnp.asarray(sigma0, jnp.float32))
+            for st in strategies]
+  return _cma_restarts(strategies, params, dim, sigma0, restarts, restart_tol)
+
+
 def cma_es(dim: int, popsize: int | None = None, sigma0: float | None = None,
            bounds: str = "resample", restart_tol: float = 0.0, restarts: str = "none",
            max_popsize: int | None = None, start: str = "centre",
@@ -571,16 +586,7 @@ def cma_es(dim: int, popsize: int | None = None, sigma0: float | None = None,
   _check_cma_args(popsize, sigma0, bounds, restart_tol, restarts, start, sampling)
   CMA_ES = _cma_class(sampling)  # noqa: N806
   if restarts != "none":
-    if max_popsize is None:
-      max_popsize = 16 * popsize
-    _check_int("max_popsize", max_popsize, popsize)
-    lams = [popsize]
-    while lams[-1] * 2 <= max_popsize:
-      lams.append(lams[-1] * 2)
-    strategies = [CMA_ES(population_size=lam, solution=jnp.zeros(dim)) for lam in lams]
-    params = [st.default_params.replace(std_init=jnp.asarray(sigma0, jnp.float32))
-              for st in strategies]
-    return _cma_restarts(strategies, params, dim, sigma0, restarts, restart_tol)
+    return _cma_with_restarts(CMA_ES, dim, popsize, max_popsize, sigma0, restarts, restart_tol)
   if max_popsize is not None:
     raise ValueError(f"max_popsize={max_popsize!r}: only with restarts in ('ipop', 'bipop')")
   strategy = CMA_ES(population_size=popsize, solution=jnp.zeros(dim))
