@@ -798,11 +798,12 @@ def test_gp_warp_finds_the_2d_sphere_and_rosenbrock_optima_in_one_jitted_scan():
 class GPWarpJittable(chex.TestCase):
   @chex.variants(with_jit=True, without_jit=True)
   def test_gp_warp_ask_and_tell_with_and_without_jit(self):
-    """One model ask and tell of gp_bo(warp=True), jitted or not (tiny settings): the same
+    """One model ask and tell of gp_bo(warp=True, believer_incumbent=True), jitted or not
+    (tiny settings): the same
     proposals and fitted warping as a plain ``jax.jit``, inside the cube, and a state whose
     shapes and dtypes do not change (so a jitted ask/tell compiles once)."""
     s = gp_bo(2, n_startup=4, capacity=16, fit_steps=5, n_candidates=32, n_local=8,
-              n_restarts=3, grad_steps=3, buckets=False, warp=True)
+              n_restarts=3, grad_steps=3, buckets=False, warp=True, believer_incumbent=True)
     st = s.tell(s.init(jax.random.key(0)), *_sobol_batch(2, 8, bf.branin))
     shapes0 = jax.tree_util.tree_map(lambda a: (a.shape, a.dtype), st)
     st1, u1 = self.variant(s.ask, static_argnums=2)(st, jax.random.key(3), 3)
