@@ -32,9 +32,9 @@ with the kriging believer: each chosen point joins the data as a fantasy observa
 to its posterior mean; with ``believer_incumbent=True`` the incumbent of the following
 points' EI is the best of the observations and the fantasies (otherwise the best observation,
 and a believed point whose mean is below it keeps a positive EI at zero variance, so later
-points of the batch can pile up next to it). When
-the batch has two or more points and ``n_exploit`` is not empty, its first points exploit
-instead (at most all but one point of the batch): point ``j``
+points of the batch can pile up next to it). When the batch has two or more points and
+``n_exploit`` is not empty, its first points exploit instead (at most all but one point of
+the batch): point ``j``
 minimises the posterior mean of a local GP fitted (from the global hyperparameters) on the
 ``n_exploit[j]`` observations nearest the incumbent, with ``y`` re-standardised among them
 (default: 24, 12, 48 and 96 neighbours, four local models at different scales). The global
