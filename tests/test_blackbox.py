@@ -19,6 +19,7 @@ from _search_helpers import scan_search
 
 from metaopt import COMPLETE, FAILED, INFEASIBLE, PRUNED, random_search, sobol
 from metaopt._src import benchmark_functions as bf
+from metaopt._src.bbob import bbob_problem
 from metaopt._src.evolution import cma_es, open_es, reflect, regularized_evolution
 from metaopt._src.gp import gp_bo, kumaraswamy_warp, matern52, snap
 from metaopt._src.grid import grid
@@ -219,6 +220,27 @@ def test_gp_ucb_and_kriging_believer_batches_are_diverse():
   d = np.linalg.norm(np.asarray(u)[:, None] - np.asarray(u)[None], axis=-1)
   assert d[np.triu_indices(6, 1)].min() > 1e-3  # no repeated points within a batch
   assert np.all(np.isfinite(np.asarray(jax.tree_util.tree_leaves(st["theta"])[0])))
+
+
+def test_gp_believer_incumbent_spreads_a_log_ei_batch():
+  """Kriging believer with log-EI on the rotated ellipsoid (BBOB f10, 10 Sobol points; the
+  model's minimum is far below the best observation): with the incumbent left at the best
+  observation, a believed point keeps EI = best - mean > 0 at zero variance and the batch
+  piles up next to it (median distance between its points 0.007); with
+  ``believer_incumbent=True`` the believed means lower the incumbent and the points spread
+  (0.03). Both batches are finite and inside the cube."""
+  p = bbob_problem(10, 2, 1)
+
+  def median_distance(believer_incumbent):
+    s = gp_bo(2, n_startup=4, capacity=32, fit_steps=100, n_candidates=256, n_local=64,
+              grad_steps=20, n_exploit=(), believer_incumbent=believer_incumbent)
+    st = s.tell(s.init(jax.random.key(0)), *_sobol_batch(2, 10, p.fn))
+    _, u = jax.jit(s.ask, static_argnums=2)(st, jax.random.key(1), 6)
+    assert bool(jnp.all((u >= 0) & (u <= 1)))
+    d = np.linalg.norm(np.asarray(u)[:, None] - np.asarray(u)[None], axis=-1)
+    return float(np.median(d[np.triu_indices(6, 1)]))
+
+  assert median_distance(False) < 0.015 < median_distance(True)
 
 
 def test_tpe_constant_liar_spreads_a_batch():
@@ -606,6 +628,7 @@ def test_benchmark_functions_have_their_known_minima():
     (gp_bo, {"dim": 2, "n_exploit": (24, 0)}, "n_exploit"),
     (gp_bo, {"dim": 2, "n_diverse": 8}, "n_diverse"),
     (gp_bo, {"dim": 2, "warp": 1}, "warp"),
+    (gp_bo, {"dim": 2, "believer_incumbent": "yes"}, "believer_incumbent"),
     (tpe, {"dim": 2, "bandwidth": "silverman"}, "bandwidth"),
     (tpe, {"dim": 2, "good_weights": "rank"}, "good_weights"),
     (cma_es, {"dim": 2, "bounds": "clip"}, "bounds"),
@@ -730,11 +753,12 @@ def test_gp_warp_finds_the_2d_sphere_and_rosenbrock_optima_in_one_jitted_scan():
 class GPWarpJittable(chex.TestCase):
   @chex.variants(with_jit=True, without_jit=True)
   def test_gp_warp_ask_and_tell_with_and_without_jit(self):
-    """One model ask and tell of gp_bo(warp=True), jitted or not (tiny settings): the same
+    """One model ask and tell of gp_bo(warp=True, believer_incumbent=True), jitted or not
+    (tiny settings): the same
     proposals and fitted warping as a plain ``jax.jit``, inside the cube, and a state whose
     shapes and dtypes do not change (so a jitted ask/tell compiles once)."""
     s = gp_bo(2, n_startup=4, capacity=16, fit_steps=5, n_candidates=32, n_local=8,
-              n_restarts=3, grad_steps=3, buckets=False, warp=True)
+              n_restarts=3, grad_steps=3, buckets=False, warp=True, believer_incumbent=True)
     st = s.tell(s.init(jax.random.key(0)), *_sobol_batch(2, 8, bf.branin))
     shapes0 = jax.tree_util.tree_map(lambda a: (a.shape, a.dtype), st)
     st1, u1 = self.variant(s.ask, static_argnums=2)(st, jax.random.key(3), 3)

@@ -29,8 +29,12 @@ perturbations of the best observations at four scales (``local_std`` down to
 cosine-decayed step on the continuous coordinates, clipped to the cube, and each categorical
 coordinate of the winner is then set to its best choice. A batch is chosen point by point
 with the kriging believer: each chosen point joins the data as a fantasy observation equal
-to its posterior mean. When the batch has two or more points and ``n_exploit`` is not empty,
-its first points exploit instead (at most all but one point of the batch): point ``j``
+to its posterior mean; with ``believer_incumbent=True`` the incumbent of the following
+points' EI is the best of the observations and the fantasies (otherwise the best observation,
+and a believed point whose mean is below it keeps a positive EI at zero variance, so later
+points of the batch can pile up next to it). When the batch has two or more points and
+``n_exploit`` is not empty, its first points exploit instead (at most all but one point of
+the batch): point ``j``
 minimises the posterior mean of a local GP fitted (from the global hyperparameters) on the
 ``n_exploit[j]`` observations nearest the incumbent, with ``y`` re-standardised among them
 (default: 24, 12, 48 and 96 neighbours, four local models at different scales). The global
@@ -278,11 +282,13 @@ def _check_n_exploit(n_exploit: int | Sequence[int]) -> tuple[int, ...]:
   return tuple(int(k) for k in n_exploit)
 
 
-def _check_gp_args(dim: int, acquisition: str, warp: bool, **ints: int) -> None:
+def _check_gp_args(dim: int, acquisition: str, warp: bool, believer_incumbent: bool,
+                   **ints: int) -> None:
   """One ``ValueError`` naming the first bad integer or flag argument of :func:`gp_bo`."""
   _check_dim(dim)
-  if not isinstance(warp, (bool, np.bool_)):
-    raise ValueError(f"warp={warp!r}: must be True or False")
+  for name, flag in (("warp", warp), ("believer_incumbent", believer_incumbent)):
+    if not isinstance(flag, (bool, np.bool_)):
+      raise ValueError(f"{name}={flag!r}: must be True or False")
   if acquisition not in _ACQUISITIONS:
     raise ValueError(f"acquisition={acquisition!r}: must be one of {_ACQUISITIONS}")
   lows = {"n_startup": 0, "capacity": 2, "fit_steps": 0, "n_candidates": 1, "n_local": 0,
@@ -303,7 +309,8 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
           n_restarts: int = 8, grad_steps: int = 50, grad_lr: float = 0.02,
           levels: Sequence[int] | None = None, deterministic: bool = False,
           n_exploit: int | Sequence[int] = (24, 12, 48, 96),
-          buckets: bool = True, n_diverse: int = 0, warp: bool = False) -> Searcher:
+          buckets: bool = True, n_diverse: int = 0, warp: bool = False,
+          believer_incumbent: bool = False) -> Searcher:
   """GP-BO with a Matern-5/2 ARD kernel, log-EI or UCB, and kriging-believer batches.
 
   Until ``n_startup`` observations are complete, proposals are scrambled Sobol points. Then
@@ -352,6 +359,9 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
       in each of as many fixed regions of the cube (Voronoi cells of fixed anchor points), so
       the acquisition search also starts away from the leading basin; the others are the
       best candidates overall.
+    believer_incumbent: in a kriging-believer batch, the log-EI incumbent of each point is
+      the best of the observations and the means believed at the batch's earlier points (as
+      in Ginsbourger et al.), instead of the best observation only.
 
   Returns:
     A :class:`Searcher`; ``state["theta"]`` holds the fitted GP hyperparameters.
@@ -367,7 +377,8 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
   """
   _check_gp_args(dim, acquisition, n_startup=n_startup, capacity=capacity,
                  fit_steps=fit_steps, n_candidates=n_candidates, n_local=n_local,
-                 n_restarts=n_restarts, grad_steps=grad_steps, n_diverse=n_diverse, warp=warp)
+                 n_restarts=n_restarts, grad_steps=grad_steps, n_diverse=n_diverse, warp=warp,
+                 believer_incumbent=believer_incumbent)
   n_exploit = _check_n_exploit(n_exploit)
   for name, v in (("kappa", kappa), ("fit_lr", fit_lr), ("local_std", local_std),
                   ("grad_lr", grad_lr)):
@@ -506,7 +517,8 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
     Exploitation and log-EI points go through one scan (one compiled acquisition search):
     step ``i < m`` maximises minus the mean of local model ``i``, the others the acquisition
     of the global model with the believed points; every chosen point then joins the global
-    data as a fantasy observation."""
+    data as a fantasy observation (and, with ``believer_incumbent``, lowers the EI's
+    incumbent if its mean is below it)."""
     x, valid = state["x"][:size], state["valid"][:size]
     n_obs, best, top, yz = rnd["n_obs"], rnd["best"], rnd["top"], rnd["yz"][:size]
     theta = rnd["theta"]
@@ -528,7 +540,7 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
       pick = lambda a, i: a[jnp.minimum(i, m - 1)]  # noqa: E731
 
     def propose(carry, xs):
-      x_all, yz_all, m_all = carry
+      x_all, yz_all, m_all, best = carry
       i, r = xs
       cand = snap(r["cand"], lvl)
       if n_local:  # perturbations of the best observations
@@ -559,10 +571,11 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
       u = maximise(acq, cand, top[0], cand_ok)  # the incumbent always starts a search
       fantasy, _ = glob(u[None])  # joins the global data at its posterior mean
       carry = (x_all.at[size + i].set(u), yz_all.at[size + i].set(fantasy[0]),
-               m_all.at[size + i].set(True))
+               m_all.at[size + i].set(True),
+               jnp.minimum(best, fantasy[0]) if believer_incumbent else best)
       return carry, u
 
-    carry = (pad_rows(x, rows), pad_rows(yz, rows), pad_rows(valid, rows, False))
+    carry = (pad_rows(x, rows), pad_rows(yz, rows), pad_rows(valid, rows, False), best)
     per_point = {k: rnd[k] for k in ("cand", "parent", "z")}
     _, u = jax.lax.scan(propose, carry, (jnp.arange(n), per_point))
     return u
