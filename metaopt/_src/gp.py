@@ -282,10 +282,34 @@ def _check_n_exploit(n_exploit: int | Sequence[int]) -> tuple[int, ...]:
   return tuple(int(k) for k in n_exploit)
 
 
+def _refine(acq, x0: jax.Array, cont: jax.Array, grad_lr: float, grad_steps: int):
+  """``(x, acq(x0), acq(x))`` after Adam on the continuous coordinates of every start
+  ``x0[k, dim]`` at once, with a cosine-decayed step: large first moves, then steps down to
+  grad_lr / 1000 so the optimum is located to float32 precision. The acquisition is
+  pointwise and Adam elementwise, so the gradient of the sum moves each start as its own
+  Adam would (one batched solve per step instead of a vmap that copies the Cholesky factor
+  per start). The values come from the steps' own forward passes (a last step evaluates
+  the result and does not move it): no separate acquisition call to compile for them."""
+  opt = optax.adam(optax.cosine_decay_schedule(grad_lr, max(grad_steps, 1), 1e-3))
+
+  def step(carry, i):
+    x, s = carry
+    val, pullback = jax.vjp(acq, x)
+    upd, s = opt.update(pullback(-jnp.ones_like(val))[0] * cont, s, x)
+    x = jnp.where(i < grad_steps, jnp.clip(optax.apply_updates(x, upd), 0.0, 1.0), x)
+    return (x, s), val
+
+  (x, _), vals = jax.lax.scan(step, (x0, opt.init(x0)), jnp.arange(grad_steps + 1))
+  return x, vals[0], vals[-1]
+
+
 def _check_gp_args(dim: int, acquisition: str, warp: bool, believer_incumbent: bool,
-                   **ints: int) -> None:
-  """One ``ValueError`` naming the first bad integer or flag argument of :func:`gp_bo`."""
+                   floats: dict[str, float], **ints: int) -> None:
+  """One ``ValueError`` naming the first bad integer, float or flag argument of
+  :func:`gp_bo`."""
   _check_dim(dim)
+  for name, v in floats.items():
+    _check_float(name, v, 0.0, float("inf"))
   for name, flag in (("warp", warp), ("believer_incumbent", believer_incumbent)):
     if not isinstance(flag, (bool, np.bool_)):
       raise ValueError(f"{name}={flag!r}: must be True or False")
@@ -315,12 +339,9 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
 
   Until ``n_startup`` observations are complete, proposals are scrambled Sobol points. Then
   each ``ask`` fits the GP on the smallest prefix of 64, 128, 256, ... (or ``capacity``)
-  buffer rows that holds the observations, one compiled branch per size picked by
-  ``lax.switch``, so early asks are cheap; ``buckets=False`` fits on all ``capacity`` rows
-  (unused rows masked out), one compiled body (less to compile). The cost grows as rows^3
-  (a Cholesky per Adam step and per batch point). Beyond ``capacity`` observations the
-  oldest are overwritten. Under ``vmap`` a switch evaluates every branch: vmap over bucketed
-  GP searchers only with small capacity.
+  buffer rows that holds the observations (a ``lax.switch`` branch per size: early asks are
+  cheap; under ``vmap`` every branch runs). The cost grows as rows^3. Beyond ``capacity``
+  observations the oldest are overwritten.
   In batches of two or more, the first points each minimise the posterior mean of a GP
   refitted on the ``n_exploit[j]`` observations nearest the incumbent (see the module
   docstring); the others (at least one) maximise the acquisition under the kriging believer.
@@ -351,14 +372,14 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
     n_exploit: neighbourhood sizes of the exploitation points: in batches of two or more,
       point ``j`` (for the first ``min(len(n_exploit), batch - 1)`` points) minimises the mean
       of a local GP on the ``n_exploit[j]`` observations nearest the incumbent. An integer
-      ``k > 0`` means ``(k,)``, a single exploitation point;
-      0 or ``()``: every point maximises the acquisition.
-    buckets: fit on the smallest power-of-two prefix of the buffer that holds the data (one
-      compiled branch per size) instead of the whole buffer (one compiled body).
+      ``k > 0`` means ``(k,)``; 0 or ``()``: every point maximises the acquisition.
+    buckets: ``False``: fit on all ``capacity`` rows, unused ones masked (one compiled body
+      instead of one per size: less to compile, slower asks).
     n_diverse: of the ``n_restarts - 1`` refined candidates, this many are the best candidate
       in each of as many fixed regions of the cube (Voronoi cells of fixed anchor points), so
       the acquisition search also starts away from the leading basin; the others are the
       best candidates overall.
+    warp: fit a Kumaraswamy CDF per continuous input with the GP (input warping).
     believer_incumbent: in a kriging-believer batch, the log-EI incumbent of each point is
       the best of the observations and the means believed at the batch's earlier points (as
       in Ginsbourger et al.), instead of the best observation only.
@@ -378,11 +399,10 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
   _check_gp_args(dim, acquisition, n_startup=n_startup, capacity=capacity,
                  fit_steps=fit_steps, n_candidates=n_candidates, n_local=n_local,
                  n_restarts=n_restarts, grad_steps=grad_steps, n_diverse=n_diverse, warp=warp,
-                 believer_incumbent=believer_incumbent)
+                 believer_incumbent=believer_incumbent,
+                 floats={"kappa": kappa, "fit_lr": fit_lr, "local_std": local_std,
+                         "grad_lr": grad_lr})
   n_exploit = _check_n_exploit(n_exploit)
-  for name, v in (("kappa", kappa), ("fit_lr", fit_lr), ("local_std", local_std),
-                  ("grad_lr", grad_lr)):
-    _check_float(name, v, 0.0, float("inf"))
   lv = _check_levels(levels, dim)
   lvl, cont = (lv if np.any(lv) else None), jnp.asarray(lv == 0, jnp.float32)
   design = sobol(dim)
@@ -401,26 +421,6 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
       theta |= {"warp_a": jnp.zeros((dim,), jnp.float32),
                 "warp_b": jnp.zeros((dim,), jnp.float32)}
     return {**history_init(capacity, dim), "theta": theta, "design": design.init(key)}
-
-  def refine(acq, x0):
-    """``(x, acq(x0), acq(x))`` after Adam on the continuous coordinates of every start
-    ``x0[k, dim]`` at once, with a cosine-decayed step: large first moves, then steps down to
-    grad_lr / 1000 so the optimum is located to float32 precision. The acquisition is
-    pointwise and Adam elementwise, so the gradient of the sum moves each start as its own
-    Adam would (one batched solve per step instead of a vmap that copies the Cholesky factor
-    per start). The values come from the steps' own forward passes (a last step evaluates
-    the result and does not move it): no separate acquisition call to compile for them."""
-    opt = optax.adam(optax.cosine_decay_schedule(grad_lr, max(grad_steps, 1), 1e-3))
-
-    def step(carry, i):
-      x, s = carry
-      val, pullback = jax.vjp(acq, x)
-      upd, s = opt.update(pullback(-jnp.ones_like(val))[0] * cont, s, x)
-      x = jnp.where(i < grad_steps, jnp.clip(optax.apply_updates(x, upd), 0.0, 1.0), x)
-      return (x, s), val
-
-    (x, _), vals = jax.lax.scan(step, (x0, opt.init(x0)), jnp.arange(grad_steps + 1))
-    return x, vals[0], vals[-1]
 
   def choice_search(acq, u):
     """Tries every choice of each categorical coordinate in turn, keeping the best."""
@@ -452,7 +452,8 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
       starts.append(cand[jnp.argmax(jnp.where(mine, score[None, :], -jnp.inf), axis=1)])
     starts = jnp.concatenate(starts)
     if grad_steps:
-      refined, start_score, refined_score = refine(acq, starts)
+      refined, start_score, refined_score = _refine(acq, starts, cont, grad_lr,
+                                                      grad_steps)
       pool, pool_score = (jnp.concatenate([starts, refined]),
                           jnp.concatenate([start_score, refined_score]))
     else:
