@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _search_helpers import assert_finds_sphere_and_rosenbrock
 
 from metaopt._src import benchmark_functions as bf
 from metaopt._src.evolution import _structured_normal, cma_es, default_sigma0
@@ -65,23 +66,7 @@ def test_options_find_the_2d_sphere_and_rosenbrock_optima(kw):
   """Sphere (minimum at 0.3) and Rosenbrock on [-5, 10]^2, 40 batches of 8, seeds 0-2, one
   jitted vmap over (seed, function): median regret below 1e-8 and 1e-2 (random search's best of
   320 uniform points on Rosenbrock is above 1e-2)."""
-  s = cma_es(2, popsize=N, **kw)
-
-  def run(seed, which):
-    def body(carry, r):
-      st, best = carry
-      st, u = s.ask(st, jax.random.fold_in(jax.random.key(seed + 1), r), N)
-      y = jnp.where(which == 0, bf.sphere(u), bf.rosenbrock(u))
-      return (s.tell(st, u, y, jnp.zeros(N, jnp.int32)), jnp.minimum(best, y.min())), None
-    (_, best), _ = jax.lax.scan(body, (s.init(jax.random.key(seed)), jnp.inf), jnp.arange(40))
-    return best
-
-  best = np.asarray(jax.jit(jax.vmap(run))(jnp.asarray([0, 1, 2] * 2),
-                                           jnp.asarray([0] * 3 + [1] * 3)))
-  assert np.median(best[:3]) < 1e-8, best
-  assert np.median(best[3:]) < 1e-2, best
-  u = jax.random.uniform(jax.random.key(0), (40 * N, 2))
-  assert 1e-2 < float(bf.rosenbrock(u).min())
+  assert_finds_sphere_and_rosenbrock(cma_es(2, popsize=N, **kw), N)
 
 
 def test_bad_sampling_raises_naming_it():

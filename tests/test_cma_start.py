@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from _search_helpers import scan_search
+from _search_helpers import assert_finds_sphere_and_rosenbrock
 
 from metaopt import FAILED
 from metaopt._src import benchmark_functions as bf
@@ -51,18 +51,7 @@ def test_start_finds_the_2d_sphere_and_rosenbrock_optima(start):
   """Sphere (minimum at 0.3) and Rosenbrock on [-5, 10]^2, 40 batches of 8, seeds 0-2, one
   jitted vmap over (seed, function) of a scanned search: the median regret is within the
   bounds of the default start (1e-8 and 1e-2), far below random search's."""
-  s = cma_es(2, popsize=N, start=start)
-
-  def run(seed, which):
-    return scan_search(s, lambda u: jnp.where(which == 0, bf.sphere(u), bf.rosenbrock(u)), seed,
-                       40, N)[1]
-
-  best = np.asarray(jax.jit(jax.vmap(run))(jnp.asarray([0, 1, 2] * 2),
-                                           jnp.asarray([0] * 3 + [1] * 3)))
-  assert np.median(best[:3]) < 1e-8, best
-  assert np.median(best[3:]) < 1e-2, best
-  u = jax.random.uniform(jax.random.key(0), (40 * N, 2))
-  assert 1e-2 < float(bf.rosenbrock(u).min())
+  assert_finds_sphere_and_rosenbrock(cma_es(2, popsize=N, start=start), N)
 
 
 @pytest.mark.parametrize("kw", [{"start": "random"}, {"start": "best", "restarts": "ipop"}])
