@@ -776,12 +776,17 @@ def test_tpe_dev_e5_is_the_five_seed_cell_count_averaged_over_subsets():
   sides) where our median regret is at or below Optuna's, summed over cells with Optuna runs."""
   import importlib.util
   import os
+  import sys
 
   path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                       "benchmarks", "tpe_dev.py")
-  spec = importlib.util.spec_from_file_location("tpe_dev", path)
-  td = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(td)
+  saved = list(sys.path)  # tpe_dev puts benchmarks/ first on sys.path, where its mnist1d.py
+  try:                    # would shadow the mnist1d package for later tests in this process
+    spec = importlib.util.spec_from_file_location("tpe_dev", path)
+    td = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(td)
+  finally:
+    sys.path[:] = saved
   seeds = range(6)
   ours = {f"{f}|2|{s}": 1.0 for f in (1, 2, 3) for s in seeds}
   # f1: Optuna 0.5 on three seeds, 2 on three: dropping a 0.5 leaves median 2 (ours at or
@@ -801,6 +806,7 @@ def test_blackbox_suite_honours_seeds_and_diagnostic_ranges():
   import sys
 
   bench = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
+  saved = list(sys.path)
   sys.path.insert(0, bench)
   try:
     spec = importlib.util.spec_from_file_location("blackbox_suite",
@@ -808,7 +814,7 @@ def test_blackbox_suite_honours_seeds_and_diagnostic_ranges():
     bs = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bs)
   finally:
-    sys.path.remove(bench)
+    sys.path[:] = saved
   assert bs.suite_seeds() == (1000, 1001, 1002, 1003, 1004)
   assert bs.suite_seeds(n=10) == tuple(range(1000, 1010))
   assert bs.suite_seeds(dev=True) == (0, 1, 2, 3, 4)
