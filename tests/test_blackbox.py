@@ -227,20 +227,20 @@ def test_gp_believer_incumbent_spreads_a_log_ei_batch():
   model's minimum is far below the best observation): with the incumbent left at the best
   observation, a believed point keeps EI = best - mean > 0 at zero variance and the batch
   piles up next to it (median distance between its points 0.007); with
-  ``believer_incumbent=True`` the believed means lower the incumbent and the points spread
-  (0.03). Both batches are finite and inside the cube."""
+  ``believer_incumbent=True`` (the default) the believed means lower the incumbent and the
+  points spread (0.03). Both batches are finite and inside the cube."""
   p = bbob_problem(10, 2, 1)
 
-  def median_distance(believer_incumbent):
+  def median_distance(**kw):
     s = gp_bo(2, n_startup=4, capacity=32, fit_steps=100, n_candidates=256, n_local=64,
-              grad_steps=20, n_exploit=(), believer_incumbent=believer_incumbent)
+              grad_steps=20, n_exploit=(), **kw)
     st = s.tell(s.init(jax.random.key(0)), *_sobol_batch(2, 10, p.fn))
     _, u = jax.jit(s.ask, static_argnums=2)(st, jax.random.key(1), 6)
     assert bool(jnp.all((u >= 0) & (u <= 1)))
     d = np.linalg.norm(np.asarray(u)[:, None] - np.asarray(u)[None], axis=-1)
     return float(np.median(d[np.triu_indices(6, 1)]))
 
-  assert median_distance(False) < 0.015 < median_distance(True)
+  assert median_distance(believer_incumbent=False) < 0.015 < median_distance()
 
 
 def test_tpe_constant_liar_spreads_a_batch():

@@ -334,7 +334,7 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
           levels: Sequence[int] | None = None, deterministic: bool = False,
           n_exploit: int | Sequence[int] = (24, 12, 48, 96),
           buckets: bool = True, n_diverse: int = 0, warp: bool = False,
-          believer_incumbent: bool = False) -> Searcher:
+          believer_incumbent: bool = True) -> Searcher:
   """GP-BO with a Matern-5/2 ARD kernel, log-EI or UCB, and kriging-believer batches.
 
   Until ``n_startup`` observations are complete, proposals are scrambled Sobol points. Then
@@ -382,7 +382,8 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
     warp: fit a Kumaraswamy CDF per continuous input with the GP (input warping).
     believer_incumbent: in a kriging-believer batch, the log-EI incumbent of each point is
       the best of the observations and the means believed at the batch's earlier points (as
-      in Ginsbourger et al.), instead of the best observation only.
+      in Ginsbourger et al.; the default), instead of the best observation only (``False``,
+      the behaviour before 2026-12-06: a batch can pile up next to one believed point).
 
   Returns:
     A :class:`Searcher`; ``state["theta"]`` holds the fitted GP hyperparameters.
