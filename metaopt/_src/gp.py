@@ -380,10 +380,9 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
       the acquisition search also starts away from the leading basin; the others are the
       best candidates overall.
     warp: fit a Kumaraswamy CDF per continuous input with the GP (input warping).
-    believer_incumbent: in a kriging-believer batch, the log-EI incumbent of each point is
-      the best of the observations and the means believed at the batch's earlier points (as
-      in Ginsbourger et al.; the default), instead of the best observation only (``False``,
-      the behaviour before 2026-12-06: a batch can pile up next to one believed point).
+    believer_incumbent: the log-EI incumbent of each batch point is the best of the
+      observations and the means believed at the batch's earlier points (default), or
+      (``False``, before 2026-12-06) the best observation: a batch can then pile up.
 
   Returns:
     A :class:`Searcher`; ``state["theta"]`` holds the fitted GP hyperparameters.
