@@ -132,12 +132,15 @@ def fun_compile_s(name: str) -> float:
 class Clock:
   """Wall clock from construction; keeps the best-so-far curve ``[(s, compile s, accuracy)]``,
   where ``compile s`` is the JAX compilation time spent since the start, and beside it the
-  process CPU seconds (every thread) at each point, ``cpu_curve`` (load changes it less)."""
+  process CPU seconds (every thread) at each point, ``cpu_curve`` (load changes it less), and
+  the trial-epochs trained so far, ``te_curve`` (load does not change it)."""
 
   def __init__(self):
     self.start = time.perf_counter()
     self.cpu0 = time.process_time()
     self.cpu_curve: list[float] = []
+    self.te_curve: list[int] = []
+    self.trial_epochs = 0
     self.compile0 = COMPILE["seconds"]
     self.count0 = COMPILE["count"]
     self.background0 = COMPILE["background"]
@@ -153,11 +156,13 @@ class Clock:
   def compiles(self) -> int:
     return COMPILE["count"] - self.count0
 
-  def record(self, acc: float) -> None:
+  def record(self, acc: float, trial_epochs: int = 1) -> None:
+    self.trial_epochs += trial_epochs
     if acc > self.best:
       self.best = acc
       self.curve.append((time.perf_counter() - self.start, self.compile_s(), acc))
       self.cpu_curve.append(time.process_time() - self.cpu0)
+      self.te_curve.append(self.trial_epochs)
 
   def elapsed(self) -> float:
     return time.perf_counter() - self.start
@@ -170,9 +175,10 @@ def time_to(curve, target: float, exclude_compile: bool = False) -> float:
   return float("inf")
 
 
-def cpu_to(run: dict, target: float) -> float:
-  """Process CPU seconds (all threads) until the best accuracy first reaches ``target``."""
-  for (_, _, a), cpu in zip(run["curve"], run.get("cpu_curve", []), strict=False):
+def cpu_to(run: dict, target: float, curve: str = "cpu_curve") -> float:
+  """Process CPU seconds (all threads) until the best accuracy first reaches ``target``
+  (``curve="te_curve"``: trial-epochs trained until then)."""
+  for (_, _, a), cpu in zip(run["curve"], run.get(curve, []), strict=False):
     if a >= target - 1e-6:
       return cpu
   return float("inf")
@@ -254,7 +260,8 @@ def run_optuna(task, n_trials: int, epochs: int, batch: int, seed: int,
         pruner=optuna.pruners.MedianPruner(n_warmup_steps=1))
     study.optimize(objective, n_trials=n_trials)
   states = [t.state for t in study.trials]
-  return {"curve": clock.curve, "cpu_curve": clock.cpu_curve, "total": clock.elapsed(),
+  return {"curve": clock.curve, "cpu_curve": clock.cpu_curve, "te_curve": clock.te_curve,
+          "total": clock.elapsed(),
           "compile": clock.compile_s(),
           "compiles": clock.compiles(), "background_compile": clock.background_s(),
           "best": study.best_value,
@@ -284,14 +291,15 @@ def run_ours(task, method: str, n_trials: int, population: int, epochs: int, bat
   def on_epoch(rnd, epoch, metrics):
     del rnd, epoch
     if metrics:
-      clock.record(max(float(m["valid_accuracy"]) for m in metrics))
+      clock.record(max(float(m["valid_accuracy"]) for m in metrics), len(metrics))
 
   with tempfile.TemporaryDirectory(prefix="hpo-bench-") as ckpt:
     res = metaopt.search(make_program(method, task.space.dim, epochs), task,
                          n_trials=n_trials, population=population, epochs=epochs,
                          batch_size=batch, seed=seed, store=None, checkpoint_dir=ckpt,
                          progress=False, checkpoint_every_s=600, on_epoch=on_epoch)
-  return {"curve": clock.curve, "cpu_curve": clock.cpu_curve, "total": clock.elapsed(),
+  return {"curve": clock.curve, "cpu_curve": clock.cpu_curve, "te_curve": clock.te_curve,
+          "total": clock.elapsed(),
           "compile": clock.compile_s(),
           "compiles": clock.compiles(), "background_compile": clock.background_s(),
           "best": res.best.objective if res.best else float("nan"),
@@ -403,7 +411,8 @@ def measure(workload: str, methods: list[str], mode: str, seeds: tuple[int, ...]
       print(f"# {workload} {setting} seed {seed} {m:30s} best {r['best']:.4f}  t_target "
             f"{fmt_t(time_to(r['curve'], s['target']))} s "
             f"({fmt_t(time_to(r['curve'], s['target'], True))} s excl. compile, "
-            f"{fmt_t(cpu_to(r, s['target']))} s CPU)  "
+            f"{fmt_t(cpu_to(r, s['target']))} s CPU, "
+            f"{fmt_t(cpu_to(r, s['target'], 'te_curve'))} trial-epochs)  "
             f"total {r['total']:.1f} s  compile {r['compile']:.1f} s  XLA compiles "
             f"{r['compiles']}  pruned {r['pruned']}/{r['trials']}  "
             f"load {os.getloadavg()[0]:.1f}", flush=True)

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -25,6 +26,7 @@ from _processes import (
 
 import metaopt
 from metaopt import tasks
+from metaopt._src import population as pop
 from metaopt._src.checkpoint import Checkpointer
 from metaopt._src.evaluate import evaluate_top
 from metaopt._src.report import compute_summary, write_report
@@ -455,6 +457,43 @@ def test_compute_is_recorded_reported_and_ensembles_evaluate(tmp_path):
   events = st.events(st.load_study("c").id)
   assert [e["kind"] for e in events] == ["ensemble", "evaluate"]
   assert json.loads(events[0]["message"])["test_accuracy"] == ens["test_accuracy"]
+
+
+def test_loop_kernel_flops_are_one_trials_own_step():
+  """A ``"loop"`` kernel records one trial's own step and evaluation per trial-epoch: the
+  same for any population size, at least the dense layers' products in closed form (2 FLOPs
+  per multiply-add: forward 2, backward 4 per weight and example, 2 for the first layer, which
+  needs no input gradient), below the vmapped population step's count per trial, and what a
+  loop-kernel search records."""
+  task, args = _small(n_trials=4, population=4, epochs=1)
+  fns = task.build(dict(task.defaults))
+  data = pop.data_arrays(task.data)
+  sds = jax.ShapeDtypeStruct
+  bs = args["batch_size"]
+
+  def flops(n, per_trial):
+    h = {k: sds((n,), v.dtype) for k, v in jax.eval_shape(
+        task.space.decode, sds((n, task.space.dim), jnp.float32)).items()}
+    h.setdefault("schedule_steps", sds((n,), jnp.float32))
+    keys = jax.eval_shape(lambda: jax.random.split(jax.random.key(0), n))
+    states = jax.eval_shape(jax.vmap(fns.init), keys, h)
+    return pop.trial_epoch_flops(fns, states, h, data, bs, per_trial=per_trial), states
+
+  one4, states = flops(4, True)
+  one8, _ = flops(8, True)
+  vmapped = flops(4, False)[0]
+  assert one4 == one8
+  assert 0.7 * vmapped <= one4 < vmapped
+  kernels = [a.shape[1:] for a in jax.tree_util.tree_leaves(states["params"]) if a.ndim == 3]
+  macs = sum(i * o for i, o in kernels)  # dense kernels (population axis first)
+  first = sum(i * o for i, o in kernels  # the input layer: no input gradient
+              if i == np.prod(data["x_train"].shape[1:]))
+  steps = data["x_train"].shape[0] // bs
+  closed = steps * bs * (6 * macs - 2 * first) + 2 * data["x_valid"].shape[0] * macs
+  assert closed <= one4 <= 1.5 * closed, (one4, closed)
+  assert pop.default_mode() == "loop"  # one CPU device
+  res = metaopt.search(metaopt.random_search(task.space.dim), task, store=None, **args)
+  assert {m["flops"] for t in res.trials for m in t.metrics} == {one4}
 
 
 # ----------------------------------------------------------------------------- multi-host

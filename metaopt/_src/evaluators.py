@@ -821,11 +821,13 @@ class TaskEvaluator(Evaluator):
     if self.flops[skey] is None:
       bs = min(int(structure.get("batch_size", self.batch_size)), len(self.task.data.train))
       args = (self.fns(structure), pop.shapes(states), pop.shapes(hg), self.data, bs)
+      per_trial = k.mode == "loop"  # what each trial of a loop kernel runs: its own step
       if pending is not None and not pending.done():
         # this thread would wait for the chunk's background compile: it traces them meanwhile
-        self.flops[skey] = info["flops"] = pop.trial_epoch_flops(*args)
+        self.flops[skey] = info["flops"] = pop.trial_epoch_flops(*args, per_trial=per_trial)
       else:  # traced on another thread while the chunk compiles (XLA releases the GIL)
-        self.flops[skey] = _background.submit(pop.trial_epoch_flops, *args)
+        self.flops[skey] = _background.submit(pop.trial_epoch_flops, *args,
+                                              per_trial=per_trial)
     live = alive_at(alive, idx)
     background = 0.0
     if pending is not None:
