@@ -13,8 +13,9 @@ hyperparameters {learning_rate, momentum, weight_decay}:
     python benchmarks/hypergrad_cost.py [--quick] [--threads 1|0] [--markdown out.md]
 
 Prints ``hypergrad_memory_growth_T1000_over_T100: X`` (sqrt remat; target <= 3.5),
-``implicit_over_jaxopt: X`` (default, checked implicit; target <= 1.0),
-``implicit_over_jaxopt_check_false: X`` (without the two checks jaxopt does not make),
+``implicit_over_jaxopt: X`` (default implicit, true-residual check; target <= 1.0),
+``implicit_over_jaxopt_stats: X`` (``stats=True``: also the training loss and inner-gradient
+norm), ``implicit_over_jaxopt_check_false: X`` (without the check jaxopt does not make),
 ``implicit_true_residual_f64`` (both sides' CG solutions, equal-accuracy check),
 ``implicit_per_product_us`` (one Hessian-vector product of each side) and,
 last, ``hypergrad_over_train_T100: X`` (reverse-mode, default backward; target <= 3). Both
@@ -210,8 +211,11 @@ def implicit_rows(rounds: int) -> list[dict]:
   ours_fn = hypergrad.implicit(train_loss, val_loss, solver="cg", maxiter=500, tol=1e-6)
   lean_fn = hypergrad.implicit(train_loss, val_loss, solver="cg", maxiter=500, tol=1e-6,
                                check=False)
+  stats_fn = hypergrad.implicit(train_loss, val_loss, solver="cg", maxiter=500, tol=1e-6,
+                                stats=True)
   fns = {"ours": jax.jit(lambda h, w: ours_fn(h, w, None)),
-         "ours_check_false": jax.jit(lambda h, w: lean_fn(h, w, None))}
+         "ours_check_false": jax.jit(lambda h, w: lean_fn(h, w, None)),
+         "ours_stats": jax.jit(lambda h, w: stats_fn(h, w, None))}
   with jax.enable_x64(True):
     x64 = [jnp.asarray(a, jnp.float64) for a in (x, y, xv, yv)]
     exact = float(problems.ridge_hypergrad(*x64, jnp.asarray(50.0, jnp.float64)))
@@ -239,7 +243,8 @@ def implicit_rows(rounds: int) -> list[dict]:
   accuracy = true_residuals(train_loss, lam, w_star, b, tol=1e-6, maxiter=500)
   rows = []
   for name, label in (("ours", "hypergrad.implicit (cg)"),
-                      ("ours_check_false", "hypergrad.implicit (cg, check=False)")):
+                      ("ours_check_false", "hypergrad.implicit (cg, check=False)"),
+                      ("ours_stats", "hypergrad.implicit (cg, stats=True)")):
     r = fns[name](lam, w_star)
     rows.append({"method": label, "seconds": secs[name], "grad": float(r.grad),
                  "rel_err_vs_closed_form": abs(float(r.grad) - exact) / abs(exact),
@@ -249,10 +254,11 @@ def implicit_rows(rounds: int) -> list[dict]:
     rows.append({"method": "jaxopt 0.8.5 custom_root (solve_cg)", "seconds": secs["jaxopt"],
                  "grad": float(g), "rel_err_vs_closed_form": abs(float(g) - exact) / abs(exact),
                  "iterations": -1, "compile": compile_s["jaxopt"]})
-    for name, label in (("ours", "ratio ours / jaxopt"),
-                        ("ours_check_false", "ratio ours (check=False) / jaxopt")):
+    for i, (name, label) in enumerate((("ours", "ratio ours / jaxopt"),
+                                       ("ours_check_false", "ratio ours (check=False) / jaxopt"),
+                                       ("ours_stats", "ratio ours (stats=True) / jaxopt"))):
       rows.append({"method": label, "seconds": secs[name] / secs["jaxopt"],
-                   "grad": abs(rows[0 if name == "ours" else 1]["grad"] - float(g)) / abs(float(g)),
+                   "grad": abs(rows[i]["grad"] - float(g)) / abs(float(g)),
                    "rel_err_vs_closed_form": float("nan"), "iterations": -1, "compile": 0.0})
   for name, acc in accuracy.items():
     rows.append({"method": f"solve {name}", "seconds": per_product.get(name, float("nan")),
@@ -353,6 +359,7 @@ def main() -> None:
   ratios = {r["method"]: r["seconds"] for r in irows if r["method"].startswith("ratio")}
   if "ratio ours / jaxopt" in ratios:
     print(f"implicit_over_jaxopt_check_false: {ratios['ratio ours (check=False) / jaxopt']:.2f}")
+    print(f"implicit_over_jaxopt_stats: {ratios['ratio ours (stats=True) / jaxopt']:.2f}")
     print(f"implicit_over_jaxopt: {ratios['ratio ours / jaxopt']:.2f}")
   print(f"hypergrad_over_train_T100: {row['ratio']:.2f}")
 

@@ -260,7 +260,7 @@ def make_estimator(
   elif method == "implicit":
     ig = implicit(problem.train_loss, problem.val_loss, solver=solver, maxiter=maxiter,
                   tol=tol, step_size=step_size, damping=damping, inner_tol=inner_tol,
-                  max_norm=max_norm)
+                  max_norm=max_norm, stats=True)  # train_loss telemetry
 
     def estimator(hparams, start, key):
       state, _ = run_inner(inner, lax.stop_gradient(hparams), start,

@@ -24,8 +24,9 @@ product), its iterations and a ``converged`` flag; a solve that does not reach `
 the result untrustworthy (``diagnostics.trustworthy`` is False), it is never silently
 returned as a good gradient. (The check is itself rounded: where the solver's own estimate
 met ``tol``, a true residual within ``ROUNDING_SLACK`` eps of it counts as met.) The IFT also
-assumes ``w`` is stationary: ``inner_grad_norm`` is reported and checked against
-``inner_tol`` when given.
+assumes ``w`` is stationary: with ``inner_tol`` (or ``stats=True``) ``inner_grad_norm`` and the
+training loss at ``w`` are computed (one more gradient of the training loss), and
+``inner_grad_norm`` is checked against ``inner_tol`` when given.
 """
 
 from __future__ import annotations
@@ -328,6 +329,7 @@ def implicit(
     inner_tol: float | None = None,
     max_norm: float = 1e6,
     check: bool = True,
+    stats: bool = False,
 ) -> Callable[[HParams, PyTree, PyTree], HypergradResult]:
   """Implicit hypergradient ``∂_λV − ∂²_{λw}L · (H + damping·I)⁻¹ ∂_wV`` at ``w``.
 
@@ -343,15 +345,17 @@ def implicit(
     damping: Tikhonov damping added to ``H`` (helps nonconvex or singular problems; biases
       the hypergradient).
     inner_tol: if given, ``||∂_w L(w)|| > inner_tol`` makes the result untrustworthy (the
-      inner problem was not solved, so the IFT does not apply).
+      inner problem was not solved, so the IFT does not apply); implies ``stats=True``.
     max_norm: hypergradient norms above this are flagged *exploding*.
     check: ``True`` (default): ``residual_norm`` is the true residual ``||H v − b|| / ||b||``
-      and ``inner_grad_norm`` is computed. ``False`` skips the two checks (their Hessian-vector
-      product and training-loss gradient): ``residual_norm`` is the solver's own estimate
-      (CG's recursive residual; fixed point's is exact; Neumann always checks) and
-      ``inner_grad_norm`` is 0; the training loss is not evaluated either (the result's
-      ``train_loss`` is NaN), so the work is that of jaxopt's implicit differentiation.
-      Needs ``inner_tol=None``.
+      (one Hessian-vector product after the solve). ``False`` skips it: ``residual_norm`` is
+      the solver's own estimate (CG's recursive residual; fixed point's is exact; Neumann
+      always checks), so the work is that of jaxopt's implicit differentiation. Needs
+      ``inner_tol=None`` and ``stats=False``.
+    stats: also evaluate the training loss and its gradient at ``params`` (the result's
+      ``train_loss`` and ``diagnostics.inner_grad_norm``; one more training-loss gradient,
+      shared with the residual's product). ``False`` (default, unless ``inner_tol`` is
+      given): ``train_loss`` is NaN and ``inner_grad_norm`` 0 (not computed).
 
   Returns:
     ``hypergrad(hparams, params, batch) -> HypergradResult``, with ``params`` the
@@ -368,9 +372,11 @@ def implicit(
   """
   if solver not in SOLVERS:
     raise ValueError(f"solver={solver!r} is unknown; allowed: {', '.join(SOLVERS)}")
-  if not check and inner_tol is not None:
-    raise ValueError("check=False skips the inner gradient: it cannot be combined with "
-                     f"inner_tol={inner_tol!r} (use check=True or inner_tol=None)")
+  if not check and (inner_tol is not None or stats):
+    raise ValueError("check=False skips every check: it cannot be combined with "
+                     f"inner_tol={inner_tol!r} or stats={stats!r} (use check=True, or "
+                     "inner_tol=None and stats=False)")
+  stats = stats or inner_tol is not None
 
   def hypergrad(hparams: HParams, params: PyTree, batch: PyTree) -> HypergradResult:
     value, (g_w, g_h) = jax.value_and_grad(val_loss, argnums=(0, 1))(params, hparams)
@@ -385,12 +391,13 @@ def implicit(
     x, k, estimate = _iterate(lambda v: damped(hvp(v), v), g_w, solver, maxiter, tol,
                               step_size)
     v = lax.stop_gradient(x)
-    if check:  # the checks' primal gradient and the last product in one pass after the solve
+    nan = jnp.asarray(jnp.nan, jnp.result_type(float))
+    train_value, inner_grad = nan, None
+    if stats:  # the stats' primal gradient and the last product in one pass after the solve
       full_grad = lambda w: jax.value_and_grad(loss, argnums=(0, 1))(w, hparams, batch)
       (train_value, (inner_grad, _)), (_, (hv, mixed)) = jax.jvp(full_grad, (params,), (v,))
-    else:  # no training-loss value: jaxopt's work
+    else:  # the residual's product and the mixed term only (check=False: hv is dead code)
       hv, mixed = lin(v)
-      train_value = jnp.asarray(jnp.nan, jnp.result_type(float))
     if check or estimate is None:
       sol = _finish_from(damped(hv, v), g_w, v, k, tol, estimate)
     else:
@@ -398,7 +405,7 @@ def implicit(
     grad = jax.tree.map(jnp.subtract, g_h, mixed)
     diag = make_diagnostics(value, grad, residual_norm=sol.residual_norm,
                             iterations=sol.iterations, converged=sol.converged,
-                            inner_grad_norm=tree_norm(inner_grad) if check else 0.0,
+                            inner_grad_norm=0.0 if inner_grad is None else tree_norm(inner_grad),
                             max_norm=max_norm, max_inner_grad_norm=inner_tol)
     return HypergradResult(value, grad, diag, params, train_value)
 

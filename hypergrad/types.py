@@ -57,7 +57,8 @@ class Diagnostics(NamedTuple):
     iterations: iterations the linear solve used (0 for exact methods).
     converged: the linear solve met its tolerance (True for exact methods).
     inner_grad_norm: ``||d train_loss / d params||`` at the inner solution (implicit
-      methods, whose formula assumes a stationary point; 0 where not computed).
+      methods, whose formula assumes a stationary point, with ``stats=True`` or
+      ``inner_tol``; 0 where not computed).
     amplification: ``||dV/d state_start|| / ||dV/d params_T||`` of an unrolled window, how
       much the inner dynamics amplify sensitivities (>> 1: chaotic or exploding unroll;
       0 where not computed).
@@ -84,7 +85,8 @@ class HypergradResult(NamedTuple):
     grad: ``d value / d hparams``, a pytree shaped like ``hparams``.
     diagnostics: a :class:`Diagnostics`.
     params: the inner parameters the value was computed at (``w_T`` or ``w*``).
-    train_loss: the inner training loss of the last step (or at ``w*``).
+    train_loss: the inner training loss of the last step (or at ``w*``; ``implicit``: NaN
+      unless asked for with ``stats=True`` or ``inner_tol``).
   """
 
   value: jax.Array

@@ -238,7 +238,8 @@ def test_implicit_ridge_closed_form(x64, solver, use_jit):
   x, y, xv, yv = (jnp.asarray(a) for a in problems.ridge_data(noise=2.0))
   lam = jnp.asarray(5.0)
   w_star = problems.ridge_solution(x, y, lam)
-  hg = hypergrad.implicit(p.train_loss, p.val_loss, solver=solver, maxiter=2000, tol=1e-10)
+  hg = hypergrad.implicit(p.train_loss, p.val_loss, solver=solver, maxiter=2000, tol=1e-10,
+                          stats=True)
   r = _maybe_jit(hg, use_jit)({"l2": lam}, w_star, p.full_batch)
   expected = problems.ridge_hypergrad(x, y, xv, yv, lam)
   assert abs(float(r.grad["l2"]) - float(expected)) < 1e-6 * abs(float(expected))
@@ -412,7 +413,7 @@ def test_implicit_with_closed_over_arrays_and_keys(x64):
   noise = lambda: jax.random.normal(key, (2,))
   train_loss = lambda w, h, b: 0.5 * w @ a @ w + 0.5 * h * w @ w - noise() @ w
   w_of = lambda h: jnp.linalg.solve(a + h * jnp.eye(2), noise())
-  hg = jax.jit(hypergrad.implicit(train_loss, lambda w, h: jnp.sum(w), tol=1e-10))
+  hg = jax.jit(hypergrad.implicit(train_loss, lambda w, h: jnp.sum(w), tol=1e-10, stats=True))
   h = jnp.asarray(0.5)
   r = hg(h, w_of(h), None)
   assert abs(float(r.grad) - float(jax.grad(lambda h: jnp.sum(w_of(h)))(h))) < 1e-8
@@ -445,6 +446,34 @@ def test_implicit_check_false_skips_checks_not_correctness(x64):
     assert not bool(r.diagnostics.trustworthy) and float(r.diagnostics.residual_norm) > 1e-5
   with pytest.raises(ValueError, match="inner_tol"):
     hypergrad.implicit(train_loss, val_loss, check=False, inner_tol=1e-6)
+  with pytest.raises(ValueError, match="stats"):
+    hypergrad.implicit(train_loss, val_loss, check=False, stats=True)
+
+
+@pytest.mark.parametrize("use_jit", [True, False])
+def test_implicit_stats_only_when_asked(x64, use_jit):
+  """The default checks the true residual only; the training loss and inner-gradient norm
+  are computed with stats=True or inner_tol (against closed forms), and the same
+  hypergradient either way."""
+  p = problems.ridge(noise=2.0)
+  x, y, _, _ = (jnp.asarray(a) for a in problems.ridge_data(noise=2.0))
+  lam = jnp.asarray(5.0)
+  w = problems.ridge_solution(x, y, lam) + 1e-3  # not stationary: a known inner gradient
+  g_exact = x.T @ (x @ w - y) + lam * w
+  loss_exact = 0.5 * jnp.sum((x @ w - y) ** 2) + 0.5 * lam * jnp.sum(w * w)
+  run = lambda **kw: _maybe_jit(hypergrad.implicit(p.train_loss, p.val_loss, maxiter=2000,
+                                                   tol=1e-10, **kw), use_jit)(
+      {"l2": lam}, w, p.full_batch)
+  plain, stats, tol = run(), run(stats=True), run(inner_tol=1e-6)
+  assert np.isnan(float(plain.train_loss)) and float(plain.diagnostics.inner_grad_norm) == 0.0
+  assert bool(plain.diagnostics.converged) and float(plain.diagnostics.residual_norm) <= 1e-10
+  for r in (stats, tol):
+    np.testing.assert_allclose(float(r.train_loss), float(loss_exact), rtol=1e-12)
+    np.testing.assert_allclose(float(r.diagnostics.inner_grad_norm),
+                               float(jnp.linalg.norm(g_exact)), rtol=1e-9)
+    np.testing.assert_allclose(float(r.grad["l2"]), float(plain.grad["l2"]), rtol=1e-12)
+    assert float(r.diagnostics.residual_norm) == float(plain.diagnostics.residual_norm)
+  assert bool(stats.diagnostics.trustworthy) and not bool(tol.diagnostics.trustworthy)
 
 
 def test_hpo_does_not_apply_unconverged_hypergradients(x64):
