@@ -216,17 +216,14 @@ def propose(x: jax.Array, good: jax.Array, bad: jax.Array, startup: jax.Array,
             key: jax.Array, n: int, *, prior_weight: float, d_eff: int, n_candidates: int,
             multivariate: bool, constant_liar: bool, bandwidth: str = "gaps",
             age: jax.Array | None = None, w_rows: jax.Array | None = None,
-            w_good: jax.Array | None = None, liar_weight: float = 1.0,
-            good_scale: float | tuple[float, float] = 1.0) -> jax.Array:
+            w_good: jax.Array | None = None) -> jax.Array:
   """``n`` TPE proposals ``[n, dim]`` from history rows ``x`` split into ``good`` and ``bad``
   (uniform points while ``startup``); with ``constant_liar`` each proposal joins the bad set
   for the next. With ``age`` (per row, smaller: older), the bad density down-weights its older
   observations as Optuna's ``default_weights`` does (:func:`_ramp_logw`). ``w_rows`` (per row;
   not with ``age``) weighs observations in both densities (warm-start priors,
   :func:`source_weight`). ``w_good`` (per row; not with ``w_rows``) weighs the good density's
-  observations only. ``liar_weight`` weighs the pending points in the bad density (not with
-  ``age``); ``good_scale`` multiplies the good density's kernel widths (a pair ``(lo, hi)``:
-  the ``i``-th proposal's factor runs geometrically from ``lo`` to ``hi`` over the batch)."""
+  observations only."""
   capacity, dim = x.shape
   if age is not None and w_rows is not None:
     raise ValueError("propose: pass age or w_rows, not both")
@@ -234,9 +231,6 @@ def propose(x: jax.Array, good: jax.Array, bad: jax.Array, startup: jax.Array,
     raise ValueError("propose: pass w_good or w_rows, not both")
   mus_l, sig_l, logw_l = _mixture(x, good, prior_weight, d_eff, bandwidth,
                                   w_obs=w_rows if w_good is None else w_good)
-  lo, hi = good_scale if isinstance(good_scale, tuple) else (good_scale, good_scale)
-  scales = jnp.asarray([lo * (hi / lo) ** (i / max(n - 1, 1)) for i in range(n)], jnp.float32)
-  is_obs = jnp.arange(sig_l.shape[0])[:, None] < capacity  # the prior kernel keeps its width
   x_bad = jnp.concatenate([x, jnp.zeros((n, dim), jnp.float32)])
   bad = jnp.concatenate([bad, jnp.zeros(n, bool)])
   if w_rows is not None:  # pending points weigh 1
@@ -244,21 +238,15 @@ def propose(x: jax.Array, good: jax.Array, bad: jax.Array, startup: jax.Array,
   if age is not None:  # pending points of this batch are the newest
     age = jnp.concatenate([jnp.asarray(age, jnp.int32),
                            capacity + jnp.arange(n, dtype=jnp.int32)])
-  liar_logw = None
-  if liar_weight != 1.0 and age is None:
-    liar_logw = jnp.where(jnp.arange(capacity + n) >= capacity, math.log(liar_weight), 0.0)
-    if w_rows is not None:
-      liar_logw = liar_logw + jnp.log(w_rows)
 
   def one(carry, i):
     x_bad, bad = carry
     k_rand, k_cand = _point_keys(key, i)
-    logw_obs = liar_logw if age is None else _ramp_logw(bad, age)
+    logw_obs = None if age is None else _ramp_logw(bad, age)
     mus_g, sig_g, logw_g = _mixture(x_bad, bad, prior_weight, d_eff, bandwidth, logw_obs,
-                                    None if liar_logw is not None else w_rows)
-    sig_li = jnp.where(is_obs, jnp.clip(sig_l * scales[i], 1e-3, 1.0), sig_l)
-    cand = _sample(k_cand, mus_l, sig_li, logw_l, n_candidates, multivariate)
-    score = (_log_density(cand, mus_l, sig_li, logw_l, multivariate)
+                                    w_rows)
+    cand = _sample(k_cand, mus_l, sig_l, logw_l, n_candidates, multivariate)
+    score = (_log_density(cand, mus_l, sig_l, logw_l, multivariate)
              - _log_density(cand, mus_g, sig_g, logw_g, multivariate))
     if multivariate:
       best = cand[jnp.argmax(score)]
@@ -349,8 +337,7 @@ def tpe(dim: int, n_startup: int = 10, gamma: float | str | None = None,
         multivariate: bool = True, constant_liar: bool = True, prior_weight: float = 1.0,
         capacity: int = 1024, bandwidth: str = "gaps",
         prior_weighting: str = "ranking", age_weights: bool = False,
-        good_weights: str | None = None, liar_weight: float = 1.0,
-        good_scale: float = 1.0) -> Searcher:
+        good_weights: str | None = None) -> Searcher:
   """Tree-structured Parzen Estimator over ``[0, 1]^dim``.
 
   Until ``n_startup`` observations are complete, proposals are uniform random. A batch
@@ -399,11 +386,6 @@ def tpe(dim: int, n_startup: int = 10, gamma: float | str | None = None,
       below (chosen on development cases of ``benchmarks/blackbox_suite.py``: at d = 10 it
       lowered the regret on 24 BBOB functions; at d = 2 it raised it).
 
-    liar_weight: with ``constant_liar``, the weight of a pending point in the bad density
-      (1: as a told bad point, Optuna's).
-    good_scale: factor on the good density's kernel widths (1: Optuna's rule), or a pair
-      ``(lo, hi)``: the batch's proposals run from factor ``lo`` to ``hi`` (a portfolio).
-
   Returns:
     A :class:`Searcher`; its state holds the history and never changes shape.
 
@@ -431,15 +413,6 @@ def tpe(dim: int, n_startup: int = 10, gamma: float | str | None = None,
   if bandwidth not in ("gaps", "scott"):
     raise ValueError(f"bandwidth={bandwidth!r}: must be 'gaps' or 'scott'")
   _check_float("prior_weight", prior_weight, 0.0, float("inf"))
-  _check_float("liar_weight", liar_weight, 0.0, float("inf"))
-  if isinstance(good_scale, (list, tuple)):
-    good_scale = tuple(good_scale)
-    if len(good_scale) != 2:
-      raise ValueError(f"good_scale={good_scale!r}: must be a number or a pair (lo, hi)")
-    for v in good_scale:
-      _check_float("good_scale", v, 0.0, float("inf"))
-  else:
-    _check_float("good_scale", good_scale, 0.0, float("inf"))
   if good_weights is None:
     good_weights = default_good_weights(dim)
   elif good_weights not in ("uniform", "ei"):
@@ -468,8 +441,7 @@ def tpe(dim: int, n_startup: int = 10, gamma: float | str | None = None,
       w_good = _ei_weights(y, good, bad) if good_weights == "ei" else None
       u = propose(state["x"], good, bad, n_obs < n_startup, key, n, prior_weight=prior_weight,
                   d_eff=d_eff, n_candidates=n_candidates, multivariate=multivariate,
-                  constant_liar=constant_liar, bandwidth=bandwidth, age=age, w_good=w_good,
-                  liar_weight=liar_weight, good_scale=good_scale)
+                  constant_liar=constant_liar, bandwidth=bandwidth, age=age, w_good=w_good)
       return state, u
     src = prior_rows(state)
     rel = prior_weighting == "ranking_vs_own"
@@ -486,8 +458,7 @@ def tpe(dim: int, n_startup: int = 10, gamma: float | str | None = None,
     bad = valid & ~good
     u = propose(state["x"], good, bad, n_obs < n_startup, key, n, prior_weight=prior_weight,
                 d_eff=d_eff, n_candidates=n_candidates, multivariate=multivariate,
-                constant_liar=constant_liar, bandwidth=bandwidth, w_rows=r,
-                liar_weight=liar_weight, good_scale=good_scale)
+                constant_liar=constant_liar, bandwidth=bandwidth, w_rows=r)
     return state, u
 
   startup_ask = make_startup_ask(dim, n_startup)
