@@ -107,7 +107,8 @@ def test_vmap_groups_run_at_once_give_the_same_trials(task, monkeypatch):
   one = run(1)
   calls.clear()
   two = run(2)
-  assert calls == [(2, None), (2, None)]  # epochs 2 and 3: both activation groups at once
+  # the groups' inits at once, then epochs 2 and 3: both activation groups at once
+  assert calls == [(2, None)] * 3
   assert one.keys() == two.keys() and len(one) == 4
   for k in one:
     assert len(one[k]) == 3
@@ -123,3 +124,23 @@ def test_a_large_population_init_split_over_threads_is_bit_for_bit_one_call(task
   split = pop.PopulationInit(fns.init, workers=2)(keys, h)  # parts of 3 (one padded)
   assert jax.tree_util.tree_leaves(split)[0].shape[0] == n
   _equal(split, one)
+
+
+def test_init_bound_here_runs_on_another_thread_compiling_nothing(task):
+  from metaopt._src import compile_cache
+  fns, n = task.build({}), 3
+  h = task.space.decode(jax.random.uniform(jax.random.key(0), (n, task.space.dim)))
+  keys = jax.random.split(jax.random.key(1), n)
+  init = pop.PopulationInit(fns.init)
+  run = init.bind(keys, h)  # compiled here
+  seen = {}
+
+  def other():
+    before = sum(compile_cache.compiles().values())
+    seen["states"] = jax.block_until_ready(run())
+    seen["compiles"] = sum(compile_cache.compiles().values()) - before
+  t = threading.Thread(target=other)
+  t.start()
+  t.join()
+  assert seen["compiles"] == 0
+  _equal(seen["states"], pop.PopulationInit(fns.init)(keys, h))  # a call on this thread

@@ -127,32 +127,39 @@ class PopulationInit:
   def __init__(self, init: Callable, workers: int = 1, **jit_kwargs: Any):
     self._fast = fast_jit(jax.vmap(init), **jit_kwargs)
     self._opt = jax.jit(jax.vmap(init), compiler_options=INIT_COMPILE, **jit_kwargs)
+    self._builds = {False: _Chunk(self._fast), True: _Chunk(self._opt)}
     self._big: dict[Any, bool] = {}
     self.eval_shape = self._fast.eval_shape  # (keys, h) -> shapes of the states
+    self._sharded = bool(jit_kwargs)
     self.workers = 1 if jit_kwargs else workers  # (sharded builds are not split)
-    if self.workers > 1:
-      self._opt_parts = _Chunk(self._opt)
 
   def __call__(self, keys: jax.Array, h: Any) -> Any:
+    return self.bind(keys, h)()
+
+  def bind(self, keys: jax.Array, h: Any) -> Callable[[], Any]:
+    """This init's call on ``(keys, h)``, compiled now on the calling thread: the returned
+    function runs it, on any thread (see :func:`run_parallel`), and compiles nothing."""
     leaves, tree = jax.tree_util.tree_flatten(h)
     sig = (keys.shape, tree, tuple(jnp.shape(v) for v in leaves))
     if sig not in self._big:
       out = self.eval_shape(keys, h)
       size = sum(int(np.prod(a.shape)) for a in jax.tree_util.tree_leaves(out))
       self._big[sig] = size >= INIT_OPT_MIN_ELEMENTS
-    if not self._big[sig]:
-      return self._fast(keys, h)
-    if self.workers == 1 or keys.shape[0] < 2:
-      return self._opt(keys, h)
+    big = self._big[sig]
+    if self._sharded:  # the jitted call places its arguments on the mesh
+      jitted = self._opt if big else self._fast
+      return lambda: jitted(keys, h)
+    if not big or self.workers == 1 or keys.shape[0] < 2:
+      exe = self._builds[big].executable(keys, h)
+      return lambda: exe(keys, h)
     n = keys.shape[0]
     m = -(-n // self.workers)
     rows = np.arange(self.workers * m).reshape(self.workers, m)
     idx = rows % n  # short parts padded with trial 0, 1, ...
     parts = [(_rows(keys, i), _rows(h, i)) for i in idx]
-    exe = self._opt_parts.executable(*parts[0])  # compiled on this thread
-    outs = run_parallel([lambda p=p: jax.block_until_ready(exe(*p)) for p in parts],
-                        self.workers)
-    return _cat_rows(outs, idx, rows < n)
+    exe = self._builds[True].executable(*parts[0])
+    return lambda: _cat_rows(run_parallel([lambda p=p: jax.block_until_ready(exe(*p))
+                                           for p in parts], self.workers), idx, rows < n)
 
 
 def _sub_jaxprs(params: Mapping[str, Any]) -> list:
