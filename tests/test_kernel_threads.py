@@ -63,6 +63,17 @@ def test_part_layout_deals_live_trials_round_robin():
   np.testing.assert_array_equal(np.asarray(back), np.stack([np.arange(7), -np.arange(7)], 1))
 
 
+def test_part_layout_with_every_trial_live_is_contiguous_blocks():
+  idx, part_alive, valid = pop._part_layout(np.ones(7, bool), 2)
+  assert idx[valid].tolist() == list(range(7)) and part_alive.sum(axis=1).tolist() == [4, 3]
+  assert pop._rows_index(idx[0]) == slice(0, 4)  # read as a view, written as one block
+  np.testing.assert_array_equal(pop._rows_index(np.array([0, 2])), [0, 2])
+  parts = [{"w": np.where(valid[p], idx[p], -1)} for p in range(2)]
+  exe = jax.jit(lambda t: {"w": t["w"] * 2}).lower(parts[0]).compile()
+  back = pop._run_parts(exe, (parts[0],), lambda p: (parts[p],), idx, valid, 2)["w"]
+  np.testing.assert_array_equal(np.asarray(back), 2 * np.arange(7))
+
+
 def test_run_parallel_runs_calls_at_once_in_order_and_raises():
   barrier = threading.Barrier(2, timeout=30)  # breaks unless both calls run at once
   assert pop.run_parallel([lambda: barrier.wait() * 0 + 1, lambda: barrier.wait() * 0 + 2],
