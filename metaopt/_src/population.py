@@ -476,6 +476,15 @@ def _part_layout(alive: np.ndarray, parts: int) -> tuple[np.ndarray, np.ndarray,
   return np.maximum(idx, 0), part_alive, idx >= 0
 
 
+def _leaf_sig(a: Any) -> tuple:
+  # an argument's shape, canonical dtype and weak type: what picks a compiled executable
+  dtype = getattr(a, "dtype", None)
+  if dtype is None or not hasattr(a, "shape"):  # Python scalars
+    return jnp.shape(a), jnp.result_type(a), False
+  return (a.shape, jax.dtypes.canonicalize_dtype(dtype, allow_extended_dtype=True),
+          getattr(a, "weak_type", False))
+
+
 class _Chunk:
   """A jitted chunk that keeps, per argument shapes, the executable compiled on the thread
   of its first call: later calls from other threads (see :func:`run_parallel`) run that
@@ -490,8 +499,7 @@ class _Chunk:
   def executable(self, *args: Any) -> Any:
     """The compiled executable for these arguments' shapes (compiled on first use)."""
     leaves, tree = jax.tree_util.tree_flatten(args)
-    sig = (tree, tuple((jnp.shape(a), jnp.result_type(a), getattr(a, "weak_type", False))
-                       for a in leaves))
+    sig = (tree, tuple(map(_leaf_sig, leaves)))
     with self._lock:
       exe = self._exe.get(sig)
       if exe is None:
