@@ -34,7 +34,7 @@ def test_loop_chunk_split_over_threads_is_bit_for_bit_one_loop(task, shared, wor
   data = pop.data_arrays(task.data)
   keys = jax.random.split(jax.random.key(1), n)
   alive = np.array([True, False, True, True, True])  # a stopped trial; 5 = 3 + 2 (padded)
-  out = {}
+  out, live = {}, {}
   for w in (1, workers):
     k = pop.make_kernel(fns, 32 * 4, 32, shared, mode="loop", workers=w)
     assert k.workers == w
@@ -42,7 +42,15 @@ def test_loop_chunk_split_over_threads_is_bit_for_bit_one_loop(task, shared, wor
     for epoch in range(2):
       s, m = k.chunk(s, h, alive, jax.random.key(2 + epoch), data)
     out[w] = (s, m)
+    # every trial live: contiguous parts, read as views of the input, which stays untouched
+    # (the unsplit chunk donates its input states, so both run on a copy)
+    inp = jax.device_put(jax.tree_util.tree_map(np.array, s))
+    kept = jax.tree_util.tree_map(np.array, inp)
+    live[w] = k.chunk(inp, h, np.ones(n, bool), jax.random.key(9), data)
+    if w > 1:
+      _equal(inp, kept)
   _equal(out[workers], out[1])
+  _equal(live[workers], live[1])
   assert np.all(np.asarray(out[workers][1]["train_loss"])[~alive] == 0)  # stopped: none
   assert np.all(np.asarray(out[workers][1]["train_loss"])[alive] > 0)
   # the stopped trial kept its initial state
