@@ -119,9 +119,11 @@ def population_fn(task, ks, data, n, mode, grouped):
   keys = jax.random.split(jax.random.key(1), n)
 
   def once(together=True):
-    # as TaskEvaluator runs a round: the groups' init on this thread, then their chunks,
-    # several groups at once on the cores once each has run (compiled) here
-    states = [k.init(keys[idx], h) for _, idx, h, k in parts]
+    # as TaskEvaluator runs a round: the groups' inits (compiled on this thread), then
+    # their chunks, several groups at once on the cores once each has run (compiled) here
+    inits = [k.init.bind(keys[idx], h) for _, idx, h, k in parts]
+    inits = [lambda c=c: jax.block_until_ready(c()) for c in inits]
+    states = pop.run_parallel(inits, WORKERS) if together else [c() for c in inits]
     calls = [lambda s=s, p=p: p[3].chunk(s, p[2], jnp.ones(len(p[1]), bool),
                                          jax.random.key(2), data)[1]
              for s, p in zip(states, parts, strict=True)]

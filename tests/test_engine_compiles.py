@@ -251,9 +251,10 @@ def test_population_init_build_by_size(task, monkeypatch):
   init = pop.PopulationInit(fns.init)
   size = sum(a.size for a in jax.tree_util.tree_leaves(init.eval_shape(keys, h)))
   used = []
-  for name in ("_fast", "_opt"):
-    f = getattr(init, name)
-    monkeypatch.setattr(init, name, lambda k, hh, f=f, name=name: used.append(name) or f(k, hh))
+  for big, name in ((False, "_fast"), (True, "_opt")):  # the builds' executables
+    b = init._builds[big]
+    monkeypatch.setattr(b, "executable",
+                        lambda *a, e=b.executable, name=name: used.append(name) or e(*a))
   monkeypatch.setattr(pop, "INIT_OPT_MIN_ELEMENTS", size + 1)
   small = init(keys, h)
   init._big.clear()

@@ -34,7 +34,7 @@ def test_loop_chunk_split_over_threads_is_bit_for_bit_one_loop(task, shared, wor
   data = pop.data_arrays(task.data)
   keys = jax.random.split(jax.random.key(1), n)
   alive = np.array([True, False, True, True, True])  # a stopped trial; 5 = 3 + 2 (padded)
-  out = {}
+  out, live = {}, {}
   for w in (1, workers):
     k = pop.make_kernel(fns, 32 * 4, 32, shared, mode="loop", workers=w)
     assert k.workers == w
@@ -42,7 +42,15 @@ def test_loop_chunk_split_over_threads_is_bit_for_bit_one_loop(task, shared, wor
     for epoch in range(2):
       s, m = k.chunk(s, h, alive, jax.random.key(2 + epoch), data)
     out[w] = (s, m)
+    # every trial live: contiguous parts, read as views of the input, which stays untouched
+    # (the unsplit chunk donates its input states, so both run on a copy)
+    inp = jax.device_put(jax.tree_util.tree_map(np.array, s))
+    kept = jax.tree_util.tree_map(np.array, inp)
+    live[w] = k.chunk(inp, h, np.ones(n, bool), jax.random.key(9), data)
+    if w > 1:
+      _equal(inp, kept)
   _equal(out[workers], out[1])
+  _equal(live[workers], live[1])
   assert np.all(np.asarray(out[workers][1]["train_loss"])[~alive] == 0)  # stopped: none
   assert np.all(np.asarray(out[workers][1]["train_loss"])[alive] > 0)
   # the stopped trial kept its initial state
@@ -61,6 +69,17 @@ def test_part_layout_deals_live_trials_round_robin():
   parts = [{"w": np.stack([idx[p], -idx[p]], 1)} for p in range(2)]  # rows name their trial
   back = pop._cat_rows(parts, idx, valid)["w"]
   np.testing.assert_array_equal(np.asarray(back), np.stack([np.arange(7), -np.arange(7)], 1))
+
+
+def test_part_layout_with_every_trial_live_is_contiguous_blocks():
+  idx, part_alive, valid = pop._part_layout(np.ones(7, bool), 2)
+  assert idx[valid].tolist() == list(range(7)) and part_alive.sum(axis=1).tolist() == [4, 3]
+  assert pop._rows_index(idx[0]) == slice(0, 4)  # read as a view, written as one block
+  np.testing.assert_array_equal(pop._rows_index(np.array([0, 2])), [0, 2])
+  parts = [{"w": np.where(valid[p], idx[p], -1)} for p in range(2)]
+  exe = jax.jit(lambda t: {"w": t["w"] * 2}).lower(parts[0]).compile()
+  back = pop._run_parts(exe, (parts[0],), lambda p: (parts[p],), idx, valid, 2)["w"]
+  np.testing.assert_array_equal(np.asarray(back), 2 * np.arange(7))
 
 
 def test_run_parallel_runs_calls_at_once_in_order_and_raises():
@@ -107,7 +126,8 @@ def test_vmap_groups_run_at_once_give_the_same_trials(task, monkeypatch):
   one = run(1)
   calls.clear()
   two = run(2)
-  assert calls == [(2, None), (2, None)]  # epochs 2 and 3: both activation groups at once
+  # the groups' inits at once, then epochs 2 and 3: both activation groups at once
+  assert calls == [(2, None)] * 3
   assert one.keys() == two.keys() and len(one) == 4
   for k in one:
     assert len(one[k]) == 3
@@ -123,3 +143,23 @@ def test_a_large_population_init_split_over_threads_is_bit_for_bit_one_call(task
   split = pop.PopulationInit(fns.init, workers=2)(keys, h)  # parts of 3 (one padded)
   assert jax.tree_util.tree_leaves(split)[0].shape[0] == n
   _equal(split, one)
+
+
+def test_init_bound_here_runs_on_another_thread_compiling_nothing(task):
+  from metaopt._src import compile_cache
+  fns, n = task.build({}), 3
+  h = task.space.decode(jax.random.uniform(jax.random.key(0), (n, task.space.dim)))
+  keys = jax.random.split(jax.random.key(1), n)
+  init = pop.PopulationInit(fns.init)
+  run = init.bind(keys, h)  # compiled here
+  seen = {}
+
+  def other():
+    before = sum(compile_cache.compiles().values())
+    seen["states"] = jax.block_until_ready(run())
+    seen["compiles"] = sum(compile_cache.compiles().values()) - before
+  t = threading.Thread(target=other)
+  t.start()
+  t.join()
+  assert seen["compiles"] == 0
+  _equal(seen["states"], pop.PopulationInit(fns.init)(keys, h))  # a call on this thread

@@ -712,9 +712,16 @@ class TaskEvaluator(Evaluator):
 
   def _fresh(self, batch: TrialBatch, layout: Mapping[str, np.ndarray]):
     _, structs = self._groups(batch)
-    return {g: self.kernel(structs[g]).init(_trial_keys(batch.seeds[idx]),
-                                            self._hparams(batch, structs[g], idx))
-            for g, idx in layout.items()}
+    inits = {g: self.kernel(structs[g]).init for g in layout}
+    if self._mesh is not None or self._stream or len(layout) < 2 or not all(
+        isinstance(i, pop.PopulationInit) for i in inits.values()):
+      return {g: inits[g](_trial_keys(batch.seeds[idx]), self._hparams(batch, structs[g], idx))
+              for g, idx in layout.items()}
+    # several groups: each init compiled here (bind), then the groups' inits run at once
+    calls = [inits[g].bind(_trial_keys(batch.seeds[idx]), self._hparams(batch, structs[g], idx))
+             for g, idx in layout.items()]
+    return dict(zip(layout, pop.run_parallel([lambda c=c: jax.block_until_ready(c())
+                                              for c in calls]), strict=True))
 
   def _groups(self, batch: TrialBatch):
     if "groups" not in batch.cache:

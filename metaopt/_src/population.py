@@ -128,32 +128,38 @@ class PopulationInit:
   def __init__(self, init: Callable, workers: int = 1, **jit_kwargs: Any):
     self._fast = fast_jit(jax.vmap(init), **jit_kwargs)
     self._opt = jax.jit(jax.vmap(init), compiler_options=INIT_COMPILE, **jit_kwargs)
+    self._builds = {False: _Chunk(self._fast), True: _Chunk(self._opt)}
     self._big: dict[Any, bool] = {}
     self.eval_shape = self._fast.eval_shape  # (keys, h) -> shapes of the states
+    self._sharded = bool(jit_kwargs)
     self.workers = 1 if jit_kwargs else workers  # (sharded builds are not split)
-    if self.workers > 1:
-      self._opt_parts = _Chunk(self._opt)
 
   def __call__(self, keys: jax.Array, h: Any) -> Any:
+    return self.bind(keys, h)()
+
+  def bind(self, keys: jax.Array, h: Any) -> Callable[[], Any]:
+    """This init's call on ``(keys, h)``, compiled now on the calling thread: the returned
+    function runs it, on any thread (see :func:`run_parallel`), and compiles nothing."""
     leaves, tree = jax.tree_util.tree_flatten(h)
     sig = (keys.shape, tree, tuple(jnp.shape(v) for v in leaves))
     if sig not in self._big:
       out = self.eval_shape(keys, h)
       size = sum(int(np.prod(a.shape)) for a in jax.tree_util.tree_leaves(out))
       self._big[sig] = size >= INIT_OPT_MIN_ELEMENTS
-    if not self._big[sig]:
-      return self._fast(keys, h)
-    if self.workers == 1 or keys.shape[0] < 2:
-      return self._opt(keys, h)
+    big = self._big[sig]
+    if self._sharded:  # the jitted call places its arguments on the mesh
+      jitted = self._opt if big else self._fast
+      return lambda: jitted(keys, h)
+    if not big or self.workers == 1 or keys.shape[0] < 2:
+      exe = self._builds[big].executable(keys, h)
+      return lambda: exe(keys, h)
     n = keys.shape[0]
     m = -(-n // self.workers)
     rows = np.arange(self.workers * m).reshape(self.workers, m)
     idx = rows % n  # short parts padded with trial 0, 1, ...
     parts = [(_rows(keys, i), _rows(h, i)) for i in idx]
-    exe = self._opt_parts.executable(*parts[0])  # compiled on this thread
-    outs = run_parallel([lambda p=p: jax.block_until_ready(exe(*p)) for p in parts],
-                        self.workers)
-    return _cat_rows(outs, idx, rows < n)
+    exe = self._builds[True].executable(*parts[0])
+    return lambda: _run_parts(exe, parts[0], parts.__getitem__, idx, rows < n, self.workers)
 
 
 def _sub_jaxprs(params: Mapping[str, Any]) -> list:
@@ -465,15 +471,29 @@ def _part_layout(alive: np.ndarray, parts: int) -> tuple[np.ndarray, np.ndarray,
   """How a ``"loop"`` chunk splits ``n`` trials over ``parts`` threads: ``idx`` (parts, m)
   trial indices per part (live trials dealt round-robin, so the parts' live counts differ
   by at most one; ``m = ceil(n / parts)``, short parts padded with a stopped copy of trial
-  0), each part's ``alive``, and ``valid``: which rows are trials, not padding."""
+  0), each part's ``alive``, and ``valid``: which rows are trials, not padding. With every
+  trial live the parts are contiguous blocks instead (the same longest part), which the
+  host split and merge copy as slices."""
   n = alive.shape[0]
   m = -(-n // parts)
   order = np.concatenate([np.flatnonzero(alive), np.flatnonzero(~alive)])
   flat = np.full(parts * m, -1, np.int64)
   flat[:n] = order
-  idx = flat.reshape(m, parts).T  # part p: order[p], order[p + parts], ...
+  if alive.all():
+    idx = flat.reshape(parts, m)  # part p: trials p * m, ..., p * m + m - 1
+  else:
+    idx = flat.reshape(m, parts).T  # part p: order[p], order[p + parts], ...
   part_alive = np.where(idx >= 0, alive[np.maximum(idx, 0)], False)
   return np.maximum(idx, 0), part_alive, idx >= 0
+
+
+def _leaf_sig(a: Any) -> tuple:
+  # an argument's shape, canonical dtype and weak type: what picks a compiled executable
+  dtype = getattr(a, "dtype", None)
+  if dtype is None or not hasattr(a, "shape"):  # Python scalars
+    return jnp.shape(a), jnp.result_type(a), False
+  return (a.shape, jax.dtypes.canonicalize_dtype(dtype, allow_extended_dtype=True),
+          getattr(a, "weak_type", False))
 
 
 class _Chunk:
@@ -490,8 +510,7 @@ class _Chunk:
   def executable(self, *args: Any) -> Any:
     """The compiled executable for these arguments' shapes (compiled on first use)."""
     leaves, tree = jax.tree_util.tree_flatten(args)
-    sig = (tree, tuple((jnp.shape(a), jnp.result_type(a), getattr(a, "weak_type", False))
-                       for a in leaves))
+    sig = (tree, tuple(map(_leaf_sig, leaves)))
     with self._lock:
       exe = self._exe.get(sig)
       if exe is None:
@@ -505,11 +524,53 @@ class _Chunk:
 def _rows(tree: PyTree, i: np.ndarray) -> PyTree:
   """Rows ``i`` of every leaf, gathered on the host (a copy, nothing compiled); PRNG key
   leaves by JAX."""
+  sel = _rows_index(i)
+
   def take(a):
     if jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):
       return a[jnp.asarray(i)]
-    return np.asarray(a)[i]
+    return np.asarray(a)[sel]
   return jax.tree_util.tree_map(take, tree)
+
+
+def _rows_index(i: np.ndarray) -> slice | np.ndarray:
+  # consecutive rows as a slice: a view to read, one block copy to write
+  i = np.asarray(i)
+  if i.size and np.array_equal(i, np.arange(i[0], i[0] + i.size)):
+    return slice(int(i[0]), int(i[0]) + i.size)
+  return i
+
+
+def _has_keys(tree: PyTree) -> bool:
+  return any(jax.dtypes.issubdtype(getattr(a, "dtype", np.float32), jax.dtypes.prng_key)
+             for a in jax.tree_util.tree_leaves(tree))
+
+
+def _run_parts(exe: Any, first: tuple, part_args: Callable[[int], tuple], idx: np.ndarray,
+               valid: np.ndarray, workers: int) -> PyTree:
+  """``exe`` run on every part at once (:func:`run_parallel`): part 0 on ``first``, part
+  ``p`` on ``part_args(p)``, built on the part's thread; each thread then writes its valid
+  rows into the output, row ``idx[p, r]`` from row ``r``, so split and merge copies run on
+  the cores too. Returns one tree of device arrays."""
+  info = exe.out_info
+  if _has_keys(info):  # PRNG key leaves are put together by JAX
+    outs = run_parallel([lambda a=a: jax.block_until_ready(exe(*a)) for a in
+                         [first] + [part_args(p) for p in range(1, len(idx))]], workers)
+    return _cat_rows(outs, idx, valid)
+  leaves, tree = jax.tree_util.tree_flatten(info)
+  n = int(valid.sum())
+  bufs = [np.empty((n, *a.shape[1:]), a.dtype) for a in leaves]
+
+  def work(p: int) -> None:
+    res = jax.tree_util.tree_leaves(exe(*(first if p == 0 else part_args(p))))
+    v = valid[p]
+    sel = _rows_index(idx[p][v])
+    for b, x in zip(bufs, res, strict=True):
+      x = np.asarray(x)  # waits for the part
+      b[sel] = x if v.all() else x[v]
+
+  run_parallel([lambda p=p: work(p) for p in range(len(idx))], workers)
+  return jax.device_put(jax.tree_util.tree_unflatten(tree, bufs))
 
 
 def _cat_rows(trees: Sequence[PyTree], idx: np.ndarray, valid: np.ndarray) -> PyTree:
@@ -555,13 +616,18 @@ class _PartedChunk:
     idx, part_alive, valid = _part_layout(alive, self.workers)
     # split and merge on the host: copies of the states, no compile (the gathers compiled
     # would cost ~15% of the chunk's compile, which small searches pay in full)
+    # (each part's copies on its own thread, see _run_parts)
     tkeys = None if self.shared else jax.random.split(key, alive.shape[0])
-    args = [(_rows(states, i), _rows(h, i), part_alive[p], key, data,
-             None if tkeys is None else tkeys[jnp.asarray(i)]) for p, i in enumerate(idx)]
-    exe = self._core.executable(*args[0])
-    outs = run_parallel([lambda a=a: jax.block_until_ready(exe(*a)) for a in args],
-                        self.workers)
-    return _cat_rows(outs, idx, valid)
+    tk = [None if tkeys is None else tkeys[jnp.asarray(i)] for i in idx]  # (JAX, here)
+    here = _has_keys((states, h))
+    pre = [(_rows(states, i), _rows(h, i)) if here else None for i in idx]
+
+    def part_args(p):
+      st, hp = pre[p] if here else (_rows(states, idx[p]), _rows(h, idx[p]))
+      return st, hp, part_alive[p], key, data, tk[p]
+    first = part_args(0)
+    exe = self._core.executable(*first)
+    return _run_parts(exe, first, part_args, idx, valid, self.workers)
 
 
 def default_mode(mesh: Mesh | None = None) -> str:
