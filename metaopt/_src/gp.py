@@ -78,7 +78,6 @@ _SAFE_NOISE = 1e-4
 _LOG_NOISE_MIN = math.log(1e-8)
 _ACQUISITIONS = ("ei", "ucb")
 _LOCAL_SCALES = (1.0, 0.2, 0.04, 0.008)  # multiples of the local perturbation scale
-_LEAD_QUERIES = 1  # posterior queries from which the solve runs on the factor's leading block
 _EXPLOIT_FIT_STEPS = 50  # Adam steps refitting the local model of the exploitation point
 
 
@@ -239,6 +238,11 @@ def fit_gp(theta, x, yz, mask, steps: int, lr: float, levels=None, fixed_noise: 
   dim = x.shape[1]
   opt = optax.adam(lr)
   loss_grad = jax.value_and_grad(_neg_log_marginal)
+  if blocks is not None:  # the loss and its gradient on the leading block that holds the data
+    whole = loss_grad
+    loss_grad = lambda th, x, yz, mask, dim, levels, _: _on_lead(  # noqa: E731
+        _lead(mask, blocks), blocks,
+        lambda s, th: whole(th, x[:s], yz[:s], mask[:s], dim, levels), th)
 
   def step(carry, _):
     theta, opt_state = carry
@@ -266,23 +270,19 @@ def _posterior(theta, x, yz, mask, levels=None, blocks=None):
 
   xw = kumaraswamy_warp(x, theta, levels)
 
+  def predict_lead(s, xq, chol, alpha):
+    ks = matern52(kumaraswamy_warp(xq, theta, levels), xw[:s], theta["log_ls"],
+                  theta["log_s2"], levels) * mask[None, :s]
+    v = solve_triangular(chol[:s, :s], ks.T, lower=True)
+    var = jnp.maximum(s2 - jnp.sum(jnp.square(v), axis=0), 1e-10)
+    return ks @ alpha[:s], jnp.sqrt(var)
+
   def predict(xq):
-    ks = matern52(kumaraswamy_warp(xq, theta, levels), xw, theta["log_ls"], theta["log_s2"],
-                  levels) * mask[None, :]
-    mean = ks @ alpha
-    if blocks is None or xq.shape[0] < _LEAD_QUERIES:  # few queries: the whole factor
-      v = solve_triangular(chol, ks.T, lower=True)
-      var = jnp.maximum(s2 - jnp.sum(jnp.square(v), axis=0), 1e-10)
-    else:
-      var = jnp.maximum(s2 - _on_lead(k, blocks, _explained, chol, ks.T), 1e-10)
-    return mean, jnp.sqrt(var)
+    if blocks is None:
+      return predict_lead(x.shape[0], xq, chol, alpha)
+    return _on_lead(k, blocks, predict_lead, xq, chol, alpha)
 
   return predict
-
-
-def _explained(s: int, chol: jax.Array, ks_t: jax.Array) -> jax.Array:
-  """Variance explained by the data, ``|L^-1 k|^2`` per query, from the leading ``s`` rows."""
-  return jnp.sum(jnp.square(solve_triangular(chol[:s, :s], ks_t[:s], lower=True)), axis=0)
 
 
 def warp_and_standardize(y: jax.Array, valid: jax.Array) -> jax.Array:
