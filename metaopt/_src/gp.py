@@ -149,49 +149,20 @@ def _gram(theta, x, mask, levels=None, floor=None):
   return k + jnp.diag(jnp.where(mask, noise, 1.0))
 
 
-def _lead(mask: jax.Array, blocks: Sequence[int]) -> jax.Array:
-  """Index of the smallest of the static sizes ``blocks`` that holds every row set in ``mask``
-  (the rows past it are masked: identity rows of the Gram matrix)."""
-  last = jnp.max(jnp.where(mask, jnp.arange(1, mask.shape[0] + 1), 0))
-  return jnp.minimum(jnp.searchsorted(jnp.asarray(blocks), last), len(blocks) - 1)
-
-
-def _on_lead(k: jax.Array, blocks: Sequence[int], fn, *arrays):
-  """``fn(blocks[k], *arrays)``, where ``fn`` works on the leading ``blocks[k]`` rows: a
-  ``lax.switch`` whose branches hold only ``fn`` (a factorisation or a solve), so its
-  O(rows^3) work shrinks with the data while the rest of a model is compiled once."""
-  return jax.lax.switch(k, [functools.partial(fn, s) for s in blocks], *arrays)
-
-
-def _cholesky(theta, x, mask, levels=None, blocks=None):
+def _cholesky(theta, x, mask, levels=None):
   """Cholesky factor of the Gram matrix with noise floored at ``_MIN_NOISE`` (1e-6 of the
   signal variance); where float32 loses positive definiteness at that floor (near-duplicate
-  points), it is refactored with the floor at ``_SAFE_NOISE`` (1e-4). ``blocks`` (static
-  sizes): only the leading block that holds the set rows of ``mask`` is factored (the rest of
-  the Gram matrix, and of its factor, is the identity's; :func:`_lead`).
+  points), it is refactored with the floor at ``_SAFE_NOISE`` (1e-4).
 
   The floor is picked by a trial factorisation outside the gradient, so differentiating
   this (the marginal-likelihood fit) traces one Cholesky, not both branches of a ``cond``:
   the gradient of a ``cond`` of two factorisations cost ~1.5 s of compile per fit. The Gram
   matrix is symmetric bit for bit, so the factorisations skip ``cholesky``'s symmetrisation
   (its kernels and their transposes in the gradient, ~4% of ``ask``'s compile)."""
-  def factor(s, lo, safe):
-    trial = jnp.linalg.cholesky(jax.lax.stop_gradient(lo[:s, :s]), symmetrize_input=False)
-    gram = jnp.where(jnp.all(jnp.isfinite(trial)), lo[:s, :s], safe[:s, :s])
-    return lo.at[:s, :s].set(jnp.linalg.cholesky(gram, symmetrize_input=False))
-
-  blocks = (x.shape[0],) if blocks is None else blocks
-  return _on_lead(_lead(mask, blocks), blocks, factor, _gram(theta, x, mask, levels),
-                  _gram(theta, x, mask, levels, _SAFE_NOISE))
-
-
-def _cho_solve(chol: jax.Array, b: jax.Array, mask: jax.Array, blocks=None) -> jax.Array:
-  """``K^-1 b`` from the factor of :func:`_cholesky` (on its leading block with ``blocks``;
-  ``b`` is zero on the masked rows, and so is the solution)."""
-  if blocks is None:
-    return cho_solve((chol, True), b)
-  return _on_lead(_lead(mask, blocks), blocks, lambda s, c, b: b.at[:s].set(
-      cho_solve((c[:s, :s], True), b[:s])), chol, b)
+  trial = jnp.linalg.cholesky(jax.lax.stop_gradient(_gram(theta, x, mask, levels)),
+                              symmetrize_input=False)
+  floor = jnp.where(jnp.all(jnp.isfinite(trial)), _MIN_NOISE, _SAFE_NOISE)
+  return jnp.linalg.cholesky(_gram(theta, x, mask, levels, floor), symmetrize_input=False)
 
 
 def _log_prior(theta, dim: int) -> jax.Array:
@@ -213,9 +184,9 @@ def _log_prior(theta, dim: int) -> jax.Array:
   return lp
 
 
-def _neg_log_marginal(theta, x, yz, mask, dim: int, levels=None, blocks=None) -> jax.Array:
-  chol = _cholesky(theta, x, mask, levels, blocks)
-  alpha = _cho_solve(chol, yz, mask, blocks)
+def _neg_log_marginal(theta, x, yz, mask, dim: int, levels=None) -> jax.Array:
+  chol = _cholesky(theta, x, mask, levels)
+  alpha = cho_solve((chol, True), yz)
   n = jnp.sum(mask)
   nll = 0.5 * jnp.dot(yz, alpha) + jnp.sum(jnp.log(jnp.diag(chol))) + n * _LOG_SQRT_2PI
   return nll / jnp.maximum(n, 1) - _log_prior(theta, dim) / jnp.maximum(n, 1)
@@ -231,22 +202,15 @@ def _clip_theta(theta):
   return out
 
 
-def fit_gp(theta, x, yz, mask, steps: int, lr: float, levels=None, fixed_noise: bool = False,
-           blocks=None):
-  """MAP hyperparameters by ``steps`` of Adam from ``theta``; non-finite steps are skipped.
-  ``blocks``: factor only a leading block of the Gram matrix (:func:`_cholesky`)."""
+def fit_gp(theta, x, yz, mask, steps: int, lr: float, levels=None, fixed_noise: bool = False):
+  """MAP hyperparameters by ``steps`` of Adam from ``theta``; non-finite steps are skipped."""
   dim = x.shape[1]
   opt = optax.adam(lr)
   loss_grad = jax.value_and_grad(_neg_log_marginal)
-  if blocks is not None:  # the loss and its gradient on the leading block that holds the data
-    whole = loss_grad
-    loss_grad = lambda th, x, yz, mask, dim, levels, _: _on_lead(  # noqa: E731
-        _lead(mask, blocks), blocks,
-        lambda s, th: whole(th, x[:s], yz[:s], mask[:s], dim, levels), th)
 
   def step(carry, _):
     theta, opt_state = carry
-    loss, g = loss_grad(theta, x, yz, mask, dim, levels, blocks)
+    loss, g = loss_grad(theta, x, yz, mask, dim, levels)
     if fixed_noise:
       g = {**g, "log_noise": jnp.zeros_like(g["log_noise"])}
     upd, new_opt = opt.update(g, opt_state, theta)
@@ -260,27 +224,21 @@ def fit_gp(theta, x, yz, mask, steps: int, lr: float, levels=None, fixed_noise: 
   return theta
 
 
-def _posterior(theta, x, yz, mask, levels=None, blocks=None):
-  """Returns ``predict(xq) -> (mean, std)`` of the latent function at ``xq[c, d]``; with
-  ``blocks``, the factorisation and solves run on a leading block (:func:`_cholesky`)."""
-  chol = _cholesky(theta, x, mask, levels, blocks)
-  k = None if blocks is None else _lead(mask, blocks)  # the factor's leading block
-  alpha = _cho_solve(chol, yz, mask, blocks)
+def _posterior(theta, x, yz, mask, levels=None):
+  """Returns ``predict(xq) -> (mean, std)`` of the latent function at ``xq[c, d]``."""
+  chol = _cholesky(theta, x, mask, levels)
+  alpha = cho_solve((chol, True), yz)
   s2 = jnp.exp(theta["log_s2"])
 
   xw = kumaraswamy_warp(x, theta, levels)
 
-  def predict_lead(s, xq, chol, alpha):
-    ks = matern52(kumaraswamy_warp(xq, theta, levels), xw[:s], theta["log_ls"],
-                  theta["log_s2"], levels) * mask[None, :s]
-    v = solve_triangular(chol[:s, :s], ks.T, lower=True)
-    var = jnp.maximum(s2 - jnp.sum(jnp.square(v), axis=0), 1e-10)
-    return ks @ alpha[:s], jnp.sqrt(var)
-
   def predict(xq):
-    if blocks is None:
-      return predict_lead(x.shape[0], xq, chol, alpha)
-    return _on_lead(k, blocks, predict_lead, xq, chol, alpha)
+    ks = matern52(kumaraswamy_warp(xq, theta, levels), xw, theta["log_ls"], theta["log_s2"],
+                  levels) * mask[None, :]
+    mean = ks @ alpha
+    v = solve_triangular(chol, ks.T, lower=True)
+    var = jnp.maximum(s2 - jnp.sum(jnp.square(v), axis=0), 1e-10)
+    return mean, jnp.sqrt(var)
 
   return predict
 
@@ -450,8 +408,8 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
   design = sobol(dim)
   n_top = 5
   # Buffer prefixes the GP is fitted on, one compiled branch each: 64, 128, 256, ... capacity.
-  sizes = sorted({2**k for k in range(6, 31) if 2**k < capacity} | {capacity})
-  blocks = tuple(sizes) if buckets else None
+  sizes = (sorted({2**k for k in range(6, 31) if 2**k < capacity} | {capacity}) if buckets
+           else [capacity])
   n_div = n_diverse  # restarts from the best candidate of each region
   anchors = jnp.asarray(np.random.default_rng(0).uniform(size=(n_div, dim)), jnp.float32)
 
@@ -540,10 +498,10 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
     out["z"], out["z_l"] = ndtri(out["z"]), ndtri(out["z_l"])
     return out
 
-  def fit_global(state, rnd):
-    """MAP hyperparameters of the GP on the buffer (factored on its leading bucket)."""
-    return fit_gp(state["theta"], state["x"], rnd["yz"], state["valid"], fit_steps, fit_lr, lvl,
-                  deterministic, blocks=blocks)
+  def fit_global(size, state, rnd):
+    """MAP hyperparameters of the GP on the first ``size`` buffer rows."""
+    return fit_gp(state["theta"], state["x"][:size], rnd["yz"][:size], state["valid"][:size],
+                  fit_steps, fit_lr, lvl, deterministic)
 
   def local_models(theta, state, rnd, m):
     """The ``m`` exploitation models, built once on the whole buffer (the rows past the data
@@ -553,32 +511,33 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
         lambda a: local_model(theta, state["x"], state["y"], state["valid"], a[0], a[1]),
         (rnd["z_l"], jnp.asarray(n_exploit[:m])))
 
-  def model_ask(state, rnd, n):
-    """Proposes a kriging-believer batch from the GP on the buffer (hyperparameters
-    ``rnd["theta"]``, exploitation models ``rnd["local"]``), the believed points at rows
-    ``rnd["size"] + i`` so the data and they are a leading block of the rows.
+  def model_ask(size, state, rnd, n):
+    """Proposes a kriging-believer batch from the GP on the first ``size`` buffer rows
+    (hyperparameters ``rnd["theta"]``, exploitation models ``rnd["local"]``).
 
     Exploitation and log-EI points go through one scan (one compiled acquisition search):
     step ``i < m`` maximises minus the mean of local model ``i``, the others the acquisition
     of the global model with the believed points; every chosen point then joins the global
     data as a fantasy observation (and, with ``believer_incumbent``, lowers the EI's
     incumbent if its mean is below it)."""
-    n_obs, best, top, theta, size = (rnd[k] for k in ("n_obs", "best", "top", "theta", "size"))
-    rows = capacity + n
-    row_blocks = None if blocks is None else tuple(b + n for b in blocks)
+    x, valid = state["x"][:size], state["valid"][:size]
+    n_obs, best, top, yz = rnd["n_obs"], rnd["best"], rnd["top"], rnd["yz"][:size]
+    theta = rnd["theta"]
+    rows = size + n
     n_cand = n_candidates + n_local
     m = min(len(n_exploit), n - 1)  # exploitation points; at least one point follows log-EI
     if m:
-      # the buffer's nearest rows, valid ones first: the first min(K, size) are the bucket's
-      k = min(max(n_exploit), capacity)
+      # the buffer's nearest rows, valid ones first: the first min(K, size) are this bucket's
+      k = min(max(n_exploit), size)
       theta_l, xl, yl, ml, cand_l = rnd["local"]
+      xl, yl, ml, cand_l = xl[:, :k], yl[:, :k], ml[:, :k], cand_l[:, :n_local + k]
       # padded to the global model's rows and candidates (masked rows; repeats of the centre)
       xl = jax.vmap(lambda a: pad_rows(a, rows))(xl)
       yl = jax.vmap(lambda a: pad_rows(a, rows))(yl)
       ml = jax.vmap(lambda a: pad_rows(a, rows, False))(ml)
       n_pad = n_cand - cand_l.shape[1]
       cand_l = jnp.concatenate([cand_l, jnp.broadcast_to(top[0], (m, n_pad, dim))], axis=1)
-      ok_l = jnp.arange(n_cand) < n_local + jnp.minimum(k, size)
+      ok_l = jnp.arange(n_cand) < n_cand - n_pad
       pick = lambda a, i: a[jnp.minimum(i, m - 1)]  # noqa: E731
 
     def propose(carry, xs):
@@ -589,7 +548,7 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
         rank = jnp.floor(r["parent"] * jnp.minimum(n_obs, n_top)).astype(jnp.int32)
         cand = jnp.concatenate([cand, perturb(top[rank], r["z"])])
       model = (theta, x_all, yz_all, m_all)
-      glob = _posterior(*model, lvl, row_blocks)
+      glob = _posterior(*model, lvl)
       if m:
         local = i < m
         sel = lambda a, b: jnp.where(local, a, b)  # noqa: E731
@@ -598,7 +557,7 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
                   pick(yl, i), pick(ml, i)), model)
         cand = sel(pick(cand_l, i), cand)
         cand_ok = ~local | ok_l
-        predict = _posterior(*model, lvl, row_blocks)
+        predict = _posterior(*model, lvl)
       else:
         local, predict, cand_ok = False, glob, True
 
@@ -617,28 +576,28 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
                jnp.minimum(best, fantasy[0]) if believer_incumbent else best)
       return carry, u
 
-    carry = (pad_rows(state["x"], rows), pad_rows(rnd["yz"], rows),
-             pad_rows(state["valid"], rows, False), best)
+    carry = (pad_rows(x, rows), pad_rows(yz, rows), pad_rows(valid, rows, False), best)
     per_point = {k: rnd[k] for k in ("cand", "parent", "z")}
     _, u = jax.lax.scan(propose, carry, (jnp.arange(n), per_point))
     return u
 
   def ask(state, key, n):
     design_state, u_design = design.ask(state["design"], None, n)
-    # Rows 0 .. min(count, capacity)-1 hold the data: the smallest bucket that holds them.
+    # Rows 0 .. min(count, capacity)-1 hold the data: fit on the smallest bucket that holds them.
     rows = jnp.minimum(state["count"], capacity)
-    size = (jnp.asarray(sizes)[jnp.searchsorted(jnp.asarray(sizes), rows, side="left")]
-            if buckets else jnp.asarray(capacity))
+    bucket = jnp.searchsorted(jnp.asarray(sizes), rows, side="left")
     startup = jnp.sum(state["valid"]) < n_startup
     # what does not depend on the bucket is computed once, outside its copies (the data
     # rows are a prefix of the buffer, so the whole buffer gives the same values)
     valid = state["valid"]
     yz = warp_and_standardize(state["y"], valid)
-    shared = {**draws(key, n), "n_obs": jnp.sum(valid), "yz": yz, "size": size,
+    shared = {**draws(key, n), "n_obs": jnp.sum(valid), "yz": yz,
               "best": jnp.min(jnp.where(valid, yz, jnp.inf)),
               "top": snap(state["x"][jnp.argsort(jnp.where(valid, state["y"], jnp.inf))[:n_top]],
                           lvl)}
-    theta = jax.lax.cond(startup, lambda: state["theta"], lambda: fit_global(state, shared))
+    branch = jnp.where(startup, 0, 1 + bucket)
+    fits = [lambda st, r: st["theta"]] + [functools.partial(fit_global, size) for size in sizes]
+    theta = jax.lax.switch(branch, fits, state, shared)
     m = min(len(n_exploit), n - 1)
     if m:
       shapes = jax.eval_shape(lambda: local_models(theta, state, shared, m))
@@ -647,7 +606,9 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
       shared["local"] = jax.lax.cond(startup, zeros,
                                      lambda: local_models(theta, state, shared, m))
     shared["theta"] = theta
-    u = jax.lax.cond(startup, lambda: u_design, lambda: model_ask(state, shared, n))
+    branches = [lambda st, r: u_design]
+    branches += [functools.partial(model_ask, size, n=n) for size in sizes]
+    u = jax.lax.switch(branch, branches, state, shared)
     design_state = jax.tree_util.tree_map(lambda a, b: jnp.where(startup, a, b), design_state,
                                           state["design"])
     return {**state, "theta": theta, "design": design_state}, u
