@@ -664,7 +664,8 @@ def ask_round(env: RoundEnv, state, plan: RoundPlan):
   given, h = None, None
   if plan.asked is not None:
     ids, u = plan.asked
-  elif plan.first_ask is not None and bool(plan.first_ask[2]) and not plan.enqueue:
+  elif plan.first_ask is not None and bool(plan.first_ask[2]) and (
+      plan.enqueue is None or not len(plan.enqueue)):
     state, u, _, h = plan.first_ask  # what ask_points would give, computed ahead
     u, h, ids = np.asarray(u, np.float32), jax.device_get(h), []
     if u.shape != (len(plan.numbers), env.space.dim):
