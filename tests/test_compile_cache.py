@@ -67,11 +67,10 @@ def test_search_keys_equal_the_eager_ones_in_one_compile_each():
   assert loop.search_keys._cache_size() == 1 and loop._fold_in._cache_size() == 1
 
 
-def test_a_cold_search_compiles_at_most_ten_programs():
-  # nothing compiled before (JAX's own caches too): the search's start (its keys, the
-  # searcher's init, first ask and decode), the startup ask and decode of later rounds,
-  # observe and tell, the population init, its trial keys, the chunk, fold_in and one
-  # conversion; no eager PRNG op compiles on its own
+def test_a_cold_search_compiles_at_most_eleven_programs():
+  # nothing compiled before (JAX's own caches too): the searcher's init, startup ask, decode,
+  # observe and tell, the population init, its trial keys, the chunk, the search's two key
+  # functions and one conversion; no eager PRNG op compiles on its own
   jax.clear_caches()
   compile_cache.clear()
   XLA.clear()
@@ -79,7 +78,7 @@ def test_a_cold_search_compiles_at_most_ten_programs():
   eager = {"jit(_threefry_split)", "jit(_threefry_fold_in)", "jit(_threefry_seed)",
            "jit(unstack)", "jit(stage)"}
   assert not eager & set(XLA), dict(XLA)
-  assert sum(XLA.values()) <= 10, dict(XLA)
+  assert sum(XLA.values()) <= 11, dict(XLA)
   assert XLA["jit(loop_chunk)"] == 1, dict(XLA)
 
 
@@ -246,34 +245,3 @@ def test_the_cache_stays_bounded_and_frees_what_it_drops(monkeypatch):
     for i in range(3):
       compile_cache.cached(lambda i=i: _jitted(i), "bounded", i)
       assert metaopt.compile_cache_info()["entries"] == 0
-
-
-def test_the_first_round_needs_one_searcher_program_with_the_same_values():
-  # keys, the searcher's init, its first (startup) ask and decode: one program before the
-  # first round trains, bit for bit what the separate functions give
-  from metaopt._src import driver, population
-
-  task = get_task("digits_mlp")
-  prog = metaopt.with_pruning(metaopt.tpe(task.space.dim),
-                              metaopt.hyperband(3, min_epochs=1, eta=3))
-  fns = loop._searcher_fns(prog, task.space)
-  leaves = lambda t: [np.asarray(jax.random.key_data(x) if jnp.issubdtype(  # noqa: E731
-      x.dtype, jax.dtypes.prng_key) else x).tobytes() for x in jax.tree_util.tree_leaves(t)]
-  for seed in (0, 1000, -7):
-    state, key_rounds, (key_r, key_ask, epoch_keys, asked) = driver._search_start(
-        prog, task.space, seed, 3, 4)
-    key_init, rounds = loop.root_keys(seed)
-    init = population.fast_jit(prog.init)(key_init)
-    r0 = loop.fold_in(rounds, 0)
-    s, u = fns.ask(init, loop.fold_in(r0, 0), 4)
-    assert leaves((state, key_rounds, key_r, key_ask, epoch_keys)) == leaves(
-        (init, rounds, r0, loop.fold_in(r0, 0), [loop.fold_in(r0, 1 + e) for e in range(3)]))
-    assert bool(asked[2]) and leaves(asked) == leaves((s, u, asked[2], fns.decode(u)))
-  compile_cache.clear()
-  jax.clear_caches()
-  XLA.clear()
-  res = metaopt.search(prog, task, n_trials=4, population=4, epochs=3, batch_size=256,
-                       seed=5, progress=False)  # one round
-  assert len(res.trials) == 4 and XLA["jit(start)"] == 1, dict(XLA)
-  for name in ("search_keys", "fold_in", "startup_ask", "decode", "ask"):
-    assert XLA[f"jit({name})"] == 0, dict(XLA)

@@ -146,8 +146,8 @@ def search(
   st = _open_store(store, study)
   record = dict(config or {}, n_trials=n_trials, population=population, epochs=epochs,
                 batch_size=batch_size, seed=seed)
-  template, key_rounds, first = _search_start(program, space, seed, epochs,
-                                              min(population, n_trials))
+  key_init, key_rounds = loop.root_keys(seed)
+  template = _searcher_init(program, key_init)
   rec = _open_study(st, study, record, config, ev, seed, objectives)
   state = template if rec.searcher_state is None else \
       flax.serialization.from_bytes(template, rec.searcher_state)
@@ -157,7 +157,7 @@ def search(
   env = loop.RoundEnv(ev, loop.searcher_fns(program, space), space, st, epochs, sign,
                       checkpoint_every_s, bar, on_epoch, objectives)
   run = _Rounds(env, rec, key_rounds, n_trials, population, seed, constraint,
-                checkpoint_dir or default_checkpoint_dir(st, study), first)
+                checkpoint_dir or default_checkpoint_dir(st, study))
   try:
     state = run.all(state, target)
   finally:
@@ -195,31 +195,6 @@ def _check_settings(program: Any, n_trials: int, population: int, epochs: int,
   if not isinstance(checkpoint_every_s, (int, float)) or checkpoint_every_s < 0:
     raise ValueError(f"checkpoint_every_s={checkpoint_every_s!r}: must be a number >= 0")
   return sizes
-
-
-def _search_start(program: Searcher, space: Space, seed: int, epochs: int, n: int) -> tuple:
-  """``(initial searcher state, key_rounds, first)``; ``first``: the first round's keys and,
-  for a program with a ``startup_ask``, its ask of ``n`` points from that state, decoded:
-  ``(key_r, key_ask, epoch_keys, (state, u, ok, h) or None)`` (see :func:`loop.start_keys`).
-  For a seed in int32, one program (compiled once per program, space and shapes in this
-  process) instead of five (the keys, ``init``, ``startup_ask``, ``decode``, ``fold_in``)
-  before the first round trains; its values are those the five give."""
-  if not -2**31 <= int(seed) < 2**31:
-    key_init, key_rounds = loop.root_keys(seed)
-    return _searcher_init(program, key_init), key_rounds, None
-
-  def start(seed, epochs, n):
-    key_init, key_rounds, (key_r, key_ask, epoch_keys) = loop.start_keys(seed, epochs)
-    state = program.init(key_init)
-    asked = None
-    if program.startup_ask is not None:
-      s, u, ok = program.startup_ask(state, key_ask, n)
-      asked = (s, u, ok, space.decode(u))
-    return state, key_rounds, (key_r, key_ask, epoch_keys, asked)
-
-  fn = compile_cache.cached(lambda: pop.fast_jit(start, static_argnums=(1, 2)), "search-start",
-                            program, space)
-  return fn(np.int32(seed), int(epochs), int(n))
 
 
 def _searcher_init(program: Searcher, key: jax.Array):
@@ -280,8 +255,8 @@ class _Rounds:
   """The rounds of one ``search``: ask (or reload an asked round), run, tell, record."""
 
   def __init__(self, env: loop.RoundEnv, rec, key_rounds, n_trials: int, population: int,
-               seed: int, constraint, checkpoint_dir: str, first: tuple | None = None):
-    self.env, self.rec, self.key_rounds, self.first = env, rec, key_rounds, first
+               seed: int, constraint, checkpoint_dir: str):
+    self.env, self.rec, self.key_rounds = env, rec, key_rounds
     self.n_trials, self.population, self.seed = n_trials, population, seed
     self.constraint, self.checkpoint_dir = constraint, checkpoint_dir
     self.n_rounds = -(-n_trials // population)
@@ -305,21 +280,17 @@ class _Rounds:
   def one(self, state, rnd: int):
     """Asks (or reloads), runs and tells round ``rnd``; returns the state and results."""
     env, st, rec = self.env, self.env.store, self.rec
-    key_r, key_ask, epoch_keys, first_ask = \
-        self.first if rnd == 0 and self.first is not None else \
-        (loop.fold_in(self.key_rounds, rnd), None, None, None)
+    key_r = loop.fold_in(self.key_rounds, rnd)
     n = min(self.population, self.n_trials - rnd * self.population)
     asked = None
     if rec.state_phase == "asked" and rec.state_round == rnd:  # resumed: process 0 reads it
       asked = dist.from_leader(f"metaopt-asked-{rnd}", lambda: _asked(st, rec.id, rnd))
     proc = f"process_{jax.process_index()}" if dist.is_multi() else ""
     plan = loop.RoundPlan(rec.id, rnd, [rnd * self.population + i for i in range(n)],
-                          loop.fold_in(key_r, 0) if key_ask is None else key_ask, key_r,
+                          loop.fold_in(key_r, 0), key_r,
                           os.path.join(self.checkpoint_dir, f"round_{rnd:05d}", proc),
                           self.seed, self.constraint, asked,
-                          calls_left=self.n_rounds - rnd, epoch_keys=epoch_keys,
-                          # asked ahead from the initial state: not that of a resumed search
-                          first_ask=first_ask if rec.searcher_state is None else None)
+                          calls_left=self.n_rounds - rnd)
     state, results, _ = loop.one_round(env, state, plan)
     # what the store now says (not read back: in a multi-host search process 0 may already
     # have asked the next round when another process would read it)

@@ -74,18 +74,6 @@ def fold_in(key: jax.Array, data: int) -> jax.Array:
   return _fold_in(key, np.uint32(data))
 
 
-def start_keys(seed: jax.Array, epochs: int) -> tuple:
-  """A search's keys up to its first round's training, traced into the program that
-  also builds the searcher's initial state (see ``driver``): ``(key_init, key_rounds,
-  (key_r0, key_ask0, epoch_keys0))``, as :func:`root_keys` and :func:`fold_in` give them
-  (``epoch_keys0[e] = fold_in(key_r0, 1 + e)``)."""
-  key_init, key_rounds = jax.random.split(jax.random.key(seed))
-  key_r = jax.random.fold_in(key_rounds, np.uint32(0))
-  # fold_in(key_r, e) for e = 0 (the ask) and 1 + e (the epochs): one vectorised hash
-  keys = jax.vmap(jax.random.fold_in, (None, 0))(key_r, jnp.arange(1 + epochs, dtype=jnp.uint32))
-  return key_init, key_rounds, (key_r, keys[0], tuple(keys[1 + e] for e in range(epochs)))
-
-
 def root_keys(seed: int) -> tuple[jax.Array, jax.Array]:
   """``(key_init, key_rounds)`` of a search seeded ``seed``: ``split(key(seed))``."""
   if -2**31 <= int(seed) < 2**31:
@@ -172,14 +160,12 @@ def ask_points(fns: SearcherFns, state, key, n: int, space: Space, calls_left: i
 def make_batch(fns: SearcherFns, space: Space, rnd: int, numbers: list[int], u: np.ndarray,
                *, seed: int, epochs: int, constraint=None, multi: bool = False,
                ids: list[int] | None = None, seeds: list[int] | None = None,
-               given: list[Mapping[str, Any]] | None = None, h: Any = None
+               given: list[Mapping[str, Any]] | None = None
                ) -> tuple[TrialBatch, list[float | None]]:
   """The round's :class:`TrialBatch` and each trial's constraint violation (or None); trial
   seeds derive from ``seed`` and the trial numbers unless ``seeds`` gives them. ``given``:
-  values a user typed for the first trials (see :func:`enqueued`), kept exactly as typed.
-  ``h``: ``u`` decoded, when computed ahead."""
-  if h is None:  # host arrays: slicing compiles nothing
-    h = jax.device_get(fns.decode(np.asarray(u, np.float32)))
+  values a user typed for the first trials (see :func:`enqueued`), kept exactly as typed."""
+  h = jax.device_get(fns.decode(np.asarray(u, np.float32)))  # host arrays: slicing compiles nothing
   params = space.to_python_batch(h)
   for p, g in zip(params, given or [], strict=False):
     p.update({k: v for k, v in g.items() if k in p})
@@ -554,21 +540,17 @@ def save(env: RoundEnv, batch: TrialBatch, rs: RoundState, ckpt: Checkpointer | 
 
 
 def run_round(env: RoundEnv, batch: TrialBatch, searcher_state, ckpt: Checkpointer | None,
-              key_r, study_id: int | None = None, resumed: bool = False,
-              epoch_keys: tuple | None = None) -> PyTree:
+              key_r, study_id: int | None = None, resumed: bool = False) -> PyTree:
   """Evaluates one round epoch by epoch, recording everything; returns the searcher state.
 
   Trials still running after the last epoch complete with their last objective. A round
-  started before (``resumed``) records a ``restore`` event in study ``study_id``.
-  ``epoch_keys``: the epochs' keys computed ahead (default: ``fold_in(key_r, 1 + e)``)."""
+  started before (``resumed``) records a ``restore`` event in study ``study_id``."""
   rs = begin(env, batch, searcher_state, ckpt, study_id if resumed else None)
   warm_observe(env, batch, rs)
   if env.bar is not None:
     env.bar.update(rs.start)
   for epoch in range(rs.start, env.epochs):
-    key_e = epoch_keys[epoch] if epoch_keys is not None and epoch < len(epoch_keys) else \
-        fold_in(key_r, 1 + epoch)
-    out = evaluate(env, batch, rs, epoch, key_e, study_id)
+    out = evaluate(env, batch, rs, epoch, fold_in(key_r, 1 + epoch), study_id)
     share(batch, rs, out)
     judge(env, batch, rs, out, epoch)
     d = decide(env, batch, rs, out, epoch)
@@ -634,10 +616,6 @@ class RoundPlan:
     calls_left: rounds left, for the tiered compilation of ``ask``.
     label: maps a trial's params to what the store records (default: the params).
     seeds: the trials' seeds (default: derived from ``seed`` and the trial numbers).
-    epoch_keys: ``fold_in(key_r, 1 + e)`` per epoch ``e``, computed ahead (or None).
-    first_ask: ``(state, u, ok, h)``: the program's ``startup_ask`` from the state this
-      round asks with, computed ahead with ``key_ask`` (``h``: ``u`` decoded), used when
-      ``ok`` and nothing is enqueued (or None).
   """
 
   study_id: int
@@ -653,24 +631,15 @@ class RoundPlan:
   calls_left: int = 1
   label: Callable[[dict[str, Any]], dict[str, Any]] | None = None
   seeds: list[int] | None = None
-  epoch_keys: tuple | None = None
-  first_ask: tuple | None = None
 
 
 def ask_round(env: RoundEnv, state, plan: RoundPlan):
   """The ask half of :func:`one_round`: asks the plan's round (or reloads it) and stores
   its trials as ``running`` with the post-ask searcher state. Returns ``(state, batch,
   u)``; ``u`` holds the points asked (what the searcher is told)."""
-  given, h = None, None
+  given = None
   if plan.asked is not None:
     ids, u = plan.asked
-  elif plan.first_ask is not None and bool(plan.first_ask[2]) and (
-      plan.enqueue is None or not len(plan.enqueue)):
-    state, u, _, h = plan.first_ask  # what ask_points would give, computed ahead
-    u, h, ids = np.asarray(u, np.float32), jax.device_get(h), []
-    if u.shape != (len(plan.numbers), env.space.dim):
-      raise ValueError(f"program.startup_ask returned points of shape {u.shape}; the space "
-                       f"needs (n, {env.space.dim}) for {env.space.names}")
   else:
     state, u = ask_points(env.fns, state, plan.key_ask, len(plan.numbers), env.space,
                           plan.calls_left)
@@ -679,8 +648,7 @@ def ask_round(env: RoundEnv, state, plan: RoundPlan):
     ids = []
   batch, violation = make_batch(env.fns, env.space, plan.rnd, plan.numbers, u,
                                 seed=plan.seed, epochs=env.epochs, constraint=plan.constraint,
-                                multi=dist.is_multi(), ids=ids, seeds=plan.seeds, given=given,
-                                h=h)
+                                multi=dist.is_multi(), ids=ids, seeds=plan.seeds, given=given)
   if plan.asked is None:
     rows = new_trials(batch)
     if plan.label is not None:
@@ -718,7 +686,7 @@ def one_round(env: RoundEnv, state, plan: RoundPlan):
   try:
     state, batch, u = ask_round(env, state, plan)
     state = run_round(env, batch, state, ckpt, plan.key_r, plan.study_id,
-                      resumed=plan.asked is not None, epoch_keys=plan.epoch_keys)
+                      resumed=plan.asked is not None)
     state, results = close_round(env, state, plan.study_id, plan.rnd, u,
                                  duration_s=time.time() - t0)
   finally:
