@@ -458,6 +458,20 @@ def missing_cells(results) -> list[str]:
   return out
 
 
+def pair_counts(results) -> str:
+  """``K/N`` of the scored pairs per searcher and d (cells where both sides ran)."""
+  parts = []
+  for name in PAIRS:
+    for dim in sorted({d for (_, _, _, d) in results}):
+      cells = [p for (lib, n, p, d) in results if (lib, n, d) == ("metaopt", name, dim)
+               and ("optuna", name, p, dim) in results]
+      k = sum(at_or_below(_final(results[("metaopt", name, p, dim)]),
+                          _final(results[("optuna", name, p, dim)])) for p in cells)
+      if cells:
+        parts.append(f"{name} d={dim} {k}/{len(cells)}")
+  return "At or below Optuna by searcher and d: " + ", ".join(parts) + "."
+
+
 def _problem_order(p: str):
   return (0, int(p[1:])) if p[0] == "f" else (1, p)
 
@@ -492,7 +506,7 @@ def combine_report(paths, plot=None, seeds=REPORT_SEEDS) -> str:
   lines = []
   for (bud, batch), results in sorted(groups.items()):
     text, _, _ = report(results, batch, seeds, f"{bud} d evaluations", None)
-    lines += [f"### Budget {bud} d, batch {batch}", "", text, ""]
+    lines += [f"### Budget {bud} d, batch {batch}", "", text, "", pair_counts(results), ""]
     miss = missing_cells(results)
     lines += (["Not run (missing cells):", ""] + miss if miss else ["Every cell ran."]) + [""]
     if plot:
