@@ -519,14 +519,22 @@ def combine_report(paths, plot=None, seeds=REPORT_SEEDS) -> str:
   return "\n".join(lines)
 
 
+ECDF_COLORS = {"tpe": "tab:blue", "tpe_default": "tab:cyan", "gp": "tab:green",
+               "cma_es": "tab:red", "random": "tab:gray", "ngopt": "tab:purple"}
+
+
 def plot_ecdf(results, batch, path):
+  """One panel per d (BBOB problems only): fixed colour per searcher, metaopt solid, peers
+  dashed; y up to the largest fraction reached."""
   import matplotlib
 
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+  from matplotlib.ticker import NullFormatter
 
-  dims = sorted({d for (_, _, _, d) in results})
+  dims = sorted({d for (_, _, p, d) in results if p not in ("mixed", "conditional")})
   fig, axes = plt.subplots(1, len(dims), figsize=(4.2 * len(dims), 3.6), squeeze=False)
+  top, handles = 0.0, {}
   for ax, dim in zip(axes[0], dims, strict=True):
     for lib, name in sorted({(lib, n) for (lib, n, _, d) in results if d == dim}):
       recs = [r for (l2, n2, p, d), rs in results.items() if (l2, n2, d) == (lib, name, dim)
@@ -534,15 +542,19 @@ def plot_ecdf(results, batch, path):
       if not recs:
         continue
       x, h = ecdf_curve(recs, batch, dim)
-      ax.plot(x, h, ls="-" if lib == "metaopt" else "--", label=f"{lib} {name}")
+      top = max(top, float(h.max()))
+      handles[f"{lib} {name}"], = ax.plot(x, h, ls="-" if lib == "metaopt" else "--",
+                                          color=ECDF_COLORS.get(name, "k"))
     ax.set_xscale("log")
-    ax.set_ylim(0, 1)
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_title(f"BBOB, d = {dim}, batch {batch}")
     ax.set_xlabel("evaluations / d")
     ax.set_ylabel("fraction of (run, target) pairs")
-  axes[0][-1].legend(fontsize=7)
+  for ax in axes[0]:
+    ax.set_ylim(0, min(1.0, top + 0.05))
+  axes[0][-1].legend(handles.values(), handles.keys(), fontsize=7)
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
+  fig.savefig(path, dpi=90)
 
 
 def _parser() -> argparse.ArgumentParser:
