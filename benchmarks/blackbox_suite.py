@@ -506,6 +506,7 @@ def combine_report(paths, plot=None, seeds=REPORT_SEEDS) -> str:
   lines = []
   for (bud, batch), results in sorted(groups.items()):
     text, _, _ = report(results, batch, seeds, f"{bud} d evaluations", None)
+    text = text.replace("suite_cells_at_or_below_optuna:", "Cells at or below Optuna (all d):")
     lines += [f"### Budget {bud} d, batch {batch}", "", text, "", pair_counts(results), ""]
     miss = missing_cells(results)
     lines += (["Not run (missing cells):", ""] + miss if miss else ["Every cell ran."]) + [""]

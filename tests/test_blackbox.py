@@ -864,8 +864,8 @@ def test_blackbox_suite_combines_raw_runs_and_names_missing_cells(tmp_path):
   assert bs.missing_cells(groups[(20, 10)]) == [
       "- optuna gp, d = 2: not run on f2 (1/2)"]
   text = bs.combine_report(paths, plot=str(tmp_path / "ecdf.png"), seeds=(1000, 1001, 1002))
-  assert "suite_cells_at_or_below_optuna: 1/2" in text  # batch 10: f1 yes, f2 no
-  assert "suite_cells_at_or_below_optuna: 0/1" in text  # batch 1: f1 no
+  assert "Cells at or below Optuna (all d): 1/2" in text  # batch 10: f1 yes, f2 no
+  assert "Cells at or below Optuna (all d): 0/1" in text  # batch 1: f1 no
   assert "At or below Optuna by searcher and d: tpe d=2 1/2." in text
   # batch 1 vs 10 on f1 only: metaopt median log10 regret -4 at batch 1, -2 at batch 10
   assert "| metaopt tpe | 2 | 1 | -4.00 | -2.00 |" in text
