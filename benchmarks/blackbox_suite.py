@@ -40,6 +40,11 @@ version, so a second run only re-runs metaopt. metaopt is always re-run.
                                                     # max(40, 10 d) evaluations; prints the
                                                     # K/N line and gp_ask_compile_seconds
     python benchmarks/blackbox_suite.py --out BENCH.md --plot ecdf.png   # the full suite
+    python benchmarks/blackbox_suite.py --functions 1,2 --dims 5 --budget 20 --batch 1 \
+        --raw b1.json --no_compile_figure            # one part of a full run
+    python benchmarks/blackbox_suite.py --combine b1.json,b10.json --out R.md --plot ecdf.png
+                                                    # tables, missing cells, batch 1 vs 10 and
+                                                    # ECDFs per budget and batch from the parts
     python benchmarks/blackbox_suite.py --gp_compile_only  # only gp_ask_compile_seconds (plain
                                                        # jit and the engine's first compile)
 """
