@@ -40,6 +40,11 @@ version, so a second run only re-runs metaopt. metaopt is always re-run.
                                                     # max(40, 10 d) evaluations; prints the
                                                     # K/N line and gp_ask_compile_seconds
     python benchmarks/blackbox_suite.py --out BENCH.md --plot ecdf.png   # the full suite
+    python benchmarks/blackbox_suite.py --functions 1,2 --dims 5 --budget 20 --batch 1 \
+        --raw b1.json --no_compile_figure            # one part of a full run
+    python benchmarks/blackbox_suite.py --combine b1.json,b10.json --out R.md --plot ecdf.png
+                                                    # tables, missing cells, batch 1 vs 10 and
+                                                    # ECDFs per budget and batch from the parts
     python benchmarks/blackbox_suite.py --gp_compile_only  # only gp_ask_compile_seconds (plain
                                                        # jit and the engine's first compile)
 """
@@ -281,21 +286,22 @@ def run_cell(lib, name, pname, dim, seeds, budget, batch, cache):
       path = os.path.join(cache, _cache_key(lib, name, pname, dim, seed, budget, batch) + ".json")
       if os.path.exists(path):
         with open(path) as f:
-          out.append(json.load(f))
+          out.append({**json.load(f), "batch": batch, "budget": budget})
         continue
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     if lib == "metaopt":
       traj = run_ours(name, pname, dim, seed, budget, batch)
     elif lib == "nevergrad":
       traj = run_ngopt(pname, dim, seed, budget, batch)
     else:
       traj = run_optuna(name, pname, dim, seed, budget, batch)
-    rec = {"traj": traj, "seconds": time.perf_counter() - t}
+    rec = {"traj": traj, "seconds": time.perf_counter() - t,
+           "cpu_seconds": time.process_time() - c}
     if path:
       os.makedirs(cache, exist_ok=True)
       with open(path, "w") as f:
         json.dump(rec, f)
-    out.append(rec)
+    out.append({**rec, "batch": batch, "budget": budget})
   return out
 
 
@@ -420,19 +426,121 @@ def report(results, batch, seeds, budget_label, wall):
                    f" / {frac:.2f}")
       if any(c != "-" for c in row):
         lines.append(f"| {g} | {dim} | " + " | ".join(row) + " |")
-  lines += ["", f"suite_cells_at_or_below_optuna: {k}/{n}",
-            f"Wall time {wall:.0f} s ({os.cpu_count()} CPU cores, jax {jax.__version__})."]
+  lines += ["", f"suite_cells_at_or_below_optuna: {k}/{n}"]
+  if wall is not None:
+    lines.append(f"Wall time {wall:.0f} s ({os.cpu_count()} CPU cores, jax {jax.__version__}).")
   return "\n".join(lines), k, n
 
 
+def load_raw(paths) -> dict:
+  """``{(budget per d, batch): {(lib, name, problem, d): records}}`` from ``--raw`` files
+  (records carry their ``batch`` and ``budget``; later files add cells, never replace)."""
+  groups: dict = {}
+  for path in paths:
+    with open(path) as f:
+      raw = json.load(f)
+    for key, recs in raw.items():
+      lib, name, pname, dim = key.split("|")
+      dim = int(dim)
+      if not recs or "batch" not in recs[0]:
+        raise ValueError(f"combine: {path} has no batch/budget per record (made before them)")
+      gkey = (recs[0]["budget"] // dim, recs[0]["batch"])
+      groups.setdefault(gkey, {}).setdefault((lib, name, pname, dim), recs)
+  return groups
+
+
+def missing_cells(results) -> list[str]:
+  """Lines naming, per searcher and d, the problems that other searchers ran and it did not."""
+  out = []
+  dims = sorted({d for (_, _, _, d) in results})
+  for lib, name in sorted({(lib, n) for (lib, n, _, _) in results}):
+    for dim in dims:
+      want = sorted({p for (_, _, p, d) in results if d == dim}, key=_problem_order)
+      miss = [p for p in want if (lib, name, p, dim) not in results]
+      if miss:
+        what = "all problems" if len(miss) == len(want) else ", ".join(miss)
+        out.append(f"- {lib} {name}, d = {dim}: not run on {what} ({len(miss)}/{len(want)})")
+  return out
+
+
+def pair_counts(results) -> str:
+  """``K/N`` of the scored pairs per searcher and d (cells where both sides ran)."""
+  parts = []
+  for name in PAIRS:
+    for dim in sorted({d for (_, _, _, d) in results}):
+      cells = [p for (lib, n, p, d) in results if (lib, n, d) == ("metaopt", name, dim)
+               and ("optuna", name, p, dim) in results]
+      k = sum(at_or_below(_final(results[("metaopt", name, p, dim)]),
+                          _final(results[("optuna", name, p, dim)])) for p in cells)
+      if cells:
+        parts.append(f"{name} d={dim} {k}/{len(cells)}")
+  return "At or below Optuna by searcher and d: " + ", ".join(parts) + "."
+
+
+def _problem_order(p: str):
+  return (0, int(p[1:])) if p[0] == "f" else (1, p)
+
+
+def batch_costs(b1, b10) -> list[str]:
+  """Markdown rows: per searcher and d, on the problems run at both batches, the median
+  log10 final regret and the targets reached at batch 1 and at batch 10."""
+  lines = ["| searcher | d | problems | median log10 regret, batch 1 | batch 10 | "
+           "targets reached, batch 1 | batch 10 | problems where batch 10 is at or below |",
+           "|---|---|---|---|---|---|---|---|"]
+  keys = sorted({(lib, name, dim) for (lib, name, p, dim) in set(b1) & set(b10)})
+  for lib, name, dim in keys:
+    probs = sorted({p for (l2, n2, p, d) in set(b1) & set(b10)
+                    if (l2, n2, d) == (lib, name, dim)}, key=_problem_order)
+    cols, finals = [], []
+    for res in (b1, b10):
+      recs = [r for p in probs for r in res[(lib, name, p, dim)]]
+      lf = np.log10(np.maximum(_final(recs), SOLVED))
+      finals.append([np.median(_final(res[(lib, name, p, dim)])) for p in probs])
+      cols.append((np.median(lf), np.mean([np.mean(r["traj"][-1] <= TARGETS) for r in recs])))
+    better = sum(at_or_below([b], [a]) for a, b in zip(*finals, strict=True))
+    lines.append(f"| {lib} {name} | {dim} | {len(probs)} | {cols[0][0]:.2f} | {cols[1][0]:.2f} | "
+                 f"{cols[0][1]:.2f} | {cols[1][1]:.2f} | {better}/{len(probs)} |")
+  return lines
+
+
+def combine_report(paths, plot=None, seeds=REPORT_SEEDS) -> str:
+  """The full-suite markdown from ``--raw`` files: per budget and batch the per-cell and
+  per-group tables and the cells not run, then batch 1 against batch 10; ECDF plots (one per
+  budget and batch) next to ``plot``."""
+  groups = load_raw(paths)
+  lines = []
+  for (bud, batch), results in sorted(groups.items()):
+    text, _, _ = report(results, batch, seeds, f"{bud} d evaluations", None)
+    text = text.replace("suite_cells_at_or_below_optuna:", "Cells at or below Optuna (all d):")
+    lines += [f"### Budget {bud} d, batch {batch}", "", text, "", pair_counts(results), ""]
+    miss = missing_cells(results)
+    lines += (["Not run (missing cells):", ""] + miss if miss else ["Every cell ran."]) + [""]
+    if plot:
+      root, ext = os.path.splitext(plot)
+      plot_ecdf(results, batch, f"{root}_{bud}d_b{batch}{ext or '.png'}")
+  for bud in sorted({b for b, _ in groups}):
+    if (bud, 1) in groups and (bud, 10) in groups:
+      lines += [f"### Cost of batching: batch 1 against batch 10, budget {bud} d", "",
+                *batch_costs(groups[(bud, 1)], groups[(bud, 10)]), ""]
+  return "\n".join(lines)
+
+
+ECDF_COLORS = {"tpe": "tab:blue", "tpe_default": "tab:cyan", "gp": "tab:green",
+               "cma_es": "tab:red", "random": "tab:gray", "ngopt": "tab:purple"}
+
+
 def plot_ecdf(results, batch, path):
+  """One panel per d (BBOB problems only): fixed colour per searcher, metaopt solid, peers
+  dashed; y up to the largest fraction reached."""
   import matplotlib
 
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+  from matplotlib.ticker import NullFormatter
 
-  dims = sorted({d for (_, _, _, d) in results})
+  dims = sorted({d for (_, _, p, d) in results if p not in ("mixed", "conditional")})
   fig, axes = plt.subplots(1, len(dims), figsize=(4.2 * len(dims), 3.6), squeeze=False)
+  top, handles = 0.0, {}
   for ax, dim in zip(axes[0], dims, strict=True):
     for lib, name in sorted({(lib, n) for (lib, n, _, d) in results if d == dim}):
       recs = [r for (l2, n2, p, d), rs in results.items() if (l2, n2, d) == (lib, name, dim)
@@ -440,18 +548,22 @@ def plot_ecdf(results, batch, path):
       if not recs:
         continue
       x, h = ecdf_curve(recs, batch, dim)
-      ax.plot(x, h, ls="-" if lib == "metaopt" else "--", label=f"{lib} {name}")
+      top = max(top, float(h.max()))
+      handles[f"{lib} {name}"], = ax.plot(x, h, ls="-" if lib == "metaopt" else "--",
+                                          color=ECDF_COLORS.get(name, "k"))
     ax.set_xscale("log")
-    ax.set_ylim(0, 1)
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_title(f"BBOB, d = {dim}, batch {batch}")
     ax.set_xlabel("evaluations / d")
     ax.set_ylabel("fraction of (run, target) pairs")
-  axes[0][-1].legend(fontsize=7)
+  for ax in axes[0]:
+    ax.set_ylim(0, min(1.0, top + 0.05))
+  axes[0][-1].legend(handles.values(), handles.keys(), fontsize=7)
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
+  fig.savefig(path, dpi=90)
 
 
-def main() -> None:
+def _parser() -> argparse.ArgumentParser:
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("--quick", action="store_true", help="the fixed subset (see the docstring)")
   ap.add_argument("--dev", action="store_true", help="development seeds instead of REPORT_SEEDS")
@@ -471,17 +583,33 @@ def main() -> None:
   ap.add_argument("--cache", default="runs/blackbox_suite", help="'' disables the Optuna cache")
   ap.add_argument("--out", default=None, help="write the markdown report here")
   ap.add_argument("--plot", default=None, help="write the ECDF plot here (png)")
-  ap.add_argument("--raw", default=None, help="write all trajectories here (JSON)")
+  ap.add_argument("--raw", default=None,
+                  help="write all trajectories here (JSON; rewritten after every cell)")
   ap.add_argument("--ours_kwargs", default=None,
                   help="JSON of non-default settings per searcher, e.g. "
                   "'{\"tpe\": {\"gamma\": 0.2}}' (development runs only)")
   ap.add_argument("--gp_compile_only", action="store_true",
                   help="only measure gp_ask_compile_seconds (fresh processes; a few minutes)")
-  args = ap.parse_args()
+  ap.add_argument("--no_compile_figure", action="store_true",
+                  help="skip the gp_ask_compile_seconds measurement after the run")
+  ap.add_argument("--combine", default=None,
+                  help="comma-separated --raw files of earlier runs: write the full-suite "
+                  "report (--out, --plot) from them instead of running")
+  return ap
+
+
+def main() -> None:
+  args = _parser().parse_args()
   if args.gp_compile_only:
     print_gp_compile()
     return
-
+  if args.combine:
+    text = combine_report(args.combine.split(","), args.plot)
+    print(text)
+    if args.out:
+      with open(args.out, "w") as f:
+        f.write(text + "\n")
+    return
   if args.ours_kwargs:
     OURS_KWARGS.update(json.loads(args.ours_kwargs))
   import optuna
@@ -508,14 +636,36 @@ def main() -> None:
       return int(args.budget) * dim
     return max(40, 10 * dim) if args.quick else 100 * dim
 
+  raw_path = results_path(args.raw, quick=args.quick)
   t0 = time.perf_counter()
+  results = run_suite(funcs, dims, ours_names, peers, seeds, budget_of, args.batch, args.cache,
+                      raw_path)
+  wall = time.perf_counter() - t0
+  label = "max(40, 10 d)" if args.quick and not args.budget else (
+      f"{args.budget} d" if args.budget else "100 d")
+  text, k, n = report(results, args.batch, seeds, label + " evaluations", wall)
+  print("\n" + text)
+  gp_s, gp_cpu = (print_gp_compile() if "gp" in ours_names and not args.no_compile_figure
+                  else (float("nan"),) * 2)
+  out_path = results_path(args.out, quick=args.quick)  # a quick run writes no tracked file
+  if out_path:
+    with open(out_path, "w") as f:
+      f.write(text + f"\n\ngp_ask_compile_seconds: {gp_s:.2f} (CPU {gp_cpu:.2f})\n")
+  plot_path = results_path(args.plot, quick=args.quick)
+  if plot_path:
+    plot_ecdf(results, args.batch, plot_path)
+
+
+def run_suite(funcs, dims, ours_names, peers, seeds, budget_of, batch, cache, raw_path=None):
+  """Runs every (searcher, problem, d) cell; ``{(lib, name, problem, d): records}``. With
+  ``raw_path`` all trajectories so far are rewritten there after each cell."""
   results = {}
   for pname in funcs:
     pdims = [len(bf.MIXED_LEVELS)] if pname == "mixed" else (
         [len(COND_LEVELS)] if pname == "conditional" else dims)
     for dim in pdims:
       budget = budget_of(dim)
-      budget -= budget % args.batch
+      budget -= budget % batch
       jobs = [("metaopt", n) for n in ours_names]
       jobs += [("nevergrad" if n == "ngopt" else "optuna", n) for n in peers]
       for lib, name in jobs:
@@ -525,30 +675,17 @@ def main() -> None:
           except ImportError:
             print("nevergrad not installed: NGOpt skipped", flush=True)
             continue
-        recs = run_cell(lib, name, pname, dim, seeds, budget, args.batch, args.cache)
+        recs = run_cell(lib, name, pname, dim, seeds, budget, batch, cache)
         results[(lib, name, pname, dim)] = recs
         fin = _final(recs)
         label = BBOB_NAMES.get(int(pname[1:]), "") if pname[0] == "f" else ""
         print(f"{pname:11s} {label:20s} d={dim:2d} {lib:8s} {name:11s} median regret "
               f"{np.median(fin):.3g}  ({np.mean([r['seconds'] for r in recs]):.1f} s/run)",
               flush=True)
-  wall = time.perf_counter() - t0
-  label = "max(40, 10 d)" if args.quick and not args.budget else (
-      f"{args.budget} d" if args.budget else "100 d")
-  text, k, n = report(results, args.batch, seeds, label + " evaluations", wall)
-  print("\n" + text)
-  gp_s, gp_cpu = print_gp_compile() if "gp" in ours_names else (float("nan"),) * 2
-  out_path = results_path(args.out, quick=args.quick)  # a quick run writes no tracked file
-  if out_path:
-    with open(out_path, "w") as f:
-      f.write(text + f"\n\ngp_ask_compile_seconds: {gp_s:.2f} (CPU {gp_cpu:.2f})\n")
-  plot_path = results_path(args.plot, quick=args.quick)
-  if plot_path:
-    plot_ecdf(results, args.batch, plot_path)
-  raw_path = results_path(args.raw, quick=args.quick)
-  if raw_path:
-    with open(raw_path, "w") as f:
-      json.dump({"|".join(map(str, k2)): v for k2, v in results.items()}, f)
+        if raw_path:
+          with open(raw_path, "w") as f:
+            json.dump({"|".join(map(str, k2)): v for k2, v in results.items()}, f)
+  return results
 
 
 if __name__ == "__main__":

@@ -797,10 +797,8 @@ def test_tpe_dev_e5_is_the_five_seed_cell_count_averaged_over_subsets():
   assert td.e5(ours, opt, (1,), (2,), range(5)) == 0.0  # one subset: median 0.5 < 1
 
 
-def test_blackbox_suite_honours_seeds_and_diagnostic_ranges():
-  """benchmarks/blackbox_suite.py: ``--seeds N`` gives N seeds (it used to stop at 5), the
-  default stays 5 (``--quick``), ``--seed_range`` gives diagnostic seeds and refuses report
-  seeds; seed s is BBOB instance 1 + s % 15."""
+def _blackbox_suite():
+  """benchmarks/blackbox_suite.py as a module."""
   import importlib.util
   import os
   import sys
@@ -815,6 +813,14 @@ def test_blackbox_suite_honours_seeds_and_diagnostic_ranges():
     spec.loader.exec_module(bs)
   finally:
     sys.path[:] = saved
+  return bs
+
+
+def test_blackbox_suite_honours_seeds_and_diagnostic_ranges():
+  """benchmarks/blackbox_suite.py: ``--seeds N`` gives N seeds (it used to stop at 5), the
+  default stays 5 (``--quick``), ``--seed_range`` gives diagnostic seeds and refuses report
+  seeds; seed s is BBOB instance 1 + s % 15."""
+  bs = _blackbox_suite()
   assert bs.suite_seeds() == (1000, 1001, 1002, 1003, 1004)
   assert bs.suite_seeds(n=10) == tuple(range(1000, 1010))
   assert bs.suite_seeds(dev=True) == (0, 1, 2, 3, 4)
@@ -827,3 +833,45 @@ def test_blackbox_suite_honours_seeds_and_diagnostic_ranges():
                     ({"seed_range": "10-14", "n": 5}, "seed_range")):
     with pytest.raises(ValueError, match=field):
       bs.suite_seeds(**kw)
+
+
+def test_blackbox_suite_combines_raw_runs_and_names_missing_cells(tmp_path):
+  """``--combine``: runs of several commands are grouped by budget and batch, every cell one
+  searcher did not run is named, and batch 1 is set against batch 10 on the shared cells."""
+  import json
+
+  bs = _blackbox_suite()
+
+  def recs(final, batch, dim=2):
+    rounds = 20 * dim // batch
+    return [{"traj": [10.0] * (rounds - 1) + [f], "seconds": 0.0, "batch": batch,
+             "budget": 20 * dim} for f in final]
+
+  b10 = {"metaopt|tpe|f1|2": recs([1e-3, 1e-2, 1e-1], 10),
+         "optuna|tpe|f1|2": recs([1.0, 1.0, 1.0], 10),
+         "metaopt|tpe|f2|2": recs([5.0, 5.0, 5.0], 10),
+         "optuna|tpe|f2|2": recs([1.0, 2.0, 3.0], 10),
+         "optuna|gp|f1|2": recs([0.5, 0.5, 0.5], 10)}
+  b1 = {"metaopt|tpe|f1|2": recs([1e-4, 1e-4, 1e-4], 1),
+        "optuna|tpe|f1|2": recs([1e-9, 1e-9, 1e-9], 1)}
+  paths = []
+  for i, raw in enumerate((b10, b1)):
+    paths.append(str(tmp_path / f"r{i}.json"))
+    with open(paths[-1], "w") as f:
+      json.dump(raw, f)
+  groups = bs.load_raw(paths)
+  assert set(groups) == {(20, 10), (20, 1)}
+  assert bs.missing_cells(groups[(20, 10)]) == [
+      "- optuna gp, d = 2: not run on f2 (1/2)"]
+  text = bs.combine_report(paths, plot=str(tmp_path / "ecdf.png"), seeds=(1000, 1001, 1002))
+  assert "Cells at or below Optuna (all d): 1/2" in text  # batch 10: f1 yes, f2 no
+  assert "Cells at or below Optuna (all d): 0/1" in text  # batch 1: f1 no
+  assert "At or below Optuna by searcher and d: tpe d=2 1/2." in text
+  # batch 1 vs 10 on f1 only: metaopt median log10 regret -4 at batch 1, -2 at batch 10
+  assert "| metaopt tpe | 2 | 1 | -4.00 | -2.00 |" in text
+  assert "| optuna tpe | 2 | 1 | -8.00 | 0.00 |" in text
+  assert (tmp_path / "ecdf_20d_b10.png").exists() and (tmp_path / "ecdf_20d_b1.png").exists()
+  with open(paths[0], "w") as f:
+    json.dump({"optuna|tpe|f1|2": [{"traj": [1.0], "seconds": 0.0}]}, f)
+  with pytest.raises(ValueError, match="batch/budget"):
+    bs.load_raw(paths[:1])
