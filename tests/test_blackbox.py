@@ -21,7 +21,7 @@ from metaopt import COMPLETE, FAILED, INFEASIBLE, PRUNED, random_search, sobol
 from metaopt._src import benchmark_functions as bf
 from metaopt._src.bbob import bbob_problem
 from metaopt._src.evolution import cma_es, open_es, reflect, regularized_evolution
-from metaopt._src.gp import gp_bo, kumaraswamy_warp, matern52, snap
+from metaopt._src.gp import gp_bo, kumaraswamy_warp, matern52, snap, warp_and_standardize
 from metaopt._src.grid import grid
 from metaopt._src.multiobjective import (
     crowding_distance,
@@ -629,6 +629,7 @@ def test_benchmark_functions_have_their_known_minima():
     (gp_bo, {"dim": 2, "n_diverse": 8}, "n_diverse"),
     (gp_bo, {"dim": 2, "warp": 1}, "warp"),
     (gp_bo, {"dim": 2, "believer_incumbent": "yes"}, "believer_incumbent"),
+    (gp_bo, {"dim": 2, "output_warp": 1}, "output_warp"),
     (tpe, {"dim": 2, "bandwidth": "silverman"}, "bandwidth"),
     (tpe, {"dim": 2, "good_weights": "rank"}, "good_weights"),
     (cma_es, {"dim": 2, "bounds": "clip"}, "bounds"),
@@ -769,6 +770,43 @@ class GPWarpJittable(chex.TestCase):
     told = self.variant(s.tell)(st1, u1, bf.branin(u1), jnp.zeros(3, jnp.int32))
     assert int(told["count"]) == 11
     assert jax.tree_util.tree_map(lambda a: (a.shape, a.dtype), told) == shapes0
+
+
+class GPOutputWarp(chex.TestCase):
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_gp_plain_standardisation_is_numpys_and_the_warp_compresses(self):
+    """``warp_and_standardize(..., warp=False)`` (``gp_bo``'s default, Optuna's) is
+    numpy's standardisation of the valid entries (0 elsewhere); the default ``log1p`` warp
+    keeps their order, has mean 0 and std 1, and keeps small values apart next to a huge one."""
+    y = jnp.asarray([3.0, 1e4, -2.0, 7.5, 99.0, 0.5], jnp.float32)
+    valid = jnp.asarray([True, True, True, True, False, True])
+    plain = self.variant(functools.partial(warp_and_standardize, warp=False))(y, valid)
+    yv = np.asarray(y)[np.asarray(valid)]
+    np.testing.assert_allclose(np.asarray(plain)[np.asarray(valid)],
+                               (yv - yv.mean()) / yv.std(), rtol=1e-5, atol=1e-6)
+    assert float(plain[4]) == 0.0
+    warped = np.asarray(self.variant(warp_and_standardize)(y, valid))[np.asarray(valid)]
+    np.testing.assert_allclose([warped.mean(), warped.std()], [0.0, 1.0], atol=1e-5)
+    assert np.all(np.argsort(warped) == np.argsort(yv))
+    small = yv < 100  # the huge value squeezes the others together in plain units only
+    assert np.ptp(np.asarray(plain)[np.asarray(valid)][small]) < 0.01 < 0.2 < np.ptp(
+        warped[small])
+
+
+def test_gp_output_warp_reaches_the_model():
+  """One jitted model ask with ``output_warp=True`` (the ``log1p`` warp) fits other
+  hyperparameters and proposes other points than the default (plain standardisation) on the
+  same data (a few large values make the two differ), and both stay in the cube."""
+  def ask(**kw):
+    s = gp_bo(2, n_startup=4, capacity=16, fit_steps=5, n_candidates=32, n_local=8,
+              n_restarts=3, grad_steps=3, buckets=False, n_exploit=(), **kw)
+    st = s.tell(s.init(jax.random.key(0)), *_sobol_batch(2, 8, lambda u: bf.branin(u) ** 3))
+    return jax.jit(s.ask, static_argnums=2)(st, jax.random.key(3), 2)
+
+  (st0, u0), (st1, u1) = ask(), ask(output_warp=True)
+  assert bool(jnp.all((u0 >= 0) & (u0 <= 1) & (u1 >= 0) & (u1 <= 1)))
+  assert not np.allclose(st0["theta"]["log_ls"], st1["theta"]["log_ls"], atol=1e-3)
+  assert not np.allclose(u0, u1, atol=1e-3)
 
 
 def test_tpe_dev_e5_is_the_five_seed_cell_count_averaged_over_subsets():

@@ -9,9 +9,9 @@ believer); Ament et al., "Unexpected Improvements to Expected Improvement", Neur
 (log-EI). Priors, the Hamming kernel for categoricals and the incumbent as a start of the
 acquisition search follow Optuna's ``GPSampler`` (Optuna 5, ``optuna/_gp``).
 
-Model: zero-mean GP with a Matern-5/2 ARD kernel on warped, standardised ``y`` (``log1p`` of
-the distance to the best value in units of the median's, so that a few huge values do not
-flatten the surface near the optimum). Categorical coordinates (``levels``) enter the kernel
+Model: zero-mean GP with a Matern-5/2 ARD kernel on standardised ``y`` (as Optuna; with
+``output_warp=True``, first ``log1p`` of the distance to the best value in units of the
+median's, the default before 2026-12-06). Categorical coordinates (``levels``) enter the kernel
 by the Hamming distance of their choices. Log lengthscales, log signal variance and log noise
 variance (relative to the signal) are MAP estimates (priors in :func:`_log_prior`), fitted
 with ``optax.adam`` for a fixed number of steps inside ``ask``, warm-started from the
@@ -243,14 +243,20 @@ def _posterior(theta, x, yz, mask, levels=None):
   return predict
 
 
-def warp_and_standardize(y: jax.Array, valid: jax.Array) -> jax.Array:
+def warp_and_standardize(y: jax.Array, valid: jax.Array, warp: bool = True) -> jax.Array:
   """Monotone output warping, then standardisation, of the valid entries of ``y``.
 
   ``s = (y - min) / (median - min)`` keeps the scale-free shape near the minimum and
   ``log1p(s)`` compresses large values, so a few huge losses do not flatten the surface where
   the optimum is (compare the log and power transforms of SMAC and HEBO). Invalid rows get 0.
+  ``warp=False``: plain standardisation of ``y`` (Optuna's ``GPSampler``).
   """
   n = jnp.sum(valid)
+  if not warp:
+    mean = jnp.sum(jnp.where(valid, y, 0.0)) / jnp.maximum(n, 1)
+    std = jnp.sqrt(jnp.sum(jnp.where(valid, jnp.square(y - mean), 0.0)) / jnp.maximum(n, 1))
+    return jnp.where(valid, (y - mean) / jnp.maximum(std, 1e-12 * jnp.maximum(
+        jnp.abs(mean), 1.0)), 0.0)
   lo = jnp.min(jnp.where(valid, y, jnp.inf))
   srt = jnp.sort(jnp.where(valid, y, jnp.inf))
   med = srt[jnp.maximum((n - 1) // 2, 0)]
@@ -304,13 +310,14 @@ def _refine(acq, x0: jax.Array, cont: jax.Array, grad_lr: float, grad_steps: int
 
 
 def _check_gp_args(dim: int, acquisition: str, warp: bool, believer_incumbent: bool,
-                   floats: dict[str, float], **ints: int) -> None:
+                   output_warp: bool, floats: dict[str, float], **ints: int) -> None:
   """One ``ValueError`` naming the first bad integer, float or flag argument of
   :func:`gp_bo`."""
   _check_dim(dim)
   for name, v in floats.items():
     _check_float(name, v, 0.0, float("inf"))
-  for name, flag in (("warp", warp), ("believer_incumbent", believer_incumbent)):
+  for name, flag in (("warp", warp), ("believer_incumbent", believer_incumbent),
+                     ("output_warp", output_warp)):
     if not isinstance(flag, (bool, np.bool_)):
       raise ValueError(f"{name}={flag!r}: must be True or False")
   if acquisition not in _ACQUISITIONS:
@@ -334,7 +341,7 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
           levels: Sequence[int] | None = None, deterministic: bool = False,
           n_exploit: int | Sequence[int] = (24, 12, 48, 96),
           buckets: bool = True, n_diverse: int = 0, warp: bool = False,
-          believer_incumbent: bool = True) -> Searcher:
+          believer_incumbent: bool = True, output_warp: bool = False) -> Searcher:
   """GP-BO with a Matern-5/2 ARD kernel, log-EI or UCB, and kriging-believer batches.
 
   Until ``n_startup`` observations are complete, proposals are scrambled Sobol points. Then
@@ -379,7 +386,8 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
       in each of as many fixed regions of the cube (Voronoi cells of fixed anchor points), so
       the acquisition search also starts away from the leading basin; the others are the
       best candidates overall.
-    warp: fit a Kumaraswamy CDF per continuous input with the GP (input warping).
+    warp, output_warp: fit a Kumaraswamy CDF per continuous input with the GP (input
+      warping); ``log1p``-warp ``y`` before standardising it (default ``False``: plain).
     believer_incumbent: the log-EI incumbent of each batch point is the best of the
       observations and the means believed at the batch's earlier points (default), or
       (``False``, before 2026-12-06) the best observation: a batch can then pile up.
@@ -399,9 +407,8 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
   _check_gp_args(dim, acquisition, n_startup=n_startup, capacity=capacity,
                  fit_steps=fit_steps, n_candidates=n_candidates, n_local=n_local,
                  n_restarts=n_restarts, grad_steps=grad_steps, n_diverse=n_diverse, warp=warp,
-                 believer_incumbent=believer_incumbent,
-                 floats={"kappa": kappa, "fit_lr": fit_lr, "local_std": local_std,
-                         "grad_lr": grad_lr})
+                 believer_incumbent=believer_incumbent, output_warp=output_warp, floats={
+                     "kappa": kappa, "fit_lr": fit_lr, "local_std": local_std, "grad_lr": grad_lr})
   n_exploit = _check_n_exploit(n_exploit)
   lv = _check_levels(levels, dim)
   lvl, cont = (lv if np.any(lv) else None), jnp.asarray(lv == 0, jnp.float32)
@@ -473,7 +480,7 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
     neg_d2, nn = jax.lax.top_k(-d2, min(max(n_exploit), x.shape[0]))
     ml = jnp.isfinite(neg_d2) & (jnp.arange(nn.shape[0]) < k_nn)
     xl = x[nn]
-    yl = warp_and_standardize(y[nn], ml)
+    yl = warp_and_standardize(y[nn], ml, output_warp)
     theta_l = fit_gp(theta, xl, yl, ml, _EXPLOIT_FIT_STEPS, fit_lr, lvl, deterministic)
     cand = jnp.concatenate([perturb(snap(x[inc], lvl), z), snap(xl, lvl)])
     return theta_l, xl, yl, ml, cand
@@ -590,7 +597,7 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
     # what does not depend on the bucket is computed once, outside its copies (the data
     # rows are a prefix of the buffer, so the whole buffer gives the same values)
     valid = state["valid"]
-    yz = warp_and_standardize(state["y"], valid)
+    yz = warp_and_standardize(state["y"], valid, output_warp)
     shared = {**draws(key, n), "n_obs": jnp.sum(valid), "yz": yz,
               "best": jnp.min(jnp.where(valid, yz, jnp.inf)),
               "top": snap(state["x"][jnp.argsort(jnp.where(valid, state["y"], jnp.inf))[:n_top]],
