@@ -9,9 +9,9 @@ believer); Ament et al., "Unexpected Improvements to Expected Improvement", Neur
 (log-EI). Priors, the Hamming kernel for categoricals and the incumbent as a start of the
 acquisition search follow Optuna's ``GPSampler`` (Optuna 5, ``optuna/_gp``).
 
-Model: zero-mean GP with a Matern-5/2 ARD kernel on standardised ``y`` (as Optuna; with
-``output_warp=True``, first ``log1p`` of the distance to the best value in units of the
-median's, the default before 2026-12-06). Categorical coordinates (``levels``) enter the kernel
+Model: zero-mean GP with a Matern-5/2 ARD kernel on warped, standardised ``y`` (``log1p`` of
+the distance to the best value in units of the median's, so that a few huge values do not
+flatten the surface near the optimum). Categorical coordinates (``levels``) enter the kernel
 by the Hamming distance of their choices. Log lengthscales, log signal variance and log noise
 variance (relative to the signal) are MAP estimates (priors in :func:`_log_prior`), fitted
 with ``optax.adam`` for a fixed number of steps inside ``ask``, warm-started from the
@@ -341,7 +341,7 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
           levels: Sequence[int] | None = None, deterministic: bool = False,
           n_exploit: int | Sequence[int] = (24, 12, 48, 96),
           buckets: bool = True, n_diverse: int = 0, warp: bool = False,
-          believer_incumbent: bool = True, output_warp: bool = False) -> Searcher:
+          believer_incumbent: bool = True, output_warp: bool = True) -> Searcher:
   """GP-BO with a Matern-5/2 ARD kernel, log-EI or UCB, and kriging-believer batches.
 
   Until ``n_startup`` observations are complete, proposals are scrambled Sobol points. Then
@@ -387,7 +387,7 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
       the acquisition search also starts away from the leading basin; the others are the
       best candidates overall.
     warp, output_warp: fit a Kumaraswamy CDF per continuous input with the GP (input
-      warping); ``log1p``-warp ``y`` before standardising it (default ``False``: plain).
+      warping); ``log1p``-warp ``y`` before standardising it (``False``: plain, Optuna's).
     believer_incumbent: the log-EI incumbent of each batch point is the best of the
       observations and the means believed at the batch's earlier points (default), or
       (``False``, before 2026-12-06) the best observation: a batch can then pile up.
