@@ -630,6 +630,8 @@ def test_benchmark_functions_have_their_known_minima():
     (gp_bo, {"dim": 2, "warp": 1}, "warp"),
     (gp_bo, {"dim": 2, "believer_incumbent": "yes"}, "believer_incumbent"),
     (gp_bo, {"dim": 2, "output_warp": 1}, "output_warp"),
+    (gp_bo, {"dim": 2, "output_warp": -4.0}, "output_warp"),
+    (gp_bo, {"dim": 2, "output_warp": "log"}, "output_warp"),
     (tpe, {"dim": 2, "bandwidth": "silverman"}, "bandwidth"),
     (tpe, {"dim": 2, "good_weights": "rank"}, "good_weights"),
     (cma_es, {"dim": 2, "bounds": "clip"}, "bounds"),
@@ -792,6 +794,26 @@ class GPOutputWarp(chex.TestCase):
     assert np.ptp(np.asarray(plain)[np.asarray(valid)][small]) < 0.01 < 0.2 < np.ptp(
         warped[small])
 
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_gp_output_warp_scale_is_between_log1p_and_plain(self):
+    """``warp=k`` (``gp_bo(output_warp=k)``): ``log1p`` of the distance to the best in units
+    of ``k`` medians keeps the order, is near-linear (the plain standardisation) when every
+    value is within a few medians, and squeezes small values next to a huge one less as
+    ``k`` falls: plain < k=16 < k=4 < ``True`` (k=1)."""
+    y = jnp.asarray([3.0, 1e4, -2.0, 7.5, 99.0, 0.5], jnp.float32)
+    valid = jnp.asarray([True, True, True, True, False, True])
+    yv, vv = np.asarray(y)[np.asarray(valid)], np.asarray(valid)
+    spread = []
+    for warp in (False, 16.0, 4.0, True):
+      z = np.asarray(self.variant(functools.partial(warp_and_standardize, warp=warp))(y, valid))
+      assert np.all(np.argsort(z[vv]) == np.argsort(yv)) and float(z[4]) == 0.0
+      spread.append(np.ptp(z[vv][yv < 100]))
+    assert np.all(np.diff(spread) > 0.02), spread
+    small = jnp.asarray([0.0, 1.0, 2.0, 3.0, 4.0])  # every value within 2 medians of the best
+    ones = jnp.ones(5, bool)
+    np.testing.assert_allclose(self.variant(functools.partial(warp_and_standardize, warp=64.0))(
+        small, ones), (small - small.mean()) / small.std(), atol=0.02)
+
 
 def test_gp_output_warp_false_reaches_the_model():
   """One jitted model ask with ``output_warp=False`` fits other hyperparameters and proposes
@@ -807,6 +829,9 @@ def test_gp_output_warp_false_reaches_the_model():
   assert bool(jnp.all((u1 >= 0) & (u1 <= 1)))
   assert not np.allclose(st0["theta"]["log_ls"], st1["theta"]["log_ls"], atol=1e-3)
   assert not np.allclose(u0, u1, atol=1e-3)
+  st2, u2 = ask(output_warp=16.0)  # the milder warp is another model again
+  assert bool(jnp.all((u2 >= 0) & (u2 <= 1)))
+  assert not np.allclose(st0["theta"]["log_ls"], st2["theta"]["log_ls"], atol=1e-3)
 
 
 def test_tpe_dev_e5_is_the_five_seed_cell_count_averaged_over_subsets():
