@@ -632,6 +632,7 @@ def test_benchmark_functions_have_their_known_minima():
     (gp_bo, {"dim": 2, "output_warp": 1}, "output_warp"),
     (gp_bo, {"dim": 2, "output_warp": -4.0}, "output_warp"),
     (gp_bo, {"dim": 2, "output_warp": "log"}, "output_warp"),
+    (gp_bo, {"dim": 2, "output_warp": float("inf")}, "output_warp"),
     (tpe, {"dim": 2, "bandwidth": "silverman"}, "bandwidth"),
     (tpe, {"dim": 2, "good_weights": "rank"}, "good_weights"),
     (cma_es, {"dim": 2, "bounds": "clip"}, "bounds"),
@@ -813,6 +814,19 @@ class GPOutputWarp(chex.TestCase):
     ones = jnp.ones(5, bool)
     np.testing.assert_allclose(self.variant(functools.partial(warp_and_standardize, warp=64.0))(
         small, ones), (small - small.mean()) / small.std(), atol=0.02)
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_gp_output_warp_auto_picks_log1p_for_decades_and_plain_for_a_bowl(self):
+    """``warp="auto"``: values spread over six decades get the ``log1p`` warp, the values of
+    a 2-D quadratic bowl at uniform points (``r^2``, uniform) stay plain; invalid rows are 0."""
+    valid = jnp.arange(21) < 20
+    auto = self.variant(functools.partial(warp_and_standardize, warp="auto"))
+    for y, pick in ((10.0 ** jnp.linspace(0.0, 6.0, 21), True),
+                    (jnp.linspace(0.0, 1.0, 21), False)):
+      y = y.at[20].set(1e9)  # invalid: ignored
+      z = auto(y, valid)
+      np.testing.assert_allclose(z, warp_and_standardize(y, valid, pick), atol=1e-6)
+      assert float(z[20]) == 0.0
 
 
 def test_gp_output_warp_false_reaches_the_model():

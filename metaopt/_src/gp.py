@@ -243,7 +243,15 @@ def _posterior(theta, x, yz, mask, levels=None):
   return predict
 
 
-def warp_and_standardize(y: jax.Array, valid: jax.Array, warp: bool | float = True
+def _standardize(w: jax.Array, valid: jax.Array, floor: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """``(w - mean) / std`` over the valid entries (0 elsewhere) and that ``std``."""
+  n = jnp.maximum(jnp.sum(valid), 1)
+  mean = jnp.sum(jnp.where(valid, w, 0.0)) / n
+  std = jnp.maximum(jnp.sqrt(jnp.sum(jnp.where(valid, jnp.square(w - mean), 0.0)) / n), floor)
+  return jnp.where(valid, (w - mean) / std, 0.0), std
+
+
+def warp_and_standardize(y: jax.Array, valid: jax.Array, warp: bool | float | str = True
                          ) -> jax.Array:
   """Monotone output warping, then standardisation, of the valid entries of ``y``.
 
@@ -253,21 +261,26 @@ def warp_and_standardize(y: jax.Array, valid: jax.Array, warp: bool | float = Tr
   ``warp=False``: plain standardisation of ``y`` (Optuna's ``GPSampler``). A float ``k > 0``:
   ``log1p(s / k)``, near-linear for ``s << k`` (a quadratic bowl stays a bowl) and logarithmic
   for ``s >> k``; ``True`` is ``k = 1``, and ``k -> inf`` tends to the plain standardisation.
+  ``"auto"``: ``log1p`` or plain, whichever gives the valid ``y`` the higher likelihood as
+  i.i.d. normal values after the transform, its Jacobian included (Box-Cox's criterion).
   """
   n = jnp.sum(valid)
+  plain, std_y = _standardize(y, valid, 1e-12 * jnp.maximum(jnp.abs(
+      jnp.sum(jnp.where(valid, y, 0.0)) / jnp.maximum(n, 1)), 1.0))
   if warp is False or (isinstance(warp, np.bool_) and not warp):
-    mean = jnp.sum(jnp.where(valid, y, 0.0)) / jnp.maximum(n, 1)
-    std = jnp.sqrt(jnp.sum(jnp.where(valid, jnp.square(y - mean), 0.0)) / jnp.maximum(n, 1))
-    return jnp.where(valid, (y - mean) / jnp.maximum(std, 1e-12 * jnp.maximum(
-        jnp.abs(mean), 1.0)), 0.0)
+    return plain
   lo = jnp.min(jnp.where(valid, y, jnp.inf))
   srt = jnp.sort(jnp.where(valid, y, jnp.inf))
   med = srt[jnp.maximum((n - 1) // 2, 0)]
   scale = jnp.maximum(med - lo, 1e-12 * jnp.maximum(jnp.abs(lo), 1.0))
-  w = jnp.log1p(jnp.maximum(jnp.where(valid, y, lo) - lo, 0.0) / (scale * float(warp)))
-  mean = jnp.sum(jnp.where(valid, w, 0.0)) / jnp.maximum(n, 1)
-  std = jnp.sqrt(jnp.sum(jnp.where(valid, jnp.square(w - mean), 0.0)) / jnp.maximum(n, 1))
-  return jnp.where(valid, (w - mean) / jnp.maximum(std, 1e-6), 0.0)
+  k = 1.0 if isinstance(warp, str) else float(warp)
+  d = jnp.maximum(jnp.where(valid, y, lo) - lo, 0.0)
+  warped, std_w = _standardize(jnp.log1p(d / (scale * k)), valid, 1e-6)
+  if not isinstance(warp, str):
+    return warped
+  # log-likelihood difference (warped - plain); d log1p(d / c) / dy = 1 / (c + d)
+  gain = n * (jnp.log(std_y) - jnp.log(std_w)) - jnp.sum(jnp.where(valid, jnp.log(scale + d), 0.0))
+  return jnp.where(gain > 0, warped, plain)
 
 
 def _log_h(z: jax.Array) -> jax.Array:
@@ -313,7 +326,7 @@ def _refine(acq, x0: jax.Array, cont: jax.Array, grad_lr: float, grad_steps: int
 
 
 def _check_gp_args(dim: int, acquisition: str, warp: bool, believer_incumbent: bool,
-                   output_warp: bool | float, floats: dict[str, float], **ints: int) -> None:
+                   output_warp: bool | float | str, floats: dict[str, float], **ints: int) -> None:
   """One ``ValueError`` naming the first bad integer, float or flag argument of
   :func:`gp_bo`."""
   _check_dim(dim)
@@ -322,10 +335,10 @@ def _check_gp_args(dim: int, acquisition: str, warp: bool, believer_incumbent: b
   for name, flag in (("warp", warp), ("believer_incumbent", believer_incumbent)):
     if not isinstance(flag, (bool, np.bool_)):
       raise ValueError(f"{name}={flag!r}: must be True or False")
-  if not (isinstance(output_warp, (bool, np.bool_)) or (
+  if not (isinstance(output_warp, (bool, np.bool_)) or output_warp in ("auto",) or (
       isinstance(output_warp, (float, np.floating)) and 0.0 < output_warp < float("inf"))):
-    raise ValueError(f"output_warp={output_warp!r}: must be True, False or a float scale k > 0 "
-                     "(log1p of the distance to the best in units of k times the median's)")
+    raise ValueError(f"output_warp={output_warp!r}: must be True, False, 'auto' or a float "
+                     "scale k > 0 (log1p of the distance to the best in units of k medians)")
   if acquisition not in _ACQUISITIONS:
     raise ValueError(f"acquisition={acquisition!r}: must be one of {_ACQUISITIONS}")
   lows = {"n_startup": 0, "capacity": 2, "fit_steps": 0, "n_candidates": 1, "n_local": 0,
@@ -347,7 +360,7 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
           levels: Sequence[int] | None = None, deterministic: bool = False,
           n_exploit: int | Sequence[int] = (24, 12, 48, 96),
           buckets: bool = True, n_diverse: int = 0, warp: bool = False,
-          believer_incumbent: bool = True, output_warp: bool | float = True) -> Searcher:
+          believer_incumbent: bool = True, output_warp: float | str = True) -> Searcher:
   """GP-BO with a Matern-5/2 ARD kernel, log-EI or UCB, and kriging-believer batches.
 
   Until ``n_startup`` observations are complete, proposals are scrambled Sobol points. Then
@@ -393,7 +406,7 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
       the acquisition search also starts away from the leading basin; the others are the
       best candidates overall.
     warp, output_warp: fit a Kumaraswamy CDF per continuous input with the GP (input warping);
-      ``log1p``-warp ``y`` before standardising it (float ``k``: milder; ``False``: plain).
+      ``log1p``-warp ``y`` before standardising (float ``k``: milder; ``"auto"``; ``False``).
     believer_incumbent: the log-EI incumbent of each batch point is the best of the
       observations and the means believed at the batch's earlier points (default), or
       (``False``, before 2026-12-06) the best observation: a batch can then pile up.
