@@ -828,6 +828,30 @@ class GPOutputWarp(chex.TestCase):
       np.testing.assert_allclose(z, warp_and_standardize(y, valid, pick), atol=1e-6)
       assert float(z[20]) == 0.0
 
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_gp_output_warp_gp_picks_the_higher_gp_evidence(self):
+    """``warp="gp"``: of plain and ``log1p``, the one whose standardised values have the
+    higher GP marginal likelihood (``_neg_log_marginal``) plus log-Jacobian of the transform;
+    a Rosenbrock valley over six decades gets the warp, a tilted plane stays plain."""
+    from metaopt._src.gp import _neg_log_marginal
+    u = jnp.asarray(np.random.default_rng(0).uniform(size=(24, 2)), jnp.float32)
+    valid = jnp.arange(24) < 20
+    theta = {"log_ls": jnp.log(jnp.asarray([0.3, 0.3])), "log_s2": jnp.zeros(()),
+             "log_noise": jnp.asarray(-6.0)}
+    gp = self.variant(functools.partial(warp_and_standardize, warp="gp"))
+    for y, pick in ((bf.rosenbrock(u), True), (u[:, 0] + 2.0 * u[:, 1], False)):
+      z = gp(y, valid, theta=theta, x=u)
+      yv = np.asarray(y)[:20].astype(np.float64)
+      lo, med = yv.min(), np.sort(yv)[9]
+      score = {}
+      for warp in (False, True):
+        zw = warp_and_standardize(y, valid, warp)
+        jac = (20 * np.log(np.log1p((yv - lo) / (med - lo)).std())
+               + np.log(med - lo + yv - lo).sum()) if warp else 20 * np.log(yv.std())
+        score[warp] = 20 * float(_neg_log_marginal(theta, u, zw, valid, 2)) + jac
+      assert (score[True] < score[False]) == pick, score
+      np.testing.assert_allclose(z, warp_and_standardize(y, valid, pick), atol=1e-6)
+
 
 def test_gp_output_warp_false_reaches_the_model():
   """One jitted model ask with ``output_warp=False`` fits other hyperparameters and proposes

@@ -251,8 +251,8 @@ def _standardize(w: jax.Array, valid: jax.Array, floor: jax.Array) -> tuple[jax.
   return jnp.where(valid, (w - mean) / std, 0.0), std
 
 
-def warp_and_standardize(y: jax.Array, valid: jax.Array, warp: bool | float | str = True
-                         ) -> jax.Array:
+def warp_and_standardize(y: jax.Array, valid: jax.Array, warp: bool | float | str = True,
+                         theta=None, x=None, levels=None) -> jax.Array:
   """Monotone output warping, then standardisation, of the valid entries of ``y``.
 
   ``s = (y - min) / (median - min)`` keeps the scale-free shape near the minimum and
@@ -262,7 +262,8 @@ def warp_and_standardize(y: jax.Array, valid: jax.Array, warp: bool | float | st
   ``log1p(s / k)``, near-linear for ``s << k`` (a quadratic bowl stays a bowl) and logarithmic
   for ``s >> k``; ``True`` is ``k = 1``, and ``k -> inf`` tends to the plain standardisation.
   ``"auto"``: ``log1p`` or plain, whichever gives the valid ``y`` the higher likelihood as
-  i.i.d. normal values after the transform, its Jacobian included (Box-Cox's criterion).
+  i.i.d. normal values after the transform, its Jacobian included (Box-Cox's criterion);
+  ``"gp"``: the same with the GP of hyperparameters ``theta`` on inputs ``x`` as the model.
   """
   n = jnp.sum(valid)
   plain, std_y = _standardize(y, valid, 1e-12 * jnp.maximum(jnp.abs(
@@ -280,6 +281,10 @@ def warp_and_standardize(y: jax.Array, valid: jax.Array, warp: bool | float | st
     return warped
   # log-likelihood difference (warped - plain); d log1p(d / c) / dy = 1 / (c + d)
   gain = n * (jnp.log(std_y) - jnp.log(std_w)) - jnp.sum(jnp.where(valid, jnp.log(scale + d), 0.0))
+  if warp == "gp":  # the Gram matrix does not depend on y: one factor, two quadratic forms
+    chol = _cholesky(theta, x, valid, levels)
+    quad = lambda z: 0.5 * jnp.dot(z, cho_solve((chol, True), z))  # noqa: E731
+    gain = gain + quad(plain) - quad(warped)
   return jnp.where(gain > 0, warped, plain)
 
 
@@ -335,9 +340,9 @@ def _check_gp_args(dim: int, acquisition: str, warp: bool, believer_incumbent: b
   for name, flag in (("warp", warp), ("believer_incumbent", believer_incumbent)):
     if not isinstance(flag, (bool, np.bool_)):
       raise ValueError(f"{name}={flag!r}: must be True or False")
-  if not (isinstance(output_warp, (bool, np.bool_)) or output_warp in ("auto",) or (
+  if not (isinstance(output_warp, (bool, np.bool_)) or output_warp in ("auto", "gp") or (
       isinstance(output_warp, (float, np.floating)) and 0.0 < output_warp < float("inf"))):
-    raise ValueError(f"output_warp={output_warp!r}: must be True, False, 'auto' or a float "
+    raise ValueError(f"output_warp={output_warp!r}: must be True, False, 'auto', 'gp' or a float "
                      "scale k > 0 (log1p of the distance to the best in units of k medians)")
   if acquisition not in _ACQUISITIONS:
     raise ValueError(f"acquisition={acquisition!r}: must be one of {_ACQUISITIONS}")
@@ -406,7 +411,7 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
       the acquisition search also starts away from the leading basin; the others are the
       best candidates overall.
     warp, output_warp: fit a Kumaraswamy CDF per continuous input with the GP (input warping);
-      ``log1p``-warp ``y`` before standardising (float ``k``: milder; ``"auto"``; ``False``).
+      ``log1p``-warp ``y`` before standardising (float ``k``: milder; ``"auto"``, ``"gp"``).
     believer_incumbent: the log-EI incumbent of each batch point is the best of the
       observations and the means believed at the batch's earlier points (default), or
       (``False``, before 2026-12-06) the best observation: a batch can then pile up.
@@ -499,7 +504,7 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
     neg_d2, nn = jax.lax.top_k(-d2, min(max(n_exploit), x.shape[0]))
     ml = jnp.isfinite(neg_d2) & (jnp.arange(nn.shape[0]) < k_nn)
     xl = x[nn]
-    yl = warp_and_standardize(y[nn], ml, output_warp)
+    yl = warp_and_standardize(y[nn], ml, output_warp, theta, xl, lvl)
     theta_l = fit_gp(theta, xl, yl, ml, _EXPLOIT_FIT_STEPS, fit_lr, lvl, deterministic)
     cand = jnp.concatenate([perturb(snap(x[inc], lvl), z), snap(xl, lvl)])
     return theta_l, xl, yl, ml, cand
@@ -616,7 +621,7 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
     # what does not depend on the bucket is computed once, outside its copies (the data
     # rows are a prefix of the buffer, so the whole buffer gives the same values)
     valid = state["valid"]
-    yz = warp_and_standardize(state["y"], valid, output_warp)
+    yz = warp_and_standardize(state["y"], valid, output_warp, state["theta"], state["x"], lvl)
     shared = {**draws(key, n), "n_obs": jnp.sum(valid), "yz": yz,
               "best": jnp.min(jnp.where(valid, yz, jnp.inf)),
               "top": snap(state["x"][jnp.argsort(jnp.where(valid, state["y"], jnp.inf))[:n_top]],
