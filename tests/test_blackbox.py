@@ -870,6 +870,8 @@ def test_gp_output_warp_false_reaches_the_model():
   st2, u2 = ask(output_warp=16.0)  # the milder warp is another model again
   assert bool(jnp.all((u2 >= 0) & (u2 <= 1)))
   assert not np.allclose(st0["theta"]["log_ls"], st2["theta"]["log_ls"], atol=1e-3)
+  st3, u3 = ask(output_warp="gp")  # the per-ask choice compiles and stays in the cube
+  assert bool(jnp.all((u3 >= 0) & (u3 <= 1))) and np.all(np.isfinite(st3["theta"]["log_ls"]))
 
 
 def test_tpe_dev_e5_is_the_five_seed_cell_count_averaged_over_subsets():
