@@ -630,6 +630,9 @@ def test_benchmark_functions_have_their_known_minima():
     (gp_bo, {"dim": 2, "warp": 1}, "warp"),
     (gp_bo, {"dim": 2, "believer_incumbent": "yes"}, "believer_incumbent"),
     (gp_bo, {"dim": 2, "output_warp": 1}, "output_warp"),
+    (gp_bo, {"dim": 2, "output_warp": -4.0}, "output_warp"),
+    (gp_bo, {"dim": 2, "output_warp": "log"}, "output_warp"),
+    (gp_bo, {"dim": 2, "output_warp": float("inf")}, "output_warp"),
     (tpe, {"dim": 2, "bandwidth": "silverman"}, "bandwidth"),
     (tpe, {"dim": 2, "good_weights": "rank"}, "good_weights"),
     (cma_es, {"dim": 2, "bounds": "clip"}, "bounds"),
@@ -792,6 +795,63 @@ class GPOutputWarp(chex.TestCase):
     assert np.ptp(np.asarray(plain)[np.asarray(valid)][small]) < 0.01 < 0.2 < np.ptp(
         warped[small])
 
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_gp_output_warp_scale_is_between_log1p_and_plain(self):
+    """``warp=k`` (``gp_bo(output_warp=k)``): ``log1p`` of the distance to the best in units
+    of ``k`` medians keeps the order, is near-linear (the plain standardisation) when every
+    value is within a few medians, and squeezes small values next to a huge one less as
+    ``k`` falls: plain < k=16 < k=4 < ``True`` (k=1)."""
+    y = jnp.asarray([3.0, 1e4, -2.0, 7.5, 99.0, 0.5], jnp.float32)
+    valid = jnp.asarray([True, True, True, True, False, True])
+    yv, vv = np.asarray(y)[np.asarray(valid)], np.asarray(valid)
+    spread = []
+    for warp in (False, 16.0, 4.0, True):
+      z = np.asarray(self.variant(functools.partial(warp_and_standardize, warp=warp))(y, valid))
+      assert np.all(np.argsort(z[vv]) == np.argsort(yv)) and float(z[4]) == 0.0
+      spread.append(np.ptp(z[vv][yv < 100]))
+    assert np.all(np.diff(spread) > 0.02), spread
+    small = jnp.asarray([0.0, 1.0, 2.0, 3.0, 4.0])  # every value within 2 medians of the best
+    ones = jnp.ones(5, bool)
+    np.testing.assert_allclose(self.variant(functools.partial(warp_and_standardize, warp=64.0))(
+        small, ones), (small - small.mean()) / small.std(), atol=0.02)
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_gp_output_warp_auto_picks_log1p_for_decades_and_plain_for_a_bowl(self):
+    """``warp="auto"``: values spread over six decades get the ``log1p`` warp, the values of
+    a 2-D quadratic bowl at uniform points (``r^2``, uniform) stay plain; invalid rows are 0."""
+    valid = jnp.arange(21) < 20
+    auto = self.variant(functools.partial(warp_and_standardize, warp="auto"))
+    for y, pick in ((10.0 ** jnp.linspace(0.0, 6.0, 21), True),
+                    (jnp.linspace(0.0, 1.0, 21), False)):
+      y = y.at[20].set(1e9)  # invalid: ignored
+      z = auto(y, valid)
+      np.testing.assert_allclose(z, warp_and_standardize(y, valid, pick), atol=1e-6)
+      assert float(z[20]) == 0.0
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_gp_output_warp_gp_picks_the_higher_gp_evidence(self):
+    """``warp="gp"``: of plain and ``log1p``, the one whose standardised values have the
+    higher GP marginal likelihood (``_neg_log_marginal``) plus log-Jacobian of the transform;
+    a Rosenbrock valley over six decades gets the warp, a tilted plane stays plain."""
+    from metaopt._src.gp import _neg_log_marginal
+    u = jnp.asarray(np.random.default_rng(0).uniform(size=(24, 2)), jnp.float32)
+    valid = jnp.arange(24) < 20
+    theta = {"log_ls": jnp.log(jnp.asarray([0.3, 0.3])), "log_s2": jnp.zeros(()),
+             "log_noise": jnp.asarray(-6.0)}
+    gp = self.variant(functools.partial(warp_and_standardize, warp="gp"))
+    for y, pick in ((bf.rosenbrock(u), True), (u[:, 0] + 2.0 * u[:, 1], False)):
+      z = gp(y, valid, theta=theta, x=u)
+      yv = np.asarray(y)[:20].astype(np.float64)
+      lo, med = yv.min(), np.sort(yv)[9]
+      score = {}
+      for warp in (False, True):
+        zw = warp_and_standardize(y, valid, warp)
+        jac = (20 * np.log(np.log1p((yv - lo) / (med - lo)).std())
+               + np.log(med - lo + yv - lo).sum()) if warp else 20 * np.log(yv.std())
+        score[warp] = 20 * float(_neg_log_marginal(theta, u, zw, valid, 2)) + jac
+      assert (score[True] < score[False]) == pick, score
+      np.testing.assert_allclose(z, warp_and_standardize(y, valid, pick), atol=1e-6)
+
 
 def test_gp_output_warp_false_reaches_the_model():
   """One jitted model ask with ``output_warp=False`` fits other hyperparameters and proposes
@@ -807,6 +867,11 @@ def test_gp_output_warp_false_reaches_the_model():
   assert bool(jnp.all((u1 >= 0) & (u1 <= 1)))
   assert not np.allclose(st0["theta"]["log_ls"], st1["theta"]["log_ls"], atol=1e-3)
   assert not np.allclose(u0, u1, atol=1e-3)
+  st2, u2 = ask(output_warp=16.0)  # the milder warp is another model again
+  assert bool(jnp.all((u2 >= 0) & (u2 <= 1)))
+  assert not np.allclose(st0["theta"]["log_ls"], st2["theta"]["log_ls"], atol=1e-3)
+  st3, u3 = ask(output_warp="gp")  # the per-ask choice compiles and stays in the cube
+  assert bool(jnp.all((u3 >= 0) & (u3 <= 1))) and np.all(np.isfinite(st3["theta"]["log_ls"]))
 
 
 def test_tpe_dev_e5_is_the_five_seed_cell_count_averaged_over_subsets():

@@ -243,28 +243,49 @@ def _posterior(theta, x, yz, mask, levels=None):
   return predict
 
 
-def warp_and_standardize(y: jax.Array, valid: jax.Array, warp: bool = True) -> jax.Array:
+def _standardize(w: jax.Array, valid: jax.Array, floor: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """``(w - mean) / std`` over the valid entries (0 elsewhere) and that ``std``."""
+  n = jnp.maximum(jnp.sum(valid), 1)
+  mean = jnp.sum(jnp.where(valid, w, 0.0)) / n
+  std = jnp.maximum(jnp.sqrt(jnp.sum(jnp.where(valid, jnp.square(w - mean), 0.0)) / n), floor)
+  return jnp.where(valid, (w - mean) / std, 0.0), std
+
+
+def warp_and_standardize(y: jax.Array, valid: jax.Array, warp: bool | float | str = True,
+                         theta=None, x=None, levels=None) -> jax.Array:
   """Monotone output warping, then standardisation, of the valid entries of ``y``.
 
   ``s = (y - min) / (median - min)`` keeps the scale-free shape near the minimum and
   ``log1p(s)`` compresses large values, so a few huge losses do not flatten the surface where
   the optimum is (compare the log and power transforms of SMAC and HEBO). Invalid rows get 0.
-  ``warp=False``: plain standardisation of ``y`` (Optuna's ``GPSampler``).
+  ``warp=False``: plain standardisation of ``y`` (Optuna's ``GPSampler``). A float ``k > 0``:
+  ``log1p(s / k)``, near-linear for ``s << k`` (a quadratic bowl stays a bowl) and logarithmic
+  for ``s >> k``; ``True`` is ``k = 1``, and ``k -> inf`` tends to the plain standardisation.
+  ``"auto"``: ``log1p`` or plain, whichever gives the valid ``y`` the higher likelihood as
+  i.i.d. normal values after the transform, its Jacobian included (Box-Cox's criterion);
+  ``"gp"``: the same with the GP of hyperparameters ``theta`` on inputs ``x`` as the model.
   """
   n = jnp.sum(valid)
-  if not warp:
-    mean = jnp.sum(jnp.where(valid, y, 0.0)) / jnp.maximum(n, 1)
-    std = jnp.sqrt(jnp.sum(jnp.where(valid, jnp.square(y - mean), 0.0)) / jnp.maximum(n, 1))
-    return jnp.where(valid, (y - mean) / jnp.maximum(std, 1e-12 * jnp.maximum(
-        jnp.abs(mean), 1.0)), 0.0)
+  plain, std_y = _standardize(y, valid, 1e-12 * jnp.maximum(jnp.abs(
+      jnp.sum(jnp.where(valid, y, 0.0)) / jnp.maximum(n, 1)), 1.0))
+  if warp is False or (isinstance(warp, np.bool_) and not warp):
+    return plain
   lo = jnp.min(jnp.where(valid, y, jnp.inf))
   srt = jnp.sort(jnp.where(valid, y, jnp.inf))
   med = srt[jnp.maximum((n - 1) // 2, 0)]
   scale = jnp.maximum(med - lo, 1e-12 * jnp.maximum(jnp.abs(lo), 1.0))
-  w = jnp.log1p(jnp.maximum(jnp.where(valid, y, lo) - lo, 0.0) / scale)
-  mean = jnp.sum(jnp.where(valid, w, 0.0)) / jnp.maximum(n, 1)
-  std = jnp.sqrt(jnp.sum(jnp.where(valid, jnp.square(w - mean), 0.0)) / jnp.maximum(n, 1))
-  return jnp.where(valid, (w - mean) / jnp.maximum(std, 1e-6), 0.0)
+  k = 1.0 if isinstance(warp, str) else float(warp)
+  d = jnp.maximum(jnp.where(valid, y, lo) - lo, 0.0)
+  warped, std_w = _standardize(jnp.log1p(d / (scale * k)), valid, 1e-6)
+  if not isinstance(warp, str):
+    return warped
+  # log-likelihood difference (warped - plain); d log1p(d / c) / dy = 1 / (c + d)
+  gain = n * (jnp.log(std_y) - jnp.log(std_w)) - jnp.sum(jnp.where(valid, jnp.log(scale + d), 0.0))
+  if warp == "gp":  # the Gram matrix does not depend on y: one factor, two quadratic forms
+    chol = _cholesky(theta, x, valid, levels)
+    quad = lambda z: 0.5 * jnp.dot(z, cho_solve((chol, True), z))  # noqa: E731
+    gain = gain + quad(plain) - quad(warped)
+  return jnp.where(gain > 0, warped, plain)
 
 
 def _log_h(z: jax.Array) -> jax.Array:
@@ -310,16 +331,19 @@ def _refine(acq, x0: jax.Array, cont: jax.Array, grad_lr: float, grad_steps: int
 
 
 def _check_gp_args(dim: int, acquisition: str, warp: bool, believer_incumbent: bool,
-                   output_warp: bool, floats: dict[str, float], **ints: int) -> None:
+                   output_warp: bool | float | str, floats: dict[str, float], **ints: int) -> None:
   """One ``ValueError`` naming the first bad integer, float or flag argument of
   :func:`gp_bo`."""
   _check_dim(dim)
   for name, v in floats.items():
     _check_float(name, v, 0.0, float("inf"))
-  for name, flag in (("warp", warp), ("believer_incumbent", believer_incumbent),
-                     ("output_warp", output_warp)):
+  for name, flag in (("warp", warp), ("believer_incumbent", believer_incumbent)):
     if not isinstance(flag, (bool, np.bool_)):
       raise ValueError(f"{name}={flag!r}: must be True or False")
+  if not (isinstance(output_warp, (bool, np.bool_)) or output_warp in ("auto", "gp") or (
+      isinstance(output_warp, (float, np.floating)) and 0.0 < output_warp < float("inf"))):
+    raise ValueError(f"output_warp={output_warp!r}: must be True, False, 'auto', 'gp' or a float "
+                     "scale k > 0 (log1p of the distance to the best in units of k medians)")
   if acquisition not in _ACQUISITIONS:
     raise ValueError(f"acquisition={acquisition!r}: must be one of {_ACQUISITIONS}")
   lows = {"n_startup": 0, "capacity": 2, "fit_steps": 0, "n_candidates": 1, "n_local": 0,
@@ -341,7 +365,7 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
           levels: Sequence[int] | None = None, deterministic: bool = False,
           n_exploit: int | Sequence[int] = (24, 12, 48, 96),
           buckets: bool = True, n_diverse: int = 0, warp: bool = False,
-          believer_incumbent: bool = True, output_warp: bool = True) -> Searcher:
+          believer_incumbent: bool = True, output_warp: float | str = True) -> Searcher:
   """GP-BO with a Matern-5/2 ARD kernel, log-EI or UCB, and kriging-believer batches.
 
   Until ``n_startup`` observations are complete, proposals are scrambled Sobol points. Then
@@ -386,8 +410,8 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
       in each of as many fixed regions of the cube (Voronoi cells of fixed anchor points), so
       the acquisition search also starts away from the leading basin; the others are the
       best candidates overall.
-    warp, output_warp: fit a Kumaraswamy CDF per continuous input with the GP (input
-      warping); ``log1p``-warp ``y`` before standardising it (``False``: plain, Optuna's).
+    warp, output_warp: fit a Kumaraswamy CDF per continuous input with the GP (input warping);
+      ``log1p``-warp ``y`` before standardising (float ``k``: milder; ``"auto"``, ``"gp"``).
     believer_incumbent: the log-EI incumbent of each batch point is the best of the
       observations and the means believed at the batch's earlier points (default), or
       (``False``, before 2026-12-06) the best observation: a batch can then pile up.
@@ -480,7 +504,7 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
     neg_d2, nn = jax.lax.top_k(-d2, min(max(n_exploit), x.shape[0]))
     ml = jnp.isfinite(neg_d2) & (jnp.arange(nn.shape[0]) < k_nn)
     xl = x[nn]
-    yl = warp_and_standardize(y[nn], ml, output_warp)
+    yl = warp_and_standardize(y[nn], ml, output_warp, theta, xl, lvl)
     theta_l = fit_gp(theta, xl, yl, ml, _EXPLOIT_FIT_STEPS, fit_lr, lvl, deterministic)
     cand = jnp.concatenate([perturb(snap(x[inc], lvl), z), snap(xl, lvl)])
     return theta_l, xl, yl, ml, cand
@@ -597,7 +621,7 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
     # what does not depend on the bucket is computed once, outside its copies (the data
     # rows are a prefix of the buffer, so the whole buffer gives the same values)
     valid = state["valid"]
-    yz = warp_and_standardize(state["y"], valid, output_warp)
+    yz = warp_and_standardize(state["y"], valid, output_warp, state["theta"], state["x"], lvl)
     shared = {**draws(key, n), "n_obs": jnp.sum(valid), "yz": yz,
               "best": jnp.min(jnp.where(valid, yz, jnp.inf)),
               "top": snap(state["x"][jnp.argsort(jnp.where(valid, state["y"], jnp.inf))[:n_top]],
