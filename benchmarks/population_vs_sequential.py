@@ -49,6 +49,8 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from _protocol import spread  # noqa: E402
 
+from metaopt._src import evaluators  # noqa: E402
+from metaopt._src import loop as search_loop  # noqa: E402
 from metaopt._src import population as pop  # noqa: E402
 from metaopt.tasks import get_task  # noqa: E402
 
@@ -160,21 +162,27 @@ def population_fn(task, ks, data, n, mode, grouped):
   acts = activations(n)
   parts = [(a, np.flatnonzero(acts == a)) for a in range(N_ACT)] if grouped else \
       [(None, np.arange(n))]
-  parts = [(a, idx, hparams(task, len(idx), acts[idx]), ks.get(a, mode)) for a, idx in parts
-           if len(idx)]
-  keys = jax.random.split(jax.random.key(1), n)
+  parts = [(a, idx, jax.device_get(hparams(task, len(idx), acts[idx])), ks.get(a, mode))
+           for a, idx in parts if len(idx)]  # host hyperparameters, as a TrialBatch holds them
+  seeds = np.arange(n, dtype=np.uint32)
+  round_key = jax.random.key(2)
 
   def once(together=True):
-    # as TaskEvaluator runs a round: the groups' inits (compiled on this thread), then
-    # their chunks, several groups at once on the cores once each has run (compiled) here
-    inits = [k.init.bind(keys[idx], h) for _, idx, h, k in parts]
+    # as TaskEvaluator runs a round of one epoch (_fresh, then _run_group per group): the
+    # groups' trial keys and inits (compiled on this thread), then the epoch's key, the
+    # groups' hyperparameters put on the device, their chunks on the host `alive` mask and
+    # the metrics fetched, several groups at once on the cores once each has run here
+    inits = [k.init.bind(evaluators._trial_keys(seeds[idx]), h) for _, idx, h, k in parts]
     inits = [lambda c=c: jax.block_until_ready(c()) for c in inits]
     states = pop.run_parallel(inits, WORKERS) if together else [c() for c in inits]
-    calls = [lambda s=s, p=p: p[3].chunk(s, p[2], jnp.ones(len(p[1]), bool),
-                                         jax.random.key(2), data)[1]
+    key = search_loop.fold_in(round_key, 1)
+    calls = [lambda s=s, p=p: jax.device_get(p[3].chunk(
+        s, jax.device_put(p[2]), np.ones(len(p[1]), bool), key, data)[1])
              for s, p in zip(states, parts, strict=True)]
-    jax.block_until_ready(pop.run_parallel(calls, WORKERS) if together else
-                          [c() for c in calls])
+    if together:
+      pop.run_parallel(calls, WORKERS)
+    else:
+      [c() for c in calls]
 
   once(False)
   return once
@@ -183,16 +191,18 @@ def population_fn(task, ks, data, n, mode, grouped):
 def jit_loop_fn(task, ks, data, n):
   acts = activations(n)
   h = hparams(task, n, acts)
-  keys = jax.random.split(jax.random.key(1), n)
+  seeds = np.arange(n, dtype=np.uint32)
   hs = [{k: v[i:i + 1] for k, v in h.items()} for i in range(n)]
-  one = jnp.ones(1, bool)
+  one = np.ones(1, bool)
+  round_key = jax.random.key(2)
 
   def once():
+    key = search_loop.fold_in(round_key, 1)  # trial and epoch keys as population_fn's
     for i in range(n):
       k = ks.get(int(acts[i]), "vmap")
-      s = k.init(keys[i:i + 1], hs[i])
-      s, m = k.chunk(s, hs[i], one, jax.random.key(2), data)
-      jax.block_until_ready(m)
+      s = k.init(evaluators._trial_keys(seeds[i:i + 1]), hs[i])
+      s, m = k.chunk(s, hs[i], one, key, data)
+      jax.device_get(m)
 
   once()
   return once
