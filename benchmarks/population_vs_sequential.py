@@ -2,7 +2,7 @@
 
 Trains the same digits MLP on the same data for N trials of `steps` minibatch steps each,
 with a *searched activation* (trial i uses relu / tanh / gelu / silu, i mod 4), every side
-timed best of the same number of repeats:
+timed by the same rule (below):
   (a) loop:     the population kernel in "loop" mode (live trials one after another inside
                 one compiled chunk, the population split over the CPU cores, one part per
                 core: `make_kernel(workers=...)`; the engine's default on one CPU device),
@@ -22,12 +22,21 @@ compute-bound). The fraction of the machine's matmul peak (a 2048^2 jitted jnp.d
 measured on the medium N=32 kernels, interleaved: peak, kernel, peak, kernel, ... in the same
 run, one fraction per pair (useful FLOPs: XLA's cost analysis of each trial's own branch).
 
+Timing rule, the same for every side (fixed before measuring; see BENCHMARKS.md "steploop"):
+one untimed warm-up round, then ``--rounds`` rounds; in each round every side is timed once,
+in an order rotated from round to round, over a window of back-to-back calls lasting at least
+``--window`` seconds (per-call time = window / calls). A table cell is the median per-call
+time of its side; a ratio is the median of the per-round ratios (both sides of a round timed
+next to each other), printed with its interquartile range and its min-max.
+
     python benchmarks/population_vs_sequential.py [--quick] [--no-canonical-dots] [--workers K]
+        [--rounds K] [--window SECONDS]
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import sys
 import time
@@ -40,6 +49,8 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from _protocol import spread  # noqa: E402
 
+from metaopt._src import evaluators  # noqa: E402
+from metaopt._src import loop as search_loop  # noqa: E402
 from metaopt._src import population as pop  # noqa: E402
 from metaopt.tasks import get_task  # noqa: E402
 
@@ -55,6 +66,43 @@ def _best(f, repeats):
     f()
     times.append(time.perf_counter() - t)
   return min(times)
+
+
+def _window(f, seconds: float) -> float:
+  """Seconds per call of ``f`` over back-to-back calls lasting at least ``seconds``
+  (garbage collected first, so no side inherits another's garbage)."""
+  gc.collect()
+  calls, t = 0, time.perf_counter()
+  while True:
+    f()
+    calls += 1
+    dt = time.perf_counter() - t
+    if dt >= seconds:
+      return dt / calls
+
+
+def interleaved(fs: dict, rounds: int, window: float) -> dict[str, np.ndarray]:
+  """Per-call seconds of every side in each of ``rounds`` rounds (the module's timing rule):
+  after one untimed warm-up round, each round times every side once over a window of at
+  least ``window`` seconds, the sides' order rotated by one each round."""
+  names = list(fs)
+  times = {c: [] for c in names}
+  for r in range(-1, rounds):
+    k = max(r, 0) % len(names)
+    for c in names[k:] + names[:k]:
+      dt = _window(fs[c], window)
+      if r >= 0:
+        times[c].append(dt)
+  return {c: np.asarray(v) for c, v in times.items()}
+
+
+def ratio(times: dict[str, np.ndarray], num: str, den: str):
+  """Spread of the per-round ratios ``times[num] / times[den]`` (how much faster ``den``)."""
+  return spread(times[num] / times[den])
+
+
+def _range(x: np.ndarray) -> str:
+  return f"min-max [{np.min(x):.2f}, {np.max(x):.2f}]"
 
 
 def matmul_fn(n: int = 2048):
@@ -114,21 +162,27 @@ def population_fn(task, ks, data, n, mode, grouped):
   acts = activations(n)
   parts = [(a, np.flatnonzero(acts == a)) for a in range(N_ACT)] if grouped else \
       [(None, np.arange(n))]
-  parts = [(a, idx, hparams(task, len(idx), acts[idx]), ks.get(a, mode)) for a, idx in parts
-           if len(idx)]
-  keys = jax.random.split(jax.random.key(1), n)
+  parts = [(a, idx, jax.device_get(hparams(task, len(idx), acts[idx])), ks.get(a, mode))
+           for a, idx in parts if len(idx)]  # host hyperparameters, as a TrialBatch holds them
+  seeds = np.arange(n, dtype=np.uint32)
+  round_key = jax.random.key(2)
 
   def once(together=True):
-    # as TaskEvaluator runs a round: the groups' inits (compiled on this thread), then
-    # their chunks, several groups at once on the cores once each has run (compiled) here
-    inits = [k.init.bind(keys[idx], h) for _, idx, h, k in parts]
+    # as TaskEvaluator runs a round of one epoch (_fresh, then _run_group per group): the
+    # groups' trial keys and inits (compiled on this thread), then the epoch's key, the
+    # groups' hyperparameters put on the device, their chunks on the host `alive` mask and
+    # the metrics fetched, several groups at once on the cores once each has run here
+    inits = [k.init.bind(evaluators._trial_keys(seeds[idx]), h) for _, idx, h, k in parts]
     inits = [lambda c=c: jax.block_until_ready(c()) for c in inits]
     states = pop.run_parallel(inits, WORKERS) if together else [c() for c in inits]
-    calls = [lambda s=s, p=p: p[3].chunk(s, p[2], jnp.ones(len(p[1]), bool),
-                                         jax.random.key(2), data)[1]
+    key = search_loop.fold_in(round_key, 1)
+    calls = [lambda s=s, p=p: jax.device_get(p[3].chunk(
+        s, jax.device_put(p[2]), np.ones(len(p[1]), bool), key, data)[1])
              for s, p in zip(states, parts, strict=True)]
-    jax.block_until_ready(pop.run_parallel(calls, WORKERS) if together else
-                          [c() for c in calls])
+    if together:
+      pop.run_parallel(calls, WORKERS)
+    else:
+      [c() for c in calls]
 
   once(False)
   return once
@@ -137,16 +191,18 @@ def population_fn(task, ks, data, n, mode, grouped):
 def jit_loop_fn(task, ks, data, n):
   acts = activations(n)
   h = hparams(task, n, acts)
-  keys = jax.random.split(jax.random.key(1), n)
+  seeds = np.arange(n, dtype=np.uint32)
   hs = [{k: v[i:i + 1] for k, v in h.items()} for i in range(n)]
-  one = jnp.ones(1, bool)
+  one = np.ones(1, bool)
+  round_key = jax.random.key(2)
 
   def once():
+    key = search_loop.fold_in(round_key, 1)  # trial and epoch keys as population_fn's
     for i in range(n):
       k = ks.get(int(acts[i]), "vmap")
-      s = k.init(keys[i:i + 1], hs[i])
-      s, m = k.chunk(s, hs[i], one, jax.random.key(2), data)
-      jax.block_until_ready(m)
+      s = k.init(evaluators._trial_keys(seeds[i:i + 1]), hs[i])
+      s, m = k.chunk(s, hs[i], one, key, data)
+      jax.device_get(m)
 
   once()
   return once
@@ -196,27 +252,35 @@ def useful_flops(task, fns, data, n, steps, batch) -> float:
 
 def main() -> None:
   ap = argparse.ArgumentParser()
-  ap.add_argument("--quick", action="store_true", help="N=32 only, fewer steps and repeats")
+  ap.add_argument("--quick", action="store_true", help="N=32 only, fewer steps, shorter windows")
   ap.add_argument("--no-canonical-dots", action="store_true",
                   help="kernels without population.CANONICAL_DOTS (the A/B baseline)")
   ap.add_argument("--workers", type=int, default=None,
                   help="CPU threads of the kernels (default: the engine's, one per core); "
                        "1: one thread, the engine before the split (the A/B baseline)")
+  ap.add_argument("--rounds", type=int, default=7,
+                  help="timed rounds per table row, all sides interleaved (default 7)")
+  ap.add_argument("--window", type=float, default=None,
+                  help="seconds of back-to-back calls per side and round (default 0.4 with "
+                       "--quick, else 1.0)")
   args = ap.parse_args()
+  if args.rounds < 1 or (args.window is not None and not args.window > 0):
+    ap.error(f"--rounds must be >= 1 (got {args.rounds}) and --window > 0 (got {args.window})")
   global WORKERS
   WORKERS = args.workers
   pop.CANONICAL_DOTS = not args.no_canonical_dots
   ns = (32,) if args.quick else (1, 8, 32, 128)
   steps = 40 if args.quick else 100
-  repeats = 2 if args.quick else 3   # best of `repeats` for every side
+  window = args.window or (0.4 if args.quick else 1.0)
   pairs = 5 if args.quick else 7     # interleaved (peak, kernel) pairs for the fraction
   dev = jax.devices()[0]
   load = os.getloadavg()[0]
   print(f"# device: {dev.platform} {dev.device_kind} x{len(jax.devices())}, jax {jax.__version__}"
         f", {os.cpu_count()} cores (kernel threads {WORKERS or pop.default_workers()}), "
         f"load average at start {load:.1f}, steps/trial={steps}, "
-        f"searched activation (trial i: {N_ACT} values, i mod {N_ACT}), best of {repeats} "
-        f"for every side, canonical_dots={pop.CANONICAL_DOTS}")
+        f"searched activation (trial i: {N_ACT} values, i mod {N_ACT}), every side timed in "
+        f"{args.rounds} interleaved rounds over windows >= {window} s (+1 warm-up round), "
+        f"canonical_dots={pop.CANONICAL_DOTS}")
   print(f"matmul_peak_gflops (at start): {matmul_peak() / 1e9:.1f}")
   rows = {}
   cols = ("loop", "vmap", "branches", "jit", "steploop")
@@ -233,11 +297,12 @@ def main() -> None:
            "jit": jit_loop_fn(task, ks, data, n),
            "steploop": step_loop_fn(task, fns, data, n, steps, cfg["batch"])}
       f["vmap"] = population_fn(task, ks, data, n, "vmap", True) if grouped else f["branches"]
-      t = {c: _best(f[c], repeats) for c in cols}
-      rows[(size, n)] = t
-      print(f"{size:7s} {n:4d} " + " ".join(f"{n / t[c]:12.1f}" for c in cols) +
-            f" {t['steploop'] / t['vmap']:10.2f} {t['steploop'] / t['loop']:10.2f}"
-            f" {t['jit'] / t['vmap']:9.2f} {str(grouped):>13s}", flush=True)
+      t = rows[(size, n)] = interleaved({c: f[c] for c in cols}, args.rounds, window)
+      med = {c: float(np.median(t[c])) for c in cols}
+      print(f"{size:7s} {n:4d} " + " ".join(f"{n / med[c]:12.1f}" for c in cols) +
+            f" {ratio(t, 'steploop', 'vmap').median:10.2f}"
+            f" {ratio(t, 'steploop', 'loop').median:10.2f}"
+            f" {ratio(t, 'jit', 'vmap').median:9.2f} {str(grouped):>13s}", flush=True)
       if size == "medium" and n == 32:
         flops = useful_flops(task, fns, data, n, steps, cfg["batch"])
         peak_f, peak_flops = matmul_fn()
@@ -252,9 +317,15 @@ def main() -> None:
   for c, (fr, pk) in fractions.items():
     print(f"# medium N=32 {c}: fraction of peak {fr}; interleaved peak GFLOP/s {pk}")
   t = rows[("small", 32)]
-  print(f"ratio_vmap_vs_steploop_N32_small: {t['steploop'] / t['vmap']:.2f}")
-  print(f"ratio_loop_vs_steploop_N32_small: {t['steploop'] / t['loop']:.2f}")
-  print(f"ratio_vmap_vs_jit_N32_small: {t['jit'] / t['vmap']:.2f}")
+  for c in cols:  # which side's time moves from round to round
+    ms = t[c] * 1e3
+    print(f"# small N=32 {c}: ms per call {spread(ms).cell('.4g')} {_range(ms)}, "
+          f"(max - min) / median {(ms.max() - ms.min()) / np.median(ms):.1%}")
+  for name, num, den in (("vmap_vs_steploop", "steploop", "vmap"),
+                         ("loop_vs_steploop", "steploop", "loop"), ("vmap_vs_jit", "jit", "vmap")):
+    r = ratio(t, num, den)
+    print(f"ratio_{name}_N32_small: {r.median:.2f}   # median of {r.n} interleaved rounds, "
+          f"IQR [{r.q25:.2f}, {r.q75:.2f}], {_range(t[num] / t[den])}")
   print(f"kernel_fraction_of_matmul_peak_loop: {fractions['loop'][0].median:.3f}")
   print(f"kernel_fraction_of_matmul_peak_vmap_branches: {fractions['branches'][0].median:.3f}")
   # headline: the kernel a search runs by default on this device, medians of interleaved pairs
