@@ -33,7 +33,10 @@ from metaopt._src.multiobjective import (
 from metaopt._src.tpe import (
     _ei_weights,
     _gap_bandwidth,
+    _log_density,
+    _mixture,
     _n_below,
+    _ramp_logw,
     default_gamma,
     default_good_weights,
     tpe,
@@ -408,6 +411,49 @@ def test_tpe_gap_bandwidth_matches_optunas_rule():
     got = np.asarray(_gap_bandwidth(jnp.asarray(x), jnp.asarray(mask)))
     np.testing.assert_allclose(got[mask], reference(x[mask]), atol=1e-6)
     assert np.all(got[~mask] == 1.0)
+
+
+def test_tpe_densities_match_optunas_parzen_estimators():
+  """With Optuna's rules (gamma 0.1, uniform good weights, the bad set's age ramp), the good
+  and bad densities of a history with pending points give Optuna 5's ``log l - log g``."""
+  optuna = pytest.importorskip("optuna")
+  dim, n, n_pend = 3, 40, 4
+  rng = np.random.default_rng(1)
+  x = rng.uniform(size=(n + n_pend, dim)).astype(np.float32)
+  y = np.sum(np.square(x[:n] - 0.3), axis=1)
+  grabbed = {}
+
+  class Grab(optuna.samplers.TPESampler):
+    def _compute_acquisition_func(self, samples, below, above):
+      grabbed["below"], grabbed["above"] = below, above
+      return super()._compute_acquisition_func(samples, below, above)
+
+  optuna.logging.set_verbosity(optuna.logging.ERROR)
+  study = optuna.create_study(sampler=Grab(multivariate=True, constant_liar=True, seed=0))
+  dist = {f"x{j}": optuna.distributions.FloatDistribution(0.0, 1.0) for j in range(dim)}
+  for i in range(n):
+    study.add_trial(optuna.trial.create_trial(
+        params={f"x{j}": float(x[i, j]) for j in range(dim)}, distributions=dist, value=y[i]))
+  for i in range(n, n + n_pend + 1):  # pending trials, then the one whose sampling is grabbed
+    if i < n + n_pend:
+      study.enqueue_trial({f"x{j}": float(x[i, j]) for j in range(dim)})
+    t = study.ask()
+    for j in range(dim):
+      t.suggest_float(f"x{j}", 0.0, 1.0)
+
+  rank = np.argsort(np.argsort(y))
+  good = np.concatenate([rank < int(_n_below(jnp.asarray(n), None)), np.zeros(n_pend, bool)])
+  bad = np.concatenate([~good[:n], np.ones(n_pend, bool)])
+  age = jnp.arange(n + n_pend, dtype=jnp.int32)
+  z = rng.uniform(size=(64, dim))
+  lz = _log_density(jnp.asarray(z, jnp.float32), *_mixture(jnp.asarray(x), jnp.asarray(good), 1.0,
+                                                           dim), True)
+  gz = _log_density(jnp.asarray(z, jnp.float32), *_mixture(
+      jnp.asarray(x), jnp.asarray(bad), 1.0, dim, logw_obs=_ramp_logw(jnp.asarray(bad), age)),
+                    True)
+  zd = {f"x{j}": z[:, j] for j in range(dim)}
+  np.testing.assert_allclose(np.asarray(lz), grabbed["below"].log_pdf(zd), atol=2e-4)
+  np.testing.assert_allclose(np.asarray(gz), grabbed["above"].log_pdf(zd), atol=2e-4)
 
 
 def test_gp_kernel_and_proposals_treat_categoricals_as_choices():
