@@ -25,7 +25,9 @@ Regret = best f - fopt. Targets are COCO's: regret <= 10^k for k = 2, 1.8, ..., 
           if batch > 1) ("cma_es"), RandomSampler ("random"); in-memory storage. On ``mixed``
           and ``conditional`` Optuna gets categorical / int / conditional (define-by-run)
           parameters as its users write them; metaopt sees index coordinates on the cube.
-  optional: nevergrad NGOpt ("ngopt") when nevergrad imports.
+  optional: nevergrad NGOpt ("ngopt") when nevergrad imports; Open-Source Vizier's default
+          GP-bandit designer ("vizier", ``VizierGPBandit``) when ``google-vizier[jax]`` imports
+          (batches through ``suggest(count=batch)`` / ``update``); both as references, unscored.
 Pairs scored (``suite_cells_at_or_below_optuna: K/N``): metaopt tpe vs Optuna tpe, gp vs gp,
 cma_es vs cma_es; a cell (function x d x searcher, at the largest batch run) counts when
 metaopt's median regret over seeds is at or below Optuna's (regrets below 1e-8, COCO's final
@@ -86,6 +88,7 @@ SOLVED = 1e-8
 PAIRS = ("tpe", "gp", "cma_es")
 OURS = ("tpe", "gp", "cma_es", "random")
 PEERS = ("tpe", "tpe_default", "gp", "cma_es", "random")
+PEER_LIBS = {"ngopt": "nevergrad", "vizier": "vizier"}  # peers from other libraries
 
 
 def instance_of(seed: int) -> int:
@@ -267,6 +270,34 @@ def run_ngopt(pname, dim, seed, budget, batch):
   return traj
 
 
+def run_vizier(pname, dim, seed, budget, batch):
+  from vizier import pyvizier as vz
+  from vizier._src.algorithms.core import abstractions
+  from vizier._src.algorithms.designers import gp_bandit
+
+  fn, fmin, _ = problem(pname, dim, seed)
+  fn = jax.jit(fn)
+  prob = vz.ProblemStatement()
+  for j in range(dim):
+    prob.search_space.root.add_float_param(f"x{j}", 0.0, 1.0)
+  prob.metric_information.append(
+      vz.MetricInformation("y", goal=vz.ObjectiveMetricGoal.MINIMIZE))
+  designer = gp_bandit.VizierGPBandit(prob, rng=jax.random.PRNGKey(seed))
+  best, traj, tid = np.inf, [], 0
+  for _ in range(budget // batch):
+    sugg = designer.suggest(count=batch)
+    u = np.asarray([[s.parameters[f"x{j}"].value for j in range(dim)] for s in sugg], np.float32)
+    y = np.asarray(fn(jnp.asarray(u)), np.float64)
+    done = []
+    for s, v in zip(sugg, y, strict=True):
+      tid += 1
+      done.append(s.to_trial(tid).complete(vz.Measurement({"y": float(v)})))
+    designer.update(abstractions.CompletedTrials(done), abstractions.ActiveTrials())
+    best = min(best, float(y.min()))
+    traj.append(best - fmin)
+  return traj
+
+
 # ------------------------------------------------------------------ running and caching
 
 
@@ -293,6 +324,8 @@ def run_cell(lib, name, pname, dim, seeds, budget, batch, cache):
       traj = run_ours(name, pname, dim, seed, budget, batch)
     elif lib == "nevergrad":
       traj = run_ngopt(pname, dim, seed, budget, batch)
+    elif lib == "vizier":
+      traj = run_vizier(pname, dim, seed, budget, batch)
     else:
       traj = run_optuna(name, pname, dim, seed, budget, batch)
     rec = {"traj": traj, "seconds": time.perf_counter() - t,
@@ -526,7 +559,8 @@ def combine_report(paths, plot=None, seeds=REPORT_SEEDS) -> str:
 
 
 ECDF_COLORS = {"tpe": "tab:blue", "tpe_default": "tab:cyan", "gp": "tab:green",
-               "cma_es": "tab:red", "random": "tab:gray", "ngopt": "tab:purple"}
+               "cma_es": "tab:red", "random": "tab:gray", "ngopt": "tab:purple",
+               "vizier": "tab:olive"}
 
 
 def plot_ecdf(results, batch, path):
@@ -579,7 +613,8 @@ def _parser() -> argparse.ArgumentParser:
                   help="A-B: diagnostic seeds A..B instead (neither dev nor report)")
   ap.add_argument("--ours", default=None,
                   help="comma-separated; default " + ",".join(OURS) + "; none: peers only")
-  ap.add_argument("--peers", default=None, help="comma-separated Optuna samplers (and ngopt)")
+  ap.add_argument("--peers", default=None,
+                  help="comma-separated Optuna samplers (and ngopt, vizier)")
   ap.add_argument("--cache", default="runs/blackbox_suite", help="'' disables the Optuna cache")
   ap.add_argument("--out", default=None, help="write the markdown report here")
   ap.add_argument("--plot", default=None, help="write the ECDF plot here (png)")
@@ -667,13 +702,13 @@ def run_suite(funcs, dims, ours_names, peers, seeds, budget_of, batch, cache, ra
       budget = budget_of(dim)
       budget -= budget % batch
       jobs = [("metaopt", n) for n in ours_names]
-      jobs += [("nevergrad" if n == "ngopt" else "optuna", n) for n in peers]
+      jobs += [(PEER_LIBS.get(n, "optuna"), n) for n in peers]
       for lib, name in jobs:
-        if lib == "nevergrad":
+        if lib != "optuna" and lib != "metaopt":
           try:
-            import nevergrad  # noqa: F401
+            __import__(lib)
           except ImportError:
-            print("nevergrad not installed: NGOpt skipped", flush=True)
+            print(f"{lib} not installed: {name} skipped", flush=True)
             continue
         recs = run_cell(lib, name, pname, dim, seeds, budget, batch, cache)
         results[(lib, name, pname, dim)] = recs
