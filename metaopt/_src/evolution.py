@@ -64,62 +64,22 @@ def _structured_normal(key: jax.Array, n: int, dim: int, sampling: str) -> jax.A
   return dirs * lens[:, None]
 
 
-def _cma_parents(popsize: int, parent_ratio: float) -> int:
-  """The number of parents ``mu``: ``max(1, floor(parent_ratio * popsize))``."""
-  return max(1, int(math.floor(parent_ratio * popsize + 1e-9)))
-
-
-def _cma_class(sampling: str, parent_ratio: float = 0.5):
-  """evosax's ``CMA_ES`` whose ``ask`` draws its standard-normal rows by ``sampling`` and
-  which recombines ``mu = floor(parent_ratio * popsize)`` parents (evosax's own class and
-  weights at 0.5)."""
+def _cma_class(sampling: str):
+  """evosax's ``CMA_ES`` whose ``ask`` draws its standard-normal rows by ``sampling``."""
   from evosax.algorithms import CMA_ES
   from evosax.algorithms.distribution_based.cma_es import eigen_decomposition
 
-  if sampling == "gaussian" and parent_ratio == 0.5:
+  if sampling == "gaussian":
     return CMA_ES
 
   class _CMA(CMA_ES):
-    if sampling != "gaussian":
-      def _ask(self, key, state, params):
-        C, B, D = eigen_decomposition(state.C)
-        z = _structured_normal(key, self.population_size, self.num_dims, sampling)
-        z = (z @ jnp.diag(D).T) @ B.T
-        return state.mean + state.std * z, state.replace(C=C, B=B, D=D)
-
-    if parent_ratio != 0.5:
-      @property
-      def num_elites(self):
-        return _cma_parents(self.population_size, parent_ratio)
-
-      @property
-      def _default_params(self):
-        return _cma_mu_params(super()._default_params, self.population_size, self.num_elites,
-                              self.num_dims, self.max_num_dims_sq)
+    def _ask(self, key, state, params):
+      C, B, D = eigen_decomposition(state.C)
+      z = _structured_normal(key, self.population_size, self.num_dims, sampling)
+      z = (z @ jnp.diag(D).T) @ B.T
+      return state.mean + state.std * z, state.replace(C=C, B=B, D=D)
 
   return _CMA
-
-
-def _cma_mu_params(p, lam: int, mu: int, dim: int, dim_sq: int):
-  """CMA-ES parameters for ``mu`` parents of ``lam`` (Hansen's tutorial, eqs. 48-58, as in
-  evosax): weights ``log(mu + 1/2) - log i``, negative weights with the ``alpha`` bounds, and
-  ``c_c, c_1, c_mu, c_sigma, d_sigma`` from the new ``mu_eff``."""
-  wp = jnp.log(mu + 0.5) - jnp.log(jnp.arange(1, lam + 1))
-  mu_eff = jnp.sum(wp[:mu]) ** 2 / jnp.sum(wp[:mu] ** 2)
-  mu_eff_minus = jnp.sum(wp[mu:]) ** 2 / jnp.sum(wp[mu:] ** 2)
-  c_c = (4 + mu_eff / dim) / (dim + 4 + 2 * mu_eff / dim)
-  c_1 = 2 / ((dim_sq + 1.3) ** 2 + mu_eff)
-  c_mu = jnp.minimum(1 - c_1 - 1e-8,
-                     2 * (mu_eff + 1 / mu_eff - 2) / ((dim_sq + 2) ** 2 + mu_eff))
-  min_alpha = jnp.minimum(jnp.minimum(1 + c_1 / c_mu, 1 + 2 * mu_eff_minus / (mu_eff + 2)),
-                          (1 - c_1 - c_mu) / (dim * c_mu))
-  pos = jnp.sum(wp * (wp > 0))
-  neg = jnp.sum(jnp.abs(wp * (wp < 0)))
-  weights = jnp.where(wp >= 0, wp / pos, min_alpha * wp / neg)
-  c_std = (mu_eff + 2) / (dim + mu_eff + 5)
-  d_std = 1 + 2 * jnp.maximum(0, jnp.sqrt((mu_eff - 1) / (dim + 1)) - 1) + c_std
-  return p.replace(weights=weights, mu_eff=mu_eff, c_c=c_c, c_1=c_1, c_mu=c_mu, c_std=c_std,
-                   d_std=d_std)
 
 
 def _check_levels(levels: Sequence[int] | None, dim: int) -> np.ndarray:
@@ -543,7 +503,7 @@ def _cma_with_restarts(CMA_ES: type, dim: int, popsize: int, max_popsize: int | 
 def cma_es(dim: int, popsize: int | None = None, sigma0: float | None = None,
            bounds: str = "resample", restart_tol: float = 0.0, restarts: str = "none",
            max_popsize: int | None = None, start: str = "centre",
-           sampling: str = "gaussian", parent_ratio: float = 0.5) -> Searcher:
+           sampling: str = "gaussian") -> Searcher:
   """CMA-ES (evosax ``CMA_ES``) on ``[0, 1]^dim``, started at the centre with step ``sigma0``.
 
   ``ask(state, key, n)`` hands out the next ``n`` members of the current generation of
@@ -606,10 +566,6 @@ def cma_es(dim: int, popsize: int | None = None, sigma0: float | None = None,
       blocks of ``dim`` mutually orthogonal rows with independent chi-distributed lengths (each
       row is still ``N(0, I)``, the generation covers more directions); ``"mirrored"`` pairs
       ``z, -z``. A member redrawn to stay inside the cube takes the next draw's row.
-    parent_ratio: in ``(0, 1]``: the mean recombines the best ``mu = max(1, floor(parent_ratio
-      * popsize))`` members with weights ``log(mu + 1/2) - log i`` (the rest get Hansen's
-      negative weights), and the learning rates follow from their ``mu_eff`` (Hansen's
-      formulas). 0.5 (default): evosax's (and the ``cmaes`` library's) ``floor(popsize / 2)``.
 
   Returns:
     A :class:`Searcher`; ``state["es"]`` is evosax's state, ``state["generation"]`` counts updates.
@@ -628,8 +584,7 @@ def cma_es(dim: int, popsize: int | None = None, sigma0: float | None = None,
   if sigma0 is None:
     sigma0 = default_sigma0(dim)
   _check_cma_args(popsize, sigma0, bounds, restart_tol, restarts, start, sampling)
-  _check_float("parent_ratio", parent_ratio, 0.0, 1.0)
-  CMA_ES = _cma_class(sampling, parent_ratio)  # noqa: N806
+  CMA_ES = _cma_class(sampling)  # noqa: N806
   if restarts != "none":
     return _cma_with_restarts(CMA_ES, dim, popsize, max_popsize, sigma0, restarts, restart_tol)
   if max_popsize is not None:
