@@ -144,7 +144,8 @@ def run_fast(fids, dim, seeds, kw, batch=10, budget=None, traj=False):
 
 def _at(kw: dict, d: int) -> dict:
   """A variant's options at dimension d: a value given as {"2": .., "5": ..} is taken per d."""
-  return {k: v[str(d)] if isinstance(v, dict) else v for k, v in kw.items()}
+  per_d = lambda v: isinstance(v, dict) and all(str(k).isdigit() for k in v)  # noqa: E731
+  return {k: v[str(d)] if per_d(v) else v for k, v in kw.items()}
 
 
 def main() -> None:
