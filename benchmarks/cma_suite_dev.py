@@ -26,8 +26,68 @@ import numpy as np  # noqa: E402
 from _paths import results_path  # noqa: E402
 from _protocol import DEV_SEEDS, paired  # noqa: E402
 
-from metaopt._src import bbob  # noqa: E402
+from metaopt._src import bbob, evolution  # noqa: E402
 from metaopt._src.evolution import cma_es  # noqa: E402
+
+
+def _params_class(base_cls, mu=None, d_std_mult=1.0, c_mean=1.0):
+  """A development-only CMA-ES class: ``mu`` parents (weights ``log(mu + 1/2) - log i``, the
+  learning rates recomputed from their ``mu_eff`` by evosax's own formulas, Hansen's), the
+  step-size damping times ``d_std_mult``, the mean's learning rate ``c_mean``."""
+
+  class _Dev(base_cls):
+    @property
+    def num_elites(self):
+      return mu if mu else max(1, int(self.elite_ratio * self.population_size))
+
+    @property
+    def _default_params(self):
+      lam = self.population_size
+      m = self.num_elites
+      saved = self.population_size
+      try:  # evosax's weights: log((lam + 1) / 2) - log i; with mu: lam' = 2 mu
+        self.population_size = 2 * m
+        wp = jnp.log((self.population_size + 1) / 2) - jnp.log(jnp.arange(1, lam + 1))
+      finally:
+        self.population_size = saved
+      p = super()._default_params
+      if mu is None:
+        wp = None
+      if wp is not None:
+        mu_eff = jnp.sum(wp[:m]) ** 2 / jnp.sum(wp[:m] ** 2)
+        mu_eff_minus = jnp.sum(wp[m:]) ** 2 / jnp.sum(wp[m:] ** 2)
+        d, dd = self.num_dims, self.max_num_dims_sq
+        c_c = (4 + mu_eff / d) / (d + 4 + 2 * mu_eff / d)
+        c_1 = 2 / ((dd + 1.3) ** 2 + mu_eff)
+        c_mu = jnp.minimum(1 - c_1 - 1e-8, 2 * (mu_eff + 1 / mu_eff - 2)
+                           / ((dd + 2) ** 2 + 2 * mu_eff / 2))
+        min_alpha = jnp.minimum(jnp.minimum(1 + c_1 / c_mu, 1 + 2 * mu_eff_minus / (mu_eff + 2)),
+                                (1 - c_1 - c_mu) / (d * c_mu))
+        pos = jnp.sum(wp * (wp > 0))
+        neg = jnp.sum(jnp.abs(wp * (wp < 0)))
+        w = jnp.where(wp >= 0, wp / pos, min_alpha * wp / neg)
+        c_std = (mu_eff + 2) / (d + mu_eff + 5)
+        d_std = 1 + 2 * jnp.maximum(0, jnp.sqrt((mu_eff - 1) / (d + 1)) - 1) + c_std
+        p = p.replace(weights=w, mu_eff=mu_eff, c_c=c_c, c_1=c_1, c_mu=c_mu, c_std=c_std,
+                      d_std=d_std)
+      return p.replace(d_std=p.d_std * d_std_mult, c_mean=c_mean)
+
+  return _Dev
+
+
+def _cma(dim, popsize, kw):
+  """cma_es with a variant's options; ``_params`` (a dict of :func:`_params_class`'s keywords)
+  swaps in the development class."""
+  kw = dict(kw)
+  extra = kw.pop("_params", None)
+  if not extra:
+    return cma_es(dim, popsize=popsize, **kw)
+  orig = evolution._cma_class
+  evolution._cma_class = lambda sampling: _params_class(orig(sampling), **extra)
+  try:
+    return cma_es(dim, popsize=popsize, **kw)
+  finally:
+    evolution._cma_class = orig
 
 
 class _TracedNp:
@@ -39,10 +99,11 @@ class _TracedNp:
     return getattr(np, name)
 
 
-def run_fast(fids, dim, seeds, kw, batch=10):
-  """Final regrets [fid, seed] of cma_es(dim, popsize=batch, **kw), the suite's keys and
-  budget, every (function, seed) in one jitted vmap (the function picked by lax.switch)."""
-  budget = max(40, 10 * dim)
+def run_fast(fids, dim, seeds, kw, batch=10, budget=None, traj=False):
+  """Final regrets [fid, seed] (with ``traj``: best regret after each batch, [fid, seed, batch])
+  of cma_es(dim, popsize=batch, **kw), the suite's keys and budget (default max(40, 10 d)),
+  every (function, seed) in one jitted vmap (the function picked by lax.switch)."""
+  budget = budget or max(40, 10 * dim)
   insts = {f: [bbob.bbob_instance(f, dim, bs.instance_of(s)) for s in seeds] for f in fids}
   stacks = [{k: jnp.asarray(np.stack([i[k] for i in insts[f]]), jnp.float32)
              for k in insts[f][0] if k != "fopt"} for f in fids]
@@ -55,17 +116,18 @@ def run_fast(fids, dim, seeds, kw, batch=10):
     return go
 
   branches = [branch(j, f) for j, f in enumerate(fids)]
-  s = cma_es(dim, popsize=batch, **kw)
+  s = _cma(dim, batch, kw)
 
   def one(fj, si, seed):
     def body(c, r):
       st, best = c
       st, u = s.ask(st, jax.random.fold_in(jax.random.key(seed + 10_000), r), batch)
       y = jax.lax.switch(fj, branches, si, 10.0 * u - 5.0)
-      return (s.tell(st, u, y, jnp.zeros(batch, jnp.int32)), jnp.minimum(best, y.min())), None
-    (_, best), _ = jax.lax.scan(body, (s.init(jax.random.key(seed)), jnp.inf),
-                                jnp.arange(budget // batch))
-    return best
+      best = jnp.minimum(best, y.min())
+      return (s.tell(st, u, y, jnp.zeros(batch, jnp.int32)), best), best
+    (_, best), bests = jax.lax.scan(body, (s.init(jax.random.key(seed)), jnp.inf),
+                                    jnp.arange(budget // batch))
+    return bests if traj else best
 
   fj, si = np.meshgrid(np.arange(len(fids)), np.arange(len(seeds)), indexing="ij")
   sd = np.asarray(seeds)[si]
@@ -75,12 +137,15 @@ def run_fast(fids, dim, seeds, kw, batch=10):
                                   jnp.asarray(sd.ravel()))
   finally:
     bbob.np = np
+  if traj:
+    return np.asarray(best, np.float64).reshape(fj.shape + (-1,)) - fopt[..., None]
   return np.asarray(best, np.float64).reshape(fj.shape) - fopt
 
 
 def _at(kw: dict, d: int) -> dict:
   """A variant's options at dimension d: a value given as {"2": .., "5": ..} is taken per d."""
-  return {k: v[str(d)] if isinstance(v, dict) else v for k, v in kw.items()}
+  per_d = lambda v: isinstance(v, dict) and all(str(k).isdigit() for k in v)  # noqa: E731
+  return {k: v[str(d)] if per_d(v) else v for k, v in kw.items()}
 
 
 def main() -> None:
@@ -88,6 +153,10 @@ def main() -> None:
   ap.add_argument("--functions", default=",".join(str(f) for f in range(1, 25)))
   ap.add_argument("--dims", default="2,5,10")
   ap.add_argument("--seeds", type=int, default=len(DEV_SEEDS))
+  ap.add_argument("--seed_range", default=None,
+                  help="A-B: diagnostic seeds (blackbox_suite.suite_seeds; never report seeds)")
+  ap.add_argument("--budget", type=int, default=None,
+                  help="evaluations per d (default: the quick suite's max(40, 10 d))")
   ap.add_argument("--cache", default="/work/bbcache_dev")
   ap.add_argument("--variants", default='{"base": {}}')
   ap.add_argument("--fill", action="store_true", help="only run / cache Optuna's side")
@@ -100,7 +169,8 @@ def main() -> None:
 
   optuna.logging.set_verbosity(optuna.logging.ERROR)
   warnings.filterwarnings("ignore")
-  seeds = list(DEV_SEEDS[: a.seeds])
+  seeds = (list(DEV_SEEDS[: a.seeds]) if a.seed_range is None
+           else bs.suite_seeds(seed_range=a.seed_range))
   variants = json.loads(a.variants)
   funcs = [f"f{int(f)}" for f in a.functions.split(",")]
   dims = [int(d) for d in a.dims.split(",")]
@@ -112,9 +182,10 @@ def main() -> None:
   if not a.fill:
     for v, kw in variants.items():
       for d in dims:
-        fast[(v, d)] = run_fast([int(p[1:]) for p in funcs], d, seeds, _at(kw, d))
+        fast[(v, d)] = run_fast([int(p[1:]) for p in funcs], d, seeds, _at(kw, d),
+                                budget=a.budget and a.budget * d)
   for d in dims:
-    budget = max(40, 10 * d)
+    budget = a.budget * d if a.budget else max(40, 10 * d)
     for p in funcs:
       cell = f"{p}/d{d}"
       fin["optuna"][cell] = bs._final(bs.run_cell("optuna", "cma_es", p, d, seeds, budget, batch,
