@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import metaopt
-from metaopt._src import compile_cache, evaluators, loop
+from metaopt._src import compile_cache, evaluators, keys, loop
 from metaopt.tasks import get_task
 
 XLA: collections.Counter = collections.Counter()
@@ -53,32 +53,77 @@ def test_a_search_run_again_compiles_nothing():
   assert cold > 0  # (tests/conftest.py empties the cache for each test module)
 
 
-def test_search_keys_equal_the_eager_ones_in_one_compile_each():
-  from metaopt._src import loop
-
-  for seed in (0, 1, 1000, 2**31 - 1, 2**31, 2**40, -3):  # past int32: the eager path
+def test_search_keys_equal_the_eager_ones_and_compile_nothing():
+  # host threefry (keys.py): the bits of JAX's split / fold_in / key, no XLA program
+  XLA.clear()
+  for seed in (0, 1, 1000, 2**31 - 1, -3, -2**31):
     eager = jax.random.split(jax.random.key(seed))
+    n = sum(XLA.values())
     got = loop.root_keys(seed)
+    folded = {data: loop.fold_in(got[1], data) for data in (0, 1, 7, 2**31, 2**32 - 1)}
+    assert sum(XLA.values()) == n, dict(XLA)
     for a, b in zip(eager, got, strict=True):
+      assert b.dtype == a.dtype and b.shape == a.shape == ()
       np.testing.assert_array_equal(jax.random.key_data(a), jax.random.key_data(b))
-    for data in (0, 1, 7, 2**32 - 1):
+    for data, key in folded.items():
       np.testing.assert_array_equal(jax.random.key_data(jax.random.fold_in(eager[1], data)),
-                                    jax.random.key_data(loop.fold_in(got[1], data)))
-  assert loop.search_keys._cache_size() == 1 and loop._fold_in._cache_size() == 1
+                                    jax.random.key_data(key))
+  for seed in (2**31, 2**40):  # past int32: the eager path
+    for a, b in zip(jax.random.split(jax.random.key(seed)), loop.root_keys(seed), strict=True):
+      np.testing.assert_array_equal(jax.random.key_data(a), jax.random.key_data(b))
+  seeds = np.asarray([0, 5, 2**31, 2**32 - 1], np.uint32)
+  n = sum(XLA.values())
+  trial = evaluators._trial_keys(seeds)
+  assert sum(XLA.values()) == n
+  np.testing.assert_array_equal(jax.random.key_data(jax.vmap(jax.random.key)(seeds)),
+                                jax.random.key_data(trial))
 
 
-def test_a_cold_search_compiles_at_most_eleven_programs():
+def test_search_keys_under_another_prng_are_jaxs():
+  # not threefry: JAX makes the keys, as before
+  with jax.default_prng_impl("rbg"):
+    assert not keys.on_host()
+    got = loop.root_keys(4)
+    eager = jax.random.split(jax.random.key(4))
+    np.testing.assert_array_equal(jax.random.key_data(eager[1]), jax.random.key_data(got[1]))
+    np.testing.assert_array_equal(jax.random.key_data(jax.random.fold_in(eager[1], 3)),
+                                  jax.random.key_data(loop.fold_in(got[1], 3)))
+  assert keys.on_host()
+
+
+def test_searcher_functions_compile_to_the_same_bits_with_the_older_emitters(monkeypatch):
+  # loop.SEARCHER_COMPILE_CPU (XLA's non-MLIR fusion emitters) changes no searcher output:
+  # the same trials and curves as fast_jit's build, and the same decoded values bit for bit
+  task = get_task("digits_mlp")
+  u = np.random.default_rng(0).random((512, task.space.dim)).astype(np.float32)
+  assert loop.SEARCHER_COMPILE_CPU == {"xla_cpu_use_fusion_emitters": False}
+  decoded, runs = {}, {}
+  for options in ({}, dict(loop.SEARCHER_COMPILE_CPU)):
+    monkeypatch.setattr(loop, "SEARCHER_COMPILE_CPU", options)
+    compile_cache.clear()
+    older = bool(options)
+    decoded[older] = jax.device_get(loop.searcher_jit(task.space.decode)(u))
+    res = _search(seed=7, study=f"emitters{older}")
+    runs[older] = (_rows(res), [[(m["train_loss"], m["valid_accuracy"]) for m in t.metrics]
+                                for t in res.trials])
+  for name, v in decoded[False].items():
+    np.testing.assert_array_equal(v, decoded[True][name], err_msg=name)
+  assert runs[True] == runs[False]
+  assert any(t[1] == "pruned" for t in runs[True][0])  # the observer (ASHA) acted
+
+
+def test_a_cold_search_compiles_at_most_eight_programs():
   # nothing compiled before (JAX's own caches too): the searcher's init, startup ask, decode,
-  # observe and tell, the population init, its trial keys, the chunk, the search's two key
-  # functions and one conversion; no eager PRNG op compiles on its own
+  # observe and tell, the population init, the chunk and one conversion (the task's
+  # optimizer check); no PRNG op compiles on its own (the search's keys are made on the host)
   jax.clear_caches()
   compile_cache.clear()
   XLA.clear()
   _search(seed=5, study="cold")
   eager = {"jit(_threefry_split)", "jit(_threefry_fold_in)", "jit(_threefry_seed)",
-           "jit(unstack)", "jit(stage)"}
+           "jit(unstack)", "jit(stage)", "jit(search_keys)", "jit(fold_in)", "jit(key)"}
   assert not eager & set(XLA), dict(XLA)
-  assert sum(XLA.values()) <= 11, dict(XLA)
+  assert sum(XLA.values()) <= 8, dict(XLA)
   assert XLA["jit(loop_chunk)"] == 1, dict(XLA)
 
 

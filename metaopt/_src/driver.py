@@ -32,7 +32,6 @@ from tqdm.auto import tqdm
 
 from metaopt._src import compile_cache, loop
 from metaopt._src import distributed as dist
-from metaopt._src import population as pop
 from metaopt._src.evaluators import COMPACTIONS, Evaluator, TaskEvaluator, as_evaluator
 from metaopt._src.objectives import OBJECTIVES, check_objectives
 from metaopt._src.provenance import code_version, hardware
@@ -200,7 +199,7 @@ def _check_settings(program: Any, n_trials: int, population: int, epochs: int,
 def _searcher_init(program: Searcher, key: jax.Array):
   """The program's initial state: one compile, not one per eager op, and none when the same
   program was searched before in this process."""
-  return compile_cache.cached(lambda: pop.fast_jit(program.init), "searcher-init",
+  return compile_cache.cached(lambda: loop.searcher_jit(program.init), "searcher-init",
                               program.init)(key)
 
 

@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from metaopt._src import compile_cache, mesh2d, streaming
+from metaopt._src import compile_cache, keys, mesh2d, streaming
 from metaopt._src import population as pop
 from metaopt.spaces import Choice, Space
 from metaopt.tasks import Task, TrialFns, check_reads
@@ -392,7 +392,14 @@ def _as_dict(m: Any, objective: str) -> dict[str, jax.Array]:
 # --------------------------------------------------------------------------- tasks
 
 
-_trial_keys = pop.fast_jit(jax.vmap(jax.random.key))  # one compile, not one per eager op
+_trial_keys_jit = pop.fast_jit(jax.vmap(jax.random.key))  # one compile, not one per eager op
+
+
+def _trial_keys(seeds: np.ndarray) -> jax.Array:
+  """``vmap(jax.random.key)(seeds)``: each trial's key, made on the host (see ``keys.py``)."""
+  if keys.on_host():
+    return keys.wrap(keys.trial_keys_data(seeds))
+  return _trial_keys_jit(np.asarray(seeds, np.uint32))
 
 
 @pop.fast_jit
@@ -436,7 +443,7 @@ def _compile_in_background(kernel: pop.PopulationKernel, space: Space, n: int,
         space.decode, sds((n, space.dim), jnp.float32)).items()}  # host arrays: not weak
     if "schedule_steps" not in h:
       h["schedule_steps"] = sds((n,), jnp.float32)
-    states = kernel.init.eval_shape(_trial_keys.eval_shape(sds((n,), jnp.uint32)), h)
+    states = kernel.init.eval_shape(_trial_keys_jit.eval_shape(sds((n,), jnp.uint32)), h)
     key = jax.eval_shape(lambda: jax.random.key(0))
     lowered = kernel.chunk.lower(states, h, sds((n,), jnp.bool_), key, data)
     if pre is not None:
