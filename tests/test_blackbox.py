@@ -730,11 +730,10 @@ def test_kumaraswamy_warp_matches_its_closed_form():
 
 
 @pytest.mark.parametrize("jit", [False, True])
-def test_gp_posterior_matches_its_closed_form_and_one_batched_factorisation(jit):
+def test_gp_posterior_matches_its_closed_form(jit):
   """The posterior mean and std of the masked GP (noise floor 1e-6 plus the fitted noise, both
-  relative to the signal variance) equal the float64 closed form on the valid rows; factorising
-  two models in one vmapped trace (as ``ask``'s believer step does) gives each one's factor."""
-  from metaopt._src.gp import _factor, _posterior
+  relative to the signal variance) equal the float64 closed form on the valid rows."""
+  from metaopt._src.gp import _posterior
 
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.uniform(size=(12, 2)), jnp.float32)
@@ -742,7 +741,6 @@ def test_gp_posterior_matches_its_closed_form_and_one_batched_factorisation(jit)
   mask = jnp.arange(12) < 9
   theta = {"log_ls": jnp.log(jnp.asarray([0.3, 0.6])), "log_s2": jnp.asarray(0.2),
            "log_noise": jnp.asarray(-5.0)}
-  theta2 = {**theta, "log_ls": jnp.log(jnp.asarray([0.5, 0.2]))}
   xq = jnp.asarray(rng.uniform(size=(5, 2)), jnp.float32)
   yz = jnp.where(mask, y, 0.0)
   post = (lambda *a, **k: jax.jit(_posterior(*a, **k))) if jit else _posterior
@@ -759,13 +757,6 @@ def test_gp_posterior_matches_its_closed_form_and_one_batched_factorisation(jit)
   np.testing.assert_allclose(mean, ks @ np.linalg.solve(kk, yv), atol=2e-4)
   var = s2 - np.sum(ks * np.linalg.solve(kk, ks.T).T, 1)
   np.testing.assert_allclose(std, np.sqrt(np.maximum(var, 1e-10)), atol=2e-4)
-  both = jax.vmap(_factor)(jax.tree_util.tree_map(lambda a, b: jnp.stack([a, b]), theta, theta2),
-                           jnp.stack([x, x]), jnp.stack([yz, yz]), jnp.stack([mask, mask]))
-  for i, th in enumerate((theta, theta2)):
-    chex.assert_trees_all_close((both[0][i], both[1][i]), _factor(th, x, yz, mask),
-                                atol=1e-6, rtol=1e-6)
-  chex.assert_trees_all_close(_posterior(theta, x, yz, mask, factor=(both[0][0], both[1][0]))(xq),
-                              (mean, std), atol=1e-6, rtol=1e-6)
 
 
 # slow like the GP's entry of the 2-D optima test above (six searches, ~6 GP asks each)
