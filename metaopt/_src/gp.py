@@ -140,17 +140,10 @@ def kumaraswamy_warp(x: jax.Array, theta, levels: np.ndarray | None = None) -> j
   return w
 
 
-def _kernel(theta, x, mask, levels=None):
-  """Kernel matrix of the masked rows (0 where a row or column is masked)."""
+def _gram(theta, x, mask, levels=None, floor=None):
   m = mask.astype(jnp.float32)
   x = kumaraswamy_warp(x, theta, levels)
-  return matern52(x, x, theta["log_ls"], theta["log_s2"], levels) * (m[:, None] * m[None, :])
-
-
-def _gram(theta, x, mask, levels=None, floor=None, kernel=None):
-  """Kernel matrix plus noise (floored at ``floor``; default ``_MIN_NOISE``) on the diagonal
-  of the masked rows and 1 on the others; ``kernel``: :func:`_kernel`'s value, if known."""
-  k = _kernel(theta, x, mask, levels) if kernel is None else kernel
+  k = matern52(x, x, theta["log_ls"], theta["log_s2"], levels) * (m[:, None] * m[None, :])
   noise = jnp.exp(theta["log_s2"]) * ((_MIN_NOISE if floor is None else floor)
                                       + jnp.exp(theta["log_noise"]))
   return k + jnp.diag(jnp.where(mask, noise, 1.0))
@@ -163,17 +156,13 @@ def _cholesky(theta, x, mask, levels=None):
 
   The floor is picked by a trial factorisation outside the gradient, so differentiating
   this (the marginal-likelihood fit) traces one Cholesky, not both branches of a ``cond``:
-  the gradient of a ``cond`` of two factorisations cost ~1.5 s of compile per fit. Both
-  factorisations add their noise to one kernel matrix (traced once, not per factorisation).
-  The Gram matrix is symmetric bit for bit, so the factorisations skip ``cholesky``'s
-  symmetrisation (its kernels and their transposes in the gradient, ~4% of ``ask``'s
-  compile)."""
-  k = _kernel(theta, x, mask, levels)
-  trial = jnp.linalg.cholesky(jax.lax.stop_gradient(_gram(theta, x, mask, levels, kernel=k)),
+  the gradient of a ``cond`` of two factorisations cost ~1.5 s of compile per fit. The Gram
+  matrix is symmetric bit for bit, so the factorisations skip ``cholesky``'s symmetrisation
+  (its kernels and their transposes in the gradient, ~4% of ``ask``'s compile)."""
+  trial = jnp.linalg.cholesky(jax.lax.stop_gradient(_gram(theta, x, mask, levels)),
                               symmetrize_input=False)
   floor = jnp.where(jnp.all(jnp.isfinite(trial)), _MIN_NOISE, _SAFE_NOISE)
-  return jnp.linalg.cholesky(_gram(theta, x, mask, levels, floor, kernel=k),
-                             symmetrize_input=False)
+  return jnp.linalg.cholesky(_gram(theta, x, mask, levels, floor), symmetrize_input=False)
 
 
 def _log_prior(theta, dim: int) -> jax.Array:
