@@ -781,6 +781,36 @@ def test_kumaraswamy_warp_matches_its_closed_form():
   assert "warp_a" not in gp_bo(2).init(jax.random.key(0))["theta"]  # off by default
 
 
+@pytest.mark.parametrize("jit", [False, True])
+def test_gp_posterior_matches_its_closed_form(jit):
+  """The posterior mean and std of the masked GP (noise floor 1e-6 plus the fitted noise, both
+  relative to the signal variance) equal the float64 closed form on the valid rows."""
+  from metaopt._src.gp import _posterior
+
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.uniform(size=(12, 2)), jnp.float32)
+  y = jnp.asarray(rng.normal(size=12), jnp.float32)
+  mask = jnp.arange(12) < 9
+  theta = {"log_ls": jnp.log(jnp.asarray([0.3, 0.6])), "log_s2": jnp.asarray(0.2),
+           "log_noise": jnp.asarray(-5.0)}
+  xq = jnp.asarray(rng.uniform(size=(5, 2)), jnp.float32)
+  yz = jnp.where(mask, y, 0.0)
+  post = (lambda *a, **k: jax.jit(_posterior(*a, **k))) if jit else _posterior
+  mean, std = post(theta, x, yz, mask)(xq)
+
+  def k64(a, b, ls, s2):
+    r = np.sqrt(np.sum(np.square((a[:, None] - b[None]) / ls), -1))
+    return s2 * (1 + np.sqrt(5) * r + 5 / 3 * r**2) * np.exp(-np.sqrt(5) * r)
+
+  xv, yv, x64 = np.asarray(x[:9], np.float64), np.asarray(y[:9], np.float64), np.asarray(xq)
+  ls, s2 = np.exp(np.asarray(theta["log_ls"], np.float64)), np.exp(0.2)
+  kk = k64(xv, xv, ls, s2) + s2 * (1e-6 + np.exp(-5.0)) * np.eye(9)
+  ks = k64(x64.astype(np.float64), xv, ls, s2)
+  np.testing.assert_allclose(mean, ks @ np.linalg.solve(kk, yv), atol=2e-4)
+  var = s2 - np.sum(ks * np.linalg.solve(kk, ks.T).T, 1)
+  np.testing.assert_allclose(std, np.sqrt(np.maximum(var, 1e-10)), atol=2e-4)
+
+
 # slow like the GP's entry of the 2-D optima test above (six searches, ~6 GP asks each)
 @pytest.mark.slow
 def test_gp_warp_finds_the_2d_sphere_and_rosenbrock_optima_in_one_jitted_scan():
