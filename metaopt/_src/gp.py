@@ -9,13 +9,13 @@ believer); Ament et al., "Unexpected Improvements to Expected Improvement", Neur
 (log-EI). Priors, the Hamming kernel for categoricals and the incumbent as a start of the
 acquisition search follow Optuna's ``GPSampler`` (Optuna 5, ``optuna/_gp``).
 
-Model: zero-mean GP with a Matern-5/2 ARD kernel on standardised ``y``, by default chosen per
-``ask`` between plain ``y`` and the ``log1p`` of its distance to the best value in units of the
-median's (so that a few huge values do not flatten the surface near the optimum), whichever has
-the higher GP marginal likelihood with the transform's Jacobian (``output_warp="gp"``).
-Categorical coordinates (``levels``) enter the kernel by the Hamming distance of their choices.
-Log lengthscales, log signal variance and log noise variance (relative to the signal) are MAP
-estimates (priors in :func:`_log_prior`), fitted
+Model: zero-mean GP with a Matern-5/2 ARD kernel on warped, standardised ``y`` (``log1p`` of
+the distance to the best value in units of the median's, so that a few huge values do not
+flatten the surface near the optimum; ``output_warp="gp"`` chooses per ``ask`` between that and
+plain ``y`` by GP marginal likelihood with the Jacobian). Categorical coordinates (``levels``)
+enter the kernel by the Hamming distance of their choices. Log lengthscales, log signal variance
+and log noise variance (relative to the signal) are MAP estimates (priors in
+:func:`_log_prior`), fitted
 with ``optax.adam`` for a fixed number of steps inside ``ask``, warm-started from the
 previous fit. The noise is floored at 1e-6 of the signal variance; where float32 Cholesky
 fails at that floor (near-duplicate points; found by a trial factorisation outside the
@@ -373,7 +373,7 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
           levels: Sequence[int] | None = None, deterministic: bool = False,
           n_exploit: int | Sequence[int] = (24, 12, 48, 96),
           buckets: bool = True, n_diverse: int = 0, warp: bool = False,
-          believer_incumbent: bool = True, output_warp: float | str = "gp") -> Searcher:
+          believer_incumbent: bool = True, output_warp: float | str = True) -> Searcher:
   """GP-BO with a Matern-5/2 ARD kernel, log-EI or UCB, and kriging-believer batches.
 
   Until ``n_startup`` observations are complete, proposals are scrambled Sobol points. Then
@@ -419,7 +419,7 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
       the acquisition search also starts away from the leading basin; the others are the
       best candidates overall.
     warp, output_warp: fit a Kumaraswamy CDF per continuous input with the GP (input warping);
-      per ask, ``log1p``-warp ``y`` or not, by GP evidence (``"gp"``; ``True``/``False``: always).
+      ``log1p``-warp ``y`` before standardising (float ``k``: milder; ``"auto"``, ``"gp"``).
     believer_incumbent: the log-EI incumbent of each batch point is the best of the
       observations and the means believed at the batch's earlier points (default), or
       (``False``, before 2026-12-06) the best observation: a batch can then pile up.
