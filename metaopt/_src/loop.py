@@ -35,6 +35,7 @@ from metaopt._src import objectives as mo
 from metaopt._src import population as pop
 from metaopt._src.checkpoint import Checkpointer
 from metaopt._src.evaluators import Evaluator, TrialBatch
+from metaopt._src.jit_options import OptionsJit
 from metaopt._src.store import Store, _dumps
 from metaopt._src.types import (
     FAILED,
@@ -141,7 +142,7 @@ def searcher_jit(fun: Callable, **kwargs: Any) -> Callable:
   """:func:`population.fast_jit`, on the CPU also with :data:`SEARCHER_COMPILE_CPU`."""
   if jax.default_backend() != "cpu":
     return pop.fast_jit(fun, **kwargs)
-  return jax.jit(fun, compiler_options={**pop.FAST_COMPILE, **SEARCHER_COMPILE_CPU}, **kwargs)
+  return OptionsJit(fun, {**pop.FAST_COMPILE, **SEARCHER_COMPILE_CPU}, **kwargs)
 
 
 def searcher_fns(program: Searcher, space: Space) -> SearcherFns:

@@ -43,6 +43,7 @@ from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from metaopt._src.dots import canonical_dots
+from metaopt._src.jit_options import OptionsJit
 from metaopt.tasks import Dataset, TrialFns
 
 PyTree = Any
@@ -103,7 +104,7 @@ def chunk_compile_options() -> dict[str, Any] | None:
 def fast_jit(fun, **kwargs):
   """``jax.jit`` without XLA backend optimisation, for functions called a few times per
   round whose compilation costs far more than their runs."""
-  return jax.jit(fun, compiler_options=FAST_COMPILE, **kwargs)
+  return OptionsJit(fun, FAST_COMPILE, **kwargs)
 
 
 # The population ``init`` draws every trial's initial weights; at
@@ -127,7 +128,7 @@ class PopulationInit:
 
   def __init__(self, init: Callable, workers: int = 1, **jit_kwargs: Any):
     self._fast = fast_jit(jax.vmap(init), **jit_kwargs)
-    self._opt = jax.jit(jax.vmap(init), compiler_options=INIT_COMPILE, **jit_kwargs)
+    self._opt = OptionsJit(jax.vmap(init), INIT_COMPILE, **jit_kwargs)
     self._builds = {False: _Chunk(self._fast), True: _Chunk(self._opt)}
     self._big: dict[Any, bool] = {}
     self.eval_shape = self._fast.eval_shape  # (keys, h) -> shapes of the states
@@ -596,8 +597,7 @@ class _PartedChunk:
 
   def __init__(self, core: Callable, workers: int, shared_batches: bool):
     self.workers, self.shared = workers, shared_batches
-    self._core = _Chunk(jax.jit(core, donate_argnums=(0,),
-                                compiler_options=chunk_compile_options()))
+    self._core = _Chunk(OptionsJit(core, chunk_compile_options(), donate_argnums=(0,)))
 
   def _args(self, states, h, alive, key, data, part_n):
     # the arguments of one part's core call, as shapes (for lowering)
@@ -743,12 +743,12 @@ def make_kernel(fns: TrialFns, n_train: int, batch_size: int,
       return PopulationKernel(init, _PartedChunk(loop_chunk, workers, shared_batches), steps,
                               1, mode, workers)
     fn = loop_chunk if mode == "loop" else chunk
-    chunk_j = _Chunk(jax.jit(fn, donate_argnums=(0,), compiler_options=chunk_compile_options()))
+    chunk_j = _Chunk(OptionsJit(fn, chunk_compile_options(), donate_argnums=(0,)))
     return PopulationKernel(init, chunk_j, steps, 1, mode)
   pop, rep = NamedSharding(mesh, P("pop")), NamedSharding(mesh, P())
   init = PopulationInit(fns.init, in_shardings=(pop, pop), out_shardings=pop)
-  chunk_j = jax.jit(chunk, in_shardings=(pop, pop, pop, rep, rep), out_shardings=(pop, pop),
-                    donate_argnums=(0,), compiler_options=chunk_compile_options())
+  chunk_j = OptionsJit(chunk, chunk_compile_options(), in_shardings=(pop, pop, pop, rep, rep),
+                       out_shardings=(pop, pop), donate_argnums=(0,))
 
   def chunk_sharded(states, h, alive, key, data):
     # states gathered on the host side (compaction, exploit) come back replicated

@@ -33,6 +33,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from metaopt._src import population as pop
+from metaopt._src.jit_options import OptionsJit
 from metaopt.tasks import Dataset, TrialFns
 
 PyTree = Any
@@ -117,9 +118,8 @@ class StreamingKernel:
     if mesh is None:
       # built as the in-memory kernel's init and chunk are: the same numbers bit for bit
       self.init = pop.PopulationInit(fns.init)
-      self._block = jax.jit(self._block_fn, donate_argnums=(0,),
-                            compiler_options=pop.chunk_compile_options())
-      self._eval = jax.jit(self._eval_fn, compiler_options=pop.chunk_compile_options())
+      self._block = OptionsJit(self._block_fn, pop.chunk_compile_options(), donate_argnums=(0,))
+      self._eval = OptionsJit(self._eval_fn, pop.chunk_compile_options())
       self._where = None
       return
     # trials over "pop"; a block's minibatches over "data" when the mesh has that axis
@@ -130,12 +130,12 @@ class StreamingKernel:
                           P("pop", None, data_ax))  # [trials, steps, rows]
     self._where = (batch, batch, rep)
     self.init = pop.PopulationInit(fns.init, in_shardings=(ps, ps), out_shardings=ps)
-    self._block = jax.jit(self._block_fn, in_shardings=(ps, ps, ps, batch, batch, rep),
-                          out_shardings=(ps, ps), donate_argnums=(0,),
-                          compiler_options=pop.chunk_compile_options())
+    self._block = OptionsJit(self._block_fn, pop.chunk_compile_options(),
+                             in_shardings=(ps, ps, ps, batch, batch, rep),
+                             out_shardings=(ps, ps), donate_argnums=(0,))
     # validation batches replicated: any eval_batch works, whatever the data axis
-    self._eval = jax.jit(self._eval_fn, in_shardings=(ps, ps, rep, rep), out_shardings=ps,
-                         compiler_options=pop.chunk_compile_options())
+    self._eval = OptionsJit(self._eval_fn, pop.chunk_compile_options(),
+                            in_shardings=(ps, ps, rep, rep), out_shardings=ps)
     self._pop_sharding = ps
 
   # ----------------------------------------------------------------- compiled pieces
