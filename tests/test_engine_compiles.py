@@ -263,3 +263,18 @@ def test_population_init_build_by_size(task, monkeypatch):
   assert used == ["_fast", "_opt"]
   for a, b in zip(jax.tree_util.tree_leaves(small), jax.tree_util.tree_leaves(big), strict=True):
     np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_building_a_task_compiles_nothing():
+  """A search's kernel is built before anything runs: the task's trial functions (and the
+  optimizer-name check in them) run no eager JAX operation, each of which would be an XLA
+  compile in a cold process (a bad name still fails at build time)."""
+  from metaopt.tasks._src import base
+  t = get_task("wine_mlp")  # a task no earlier test of this module has built
+  x = np.zeros((1, 2), np.float32)
+  COMPILES.clear()
+  t.build({"optimizer": "sgd"})
+  base.supervised(None, x, base.softmax_xent, base.classification_metrics, "adamw", {})
+  assert sum(COMPILES.values()) == 0, dict(COMPILES)
+  with pytest.raises(ValueError, match="optimizer 'adagrad' is unknown; allowed: adamw, sgd"):
+    base.supervised(None, x, base.softmax_xent, base.classification_metrics, "adagrad", {})

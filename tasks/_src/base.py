@@ -165,8 +165,16 @@ def telemetry(loss: jax.Array, params: PyTree, grads: PyTree, live: PyTree | Non
 OPTIMIZERS: tuple[str, ...] = ("adamw", "sgd")
 
 
+def check_optimizer(name: str) -> None:
+  """Raises ``ValueError`` naming the allowed optimizers when ``name`` is not one of them
+  (a check that runs no JAX operation: building the optimizer would compile one)."""
+  if name not in OPTIMIZERS:
+    raise ValueError(f"optimizer {name!r} is unknown; allowed: {', '.join(OPTIMIZERS)}")
+
+
 def make_optimizer(name: str, h: H, defaults: Mapping[str, float]) -> optax.GradientTransformation:
   """An optax optimizer whose hyperparameters are injected (traced) from ``h``."""
+  check_optimizer(name)
   get = lambda k: jnp.asarray(h[k] if k in h else defaults.get(k, _OPT_DEFAULTS[k]), jnp.float32)
   if name == "adamw":
     return optax.inject_hyperparams(optax.adamw)(
@@ -180,7 +188,7 @@ def make_optimizer(name: str, h: H, defaults: Mapping[str, float]) -> optax.Grad
     return optax.inject_hyperparams(sgdw)(
         learning_rate=get("learning_rate"), momentum=get("momentum"),
         weight_decay=get("weight_decay"))
-  raise ValueError(f"optimizer {name!r} is unknown; allowed: {', '.join(OPTIMIZERS)}")
+  raise AssertionError(name)  # unreachable: check_optimizer
 
 
 _OPT_DEFAULTS = {"learning_rate": 1e-3, "weight_decay": 0.0, "momentum": 0.9, "b1": 0.9}
@@ -302,7 +310,7 @@ def supervised(
       e.g. to zero masked units; ``live_mask`` marks the parameters that exist.
     penalty: ``(params, h) -> scalar`` added to the training loss (e.g. an L2 term).
   """
-  make_optimizer(optimizer, {}, defaults)  # validates the name before anything compiles
+  check_optimizer(optimizer)  # before anything is traced or compiled
 
   def init(key: jax.Array, h: H) -> PyTree:
     params = model.init(key, example_x, h)
