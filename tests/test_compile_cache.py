@@ -112,10 +112,10 @@ def test_searcher_functions_compile_to_the_same_bits_with_the_older_emitters(mon
   assert any(t[1] == "pruned" for t in runs[True][0])  # the observer (ASHA) acted
 
 
-def test_a_cold_search_compiles_at_most_eight_programs():
+def test_a_cold_search_compiles_at_most_seven_programs():
   # nothing compiled before (JAX's own caches too): the searcher's init, startup ask, decode,
-  # observe and tell, the population init, the chunk and one conversion (the task's
-  # optimizer check); no PRNG op compiles on its own (the search's keys are made on the host)
+  # observe and tell, the population init and the chunk; no PRNG op compiles on its own (the
+  # search's keys are made on the host), nor the task's optimizer-name check
   jax.clear_caches()
   compile_cache.clear()
   XLA.clear()
@@ -123,7 +123,7 @@ def test_a_cold_search_compiles_at_most_eight_programs():
   eager = {"jit(_threefry_split)", "jit(_threefry_fold_in)", "jit(_threefry_seed)",
            "jit(unstack)", "jit(stage)", "jit(search_keys)", "jit(fold_in)", "jit(key)"}
   assert not eager & set(XLA), dict(XLA)
-  assert sum(XLA.values()) <= 8, dict(XLA)
+  assert sum(XLA.values()) <= 7, dict(XLA)
   assert XLA["jit(loop_chunk)"] == 1, dict(XLA)
 
 
