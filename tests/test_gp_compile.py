@@ -10,6 +10,7 @@ compile-time / run-time trade, not a change of the search.
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from metaopt._src import benchmark_functions as bf
 from metaopt._src.gp import gp_bo
@@ -62,3 +63,5 @@ def test_gp_ask_compiled_for_one_bucket_matches_the_switch_over_all():
                                 ("one", s.ask, (2, 3), (st, jax.random.key(1), 3, 1)))}
   # one bucket's copy of the model instead of two (0.63 of the size; ~1.0 with both copies)
   assert size["one"] < 0.7 * size["all"], size
+  with pytest.raises(ValueError, match="bucket=3"):  # buckets 0 (design), 1, 2 only
+    s.ask(st, jax.random.key(1), 3, 3)

@@ -626,6 +626,9 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
     return u
 
   def ask(state, key, n, bucket=None):
+    if bucket is not None and (isinstance(bucket, bool) or bucket not in range(len(sizes) + 1)):
+      raise ValueError(f"bucket={bucket!r}: must be None or ask_static(state), an int in "
+                       f"0..{len(sizes)} (0: the Sobol design; i: the {sizes}[i - 1]-row fit)")
     design_state, u_design = design.ask(state["design"], None, n)
     if bucket == 0:  # before n_startup observations (ask_bucket): the Sobol design
       return {**state, "design": design_state}, u_design
