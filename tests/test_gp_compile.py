@@ -10,6 +10,7 @@ compile-time / run-time trade, not a change of the search.
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from metaopt._src import benchmark_functions as bf
 from metaopt._src.gp import gp_bo
@@ -32,3 +33,35 @@ def test_gp_bucketed_and_whole_buffer_asks_agree():
   np.testing.assert_allclose(u_b, u_w, atol=1e-4)
   for k in ("log_ls", "log_s2", "log_noise"):
     np.testing.assert_allclose(st_b["theta"][k], st_w["theta"][k], atol=1e-4, rtol=1e-4)
+
+
+def test_gp_ask_compiled_for_one_bucket_matches_the_switch_over_all():
+  """``ask(state, key, n, ask_static(state))`` compiles only the state's bucket (what the
+  engine runs); its proposals and state are those of the ``lax.switch`` over every bucket
+  (``ask(state, key, n)``, what a user's ``jit`` builds) bit for bit, in the startup design
+  and in two buckets."""
+  s = gp_bo(2, n_startup=4, capacity=128, fit_steps=10, n_candidates=32, n_local=8,
+            n_restarts=3, grad_steps=3, n_exploit=(6,))
+  x = sobol(2).ask(sobol(2).init(jax.random.key(5)), None, 80)[1]
+  y = bf.branin(x)
+  switch = jax.jit(s.ask, static_argnums=2)
+  one = jax.jit(s.ask, static_argnums=(2, 3))
+  buckets = []
+  for n_obs in (3, 12, 80):  # the Sobol design; the 64-row bucket; the 128-row bucket
+    st = s.tell(s.init(jax.random.key(0)), x[:n_obs], y[:n_obs], jnp.zeros(n_obs, jnp.int32))
+    buckets.append(s.ask_static(st))
+    want = switch(st, jax.random.key(n_obs), 3)
+    got = one(st, jax.random.key(n_obs), 3, buckets[-1])
+    assert jax.tree_util.tree_structure(got) == jax.tree_util.tree_structure(want)
+    for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want),
+                    strict=True):
+      np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert buckets == [0, 1, 2]
+  st = s.tell(s.init(jax.random.key(0)), x[:12], y[:12], jnp.zeros(12, jnp.int32))
+  size = {k: len(str(jax.make_jaxpr(f, static_argnums=a)(*args)))
+          for k, f, a, args in (("all", s.ask, 2, (st, jax.random.key(1), 3)),
+                                ("one", s.ask, (2, 3), (st, jax.random.key(1), 3, 1)))}
+  # one bucket's copy of the model instead of two (0.63 of the size; ~1.0 with both copies)
+  assert size["one"] < 0.7 * size["all"], size
+  with pytest.raises(ValueError, match="bucket=3"):  # buckets 0 (design), 1, 2 only
+    s.ask(st, jax.random.key(1), 3, 3)

@@ -47,7 +47,13 @@ while the other points follow log-EI. Exploitation and log-EI points share one s
 local model and its candidates, padded to the global model's shapes, are selected by the
 step index), so the acquisition search is compiled once per ``ask``, not once per kind.
 
-Compile time: ``ask`` holds one copy of the model per bucket size (below), so what does not
+Compile time: ``ask(state, key, n)`` holds one copy of the model (the 100-step fit and the
+believer scan) per bucket size, in a ``lax.switch`` picked on device, so that a user's ``jit``
+of it serves every state; with the static fourth argument ``bucket = ask_static(state)``
+(``Searcher.ask_static``, a host function of the concrete state; the engine passes it) it holds
+only that bucket's copy (or only the Sobol design, ``bucket = 0``), compiled when the data
+first reaches the bucket: the first model ``ask`` compiles one copy instead of three, and the
+proposals are those of the switch bit for bit (``tests/test_gp_compile.py``). What does not
 depend on the size is computed once outside the copies: every random number of the ask (one
 uniform draw; normals by the inverse CDF), the warped targets, the incumbents and the
 exploitation models (their nearest observations and fit, on the whole buffer). The
@@ -378,12 +384,12 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
 
   Until ``n_startup`` observations are complete, proposals are scrambled Sobol points. Then
   each ``ask`` fits the GP on the smallest prefix of 64, 128, 256, ... (or ``capacity``)
-  buffer rows that holds the observations (a ``lax.switch`` branch per size: early asks are
-  cheap; under ``vmap`` every branch runs). The cost grows as rows^3. Beyond ``capacity``
-  observations the oldest are overwritten.
-  In batches of two or more, the first points each minimise the posterior mean of a GP
-  refitted on the ``n_exploit[j]`` observations nearest the incumbent (see the module
-  docstring); the others (at least one) maximise the acquisition under the kriging believer.
+  rows that holds the data (cost ~ rows^3): ``ask(state, key, n)`` compiles a ``lax.switch``
+  branch per size (under ``vmap`` all run); ``ask(state, key, n, s.ask_static(state))``, as
+  the engine calls it, only the state's, the same proposals bit for bit (see the module
+  docstring). Beyond ``capacity`` observations the oldest are overwritten. In batches of two
+  or more, the first points minimise the posterior mean of GPs refitted on the
+  ``n_exploit[j]`` observations nearest the incumbent; the others maximise the acquisition.
 
   Args:
     dim: dimension of the unit cube.
@@ -420,9 +426,8 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
       best candidates overall.
     warp, output_warp: fit a Kumaraswamy CDF per continuous input with the GP (input warping);
       ``log1p``-warp ``y`` before standardising (float ``k``: milder; ``"auto"``, ``"gp"``).
-    believer_incumbent: the log-EI incumbent of each batch point is the best of the
-      observations and the means believed at the batch's earlier points (default), or
-      (``False``, before 2026-12-06) the best observation: a batch can then pile up.
+    believer_incumbent: the log-EI incumbent of each batch point is the best of the data and
+      the means believed at earlier points (default), or (``False``) the best observation.
 
   Returns:
     A :class:`Searcher`; ``state["theta"]`` holds the fitted GP hyperparameters.
@@ -620,12 +625,20 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
     _, u = jax.lax.scan(propose, carry, (jnp.arange(n), per_point))
     return u
 
-  def ask(state, key, n):
+  def ask(state, key, n, bucket=None):
+    if bucket is not None and (isinstance(bucket, bool) or bucket not in range(len(sizes) + 1)):
+      raise ValueError(f"bucket={bucket!r}: must be None or ask_static(state), an int in "
+                       f"0..{len(sizes)} (0: the Sobol design; i: the {sizes}[i - 1]-row fit)")
     design_state, u_design = design.ask(state["design"], None, n)
+    if bucket == 0:  # before n_startup observations (ask_bucket): the Sobol design
+      return {**state, "design": design_state}, u_design
     # Rows 0 .. min(count, capacity)-1 hold the data: fit on the smallest bucket that holds them.
     rows = jnp.minimum(state["count"], capacity)
-    bucket = jnp.searchsorted(jnp.asarray(sizes), rows, side="left")
     startup = jnp.sum(state["valid"]) < n_startup
+    branch = jnp.where(startup, 0, 1 + jnp.searchsorted(jnp.asarray(sizes), rows, side="left"))
+    # bucket None: every size compiled, the branch picked on device; else only this one
+    run = (functools.partial(jax.lax.switch, branch) if bucket is None else
+           lambda branches, *a: branches[bucket](*a))
     # what does not depend on the bucket is computed once, outside its copies (the data
     # rows are a prefix of the buffer, so the whole buffer gives the same values)
     valid = state["valid"]
@@ -634,23 +647,33 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
               "best": jnp.min(jnp.where(valid, yz, jnp.inf)),
               "top": snap(state["x"][jnp.argsort(jnp.where(valid, state["y"], jnp.inf))[:n_top]],
                           lvl)}
-    branch = jnp.where(startup, 0, 1 + bucket)
     fits = [lambda st, r: st["theta"]] + [functools.partial(fit_global, size) for size in sizes]
-    theta = jax.lax.switch(branch, fits, state, shared)
+    theta = run(fits, state, shared)
     m = min(len(n_exploit), n - 1)
     if m:
       shapes = jax.eval_shape(lambda: local_models(theta, state, shared, m))
       zeros = lambda: jax.tree_util.tree_map(  # noqa: E731
           lambda a: jnp.zeros(a.shape, a.dtype), shapes)
-      shared["local"] = jax.lax.cond(startup, zeros,
-                                     lambda: local_models(theta, state, shared, m))
+      local = lambda: local_models(theta, state, shared, m)  # noqa: E731
+      shared["local"] = jax.lax.cond(startup, zeros, local) if bucket is None else local()
     shared["theta"] = theta
     branches = [lambda st, r: u_design]
     branches += [functools.partial(model_ask, size, n=n) for size in sizes]
-    u = jax.lax.switch(branch, branches, state, shared)
-    design_state = jax.tree_util.tree_map(lambda a, b: jnp.where(startup, a, b), design_state,
-                                          state["design"])
+    u = run(branches, state, shared)
+    if bucket is None:
+      design_state = jax.tree_util.tree_map(lambda a, b: jnp.where(startup, a, b),
+                                            design_state, state["design"])
+    else:
+      design_state = state["design"]
     return {**state, "theta": theta, "design": design_state}, u
+
+  def ask_bucket(state):
+    """``ask``'s static ``bucket`` for a concrete ``state`` (host integers): 0 before
+    ``n_startup`` observations, else 1 + the index of the smallest size holding the data."""
+    if int(np.sum(np.asarray(state["valid"]))) < n_startup:
+      return 0
+    rows = min(int(state["count"]), capacity)
+    return 1 + int(np.searchsorted(np.asarray(sizes), rows, side="left"))
 
   def startup_ask(state, key, n):
     del key
@@ -661,4 +684,4 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
     hist = history_tell({k: state[k] for k in ("x", "y", "valid", "count")}, u, y, status)
     return {**state, **hist}
 
-  return Searcher(init, ask, tell, startup_ask=startup_ask)
+  return Searcher(init, ask, tell, startup_ask=startup_ask, ask_static=ask_bucket)

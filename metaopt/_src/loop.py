@@ -157,7 +157,8 @@ def _searcher_fns(program: Searcher, space: Space) -> SearcherFns:
   only compiled once the program's ``startup_ask`` (if any) no longer stands in for it; the
   others (``init`` too) by :func:`searcher_jit` (each runs once per round or epoch, in
   milliseconds, but would take seconds to compile optimised)."""
-  tiered = pop.TieredJit(program.ask, static_argnums=2)
+  static = program.ask_static  # host function: the code path this state takes (Searcher)
+  tiered = pop.TieredJit(program.ask, static_argnums=2 if static is None else (2, 3))
   startup = None if program.startup_ask is None else \
       searcher_jit(program.startup_ask, static_argnums=2)
 
@@ -166,7 +167,8 @@ def _searcher_fns(program: Searcher, space: Space) -> SearcherFns:
       s, u, ok = startup(state, key, n)
       if bool(ok):
         return s, u
-    return tiered(state, key, n, calls_left=calls_left)
+    args = (state, key, n) if static is None else (state, key, n, static(state))
+    return tiered(*args, calls_left=calls_left)
 
   observe = searcher_jit(program.observe) if program.observe is not None else None
   return SearcherFns(ask, searcher_jit(program.tell), observe, searcher_jit(space.decode),

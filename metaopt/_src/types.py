@@ -71,6 +71,12 @@ class Searcher(NamedTuple):
   before ``n_startup`` observations). When ``ok`` is true, ``(state, u)`` is exactly what
   ``ask(state, key, n)`` returns, so the engine can skip compiling ``ask`` until the model
   is used.
+
+  ``ask_static`` is optional: ``(state) -> int``, a host function of a concrete state giving
+  ``ask`` a fourth, static argument, ``ask(state, key, n, ask_static(state))``, for searchers
+  whose ``ask`` holds code paths selected by the state (GP-BO: one per bucket of observation
+  counts). With it, ``ask`` compiles only the path this state takes (the same proposals, bit
+  for bit); without it (``ask(state, key, n)``, e.g. inside a user's ``jit``) every path.
   """
 
   init: Callable[[jax.Array], PyTree]
@@ -79,6 +85,7 @@ class Searcher(NamedTuple):
   observe: Callable[..., tuple[PyTree, Decision]] | None = None
   startup_ask: Callable[[PyTree, jax.Array, int], tuple[PyTree, jax.Array, jax.Array]] | None \
       = None
+  ask_static: Callable[[PyTree], int] | None = None
 
 
 class Pruner(NamedTuple):
