@@ -678,6 +678,7 @@ def test_benchmark_functions_have_their_known_minima():
     (gp_bo, {"dim": 2, "output_warp": 1}, "output_warp"),
     (gp_bo, {"dim": 2, "output_warp": -4.0}, "output_warp"),
     (gp_bo, {"dim": 2, "output_warp": "log"}, "output_warp"),
+    (gp_bo, {"dim": 2, "n_candidates": 64}, "n_candidates"),  # < max(n_exploit) = 96
     (gp_bo, {"dim": 2, "output_warp": float("inf")}, "output_warp"),
     (tpe, {"dim": 2, "bandwidth": "silverman"}, "bandwidth"),
     (tpe, {"dim": 2, "good_weights": "rank"}, "good_weights"),

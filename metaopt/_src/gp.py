@@ -311,15 +311,23 @@ def _log_h(z: jax.Array) -> jax.Array:
   return jnp.where(z > -5.0, direct, asym)
 
 
-def _check_n_exploit(n_exploit: int | Sequence[int]) -> tuple[int, ...]:
+def _check_n_exploit(n_exploit: int | Sequence[int], n_candidates: int,
+                     capacity: int) -> tuple[int, ...]:
+  """``n_exploit`` as a tuple; a ``ValueError`` if it is malformed or if ``n_candidates``
+  cannot hold a local model's candidates (its neighbours, padded to the global model's)."""
   if isinstance(n_exploit, (int, np.integer)) and not isinstance(n_exploit, bool):
     _check_int("n_exploit", n_exploit, 0)
-    return (int(n_exploit),) if n_exploit else ()
-  if not (isinstance(n_exploit, Sequence) and all(
+    n_exploit = [n_exploit] if n_exploit else []
+  elif not (isinstance(n_exploit, Sequence) and all(
       isinstance(k, (int, np.integer)) and not isinstance(k, bool) and k >= 1
       for k in n_exploit)):
     raise ValueError(f"n_exploit={n_exploit!r}: must be an integer >= 0 or a sequence of "
                      "integers >= 1")
+  need = min(max(n_exploit, default=0), capacity)
+  if n_candidates < need:
+    raise ValueError(f"n_candidates={n_candidates}: must be >= min(max(n_exploit), capacity) "
+                     f"= {need} (each exploitation model's neighbours are candidates too), "
+                     "or lower n_exploit")
   return tuple(int(k) for k in n_exploit)
 
 
@@ -446,7 +454,7 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
                  n_restarts=n_restarts, grad_steps=grad_steps, n_diverse=n_diverse, warp=warp,
                  believer_incumbent=believer_incumbent, output_warp=output_warp, floats={
                      "kappa": kappa, "fit_lr": fit_lr, "local_std": local_std, "grad_lr": grad_lr})
-  n_exploit = _check_n_exploit(n_exploit)
+  n_exploit = _check_n_exploit(n_exploit, n_candidates, capacity)
   lv = _check_levels(levels, dim)
   lvl, cont = (lv if np.any(lv) else None), jnp.asarray(lv == 0, jnp.float32)
   design = sobol(dim)
