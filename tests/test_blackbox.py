@@ -298,8 +298,9 @@ def test_tpe_default_good_weights_are_ei_from_eight_dims():
     return _tpe_proposals(dim, good_weights=good_weights)
 
   np.testing.assert_array_equal(proposals(5, None), proposals(5, "uniform"))
-  np.testing.assert_array_equal(proposals(10, None), proposals(10, "ei"))
-  assert not np.array_equal(proposals(10, None), proposals(10, "uniform"))
+  default10 = proposals(10, None)  # one compile of the 10-D default, used twice
+  np.testing.assert_array_equal(default10, proposals(10, "ei"))
+  assert not np.array_equal(default10, proposals(10, "uniform"))
 
 
 @pytest.mark.parametrize("jit", [True, False])
