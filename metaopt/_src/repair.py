@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import json
 import math
 import os
@@ -754,13 +755,24 @@ def collect_corpus(
   return out
 
 
+@functools.lru_cache(maxsize=8)
+def _jit_decode(space: Space) -> Any:
+  return jax.jit(space.decode)
+
+
+def _to_python(space: Space, u: np.ndarray) -> dict[str, Any]:
+  """``space.to_python(space.decode(u))`` with one jitted decode per space: a corpus draw
+  decodes several times per mutant, and an eager decode dispatches every op on its own."""
+  return space.to_python(jax.device_get(_jit_decode(space)(jnp.asarray(u, jnp.float32))))
+
+
 def _mutant(space: Space, rng: np.random.Generator, k: int) -> np.ndarray:
   """The space's defaults with 1..k random parameters that change the configuration set to
   random values. A drawn parameter that its parent switches off (``when=``) switches the
   parent on (to one of its allowed values, at random), so e.g. a fine-tuning rate is drawn
   together with fine-tuning itself."""
   u0 = space.encode({}).astype(np.float32)
-  h0 = space.to_python(jax.device_get(space.decode(jnp.asarray(u0))))
+  h0 = _to_python(space, u0)
   u = u0.copy()
   for _ in range(int(rng.integers(1, k + 1))):
     for _ in range(20):  # a draw that leaves the configuration unchanged: draw again
@@ -768,7 +780,7 @@ def _mutant(space: Space, rng: np.random.Generator, k: int) -> np.ndarray:
       i = int(rng.integers(space.dim))
       v[i] = rng.uniform()
       _switch_on(space, v, space.names[i], rng)
-      if space.to_python(jax.device_get(space.decode(jnp.asarray(v)))) != h0:
+      if _to_python(space, v) != h0:
         u = v
         break
   return u
@@ -778,7 +790,7 @@ def _switch_on(space: Space, u: np.ndarray, name: str, rng: np.random.Generator)
   """Sets the parents of parameter ``name`` in ``u`` (in place) to random allowed values
   where they switch it off (recursively, for parents that are conditional themselves)."""
   when = space.params[name].when or {}
-  h = space.to_python(jax.device_get(space.decode(jnp.asarray(u, jnp.float32))))
+  h = _to_python(space, u)
   for parent, values in when.items():
     if parent not in h or h[parent] not in values:
       p = space.params[parent]
