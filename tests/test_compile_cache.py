@@ -7,6 +7,7 @@ import threading
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 import metaopt
 from metaopt._src import compile_cache, evaluators, keys, loop
@@ -208,6 +209,21 @@ def test_fingerprints_tell_computations_apart():
     globals()["G"] = 2.0
   assert key(get_task("digits_mlp").build) == key(get_task("digits_mlp").build)
   assert key(get_task("digits_mlp", max_width=32).build) != key(get_task("digits_mlp").build)
+  # a user's step closing over an optax optimizer: the library's closures are named, but the
+  # numbers they hold count (a re-run with another learning rate is another computation)
+  assert key(_optax_step(1e-3)) == key(_optax_step(1e-3))
+  assert key(_optax_step(1e-3)) != key(_optax_step(1e-2))
+  assert key(_optax_step(optax.cosine_decay_schedule(1e-3, 100))) != key(
+      _optax_step(optax.cosine_decay_schedule(1e-3, 200)))
+
+
+def _optax_step(lr):
+  opt = optax.adamw(lr, weight_decay=1e-4)
+
+  def step(params, grads, state):
+    updates, state = opt.update(grads, state, params)
+    return optax.apply_updates(params, updates), state
+  return step
 
 
 def test_a_cached_function_is_built_once():

@@ -21,6 +21,7 @@ from _tiny_nas import tiny_nas_config
 
 import metaopt
 from metaopt import nas
+from metaopt._src import compile_cache
 from metaopt.spaces import NB201_MINI_OPS, Genotype, count_ops, darts_space, discretize, nb201_space
 from metaopt.tasks import load_dataset
 from metaopt.tasks._src.data import Dataset, Split
@@ -204,6 +205,16 @@ def test_cells_with_one_canonical_form_train_to_the_same_numbers(digits):
   np.testing.assert_array_equal(r["train_loss"][0], r["train_loss"][1])
   np.testing.assert_array_equal(r["valid_acc"][0], r["valid_acc"][1])
   assert not np.array_equal(r["train_loss"][0], r["train_loss"][2])
+  # trained again in this process: the same settings compile nothing and give the same
+  # numbers; another learning rate (held in optax's closures) compiles its own program
+  before = compile_cache.compiles()
+  again = nas.train_networks(net, digits, [0, 0, 0], w, epochs=2, batch_size=32, test=False)
+  assert compile_cache.compiles() == before, compile_cache.compiles() - before
+  np.testing.assert_array_equal(again["train_loss"], r["train_loss"])
+  other_lr = nas.train_networks(net, digits, [0, 0, 0], w, epochs=2, batch_size=32, lr=1e-2,
+                                test=False)
+  assert compile_cache.compiles()["epoch"] > before["epoch"]
+  assert not np.array_equal(other_lr["train_loss"][0], r["train_loss"][0])
 
 
 def test_shipped_tabular_benchmark_and_searchers_on_it():
@@ -287,8 +298,11 @@ def test_skip_collapse_safeguard_fires_on_a_collapsing_run_only(digits_full):
   assert len(collapsing["history"]) < 4  # stopped early
   assert collapsing["history"][-1]["skip_count"] > 2
   assert count_ops(collapsing["genotype"]) <= 2  # rolled back to the last healthy epoch
-  # reporting only: every epoch runs, and the safeguarded outcome is the stopped search's
+  # reporting only: every epoch runs, and the safeguarded outcome is the stopped search's;
+  # the same program and data as `collapsing`, so nothing compiles again (compile_cache)
+  before = compile_cache.compiles()
   full = _search(digits_full, enabled=False, skip_penalty=-200.0, a_lr=0.05)
+  assert compile_cache.compiles() == before, compile_cache.compiles() - before
   assert len(full["history"]) == len(full["genotypes"]) == 4 and full["collapsed"]
   assert full["safeguard_epoch"] == collapsing["safeguard_epoch"] == collapsing["stopped_epoch"]
   assert full["safeguard_genotype"] == collapsing["genotype"] != full["genotype"]

@@ -44,7 +44,8 @@ from typing import Any
 import jax
 import numpy as np
 
-# functions from these packages are named, not fingerprinted (they do not change in-process)
+# functions from these packages are named, not fingerprinted (they do not change in-process);
+# the values their closures hold (optax.adam(1e-3)'s learning rate) are fingerprinted
 _STABLE = ("jax", "jaxlib", "flax", "optax", "numpy", "scipy", "chex", "builtins",
            "functools", "math", "operator", "typing", "collections", "einops")
 _MAX_HASHED_BYTES = 256 << 20
@@ -74,13 +75,16 @@ def _code(code: types.CodeType, seen: dict, keep: list, globs: dict) -> tuple:
 
 def _function(f: types.FunctionType, seen: dict, keep: list) -> tuple:
   mod = getattr(f, "__module__", None) or ""
-  if mod.split(".")[0] in _STABLE:
+  stable = mod.split(".")[0] in _STABLE
+  if stable and not f.__closure__:
     return ("stable", mod, f.__qualname__)
   if id(f) in seen:  # recursion (a function naming itself): its place in the walk
     return ("rec", seen[id(f)])
   seen[id(f)] = len(seen)
   cells = tuple(_fp(c.cell_contents, seen, keep) if _filled(c) else ("empty",)
                 for c in (f.__closure__ or ()))
+  if stable:  # a closure a library made (optax.adam(lr).update): its name and what it holds
+    return ("stable", mod, f.__qualname__, cells, _fp(f.__defaults__, seen, keep))
   return ("fn", _code(f.__code__, seen, keep, f.__globals__), cells,
           _fp(f.__defaults__, seen, keep), _fp(f.__kwdefaults__, seen, keep))
 

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from metaopt._src import compile_cache
 from metaopt._src.evaluators import Evaluator, TrialBatch
 from metaopt._src.nas import hardware, safeguards
 from metaopt._src.nas.darts import make_mixing, temperature
@@ -477,11 +478,17 @@ def search(program: NASProgram, data: Dataset, *, epochs: int, batch_size: int, 
   eig_fn = jax.jit(lambda p, a, k: safeguards.dominant_eigenvalue(
       lambda a_: program.val_loss(p, a_, (xv[:n_eig], yv[:n_eig])), a, k, safeguard.eig_iters))
   t0 = time.perf_counter()
-  state = jax.jit(program.init)(k_init)
+  # compiled once per process for the same program, data and shapes (a re-run, or another
+  # seed or safeguard setting, compiles nothing; see compile_cache)
+  same = (program, xt, yt, xv, yv, batch_size, steps)
+  state = compile_cache.cached(lambda: jax.jit(program.init), "nas-init", program)(k_init)
   idx_t = jnp.asarray(batch_indices(len(data.train), batch_size, steps, seed * 1000))
   idx_v = jnp.asarray(batch_indices(len(data.valid), batch_size, steps, seed * 1000 + 1))
-  epoch_c = jax.jit(run_epoch).lower(state, idx_t, idx_v, key).compile()
-  eig_c = eig_fn.lower(state.params, state.alpha, key).compile()
+  epoch_c = compile_cache.cached(
+      lambda: jax.jit(run_epoch).lower(state, idx_t, idx_v, key).compile(), "nas-epoch", *same)
+  eig_c = compile_cache.cached(
+      lambda: eig_fn.lower(state.params, state.alpha, key).compile(), "nas-eig", *same,
+      safeguard.eig_iters)
   compile_s = time.perf_counter() - t0
   history: list[dict[str, Any]] = []
   alphas = [{c: np.asarray(a) for c, a in state.alpha.items()}]  # [0] = before the search
