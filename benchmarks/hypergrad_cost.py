@@ -189,13 +189,9 @@ def true_residuals(train_loss, lam, w_star, b, tol: float, maxiter: int) -> dict
           for name, (v, its, own, ok) in out.items()}
 
 
-def implicit_rows(rounds: int) -> list[dict]:
-  """Our implicit CG hypergradient vs jaxopt ``custom_root`` + ``solve_cg`` on ridge.
-
-  Both are given the inner solution ``w*`` (closed form, computed once outside the timing)
-  and differentiate ``V(w*(λ))`` with the same linear solver (CG, tol 1e-6, at most 500
-  iterations); jaxopt's ``custom_root`` solver simply returns the given ``w*``.
-  """
+def ridge_problem() -> tuple:
+  """The implicit rows' ridge problem: ``(train_loss, val_loss, lam, w_star, (x, y, xv,
+  yv))``."""
   rng = np.random.default_rng(0)
   n, d = 2000, 200
   w_true = jnp.asarray(rng.normal(size=d), jnp.float32)
@@ -207,6 +203,17 @@ def implicit_rows(rounds: int) -> list[dict]:
   train_loss = lambda w, h, b: 0.5 * jnp.sum((x @ w - y) ** 2) + 0.5 * h * jnp.sum(w * w)
   val_loss = lambda w, h: problems.ridge_val_loss(w, xv, yv)
   w_star = jax.block_until_ready(problems.ridge_solution(x, y, lam))
+  return train_loss, val_loss, lam, w_star, (x, y, xv, yv)
+
+
+def implicit_rows(rounds: int) -> list[dict]:
+  """Our implicit CG hypergradient vs jaxopt ``custom_root`` + ``solve_cg`` on ridge.
+
+  Both are given the inner solution ``w*`` (closed form, computed once outside the timing)
+  and differentiate ``V(w*(λ))`` with the same linear solver (CG, tol 1e-6, at most 500
+  iterations); jaxopt's ``custom_root`` solver simply returns the given ``w*``.
+  """
+  train_loss, val_loss, lam, w_star, (x, y, xv, yv) = ridge_problem()
 
   ours_fn = hypergrad.implicit(train_loss, val_loss, solver="cg", maxiter=500, tol=1e-6)
   lean_fn = hypergrad.implicit(train_loss, val_loss, solver="cg", maxiter=500, tol=1e-6,

@@ -33,25 +33,11 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from hypergrad_cost import ridge_problem  # noqa: E402 - benchmarks/ is on sys.path
+
 from metaopt import hypergrad  # noqa: E402
-from metaopt.hypergrad import problems  # noqa: E402
 
 _SKIP = re.compile(r"[\s)}](parameter|get-tuple-element|tuple|constant|bitcast|while)\(")
-
-
-def ridge() -> tuple:
-  """The benchmark's ridge problem: ``(train_loss, val_loss, lam, w_star)``."""
-  rng = np.random.default_rng(0)
-  n, d = 2000, 200
-  w_true = jnp.asarray(rng.normal(size=d), jnp.float32)
-  x = jnp.asarray(rng.normal(size=(n, d)), jnp.float32)
-  y = x @ w_true + 2.0 * jnp.asarray(rng.normal(size=n), jnp.float32)
-  xv = jnp.asarray(rng.normal(size=(n, d)), jnp.float32)
-  yv = xv @ w_true + 2.0 * jnp.asarray(rng.normal(size=n), jnp.float32)
-  lam = jnp.asarray(50.0)
-  train_loss = lambda w, h, b: 0.5 * jnp.sum((x @ w - y) ** 2) + 0.5 * h * jnp.sum(w * w)
-  val_loss = lambda w, h: problems.ridge_val_loss(w, xv, yv)
-  return train_loss, val_loss, lam, jax.block_until_ready(problems.ridge_solution(x, y, lam))
 
 
 def programs(train_loss, val_loss) -> dict:
@@ -135,7 +121,7 @@ def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--rounds", type=int, default=200, help="interleaved timing rounds")
   args = parser.parse_args()
-  train_loss, val_loss, lam, w_star = ridge()
+  train_loss, val_loss, lam, w_star, _ = ridge_problem()
   fns = {k: f.lower(lam, w_star).compile() for k, f in programs(train_loss, val_loss).items()}
   iterations = int(fns["ours"](lam, w_star).diagnostics.iterations)
   load = os.getloadavg()[0]
