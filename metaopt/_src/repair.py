@@ -41,17 +41,17 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import functools
 import json
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from metaopt._src import compile_cache
 from metaopt._src.monitor import CONDITIONS, FAMILIES, architecture_family, detect_conditions
 from metaopt._src.types import COMPLETE, Decision, Searcher
 from metaopt.spaces import Choice, Float, Int, Space
@@ -755,15 +755,12 @@ def collect_corpus(
   return out
 
 
-@functools.lru_cache(maxsize=8)
-def _jit_decode(space: Space) -> Any:
-  return jax.jit(space.decode)
-
-
-def _to_python(space: Space, u: np.ndarray) -> dict[str, Any]:
-  """``space.to_python(space.decode(u))`` with one jitted decode per space: a corpus draw
-  decodes several times per mutant, and an eager decode dispatches every op on its own."""
-  return space.to_python(jax.device_get(_jit_decode(space)(jnp.asarray(u, jnp.float32))))
+def _python_decoder(space: Space) -> Callable[[np.ndarray], dict[str, Any]]:
+  """``u -> space.to_python(space.decode(u))`` through one jitted decode per space (kept in
+  ``compile_cache``): a corpus draw decodes several times per mutant, and an eager decode
+  dispatches every op on its own."""
+  decode = compile_cache.cached(lambda: jax.jit(space.decode), "repair-decode", space)
+  return lambda u: space.to_python(jax.device_get(decode(jnp.asarray(u, jnp.float32))))
 
 
 def _mutant(space: Space, rng: np.random.Generator, k: int) -> np.ndarray:
@@ -772,31 +769,34 @@ def _mutant(space: Space, rng: np.random.Generator, k: int) -> np.ndarray:
   parent on (to one of its allowed values, at random), so e.g. a fine-tuning rate is drawn
   together with fine-tuning itself."""
   u0 = space.encode({}).astype(np.float32)
-  h0 = _to_python(space, u0)
+  to_python = _python_decoder(space)
+  h0 = to_python(u0)
   u = u0.copy()
   for _ in range(int(rng.integers(1, k + 1))):
     for _ in range(20):  # a draw that leaves the configuration unchanged: draw again
       v = u.copy()
       i = int(rng.integers(space.dim))
       v[i] = rng.uniform()
-      _switch_on(space, v, space.names[i], rng)
-      if _to_python(space, v) != h0:
+      _switch_on(space, v, space.names[i], rng, to_python)
+      if to_python(v) != h0:
         u = v
         break
   return u
 
 
-def _switch_on(space: Space, u: np.ndarray, name: str, rng: np.random.Generator) -> None:
+def _switch_on(space: Space, u: np.ndarray, name: str, rng: np.random.Generator,
+               to_python: Callable[[np.ndarray], dict[str, Any]]) -> None:
   """Sets the parents of parameter ``name`` in ``u`` (in place) to random allowed values
-  where they switch it off (recursively, for parents that are conditional themselves)."""
+  where they switch it off (recursively, for parents that are conditional themselves);
+  ``to_python``: :func:`_python_decoder` of ``space``."""
   when = space.params[name].when or {}
-  h = _to_python(space, u)
+  h = to_python(u)
   for parent, values in when.items():
     if parent not in h or h[parent] not in values:
       p = space.params[parent]
       u[space.names.index(parent)] = p.encode(p.from_python(values[int(rng.integers(
           len(values)))]))
-      _switch_on(space, u, parent, rng)
+      _switch_on(space, u, parent, rng, to_python)
 
 
 def gap_closed(parent: np.ndarray, child: np.ndarray, best: float) -> np.ndarray:
