@@ -86,16 +86,16 @@ def train_networks(model: Network, data: Dataset, seeds: Sequence[int],
   w_axis = None if weights is None else 0
   seeds_arr = jnp.asarray(list(seeds), jnp.uint32)
   t0 = time.perf_counter()
-  # compiled once per process for the same model, data, schedule and shapes (the optimizer's
-  # numbers are named here: optax's closures are fingerprinted by name; see compile_cache)
-  same = (lr, wd, steps, epochs, w_axis, n, jax.tree_util.tree_map(
+  # compiled once per process for the same model, data, optimizer (the numbers its optax
+  # closures hold: lr, wd, schedule) and argument shapes; see compile_cache
+  same = (n, batch_size, steps, jax.tree_util.tree_map(
       lambda a: (np.shape(a), str(np.asarray(a).dtype)), weights))
   init_v = compile_cache.cached(lambda: jax.jit(jax.vmap(init, in_axes=(0, w_axis))),
                                 "nas-train-init", init, *same)
   carry = init_v(seeds_arr, weights)
   idx0 = np.stack([batch_indices(len(data.train), batch_size, steps, s * 1000) for s in seeds])
   epoch_v = compile_cache.cached(lambda: jax.jit(jax.vmap(epoch, in_axes=(0, w_axis, 0))).lower(
-      carry, weights, jnp.asarray(idx0)).compile(), "nas-train-epoch", epoch, batch_size, *same)
+      carry, weights, jnp.asarray(idx0)).compile(), "nas-train-epoch", epoch, *same)
   test_v = jax.jit(jax.vmap(lambda p, w: _accuracy(model, p[0], w, jnp.asarray(data.test.x),
                                                    jnp.asarray(data.test.y)),
                             in_axes=(0, w_axis)))
