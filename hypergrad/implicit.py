@@ -136,66 +136,37 @@ def cg_solve(matvec: MatVec, b: PyTree, *, maxiter: int = 100, tol: float = 1e-5
     >>> bool(r.converged), [round(float(v), 4) for v in r.x]
     (True, [0.0909, 0.6364])
   """
-  x, k, estimate, ax = _cg(matvec, b, maxiter, tol, product=True)
-  return _finish_from(ax, b, x, k, tol, estimate)
+  x, k, estimate = _cg(matvec, b, maxiter, tol)
+  return _finish(matvec, b, x, k, tol, estimate)
 
 
-def _cg(matvec: MatVec, b: PyTree, maxiter: int, tol: float, product: bool = False
-        ) -> tuple[PyTree, jax.Array, jax.Array, PyTree | None]:
-  """CG iterations: ``(x, iterations, recursive relative residual, A x or None)``.
-
-  ``product=True``: once the iterations stop, the loop makes one more pass that applies
-  ``matvec`` to the solution ``x`` itself (the true residual's product ``A x``, by the same
-  compiled product as the iterations', reading the same operands) instead of a separate
-  product after the loop; ``x``, the iteration count and the estimate are those of the plain
-  iterations."""
+def _cg(matvec: MatVec, b: PyTree, maxiter: int,
+        tol: float) -> tuple[PyTree, jax.Array, jax.Array]:
+  """CG iterations only: ``(x, iterations, recursive relative residual)``."""
   b_norm = tree_norm(b)
   x0 = jax.tree.map(jnp.zeros_like, b)
   rs0 = tree_vdot(b, b)
-  going = lambda rs, k, broken: (k < maxiter) & (jnp.sqrt(rs) > tol * b_norm) & ~broken
-  if not product:
-    def cond(c):
-      _, _, _, rs, k, broken = c
-      return going(rs, k, broken)
 
-    def body(c):
-      x, r, p, rs, k, _ = c
-      ap = matvec(p)
-      pap = tree_vdot(p, ap)
-      broken = ~(pap > 0)
-      alpha = jnp.where(broken, 0.0, rs / jnp.where(broken, 1.0, pap))
-      x = tree_axpy(alpha, p, x)
-      r = tree_axpy(-alpha, ap, r)
-      rs_new = tree_vdot(r, r)
-      beta = rs_new / jnp.maximum(rs, _tiny(rs))
-      p = tree_axpy(beta, p, r)
-      return x, r, p, rs_new, k + 1, broken
+  def cond(c):
+    _, _, _, rs, k, broken = c
+    return (k < maxiter) & (jnp.sqrt(rs) > tol * b_norm) & ~broken
 
-    x, _, _, rs, k, _ = lax.while_loop(cond, body, (x0, b, b, rs0, jnp.zeros((), jnp.int32),
-                                                    jnp.asarray(False)))
-    return x, k, jnp.sqrt(rs) / jnp.maximum(b_norm, _tiny(b_norm)), None
-
-  def pass_(c):  # a CG iteration on q = p, or (final) the product A x on q = x
-    x, r, q, rs, k, final, _ = c
-    aq = matvec(q)
-    pq = tree_vdot(q, aq)
-    broken = ~(pq > 0)
-    alpha = jnp.where(broken, 0.0, rs / jnp.where(broken, 1.0, pq))
-    x = jax.tree.map(lambda u, v: jnp.where(final, u, alpha * v + u), x, q)
-    r = jax.tree.map(lambda u, v: jnp.where(final, v, u - alpha * v), r, aq)  # final: A x
-    rs_new = jnp.where(final, rs, tree_vdot(r, r))
+  def body(c):
+    x, r, p, rs, k, _ = c
+    ap = matvec(p)
+    pap = tree_vdot(p, ap)
+    broken = ~(pap > 0)
+    alpha = jnp.where(broken, 0.0, rs / jnp.where(broken, 1.0, pap))
+    x = tree_axpy(alpha, p, x)
+    r = tree_axpy(-alpha, ap, r)
+    rs_new = tree_vdot(r, r)
     beta = rs_new / jnp.maximum(rs, _tiny(rs))
-    k = jnp.where(final, k, k + 1)
-    stop = ~going(rs_new, k, broken)
-    q = jax.tree.map(lambda u, v, p: jnp.where(stop, u, beta * p + v), x, r, q)
-    return x, r, q, rs_new, k, stop, final
+    p = tree_axpy(beta, p, r)
+    return x, r, p, rs_new, k + 1, broken
 
-  stop0 = ~going(rs0, jnp.zeros((), jnp.int32), jnp.asarray(False))
-  q0 = jax.tree.map(lambda u: jnp.where(stop0, jnp.zeros_like(u), u), b)
-  x, ax, _, rs, k, _, _ = lax.while_loop(
-      lambda c: ~c[-1], pass_, (x0, b, q0, rs0, jnp.zeros((), jnp.int32), stop0,
-                                jnp.asarray(False)))
-  return x, k, jnp.sqrt(rs) / jnp.maximum(b_norm, _tiny(b_norm)), ax
+  x, _, _, rs, k, _ = lax.while_loop(cond, body, (x0, b, b, rs0, jnp.zeros((), jnp.int32),
+                                                  jnp.asarray(False)))
+  return x, k, jnp.sqrt(rs) / jnp.maximum(b_norm, _tiny(b_norm))
 
 
 def power_iteration(matvec: MatVec, v: PyTree, iters: int = 20) -> jax.Array:
@@ -305,23 +276,20 @@ def linear_solve(
     step_size: float | None = None,
 ) -> SolveResult:
   """Dispatches to :func:`cg_solve`, :func:`neumann_solve` or :func:`fixed_point_solve`."""
-  x, k, estimate, ax = _iterate(matvec, b, solver, maxiter, tol, step_size, product=True)
-  return _finish(matvec, b, x, k, tol, estimate) if ax is None else _finish_from(
-      ax, b, x, k, tol, estimate)
+  x, k, estimate = _iterate(matvec, b, solver, maxiter, tol, step_size)
+  return _finish(matvec, b, x, k, tol, estimate)
 
 
 def _iterate(matvec: MatVec, b: PyTree, solver: str, maxiter: int, tol: float,
-             step_size: float | None, product: bool = False
-             ) -> tuple[PyTree, jax.Array, jax.Array | None, PyTree | None]:
-  """The solver's iterations: ``(x, iterations, the solver's own relative residual estimate
-  or None, A x or None)``. ``A x`` (the true residual's product) comes from the solver's own
-  loop where it makes it (CG, with ``product=True``); None otherwise."""
+             step_size: float | None) -> tuple[PyTree, jax.Array, jax.Array | None]:
+  """The solver's iterations without the final residual check: ``(x, iterations, the
+  solver's own relative residual estimate or None)``."""
   if solver == "cg":
-    return _cg(matvec, b, maxiter, tol, product)
+    return _cg(matvec, b, maxiter, tol)
   if solver == "neumann":
-    return (*_neumann(matvec, b, maxiter, tol, step_size), None)
+    return _neumann(matvec, b, maxiter, tol, step_size)
   if solver == "fixed_point":
-    return (*_fixed_point(matvec, b, maxiter, tol, step_size), None)
+    return _fixed_point(matvec, b, maxiter, tol, step_size)
   raise ValueError(f"solver={solver!r} is unknown; allowed: {', '.join(SOLVERS)}")
 
 
@@ -420,9 +388,9 @@ def implicit(
     _, lin = jax.linearize(grads, params)  # the solve's products (primal gradient: dead code)
     hvp = lambda v: lin(v)[0]
     damped = lambda hv, v: hv if damping == 0.0 else tree_axpy(damping, v, hv)
-    x, k, estimate, ax = _iterate(lambda v: damped(hvp(v), v), g_w, solver, maxiter, tol,
-                                  step_size, product=check)
-    v, ax = lax.stop_gradient((x, ax))
+    x, k, estimate = _iterate(lambda v: damped(hvp(v), v), g_w, solver, maxiter, tol,
+                              step_size)
+    v = lax.stop_gradient(x)
     nan = jnp.asarray(jnp.nan, jnp.result_type(float))
     train_value, inner_grad = nan, None
     if stats:  # the stats' primal gradient and the last product in one pass after the solve
@@ -430,8 +398,8 @@ def implicit(
       (train_value, (inner_grad, _)), (_, (hv, mixed)) = jax.jvp(full_grad, (params,), (v,))
     else:  # the residual's product and the mixed term only (check=False: hv is dead code)
       hv, mixed = lin(v)
-    if check or estimate is None:  # CG's loop made A v itself (then hv here is dead code)
-      sol = _finish_from(damped(hv, v) if ax is None else ax, g_w, v, k, tol, estimate)
+    if check or estimate is None:
+      sol = _finish_from(damped(hv, v), g_w, v, k, tol, estimate)
     else:
       sol = _result(estimate, v, k, tol)
     grad = jax.tree.map(jnp.subtract, g_h, mixed)
