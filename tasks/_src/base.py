@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import threading
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
@@ -134,6 +135,7 @@ def with_activation_branches(fns: TrialFns, n: int | None) -> TrialFns:
     return fns
 
   def within(f: Callable) -> Callable:
+    @functools.wraps(f)  # keeps the name JAX reports for its compiles
     def g(*args: Any) -> Any:
       with activation_branches(n):
         return f(*args)
