@@ -302,6 +302,9 @@ def test_activation_switch_covers_the_searched_choices_and_keys_the_kernel_cache
   six = Space({**four.params, "activation": Choice(list(ACTIVATIONS))})
   assert evaluators._branches(task, four, ()) == {evaluators.BRANCHES: 4}
   assert evaluators._branches(task, six, ()) == {}
+  two = Space({**four.params, "activation": Choice(["relu", "elu"])})  # not the first two
+  assert evaluators._branches(task, two, ()) == {}
+  assert evaluators._branches(task, four, ("activation",)) == {}  # grouped: fixed per kernel
   h1 = {k: v[0] for k, v in four.decode(jnp.full((1, four.dim), 0.5)).items()}
   for n, want in ((4, 4), (None, 6)):
     init = with_activation_branches(task.build({}), n).init

@@ -463,14 +463,16 @@ BRANCHES = "_activation_branches"  # a structure's key: its kernels' activation 
 
 def _branches(task: Task, space: Space, switches: Sequence[str]) -> dict[str, int]:
   """``{BRANCHES: n}`` where ``space`` searches the task's ``activation`` switch as a
-  non-structural ``Choice`` of ``n`` < ``len(ACTIVATIONS)`` values, not grouped as structure:
-  its index is below ``n``, so the kernels trace a ``lax.switch`` over the first ``n``
-  activations only (the same values, a smaller program; ``n`` is part of the kernel's cache
-  key, so another choice set compiles its own); ``{}`` otherwise."""
+  non-structural ``Choice`` of the first ``n`` < ``len(ACTIVATIONS)`` activations, by name and
+  in order, not grouped as structure: its index is below ``n``, so the kernels trace a
+  ``lax.switch`` over those ``n`` only (the same values, a smaller program; ``n`` is part of
+  the kernel's cache key, so another choice set compiles its own); ``{}`` otherwise (any
+  other choice list: a task may map its index to other activations itself)."""
   p = space.params.get("activation")
   if ("activation" not in task.switches or "activation" in switches
       or not isinstance(p, Choice) or p.structural or p.when is not None
-      or len(p.choices) >= len(ACTIVATIONS)):
+      or len(p.choices) >= len(ACTIVATIONS)
+      or list(p.choices) != list(ACTIVATIONS[:len(p.choices)])):
     return {}
   return {BRANCHES: len(p.choices)}
 
