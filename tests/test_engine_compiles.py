@@ -295,8 +295,7 @@ def test_activation_switch_covers_the_searched_choices_and_keys_the_kernel_cache
   kernel, whose sigmoid and elu trials a 4-branch kernel would get wrong."""
   from metaopt._src import evaluators
   from metaopt.spaces import Choice, Space
-  from metaopt.tasks import ACTIVATIONS
-  from metaopt.tasks._src.base import with_activation_branches
+  from metaopt.tasks import ACTIVATIONS, with_activation_branches
   task = get_task("digits_mlp", max_width=16)
   four = task.space
   six = Space({**four.params, "activation": Choice(list(ACTIVATIONS))})
@@ -314,7 +313,7 @@ def test_activation_switch_covers_the_searched_choices_and_keys_the_kernel_cache
 
   def run(space):
     COMPILES.clear()
-    metaopt.search(prog, task, space=space, n_trials=4, population=4, epochs=1,
+    metaopt.search(prog, task, space=space, n_trials=6, population=6, epochs=1,
                    batch_size=128, seed=0, store=None, progress=False)
     return sum(v for k, v in COMPILES.items() if "chunk" in k)
   compile_cache.clear()
@@ -324,15 +323,18 @@ def test_activation_switch_covers_the_searched_choices_and_keys_the_kernel_cache
 
   ev = evaluators.TaskEvaluator(task, batch_size=128)
   h = six.decode(jax.random.uniform(jax.random.key(0), (6, six.dim)))
-  h["activation"] = jnp.arange(6, dtype=jnp.int32)
-  h["schedule_steps"] = jnp.full((6,), 100.0)
+  h = {k: np.asarray(v) for k, v in h.items()}  # as a round holds them: the search's programs
+  h["activation"] = np.arange(6, dtype=np.int32)
+  h["schedule_steps"] = np.full((6,), 100.0, np.float32)
   keys = jax.random.split(jax.random.key(1), 6)
   out = {}
+  COMPILES.clear()
   for name, structure in (("four", {**task.defaults, evaluators.BRANCHES: 4}),
                           ("six", dict(task.defaults))):
     k = ev.kernel(structure)
     states, m = k.chunk(k.init(keys, h), h, np.ones(6, bool), jax.random.key(2), ev.data)
     out[name] = np.asarray(states["params"]["params"]["Dense_0"]["kernel"]), m
+  assert not COMPILES, dict(COMPILES)  # the searches' kernels, shared through the cache
   np.testing.assert_array_equal(out["four"][0][:4], out["six"][0][:4])
   np.testing.assert_array_equal(out["four"][1]["valid_loss"][:4], out["six"][1]["valid_loss"][:4])
   assert not np.array_equal(out["four"][0][4:], out["six"][0][4:])  # indices 4, 5 clamped

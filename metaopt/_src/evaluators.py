@@ -36,8 +36,7 @@ import numpy as np
 from metaopt._src import compile_cache, keys, mesh2d, streaming
 from metaopt._src import population as pop
 from metaopt.spaces import Choice, Space
-from metaopt.tasks import ACTIVATIONS, Task, TrialFns, check_reads
-from metaopt.tasks._src.base import with_activation_branches
+from metaopt.tasks import ACTIVATIONS, Task, TrialFns, check_reads, with_activation_branches
 
 PyTree = Any
 Metrics = dict[str, Any]
