@@ -13,6 +13,7 @@ from metaopt.tasks._src.base import (
     make_optimizer,
     supervised,
     telemetry,
+    with_activation_branches,
     with_hyperparams,
 )
 from metaopt.tasks._src.custom import (
@@ -57,7 +58,8 @@ __all__ = [
     "get_task", "load_dataset", "logreg", "make_optimizer", "mnist1d_cnn", "mnist1d_gru",
     "mnist1d_mlp", "register_task", "resolve_dataset", "supervised", "synthetic_regression",
     "telemetry",
-    "SCHEDULES", "with_hyperparams", "Network", "Op", "cell_layout", "count_params",
+    "SCHEDULES", "with_activation_branches", "with_hyperparams", "Network", "Op", "cell_layout",
+    "count_params",
 ]
 
 # Task families for learned optimizers (metaopt.lopt).

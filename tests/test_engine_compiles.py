@@ -278,3 +278,63 @@ def test_building_a_task_compiles_nothing():
   assert sum(COMPILES.values()) == 0, dict(COMPILES)
   with pytest.raises(ValueError, match="optimizer 'adagrad' is unknown; allowed: adamw, sgd"):
     base.supervised(None, x, base.softmax_xent, base.classification_metrics, "adagrad", {})
+
+
+def _switch_branches(jaxpr) -> list[int]:
+  out = []
+  for e in jaxpr.eqns:
+    if e.primitive.name == "cond":
+      out.append(len(e.params["branches"]))
+    out += [b for j in pop._sub_jaxprs(e.params) for b in _switch_branches(j)]
+  return out
+
+
+def test_activation_switch_covers_the_searched_choices_and_keys_the_kernel_cache():
+  """A space searching the first 4 activations traces 4-branch switches (same values for its
+  indices); re-running its search compiles nothing, and a space of all 6 compiles its own
+  kernel, whose sigmoid and elu trials a 4-branch kernel would get wrong."""
+  from metaopt._src import evaluators
+  from metaopt.spaces import Choice, Space
+  from metaopt.tasks import ACTIVATIONS, with_activation_branches
+  task = get_task("digits_mlp", max_width=16)
+  four = task.space
+  six = Space({**four.params, "activation": Choice(list(ACTIVATIONS))})
+  assert evaluators._branches(task, four, ()) == {evaluators.BRANCHES: 4}
+  assert evaluators._branches(task, six, ()) == {}
+  two = Space({**four.params, "activation": Choice(["relu", "elu"])})  # not the first two
+  assert evaluators._branches(task, two, ()) == {}
+  assert evaluators._branches(task, four, ("activation",)) == {}  # grouped: fixed per kernel
+  h1 = {k: v[0] for k, v in four.decode(jnp.full((1, four.dim), 0.5)).items()}
+  for n, want in ((4, 4), (None, 6)):
+    init = with_activation_branches(task.build({}), n).init
+    assert set(_switch_branches(jax.make_jaxpr(init)(jax.random.key(0), h1).jaxpr)) == {want}
+
+  prog = metaopt.random_search(four.dim)
+
+  def run(space):
+    COMPILES.clear()
+    metaopt.search(prog, task, space=space, n_trials=6, population=6, epochs=1,
+                   batch_size=128, seed=0, store=None, progress=False)
+    return sum(v for k, v in COMPILES.items() if "chunk" in k)
+  compile_cache.clear()
+  assert run(four) == 1
+  assert run(four) == 0 and not COMPILES, dict(COMPILES)  # same space: nothing compiled
+  assert run(six) == 1  # another choice set: its own kernel
+
+  ev = evaluators.TaskEvaluator(task, batch_size=128)
+  h = six.decode(jax.random.uniform(jax.random.key(0), (6, six.dim)))
+  h = {k: np.asarray(v) for k, v in h.items()}  # as a round holds them: the search's programs
+  h["activation"] = np.arange(6, dtype=np.int32)
+  h["schedule_steps"] = np.full((6,), 100.0, np.float32)
+  keys = jax.random.split(jax.random.key(1), 6)
+  out = {}
+  COMPILES.clear()
+  for name, structure in (("four", {**task.defaults, evaluators.BRANCHES: 4}),
+                          ("six", dict(task.defaults))):
+    k = ev.kernel(structure)
+    states, m = k.chunk(k.init(keys, h), h, np.ones(6, bool), jax.random.key(2), ev.data)
+    out[name] = np.asarray(states["params"]["params"]["Dense_0"]["kernel"]), m
+  assert not COMPILES, dict(COMPILES)  # the searches' kernels, shared through the cache
+  np.testing.assert_array_equal(out["four"][0][:4], out["six"][0][:4])
+  np.testing.assert_array_equal(out["four"][1]["valid_loss"][:4], out["six"][1]["valid_loss"][:4])
+  assert not np.array_equal(out["four"][0][4:], out["six"][0][4:])  # indices 4, 5 clamped

@@ -145,6 +145,26 @@ def test_a_large_population_init_split_over_threads_is_bit_for_bit_one_call(task
   _equal(split, one)
 
 
+def test_init_options_keep_the_level1_states_and_the_fast_build_close(task):
+  """population.INIT_CPU (XLA's older fusion emitters) draws the level-1 build's initial states
+  bit for bit; the fast build's agree with them to float32 rounding."""
+  from metaopt._src.jit_options import OptionsJit
+  fns, n = task.build({}), 3
+  h = task.space.decode(jax.random.uniform(jax.random.key(0), (n, task.space.dim)))
+  keys = jax.random.split(jax.random.key(1), n)
+  cpu = jax.default_backend() == "cpu"
+  assert pop.init_compile_options(True) == {**pop.INIT_COMPILE, **(pop.INIT_CPU if cpu else {})}
+  assert pop.init_compile_options(False) == {**pop.FAST_COMPILE, **(pop.INIT_CPU if cpu else {})}
+  newer = OptionsJit(jax.vmap(fns.init), pop.INIT_COMPILE)(keys, h)
+  older = OptionsJit(jax.vmap(fns.init), pop.init_compile_options(True))(keys, h)
+  _equal(older, newer)
+  fast = pop.PopulationInit(fns.init)(keys, h)  # 3 trials: the fast build
+  leaves = jax.tree_util.tree_leaves
+  assert sum(np.asarray(a).size for a in leaves(fast)) < pop.INIT_OPT_MIN_ELEMENTS
+  for a, b in zip(leaves(fast), leaves(older), strict=True):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
+
+
 def test_init_bound_here_runs_on_another_thread_compiling_nothing(task):
   from metaopt._src import compile_cache
   fns, n = task.build({}), 3

@@ -5,7 +5,7 @@ import pytest
 
 import metaopt
 from metaopt._src import population as pop
-from metaopt._src.evaluators import SWITCHED
+from metaopt._src.evaluators import BRANCHES, SWITCHED
 from metaopt.spaces import Choice, Float, Space
 from metaopt.tasks import get_task
 
@@ -37,7 +37,8 @@ def test_grouped_and_all_branches_kernels_give_the_same_trials(task):
   g_structs = [dict(k) for k in ev_g._kernels]
   assert sorted(s["activation"] for s in g_structs) == [0, 1]
   assert all(s[SWITCHED] == ("activation",) for s in g_structs)
-  assert [dict(k) for k in ev_b._kernels] == [{"depth": 2, "optimizer": "adamw"}]
+  # (its switch over the 2 activations the space allows: see evaluators._branches)
+  assert [dict(k) for k in ev_b._kernels] == [{"depth": 2, "optimizer": "adamw", BRANCHES: 2}]
   g, b = _by_number(grouped), _by_number(branches)
   assert g.keys() == b.keys() and len(g) == 8
   assert {a for a, _, _ in g.values()} == {"relu", "tanh"}

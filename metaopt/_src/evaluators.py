@@ -36,7 +36,7 @@ import numpy as np
 from metaopt._src import compile_cache, keys, mesh2d, streaming
 from metaopt._src import population as pop
 from metaopt.spaces import Choice, Space
-from metaopt.tasks import Task, TrialFns, check_reads
+from metaopt.tasks import ACTIVATIONS, Task, TrialFns, check_reads, with_activation_branches
 
 PyTree = Any
 Metrics = dict[str, Any]
@@ -457,6 +457,23 @@ def _compile_in_background(kernel: pop.PopulationKernel, space: Space, n: int,
 
 COMPACTIONS = ("auto", "always", "never")
 SWITCHED = "_switched"  # a structure's key naming the switches grouped into it
+BRANCHES = "_activation_branches"  # a structure's key: its kernels' activation branches
+
+
+def _branches(task: Task, space: Space, switches: Sequence[str]) -> dict[str, int]:
+  """``{BRANCHES: n}`` where ``space`` searches the task's ``activation`` switch as a
+  non-structural ``Choice`` of the first ``n`` < ``len(ACTIVATIONS)`` activations, by name and
+  in order, not grouped as structure: its index is below ``n``, so the kernels trace a
+  ``lax.switch`` over those ``n`` only (the same values, a smaller program; ``n`` is part of
+  the kernel's cache key, so another choice set compiles its own); ``{}`` otherwise (any
+  other choice list: a task may map its index to other activations itself)."""
+  p = space.params.get("activation")
+  if ("activation" not in task.switches or "activation" in switches
+      or not isinstance(p, Choice) or p.structural or p.when is not None
+      or len(p.choices) >= len(ACTIVATIONS)
+      or list(p.choices) != list(ACTIVATIONS[:len(p.choices)])):
+    return {}
+  return {BRANCHES: len(p.choices)}
 
 
 @dataclasses.dataclass
@@ -567,7 +584,7 @@ class TaskEvaluator(Evaluator):
     if grouped and not (self.group_switches == "never" or
                         (self.group_switches == "auto" and self.mode == "loop")):
       return False  # whether a switch is grouped depends on the values asked
-    structure = dict(self.task.defaults)
+    structure = {**self.task.defaults, **_branches(self.task, space, ())}
     k = tuple(sorted(structure.items()))
     try:
       kernel = self.kernel(structure)
@@ -628,11 +645,12 @@ class TaskEvaluator(Evaluator):
   def fns(self, structure: Mapping[str, Any]) -> TrialFns:
     """The task's trial functions for one group: built from its structural values, with
     its grouped switches (named by ``structure[SWITCHED]``, each holding the index of its
-    choice) fixed to that index."""
+    choice) fixed to that index, and its ``activation`` switch over
+    ``structure[BRANCHES]`` branches where that is set (see :func:`_branches`)."""
     sw = {n: int(structure[n]) for n in structure.get(SWITCHED, ())}
     fns = self.task.build({n: v for n, v in structure.items()
-                           if n not in sw and n != SWITCHED})
-    fns = pop.fix_hparams(fns, sw)
+                           if n not in sw and n not in (SWITCHED, BRANCHES)})
+    fns = with_activation_branches(pop.fix_hparams(fns, sw), structure.get(BRANCHES))
     return fns if self.compute_dtype is None else mesh2d.bfloat16_compute(fns)
 
   def switches(self, batch: TrialBatch) -> list[str]:
@@ -662,6 +680,8 @@ class TaskEvaluator(Evaluator):
       for st in structs.values():  # a grouped switch holds the index its kernel fixes
         st.update({n: space.params[n].from_python(st[n]) for n in switches})
         st[SWITCHED] = tuple(switches)
+    for st in structs.values():
+      st.update(_branches(self.task, space, switches))
     return layout, structs
 
   def _merge_switched(self, state: _TaskState, batch: TrialBatch) -> _TaskState:

@@ -25,6 +25,7 @@ from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from metaopt._src import population as pop
+from metaopt._src.jit_options import OptionsJit
 from metaopt.tasks import TrialFns
 
 PyTree = Any
@@ -164,7 +165,8 @@ def make_kernel(fns: TrialFns, n_train: int, batch_size: int, mesh: Mesh,
     return jax.vmap(trial_chunk, in_axes=(0, 0, 0, 0, None))(states, h, alive, perms, data)
 
   pop_sh, rep = NamedSharding(mesh, P("pop")), NamedSharding(mesh, P())
-  init = pop.fast_jit(jax.vmap(fns.init), in_shardings=(pop_sh, pop_sh), out_shardings=pop_sh)
+  init = OptionsJit(jax.vmap(fns.init), pop.init_compile_options(False),
+                    in_shardings=(pop_sh, pop_sh), out_shardings=pop_sh)
   chunk_j = jax.jit(chunk, in_shardings=(pop_sh, pop_sh, pop_sh, rep, rep),
                     out_shardings=(pop_sh, pop_sh), donate_argnums=(0,))
 

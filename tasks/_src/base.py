@@ -14,7 +14,10 @@ weight decay are traced values: new values never recompile, and they can be diff
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
+import threading
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
@@ -94,15 +97,50 @@ ACTIVATIONS: tuple[str, ...] = ("relu", "tanh", "gelu", "silu", "sigmoid", "elu"
 _ACT_FNS = (nn.relu, jnp.tanh, nn.gelu, nn.silu, nn.sigmoid, nn.elu)
 
 
+_BRANCHES = threading.local()  # .n: see activation_branches
+
+
 def activation(index: jax.Array | int, x: jax.Array) -> jax.Array:
   """Applies ``ACTIVATIONS[index]``; ``index`` may be a traced (even vmapped) integer.
 
   A vmapped index evaluates every branch and selects (the cost of searching activations in
-  one kernel); a Python int calls the one activation directly.
+  one kernel); a Python int calls the one activation directly. A traced index switches over
+  all of ``ACTIVATIONS``, or over the first ``n`` inside :func:`activation_branches`.
   """
   if isinstance(index, int):
     return _ACT_FNS[index](x)
-  return jax.lax.switch(jnp.asarray(index, jnp.int32), _ACT_FNS, x)
+  n = getattr(_BRANCHES, "n", None) or len(_ACT_FNS)
+  return jax.lax.switch(jnp.asarray(index, jnp.int32), _ACT_FNS[:n], x)
+
+
+@contextlib.contextmanager
+def activation_branches(n: int | None):
+  """Within (on this thread), a traced :func:`activation` index switches over
+  ``ACTIVATIONS[:n]`` only (``None``: all): what tracing needs when the index is known to be
+  below ``n`` (a searched ``Choice`` of the first ``n`` activations), for a smaller program
+  that computes the same values."""
+  if n is not None and not 1 <= n <= len(_ACT_FNS):
+    raise ValueError(f"n={n!r}: must be None or in [1, {len(_ACT_FNS)}]")
+  before = getattr(_BRANCHES, "n", None)
+  _BRANCHES.n = n
+  try:
+    yield
+  finally:
+    _BRANCHES.n = before
+
+
+def with_activation_branches(fns: TrialFns, n: int | None) -> TrialFns:
+  """``fns`` traced within :func:`activation_branches` ``(n)`` (``None``: ``fns`` itself)."""
+  if n is None:
+    return fns
+
+  def within(f: Callable) -> Callable:
+    @functools.wraps(f)  # keeps the name JAX reports for its compiles
+    def g(*args: Any) -> Any:
+      with activation_branches(n):
+        return f(*args)
+    return g
+  return TrialFns(within(fns.init), within(fns.train_step), within(fns.evaluate))
 
 
 # ------------------------------------------------------------------------- telemetry
