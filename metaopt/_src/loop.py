@@ -132,9 +132,11 @@ class SearcherFns:
 # ``startup_ask`` 0.26 s instead of 0.6, ``observe`` 0.26 instead of 0.4, ``tell`` 0.13 instead
 # of 0.23, process CPU under load ~38); they run once per round or epoch, in milliseconds.
 # Their outputs are bit for bit those of the newer emitters (integer PRNG hashes, float
-# arithmetic; checked by tests/test_compile_cache.py). The TPE / GP ``ask`` (TieredJit) and
-# the population ``init`` keep :func:`population.fast_jit`: the older emitters round the
-# initial weights' transcendental functions differently.
+# arithmetic; checked by tests/test_compile_cache.py). The population ``init`` keeps
+# :func:`population.fast_jit`: the older emitters round the initial weights' transcendental
+# functions differently. So would the TPE / GP ``ask``'s fast build (TieredJit) round its
+# proposals, which tests/test_loop.py pins bit for bit (its TPE asks use the fast build); the
+# ``ask``'s optimised build uses the older emitters (``population.OPT_COMPILE_CPU``).
 SEARCHER_COMPILE_CPU: dict[str, Any] = {"xla_cpu_use_fusion_emitters": False}
 
 
