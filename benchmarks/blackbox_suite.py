@@ -344,11 +344,6 @@ def run_cell(lib, name, pname, dim, seeds, budget, batch, cache):
   return out
 
 
-# The first model ask of a typical suite run (gp_bo(5), batch 10, 100 d evaluations: 50 asks,
-# the first model ask after the first batch of 10 complete observations, 49 calls left counting it)
-_FIRST_MODEL_ASK_CALLS_LEFT = 49
-
-
 def gp_compile_seconds(dim: int = 5, batch: int = 10, build: str = "engine",
                        n_obs: int = 20, buckets: str = "one") -> tuple[float, float]:
   """Compile time (trace, lower and XLA compile) of ``gp_bo(dim).ask`` (default settings, a
@@ -370,6 +365,8 @@ def gp_compile_seconds(dim: int = 5, batch: int = 10, build: str = "engine",
     raise ValueError(f"build={build!r}: must be 'engine', 'fast' or 'plain'")
   args, static = ("st, jax.random.key(2), {batch}, s.ask_static(st)", "(2, 3)") \
       if buckets == "one" else ("st, jax.random.key(2), {batch}", "2")
+  # a suite-sized search: 100 dim evaluations in asks of ``batch``; the first is the Sobol
+  # design's, so the first model ask has all the others left, itself included
   calls_left = 100 * dim // batch - 1
   code = f"""
 import time, jax, jax.numpy as jnp
