@@ -48,8 +48,9 @@ version, so a second run only re-runs metaopt. metaopt is always re-run.
                                                     # tables, missing cells, batch 1 vs 10 and
                                                     # ECDFs per budget and batch from the parts
     python benchmarks/blackbox_suite.py --gp_compile_only  # only gp_ask_compile_seconds (first
-                                                       # model ask, one bucket; the engine's
-                                                       # build, later buckets, all buckets)
+                                                       # model ask, one bucket, the engine's
+                                                       # optimised build; a plain jax.jit, the
+                                                       # fast build, later buckets, all buckets)
 """
 
 from __future__ import annotations
@@ -343,7 +344,7 @@ def run_cell(lib, name, pname, dim, seeds, budget, batch, cache):
   return out
 
 
-def gp_compile_seconds(dim: int = 5, batch: int = 10, engine: bool = False,
+def gp_compile_seconds(dim: int = 5, batch: int = 10, build: str = "engine",
                        n_obs: int = 20, buckets: str = "one") -> tuple[float, float]:
   """Compile time (trace, lower and XLA compile) of ``gp_bo(dim).ask`` (default settings, a
   batch of ``batch``, ``n_obs`` observations: past the startup design), measured in a fresh
@@ -351,49 +352,69 @@ def gp_compile_seconds(dim: int = 5, batch: int = 10, engine: bool = False,
   n, ask_static(state))``, only the bucket of observation counts that holds ``n_obs`` (64
   rows for 20, 128 for 100, 256 for 200; what the engine and this suite compile, each bucket
   when the data first reaches it); ``"all"``: ``ask(state, key, n)``, every bucket in a
-  ``lax.switch`` (what a user's own ``jax.jit`` of ``ask`` compiles, once). ``engine=False``:
-  XLA's default backend optimisation (the build the engine's ``TieredJit`` uses while enough
-  asks remain to repay it: for ``gp_bo(5)`` at batch 10, 8 or more); ``engine=True``: the
-  engine's fast build (``population.FAST_COMPILE``, no LLVM optimisation; used when fewer
-  asks remain). On a loaded machine the CPU seconds are the figure to trust."""
-  opts = "FAST_COMPILE" if engine else "None"
+  ``lax.switch`` (what a user's own ``jax.jit`` of ``ask`` compiles, once). ``build``:
+  ``"engine"``, the engine's optimised build (``population.TieredJit.build(True)``, with the
+  XLA options the library gives it on this backend: what the engine compiles while enough
+  asks remain to repay it, as at the first model ask of a suite run); ``"fast"``, its fast
+  build (``TieredJit.build(False)``, used when few asks remain); ``"plain"``, a user's own
+  ``jax.jit(ask)`` with XLA's default options. Exits with an error if the engine would not
+  choose its optimised build for the first model ask of a suite-sized search (``dim``,
+  ``batch``, 100 ``dim`` evaluations). On a loaded machine the CPU seconds are the figure to
+  trust."""
+  if build not in ("engine", "fast", "plain"):
+    raise ValueError(f"build={build!r}: must be 'engine', 'fast' or 'plain'")
   args, static = ("st, jax.random.key(2), {batch}, s.ask_static(st)", "(2, 3)") \
       if buckets == "one" else ("st, jax.random.key(2), {batch}", "2")
+  # a suite-sized search: 100 dim evaluations in asks of ``batch``; the first is the Sobol
+  # design's, so the first model ask has all the others left, itself included
+  calls_left = 100 * dim // batch - 1
   code = f"""
 import time, jax, jax.numpy as jnp
 from metaopt import gp_bo
-from metaopt._src.population import FAST_COMPILE
+from metaopt._src.population import TieredJit
 s = gp_bo({dim})
 st = s.init(jax.random.key(0))
 u = jax.random.uniform(jax.random.key(1), ({n_obs}, {dim}))
 st = s.tell(st, u, jnp.sum(u ** 2, 1), jnp.zeros({n_obs}, jnp.int32))
+tiered = TieredJit(s.ask, static_argnums={static})
+f = (jax.jit(s.ask, static_argnums={static}) if {build!r} == "plain"
+     else tiered.build({build!r} == "engine"))
 t, c = time.perf_counter(), time.process_time()
-jax.jit(s.ask, static_argnums={static}, compiler_options={opts}).lower(
-    {args.format(batch=batch)}).compile()
+f.lower({args.format(batch=batch)}).compile()
 print(time.perf_counter() - t, time.process_time() - c)
+if {build!r} == "engine" and not tiered.pays(*tiered.cost({args.format(batch=batch)}),
+                                             {calls_left}):
+  raise SystemExit("the engine would not choose its optimised build with {calls_left} asks left")
 """
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   env = {**os.environ, "PYTHONPATH": root}
-  res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                       check=True)
+  res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+  if res.returncode:
+    raise RuntimeError(f"gp_compile_seconds({build=}, {n_obs=}, {buckets=}): {res.stderr}")
   wall, cpu = res.stdout.strip().splitlines()[-1].split()
   return float(wall), float(cpu)
 
 
 def print_gp_compile() -> tuple[float, float]:
-  """Prints the first model ``ask``'s compile (one bucket: the headline), the engine's fast
-  build of it, each later bucket's compile and the all-bucket program a user's ``jit``
-  builds; returns the headline (wall, CPU)."""
+  """Prints the first model ``ask``'s compile as the engine builds it (optimised, one bucket:
+  the headline), a user's plain ``jax.jit`` of the same program, the engine's fast build,
+  each later bucket's engine compile and the all-bucket program a user's ``jit`` builds;
+  returns the headline (wall, CPU)."""
   load0 = os.getloadavg()[0]
   gp_s, gp_cpu = gp_compile_seconds()
-  eng_s, eng_cpu = gp_compile_seconds(engine=True)
-  print(f"gp_ask_compile_seconds: {gp_s:.2f}  (first model ask: the 64-row bucket only)")
+  print(f"gp_ask_compile_seconds: {gp_s:.2f}  (first model ask, the 64-row bucket, the "
+        "engine's optimised build)")
   print(f"gp_ask_compile_cpu_seconds: {gp_cpu:.2f}")
-  print(f"gp_ask_engine_first_compile_seconds: {eng_s:.2f} (CPU {eng_cpu:.2f})")
+  w, c = gp_compile_seconds(build="plain")
+  print(f"gp_ask_plain_jit_compile_seconds: {w:.2f} (CPU {c:.2f})  (the same program, a "
+        "user's jax.jit with XLA's default options)")
+  w, c = gp_compile_seconds(build="fast")
+  print(f"gp_ask_engine_fast_compile_seconds: {w:.2f} (CPU {c:.2f})  (the engine's fast "
+        "build, used when few asks remain)")
   for n_obs, rows in ((100, 128), (200, 256)):  # compiled when the data first reaches them
     w, c = gp_compile_seconds(n_obs=n_obs)
     print(f"gp_ask_compile_seconds_bucket{rows}: {w:.2f} (CPU {c:.2f})  (later, once)")
-  w, c = gp_compile_seconds(buckets="all")
+  w, c = gp_compile_seconds(build="plain", buckets="all")
   print(f"gp_ask_compile_seconds_all_buckets: {w:.2f} (CPU {c:.2f})  (a user's jit of "
         "ask(state, key, n): every bucket in one program)")
   print(f"load average (1 min) before / after: {load0:.1f} / {os.getloadavg()[0]:.1f}")

@@ -137,6 +137,20 @@ def test_tiered_jit_chooses_by_shapes_and_calls_left_only():
   assert f.optimized
 
 
+def test_tiered_jit_optimised_build_uses_the_older_emitters_on_the_cpu():
+  # population.OPT_COMPILE_CPU: XLA's older fusion emitters (half the compile, same run time);
+  # the fast build keeps FAST_COMPILE alone (its proposals are pinned in tests/test_loop.py)
+  f = pop.TieredJit(lambda x: jnp.exp(-x) * jnp.sin(x))
+  cpu = jax.default_backend() == "cpu"
+  assert pop.OPT_COMPILE_CPU == {"xla_cpu_use_fusion_emitters": False}
+  assert f.build(True).options == (pop.OPT_COMPILE_CPU if cpu else {})
+  assert f.build(False).options == pop.FAST_COMPILE
+  x = jnp.linspace(0.0, 3.0, 11)
+  np.testing.assert_allclose(f(x, calls_left=10**12), np.exp(-x) * np.sin(x), rtol=1e-5,
+                             atol=1e-7)
+  assert f.optimized
+
+
 def test_tiered_jit_traces_once_per_shape():
   """The trace that prices a call (``cost``) is the one both builds lower: choosing, then
   running the fast build and later the optimised one, traces the function once per shape."""

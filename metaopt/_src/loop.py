@@ -132,10 +132,12 @@ class SearcherFns:
 # ``startup_ask`` 0.26 s instead of 0.6, ``observe`` 0.26 instead of 0.4, ``tell`` 0.13 instead
 # of 0.23, process CPU under load ~38); they run once per round or epoch, in milliseconds.
 # Their outputs are bit for bit those of the newer emitters (integer PRNG hashes, float
-# arithmetic; checked by tests/test_compile_cache.py). The TPE / GP ``ask`` keeps
-# :class:`population.TieredJit`'s builds; the population ``init`` has its own options
-# (``population.init_compile_options``, older emitters too: its fast build's initial weights
-# change in the last bits).
+# arithmetic; checked by tests/test_compile_cache.py). The population ``init`` has its own
+# options (``population.init_compile_options``, older emitters too: its fast build's initial
+# weights change in the last bits). The TPE / GP ``ask`` keeps :class:`population.TieredJit`'s
+# builds: the fast one with the newer emitters (the older would round its proposals
+# differently, which tests/test_loop.py pins bit for bit), the optimised one with the older
+# (``population.OPT_COMPILE_CPU``).
 SEARCHER_COMPILE_CPU: dict[str, Any] = {"xla_cpu_use_fusion_emitters": False}
 
 

@@ -224,6 +224,22 @@ def jaxpr_cost(jaxpr: Any) -> tuple[float, int]:
   return work, eqns
 
 
+# The optimised build of :class:`TieredJit` (the searcher's ``ask``) keeps XLA's default
+# backend optimisation; on the CPU it uses XLA's older (non-MLIR) fusion emitters, which
+# compile it in 0.5-0.75 of the CPU time at about the same run time (``gp_bo(5).ask``, 20
+# observations, batch 10: XLA compile 14.1-17.5 -> 7.3-9.9 s CPU, run 3.76 -> 3.10 s CPU per
+# call single-threaded; ``tpe(5).ask`` at 50 observations: 5.9-7.0 -> 3.4-5.0 s, run 57 -> 59-61
+# ms single-threaded, 46.1 -> 46.4 ms multi-threaded; process CPU on 2 cores under load 6-16,
+# BENCHMARKS.md). Its proposals differ from the newer emitters' in the last bits, as the fast
+# build's already do (``tests/test_engine_compiles.py``).
+OPT_COMPILE_CPU: dict[str, Any] = {"xla_cpu_use_fusion_emitters": False}
+
+
+def opt_compile_options() -> dict[str, Any] | None:
+  """XLA options of :class:`TieredJit`'s optimised build on this backend."""
+  return dict(OPT_COMPILE_CPU) if jax.default_backend() == "cpu" else None
+
+
 class TieredJit:
   """A jitted function compiled by :func:`fast_jit`, or with full optimisation when the
   calls left pay for the longer compile: ``calls_left * run_s * (1 - 1 / SPEEDUP) >
@@ -236,20 +252,23 @@ class TieredJit:
   optimised build falls back to the fast one for its last calls, when too few remain to
   repay an optimised compile; that costs one fast compile more.) The constants are measured
   on a 2-core CPU (TPE and
-  GP-BO ``ask``: optimised code 1.7-2.9x faster, its compile 1.5-1.9x longer; level-0 runs
-  at ~1e9 work units per second, level-0 compile 1.2-2.2 ms per equation).
+  GP-BO ``ask``: optimised code 1.7-2.9x faster; level-0 runs at ~1e9 work units per second,
+  level-0 compile 1.2-2.2 ms per equation). The optimised compile took 1.5-2.0x the fast
+  one with XLA's default emitters and 1.0-1.5x with :data:`OPT_COMPILE_CPU` (``gp_bo(5)``
+  at 20 observations 1.02, ``tpe(5)`` at 50 1.46, process CPU under load 7-16, 2026-12-07),
+  hence ``COMPILE_RATIO`` 1.5 (was 2.0).
 
   Call as ``f(*args, calls_left=k)``, ``k`` counting this call.
   """
 
   SPEEDUP = 2.0
-  COMPILE_RATIO = 2.0
+  COMPILE_RATIO = 1.5
   WORK_RATE = 1e9
   COMPILE_S_PER_EQN = 1.5e-3
 
   def __init__(self, fun, **jit_kwargs):
     self._fast = fast_jit(fun, **jit_kwargs)
-    self._opt = jax.jit(fun, **jit_kwargs)
+    self._opt = OptionsJit(fun, opt_compile_options(), **jit_kwargs)
     self._static = set(np.atleast_1d(jit_kwargs.get("static_argnums", ())).tolist())
     self._cost: dict[Any, tuple[float, int]] = {}
     self.optimized = False  # the build the last call used
@@ -272,10 +291,14 @@ class TieredJit:
     run_s, compile_s = work / self.WORK_RATE, eqns * self.COMPILE_S_PER_EQN
     return bool(calls_left * run_s * (1 - 1 / self.SPEEDUP) > self.COMPILE_RATIO * compile_s)
 
+  def build(self, optimized: bool) -> OptionsJit:
+    """The optimised build (``optimized=True``) or the fast one, as the calls use them."""
+    return self._opt if optimized else self._fast
+
   def __call__(self, *args, calls_left: int = 1):
     opt = self.pays(*self.cost(*args), calls_left)
     self.optimized = opt
-    return (self._opt if opt else self._fast)(*args)
+    return self.build(opt)(*args)
 
 
 def _cost_flops(jitted, *args) -> float:
