@@ -17,28 +17,6 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
                       tempfile.mkdtemp(prefix="metaopt-test-jax-cache-"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.3")
 
-# A test-only XLA setting, for this process and the subprocesses tests start (they inherit
-# XLA_FLAGS; tests that set XLA_FLAGS for a subprocess append to it): XLA's older (non-MLIR)
-# CPU fusion emitters. They compile GP-BO's ask in about half the CPU time at the same run
-# time, and cut whole compile-bound tests by 17-27 % of their CPU time (measured side by side,
-# BENCHMARKS.md "testtime lane", session 17). Programs compiled with explicit compiler_options
-# keep those (a jit's options override XLA_FLAGS field by field); the searcher's functions use
-# these emitters anyway (loop.SEARCHER_COMPILE_CPU), and the test that compares the two
-# emitters (tests/test_compile_cache.py) names both explicitly. Users' runs (`make run`,
-# `run.py`, `make test-wheel`) keep XLA's defaults; a value already in XLA_FLAGS wins
-# (XLA_FLAGS=--xla_cpu_use_fusion_emitters=true runs the suite with the newer emitters).
-TEST_XLA_FLAGS = {"--xla_cpu_use_fusion_emitters": "false"}
-
-
-def _with_test_xla_flags(flags: str) -> str:
-  for name, value in TEST_XLA_FLAGS.items():
-    if name + "=" not in flags:
-      flags = f"{flags} {name}={value}".strip()
-  return flags
-
-
-os.environ["XLA_FLAGS"] = _with_test_xla_flags(os.environ.get("XLA_FLAGS", ""))
-
 import jax  # noqa: E402
 
 # The pytest process itself does not use the persistent cache (subprocesses that tests start

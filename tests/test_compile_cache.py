@@ -99,10 +99,10 @@ def test_searcher_functions_compile_to_the_same_bits_with_the_older_emitters(mon
   u = np.random.default_rng(0).random((512, task.space.dim)).astype(np.float32)
   assert loop.SEARCHER_COMPILE_CPU == {"xla_cpu_use_fusion_emitters": False}
   decoded, runs = {}, {}
-  # the newer emitters named explicitly: tests/conftest.py makes the older ones XLA's default
-  for older in (False, True):
-    monkeypatch.setattr(loop, "SEARCHER_COMPILE_CPU", {"xla_cpu_use_fusion_emitters": not older})
+  for options in ({}, dict(loop.SEARCHER_COMPILE_CPU)):
+    monkeypatch.setattr(loop, "SEARCHER_COMPILE_CPU", options)
     compile_cache.clear()
+    older = bool(options)
     decoded[older] = jax.device_get(loop.searcher_jit(task.space.decode)(u))
     res = _search(seed=7, study=f"emitters{older}")
     runs[older] = (_rows(res), [[(m["train_loss"], m["valid_accuracy"]) for m in t.metrics]
