@@ -30,6 +30,7 @@ from metaopt._src.multiobjective import (
     pareto_front,
     with_constraints,
 )
+from metaopt._src.population import fast_jit  # asks these tests call once or twice
 from metaopt._src.tpe import (
     _ei_weights,
     _gap_bandwidth,
@@ -275,7 +276,7 @@ def _tpe_proposals(dim: int, **kwargs) -> np.ndarray:
   s = tpe(dim, n_startup=4, capacity=32, **kwargs)
   u0 = jax.random.uniform(jax.random.key(0), (20, dim))
   st = s.tell(s.init(jax.random.key(0)), u0, bf.sphere(u0), jnp.zeros(20, jnp.int32))
-  return np.asarray(jax.jit(s.ask, static_argnums=2)(st, jax.random.key(1), 4)[1])
+  return np.asarray(fast_jit(s.ask, static_argnums=2)(st, jax.random.key(1), 4)[1])
 
 
 def test_tpe_ei_weights_follow_the_improvement_over_the_split():
@@ -510,7 +511,7 @@ def test_gp_exploitation_points_improve_on_the_incumbent():
     s = gp_bo(2, n_startup=4, capacity=32, fit_steps=50, n_candidates=128, n_local=32,
               grad_steps=20, n_exploit=n_exploit)
     st = s.tell(s.init(jax.random.key(0)), *_sobol_batch(2, 16, bf.sphere))
-    st, u = jax.jit(s.ask, static_argnums=2)(st, jax.random.key(1), n)
+    st, u = fast_jit(s.ask, static_argnums=2)(st, jax.random.key(1), n)
     assert u.shape == (n, 2) and bool(jnp.all(jnp.isfinite(u)))
     k = min(len(np.atleast_1d(n_exploit)), n - 1) if n_exploit else 0
     for j in range(k):  # 16 neighbours pin the sphere's minimum down; 4 only improve on it
@@ -951,7 +952,7 @@ def test_gp_output_warp_gp_choice_reaches_the_model():
   def asks(**kw):
     s = gp_bo(2, n_startup=4, capacity=16, fit_steps=5, n_candidates=32, n_local=8,
               n_restarts=3, grad_steps=3, buckets=False, n_exploit=(), **kw)
-    ask = jax.jit(s.ask, static_argnums=2)
+    ask = fast_jit(s.ask, static_argnums=2)
     out = []
     for f in (lambda u: bf.branin(u) ** 3, bf.sphere):
       st, u = ask(s.tell(s.init(jax.random.key(0)), *_sobol_batch(2, 8, f)), jax.random.key(3), 2)

@@ -237,6 +237,11 @@ def test_shipped_tabular_benchmark_and_searchers_on_it():
 
 
 # ------------------------------------------------------------------ second order
+# programs the test calls a few times: XLA's backend (LLVM) optimisation would cost more
+# compile time than it saves in runs (the numbers are float64 either way)
+RUN_ONCE = {"xla_backend_optimization_level": 0}
+
+
 def test_second_order_arch_gradient_matches_finite_differences(digits):
   with jax.enable_x64(True):
     net = tiny_net()
@@ -249,7 +254,7 @@ def test_second_order_arch_gradient_matches_finite_differences(digits):
     for h in nas.HESSIANS:  # DARTS's central difference with a step small enough for float64
       s = nas.SearchSettings(order=2, hessian=h, xi=xi, w_wd=wd, w_clip=0.0, fd_eps=1e-6)
       progs[h] = nas.make_search(net, s, bt[0], nas.make_mixing(s))
-    state = progs["exact"].init(jax.random.key(0))
+    state = jax.jit(progs["exact"].init, compiler_options=RUN_ONCE)(jax.random.key(0))
     state = state._replace(params=f64(state.params), hparams=f64(state.hparams),
                            alpha=f64(MINI.init_logits(jax.random.key(3), 0.5)))
 
@@ -264,9 +269,9 @@ def test_second_order_arch_gradient_matches_finite_differences(digits):
       return xent(w1, alpha, bv)
 
     key = jax.random.key(5)
-    g_exact = jax.jit(progs["exact"].arch_grad)(state, bt, bv, key)["normal"]
-    g_fd = jax.jit(progs["finite_difference"].arch_grad)(state, bt, bv, key)["normal"]
-    unrolled = jax.jit(unrolled)
+    g_exact, g_fd = (jax.jit(progs[h].arch_grad, compiler_options=RUN_ONCE)(
+        state, bt, bv, key)["normal"] for h in ("exact", "finite_difference"))
+    unrolled = jax.jit(unrolled, compiler_options=RUN_ONCE)
     g_first = jax.grad(lambda a: xent(state.params, a, bv))(state.alpha)["normal"]
     eps = 1e-5
     for i in range(3):
