@@ -22,6 +22,7 @@ from _tiny_nas import tiny_nas_config
 import metaopt
 from metaopt import nas
 from metaopt._src import compile_cache
+from metaopt._src.population import fast_jit
 from metaopt.spaces import NB201_MINI_OPS, Genotype, count_ops, darts_space, discretize, nb201_space
 from metaopt.tasks import load_dataset
 from metaopt.tasks._src.data import Dataset, Split
@@ -237,9 +238,8 @@ def test_shipped_tabular_benchmark_and_searchers_on_it():
 
 
 # ------------------------------------------------------------------ second order
-# programs the test calls a few times: XLA's backend (LLVM) optimisation would cost more
-# compile time than it saves in runs (the numbers are float64 either way)
-RUN_ONCE = {"xla_backend_optimization_level": 0}
+# programs the test calls a few times compile with fast_jit (no backend optimisation): LLVM
+# optimisation would cost more compile time than it saves in runs (float64 either way)
 
 
 def test_second_order_arch_gradient_matches_finite_differences(digits):
@@ -254,7 +254,7 @@ def test_second_order_arch_gradient_matches_finite_differences(digits):
     for h in nas.HESSIANS:  # DARTS's central difference with a step small enough for float64
       s = nas.SearchSettings(order=2, hessian=h, xi=xi, w_wd=wd, w_clip=0.0, fd_eps=1e-6)
       progs[h] = nas.make_search(net, s, bt[0], nas.make_mixing(s))
-    state = jax.jit(progs["exact"].init, compiler_options=RUN_ONCE)(jax.random.key(0))
+    state = fast_jit(progs["exact"].init)(jax.random.key(0))
     state = state._replace(params=f64(state.params), hparams=f64(state.hparams),
                            alpha=f64(MINI.init_logits(jax.random.key(3), 0.5)))
 
@@ -269,9 +269,9 @@ def test_second_order_arch_gradient_matches_finite_differences(digits):
       return xent(w1, alpha, bv)
 
     key = jax.random.key(5)
-    g_exact, g_fd = (jax.jit(progs[h].arch_grad, compiler_options=RUN_ONCE)(
+    g_exact, g_fd = (fast_jit(progs[h].arch_grad)(
         state, bt, bv, key)["normal"] for h in ("exact", "finite_difference"))
-    unrolled = jax.jit(unrolled, compiler_options=RUN_ONCE)
+    unrolled = fast_jit(unrolled)
     g_first = jax.grad(lambda a: xent(state.params, a, bv))(state.alpha)["normal"]
     eps = 1e-5
     for i in range(3):
