@@ -405,6 +405,26 @@ def test_float32_cg_drift_beyond_rounding_is_flagged():
     assert not bool(r.converged) and float(r.residual_norm) > 1e-5
 
 
+def test_float32_implicit_default_flags_a_drift_its_estimate_would_pass():
+  """The implicit default's true-residual check is what flags a float32 solve whose CG
+  estimate met tol while the true residual did not (check=False, the estimate alone, trusts
+  the same solve): the check cannot be replaced by CG's own residual."""
+  rng = np.random.default_rng(0)
+  q = np.linalg.qr(rng.normal(size=(50, 50)))[0]
+  a = jnp.asarray(q @ np.diag(np.logspace(0, 3, 50)) @ q.T, jnp.float32)
+  c, b = (jnp.asarray(rng.normal(size=50), jnp.float32) for _ in range(2))
+  train_loss = lambda w, h, batch: 0.5 * w @ (a @ w) - h * (c @ w)
+  val_loss = lambda w, h: b @ w
+  w, h = jnp.zeros(50, jnp.float32), jnp.asarray(1.0, jnp.float32)
+  run = lambda **kw: jax.jit(hypergrad.implicit(train_loss, val_loss, maxiter=1000, tol=1e-6,
+                                                **kw))(h, w, None).diagnostics
+  estimate, checked = run(check=False), run()
+  assert int(checked.iterations) < 1000 and int(estimate.iterations) == int(checked.iterations)
+  assert bool(estimate.trustworthy) and float(estimate.residual_norm) <= 1e-6
+  assert not bool(checked.converged) and not bool(checked.trustworthy)
+  assert float(checked.residual_norm) > 1e-5
+
+
 def test_implicit_with_closed_over_arrays_and_keys(x64):
   """The training loss closes over a data matrix (its constants are shared by the solve and
   the checks) and a typed PRNG key (left as it is): closed form, inner gradient, vmap."""
