@@ -418,6 +418,10 @@ _background = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="metao
 # TaskEvaluator.precompile: compile the first round's chunk on the background thread while
 # the searcher's first ask and the population init compile on the caller's (False: off)
 BACKGROUND_COMPILE = True
+# TaskEvaluator.precompile returns once the chunk is traced and lowered: tracing holds the GIL,
+# so the caller's own tracing would only slow it down; XLA's compile of it (on one core, the
+# GIL released) then runs beside the caller's work (False: the caller goes on at once)
+WAIT_FOR_LOWERING = True
 
 
 class _Precompile:
@@ -598,6 +602,8 @@ class TaskEvaluator(Evaluator):
     pre = self._precompiling[k] = _Precompile(n)
     pre.future = self._pending[k] = _background.submit(_compile_in_background, kernel, space,
                                                        n, self.data, pre)
+    if WAIT_FOR_LOWERING:
+      pre.lowered.wait()
     return True
 
   def first_metrics(self, batch: TrialBatch) -> dict[str, np.ndarray] | None:
