@@ -240,14 +240,21 @@ def test_compile_seconds_counts_the_calling_threads_compiles_only():
 
 def test_ask_compiles_only_once_the_model_is_used(task, tmp_path):
   """TPE's first 8 + 8 proposals come before n_startup = 10 observations: the cheap
-  ``startup_ask`` serves them; the third round needs the model and compiles ``ask``."""
+  ``startup_ask`` serves them (its host twin, ``startup_host``: nothing compiled; without
+  the twin the compiled ``startup_ask``, the same trials); the third round needs the model
+  and compiles ``ask``."""
   prog = metaopt.tpe(task.space.dim, n_startup=10)
   kw = dict(population=8, epochs=2, batch_size=256, seed=5, progress=False)
   compile_cache.clear()
   COMPILES.clear()
   res = metaopt.search(prog, task, n_trials=16, store=f"sqlite:///{tmp_path}/a.db", **kw)
   assert len(res.trials) == 16
+  assert COMPILES.get("jit(ask)", 0) == 0 and COMPILES.get("jit(startup_ask)", 0) == 0, COMPILES
+  compiled = metaopt.search(prog._replace(startup_host=None), task, n_trials=16,
+                            store=f"sqlite:///{tmp_path}/d.db", **kw)
   assert COMPILES.get("jit(ask)", 0) == 0 and COMPILES.get("jit(startup_ask)", 0) == 1, COMPILES
+  assert [(t.params, t.objective) for t in compiled.trials] == \
+      [(t.params, t.objective) for t in res.trials]
   COMPILES.clear()
   res = metaopt.search(prog, task, n_trials=24, store=f"sqlite:///{tmp_path}/b.db", **kw)
   assert COMPILES.get("jit(ask)", 0) == 1, COMPILES

@@ -219,7 +219,14 @@ def _wrap(searcher: Searcher, key: str, init_own: Callable, own: Callable) -> Se
       s, u, ok = searcher.startup_ask(state["search"], k, n)
       return {**state, "search": s}, u, ok
 
-  return Searcher(init, ask, tell, _chain_observe(searcher, key, own), startup_ask)
+  startup_host = None
+  if searcher.startup_host is not None:
+    def startup_host(state, k, n):
+      out = searcher.startup_host(state["search"], k, n)
+      return None if out is None else ({**state, "search": out[0]}, out[1], out[2])
+
+  return Searcher(init, ask, tell, _chain_observe(searcher, key, own), startup_ask,
+                  startup_host=startup_host)
 
 
 def with_pruning(searcher: Searcher, pruner: Pruner) -> Searcher:

@@ -418,6 +418,10 @@ _background = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="metao
 # TaskEvaluator.precompile: compile the first round's chunk on the background thread while
 # the searcher's first ask and the population init compile on the caller's (False: off)
 BACKGROUND_COMPILE = True
+# TaskEvaluator.precompile returns once the chunk is traced and lowered: tracing holds the GIL,
+# so the caller's own tracing would only slow it down; XLA's compile of it (on one core, the
+# GIL released) then runs beside the caller's work (False: the caller goes on at once)
+WAIT_FOR_LOWERING = True
 
 
 class _Precompile:
@@ -562,6 +566,7 @@ class TaskEvaluator(Evaluator):
     self._pending: dict[tuple, concurrent.futures.Future] = {}  # see precompile
     self._precompiling: dict[tuple, _Precompile] = {}
     self._ran: set[tuple] = set()  # (structure, size) of every chunk run once (see epoch)
+    self._fns: dict[tuple, TrialFns] = {}  # see fns
 
   def precompile(self, space: Space, n: int) -> bool:
     """Starts compiling the population chunk that a first round of ``n`` trials over
@@ -598,6 +603,8 @@ class TaskEvaluator(Evaluator):
     pre = self._precompiling[k] = _Precompile(n)
     pre.future = self._pending[k] = _background.submit(_compile_in_background, kernel, space,
                                                        n, self.data, pre)
+    if WAIT_FOR_LOWERING:
+      pre.lowered.wait()
     return True
 
   def first_metrics(self, batch: TrialBatch) -> dict[str, np.ndarray] | None:
@@ -647,11 +654,17 @@ class TaskEvaluator(Evaluator):
     its grouped switches (named by ``structure[SWITCHED]``, each holding the index of its
     choice) fixed to that index, and its ``activation`` switch over
     ``structure[BRANCHES]`` branches where that is set (see :func:`_branches`)."""
-    sw = {n: int(structure[n]) for n in structure.get(SWITCHED, ())}
-    fns = self.task.build({n: v for n, v in structure.items()
-                           if n not in sw and n not in (SWITCHED, BRANCHES)})
-    fns = with_activation_branches(pop.fix_hparams(fns, sw), structure.get(BRANCHES))
-    return fns if self.compute_dtype is None else mesh2d.bfloat16_compute(fns)
+    # built once per structure: the kernel and the FLOPs accounting then trace the same
+    # functions, so the accounting finds the train step's trace in JAX's cache (CPU: the
+    # kernel's canonical_dots traces it with the same argument types)
+    k = tuple(sorted(structure.items()))
+    if k not in self._fns:
+      sw = {n: int(structure[n]) for n in structure.get(SWITCHED, ())}
+      fns = self.task.build({n: v for n, v in structure.items()
+                             if n not in sw and n not in (SWITCHED, BRANCHES)})
+      fns = with_activation_branches(pop.fix_hparams(fns, sw), structure.get(BRANCHES))
+      self._fns[k] = fns if self.compute_dtype is None else mesh2d.bfloat16_compute(fns)
+    return self._fns[k]
 
   def switches(self, batch: TrialBatch) -> list[str]:
     """The task's switches grouped as structure in ``batch`` (see ``group_switches``)."""

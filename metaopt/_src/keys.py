@@ -11,6 +11,8 @@ what it got before. Under another ``jax_default_prng_impl`` JAX makes them, as b
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import numpy as np
 
@@ -71,3 +73,36 @@ def trial_keys_data(seeds: np.ndarray) -> np.ndarray:
   """The words of ``vmap(jax.random.key)(seeds)`` for uint32 ``seeds``: ``[0, seed]`` each."""
   seeds = np.asarray(seeds, np.uint32)
   return np.stack([np.zeros_like(seeds), seeds], axis=-1)
+
+
+def uniform_data(data: np.ndarray, dim: int) -> np.ndarray | None:
+  """``jax.random.uniform(key, (dim,))`` (float32 in ``[0, 1)``) for the key words ``data``,
+  bit for bit; None where JAX's bits are not the partitionable threefry's."""
+  if not (on_host() and jax.config.jax_threefry_partitionable):
+    return None
+  b1, b2 = threefry2x32(data, np.zeros(dim, np.uint32), np.arange(dim, dtype=np.uint32))
+  one = np.asarray(1.0, np.float32).view(np.uint32)
+  return ((b1 ^ b2) >> np.uint32(9) | one).view(np.float32) - np.float32(1.0)
+
+
+def host_data(key: Any) -> np.ndarray | None:
+  """The two words of a concrete threefry key (a typed key array or raw ``uint32[2]``), or
+  None for any other key (another implementation, a tracer)."""
+  if isinstance(key, jax.core.Tracer):
+    return None
+  if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+    if str(jax.random.key_impl(key)) != "threefry2x32":
+      return None
+    key = jax.random.key_data(key)
+  data = np.asarray(key)
+  return data if data.shape == (2,) and data.dtype == np.uint32 else None
+
+
+def point_uniforms(data: np.ndarray, n: int, dim: int) -> np.ndarray | None:
+  """``vmap(lambda i: uniform(split(fold_in(key, i))[0], (dim,)))(arange(n))``, ``[n, dim]``
+  float32 (a TPE's startup points, ``tpe.make_startup_ask``), bit for bit; None where JAX
+  makes its keys or bits another way."""
+  rows = [uniform_data(split2(fold_in_data(data, i))[0], dim) for i in range(n)]
+  if any(r is None for r in rows):
+    return None
+  return np.stack(rows) if rows else np.zeros((0, dim), np.float32)

@@ -164,10 +164,13 @@ def _searcher_fns(program: Searcher, space: Space) -> SearcherFns:
   tiered = pop.TieredJit(program.ask, static_argnums=2 if static is None else (2, 3))
   startup = None if program.startup_ask is None else \
       searcher_jit(program.startup_ask, static_argnums=2)
+  host = None if startup is None else program.startup_host
 
   def ask(state, key, n: int, calls_left: int = 1, model: bool = False):
     if startup is not None and not model:  # the model is not used yet: ask stays uncompiled
-      s, u, ok = startup(state, key, n)
+      # its host twin, where there is one, compiles nothing either (the same values)
+      out = None if host is None else host(state, key, n)
+      s, u, ok = startup(state, key, n) if out is None else out
       if bool(ok):
         return s, u
     args = (state, key, n) if static is None else (state, key, n, static(state))

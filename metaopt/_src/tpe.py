@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import logsumexp, ndtr
 
+from metaopt._src import keys
 from metaopt._src.searchers import _check_dim
 from metaopt._src.types import COMPLETE, Searcher
 
@@ -332,6 +333,18 @@ def make_startup_ask(dim: int, n_startup: int):
   return startup_ask
 
 
+def make_startup_host(dim: int, n_startup: int):
+  """:func:`make_startup_ask`'s twin on the host (``Searcher.startup_host``): the same points
+  from numpy threefry (``keys.point_uniforms``), nothing compiled; None under another PRNG."""
+  def startup_host(state, key, n):
+    data = keys.host_data(key)
+    u = None if data is None else keys.point_uniforms(data, n, dim)
+    if u is None:
+      return None
+    return state, u, np.sum(np.asarray(state["valid"])) < n_startup
+  return startup_host
+
+
 def tpe(dim: int, n_startup: int = 10, gamma: float | str | None = None,
         n_candidates: int = 24,
         multivariate: bool = True, constant_liar: bool = True, prior_weight: float = 1.0,
@@ -467,4 +480,5 @@ def tpe(dim: int, n_startup: int = 10, gamma: float | str | None = None,
     out = history_tell(state, u, y, status)
     return {**out, "n_prior": state["n_prior"]} if "n_prior" in state else out
 
-  return Searcher(init, ask, tell, startup_ask=startup_ask)
+  return Searcher(init, ask, tell, startup_ask=startup_ask,
+                  startup_host=make_startup_host(dim, n_startup))

@@ -77,6 +77,11 @@ class Searcher(NamedTuple):
   whose ``ask`` holds code paths selected by the state (GP-BO: one per bucket of observation
   counts). With it, ``ask`` compiles only the path this state takes (the same proposals, bit
   for bit); without it (``ask(state, key, n)``, e.g. inside a user's ``jit``) every path.
+
+  ``startup_host`` is optional: ``startup_ask``'s twin on the host, ``(state, key, n) ->
+  (state, u, ok)`` of concrete values (numpy), the same values bit for bit, or None where it
+  cannot make them (e.g. another PRNG implementation); the engine calls it instead of
+  compiling ``startup_ask``.
   """
 
   init: Callable[[jax.Array], PyTree]
@@ -86,6 +91,7 @@ class Searcher(NamedTuple):
   startup_ask: Callable[[PyTree, jax.Array, int], tuple[PyTree, jax.Array, jax.Array]] | None \
       = None
   ask_static: Callable[[PyTree], int] | None = None
+  startup_host: Callable[[PyTree, jax.Array, int], tuple[PyTree, Any, Any] | None] | None = None
 
 
 class Pruner(NamedTuple):
