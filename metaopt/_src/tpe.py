@@ -149,8 +149,7 @@ def _ramp_logw(mask: jax.Array, age: jax.Array, flat: int = 25) -> jax.Array:
 
 def _mixture(x: jax.Array, mask: jax.Array, prior_weight: float, d_eff: int,
              bandwidth: str = "gaps", logw_obs: jax.Array | None = None,
-             w_obs: jax.Array | None = None, scale: float = 1.0,
-             prior_width: float = 1.0):
+             w_obs: jax.Array | None = None):
   """A Parzen estimator: component centres ``[k+1, d]``, widths, log weights ``[k+1]``
   (observations weigh 1 each, or ``exp(logw_obs)``, or ``w_obs``; the prior weighs
   ``prior_weight``)."""
@@ -160,10 +159,8 @@ def _mixture(x: jax.Array, mask: jax.Array, prior_weight: float, d_eff: int,
     sigma = _gap_bandwidth(x, mask)
   else:
     sigma = jnp.broadcast_to(_bandwidth(x, mask / jnp.maximum(n, 1), n, d_eff), x.shape)
-  if scale != 1.0:
-    sigma = sigma * scale
   mus = jnp.concatenate([x, jnp.full((1, dim), 0.5)], axis=0)
-  sigmas = jnp.concatenate([sigma, jnp.full((1, dim), prior_width)], axis=0)
+  sigmas = jnp.concatenate([sigma, jnp.ones((1, dim))], axis=0)
   if w_obs is not None:  # all ones: exactly the equal-weight estimator below
     total = jnp.sum(jnp.where(mask, w_obs, 0.0))
     logw = jnp.concatenate([jnp.where(mask, jnp.log(w_obs), -jnp.inf),
@@ -219,8 +216,7 @@ def propose(x: jax.Array, good: jax.Array, bad: jax.Array, startup: jax.Array,
             key: jax.Array, n: int, *, prior_weight: float, d_eff: int, n_candidates: int,
             multivariate: bool, constant_liar: bool, bandwidth: str = "gaps",
             age: jax.Array | None = None, w_rows: jax.Array | None = None,
-            w_good: jax.Array | None = None, bad_scale: float = 1.0,
-            prior_width: float = 1.0, bad_prior_width: float = 1.0) -> jax.Array:
+            w_good: jax.Array | None = None) -> jax.Array:
   """``n`` TPE proposals ``[n, dim]`` from history rows ``x`` split into ``good`` and ``bad``
   (uniform points while ``startup``); with ``constant_liar`` each proposal joins the bad set
   for the next. With ``age`` (per row, smaller: older), the bad density down-weights its older
@@ -234,8 +230,7 @@ def propose(x: jax.Array, good: jax.Array, bad: jax.Array, startup: jax.Array,
   if w_good is not None and w_rows is not None:
     raise ValueError("propose: pass w_good or w_rows, not both")
   mus_l, sig_l, logw_l = _mixture(x, good, prior_weight, d_eff, bandwidth,
-                                  w_obs=w_rows if w_good is None else w_good,
-                                  prior_width=prior_width)
+                                  w_obs=w_rows if w_good is None else w_good)
   x_bad = jnp.concatenate([x, jnp.zeros((n, dim), jnp.float32)])
   bad = jnp.concatenate([bad, jnp.zeros(n, bool)])
   if w_rows is not None:  # pending points weigh 1
@@ -249,7 +244,7 @@ def propose(x: jax.Array, good: jax.Array, bad: jax.Array, startup: jax.Array,
     k_rand, k_cand = _point_keys(key, i)
     logw_obs = None if age is None else _ramp_logw(bad, age)
     mus_g, sig_g, logw_g = _mixture(x_bad, bad, prior_weight, d_eff, bandwidth, logw_obs,
-                                    w_rows, scale=bad_scale, prior_width=bad_prior_width)
+                                    w_rows)
     cand = _sample(k_cand, mus_l, sig_l, logw_l, n_candidates, multivariate)
     score = (_log_density(cand, mus_l, sig_l, logw_l, multivariate)
              - _log_density(cand, mus_g, sig_g, logw_g, multivariate))
@@ -342,8 +337,7 @@ def tpe(dim: int, n_startup: int = 10, gamma: float | str | None = None,
         multivariate: bool = True, constant_liar: bool = True, prior_weight: float = 1.0,
         capacity: int = 1024, bandwidth: str = "gaps",
         prior_weighting: str = "ranking", age_weights: bool = False,
-        good_weights: str | None = None, bad_scale: float = 1.0,
-        prior_width: float = 1.0, bad_prior_width: float = 1.0) -> Searcher:
+        good_weights: str | None = None) -> Searcher:
   """Tree-structured Parzen Estimator over ``[0, 1]^dim``.
 
   Until ``n_startup`` observations are complete, proposals are uniform random. A batch
@@ -447,9 +441,7 @@ def tpe(dim: int, n_startup: int = 10, gamma: float | str | None = None,
       w_good = _ei_weights(y, good, bad) if good_weights == "ei" else None
       u = propose(state["x"], good, bad, n_obs < n_startup, key, n, prior_weight=prior_weight,
                   d_eff=d_eff, n_candidates=n_candidates, multivariate=multivariate,
-                  constant_liar=constant_liar, bandwidth=bandwidth, age=age, w_good=w_good,
-                  bad_scale=bad_scale, prior_width=prior_width,
-                  bad_prior_width=bad_prior_width)
+                  constant_liar=constant_liar, bandwidth=bandwidth, age=age, w_good=w_good)
       return state, u
     src = prior_rows(state)
     rel = prior_weighting == "ranking_vs_own"
