@@ -216,11 +216,8 @@ def _clip_theta(theta):
   return out
 
 
-def fit_gp(theta, x, yz, mask, steps: int, lr: float, levels=None, fixed_noise: bool = False,
-           opt_state=None):
-  """MAP hyperparameters by ``steps`` of Adam from ``theta``; non-finite steps are skipped.
-  With ``opt_state`` (Adam's state: :func:`optax.adam` ``(lr).init(theta)`` or one this
-  returned) it continues from there and returns ``(theta, opt_state)``."""
+def fit_gp(theta, x, yz, mask, steps: int, lr: float, levels=None, fixed_noise: bool = False):
+  """MAP hyperparameters by ``steps`` of Adam from ``theta``; non-finite steps are skipped."""
   dim = x.shape[1]
   opt = optax.adam(lr)
   loss_grad = jax.value_and_grad(_neg_log_marginal)
@@ -237,9 +234,8 @@ def fit_gp(theta, x, yz, mask, steps: int, lr: float, levels=None, fixed_noise: 
     theta = jax.tree_util.tree_map(lambda a, b: jnp.where(ok, a, b), new, theta)
     return (theta, new_opt), loss
 
-  init = opt.init(theta) if opt_state is None else opt_state
-  (theta, opt_state_out), _ = jax.lax.scan(step, (theta, init), None, length=steps)
-  return theta if opt_state is None else (theta, opt_state_out)
+  (theta, _), _ = jax.lax.scan(step, (theta, opt.init(theta)), None, length=steps)
+  return theta
 
 
 def _factor(theta, x, yz, mask, levels=None):
@@ -524,11 +520,11 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
     u = pool[jnp.argmax(jnp.where(jnp.isfinite(pool_score), pool_score, -jnp.inf))]
     return choice_search(acq, u)
 
-  def neighbourhood(theta, x, y, valid, z, k_nn):
-    """An exploitation model's data: the ``k_nn`` (traced) observations nearest the incumbent
-    (in the fitted lengthscales), ``y`` re-standardised among them, and its candidates. It
-    masks all but the first ``k_nn`` of the ``min(max(n_exploit), rows)`` nearest, so one
-    compiled body serves every size; all of them are candidates."""
+  def local_model(theta, x, y, valid, z, k_nn):
+    """A GP refitted on the ``k_nn`` (traced) observations nearest the incumbent (in the
+    fitted lengthscales), ``y`` re-standardised among them, and its candidates. The model
+    masks all but the first ``k_nn`` of the ``max(n_exploit)`` nearest, so one compiled body
+    serves every size; all of them are candidates."""
     inc = jnp.argmin(jnp.where(valid, y, jnp.inf))
     xw = kumaraswamy_warp(x, theta, lvl)
     d2 = jnp.where(valid, _sq_dist(xw, xw[inc][None], theta["log_ls"], lvl)[:, 0], jnp.inf)
@@ -536,14 +532,8 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
     ml = jnp.isfinite(neg_d2) & (jnp.arange(nn.shape[0]) < k_nn)
     xl = x[nn]
     yl = warp_and_standardize(y[nn], ml, output_warp, theta, xl, lvl)
-    cand = jnp.concatenate([perturb(snap(x[inc], lvl), z), snap(xl, lvl)])
-    return xl, yl, ml, cand
-
-  def local_model(theta, x, y, valid, z, k_nn):
-    """A GP refitted (from ``theta``) on :func:`neighbourhood`'s data, that data and its
-    candidates."""
-    xl, yl, ml, cand = neighbourhood(theta, x, y, valid, z, k_nn)
     theta_l = fit_gp(theta, xl, yl, ml, _EXPLOIT_FIT_STEPS, fit_lr, lvl, deterministic)
+    cand = jnp.concatenate([perturb(snap(x[inc], lvl), z), snap(xl, lvl)])
     return theta_l, xl, yl, ml, cand
 
   def pad_rows(a, rows, fill=0):
@@ -578,41 +568,6 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
     return jax.lax.map(
         lambda a: local_model(theta, state["x"], state["y"], state["valid"], a[0], a[1]),
         (rnd["z_l"], jnp.asarray(n_exploit[:m])))
-
-  def joint_fits(size, state, rnd, m):
-    """``(theta, local)``: the global fit on the first ``size`` buffer rows and the ``m``
-    exploitation models on their nearest ``size`` rows (for ``size <= max(n_exploit)``, the
-    same shapes: the rows past the data are invalid), through one compiled fit body (each
-    costs ~0.8 s of XLA compile): a loop over phases of ``gcd(fit_steps, 50)`` Adam steps,
-    first the global fit's (from the state's hyperparameters; Adam's state carried over),
-    then each exploitation model's (from the global fit, Adam restarted)."""
-    x, y, valid = state["x"][:size], state["y"][:size], state["valid"][:size]
-    steps = math.gcd(fit_steps, _EXPLOIT_FIT_STEPS)
-    n_glob, n_loc = fit_steps // steps, _EXPLOIT_FIT_STEPS // steps
-    init = optax.adam(fit_lr).init
-    where = lambda g, a, b: jax.tree_util.tree_map(  # noqa: E731
-        lambda u, v: jnp.where(g, u, v), a, b)
-
-    def phase(carry, a):
-      glob, fresh, k_nn, z = a
-      theta_g, opt_g, theta_l, opt_l = carry
-      xl, yl, ml, cand = neighbourhood(theta_g, x, y, valid, z, k_nn)  # unused when glob
-      start = where(glob, (theta_g, opt_g),
-                    where(fresh, (theta_g, init(theta_g)), (theta_l, opt_l)))
-      out = fit_gp(start[0], jnp.where(glob, x, xl), jnp.where(glob, rnd["yz"][:size], yl),
-                   jnp.where(glob, valid, ml), steps, fit_lr, lvl, deterministic, start[1])
-      return where(glob, (*out, theta_l, opt_l), (theta_g, opt_g, *out)), (out[0], xl, yl, ml,
-                                                                             cand)
-
-    glob = np.arange(n_glob + m * n_loc) < n_glob
-    fresh = ~glob & ((np.arange(n_glob + m * n_loc) - n_glob) % n_loc == 0)
-    k_nn = np.repeat(np.asarray((0,) + n_exploit[:m]), [n_glob] + [n_loc] * m)
-    z = jnp.concatenate([jnp.zeros((n_glob, *rnd["z_l"].shape[1:])),
-                         jnp.repeat(rnd["z_l"][:m], n_loc, axis=0)])
-    start = (state["theta"], init(state["theta"]))
-    (theta, *_), local = jax.lax.scan(phase, start * 2, (glob, fresh, k_nn, z))
-    # each model's last phase; the rows past the data are invalid, so the nearest are the same
-    return theta, jax.tree_util.tree_map(lambda a: a[n_glob + n_loc - 1::n_loc], local)
 
   def model_ask(size, state, rnd, n):
     """Proposes a kriging-believer batch from the GP on the first ``size`` buffer rows
@@ -710,33 +665,15 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
               "best": jnp.min(jnp.where(valid, yz, jnp.inf)),
               "top": snap(state["x"][jnp.argsort(jnp.where(valid, state["y"], jnp.inf))[:n_top]],
                           lvl)}
+    fits = [lambda st, r: st["theta"]] + [functools.partial(fit_global, size) for size in sizes]
+    theta = run(fits, state, shared)
     m = min(len(n_exploit), n - 1)
-    # buckets whose global and exploitation fits share one body (joint_fits); the others
-    # fit the global model in the bucket and the exploitation models once, outside
-    joint = [bool(m) and size <= max(n_exploit) for size in sizes]
-    local_of = lambda th: local_models(th, state, shared, m) if m else None  # noqa: E731
-    shapes = jax.eval_shape(local_of, state["theta"])
-    zeros = lambda: jax.tree_util.tree_map(  # noqa: E731
-        lambda a: jnp.zeros(a.shape, a.dtype), shapes)
-
-    def fit(size, joint, st, r):
-      if not joint:
-        return fit_global(size, st, r), zeros()
-      theta, local = joint_fits(size, st, r, m)
-      # padded with masked rows to local_models' shapes; model_ask keeps the bucket's rows
-      return theta, jax.tree_util.tree_map(lambda a, b: jnp.concatenate(
-          [a, jnp.zeros((a.shape[0], b.shape[1] - a.shape[1], *a.shape[2:]), a.dtype)], 1)
-          if a.shape != b.shape else a, local, shapes)
-
-    fits = [lambda st, r: (st["theta"], zeros())]
-    fits += [functools.partial(fit, size, j) for size, j in zip(sizes, joint, strict=True)]
-    theta, local = run(fits, state, shared)
-    if bucket is not None and not joint[bucket - 1]:
-      local = local_of(theta)
-    elif bucket is None and m and not all(joint):  # the branch is picked on device
-      done = startup | jnp.asarray(joint)[jnp.maximum(branch - 1, 0)]
-      local = jax.lax.cond(done, lambda: local, lambda: local_of(theta))
-    shared["local"] = local
+    if m:
+      shapes = jax.eval_shape(lambda: local_models(theta, state, shared, m))
+      zeros = lambda: jax.tree_util.tree_map(  # noqa: E731
+          lambda a: jnp.zeros(a.shape, a.dtype), shapes)
+      local = lambda: local_models(theta, state, shared, m)  # noqa: E731
+      shared["local"] = jax.lax.cond(startup, zeros, local) if bucket is None else local()
     shared["theta"] = theta
     branches = [lambda st, r: u_design]
     branches += [functools.partial(model_ask, size, n=n) for size in sizes]
