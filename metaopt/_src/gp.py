@@ -246,16 +246,10 @@ def fit_gp(theta, x, yz, mask, steps: int, lr: float, levels=None, fixed_noise: 
   return theta
 
 
-def _factor(theta, x, yz, mask, levels=None):
-  """The Cholesky factor of the Gram matrix and ``K^-1 yz``."""
+def _posterior(theta, x, yz, mask, levels=None):
+  """Returns ``predict(xq) -> (mean, std)`` of the latent function at ``xq[c, d]``."""
   chol = _cholesky(theta, x, mask, levels)
-  return chol, cho_solve((chol, True), yz)
-
-
-def _posterior(theta, x, yz, mask, levels=None, factor=None):
-  """Returns ``predict(xq) -> (mean, std)`` of the latent function at ``xq[c, d]``
-  (``factor``: :func:`_factor`'s, if already computed)."""
-  chol, alpha = _factor(theta, x, yz, mask, levels) if factor is None else factor
+  alpha = cho_solve((chol, True), yz)
   s2 = jnp.exp(theta["log_s2"])
 
   xw = kumaraswamy_warp(x, theta, levels)
@@ -616,21 +610,17 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
         rank = jnp.floor(r["parent"] * jnp.minimum(n_obs, n_top)).astype(jnp.int32)
         cand = jnp.concatenate([cand, perturb(top[rank], r["z"])])
       model = (theta, x_all, yz_all, m_all)
+      glob = _posterior(*model, lvl)
       if m:
         local = i < m
         sel = lambda a, b: jnp.where(local, a, b)  # noqa: E731
-        mine = jax.tree_util.tree_map(
+        model = jax.tree_util.tree_map(
             sel, (jax.tree_util.tree_map(lambda a: pick(a, i), theta_l), pick(xl, i),
                   pick(yl, i), pick(ml, i)), model)
         cand = sel(pick(cand_l, i), cand)
         cand_ok = ~local | ok_l
-        # both models' factors through one compiled body (a loop, not a batched Cholesky)
-        both = jax.lax.map(lambda a: _factor(*a, lvl), jax.tree_util.tree_map(
-            lambda a, b: jnp.stack([a, b]), mine, model))
-        predict = _posterior(*mine, lvl, factor=(both[0][0], both[1][0]))
-        glob = _posterior(*model, lvl, factor=(both[0][1], both[1][1]))
+        predict = _posterior(*model, lvl)
       else:
-        glob = _posterior(*model, lvl)
         local, predict, cand_ok = False, glob, True
 
       def acq(xq):
