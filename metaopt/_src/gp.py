@@ -154,10 +154,16 @@ def kumaraswamy_warp(x: jax.Array, theta, levels: np.ndarray | None = None) -> j
   return w
 
 
-def _gram(theta, x, mask, levels=None, floor=None):
+def _kernel(theta, x, mask, levels=None):
+  """The Gram matrix without noise; masked rows and columns are zero."""
   m = mask.astype(jnp.float32)
   x = kumaraswamy_warp(x, theta, levels)
-  k = matern52(x, x, theta["log_ls"], theta["log_s2"], levels) * (m[:, None] * m[None, :])
+  return matern52(x, x, theta["log_ls"], theta["log_s2"], levels) * (m[:, None] * m[None, :])
+
+
+def _gram(theta, x, mask, levels=None, floor=None, kernel=None):
+  """:func:`_kernel` (or ``kernel``, its value) plus the noise; 1 on masked diagonals."""
+  k = _kernel(theta, x, mask, levels) if kernel is None else kernel
   noise = jnp.exp(theta["log_s2"]) * ((_MIN_NOISE if floor is None else floor)
                                       + jnp.exp(theta["log_noise"]))
   return k + jnp.diag(jnp.where(mask, noise, 1.0))
@@ -173,10 +179,12 @@ def _cholesky(theta, x, mask, levels=None):
   the gradient of a ``cond`` of two factorisations cost ~1.5 s of compile per fit. The Gram
   matrix is symmetric bit for bit, so the factorisations skip ``cholesky``'s symmetrisation
   (its kernels and their transposes in the gradient, ~4% of ``ask``'s compile)."""
-  trial = jnp.linalg.cholesky(jax.lax.stop_gradient(_gram(theta, x, mask, levels)),
+  k = _kernel(theta, x, mask, levels)  # traced once for both factorisations
+  trial = jnp.linalg.cholesky(jax.lax.stop_gradient(_gram(theta, x, mask, kernel=k)),
                               symmetrize_input=False)
   floor = jnp.where(jnp.all(jnp.isfinite(trial)), _MIN_NOISE, _SAFE_NOISE)
-  return jnp.linalg.cholesky(_gram(theta, x, mask, levels, floor), symmetrize_input=False)
+  return jnp.linalg.cholesky(_gram(theta, x, mask, floor=floor, kernel=k),
+                             symmetrize_input=False)
 
 
 def _log_prior(theta, dim: int) -> jax.Array:
@@ -246,10 +254,12 @@ def _posterior(theta, x, yz, mask, levels=None):
 
   xw = kumaraswamy_warp(x, theta, levels)
 
-  def predict(xq):
+  def predict(xq, with_std=True):  # with_std=False: (mean, None)
     ks = matern52(kumaraswamy_warp(xq, theta, levels), xw, theta["log_ls"], theta["log_s2"],
                   levels) * mask[None, :]
     mean = ks @ alpha
+    if not with_std:
+      return mean, None
     v = solve_triangular(chol, ks.T, lower=True)
     var = jnp.maximum(s2 - jnp.sum(jnp.square(v), axis=0), 1e-10)
     return mean, jnp.sqrt(var)
@@ -622,7 +632,7 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
         return jnp.where(local, -mean, score) if m else score
 
       u = maximise(acq, cand, top[0], cand_ok)  # the incumbent always starts a search
-      fantasy, _ = glob(u[None])  # joins the global data at its posterior mean
+      fantasy, _ = glob(u[None], with_std=False)  # joins the global data at its posterior mean
       carry = (x_all.at[size + i].set(u), yz_all.at[size + i].set(fantasy[0]),
                m_all.at[size + i].set(True),
                jnp.minimum(best, fantasy[0]) if believer_incumbent else best)
