@@ -30,10 +30,12 @@ from metaopt._src import bbob, evolution  # noqa: E402
 from metaopt._src.evolution import cma_es  # noqa: E402
 
 
-def _params_class(base_cls, mu=None, d_std_mult=1.0, c_mean=1.0):
+def _params_class(base_cls, mu=None, d_std_mult=1.0, c_mean=1.0, c_cov_mult=1.0):
   """A development-only CMA-ES class: ``mu`` parents (weights ``log(mu + 1/2) - log i``, the
   learning rates recomputed from their ``mu_eff`` by evosax's own formulas, Hansen's), the
-  step-size damping times ``d_std_mult``, the mean's learning rate ``c_mean``."""
+  step-size damping times ``d_std_mult``, the mean's learning rate ``c_mean``, the covariance
+  learning rates ``c_1`` and ``c_mu`` times ``c_cov_mult`` (``c_1 + c_mu`` capped below 1, the
+  negative weights' bound recomputed from them)."""
 
   class _Dev(base_cls):
     @property
@@ -51,7 +53,7 @@ def _params_class(base_cls, mu=None, d_std_mult=1.0, c_mean=1.0):
       finally:
         self.population_size = saved
       p = super()._default_params
-      if mu is None:
+      if mu is None and c_cov_mult == 1.0:
         wp = None
       if wp is not None:
         mu_eff = jnp.sum(wp[:m]) ** 2 / jnp.sum(wp[:m] ** 2)
@@ -61,6 +63,8 @@ def _params_class(base_cls, mu=None, d_std_mult=1.0, c_mean=1.0):
         c_1 = 2 / ((dd + 1.3) ** 2 + mu_eff)
         c_mu = jnp.minimum(1 - c_1 - 1e-8, 2 * (mu_eff + 1 / mu_eff - 2)
                            / ((dd + 2) ** 2 + 2 * mu_eff / 2))
+        c_1 = jnp.minimum(c_1 * c_cov_mult, 0.45)
+        c_mu = jnp.minimum(c_mu * c_cov_mult, 0.95 - c_1)
         min_alpha = jnp.minimum(jnp.minimum(1 + c_1 / c_mu, 1 + 2 * mu_eff_minus / (mu_eff + 2)),
                                 (1 - c_1 - c_mu) / (d * c_mu))
         pos = jnp.sum(wp * (wp > 0))
