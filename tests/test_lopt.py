@@ -17,6 +17,7 @@ import pytest
 
 from metaopt import lopt as L
 from metaopt import tasks
+from metaopt._src.population import fast_jit
 from metaopt._src.store import Store
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -306,7 +307,7 @@ def test_mnist1d_families():
   for name in ("mnist1d_mlp", "mnist1d_cnn"):
     fam = tasks.get_family(name)
 
-    @jax.jit  # one program per family (as meta-training uses them), called for each task
+    @fast_jit  # one program per family, run twice: compiled without backend optimisation
     def task(k, fam=fam):
       cfg = fam.sample(k)
       params = fam.init(k, cfg)
