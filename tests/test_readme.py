@@ -5,6 +5,7 @@ import re
 
 import jax
 import jax.numpy as jnp
+import pytest
 
 import metaopt
 
@@ -55,6 +56,9 @@ def test_readme_custom_searcher_runs():
   assert u.shape == (5, 3) and int(st["count"]) == 5
 
 
+# slow (~35 s CPU): the repair loop on wine_mlp through metaopt.search runs by default in
+# tests/test_repair.py::test_repair_loop_reaches_the_target_and_stops
+@pytest.mark.slow
 def test_readme_repair_example_runs():
   (code,) = [b for b in _blocks("python") if "repair_space()" in b]
   small = code.replace("n_trials=16", "n_trials=4").replace("epochs=6", "epochs=1, "
