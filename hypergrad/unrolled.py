@@ -181,23 +181,6 @@ def _add(a: PyTree, b: PyTree) -> PyTree:
   return jax.tree.map(jnp.add, a, b)
 
 
-def _back_scan(back: Callable, carry: PyTree, first: PyTree, news: PyTree, gs: PyTree | None,
-               xs: PyTree) -> PyTree:
-  """Reverse scan of ``back(carry, (state_t, g_t, x_t))`` over the steps whose input states
-  are ``first`` then ``news[:-1]`` (the forward stacked each step's new state)."""
-
-  def body(c, inp):
-    t, g, x = inp
-    prev = jnp.maximum(t - 1, 0)
-    state = jax.tree.map(
-        lambda a, s0: jnp.where(t == 0, s0, lax.dynamic_index_in_dim(a, prev, keepdims=False)),
-        news, first)
-    return back(c, (state, g, x))
-
-  carry, _ = lax.scan(body, carry, (jnp.arange(num_steps(xs)), gs, xs), reverse=True)
-  return carry
-
-
 def _hvp_backward(inner: InnerLoop, val_loss: Callable, hparams: HParams, start: PyTree,
                   xs: PyTree, truncate: int | None, remat: str, segment: int | None):
   """Value, hypergradient, train losses, final params and amplification, by HVPs."""
@@ -206,16 +189,9 @@ def _hvp_backward(inner: InnerLoop, val_loss: Callable, hparams: HParams, start:
   h_const = lax.stop_gradient(hparams)
   grad_fn = jax.value_and_grad(inner.loss)
 
-  # the stores keep each step's NEW state (the next step's input): stacking the input state
-  # instead made XLA copy the whole carried state every step (13 copies against 4)
   def step_store(state, x):
     value, g = grad_fn(inner.params(state), h_const, x)
-    new = inner.update(state, g, h_const)
-    return new, (new, g, value)
-
-  def step_store_input(state, x):  # remat="sqrt" segments (same program as before)
-    new, (_, g, value) = step_store(state, x)
-    return new, (state, g, value)
+    return inner.update(state, g, h_const), (state, g, value)
 
   def step_plain(state, x):
     value, g = grad_fn(inner.params(state), h_const, x)
@@ -223,7 +199,7 @@ def _hvp_backward(inner: InnerLoop, val_loss: Callable, hparams: HParams, start:
 
   def step_keep(state, x):  # remat="step": keep the state, recompute g backwards
     new, value = step_plain(state, x)
-    return new, (new, value)
+    return new, (state, value)
 
   def back(carry, inp):
     ct_f, ct_h = carry
@@ -257,13 +233,12 @@ def _hvp_backward(inner: InnerLoop, val_loss: Callable, hparams: HParams, start:
   losses = [] if head_losses is None else [head_losses]
   stored = None
   if rest:
-    first = state
     if remat == "step":
-      state, (news, rest_losses) = lax.scan(step_keep, state, rest_xs)
-      stored = (first, news, None, rest_xs)
+      state, (states, rest_losses) = lax.scan(step_keep, state, rest_xs)
+      stored = (states, None, rest_xs)
     else:
-      state, (news, gs, rest_losses) = lax.scan(step_store, state, rest_xs)
-      stored = (first, news, gs, rest_xs)
+      state, (states, gs, rest_losses) = lax.scan(step_store, state, rest_xs)
+      stored = (states, gs, rest_xs)
     losses.append(rest_losses)
   if n_seg:
     seg_xs = jax.tree.map(lambda x: x[rest:].reshape(n_seg, length, *x.shape[1:]), xs)
@@ -287,13 +262,17 @@ def _hvp_backward(inner: InnerLoop, val_loss: Callable, hparams: HParams, start:
   if n_seg:
     def seg_bwd(carry, inp):
       s0, x = inp
-      _, (states, gs, _) = lax.scan(step_store_input, s0, x)
+      _, (states, gs, _) = lax.scan(step_store, s0, x)
       carry, _ = lax.scan(back, carry, (states, gs, x), reverse=True)
       return carry, None
 
     carry, _ = lax.scan(seg_bwd, carry, (bounds, seg_xs), reverse=True)
   if stored is not None:
-    carry = _back_scan(back, carry, *stored)
+    if stored[1] is None:
+      carry, _ = lax.scan(lambda c, i: back(c, (i[0], None, i[1])), carry,
+                          (stored[0], stored[2]), reverse=True)
+    else:
+      carry, _ = lax.scan(back, carry, stored, reverse=True)
   ct_f0, ct_h = carry
   if k == n:  # hparams that shape the initial state (the head is frozen otherwise)
     init_floats = lambda h: _float_leaves(inner.init(start, h))
