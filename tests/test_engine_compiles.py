@@ -60,7 +60,6 @@ def test_loop_kernel_equals_vmap_kernel(task, shared):
   assert not np.any(ml["valid_accuracy"][~live])  # stopped trials are not computed
 
 
-
 def test_loop_chunk_moves_trial_rows_with_dynamic_slices(task):
   """The "loop" chunk reads and writes each trial's rows of the states and metrics as
   dynamic slices: no gather or scatter (nor their negative-index handling) per leaf."""
