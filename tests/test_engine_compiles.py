@@ -60,6 +60,21 @@ def test_loop_kernel_equals_vmap_kernel(task, shared):
   assert not np.any(ml["valid_accuracy"][~live])  # stopped trials are not computed
 
 
+def test_loop_chunk_moves_trial_rows_with_dynamic_slices(task):
+  """The "loop" chunk reads and writes each trial's rows of the states and metrics as
+  dynamic slices: no gather or scatter (nor their negative-index handling) per leaf."""
+  fns = task.build({})
+  data = pop.data_arrays(task.data)
+  h = task.space.decode(jax.random.uniform(jax.random.key(0), (3, task.space.dim)))
+  k = pop.make_kernel(fns, len(task.data.train), 64, True, mode="loop", workers=1)
+  states = k.init(jax.random.split(jax.random.key(1), 3), h)
+  text = k.chunk.lower(states, h, jnp.ones(3, bool), jax.random.key(2), data).as_text()
+  one = jax.tree_util.tree_map(lambda a: a[0], (states, h))
+  batch = (data["x_train"][:64], data["y_train"][:64])
+  step = jax.jit(fns.train_step).lower(one[0], batch, one[1]).as_text()
+  scatter = '"stablehlo.scatter"'
+  assert text.count(scatter) == step.count(scatter)  # the train step's own (a gradient's)
+
 def test_cpu_default_is_loop_and_meshes_vmap(task):
   assert pop.default_mode() == ("loop" if jax.default_backend() == "cpu" else "vmap")
   with pytest.raises(ValueError, match="mode='scan'"):

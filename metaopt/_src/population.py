@@ -751,7 +751,11 @@ def make_kernel(fns: TrialFns, n_train: int, batch_size: int,
   def loop_chunk(states, h, alive, key, data, tkeys=None):
     # tkeys: each trial's key for its own minibatch order (default: split from key)
     n = alive.shape[0]
-    one = lambda tree, i: jax.tree_util.tree_map(lambda a: a[i], tree)
+    # a trial's rows read and written as dynamic slices (``i`` is in range): no gather or
+    # scatter, nor their negative-index handling, per state leaf and metric (a smaller
+    # program, ~25% less MLIR on the digits MLP, and the same values bit for bit)
+    one = lambda tree, i: jax.tree_util.tree_map(
+        lambda a: jax.lax.dynamic_index_in_dim(a, i, keepdims=False), tree)
     batches = None
     if shared_batches:
       perm = jax.random.permutation(key, n_train)
@@ -773,7 +777,8 @@ def make_kernel(fns: TrialFns, n_train: int, batch_size: int,
       i = order[j]
       new, m = jax.tree_util.tree_unflatten(
           out_tree, trial_fn(*jax.tree_util.tree_leaves(args(i))))
-      put = lambda tree, x: jax.tree_util.tree_map(lambda a, b: a.at[i].set(b), tree, x)
+      put = lambda tree, x: jax.tree_util.tree_map(
+          lambda a, b: jax.lax.dynamic_update_index_in_dim(a, b, i, 0), tree, x)
       return put(states, new), put(metrics, m)
 
     return jax.lax.fori_loop(0, jnp.sum(alive), body, (states, metrics))
