@@ -81,9 +81,11 @@ def _params_class(base_cls, mu=None, d_std_mult=1.0, c_mean=1.0, c_cov_mult=1.0)
 
 def _cma(dim, popsize, kw):
   """cma_es with a variant's options; ``_params`` (a dict of :func:`_params_class`'s keywords)
-  swaps in the development class."""
+  swaps in the development class (its ``c_mean`` is passed as ``cma_es``'s option)."""
   kw = dict(kw)
-  extra = kw.pop("_params", None)
+  extra = dict(kw.pop("_params", None) or {})
+  if "c_mean" in extra:  # cma_es's own option (it sets the parameter after the class)
+    kw["c_mean"] = extra.pop("c_mean")
   if not extra:
     return cma_es(dim, popsize=popsize, **kw)
   orig = evolution._cma_class
@@ -158,7 +160,8 @@ def main() -> None:
   ap.add_argument("--dims", default="2,5,10")
   ap.add_argument("--seeds", type=int, default=len(DEV_SEEDS))
   ap.add_argument("--seed_range", default=None,
-                  help="A-B: diagnostic seeds (blackbox_suite.suite_seeds; never report seeds)")
+                  help="A-B[,C-D..]: diagnostic seeds (blackbox_suite.suite_seeds; never report "
+                  "seeds)")
   ap.add_argument("--budget", type=int, default=None,
                   help="evaluations per d (default: the quick suite's max(40, 10 d))")
   ap.add_argument("--cache", default="/work/bbcache_dev")
@@ -174,7 +177,7 @@ def main() -> None:
   optuna.logging.set_verbosity(optuna.logging.ERROR)
   warnings.filterwarnings("ignore")
   seeds = (list(DEV_SEEDS[: a.seeds]) if a.seed_range is None
-           else bs.suite_seeds(seed_range=a.seed_range))
+           else [s for r in a.seed_range.split(",") for s in bs.suite_seeds(seed_range=r)])
   variants = json.loads(a.variants)
   funcs = [f"f{int(f)}" for f in a.functions.split(",")]
   dims = [int(d) for d in a.dims.split(",")]

@@ -459,9 +459,10 @@ def _cma_restarts(strategies, params, dim: int, sigma0: float, mode: str,
 
 
 def _check_cma_args(popsize: int, sigma0: float, bounds: str, restart_tol: float,
-                    restarts: str, start: str, sampling: str) -> None:
+                    restarts: str, start: str, sampling: str, c_mean: float) -> None:
   _check_int("popsize", popsize, 2)
   _check_float("sigma0", sigma0, 0.0, float("inf"))
+  _check_float("c_mean", c_mean, 0.0, float("inf"))
   _check_float("restart_tol", restart_tol, 0.0, float("inf"), lo_open=False)
   if bounds not in _BOUNDS:
     raise ValueError(f"bounds={bounds!r}: must be one of {_BOUNDS}")
@@ -485,8 +486,24 @@ def default_sigma0(dim: int) -> float:
   return min(1.0 / 6.0, 0.3 / math.sqrt(dim))
 
 
+def default_c_mean(dim: int) -> float:
+  """CMA-ES's default learning rate of the mean: 1.5 from ``dim = 10`` on, else 1 (Hansen's).
+
+  The mean moves 1.5 times the weighted recombination's step: at the suite's budgets (4-10
+  generations of 10 at batch 10) it lowered the final regrets at d = 10 on dev, diagnostic and
+  fresh seeds, but not consistently at d = 2 and 5 (issue 20; BENCHMARKS.md, CMA-ES round 6)."""
+  return 1.5 if dim >= 10 else 1.0
+
+
+def _cma_params(strategy, sigma0: float, c_mean: float):
+  """The strategy's default parameters with the initial step ``sigma0`` and mean rate ``c_mean``."""
+  return strategy.default_params.replace(std_init=jnp.asarray(sigma0, jnp.float32),
+                                         c_mean=jnp.asarray(c_mean, jnp.float32))
+
+
 def _cma_with_restarts(CMA_ES: type, dim: int, popsize: int, max_popsize: int | None,  # noqa: N803
-                       sigma0: float, restarts: str, restart_tol: float) -> Searcher:
+                       sigma0: float, restarts: str, restart_tol: float,
+                       c_mean: float) -> Searcher:
   """:func:`cma_es` with IPOP/BIPOP restarts: one strategy per population size."""
   if max_popsize is None:
     max_popsize = 16 * popsize
@@ -495,15 +512,14 @@ def _cma_with_restarts(CMA_ES: type, dim: int, popsize: int, max_popsize: int | 
   while lams[-1] * 2 <= max_popsize:
     lams.append(lams[-1] * 2)
   strategies = [CMA_ES(population_size=lam, solution=jnp.zeros(dim)) for lam in lams]
-  params = [st.default_params.replace(std_init=jnp.asarray(sigma0, jnp.float32))
-            for st in strategies]
+  params = [_cma_params(st, sigma0, c_mean) for st in strategies]
   return _cma_restarts(strategies, params, dim, sigma0, restarts, restart_tol)
 
 
 def cma_es(dim: int, popsize: int | None = None, sigma0: float | None = None,
            bounds: str = "resample", restart_tol: float = 0.0, restarts: str = "none",
            max_popsize: int | None = None, start: str = "centre",
-           sampling: str = "gaussian") -> Searcher:
+           sampling: str = "gaussian", c_mean: float | None = None) -> Searcher:
   """CMA-ES (evosax ``CMA_ES``) on ``[0, 1]^dim``, started at the centre with step ``sigma0``.
 
   ``ask(state, key, n)`` hands out the next ``n`` members of the current generation of
@@ -566,6 +582,8 @@ def cma_es(dim: int, popsize: int | None = None, sigma0: float | None = None,
       blocks of ``dim`` mutually orthogonal rows with independent chi-distributed lengths (each
       row is still ``N(0, I)``, the generation covers more directions); ``"mirrored"`` pairs
       ``z, -z``. A member redrawn to stay inside the cube takes the next draw's row.
+    c_mean: the mean's learning rate (it moves ``c_mean`` times the weighted recombination's
+      step); ``None`` (default): :func:`default_c_mean`, 1.5 from ``dim = 10`` on, else 1.
 
   Returns:
     A :class:`Searcher`; ``state["es"]`` is evosax's state, ``state["generation"]`` counts updates.
@@ -583,14 +601,16 @@ def cma_es(dim: int, popsize: int | None = None, sigma0: float | None = None,
     popsize = 4 + int(math.floor(3 * math.log(dim)))
   if sigma0 is None:
     sigma0 = default_sigma0(dim)
-  _check_cma_args(popsize, sigma0, bounds, restart_tol, restarts, start, sampling)
+  c_mean = default_c_mean(dim) if c_mean is None else c_mean
+  _check_cma_args(popsize, sigma0, bounds, restart_tol, restarts, start, sampling, c_mean)
   CMA_ES = _cma_class(sampling)  # noqa: N806
   if restarts != "none":
-    return _cma_with_restarts(CMA_ES, dim, popsize, max_popsize, sigma0, restarts, restart_tol)
+    return _cma_with_restarts(CMA_ES, dim, popsize, max_popsize, sigma0, restarts, restart_tol,
+                              c_mean)
   if max_popsize is not None:
     raise ValueError(f"max_popsize={max_popsize!r}: only with restarts in ('ipop', 'bipop')")
   strategy = CMA_ES(population_size=popsize, solution=jnp.zeros(dim))
-  params = strategy.default_params.replace(std_init=jnp.asarray(sigma0, jnp.float32))
+  params = _cma_params(strategy, sigma0, c_mean)
   return _evosax_searcher(strategy, params, dim, jnp.full((dim,), 0.5), bounds, restart_tol,
                           start)
 
