@@ -553,11 +553,12 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
               "z": (n, n_local, dim), "z_l": (m, n_local, dim)}
     total = sum(math.prod(v) for v in sizes_.values())
     flat = jax.random.uniform(key, (total,), minval=1e-7, maxval=1.0 - 1e-7)
+    n_unif = math.prod(sizes_["cand"]) + math.prod(sizes_["parent"])
+    flat = jnp.concatenate([flat[:n_unif], ndtri(flat[n_unif:])])  # one inverse CDF to compile
     out, at = {}, 0
     for name, shape in sizes_.items():
       out[name] = flat[at:at + math.prod(shape)].reshape(shape)
       at += math.prod(shape)
-    out["z"], out["z_l"] = ndtri(out["z"]), ndtri(out["z_l"])
     return out
 
   def fit_global(size, state, rnd):
