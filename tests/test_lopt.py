@@ -361,13 +361,20 @@ def test_exported_transform_in_optax_chain(tmp_path, name):
     params, state, loss = step(params, state)
     losses.append(float(loss))
   assert np.all(np.isfinite(losses)) and losses[-1] < 0.7 * losses[0]
-  # the chain feeds the clipped gradient to the learned optimizer
-  g = jax.grad(loss_fn)(params)
-  clipped, _ = optax.clip_by_global_norm(1e-3).update(g, optax.EmptyState())
+  # the chain feeds the clipped gradient to the learned optimizer (one fast_jit program:
+  # op by op, the learned optimizer's network costs ~10 s of eager dispatch)
   inner = lopt2.as_optax(theta2)
   chain = optax.chain(optax.clip_by_global_norm(1e-3), inner)
-  u_chain, _ = chain.update(g, chain.init(params), params)
-  u_manual, _ = inner.update(clipped, inner.init(params), params)
+
+  @fast_jit
+  def chained_and_manual(params):
+    g = jax.grad(loss_fn)(params)
+    clipped, _ = optax.clip_by_global_norm(1e-3).update(g, optax.EmptyState())
+    u_chain, _ = chain.update(g, chain.init(params), params)
+    u_manual, _ = inner.update(clipped, inner.init(params), params)
+    return g, u_chain, u_manual
+
+  g, u_chain, u_manual = chained_and_manual(params)
   chex.assert_trees_all_close(u_chain, u_manual, rtol=1e-6)
   with pytest.raises(ValueError, match="needs params"):
     inner.update(g, inner.init(params))
