@@ -478,7 +478,9 @@ def test_cli_runs_darts_config_and_records_it(tmp_path):
 def test_collapsed_search_falls_back_to_black_box_search(tmp_path):
   """A constructed skip collapse (negative skip penalty): the run switches to regularised
   evolution over the same cell space, starting from the genotypes the search derived, and
-  retrains the best of them."""
+  retrains the best of them (NAS retraining as an evaluator, ``RetrainEvaluator`` in the
+  loop): every trial (genotype, objective, status, seed) equals what 8e022cd recorded for the
+  same command (``tests/data/nas_fallback_pin_8e022cd.json``)."""
   db = tmp_path / "fb.db"
   cmd = [sys.executable, "run.py", "run", "--config", "configs/darts_shapes.py",
          "--store", f"sqlite:///{db}", "--config.dataset=digits", "--config.model.stages=1",
@@ -506,6 +508,11 @@ def test_collapsed_search_falls_back_to_black_box_search(tmp_path):
   best = max(range(4), key=lambda i: (fb[i][1], -i))
   assert Genotype.from_json(json.loads(rows[-1][1])["genotype"]) == fb[best][0]
   assert out["genotype"] == str(fb[best][0])
+  pinned = con.execute(
+      "select number, params, objective, status, seed from trials order by number").fetchall()
+  got = [{"number": n, "params": json.loads(p), "objective": o, "status": s, "seed": sd}
+         for n, p, o, s, sd in pinned]
+  assert got == json.loads((REPO / "tests" / "data" / "nas_fallback_pin_8e022cd.json").read_text())
 
 
 def test_darts_cell_supernet_and_derived_network():
