@@ -72,6 +72,16 @@ def test_run_then_report_json_and_png(tmp_path):
   assert set(rep["importance"]) <= {"learning_rate", "weight_decay", "width", "activation"}
   assert all(0.0 <= v <= 1.0 for v in rep["importance"].values())
   con = sqlite3.connect(f"{tmp_path}/s.db")
+  # compute accounting: every trial-epoch's FLOPs and device-seconds, totalled by the report
+  epochs = [json.loads(m) for (m,) in con.execute("select metrics from trial_epochs")]
+  assert len(epochs) == 16
+  assert all(m["flops"] > 1e6 and m["device_s"] > 0.0 for m in epochs)
+  # every digits MLP trial of one kernel costs the same FLOPs per epoch (masked width)
+  assert len({m["flops"] for m in epochs}) == 1
+  assert rep["compute"]["total_flops"] == pytest.approx(sum(m["flops"] for m in epochs))
+  assert rep["compute"]["total_device_seconds"] == pytest.approx(
+      sum(m["device_s"] for m in epochs))
+  assert 'id="compute"' in page and f"{rep['compute']['total_flops'] / 1e9:.3f} GFLOPs" in page
   # Pareto front of accuracy vs live weights (digits MLP, 2 hidden layers of `width`),
   # checked by brute force on what the store holds
   size = {n: 64 * w + w + w * w + w + 10 * w + 10 for n, w in (
@@ -92,16 +102,25 @@ def test_run_then_report_json_and_png(tmp_path):
   r = _cli("report", "--store", url)  # text report, written beside the store by default
   assert r.returncode == 0, r.stderr[-2000:]
   assert os.path.isfile(tmp_path / "report_small" / "report.html")
-  # retrain the best two from scratch with two fresh seeds each; test split used once
-  r = _cli("evaluate", "--store", url, "--top_k", "2", "--seeds", "2")
+  # retrain the best two from scratch with two fresh seeds each; test split used once; the
+  # ensemble of those four models
+  r = _cli("evaluate", "--store", url, "--top_k", "2", "--seeds", "2", "--ensemble")
   assert r.returncode == 0, r.stderr[-2000:]
   ev = json.loads(r.stdout)
   assert [c["number"] for c in ev["configs"]] == [rep["best"]["number"],
                                                    ev["configs"][1]["number"]]
   for c in ev["configs"]:
     assert len(c["per_seed"]) == 2 and 0.0 <= c["test_accuracy"] <= 1.0
-  kinds = [k for (k,) in con.execute("select kind from events")]
-  assert kinds == ["evaluate"]
+  ens = ev["ensemble"]
+  assert len(ens["members"]) == 4
+  for c in ev["configs"]:  # the ensemble's members are exactly the individual models
+    mine = [m["test_accuracy"] for m in ens["members"] if m["number"] == c["number"]]
+    assert mine == pytest.approx(c["per_seed"], abs=1e-6)
+  assert 0.0 < ens["test_accuracy"] <= 1.0
+  assert ens["test_accuracy"] >= ens["mean_individual_test_accuracy"] - 0.02
+  events = con.execute("select kind, message from events order by id").fetchall()
+  assert [k for k, _ in events] == ["ensemble", "evaluate"]
+  assert json.loads(events[0][1])["test_accuracy"] == ens["test_accuracy"]
 
 
 BAD_CONFIGS = [
