@@ -51,15 +51,21 @@ def test_run_then_report_json_and_png(tmp_path):
   assert r.returncode == 0, r.stderr[-2000:]
   out = json.loads(r.stdout)
   assert out["n_trials"] == 8 and out["n_complete"] == 8
-  # resuming the finished study prints its summary and writes nothing
+  # resume, the JSON report and the text report (written beside the store by default): each
+  # run.py in its own forked process of one cli_batch.py process (none of them trains)
   before = snapshot(str(tmp_path))
-  r = _cli("resume", "--store", url)
-  assert r.returncode == 0, r.stderr[-2000:]
-  assert json.loads(r.stdout) == out
-  assert snapshot(str(tmp_path)) == before
-  r = _cli("report", "--store", url, "--format", "json", "--out", str(tmp_path / "rep"))
-  assert r.returncode == 0, r.stderr[-2000:]
-  rep = json.loads(r.stdout)
+  resumed, r, text = run_batch(ROOT, [
+      ["resume", "--store", url, "--quiet"],
+      ["report", "--store", url, "--format", "json", "--out", str(tmp_path / "rep"), "--quiet"],
+      ["report", "--store", url, "--quiet"]], timeout_s=120)
+  # resuming the finished study prints its summary and writes nothing; nor do the reports,
+  # outside their own folders
+  assert resumed["rc"] == 0, resumed["stderr"][-2000:]
+  assert json.loads(resumed["stdout"]) == out
+  assert {p: h for p, h in snapshot(str(tmp_path)).items()
+          if not p.startswith(("rep", "report_small"))} == before
+  assert r["rc"] == 0, r["stderr"][-2000:]
+  rep = json.loads(r["stdout"])
   assert {"n_trials", "n_complete", "n_failed", "best"} <= set(rep)
   assert rep["n_trials"] == 8 and rep["n_failed"] == 0
   assert set(rep["best"]["params"]) == {"learning_rate", "weight_decay", "width", "activation"}
@@ -99,8 +105,7 @@ def test_run_then_report_json_and_png(tmp_path):
   assert json.loads(con.execute("select config from studies").fetchone()[0])["task"] == {
       "max_width": 32}
   assert max(json.loads(p)["width"] for (p,) in con.execute("select params from trials")) <= 32
-  r = _cli("report", "--store", url)  # text report, written beside the store by default
-  assert r.returncode == 0, r.stderr[-2000:]
+  assert text["rc"] == 0, text["stderr"][-2000:]
   assert os.path.isfile(tmp_path / "report_small" / "report.html")
   # retrain the best two from scratch with two fresh seeds each; test split used once; the
   # ensemble of those four models
