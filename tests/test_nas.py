@@ -273,7 +273,7 @@ def test_second_order_arch_gradient_matches_finite_differences(digits):
     g_exact, g_fd = (fast_jit(progs[h].arch_grad)(
         state, bt, bv, key)["normal"] for h in ("exact", "finite_difference"))
     unrolled = fast_jit(unrolled)
-    g_first = jax.grad(lambda a: xent(state.params, a, bv))(state.alpha)["normal"]
+    g_first = fast_jit(jax.grad(lambda a: xent(state.params, a, bv)))(state.alpha)["normal"]
     eps = 1e-5
     for i in range(3):
       v = jax.random.normal(jax.random.key(10 + i), g_exact.shape, jnp.float64)
@@ -326,7 +326,7 @@ def test_warmup_steps_freeze_the_architecture_then_release_it(digits):
   s = nas.SearchSettings(total_steps=4, warmup_steps=1, a_lr=0.1)
   prog, _ = nas.make_program(MINI, tiny_net(), s, digits, 16)
   step = jax.jit(prog.step)
-  st0 = prog.init(jax.random.key(0))
+  st0 = fast_jit(prog.init)(jax.random.key(0))
   b = _batch(digits.train), _batch(digits.valid)
   st1, tel1 = step(st0, *b, jax.random.key(1))  # warm-up: weights move, alpha does not
   np.testing.assert_array_equal(st1.alpha["normal"], st0.alpha["normal"])
