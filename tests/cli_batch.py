@@ -1,6 +1,6 @@
 """Runs ``run.py`` on many argument lists, each in its own forked process, paying for the
-imports (absl, SQLAlchemy, JAX, metaopt) once. For tests of the CLI's error paths, which
-never train (a forked JAX process must not compile).
+imports (absl, SQLAlchemy, JAX, metaopt) once. For CLI runs that never train: error paths,
+help, reports, the resume of a finished study (a forked JAX process must not compile).
 
     python tests/cli_batch.py RUNS.json  ->  JSON list of {"rc", "stdout", "stderr", "s"}
 

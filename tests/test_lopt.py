@@ -229,10 +229,11 @@ class AdamControllerTest(chex.TestCase):
       state = est.init(jax.random.PRNGKey(2), theta)
       assert float(jnp.ptp(state.tasks["lr"])) > 0  # tasks get their own base rates
       key = jax.random.PRNGKey(3)
-      grad, _, metrics = jax.jit(est.estimate)(theta, state, key)
+      # called once and three times: compiled without backend optimisation (float64 either way)
+      grad, _, metrics = fast_jit(est.estimate)(theta, state, key)
       keys = jax.random.split(jax.random.split(key)[1], 2)
 
-      @jax.jit
+      @fast_jit
       def meta_loss(th):
         return jnp.mean(jax.vmap(problem.unroll, (None, 0, 0))(th, state.tasks, keys)[1])
 
@@ -293,9 +294,10 @@ def test_late_meta_loss_weights_the_end_of_the_horizon():
   key = jax.random.PRNGKey(1)
   s_mean, s_late = mean.init(key, theta), late.init(key, theta)
   weights = []
+  unroll_mean, unroll_late = fast_jit(mean.unroll), fast_jit(late.unroll)  # 3 calls each
   for k in jax.random.split(key, 3):
-    s_mean, m, _ = mean.unroll(theta, s_mean, k)
-    s_late, ml, _ = late.unroll(theta, s_late, k)
+    s_mean, m, _ = unroll_mean(theta, s_mean, k)
+    s_late, ml, _ = unroll_late(theta, s_late, k)
     weights.append(float(ml / m))
   np.testing.assert_allclose(weights, [1 / 3, 1.0, 5 / 3], rtol=1e-5)
   assert int(s_late["t"]) == 6
@@ -361,13 +363,20 @@ def test_exported_transform_in_optax_chain(tmp_path, name):
     params, state, loss = step(params, state)
     losses.append(float(loss))
   assert np.all(np.isfinite(losses)) and losses[-1] < 0.7 * losses[0]
-  # the chain feeds the clipped gradient to the learned optimizer
-  g = jax.grad(loss_fn)(params)
-  clipped, _ = optax.clip_by_global_norm(1e-3).update(g, optax.EmptyState())
+  # the chain feeds the clipped gradient to the learned optimizer (one fast_jit program:
+  # op by op, the learned optimizer's network costs ~10 s of eager dispatch)
   inner = lopt2.as_optax(theta2)
   chain = optax.chain(optax.clip_by_global_norm(1e-3), inner)
-  u_chain, _ = chain.update(g, chain.init(params), params)
-  u_manual, _ = inner.update(clipped, inner.init(params), params)
+
+  @fast_jit
+  def chained_and_manual(params):
+    g = jax.grad(loss_fn)(params)
+    clipped, _ = optax.clip_by_global_norm(1e-3).update(g, optax.EmptyState())
+    u_chain, _ = chain.update(g, chain.init(params), params)
+    u_manual, _ = inner.update(clipped, inner.init(params), params)
+    return g, u_chain, u_manual
+
+  g, u_chain, u_manual = chained_and_manual(params)
   chex.assert_trees_all_close(u_chain, u_manual, rtol=1e-6)
   with pytest.raises(ValueError, match="needs params"):
     inner.update(g, inner.init(params))
@@ -436,8 +445,10 @@ def test_task_family_vmaps_like_a_loop():
     cfg = fam.sample(k1)
     return fam.loss(fam.init(k2, cfg), cfg, fam.batch(k3, cfg, "train"))
 
-  batched = jax.jit(jax.vmap(one))(keys)
-  looped = jnp.stack([jax.jit(one)(k) for k in keys])
+  # called once and three times: compiled without backend optimisation (fast_jit)
+  batched = fast_jit(jax.vmap(one))(keys)
+  one_jit = fast_jit(one)
+  looped = jnp.stack([one_jit(k) for k in keys])
   np.testing.assert_allclose(batched, looped, rtol=1e-5)
   assert len(set(np.round(np.asarray(batched), 5))) == 3  # tasks differ
   with pytest.raises(ValueError, match="split"):

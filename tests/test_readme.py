@@ -70,6 +70,10 @@ def test_readme_repair_example_runs():
   assert len(res.trials) == 4 and res.trials[0].params["learning_rate"] == 10.0
 
 
+# ~55 s on CI (the digits MLP family's meta-train step): by default, PES meta-training runs in
+# tests/test_lopt.py::test_meta_training_resumes_exactly and save / load / the optax chain in
+# tests/test_lopt.py::test_exported_transform_in_optax_chain; CI runs this one in make test-slow
+@pytest.mark.slow
 def test_readme_learned_optimizer_example_runs(tmp_path):
   (code,) = [b for b in _blocks("python") if "metaopt.lopt.mlp_lopt()" in b]
   small = (code.replace('lopt, 100, 10)', 'lopt, 8, 4)').replace("num_tasks=8", "num_tasks=2")

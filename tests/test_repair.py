@@ -454,6 +454,12 @@ def _cli(*args, timeout=300):
                         capture_output=True, text=True, timeout=timeout, env=os.environ.copy())
 
 
+# slow (~45 s on CI, a run.py process): by default the repair loop runs through
+# metaopt.search in test_repair_loop_reaches_the_target_and_stops, its rounds in
+# test_first_round_trains_the_start_beside_the_opening_portfolio and
+# test_a_round_never_trains_two_actions_that_make_the_same_configuration, and the config's
+# parsing in tests/test_store_errors.py
+@pytest.mark.slow
 def test_repair_config_runs_from_the_cli_and_records_each_repair(tmp_path):
   url = f"sqlite:///{tmp_path}/rd.db"
   r = _cli("run", "--config", "configs/repair_digits.py", "--config.task_name=wine_mlp",
@@ -475,6 +481,10 @@ def test_repair_config_runs_from_the_cli_and_records_each_repair(tmp_path):
   # a bad searcher in this config gives one line and exit 2: tests/test_store_errors.py
 
 
+# slow (~35 s on CI, two run.py processes): by default the same untrusted white-box run
+# switches to its fallback (repair) through the CLI, and its report shows the switch, in
+# tests/test_cli.py::test_repair_wraps_a_white_box_program_that_falls_back
+@pytest.mark.slow
 def test_untrusted_white_box_falls_back_to_black_box_end_to_end(tmp_path):
   url = f"sqlite:///{tmp_path}/fb.db"
   r = _cli("run", "--config", "configs/hypergrad_implicit.py", "--config.outer_steps=2",

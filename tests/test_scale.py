@@ -424,6 +424,9 @@ def _damage_newest_checkpoint_dir(step_dir):
 
 
 # ---------------------------------------------------------------- compute and ensembles
+# slow (~30 s on CI): by default tests/test_cli.py::test_run_then_report_json_and_png checks
+# the same records, report totals and HTML table, and the CLI's evaluate --ensemble members
+@pytest.mark.slow
 def test_compute_is_recorded_reported_and_ensembles_evaluate(tmp_path):
   task, args = _small(n_trials=6, population=6)
   url = f"sqlite:///{tmp_path}/c.db"
