@@ -10,6 +10,7 @@ import time
 
 import numpy as np
 import pytest
+from _evaluate_checks import check_ensemble
 from cli_batch import run_batch, snapshot
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -116,16 +117,8 @@ def test_run_then_report_json_and_png(tmp_path):
                                                    ev["configs"][1]["number"]]
   for c in ev["configs"]:
     assert len(c["per_seed"]) == 2 and 0.0 <= c["test_accuracy"] <= 1.0
-  ens = ev["ensemble"]
-  assert len(ens["members"]) == 4
-  for c in ev["configs"]:  # the ensemble's members are exactly the individual models
-    mine = [m["test_accuracy"] for m in ens["members"] if m["number"] == c["number"]]
-    assert mine == pytest.approx(c["per_seed"], abs=1e-6)
-  assert 0.0 < ens["test_accuracy"] <= 1.0
-  assert ens["test_accuracy"] >= ens["mean_individual_test_accuracy"] - 0.02
-  events = con.execute("select kind, message from events order by id").fetchall()
-  assert [k for k, _ in events] == ["ensemble", "evaluate"]
-  assert json.loads(events[0][1])["test_accuracy"] == ens["test_accuracy"]
+  check_ensemble(ev["ensemble"], ev["configs"],
+                 con.execute("select kind, message from events order by id").fetchall())
 
 
 BAD_CONFIGS = [

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _evaluate_checks import check_ensemble
 from _processes import (
     failure,
     free_port,
@@ -450,16 +451,8 @@ def test_compute_is_recorded_reported_and_ensembles_evaluate(tmp_path):
   assert rep["compute"]["total_device_seconds"] == pytest.approx(comp["total_device_seconds"])
   st = metaopt.Store(url)
   out = evaluate_top(st, "c", task, task.space, k=2, seeds=2, ensemble=True)
-  ens = out["ensemble"]
-  assert len(ens["members"]) == 4
-  for c in out["configs"]:  # the ensemble's members are exactly the individual models
-    mine = [m["test_accuracy"] for m in ens["members"] if m["number"] == c["number"]]
-    assert mine == pytest.approx(c["per_seed"], abs=1e-6)
-  assert 0.0 < ens["test_accuracy"] <= 1.0
-  assert ens["test_accuracy"] >= ens["mean_individual_test_accuracy"] - 0.02
-  events = st.events(st.load_study("c").id)
-  assert [e["kind"] for e in events] == ["ensemble", "evaluate"]
-  assert json.loads(events[0]["message"])["test_accuracy"] == ens["test_accuracy"]
+  check_ensemble(out["ensemble"], out["configs"],
+                 [(e["kind"], e["message"]) for e in st.events(st.load_study("c").id)])
 
 
 def test_loop_kernel_flops_are_one_trials_own_step():
