@@ -637,6 +637,16 @@ def plot_ecdf(results, batch, path):
   fig.savefig(path, dpi=90)
 
 
+def check_names(ours_names: list[str], peers: list[str]) -> None:
+  """Raises one ValueError naming the flag and its allowed values for an unknown searcher."""
+  for flag, names, allowed in (("--ours", ours_names, OURS),
+                               ("--peers", peers, PEERS + tuple(PEER_LIBS))):
+    bad = [n for n in names if n not in allowed]
+    if bad:
+      raise ValueError(f"{flag}: unknown {', '.join(bad)}; allowed: {', '.join(allowed)} "
+                       "(comma-separated), or none")
+
+
 def _parser() -> argparse.ArgumentParser:
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("--quick", action="store_true", help="the fixed subset (see the docstring)")
@@ -674,7 +684,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main() -> None:
-  args = _parser().parse_args()
+  ap = _parser()
+  args = ap.parse_args()
   if args.gp_compile_only:
     print_gp_compile()
     return
@@ -705,6 +716,10 @@ def main() -> None:
   ours_names = args.ours.split(",") if args.ours else list(ours_names)
   peers = args.peers.split(",") if args.peers else list(peers)
   ours_names, peers = [n for n in ours_names if n != "none"], [n for n in peers if n != "none"]
+  try:
+    check_names(ours_names, peers)
+  except ValueError as e:
+    ap.error(str(e))
 
   def budget_of(dim):
     if args.budget:

@@ -1037,6 +1037,18 @@ def test_blackbox_suite_honours_seeds_and_diagnostic_ranges():
       bs.suite_seeds(**kw)
 
 
+def test_blackbox_suite_rejects_unknown_searcher_names():
+  """A misspelt --ours / --peers name is one error naming the flag and the allowed values (a
+  peer name the Optuna dispatch does not know used to run Optuna's random sampler)."""
+  bs = _blackbox_suite()
+  bs.check_names(["tpe", "gp", "cma_es", "random"], ["tpe", "tpe_default", "gp", "cma_es",
+                                                     "random", "ngopt", "vizier"])
+  with pytest.raises(ValueError, match=r"--peers: unknown cmaes; allowed: .*cma_es"):
+    bs.check_names(["cma_es"], ["cmaes"])
+  with pytest.raises(ValueError, match=r"--ours: unknown gp_bo; allowed: tpe, gp, cma_es, random"):
+    bs.check_names(["gp_bo"], [])
+
+
 def test_blackbox_suite_combines_raw_runs_and_names_missing_cells(tmp_path):
   """``--combine``: runs of several commands are grouped by budget and batch, every cell one
   searcher did not run is named, and batch 1 is set against batch 10 on the shared cells."""
