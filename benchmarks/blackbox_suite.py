@@ -101,11 +101,13 @@ def suite_seeds(dev: bool = False, n: int | None = None, seed_range: str | None 
                 ) -> tuple[int, ...]:
   """The seeds of a run: the first ``n`` (default 5) report seeds, or dev seeds with ``dev``;
   ``seed_range`` "A-B": the diagnostic seeds A..B (neither dev nor report; seed ``s`` is
-  instance ``1 + s % 15``), which may not include a report seed."""
+  instance ``1 + s % 15``), which may not include a report seed; "A-B,C-D": both ranges."""
   if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
     raise ValueError(f"seeds={n!r}: must be a positive integer")
   if seed_range is None:
     return _protocol.seeds("dev" if dev else "report", N_SEEDS if n is None else n)
+  if "," in seed_range:
+    return tuple(s for part in seed_range.split(",") for s in suite_seeds(dev, n, part))
   try:
     a, b = (int(x) for x in seed_range.split("-"))
   except ValueError:
@@ -660,7 +662,8 @@ def _parser() -> argparse.ArgumentParser:
                   help=f"how many seeds of the list (default {N_SEEDS}; beyond the list: the "
                   "seeds after its first)")
   ap.add_argument("--seed_range", default=None,
-                  help="A-B: diagnostic seeds A..B instead (neither dev nor report)")
+                  help="A-B[,C-D..]: diagnostic seeds A..B (and C..D) instead (neither dev "
+                  "nor report)")
   ap.add_argument("--ours", default=None,
                   help="comma-separated; default " + ",".join(OURS) + "; none: peers only")
   ap.add_argument("--peers", default=None,

@@ -177,7 +177,7 @@ def main() -> None:
   optuna.logging.set_verbosity(optuna.logging.ERROR)
   warnings.filterwarnings("ignore")
   seeds = (list(DEV_SEEDS[: a.seeds]) if a.seed_range is None
-           else [s for r in a.seed_range.split(",") for s in bs.suite_seeds(seed_range=r)])
+           else list(bs.suite_seeds(seed_range=a.seed_range)))
   variants = json.loads(a.variants)
   funcs = [f"f{int(f)}" for f in a.functions.split(",")]
   dims = [int(d) for d in a.dims.split(",")]

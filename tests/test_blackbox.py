@@ -1028,9 +1028,12 @@ def test_blackbox_suite_honours_seeds_and_diagnostic_ranges():
   assert bs.suite_seeds(dev=True) == (0, 1, 2, 3, 4)
   assert bs.suite_seeds(dev=True, n=10) == tuple(range(10))
   assert bs.suite_seeds(seed_range="10-14") == (10, 11, 12, 13, 14)
+  assert bs.suite_seeds(seed_range="25-26,40-41") == (25, 26, 40, 41)
   assert [bs.instance_of(s) for s in bs.suite_seeds()] == [11, 12, 13, 14, 15]
   assert [bs.instance_of(s) for s in bs.suite_seeds(n=10)][5:] == [1, 2, 3, 4, 5]
-  for kw, field in (({"seed_range": "990-1000"}, "report seeds"), ({"seed_range": "5"}, "A-B"),
+  for kw, field in (({"seed_range": "990-1000"}, "report seeds"),
+                    ({"seed_range": "10-14,999-1001"}, "report seeds"),
+                    ({"seed_range": "5"}, "A-B"),
                     ({"seed_range": "9-3"}, "A-B"), ({"n": 0}, "seeds=0"),
                     ({"seed_range": "10-14", "n": 5}, "seed_range")):
     with pytest.raises(ValueError, match=field):

@@ -75,6 +75,7 @@ def test_loop_chunk_moves_trial_rows_with_dynamic_slices(task):
   scatter = '"stablehlo.scatter"'
   assert text.count(scatter) == step.count(scatter)  # the train step's own (a gradient's)
 
+
 def test_cpu_default_is_loop_and_meshes_vmap(task):
   assert pop.default_mode() == ("loop" if jax.default_backend() == "cpu" else "vmap")
   with pytest.raises(ValueError, match="mode='scan'"):
