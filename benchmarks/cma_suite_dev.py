@@ -79,6 +79,21 @@ def _params_class(base_cls, mu=None, d_std_mult=1.0, c_mean=1.0, c_cov_mult=1.0)
   return _Dev
 
 
+def _sep_class():
+  """A development-only separable CMA-ES (Ros & Hansen 2008, as the ``cmaes`` package's
+  ``SepCMA``): evosax's ``Sep_CMA_ES`` (diagonal covariance, positive weights only) with the
+  rank-mu learning rate times ``(d + 2) / 3`` (capped below ``1 - c_1``)."""
+  from evosax.algorithms import Sep_CMA_ES
+
+  class _Sep(Sep_CMA_ES):
+    @property
+    def _default_params(self):
+      p = super()._default_params
+      return p.replace(c_mu=jnp.minimum(1 - p.c_1 - 1e-8, p.c_mu * (self.num_dims + 2) / 3))
+
+  return _Sep
+
+
 def _cma(dim, popsize, kw):
   """cma_es with a variant's options; ``_params`` (a dict of :func:`_params_class`'s keywords)
   swaps in the development class (its ``c_mean`` is passed as ``cma_es``'s option)."""
@@ -89,7 +104,10 @@ def _cma(dim, popsize, kw):
   if not extra:
     return cma_es(dim, popsize=popsize, **kw)
   orig = evolution._cma_class
-  evolution._cma_class = lambda sampling: _params_class(orig(sampling), **extra)
+  if extra.pop("sep", False):  # {"sep": true}: the separable development class
+    evolution._cma_class = lambda sampling: _sep_class()
+  else:
+    evolution._cma_class = lambda sampling: _params_class(orig(sampling), **extra)
   try:
     return cma_es(dim, popsize=popsize, **kw)
   finally:
@@ -154,6 +172,17 @@ def _at(kw: dict, d: int) -> dict:
   return {k: v[str(d)] if per_d(v) else v for k, v in kw.items()}
 
 
+def block_cells(ours, peer, block: int | None) -> tuple[int, int]:
+  """(cells at or below the peer, cells) of one function x d: the suite's median rule on each
+  block of ``block`` consecutive seeds (``None``: all seeds one cell)."""
+  ours, peer = np.asarray(ours), np.asarray(peer)
+  n = block or ours.size
+  if ours.size % n:
+    raise ValueError(f"--block={block}: must divide the number of seeds ({ours.size})")
+  k = sum(bs.at_or_below(ours[i:i + n], peer[i:i + n]) for i in range(0, ours.size, n))
+  return k, ours.size // n
+
+
 def main() -> None:
   ap = argparse.ArgumentParser()
   ap.add_argument("--functions", default=",".join(str(f) for f in range(1, 25)))
@@ -169,6 +198,8 @@ def main() -> None:
   ap.add_argument("--fill", action="store_true", help="only run / cache Optuna's side")
   ap.add_argument("--slow", action="store_true", help="the suite's loop, not run_fast")
   ap.add_argument("--raw", default=None, help="JSON of final regrets per variant and cell")
+  ap.add_argument("--block", type=int, default=None,
+                  help="count cells on blocks of this many consecutive seeds (the suite's 5)")
   a = ap.parse_args()
   import warnings
 
@@ -221,8 +252,9 @@ def main() -> None:
   for v in names:
     for d in dims + [None]:
       cells = [c for c in fin[v] if d is None or c.endswith(f"/d{d}")]
-      k = sum(bs.at_or_below(np.asarray(fin[v][c]), np.asarray(fin["optuna"][c])) for c in cells)
-      line = f"{v:10s} d={d or 'all':>3} at_or_below_optuna {k}/{len(cells)}"
+      kn = [block_cells(fin[v][c], fin["optuna"][c], a.block) for c in cells]
+      line = (f"{v:10s} d={d or 'all':>3} at_or_below_optuna {sum(k for k, _ in kn)}/"
+              f"{sum(n for _, n in kn)}")
       if v != names[0]:
         lo = lambda x: np.log10(np.maximum(np.asarray(x), bs.SOLVED))  # noqa: E731
         ours = np.concatenate([lo(fin[v][c]) for c in cells])

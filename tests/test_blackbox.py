@@ -999,6 +999,32 @@ def test_tpe_dev_e5_is_the_five_seed_cell_count_averaged_over_subsets():
   assert td.e5(ours, opt, (1,), (2,), range(5)) == 0.0  # one subset: median 0.5 < 1
 
 
+def test_cma_suite_dev_counts_cells_on_seed_blocks():
+  """benchmarks/cma_suite_dev.py's ``--block``: the suite's median rule on each block of
+  consecutive seeds (the suite's cells have 5), all seeds one cell without it; a block that
+  does not divide the seeds is one error naming the flag."""
+  import importlib.util
+  import os
+  import sys
+
+  path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                      "benchmarks", "cma_suite_dev.py")
+  saved = list(sys.path)
+  try:
+    spec = importlib.util.spec_from_file_location("cma_suite_dev", path)
+    cd = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cd)
+  finally:
+    sys.path[:] = saved
+  ours = [1.0] * 5 + [5.0] * 5
+  peer = [2.0] * 5 + [3.0] * 5
+  assert cd.block_cells(ours, peer, 5) == (1, 2)  # 1 <= 2, 5 > 3
+  assert cd.block_cells(ours, peer, None) == (0, 1)  # median 3 > 2.5
+  assert cd.block_cells(ours, peer, 2) == (2, 5)  # blocks of 2: two of (1, 1) below (2, 2)
+  with pytest.raises(ValueError, match="^--block=3: "):
+    cd.block_cells(ours, peer, 3)
+
+
 def _blackbox_suite():
   """benchmarks/blackbox_suite.py as a module."""
   import importlib.util

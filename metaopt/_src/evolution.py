@@ -487,12 +487,13 @@ def default_sigma0(dim: int) -> float:
 
 
 def default_c_mean(dim: int) -> float:
-  """CMA-ES's default learning rate of the mean: 1.5 from ``dim = 10`` on, else 1 (Hansen's).
+  """CMA-ES's default learning rate of the mean: 1.5 from ``dim = 5`` on, else 1 (Hansen's).
 
   The mean moves 1.5 times the weighted recombination's step: at the suite's budgets (4-10
-  generations of 10 at batch 10) it lowered the final regrets at d = 10 on dev, diagnostic and
-  fresh seeds, but not consistently at d = 2 and 5 (issue 20; BENCHMARKS.md, CMA-ES round 6)."""
-  return 1.5 if dim >= 10 else 1.0
+  generations of 10 at batch 10) it lowered the final regrets at d = 5 and 10 on dev, diagnostic
+  and fresh seeds, but not consistently at d = 2 (issue 20; BENCHMARKS.md, CMA-ES round 6 and
+  session 20's cma lane)."""
+  return 1.5 if dim >= 5 else 1.0
 
 
 def _cma_params(strategy, sigma0: float, c_mean: float):
@@ -583,7 +584,7 @@ def cma_es(dim: int, popsize: int | None = None, sigma0: float | None = None,
       row is still ``N(0, I)``, the generation covers more directions); ``"mirrored"`` pairs
       ``z, -z``. A member redrawn to stay inside the cube takes the next draw's row.
     c_mean: the mean's learning rate (it moves ``c_mean`` times the weighted recombination's
-      step); ``None`` (default): :func:`default_c_mean`, 1.5 from ``dim = 10`` on, else 1.
+      step); ``None`` (default): :func:`default_c_mean`, 1.5 from ``dim = 5`` on, else 1.
 
   Returns:
     A :class:`Searcher`; ``state["es"]`` is evosax's state, ``state["generation"]`` counts updates.
