@@ -187,7 +187,10 @@ def _log_kernel(z: jax.Array, mus: jax.Array, sigmas: jax.Array) -> jax.Array:
   return -0.5 * jnp.square(t) - _LOG_SQRT_2PI - log_norm[None]
 
 
-def _sample(key: jax.Array, mus, sigmas, logw, n: int, multivariate: bool) -> jax.Array:
+def _sample(key: jax.Array, mus, sigmas, logw, n: int, multivariate: bool,
+            with_widths: bool = False):
+  """``n`` draws ``[n, d]`` from a mixture (with ``with_widths``, also the widths ``[n, d]`` of
+  the components each coordinate was drawn from)."""
   dim = mus.shape[1]
   kc, kz = jax.random.split(key)
   shape = (n,) if multivariate else (n, dim)
@@ -198,7 +201,8 @@ def _sample(key: jax.Array, mus, sigmas, logw, n: int, multivariate: bool) -> ja
     m = jnp.take_along_axis(mus, comp, axis=0)
     s = jnp.take_along_axis(sigmas, comp, axis=0)
   z = jax.random.truncated_normal(kz, (0.0 - m) / s, (1.0 - m) / s, (n, dim))
-  return jnp.clip(m + s * z, 0.0, 1.0)
+  out = jnp.clip(m + s * z, 0.0, 1.0)
+  return (out, s) if with_widths else out
 
 
 def _log_density(z, mus, sigmas, logw, multivariate: bool) -> jax.Array:
@@ -217,14 +221,16 @@ def propose(x: jax.Array, good: jax.Array, bad: jax.Array, startup: jax.Array,
             key: jax.Array, n: int, *, prior_weight: float, d_eff: int, n_candidates: int,
             multivariate: bool, constant_liar: bool, bandwidth: str = "gaps",
             age: jax.Array | None = None, w_rows: jax.Array | None = None,
-            w_good: jax.Array | None = None) -> jax.Array:
+            w_good: jax.Array | None = None, liar_width: str = "gaps") -> jax.Array:
   """``n`` TPE proposals ``[n, dim]`` from history rows ``x`` split into ``good`` and ``bad``
   (uniform points while ``startup``); with ``constant_liar`` each proposal joins the bad set
   for the next. With ``age`` (per row, smaller: older), the bad density down-weights its older
   observations as Optuna's ``default_weights`` does (:func:`_ramp_logw`). ``w_rows`` (per row;
   not with ``age``) weighs observations in both densities (warm-start priors,
   :func:`source_weight`). ``w_good`` (per row; not with ``w_rows``) weighs the good density's
-  observations only."""
+  observations only. ``liar_width`` (with ``constant_liar``): a pending point's kernel widths
+  in the bad density, ``"gaps"`` (the bad set's gap rule, as Optuna) or ``"proposal"`` (the
+  widths of the good kernel its candidate was drawn from)."""
   capacity, dim = x.shape
   if age is not None and w_rows is not None:
     raise ValueError("propose: pass age or w_rows, not both")
@@ -240,26 +246,37 @@ def propose(x: jax.Array, good: jax.Array, bad: jax.Array, startup: jax.Array,
     age = jnp.concatenate([jnp.asarray(age, jnp.int32),
                            capacity + jnp.arange(n, dtype=jnp.int32)])
 
+  if liar_width not in ("gaps", "proposal"):
+    raise ValueError(f"liar_width={liar_width!r}: must be 'gaps' or 'proposal'")
+  own_width = constant_liar and liar_width == "proposal"
+
   def one(carry, i):
-    x_bad, bad = carry
+    x_bad, bad, w_pend = carry
     k_rand, k_cand = _point_keys(key, i)
     logw_obs = None if age is None else _ramp_logw(bad, age)
     mus_g, sig_g, logw_g = _mixture(x_bad, bad, prior_weight, d_eff, bandwidth, logw_obs,
                                     w_rows)
-    cand = _sample(k_cand, mus_l, sig_l, logw_l, n_candidates, multivariate)
+    if own_width:  # pending rows keep the widths they were proposed with
+      pend = bad[capacity:capacity + n, None]
+      sig_g = sig_g.at[capacity:capacity + n].set(
+          jnp.where(pend, w_pend, sig_g[capacity:capacity + n]))
+    cand, w_cand = _sample(k_cand, mus_l, sig_l, logw_l, n_candidates, multivariate, True)
     score = (_log_density(cand, mus_l, sig_l, logw_l, multivariate)
              - _log_density(cand, mus_g, sig_g, logw_g, multivariate))
     if multivariate:
-      best = cand[jnp.argmax(score)]
+      best, w_best = cand[jnp.argmax(score)], w_cand[jnp.argmax(score)]
     else:
-      best = jnp.take_along_axis(cand, jnp.argmax(score, axis=0)[None], axis=0)[0]
+      pick = jnp.argmax(score, axis=0)[None]
+      best = jnp.take_along_axis(cand, pick, axis=0)[0]
+      w_best = jnp.take_along_axis(w_cand, pick, axis=0)[0]
     u = jnp.where(startup, jax.random.uniform(k_rand, (dim,)), best)
     if constant_liar:
       x_bad = x_bad.at[capacity + i].set(u)
       bad = bad.at[capacity + i].set(True)
-    return (x_bad, bad), u
+      w_pend = w_pend.at[i].set(w_best)
+    return (x_bad, bad, w_pend), u
 
-  _, u = jax.lax.scan(one, (x_bad, bad), jnp.arange(n))
+  _, u = jax.lax.scan(one, (x_bad, bad, jnp.ones((n, dim))), jnp.arange(n))
   return u
 
 
@@ -350,7 +367,7 @@ def tpe(dim: int, n_startup: int = 10, gamma: float | str | None = None,
         multivariate: bool = True, constant_liar: bool = True, prior_weight: float = 1.0,
         capacity: int = 1024, bandwidth: str = "gaps",
         prior_weighting: str = "ranking", age_weights: bool = False,
-        good_weights: str | None = None) -> Searcher:
+        good_weights: str | None = None, liar_width: str = "gaps") -> Searcher:
   """Tree-structured Parzen Estimator over ``[0, 1]^dim``.
 
   Until ``n_startup`` observations are complete, proposals are uniform random. A batch
@@ -398,6 +415,11 @@ def tpe(dim: int, n_startup: int = 10, gamma: float | str | None = None,
       (default, :func:`default_good_weights`): ``"ei"`` from 8 dimensions on, ``"uniform"``
       below (chosen on development cases of ``benchmarks/blackbox_suite.py``: at d = 10 it
       lowered the regret on 24 BBOB functions; at d = 2 it raised it).
+    liar_width: the kernel widths of a batch's pending points in the bad density (with
+      ``constant_liar``). ``"gaps"`` (default, Optuna's): the bad set's gap rule, narrow once
+      many points are known, so from about 5 dimensions a pending point repels only a tiny
+      volume. ``"proposal"``: the widths of the good kernel the point was drawn from, so the
+      batch's later points keep away from its earlier ones at the scale they were proposed at.
 
   Returns:
     A :class:`Searcher`; its state holds the history and never changes shape.
@@ -430,6 +452,8 @@ def tpe(dim: int, n_startup: int = 10, gamma: float | str | None = None,
     good_weights = default_good_weights(dim)
   elif good_weights not in ("uniform", "ei"):
     raise ValueError(f"good_weights={good_weights!r}: must be 'uniform', 'ei' or None")
+  if liar_width not in ("gaps", "proposal"):
+    raise ValueError(f"liar_width={liar_width!r}: must be 'gaps' or 'proposal'")
   if prior_weighting not in ("ranking", "ranking_vs_own", "equal"):
     raise ValueError(f"prior_weighting={prior_weighting!r}: must be 'ranking', "
                      "'ranking_vs_own' or 'equal'")
@@ -454,7 +478,8 @@ def tpe(dim: int, n_startup: int = 10, gamma: float | str | None = None,
       w_good = _ei_weights(y, good, bad) if good_weights == "ei" else None
       u = propose(state["x"], good, bad, n_obs < n_startup, key, n, prior_weight=prior_weight,
                   d_eff=d_eff, n_candidates=n_candidates, multivariate=multivariate,
-                  constant_liar=constant_liar, bandwidth=bandwidth, age=age, w_good=w_good)
+                  constant_liar=constant_liar, bandwidth=bandwidth, age=age, w_good=w_good,
+                  liar_width=liar_width)
       return state, u
     src = prior_rows(state)
     rel = prior_weighting == "ranking_vs_own"
@@ -471,7 +496,8 @@ def tpe(dim: int, n_startup: int = 10, gamma: float | str | None = None,
     bad = valid & ~good
     u = propose(state["x"], good, bad, n_obs < n_startup, key, n, prior_weight=prior_weight,
                 d_eff=d_eff, n_candidates=n_candidates, multivariate=multivariate,
-                constant_liar=constant_liar, bandwidth=bandwidth, w_rows=r)
+                constant_liar=constant_liar, bandwidth=bandwidth, w_rows=r,
+                liar_width=liar_width)
     return state, u
 
   startup_ask = make_startup_ask(dim, n_startup)
