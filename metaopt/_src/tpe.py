@@ -221,7 +221,8 @@ def propose(x: jax.Array, good: jax.Array, bad: jax.Array, startup: jax.Array,
             key: jax.Array, n: int, *, prior_weight: float, d_eff: int, n_candidates: int,
             multivariate: bool, constant_liar: bool, bandwidth: str = "gaps",
             age: jax.Array | None = None, w_rows: jax.Array | None = None,
-            w_good: jax.Array | None = None, liar_width: str = "gaps") -> jax.Array:
+            w_good: jax.Array | None = None, liar_width: str = "gaps",
+            liar_to: str = "bad") -> jax.Array:
   """``n`` TPE proposals ``[n, dim]`` from history rows ``x`` split into ``good`` and ``bad``
   (uniform points while ``startup``); with ``constant_liar`` each proposal joins the bad set
   for the next. With ``age`` (per row, smaller: older), the bad density down-weights its older
@@ -240,6 +241,11 @@ def propose(x: jax.Array, good: jax.Array, bad: jax.Array, startup: jax.Array,
                                   w_obs=w_rows if w_good is None else w_good)
   x_bad = jnp.concatenate([x, jnp.zeros((n, dim), jnp.float32)])
   bad = jnp.concatenate([bad, jnp.zeros(n, bool)])
+  believe = constant_liar and liar_to == "good"
+  if believe:  # pending points join the good density (weight 1), not the bad one
+    good_ext = jnp.concatenate([good, jnp.zeros(n, bool)])
+    w_l = w_rows if w_good is None else w_good
+    w_l = None if w_l is None else jnp.concatenate([w_l, jnp.ones(n)])
   if w_rows is not None:  # pending points weigh 1
     w_rows = jnp.concatenate([w_rows, jnp.ones(n)])
   if age is not None:  # pending points of this batch are the newest
@@ -253,15 +259,21 @@ def propose(x: jax.Array, good: jax.Array, bad: jax.Array, startup: jax.Array,
   def one(carry, i):
     x_bad, bad, w_pend = carry
     k_rand, k_cand = _point_keys(key, i)
-    logw_obs = None if age is None else _ramp_logw(bad, age)
-    mus_g, sig_g, logw_g = _mixture(x_bad, bad, prior_weight, d_eff, bandwidth, logw_obs,
+    pend_rows = (jnp.arange(capacity + n) >= capacity) & bad
+    bad_g = bad & ~pend_rows if believe else bad
+    logw_obs = None if age is None else _ramp_logw(bad_g, age)
+    mus_g, sig_g, logw_g = _mixture(x_bad, bad_g, prior_weight, d_eff, bandwidth, logw_obs,
                                     w_rows)
     if own_width:  # pending rows keep the widths they were proposed with
       pend = bad[capacity:capacity + n, None]
       sig_g = sig_g.at[capacity:capacity + n].set(
           jnp.where(pend, w_pend, sig_g[capacity:capacity + n]))
-    cand, w_cand = _sample(k_cand, mus_l, sig_l, logw_l, n_candidates, multivariate, True)
-    score = (_log_density(cand, mus_l, sig_l, logw_l, multivariate)
+    m_l, s_l, lw_l = mus_l, sig_l, logw_l
+    if believe:
+      m_l, s_l, lw_l = _mixture(x_bad, good_ext | pend_rows, prior_weight, d_eff, bandwidth,
+                                w_obs=w_l)
+    cand, w_cand = _sample(k_cand, m_l, s_l, lw_l, n_candidates, multivariate, True)
+    score = (_log_density(cand, m_l, s_l, lw_l, multivariate)
              - _log_density(cand, mus_g, sig_g, logw_g, multivariate))
     if multivariate:
       best, w_best = cand[jnp.argmax(score)], w_cand[jnp.argmax(score)]
@@ -367,7 +379,8 @@ def tpe(dim: int, n_startup: int = 10, gamma: float | str | None = None,
         multivariate: bool = True, constant_liar: bool = True, prior_weight: float = 1.0,
         capacity: int = 1024, bandwidth: str = "gaps",
         prior_weighting: str = "ranking", age_weights: bool = False,
-        good_weights: str | None = None, liar_width: str = "gaps") -> Searcher:
+        good_weights: str | None = None, liar_width: str = "gaps",
+        liar_to: str = "bad") -> Searcher:
   """Tree-structured Parzen Estimator over ``[0, 1]^dim``.
 
   Until ``n_startup`` observations are complete, proposals are uniform random. A batch
@@ -479,7 +492,7 @@ def tpe(dim: int, n_startup: int = 10, gamma: float | str | None = None,
       u = propose(state["x"], good, bad, n_obs < n_startup, key, n, prior_weight=prior_weight,
                   d_eff=d_eff, n_candidates=n_candidates, multivariate=multivariate,
                   constant_liar=constant_liar, bandwidth=bandwidth, age=age, w_good=w_good,
-                  liar_width=liar_width)
+                  liar_width=liar_width, liar_to=liar_to)
       return state, u
     src = prior_rows(state)
     rel = prior_weighting == "ranking_vs_own"
