@@ -222,7 +222,7 @@ def propose(x: jax.Array, good: jax.Array, bad: jax.Array, startup: jax.Array,
             multivariate: bool, constant_liar: bool, bandwidth: str = "gaps",
             age: jax.Array | None = None, w_rows: jax.Array | None = None,
             w_good: jax.Array | None = None, liar_width: str = "gaps",
-            liar_to: str = "bad") -> jax.Array:
+            liar_to: str = "bad", mix_candidates: bool = False) -> jax.Array:
   """``n`` TPE proposals ``[n, dim]`` from history rows ``x`` split into ``good`` and ``bad``
   (uniform points while ``startup``); with ``constant_liar`` each proposal joins the bad set
   for the next. With ``age`` (per row, smaller: older), the bad density down-weights its older
@@ -272,7 +272,8 @@ def propose(x: jax.Array, good: jax.Array, bad: jax.Array, startup: jax.Array,
     if believe:
       m_l, s_l, lw_l = _mixture(x_bad, good_ext | pend_rows, prior_weight, d_eff, bandwidth,
                                 w_obs=w_l)
-    cand, w_cand = _sample(k_cand, m_l, s_l, lw_l, n_candidates, multivariate, True)
+    cand, w_cand = _sample(k_cand, m_l, s_l, lw_l, n_candidates,
+                           multivariate and not mix_candidates, True)
     score = (_log_density(cand, m_l, s_l, lw_l, multivariate)
              - _log_density(cand, mus_g, sig_g, logw_g, multivariate))
     if multivariate:
@@ -380,7 +381,7 @@ def tpe(dim: int, n_startup: int = 10, gamma: float | str | None = None,
         capacity: int = 1024, bandwidth: str = "gaps",
         prior_weighting: str = "ranking", age_weights: bool = False,
         good_weights: str | None = None, liar_width: str = "gaps",
-        liar_to: str = "bad") -> Searcher:
+        liar_to: str = "bad", mix_candidates: bool = False) -> Searcher:
   """Tree-structured Parzen Estimator over ``[0, 1]^dim``.
 
   Until ``n_startup`` observations are complete, proposals are uniform random. A batch
@@ -492,7 +493,7 @@ def tpe(dim: int, n_startup: int = 10, gamma: float | str | None = None,
       u = propose(state["x"], good, bad, n_obs < n_startup, key, n, prior_weight=prior_weight,
                   d_eff=d_eff, n_candidates=n_candidates, multivariate=multivariate,
                   constant_liar=constant_liar, bandwidth=bandwidth, age=age, w_good=w_good,
-                  liar_width=liar_width, liar_to=liar_to)
+                  liar_width=liar_width, liar_to=liar_to, mix_candidates=mix_candidates)
       return state, u
     src = prior_rows(state)
     rel = prior_weighting == "ranking_vs_own"
