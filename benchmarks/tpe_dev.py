@@ -128,6 +128,18 @@ def summary(done: dict, names, funcs, dims, seeds, opt: dict, quick: tuple[int, 
   return "\n".join(lines)
 
 
+def run_seeds(seeds: str, seed_range: str | None = None) -> tuple[int, ...]:
+  """The seeds of a run: ``seeds`` "N" (the first N dev seeds) or "A-B" (dev seeds A..B), or
+  with ``seed_range`` the diagnostic seeds of ``blackbox_suite.suite_seeds`` (report seeds
+  refused there)."""
+  if seed_range is not None:
+    return bs.suite_seeds(seed_range=seed_range)
+  if "-" in seeds:
+    a, b = map(int, seeds.split("-"))
+    return tuple(s for s in _protocol.DEV_SEEDS if a <= s <= b)
+  return _protocol.DEV_SEEDS[: int(seeds)]
+
+
 def main() -> None:
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("--variants", required=True,
@@ -147,13 +159,7 @@ def main() -> None:
   variants = json.loads(args.variants)
   funcs = [int(f) for f in args.functions.split(",")]
   dims = [int(d) for d in args.dims.split(",")]
-  if args.seed_range is not None:
-    seeds = bs.suite_seeds(seed_range=args.seed_range)
-  elif "-" in args.seeds:
-    a, b = map(int, args.seeds.split("-"))
-    seeds = tuple(s for s in _protocol.DEV_SEEDS if a <= s <= b)
-  else:
-    seeds = _protocol.DEV_SEEDS[: int(args.seeds)]
+  seeds = run_seeds(args.seeds, args.seed_range)
   args.out = results_path(args.out, quick=True)  # development runs: never a tracked file
   done = {}
   if args.out and os.path.exists(args.out):

@@ -257,36 +257,6 @@ def test_tpe_constant_liar_spreads_a_batch():
   assert spread(True) > spread(False)
 
 
-@pytest.mark.parametrize("jit", [True, False])
-def test_tpe_proposal_liar_width_spreads_a_batch_in_five_dims(jit):
-  """With ``liar_width='proposal'`` a batch's pending points repel at the good kernels' scale:
-  in 5 dimensions (where the gap-width liar covers a tiny volume) the batch's points lie
-  farther from each other than with the default; the first point sees no pending point, so it
-  is the default's, jitted or not."""
-  u0 = jax.random.uniform(jax.random.key(0), (30, 5))
-
-  def asks(**kw):  # one compile per setting, two keys
-    s = tpe(5, n_startup=8, capacity=64, **kw)
-    st = s.tell(s.init(jax.random.key(0)), u0, bf.sphere(u0), jnp.zeros(30, jnp.int32))
-    if jit:
-      f = jax.jit(s.ask, static_argnums=2)
-      return [np.asarray(f(st, jax.random.key(k), 8)[1]) for k in (1, 2)]
-    with jax.disable_jit():
-      return [np.asarray(s.ask(st, jax.random.key(k), 8)[1]) for k in (1, 2)]
-
-  def nearest(u):
-    d = np.linalg.norm(u[:, None] - u[None], axis=-1) + 9.0 * np.eye(len(u))
-    return float(np.mean(d.min(axis=1)))
-
-  base, wide = asks(), asks(liar_width="proposal")
-  for b, w in zip(base, wide, strict=True):
-    np.testing.assert_allclose(w[0], b[0], atol=1e-6)
-    assert w.shape == (8, 5) and np.all((w >= 0) & (w <= 1))
-  assert np.mean([nearest(w) for w in wide]) > 1.2 * np.mean([nearest(b) for b in base])
-  with pytest.raises(ValueError, match="liar_width"):
-    tpe(5, liar_width="wide")
-
-
 def test_tpe_default_good_set_is_optunas_from_five_dims_larger_below():
   # good-set sizes of the default rule vs Optuna's min(ceil(0.1 n), 25)
   n = jnp.asarray([10, 20, 30, 300])
@@ -1027,6 +997,11 @@ def test_tpe_dev_e5_is_the_five_seed_cell_count_averaged_over_subsets():
          **{f"2|2|{s}": 3.0 for s in seeds}, "3|2|0": 9.0}  # f3: Optuna runs missing, skipped
   assert td.e5(ours, opt, (1, 2, 3), (2,), seeds) == pytest.approx(1.5)
   assert td.e5(ours, opt, (1,), (2,), range(5)) == 0.0  # one subset: median 0.5 < 1
+  # seeds of a run: dev seeds by count or range; diagnostic ranges; never report seeds
+  assert td.run_seeds("3") == (0, 1, 2) and td.run_seeds("2-4") == (2, 3, 4)
+  assert td.run_seeds("10", "10-12,15-16") == (10, 11, 12, 15, 16)
+  with pytest.raises(ValueError, match="report seeds"):
+    td.run_seeds("10", "990-1001")
 
 
 def _blackbox_suite():

@@ -187,10 +187,7 @@ def _log_kernel(z: jax.Array, mus: jax.Array, sigmas: jax.Array) -> jax.Array:
   return -0.5 * jnp.square(t) - _LOG_SQRT_2PI - log_norm[None]
 
 
-def _sample(key: jax.Array, mus, sigmas, logw, n: int, multivariate: bool,
-            with_widths: bool = False):
-  """``n`` draws ``[n, d]`` from a mixture (with ``with_widths``, also the widths ``[n, d]`` of
-  the components each coordinate was drawn from)."""
+def _sample(key: jax.Array, mus, sigmas, logw, n: int, multivariate: bool) -> jax.Array:
   dim = mus.shape[1]
   kc, kz = jax.random.split(key)
   shape = (n,) if multivariate else (n, dim)
@@ -201,8 +198,7 @@ def _sample(key: jax.Array, mus, sigmas, logw, n: int, multivariate: bool,
     m = jnp.take_along_axis(mus, comp, axis=0)
     s = jnp.take_along_axis(sigmas, comp, axis=0)
   z = jax.random.truncated_normal(kz, (0.0 - m) / s, (1.0 - m) / s, (n, dim))
-  out = jnp.clip(m + s * z, 0.0, 1.0)
-  return (out, s) if with_widths else out
+  return jnp.clip(m + s * z, 0.0, 1.0)
 
 
 def _log_density(z, mus, sigmas, logw, multivariate: bool) -> jax.Array:
@@ -221,17 +217,14 @@ def propose(x: jax.Array, good: jax.Array, bad: jax.Array, startup: jax.Array,
             key: jax.Array, n: int, *, prior_weight: float, d_eff: int, n_candidates: int,
             multivariate: bool, constant_liar: bool, bandwidth: str = "gaps",
             age: jax.Array | None = None, w_rows: jax.Array | None = None,
-            w_good: jax.Array | None = None, liar_width: str = "gaps",
-            liar_to: str = "bad", mix_candidates: bool = False) -> jax.Array:
+            w_good: jax.Array | None = None) -> jax.Array:
   """``n`` TPE proposals ``[n, dim]`` from history rows ``x`` split into ``good`` and ``bad``
   (uniform points while ``startup``); with ``constant_liar`` each proposal joins the bad set
   for the next. With ``age`` (per row, smaller: older), the bad density down-weights its older
   observations as Optuna's ``default_weights`` does (:func:`_ramp_logw`). ``w_rows`` (per row;
   not with ``age``) weighs observations in both densities (warm-start priors,
   :func:`source_weight`). ``w_good`` (per row; not with ``w_rows``) weighs the good density's
-  observations only. ``liar_width`` (with ``constant_liar``): a pending point's kernel widths
-  in the bad density, ``"gaps"`` (the bad set's gap rule, as Optuna) or ``"proposal"`` (the
-  widths of the good kernel its candidate was drawn from)."""
+  observations only."""
   capacity, dim = x.shape
   if age is not None and w_rows is not None:
     raise ValueError("propose: pass age or w_rows, not both")
@@ -241,55 +234,32 @@ def propose(x: jax.Array, good: jax.Array, bad: jax.Array, startup: jax.Array,
                                   w_obs=w_rows if w_good is None else w_good)
   x_bad = jnp.concatenate([x, jnp.zeros((n, dim), jnp.float32)])
   bad = jnp.concatenate([bad, jnp.zeros(n, bool)])
-  believe = constant_liar and liar_to == "good"
-  if believe:  # pending points join the good density (weight 1), not the bad one
-    good_ext = jnp.concatenate([good, jnp.zeros(n, bool)])
-    w_l = w_rows if w_good is None else w_good
-    w_l = None if w_l is None else jnp.concatenate([w_l, jnp.ones(n)])
   if w_rows is not None:  # pending points weigh 1
     w_rows = jnp.concatenate([w_rows, jnp.ones(n)])
   if age is not None:  # pending points of this batch are the newest
     age = jnp.concatenate([jnp.asarray(age, jnp.int32),
                            capacity + jnp.arange(n, dtype=jnp.int32)])
 
-  if liar_width not in ("gaps", "proposal"):
-    raise ValueError(f"liar_width={liar_width!r}: must be 'gaps' or 'proposal'")
-  own_width = constant_liar and liar_width == "proposal"
-
   def one(carry, i):
-    x_bad, bad, w_pend = carry
+    x_bad, bad = carry
     k_rand, k_cand = _point_keys(key, i)
-    pend_rows = (jnp.arange(capacity + n) >= capacity) & bad
-    bad_g = bad & ~pend_rows if believe else bad
-    logw_obs = None if age is None else _ramp_logw(bad_g, age)
-    mus_g, sig_g, logw_g = _mixture(x_bad, bad_g, prior_weight, d_eff, bandwidth, logw_obs,
+    logw_obs = None if age is None else _ramp_logw(bad, age)
+    mus_g, sig_g, logw_g = _mixture(x_bad, bad, prior_weight, d_eff, bandwidth, logw_obs,
                                     w_rows)
-    if own_width:  # pending rows keep the widths they were proposed with
-      pend = bad[capacity:capacity + n, None]
-      sig_g = sig_g.at[capacity:capacity + n].set(
-          jnp.where(pend, w_pend, sig_g[capacity:capacity + n]))
-    m_l, s_l, lw_l = mus_l, sig_l, logw_l
-    if believe:
-      m_l, s_l, lw_l = _mixture(x_bad, good_ext | pend_rows, prior_weight, d_eff, bandwidth,
-                                w_obs=w_l)
-    cand, w_cand = _sample(k_cand, m_l, s_l, lw_l, n_candidates,
-                           multivariate and not mix_candidates, True)
-    score = (_log_density(cand, m_l, s_l, lw_l, multivariate)
+    cand = _sample(k_cand, mus_l, sig_l, logw_l, n_candidates, multivariate)
+    score = (_log_density(cand, mus_l, sig_l, logw_l, multivariate)
              - _log_density(cand, mus_g, sig_g, logw_g, multivariate))
     if multivariate:
-      best, w_best = cand[jnp.argmax(score)], w_cand[jnp.argmax(score)]
+      best = cand[jnp.argmax(score)]
     else:
-      pick = jnp.argmax(score, axis=0)[None]
-      best = jnp.take_along_axis(cand, pick, axis=0)[0]
-      w_best = jnp.take_along_axis(w_cand, pick, axis=0)[0]
+      best = jnp.take_along_axis(cand, jnp.argmax(score, axis=0)[None], axis=0)[0]
     u = jnp.where(startup, jax.random.uniform(k_rand, (dim,)), best)
     if constant_liar:
       x_bad = x_bad.at[capacity + i].set(u)
       bad = bad.at[capacity + i].set(True)
-      w_pend = w_pend.at[i].set(w_best)
-    return (x_bad, bad, w_pend), u
+    return (x_bad, bad), u
 
-  _, u = jax.lax.scan(one, (x_bad, bad, jnp.ones((n, dim))), jnp.arange(n))
+  _, u = jax.lax.scan(one, (x_bad, bad), jnp.arange(n))
   return u
 
 
@@ -380,8 +350,7 @@ def tpe(dim: int, n_startup: int = 10, gamma: float | str | None = None,
         multivariate: bool = True, constant_liar: bool = True, prior_weight: float = 1.0,
         capacity: int = 1024, bandwidth: str = "gaps",
         prior_weighting: str = "ranking", age_weights: bool = False,
-        good_weights: str | None = None, liar_width: str = "gaps",
-        liar_to: str = "bad", mix_candidates: bool = False) -> Searcher:
+        good_weights: str | None = None) -> Searcher:
   """Tree-structured Parzen Estimator over ``[0, 1]^dim``.
 
   Until ``n_startup`` observations are complete, proposals are uniform random. A batch
@@ -429,11 +398,6 @@ def tpe(dim: int, n_startup: int = 10, gamma: float | str | None = None,
       (default, :func:`default_good_weights`): ``"ei"`` from 8 dimensions on, ``"uniform"``
       below (chosen on development cases of ``benchmarks/blackbox_suite.py``: at d = 10 it
       lowered the regret on 24 BBOB functions; at d = 2 it raised it).
-    liar_width: the kernel widths of a batch's pending points in the bad density (with
-      ``constant_liar``). ``"gaps"`` (default, Optuna's): the bad set's gap rule, narrow once
-      many points are known, so from about 5 dimensions a pending point repels only a tiny
-      volume. ``"proposal"``: the widths of the good kernel the point was drawn from, so the
-      batch's later points keep away from its earlier ones at the scale they were proposed at.
 
   Returns:
     A :class:`Searcher`; its state holds the history and never changes shape.
@@ -466,8 +430,6 @@ def tpe(dim: int, n_startup: int = 10, gamma: float | str | None = None,
     good_weights = default_good_weights(dim)
   elif good_weights not in ("uniform", "ei"):
     raise ValueError(f"good_weights={good_weights!r}: must be 'uniform', 'ei' or None")
-  if liar_width not in ("gaps", "proposal"):
-    raise ValueError(f"liar_width={liar_width!r}: must be 'gaps' or 'proposal'")
   if prior_weighting not in ("ranking", "ranking_vs_own", "equal"):
     raise ValueError(f"prior_weighting={prior_weighting!r}: must be 'ranking', "
                      "'ranking_vs_own' or 'equal'")
@@ -492,8 +454,7 @@ def tpe(dim: int, n_startup: int = 10, gamma: float | str | None = None,
       w_good = _ei_weights(y, good, bad) if good_weights == "ei" else None
       u = propose(state["x"], good, bad, n_obs < n_startup, key, n, prior_weight=prior_weight,
                   d_eff=d_eff, n_candidates=n_candidates, multivariate=multivariate,
-                  constant_liar=constant_liar, bandwidth=bandwidth, age=age, w_good=w_good,
-                  liar_width=liar_width, liar_to=liar_to, mix_candidates=mix_candidates)
+                  constant_liar=constant_liar, bandwidth=bandwidth, age=age, w_good=w_good)
       return state, u
     src = prior_rows(state)
     rel = prior_weighting == "ranking_vs_own"
@@ -510,8 +471,7 @@ def tpe(dim: int, n_startup: int = 10, gamma: float | str | None = None,
     bad = valid & ~good
     u = propose(state["x"], good, bad, n_obs < n_startup, key, n, prior_weight=prior_weight,
                 d_eff=d_eff, n_candidates=n_candidates, multivariate=multivariate,
-                constant_liar=constant_liar, bandwidth=bandwidth, w_rows=r,
-                liar_width=liar_width)
+                constant_liar=constant_liar, bandwidth=bandwidth, w_rows=r)
     return state, u
 
   startup_ask = make_startup_ask(dim, n_startup)
