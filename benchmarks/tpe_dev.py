@@ -1,5 +1,6 @@
 """TPE development runs: variants of ``tpe(d, **kwargs)`` against the default and against
-Optuna's ``TPESampler(multivariate=True, constant_liar=True)`` on DEVELOPMENT seeds only.
+Optuna's ``TPESampler(multivariate=True, constant_liar=True)`` on DEVELOPMENT seeds (or
+diagnostic seeds with ``--seed_range``; never report seeds).
 
 The runs are those of ``benchmarks/blackbox_suite.py --quick`` (batch 10, budget
 ``max(40, 10 d)``), on BBOB functions and dimensions given here, for ``DEV_SEEDS`` (0-9 =
@@ -127,6 +128,18 @@ def summary(done: dict, names, funcs, dims, seeds, opt: dict, quick: tuple[int, 
   return "\n".join(lines)
 
 
+def run_seeds(seeds: str, seed_range: str | None = None) -> tuple[int, ...]:
+  """The seeds of a run: ``seeds`` "N" (the first N dev seeds) or "A-B" (dev seeds A..B), or
+  with ``seed_range`` the diagnostic seeds of ``blackbox_suite.suite_seeds`` (report seeds
+  refused there)."""
+  if seed_range is not None:
+    return bs.suite_seeds(seed_range=seed_range)
+  if "-" in seeds:
+    a, b = map(int, seeds.split("-"))
+    return tuple(s for s in _protocol.DEV_SEEDS if a <= s <= b)
+  return _protocol.DEV_SEEDS[: int(seeds)]
+
+
 def main() -> None:
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("--variants", required=True,
@@ -135,6 +148,9 @@ def main() -> None:
   ap.add_argument("--dims", default="2,5,10")
   ap.add_argument("--seeds", default="10",
                   help="N (the first N development seeds) or A-B (development seeds A..B)")
+  ap.add_argument("--seed_range", default=None,
+                  help="diagnostic seeds instead ('A-B' or 'A-B,C-D', neither dev nor report: "
+                  "blackbox_suite.suite_seeds); their Optuna runs come from --cache")
   ap.add_argument("--cache", default="runs/blackbox_suite")
   ap.add_argument("--out", default=None, help="JSON of final regrets (reused when present; "
                   "a path in the repository goes under runs/benchmarks/)")
@@ -143,11 +159,7 @@ def main() -> None:
   variants = json.loads(args.variants)
   funcs = [int(f) for f in args.functions.split(",")]
   dims = [int(d) for d in args.dims.split(",")]
-  if "-" in args.seeds:
-    a, b = map(int, args.seeds.split("-"))
-    seeds = tuple(s for s in _protocol.DEV_SEEDS if a <= s <= b)
-  else:
-    seeds = _protocol.DEV_SEEDS[: int(args.seeds)]
+  seeds = run_seeds(args.seeds, args.seed_range)
   args.out = results_path(args.out, quick=True)  # development runs: never a tracked file
   done = {}
   if args.out and os.path.exists(args.out):

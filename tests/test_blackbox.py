@@ -997,6 +997,11 @@ def test_tpe_dev_e5_is_the_five_seed_cell_count_averaged_over_subsets():
          **{f"2|2|{s}": 3.0 for s in seeds}, "3|2|0": 9.0}  # f3: Optuna runs missing, skipped
   assert td.e5(ours, opt, (1, 2, 3), (2,), seeds) == pytest.approx(1.5)
   assert td.e5(ours, opt, (1,), (2,), range(5)) == 0.0  # one subset: median 0.5 < 1
+  # seeds of a run: dev seeds by count or range; diagnostic ranges; never report seeds
+  assert td.run_seeds("3") == (0, 1, 2) and td.run_seeds("2-4") == (2, 3, 4)
+  assert td.run_seeds("10", "10-12,15-16") == (10, 11, 12, 15, 16)
+  with pytest.raises(ValueError, match="report seeds"):
+    td.run_seeds("10", "990-1001")
 
 
 def test_cma_suite_dev_counts_cells_on_seed_blocks():
