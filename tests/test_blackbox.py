@@ -682,7 +682,6 @@ def test_benchmark_functions_have_their_known_minima():
     (gp_bo, {"dim": 2, "output_warp": 1}, "output_warp"),
     (gp_bo, {"dim": 2, "output_warp": -4.0}, "output_warp"),
     (gp_bo, {"dim": 2, "output_warp": "log"}, "output_warp"),
-    (gp_bo, {"dim": 2, "output_warp": "gp_late"}, "output_warp"),
     (gp_bo, {"dim": 2, "n_candidates": 64}, "n_candidates"),  # < max(n_exploit) = 96
     (gp_bo, {"dim": 2, "output_warp": float("inf")}, "output_warp"),
     (tpe, {"dim": 2, "bandwidth": "silverman"}, "bandwidth"),
@@ -942,28 +941,6 @@ class GPOutputWarp(chex.TestCase):
         score[warp] = 20 * float(_neg_log_marginal(theta, u, zw, valid, 2)) + jac
       assert (score[True] < score[False]) == pick, score
       np.testing.assert_allclose(z, warp_and_standardize(y, valid, pick), atol=1e-6)
-
-  @chex.variants(with_jit=True, without_jit=True)
-  def test_gp_output_warp_gp_early_is_the_gp_choice_up_to_64_values_then_log1p(self):
-    """``warp="gp_early"``: with at most 64 valid values, ``"gp"``'s choice (a tilted plane
-    stays plain, a Rosenbrock valley is warped); with 65 or more, ``log1p`` (``True``) even
-    where ``"gp"`` keeps the plane plain."""
-    u = jnp.asarray(np.random.default_rng(1).uniform(size=(80, 2)), jnp.float32)
-    theta = {"log_ls": jnp.log(jnp.asarray([0.3, 0.3])), "log_s2": jnp.zeros(()),
-             "log_noise": jnp.asarray(-6.0)}
-    early = self.variant(functools.partial(warp_and_standardize, warp="gp_early"))
-    plane, valley = u[:, 0] + 2.0 * u[:, 1], bf.rosenbrock(u)
-    for n_valid, y, pick in ((64, plane, False), (20, valley, True), (65, plane, True),
-                             (72, valley, True)):
-      valid = jnp.arange(80) < n_valid
-      z = early(y, valid, theta=theta, x=u)
-      gp = warp_and_standardize(y, valid, "gp", theta, u)
-      np.testing.assert_allclose(z, warp_and_standardize(y, valid, pick), atol=1e-6)
-      if n_valid <= 64:
-        np.testing.assert_allclose(z, gp, atol=1e-6)
-    gp = warp_and_standardize(plane, jnp.arange(80) < 65, "gp", theta, u)
-    np.testing.assert_allclose(gp, warp_and_standardize(plane, jnp.arange(80) < 65, False),
-                               atol=1e-6)  # "gp" itself keeps the plane plain at 65 values
 
 
 def test_gp_output_warp_gp_choice_reaches_the_model():
