@@ -93,8 +93,6 @@ _LOG_NOISE_MIN = math.log(1e-8)
 _ACQUISITIONS = ("ei", "ucb")
 _LOCAL_SCALES = (1.0, 0.2, 0.04, 0.008)  # multiples of the local perturbation scale
 _EXPLOIT_FIT_STEPS = 50  # Adam steps refitting the local model of the exploitation point
-_GP_EARLY_MAX = 64  # output_warp="gp_early": the "gp" choice up to this many values, log1p after
-_OUTPUT_WARPS = ("auto", "gp", "gp_early")
 
 
 def _choice(x: jax.Array, levels: np.ndarray) -> jax.Array:
@@ -289,10 +287,7 @@ def warp_and_standardize(y: jax.Array, valid: jax.Array, warp: bool | float | st
   for ``s >> k``; ``True`` is ``k = 1``, and ``k -> inf`` tends to the plain standardisation.
   ``"auto"``: ``log1p`` or plain, whichever gives the valid ``y`` the higher likelihood as
   i.i.d. normal values after the transform, its Jacobian included (Box-Cox's criterion);
-  ``"gp"``: the same with the GP of hyperparameters ``theta`` on inputs ``x`` as the model;
-  ``"gp_early"``: ``"gp"``'s choice while at most ``_GP_EARLY_MAX`` (64) values are valid,
-  ``log1p`` with more (the plain model's fit of a bowl helps early; later the warp's resolution
-  near the best value does).
+  ``"gp"``: the same with the GP of hyperparameters ``theta`` on inputs ``x`` as the model.
   """
   n = jnp.sum(valid)
   plain, std_y = _standardize(y, valid, 1e-12 * jnp.maximum(jnp.abs(
@@ -310,12 +305,10 @@ def warp_and_standardize(y: jax.Array, valid: jax.Array, warp: bool | float | st
     return warped
   # log-likelihood difference (warped - plain); d log1p(d / c) / dy = 1 / (c + d)
   gain = n * (jnp.log(std_y) - jnp.log(std_w)) - jnp.sum(jnp.where(valid, jnp.log(scale + d), 0.0))
-  if warp in ("gp", "gp_early"):  # the Gram matrix does not depend on y: one factor, two solves
+  if warp == "gp":  # the Gram matrix does not depend on y: one factor, two quadratic forms
     chol = _cholesky(theta, x, valid, levels)
     quad = lambda z: 0.5 * jnp.dot(z, cho_solve((chol, True), z))  # noqa: E731
     gain = gain + quad(plain) - quad(warped)
-  if warp == "gp_early":
-    gain = jnp.where(n > _GP_EARLY_MAX, jnp.inf, gain)
   return jnp.where(gain > 0, warped, plain)
 
 
@@ -379,11 +372,10 @@ def _check_gp_args(dim: int, acquisition: str, warp: bool, believer_incumbent: b
   for name, flag in (("warp", warp), ("believer_incumbent", believer_incumbent)):
     if not isinstance(flag, (bool, np.bool_)):
       raise ValueError(f"{name}={flag!r}: must be True or False")
-  if not (isinstance(output_warp, (bool, np.bool_)) or output_warp in _OUTPUT_WARPS or (
+  if not (isinstance(output_warp, (bool, np.bool_)) or output_warp in ("auto", "gp") or (
       isinstance(output_warp, (float, np.floating)) and 0.0 < output_warp < float("inf"))):
-    raise ValueError(f"output_warp={output_warp!r}: must be True, False, 'auto', 'gp', "
-                     "'gp_early' or a float scale k > 0 (log1p of the distance to the best in "
-                     "units of k medians)")
+    raise ValueError(f"output_warp={output_warp!r}: must be True, False, 'auto', 'gp' or a float "
+                     "scale k > 0 (log1p of the distance to the best in units of k medians)")
   if acquisition not in _ACQUISITIONS:
     raise ValueError(f"acquisition={acquisition!r}: must be one of {_ACQUISITIONS}")
   lows = {"n_startup": 0, "capacity": 2, "fit_steps": 0, "n_candidates": 1, "n_local": 0,
@@ -451,7 +443,7 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
       the acquisition search also starts away from the leading basin; the others are the
       best candidates overall.
     warp, output_warp: fit a Kumaraswamy CDF per continuous input with the GP (input warping);
-      ``log1p``-warp ``y`` before standardising (``k``: milder; ``"auto"``, ``"gp[_early]"``).
+      ``log1p``-warp ``y`` before standardising (float ``k``: milder; ``"auto"``, ``"gp"``).
     believer_incumbent: the log-EI incumbent of each batch point is the best of the data and
       the means believed at earlier points (default), or (``False``) the best observation.
 
