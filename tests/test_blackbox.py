@@ -239,7 +239,7 @@ def test_gp_believer_incumbent_spreads_a_log_ei_batch():
     s = gp_bo(2, n_startup=4, capacity=32, fit_steps=100, n_candidates=256, n_local=64,
               grad_steps=20, n_exploit=(), **kw)
     st = s.tell(s.init(jax.random.key(0)), *_sobol_batch(2, 10, p.fn))
-    _, u = jax.jit(s.ask, static_argnums=2)(st, jax.random.key(1), 6)
+    _, u = fast_jit(s.ask, static_argnums=2)(st, jax.random.key(1), 6)  # one call
     assert bool(jnp.all((u >= 0) & (u <= 1)))
     d = np.linalg.norm(np.asarray(u)[:, None] - np.asarray(u)[None], axis=-1)
     return float(np.median(d[np.triu_indices(6, 1)]))
@@ -493,7 +493,7 @@ def test_gp_deterministic_keeps_the_noise_at_the_floor():
     s = gp_bo(2, n_startup=4, capacity=16, fit_steps=20, n_candidates=64, n_local=16,
               grad_steps=2, deterministic=deterministic)
     st = s.tell(s.init(jax.random.key(0)), *_sobol_batch(2, 8, bf.branin))
-    st, u = jax.jit(s.ask, static_argnums=2)(st, jax.random.key(1), 2)
+    st, u = fast_jit(s.ask, static_argnums=2)(st, jax.random.key(1), 2)  # one call
     assert bool(jnp.all(jnp.isfinite(u)))
     return float(st["theta"]["log_noise"])
 
@@ -844,6 +844,15 @@ def test_gp_warp_finds_the_2d_sphere_and_rosenbrock_optima_in_one_jitted_scan():
   assert np.all(np.isfinite(warps)) and np.abs(warps).max() > 1e-2, warps
 
 
+@functools.cache
+def _gp_warp():
+  """``(searcher, its plain jax.jit ask)``, once for both variants below: the reference ask
+  compiles once, not in each variant."""
+  s = gp_bo(2, n_startup=4, capacity=16, fit_steps=5, n_candidates=32, n_local=8,
+            n_restarts=3, grad_steps=3, buckets=False, warp=True, believer_incumbent=True)
+  return s, jax.jit(s.ask, static_argnums=2)
+
+
 class GPWarpJittable(chex.TestCase):
   @chex.variants(with_jit=True, without_jit=True)
   def test_gp_warp_ask_and_tell_with_and_without_jit(self):
@@ -851,12 +860,11 @@ class GPWarpJittable(chex.TestCase):
     (tiny settings): the same
     proposals and fitted warping as a plain ``jax.jit``, inside the cube, and a state whose
     shapes and dtypes do not change (so a jitted ask/tell compiles once)."""
-    s = gp_bo(2, n_startup=4, capacity=16, fit_steps=5, n_candidates=32, n_local=8,
-              n_restarts=3, grad_steps=3, buckets=False, warp=True, believer_incumbent=True)
+    s, plain_ask = _gp_warp()
     st = s.tell(s.init(jax.random.key(0)), *_sobol_batch(2, 8, bf.branin))
     shapes0 = jax.tree_util.tree_map(lambda a: (a.shape, a.dtype), st)
     st1, u1 = self.variant(s.ask, static_argnums=2)(st, jax.random.key(3), 3)
-    st2, u2 = jax.jit(s.ask, static_argnums=2)(st, jax.random.key(3), 3)
+    st2, u2 = plain_ask(st, jax.random.key(3), 3)
     np.testing.assert_allclose(u1, u2, atol=1e-3)
     chex.assert_trees_all_close(st1["theta"], st2["theta"], atol=1e-3, rtol=1e-3)
     assert bool(jnp.all((u1 >= 0) & (u1 <= 1)))

@@ -43,6 +43,14 @@ class MeanRateJittable(chex.TestCase):
     np.testing.assert_allclose(out[None][1], 1.5 * out[1.0][1], rtol=1e-5, atol=1e-7)
 
 
+# The variant op by op is slow (~22 s on CI: CMA-ES's ask / tell dispatched op by op); it
+# runs in `make test-slow`. By default CMA-ES's ask / tell run op by op in the without_jit
+# variant of tests/test_cma_restarts.py (restarts and the plain ask / tell), and c_mean's
+# code runs in this test's with_jit variant.
+MeanRateJittable.test_mean_step_scales_with_c_mean__without_jit = pytest.mark.slow(
+    MeanRateJittable.test_mean_step_scales_with_c_mean__without_jit)
+
+
 @pytest.mark.slow
 def test_c_mean_with_restarts():
   """The same closed form with IPOP restarts at d = 3: ``c_mean`` 0.5 against 1, jitted (slow:

@@ -61,6 +61,14 @@ class SamplingJittable(chex.TestCase):
       assert jax.tree_util.tree_map(lambda a: (a.shape, a.dtype, a.weak_type), st) == kinds
 
 
+# The variant op by op is slow (~27 s on CI: CMA-ES's ask / tell dispatched op by op); it
+# runs in `make test-slow`. By default CMA-ES's ask / tell run op by op in the without_jit
+# variant of tests/test_cma_restarts.py, and the sampling options' code runs in this test's
+# with_jit variant.
+SamplingJittable.test_ask_tell_learn_and_keep_shapes__without_jit = pytest.mark.slow(
+    SamplingJittable.test_ask_tell_learn_and_keep_shapes__without_jit)
+
+
 @pytest.mark.parametrize("kw", [{"sampling": "orthogonal"}, {"sampling": "mirrored"}])
 def test_options_find_the_2d_sphere_and_rosenbrock_optima(kw):
   """Sphere (minimum at 0.3) and Rosenbrock on [-5, 10]^2, 40 batches of 8, seeds 0-2, one

@@ -46,6 +46,14 @@ class StartJittable(chex.TestCase):
       assert jax.tree_util.tree_map(lambda a: (a.shape, a.dtype, a.weak_type), st) == kinds
 
 
+# The variant op by op is slow (~21 s on CI: CMA-ES's ask / tell dispatched op by op); it
+# runs in `make test-slow`. By default CMA-ES's ask / tell run op by op in the without_jit
+# variant of tests/test_cma_restarts.py (restarts and the plain ask / tell), and the start option's
+# code runs in this test's with_jit variant.
+StartJittable.test_first_generation_is_uniform_and_sets_the_start__without_jit = pytest.mark.slow(
+    StartJittable.test_first_generation_is_uniform_and_sets_the_start__without_jit)
+
+
 @pytest.mark.parametrize("start", ["uniform", "best"])
 def test_start_finds_the_2d_sphere_and_rosenbrock_optima(start):
   """Sphere (minimum at 0.3) and Rosenbrock on [-5, 10]^2, 40 batches of 8, seeds 0-2, one

@@ -18,16 +18,34 @@ from metaopt._src.population import fast_jit  # the engine's build for asks with
 from metaopt._src.searchers import sobol
 
 
-def test_gp_bucketed_and_whole_buffer_asks_agree():
+def _gp(**kw):
+  # capacity 128: buckets of 64 and 128 rows (and the Sobol design below n_startup)
+  return gp_bo(2, n_startup=4, capacity=128, fit_steps=10, n_candidates=32, n_local=8,
+               n_restarts=3, grad_steps=3, n_exploit=(6,), **kw)
+
+
+@pytest.fixture(scope="module")
+def bucketed():
+  """``(searcher, its ask over every bucket)``: ``gp_bo(buckets=True)`` and the ``lax.switch``
+  over its buckets by the engine's few-call build (``fast_jit``), compiled once for both
+  tests of this file."""
+  s = _gp(buckets=True)
+  return s, fast_jit(s.ask, static_argnums=2)
+
+
+def test_gp_bucketed_and_whole_buffer_asks_agree(bucketed):
   x = sobol(2).ask(sobol(2).init(jax.random.key(5)), None, 12)[1]
   y = bf.branin(x)
   out = {}
   for buckets in (True, False):
-    # capacity 128: buckets of 64 and 128 rows; 12 observations fit in the 64-row one
-    s = gp_bo(2, n_startup=4, capacity=128, fit_steps=10, n_candidates=32, n_local=8,
-              n_restarts=3, grad_steps=3, n_exploit=(6,), buckets=buckets)
+    # 12 observations fit in the 64-row bucket
+    if buckets:
+      s, ask = bucketed
+    else:
+      s = _gp(buckets=False)
+      ask = fast_jit(s.ask, static_argnums=2)
     st = s.tell(s.init(jax.random.key(0)), x, y, jnp.zeros(12, jnp.int32))
-    out[buckets] = fast_jit(s.ask, static_argnums=2)(st, jax.random.key(3), 3)
+    out[buckets] = ask(st, jax.random.key(3), 3)
   (st_b, u_b), (st_w, u_w) = out[True], out[False]
   assert bool(jnp.all((u_b >= 0) & (u_b <= 1)))
   assert float(jnp.min(jnp.abs(u_b[:, None] - u_b[None]).sum(-1) + jnp.eye(3))) > 1e-6
@@ -36,17 +54,16 @@ def test_gp_bucketed_and_whole_buffer_asks_agree():
     np.testing.assert_allclose(st_b["theta"][k], st_w["theta"][k], atol=1e-4, rtol=1e-4)
 
 
-def test_gp_ask_compiled_for_one_bucket_matches_the_switch_over_all():
+def test_gp_ask_compiled_for_one_bucket_matches_the_switch_over_all(bucketed):
   """``ask(state, key, n, ask_static(state))`` compiles only the state's bucket (what the
   engine runs); its proposals and state are those of the ``lax.switch`` over every bucket
   (``ask(state, key, n)``, what a user's ``jit`` builds) bit for bit, in the startup design
-  and in two buckets."""
-  s = gp_bo(2, n_startup=4, capacity=128, fit_steps=10, n_candidates=32, n_local=8,
-            n_restarts=3, grad_steps=3, n_exploit=(6,))
+  and in two buckets. Both compiled by the engine's few-call build (``fast_jit``; the switch
+  is the one the test above compiled), which costs a fraction of the optimised compile."""
+  s, switch = bucketed
   x = sobol(2).ask(sobol(2).init(jax.random.key(5)), None, 80)[1]
   y = bf.branin(x)
-  switch = jax.jit(s.ask, static_argnums=2)
-  one = jax.jit(s.ask, static_argnums=(2, 3))
+  one = fast_jit(s.ask, static_argnums=(2, 3))
   buckets = []
   for n_obs in (3, 12, 80):  # the Sobol design; the 64-row bucket; the 128-row bucket
     st = s.tell(s.init(jax.random.key(0)), x[:n_obs], y[:n_obs], jnp.zeros(n_obs, jnp.int32))

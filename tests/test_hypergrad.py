@@ -14,6 +14,7 @@ import pytest
 from jax.flatten_util import ravel_pytree
 
 from metaopt import hypergrad
+from metaopt._src.population import fast_jit  # programs called once: no backend optimisation
 from metaopt.hypergrad import problems
 from metaopt.hypergrad.unrolled import run_inner
 
@@ -39,7 +40,7 @@ def _central_fd(f, hparams, rel_step=1e-5):
   eps = rel_step * jnp.maximum(1.0, jnp.abs(flat))
   basis = jnp.diag(eps)
   points = jnp.concatenate([flat + basis, flat - basis])
-  vals = jax.jit(jax.vmap(lambda p: f(unravel(p))))(points)
+  vals = fast_jit(jax.vmap(lambda p: f(unravel(p))))(points)
   n = flat.size
   return unravel((vals[:n] - vals[n:]) / (2 * eps))
 
@@ -89,7 +90,7 @@ def test_rich_per_layer_hparams_match_finite_differences(x64):
   w0 = p.init_params(jax.random.key(1))
   h = p.hparams  # learning_rate and weight_decay are per-layer dicts
   assert set(h["learning_rate"]) == {"layer_0", "layer_1"}
-  rev = jax.jit(hypergrad.unrolled(inner, p.val_loss))(h, w0, xs)
+  rev = fast_jit(hypergrad.unrolled(inner, p.val_loss))(h, w0, xs)
   fd = _central_fd(_unroll_value(inner, p.val_loss, w0, xs), h)
   assert _rel_err(rev.grad, fd) < 1e-3
   assert rev.grad["learning_rate"]["layer_0"].shape == ()
@@ -102,7 +103,7 @@ def test_loss_hyperparameters_match_finite_differences(x64):
   xs = p.sample(jax.random.key(0), 8)
   w0 = p.init_params(jax.random.key(1))
   h = dict(p.hparams, class_weights=jnp.linspace(0.5, 1.5, 10))
-  rev = jax.jit(hypergrad.unrolled(inner, p.val_loss))(h, w0, xs)
+  rev = fast_jit(hypergrad.unrolled(inner, p.val_loss))(h, w0, xs)
   # a ReLU net's unrolled loss is only piecewise smooth (a unit crossing zero at some step
   # moves every later step): small steps keep the differences inside one smooth piece
   fd = _central_fd(_unroll_value(inner, p.val_loss, w0, xs), h, rel_step=1e-8)
@@ -173,8 +174,8 @@ def test_hvp_backward_equals_autodiff(x64):
   w0 = jnp.ones(4)
   fd = _central_fd(_unroll_value(inner, p.val_loss, w0, xs), h)
   for kw in ({}, {"remat": "sqrt", "segment": 3, "truncate": 7}):
-    a = jax.jit(hypergrad.unrolled(inner, p.val_loss, backward="autodiff", **kw))(h, w0, xs)
-    b = jax.jit(hypergrad.unrolled(inner, p.val_loss, backward="hvp", **kw))(h, w0, xs)
+    a = fast_jit(hypergrad.unrolled(inner, p.val_loss, backward="autodiff", **kw))(h, w0, xs)
+    b = fast_jit(hypergrad.unrolled(inner, p.val_loss, backward="hvp", **kw))(h, w0, xs)
     chex.assert_trees_all_close(b.grad, a.grad, rtol=1e-10, atol=1e-14)
     np.testing.assert_allclose(b.diagnostics.amplification, a.diagnostics.amplification,
                                rtol=1e-10)
@@ -211,10 +212,10 @@ def test_trial_fns_adapter_on_logreg_task():
   val = lambda state, hh: fns.evaluate(state, xv, yv, hh)["loss"]
   key = jax.random.key(0)
   inner = hypergrad.trial_fns_inner_loop(fns, optimizer=opt)
-  full = jax.jit(hypergrad.unrolled(inner, val))(h, key, xs)
+  full = fast_jit(hypergrad.unrolled(inner, val))(h, key, xs)
   assert float(full.grad["learning_rate"]) < 0  # a larger lr helps after 5 steps
   assert float(full.grad["l2"]) != 0 and bool(full.diagnostics.trustworthy)
-  trunc = jax.jit(hypergrad.unrolled(inner, val, truncate=2))(h, key, xs)
+  trunc = fast_jit(hypergrad.unrolled(inner, val, truncate=2))(h, key, xs)
   assert abs(float(trunc.grad["learning_rate"])) > 0 and bool(trunc.diagnostics.trustworthy)
 
 

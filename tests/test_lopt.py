@@ -395,6 +395,12 @@ def test_shipped_meta_params_load():
 
 
 # ------------------------------------------------------------------ meta-training
+# slow (~36 s on CI; a quality check, not a contract): by default the meta-training loop
+# (meta_trainer's step, history, checkpoints) runs in test_meta_training_resumes_exactly, the
+# truncated-backprop estimator it uses here is checked against finite differences in
+# TruncatedBackpropTest, and a meta-trained optimizer's as_optax in
+# test_exported_transform_in_optax_chain
+@pytest.mark.slow
 def test_meta_trained_optimizer_beats_its_initialisation():
   lopt = L.mlp_lopt(hidden_sizes=(8,), init_lr=3e-4)
   fams = [tasks.get_family("quadratic"), tasks.get_family("linear_regression")]

@@ -51,7 +51,12 @@ def _run(mode):
   return json.loads(r.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("mode", ["shared", pytest.param("per_trial", marks=pytest.mark.slow)])
+# Both slow (~18 s each on CI: a subprocess with 8 simulated devices). By default the shared
+# kernel on a (2, 4) mesh (mesh2d.make_kernel, shared batches, what search(mesh=...) builds)
+# trains the same trials as one device in tests/test_mesh_search.py's
+# test_pop2_data4_search_matches_one_device, through the search and the config path.
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["shared", "per_trial"])
 def test_pop2_data4_mesh_matches_one_device(mode):
   out = _run(mode)
   one, mesh = out["one"], out["mesh"]
