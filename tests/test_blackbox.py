@@ -981,22 +981,30 @@ def test_gp_output_warp_gp_choice_reaches_the_model():
   assert not np.allclose(mild[0], warped[0][0], atol=1e-3)
 
 
-def test_tpe_dev_e5_is_the_five_seed_cell_count_averaged_over_subsets():
-  """benchmarks/tpe_dev.py's E5: per cell, the fraction of 5-seed subsets (same seeds on both
-  sides) where our median regret is at or below Optuna's, summed over cells with Optuna runs."""
+def _bench_module(name: str):
+  """benchmarks/<name>.py as a module, with sys.path as it was afterwards (the scripts put
+  benchmarks/ first on it, where its mnist1d.py would shadow the mnist1d package for later
+  tests in this process)."""
   import importlib.util
   import os
   import sys
 
-  path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                      "benchmarks", "tpe_dev.py")
-  saved = list(sys.path)  # tpe_dev puts benchmarks/ first on sys.path, where its mnist1d.py
-  try:                    # would shadow the mnist1d package for later tests in this process
-    spec = importlib.util.spec_from_file_location("tpe_dev", path)
-    td = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(td)
+  bench = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
+  saved = list(sys.path)
+  sys.path.insert(0, bench)
+  try:
+    spec = importlib.util.spec_from_file_location(name, os.path.join(bench, f"{name}.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
   finally:
     sys.path[:] = saved
+  return mod
+
+
+def test_tpe_dev_e5_is_the_five_seed_cell_count_averaged_over_subsets():
+  """benchmarks/tpe_dev.py's E5: per cell, the fraction of 5-seed subsets (same seeds on both
+  sides) where our median regret is at or below Optuna's, summed over cells with Optuna runs."""
+  td = _bench_module("tpe_dev")
   seeds = range(6)
   ours = {f"{f}|2|{s}": 1.0 for f in (1, 2, 3) for s in seeds}
   # f1: Optuna 0.5 on three seeds, 2 on three: dropping a 0.5 leaves median 2 (ours at or
@@ -1016,19 +1024,7 @@ def test_cma_suite_dev_counts_cells_on_seed_blocks():
   """benchmarks/cma_suite_dev.py's ``--block``: the suite's median rule on each block of
   consecutive seeds (the suite's cells have 5), all seeds one cell without it; a block that
   does not divide the seeds is one error naming the flag."""
-  import importlib.util
-  import os
-  import sys
-
-  path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                      "benchmarks", "cma_suite_dev.py")
-  saved = list(sys.path)
-  try:
-    spec = importlib.util.spec_from_file_location("cma_suite_dev", path)
-    cd = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cd)
-  finally:
-    sys.path[:] = saved
+  cd = _bench_module("cma_suite_dev")
   ours = [1.0] * 5 + [5.0] * 5
   peer = [2.0] * 5 + [3.0] * 5
   assert cd.block_cells(ours, peer, 5) == (1, 2)  # 1 <= 2, 5 > 3
@@ -1040,21 +1036,7 @@ def test_cma_suite_dev_counts_cells_on_seed_blocks():
 
 def _blackbox_suite():
   """benchmarks/blackbox_suite.py as a module."""
-  import importlib.util
-  import os
-  import sys
-
-  bench = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
-  saved = list(sys.path)
-  sys.path.insert(0, bench)
-  try:
-    spec = importlib.util.spec_from_file_location("blackbox_suite",
-                                                  os.path.join(bench, "blackbox_suite.py"))
-    bs = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bs)
-  finally:
-    sys.path[:] = saved
-  return bs
+  return _bench_module("blackbox_suite")
 
 
 def test_blackbox_suite_honours_seeds_and_diagnostic_ranges():
