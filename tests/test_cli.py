@@ -259,6 +259,11 @@ def test_kill_9_then_resume_loses_nothing(tmp_path):
   assert ref == got
 
 
+# slow (~21 s in CI: two run.py processes, one compiling unrolled hypergradients); by default
+# the gradient-HPO config runs in process (tests/test_hypergrad.py::test_configs_run[online]),
+# run.py runs and reports a study in test_run_then_report_json_and_png, and a white-box
+# (implicit) config runs through run.py in test_repair_wraps_a_white_box_program_that_falls_back
+@pytest.mark.slow
 def test_gradient_hpo_config_records_every_outer_step(tmp_path):
   url = f"sqlite:///{tmp_path}/hg.db"
   r = _cli("run", "--config", "configs/hypergrad_unrolled.py", "--config.outer_steps=3",
