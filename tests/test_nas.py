@@ -98,7 +98,7 @@ def test_gdas_sample_is_one_hot_forward_with_nonzero_gradient(digits):
     logits = net.apply(p, x, mix(a, jax.random.key(1), jnp.asarray(0)))
     return jnp.mean(jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(logits, y[:, None], 1))
 
-  g = jax.jit(jax.grad(loss))(alpha)["normal"]
+  g = fast_jit(jax.grad(loss))(alpha)["normal"]
   assert jnp.all(jnp.isfinite(g)) and float(jnp.linalg.norm(g)) > 1e-6
 
 
@@ -344,7 +344,7 @@ def test_skip_collapse_safeguard_fires_on_a_collapsing_run_only(digits_full):
 def test_warmup_steps_freeze_the_architecture_then_release_it(digits):
   s = nas.SearchSettings(total_steps=4, warmup_steps=1, a_lr=0.1)
   prog, _ = nas.make_program(MINI, tiny_net(), s, digits, 16)
-  step = jax.jit(prog.step)
+  step = fast_jit(prog.step)  # two calls: compiled without backend optimisation
   st0 = fast_jit(prog.init)(jax.random.key(0))
   b = _batch(digits.train), _batch(digits.valid)
   st1, tel1 = step(st0, *b, jax.random.key(1))  # warm-up: weights move, alpha does not

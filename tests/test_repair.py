@@ -487,9 +487,10 @@ def test_repair_config_runs_from_the_cli_and_records_each_repair(tmp_path):
   # a bad searcher in this config gives one line and exit 2: tests/test_store_errors.py
 
 
-# slow (~35 s on CI, two run.py processes): by default the same untrusted white-box run
-# switches to its fallback (repair) through the CLI, and its report shows the switch, in
-# tests/test_cli.py::test_repair_wraps_a_white_box_program_that_falls_back
+# slow (~35 s on CI, two run.py processes), as is the same untrusted white-box run falling
+# back to repair through the CLI (tests/test_cli.py::test_repair_wraps_a_white_box_program_...);
+# by default only the untrustworthiness checks that trigger the switch run
+# (tests/test_hypergrad.py::test_monitor_flags_nonfinite_exploding_and_growth)
 @pytest.mark.slow
 def test_untrusted_white_box_falls_back_to_black_box_end_to_end(tmp_path):
   url = f"sqlite:///{tmp_path}/fb.db"
