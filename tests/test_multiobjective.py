@@ -274,9 +274,11 @@ def test_nsga2_and_motpe_run_in_scan(name):
     np.testing.assert_allclose(np.asarray(u_scan), np.stack(us), atol=1e-5)
 
 
-def test_search_refuses_bad_objectives_before_compiling():
+def test_search_refuses_bad_objectives():
   """A single-objective searcher told 2 objectives, and a direction other than minimize /
-  maximize, are refused by ``metaopt.search`` before anything compiles."""
+  maximize, are refused by ``metaopt.search`` with one ValueError each. (Not before anything
+  compiles, as this test's docstring said before: a compile listener saw 2 backend compiles
+  before the refusals; session 21.)"""
   from metaopt.tasks import get_task
   task = get_task("digits_mlp")
   objs = [("valid_accuracy", "maximize"), ("live_weights", "minimize")]
