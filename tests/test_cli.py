@@ -259,6 +259,10 @@ def test_kill_9_then_resume_loses_nothing(tmp_path):
   assert ref == got
 
 
+# slow (~21 s in CI: two run.py processes, one compiling unrolled hypergradients); by default
+# the gradient-HPO config runs in process (tests/test_hypergrad.py::test_configs_run[online])
+# and run.py runs and reports a study in test_run_then_report_json_and_png
+@pytest.mark.slow
 def test_gradient_hpo_config_records_every_outer_step(tmp_path):
   url = f"sqlite:///{tmp_path}/hg.db"
   r = _cli("run", "--config", "configs/hypergrad_unrolled.py", "--config.outer_steps=3",
@@ -284,11 +288,16 @@ def test_gradient_hpo_config_records_every_outer_step(tmp_path):
   assert 'alt="hypergrad.png"' in open(plots["html"]).read()
 
 
+# slow (~28 s in CI: two run.py processes, one compiling implicit hypergradients and a repair
+# population); by default the untrustworthiness checks that trigger the switch
+# (tests/test_hypergrad.py::test_monitor_flags_nonfinite_exploding_and_growth) and the repair
+# loop through metaopt.search (tests/test_repair.py::test_repair_loop_reaches_the_target_...)
+@pytest.mark.slow
 def test_repair_wraps_a_white_box_program_that_falls_back(tmp_path):
   """Each member's untrusted hypergradient is recorded as a ``fallback`` event; then
   fallback=repair: the best point of the white-box history is repaired, one action per
   trial (l2 x10 / x3 / /3 / /10), in one population. (The default fallback, TPE, runs end to
-  end in tests/test_repair.py, a slow test.)"""
+  end in tests/test_repair.py, also a slow test.)"""
   url = f"sqlite:///{tmp_path}/hg.db"
   r = _cli("run", "--config", "configs/hypergrad_implicit.py", "--config.outer_steps=2",
            "--config.population=2", "--config.inner_steps=5", "--config.estimator.maxiter=1",

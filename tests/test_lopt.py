@@ -133,34 +133,42 @@ def _check_meta_gradient(meta_loss, theta, grad, metrics):
   np.testing.assert_allclose(float(ad), float(fd), rtol=1e-5)
 
 
+@functools.cache
+def _truncated_backprop_case():
+  """The float64 problem both variants below check (built under ``jax.enable_x64``, once):
+  the estimator, its inputs, the meta-loss it estimates and that meta-loss's gradient without
+  rematerialisation. Shared so that the op-by-op variant does not compile the same reference
+  programs again."""
+  family = tasks.quadratic_family(dim=4)
+  lopt = L.mlp_lopt(hidden_sizes=(4,), init_lr=0.05)
+  theta = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), lopt.init(jax.random.PRNGKey(1)))
+  problem = L.make_problem(family, lopt, horizon=6, unroll_length=3, remat=True)
+  plain = L.make_problem(family, lopt, horizon=6, unroll_length=3, remat=False)
+  est = L.truncated_backprop(problem, num_tasks=2, stagger=False)
+  state = est.init(jax.random.PRNGKey(2), theta)
+  key = jax.random.PRNGKey(3)
+  keys = jax.random.split(jax.random.split(key)[1], 2)  # as estimate splits its key
+
+  @functools.partial(jax.jit, static_argnums=1)
+  def meta_loss(th, remat=True):
+    prob = problem if remat else plain
+    return jnp.mean(jax.vmap(prob.unroll, (None, 0, 0))(th, state.tasks, keys)[1])
+
+  g_plain = jax.grad(lambda th: meta_loss(th, False))(theta)
+  return est, theta, state, key, meta_loss, g_plain
+
+
 class TruncatedBackpropTest(chex.TestCase):
   """Reverse-mode through K vmapped lopt steps equals central differences (float64)."""
 
   @chex.variants(with_jit=True, without_jit=True)
   def test_matches_finite_differences(self):
     with jax.enable_x64(True):
-      family = tasks.quadratic_family(dim=4)
-      lopt = L.mlp_lopt(hidden_sizes=(4,), init_lr=0.05)
-      theta = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64),
-                           lopt.init(jax.random.PRNGKey(1)))
-      problem = L.make_problem(family, lopt, horizon=6, unroll_length=3, remat=True)
-      est = L.truncated_backprop(problem, num_tasks=2, stagger=False)
-      state = est.init(jax.random.PRNGKey(2), theta)
-      key = jax.random.PRNGKey(3)
+      est, theta, state, key, meta_loss, g_plain = _truncated_backprop_case()
       grad, _, metrics = self.variant(est.estimate)(theta, state, key)
       assert jax.tree.leaves(grad)[0].dtype == jnp.float64
-      keys = jax.random.split(jax.random.split(key)[1], 2)  # as estimate splits its key
-
-      @functools.partial(jax.jit, static_argnums=1)
-      def meta_loss(th, remat=True):
-        prob = problem if remat else plain
-        return jnp.mean(jax.vmap(prob.unroll, (None, 0, 0))(th, state.tasks, keys)[1])
-
-      plain = L.make_problem(family, lopt, horizon=6, unroll_length=3, remat=False)
-
       _check_meta_gradient(meta_loss, theta, grad, metrics)
       # rematerialisation changes memory, not numbers
-      g_plain = jax.grad(lambda th: meta_loss(th, False))(theta)
       chex.assert_trees_all_close(g_plain, grad, rtol=1e-10)
 
 
@@ -425,6 +433,9 @@ def test_meta_training_resumes_exactly(tmp_path):
   lopt = L.hparam_controller(hidden_sizes=(4,))
   problems = [L.make_problem(tasks.get_family("quadratic"), lopt, horizon=6, unroll_length=3)]
   trainer = L.meta_trainer(lopt, problems, "pes", num_tasks=3, sigma=0.05, meta_lr=1e-2)
+  # 12 steps and 3 inits in all: compiled without backend optimisation (fast_jit; the init
+  # was op by op), as resuming is what this test checks (6.3 + 15.0 -> 3.0 + 8.7 s CPU)
+  trainer = trainer._replace(init=fast_jit(trainer.init), step=fast_jit(trainer.step))
   key = jax.random.PRNGKey(7)
   straight, hist = L.meta_train(trainer, key, 6, checkpoint_dir=str(tmp_path / "a"),
                                 checkpoint_every=3)

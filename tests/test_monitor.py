@@ -16,6 +16,12 @@ import metaopt
 from metaopt._src import population as pop
 from metaopt.tasks import get_task
 
+# slow (~22 s in CI, the fixture's three population kernels compiled). By default: the
+# detectors' thresholds on constructed metrics (tests/test_search.py::
+# test_detect_conditions_thresholds) and the telemetry they read, recorded by every task's
+# kernel (tests/test_tasks.py::test_task_trains_and_reports_telemetry)
+pytestmark = pytest.mark.slow
+
 CASES = {  # name -> (task, structure, hyperparameters)
     "healthy": ("digits_mlp", {"depth": 2}, {"learning_rate": 3e-3, "activation": 0}),
     "vanishing_gradients": ("digits_mlp", {"depth": 6},

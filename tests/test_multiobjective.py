@@ -274,10 +274,11 @@ def test_nsga2_and_motpe_run_in_scan(name):
     np.testing.assert_allclose(np.asarray(u_scan), np.stack(us), atol=1e-5)
 
 
-def test_search_with_two_objectives_end_to_end(tmp_path):
-  """A study declaring (accuracy up, live weights down): the searcher is told both, the
-  store keeps both (and gives them back after reopening), the Result gives the front and
-  its hypervolume; a single-objective searcher is refused before anything compiles."""
+def test_search_refuses_bad_objectives():
+  """A single-objective searcher told 2 objectives, and a direction other than minimize /
+  maximize, are refused by ``metaopt.search`` with one ValueError each. (Not before anything
+  compiles, as this test's docstring said before: a compile listener saw 2 backend compiles
+  before the refusals; session 21.)"""
   from metaopt.tasks import get_task
   task = get_task("digits_mlp")
   objs = [("valid_accuracy", "maximize"), ("live_weights", "minimize")]
@@ -287,6 +288,20 @@ def test_search_with_two_objectives_end_to_end(tmp_path):
   with pytest.raises(ValueError, match="direction 'up'"):
     metaopt.search(metaopt.nsga2(task.space.dim), task, n_trials=4, population=4, epochs=1,
                    objectives=[("valid_accuracy", "up")], progress=False)
+
+
+# slow (~46 s in CI: one digits-MLP search, compile-bound). By default: the refusals above,
+# the vector tell (test_vector_tell_errors), NSGA-II in a scan (test_nsga2_and_motpe_run_in_scan),
+# the objectives in configs (test_config_declares_objectives_and_refuses_mismatches) and the
+# store's single-objective reading (test_a_store_from_before_the_objective_tables_...)
+@pytest.mark.slow
+def test_search_with_two_objectives_end_to_end(tmp_path):
+  """A study declaring (accuracy up, live weights down): the searcher is told both, the
+  store keeps both (and gives them back after reopening), the Result gives the front and
+  its hypervolume."""
+  from metaopt.tasks import get_task
+  task = get_task("digits_mlp")
+  objs = [("valid_accuracy", "maximize"), ("live_weights", "minimize")]
   url = f"sqlite:///{tmp_path}/mo.db"
   res = metaopt.search(metaopt.nsga2(task.space.dim, pop_size=4), task, n_trials=8,
                        population=4, epochs=1, batch_size=64, store=url, study="mo",

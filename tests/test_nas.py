@@ -98,7 +98,7 @@ def test_gdas_sample_is_one_hot_forward_with_nonzero_gradient(digits):
     logits = net.apply(p, x, mix(a, jax.random.key(1), jnp.asarray(0)))
     return jnp.mean(jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(logits, y[:, None], 1))
 
-  g = jax.jit(jax.grad(loss))(alpha)["normal"]
+  g = fast_jit(jax.grad(loss))(alpha)["normal"]
   assert jnp.all(jnp.isfinite(g)) and float(jnp.linalg.norm(g)) > 1e-6
 
 
@@ -208,12 +208,25 @@ def test_cells_with_one_canonical_form_train_to_the_same_numbers(digits):
   np.testing.assert_array_equal(r["valid_acc"][0], r["valid_acc"][1])
   assert not np.array_equal(r["train_loss"][0], r["train_loss"][2])
   # trained again in this process: the same settings compile nothing and give the same
-  # numbers; another learning rate (held in optax's closures) compiles its own program
+  # numbers (another learning rate: the slow test below)
   before = compile_cache.compiles()
   again = nas.train_networks(net, digits, [0, 0, 0], w, epochs=2, batch_size=32, test=False)
   assert compile_cache.compiles() == before, compile_cache.compiles() - before
   np.testing.assert_array_equal(again["train_loss"], r["train_loss"])
-  other_lr = nas.train_networks(net, digits, [0, 0, 0], w, epochs=2, batch_size=32, lr=1e-2,
+
+
+# slow (a second training program compiled, ~1/3 of the test above); by default a closed-over
+# optax learning rate tells computations apart in
+# tests/test_compile_cache.py::test_fingerprints_tell_computations_apart
+@pytest.mark.slow
+def test_another_learning_rate_trains_networks_with_its_own_program(digits):
+  """Another learning rate (held in optax's closures) compiles its own training program."""
+  net = tiny_net()
+  w = {c: jnp.stack([MINI.to_weights(g)[c] for g in MINI.enumerate()[:2]])
+       for c in MINI.cell_types}
+  r = nas.train_networks(net, digits, [0, 0], w, epochs=2, batch_size=32, test=False)
+  before = compile_cache.compiles()
+  other_lr = nas.train_networks(net, digits, [0, 0], w, epochs=2, batch_size=32, lr=1e-2,
                                 test=False)
   assert compile_cache.compiles()["epoch"] > before["epoch"]
   assert not np.array_equal(other_lr["train_loss"][0], r["train_loss"][0])
@@ -243,7 +256,11 @@ def test_shipped_tabular_benchmark_and_searchers_on_it():
 # optimisation would cost more compile time than it saves in runs (float64 either way)
 
 
-def test_second_order_arch_gradient_matches_finite_differences(digits):
+# the default hessian ("exact") by default; DARTS's finite-difference product (a second
+# float64 arch_grad program, ~half the test's ~28 CI s) in the slow run
+@pytest.mark.parametrize("hessian", [
+    "exact", pytest.param("finite_difference", marks=pytest.mark.slow)])
+def test_second_order_arch_gradient_matches_finite_differences(digits, hessian):
   with jax.enable_x64(True):
     net = tiny_net()
     bt, bv = _batch(digits.train, 8), _batch(digits.valid, 8)
@@ -251,11 +268,10 @@ def test_second_order_arch_gradient_matches_finite_differences(digits):
     bv = (bv[0].astype(jnp.float64), bv[1])
     xi, wd = 0.1, 1e-3
     f64 = lambda t: jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), t)
-    progs = {}
-    for h in nas.HESSIANS:  # DARTS's central difference with a step small enough for float64
-      s = nas.SearchSettings(order=2, hessian=h, xi=xi, w_wd=wd, w_clip=0.0, fd_eps=1e-6)
-      progs[h] = nas.make_search(net, s, bt[0], nas.make_mixing(s))
-    state = fast_jit(progs["exact"].init)(jax.random.key(0))
+    # DARTS's central difference with a step small enough for float64
+    s = nas.SearchSettings(order=2, hessian=hessian, xi=xi, w_wd=wd, w_clip=0.0, fd_eps=1e-6)
+    prog = nas.make_search(net, s, bt[0], nas.make_mixing(s))
+    state = fast_jit(prog.init)(jax.random.key(0))
     state = state._replace(params=f64(state.params), hparams=f64(state.hparams),
                            alpha=f64(MINI.init_logits(jax.random.key(3), 0.5)))
 
@@ -269,20 +285,18 @@ def test_second_order_arch_gradient_matches_finite_differences(digits):
       w1 = jax.tree.map(lambda p, gi: p - xi * (gi + wd * p), state.params, g)
       return xent(w1, alpha, bv)
 
-    key = jax.random.key(5)
-    g_exact, g_fd = (fast_jit(progs[h].arch_grad)(
-        state, bt, bv, key)["normal"] for h in ("exact", "finite_difference"))
+    g = fast_jit(prog.arch_grad)(state, bt, bv, jax.random.key(5))["normal"]
     unrolled = fast_jit(unrolled)
     g_first = fast_jit(jax.grad(lambda a: xent(state.params, a, bv)))(state.alpha)["normal"]
     eps = 1e-5
+    tol = (dict(rtol=1e-6, atol=1e-10) if hessian == "exact" else dict(rtol=1e-5, atol=1e-9))
     for i in range(3):
-      v = jax.random.normal(jax.random.key(10 + i), g_exact.shape, jnp.float64)
+      v = jax.random.normal(jax.random.key(10 + i), g.shape, jnp.float64)
       a = state.alpha["normal"]
       fd = (unrolled({"normal": a + eps * v}) - unrolled({"normal": a - eps * v})) / (2 * eps)
-      np.testing.assert_allclose(jnp.vdot(g_exact, v), fd, rtol=1e-6, atol=1e-10)
-      np.testing.assert_allclose(jnp.vdot(g_fd, v), fd, rtol=1e-5, atol=1e-9)
+      np.testing.assert_allclose(jnp.vdot(g, v), fd, **tol)
     # the second-order term is really there: the unrolled gradient is not the first-order one
-    assert float(jnp.linalg.norm(g_exact - g_first)) > 1e-4 * float(jnp.linalg.norm(g_first))
+    assert float(jnp.linalg.norm(g - g_first)) > 1e-4 * float(jnp.linalg.norm(g_first))
 
 
 # ------------------------------------------------------------------ safeguards
@@ -294,6 +308,11 @@ def _search(digits, enabled=True, **kw):
       enabled=enabled, max_skip=2, eig_iters=5, eig_warmup=4))
 
 
+# slow (~52 s in CI: two supernet searches compiled). By default: the skip-count and
+# eigenvalue rules and their roll-back (test_skip_count_rule_calls_a_collapse_and_rolls_back,
+# test_eigenvalue_early_stop_rule) and the search program itself
+# (test_warmup_steps_freeze_the_architecture_then_release_it)
+@pytest.mark.slow
 def test_skip_collapse_safeguard_fires_on_a_collapsing_run_only(digits_full):
   healthy = _search(digits_full)
   # A constructed collapse: a negative skip penalty rewards skip_connect on every edge.
@@ -325,7 +344,7 @@ def test_skip_collapse_safeguard_fires_on_a_collapsing_run_only(digits_full):
 def test_warmup_steps_freeze_the_architecture_then_release_it(digits):
   s = nas.SearchSettings(total_steps=4, warmup_steps=1, a_lr=0.1)
   prog, _ = nas.make_program(MINI, tiny_net(), s, digits, 16)
-  step = jax.jit(prog.step)
+  step = fast_jit(prog.step)  # two calls: compiled without backend optimisation
   st0 = fast_jit(prog.init)(jax.random.key(0))
   b = _batch(digits.train), _batch(digits.valid)
   st1, tel1 = step(st0, *b, jax.random.key(1))  # warm-up: weights move, alpha does not
@@ -340,6 +359,23 @@ def test_warmup_steps_freeze_the_architecture_then_release_it(digits):
 def tree_norm_diff(a, b):
   return sum(jnp.sum(jnp.square(x - y)) for x, y in zip(
       jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True))
+
+
+def test_skip_count_rule_calls_a_collapse_and_rolls_back():
+  """The cheap default check of the skip rule test_skip_collapse_safeguard_... runs end to
+  end: more than ``max_skip`` skip_connect ops in the newest epoch is a collapse, rolled back
+  one epoch; at the bound it is healthy, and the skip rule wins over the eigenvalue rule."""
+  sg = nas.SafeguardSettings(max_skip=2, eig_window=1, eig_warmup=0)
+  ok = [{"skip_count": s, "eigenvalue": 1.0} for s in (0, 1, 2)]
+  assert nas.check(ok, sg) == (None, 0)
+  assert nas.check([], sg) == (None, 0)
+  why, back = nas.check([*ok, {"skip_count": 3, "eigenvalue": 1.0}], sg)
+  assert why.startswith("skip collapse") and "3 skip_connect" in why and "epoch 3" in why
+  assert back == 1
+  why, back = nas.check([*ok, {"skip_count": 5, "eigenvalue": 100.0}], sg)
+  assert "skip collapse" in why and back == 1  # not the eigenvalue's collapse
+  why, back = nas.check([*ok, {"skip_count": 0, "eigenvalue": 100.0}], sg)
+  assert "eigenvalue" in why and back == 1
 
 
 def test_eigenvalue_early_stop_rule():
@@ -376,6 +412,9 @@ def test_param_cost_table_matches_derived_networks(digits):
 
 
 
+# slow (~39 s in CI: two supernet searches compiled); by default the cost tables and the
+# expected cost's gradient the penalty adds (test_param_cost_table_matches_derived_networks)
+@pytest.mark.slow
 def test_flops_penalty_moves_the_search_to_the_cost_side(digits):
   """The default-suite variant of the end-to-end test below: the same search (one epoch of
   the tiny supernet) with and without the FLOPs penalty of configs/darts_hw_shapes.py: with
@@ -476,6 +515,10 @@ def test_cli_runs_darts_config_and_records_it(tmp_path):
   assert 'alt="arch_weights.png"' in open(plots["html"]).read()
 
 
+# slow (~59 s in CI: a run.py NAS run with a search, 4 fallback trials and a retraining); by
+# default: the collapse rules (test_skip_count_rule_calls_a_collapse_and_rolls_back), the
+# training of derived cells (test_cells_with_one_canonical_form_train_to_the_same_numbers)
+@pytest.mark.slow
 def test_collapsed_search_falls_back_to_black_box_search(tmp_path):
   """A constructed skip collapse (negative skip penalty): the run switches to regularised
   evolution over the same cell space, starting from the genotypes the search derived, and

@@ -372,6 +372,12 @@ def test_architecture_family_detector_and_the_table_it_selects():
     repair(metaopt.random_search(SPACE.dim), SPACE, family="transformer")
 
 
+# slow (~25 s in CI: two rounds of wine-MLP trainings in the repair space); by default the
+# corpus draws (test_corpus_configs_are_faulty_variants_of_the_defaults, test_corpus_draws_...),
+# the table's shrinkage (test_sparse_table_cells_are_shrunk_towards_the_actions_overall_gain),
+# the shipped table (test_shipped_table_has_provenance_and_every_condition) and the repair
+# space trained through metaopt.search (test_repair_loop_reaches_the_target_and_stops)
+@pytest.mark.slow
 def test_build_table_measures_gains_on_real_runs(tmp_path):
   acts = (Action("learning_rate", 1e-2), Action("learning_rate", 1e-7))
   table = metaopt.repair.build_table(["wine_mlp"], n_configs=2, epochs=2, population=8,
@@ -481,9 +487,10 @@ def test_repair_config_runs_from_the_cli_and_records_each_repair(tmp_path):
   # a bad searcher in this config gives one line and exit 2: tests/test_store_errors.py
 
 
-# slow (~35 s on CI, two run.py processes): by default the same untrusted white-box run
-# switches to its fallback (repair) through the CLI, and its report shows the switch, in
-# tests/test_cli.py::test_repair_wraps_a_white_box_program_that_falls_back
+# slow (~35 s on CI, two run.py processes), as is the same untrusted white-box run falling
+# back to repair through the CLI (tests/test_cli.py::test_repair_wraps_a_white_box_program_...);
+# by default only the untrustworthiness checks that trigger the switch run
+# (tests/test_hypergrad.py::test_monitor_flags_nonfinite_exploding_and_growth)
 @pytest.mark.slow
 def test_untrusted_white_box_falls_back_to_black_box_end_to_end(tmp_path):
   url = f"sqlite:///{tmp_path}/fb.db"
