@@ -74,6 +74,12 @@ def test_budget_picks_in_memory_or_streaming(task, monkeypatch):
     streaming.memory_budget()
 
 
+# slow (~29 s in CI's default run: a streamed search, then the best configuration retrained
+# streamed and in memory). By default a search over the memory budget streams its data in
+# test_a_tfds_data_source_is_read_lazily_and_streams (below) and in tests/test_mesh_search.py
+# (onto a mesh); batched test evaluation equals one pass in
+# test_batched_test_evaluation_is_the_one_pass_mean.
+@pytest.mark.slow
 def test_a_dataset_over_the_memory_budget_trains_from_a_memmap(tmp_path, monkeypatch):
   rng = np.random.default_rng(0)
   n, d = 3000, 16
