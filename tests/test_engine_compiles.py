@@ -346,10 +346,9 @@ def _switch_branches(jaxpr) -> list[int]:
   return out
 
 
-def test_activation_switch_covers_the_searched_choices_and_keys_the_kernel_cache():
-  """A space searching the first 4 activations traces 4-branch switches (same values for its
-  indices); re-running its search compiles nothing, and a space of all 6 compiles its own
-  kernel, whose sigmoid and elu trials a 4-branch kernel would get wrong."""
+def _activation_spaces_trace_their_branches():
+  """A space searching the first 4 activations traces 4-branch switches; a space of all 6, or
+  of 2 that are not the first 2, the full 6-branch switch. Returns (task, four, six)."""
   from metaopt._src import evaluators
   from metaopt.spaces import Choice, Space
   from metaopt.tasks import ACTIVATIONS, with_activation_branches
@@ -365,6 +364,25 @@ def test_activation_switch_covers_the_searched_choices_and_keys_the_kernel_cache
   for n, want in ((4, 4), (None, 6)):
     init = with_activation_branches(task.build({}), n).init
     assert set(_switch_branches(jax.make_jaxpr(init)(jax.random.key(0), h1).jaxpr)) == {want}
+  return task, four, six
+
+
+def test_activation_switch_covers_the_searched_choices():
+  """A space searching the first 4 activations traces 4-branch switches, any other choice set
+  all 6 (traced only; the kernels compiled, cached and run: the slow test below)."""
+  _activation_spaces_trace_their_branches()
+
+
+# slow (~17 s in CI's default run: three digits kernels compiled and run). By default the
+# branches each space traces: the test above; a search run again compiles nothing:
+# tests/test_compile_cache.py's test_a_search_run_again_compiles_nothing.
+@pytest.mark.slow
+def test_activation_switch_covers_the_searched_choices_and_keys_the_kernel_cache():
+  """A space searching the first 4 activations traces 4-branch switches (same values for its
+  indices); re-running its search compiles nothing, and a space of all 6 compiles its own
+  kernel, whose sigmoid and elu trials a 4-branch kernel would get wrong."""
+  from metaopt._src import evaluators
+  task, four, six = _activation_spaces_trace_their_branches()
 
   prog = metaopt.random_search(four.dim)
 
