@@ -11,7 +11,6 @@ import optax
 
 import metaopt
 from metaopt._src import compile_cache, evaluators, keys, loop
-from metaopt._src.population import fast_jit
 from metaopt._src.types import COMPLETE
 from metaopt.tasks import get_task
 
@@ -122,10 +121,9 @@ def test_the_startup_points_made_on_the_host_are_the_compiled_ones():
            (metaopt.with_pruning(metaopt.tpe(3, n_startup=20), metaopt.asha(3, eta=3)), 3)]
   oks = []
   for prog, dim in progs:
-    # the states both sides start from; one call each: compiled without backend optimisation
-    state = fast_jit(prog.init)(jax.random.key(0))
-    told = fast_jit(prog.tell)(state, jnp.full((6, dim), 0.5), jnp.zeros(6),
-                               jnp.full(6, COMPLETE, jnp.int32))
+    state = jax.jit(prog.init)(jax.random.key(0))
+    told = jax.jit(prog.tell)(state, jnp.full((6, dim), 0.5), jnp.zeros(6),
+                              jnp.full(6, COMPLETE, jnp.int32))
     for st in (state, told):
       for seed, n in ((0, 1), (1000, 16), (2**31 - 1, 7)):
         key = loop.root_keys(seed)[1]
