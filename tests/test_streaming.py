@@ -51,7 +51,7 @@ def test_batched_validation_matches_one_pass(task):
   states = stm.init(jax.random.split(jax.random.key(1), 2), h)
   h = {k: jnp.asarray(v) for k, v in h.items()}
   batched = stm.evaluate(states, h)
-  whole = jax.vmap(fns.evaluate, in_axes=(0, None, None, 0))(
+  whole = pop.fast_jit(jax.vmap(fns.evaluate, in_axes=(0, None, None, 0)))(  # one call
       states, jnp.asarray(task.data.valid.x), jnp.asarray(task.data.valid.y), h)
   for k in whole:
     np.testing.assert_allclose(batched[k], whole[k], rtol=1e-5, atol=1e-6)
@@ -122,7 +122,7 @@ def test_a_dataset_over_the_memory_budget_trains_from_a_memmap(tmp_path, monkeyp
 def test_batched_test_evaluation_is_the_one_pass_mean(task):
   fns = task.build({})
   h = task.space.decode(jax.random.uniform(jax.random.key(0), (3, task.space.dim)))
-  states = jax.vmap(fns.init)(jax.random.split(jax.random.key(1), 3), h)
+  states = pop.fast_jit(jax.vmap(fns.init))(jax.random.split(jax.random.key(1), 3), h)
   ev = jax.jit(lambda s, hh, x, y: jax.vmap(fns.evaluate, in_axes=(0, None, None, 0))(
       s, x, y, hh))
   # 360 test rows in batches of 7: a short last batch
