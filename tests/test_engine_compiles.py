@@ -210,13 +210,9 @@ def tiered():
 """
 
 
-def test_tiered_gp_search_gives_the_same_proposals_in_every_process():
-  """The build a search uses does not depend on timings or on what the process compiled
-  before: the same search repeated in this process and in a fresh one gives the same
-  proposals bit for bit, with the optimised build (many calls left) and the fast one (few)."""
-  import subprocess
-  import sys
-
+def _tiered_gp_searches() -> tuple:
+  """The same tiered GP search in this process: with the optimised build (10**6 calls left),
+  with the fast one (1 call), then with the optimised one again after the fast one ran."""
   ns: dict = {}
   exec(_TIERED_GP_SEARCH, ns)  # noqa: S102
   t = ns["tiered"]()
@@ -224,6 +220,30 @@ def test_tiered_gp_search_gives_the_same_proposals_in_every_process():
   assert t.optimized is False  # the one-call search kept the fast build
   again = ns["search"](t, calls=10**6)  # after the fast build ran and was compiled
   assert t.optimized  # 10**6 calls left pay for the optimised compile
+  return first, again
+
+
+def test_tiered_gp_search_gives_the_same_proposals_in_this_process():
+  """The build a search uses does not depend on timings or on what the process compiled
+  before: the same search repeated in this process gives the same proposals bit for bit, with
+  the optimised build (many calls left) and the fast one (few). (A fresh process too: the slow
+  test below.)"""
+  first, again = _tiered_gp_searches()
+  assert again == first[10**6]
+  assert first[10**6] != first[1]  # the two builds differ in the last bits: the test can fail
+
+
+# slow (~46 s in CI's default run: the GP's two builds compiled in two processes); the same
+# search repeated in this process gives the same proposals by default, in the test above
+@pytest.mark.slow
+def test_tiered_gp_search_gives_the_same_proposals_in_every_process():
+  """The build a search uses does not depend on timings or on what the process compiled
+  before: the same search repeated in this process and in a fresh one gives the same
+  proposals bit for bit, with the optimised build (many calls left) and the fast one (few)."""
+  import subprocess
+  import sys
+
+  first, again = _tiered_gp_searches()
   assert again == first[10**6]
   assert first[10**6] != first[1]  # the two builds differ in the last bits: the test can fail
   code = _TIERED_GP_SEARCH + "\nprint(search(tiered(), calls=10**6), search(tiered(), calls=1))"
@@ -326,10 +346,9 @@ def _switch_branches(jaxpr) -> list[int]:
   return out
 
 
-def test_activation_switch_covers_the_searched_choices_and_keys_the_kernel_cache():
-  """A space searching the first 4 activations traces 4-branch switches (same values for its
-  indices); re-running its search compiles nothing, and a space of all 6 compiles its own
-  kernel, whose sigmoid and elu trials a 4-branch kernel would get wrong."""
+def _activation_spaces_trace_their_branches():
+  """A space searching the first 4 activations traces 4-branch switches; a space of all 6, or
+  of 2 that are not the first 2, the full 6-branch switch. Returns (task, four, six)."""
   from metaopt._src import evaluators
   from metaopt.spaces import Choice, Space
   from metaopt.tasks import ACTIVATIONS, with_activation_branches
@@ -345,6 +364,25 @@ def test_activation_switch_covers_the_searched_choices_and_keys_the_kernel_cache
   for n, want in ((4, 4), (None, 6)):
     init = with_activation_branches(task.build({}), n).init
     assert set(_switch_branches(jax.make_jaxpr(init)(jax.random.key(0), h1).jaxpr)) == {want}
+  return task, four, six
+
+
+def test_activation_switch_covers_the_searched_choices():
+  """A space searching the first 4 activations traces 4-branch switches, any other choice set
+  all 6 (traced only; the kernels compiled, cached and run: the slow test below)."""
+  _activation_spaces_trace_their_branches()
+
+
+# slow (~17 s in CI's default run: three digits kernels compiled and run). By default the
+# branches each space traces: the test above; a search run again compiles nothing:
+# tests/test_compile_cache.py's test_a_search_run_again_compiles_nothing.
+@pytest.mark.slow
+def test_activation_switch_covers_the_searched_choices_and_keys_the_kernel_cache():
+  """A space searching the first 4 activations traces 4-branch switches (same values for its
+  indices); re-running its search compiles nothing, and a space of all 6 compiles its own
+  kernel, whose sigmoid and elu trials a 4-branch kernel would get wrong."""
+  from metaopt._src import evaluators
+  task, four, six = _activation_spaces_trace_their_branches()
 
   prog = metaopt.random_search(four.dim)
 

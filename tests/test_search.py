@@ -19,6 +19,11 @@ def task():
   return get_task("digits_mlp")
 
 
+# slow (~16 s in CI's default run: kernels of 4 and of 1 trial compiled). By default a
+# population's trials compute what each computes alone in tests/test_engine_compiles.py's
+# test_loop_kernel_equals_vmap_kernel (the "loop" kernel runs every live trial by itself, equal
+# to the vmapped population's) and tests/test_kernel_threads.py (split loop = one loop).
+@pytest.mark.slow
 def test_population_kernel_equals_trials_run_one_by_one(task):
   """vmap(train)(hs) == stack([train(h) for h in hs]) for one epoch."""
   fns = task.build({})

@@ -51,7 +51,7 @@ def test_batched_validation_matches_one_pass(task):
   states = stm.init(jax.random.split(jax.random.key(1), 2), h)
   h = {k: jnp.asarray(v) for k, v in h.items()}
   batched = stm.evaluate(states, h)
-  whole = jax.vmap(fns.evaluate, in_axes=(0, None, None, 0))(
+  whole = pop.fast_jit(jax.vmap(fns.evaluate, in_axes=(0, None, None, 0)))(  # one call
       states, jnp.asarray(task.data.valid.x), jnp.asarray(task.data.valid.y), h)
   for k in whole:
     np.testing.assert_allclose(batched[k], whole[k], rtol=1e-5, atol=1e-6)
@@ -74,6 +74,12 @@ def test_budget_picks_in_memory_or_streaming(task, monkeypatch):
     streaming.memory_budget()
 
 
+# slow (~29 s in CI's default run: a streamed search, then the best configuration retrained
+# streamed and in memory). By default a search over the memory budget streams its data in
+# test_a_tfds_data_source_is_read_lazily_and_streams (below) and in tests/test_mesh_search.py
+# (onto a mesh); batched test evaluation equals one pass in
+# test_batched_test_evaluation_is_the_one_pass_mean.
+@pytest.mark.slow
 def test_a_dataset_over_the_memory_budget_trains_from_a_memmap(tmp_path, monkeypatch):
   rng = np.random.default_rng(0)
   n, d = 3000, 16
@@ -116,7 +122,7 @@ def test_a_dataset_over_the_memory_budget_trains_from_a_memmap(tmp_path, monkeyp
 def test_batched_test_evaluation_is_the_one_pass_mean(task):
   fns = task.build({})
   h = task.space.decode(jax.random.uniform(jax.random.key(0), (3, task.space.dim)))
-  states = jax.vmap(fns.init)(jax.random.split(jax.random.key(1), 3), h)
+  states = pop.fast_jit(jax.vmap(fns.init))(jax.random.split(jax.random.key(1), 3), h)
   ev = jax.jit(lambda s, hh, x, y: jax.vmap(fns.evaluate, in_axes=(0, None, None, 0))(
       s, x, y, hh))
   # 360 test rows in batches of 7: a short last batch
