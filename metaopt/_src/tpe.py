@@ -218,7 +218,7 @@ def propose(x: jax.Array, good: jax.Array, bad: jax.Array, startup: jax.Array,
             multivariate: bool, constant_liar: bool, bandwidth: str = "gaps",
             age: jax.Array | None = None, w_rows: jax.Array | None = None,
             w_good: jax.Array | None = None, good_prior_weight: float | None = None,
-            endpoints: bool = False) -> jax.Array:
+            endpoints: bool = False, best_row: jax.Array | None = None) -> jax.Array:
   """``n`` TPE proposals ``[n, dim]`` from history rows ``x`` split into ``good`` and ``bad``
   (uniform points while ``startup``); with ``constant_liar`` each proposal joins the bad set
   for the next. With ``age`` (per row, smaller: older), the bad density down-weights its older
@@ -249,7 +249,11 @@ def propose(x: jax.Array, good: jax.Array, bad: jax.Array, startup: jax.Array,
     logw_obs = None if age is None else _ramp_logw(bad, age)
     mus_g, sig_g, logw_g = _mixture(x_bad, bad, prior_weight, d_eff, bandwidth, logw_obs,
                                     w_rows, endpoints=endpoints)
-    cand = _sample(k_cand, mus_l, sig_l, logw_l, n_candidates, multivariate)
+    logw_s = logw_l
+    if best_row is not None:  # the batch's first point: candidates from the best row's kernel
+      inc = jnp.where(jnp.arange(capacity + 1) == best_row, 0.0, -jnp.inf)
+      logw_s = jnp.where(i == 0, inc, logw_l)
+    cand = _sample(k_cand, mus_l, sig_l, logw_s, n_candidates, multivariate)
     score = (_log_density(cand, mus_l, sig_l, logw_l, multivariate)
              - _log_density(cand, mus_g, sig_g, logw_g, multivariate))
     if multivariate:
@@ -354,7 +358,7 @@ def tpe(dim: int, n_startup: int = 10, gamma: float | str | None = None,
         capacity: int = 1024, bandwidth: str = "gaps",
         prior_weighting: str = "ranking", age_weights: bool = False,
         good_weights: str | None = None, good_prior_weight: float | None = None,
-        endpoints: bool = False) -> Searcher:
+        endpoints: bool = False, incumbent_first: bool = False) -> Searcher:
   """Tree-structured Parzen Estimator over ``[0, 1]^dim``.
 
   Until ``n_startup`` observations are complete, proposals are uniform random. A batch
@@ -459,7 +463,8 @@ def tpe(dim: int, n_startup: int = 10, gamma: float | str | None = None,
       u = propose(state["x"], good, bad, n_obs < n_startup, key, n, prior_weight=prior_weight,
                   d_eff=d_eff, n_candidates=n_candidates, multivariate=multivariate,
                   constant_liar=constant_liar, bandwidth=bandwidth, age=age, w_good=w_good,
-                  good_prior_weight=good_prior_weight, endpoints=endpoints)
+                  good_prior_weight=good_prior_weight, endpoints=endpoints,
+                  best_row=order[0] if incumbent_first else None)
       return state, u
     src = prior_rows(state)
     rel = prior_weighting == "ranking_vs_own"
