@@ -108,7 +108,7 @@ def _bandwidth(x: jax.Array, w: jax.Array, n: jax.Array, d_eff: int) -> jax.Arra
   return jnp.clip(sigma, lo, 1.0)
 
 
-def _gap_bandwidth(x: jax.Array, mask: jax.Array, endpoints: bool = False) -> jax.Array:
+def _gap_bandwidth(x: jax.Array, mask: jax.Array) -> jax.Array:
   """Per-point, per-dimension kernel widths ``[k, d]`` from the gaps to the neighbours.
 
   Optuna 5's rule: along each dimension a point's width is the larger of the gaps to its left
@@ -124,7 +124,7 @@ def _gap_bandwidth(x: jax.Array, mask: jax.Array, endpoints: bool = False) -> ja
   left = jnp.where(i == 0, 0.0, jnp.roll(srt, 1, axis=0))
   right = jnp.where(i >= n - 1, 1.0, jnp.roll(srt, -1, axis=0))
   sig = jnp.maximum(srt - left, right - srt)
-  many = (n >= 2) & (not endpoints)
+  many = n >= 2
   sig = jnp.where((i == 0) & many, srt[1] - srt[0], sig)
   last = jnp.take_along_axis(srt, jnp.full((1, dim), jnp.maximum(n - 1, 0)), axis=0)
   prev = jnp.take_along_axis(srt, jnp.full((1, dim), jnp.maximum(n - 2, 0)), axis=0)
@@ -150,14 +150,14 @@ def _ramp_logw(mask: jax.Array, age: jax.Array, flat: int = 25) -> jax.Array:
 
 def _mixture(x: jax.Array, mask: jax.Array, prior_weight: float, d_eff: int,
              bandwidth: str = "gaps", logw_obs: jax.Array | None = None,
-             w_obs: jax.Array | None = None, endpoints: bool = False):
+             w_obs: jax.Array | None = None):
   """A Parzen estimator: component centres ``[k+1, d]``, widths, log weights ``[k+1]``
   (observations weigh 1 each, or ``exp(logw_obs)``, or ``w_obs``; the prior weighs
   ``prior_weight``)."""
   n = jnp.sum(mask)
   dim = x.shape[1]
   if bandwidth == "gaps":
-    sigma = _gap_bandwidth(x, mask, endpoints)
+    sigma = _gap_bandwidth(x, mask)
   else:
     sigma = jnp.broadcast_to(_bandwidth(x, mask / jnp.maximum(n, 1), n, d_eff), x.shape)
   mus = jnp.concatenate([x, jnp.full((1, dim), 0.5)], axis=0)
@@ -217,8 +217,7 @@ def propose(x: jax.Array, good: jax.Array, bad: jax.Array, startup: jax.Array,
             key: jax.Array, n: int, *, prior_weight: float, d_eff: int, n_candidates: int,
             multivariate: bool, constant_liar: bool, bandwidth: str = "gaps",
             age: jax.Array | None = None, w_rows: jax.Array | None = None,
-            w_good: jax.Array | None = None, good_prior_weight: float | None = None,
-            endpoints: bool = False, best_row: jax.Array | None = None) -> jax.Array:
+            w_good: jax.Array | None = None) -> jax.Array:
   """``n`` TPE proposals ``[n, dim]`` from history rows ``x`` split into ``good`` and ``bad``
   (uniform points while ``startup``); with ``constant_liar`` each proposal joins the bad set
   for the next. With ``age`` (per row, smaller: older), the bad density down-weights its older
@@ -231,10 +230,8 @@ def propose(x: jax.Array, good: jax.Array, bad: jax.Array, startup: jax.Array,
     raise ValueError("propose: pass age or w_rows, not both")
   if w_good is not None and w_rows is not None:
     raise ValueError("propose: pass w_good or w_rows, not both")
-  pw_l = prior_weight if good_prior_weight is None else good_prior_weight
-  mus_l, sig_l, logw_l = _mixture(x, good, pw_l, d_eff, bandwidth,
-                                  w_obs=w_rows if w_good is None else w_good,
-                                  endpoints=endpoints)
+  mus_l, sig_l, logw_l = _mixture(x, good, prior_weight, d_eff, bandwidth,
+                                  w_obs=w_rows if w_good is None else w_good)
   x_bad = jnp.concatenate([x, jnp.zeros((n, dim), jnp.float32)])
   bad = jnp.concatenate([bad, jnp.zeros(n, bool)])
   if w_rows is not None:  # pending points weigh 1
@@ -248,12 +245,8 @@ def propose(x: jax.Array, good: jax.Array, bad: jax.Array, startup: jax.Array,
     k_rand, k_cand = _point_keys(key, i)
     logw_obs = None if age is None else _ramp_logw(bad, age)
     mus_g, sig_g, logw_g = _mixture(x_bad, bad, prior_weight, d_eff, bandwidth, logw_obs,
-                                    w_rows, endpoints=endpoints)
-    logw_s = logw_l
-    if best_row is not None:  # the batch's first point: candidates from the best row's kernel
-      inc = jnp.where(jnp.arange(capacity + 1) == best_row, 0.0, -jnp.inf)
-      logw_s = jnp.where(i == 0, inc, logw_l)
-    cand = _sample(k_cand, mus_l, sig_l, logw_s, n_candidates, multivariate)
+                                    w_rows)
+    cand = _sample(k_cand, mus_l, sig_l, logw_l, n_candidates, multivariate)
     score = (_log_density(cand, mus_l, sig_l, logw_l, multivariate)
              - _log_density(cand, mus_g, sig_g, logw_g, multivariate))
     if multivariate:
@@ -357,8 +350,7 @@ def tpe(dim: int, n_startup: int = 10, gamma: float | str | None = None,
         multivariate: bool = True, constant_liar: bool = True, prior_weight: float = 1.0,
         capacity: int = 1024, bandwidth: str = "gaps",
         prior_weighting: str = "ranking", age_weights: bool = False,
-        good_weights: str | None = None, good_prior_weight: float | None = None,
-        endpoints: bool = False, incumbent_first: bool = False) -> Searcher:
+        good_weights: str | None = None) -> Searcher:
   """Tree-structured Parzen Estimator over ``[0, 1]^dim``.
 
   Until ``n_startup`` observations are complete, proposals are uniform random. A batch
@@ -462,9 +454,7 @@ def tpe(dim: int, n_startup: int = 10, gamma: float | str | None = None,
       w_good = _ei_weights(y, good, bad) if good_weights == "ei" else None
       u = propose(state["x"], good, bad, n_obs < n_startup, key, n, prior_weight=prior_weight,
                   d_eff=d_eff, n_candidates=n_candidates, multivariate=multivariate,
-                  constant_liar=constant_liar, bandwidth=bandwidth, age=age, w_good=w_good,
-                  good_prior_weight=good_prior_weight, endpoints=endpoints,
-                  best_row=order[0] if incumbent_first else None)
+                  constant_liar=constant_liar, bandwidth=bandwidth, age=age, w_good=w_good)
       return state, u
     src = prior_rows(state)
     rel = prior_weighting == "ranking_vs_own"
