@@ -214,6 +214,11 @@ def test_tpe_solves_branin_and_beats_random():
   assert regrets["tpe"] < regrets["random"], regrets
 
 
+# Slow (18 GP asks, ~20 s in CI besides the ask's compile); the GP's jitted ask / tell loop
+# stays default in test_serialized_state_resumes_exactly[gp] and
+# test_failed_pruned_infeasible_trials_are_ignored[gp], its quality in
+# test_gp_exploitation_points_improve_on_the_incumbent.
+@pytest.mark.slow
 def test_gp_solves_branin_and_beats_random():
   """Branin, 48 evaluations in batches of 8, 3 seeds: median regret < 0.05, below random's."""
   p = bf.PROBLEMS["branin"]
@@ -275,6 +280,11 @@ def test_tpe_default_good_set_is_optunas_from_five_dims_larger_below():
   assert np.asarray(_n_below(n, None, default_gamma(2))).tolist() == [3, 5, 8, 25]
   assert [default_gamma(d) for d in (1, 2, 4, 5, 10)] == [0.25, 0.25, 0.125, 0.1, 0.1]
 
+
+# Slow (four TPE ask compiles); the rule's table stays default in the test above.
+@pytest.mark.slow
+def test_tpe_default_good_set_reaches_the_ask():
+  """``tpe(gamma=None)`` proposes what Optuna's rule does at d = 5, not at d = 2."""
   def proposals(dim, gamma):
     return _tpe_proposals(dim, gamma=gamma)
 
@@ -306,6 +316,12 @@ def test_tpe_default_good_weights_are_ei_from_eight_dims():
   assert [default_good_weights(d) for d in (2, 5, 7, 8, 10, 20)] == [
       "uniform", "uniform", "uniform", "ei", "ei", "ei"]
 
+
+# Slow (five TPE ask compiles, 10-D among them); the rule's table stays default in the test
+# above, the 'ei' weights' ask in test_tpe_ei_weights_ask_with_and_without_jit[True].
+@pytest.mark.slow
+def test_tpe_default_good_weights_reach_the_ask():
+  """``tpe(good_weights=None)`` proposes what 'uniform' does at d = 5 and 'ei' at d = 10."""
   def proposals(dim, good_weights):
     return _tpe_proposals(dim, good_weights=good_weights)
 
@@ -986,15 +1002,21 @@ class GPOutputWarp(chex.TestCase):
       np.testing.assert_allclose(z, warp_and_standardize(y, valid, pick), atol=1e-6)
 
 
+def test_gp_output_warp_default_is_log1p():
+  import inspect
+
+  assert inspect.signature(gp_bo).parameters["output_warp"].default is True
+
+
+# Slow (four GP ask compiles); the "gp" choice rule stays default in
+# GPOutputWarp.test_gp_output_warp_gp_picks_the_higher_gp_evidence, a GP model ask in
+# GPWarpJittable's jitted variant.
+@pytest.mark.slow
 def test_gp_output_warp_gp_choice_reaches_the_model():
   """``output_warp="gp"``: one jitted model ask on values spread over decades (Branin cubed)
   proposes what ``output_warp=True`` (``log1p``, the default) does, and on a bowl (the sphere)
   what ``output_warp=False`` (plain) does; on each, those two fit other hyperparameters and
   propose other points, and ``16.0`` is another model again. All stay in the cube."""
-  import inspect
-
-  assert inspect.signature(gp_bo).parameters["output_warp"].default is True
-
   def asks(**kw):
     s = gp_bo(2, n_startup=4, capacity=16, fit_steps=5, n_candidates=32, n_local=8,
               n_restarts=3, grad_steps=3, buckets=False, n_exploit=(), **kw)
