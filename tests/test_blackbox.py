@@ -786,7 +786,7 @@ def test_searchers_find_the_2d_sphere_and_rosenbrock_optima(name):
 
   seeds, which = jnp.asarray([0, 1, 2] * 2), jnp.asarray([0] * 3 + [1] * 3)
   if name == "gp":
-    one = _jit(run)
+    one = jax.jit(run)
     best = np.asarray([float(one(a, b)) for a, b in zip(seeds, which, strict=True)])
   else:
     best = np.asarray(_jit(jax.vmap(run))(seeds, which))
