@@ -364,6 +364,10 @@ def test_univariate_tpe_runs():
   assert int(st["count"]) == 12 and bool(jnp.all((u >= 0) & (u <= 1)))
 
 
+# Slow (~18 s in CI: 100 generations x 3 seeds, vmapped scans); CMA-ES's 2-D sphere and
+# Rosenbrock optima stay default in test_searchers_find_the_2d_sphere_and_rosenbrock_optima
+# [cma_es] and test_cma_start.py, its restarts' optima in test_cma_restarts.py.
+@pytest.mark.slow
 def test_cma_es_converges_on_sphere_and_rosenbrock():
   """CMA-ES, 3 seeds: sphere-5 within 1e-4 in 400 evaluations; Rosenbrock-2 within 1e-2 in 600."""
   for fn, dim, gens, tol in ((bf.sphere, 5, 40, 1e-4), (bf.rosenbrock, 2, 60, 1e-2)):
