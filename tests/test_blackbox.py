@@ -105,7 +105,7 @@ def _sobol_batch(dim, n, f):
 
 
 # The GP's scanned search is slow (~40 s in CI): its jitted ask / tell stay default in
-# test_serialized_state_resumes_exactly[gp] and test_gp_solves_branin_and_beats_random.
+# test_serialized_state_resumes_exactly[gp] and test_failed_pruned_infeasible_trials_are_ignored.
 @pytest.mark.parametrize("name", [n if n != "gp" else pytest.param(n, marks=pytest.mark.slow)
                                   for n in FACTORIES])
 def test_loop_and_scan_give_the_same_points_and_state(name):
@@ -543,7 +543,7 @@ def test_gp_deterministic_keeps_the_noise_at_the_floor():
 
 def test_gp_exploitation_points_improve_on_the_incumbent():
   """The first points of a batch minimise local models' means: on the sphere, after 16 Sobol
-  points, each beats the best of them (by 10x with 16 neighbours, as well with 4 and 8)."""
+  points, each beats the best of them (with 4 and 8 neighbours; by 10x with 16)."""
   _check_exploitation_points((((8, 4, 16), 4),))
 
 
