@@ -577,14 +577,14 @@ def test_regularized_evolution_solves_mixed_function():
   def run(seed):
     return scan_search(s, p.fn, seed, 20, 10)[1]
 
-  best = _jit(jax.vmap(run))(jnp.arange(3))
+  best = jax.jit(jax.vmap(run))(jnp.arange(3))
   assert float(jnp.median(best)) - p.minimum < 0.05, best
 
 
 def test_evolution_mutates_categoricals_to_another_choice_and_ages_out_the_oldest():
   s = regularized_evolution(2, population_size=4, tournament_size=2, n_mutations=2,
                             levels=[3, 0])
-  ask, tell = _jit(s.ask, static_argnums=2), _jit(s.tell)
+  ask, tell = jax.jit(s.ask, static_argnums=2), jax.jit(s.tell)
   st = s.init(jax.random.key(0))
   st, u = ask(st, jax.random.key(1), 4)
   st = tell(st, u, bf.sphere(u), jnp.zeros(4, jnp.int32))
