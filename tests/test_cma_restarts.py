@@ -102,6 +102,11 @@ class AskTellJittable(chex.TestCase):
       assert jax.tree_util.tree_map(lambda a: (a.shape, a.dtype, a.weak_type), st) == shapes0
 
 
+# op by op slow (~22 s in CI); the jitted variant stays default
+AskTellJittable.test_ask_tell_with_restarts__without_jit = pytest.mark.slow(
+    AskTellJittable.test_ask_tell_with_restarts__without_jit)
+
+
 @pytest.mark.parametrize("kw, field", [
     ({"restarts": "lpop"}, "restarts"),
     ({"restarts": "ipop", "max_popsize": 3}, "max_popsize"),

@@ -33,6 +33,9 @@ def bucketed():
   return s, fast_jit(s.ask, static_argnums=2)
 
 
+# Slow (~25 s in CI: a second GP ask program, the whole buffer's); the bucketed ask and its
+# one-bucket build stay default in the test below.
+@pytest.mark.slow
 def test_gp_bucketed_and_whole_buffer_asks_agree(bucketed):
   x = sobol(2).ask(sobol(2).init(jax.random.key(5)), None, 12)[1]
   y = bf.branin(x)

@@ -76,6 +76,9 @@ def test_curve_pruner_stops_a_hopeless_curve():
   assert np.asarray(keep).tolist() == [True, False]
 
 
+# Slow (~20 s in CI: three population kernels); successive halving with compaction in the
+# engine stays default in test_search.py::test_resume_restores_a_compacted_population.
+@pytest.mark.slow
 def test_successive_halving_in_the_engine_compacts_and_records_rungs(tmp_path):
   task = get_task("digits_mlp")
   prog = metaopt.with_pruning(metaopt.random_search(task.space.dim),
