@@ -15,17 +15,14 @@ from scipy.stats import wilcoxon
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import blackbox_suite as bs  # noqa: E402
+from paired_raw_compare import merged_raw  # noqa: E402
 
 SOLVED = 1e-8
 
 
 def load(paths: str) -> dict:
-  raw = {}
-  for p in paths.split(","):
-    with open(p) as f:
-      raw.update(json.load(f))
   return {(k.split("|")[2], int(k.split("|")[3])): np.maximum([r["traj"][-1] for r in v], SOLVED)
-          for k, v in raw.items()}
+          for k, v in merged_raw(paths).items()}
 
 
 def gpsampler(cache: str, f: str, d: int, seeds: list[int]) -> np.ndarray | None:

@@ -13,13 +13,18 @@ from scipy.stats import wilcoxon
 SOLVED = 1e-8
 
 
-def load(paths: str) -> dict:
+def merged_raw(paths: str) -> dict:
+  """The runs of comma-separated ``blackbox_suite.py --raw`` files, merged by key."""
   raw = {}
   for p in paths.split(","):
     with open(p) as f:
       raw.update(json.load(f))
+  return raw
+
+
+def load(paths: str) -> dict:
   out = {}
-  for k, recs in raw.items():
+  for k, recs in merged_raw(paths).items():
     lib, name, prob, d = k.split("|")
     out[(prob, int(d))] = {i: r["traj"][-1] for i, r in enumerate(recs)}
   return out
