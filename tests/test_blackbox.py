@@ -54,6 +54,8 @@ FACTORIES = {
     "open_es": lambda d: open_es(d, popsize=8),
     "grid": lambda d: grid(d, levels=3),
 }
+
+
 def _jit(fun, **kwargs):
   """``jax.jit`` with the options of the engine's optimised searcher build
   (``TieredJit``; on the CPU XLA's older fusion emitters, which compile a searcher's
