@@ -416,7 +416,7 @@ def test_param_cost_table_matches_derived_networks(digits):
 # expected cost's gradient the penalty adds (test_param_cost_table_matches_derived_networks)
 @pytest.mark.slow
 def test_flops_penalty_moves_the_search_to_the_cost_side(digits):
-  """The default-suite variant of the end-to-end test below: the same search (one epoch of
+  """The cheaper variant of the end-to-end test below: the same search (one epoch of
   the tiny supernet) with and without the FLOPs penalty of configs/darts_hw_shapes.py: with
   it, the expected FLOPs the search sees (mean over the epoch's steps) fall below the
   unpenalised search's, and the derived cell costs no more."""
