@@ -276,18 +276,21 @@ def test_nsga2_and_motpe_run_in_scan(name):
 
 def test_search_refuses_bad_objectives():
   """A single-objective searcher told 2 objectives, and a direction other than minimize /
-  maximize, are refused by ``metaopt.search`` with one ValueError each. (Not before anything
-  compiles, as this test's docstring said before: a compile listener saw 2 backend compiles
-  before the refusals; session 21.)"""
+  maximize, are refused by ``metaopt.search`` with one ValueError each, before anything is
+  compiled (the searcher's tell is only traced, on a traced key)."""
+  from metaopt._src import compile_cache
   from metaopt.tasks import get_task
   task = get_task("digits_mlp")
   objs = [("valid_accuracy", "maximize"), ("live_weights", "minimize")]
+  tpe, nsga2 = metaopt.tpe(task.space.dim), metaopt.nsga2(task.space.dim)
+  before = compile_cache.compiles()
   with pytest.raises(ValueError, match="cannot be told 2 objectives"):
-    metaopt.search(metaopt.tpe(task.space.dim), task, n_trials=4, population=4, epochs=1,
-                   objectives=objs, progress=False)
+    metaopt.search(tpe, task, n_trials=4, population=4, epochs=1, objectives=objs,
+                   progress=False)
   with pytest.raises(ValueError, match="direction 'up'"):
-    metaopt.search(metaopt.nsga2(task.space.dim), task, n_trials=4, population=4, epochs=1,
+    metaopt.search(nsga2, task, n_trials=4, population=4, epochs=1,
                    objectives=[("valid_accuracy", "up")], progress=False)
+  assert compile_cache.compiles() == before, compile_cache.compiles() - before
 
 
 # slow (~46 s in CI: one digits-MLP search, compile-bound). By default: the refusals above,

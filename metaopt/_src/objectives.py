@@ -49,7 +49,7 @@ def check_objectives(objectives, program: Searcher, dim: int,
                      "evaluator has no task (use a tasks.Task or another objective)")
   m, n = len(out), len(out) + 2
   try:
-    state = jax.eval_shape(program.init, jax.random.key(0))
+    state = jax.eval_shape(lambda: program.init(jax.random.key(0)))  # traced: no compile
     jax.eval_shape(program.tell, state, jax.ShapeDtypeStruct((n, dim), jnp.float32),
                    jax.ShapeDtypeStruct((n, m), jnp.float32),
                    jax.ShapeDtypeStruct((n,), jnp.int32))
