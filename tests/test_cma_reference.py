@@ -57,10 +57,12 @@ class _Reference:
               + self.cmu * np.einsum("i,ij,ik->jk", w_o, yk, yk))
 
 
+ROT = np.linalg.qr(np.random.default_rng(0).normal(size=(D, D)))[0].astype(np.float32)
+
+
 def _ellipsoid(u):
   """A rotated ellipsoid (condition 1e3, optimum at 0.3): the covariance has something to learn."""
-  rot = np.linalg.qr(np.random.default_rng(0).normal(size=(D, D)))[0]
-  z = (u - 0.3) @ jnp.asarray(rot, jnp.float32).T
+  z = (u - 0.3) @ jnp.asarray(ROT).T
   return jnp.sum(10.0 ** (3 * jnp.arange(D) / (D - 1)) * z ** 2, axis=-1)
 
 
