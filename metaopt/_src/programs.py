@@ -21,7 +21,7 @@ import importlib
 from collections.abc import Mapping
 from typing import Any
 
-from metaopt._src.store import Store
+from metaopt._src.store import Store, check_url
 from metaopt._src.types import Result
 
 PROGRAMS: dict[str, str] = {
@@ -70,7 +70,14 @@ def run_config(config: Mapping[str, Any], store: Store | str | None = None, *,
   ``worker_id``, ``stale_after_s``)."""
   module = _module(config)
   module.validate(config)
-  st = store if isinstance(store, Store) else Store(store or default_store(config))
+  url = store if isinstance(store, Store) else store or default_store(config)
+  if program_of(config) == "search":
+    if not isinstance(url, Store):
+      check_url(url)  # a bad URL: one error before the task is built or anything compiles
+    # a search opens (and creates) its store only once its task, space and settings are
+    # checked, so a task that fails to import or build leaves no empty database behind
+    return module.run_config(config, url, progress=progress, **kwargs)
+  st = url if isinstance(url, Store) else Store(url)
   return module.run_config(config, st, progress=progress, **kwargs)
 
 

@@ -613,6 +613,19 @@ def _journal_wal(cur: sqlite3.Cursor) -> None:
     pause = min(2 * pause, 0.2)
 
 
+def check_url(url: str) -> None:
+  """Checks a store URL as :class:`Store` would before writing (malformed, unknown dialect,
+  a SQLite URL with a host, a SQLite path that is a directory, not SQLite or read-only);
+  one ``ValueError`` naming the problem. Opens and creates nothing."""
+  if not isinstance(url, str) or "://" not in url:
+    raise ValueError(f"store={url!r}: must be an SQLAlchemy URL such as "
+                     "'sqlite:///runs/quickstart.db' or 'postgresql://user@host/db'")
+  parsed = _parse_url(url)
+  path = parsed.database
+  if parsed.get_backend_name() == "sqlite" and path and path != ":memory:":
+    _check_sqlite_file(parsed.render_as_string(hide_password=True), path, True)
+
+
 def _one_line(e: BaseException) -> str:
   return " ".join(str(e).split("\n[SQL:")[0].split())
 
