@@ -1,0 +1,71 @@
+"""A user's journey with their own task, objective and configs: the defects it found.
+
+Each test reproduces one thing a user ran into (README, docs/architecture.md and
+/work/shared/USERS.md followed as written) and fails on the code before its fix.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+import metaopt
+from metaopt.configs import quickstart
+
+
+def _config(tmp_path, **fields):
+  cfg = quickstart.get_config()
+  cfg.store = f"sqlite:///{tmp_path}/runs/q.db"
+  for k, v in fields.items():
+    setattr(cfg, k, v)
+  return cfg
+
+
+@pytest.mark.parametrize("task_name", ["user_tasks_missing_module:task", "user_tasks_ok:nosuch"])
+def test_task_import_error_creates_no_store(tmp_path, monkeypatch, task_name):
+  """`run --config.task_name=my_tasks:typo` failed with one clear error but left an empty
+  database where the store was named (a later `report` then found an empty store)."""
+  (tmp_path / "user_tasks_ok.py").write_text("task = None\n")
+  monkeypatch.chdir(tmp_path)
+  cfg = _config(tmp_path, task_name=task_name)
+  with pytest.raises(ValueError, match="cannot import"):
+    metaopt.run_config(cfg, progress=False)
+  assert not os.path.exists(tmp_path / "runs" / "q.db")
+  assert not os.path.exists(tmp_path / "runs")
+
+
+def test_bad_store_url_fails_before_the_task_is_built(tmp_path, monkeypatch):
+  """With the store opened after the task is built, a store that is not SQLite must still
+  fail first: one error naming the store, the user's task module never imported."""
+  (tmp_path / "notsqlite.db").write_text("hello")
+  (tmp_path / "user_tasks_boom.py").write_text("raise RuntimeError('imported')\n")
+  monkeypatch.chdir(tmp_path)
+  cfg = _config(tmp_path, task_name="user_tasks_boom:task")
+  cfg.store = f"sqlite:///{tmp_path}/notsqlite.db"
+  with pytest.raises(ValueError, match="is not a SQLite database"):
+    metaopt.run_config(cfg, progress=False)
+  with pytest.raises(ValueError, match="unknown database dialect 'foo'"):
+    metaopt.run_config(cfg, "foo://x", progress=False)
+
+
+@pytest.mark.parametrize("spec, match", [
+    ({"activation": {"type": "choice", "choices": "relu"}}, "choices must be a list"),
+    ({"lr": {"type": "float", "lo": 1e-4, "hi": 1.0, "log": "no"}}, "log='no' must be True"),
+    ({"width": {"type": "int", "lo": 8, "hi": 64, "structural": "yes"}},
+     "structural='yes' must be True"),
+])
+def test_space_spec_flags_and_choices_are_checked(spec, match):
+  """A config's space `choices: "relu"` became the four choices r, e, l, u, and `log: "no"`
+  searched on a log scale (a non-empty string is truthy): both were accepted silently."""
+  from metaopt.spaces import from_spec
+  with pytest.raises(ValueError, match=match):
+    from_spec(spec)
+
+
+def test_space_flags_typed_in_code():
+  from metaopt.spaces import Choice, Float, Int, Space
+  for p in (Float(1e-3, 1.0, log="no"), Int(1, 4, structural="no"), Choice([1, 2], structural=1)):
+    with pytest.raises(ValueError, match="must be True or False"):
+      Space({"a": p})
+  assert Space({"a": Float(1e-3, 1.0, log=True)}).params["a"].log is True
