@@ -605,7 +605,7 @@ class Study:
         f.write(buf.getvalue())
     return buf.getvalue()
 
-  def to_pandas(self):
+  def to_pandas(self) -> Any:
     """The :meth:`table` as a ``pandas.DataFrame`` (needs pandas)."""
     try:
       import pandas as pd
@@ -615,7 +615,7 @@ class Study:
     return pd.DataFrame(self.table())
 
   def to_optuna(self, storage: Any = None, study_name: str | None = None,
-                replace: bool = False):
+                replace: bool = False) -> Any:
     """Writes the finished trials into a new Optuna study (``storage``: None for in-memory,
     an Optuna storage or URL such as ``sqlite:///optuna.db``) that ``optuna-dashboard`` and
     ``optuna.visualization`` read; returns the ``optuna.Study``. An Optuna study of that
