@@ -107,3 +107,27 @@ def test_public_functions_have_docstrings_and_type_hints():
   """A user reading help() on metaopt.nas.load_table, Store.events or Study.to_pandas found
   no docstring or no types (the developers' guide asks for both on public functions)."""
   assert _public_api_gaps() == []
+
+
+def test_from_flax_refuses_a_classifier_with_too_few_logits():
+  """Labels 0..7 with a model of 3 outputs was accepted, and every trial then failed as
+  "non-finite loss at epoch 0" with no word on why; now one ValueError before compiling."""
+  import flax.linen as nn
+  import numpy as np
+
+  from metaopt import tasks
+  from metaopt.spaces import Float, Space
+
+  class Net(nn.Module):
+    outputs: int
+
+    @nn.compact
+    def __call__(self, x):
+      return nn.Dense(self.outputs)(x)
+
+  x = np.random.default_rng(0).normal(size=(60, 4)).astype(np.float32)
+  y = np.arange(60) % 8
+  space = Space({"learning_rate": Float(1e-3, 1e-1, log=True)})
+  with pytest.raises(ValueError, match=r"outputs 3 logits.*\(8 classes\).*nn.Dense\(8\)"):
+    tasks.from_flax(Net(3), (x, y), space, optimizer="adam")
+  assert tasks.from_flax(Net(8), (x, y), space, optimizer="adam").data.num_classes == 8

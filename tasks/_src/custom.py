@@ -292,6 +292,7 @@ def from_flax(model: nn.Module | Callable[[Mapping[str, Any]], nn.Module], data:
     raise ValueError("model: pass a Flax module instance, or a function structure -> module")
   ds = as_dataset(data, data_dir, x_key, y_key)
   classify = ds.num_classes is not None
+  default_loss = loss is None
   loss = loss or (base.softmax_xent if classify else base.mse)
   metrics = metrics or (base.classification_metrics if classify else base.regression_metrics)
   objective = objective or ("accuracy" if classify else "mse")
@@ -305,15 +306,37 @@ def from_flax(model: nn.Module | Callable[[Mapping[str, Any]], nn.Module], data:
   structure = {n: p.to_python(p.fallback()) if isinstance(p, Choice) else p.fallback()
                for n, p in space.params.items() if p.structural}  # a Choice's is its index
 
-  def build(structure: Mapping[str, Any]) -> TrialFns:
+  def module_of(structure: Mapping[str, Any]) -> nn.Module:
     module = model if isinstance(model, nn.Module) else model(dict(structure))
     if not isinstance(module, nn.Module):
       raise ValueError(f"model({dict(structure)}) returned {type(module).__name__}, not a "
                        "Flax module")
-    return flax_trial_fns(module, example, loss, metrics, make_opt, structure, defaults)
+    return module
+
+  def build(structure: Mapping[str, Any]) -> TrialFns:
+    return flax_trial_fns(module_of(structure), example, loss, metrics, make_opt, structure,
+                          defaults)
 
   _check(build({**defaults, **structure}), _fallback_h(space, defaults), ds, objective)
+  if classify and default_loss:
+    _check_classes(module_of({**defaults, **structure}), example, ds.num_classes)
   return Task(name, ds, space, build, objective, direction, defaults, family)
+
+
+def _check_classes(module: nn.Module, example: np.ndarray, num_classes: int) -> None:
+  """A classifier's outputs must have a logit per class: with fewer, the default
+  cross-entropy of a label past the last logit is NaN and every trial failed as "non-finite
+  loss" (traced abstractly, nothing compiles)."""
+  mode = {"train": False} if _takes_train(module) else {}
+  key = jax.random.key(0)
+  out = jax.eval_shape(lambda: module.init_with_output(
+      {"params": key, "dropout": key}, example, **mode)[0])
+  shape = getattr(out, "shape", None)
+  if shape is not None and len(shape) == 2 and shape[-1] < num_classes:
+    raise ValueError(f"model: outputs {shape[-1]} logits per example, but the labels are "
+                     f"integers in [0, {num_classes}) ({num_classes} classes); give the last "
+                     f"layer {num_classes} outputs (e.g. nn.Dense({num_classes})), or pass "
+                     "float targets for regression")
 
 
 def _check(fns: TrialFns, h: dict[str, Any], ds: Dataset, objective: str) -> None:
