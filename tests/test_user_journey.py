@@ -131,3 +131,33 @@ def test_from_flax_refuses_a_classifier_with_too_few_logits():
   with pytest.raises(ValueError, match=r"outputs 3 logits.*\(8 classes\).*nn.Dense\(8\)"):
     tasks.from_flax(Net(3), (x, y), space, optimizer="adam")
   assert tasks.from_flax(Net(8), (x, y), space, optimizer="adam").data.num_classes == 8
+
+
+def test_from_flax_named_optimizer_checks_the_space():
+  """optimizer="adam" over a space naming the rate `lr` failed as "one trial does not trace
+  ... missing a required argument: 'learning_rate'"; a space with `momentum` for Adam was
+  searched although no trial reads it (identical models)."""
+  import flax.linen as nn
+  import numpy as np
+
+  from metaopt import tasks
+  from metaopt.spaces import Choice, Float, Space
+
+  class Net(nn.Module):
+    width: int = 4
+
+    @nn.compact
+    def __call__(self, x):
+      return nn.Dense(3)(nn.Dense(self.width)(x))
+
+  x = np.random.default_rng(0).normal(size=(60, 4)).astype(np.float32)
+  y = np.arange(60) % 3
+  with pytest.raises(ValueError, match=r"optimizer='adam' needs \['learning_rate'\].*\['lr'\]"):
+    tasks.from_flax(Net(), (x, y), Space({"lr": Float(1e-3, 1.0)}), optimizer="adam")
+  with pytest.raises(ValueError, match=r"\['momentum'\] are not read"):
+    tasks.from_flax(Net(), (x, y), Space({"learning_rate": Float(1e-3, 1.0),
+                                          "momentum": Float(0.0, 0.9)}), optimizer="adam")
+  ok = tasks.from_flax(lambda s: Net(s["width"]), (x, y), Space(
+      {"b1": Float(0.5, 0.99), "width": Choice([4, 8], structural=True)}), optimizer="adam",
+      defaults={"learning_rate": 1e-2})
+  assert {"b1", "width", "learning_rate"} <= ok.reads

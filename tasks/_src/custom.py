@@ -183,6 +183,25 @@ def _optimizer(optimizer: Any) -> Callable[[Mapping[str, Any]], optax.GradientTr
                    f"optax name or a GradientTransformation, got {type(optimizer).__name__}")
 
 
+def _named_optimizer_reads(optimizer: Any, space: Space,
+                           defaults: Mapping[str, Any]) -> frozenset[str] | None:
+  """For an optax optimizer given by name: one ``ValueError`` when a required argument
+  (``learning_rate``) is in neither the space nor ``defaults``; else what the task reads
+  (the optimizer's arguments and the structural parameters the model is built from), so a
+  search over a parameter nothing reads fails before compiling (``check_reads``)."""
+  if not isinstance(optimizer, str):
+    return None
+  params = inspect.signature(getattr(optax, optimizer)).parameters
+  missing = [k for k, p in params.items() if p.default is inspect.Parameter.empty
+             and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+             and k not in space.params and k not in defaults]
+  if missing:
+    raise ValueError(f"optimizer={optimizer!r} needs {missing}: name them in the space or "
+                     f"in defaults=; the space has {list(space.names)}, optax.{optimizer} "
+                     f"takes {list(params)}")
+  return frozenset(params) | frozenset(n for n, p in space.params.items() if p.structural)
+
+
 def _takes_train(module: nn.Module) -> bool:
   """Whether the module's ``__call__`` has a ``train`` argument (dropout, batch norm)."""
   try:
@@ -302,6 +321,7 @@ def from_flax(model: nn.Module | Callable[[Mapping[str, Any]], nn.Module], data:
     raise ValueError(f"direction={direction!r}: allowed values are 'maximize', 'minimize'")
   make_opt = _optimizer(optimizer)
   defaults = dict(defaults or {})
+  reads = _named_optimizer_reads(optimizer, space, defaults)
   example = np.zeros((2, *ds.input_shape), np.float32)
   structure = {n: p.to_python(p.fallback()) if isinstance(p, Choice) else p.fallback()
                for n, p in space.params.items() if p.structural}  # a Choice's is its index
@@ -320,7 +340,9 @@ def from_flax(model: nn.Module | Callable[[Mapping[str, Any]], nn.Module], data:
   _check(build({**defaults, **structure}), _fallback_h(space, defaults), ds, objective)
   if classify and default_loss:
     _check_classes(module_of({**defaults, **structure}), example, ds.num_classes)
-  return Task(name, ds, space, build, objective, direction, defaults, family)
+  task = Task(name, ds, space, build, objective, direction, defaults, family, reads=reads)
+  base.check_reads(task, space.names)  # e.g. momentum searched for optimizer='adam'
+  return task
 
 
 def _check_classes(module: nn.Module, example: np.ndarray, num_classes: int) -> None:
