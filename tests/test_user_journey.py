@@ -161,3 +161,39 @@ def test_from_flax_named_optimizer_checks_the_space():
       {"b1": Float(0.5, 0.99), "width": Choice([4, 8], structural=True)}), optimizer="adam",
       defaults={"learning_rate": 1e-2})
   assert {"b1", "width", "learning_rate"} <= ok.reads
+
+
+def _python_search_study(tmp_path) -> str:
+  """A study run in Python by metaopt.search over a Python objective, stopped after its
+  first round (as a killed script would leave it)."""
+  from metaopt.spaces import Float, Space
+
+  url = f"sqlite:///{tmp_path}/mine.db"
+  ev = metaopt.CallableEvaluator(lambda p: (p["x"] - 0.3) ** 2)
+
+  def stop(rnd, epoch, metrics):
+    if rnd == 1:
+      raise KeyboardInterrupt
+
+  with pytest.raises(KeyboardInterrupt):
+    metaopt.search(metaopt.random_search(1), ev, space=Space({"x": Float(0.0, 1.0)}),
+                   n_trials=4, population=2, store=url, study="mine", progress=False,
+                   on_epoch=stop)
+  return url
+
+
+def test_cli_resume_and_evaluate_of_a_python_search_say_why(tmp_path):
+  """`metaopt evaluate` / `resume` on the store of a study run by metaopt.search in Python
+  said "config: missing field(s) ['name', 'pruner', ...]": a config error for a store."""
+  import subprocess
+  import sys
+
+  url = _python_search_study(tmp_path)
+  with pytest.raises(ValueError, match=r"run in Python by metaopt.search.*evaluate_top"):
+    metaopt.evaluate_study(metaopt.Store(url, create=False), "mine")
+  out = subprocess.run([sys.executable, "-m", "metaopt.cli", "resume", "--store", url],
+                       capture_output=True, text=True, cwd=tmp_path, timeout=300)
+  assert out.returncode == 2, out.stderr
+  lines = out.stderr.strip().splitlines()
+  assert len(lines) == 1 and "run in Python by metaopt.search" in lines[0], out.stderr
+  assert "study='mine'" in lines[0]
