@@ -197,3 +197,28 @@ def test_cli_resume_and_evaluate_of_a_python_search_say_why(tmp_path):
   lines = out.stderr.strip().splitlines()
   assert len(lines) == 1 and "run in Python by metaopt.search" in lines[0], out.stderr
   assert "study='mine'" in lines[0]
+
+
+def test_load_study_of_a_missing_file_creates_nothing(tmp_path):
+  """metaopt.load_study("nope", "sqlite:///runs/nofile.db") said "study 'nope' not found"
+  and left an empty database file behind (USERS.md: a typo that creates an empty database)."""
+  url = f"sqlite:///{tmp_path}/nofile.db"
+  with pytest.raises(ValueError, match="no such file"):
+    metaopt.load_study("nope", url)
+  assert not os.path.exists(tmp_path / "nofile.db")
+
+
+def test_a_dict_where_a_space_belongs_is_one_clear_error():
+  """search(..., space={"x": Float(0, 1)}) raised AttributeError: 'dict' object has no
+  attribute 'dim'; create_study with a dict gave no hint what to do."""
+  from metaopt.spaces import Float, Space
+
+  ev = metaopt.CallableEvaluator(lambda p: p["x"])
+  for call in (lambda: metaopt.search(metaopt.tpe(1), ev, space={"x": Float(0.0, 1.0)},
+                                      n_trials=2, population=2),
+               lambda: metaopt.create_study({"x": Float(0.0, 1.0)})):
+    with pytest.raises(ValueError, match=r"expected a metaopt.spaces.Space, got dict; wrap"):
+      call()
+  study = metaopt.create_study(Space({"x": Float(0.0, 1.0)}))
+  with pytest.raises(ValueError, match=r"trial 3 is unknown .*\(no trials asked yet\)"):
+    study.tell(3, 1.0)
