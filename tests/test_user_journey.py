@@ -222,3 +222,30 @@ def test_a_dict_where_a_space_belongs_is_one_clear_error():
   study = metaopt.create_study(Space({"x": Float(0.0, 1.0)}))
   with pytest.raises(ValueError, match=r"trial 3 is unknown .*\(no trials asked yet\)"):
     study.tell(3, 1.0)
+
+
+def test_from_flax_arrays_are_checked_per_split():
+  """from_flax's own arrays missed checks that `dataset=` arrays have: a valid split with 3
+  features against train's 4 was accepted, and a label column y[:, None] failed with
+  "indices and arr must have the same number of dimensions; 3 vs. 2"."""
+  import numpy as np
+
+  from metaopt.tasks._src.custom import as_dataset
+
+  x = np.random.default_rng(0).normal(size=(60, 4)).astype(np.float32)
+  y = np.arange(60) % 3
+  bad = {
+      "same shape per example in every split": {"train": (x, y), "valid": (x[:, :3], y)},
+      "integer class labels in every split": {"train": (x, y.astype(np.float32)),
+                                              "valid": (x, y)},
+      r"data.train: integer class labels must be a 1-D array, got shape \(36, 1\)":
+          (x, y[:, None]),
+      "data.valid: class labels must be >= 0": {"train": (x, y), "valid": (x, y - 1)},
+      "data.train: x has non-finite values": {"train": (np.where(x > 2, np.nan, x), y),
+                                              "valid": (x, y)},
+  }
+  for match, data in bad.items():
+    with pytest.raises(ValueError, match=match):
+      as_dataset(data)
+  assert as_dataset((x, y)).num_classes == 3
+  assert as_dataset({"train": (x, x[:, :2]), "valid": (x, x[:, :2])}).num_classes is None

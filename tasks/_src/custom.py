@@ -60,7 +60,32 @@ def _split(x: Any, y: Any, what: str) -> Split:
   return Split(x, y)
 
 
+def _check_splits(splits: Sequence[Split]) -> None:
+  """One ``ValueError`` naming the split and the rule: the same shape per example in every
+  split, finite inputs, integer labels in every split or in none, integer labels 1-D and
+  non-negative (a column ``y[:, None]`` failed in the loss with a shape error)."""
+  names = _SPLITS[:len(splits)]
+  shapes = {w: s.x.shape[1:] for w, s in zip(names, splits, strict=True)}
+  if len(set(shapes.values())) > 1:
+    raise ValueError("data: x must have the same shape per example in every split; got "
+                     + ", ".join(f"{w} {v}" for w, v in shapes.items()))
+  kinds = {w: s.y.dtype == np.int32 for w, s in zip(names, splits, strict=True)}
+  if len(set(kinds.values())) > 1:
+    raise ValueError("data: y must be integer class labels in every split or float targets "
+                     "in every split; got " + ", ".join(
+                         f"{w} {'integer' if k else 'float'}" for w, k in kinds.items()))
+  for w, s in zip(names, splits, strict=True):
+    if not np.all(np.isfinite(s.x)):
+      raise ValueError(f"data.{w}: x has non-finite values")
+    if kinds[w] and s.y.ndim != 1:
+      raise ValueError(f"data.{w}: integer class labels must be a 1-D array, got shape "
+                       f"{s.y.shape} (use y.ravel(), or float targets for regression)")
+    if kinds[w] and s.y.min() < 0:
+      raise ValueError(f"data.{w}: class labels must be >= 0, got {int(s.y.min())}")
+
+
 def _from_splits(splits: Sequence[Split], name: str, note: str) -> Dataset:
+  _check_splits(splits)
   classification = splits[0].y.dtype == np.int32
   n_classes = int(max(int(s.y.max()) for s in splits)) + 1 if classification else None
   checksum = _checksum(splits)
