@@ -249,3 +249,14 @@ def test_from_flax_arrays_are_checked_per_split():
       as_dataset(data)
   assert as_dataset((x, y)).num_classes == 3
   assert as_dataset({"train": (x, x[:, :2]), "valid": (x, x[:, :2])}).num_classes is None
+
+
+def test_a_refused_mesh_creates_no_store(tmp_path):
+  """`run --config.mesh="(2,4)"` on one device: its one-line error came after the SQLite
+  store had been created, leaving an empty runs/*.db."""
+  import jax
+
+  cfg = _config(tmp_path, mesh=(2 * jax.device_count(), 4))
+  with pytest.raises(ValueError, match=r"mesh=.*must divide the number of devices"):
+    metaopt.run_config(cfg, progress=False)
+  assert not os.path.exists(tmp_path / "runs")
