@@ -180,7 +180,8 @@ def gradient_hpo(
   return WhiteBox(init, step)
 
 
-def run(program: WhiteBox, key: jax.Array, theta0: PyTree, num_steps: int):
+def run(program: WhiteBox, key: jax.Array, theta0: PyTree,
+        num_steps: int) -> tuple[Any, Any]:
   """``init`` then ``num_steps`` outer steps in one ``lax.scan``; telemetry ``[steps, N, ...]``.
 
   Jit it as ``jax.jit(run, static_argnums=(0, 3))``.

@@ -134,6 +134,7 @@ def main(argv: list[str]) -> None:
 def _resume(url: str, study: str | None) -> None:
   """Resumes a stored study; a finished one is only read (its summary printed)."""
   import metaopt
+  from metaopt._src.programs import made_by_search_call
 
   store = metaopt.Store(url, create=False)
   rec = store.load_study(study)
@@ -144,6 +145,10 @@ def _resume(url: str, study: str | None) -> None:
   if rec.config.get("kind") == "study":
     _fail(f"study {rec.name!r} was made in Python by metaopt.create_study; its objective is "
           f"Python code: continue it with metaopt.load_study({rec.name!r}, store)")
+  if made_by_search_call(rec.config):
+    _fail(f"study {rec.name!r} was run in Python by metaopt.search, and no config names its "
+          "task: continue it by calling metaopt.search again with the same store and "
+          f"study={rec.name!r}")
   if store.read_only:
     _fail(f"store {url!r} is read-only; resuming records trials there")
   store.close()

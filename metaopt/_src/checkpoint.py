@@ -79,6 +79,7 @@ class Checkpointer:
                                              enable_async_checkpointing=False, **kwargs))
 
   def save(self, step: int, state: PyTree, meta: dict[str, Any]) -> None:
+    """Writes ``state`` and ``meta`` (with a SHA-256 digest of the state) as ``step``."""
     meta = {**meta, "_digest": digest(state)}
     if step in self.steps():  # e.g. a damaged step skipped by restore, now written anew
       self._mgr.delete(step)
@@ -89,6 +90,7 @@ class Checkpointer:
     self._mgr.wait_until_finished()
 
   def steps(self) -> list[int]:
+    """The steps written so far, ascending (re-read from disk)."""
     self._mgr.reload()
     return sorted(self._mgr.all_steps())
 
@@ -138,4 +140,5 @@ class Checkpointer:
     return meta
 
   def close(self) -> None:
+    """Waits for pending writes and closes the checkpoint manager."""
     self._mgr.close()

@@ -219,7 +219,8 @@ def _trace_pruner(pruner: Any, n: int, epochs: int, m: int = 0) -> None:
 def run_config(config: Mapping[str, Any], store: Any, progress: bool = True, *,
                worker: bool = False, worker_id: str | None = None,
                stale_after_s: float = 60.0) -> Result:
-  """Runs (or resumes) a black-box search config in ``store``; with ``worker``, as one of
+  """Runs (or resumes) a black-box search config in ``store`` (a :class:`Store` or a URL,
+  opened only after the task, space and settings are checked); with ``worker``, as one of
   several worker processes sharing the study."""
   from metaopt._src.driver import search
   from metaopt._src.worker import worker as run_worker

@@ -24,6 +24,7 @@ from metaopt._src import population as pop
 from metaopt._src import streaming
 from metaopt._src.evaluators import group
 from metaopt._src.loop import trial_seed
+from metaopt._src.programs import made_by_search_call
 from metaopt._src.store import Store, _clean
 from metaopt.spaces import Space
 from metaopt.tasks import Task
@@ -150,6 +151,10 @@ def evaluate_study(store: Store, study: str | None = None, *, k: int = 3, seeds:
   if rec.config.get("kind") == "study":
     raise ValueError(f"study {rec.name!r} was made in Python by metaopt.create_study with a "
                      "Python objective; there is no task to retrain (its trials are in `report`)")
+  if made_by_search_call(rec.config):
+    raise ValueError(f"study {rec.name!r} was run in Python by metaopt.search, and no config "
+                     "names its task; retrain and test its best trials in Python with "
+                     f"metaopt.evaluate_top(store, {rec.name!r}, task, space)")
   _, task, space, _ = config_lib.build({**rec.config, "store": store.url})
   return evaluate_top(store, rec.name, task, space, k=k, seeds=seeds, ensemble=ensemble,
                       eval_batch=eval_batch)

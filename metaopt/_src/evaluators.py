@@ -43,6 +43,10 @@ Metrics = dict[str, Any]
 
 DIRECTIONS = ("minimize", "maximize")
 
+# what to do with a dict given where a Space belongs
+SPACE_HINT = ("; wrap a dict of parameters as Space({...}), or use spaces.from_spec for "
+              "{'type': ...} dicts")
+
 
 @dataclasses.dataclass
 class TrialBatch:
@@ -1031,6 +1035,9 @@ def as_evaluator(x: Any, *, batch_size: int = 32, shared_batches: bool = True,
   """``x`` as an evaluator: a :class:`metaopt.tasks.Task` becomes a :class:`TaskEvaluator` (with the
   task-only settings given here), an evaluator is returned as is. A ``space`` to search on a
   task must set only parameters the task reads (``tasks.check_reads``, before any compile)."""
+  if space is not None and not isinstance(space, Space):
+    raise ValueError(f"space: expected a metaopt.spaces.Space, got {type(space).__name__}"
+                     f"{SPACE_HINT}")
   if isinstance(x, Task):
     if space is not None:
       check_reads(x, space.names)  # before the evaluator stages data (nothing compiled yet)

@@ -24,6 +24,8 @@ or ``y`` of the wrong shape, is a ``ValueError`` (checked when ``tell`` runs eag
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -39,7 +41,8 @@ from metaopt._src.tpe import _check_float, _check_int, _n_below, make_startup_as
 from metaopt._src.types import COMPLETE, Searcher
 
 
-def check_vector_tell(y, status, n_objectives: int, n: int | None = None):
+def check_vector_tell(y: Any, status: Any, n_objectives: int,
+                      n: int | None = None) -> jax.Array:
   """``y`` as a float32 ``[n, m]`` array, or one ``ValueError`` naming what is wrong.
 
   The shape is always checked; values only when ``y`` and ``status`` are concrete (not
@@ -348,7 +351,7 @@ _PAREGO_WEIGHTS = ("stratified", "random", "shared")
 
 
 def parego(dim: int, n_objectives: int = 2, n_startup: int = 10, rho: float = 0.05,
-           capacity: int = 256, weights: str = "stratified", **gp_kwargs) -> Searcher:
+           capacity: int = 256, weights: str = "stratified", **gp_kwargs: Any) -> Searcher:
   """ParEGO: GP-BO on random augmented Chebyshev scalarisations.
 
   Every objective is normalised to ``[0, 1]`` over the complete observations and a weight

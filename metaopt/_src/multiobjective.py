@@ -13,6 +13,7 @@ infeasible points rank among themselves by their total violation.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -157,7 +158,7 @@ def _hv_slices(p: np.ndarray, ref: np.ndarray) -> float:
   return float(vol)
 
 
-def hypervolume(y, ref, valid=None) -> float:
+def hypervolume(y: Any, ref: Any, valid: Any = None) -> float:
   """Exact hypervolume (minimisation) of the rows of ``y[n, m]`` bounded by ``ref[m]``.
 
   Host-side (numpy) and exact for any ``m`` (hypervolume by slicing objectives, While et al.,

@@ -21,7 +21,7 @@ import importlib
 from collections.abc import Mapping
 from typing import Any
 
-from metaopt._src.store import Store
+from metaopt._src.store import Store, check_url
 from metaopt._src.types import Result
 
 PROGRAMS: dict[str, str] = {
@@ -70,8 +70,22 @@ def run_config(config: Mapping[str, Any], store: Store | str | None = None, *,
   ``worker_id``, ``stale_after_s``)."""
   module = _module(config)
   module.validate(config)
-  st = store if isinstance(store, Store) else Store(store or default_store(config))
+  url = store if isinstance(store, Store) else store or default_store(config)
+  if program_of(config) == "search" and isinstance(url, str) and url.startswith("sqlite:"):
+    check_url(url)  # a bad URL: one error before the task is built or anything compiles
+    # a search creates its SQLite file only once its task, space and settings are checked,
+    # so a task that fails to import or build leaves no empty database behind
+    return module.run_config(config, url, progress=progress, **kwargs)
+  st = url if isinstance(url, Store) else Store(url)  # a server: reachable before building
   return module.run_config(config, st, progress=progress, **kwargs)
+
+
+def made_by_search_call(config: Mapping[str, Any]) -> bool:
+  """Whether a stored study's config is that of a ``metaopt.search`` / ``metaopt.worker``
+  called from Python (sizes and seed only, no ``task_name``): its task is Python code that
+  no config names, so ``run.py resume`` and ``evaluate`` cannot rebuild it."""
+  return (config.get("kind") != "study" and "program" not in config
+          and "task_name" not in config)
 
 
 def study_finished(store: Store, rec: Any) -> bool:

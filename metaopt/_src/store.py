@@ -277,6 +277,7 @@ class Store:
       raise ValueError(f"store {shown!r}: cannot open ({_one_line(e.orig or e)})") from None
 
   def close(self) -> None:
+    """Closes the store's connections (it may be opened again by its URL)."""
     self.engine.dispose()
 
   # ---------------------------------------------------------------- studies
@@ -299,6 +300,7 @@ class Store:
     return self.load_study(name)
 
   def study_names(self) -> list[str]:
+    """The names of the studies in the store, oldest first."""
     with self.engine.connect() as c:
       return [r[0] for r in c.execute(sa.select(studies.c.name).order_by(studies.c.id))]
 
@@ -323,11 +325,13 @@ class Store:
                  r["state_phase"])
 
   def log_event(self, study_id: int, kind: str, message: str) -> None:
+    """Records an event (``kind``: e.g. ``resume``, ``restore``, ``switch``) of a study."""
     with self.engine.begin() as c:
       c.execute(events.insert().values(study_id=study_id, at=_now(), kind=kind,
                                        message=message))
 
   def events(self, study_id: int) -> list[dict[str, Any]]:
+    """A study's events in the order recorded, as dicts (``at``, ``kind``, ``message``)."""
     with self.engine.connect() as c:
       rows = c.execute(sa.select(events).where(events.c.study_id == study_id)
                        .order_by(events.c.id)).mappings().all()
@@ -352,6 +356,7 @@ class Store:
     return ids
 
   def round_trials(self, study_id: int, rnd: int) -> list[dict[str, Any]]:
+    """The stored rows of round ``rnd``'s trials, as dicts."""
     with self.engine.connect() as c:
       rows = c.execute(sa.select(trials).where(
           (trials.c.study_id == study_id) & (trials.c.round == rnd))
@@ -611,6 +616,19 @@ def _journal_wal(cur: sqlite3.Cursor) -> None:
         raise
     time.sleep(pause * (0.5 + random.random()))  # jittered: racing openers fall apart
     pause = min(2 * pause, 0.2)
+
+
+def check_url(url: str) -> None:
+  """Checks a store URL as :class:`Store` would before writing (malformed, unknown dialect,
+  a SQLite URL with a host, a SQLite path that is a directory, not SQLite or read-only);
+  one ``ValueError`` naming the problem. Opens and creates nothing."""
+  if not isinstance(url, str) or "://" not in url:
+    raise ValueError(f"store={url!r}: must be an SQLAlchemy URL such as "
+                     "'sqlite:///runs/quickstart.db' or 'postgresql://user@host/db'")
+  parsed = _parse_url(url)
+  path = parsed.database
+  if parsed.get_backend_name() == "sqlite" and path and path != ":memory:":
+    _check_sqlite_file(parsed.render_as_string(hide_password=True), path, True)
 
 
 def _one_line(e: BaseException) -> str:

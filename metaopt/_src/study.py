@@ -55,7 +55,7 @@ import numpy as np
 
 from metaopt._src import loop, registry
 from metaopt._src import population as pop
-from metaopt._src.evaluators import CallableEvaluator, TrialPruned
+from metaopt._src.evaluators import SPACE_HINT, CallableEvaluator, TrialPruned
 from metaopt._src.store import Store
 from metaopt._src.types import COMPLETE, Searcher, Trial
 from metaopt.spaces import Choice, Fixed, Float, Int, Space, from_spec, to_spec
@@ -279,7 +279,8 @@ class Study:
                searcher_options: Mapping[str, Any] | None = None, metric: str | None = None,
                warm_start: Any = None, warm_start_top_k: int = 3):
     if not isinstance(space, Space):
-      raise ValueError(f"space: expected a spaces.Space, got {type(space).__name__}")
+      raise ValueError(f"space: expected a metaopt.spaces.Space, got "
+                       f"{type(space).__name__}{SPACE_HINT}")
     if direction not in DIRECTIONS:
       raise ValueError(f"direction={direction!r}: allowed values are 'minimize', 'maximize'")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
@@ -472,7 +473,8 @@ class Study:
     if isinstance(number, bool) or not isinstance(number, (int, np.integer)) or \
         not 0 <= number < len(self._trials):
       raise ValueError(f"tell: trial {number!r} is unknown in study {self.study_name!r} "
-                       f"(trials 0..{len(self._trials) - 1})")
+                       + (f"(trials 0..{len(self._trials) - 1})" if self._trials
+                          else "(no trials asked yet)"))
     t = self._trials[number]
     if t.status != "running":
       raise ValueError(f"tell: trial {number} was already told ({t.status})")
@@ -605,7 +607,7 @@ class Study:
         f.write(buf.getvalue())
     return buf.getvalue()
 
-  def to_pandas(self):
+  def to_pandas(self) -> Any:
     """The :meth:`table` as a ``pandas.DataFrame`` (needs pandas)."""
     try:
       import pandas as pd
@@ -615,7 +617,7 @@ class Study:
     return pd.DataFrame(self.table())
 
   def to_optuna(self, storage: Any = None, study_name: str | None = None,
-                replace: bool = False):
+                replace: bool = False) -> Any:
     """Writes the finished trials into a new Optuna study (``storage``: None for in-memory,
     an Optuna storage or URL such as ``sqlite:///optuna.db``) that ``optuna-dashboard`` and
     ``optuna.visualization`` read; returns the ``optuna.Study``. An Optuna study of that
@@ -723,8 +725,12 @@ def load_study(study_name: str | None, store: str | Store,
                searcher: str | Searcher | None = None) -> Study:
   """A stored :class:`Study` (its space, searcher and direction read from the store),
   continued from its searcher state; pass ``searcher`` when it was a custom object."""
-  st = store if isinstance(store, Store) else Store(store)
+  # a missing file or study is one error, and creates nothing
+  st = store if isinstance(store, Store) else Store(store, create=False)
   rec = st.load_study(study_name)
+  if not isinstance(store, Store):
+    st.close()
+    st = Store(store)
   cfg = rec.config
   if cfg.get("kind") != "study":
     raise ValueError(f"study {rec.name!r} in {st.url} was made by metaopt.search / run.py, "

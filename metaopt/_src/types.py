@@ -217,6 +217,7 @@ class Result:
     return pick(done, key=lambda t: t.objective)
 
   def count(self, status: str) -> int:
+    """How many trials have ``status`` (``complete``, ``failed``, ``pruned``, ...)."""
     return sum(t.status == status for t in self.trials)
 
   def summary(self) -> dict[str, Any]:

@@ -33,6 +33,15 @@ def _check_name(name: Any) -> None:
     raise ValueError(f"parameter name {name!r}: must be a Python identifier string")
 
 
+def _check_flags(param: Any, *fields: str) -> None:
+  """A flag such as ``log`` or ``structural`` must be True or False: ``log="no"`` would
+  otherwise search on a log scale (a non-empty string is truthy)."""
+  for field in fields:
+    v = getattr(param, field)
+    if not isinstance(v, (bool, np.bool_)):
+      raise ValueError(f"parameter {param.name!r}: {field}={v!r} must be True or False")
+
+
 def _check_condition(name: str, when: Condition | None) -> dict[str, tuple[Any, ...]] | None:
   if when is None:
     return None
@@ -67,6 +76,7 @@ class Float:
       v = getattr(self, field)
       if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
         raise ValueError(f"parameter {n!r}: {field}={v!r} must be a finite number")
+    _check_flags(self, "log")
     if not self.lo < self.hi:
       raise ValueError(f"parameter {n!r}: needs lo < hi, got lo={self.lo}, hi={self.hi}")
     if self.log and self.lo <= 0:
@@ -132,6 +142,7 @@ class Int:
       v = getattr(self, field)
       if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
         raise ValueError(f"parameter {n!r}: {field}={v!r} must be an integer")
+    _check_flags(self, "log", "structural")
     if not self.lo <= self.hi:
       raise ValueError(f"parameter {n!r}: needs lo <= hi, got lo={self.lo}, hi={self.hi}")
     if self.log and self.lo <= 0:
@@ -189,6 +200,7 @@ class Choice:
       raise ValueError(f"parameter {n!r}: choices must be a list, got {self.choices!r}")
     if len(self.choices) == 0:
       raise ValueError(f"parameter {n!r}: choices must not be empty")
+    _check_flags(self, "structural")
     if len(set(map(repr, self.choices))) != len(self.choices):
       raise ValueError(f"parameter {n!r}: choices must be distinct, got {list(self.choices)}")
     if self.default is not None and self.default not in self.choices:
@@ -434,8 +446,8 @@ def from_spec(spec: Mapping[str, Mapping[str, Any]]) -> Space:
       raise ValueError(f"space.{name}: unknown field(s) {unknown} for type {kind!r}; "
                        f"allowed: {fields}")
     try:
-      if "choices" in p:
-        p["choices"] = list(p["choices"])
+      if "choices" in p and not isinstance(p["choices"], (str, bytes)):
+        p["choices"] = list(p["choices"])  # a string stays one, for Choice to refuse
       params[name] = cls(**p)
     except (TypeError, AttributeError) as e:  # e.g. choices=None, bounds of the wrong type
       raise ValueError(f"space.{name}: bad field value(s) {p}: {e}") from None

@@ -60,7 +60,32 @@ def _split(x: Any, y: Any, what: str) -> Split:
   return Split(x, y)
 
 
+def _check_splits(splits: Sequence[Split]) -> None:
+  """One ``ValueError`` naming the split and the rule: the same shape per example in every
+  split, finite inputs, integer labels in every split or in none, integer labels 1-D and
+  non-negative (a column ``y[:, None]`` failed in the loss with a shape error)."""
+  names = _SPLITS[:len(splits)]
+  shapes = {w: s.x.shape[1:] for w, s in zip(names, splits, strict=True)}
+  if len(set(shapes.values())) > 1:
+    raise ValueError("data: x must have the same shape per example in every split; got "
+                     + ", ".join(f"{w} {v}" for w, v in shapes.items()))
+  kinds = {w: s.y.dtype == np.int32 for w, s in zip(names, splits, strict=True)}
+  if len(set(kinds.values())) > 1:
+    raise ValueError("data: y must be integer class labels in every split or float targets "
+                     "in every split; got " + ", ".join(
+                         f"{w} {'integer' if k else 'float'}" for w, k in kinds.items()))
+  for w, s in zip(names, splits, strict=True):
+    if not np.all(np.isfinite(s.x)):
+      raise ValueError(f"data.{w}: x has non-finite values")
+    if kinds[w] and s.y.ndim != 1:
+      raise ValueError(f"data.{w}: integer class labels must be a 1-D array, got shape "
+                       f"{s.y.shape} (use y.ravel(), or float targets for regression)")
+    if kinds[w] and s.y.min() < 0:
+      raise ValueError(f"data.{w}: class labels must be >= 0, got {int(s.y.min())}")
+
+
 def _from_splits(splits: Sequence[Split], name: str, note: str) -> Dataset:
+  _check_splits(splits)
   classification = splits[0].y.dtype == np.int32
   n_classes = int(max(int(s.y.max()) for s in splits)) + 1 if classification else None
   checksum = _checksum(splits)
@@ -183,6 +208,25 @@ def _optimizer(optimizer: Any) -> Callable[[Mapping[str, Any]], optax.GradientTr
                    f"optax name or a GradientTransformation, got {type(optimizer).__name__}")
 
 
+def _named_optimizer_reads(optimizer: Any, space: Space,
+                           defaults: Mapping[str, Any]) -> frozenset[str] | None:
+  """For an optax optimizer given by name: one ``ValueError`` when a required argument
+  (``learning_rate``) is in neither the space nor ``defaults``; else what the task reads
+  (the optimizer's arguments and the structural parameters the model is built from), so a
+  search over a parameter nothing reads fails before compiling (``check_reads``)."""
+  if not isinstance(optimizer, str):
+    return None
+  params = inspect.signature(getattr(optax, optimizer)).parameters
+  missing = [k for k, p in params.items() if p.default is inspect.Parameter.empty
+             and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+             and k not in space.params and k not in defaults]
+  if missing:
+    raise ValueError(f"optimizer={optimizer!r} needs {missing}: name them in the space or "
+                     f"in defaults=; the space has {list(space.names)}, optax.{optimizer} "
+                     f"takes {list(params)}")
+  return frozenset(params) | frozenset(n for n, p in space.params.items() if p.structural)
+
+
 def _takes_train(module: nn.Module) -> bool:
   """Whether the module's ``__call__`` has a ``train`` argument (dropout, batch norm)."""
   try:
@@ -292,6 +336,7 @@ def from_flax(model: nn.Module | Callable[[Mapping[str, Any]], nn.Module], data:
     raise ValueError("model: pass a Flax module instance, or a function structure -> module")
   ds = as_dataset(data, data_dir, x_key, y_key)
   classify = ds.num_classes is not None
+  default_loss = loss is None
   loss = loss or (base.softmax_xent if classify else base.mse)
   metrics = metrics or (base.classification_metrics if classify else base.regression_metrics)
   objective = objective or ("accuracy" if classify else "mse")
@@ -301,19 +346,44 @@ def from_flax(model: nn.Module | Callable[[Mapping[str, Any]], nn.Module], data:
     raise ValueError(f"direction={direction!r}: allowed values are 'maximize', 'minimize'")
   make_opt = _optimizer(optimizer)
   defaults = dict(defaults or {})
+  reads = _named_optimizer_reads(optimizer, space, defaults)
   example = np.zeros((2, *ds.input_shape), np.float32)
   structure = {n: p.to_python(p.fallback()) if isinstance(p, Choice) else p.fallback()
                for n, p in space.params.items() if p.structural}  # a Choice's is its index
 
-  def build(structure: Mapping[str, Any]) -> TrialFns:
+  def module_of(structure: Mapping[str, Any]) -> nn.Module:
     module = model if isinstance(model, nn.Module) else model(dict(structure))
     if not isinstance(module, nn.Module):
       raise ValueError(f"model({dict(structure)}) returned {type(module).__name__}, not a "
                        "Flax module")
-    return flax_trial_fns(module, example, loss, metrics, make_opt, structure, defaults)
+    return module
+
+  def build(structure: Mapping[str, Any]) -> TrialFns:
+    return flax_trial_fns(module_of(structure), example, loss, metrics, make_opt, structure,
+                          defaults)
 
   _check(build({**defaults, **structure}), _fallback_h(space, defaults), ds, objective)
-  return Task(name, ds, space, build, objective, direction, defaults, family)
+  if classify and default_loss:
+    _check_classes(module_of({**defaults, **structure}), example, ds.num_classes)
+  task = Task(name, ds, space, build, objective, direction, defaults, family, reads=reads)
+  base.check_reads(task, space.names)  # e.g. momentum searched for optimizer='adam'
+  return task
+
+
+def _check_classes(module: nn.Module, example: np.ndarray, num_classes: int) -> None:
+  """A classifier's outputs must have a logit per class: with fewer, the default
+  cross-entropy of a label past the last logit is NaN and every trial failed as "non-finite
+  loss" (traced abstractly, nothing compiles)."""
+  mode = {"train": False} if _takes_train(module) else {}
+  key = jax.random.key(0)
+  out = jax.eval_shape(lambda: module.init_with_output(
+      {"params": key, "dropout": key}, example, **mode)[0])
+  shape = getattr(out, "shape", None)
+  if shape is not None and len(shape) == 2 and shape[-1] < num_classes:
+    raise ValueError(f"model: outputs {shape[-1]} logits per example, but the labels are "
+                     f"integers in [0, {num_classes}) ({num_classes} classes); give the last "
+                     f"layer {num_classes} outputs (e.g. nn.Dense({num_classes})), or pass "
+                     "float targets for regression")
 
 
 def _check(fns: TrialFns, h: dict[str, Any], ds: Dataset, objective: str) -> None:

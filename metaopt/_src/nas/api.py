@@ -428,6 +428,9 @@ def _fallback_front(store: Any, study_id: int, objs: list[str]) -> dict[str, Any
 
 def build_model(space: CellSpace, model: Mapping[str, int], num_classes: int,
                 genotype: Genotype | None = None) -> Network:
+  """The supernet of ``space`` sized by ``model`` (``features``, ``n_cells``,
+  ``partial_k``), or with ``genotype`` the discrete network of that cell (no partial
+  channels)."""
   return Network(space, features=model["features"], n_cells=model["n_cells"],
                  num_classes=num_classes, partial_k=model["partial_k"] if genotype is None else 1,
                  genotype=genotype, stem_stride=model["stem_stride"], stages=model["stages"],

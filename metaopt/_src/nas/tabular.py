@@ -133,6 +133,8 @@ class Table:
 
 
 def load_table(path: str | pathlib.Path = TABLE_PATH) -> Table:
+  """The tabular NAS benchmark (default: the one bundled with the package, every trained
+  cell of the NB201-style space on ``shapes``) read from its JSON file."""
   return Table(json.loads(pathlib.Path(path).read_text()))
 
 

@@ -11,7 +11,7 @@ order, so architectures trained together are trained identically.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -43,7 +43,8 @@ def _accuracy(model, params, w, x, y, chunk: int = 512):
 def train_networks(model: Network, data: Dataset, seeds: Sequence[int],
                    weights: dict[str, Any] | None = None, *, epochs: int = 5,
                    batch_size: int = 64, lr: float = 3e-3, wd: float = 1e-4,
-                   test: bool = True, on_epoch=None) -> dict[str, Any]:
+                   test: bool = True,
+                   on_epoch: Callable[[int, Any, Any], Any] | None = None) -> dict[str, Any]:
   """Trains ``len(seeds)`` networks together; returns per-member curves and accuracies.
 
   Args:
