@@ -397,9 +397,7 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
           levels: Sequence[int] | None = None, deterministic: bool = False,
           n_exploit: int | Sequence[int] = (24, 12, 48, 96),
           buckets: bool = True, n_diverse: int = 0, warp: bool = False,
-          believer_incumbent: bool = True, output_warp: float | str = True,
-          init_ls: float | None = None, local_axes: bool = False,
-          qmc_candidates: bool = False) -> Searcher:
+          believer_incumbent: bool = True, output_warp: float | str = True) -> Searcher:
   """GP-BO with a Matern-5/2 ARD kernel, log-EI or UCB, and kriging-believer batches.
 
   Until ``n_startup`` observations are complete, proposals are scrambled Sobol points. Then
@@ -448,13 +446,6 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
       ``log1p``-warp ``y`` before standardising (float ``k``: milder; ``"auto"``, ``"gp"``).
     believer_incumbent: the log-EI incumbent of each batch point is the best of the data and
       the means believed at earlier points (default), or (``False``) the best observation.
-    init_ls: lengthscale the first fit starts from (``None``: ``0.5 sqrt(dim)``; Optuna's
-      GPSampler starts from 1).
-    local_axes: scale the local perturbations per coordinate by the fitted lengthscales
-      (normalised to geometric mean 1), so they reach further along the flat axes.
-    qmc_candidates: the ``n_candidates`` global candidates are the first points of the
-      unscrambled Sobol sequence under a uniform random shift modulo 1 (a randomised QMC
-      set, as GPSampler samples its acquisition) instead of independent uniforms.
 
   Returns:
     A :class:`Searcher`; ``state["theta"]`` holds the fitted GP hyperparameters.
@@ -473,11 +464,6 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
                  n_restarts=n_restarts, grad_steps=grad_steps, n_diverse=n_diverse, warp=warp,
                  believer_incumbent=believer_incumbent, output_warp=output_warp, floats={
                      "kappa": kappa, "fit_lr": fit_lr, "local_std": local_std, "grad_lr": grad_lr})
-  if init_ls is not None:
-    _check_float("init_ls", init_ls, 0.0, float("inf"))
-  for name, flag in (("local_axes", local_axes), ("qmc_candidates", qmc_candidates)):
-    if not isinstance(flag, (bool, np.bool_)):
-      raise ValueError(f"{name}={flag!r}: must be True or False")
   n_exploit = _check_n_exploit(n_exploit, n_candidates, capacity)
   lv = _check_levels(levels, dim)
   lvl, cont = (lv if np.any(lv) else None), jnp.asarray(lv == 0, jnp.float32)
@@ -487,14 +473,10 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
   sizes = (sorted({2**k for k in range(6, 31) if 2**k < capacity} | {capacity}) if buckets
            else [capacity])
   n_div = n_diverse  # restarts from the best candidate of each region
-  qmc_pts = (np.asarray(sobol(dim, scramble=False).ask(
-      {"count": jnp.zeros((), jnp.int32), "shift": jnp.zeros((dim,), jnp.uint32)}, None,
-      n_candidates)[1]) if qmc_candidates else None)
   anchors = jnp.asarray(np.random.default_rng(0).uniform(size=(n_div, dim)), jnp.float32)
 
   def init(key):
-    ls0 = 0.5 * math.sqrt(dim) if init_ls is None else float(init_ls)
-    theta = {"log_ls": jnp.full((dim,), math.log(ls0), jnp.float32),
+    theta = {"log_ls": jnp.full((dim,), math.log(0.5 * math.sqrt(dim)), jnp.float32),
              "log_s2": jnp.zeros((), jnp.float32),
              "log_noise": jnp.full((), _LOG_NOISE_MIN if deterministic else -6.0, jnp.float32)}
     if warp:  # the identity warp to start from
@@ -510,16 +492,11 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
       u = alt[jnp.argmax(jnp.where(jnp.isfinite(score), score, -jnp.inf))]
     return u
 
-  def perturb(parents, z, theta=None):
+  def perturb(parents, z):
     """``n_local`` perturbations of ``parents`` (``[n_local, dim]`` or one point) by the
     standard normal ``z[n_local, dim]`` at the scales ``local_std``, ``local_std / 5``, ...,
-    clipped to the cube (with ``local_axes``, times the lengthscales of ``theta`` over their
-    geometric mean)."""
+    clipped to the cube."""
     mult = local_std * jnp.asarray(_LOCAL_SCALES)[jnp.arange(n_local) % len(_LOCAL_SCALES)]
-    if local_axes and theta is not None:
-      log_ls = theta["log_ls"] * cont
-      log_ls = log_ls - jnp.sum(log_ls) / jnp.maximum(jnp.sum(cont), 1.0)
-      z = z * jnp.exp(jnp.clip(log_ls, -5.0, 5.0))
     local = parents + mult[:, None] * z
     return snap(jnp.clip(local, 0.0, 1.0), lvl)
 
@@ -560,7 +537,7 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
     xl = x[nn]
     yl = warp_and_standardize(y[nn], ml, output_warp, theta, xl, lvl)
     theta_l = fit_gp(theta, xl, yl, ml, _EXPLOIT_FIT_STEPS, fit_lr, lvl, deterministic)
-    cand = jnp.concatenate([perturb(snap(x[inc], lvl), z, theta), snap(xl, lvl)])
+    cand = jnp.concatenate([perturb(snap(x[inc], lvl), z), snap(xl, lvl)])
     return theta_l, xl, yl, ml, cand
 
   def pad_rows(a, rows, fill=0):
@@ -629,13 +606,10 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
     def propose(carry, xs):
       x_all, yz_all, m_all, best = carry
       i, r = xs
-      cand = r["cand"]
-      if qmc_candidates:  # the fixed Sobol set shifted by the first uniform draw, modulo 1
-        cand = jnp.mod(jnp.asarray(qmc_pts) + cand[0], 1.0)
-      cand = snap(cand, lvl)
+      cand = snap(r["cand"], lvl)
       if n_local:  # perturbations of the best observations
         rank = jnp.floor(r["parent"] * jnp.minimum(n_obs, n_top)).astype(jnp.int32)
-        cand = jnp.concatenate([cand, perturb(top[rank], r["z"], theta)])
+        cand = jnp.concatenate([cand, perturb(top[rank], r["z"])])
       model = (theta, x_all, yz_all, m_all)
       glob = _posterior(*model, lvl)
       if m:
