@@ -32,7 +32,10 @@ def task():
   return get_task("digits_mlp")
 
 
-@pytest.mark.parametrize("shared", [True, False])
+# [False] slow (~13 s in CI's default run: the four kernels compiled again): by default the
+# loop and vmap kernels are compared on shared minibatches, what search uses by default
+# (shared_batches=True); per-trial minibatches compared in `make test-slow`
+@pytest.mark.parametrize("shared", [True, pytest.param(False, marks=pytest.mark.slow)])
 def test_loop_kernel_equals_vmap_kernel(task, shared):
   fns = task.build({})
   data = pop.data_arrays(task.data)
