@@ -95,30 +95,33 @@ def _same_trials(got, ref):
 
 # ------------------------------------------------------------------------------- workers
 def test_workers_share_a_study_and_take_over_a_killed_one(tmp_path):
-  """Three `run.py run --worker` processes on one SQLite file; the one training a round is
-  killed -9 mid-round, another takes the round over when its heartbeat is stale and resumes
-  it from its checkpoint. The study ends exactly as one uninterrupted `run.py run`."""
+  """A `run.py run --worker` process on a SQLite file is killed -9 mid-round, after it saved
+  a checkpoint; two more workers started on the file share the study, one takes the round
+  over when its heartbeat is stale and resumes it from its checkpoint. The study ends exactly
+  as one uninterrupted `run.py run`. (The two start once the first has compiled: they load
+  its programs from the persistent compilation cache the tests share instead of compiling
+  them again.)"""
   cfg, db = _config(tmp_path, "w", n_trials=16, epochs=2)
   errs = [open(tmp_path / f"err{i}.txt", "w+") for i in range(3)]
-  procs = [_start("run", "--config", cfg, "--worker", "--stale_after_s=4", err=e) for e in errs]
-  by_pid = {p.pid: p for p in procs}
+  start = lambda e: _start("run", "--config", cfg, "--worker", "--stale_after_s=4", err=e)
+  victim = start(errs[0])
   deadline = time.time() + 300
-  victim = None
-  while victim is None and time.time() < deadline:
+  rnd = None
+  while rnd is None and time.time() < deadline and victim.poll() is None:
     rows = _query(db, "select r.worker, r.round from rounds r join trials t on t.study_id = "
                       "r.study_id and t.round = r.round where r.status = 'running' and "
                       "r.round < 3 and t.last_epoch is not null")
-    for w, rnd in rows:
-      pid = int(w.split(":")[1])
-      if pid in by_pid and by_pid[pid].poll() is None:
-        victim = by_pid[pid]
+    for w, r in rows:
+      if int(w.split(":")[1]) == victim.pid:
+        rnd = r
         victim.send_signal(signal.SIGKILL)
         victim.wait()
         # the newest checkpoint it left (the others wait 4 s before taking over)
         newest = ([0] + _steps(os.path.join(db + ".ckpt", "scale", f"round_{rnd:05d}")))[-1]
         break
     time.sleep(0.02)
-  assert victim is not None, "no worker was caught mid-round"
+  assert rnd is not None, "the first worker was not caught mid-round"
+  procs = [victim] + [start(e) for e in errs[1:]]
   for p in procs:
     assert p.wait(timeout=600) in (0, -signal.SIGKILL)
   for p, e in zip(procs, errs, strict=True):

@@ -250,7 +250,8 @@ def test_resume_restores_a_compacted_population(tmp_path):
   task = get_task("digits_mlp")
   prog = metaopt.with_pruning(metaopt.random_search(task.space.dim),
                               metaopt.successive_halving(n_epochs=4, min_epochs=1, eta=2))
-  kw = dict(n_trials=8, population=8, epochs=4, batch_size=128, seed=2, progress=False,
+  # batch_size 64: the kernels of 8 and 4 trials are those other tests here compile
+  kw = dict(n_trials=8, population=8, epochs=4, batch_size=64, seed=2, progress=False,
             study="c", checkpoint_every_s=0, compaction="always")
   ref = metaopt.search(prog, task, store=f"sqlite:///{tmp_path}/ref.db", **kw)
 
@@ -276,7 +277,7 @@ def test_infeasible_trials_are_recorded_and_not_trained(tmp_path):
                 "activation": "relu"}) == 64 * 10 + 10 + 10 * 10 + 10 + 10 * 10 + 10
   budget = 3000
   res = metaopt.search(metaopt.random_search(task.space.dim), task, n_trials=8, population=8,
-                       epochs=2, batch_size=128, progress=False,
+                       epochs=2, batch_size=64, progress=False,
                        constraint=metaopt.max_params(task, budget),
                        store=f"sqlite:///{tmp_path}/c.db")
   bad = [t for t in res.trials if t.status == "infeasible"]

@@ -184,21 +184,24 @@ def test_warm_start_tells_priors_evaluates_best_first_and_records_sources(tmp_pa
 def test_tpe_weighs_warm_start_priors_by_how_well_they_rank_own_rows(tmp_path):
   from metaopt._src.tpe import prior_rows, source_weight, tpe
 
-  x = jax.random.uniform(jax.random.key(0), (40, 2))
+  # each function jitted (one compile each, not one per op; as the searcher runs them)
+  x = np.asarray(jax.random.uniform(jax.random.key(0), (40, 2)))
   f = x[:, 0] + 2.0 * x[:, 1]
   src, valid = np.arange(40) < 30, np.ones(40, bool)
   pairs = 10 * 9 / 2  # own rows 30..39, all values distinct
-  same = float(source_weight(x, f, valid, src))
-  flipped = float(source_weight(x, np.where(src, f, -f), valid, src))
+  weight = jax.jit(source_weight)
+  same = float(weight(x, f, valid, src))
+  flipped = float(weight(x, np.where(src, f, -f), valid, src))
   assert same > 0.8  # the sources rank a task like theirs well
   assert flipped == pytest.approx(10.0 / (10.0 + pairs))  # reversed order: only the pseudo-pairs
-  assert float(source_weight(x, f, np.arange(40) < 30, src)) == 1.0  # no own rows yet
+  assert float(weight(x, f, np.arange(40) < 30, src)) == 1.0  # no own rows yet
   # the first n_prior rows told are the priors, until the ring buffer overwrites them
   s = tpe(2, capacity=8)
-  st = s.tell(s.init(None), x[:6], f[:6], np.zeros(6, np.int32))
-  st = s.tell({**st, "n_prior": st["count"]}, x[6:10], f[6:10], np.zeros(4, np.int32))
-  assert np.asarray(prior_rows(st)).tolist() == [False, False, True, True, True, True, False,
-                                                 False]
+  tell = jax.jit(s.tell)
+  st = tell(jax.jit(s.init)(None), x[:6], f[:6], np.zeros(6, np.int32))
+  st = tell({**st, "n_prior": st["count"]}, x[6:10], f[6:10], np.zeros(4, np.int32))
+  assert np.asarray(jax.jit(prior_rows)(st)).tolist() == [False, False, True, True, True, True,
+                                                          False, False]
   study = metaopt.create_study(SPACE, "tpe", seed=0)
   study.optimize(_f, n_trials=12)
   url = f"sqlite:///{tmp_path}/p.db"
