@@ -37,9 +37,12 @@ def test_orthogonal_rows_are_orthogonal_per_block_and_standard_normal():
 class SamplingJittable(chex.TestCase):
   @chex.variants(with_jit=True, without_jit=True)
   def test_ask_tell_learn_and_keep_shapes(self):
-    """Two generations: points inside the cube, the strategy updates, shapes / dtypes / weak
-    types fixed (a jitted ask/tell compiles once); the first orthogonal generation of 3 rows in
-    3-D spans three orthogonal directions around the centre."""
+    """Orthogonal: two generations, points inside the cube, the strategy updates, shapes /
+    dtypes / weak types fixed (a jitted ask/tell compiles once); the first generation of 3 rows
+    in 3-D spans three orthogonal directions around the centre. Mirrored: its first generation
+    is pairs mirrored around the centre (its ask only: the tell is the strategy's, as for
+    orthogonal; both samplings' ask/tell run jitted for 40 generations in a ``lax.scan``, whose
+    carry must keep its shapes and dtypes, in the optima test below)."""
     for sampling in ("orthogonal", "mirrored"):
       s = cma_es(3, popsize=N, sampling=sampling, sigma0=0.05)
       ask, tell = self.variant(s.ask, static_argnums=2), self.variant(s.tell)
@@ -53,6 +56,8 @@ class SamplingJittable(chex.TestCase):
         np.testing.assert_allclose(g - np.diag(np.diag(g)), 0.0, atol=1e-5)
       else:
         np.testing.assert_allclose(d[:4], -d[4:], atol=1e-6)
+        assert np.abs(d).max() > 1e-3
+        continue
       st = tell(st, u, bf.sphere(u), jnp.zeros(N, jnp.int32))
       st, u2 = ask(st, jax.random.key(2), N)
       st = tell(st, u2, bf.sphere(u2), jnp.zeros(N, jnp.int32))

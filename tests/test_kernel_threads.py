@@ -1,5 +1,6 @@
-"""Population kernels on several CPU cores (issue 24): a "loop" chunk split over threads and
-"vmap" groups run at once give the results of one thread, bit for bit."""
+"""Population kernels on several CPU cores (issue 24): a "loop" chunk split over threads and a
+population init split over threads give the results of one thread, bit for bit ("vmap" groups
+run at once: tests/test_switch_groups.py)."""
 
 import threading
 
@@ -8,9 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import metaopt
 from metaopt._src import population as pop
-from metaopt.spaces import Choice, Float, Space
 from metaopt.tasks import get_task
 
 
@@ -104,34 +103,8 @@ def test_bad_workers_is_a_clear_error(task):
     pop.make_kernel(fns, 128, 32, mode="vmap", workers=2)
 
 
-def test_vmap_groups_run_at_once_give_the_same_trials(task, monkeypatch):
-  space = Space({"learning_rate": Float(1e-3, 1e-1, log=True),
-                 "activation": Choice(["relu", "tanh"])})
-  calls = []
-  real = pop.run_parallel
-
-  def spy(fns, workers=None):
-    calls.append((len(fns), workers))
-    return real(fns, workers)
-  monkeypatch.setattr(pop, "run_parallel", spy)
-
-  def run(workers):
-    monkeypatch.setattr(pop, "default_workers", lambda: workers)
-    ev = metaopt.TaskEvaluator(task, batch_size=128, kernel_mode="vmap",
-                               group_switches="always")
-    res = metaopt.search(metaopt.random_search(space.dim), ev, space=space, n_trials=4,
-                         population=4, epochs=3, seed=3, progress=False, compaction="never")
-    return {t.number: [m["valid_loss"] for m in t.metrics] for t in res.trials}
-
-  one = run(1)
-  calls.clear()
-  two = run(2)
-  # the groups' inits at once, then epochs 2 and 3: both activation groups at once
-  assert calls == [(2, None)] * 3
-  assert one.keys() == two.keys() and len(one) == 4
-  for k in one:
-    assert len(one[k]) == 3
-    np.testing.assert_array_equal(one[k], two[k])
+# The activation groups run at once on two threads: tests/test_switch_groups.py
+# (test_vmap_groups_run_at_once_give_the_same_trials, beside the same grouped search).
 
 
 def test_a_large_population_init_split_over_threads_is_bit_for_bit_one_call(task, monkeypatch):

@@ -18,7 +18,9 @@ def task():
   return get_task("digits_mlp", max_width=16)
 
 
-def _search(task, group, program=None, epochs=1, n=8):
+# The grouped search below is the same search (space, task, batch, population, epochs, seed) in
+# both tests comparing it, so its kernels are compiled once for this file (compile_cache).
+def _search(task, group, program=None, epochs=3, n=4):
   ev = metaopt.TaskEvaluator(task, batch_size=128, kernel_mode="vmap", group_switches=group)
   res = metaopt.search(program or metaopt.random_search(SPACE.dim), ev, space=SPACE,
                        n_trials=n, population=n, epochs=epochs, seed=3, progress=False,
@@ -31,6 +33,8 @@ def _by_number(res):
 
 
 def test_grouped_and_all_branches_kernels_give_the_same_trials(task):
+  """4 trials, 3 epochs: a kernel per activation value (grouped) and one kernel with the
+  switch over both give the same trials; a grouped kernel counts fewer FLOPs."""
   ev_g, grouped = _search(task, "always")
   ev_b, branches = _search(task, "never")
   # grouped: one kernel per activation value, each with the index fixed; never: one kernel
@@ -40,7 +44,7 @@ def test_grouped_and_all_branches_kernels_give_the_same_trials(task):
   # (its switch over the 2 activations the space allows: see evaluators._branches)
   assert [dict(k) for k in ev_b._kernels] == [{"depth": 2, "optimizer": "adamw", BRANCHES: 2}]
   g, b = _by_number(grouped), _by_number(branches)
-  assert g.keys() == b.keys() and len(g) == 8
+  assert g.keys() == b.keys() and len(g) == 4
   assert {a for a, _, _ in g.values()} == {"relu", "tanh"}
   for k in g:
     assert g[k][0] == b[k][0] and g[k][2] == b[k][2] == "complete"
@@ -49,6 +53,34 @@ def test_grouped_and_all_branches_kernels_give_the_same_trials(task):
   flops = lambda res: {t.number: t.metrics[-1]["flops"] for t in res.trials}
   fg, fb = flops(grouped), flops(branches)
   assert all(fg[k] < fb[k] for k in fg)
+
+
+def test_vmap_groups_run_at_once_give_the_same_trials(task, monkeypatch):
+  """The activation groups' kernels run at once on two threads (``population.run_parallel``)
+  give the trials of one thread bit for bit (moved here from tests/test_kernel_threads.py: the
+  grouped search above, its kernels already compiled)."""
+  calls = []
+  real = pop.run_parallel
+
+  def spy(fns, workers=None):
+    calls.append((len(fns), workers))
+    return real(fns, workers)
+  monkeypatch.setattr(pop, "run_parallel", spy)
+
+  def run(workers):
+    monkeypatch.setattr(pop, "default_workers", lambda: workers)
+    _, res = _search(task, "always")
+    return {t.number: [m["valid_loss"] for m in t.metrics] for t in res.trials}
+
+  one = run(1)
+  calls.clear()
+  two = run(2)
+  # the groups' inits at once, then epochs 2 and 3: both activation groups at once
+  assert calls == [(2, None)] * 3
+  assert one.keys() == two.keys() and len(one) == 4
+  for k in one:
+    assert len(one[k]) == 3
+    np.testing.assert_array_equal(one[k], two[k])
 
 
 def test_auto_rule_groups_vmapped_populations_with_enough_trials_per_value():
@@ -92,8 +124,8 @@ def test_pbt_across_switch_groups_merges_them_and_matches_all_branches(task):
   """PBT copies and moves trials across activation groups: the evaluator merges the groups
   back into one traced-switch kernel, and every trial ends as in the all-branches run."""
   prog = lambda: metaopt.pbt(SPACE.dim, interval=1, quantile=0.5, perturb=0.3)
-  ev_g, grouped = _search(task, "always", prog(), epochs=3)
-  _, branches = _search(task, "never", prog(), epochs=3)
+  ev_g, grouped = _search(task, "always", prog(), epochs=3, n=8)
+  _, branches = _search(task, "never", prog(), epochs=3, n=8)
   assert any(SWITCHED not in dict(k) for k in ev_g._kernels)  # the merged kernel was built
   g, b = _by_number(grouped), _by_number(branches)
   for k in g:
