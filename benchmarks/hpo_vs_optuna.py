@@ -73,13 +73,6 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from _paths import results_path  # noqa: E402
 
-# benchmarks/ holds a script called mnist1d.py: off the path now that _protocol and _paths are
-# imported, or it shadows the mnist1d package that generates the data on a fresh machine
-# (tasks.get_task("mnist1d_cnn") failed with "'mnist1d' is not a package" before the TFDS
-# cache existed).
-sys.path[:] = [p for p in sys.path
-               if os.path.abspath(p or os.curdir) != os.path.dirname(os.path.abspath(__file__))]
-
 import metaopt  # noqa: E402
 from metaopt import tasks  # noqa: E402
 from metaopt._src import evaluators  # noqa: E402

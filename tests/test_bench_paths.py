@@ -83,3 +83,20 @@ def test_every_benchmark_that_writes_a_table_uses_results_path():
     if "--quick" in src and _writes(ast.parse(src)) and "results_path" not in calls:
       # only temporary files (tempfile) may be written without it
       assert "mkdtemp" in src and "results_" not in src, name
+
+
+def test_no_benchmark_script_shadows_an_installed_package():
+  """The scripts put benchmarks/ first on sys.path, so a script named like a package the
+  library imports (``mnist1d.py`` hid the ``mnist1d`` data generator) breaks every run that
+  needs that package."""
+  import importlib.util
+  import sys
+
+  saved = list(sys.path)
+  sys.path[:] = [q for q in sys.path if os.path.abspath(q or os.curdir) != BENCH]
+  try:
+    clashes = [name for name in sorted(os.listdir(BENCH))
+               if name.endswith(".py") and importlib.util.find_spec(name[:-3]) is not None]
+  finally:
+    sys.path[:] = saved
+  assert clashes == [], clashes

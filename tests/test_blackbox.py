@@ -1046,7 +1046,7 @@ def test_gp_output_warp_gp_choice_reaches_the_model():
 
 def _bench_module(name: str):
   """benchmarks/<name>.py as a module, with sys.path as it was afterwards (the scripts put
-  benchmarks/ first on it, where its mnist1d.py would shadow the mnist1d package for later
+  benchmarks/ first on it, where a script could shadow a package of the same name for later
   tests in this process)."""
   import importlib.util
   import os

@@ -8,7 +8,7 @@ split (the search never sees it). Models: logistic regression (``logreg`` on ``m
 (``mnist1d_cnn``, ``arch="paper"``) and ``mnist1d_gru``. Published (Greydanus & Kobak 2024):
 logistic regression 32 %, MLP 68 %, CNN 94 %, GRU 91 %.
 
-    python benchmarks/mnist1d.py [--quick] [--models cnn,mlp] [--seeds N]
+    python benchmarks/mnist1d_published.py [--quick] [--models cnn,mlp] [--seeds N]
 
 Protocol (BENCHMARKS.md): nothing is tuned here; the config was fixed in
 ``configs/mnist1d_cnn.py`` (developed on its seed 0, a development seed). Each model is
