@@ -93,14 +93,6 @@ def test_search_keys_under_another_prng_are_jaxs():
   assert keys.on_host()
 
 
-def _forget_all_but_task_kernels() -> None:
-  """Empties the compile cache but for the task kernels, which SEARCHER_COMPILE_CPU does not
-  compile (compiling them again would only cost time)."""
-  with compile_cache._lock:
-    for key in [k for k in compile_cache._cache if k[0] != ("str", "task-kernel")]:
-      del compile_cache._cache[key]
-
-
 def test_searcher_functions_compile_to_the_same_bits_with_the_older_emitters(monkeypatch):
   # loop.SEARCHER_COMPILE_CPU (XLA's non-MLIR fusion emitters) changes no searcher output:
   # the same trials and curves as fast_jit's build, and the same decoded values bit for bit
@@ -110,7 +102,8 @@ def test_searcher_functions_compile_to_the_same_bits_with_the_older_emitters(mon
   decoded, runs = {}, {}
   for options in ({}, dict(loop.SEARCHER_COMPILE_CPU)):
     monkeypatch.setattr(loop, "SEARCHER_COMPILE_CPU", options)
-    _forget_all_but_task_kernels()
+    # the task kernels stay: SEARCHER_COMPILE_CPU does not compile them
+    compile_cache.clear(keep="task-kernel")
     older = bool(options)
     decoded[older] = jax.device_get(loop.searcher_jit(task.space.decode)(u))
     XLA.clear()
@@ -271,6 +264,11 @@ def test_a_cached_function_is_built_once():
   g = compile_cache.cached(build, "test-once", _closure(0.5, 1))
   h = compile_cache.cached(build, "test-once", _closure(0.25, 1))
   assert f is g and h is not f and len(built) == 2
+  other = compile_cache.cached(build, "test-other", _closure(0.5, 1))
+  compile_cache.clear(keep="test-once")  # all but the entries named "test-once"
+  assert compile_cache.cached(build, "test-once", _closure(0.5, 1)) is f and len(built) == 3
+  assert compile_cache.cached(build, "test-other", _closure(0.5, 1)) is not other
+  assert len(built) == 4
 
 
 def test_what_cannot_be_fingerprinted_is_not_cached(monkeypatch):

@@ -286,9 +286,7 @@ def test_ask_compiles_only_once_the_model_is_used(task, tmp_path):
   kw = dict(population=8, epochs=2, batch_size=128, seed=5, progress=False)
   # the searcher's functions counted cold; the task kernel of 8 trials at batch_size 128 (an
   # earlier test's) stays compiled: what is counted here is the searcher's
-  with compile_cache._lock:
-    for key in [k for k in compile_cache._cache if k[0] != ("str", "task-kernel")]:
-      del compile_cache._cache[key]
+  compile_cache.clear(keep="task-kernel")
   COMPILES.clear()
   res = metaopt.search(prog, task, n_trials=16, store=f"sqlite:///{tmp_path}/a.db", **kw)
   assert len(res.trials) == 16

@@ -224,11 +224,14 @@ def _check_mappings() -> None:
     gc.collect()  # jitted functions in reference cycles free their executables now
 
 
-def clear() -> None:
+def clear(keep: str | None = None) -> None:
   """Forgets every cached compiled function (the next search compiles again) and frees
-  their executables unless something else still holds them."""
+  their executables unless something else still holds them; with ``keep``, all but those
+  cached under that name (the first of :func:`cached`'s ``parts``, e.g. ``"task-kernel"``)."""
+  name = None if keep is None else _fp(keep, {}, [])
   with _lock:
-    _cache.clear()
+    for key in [k for k in _cache if name is None or k[0] != name]:
+      del _cache[key]
   gc.collect()
 
 
