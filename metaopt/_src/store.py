@@ -203,22 +203,14 @@ class Store:
         driver, a SQLite path that does not exist, is not SQLite, is read-only, or a server
         that cannot be reached), raised before anything is written.
     """
-    if not isinstance(url, str) or "://" not in url:
-      raise ValueError(f"store={url!r}: must be an SQLAlchemy URL such as "
-                       "'sqlite:///runs/quickstart.db' or 'postgresql://user@host/db'")
+    parsed, shown, self.read_only = _checked_url(url, create)
     self.url = url
-    self.read_only = False
+    self._shown = shown
     self._absent: set[str] = set()
-    parsed = _parse_url(url)
-    shown = self._shown = parsed.render_as_string(hide_password=True)
     kwargs: dict[str, Any] = {}
     if parsed.get_backend_name() == "sqlite":
       path = parsed.database
-      if parsed.query.get("uri") not in (None, "false", "0"):
-        raise ValueError(f"store={url!r}: SQLite URI filenames (uri=true) are not supported; "
-                         "name the file: sqlite:///path/to/file.db")
       if path and path != ":memory:":
-        self.read_only = _check_sqlite_file(shown, path, create)
         if create:
           os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         if self.read_only:  # no -wal / -shm files, no locks: nothing written beside it
@@ -620,15 +612,29 @@ def _journal_wal(cur: sqlite3.Cursor) -> None:
 
 def check_url(url: str) -> None:
   """Checks a store URL as :class:`Store` would before writing (malformed, unknown dialect,
-  a SQLite URL with a host, a SQLite path that is a directory, not SQLite or read-only);
-  one ``ValueError`` naming the problem. Opens and creates nothing."""
+  a SQLite URL with a host or ``uri=true``, a SQLite path that is a directory, not SQLite or
+  read-only); one ``ValueError`` naming the problem. Opens and creates nothing."""
+  _checked_url(url, create=True)
+
+
+def _checked_url(url: str, create: bool) -> tuple[sa.engine.URL, str, bool]:
+  """``(parsed, shown, read_only)`` of a store URL checked before anything opens it:
+  ``shown`` without the password, ``read_only`` for an existing SQLite file that cannot be
+  written (see :func:`_check_sqlite_file`); one ``ValueError`` naming the problem."""
   if not isinstance(url, str) or "://" not in url:
     raise ValueError(f"store={url!r}: must be an SQLAlchemy URL such as "
                      "'sqlite:///runs/quickstart.db' or 'postgresql://user@host/db'")
   parsed = _parse_url(url)
-  path = parsed.database
-  if parsed.get_backend_name() == "sqlite" and path and path != ":memory:":
-    _check_sqlite_file(parsed.render_as_string(hide_password=True), path, True)
+  shown = parsed.render_as_string(hide_password=True)
+  read_only = False
+  if parsed.get_backend_name() == "sqlite":
+    if parsed.query.get("uri") not in (None, "false", "0"):
+      raise ValueError(f"store={url!r}: SQLite URI filenames (uri=true) are not supported; "
+                       "name the file: sqlite:///path/to/file.db")
+    path = parsed.database
+    if path and path != ":memory:":
+      read_only = _check_sqlite_file(shown, path, create)
+  return parsed, shown, read_only
 
 
 def _one_line(e: BaseException) -> str:
