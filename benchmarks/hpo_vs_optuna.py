@@ -169,6 +169,13 @@ class Clock:
   def elapsed(self) -> float:
     return time.perf_counter() - self.start
 
+  def summary(self) -> dict:
+    """A run's curves and totals so far (both sides' runs report these)."""
+    return {"curve": self.curve, "cpu_curve": self.cpu_curve, "te_curve": self.te_curve,
+            "total": self.elapsed(), "cpu_total": time.process_time() - self.cpu0,
+            "trial_epochs": self.trial_epochs, "compile": self.compile_s(),
+            "compiles": self.compiles(), "background_compile": self.background_s()}
+
 
 def time_to(curve, target: float, exclude_compile: bool = False) -> float:
   for t, c, a in curve:
@@ -262,12 +269,7 @@ def run_optuna(task, n_trials: int, epochs: int, batch: int, seed: int,
         pruner=optuna.pruners.MedianPruner(n_warmup_steps=1))
     study.optimize(objective, n_trials=n_trials)
   states = [t.state for t in study.trials]
-  return {"curve": clock.curve, "cpu_curve": clock.cpu_curve, "te_curve": clock.te_curve,
-          "total": clock.elapsed(), "cpu_total": time.process_time() - clock.cpu0,
-          "trial_epochs": clock.trial_epochs,
-          "compile": clock.compile_s(),
-          "compiles": clock.compiles(), "background_compile": clock.background_s(),
-          "best": study.best_value,
+  return {**clock.summary(), "best": study.best_value,
           "epoch_fn_compile": fun_compile_s("train_epoch") - epoch_fn0,
           "pruned": sum(s == optuna.trial.TrialState.PRUNED for s in states),
           "trials": len(study.trials)}
@@ -301,12 +303,7 @@ def run_ours(task, method: str, n_trials: int, population: int, epochs: int, bat
                          n_trials=n_trials, population=population, epochs=epochs,
                          batch_size=batch, seed=seed, store=None, checkpoint_dir=ckpt,
                          progress=False, checkpoint_every_s=600, on_epoch=on_epoch)
-  return {"curve": clock.curve, "cpu_curve": clock.cpu_curve, "te_curve": clock.te_curve,
-          "total": clock.elapsed(), "cpu_total": time.process_time() - clock.cpu0,
-          "trial_epochs": clock.trial_epochs,
-          "compile": clock.compile_s(),
-          "compiles": clock.compiles(), "background_compile": clock.background_s(),
-          "best": res.best.objective if res.best else float("nan"),
+  return {**clock.summary(), "best": res.best.objective if res.best else float("nan"),
           "pruned": res.count("pruned"), "trials": len(res.trials)}
 
 
