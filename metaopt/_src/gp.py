@@ -93,9 +93,8 @@ _LOG_NOISE_MIN = math.log(1e-8)
 _ACQUISITIONS = ("ei", "ucb")
 _LOCAL_SCALES = (1.0, 0.2, 0.04, 0.008)  # multiples of the local perturbation scale
 _EXPLOIT_FIT_STEPS = 50  # Adam steps refitting the local model of the exploitation point
-# output_warp="plain_early": plain standardised y while fewer than _PLAIN_EARLY_PER_D * dim
+# output_warp="plain_early": plain standardised y while fewer than plain_early_per_d * dim
 # values are valid, log1p after; only at dim <= _PLAIN_EARLY_MAX_DIM (else exactly True)
-_PLAIN_EARLY_PER_D = 20
 _PLAIN_EARLY_MAX_DIM = 3
 _OUTPUT_WARPS = ("auto", "gp", "plain_early")
 
@@ -390,7 +389,7 @@ def _check_gp_args(dim: int, acquisition: str, warp: bool, believer_incumbent: b
   if acquisition not in _ACQUISITIONS:
     raise ValueError(f"acquisition={acquisition!r}: must be one of {_ACQUISITIONS}")
   lows = {"n_startup": 0, "capacity": 2, "fit_steps": 0, "n_candidates": 1, "n_local": 0,
-          "n_restarts": 1, "grad_steps": 0, "n_diverse": 0}
+          "n_restarts": 1, "grad_steps": 0, "n_diverse": 0, "plain_early_per_d": 1}
   for name, low in lows.items():
     _check_int(name, ints[name], low)
   n_restarts = ints["n_restarts"]
@@ -408,7 +407,8 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
           levels: Sequence[int] | None = None, deterministic: bool = False,
           n_exploit: int | Sequence[int] = (24, 12, 48, 96),
           buckets: bool = True, n_diverse: int = 0, warp: bool = False,
-          believer_incumbent: bool = True, output_warp: float | str = True) -> Searcher:
+          believer_incumbent: bool = True, output_warp: float | str = True,
+          plain_early_per_d: int = 20) -> Searcher:
   """GP-BO with a Matern-5/2 ARD kernel, log-EI or UCB, and kriging-believer batches.
 
   Until ``n_startup`` observations are complete, proposals are scrambled Sobol points. Then
@@ -455,8 +455,11 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
       best candidates overall.
     warp, output_warp: fit a Kumaraswamy CDF per continuous input with the GP (input warping);
       ``log1p``-warp ``y`` before standardising (float ``k``: milder; ``"auto"``, ``"gp"``;
-      ``"plain_early"``: at ``dim <= 3`` plain standardisation while fewer than ``20 * dim``
-      values are valid, ``log1p`` after; at ``dim >= 4`` exactly ``True``).
+      ``"plain_early"``: at ``dim <= 3`` plain standardisation while fewer than
+      ``plain_early_per_d * dim`` values are valid, ``log1p`` after; at ``dim >= 4`` exactly
+      ``True``).
+    plain_early_per_d: the switch point of ``output_warp="plain_early"`` per dimension
+      (integer >= 1; ignored by the other warps).
     believer_incumbent: the log-EI incumbent of each batch point is the best of the data and
       the means believed at earlier points (default), or (``False``) the best observation.
 
@@ -474,14 +477,16 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
   """
   _check_gp_args(dim, acquisition, n_startup=n_startup, capacity=capacity,
                  fit_steps=fit_steps, n_candidates=n_candidates, n_local=n_local,
-                 n_restarts=n_restarts, grad_steps=grad_steps, n_diverse=n_diverse, warp=warp,
+                 n_restarts=n_restarts, grad_steps=grad_steps, n_diverse=n_diverse,
+                 plain_early_per_d=plain_early_per_d, warp=warp,
                  believer_incumbent=believer_incumbent, output_warp=output_warp, floats={
                      "kappa": kappa, "fit_lr": fit_lr, "local_std": local_std, "grad_lr": grad_lr})
   n_exploit = _check_n_exploit(n_exploit, n_candidates, capacity)
   lv = _check_levels(levels, dim)
   lvl, cont = (lv if np.any(lv) else None), jnp.asarray(lv == 0, jnp.float32)
-  # "plain_early": the log1p warp (True) with plain standardisation before 20 * dim values
-  plain_below = (_PLAIN_EARLY_PER_D * dim if output_warp == "plain_early"
+  # "plain_early": the log1p warp (True) with plain standardisation before
+  # plain_early_per_d * dim values
+  plain_below = (plain_early_per_d * dim if output_warp == "plain_early"
                  and dim <= _PLAIN_EARLY_MAX_DIM else 0)
   output_warp = True if output_warp == "plain_early" else output_warp
   design = sobol(dim)
