@@ -736,6 +736,9 @@ def test_benchmark_functions_have_their_known_minima():
     (gp_bo, {"dim": 2, "output_warp": "log"}, "output_warp"),
     (gp_bo, {"dim": 2, "n_candidates": 64}, "n_candidates"),  # < max(n_exploit) = 96
     (gp_bo, {"dim": 2, "output_warp": float("inf")}, "output_warp"),
+    (gp_bo, {"dim": 2, "output_warp": "plain_early", "plain_early_per_d": 0},
+     "plain_early_per_d"),
+    (gp_bo, {"dim": 2, "plain_early_per_d": 40.0}, "plain_early_per_d"),
     (tpe, {"dim": 2, "bandwidth": "silverman"}, "bandwidth"),
     (tpe, {"dim": 2, "good_weights": "rank"}, "good_weights"),
     (cma_es, {"dim": 2, "bounds": "clip"}, "bounds"),
