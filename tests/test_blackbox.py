@@ -736,9 +736,6 @@ def test_benchmark_functions_have_their_known_minima():
     (gp_bo, {"dim": 2, "output_warp": "log"}, "output_warp"),
     (gp_bo, {"dim": 2, "n_candidates": 64}, "n_candidates"),  # < max(n_exploit) = 96
     (gp_bo, {"dim": 2, "output_warp": float("inf")}, "output_warp"),
-    (gp_bo, {"dim": 2, "output_warp": "plain_early", "plain_early_per_d": 0},
-     "plain_early_per_d"),
-    (gp_bo, {"dim": 2, "plain_early_per_d": 40.0}, "plain_early_per_d"),
     (tpe, {"dim": 2, "bandwidth": "silverman"}, "bandwidth"),
     (tpe, {"dim": 2, "good_weights": "rank"}, "good_weights"),
     (cma_es, {"dim": 2, "bounds": "clip"}, "bounds"),
@@ -1045,55 +1042,6 @@ def test_gp_output_warp_gp_choice_reaches_the_model():
     assert not np.allclose(w[0], p[0], atol=1e-3) and not np.allclose(w[1], p[1], atol=1e-3)
   mild = asks(output_warp=16.0)[0]  # the milder warp is another model again
   assert not np.allclose(mild[0], warped[0][0], atol=1e-3)
-
-
-class GPOutputWarpPlainEarly(chex.TestCase):
-  @chex.variants(with_jit=True, without_jit=True)
-  def test_gp_plain_early_is_plain_below_the_count_and_log1p_from_it(self):
-    """``warp_and_standardize(..., plain_below=m)`` (``output_warp="plain_early"`` at
-    ``dim <= 3``, ``m = 20 * dim``): the plain standardisation while the (traced) count of
-    observations is below ``m``, the ``log1p`` warp from ``m`` on; invalid rows stay 0."""
-    y = jnp.asarray([3.0, 1e4, -2.0, 7.5, 99.0, 0.5], jnp.float32)
-    valid = jnp.asarray([True, True, True, True, False, True])
-    f = self.variant(lambda n: warp_and_standardize(y, valid, True, plain_below=40, n_obs=n))
-    plain, warped = warp_and_standardize(y, valid, False), warp_and_standardize(y, valid)
-    assert not np.allclose(plain, warped, atol=1e-2)
-    for n, want in ((0, plain), (39, plain), (40, warped), (200, warped)):
-      got = f(jnp.asarray(n))
-      np.testing.assert_array_equal(got, want)
-      assert float(got[4]) == 0.0
-    # without n_obs the count of valid entries (5) decides
-    np.testing.assert_array_equal(warp_and_standardize(y, valid, True, plain_below=6), plain)
-    np.testing.assert_array_equal(warp_and_standardize(y, valid, True, plain_below=5), warped)
-
-
-def _plain_early_asks(dim: int, warp) -> list[np.ndarray]:
-  """Proposals of two jitted model asks (8 then 16 observations of the sphere) with a small
-  ``gp_bo(dim)``, and the fitted lengthscales."""
-  s = gp_bo(dim, n_startup=4, capacity=16, fit_steps=5, n_candidates=32, n_local=8,
-            n_restarts=3, grad_steps=3, buckets=False, n_exploit=(4,), output_warp=warp)
-  ask, tell = fast_jit(s.ask, static_argnums=2), jax.jit(s.tell)
-  st = s.tell(s.init(jax.random.key(0)), *_sobol_batch(dim, 8, lambda u: bf.rosenbrock(u) ** 3))
-  out = []
-  for i in range(2):
-    st, u = ask(st, jax.random.key(3 + i), 8)
-    assert bool(jnp.all((u >= 0) & (u <= 1)))
-    st = tell(st, u, bf.rosenbrock(u) ** 3, jnp.zeros(8, jnp.int32))
-    out += [np.asarray(u), np.asarray(st["theta"]["log_ls"])]
-  return out
-
-
-def test_gp_output_warp_plain_early_is_the_default_at_d4_and_switches_at_d2():
-  """``output_warp="plain_early"``: at d = 4 bit-identical to ``True`` (the default); at d = 2
-  (switch at 40 observations) the jitted asks at 8 and 16 observations are ``False``'s
-  (plain), not ``True``'s."""
-  for got, want in zip(_plain_early_asks(4, "plain_early"), _plain_early_asks(4, True),
-                       strict=True):
-    np.testing.assert_array_equal(got, want)
-  early, plain, warped = (_plain_early_asks(2, w) for w in ("plain_early", False, True))
-  for got, want in zip(early, plain, strict=True):
-    np.testing.assert_allclose(got, want, atol=1e-6)
-  assert not np.allclose(early[0], warped[0], atol=1e-3)
 
 
 def _bench_module(name: str):

@@ -93,10 +93,6 @@ _LOG_NOISE_MIN = math.log(1e-8)
 _ACQUISITIONS = ("ei", "ucb")
 _LOCAL_SCALES = (1.0, 0.2, 0.04, 0.008)  # multiples of the local perturbation scale
 _EXPLOIT_FIT_STEPS = 50  # Adam steps refitting the local model of the exploitation point
-# output_warp="plain_early": plain standardised y while fewer than plain_early_per_d * dim
-# values are valid, log1p after; only at dim <= _PLAIN_EARLY_MAX_DIM (else exactly True)
-_PLAIN_EARLY_MAX_DIM = 3
-_OUTPUT_WARPS = ("auto", "gp", "plain_early")
 
 
 def _choice(x: jax.Array, levels: np.ndarray) -> jax.Array:
@@ -280,8 +276,7 @@ def _standardize(w: jax.Array, valid: jax.Array, floor: jax.Array) -> tuple[jax.
 
 
 def warp_and_standardize(y: jax.Array, valid: jax.Array, warp: bool | float | str = True,
-                         theta=None, x=None, levels=None, plain_below: int = 0,
-                         n_obs: jax.Array | None = None) -> jax.Array:
+                         theta=None, x=None, levels=None) -> jax.Array:
   """Monotone output warping, then standardisation, of the valid entries of ``y``.
 
   ``s = (y - min) / (median - min)`` keeps the scale-free shape near the minimum and
@@ -293,8 +288,6 @@ def warp_and_standardize(y: jax.Array, valid: jax.Array, warp: bool | float | st
   ``"auto"``: ``log1p`` or plain, whichever gives the valid ``y`` the higher likelihood as
   i.i.d. normal values after the transform, its Jacobian included (Box-Cox's criterion);
   ``"gp"``: the same with the GP of hyperparameters ``theta`` on inputs ``x`` as the model.
-  ``plain_below > 0`` (with a float or ``True`` warp): plain standardisation while ``n_obs``
-  (traced; default the number of valid entries) is below it, the warp from then on.
   """
   n = jnp.sum(valid)
   plain, std_y = _standardize(y, valid, 1e-12 * jnp.maximum(jnp.abs(
@@ -309,8 +302,6 @@ def warp_and_standardize(y: jax.Array, valid: jax.Array, warp: bool | float | st
   d = jnp.maximum(jnp.where(valid, y, lo) - lo, 0.0)
   warped, std_w = _standardize(jnp.log1p(d / (scale * k)), valid, 1e-6)
   if not isinstance(warp, str):
-    if plain_below:
-      return jnp.where((n if n_obs is None else n_obs) < plain_below, plain, warped)
     return warped
   # log-likelihood difference (warped - plain); d log1p(d / c) / dy = 1 / (c + d)
   gain = n * (jnp.log(std_y) - jnp.log(std_w)) - jnp.sum(jnp.where(valid, jnp.log(scale + d), 0.0))
@@ -381,15 +372,14 @@ def _check_gp_args(dim: int, acquisition: str, warp: bool, believer_incumbent: b
   for name, flag in (("warp", warp), ("believer_incumbent", believer_incumbent)):
     if not isinstance(flag, (bool, np.bool_)):
       raise ValueError(f"{name}={flag!r}: must be True or False")
-  if not (isinstance(output_warp, (bool, np.bool_)) or output_warp in _OUTPUT_WARPS or (
+  if not (isinstance(output_warp, (bool, np.bool_)) or output_warp in ("auto", "gp") or (
       isinstance(output_warp, (float, np.floating)) and 0.0 < output_warp < float("inf"))):
-    raise ValueError(f"output_warp={output_warp!r}: must be True, False, 'auto', 'gp', "
-                     "'plain_early' or a float scale k > 0 (log1p of the distance to the best "
-                     "in units of k medians)")
+    raise ValueError(f"output_warp={output_warp!r}: must be True, False, 'auto', 'gp' or a float "
+                     "scale k > 0 (log1p of the distance to the best in units of k medians)")
   if acquisition not in _ACQUISITIONS:
     raise ValueError(f"acquisition={acquisition!r}: must be one of {_ACQUISITIONS}")
   lows = {"n_startup": 0, "capacity": 2, "fit_steps": 0, "n_candidates": 1, "n_local": 0,
-          "n_restarts": 1, "grad_steps": 0, "n_diverse": 0, "plain_early_per_d": 1}
+          "n_restarts": 1, "grad_steps": 0, "n_diverse": 0}
   for name, low in lows.items():
     _check_int(name, ints[name], low)
   n_restarts = ints["n_restarts"]
@@ -407,8 +397,7 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
           levels: Sequence[int] | None = None, deterministic: bool = False,
           n_exploit: int | Sequence[int] = (24, 12, 48, 96),
           buckets: bool = True, n_diverse: int = 0, warp: bool = False,
-          believer_incumbent: bool = True, output_warp: float | str = True,
-          plain_early_per_d: int = 20) -> Searcher:
+          believer_incumbent: bool = True, output_warp: float | str = True) -> Searcher:
   """GP-BO with a Matern-5/2 ARD kernel, log-EI or UCB, and kriging-believer batches.
 
   Until ``n_startup`` observations are complete, proposals are scrambled Sobol points. Then
@@ -454,12 +443,7 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
       the acquisition search also starts away from the leading basin; the others are the
       best candidates overall.
     warp, output_warp: fit a Kumaraswamy CDF per continuous input with the GP (input warping);
-      ``log1p``-warp ``y`` before standardising (float ``k``: milder; ``"auto"``, ``"gp"``;
-      ``"plain_early"``: at ``dim <= 3`` plain standardisation while fewer than
-      ``plain_early_per_d * dim`` values are valid, ``log1p`` after; at ``dim >= 4`` exactly
-      ``True``).
-    plain_early_per_d: the switch point of ``output_warp="plain_early"`` per dimension
-      (integer >= 1; ignored by the other warps).
+      ``log1p``-warp ``y`` before standardising (float ``k``: milder; ``"auto"``, ``"gp"``).
     believer_incumbent: the log-EI incumbent of each batch point is the best of the data and
       the means believed at earlier points (default), or (``False``) the best observation.
 
@@ -477,18 +461,12 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
   """
   _check_gp_args(dim, acquisition, n_startup=n_startup, capacity=capacity,
                  fit_steps=fit_steps, n_candidates=n_candidates, n_local=n_local,
-                 n_restarts=n_restarts, grad_steps=grad_steps, n_diverse=n_diverse,
-                 plain_early_per_d=plain_early_per_d, warp=warp,
+                 n_restarts=n_restarts, grad_steps=grad_steps, n_diverse=n_diverse, warp=warp,
                  believer_incumbent=believer_incumbent, output_warp=output_warp, floats={
                      "kappa": kappa, "fit_lr": fit_lr, "local_std": local_std, "grad_lr": grad_lr})
   n_exploit = _check_n_exploit(n_exploit, n_candidates, capacity)
   lv = _check_levels(levels, dim)
   lvl, cont = (lv if np.any(lv) else None), jnp.asarray(lv == 0, jnp.float32)
-  # "plain_early": the log1p warp (True) with plain standardisation before
-  # plain_early_per_d * dim values
-  plain_below = (plain_early_per_d * dim if output_warp == "plain_early"
-                 and dim <= _PLAIN_EARLY_MAX_DIM else 0)
-  output_warp = True if output_warp == "plain_early" else output_warp
   design = sobol(dim)
   n_top = 5
   # Buffer prefixes the GP is fitted on, one compiled branch each: 64, 128, 256, ... capacity.
@@ -546,7 +524,7 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
     u = pool[jnp.argmax(jnp.where(jnp.isfinite(pool_score), pool_score, -jnp.inf))]
     return choice_search(acq, u)
 
-  def local_model(theta, x, y, valid, z, k_nn, n_obs):
+  def local_model(theta, x, y, valid, z, k_nn):
     """A GP refitted on the ``k_nn`` (traced) observations nearest the incumbent (in the
     fitted lengthscales), ``y`` re-standardised among them, and its candidates. The model
     masks all but the first ``k_nn`` of the ``max(n_exploit)`` nearest, so one compiled body
@@ -557,7 +535,7 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
     neg_d2, nn = jax.lax.top_k(-d2, min(max(n_exploit), x.shape[0]))
     ml = jnp.isfinite(neg_d2) & (jnp.arange(nn.shape[0]) < k_nn)
     xl = x[nn]
-    yl = warp_and_standardize(y[nn], ml, output_warp, theta, xl, lvl, plain_below, n_obs)
+    yl = warp_and_standardize(y[nn], ml, output_warp, theta, xl, lvl)
     theta_l = fit_gp(theta, xl, yl, ml, _EXPLOIT_FIT_STEPS, fit_lr, lvl, deterministic)
     cand = jnp.concatenate([perturb(snap(x[inc], lvl), z), snap(xl, lvl)])
     return theta_l, xl, yl, ml, cand
@@ -593,8 +571,7 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
     are invalid, so the nearest observations are the same in every bucket): one compiled
     copy of their fit instead of one per bucket."""
     return jax.lax.map(
-        lambda a: local_model(theta, state["x"], state["y"], state["valid"], a[0], a[1],
-                              rnd["n_obs"]),
+        lambda a: local_model(theta, state["x"], state["y"], state["valid"], a[0], a[1]),
         (rnd["z_l"], jnp.asarray(n_exploit[:m])))
 
   def model_ask(size, state, rnd, n):
@@ -684,8 +661,7 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
     # what does not depend on the bucket is computed once, outside its copies (the data
     # rows are a prefix of the buffer, so the whole buffer gives the same values)
     valid = state["valid"]
-    yz = warp_and_standardize(state["y"], valid, output_warp, state["theta"], state["x"], lvl,
-                              plain_below)
+    yz = warp_and_standardize(state["y"], valid, output_warp, state["theta"], state["x"], lvl)
     shared = {**draws(key, n), "n_obs": jnp.sum(valid), "yz": yz,
               "best": jnp.min(jnp.where(valid, yz, jnp.inf)),
               "top": snap(state["x"][jnp.argsort(jnp.where(valid, state["y"], jnp.inf))[:n_top]],
