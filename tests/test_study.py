@@ -271,6 +271,30 @@ def test_run_py_resume_points_a_python_study_to_load_study(tmp_path):
   assert r.returncode == 2 and "no task to retrain" in r.stderr
 
 
+def test_load_study_opens_its_store_once(tmp_path):
+  """load_study opened the store to read the study, closed it and opened it again to write
+  (two engines, two connections: on PostgreSQL two handshakes); it opens it once, to write."""
+  import sqlalchemy as sa
+
+  url = f"sqlite:///{tmp_path}/once.db"
+  metaopt.create_study(SPACE, "random", store=url, study_name="s", seed=0).optimize(
+      _f, n_trials=4, batch_size=2)
+  opened = []
+
+  def first_connect(dbapi_connection, record):
+    opened.append(dbapi_connection)
+
+  sa.event.listen(sa.pool.Pool, "first_connect", first_connect)
+  try:
+    study = metaopt.load_study("s", url)
+    assert len(opened) == 1
+    study.optimize(_f, n_trials=2, batch_size=2)  # it writes through that store
+    assert len(opened) == 1
+  finally:
+    sa.event.remove(sa.pool.Pool, "first_connect", first_connect)
+  assert [t.number for t in metaopt.load_study("s", url).trials] == list(range(6))
+
+
 def test_optimize_runs_rounds_through_the_search_loop(tmp_path):
   """``optimize`` runs each batch as one round of the loop (``CallableEvaluator`` and
   ``metaopt.search`` share its handling of pruned trials and broken batched objectives);

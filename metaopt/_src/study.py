@@ -726,11 +726,8 @@ def load_study(study_name: str | None, store: str | Store,
   """A stored :class:`Study` (its space, searcher and direction read from the store),
   continued from its searcher state; pass ``searcher`` when it was a custom object."""
   # a missing file or study is one error, and creates nothing
-  st = store if isinstance(store, Store) else Store(store, create=False)
+  st = store if isinstance(store, Store) else Store(store, create=False, write=True)
   rec = st.load_study(study_name)
-  if not isinstance(store, Store):
-    st.close()
-    st = Store(store)
   cfg = rec.config
   if cfg.get("kind") != "study":
     raise ValueError(f"study {rec.name!r} in {st.url} was made by metaopt.search / run.py, "
