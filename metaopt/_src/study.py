@@ -293,6 +293,8 @@ class Study:
       loop.positive_int("warm_start_top_k", warm_start_top_k)
     program, self._searcher_name, self._options = _make_program(
         searcher, space.dim, searcher_options)
+    if self._searcher_name == "custom":
+      loop.check_dim(program, space, "searcher")
     prior = _resolve_warm_start(space, direction, warm_start, warm_start_top_k)
     self.space, self.direction, self.seed, self.metric = space, direction, int(seed), metric
     self.study_name = study_name or f"study-{uuid.uuid4().hex[:8]}"
