@@ -133,6 +133,37 @@ def test_from_flax_refuses_a_classifier_with_too_few_logits():
   assert tasks.from_flax(Net(8), (x, y), space, optimizer="adam").data.num_classes == 8
 
 
+def test_from_flax_traces_the_model_init_once():
+  """from_flax traced the model's init twice (abstractly): once to check one trial, once
+  more for the logits check; a model slow to trace (a big network) paid it twice."""
+  import flax.linen as nn
+  import numpy as np
+
+  from metaopt import tasks
+  from metaopt.spaces import Float, Space
+
+  inits = []
+
+  class Net(nn.Module):
+    outputs: int
+
+    @nn.compact
+    def __call__(self, x):
+      if self.is_initializing():
+        inits.append(x.shape)
+      return nn.Dense(self.outputs)(nn.relu(nn.Dense(16)(x)))
+
+  x = np.random.default_rng(0).normal(size=(60, 4)).astype(np.float32)
+  y = np.arange(60) % 8
+  space = Space({"learning_rate": Float(1e-3, 1e-1, log=True)})
+  assert tasks.from_flax(Net(8), (x, y), space, optimizer="adam").data.num_classes == 8
+  assert len(inits) == 1
+  inits.clear()
+  with pytest.raises(ValueError, match=r"outputs 3 logits.*\(8 classes\)"):
+    tasks.from_flax(Net(3), (x, y), space, optimizer="adam")
+  assert len(inits) == 1
+
+
 def test_from_flax_named_optimizer_checks_the_space():
   """optimizer="adam" over a space naming the rate `lr` failed as "one trial does not trace
   ... missing a required argument: 'learning_rate'"; a space with `momentum` for Adam was

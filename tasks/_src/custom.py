@@ -362,22 +362,23 @@ def from_flax(model: nn.Module | Callable[[Mapping[str, Any]], nn.Module], data:
     return flax_trial_fns(module_of(structure), example, loss, metrics, make_opt, structure,
                           defaults)
 
-  _check(build({**defaults, **structure}), _fallback_h(space, defaults), ds, objective)
+  state = _check(build({**defaults, **structure}), _fallback_h(space, defaults), ds, objective)
   if classify and default_loss:
-    _check_classes(module_of({**defaults, **structure}), example, ds.num_classes)
+    _check_classes(module_of({**defaults, **structure}), state["params"], example,
+                   ds.num_classes)
   task = Task(name, ds, space, build, objective, direction, defaults, family, reads=reads)
   base.check_reads(task, space.names)  # e.g. momentum searched for optimizer='adam'
   return task
 
 
-def _check_classes(module: nn.Module, example: np.ndarray, num_classes: int) -> None:
+def _check_classes(module: nn.Module, variables: Any, example: np.ndarray,
+                   num_classes: int) -> None:
   """A classifier's outputs must have a logit per class: with fewer, the default
   cross-entropy of a label past the last logit is NaN and every trial failed as "non-finite
-  loss" (traced abstractly, nothing compiles)."""
+  loss" (the model applied abstractly to ``variables``, the abstract ones :func:`_check`
+  traced: nothing compiles, and its init is not traced again)."""
   mode = {"train": False} if _takes_train(module) else {}
-  key = jax.random.key(0)
-  out = jax.eval_shape(lambda: module.init_with_output(
-      {"params": key, "dropout": key}, example, **mode)[0])
+  out = jax.eval_shape(lambda v: module.apply(v, example, **mode), variables)
   shape = getattr(out, "shape", None)
   if shape is not None and len(shape) == 2 and shape[-1] < num_classes:
     raise ValueError(f"model: outputs {shape[-1]} logits per example, but the labels are "
@@ -386,9 +387,9 @@ def _check_classes(module: nn.Module, example: np.ndarray, num_classes: int) -> 
                      "float targets for regression")
 
 
-def _check(fns: TrialFns, h: dict[str, Any], ds: Dataset, objective: str) -> None:
+def _check(fns: TrialFns, h: dict[str, Any], ds: Dataset, objective: str) -> Any:
   """Traces one trial abstractly (nothing compiles) so a bad optimizer or metric name fails
-  here with one ``ValueError``."""
+  here with one ``ValueError``; returns the trial's abstract initial state."""
   try:
     state = jax.eval_shape(fns.init, jax.random.key(0), h)
     x, y = ds.train.x[:2], ds.train.y[:2]
@@ -402,6 +403,7 @@ def _check(fns: TrialFns, h: dict[str, Any], ds: Dataset, objective: str) -> Non
   if objective not in names:
     raise ValueError(f"objective={objective!r} is not a metric of this task; its metrics: "
                      f"{sorted(names)}")
+  return state
 
 
 def import_task(path: str, **kwargs: Any) -> Task:
