@@ -164,6 +164,45 @@ def test_from_flax_traces_the_model_init_once():
   assert len(inits) == 1
 
 
+def test_from_flax_says_how_to_search_a_schedule_s_peak_or_warmup():
+  """A user's optax.warmup_cosine_decay_schedule(0.0, h["learning_rate"], h["warmup"], ...)
+  was refused as "one trial does not trace with the space's default values
+  (TracerBoolConversionError: Attempted boolean conversion of traced array with shape
+  bool[].)": no word of which hyperparameter, why, or what to write instead."""
+  import flax.linen as nn
+  import numpy as np
+  import optax
+
+  from metaopt import tasks
+  from metaopt.spaces import Float, Int, Space
+
+  class Net(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      return nn.Dense(3)(x)
+
+  x = np.random.default_rng(0).normal(size=(60, 4)).astype(np.float32)
+  data = (x, np.arange(60) % 3)
+
+  def peak(h):
+    return optax.adamw(optax.warmup_cosine_decay_schedule(0.0, h["learning_rate"], 5, 100))
+
+  def scaled(h):
+    base = optax.warmup_cosine_decay_schedule(0.0, 1.0, h["warmup"], 100)
+    return optax.adamw(lambda t: h["learning_rate"] * base(t))
+
+  lr = {"learning_rate": Float(1e-4, 1e-1, log=True)}
+  with pytest.raises(ValueError, match=r"uses hyperparameter 'learning_rate' as a Python "
+                     r"value \(TracerBoolConversionError\).*scale a fixed schedule.*"
+                     r"structural=True"):
+    tasks.from_flax(Net(), data, Space(lr), optimizer=peak)
+  with pytest.raises(ValueError, match=r"uses hyperparameter 'warmup' as a Python value"):
+    tasks.from_flax(Net(), data, Space({**lr, "warmup": Int(1, 20)}), optimizer=scaled)
+  task = tasks.from_flax(Net(), data, Space({**lr, "warmup": Int(1, 20, structural=True)}),
+                         optimizer=scaled)  # the two remedies the message names
+  assert task.space.names == ["learning_rate", "warmup"]
+
+
 def test_from_flax_named_optimizer_checks_the_space():
   """optimizer="adam" over a space naming the rate `lr` failed as "one trial does not trace
   ... missing a required argument: 'learning_rate'"; a space with `momentum` for Adam was

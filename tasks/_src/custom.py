@@ -30,6 +30,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import os
+import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -387,6 +388,24 @@ def _check_classes(module: nn.Module, variables: Any, example: np.ndarray,
                      "float targets for regression")
 
 
+_CONCRETE = (jax.errors.ConcretizationTypeError, jax.errors.TracerIntegerConversionError,
+             jax.errors.TracerArrayConversionError)
+
+
+def _concrete_hint(e: Exception) -> str:
+  """What to do when the optimizer or model needs a hyperparameter as a Python value (e.g.
+  ``optax.warmup_cosine_decay_schedule(0.0, h["learning_rate"], ...)`` compares its peak with
+  0.0 in Python): JAX names the value's source as ``h['name']``."""
+  names = list(dict.fromkeys(re.findall(r"h\['([^']+)'\]", str(e))))
+  which = f"hyperparameter {', '.join(map(repr, names))}" if names else "a hyperparameter"
+  return (f"task: the optimizer or model uses {which} as a Python value "
+          f"({type(e).__name__}), but searched hyperparameters reach them as traced arrays "
+          "(new values never recompile): use it in array arithmetic, e.g. scale a fixed "
+          "schedule, lambda t: h['learning_rate'] * optax.warmup_cosine_decay_schedule(0.0, "
+          "1.0, 10, 1000)(t), or declare it structural=True in the space (a Python value, "
+          "one kernel per value)")
+
+
 def _check(fns: TrialFns, h: dict[str, Any], ds: Dataset, objective: str) -> Any:
   """Traces one trial abstractly (nothing compiles) so a bad optimizer or metric name fails
   here with one ``ValueError``; returns the trial's abstract initial state."""
@@ -397,6 +416,8 @@ def _check(fns: TrialFns, h: dict[str, Any], ds: Dataset, objective: str) -> Any
     names = jax.eval_shape(fns.evaluate, state, x, y, h)
   except ValueError:
     raise
+  except _CONCRETE as e:  # a hyperparameter used as a Python value
+    raise ValueError(_concrete_hint(e)) from None
   except Exception as e:  # noqa: BLE001 - user code fails in many ways
     raise ValueError(f"task: one trial does not trace with the space's default values "
                      f"({type(e).__name__}: {str(e).splitlines()[0][:300]})") from None
