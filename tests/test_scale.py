@@ -222,6 +222,7 @@ def test_stale_round_is_retried_or_failed(tmp_path, max_attempts):
         "round 0: restored epoch 1 of 2 from checkpoint step 1"]
 
 
+@pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
 def test_resume_skips_a_damaged_newest_checkpoint(tmp_path):
   """A search stopped after epoch 2 of 4 left checkpoint steps 2 and 3; with step 3's bytes
   damaged, the resumed search restores step 2 (not epoch 0) and ends identical to an
@@ -393,9 +394,10 @@ def _run_in_process(path):
                         config=cfg, progress=False, **kwargs)
 
 
-# orbax-checkpoint 0.12.8 / tensorstore 0.1.86: when a read of a damaged step fails, the
-# reads still in flight call back into the asyncio loop orbax has already closed (harmless)
-@pytest.mark.filterwarnings("ignore:Exception ignored in:pytest.PytestUnraisableExceptionWarning")
+# A damaged step is never handed to orbax: when orbax-checkpoint 0.12.8's read of damaged
+# bytes failed, tensorstore's reads still in flight called back into the asyncio loop orbax
+# had already closed ("Event loop is closed", and "Future exception was never retrieved").
+@pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
 def test_damaged_checkpoint_falls_back_to_the_previous_one(tmp_path):
   ck = Checkpointer(str(tmp_path / "ck"))
   state = {"w": jnp.arange(64.0).reshape(8, 8), "alive": np.ones(8, bool),

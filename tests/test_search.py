@@ -196,8 +196,41 @@ def test_bad_arguments_fail_before_compiling(task):
     metaopt.search(prog, task, n_trials=4, population=4, epochs=1, batch_size=100000,
                    progress=False)
   wrong = metaopt.random_search(task.space.dim + 1)
-  with pytest.raises(ValueError, match=r"program.ask returned points of shape \(4, 5\)"):
+  with pytest.raises(ValueError, match=r"program: the searcher was built for dim=5; this "
+                     r"space needs dim=4 \("):
     metaopt.search(wrong, task, n_trials=4, population=4, epochs=1, progress=False)
+
+
+def test_a_searcher_of_another_dimension_is_refused_before_anything_compiles(tmp_path):
+  """A searcher built for 3 dimensions over a 2-dimensional space was refused only after its
+  init and first ask had compiled (1-2 XLA compiles), as 'program.ask returned points of shape
+  (4, 3)'; search, worker and create_study now refuse it first, naming dim."""
+  space = Space({"x": Float(0.0, 1.0), "y": Float(-1.0, 1.0)})
+  ev = metaopt.CallableEvaluator(lambda p: p["x"] + p["y"])
+  url = f"sqlite:///{tmp_path}/w.db"
+  runs = (lambda p: metaopt.search(p, ev, space=space, n_trials=4, population=4,
+                                   progress=False),
+          lambda p: metaopt.worker(p, ev, space=space, store=url, n_trials=4, population=4),
+          lambda p: metaopt.create_study(space, p))
+  compiles = []
+
+  def listen(event, duration, **_):
+    if event.endswith("backend_compile_duration"):
+      compiles.append(event)
+
+  programs = [metaopt.tpe(3), metaopt.open_es(3),  # a startup ask; a plain ask
+              metaopt.with_pruning(metaopt.random_search(3), metaopt.median_pruner(1))]
+  jax.monitoring.register_event_duration_secs_listener(listen)
+  try:
+    for program in programs:
+      for run, field in zip(runs, ("program", "program", "searcher"), strict=True):
+        with pytest.raises(ValueError, match=rf"^{field}: the searcher was built for dim=3; "
+                           r"this space needs dim=2 \(x, y\)$"):
+          run(program)
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listen)
+  assert compiles == []
+  assert not (tmp_path / "w.db").exists()
 
 
 def test_monitor_records_conditions_and_stops_trials(tmp_path):

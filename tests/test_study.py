@@ -271,6 +271,62 @@ def test_run_py_resume_points_a_python_study_to_load_study(tmp_path):
   assert r.returncode == 2 and "no task to retrain" in r.stderr
 
 
+def test_optimize_takes_optuna_s_timeout_callbacks_and_stop():
+  """An Optuna user's study.optimize(objective, n_trials=100, timeout=600, callbacks=[cb])
+  raised TypeError: unexpected keyword argument 'timeout'; study.stop() did not exist."""
+  import time
+
+  study = metaopt.create_study(SPACE, "random", seed=0)
+  seen = []
+
+  def stop_at_five(st, trial):
+    seen.append((trial.number, trial.status, trial.value))
+    if len(seen) == 5:
+      st.stop()
+
+  study.optimize(_f, n_trials=50, batch_size=2, callbacks=[stop_at_five])
+  assert [(n, s) for n, s, _ in seen] == [(i, "complete") for i in range(6)]  # its batch ends
+  assert [v for _, _, v in seen] == [t.value for t in study.trials]
+  study.optimize(_f, timeout=0)  # no batch starts once the time is up
+  assert len(study.trials) == 6
+
+  def slow(p):
+    time.sleep(0.02)
+    return _f(p)
+
+  study.optimize(slow, timeout=0.2)  # n_trials=None: until the timeout
+  assert len(study.trials) > 6 and all(t.status == "complete" for t in study.trials)
+  for kwargs, match in (({}, r"n_trials=None: give n_trials, timeout"),
+                        ({"timeout": -1}, r"timeout=-1: must be a number of seconds >= 0"),
+                        ({"n_trials": 2, "callbacks": [1]}, r"callbacks: expected a list")):
+    with pytest.raises(ValueError, match=match):
+      study.optimize(_f, **kwargs)
+
+
+def test_load_study_opens_its_store_once(tmp_path):
+  """load_study opened the store to read the study, closed it and opened it again to write
+  (two engines, two connections: on PostgreSQL two handshakes); it opens it once, to write."""
+  import sqlalchemy as sa
+
+  url = f"sqlite:///{tmp_path}/once.db"
+  metaopt.create_study(SPACE, "random", store=url, study_name="s", seed=0).optimize(
+      _f, n_trials=4, batch_size=2)
+  opened = []
+
+  def first_connect(dbapi_connection, record):
+    opened.append(dbapi_connection)
+
+  sa.event.listen(sa.pool.Pool, "first_connect", first_connect)
+  try:
+    study = metaopt.load_study("s", url)
+    assert len(opened) == 1
+    study.optimize(_f, n_trials=2, batch_size=2)  # it writes through that store
+    assert len(opened) == 1
+  finally:
+    sa.event.remove(sa.pool.Pool, "first_connect", first_connect)
+  assert [t.number for t in metaopt.load_study("s", url).trials] == list(range(6))
+
+
 def test_optimize_runs_rounds_through_the_search_loop(tmp_path):
   """``optimize`` runs each batch as one round of the loop (``CallableEvaluator`` and
   ``metaopt.search`` share its handling of pruned trials and broken batched objectives);

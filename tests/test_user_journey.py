@@ -133,6 +133,76 @@ def test_from_flax_refuses_a_classifier_with_too_few_logits():
   assert tasks.from_flax(Net(8), (x, y), space, optimizer="adam").data.num_classes == 8
 
 
+def test_from_flax_traces_the_model_init_once():
+  """from_flax traced the model's init twice (abstractly): once to check one trial, once
+  more for the logits check; a model slow to trace (a big network) paid it twice."""
+  import flax.linen as nn
+  import numpy as np
+
+  from metaopt import tasks
+  from metaopt.spaces import Float, Space
+
+  inits = []
+
+  class Net(nn.Module):
+    outputs: int
+
+    @nn.compact
+    def __call__(self, x):
+      if self.is_initializing():
+        inits.append(x.shape)
+      return nn.Dense(self.outputs)(nn.relu(nn.Dense(16)(x)))
+
+  x = np.random.default_rng(0).normal(size=(60, 4)).astype(np.float32)
+  y = np.arange(60) % 8
+  space = Space({"learning_rate": Float(1e-3, 1e-1, log=True)})
+  assert tasks.from_flax(Net(8), (x, y), space, optimizer="adam").data.num_classes == 8
+  assert len(inits) == 1
+  inits.clear()
+  with pytest.raises(ValueError, match=r"outputs 3 logits.*\(8 classes\)"):
+    tasks.from_flax(Net(3), (x, y), space, optimizer="adam")
+  assert len(inits) == 1
+
+
+def test_from_flax_says_how_to_search_a_schedule_s_peak_or_warmup():
+  """A user's optax.warmup_cosine_decay_schedule(0.0, h["learning_rate"], h["warmup"], ...)
+  was refused as "one trial does not trace with the space's default values
+  (TracerBoolConversionError: Attempted boolean conversion of traced array with shape
+  bool[].)": no word of which hyperparameter, why, or what to write instead."""
+  import flax.linen as nn
+  import numpy as np
+  import optax
+
+  from metaopt import tasks
+  from metaopt.spaces import Float, Int, Space
+
+  class Net(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      return nn.Dense(3)(x)
+
+  x = np.random.default_rng(0).normal(size=(60, 4)).astype(np.float32)
+  data = (x, np.arange(60) % 3)
+
+  def peak(h):
+    return optax.adamw(optax.warmup_cosine_decay_schedule(0.0, h["learning_rate"], 5, 100))
+
+  def scaled(h):
+    base = optax.warmup_cosine_decay_schedule(0.0, 1.0, h["warmup"], 100)
+    return optax.adamw(lambda t: h["learning_rate"] * base(t))
+
+  lr = {"learning_rate": Float(1e-4, 1e-1, log=True)}
+  with pytest.raises(ValueError, match=r"uses hyperparameter 'learning_rate' as a Python "
+                     r"value \(TracerBoolConversionError\).*scale a fixed schedule.*"
+                     r"structural=True"):
+    tasks.from_flax(Net(), data, Space(lr), optimizer=peak)
+  with pytest.raises(ValueError, match=r"uses hyperparameter 'warmup' as a Python value"):
+    tasks.from_flax(Net(), data, Space({**lr, "warmup": Int(1, 20)}), optimizer=scaled)
+  task = tasks.from_flax(Net(), data, Space({**lr, "warmup": Int(1, 20, structural=True)}),
+                         optimizer=scaled)  # the two remedies the message names
+  assert task.space.names == ["learning_rate", "warmup"]
+
+
 def test_from_flax_named_optimizer_checks_the_space():
   """optimizer="adam" over a space naming the rate `lr` failed as "one trial does not trace
   ... missing a required argument: 'learning_rate'"; a space with `momentum` for Adam was

@@ -5,14 +5,19 @@ searcher state, masks) saved with ``StandardSave``, and ``meta`` (JSON) saved wi
 ``JsonSave``. orbax writes into a temporary directory and renames it when complete, so a
 process killed mid-write leaves only the previous step visible. Restoring needs an abstract
 target (``jax.ShapeDtypeStruct`` leaves) so optax state types survive the round trip. Every
-step's metadata carries a SHA-256 digest of the state's bytes: a step that cannot be read,
-or whose bytes no longer match (a damaged or partially copied file), is skipped and the one
-before it is used.
+step's metadata carries a SHA-256 digest of the state's bytes, and each step directory a
+list of its files' SHA-256 digests (``metaopt_files.json``, written once orbax has finished
+the step): a step whose files no longer match (a damaged or partially copied file) is skipped
+before orbax reads it, as is a step that cannot be read or whose restored bytes do not match,
+and the one before it is used. (Handing orbax damaged files is not harmless: when one of its
+concurrent reads fails, the reads still in flight call back into the asyncio loop it has
+already closed.)
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 from collections.abc import Callable
@@ -37,6 +42,21 @@ def digest(tree: PyTree) -> str:
     h.update(f"{a.shape}{a.dtype.str}".encode())
     h.update(a.tobytes())
   return h.hexdigest()
+
+
+FILES = "metaopt_files.json"
+
+
+def _file_digests(step_dir: str) -> dict[str, str]:
+  """SHA-256 of every file of the step's items (``state``, ``meta``), by relative path."""
+  out = {}
+  for item in ("state", "meta"):
+    for root, _, files in os.walk(os.path.join(step_dir, item)):
+      for f in files:
+        path = os.path.join(root, f)
+        with open(path, "rb") as fh:
+          out[os.path.relpath(path, step_dir)] = hashlib.file_digest(fh, "sha256").hexdigest()
+  return dict(sorted(out.items()))
 
 
 def _is_key(x: Any) -> bool:
@@ -88,6 +108,27 @@ class Checkpointer:
     self._mgr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                  meta=ocp.args.JsonSave(meta)), force=True)
     self._mgr.wait_until_finished()
+    step_dir = self._step_dir(step)
+    tmp = os.path.join(step_dir, FILES + ".tmp")
+    with open(tmp, "w") as fh:
+      json.dump(_file_digests(step_dir), fh)
+    os.replace(tmp, os.path.join(step_dir, FILES))
+
+  def _step_dir(self, step: int) -> str:
+    return os.path.join(self.directory, str(step))
+
+  def _check_files(self, step: int) -> None:
+    """Raises when the step's files differ from those listed when it was written (a step
+    written without the list, e.g. killed just before, is left to the state's digest)."""
+    try:
+      with open(os.path.join(self._step_dir(step), FILES)) as fh:
+        want = json.load(fh)
+    except FileNotFoundError:
+      return
+    got = _file_digests(self._step_dir(step))
+    bad = sorted(k for k in want.keys() | got.keys() if want.get(k) != got.get(k))
+    if bad:
+      raise ValueError(f"{len(bad)} file(s) differ from those written, e.g. {bad[0]}")
 
   def steps(self) -> list[int]:
     """The steps written so far, ascending (re-read from disk)."""
@@ -107,6 +148,7 @@ class Checkpointer:
       if max_step is not None and step > max_step:
         continue
       try:
+        self._check_files(step)
         meta = self._mgr.restore(step, args=ocp.args.Composite(
             meta=ocp.args.JsonRestore()))["meta"]
         tree = abstract(meta) if callable(abstract) else abstract

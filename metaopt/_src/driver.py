@@ -138,7 +138,7 @@ def search(
   ev = as_evaluator(task, batch_size=batch_size, shared_batches=shared_batches,
                     devices=devices, compaction=compaction, space=space, mesh=mesh,
                     compute_dtype=compute_dtype)
-  space = _space_of(ev, space)
+  space = _space_of(ev, space, program)
   ev.validate(epochs)
   objectives = check_objectives(objectives, program, space.dim, getattr(ev, "task", None))
   _compile_ahead(ev, space, constraint, min(population, n_trials))
@@ -172,11 +172,13 @@ def _compile_ahead(ev: Evaluator, space: Space, constraint: Any, n: int) -> None
     ev.precompile(space, n)
 
 
-def _space_of(ev: Evaluator, space: Space | None) -> Space:
-  """The space searched: ``space`` if given, else the evaluator's."""
+def _space_of(ev: Evaluator, space: Space | None, program: Searcher) -> Space:
+  """The space searched: ``space`` if given, else the evaluator's; ``program`` is refused
+  if it was built for another dimension (before anything compiles)."""
   space = ev.space if space is None else space
   if space is None:
     raise ValueError("space: the evaluator has no space; pass space=spaces.Space({...})")
+  loop.check_dim(program, space)
   return space
 
 

@@ -181,6 +181,22 @@ def _searcher_fns(program: Searcher, space: Space) -> SearcherFns:
                      searcher_jit(program.init))
 
 
+def check_dim(program: Searcher, space: Space, field: str = "program") -> None:
+  """Refuses a searcher built for another dimension than ``space``'s, before anything
+  compiles: its ``init`` and first ask (``startup_ask`` where it has one) are traced, not
+  compiled. A searcher that cannot be traced so is left to :func:`ask_points`'s check."""
+  try:
+    key = jax.eval_shape(lambda: jax.random.key(0))
+    state = jax.eval_shape(program.init, key)
+    ask = program.ask if program.startup_ask is None else program.startup_ask
+    u = jax.eval_shape(lambda s, k: ask(s, k, 2)[1], state, key)
+  except Exception:  # noqa: BLE001 - e.g. an ask that needs its static argument
+    return
+  if len(u.shape) == 2 and u.shape[1] != space.dim:
+    raise ValueError(f"{field}: the searcher was built for dim={u.shape[1]}; this space needs "
+                     f"dim={space.dim} ({', '.join(space.names)})")
+
+
 def ask_points(fns: SearcherFns, state, key, n: int, space: Space, calls_left: int = 1):
   """``(state, u)``: ``n`` new points, checked against the space."""
   state, u = fns.ask(state, key, n, calls_left=calls_left)

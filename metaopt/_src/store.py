@@ -188,7 +188,7 @@ class StudyRecord:
 class Store:
   """A SQL trial store at ``url`` (e.g. ``sqlite:///runs/study.db``, ``postgresql://...``)."""
 
-  def __init__(self, url: str, create: bool = True):
+  def __init__(self, url: str, create: bool = True, write: bool | None = None):
     """Opens (``create``: creating if needed) the store at ``url``.
 
     Args:
@@ -197,13 +197,18 @@ class Store:
         ``create=False`` (reading an existing study: report, resume, evaluate) a missing or
         foreign store raises and nothing is written; a SQLite file that cannot be written
         (e.g. immutable) is then opened read-only (``read_only``).
+      write: open the store to write trials (default: ``create``). ``create=False,
+        write=True`` (continuing a stored study: ``load_study``) refuses a missing or
+        foreign store as ``create=False`` does and a read-only file as ``create=True``
+        does, and adds the tables newer than the store.
 
     Raises:
       ValueError: one line naming the problem (malformed URL, unknown dialect or missing
         driver, a SQLite path that does not exist, is not SQLite, is read-only, or a server
         that cannot be reached), raised before anything is written.
     """
-    parsed, shown, self.read_only = _checked_url(url, create)
+    write = create if write is None else write
+    parsed, shown, self.read_only = _checked_url(url, create, write)
     self.url = url
     self._shown = shown
     self._absent: set[str] = set()
@@ -237,7 +242,7 @@ class Store:
       @sa.event.listens_for(self.engine, "connect")
       def _pragmas(conn, _):
         cur = conn.cursor()
-        if create:  # persistent in the file: a store opened to read keeps what it has
+        if write:  # persistent in the file: a store opened to read keeps what it has
           _journal_wal(cur)
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.execute("PRAGMA foreign_keys=ON")
@@ -255,7 +260,9 @@ class Store:
           self.engine.dispose()
           raise ValueError(f"store {shown!r}: not a metaopt store (no table "
                            f"{', '.join(sorted(missing))})")
-        return
+        if not write:
+          return
+        self._absent = set()  # created below
       for attempt in range(10):  # several processes may create the schema at once
         try:
           _meta.create_all(self.engine)
@@ -614,10 +621,10 @@ def check_url(url: str) -> None:
   """Checks a store URL as :class:`Store` would before writing (malformed, unknown dialect,
   a SQLite URL with a host or ``uri=true``, a SQLite path that is a directory, not SQLite or
   read-only); one ``ValueError`` naming the problem. Opens and creates nothing."""
-  _checked_url(url, create=True)
+  _checked_url(url, create=True, write=True)
 
 
-def _checked_url(url: str, create: bool) -> tuple[sa.engine.URL, str, bool]:
+def _checked_url(url: str, create: bool, write: bool) -> tuple[sa.engine.URL, str, bool]:
   """``(parsed, shown, read_only)`` of a store URL checked before anything opens it:
   ``shown`` without the password, ``read_only`` for an existing SQLite file that cannot be
   written (see :func:`_check_sqlite_file`); one ``ValueError`` naming the problem."""
@@ -633,7 +640,7 @@ def _checked_url(url: str, create: bool) -> tuple[sa.engine.URL, str, bool]:
                        "name the file: sqlite:///path/to/file.db")
     path = parsed.database
     if path and path != ":memory:":
-      read_only = _check_sqlite_file(shown, path, create)
+      read_only = _check_sqlite_file(shown, path, create, write)
   return parsed, shown, read_only
 
 
@@ -663,7 +670,7 @@ def _parse_url(url: str) -> sa.engine.URL:
   return parsed
 
 
-def _check_sqlite_file(url: str, path: str, create: bool) -> bool:
+def _check_sqlite_file(url: str, path: str, create: bool, write: bool) -> bool:
   """Checks a SQLite store's path before anything opens it; returns whether the file
   exists and cannot be written. ValueError for a missing file (unless ``create``), a
   directory, a file that is not SQLite, or a read-only file the store would write."""
@@ -683,7 +690,7 @@ def _check_sqlite_file(url: str, path: str, create: bool) -> bool:
     raise ValueError(f"store {url!r}: {os.path.abspath(path)} is not a SQLite database")
   read_only = not os.access(path, os.W_OK) or not os.access(
       os.path.dirname(os.path.abspath(path)), os.W_OK)
-  if read_only and create:
+  if read_only and write:
     raise ValueError(f"store {url!r}: {os.path.abspath(path)} is read-only; a search "
                      "records its trials there")
   if read_only and not head:

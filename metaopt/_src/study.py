@@ -45,7 +45,7 @@ import json
 import math
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import flax.serialization
@@ -293,6 +293,8 @@ class Study:
       loop.positive_int("warm_start_top_k", warm_start_top_k)
     program, self._searcher_name, self._options = _make_program(
         searcher, space.dim, searcher_options)
+    if self._searcher_name == "custom":
+      loop.check_dim(program, space, "searcher")
     prior = _resolve_warm_start(space, direction, warm_start, warm_start_top_k)
     self.space, self.direction, self.seed, self.metric = space, direction, int(seed), metric
     self.study_name = study_name or f"study-{uuid.uuid4().hex[:8]}"
@@ -300,6 +302,7 @@ class Study:
     self._rounds: dict[int, list[int]] = {}
     self._queue: list[dict[str, Any]] = []
     self._started: dict[int, float] = {}
+    self._stop = False
     self._calls_left = 1
     self._key = jax.random.fold_in(jax.random.key(seed), 1)
     self.warm_start_sources: list[dict[str, Any]] = []
@@ -515,7 +518,9 @@ class Study:
         rnd=t.round)
     return dataclasses.replace(t, params=dict(t.params))
 
-  def optimize(self, objective: Callable[..., Any], n_trials: int, batch_size: int = 1, *,
+  def optimize(self, objective: Callable[..., Any], n_trials: int | None = None,
+               batch_size: int = 1, *, timeout: float | None = None,
+               callbacks: Sequence[Callable[[Study, Trial], None]] = (),
                vectorized: bool = False,
                catch: tuple[type[BaseException], ...] = (Exception,)) -> Study:
     """Runs ``n_trials`` new trials of ``objective(params) -> value`` (a number, or a dict of
@@ -524,18 +529,32 @@ class Study:
     returns a list of values. An exception in ``catch`` records the trial as failed with its
     reason and the search goes on; :class:`TrialPruned` records it as pruned. A result
     ``tell`` rejects (e.g. a dict without ``metric``) is recorded as failed with the reason,
-    then raised."""
+    then raised.
+
+    As in Optuna: ``timeout`` (seconds) starts no batch once that much time has passed
+    (``n_trials`` may then be None: until the timeout); each ``callbacks`` function is
+    called as ``callback(study, trial)`` after each finished trial, and :meth:`stop` (from
+    a callback or the objective) ends the run after the current batch."""
     if not callable(objective):
       raise ValueError(f"objective: expected a callable params -> value, got "
                        f"{type(objective).__name__}")
-    n_trials = loop.positive_int("n_trials", n_trials)
+    if n_trials is None and timeout is None:
+      raise ValueError("n_trials=None: give n_trials, timeout (seconds) or both")
+    n_trials = None if n_trials is None else loop.positive_int("n_trials", n_trials)
     batch_size = loop.positive_int("batch_size", batch_size)
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(
+        timeout, (int, float)) or not timeout >= 0):
+      raise ValueError(f"timeout={timeout!r}: must be a number of seconds >= 0")
+    callbacks = list(callbacks)
+    if not all(callable(c) for c in callbacks):
+      raise ValueError("callbacks: expected a list of functions callback(study, trial)")
     ev = _Objective(self, objective, vectorized, catch)
-    self._env.evaluator, done = ev, 0
+    self._env.evaluator, done, start, self._stop = ev, 0, time.monotonic(), False
     try:
-      while done < n_trials:
-        k = min(batch_size, n_trials - done)
-        self._calls_left = -(-(n_trials - done) // batch_size)
+      while (n_trials is None or done < n_trials) and not self._stop and (
+          timeout is None or time.monotonic() - start < timeout):
+        k = batch_size if n_trials is None else min(batch_size, n_trials - done)
+        self._calls_left = 1 if n_trials is None else -(-(n_trials - done) // batch_size)
         plan, t0 = self._plan(k), time.time()
         try:
           self._state, results, batch = loop.one_round(self._env, self._state, plan)
@@ -544,13 +563,22 @@ class Study:
           if plan.rnd in self._rounds:
             del self._queue[:len(plan.enqueue)]
           raise
-        self._evaluated(self._asked(plan, batch), results, ev.last, time.time() - t0)
+        trials = self._asked(plan, batch)
+        self._evaluated(trials, results, ev.last, time.time() - t0)
         if ev.first_rejected:
           raise ValueError(ev.first_rejected)
         done += k
+        for t in trials:
+          for c in callbacks:
+            c(self, t)
     finally:
       self._calls_left, self._env.evaluator = 1, None
     return self
+
+  def stop(self) -> None:
+    """Ends the running :meth:`optimize` after its current batch (Optuna's
+    ``study.stop()``: call it from a callback or the objective)."""
+    self._stop = True
 
   def _evaluated(self, trials: list[Trial], results, metrics, duration_s: float) -> None:
     """The outcomes of a round ``optimize`` ran, as the loop stored them."""
@@ -726,11 +754,8 @@ def load_study(study_name: str | None, store: str | Store,
   """A stored :class:`Study` (its space, searcher and direction read from the store),
   continued from its searcher state; pass ``searcher`` when it was a custom object."""
   # a missing file or study is one error, and creates nothing
-  st = store if isinstance(store, Store) else Store(store, create=False)
+  st = store if isinstance(store, Store) else Store(store, create=False, write=True)
   rec = st.load_study(study_name)
-  if not isinstance(store, Store):
-    st.close()
-    st = Store(store)
   cfg = rec.config
   if cfg.get("kind") != "study":
     raise ValueError(f"study {rec.name!r} in {st.url} was made by metaopt.search / run.py, "

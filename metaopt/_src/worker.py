@@ -141,6 +141,7 @@ def worker(
   ev.validate(epochs)
   if not isinstance(program, Searcher):
     raise ValueError(f"program: expected a metaopt.Searcher, got {type(program).__name__}")
+  loop.check_dim(program, space)
   if store is None:
     raise ValueError("store: workers need a shared store URL (e.g. sqlite:///runs/s.db)")
   st = store if isinstance(store, Store) else Store(store)

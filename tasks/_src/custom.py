@@ -30,6 +30,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import os
+import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -362,22 +363,23 @@ def from_flax(model: nn.Module | Callable[[Mapping[str, Any]], nn.Module], data:
     return flax_trial_fns(module_of(structure), example, loss, metrics, make_opt, structure,
                           defaults)
 
-  _check(build({**defaults, **structure}), _fallback_h(space, defaults), ds, objective)
+  state = _check(build({**defaults, **structure}), _fallback_h(space, defaults), ds, objective)
   if classify and default_loss:
-    _check_classes(module_of({**defaults, **structure}), example, ds.num_classes)
+    _check_classes(module_of({**defaults, **structure}), state["params"], example,
+                   ds.num_classes)
   task = Task(name, ds, space, build, objective, direction, defaults, family, reads=reads)
   base.check_reads(task, space.names)  # e.g. momentum searched for optimizer='adam'
   return task
 
 
-def _check_classes(module: nn.Module, example: np.ndarray, num_classes: int) -> None:
+def _check_classes(module: nn.Module, variables: Any, example: np.ndarray,
+                   num_classes: int) -> None:
   """A classifier's outputs must have a logit per class: with fewer, the default
   cross-entropy of a label past the last logit is NaN and every trial failed as "non-finite
-  loss" (traced abstractly, nothing compiles)."""
+  loss" (the model applied abstractly to ``variables``, the abstract ones :func:`_check`
+  traced: nothing compiles, and its init is not traced again)."""
   mode = {"train": False} if _takes_train(module) else {}
-  key = jax.random.key(0)
-  out = jax.eval_shape(lambda: module.init_with_output(
-      {"params": key, "dropout": key}, example, **mode)[0])
+  out = jax.eval_shape(lambda v: module.apply(v, example, **mode), variables)
   shape = getattr(out, "shape", None)
   if shape is not None and len(shape) == 2 and shape[-1] < num_classes:
     raise ValueError(f"model: outputs {shape[-1]} logits per example, but the labels are "
@@ -386,9 +388,27 @@ def _check_classes(module: nn.Module, example: np.ndarray, num_classes: int) -> 
                      "float targets for regression")
 
 
-def _check(fns: TrialFns, h: dict[str, Any], ds: Dataset, objective: str) -> None:
+_CONCRETE = (jax.errors.ConcretizationTypeError, jax.errors.TracerIntegerConversionError,
+             jax.errors.TracerArrayConversionError)
+
+
+def _concrete_hint(e: Exception) -> str:
+  """What to do when the optimizer or model needs a hyperparameter as a Python value (e.g.
+  ``optax.warmup_cosine_decay_schedule(0.0, h["learning_rate"], ...)`` compares its peak with
+  0.0 in Python): JAX names the value's source as ``h['name']``."""
+  names = list(dict.fromkeys(re.findall(r"h\['([^']+)'\]", str(e))))
+  which = f"hyperparameter {', '.join(map(repr, names))}" if names else "a hyperparameter"
+  return (f"task: the optimizer or model uses {which} as a Python value "
+          f"({type(e).__name__}), but searched hyperparameters reach them as traced arrays "
+          "(new values never recompile): use it in array arithmetic, e.g. scale a fixed "
+          "schedule, lambda t: h['learning_rate'] * optax.warmup_cosine_decay_schedule(0.0, "
+          "1.0, 10, 1000)(t), or declare it structural=True in the space (a Python value, "
+          "one kernel per value)")
+
+
+def _check(fns: TrialFns, h: dict[str, Any], ds: Dataset, objective: str) -> Any:
   """Traces one trial abstractly (nothing compiles) so a bad optimizer or metric name fails
-  here with one ``ValueError``."""
+  here with one ``ValueError``; returns the trial's abstract initial state."""
   try:
     state = jax.eval_shape(fns.init, jax.random.key(0), h)
     x, y = ds.train.x[:2], ds.train.y[:2]
@@ -396,12 +416,15 @@ def _check(fns: TrialFns, h: dict[str, Any], ds: Dataset, objective: str) -> Non
     names = jax.eval_shape(fns.evaluate, state, x, y, h)
   except ValueError:
     raise
+  except _CONCRETE as e:  # a hyperparameter used as a Python value
+    raise ValueError(_concrete_hint(e)) from None
   except Exception as e:  # noqa: BLE001 - user code fails in many ways
     raise ValueError(f"task: one trial does not trace with the space's default values "
                      f"({type(e).__name__}: {str(e).splitlines()[0][:300]})") from None
   if objective not in names:
     raise ValueError(f"objective={objective!r} is not a metric of this task; its metrics: "
                      f"{sorted(names)}")
+  return state
 
 
 def import_task(path: str, **kwargs: Any) -> Task:
