@@ -58,7 +58,12 @@ depend on the size is computed once outside the copies: every random number of t
 uniform draw; normals by the inverse CDF), the warped targets, the incumbents and the
 exploitation models (their nearest observations and fit, on the whole buffer). The
 gradient refinement moves all its starts in one batched Adam (the acquisition is pointwise),
-not a ``vmap`` over starts.
+not a ``vmap`` over starts. The engine compiles the one-bucket ``ask`` as stages
+(``staged_ask``: ``population.StagedJit``, cut after the hyperparameter fit and after the
+exploitation models' fits), whose XLA compiles run concurrently on threads; the stages give
+the single program's proposals and hyperparameters bit for bit
+(``tests/test_gp_compile.py``; ``benchmarks/gp_compile_stages.py`` for d 2, 5, 10, three
+buckets, batches 1 and 10, both builds).
 
 Under ``jax.vmap`` (several searches at once) the Cholesky factorisations become batched
 LAPACK calls; on CPU, jaxlib 0.10's batched ``potrf`` hands its batch to the intra-op thread
@@ -703,4 +708,5 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
     hist = history_tell({k: state[k] for k in ("x", "y", "valid", "count")}, u, y, status)
     return {**state, **hist}
 
-  return Searcher(init, ask, tell, startup_ask=startup_ask, ask_static=ask_bucket)
+  return Searcher(init, ask, tell, startup_ask=startup_ask, ask_static=ask_bucket,
+                  staged_ask=True)
