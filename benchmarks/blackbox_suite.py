@@ -361,15 +361,15 @@ def gp_compile_seconds(dim: int = 5, batch: int = 10, build: str = "engine",
   asks remain to repay it, as at the first model ask of a suite run); ``"fast"``, its fast
   build (``TieredJit.build(False)``, used when few asks remain); ``"plain"``, a user's own
   ``jax.jit(ask)`` with XLA's default options; ``"single"``, the engine's optimised build
-  compiled as one XLA program (as before ``Searcher.staged_ask``). The engine's builds
-  compile GP-BO's one-bucket ask as stages (``population.StagedJit``: the fits and the
-  believer scan, their XLA compiles concurrent on threads), so their wall time is that of
-  the trace, the stages' lowering and the concurrent compiles, and their CPU time the total
-  of all threads (more than the single program's: each stage is optimised on its own); the
-  all-bucket program has one stage. Exits with an error if the engine would not choose its
-  optimised build for the first model ask of a suite-sized search (``dim``, ``batch``, 100
-  ``dim`` evaluations). On a loaded machine the CPU seconds are the figure to trust, and
-  the wall time of the concurrent compile also depends on the cores free."""
+  compiled as one XLA program (as before ``Searcher.staged_ask``). The engine's optimised
+  build compiles GP-BO's one-bucket ask as stages (``population.StagedJit``: the fits and the
+  believer scan, their XLA compiles concurrent on threads), so its wall time is that of the
+  trace, the stages' lowering and the concurrent compiles, and its CPU time the total of all
+  threads (more than the single program's: each stage is optimised on its own). Exits with
+  an error if the engine would not choose its optimised build for the first model ask of a
+  suite-sized search (``dim``, ``batch``, 100 ``dim`` evaluations). On a loaded machine the
+  CPU seconds are the figure to trust; the concurrent compile's wall time also depends on
+  the cores free."""
   if build not in ("engine", "fast", "plain", "single"):
     raise ValueError(f"build={build!r}: must be 'engine', 'fast', 'plain' or 'single'")
   args, static = ("st, jax.random.key(2), {batch}, s.ask_static(st)", "(2, 3)") \

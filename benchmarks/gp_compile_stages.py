@@ -1,8 +1,10 @@
-"""GP-BO's ``ask`` compiled by the engine as stages (``population.StagedJit``) against the same
-build compiled as one XLA program: whether proposals and state agree bit for bit, the XLA
-compile CPU of the single program and of each stage (compiled one after another, so each
-stage's CPU is its own: with the stages compiled concurrently, on as many free cores, the
-critical path is the largest stage), and the run CPU per ask (min of 6 calls, interleaved).
+"""GP-BO's ``ask`` compiled as stages (``population.StagedJit``; the engine does so for its
+optimised build, ``opt``; ``fast``: the fast build's options, which the engine compiles as one
+program) against the same build compiled as one XLA program: whether proposals and state
+agree bit for bit, the XLA compile CPU of the single program and of each stage (compiled one
+after another, so each stage's CPU is its own), and the run CPU per ask (min of 6 calls,
+interleaved). The largest stage is not the concurrent compile's critical path: XLA already
+compiles a program's LLVM code on a pool of threads (BENCHMARKS.md, session 23).
 Default ``gp_bo(dim)``, ``n_obs`` observations of ``sum(u^2)``, a batch of ``batch``, the
 state's bucket (``ask_static``). One JSON line per case, each case in a fresh process (JAX
 caches compiled programs); CPU seconds are the figures on a loaded machine.
@@ -25,7 +27,10 @@ CASES = [(2, 20, 10, "opt"), (5, 20, 1, "opt"), (10, 20, 10, "opt"), (2, 100, 1,
          (5, 100, 10, "opt"), (10, 100, 1, "opt"), (5, 200, 10, "opt"), (2, 20, 1, "opt"),
          (10, 20, 1, "opt"), (2, 100, 10, "opt"), (5, 100, 1, "opt"), (10, 100, 10, "opt"),
          (2, 20, 10, "fast"), (5, 20, 10, "fast"), (10, 20, 10, "fast"), (5, 100, 10, "fast"),
-         (10, 100, 1, "fast"), (2, 100, 1, "fast")]
+         (10, 100, 1, "fast"), (2, 100, 1, "fast"),
+         # added after (10, 100, 1, "fast") changed bits: optimised build only from then on
+         (1, 20, 10, "opt"), (3, 40, 5, "opt"), (7, 150, 2, "opt"), (10, 200, 10, "opt"),
+         (4, 250, 3, "opt")]
 
 
 def one_case(dim: int, n_obs: int, batch: int, build: str) -> dict:
@@ -35,7 +40,7 @@ def one_case(dim: int, n_obs: int, batch: int, build: str) -> dict:
   import numpy as np
 
   from metaopt import gp_bo
-  from metaopt._src.population import TieredJit
+  from metaopt._src.population import FAST_COMPILE, StagedJit, TieredJit, opt_compile_options
 
   s = gp_bo(dim)
   u = jax.random.uniform(jax.random.key(1), (n_obs, dim))
@@ -50,7 +55,8 @@ def one_case(dim: int, n_obs: int, batch: int, build: str) -> dict:
   c2 = time.process_time()
   rec["single_trace_lower_cpu"], rec["single_compile_cpu"] = c1 - c0, c2 - c1
   c0 = time.process_time()
-  low = TieredJit(s.ask, staged=True, static_argnums=(2, 3)).build(opt).lower(*args)
+  low = StagedJit(s.ask, opt_compile_options() if opt else FAST_COMPILE,
+                  static_argnums=(2, 3)).lower(*args)
   rec["staged_lower_cpu"] = time.process_time() - c0  # the trace is cached: lowering only
   per = []
   for stage in low._lowered:  # one at a time: each stage's own CPU

@@ -58,32 +58,26 @@ def test_gp_bucketed_and_whole_buffer_asks_agree(bucketed):
 
 
 def test_gp_ask_compiled_for_one_bucket_matches_the_switch_over_all(bucketed):
-  """``ask(state, key, n, ask_static(state))`` compiles only the state's bucket, and the
-  engine compiles it as stages (``Searcher.staged_ask``: ``population.StagedJit``, the fits
-  and the believer scan as separate XLA programs, compiled concurrently); its proposals and
-  state are those of the ``lax.switch`` over every bucket (``ask(state, key, n)``, what a
-  user's ``jit`` builds: one program) bit for bit, in the startup design (one stage) and in
-  two buckets (three stages: the global fit, the exploitation model's, the believer scan).
-  Both compiled by the engine's few-call build (``fast_jit``; the switch is the one the test
-  above compiled), which costs a fraction of the optimised compile."""
+  """``ask(state, key, n, ask_static(state))`` compiles only the state's bucket (what the
+  engine runs); its proposals and state are those of the ``lax.switch`` over every bucket
+  (``ask(state, key, n)``, what a user's ``jit`` builds) bit for bit, in the startup design
+  and in two buckets. Both compiled by the engine's few-call build (``fast_jit``; the switch
+  is the one the test above compiled), which costs a fraction of the optimised compile."""
   s, switch = bucketed
-  assert s.staged_ask
   x = sobol(2).ask(sobol(2).init(jax.random.key(5)), None, 80)[1]
   y = bf.branin(x)
-  one = TieredJit(s.ask, staged=True, static_argnums=(2, 3)).build(False)  # as the engine
-  buckets, stages = [], []
+  one = fast_jit(s.ask, static_argnums=(2, 3))
+  buckets = []
   for n_obs in (3, 12, 80):  # the Sobol design; the 64-row bucket; the 128-row bucket
     st = s.tell(s.init(jax.random.key(0)), x[:n_obs], y[:n_obs], jnp.zeros(n_obs, jnp.int32))
     buckets.append(s.ask_static(st))
     want = switch(st, jax.random.key(n_obs), 3)
-    compiled = one.lower(st, jax.random.key(n_obs), 3, buckets[-1]).compile()
-    stages.append(compiled.stages)
-    got = compiled(st, jax.random.key(n_obs))
+    got = one(st, jax.random.key(n_obs), 3, buckets[-1])
     assert jax.tree_util.tree_structure(got) == jax.tree_util.tree_structure(want)
     for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want),
                     strict=True):
       np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-  assert buckets == [0, 1, 2] and stages == [1, 3, 3]
+  assert buckets == [0, 1, 2]
   st = s.tell(s.init(jax.random.key(0)), x[:12], y[:12], jnp.zeros(12, jnp.int32))
   size = {k: len(str(jax.make_jaxpr(f, static_argnums=a)(*args)))
           for k, f, a, args in (("all", s.ask, 2, (st, jax.random.key(1), 3)),
@@ -94,25 +88,45 @@ def test_gp_ask_compiled_for_one_bucket_matches_the_switch_over_all(bucketed):
     s.ask(st, jax.random.key(1), 3, 3)
 
 
-# slow (two builds of the default ask, each compiled as one program and as stages, at two
-# batch sizes); the staged fast build of a small GP is checked by default in the test above
+def test_gp_ask_optimised_build_in_stages_matches_the_single_program(bucketed):
+  """The engine compiles the one-bucket ``ask``'s optimised build as stages
+  (``Searcher.staged_ask``: ``population.StagedJit``, the global fit, the exploitation
+  model's fit and the believer scan as three XLA programs compiled concurrently, then run in
+  sequence); its proposals and fitted hyperparameters are those of the same build compiled
+  as one program, bit for bit. ``ask`` itself stays one pure function: the module's switch
+  is a ``jax.jit`` of it."""
+  s, _ = bucketed
+  assert s.staged_ask
+  x = sobol(2).ask(sobol(2).init(jax.random.key(5)), None, 12)[1]
+  st = s.tell(s.init(jax.random.key(0)), x, bf.branin(x), jnp.zeros(12, jnp.int32))
+  args = (st, jax.random.key(4), 3, s.ask_static(st))
+  want = TieredJit(s.ask, static_argnums=(2, 3)).build(True)(*args)
+  compiled = TieredJit(s.ask, staged=True, static_argnums=(2, 3)).build(True).lower(
+      *args).compile()
+  assert compiled.stages == 3
+  got = compiled(*args[:2])
+  assert jax.tree_util.tree_structure(got) == jax.tree_util.tree_structure(want)
+  for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want), strict=True):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+# slow (the default ask's optimised build compiled as one program and as stages, at two
+# batch sizes); a small GP's is checked by default in the test above
 @pytest.mark.slow
-def test_gp_ask_stages_match_the_single_program_in_both_builds():
-  """The engine's staged compile of the default ``gp_bo(3).ask`` (optimised and fast builds,
-  batches of 1 and 5: two and three stages) gives the proposals and fitted hyperparameters
-  of the single one-bucket program bit for bit."""
+def test_gp_default_ask_optimised_build_in_stages_matches_the_single_program():
+  """The engine's staged compile of the default ``gp_bo(3).ask``'s optimised build (batches
+  of 1 and 5: two and three stages) gives the proposals and fitted hyperparameters of the
+  single one-bucket program bit for bit."""
   s = gp_bo(3)
   u = jax.random.uniform(jax.random.key(1), (20, 3))
   st = s.tell(s.init(jax.random.key(0)), u, bf.rosenbrock(u), jnp.zeros(20, jnp.int32))
   args = (st, jax.random.key(2))
-  for optimized in (True, False):
-    single = TieredJit(s.ask, static_argnums=(2, 3)).build(optimized)
-    staged = TieredJit(s.ask, staged=True, static_argnums=(2, 3)).build(optimized)
-    for n, n_stages in ((1, 2), (5, 3)):
-      want = single(*args, n, s.ask_static(st))
-      compiled = staged.lower(*args, n, s.ask_static(st)).compile()
-      assert compiled.stages == n_stages
-      got = compiled(*args)
-      for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want),
-                      strict=True):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  single = TieredJit(s.ask, static_argnums=(2, 3)).build(True)
+  staged = TieredJit(s.ask, staged=True, static_argnums=(2, 3)).build(True)
+  for n, n_stages in ((1, 2), (5, 3)):
+    want = single(*args, n, s.ask_static(st))
+    compiled = staged.lower(*args, n, s.ask_static(st)).compile()
+    assert compiled.stages == n_stages
+    for a, b in zip(jax.tree_util.tree_leaves(compiled(*args)), jax.tree_util.tree_leaves(want),
+                    strict=True):
+      np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

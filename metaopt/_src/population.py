@@ -426,9 +426,11 @@ class TieredJit:
   at 20 observations 1.02, ``tpe(5)`` at 50 1.46, process CPU under load 7-16, 2026-12-07),
   hence ``COMPILE_RATIO`` 1.5 (was 2.0).
 
-  ``staged=True``: both builds are :class:`StagedJit` (the program compiled as stages, their
-  XLA compiles concurrent), for programs whose stages give the single program's results bit
-  for bit (``Searcher.staged_ask``); ``jit_kwargs`` may then hold ``static_argnums`` only.
+  ``staged=True``: the optimised build is a :class:`StagedJit` (the program compiled as
+  stages, their XLA compiles concurrent), for programs whose stages give the single
+  program's results bit for bit (``Searcher.staged_ask``); ``jit_kwargs`` may then hold
+  ``static_argnums`` only. The fast build stays one program: staged, GP-BO's changed in the
+  last bits in one of six cases checked (BENCHMARKS.md, session 23, gpcompile-par).
 
   Call as ``f(*args, calls_left=k)``, ``k`` counting this call.
   """
@@ -443,11 +445,10 @@ class TieredJit:
       if jit_kwargs.keys() - {"static_argnums"}:
         raise ValueError(f"staged=True: jit_kwargs may hold static_argnums only, got "
                          f"{sorted(jit_kwargs)}")
-      self._fast = StagedJit(fun, FAST_COMPILE, **jit_kwargs)
       self._opt = StagedJit(fun, opt_compile_options(), **jit_kwargs)
     else:
-      self._fast = fast_jit(fun, **jit_kwargs)
       self._opt = OptionsJit(fun, opt_compile_options(), **jit_kwargs)
+    self._fast = fast_jit(fun, **jit_kwargs)
     self._static = set(np.atleast_1d(jit_kwargs.get("static_argnums", ())).tolist())
     self._cost: dict[Any, tuple[float, int]] = {}
     self.optimized = False  # the build the last call used

@@ -83,10 +83,10 @@ class Searcher(NamedTuple):
   cannot make them (e.g. another PRNG implementation); the engine calls it instead of
   compiling ``startup_ask``.
 
-  ``staged_ask``: the engine may compile ``ask`` as stages, one XLA compile each, running
-  concurrently (``population.StagedJit``: cut after each top-level loop), because they give
-  the single program's results bit for bit (GP-BO: checked by ``tests/test_gp_compile.py``).
-  ``ask`` stays one pure function either way.
+  ``staged_ask``: the engine may compile ``ask``'s optimised build as stages, one XLA
+  compile each, running concurrently (``population.StagedJit``: cut after each top-level
+  loop), because they give the single program's results bit for bit (GP-BO: checked by
+  ``tests/test_gp_compile.py``). ``ask`` stays one pure function either way.
   """
 
   init: Callable[[jax.Array], PyTree]
