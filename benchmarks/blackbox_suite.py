@@ -49,8 +49,7 @@ version, so a second run only re-runs metaopt. metaopt is always re-run.
                                                     # ECDFs per budget and batch from the parts
     python benchmarks/blackbox_suite.py --gp_compile_only  # only gp_ask_compile_seconds (first
                                                        # model ask, one bucket, the engine's
-                                                       # optimised build, compiled as stages;
-                                                       # as one program, a plain jax.jit, the
+                                                       # optimised build; a plain jax.jit, the
                                                        # fast build, later buckets, all buckets)
 """
 
@@ -360,18 +359,12 @@ def gp_compile_seconds(dim: int = 5, batch: int = 10, build: str = "engine",
   XLA options the library gives it on this backend: what the engine compiles while enough
   asks remain to repay it, as at the first model ask of a suite run); ``"fast"``, its fast
   build (``TieredJit.build(False)``, used when few asks remain); ``"plain"``, a user's own
-  ``jax.jit(ask)`` with XLA's default options; ``"single"``, the engine's optimised build
-  compiled as one XLA program (as before ``Searcher.staged_ask``). The engine's optimised
-  build compiles GP-BO's one-bucket ask as stages (``population.StagedJit``: the fits and the
-  believer scan, their XLA compiles concurrent on threads), so its wall time is that of the
-  trace, the stages' lowering and the concurrent compiles, and its CPU time the total of all
-  threads (more than the single program's: each stage is optimised on its own). Exits with
-  an error if the engine would not choose its optimised build for the first model ask of a
-  suite-sized search (``dim``, ``batch``, 100 ``dim`` evaluations). On a loaded machine the
-  CPU seconds are the figure to trust; the concurrent compile's wall time also depends on
-  the cores free."""
-  if build not in ("engine", "fast", "plain", "single"):
-    raise ValueError(f"build={build!r}: must be 'engine', 'fast', 'plain' or 'single'")
+  ``jax.jit(ask)`` with XLA's default options. Exits with an error if the engine would not
+  choose its optimised build for the first model ask of a suite-sized search (``dim``,
+  ``batch``, 100 ``dim`` evaluations). On a loaded machine the CPU seconds are the figure to
+  trust."""
+  if build not in ("engine", "fast", "plain"):
+    raise ValueError(f"build={build!r}: must be 'engine', 'fast' or 'plain'")
   args, static = ("st, jax.random.key(2), {batch}, s.ask_static(st)", "(2, 3)") \
       if buckets == "one" else ("st, jax.random.key(2), {batch}", "2")
   # a suite-sized search: 100 dim evaluations in asks of ``batch``; the first is the Sobol
@@ -385,14 +378,13 @@ s = gp_bo({dim})
 st = s.init(jax.random.key(0))
 u = jax.random.uniform(jax.random.key(1), ({n_obs}, {dim}))
 st = s.tell(st, u, jnp.sum(u ** 2, 1), jnp.zeros({n_obs}, jnp.int32))
-tiered = TieredJit(s.ask, staged=s.staged_ask and {build!r} != "single",
-                   static_argnums={static})
+tiered = TieredJit(s.ask, static_argnums={static})
 f = (jax.jit(s.ask, static_argnums={static}) if {build!r} == "plain"
-     else tiered.build({build!r} != "fast"))
+     else tiered.build({build!r} == "engine"))
 t, c = time.perf_counter(), time.process_time()
 f.lower({args.format(batch=batch)}).compile()
 print(time.perf_counter() - t, time.process_time() - c)
-if {build!r} in ("engine", "single") and not tiered.pays(*tiered.cost({args.format(batch=batch)}),
+if {build!r} == "engine" and not tiered.pays(*tiered.cost({args.format(batch=batch)}),
                                              {calls_left}):
   raise SystemExit("the engine would not choose its optimised build with {calls_left} asks left")
 """
@@ -413,11 +405,8 @@ def print_gp_compile() -> tuple[float, float]:
   load0 = os.getloadavg()[0]
   gp_s, gp_cpu = gp_compile_seconds()
   print(f"gp_ask_compile_seconds: {gp_s:.2f}  (first model ask, the 64-row bucket, the "
-        "engine's optimised build: its stages' XLA compiles concurrent)")
-  print(f"gp_ask_compile_cpu_seconds: {gp_cpu:.2f}  (all threads)")
-  w, c = gp_compile_seconds(build="single")
-  print(f"gp_ask_single_program_compile_seconds: {w:.2f} (CPU {c:.2f})  (the same build "
-        "compiled as one XLA program, as before the stages)")
+        "engine's optimised build)")
+  print(f"gp_ask_compile_cpu_seconds: {gp_cpu:.2f}")
   w, c = gp_compile_seconds(build="plain")
   print(f"gp_ask_plain_jit_compile_seconds: {w:.2f} (CPU {c:.2f})  (the same program, a "
         "user's jax.jit with XLA's default options)")

@@ -189,60 +189,6 @@ def test_tiered_jit_traces_once_per_shape():
   assert traces == [(3,), (4,)]
 
 
-def _two_loops(x, n):
-  a = jax.lax.scan(lambda c, _: (jnp.sin(c) * 1.5 + 1e-3 * (c @ c.T @ c), None), x, None,
-                   length=4)[0]
-  s = jnp.sum(a) * n
-  b = jax.lax.scan(lambda c, _: (jnp.cos(c) + s, None), a, None, length=3)[0]
-  return {"out": b, "same": x, "one": 1.0, "s": s}
-
-
-def test_staged_jit_compiles_a_stage_per_loop_and_gives_the_single_programs_values():
-  """``StagedJit`` cuts the program after its first loop: two stages, compiled concurrently
-  on helper threads yet counted (compiles, compile seconds) on the calling thread, called in
-  sequence; outputs, their dtypes and structure as ``jax.jit``'s, inputs and literals
-  passed through; a second call compiles nothing."""
-  x = jax.random.normal(jax.random.key(0), (5, 5))
-  f = pop.StagedJit(_two_loops, pop.FAST_COMPILE, static_argnums=1)
-  before, c0 = compile_cache.compiles(), pop.compile_seconds()
-  compiled = f.lower(x, 2).compile()
-  counted = compile_cache.compiles() - before
-  assert compiled.stages == 2
-  assert counted["_two_loops_stage0"] == 1 and counted["_two_loops_stage1"] == 1, counted
-  assert pop.compile_seconds() > c0
-  want = pop.fast_jit(_two_loops, static_argnums=1)(x, 2)
-  for got in (compiled(x), f(x, 2)):
-    assert jax.tree_util.tree_structure(got) == jax.tree_util.tree_structure(want)
-    for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want),
-                    strict=True):
-      assert a.dtype == b.dtype
-      np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-  before = compile_cache.compiles()
-  f(x, 2)
-  assert compile_cache.compiles() == before
-  one_loop = jax.make_jaxpr(lambda a: jax.lax.scan(lambda c, _: (c * 2, None), a, None,
-                                                   length=3)[0] + 1)(x)
-  assert len(pop.program_stages(one_loop)) == 1
-  with pytest.raises(ValueError, match="staged=True: jit_kwargs may hold static_argnums"):
-    pop.TieredJit(_two_loops, staged=True, donate_argnums=0)
-
-
-def test_staged_jit_compiles_one_program_where_it_cannot_cut_it(monkeypatch):
-  """If the program cannot be cut (``program_stages`` fails, e.g. on another JAX), one
-  warning and one program with the same values."""
-  x = jax.random.normal(jax.random.key(1), (4, 4))
-
-  def broken(*a, **k):
-    raise TypeError("no Jaxpr constructor")
-
-  monkeypatch.setattr(pop, "program_stages", broken)
-  with pytest.warns(RuntimeWarning, match="cannot cut _two_loops into stages"):
-    compiled = pop.StagedJit(_two_loops, pop.FAST_COMPILE, static_argnums=1).lower(x, 3).compile()
-  assert compiled.stages == 1
-  want = pop.fast_jit(_two_loops, static_argnums=1)(x, 3)
-  np.testing.assert_array_equal(np.asarray(compiled(x)["out"]), np.asarray(want["out"]))
-
-
 _TIERED_GP_SEARCH = """
 import hashlib, jax, jax.numpy as jnp, numpy as np
 from metaopt import gp_bo

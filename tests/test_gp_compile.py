@@ -14,7 +14,7 @@ import pytest
 
 from metaopt._src import benchmark_functions as bf
 from metaopt._src.gp import gp_bo
-from metaopt._src.population import TieredJit, fast_jit  # fast_jit: asks with few calls left
+from metaopt._src.population import fast_jit  # the engine's build for asks with few calls left
 from metaopt._src.searchers import sobol
 
 
@@ -86,47 +86,3 @@ def test_gp_ask_compiled_for_one_bucket_matches_the_switch_over_all(bucketed):
   assert size["one"] < 0.7 * size["all"], size
   with pytest.raises(ValueError, match="bucket=3"):  # buckets 0 (design), 1, 2 only
     s.ask(st, jax.random.key(1), 3, 3)
-
-
-def test_gp_ask_optimised_build_in_stages_matches_the_single_program(bucketed):
-  """The engine compiles the one-bucket ``ask``'s optimised build as stages
-  (``Searcher.staged_ask``: ``population.StagedJit``, the global fit, the exploitation
-  model's fit and the believer scan as three XLA programs compiled concurrently, then run in
-  sequence); its proposals and fitted hyperparameters are those of the same build compiled
-  as one program, bit for bit. ``ask`` itself stays one pure function: the module's switch
-  is a ``jax.jit`` of it."""
-  s, _ = bucketed
-  assert s.staged_ask
-  x = sobol(2).ask(sobol(2).init(jax.random.key(5)), None, 12)[1]
-  st = s.tell(s.init(jax.random.key(0)), x, bf.branin(x), jnp.zeros(12, jnp.int32))
-  args = (st, jax.random.key(4), 3, s.ask_static(st))
-  want = TieredJit(s.ask, static_argnums=(2, 3)).build(True)(*args)
-  compiled = TieredJit(s.ask, staged=True, static_argnums=(2, 3)).build(True).lower(
-      *args).compile()
-  assert compiled.stages == 3
-  got = compiled(*args[:2])
-  assert jax.tree_util.tree_structure(got) == jax.tree_util.tree_structure(want)
-  for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want), strict=True):
-    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-
-
-# slow (the default ask's optimised build compiled as one program and as stages, at two
-# batch sizes); a small GP's is checked by default in the test above
-@pytest.mark.slow
-def test_gp_default_ask_optimised_build_in_stages_matches_the_single_program():
-  """The engine's staged compile of the default ``gp_bo(3).ask``'s optimised build (batches
-  of 1 and 5: two and three stages) gives the proposals and fitted hyperparameters of the
-  single one-bucket program bit for bit."""
-  s = gp_bo(3)
-  u = jax.random.uniform(jax.random.key(1), (20, 3))
-  st = s.tell(s.init(jax.random.key(0)), u, bf.rosenbrock(u), jnp.zeros(20, jnp.int32))
-  args = (st, jax.random.key(2))
-  single = TieredJit(s.ask, static_argnums=(2, 3)).build(True)
-  staged = TieredJit(s.ask, staged=True, static_argnums=(2, 3)).build(True)
-  for n, n_stages in ((1, 2), (5, 3)):
-    want = single(*args, n, s.ask_static(st))
-    compiled = staged.lower(*args, n, s.ask_static(st)).compile()
-    assert compiled.stages == n_stages
-    for a, b in zip(jax.tree_util.tree_leaves(compiled(*args)), jax.tree_util.tree_leaves(want),
-                    strict=True):
-      np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -271,18 +271,6 @@ def compiles() -> collections.Counter:
   return collections.Counter(_by_thread[threading.get_ident()])
 
 
-def adopt(threads: list[int]) -> None:
-  """Moves what :func:`compiles` and :func:`compile_profile` counted on ``threads`` (helper
-  threads that compiled for the calling thread, e.g. ``population.StagedJit``'s) to the
-  calling thread."""
-  me = threading.get_ident()
-  for t in set(threads) - {me}:
-    for name, n in _by_thread.pop(t, {}).items():
-      _by_thread[me][name] += n
-    for name, sec in _seconds.pop(t, {}).items():
-      _seconds[me][name] += sec
-
-
 def compile_profile(thread: int | None = None) -> dict[str, float]:
   """Seconds spent tracing, lowering and compiling so far, per function name, on
   ``thread`` (default: the calling thread); a copy."""

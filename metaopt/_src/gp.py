@@ -58,12 +58,7 @@ depend on the size is computed once outside the copies: every random number of t
 uniform draw; normals by the inverse CDF), the warped targets, the incumbents and the
 exploitation models (their nearest observations and fit, on the whole buffer). The
 gradient refinement moves all its starts in one batched Adam (the acquisition is pointwise),
-not a ``vmap`` over starts. The engine compiles the one-bucket ``ask``'s optimised build as
-stages (``staged_ask``: ``population.StagedJit``, cut after the hyperparameter fit and after
-the exploitation models' fits), whose XLA compiles run concurrently on threads; the stages
-give the single program's proposals and hyperparameters bit for bit
-(``tests/test_gp_compile.py``; ``benchmarks/gp_compile_stages.py``: d 1 to 10, every bucket,
-batches 1 to 10). Its fast build stays one program (staged, its last bits changed once).
+not a ``vmap`` over starts.
 
 Under ``jax.vmap`` (several searches at once) the Cholesky factorisations become batched
 LAPACK calls; on CPU, jaxlib 0.10's batched ``potrf`` hands its batch to the intra-op thread
@@ -708,5 +703,4 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
     hist = history_tell({k: state[k] for k in ("x", "y", "valid", "count")}, u, y, status)
     return {**state, **hist}
 
-  return Searcher(init, ask, tell, startup_ask=startup_ask, ask_static=ask_bucket,
-                  staged_ask=True)
+  return Searcher(init, ask, tell, startup_ask=startup_ask, ask_static=ask_bucket)

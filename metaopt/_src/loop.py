@@ -161,8 +161,7 @@ def _searcher_fns(program: Searcher, space: Space) -> SearcherFns:
   others (``init`` too) by :func:`searcher_jit` (each runs once per round or epoch, in
   milliseconds, but would take seconds to compile optimised)."""
   static = program.ask_static  # host function: the code path this state takes (Searcher)
-  tiered = pop.TieredJit(program.ask, staged=getattr(program, "staged_ask", False),
-                         static_argnums=2 if static is None else (2, 3))
+  tiered = pop.TieredJit(program.ask, static_argnums=2 if static is None else (2, 3))
   startup = None if program.startup_ask is None else \
       searcher_jit(program.startup_ask, static_argnums=2)
   host = None if startup is None else program.startup_host

@@ -32,8 +32,6 @@ import concurrent.futures
 import math
 import os
 import threading
-import time
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -44,7 +42,6 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from metaopt._src import compile_cache
 from metaopt._src.dots import canonical_dots
 from metaopt._src.jit_options import OptionsJit
 from metaopt.tasks import Dataset, TrialFns
@@ -243,171 +240,6 @@ def opt_compile_options() -> dict[str, Any] | None:
   return dict(OPT_COMPILE_CPU) if jax.default_backend() == "cpu" else None
 
 
-_LOOPS = ("scan", "while")
-
-
-class _Stage(NamedTuple):
-  fun: Callable  # (*ins) -> outs
-  ins: list      # jaxpr variables it reads (the program's inputs or earlier stages' outputs)
-  outs: list     # jaxpr variables later stages or the program's outputs read
-
-
-def _is_var(v: Any) -> bool:
-  return isinstance(v, jax.extend.core.Var) and not isinstance(v, jax.extend.core.Literal)
-
-
-def program_stages(closed: Any, name: str = "fun") -> list[_Stage]:
-  """The top-level equations of ``closed`` (a ``ClosedJaxpr``) cut after each of its
-  top-level loops (``scan``, ``while``) but the last, as functions of the variables each
-  stage reads; one stage where there are fewer than two loops or the program has effects.
-  Run in sequence (see :class:`StagedJit`) they compute the program's outputs; stage ``k``'s
-  function is named ``{name}_stage{k}`` (what JAX's compile events and profiles show)."""
-  jaxpr = closed.jaxpr
-  loops = [i for i, e in enumerate(jaxpr.eqns) if e.primitive.name in _LOOPS]
-  cuts = [] if closed.effects else [i + 1 for i in loops[:-1]]
-  bounds = [0, *cuts, len(jaxpr.eqns)]
-  groups = [jaxpr.eqns[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
-  consts = dict(zip(jaxpr.constvars, closed.consts, strict=True))
-  needed = [set() for _ in groups]  # variables read after each stage
-  acc = {v for v in jaxpr.outvars if _is_var(v)}
-  for k in range(len(groups) - 1, -1, -1):
-    needed[k] = set(acc)
-    acc |= {v for e in groups[k] for v in e.invars if _is_var(v)}
-  stages = []
-  for g, later in zip(groups, needed, strict=True):
-    made = [o for e in g for o in e.outvars if _is_var(o)]  # in equation order
-    own = set(made)
-    read = list(dict.fromkeys(v for e in g for v in e.invars
-                              if _is_var(v) and v not in own))
-    ins = [v for v in read if v not in consts]
-    cvars = [v for v in read if v in consts]
-    outs = [v for v in made if v in later]
-    sub = jax.extend.core.Jaxpr(cvars, ins, outs, list(g))
-    run = jax.extend.core.jaxpr_as_fun(
-        jax.extend.core.ClosedJaxpr(sub, [consts[v] for v in cvars]))
-
-    def fun(*args: Any, run: Callable = run) -> Any:
-      return run(*args)
-
-    fun.__name__ = fun.__qualname__ = f"{name}_stage{len(stages)}"
-    stages.append(_Stage(fun, ins, outs))
-  return stages
-
-
-class StagedJit:
-  """``OptionsJit(fun, options, static_argnums=...)`` compiled as stages that XLA compiles
-  concurrently: the traced program is cut after each of its top-level loops but the last
-  (:func:`program_stages`; GP-BO's ``ask``: the hyperparameter fit, the exploitation models'
-  fits, the kriging-believer scan), each stage is lowered on the calling thread and compiled
-  by its own XLA compile on a thread of its own (XLA releases the GIL while it compiles), and
-  a call runs the compiled stages in sequence, each stage's outputs staying on the device as
-  the next one's inputs. The first compile's wall time falls towards that of its largest
-  stage (on as many cores as stages), at the cost of some repeated work per stage (more CPU
-  in all). XLA optimises each stage on its own, so whether the results are those of the
-  single program bit for bit depends on the program: ``tests/test_gp_compile.py`` checks
-  GP-BO's. ``fun`` is traced as ``jax.jit`` would trace it, so ``fun`` itself stays a pure
-  function (a user's ``jax.jit`` of it compiles one program).
-
-  Call as ``f(*args)`` (compiled once per static arguments and shapes), or
-  ``f.lower(*args).compile()``, which returns a function of the non-static arguments like
-  ``jax``'s ``Compiled``. The calling thread's :func:`compile_seconds` counts the wall time
-  of the concurrent compiles."""
-
-  def __init__(self, fun: Callable, options: Mapping[str, Any] | None,
-               static_argnums: int | Sequence[int] = ()):
-    self._static = frozenset(np.atleast_1d(static_argnums).tolist())
-    self._jit = jax.jit(fun, static_argnums=tuple(sorted(self._static)))
-    self._name, self._fun = getattr(fun, "__name__", "fun"), fun
-    self._options = options
-    self._compiled: dict[Any, Callable] = {}
-
-  def trace(self, *args: Any) -> Any:
-    return self._jit.trace(*args)
-
-  def eval_shape(self, *args: Any) -> Any:
-    return self._jit.eval_shape(*args)
-
-  def _dynamic(self, args: tuple) -> tuple:
-    return tuple(a for i, a in enumerate(args) if i not in self._static)
-
-  def lower(self, *args: Any) -> _StagedLowered:
-    return _StagedLowered(self, args)
-
-  def __call__(self, *args: Any) -> Any:
-    dyn = self._dynamic(args)
-    leaves, tree = jax.tree_util.tree_flatten(dyn)
-    sig = (tree, tuple(jax.typeof(v) for v in leaves),
-           tuple(a for i, a in enumerate(args) if i in self._static))
-    if sig not in self._compiled:
-      self._compiled[sig] = self.lower(*args).compile()
-    return self._compiled[sig](*dyn)
-
-
-class _StagedLowered:
-  """``StagedJit.lower(*args)``: the program traced, cut into stages and each lowered."""
-
-  def __init__(self, owner: StagedJit, args: tuple):
-    traced = owner._jit.trace(*args)
-    self._invars, self._outvars = traced.jaxpr.jaxpr.invars, traced.jaxpr.jaxpr.outvars
-    self._out_tree = traced.out_tree
-    try:
-      self._stages = program_stages(traced.jaxpr, owner._name)
-    except Exception as err:  # noqa: BLE001 (jax.extend.core changed): one program instead
-      warnings.warn(f"StagedJit: cannot cut {owner._name} into stages ({err!r}); compiling "
-                    "it as one program", RuntimeWarning, stacklevel=3)
-      self._stages = None
-      self._lowered = [OptionsJit(owner._fun, owner._options,
-                                  static_argnums=tuple(sorted(owner._static))).lower(*args)]
-      return
-    spec = lambda v: jax.ShapeDtypeStruct(  # noqa: E731
-        v.aval.shape, v.aval.dtype, weak_type=v.aval.weak_type)
-    self._lowered = [OptionsJit(st.fun, owner._options).lower(*map(spec, st.ins))
-                     for st in self._stages]
-
-  def compile(self) -> Callable:
-    t0 = time.perf_counter()
-    if self._stages is None:
-      whole = self._lowered[0].compile()
-
-      def run_whole(*dyn: Any) -> Any:
-        return whole(*dyn)
-
-      run_whole.stages = 1
-      return run_whole
-    if len(self._lowered) == 1:
-      exes = [self._lowered[0].compile()]
-    else:
-      threads: list[int] = []
-
-      def compile_one(low: Any) -> Any:
-        threads.append(threading.get_ident())
-        return low.compile()
-
-      with concurrent.futures.ThreadPoolExecutor(
-          len(self._lowered), thread_name_prefix="metaopt-compile") as pool:
-        exes = list(pool.map(compile_one, self._lowered))
-      compile_cache.adopt(threads)  # the compiles counted as the caller's
-      with _compile_lock:  # the caller waited for the other threads' compiles
-        t = threading.get_ident()
-        for h in set(threads) - {t}:
-          _compile.pop(h, None)
-        _compile[t] = _compile.get(t, 0.0) + time.perf_counter() - t0
-    stages, invars, outvars, out_tree = self._stages, self._invars, self._outvars, \
-        self._out_tree
-
-    def run(*dyn: Any) -> Any:
-      leaves = jax.tree_util.tree_leaves(dyn)
-      env = dict(zip(invars, leaves, strict=True))
-      for st, exe in zip(stages, exes, strict=True):
-        env.update(zip(st.outs, exe(*[env[v] for v in st.ins]), strict=True))
-      out = [jnp.asarray(v.val) if isinstance(v, jax.extend.core.Literal) else env[v]
-             for v in outvars]
-      return jax.tree_util.tree_unflatten(out_tree, out)
-
-    run.stages = len(stages)
-    return run
-
-
 class TieredJit:
   """A jitted function compiled by :func:`fast_jit`, or with full optimisation when the
   calls left pay for the longer compile: ``calls_left * run_s * (1 - 1 / SPEEDUP) >
@@ -426,12 +258,6 @@ class TieredJit:
   at 20 observations 1.02, ``tpe(5)`` at 50 1.46, process CPU under load 7-16, 2026-12-07),
   hence ``COMPILE_RATIO`` 1.5 (was 2.0).
 
-  ``staged=True``: the optimised build is a :class:`StagedJit` (the program compiled as
-  stages, their XLA compiles concurrent), for programs whose stages give the single
-  program's results bit for bit (``Searcher.staged_ask``); ``jit_kwargs`` may then hold
-  ``static_argnums`` only. The fast build stays one program: staged, GP-BO's changed in the
-  last bits in one of six cases checked (BENCHMARKS.md, session 23, gpcompile-par).
-
   Call as ``f(*args, calls_left=k)``, ``k`` counting this call.
   """
 
@@ -440,15 +266,9 @@ class TieredJit:
   WORK_RATE = 1e9
   COMPILE_S_PER_EQN = 1.5e-3
 
-  def __init__(self, fun, staged: bool = False, **jit_kwargs):
-    if staged:
-      if jit_kwargs.keys() - {"static_argnums"}:
-        raise ValueError(f"staged=True: jit_kwargs may hold static_argnums only, got "
-                         f"{sorted(jit_kwargs)}")
-      self._opt = StagedJit(fun, opt_compile_options(), **jit_kwargs)
-    else:
-      self._opt = OptionsJit(fun, opt_compile_options(), **jit_kwargs)
+  def __init__(self, fun, **jit_kwargs):
     self._fast = fast_jit(fun, **jit_kwargs)
+    self._opt = OptionsJit(fun, opt_compile_options(), **jit_kwargs)
     self._static = set(np.atleast_1d(jit_kwargs.get("static_argnums", ())).tolist())
     self._cost: dict[Any, tuple[float, int]] = {}
     self.optimized = False  # the build the last call used
@@ -471,7 +291,7 @@ class TieredJit:
     run_s, compile_s = work / self.WORK_RATE, eqns * self.COMPILE_S_PER_EQN
     return bool(calls_left * run_s * (1 - 1 / self.SPEEDUP) > self.COMPILE_RATIO * compile_s)
 
-  def build(self, optimized: bool) -> OptionsJit | StagedJit:
+  def build(self, optimized: bool) -> OptionsJit:
     """The optimised build (``optimized=True``) or the fast one, as the calls use them."""
     return self._opt if optimized else self._fast
 

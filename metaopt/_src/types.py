@@ -82,11 +82,6 @@ class Searcher(NamedTuple):
   (state, u, ok)`` of concrete values (numpy), the same values bit for bit, or None where it
   cannot make them (e.g. another PRNG implementation); the engine calls it instead of
   compiling ``startup_ask``.
-
-  ``staged_ask``: the engine may compile ``ask``'s optimised build as stages, one XLA
-  compile each, running concurrently (``population.StagedJit``: cut after each top-level
-  loop), because they give the single program's results bit for bit (GP-BO: checked by
-  ``tests/test_gp_compile.py``). ``ask`` stays one pure function either way.
   """
 
   init: Callable[[jax.Array], PyTree]
@@ -97,7 +92,6 @@ class Searcher(NamedTuple):
       = None
   ask_static: Callable[[PyTree], int] | None = None
   startup_host: Callable[[PyTree, jax.Array, int], tuple[PyTree, Any, Any] | None] | None = None
-  staged_ask: bool = False
 
 
 class Pruner(NamedTuple):
