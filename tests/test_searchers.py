@@ -64,6 +64,13 @@ def test_sobol_matches_scipy_point_set_and_beats_random_discrepancy():
   assert qmc.discrepancy(np.asarray(us, np.float64)) < qmc.discrepancy(np.asarray(ur, np.float64))
 
 
+def test_sobol_directions_are_scipys_own_point_by_point():
+  from metaopt._src import searchers
+
+  np.testing.assert_array_equal(searchers._sobol_directions(2),
+                                searchers._sobol_directions_from_points(2))
+
+
 def test_scrambling_depends_on_key():
   s = metaopt.sobol(2)
   _, a = s.ask(s.init(jax.random.key(0)), None, 4)
