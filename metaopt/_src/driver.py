@@ -138,9 +138,11 @@ def search(
     complete_top_k: after the search, the ``k`` best trials are trained to the full
       ``epochs``: best is ASHA's order (most epochs trained first, then the objective);
       those of the ``k`` a pruner stopped are trained again from their own trial seed, with
-      no pruning, in extra rounds of at most ``population``
-      trials, recorded as new complete trials (a ``complete_top`` study event names each
-      one's source trial) that ``Result.best`` counts. 0 (default): none.
+      no pruning, in extra rounds of at most ``population`` trials, recorded as new complete
+      trials (a ``complete_top`` study event names each one's source trial) that
+      ``Result.best`` counts; ``Result.info["complete_top"]`` lists the pairs. The engine
+      keeps no stopped trial's training state, so they start again from epoch 0. 0
+      (default): none.
   """
   n_trials, population, epochs, batch_size = _check_settings(
       program, n_trials, population, epochs, batch_size, compaction, checkpoint_every_s)
