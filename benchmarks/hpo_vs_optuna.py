@@ -290,7 +290,9 @@ def make_program(name: str, d: int, epochs: int) -> metaopt.Searcher:
 
 
 def run_ours(task, method: str, n_trials: int, population: int, epochs: int, batch: int,
-             seed: int) -> dict:
+             seed: int, complete_top_k: int = 0) -> dict:
+  """One metaopt search on the clock; ``complete_top_k``: the search's final full-budget
+  training of its best trials (``metaopt.search(complete_top_k=)``), on the same clock."""
   clock = Clock()
 
   def on_epoch(rnd, epoch, metrics):
@@ -302,15 +304,18 @@ def run_ours(task, method: str, n_trials: int, population: int, epochs: int, bat
     res = metaopt.search(make_program(method, task.space.dim, epochs), task,
                          n_trials=n_trials, population=population, epochs=epochs,
                          batch_size=batch, seed=seed, store=None, checkpoint_dir=ckpt,
-                         progress=False, checkpoint_every_s=600, on_epoch=on_epoch)
+                         progress=False, checkpoint_every_s=600, on_epoch=on_epoch,
+                         complete_top_k=complete_top_k)
   return {**clock.summary(), "best": res.best.objective if res.best else float("nan"),
-          "pruned": res.count("pruned"), "trials": len(res.trials)}
+          "pruned": res.count("pruned"), "trials": len(res.trials),
+          "completed": len(res.info.get("complete_top", []))}
 
 
 def run_method(task, method: str, s: dict, batch: int, seed: int, keep: bool) -> dict:
   if method == OPTUNA:
     return run_optuna(task, s["trials"], s["epochs"], batch, seed, keep)
-  return run_ours(task, method, s["trials"], s["population"], s["epochs"], batch, seed)
+  return run_ours(task, method, s["trials"], s["population"], s["epochs"], batch, seed,
+                  s.get("complete_top_k", 0))
 
 
 BACKGROUND = {"compile": True}  # --background-compile: metaopt's chunk compiles beside its ask
@@ -415,7 +420,8 @@ def measure(workload: str, methods: list[str], mode: str, seeds: tuple[int, ...]
             f"{fmt_t(cpu_to(r, s['target']))} s CPU, "
             f"{fmt_t(cpu_to(r, s['target'], 'te_curve'))} trial-epochs)  "
             f"total {r['total']:.1f} s  compile {r['compile']:.1f} s  XLA compiles "
-            f"{r['compiles']}  pruned {r['pruned']}/{r['trials']}  "
+            f"{r['compiles']}  pruned {r['pruned']}/{r['trials']}"
+            f"{'  completed ' + str(r['completed']) if r.get('completed') else ''}  "
             f"load {os.getloadavg()[0]:.1f}", flush=True)
   return runs
 

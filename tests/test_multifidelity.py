@@ -1,5 +1,6 @@
 """Multi-fidelity pruners and PBT: exact rung arithmetic, engine integration, PBT vs fixed."""
 
+import json
 import os
 
 import jax
@@ -9,6 +10,7 @@ import pytest
 
 import metaopt
 from metaopt import Checkpointer
+from metaopt._src import population as pop
 from metaopt.spaces import Float, Space
 from metaopt.tasks import Dataset, Split, Task, TrialFns, get_task
 
@@ -181,3 +183,58 @@ def test_pbt_arguments():
     metaopt.pbt(2, quantile=0.7)
   with pytest.raises(ValueError, match="frozen=\\[5\\]"):
     metaopt.pbt(2, frozen=[5])
+
+
+# --------------------------------------------------------------------------- complete_top_k
+def test_complete_top_k_trains_the_best_pruned_trials_to_the_full_budget(tmp_path):
+  """ASHA stops most trials early; ``complete_top_k=4`` then trains those of the 4 best
+  (most epochs first, then the objective) that are not complete, from their own trial seed
+  and without pruning, as new complete trials. The quadratic's noise comes from the trial's
+  key, not the data, so a completion repeats its source's epochs exactly before going on."""
+  task, epochs = noisy_quadratic(), 9
+  prog = metaopt.with_pruning(metaopt.random_search(1),
+                              metaopt.asha(epochs, min_epochs=1, eta=3))  # rungs 1, 3
+  url = f"sqlite:///{tmp_path}/c.db"
+  kw = dict(n_trials=12, population=4, epochs=epochs, batch_size=512, seed=3, progress=False,
+            store=url, study="c", complete_top_k=4)
+  res = metaopt.search(prog, task, **kw)
+  search = [t for t in res.trials if t.number < 12]
+  extra = [t for t in res.trials if t.number >= 12]
+  assert len(search) == 12 and search[0].status in ("complete", "pruned")
+  ranked = sorted((t for t in search if t.status in ("complete", "pruned")),
+                  key=lambda t: (-len(t.metrics), t.objective))
+  top = ranked[:4]
+  todo = [t for t in top if t.status == "pruned"]
+  assert todo and len(extra) == len(todo)  # ASHA pruned some of the best; nothing else ran
+  pairs = [{"source": s.number, "number": 12 + i} for i, s in enumerate(todo)]
+  assert res.info["complete_top"] == pairs
+  st = metaopt.Store(url)
+  ev = [e for e in st.events(st.load_study("c").id) if e["kind"] == "complete_top"]
+  assert len(ev) == 1 and json.loads(ev[0]["message"]) == {"k": 4, "epochs": epochs,
+                                                           "trials": pairs}
+  for src, new in zip(todo, extra, strict=True):
+    assert new.status == "complete" and len(new.metrics) == epochs
+    assert new.params == src.params and new.seed == src.seed and new.round >= 3
+    assert "conditions" not in new.metrics[-1]  # no observer ran: nothing could prune it
+    got = [m["valid_loss"] for m in new.metrics[:len(src.metrics)]]
+    assert got == pytest.approx([m["valid_loss"] for m in src.metrics], rel=1e-6)
+    assert new.objective == pytest.approx(new.metrics[-1]["valid_loss"])
+  # the k best now all have a full-budget result, and Result.best counts the completions
+  full = {t.number for t in top if t.status == "complete"} | {t.number for t in todo}
+  assert len(full) == 4
+  assert res.best.objective == min(t.objective for t in res.trials if t.status == "complete")
+  # the same call again resumes a finished study: nothing runs, nothing is added
+  again = metaopt.search(prog, task, **kw)
+  assert [t.number for t in again.trials] == [t.number for t in res.trials]
+  assert again.info["complete_top"] == pairs
+
+
+@pytest.mark.parametrize("k", [-1, 13, True, 1.5, "2"])
+def test_bad_complete_top_k_fails_before_compiling(k):
+  st = metaopt.Store("sqlite://")
+  c0 = pop.compile_seconds()
+  with pytest.raises(ValueError, match=r"complete_top_k=.*integer from 0 \(none\) to "
+                                       r"n_trials \(12\)"):
+    metaopt.search(metaopt.random_search(1), noisy_quadratic(), n_trials=12, population=4,
+                   epochs=3, store=st, progress=False, complete_top_k=k)
+  assert pop.compile_seconds() - c0 == 0.0 and st.study_names() == []

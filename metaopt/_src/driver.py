@@ -22,6 +22,7 @@ import dataclasses
 import json
 import os
 import tempfile
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -32,6 +33,7 @@ from tqdm.auto import tqdm
 
 from metaopt._src import compile_cache, loop
 from metaopt._src import distributed as dist
+from metaopt._src.checkpoint import Checkpointer
 from metaopt._src.evaluators import COMPACTIONS, Evaluator, TaskEvaluator, as_evaluator
 from metaopt._src.objectives import OBJECTIVES, check_objectives
 from metaopt._src.provenance import code_version, hardware
@@ -88,6 +90,7 @@ def search(
     objectives: list[tuple[str, str]] | None = None,
     mesh: tuple[int, int] | None = None,
     compute_dtype: str | None = None,
+    complete_top_k: int = 0,
 ) -> Result:
   """Runs (or resumes) a search: ask -> evaluate -> tell, and returns its :class:`Result`.
 
@@ -132,9 +135,18 @@ def search(
       ``data`` every minibatch size. Default: the population over all ``devices``.
     compute_dtype: ``"bfloat16"`` runs the forward and backward pass in bfloat16 with
       float32 parameters and optimizer state (tasks only); default float32.
+    complete_top_k: after the search, the ``k`` best trials are trained to the full
+      ``epochs``: best is ASHA's order (most epochs trained first, then the objective);
+      those of the ``k`` a pruner stopped are trained again from their own trial seed, with
+      no pruning, in extra rounds of at most ``population`` trials, recorded as new complete
+      trials (a ``complete_top`` study event names each one's source trial) that
+      ``Result.best`` counts; ``Result.info["complete_top"]`` lists the pairs. The engine
+      keeps no stopped trial's training state, so they start again from epoch 0. 0
+      (default): none.
   """
   n_trials, population, epochs, batch_size = _check_settings(
       program, n_trials, population, epochs, batch_size, compaction, checkpoint_every_s)
+  complete_top_k = _check_complete_top_k(complete_top_k, n_trials, objectives)
   ev = as_evaluator(task, batch_size=batch_size, shared_batches=shared_batches,
                     devices=devices, compaction=compaction, space=space, mesh=mesh,
                     compute_dtype=compute_dtype)
@@ -145,6 +157,8 @@ def search(
   st = _open_store(store, study)
   record = dict(config or {}, n_trials=n_trials, population=population, epochs=epochs,
                 batch_size=batch_size, seed=seed)
+  if complete_top_k:
+    record["complete_top_k"] = complete_top_k
   key_init, key_rounds = loop.root_keys(seed)
   template = _searcher_init(program, key_init)
   rec = _open_study(st, study, record, config, ev, seed, objectives)
@@ -156,13 +170,38 @@ def search(
   env = loop.RoundEnv(ev, loop.searcher_fns(program, space), space, st, epochs, sign,
                       checkpoint_every_s, bar, on_epoch, objectives)
   run = _Rounds(env, rec, key_rounds, n_trials, population, seed, constraint,
-                checkpoint_dir or default_checkpoint_dir(st, study))
+                checkpoint_dir or default_checkpoint_dir(st, study), complete_top_k)
   try:
     state = run.all(state, target)
   finally:
     bar.close()
-  return Result(study, ev.direction, st.trials(rec.id), state,
+  info = {"complete_top": run.completed} if complete_top_k else {}
+  return Result(study, ev.direction, st.trials(rec.id), state, info=info,
                 objectives=st.objectives(rec.id) or None)
+
+
+def _check_complete_top_k(k: Any, n_trials: int, objectives: Any) -> int:
+  """``complete_top_k`` as an int, or one ValueError naming it (before anything compiles)."""
+  if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 0 <= k <= n_trials:
+    raise ValueError(f"complete_top_k={k!r}: must be an integer from 0 (none) to n_trials "
+                     f"({n_trials})")
+  if k and objectives:
+    raise ValueError(f"complete_top_k={k!r}: needs one objective to rank the trials by; "
+                     "this search declares several (objectives=...)")
+  return int(k)
+
+
+def complete_top(trials: list, k: int, epochs: int, direction: str) -> list:
+  """The trials :func:`search`'s ``complete_top_k`` trains to the full budget: of the ``k``
+  best trials, those not yet complete. Best is ASHA's order: the most epochs trained first
+  (a trial that passed more rungs beat more of the others), then the objective; failed and
+  infeasible trials and those without an objective never count."""
+  sign = -1.0 if direction == "maximize" else 1.0
+  ranked = sorted((t for t in trials if t.status in ("complete", "pruned")
+                   and t.objective is not None and np.isfinite(t.objective)),
+                  key=lambda t: (-(epochs if t.status == "complete" else len(t.metrics)),
+                                 sign * t.objective, t.number))
+  return [t for t in ranked[:k] if t.status != "complete"]
 
 
 def _compile_ahead(ev: Evaluator, space: Space, constraint: Any, n: int) -> None:
@@ -256,15 +295,17 @@ class _Rounds:
   """The rounds of one ``search``: ask (or reload an asked round), run, tell, record."""
 
   def __init__(self, env: loop.RoundEnv, rec, key_rounds, n_trials: int, population: int,
-               seed: int, constraint, checkpoint_dir: str):
+               seed: int, constraint, checkpoint_dir: str, complete_top_k: int = 0):
     self.env, self.rec, self.key_rounds = env, rec, key_rounds
     self.n_trials, self.population, self.seed = n_trials, population, seed
     self.constraint, self.checkpoint_dir = constraint, checkpoint_dir
     self.n_rounds = -(-n_trials // population)
+    self.complete_top_k = complete_top_k
+    self.completed: list[dict[str, Any]] = []  # {"source": number, "number": number}
 
   def all(self, state, target: float | None):
     env, st = self.env, self.env.store
-    rnd = max(self.rec.state_round + (1 if self.rec.state_phase == "told" else 0), 0)
+    rnd = done = max(self.rec.state_round + (1 if self.rec.state_phase == "told" else 0), 0)
     env.bar.update(min(rnd, self.n_rounds) * env.epochs)
     if target is not None and rnd > 0 and dist.from_leader("metaopt-resumed-target", lambda: (
         _reached([(t.number, t.status, t.objective, None) for t in st.trials(self.rec.id)],
@@ -276,7 +317,56 @@ class _Rounds:
       if target is not None and _reached(results, target, env.evaluator.direction):
         st.log_event(self.rec.id, "target", f"objective reached {target:g} in round {rnd - 1}")
         break
+    if self.complete_top_k:
+      self.complete(state, max(done, rnd, self.n_rounds))
     return state
+
+  def complete(self, state, first: int) -> None:
+    """``complete_top_k``: rounds ``n_rounds, n_rounds + 1, ...`` train the best trials of
+    the search rounds that are not complete to the full epochs, without the program's
+    observer (no pruning, no PBT) and without telling the program; ``first``: the first of
+    these rounds not yet finished (a resumed study skips the finished ones)."""
+    env, st, rec = self.env, self.env.store, self.rec
+    src = dist.from_leader("metaopt-complete-top", lambda: [
+        (t.number, t.seed, t.u) for t in complete_top(
+            [t for t in st.trials(rec.id) if t.round < self.n_rounds], self.complete_top_k,
+            env.epochs, env.evaluator.direction)])
+    base = self.n_rounds * self.population
+    self.completed = [{"source": num, "number": base + i} for i, (num, _, _) in enumerate(src)]
+    if src and first == self.n_rounds and not (rec.state_round == first
+                                               and rec.state_phase == "asked"):
+      st.log_event(rec.id, "complete_top", json.dumps(
+          {"k": self.complete_top_k, "epochs": env.epochs, "trials": self.completed}))
+    env_c = dataclasses.replace(env, fns=dataclasses.replace(env.fns, observe=None))
+    for j in range(0, len(src), self.population):
+      rnd = self.n_rounds + j // self.population
+      if rnd < first:
+        continue
+      part = src[j:j + self.population]
+      t0 = time.time()
+      asked = None
+      if rec.state_phase == "asked" and rec.state_round == rnd:  # resumed
+        asked = dist.from_leader(f"metaopt-asked-{rnd}", lambda r=rnd: _asked(st, rec.id, r))
+      u = np.asarray([x[2] for x in part], np.float32) if asked is None else asked[1]
+      batch, _ = loop.make_batch(env.fns, env.space, rnd, [base + j + i for i in range(
+          len(part))], u, seed=self.seed, epochs=env.epochs, multi=dist.is_multi(),
+          ids=None if asked is None else asked[0], seeds=[x[1] for x in part])
+      ckpt_dir = os.path.join(self.checkpoint_dir, f"round_{rnd:05d}",
+                              f"process_{jax.process_index()}" if dist.is_multi() else "")
+      if asked is None:
+        batch.ids = st.start_round(rec.id, rnd, loop.new_trials(batch),
+                                   loop.state_bytes(env, state),
+                                   checkpoint_path=os.path.abspath(ckpt_dir))
+      ckpt = Checkpointer(ckpt_dir)
+      try:
+        loop.run_round(env_c, batch, state, ckpt, loop.fold_in(self.key_rounds, rnd), rec.id,
+                       resumed=asked is not None)
+      finally:
+        ckpt.close()
+      results = dist.from_leader(f"metaopt-outcomes-{rnd}",
+                                 lambda r=rnd: loop.outcomes(st.round_trials(rec.id, r)))
+      st.end_round(rec.id, rnd, results, loop.state_bytes(env, state),
+                   duration_s=time.time() - t0)
 
   def one(self, state, rnd: int):
     """Asks (or reloads), runs and tells round ``rnd``; returns the state and results."""
