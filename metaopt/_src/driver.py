@@ -129,55 +129,42 @@ def search(
       keeps every value and the :class:`Result` gives the Pareto front and its hypervolume.
       The evaluator's own objective still fills ``Trial.objective``.
     mesh: ``(pop, data)``: a 2-D device mesh over ``devices`` (tasks only): trials sharded
-      over ``pop`` devices and each minibatch over ``data`` devices (gradients averaged by
-      the compiler's collectives), so a population can use more devices than it has trials
-      and one trial can span devices. ``pop * data`` must divide the device count and
+      over ``pop`` devices, each minibatch over ``data`` (gradients averaged by collectives),
+      so one trial can span devices. ``pop * data`` must divide the device count and
       ``data`` every minibatch size. Default: the population over all ``devices``.
     compute_dtype: ``"bfloat16"`` runs the forward and backward pass in bfloat16 with
       float32 parameters and optimizer state (tasks only); default float32.
-    complete_top_k: after the search, the ``k`` best trials are trained to the full
-      ``epochs``: best is ASHA's order (most epochs trained first, then the objective);
-      those of the ``k`` a pruner stopped are trained again from their own trial seed, with
-      no pruning, in extra rounds of at most ``population`` trials, recorded as new complete
-      trials (a ``complete_top`` study event names each one's source trial) that
-      ``Result.best`` counts; ``Result.info["complete_top"]`` lists the pairs. The engine
-      keeps no stopped trial's training state, so they start again from epoch 0. 0
-      (default): none.
+    complete_top_k: after the search, the pruned ones of the ``k`` best trials
+      (:func:`complete_top`) are retrained unpruned to ``epochs`` as new complete trials
+      (``Result.info["complete_top"]`` and ``complete_top`` events name the sources).
   """
   n_trials, population, epochs, batch_size = _check_settings(
       program, n_trials, population, epochs, batch_size, compaction, checkpoint_every_s)
   complete_top_k = _check_complete_top_k(complete_top_k, n_trials, objectives)
-  ev = as_evaluator(task, batch_size=batch_size, shared_batches=shared_batches,
-                    devices=devices, compaction=compaction, space=space, mesh=mesh,
-                    compute_dtype=compute_dtype)
-  space = _space_of(ev, space, program)
-  ev.validate(epochs)
-  objectives = check_objectives(objectives, program, space.dim, getattr(ev, "task", None))
-  _compile_ahead(ev, space, constraint, min(population, n_trials))
+  ev, space, objectives = _prepare(
+      task, program, space, epochs, objectives, constraint, min(population, n_trials),
+      batch_size=batch_size, shared_batches=shared_batches, devices=devices,
+      compaction=compaction, mesh=mesh, compute_dtype=compute_dtype)
   st = _open_store(store, study)
   record = dict(config or {}, n_trials=n_trials, population=population, epochs=epochs,
-                batch_size=batch_size, seed=seed)
-  if complete_top_k:
-    record["complete_top_k"] = complete_top_k
+                batch_size=batch_size, seed=seed, **(
+                    {"complete_top_k": complete_top_k} if complete_top_k else {}))
   key_init, key_rounds = loop.root_keys(seed)
   template = _searcher_init(program, key_init)
   rec = _open_study(st, study, record, config, ev, seed, objectives)
-  state = template if rec.searcher_state is None else \
-      flax.serialization.from_bytes(template, rec.searcher_state)
-  sign = -1.0 if ev.direction == "maximize" else 1.0
-  bar = tqdm(total=-(-n_trials // population) * epochs, disable=not progress, desc=f"{study}",
-             unit="epoch", mininterval=1.0, leave=False)
-  env = loop.RoundEnv(ev, loop.searcher_fns(program, space), space, st, epochs, sign,
-                      checkpoint_every_s, bar, on_epoch, objectives)
+  state = _stored_state(template, rec)
+  bar = progress_bar(study, progress, -(-n_trials // population) * epochs)
+  env = loop.RoundEnv(ev, loop.searcher_fns(program, space), space, st, epochs,
+                      loop.direction_sign(ev.direction), checkpoint_every_s, bar, on_epoch,
+                      objectives)
   run = _Rounds(env, rec, key_rounds, n_trials, population, seed, constraint,
                 checkpoint_dir or default_checkpoint_dir(st, study), complete_top_k)
   try:
     state = run.all(state, target)
   finally:
     bar.close()
-  info = {"complete_top": run.completed} if complete_top_k else {}
-  return Result(study, ev.direction, st.trials(rec.id), state, info=info,
-                objectives=st.objectives(rec.id) or None)
+  return Result(study, ev.direction, st.trials(rec.id), state, objectives=st.objectives(
+      rec.id) or None, info={"complete_top": run.completed} if complete_top_k else {})
 
 
 def _check_complete_top_k(k: Any, n_trials: int, objectives: Any) -> int:
@@ -196,7 +183,7 @@ def complete_top(trials: list, k: int, epochs: int, direction: str) -> list:
   best trials, those not yet complete. Best is ASHA's order: the most epochs trained first
   (a trial that passed more rungs beat more of the others), then the objective; failed and
   infeasible trials and those without an objective never count."""
-  sign = -1.0 if direction == "maximize" else 1.0
+  sign = loop.direction_sign(direction)
   ranked = sorted((t for t in trials if t.status in ("complete", "pruned")
                    and t.objective is not None and np.isfinite(t.objective)),
                   key=lambda t: (-(epochs if t.status == "complete" else len(t.metrics)),
@@ -235,6 +222,31 @@ def _check_settings(program: Any, n_trials: int, population: int, epochs: int,
   if not isinstance(checkpoint_every_s, (int, float)) or checkpoint_every_s < 0:
     raise ValueError(f"checkpoint_every_s={checkpoint_every_s!r}: must be a number >= 0")
   return sizes
+
+
+def _prepare(task: Task | Evaluator, program: Searcher, space: Space | None, epochs: int,
+             objectives: Any, constraint: Any, first_round: int,
+             **ev_kwargs: Any) -> tuple[Evaluator, Space, Any]:
+  """``(evaluator, space, objectives)`` of a search, checked (before anything compiles),
+  with the first round's kernel compiling ahead where it is known."""
+  ev = as_evaluator(task, space=space, **ev_kwargs)
+  space = _space_of(ev, space, program)
+  ev.validate(epochs)
+  objectives = check_objectives(objectives, program, space.dim, getattr(ev, "task", None))
+  _compile_ahead(ev, space, constraint, first_round)
+  return ev, space, objectives
+
+
+def progress_bar(desc: str, show: bool, total: int | None = None) -> tqdm:
+  """The epochs progress bar of a search or worker (``total`` epochs when known)."""
+  return tqdm(total=total, disable=not show, desc=desc, unit="epoch", mininterval=1.0,
+              leave=False)
+
+
+def _stored_state(template: Any, rec: Any) -> Any:
+  """The searcher's state stored in the study ``rec``, else ``template`` (a fresh one)."""
+  return template if rec.searcher_state is None else \
+      flax.serialization.from_bytes(template, rec.searcher_state)
 
 
 def _searcher_init(program: Searcher, key: jax.Array):

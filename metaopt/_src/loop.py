@@ -89,6 +89,11 @@ def root_keys(seed: int) -> tuple[jax.Array, jax.Array]:
   return key_init, key_rounds
 
 
+def direction_sign(direction: str) -> float:
+  """-1 for ``"maximize"``, else 1: the objective times it is minimised."""
+  return -1.0 if direction == "maximize" else 1.0
+
+
 def positive_int(name: str, v: Any) -> int:
   if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
     raise ValueError(f"{name}={v!r}: must be an integer >= 1")

@@ -213,7 +213,7 @@ def _resolve_warm_start(space: Space, direction: str, sources: Any, top_k: int) 
     prov.append({**desc, "n_complete": len(pairs), "n_used": len(used)})
   if not rows:
     return _Prior(np.zeros((0, space.dim), np.float32), np.zeros(0, np.float32), [], prov)
-  sign = -1.0 if direction == "maximize" else 1.0
+  sign = loop.direction_sign(direction)
   u = np.asarray([loop.encode_values(space, p) for p, _ in rows], np.float32)
   y = np.asarray([v for _, v in rows], np.float64)
   best, seen = [], set()
@@ -308,8 +308,8 @@ class Study:
     self.warm_start_sources: list[dict[str, Any]] = []
     self._persistent = store is not None
     st = store if isinstance(store, Store) else Store(store or "sqlite://")
-    self._env = loop.RoundEnv(None, None, space, st, 1, -1.0 if direction == "maximize" else
-                              1.0, keep_state=self._persistent)
+    self._env = loop.RoundEnv(None, None, space, st, 1, loop.direction_sign(direction),
+                              keep_state=self._persistent)
     self._use(program)
     self._state = self._env.fns.init(jax.random.key(seed))
     self._rec_id: int = -1

@@ -33,11 +33,10 @@ import flax.serialization
 import jax
 import jax.numpy as jnp
 import numpy as np
-from tqdm.auto import tqdm
 
 from metaopt._src import loop
 from metaopt._src.checkpoint import Checkpointer
-from metaopt._src.driver import default_checkpoint_dir
+from metaopt._src.driver import default_checkpoint_dir, progress_bar
 from metaopt._src.evaluators import Evaluator, as_evaluator
 from metaopt._src.provenance import code_version, hardware
 from metaopt._src.store import Claim, Store
@@ -169,9 +168,8 @@ class _Worker:
                on_epoch, progress: bool):
     key_init, self.key_rounds = loop.root_keys(seed)
     self.template = program.init(key_init)
-    self.sign = -1.0 if ev.direction == "maximize" else 1.0
-    self.bar = tqdm(disable=not progress, desc=f"{study} [{wid}]", unit="epoch",
-                    mininterval=1.0, leave=False)
+    self.sign = loop.direction_sign(ev.direction)
+    self.bar = progress_bar(f"{study} [{wid}]", progress)
     self.env = loop.RoundEnv(ev, loop.searcher_fns(program, space), space, st, epochs,
                              self.sign, checkpoint_every_s, self.bar, None)
     self.on_epoch, self.study, self.wid, self.heartbeat_s = on_epoch, study, wid, heartbeat_s
