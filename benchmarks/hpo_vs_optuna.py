@@ -547,7 +547,8 @@ def compare(workload: str, runs: dict, times: dict, setting: str, primary: str,
   tests = (statistics.median(map(test_acc, runs[primary])),
            statistics.median(map(test_acc, runs[OPTUNA])))
   if RETRAINS["n"] > 0:
-    diff = [test_acc(r) - test_acc(q) for r, q in zip(runs[primary], runs[OPTUNA], strict=True)]
+    diff = [round(test_acc(r) - test_acc(q), 4)  # float32 accuracies: no 1e-8 differences
+            for r, q in zip(runs[primary], runs[OPTUNA], strict=True)]
     print(f"{workload} {setting}: test acc of the chosen configuration ours - Optuna "
           f"{_protocol.spread(diff)}")
   return speedup, tests
