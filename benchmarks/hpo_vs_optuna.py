@@ -32,7 +32,7 @@ complete trial (the one it reports as best) is retrained from scratch for the fu
 every method), and evaluated once on the task's test split, which no search sees (MNIST-1D:
 the published 1,000 test signals); the mean is reported (``test_of_chosen`` in the raw JSON,
 ``test_acc_of_chosen: ours X vs optuna Y`` after each headline). Retraining, not the trial's
-own weights: metaopt does not keep a pruned-then-completed or a round's trial state, and
+own weights: metaopt does not keep its trials' trained states (a round compacts them), and
 retraining both sides the same way is what a user deploying the configuration does. It is
 off every clock (its CPU is in the JSON). A JAX monitoring listener sums tracing, lowering
 and XLA compile seconds (shown separately).
