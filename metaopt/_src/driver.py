@@ -356,9 +356,7 @@ class _Rounds:
         continue
       part = src[j:j + self.population]
       t0 = time.time()
-      asked = None
-      if rec.state_phase == "asked" and rec.state_round == rnd:  # resumed
-        asked = dist.from_leader(f"metaopt-asked-{rnd}", lambda r=rnd: _asked(st, rec.id, r))
+      asked = self.asked_before(rnd)
       u = np.asarray([x[2] for x in part], np.float32) if asked is None else asked[1]
       batch, _ = loop.make_batch(env.fns, env.space, rnd, [base + j + i for i in range(
           len(part))], u, seed=self.seed, epochs=env.epochs, multi=dist.is_multi(),
@@ -380,14 +378,21 @@ class _Rounds:
       st.end_round(rec.id, rnd, results, loop.state_bytes(env, state),
                    duration_s=time.time() - t0)
 
+  def asked_before(self, rnd: int) -> tuple[list[int], np.ndarray] | None:
+    """``(ids, u)`` of round ``rnd`` when a killed run had asked and stored it (process 0
+    reads it for every process), else None: the round is asked now."""
+    rec = self.rec
+    if rec.state_phase == "asked" and rec.state_round == rnd:
+      return dist.from_leader(f"metaopt-asked-{rnd}", lambda: _asked(self.env.store, rec.id,
+                                                                      rnd))
+    return None
+
   def one(self, state, rnd: int):
     """Asks (or reloads), runs and tells round ``rnd``; returns the state and results."""
-    env, st, rec = self.env, self.env.store, self.rec
+    env, rec = self.env, self.rec
     key_r = loop.fold_in(self.key_rounds, rnd)
     n = min(self.population, self.n_trials - rnd * self.population)
-    asked = None
-    if rec.state_phase == "asked" and rec.state_round == rnd:  # resumed: process 0 reads it
-      asked = dist.from_leader(f"metaopt-asked-{rnd}", lambda: _asked(st, rec.id, rnd))
+    asked = self.asked_before(rnd)
     proc = f"process_{jax.process_index()}" if dist.is_multi() else ""
     plan = loop.RoundPlan(rec.id, rnd, [rnd * self.population + i for i in range(n)],
                           loop.fold_in(key_r, 0), key_r,
