@@ -976,11 +976,14 @@ class GPTrustRegionJittable(chex.TestCase):
     assert jax.tree_util.tree_map(lambda a: (a.shape, a.dtype), told) == shapes0
 
 
-GPTrustRegionJittable.test_gp_trust_region_ask_and_tell_with_and_without_jit__without_jit = (
-    pytest.mark.slow(
-        GPTrustRegionJittable.test_gp_trust_region_ask_and_tell_with_and_without_jit__without_jit))
+# trust_region is not the default (BENCHMARKS.md, session 24): its tests are slow-marked so the
+# default test run does not grow (~10-20 s of compile each)
+for _v in ("with_jit", "without_jit"):
+  _name = f"test_gp_trust_region_ask_and_tell_with_and_without_jit__{_v}"
+  setattr(GPTrustRegionJittable, _name, pytest.mark.slow(getattr(GPTrustRegionJittable, _name)))
 
 
+@pytest.mark.slow
 def test_gp_trust_region_halves_without_a_new_best_and_doubles_after_three():
   """Through the engine's path (``ask`` with ``ask_static``'s bucket, jitted): with asks of 3
   points the side halves after ceil(4 / 3) = 2 asks in a row without a new best (0.8 -> 0.4),
