@@ -22,7 +22,6 @@ import dataclasses
 import json
 import os
 import tempfile
-import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -33,7 +32,6 @@ from tqdm.auto import tqdm
 
 from metaopt._src import compile_cache, loop
 from metaopt._src import distributed as dist
-from metaopt._src.checkpoint import Checkpointer
 from metaopt._src.evaluators import COMPACTIONS, Evaluator, TaskEvaluator, as_evaluator
 from metaopt._src.objectives import OBJECTIVES, check_objectives
 from metaopt._src.provenance import code_version, hardware
@@ -352,31 +350,20 @@ class _Rounds:
     env_c = dataclasses.replace(env, fns=dataclasses.replace(env.fns, observe=None))
     for j in range(0, len(src), self.population):
       rnd = self.n_rounds + j // self.population
-      if rnd < first:
-        continue
-      part = src[j:j + self.population]
-      t0 = time.time()
-      asked = self.asked_before(rnd)
-      u = np.asarray([x[2] for x in part], np.float32) if asked is None else asked[1]
-      batch, _ = loop.make_batch(env.fns, env.space, rnd, [base + j + i for i in range(
-          len(part))], u, seed=self.seed, epochs=env.epochs, multi=dist.is_multi(),
-          ids=None if asked is None else asked[0], seeds=[x[1] for x in part])
-      ckpt_dir = os.path.join(self.checkpoint_dir, f"round_{rnd:05d}",
-                              f"process_{jax.process_index()}" if dist.is_multi() else "")
-      if asked is None:
-        batch.ids = st.start_round(rec.id, rnd, loop.new_trials(batch),
-                                   loop.state_bytes(env, state),
-                                   checkpoint_path=os.path.abspath(ckpt_dir))
-      ckpt = Checkpointer(ckpt_dir)
-      try:
-        loop.run_round(env_c, batch, state, ckpt, loop.fold_in(self.key_rounds, rnd), rec.id,
-                       resumed=asked is not None)
-      finally:
-        ckpt.close()
-      results = dist.from_leader(f"metaopt-outcomes-{rnd}",
-                                 lambda r=rnd: loop.outcomes(st.round_trials(rec.id, r)))
-      st.end_round(rec.id, rnd, results, loop.state_bytes(env, state),
-                   duration_s=time.time() - t0)
+      if rnd >= first:  # an unasked round: the program is neither asked nor told
+        part = src[j:j + self.population]
+        loop.one_round(env_c, state, self.plan(
+            rnd, [base + j + i for i in range(len(part))], seeds=[x[1] for x in part],
+            points=np.asarray([x[2] for x in part], np.float32)))
+
+  def plan(self, rnd: int, numbers: list[int], **kw: Any) -> loop.RoundPlan:
+    """Round ``rnd`` of trials ``numbers`` (``kw``: further :class:`loop.RoundPlan`
+    fields), reloaded as a killed run had asked it (:meth:`asked_before`)."""
+    key_r = loop.fold_in(self.key_rounds, rnd)
+    proc = f"process_{jax.process_index()}" if dist.is_multi() else ""
+    return loop.RoundPlan(self.rec.id, rnd, numbers, loop.fold_in(key_r, 0), key_r,
+                          os.path.join(self.checkpoint_dir, f"round_{rnd:05d}", proc),
+                          self.seed, asked=self.asked_before(rnd), **kw)
 
   def asked_before(self, rnd: int) -> tuple[list[int], np.ndarray] | None:
     """``(ids, u)`` of round ``rnd`` when a killed run had asked and stored it (process 0
@@ -389,20 +376,13 @@ class _Rounds:
 
   def one(self, state, rnd: int):
     """Asks (or reloads), runs and tells round ``rnd``; returns the state and results."""
-    env, rec = self.env, self.rec
-    key_r = loop.fold_in(self.key_rounds, rnd)
     n = min(self.population, self.n_trials - rnd * self.population)
-    asked = self.asked_before(rnd)
-    proc = f"process_{jax.process_index()}" if dist.is_multi() else ""
-    plan = loop.RoundPlan(rec.id, rnd, [rnd * self.population + i for i in range(n)],
-                          loop.fold_in(key_r, 0), key_r,
-                          os.path.join(self.checkpoint_dir, f"round_{rnd:05d}", proc),
-                          self.seed, self.constraint, asked,
-                          calls_left=self.n_rounds - rnd)
-    state, results, _ = loop.one_round(env, state, plan)
+    state, results, _ = loop.one_round(self.env, state, self.plan(
+        rnd, [rnd * self.population + i for i in range(n)], constraint=self.constraint,
+        calls_left=self.n_rounds - rnd))
     # what the store now says (not read back: in a multi-host search process 0 may already
     # have asked the next round when another process would read it)
-    self.rec = dataclasses.replace(rec, state_round=rnd, state_phase="told")
+    self.rec = dataclasses.replace(self.rec, state_round=rnd, state_phase="told")
     return state, results
 
 

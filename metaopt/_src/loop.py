@@ -671,6 +671,9 @@ class RoundPlan:
     calls_left: rounds left, for the tiered compilation of ``ask``.
     label: maps a trial's params to what the store records (default: the params).
     seeds: the trials' seeds (default: derived from ``seed`` and the trial numbers).
+    points: the round's unit-cube points, given: an unasked round (``search``'s
+      ``complete_top_k`` retraining): the searcher is neither asked nor told and keeps its
+      state. A round ``asked`` before a restart is reloaded as any other.
   """
 
   study_id: int
@@ -686,15 +689,18 @@ class RoundPlan:
   calls_left: int = 1
   label: Callable[[dict[str, Any]], dict[str, Any]] | None = None
   seeds: list[int] | None = None
+  points: np.ndarray | None = None
 
 
 def ask_round(env: RoundEnv, state, plan: RoundPlan):
-  """The ask half of :func:`one_round`: asks the plan's round (or reloads it) and stores
-  its trials as ``running`` with the post-ask searcher state. Returns ``(state, batch,
-  u)``; ``u`` holds the points asked (what the searcher is told)."""
+  """The ask half of :func:`one_round`: asks the plan's round (or reloads it, or takes its
+  given ``points``) and stores its trials as ``running`` with the post-ask searcher state.
+  Returns ``(state, batch, u)``; ``u`` holds the round's points (what the searcher is told)."""
   given = None
   if plan.asked is not None:
     ids, u = plan.asked
+  elif plan.points is not None:
+    ids, u = [], np.asarray(plan.points, np.float32)
   else:
     state, u = ask_points(env.fns, state, plan.key_ask, len(plan.numbers), env.space,
                           plan.calls_left)
@@ -717,33 +723,37 @@ def ask_round(env: RoundEnv, state, plan: RoundPlan):
   return state, batch, u
 
 
-def close_round(env: RoundEnv, state, study_id: int, rnd: int, u: np.ndarray, *,
+def close_round(env: RoundEnv, state, study_id: int, rnd: int, u: np.ndarray | None, *,
                 results=None, duration_s: float | None = None):
   """The tell half of :func:`one_round`: the program told the finished round's results
   (read from the store unless given), stored with the post-tell searcher state (and, when
-  given, ``duration_s`` as every trial's duration). Returns ``(state, results)``."""
+  given, ``duration_s`` as every trial's duration). ``u`` None: an unasked round, nothing
+  is told (the state is stored as it is). Returns ``(state, results)``."""
   y_vector = None
   if results is None:  # multi-host: as process 0 reads them, once it has written them all
     results, y_vector = dist.from_leader(f"metaopt-outcomes-{rnd}",
                                          lambda: round_outcomes(env, study_id, rnd))
-  state = tell_round(env, state, u, results, y_vector)
+  if u is not None:
+    state = tell_round(env, state, u, results, y_vector)
   env.store.end_round(study_id, rnd, results, state_bytes(env, state), duration_s=duration_s)
   return state, results
 
 
 def one_round(env: RoundEnv, state, plan: RoundPlan):
-  """Asks (or reloads), evaluates and tells one round, recording it in the store.
+  """Asks (or reloads), evaluates and tells one round, recording it in the store; an
+  unasked round (``plan.points``) is neither asked nor told, and keeps the state given.
 
   Returns ``(state, results, batch)``; ``results`` holds ``(id, status, objective,
   reason)`` per trial."""
   t0 = time.time()
   ckpt = None if plan.checkpoint_dir is None else Checkpointer(plan.checkpoint_dir)
+  unasked = plan.points is not None
   try:
     state, batch, u = ask_round(env, state, plan)
-    state = run_round(env, batch, state, ckpt, plan.key_r, plan.study_id,
-                      resumed=plan.asked is not None)
-    state, results = close_round(env, state, plan.study_id, plan.rnd, u,
-                                 duration_s=time.time() - t0)
+    ran = run_round(env, batch, state, ckpt, plan.key_r, plan.study_id,
+                    resumed=plan.asked is not None)
+    state, results = close_round(env, state if unasked else ran, plan.study_id, plan.rnd,
+                                 None if unasked else u, duration_s=time.time() - t0)
   finally:
     if ckpt is not None:
       ckpt.close()
