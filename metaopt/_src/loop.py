@@ -94,6 +94,23 @@ def direction_sign(direction: str) -> float:
   return -1.0 if direction == "maximize" else 1.0
 
 
+def round_count(n_trials: int, population: int) -> int:
+  """Rounds of a search of ``n_trials`` trials, ``population`` a round (the last may be
+  smaller)."""
+  return -(-n_trials // population)
+
+
+def round_numbers(rnd: int, n_trials: int, population: int) -> list[int]:
+  """Trial numbers of round ``rnd`` of such a search (``search`` and ``worker`` alike)."""
+  first = rnd * population
+  return list(range(first, min(first + population, n_trials)))
+
+
+def round_dir(root: str, rnd: int, *sub: str) -> str:
+  """Round ``rnd``'s checkpoint directory under ``root`` (``round_NNNNN``, then ``sub``)."""
+  return os.path.join(root, f"round_{rnd:05d}", *sub)
+
+
 def positive_int(name: str, v: Any) -> int:
   if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
     raise ValueError(f"{name}={v!r}: must be an integer >= 1")
