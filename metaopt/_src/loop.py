@@ -13,6 +13,9 @@
    (store) and ``save`` (checkpoint). A restored round continues from its newest checkpoint;
 3. ``close_round``: the round's final statuses and objectives (``outcomes``) become the
    ``tell`` (``told``, ``tell_round``), stored with the post-tell searcher state.
+
+An unasked round (``RoundPlan.points``: ``search``'s ``complete_top_k`` retraining) takes its
+points as given in step 1 and tells nothing in step 3; the rest is the same.
 """
 
 from __future__ import annotations
