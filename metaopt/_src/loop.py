@@ -289,9 +289,12 @@ def new_trials(batch: TrialBatch) -> list[dict[str, Any]]:
                                    strict=True)]
 
 
-def infeasible_stops(batch: TrialBatch, violation: list[float | None]) -> list[Stop]:
-  return [(batch.ids[i], "infeasible", f"constraint violated by {violation[i]:g}", None)
-          for i in np.flatnonzero(~batch.feasible)]
+def record_infeasible(store: Store, batch: TrialBatch, violation: list[float | None]) -> None:
+  """Records the new round's constraint-infeasible trials (never evaluated) as stopped."""
+  stops = [(batch.ids[i], "infeasible", f"constraint violated by {violation[i]:g}", None)
+           for i in np.flatnonzero(~batch.feasible)]
+  if stops:
+    store.record_epoch([], 0, [], stops)
 
 
 def outcomes(rows: list[dict[str, Any]]) -> list[tuple[int, str, float | None, str | None]]:
@@ -737,9 +740,7 @@ def ask_round(env: RoundEnv, state, plan: RoundPlan):
     path = None if plan.checkpoint_dir is None else os.path.abspath(plan.checkpoint_dir)
     batch.ids = env.store.start_round(plan.study_id, plan.rnd, rows, state_bytes(env, state),
                                       checkpoint_path=path)
-    stops = infeasible_stops(batch, violation)
-    if stops:
-      env.store.record_epoch([], 0, [], stops)
+    record_infeasible(env.store, batch, violation)
   return state, batch, u
 
 

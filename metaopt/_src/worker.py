@@ -234,11 +234,11 @@ class _Worker:
                                        u, seed=self.seed, epochs=env.epochs,
                                        constraint=self.constraint, ids=[x["id"] for x in rows])
     if claim.kind == "new":
-      env.store.record_epoch([], 0, [], loop.infeasible_stops(batch, violation))
+      loop.record_infeasible(env.store, batch, violation)
     state = self.train(batch, self.load(claim.searcher_state), claim.kind == "retry")
     if state is None:
       return
-    results = loop.outcomes(env.store.round_trials(self.rec.id, rnd))
+    results, _ = loop.round_outcomes(env, self.rec.id, rnd)
     self.finish(rnd, results, batch.u, state, claim.searcher_state, t0)
 
   def train(self, batch, state, resumed: bool = False):
