@@ -22,7 +22,6 @@ import dataclasses
 import json
 import os
 import tempfile
-import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -33,7 +32,6 @@ from tqdm.auto import tqdm
 
 from metaopt._src import compile_cache, loop
 from metaopt._src import distributed as dist
-from metaopt._src.checkpoint import Checkpointer
 from metaopt._src.evaluators import COMPACTIONS, Evaluator, TaskEvaluator, as_evaluator
 from metaopt._src.objectives import OBJECTIVES, check_objectives
 from metaopt._src.provenance import code_version, hardware
@@ -153,7 +151,7 @@ def search(
   template = _searcher_init(program, key_init)
   rec = _open_study(st, study, record, config, ev, seed, objectives)
   state = _stored_state(template, rec)
-  bar = progress_bar(study, progress, -(-n_trials // population) * epochs)
+  bar = progress_bar(study, progress, loop.round_count(n_trials, population) * epochs)
   env = loop.RoundEnv(ev, loop.searcher_fns(program, space), space, st, epochs,
                       loop.direction_sign(ev.direction), checkpoint_every_s, bar, on_epoch,
                       objectives)
@@ -287,8 +285,7 @@ def _open_study_here(st: Store, study: str, record: dict, config, ev: Evaluator,
       raise ValueError(f"study {study!r} exists with a different config (fields {changed}); "
                        "resume it with the same config or pick a new study name "
                        "(e.g. --config.name=...)")
-    n_rounds = -(-record["n_trials"] // record["population"])
-    if rec.state_round + (rec.state_phase == "told") < n_rounds:
+    if _rounds_done(rec) < loop.round_count(record["n_trials"], record["population"]):
       # (a finished study is only read: nothing is written)
       st.log_event(rec.id, "resume", f"resumed at round {rec.state_round} ({rec.state_phase})")
   else:
@@ -311,13 +308,13 @@ class _Rounds:
     self.env, self.rec, self.key_rounds = env, rec, key_rounds
     self.n_trials, self.population, self.seed = n_trials, population, seed
     self.constraint, self.checkpoint_dir = constraint, checkpoint_dir
-    self.n_rounds = -(-n_trials // population)
+    self.n_rounds = loop.round_count(n_trials, population)
     self.complete_top_k = complete_top_k
     self.completed: list[dict[str, Any]] = []  # {"source": number, "number": number}
 
   def all(self, state, target: float | None):
     env, st = self.env, self.env.store
-    rnd = done = max(self.rec.state_round + (1 if self.rec.state_phase == "told" else 0), 0)
+    rnd = done = _rounds_done(self.rec)
     env.bar.update(min(rnd, self.n_rounds) * env.epochs)
     if target is not None and rnd > 0 and dist.from_leader("metaopt-resumed-target", lambda: (
         _reached([(t.number, t.status, t.objective, None) for t in st.trials(self.rec.id)],
@@ -352,31 +349,21 @@ class _Rounds:
     env_c = dataclasses.replace(env, fns=dataclasses.replace(env.fns, observe=None))
     for j in range(0, len(src), self.population):
       rnd = self.n_rounds + j // self.population
-      if rnd < first:
-        continue
-      part = src[j:j + self.population]
-      t0 = time.time()
-      asked = self.asked_before(rnd)
-      u = np.asarray([x[2] for x in part], np.float32) if asked is None else asked[1]
-      batch, _ = loop.make_batch(env.fns, env.space, rnd, [base + j + i for i in range(
-          len(part))], u, seed=self.seed, epochs=env.epochs, multi=dist.is_multi(),
-          ids=None if asked is None else asked[0], seeds=[x[1] for x in part])
-      ckpt_dir = os.path.join(self.checkpoint_dir, f"round_{rnd:05d}",
-                              f"process_{jax.process_index()}" if dist.is_multi() else "")
-      if asked is None:
-        batch.ids = st.start_round(rec.id, rnd, loop.new_trials(batch),
-                                   loop.state_bytes(env, state),
-                                   checkpoint_path=os.path.abspath(ckpt_dir))
-      ckpt = Checkpointer(ckpt_dir)
-      try:
-        loop.run_round(env_c, batch, state, ckpt, loop.fold_in(self.key_rounds, rnd), rec.id,
-                       resumed=asked is not None)
-      finally:
-        ckpt.close()
-      results = dist.from_leader(f"metaopt-outcomes-{rnd}",
-                                 lambda r=rnd: loop.outcomes(st.round_trials(rec.id, r)))
-      st.end_round(rec.id, rnd, results, loop.state_bytes(env, state),
-                   duration_s=time.time() - t0)
+      if rnd >= first:  # an unasked round: the program is neither asked nor told
+        part = src[j:j + self.population]
+        loop.one_round(env_c, state, self.plan(
+            rnd, loop.round_numbers(rnd, base + len(src), self.population),
+            seeds=[x[1] for x in part],
+            points=np.asarray([x[2] for x in part], np.float32)))
+
+  def plan(self, rnd: int, numbers: list[int], **kw: Any) -> loop.RoundPlan:
+    """Round ``rnd`` of trials ``numbers`` (``kw``: further :class:`loop.RoundPlan`
+    fields), reloaded as a killed run had asked it (:meth:`asked_before`)."""
+    key_r = loop.fold_in(self.key_rounds, rnd)
+    proc = f"process_{jax.process_index()}" if dist.is_multi() else ""
+    return loop.RoundPlan(self.rec.id, rnd, numbers, loop.fold_in(key_r, 0), key_r,
+                          loop.round_dir(self.checkpoint_dir, rnd, proc),
+                          self.seed, asked=self.asked_before(rnd), **kw)
 
   def asked_before(self, rnd: int) -> tuple[list[int], np.ndarray] | None:
     """``(ids, u)`` of round ``rnd`` when a killed run had asked and stored it (process 0
@@ -389,21 +376,18 @@ class _Rounds:
 
   def one(self, state, rnd: int):
     """Asks (or reloads), runs and tells round ``rnd``; returns the state and results."""
-    env, rec = self.env, self.rec
-    key_r = loop.fold_in(self.key_rounds, rnd)
-    n = min(self.population, self.n_trials - rnd * self.population)
-    asked = self.asked_before(rnd)
-    proc = f"process_{jax.process_index()}" if dist.is_multi() else ""
-    plan = loop.RoundPlan(rec.id, rnd, [rnd * self.population + i for i in range(n)],
-                          loop.fold_in(key_r, 0), key_r,
-                          os.path.join(self.checkpoint_dir, f"round_{rnd:05d}", proc),
-                          self.seed, self.constraint, asked,
-                          calls_left=self.n_rounds - rnd)
-    state, results, _ = loop.one_round(env, state, plan)
+    state, results, _ = loop.one_round(self.env, state, self.plan(
+        rnd, loop.round_numbers(rnd, self.n_trials, self.population),
+        constraint=self.constraint, calls_left=self.n_rounds - rnd))
     # what the store now says (not read back: in a multi-host search process 0 may already
     # have asked the next round when another process would read it)
-    self.rec = dataclasses.replace(rec, state_round=rnd, state_phase="told")
+    self.rec = dataclasses.replace(self.rec, state_round=rnd, state_phase="told")
     return state, results
+
+
+def _rounds_done(rec) -> int:
+  """Rounds of the study ``rec`` finished (told); a resumed search goes on from there."""
+  return max(rec.state_round + (1 if rec.state_phase == "told" else 0), 0)
 
 
 def _asked(st: Store, study_id: int, rnd: int) -> tuple[list[int], np.ndarray]:

@@ -13,6 +13,9 @@
    (store) and ``save`` (checkpoint). A restored round continues from its newest checkpoint;
 3. ``close_round``: the round's final statuses and objectives (``outcomes``) become the
    ``tell`` (``told``, ``tell_round``), stored with the post-tell searcher state.
+
+An unasked round (``RoundPlan.points``: ``search``'s ``complete_top_k`` retraining) takes its
+points as given in step 1 and tells nothing in step 3; the rest is the same.
 """
 
 from __future__ import annotations
@@ -92,6 +95,23 @@ def root_keys(seed: int) -> tuple[jax.Array, jax.Array]:
 def direction_sign(direction: str) -> float:
   """-1 for ``"maximize"``, else 1: the objective times it is minimised."""
   return -1.0 if direction == "maximize" else 1.0
+
+
+def round_count(n_trials: int, population: int) -> int:
+  """Rounds of a search of ``n_trials`` trials, ``population`` a round (the last may be
+  smaller)."""
+  return -(-n_trials // population)
+
+
+def round_numbers(rnd: int, n_trials: int, population: int) -> list[int]:
+  """Trial numbers of round ``rnd`` of such a search (``search`` and ``worker`` alike)."""
+  first = rnd * population
+  return list(range(first, min(first + population, n_trials)))
+
+
+def round_dir(root: str, rnd: int, *sub: str) -> str:
+  """Round ``rnd``'s checkpoint directory under ``root`` (``round_NNNNN``, then ``sub``)."""
+  return os.path.join(root, f"round_{rnd:05d}", *sub)
 
 
 def positive_int(name: str, v: Any) -> int:
@@ -269,9 +289,12 @@ def new_trials(batch: TrialBatch) -> list[dict[str, Any]]:
                                    strict=True)]
 
 
-def infeasible_stops(batch: TrialBatch, violation: list[float | None]) -> list[Stop]:
-  return [(batch.ids[i], "infeasible", f"constraint violated by {violation[i]:g}", None)
-          for i in np.flatnonzero(~batch.feasible)]
+def record_infeasible(store: Store, batch: TrialBatch, violation: list[float | None]) -> None:
+  """Records the new round's constraint-infeasible trials (never evaluated) as stopped."""
+  stops = [(batch.ids[i], "infeasible", f"constraint violated by {violation[i]:g}", None)
+           for i in np.flatnonzero(~batch.feasible)]
+  if stops:
+    store.record_epoch([], 0, [], stops)
 
 
 def outcomes(rows: list[dict[str, Any]]) -> list[tuple[int, str, float | None, str | None]]:
@@ -671,6 +694,9 @@ class RoundPlan:
     calls_left: rounds left, for the tiered compilation of ``ask``.
     label: maps a trial's params to what the store records (default: the params).
     seeds: the trials' seeds (default: derived from ``seed`` and the trial numbers).
+    points: the round's unit-cube points, given: an unasked round (``search``'s
+      ``complete_top_k`` retraining): the searcher is neither asked nor told and keeps its
+      state. A round ``asked`` before a restart is reloaded as any other.
   """
 
   study_id: int
@@ -686,15 +712,18 @@ class RoundPlan:
   calls_left: int = 1
   label: Callable[[dict[str, Any]], dict[str, Any]] | None = None
   seeds: list[int] | None = None
+  points: np.ndarray | None = None
 
 
 def ask_round(env: RoundEnv, state, plan: RoundPlan):
-  """The ask half of :func:`one_round`: asks the plan's round (or reloads it) and stores
-  its trials as ``running`` with the post-ask searcher state. Returns ``(state, batch,
-  u)``; ``u`` holds the points asked (what the searcher is told)."""
+  """The ask half of :func:`one_round`: asks the plan's round (or reloads it, or takes its
+  given ``points``) and stores its trials as ``running`` with the post-ask searcher state.
+  Returns ``(state, batch, u)``; ``u`` holds the round's points (what the searcher is told)."""
   given = None
   if plan.asked is not None:
     ids, u = plan.asked
+  elif plan.points is not None:
+    ids, u = [], np.asarray(plan.points, np.float32)
   else:
     state, u = ask_points(env.fns, state, plan.key_ask, len(plan.numbers), env.space,
                           plan.calls_left)
@@ -711,39 +740,41 @@ def ask_round(env: RoundEnv, state, plan: RoundPlan):
     path = None if plan.checkpoint_dir is None else os.path.abspath(plan.checkpoint_dir)
     batch.ids = env.store.start_round(plan.study_id, plan.rnd, rows, state_bytes(env, state),
                                       checkpoint_path=path)
-    stops = infeasible_stops(batch, violation)
-    if stops:
-      env.store.record_epoch([], 0, [], stops)
+    record_infeasible(env.store, batch, violation)
   return state, batch, u
 
 
-def close_round(env: RoundEnv, state, study_id: int, rnd: int, u: np.ndarray, *,
+def close_round(env: RoundEnv, state, study_id: int, rnd: int, u: np.ndarray | None, *,
                 results=None, duration_s: float | None = None):
   """The tell half of :func:`one_round`: the program told the finished round's results
   (read from the store unless given), stored with the post-tell searcher state (and, when
-  given, ``duration_s`` as every trial's duration). Returns ``(state, results)``."""
+  given, ``duration_s`` as every trial's duration). ``u`` None: an unasked round, nothing
+  is told (the state is stored as it is). Returns ``(state, results)``."""
   y_vector = None
   if results is None:  # multi-host: as process 0 reads them, once it has written them all
     results, y_vector = dist.from_leader(f"metaopt-outcomes-{rnd}",
                                          lambda: round_outcomes(env, study_id, rnd))
-  state = tell_round(env, state, u, results, y_vector)
+  if u is not None:
+    state = tell_round(env, state, u, results, y_vector)
   env.store.end_round(study_id, rnd, results, state_bytes(env, state), duration_s=duration_s)
   return state, results
 
 
 def one_round(env: RoundEnv, state, plan: RoundPlan):
-  """Asks (or reloads), evaluates and tells one round, recording it in the store.
+  """Asks (or reloads), evaluates and tells one round, recording it in the store; an
+  unasked round (``plan.points``) is neither asked nor told, and keeps the state given.
 
   Returns ``(state, results, batch)``; ``results`` holds ``(id, status, objective,
   reason)`` per trial."""
   t0 = time.time()
   ckpt = None if plan.checkpoint_dir is None else Checkpointer(plan.checkpoint_dir)
+  unasked = plan.points is not None
   try:
     state, batch, u = ask_round(env, state, plan)
-    state = run_round(env, batch, state, ckpt, plan.key_r, plan.study_id,
-                      resumed=plan.asked is not None)
-    state, results = close_round(env, state, plan.study_id, plan.rnd, u,
-                                 duration_s=time.time() - t0)
+    ran = run_round(env, batch, state, ckpt, plan.key_r, plan.study_id,
+                    resumed=plan.asked is not None)
+    state, results = close_round(env, state if unasked else ran, plan.study_id, plan.rnd,
+                                 None if unasked else u, duration_s=time.time() - t0)
   finally:
     if ckpt is not None:
       ckpt.close()

@@ -175,18 +175,17 @@ class _Worker:
     self.on_epoch, self.study, self.wid, self.heartbeat_s = on_epoch, study, wid, heartbeat_s
     self.n_trials, self.population, self.seed = n_trials, population, seed
     self.constraint, self.checkpoint_dir = constraint, checkpoint_dir
-    self.n_rounds = -(-n_trials // population)
+    self.n_rounds = loop.round_count(n_trials, population)
     self.rec = None
 
   def load(self, b: bytes | None):
     return self.template if b is None else flax.serialization.from_bytes(self.template, b)
 
   def ckpt_dir(self, rnd: int) -> str:
-    return os.path.join(self.checkpoint_dir, f"round_{rnd:05d}")
+    return loop.round_dir(self.checkpoint_dir, rnd)
 
   def numbers(self, rnd: int) -> list[int]:
-    n = min(self.population, self.n_trials - rnd * self.population)
-    return [rnd * self.population + i for i in range(n)]
+    return loop.round_numbers(rnd, self.n_trials, self.population)
 
   def run(self, stale_after_s: float, max_attempts: int, poll_s: float) -> None:
     fns, st = self.env.fns, self.env.store
@@ -235,11 +234,11 @@ class _Worker:
                                        u, seed=self.seed, epochs=env.epochs,
                                        constraint=self.constraint, ids=[x["id"] for x in rows])
     if claim.kind == "new":
-      env.store.record_epoch([], 0, [], loop.infeasible_stops(batch, violation))
+      loop.record_infeasible(env.store, batch, violation)
     state = self.train(batch, self.load(claim.searcher_state), claim.kind == "retry")
     if state is None:
       return
-    results = loop.outcomes(env.store.round_trials(self.rec.id, rnd))
+    results, _ = loop.round_outcomes(env, self.rec.id, rnd)
     self.finish(rnd, results, batch.u, state, claim.searcher_state, t0)
 
   def train(self, batch, state, resumed: bool = False):
