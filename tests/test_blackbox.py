@@ -730,6 +730,7 @@ def test_benchmark_functions_have_their_known_minima():
     (gp_bo, {"dim": 2, "n_exploit": (24, 0)}, "n_exploit"),
     (gp_bo, {"dim": 2, "n_diverse": 8}, "n_diverse"),
     (gp_bo, {"dim": 2, "warp": 1}, "warp"),
+    (gp_bo, {"dim": 2, "trust_region": "on"}, "trust_region"),
     (gp_bo, {"dim": 2, "believer_incumbent": "yes"}, "believer_incumbent"),
     (gp_bo, {"dim": 2, "output_warp": 1}, "output_warp"),
     (gp_bo, {"dim": 2, "output_warp": -4.0}, "output_warp"),
@@ -928,6 +929,82 @@ class GPWarpJittable(chex.TestCase):
 # op by op slow (~22 s in CI); the jitted variant stays default
 GPWarpJittable.test_gp_warp_ask_and_tell_with_and_without_jit__without_jit = pytest.mark.slow(
     GPWarpJittable.test_gp_warp_ask_and_tell_with_and_without_jit__without_jit)
+
+
+# ------------------------------------------------------------------ GP trust region (issue 20)
+
+
+def _tr_box(st):
+  """The trust region of a state after a model ask, recomputed in numpy: sides ``L`` times the
+  lengthscales over their geometric mean, around the best observation, clipped to the cube."""
+  ls = np.exp(np.asarray(st["theta"]["log_ls"], np.float64))
+  valid = np.asarray(st["valid"])
+  centre = np.asarray(st["x"])[np.argmin(np.where(valid, np.asarray(st["y"]), np.inf))]
+  half = 0.5 * float(st["tr"]["length"]) * ls / np.exp(np.mean(np.log(ls)))
+  return np.clip(centre - half, 0, 1), np.clip(centre + half, 0, 1)
+
+
+@functools.cache
+def _gp_tr():
+  """``(searcher, its plain jax.jit ask)``, once for both variants below."""
+  s = gp_bo(2, n_startup=4, capacity=16, fit_steps=5, n_candidates=32, n_local=8,
+            n_restarts=3, grad_steps=3, buckets=False, trust_region=True)
+  return s, jax.jit(s.ask, static_argnums=2)
+
+
+class GPTrustRegionJittable(chex.TestCase):
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_gp_trust_region_ask_and_tell_with_and_without_jit(self):
+    """One model ask and tell of gp_bo(trust_region=True), jitted or not: the proposals of a
+    plain ``jax.jit``, every one inside the trust region (side 0.8 at the first model ask,
+    scaled per coordinate by the fitted lengthscales, around the incumbent), which is smaller
+    than the cube; the ask records the best value; shapes and dtypes do not change."""
+    s, plain_ask = _gp_tr()
+    st = s.tell(s.init(jax.random.key(0)), *_sobol_batch(2, 8, bf.branin))
+    assert st["tr"]["length"] == np.float32(0.8) and not np.isfinite(float(st["tr"]["best"]))
+    shapes0 = jax.tree_util.tree_map(lambda a: (a.shape, a.dtype), st)
+    st1, u1 = self.variant(s.ask, static_argnums=2)(st, jax.random.key(3), 3)
+    st2, u2 = plain_ask(st, jax.random.key(3), 3)
+    np.testing.assert_allclose(u1, u2, atol=1e-3)
+    lo, hi = _tr_box(st1)
+    assert np.all(hi - lo < 1.0) and np.prod(hi - lo) < 0.8**2 + 1e-6, (lo, hi)
+    assert np.all((np.asarray(u1) >= lo - 1e-6) & (np.asarray(u1) <= hi + 1e-6)), (u1, lo, hi)
+    assert st1["tr"]["length"] == np.float32(0.8)  # the first model ask only records the best
+    assert float(st1["tr"]["best"]) == float(jnp.min(jnp.where(st["valid"], st["y"], jnp.inf)))
+    told = self.variant(s.tell)(st1, u1, bf.branin(u1), jnp.zeros(3, jnp.int32))
+    assert int(told["count"]) == 11
+    assert jax.tree_util.tree_map(lambda a: (a.shape, a.dtype), told) == shapes0
+
+
+# trust_region is not the default (BENCHMARKS.md, session 24): its tests are slow-marked so the
+# default test run does not grow (~10-20 s of compile each)
+for _v in ("with_jit", "without_jit"):
+  _name = f"test_gp_trust_region_ask_and_tell_with_and_without_jit__{_v}"
+  setattr(GPTrustRegionJittable, _name, pytest.mark.slow(getattr(GPTrustRegionJittable, _name)))
+
+
+@pytest.mark.slow
+def test_gp_trust_region_halves_without_a_new_best_and_doubles_after_three():
+  """Through the engine's path (``ask`` with ``ask_static``'s bucket, jitted): with asks of 3
+  points the side halves after ceil(4 / 3) = 2 asks in a row without a new best (0.8 -> 0.4),
+  doubles after 3 asks in a row with one (0.4 -> 0.8), and every proposal lies in the trust
+  region of its ask. The default has no trust region in its state."""
+  s, _ = _gp_tr()
+  ask = jax.jit(s.ask, static_argnums=(2, 3))
+  st = s.tell(s.init(jax.random.key(0)), *_sobol_batch(2, 8, bf.branin))
+  lengths = []
+  for i, y in enumerate([1e3, 1e3, -1.0, -2.0, -3.0]):  # the asks' results: 2 worse, 3 better
+    st, u = ask(st, jax.random.key(i), 3, s.ask_static(st))
+    lengths.append(float(st["tr"]["length"]))
+    lo, hi = _tr_box(st)
+    assert np.all((np.asarray(u) >= lo - 1e-6) & (np.asarray(u) <= hi + 1e-6)), (i, u, lo, hi)
+    st = s.tell(st, u, jnp.full(3, y).at[1:].set(1e3), jnp.zeros(3, jnp.int32))
+  st, _ = ask(st, jax.random.key(9), 3, s.ask_static(st))
+  lengths.append(float(st["tr"]["length"]))
+  # asks: 1st records; 2nd 1 failure; 3rd 2 failures: halves; 4th-6th successes 1, 2, 3: doubles
+  np.testing.assert_allclose(lengths, [0.8, 0.8, 0.4, 0.4, 0.4, 0.8], rtol=1e-6)
+  assert float(st["tr"]["best"]) == -3.0
+  assert "tr" not in gp_bo(2).init(jax.random.key(0))
 
 
 class GPOutputWarp(chex.TestCase):

@@ -24,6 +24,14 @@ is a fixed-capacity buffer whose unused rows are masked out of the kernel matrix
 rows, zero targets), so shapes never change. With ``warp=True`` each continuous input goes
 through a Kumaraswamy CDF (:func:`kumaraswamy_warp`) before the kernel, its two log
 concentrations per coordinate fitted with the other hyperparameters (Snoek et al. 2014).
+With ``trust_region=True`` every point of a model ``ask`` (its candidates, perturbations,
+exploitation candidates and gradient refinement) stays in a box around the incumbent (TuRBO-1,
+Eriksson et al., "Scalable Global Optimization via Local Bayesian Optimization", NeurIPS 2019):
+side ``L`` times each continuous coordinate's fitted lengthscale over their geometric mean,
+clipped to the cube (:func:`_tr_box`). ``L`` starts at 0.8 and is kept in ``state["tr"]``; each
+model ``ask`` is one TuRBO batch (:func:`_tr_update`): ``L`` doubles (at most 1.6) after 3 asks
+in a row that found a new best value (by 1e-3 of its magnitude), halves after
+``ceil(max(4, dim) / n)`` asks of ``n`` points without one, and goes back to 0.8 below 0.5^7.
 
 Acquisition (log-EI or UCB) is maximised over uniform random candidates plus Gaussian
 perturbations of the best observations at four scales (``local_std`` down to
@@ -93,6 +101,10 @@ _LOG_NOISE_MIN = math.log(1e-8)
 _ACQUISITIONS = ("ei", "ucb")
 _LOCAL_SCALES = (1.0, 0.2, 0.04, 0.008)  # multiples of the local perturbation scale
 _EXPLOIT_FIT_STEPS = 50  # Adam steps refitting the local model of the exploitation point
+_N_TOP = 5  # best observations whose perturbations are acquisition candidates
+# Trust region (TuRBO, Eriksson et al. 2019): initial, smallest and largest side, model asks in
+# a row with (without) a new best before the side doubles (halves)
+_TR_INIT, _TR_MIN, _TR_MAX, _TR_SUCC = 0.8, 0.5**7, 1.6, 3
 
 
 def _choice(x: jax.Array, levels: np.ndarray) -> jax.Array:
@@ -341,35 +353,67 @@ def _check_n_exploit(n_exploit: int | Sequence[int], n_candidates: int,
   return tuple(int(k) for k in n_exploit)
 
 
-def _refine(acq, x0: jax.Array, cont: jax.Array, grad_lr: float, grad_steps: int):
+def _refine(acq, x0: jax.Array, cont: jax.Array, grad_lr: float, grad_steps: int,
+            lo: jax.Array | float = 0.0, hi: jax.Array | float = 1.0):
   """``(x, acq(x0), acq(x))`` after Adam on the continuous coordinates of every start
   ``x0[k, dim]`` at once, with a cosine-decayed step: large first moves, then steps down to
   grad_lr / 1000 so the optimum is located to float32 precision. The acquisition is
   pointwise and Adam elementwise, so the gradient of the sum moves each start as its own
   Adam would (one batched solve per step instead of a vmap that copies the Cholesky factor
   per start). The values come from the steps' own forward passes (a last step evaluates
-  the result and does not move it): no separate acquisition call to compile for them."""
+  the result and does not move it): no separate acquisition call to compile for them. The
+  points stay in the box ``[lo, hi]`` (the cube, or the trust region)."""
   opt = optax.adam(optax.cosine_decay_schedule(grad_lr, max(grad_steps, 1), 1e-3))
 
   def step(carry, i):
     x, s = carry
     val, pullback = jax.vjp(acq, x)
     upd, s = opt.update(pullback(-jnp.ones_like(val))[0] * cont, s, x)
-    x = jnp.where(i < grad_steps, jnp.clip(optax.apply_updates(x, upd), 0.0, 1.0), x)
+    x = jnp.where(i < grad_steps, jnp.clip(optax.apply_updates(x, upd), lo, hi), x)
     return (x, s), val
 
   (x, _), vals = jax.lax.scan(step, (x0, opt.init(x0)), jnp.arange(grad_steps + 1))
   return x, vals[0], vals[-1]
 
 
+def _tr_update(tr, y_best, n: int, dim: int):
+  """The trust region's state after a model ask of ``n`` points with best value ``y_best``
+  so far: the previous ask's best is improved on or not (the first ask only records it)."""
+  first = ~jnp.isfinite(tr["best"])
+  better = ~first & (y_best < tr["best"] - 1e-3 * jnp.abs(tr["best"]))
+  succ = jnp.where(better, tr["succ"] + 1, 0)
+  fail = jnp.where(better | first, 0, tr["fail"] + 1)
+  grow, shrink = succ >= _TR_SUCC, fail >= math.ceil(max(4, dim) / n)
+  length = jnp.where(grow, jnp.minimum(2.0 * tr["length"], _TR_MAX),
+                     jnp.where(shrink, 0.5 * tr["length"], tr["length"]))
+  length = jnp.where(length < _TR_MIN, _TR_INIT, length)
+  return {"length": length.astype(jnp.float32), "succ": jnp.where(grow, 0, succ),
+          "fail": jnp.where(shrink, 0, fail),
+          "best": jnp.where(jnp.isfinite(y_best), y_best, tr["best"]).astype(jnp.float32)}
+
+
+def _tr_box(length, centre, log_ls, lv: np.ndarray):
+  """``(lo, hi)`` of the trust region: sides ``length`` times the continuous coordinates'
+  lengthscales over their geometric mean, around ``centre``, clipped to the cube
+  (categorical coordinates keep their whole range)."""
+  c = np.asarray(lv == 0)
+  rel = log_ls - jnp.sum(jnp.where(c, log_ls, 0.0)) / max(int(c.sum()), 1)
+  half = 0.5 * length * jnp.exp(rel)
+  lo = jnp.where(c, jnp.clip(centre - half, 0.0, 1.0), 0.0)
+  hi = jnp.where(c, jnp.clip(centre + half, 0.0, 1.0), 1.0)
+  return lo, hi
+
+
 def _check_gp_args(dim: int, acquisition: str, warp: bool, believer_incumbent: bool,
-                   output_warp: bool | float | str, floats: dict[str, float], **ints: int) -> None:
+                   output_warp: bool | float | str, floats: dict[str, float],
+                   trust_region: bool = False, **ints: int) -> None:
   """One ``ValueError`` naming the first bad integer, float or flag argument of
   :func:`gp_bo`."""
   _check_dim(dim)
   for name, v in floats.items():
     _check_float(name, v, 0.0, float("inf"))
-  for name, flag in (("warp", warp), ("believer_incumbent", believer_incumbent)):
+  for name, flag in (("warp", warp), ("believer_incumbent", believer_incumbent),
+                     ("trust_region", trust_region)):
     if not isinstance(flag, (bool, np.bool_)):
       raise ValueError(f"{name}={flag!r}: must be True or False")
   if not (isinstance(output_warp, (bool, np.bool_)) or output_warp in ("auto", "gp") or (
@@ -395,9 +439,9 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
           n_candidates: int = 1024, n_local: int = 256, local_std: float = 0.05,
           n_restarts: int = 8, grad_steps: int = 50, grad_lr: float = 0.02,
           levels: Sequence[int] | None = None, deterministic: bool = False,
-          n_exploit: int | Sequence[int] = (24, 12, 48, 96),
-          buckets: bool = True, n_diverse: int = 0, warp: bool = False,
-          believer_incumbent: bool = True, output_warp: float | str = True) -> Searcher:
+          n_exploit: int | Sequence[int] = (24, 12, 48, 96), buckets: bool = True,
+          n_diverse: int = 0, warp: bool = False, believer_incumbent: bool = True,
+          output_warp: float | str = True, trust_region: bool = False) -> Searcher:
   """GP-BO with a Matern-5/2 ARD kernel, log-EI or UCB, and kriging-believer batches.
 
   Until ``n_startup`` observations are complete, proposals are scrambled Sobol points. Then
@@ -446,6 +490,7 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
       ``log1p``-warp ``y`` before standardising (float ``k``: milder; ``"auto"``, ``"gp"``).
     believer_incumbent: the log-EI incumbent of each batch point is the best of the data and
       the means believed at earlier points (default), or (``False``) the best observation.
+    trust_region: search every model ``ask``'s points in a TuRBO trust region (module doc).
 
   Returns:
     A :class:`Searcher`; ``state["theta"]`` holds the fitted GP hyperparameters.
@@ -462,18 +507,17 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
   _check_gp_args(dim, acquisition, n_startup=n_startup, capacity=capacity,
                  fit_steps=fit_steps, n_candidates=n_candidates, n_local=n_local,
                  n_restarts=n_restarts, grad_steps=grad_steps, n_diverse=n_diverse, warp=warp,
-                 believer_incumbent=believer_incumbent, output_warp=output_warp, floats={
+                 believer_incumbent=believer_incumbent, output_warp=output_warp,
+                 trust_region=trust_region, floats={
                      "kappa": kappa, "fit_lr": fit_lr, "local_std": local_std, "grad_lr": grad_lr})
   n_exploit = _check_n_exploit(n_exploit, n_candidates, capacity)
   lv = _check_levels(levels, dim)
   lvl, cont = (lv if np.any(lv) else None), jnp.asarray(lv == 0, jnp.float32)
   design = sobol(dim)
-  n_top = 5
   # Buffer prefixes the GP is fitted on, one compiled branch each: 64, 128, 256, ... capacity.
   sizes = (sorted({2**k for k in range(6, 31) if 2**k < capacity} | {capacity}) if buckets
            else [capacity])
-  n_div = n_diverse  # restarts from the best candidate of each region
-  anchors = jnp.asarray(np.random.default_rng(0).uniform(size=(n_div, dim)), jnp.float32)
+  anchors = jnp.asarray(np.random.default_rng(0).uniform(size=(n_diverse, dim)), jnp.float32)
 
   def init(key):
     theta = {"log_ls": jnp.full((dim,), math.log(0.5 * math.sqrt(dim)), jnp.float32),
@@ -482,7 +526,10 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
     if warp:  # the identity warp to start from
       theta |= {"warp_a": jnp.zeros((dim,), jnp.float32),
                 "warp_b": jnp.zeros((dim,), jnp.float32)}
-    return {**history_init(capacity, dim), "theta": theta, "design": design.init(key)}
+    tr = ({"tr": {"length": jnp.full((), _TR_INIT, jnp.float32),
+                  "succ": jnp.zeros((), jnp.int32), "fail": jnp.zeros((), jnp.int32),
+                  "best": jnp.full((), jnp.inf, jnp.float32)}} if trust_region else {})
+    return {**history_init(capacity, dim), "theta": theta, "design": design.init(key), **tr}
 
   def choice_search(acq, u):
     """Tries every choice of each categorical coordinate in turn, keeping the best."""
@@ -492,30 +539,30 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
       u = alt[jnp.argmax(jnp.where(jnp.isfinite(score), score, -jnp.inf))]
     return u
 
-  def perturb(parents, z):
+  def perturb(parents, z, lo=0.0, hi=1.0):
     """``n_local`` perturbations of ``parents`` (``[n_local, dim]`` or one point) by the
     standard normal ``z[n_local, dim]`` at the scales ``local_std``, ``local_std / 5``, ...,
-    clipped to the cube."""
+    clipped to the cube (or the box ``[lo, hi]``)."""
     mult = local_std * jnp.asarray(_LOCAL_SCALES)[jnp.arange(n_local) % len(_LOCAL_SCALES)]
     local = parents + mult[:, None] * z
-    return snap(jnp.clip(local, 0.0, 1.0), lvl)
+    return snap(jnp.clip(local, lo, hi), lvl)
 
-  def maximise(acq, cand, centre, cand_ok=True):
+  def maximise(acq, cand, centre, cand_ok=True, lo=0.0, hi=1.0):
     """Best of ``centre`` and the best candidates (where ``cand_ok``), each before and after
-    Adam refinement."""
+    Adam refinement (inside the box ``[lo, hi]``)."""
     score = acq(cand)
     score = jnp.where(jnp.isfinite(score) & cand_ok, score, -jnp.inf)
-    k = min(n_restarts - 1 - n_div, cand.shape[0])
+    k = min(n_restarts - 1 - n_diverse, cand.shape[0])
     _, idx = jax.lax.top_k(score, k)
     starts = [centre[None], cand[idx]]
-    if n_div:  # the best candidate of each region: diverse starting points
+    if n_diverse:  # the best candidate of each region: diverse starting points
       region = jnp.argmin(jnp.sum(jnp.square(cand[:, None] - anchors[None]), -1), axis=1)
-      mine = region[None, :] == jnp.arange(n_div)[:, None]
+      mine = region[None, :] == jnp.arange(n_diverse)[:, None]
       starts.append(cand[jnp.argmax(jnp.where(mine, score[None, :], -jnp.inf), axis=1)])
     starts = jnp.concatenate(starts)
     if grad_steps:
       refined, start_score, refined_score = _refine(acq, starts, cont, grad_lr,
-                                                      grad_steps)
+                                                      grad_steps, lo, hi)
       pool, pool_score = (jnp.concatenate([starts, refined]),
                           jnp.concatenate([start_score, refined_score]))
     else:
@@ -588,6 +635,7 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
     theta = rnd["theta"]
     rows = size + n
     n_cand = n_candidates + n_local
+    lo, hi = (rnd["tr_lo"], rnd["tr_hi"]) if trust_region else (0.0, 1.0)
     m = min(len(n_exploit), n - 1)  # exploitation points; at least one point follows log-EI
     if m:
       # the buffer's nearest rows, valid ones first: the first min(K, size) are this bucket's
@@ -600,16 +648,18 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
       ml = jax.vmap(lambda a: pad_rows(a, rows, False))(ml)
       n_pad = n_cand - cand_l.shape[1]
       cand_l = jnp.concatenate([cand_l, jnp.broadcast_to(top[0], (m, n_pad, dim))], axis=1)
+      if trust_region:
+        cand_l = snap(jnp.clip(cand_l, lo, hi), lvl)
       ok_l = jnp.arange(n_cand) < n_cand - n_pad
       pick = lambda a, i: a[jnp.minimum(i, m - 1)]  # noqa: E731
 
     def propose(carry, xs):
       x_all, yz_all, m_all, best = carry
       i, r = xs
-      cand = snap(r["cand"], lvl)
+      cand = snap(lo + r["cand"] * (hi - lo) if trust_region else r["cand"], lvl)
       if n_local:  # perturbations of the best observations
-        rank = jnp.floor(r["parent"] * jnp.minimum(n_obs, n_top)).astype(jnp.int32)
-        cand = jnp.concatenate([cand, perturb(top[rank], r["z"])])
+        rank = jnp.floor(r["parent"] * jnp.minimum(n_obs, _N_TOP)).astype(jnp.int32)
+        cand = jnp.concatenate([cand, perturb(top[rank], r["z"], lo, hi)])
       model = (theta, x_all, yz_all, m_all)
       glob = _posterior(*model, lvl)
       if m:
@@ -632,7 +682,7 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
           score = -mean + kappa * std
         return jnp.where(local, -mean, score) if m else score
 
-      u = maximise(acq, cand, top[0], cand_ok)  # the incumbent always starts a search
+      u = maximise(acq, cand, top[0], cand_ok, lo, hi)  # the incumbent always starts a search
       fantasy, _ = glob(u[None], with_std=False)  # joins the global data at its posterior mean
       carry = (x_all.at[size + i].set(u), yz_all.at[size + i].set(fantasy[0]),
                m_all.at[size + i].set(True),
@@ -664,10 +714,19 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
     yz = warp_and_standardize(state["y"], valid, output_warp, state["theta"], state["x"], lvl)
     shared = {**draws(key, n), "n_obs": jnp.sum(valid), "yz": yz,
               "best": jnp.min(jnp.where(valid, yz, jnp.inf)),
-              "top": snap(state["x"][jnp.argsort(jnp.where(valid, state["y"], jnp.inf))[:n_top]],
+              "top": snap(state["x"][jnp.argsort(jnp.where(valid, state["y"], jnp.inf))[:_N_TOP]],
                           lvl)}
     fits = [lambda st, r: st["theta"]] + [functools.partial(fit_global, size) for size in sizes]
     theta = run(fits, state, shared)
+    tr = {}
+    if trust_region:
+      tr = {"tr": _tr_update(state["tr"], jnp.min(jnp.where(valid, state["y"], jnp.inf)), n,
+                                dim)}
+      if bucket is None:
+        tr["tr"] = jax.tree_util.tree_map(lambda a, b: jnp.where(startup, a, b), state["tr"],
+                                          tr["tr"])
+      shared["tr_lo"], shared["tr_hi"] = _tr_box(tr["tr"]["length"], shared["top"][0],
+                                                 theta["log_ls"], lv)
     m = min(len(n_exploit), n - 1)
     if m:
       shapes = jax.eval_shape(lambda: local_models(theta, state, shared, m))
@@ -684,7 +743,7 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
                                             design_state, state["design"])
     else:
       design_state = state["design"]
-    return {**state, "theta": theta, "design": design_state}, u
+    return {**state, "theta": theta, "design": design_state, **tr}, u
 
   def ask_bucket(state):
     """``ask``'s static ``bucket`` for a concrete ``state`` (host integers): 0 before
