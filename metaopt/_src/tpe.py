@@ -105,6 +105,15 @@ def split_order(y: jax.Array, valid: jax.Array, step: jax.Array | None = None) -
   return jnp.lexsort((key, jnp.where(valid, -step.astype(jnp.int32), 1)))
 
 
+def good_rows(y: jax.Array, valid: jax.Array, n_below: jax.Array,
+              step: jax.Array | None = None) -> jax.Array:
+  """The good set: the first ``n_below`` valid rows of :func:`split_order` (a bool mask)."""
+  cap = y.shape[0]
+  order = split_order(y, valid, step)
+  rank = jnp.zeros(cap, jnp.int32).at[order].set(jnp.arange(cap, dtype=jnp.int32))
+  return valid & (rank < n_below)
+
+
 def default_gamma(dim: int) -> float:
   """The good-set fraction of :func:`tpe`'s default rule: ``clip(0.5 / dim, 0.1, 0.25)``
   (Optuna's 0.1 from 5 dimensions on, more good points below; chosen on development cases of
@@ -490,10 +499,8 @@ def tpe(dim: int, n_startup: int = 10, gamma: float | str | None = None,
     valid, y = state["valid"], state["y"]
     n_obs = jnp.sum(valid)
     if "n_prior" not in state or prior_weighting == "equal":  # no priors marked: plain TPE
-      # Ranks of complete observations (invalid rows sort last); the best n_below are "good".
-      order = split_order(y, valid, state.get("step"))
-      rank = jnp.zeros(capacity, jnp.int32).at[order].set(jnp.arange(capacity, dtype=jnp.int32))
-      good = valid & (rank < _n_below(n_obs, gamma, base))
+      # Ranks of the observations (invalid rows sort last); the best n_below are "good".
+      good = good_rows(y, valid, _n_below(n_obs, gamma, base), state.get("step"))
       bad = valid & ~good
       age = None
       if age_weights:  # -1 for the newest row told, -2 for the one before, ... (pending: >= 0)
