@@ -754,6 +754,12 @@ class TPEPrunedRanking(chex.TestCase):
     assert out == {"ignore": (2, True), "rank": (30, False)}
 
 
+# op by op (~8 s under load); the jitted variant stays default
+TPEPrunedRanking.test_tpe_pruned_trials_leave_the_startup_only_when_ranked__without_jit = \
+    pytest.mark.slow(
+        TPEPrunedRanking.test_tpe_pruned_trials_leave_the_startup_only_when_ranked__without_jit)
+
+
 def test_tpe_bad_pruned_mode():
   with pytest.raises(ValueError, match="pruned='optuna': must be 'ignore' or 'rank'"):
     tpe(2, pruned="optuna")
