@@ -321,9 +321,11 @@ def run_optuna(task, n_trials: int, epochs: int, batch: int, seed: int,
 
 
 # ------------------------------------------------------------------------------ metaopt
-def make_program(name: str, d: int, epochs: int) -> metaopt.Searcher:
+def make_program(name: str, d: int, epochs: int, tpe_pruned: str = "ignore") -> metaopt.Searcher:
+  """The method's program; ``tpe_pruned``: TPE+ASHA's ``tpe(pruned=)``."""
   if name == "metaopt TPE+ASHA":
-    return metaopt.with_pruning(metaopt.tpe(d), metaopt.asha(epochs, min_epochs=1, eta=3))
+    return metaopt.with_pruning(metaopt.tpe(d, pruned=tpe_pruned),
+                                metaopt.asha(epochs, min_epochs=1, eta=3))
   if name == "metaopt ASHA (random)":
     return metaopt.with_pruning(metaopt.random_search(d),
                                 metaopt.asha(epochs, min_epochs=1, eta=3))
@@ -335,9 +337,10 @@ def make_program(name: str, d: int, epochs: int) -> metaopt.Searcher:
 
 
 def run_ours(task, method: str, n_trials: int, population: int, epochs: int, batch: int,
-             seed: int, complete_top_k: int = 0) -> dict:
+             seed: int, complete_top_k: int = 0, tpe_pruned: str = "ignore") -> dict:
   """One metaopt search on the clock; ``complete_top_k``: the search's final full-budget
-  training of its best trials (``metaopt.search(complete_top_k=)``), on the same clock."""
+  training of its best trials (``metaopt.search(complete_top_k=)``), on the same clock;
+  ``tpe_pruned``: TPE+ASHA's ``tpe(pruned=)`` (the workload mode's ``"tpe_pruned"``)."""
   clock = Clock()
 
   def on_epoch(rnd, epoch, metrics):
@@ -346,7 +349,7 @@ def run_ours(task, method: str, n_trials: int, population: int, epochs: int, bat
       clock.record(max(float(m["valid_accuracy"]) for m in metrics), len(metrics))
 
   with tempfile.TemporaryDirectory(prefix="hpo-bench-") as ckpt:
-    res = metaopt.search(make_program(method, task.space.dim, epochs), task,
+    res = metaopt.search(make_program(method, task.space.dim, epochs, tpe_pruned), task,
                          n_trials=n_trials, population=population, epochs=epochs,
                          batch_size=batch, seed=seed, store=None, checkpoint_dir=ckpt,
                          progress=False, checkpoint_every_s=600, on_epoch=on_epoch,
@@ -361,7 +364,7 @@ def run_method(task, method: str, s: dict, batch: int, seed: int, keep: bool) ->
   if method == OPTUNA:
     return run_optuna(task, s["trials"], s["epochs"], batch, seed, keep)
   return run_ours(task, method, s["trials"], s["population"], s["epochs"], batch, seed,
-                  s.get("complete_top_k", 0))
+                  s.get("complete_top_k", 0), s.get("tpe_pruned", "ignore"))
 
 
 BACKGROUND = {"compile": True}  # --background-compile: metaopt's chunk compiles beside its ask

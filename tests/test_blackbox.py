@@ -41,6 +41,7 @@ from metaopt._src.tpe import (
     _ramp_logw,
     default_gamma,
     default_good_weights,
+    good_rows,
     tpe,
 )
 
@@ -670,6 +671,98 @@ def test_crowding_distance_and_hypervolume():
   hv = hypervolume_2d(y, jnp.asarray([5.0, 5.0]))
   # rectangles: (5-0)(5-4) + (5-1)(4-2) + (5-3)(2-1) + (5-4)(1-0)
   assert float(hv) == pytest.approx(5 + 8 + 2 + 1)
+
+
+def _pruned_history():
+  """30 trials told in one batch: 6 complete, 24 pruned after 1, 3, 9 or 27 epochs (values
+  drawn so that several pruned values beat every complete one)."""
+  rng = np.random.default_rng(7)
+  n = 30
+  status = np.full(n, PRUNED, np.int32)
+  status[rng.choice(n, 6, replace=False)] = COMPLETE
+  epochs = np.where(status == COMPLETE, 30, rng.choice([1, 3, 9, 27], n)).astype(np.int32)
+  y = rng.uniform(0.0, 1.0, n).astype(np.float32)
+  u = rng.uniform(size=(n, 2)).astype(np.float32)
+  return u, y, status, epochs
+
+
+def _optuna_below(u, y, status, epochs, n_below):
+  """Optuna's own good/bad split (``_split_trials``) of the same trials: the trial numbers of
+  its ``below`` set."""
+  optuna = pytest.importorskip("optuna")
+  from optuna.samplers._tpe.sampler import _split_trials
+  from optuna.trial import TrialState, create_trial
+
+  optuna.logging.set_verbosity(optuna.logging.ERROR)
+  dist = {"a": optuna.distributions.FloatDistribution(0, 1),
+          "b": optuna.distributions.FloatDistribution(0, 1)}
+  study = optuna.create_study(direction="minimize")
+  for i in range(len(y)):
+    params = {"a": float(u[i, 0]), "b": float(u[i, 1])}
+    if status[i] == COMPLETE:
+      study.add_trial(create_trial(params=params, distributions=dist, value=float(y[i])))
+    else:  # reported after every epoch (steps 0 .. epochs-1), last the told value
+      inter = {s: 5.0 - s for s in range(int(epochs[i]) - 1)}
+      inter[int(epochs[i]) - 1] = float(y[i])
+      study.add_trial(create_trial(params=params, distributions=dist, state=TrialState.PRUNED,
+                                   intermediate_values=inter))
+  trials = study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
+  below, _ = _split_trials(study, trials, n_below)
+  return sorted(t.number for t in below)
+
+
+class TPEPrunedRanking(chex.TestCase):
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_tpe_pruned_rank_split_is_optunas(self):
+    """``tpe(pruned="rank")`` keeps pruned trials with the epochs they trained, and its good
+    set is Optuna's ``_split_trials`` below set of the same trials (complete by value, then
+    pruned by last step, deeper first, then value) for every ``n_below``; ranking by value
+    alone (what a TPE told pruned trials as if complete would do) is not."""
+    u, y, status, epochs = _pruned_history()
+    s = tpe(2, n_startup=4, capacity=64, pruned="rank")
+    st = self.variant(s.tell)(s.init(jax.random.key(0)), u, y, status, epochs)
+    assert int(jnp.sum(st["valid"])) == 30
+    split = self.variant(good_rows)
+    value_only_differs = False
+    for n_below in (1, 3, 6, 7, 10, 16, 25):
+      good = split(st["y"], st["valid"], jnp.asarray(n_below), st["step"])
+      want = _optuna_below(u, y, status, epochs, n_below)
+      assert np.flatnonzero(np.asarray(good)).tolist() == want, n_below
+      plain = split(st["y"], st["valid"], jnp.asarray(n_below))
+      value_only_differs |= np.flatnonzero(np.asarray(plain)).tolist() != want
+    assert value_only_differs
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_tpe_pruned_trials_leave_the_startup_only_when_ranked(self):
+    """With 2 complete and 28 pruned trials and ``n_startup=10``, ``pruned="ignore"`` (the
+    default) keeps 2 observations and still asks its uniform startup points; ``"rank"`` keeps
+    30 and asks from the model (other points), inside the cube, with a state of fixed shapes."""
+    u, y, status, epochs = _pruned_history()
+    status = np.where(np.arange(30) < 2, COMPLETE, PRUNED).astype(np.int32)
+    out = {}
+    for mode in ("ignore", "rank"):
+      s = tpe(2, n_startup=10, capacity=64, pruned=mode)
+      st0 = s.init(jax.random.key(0))
+      args = (u, y, status) if mode == "ignore" else (u, y, status, epochs)
+      st = self.variant(s.tell)(st0, *args)
+      shapes = jax.tree_util.tree_map(lambda a: (a.shape, a.dtype), st)
+      assert shapes == jax.tree_util.tree_map(lambda a: (a.shape, a.dtype), st0)
+      st1, got = self.variant(s.ask, static_argnums=2)(st, jax.random.key(3), 4)
+      _, rand, _ = s.startup_ask(st, jax.random.key(3), 4)
+      assert bool(jnp.all((got >= 0) & (got <= 1)))
+      out[mode] = (int(jnp.sum(st["valid"])), bool(np.allclose(got, rand)))
+    assert out == {"ignore": (2, True), "rank": (30, False)}
+
+
+# op by op (~8 s under load); the jitted variant stays default
+TPEPrunedRanking.test_tpe_pruned_trials_leave_the_startup_only_when_ranked__without_jit = \
+    pytest.mark.slow(
+        TPEPrunedRanking.test_tpe_pruned_trials_leave_the_startup_only_when_ranked__without_jit)
+
+
+def test_tpe_bad_pruned_mode():
+  with pytest.raises(ValueError, match="pruned='optuna': must be 'ignore' or 'rank'"):
+    tpe(2, pruned="optuna")
 
 
 def test_with_constraints_steers_tpe_to_the_feasible_side():

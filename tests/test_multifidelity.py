@@ -238,3 +238,33 @@ def test_bad_complete_top_k_fails_before_compiling(k):
     metaopt.search(metaopt.random_search(1), noisy_quadratic(), n_trials=12, population=4,
                    epochs=3, store=st, progress=False, complete_top_k=k)
   assert pop.compile_seconds() - c0 == 0.0 and st.study_names() == []
+
+
+# --------------------------------------------------------------------------- pruned-aware TPE
+def test_tpe_pruned_rank_is_told_each_trials_epochs_by_the_engine():
+  """Under ASHA, ``search`` tells ``tpe(pruned="rank")`` every pruned trial with its last
+  value and the epochs it trained (as the store records them), and every complete trial above
+  every step: the final state's history rows are the trials in order. With ``n_startup=4``
+  the rounds after the first ask from the model, which ranks them so."""
+  from metaopt._src.tpe import COMPLETE_STEP
+
+  task, epochs = noisy_quadratic(), 9
+  prog = metaopt.with_pruning(metaopt.tpe(1, n_startup=4, capacity=64, pruned="rank"),
+                              metaopt.asha(epochs, min_epochs=1, eta=3))  # rungs 1, 3
+  res = metaopt.search(prog, task, n_trials=12, population=4, epochs=epochs, batch_size=512,
+                       seed=3, progress=False)
+  ts = sorted(res.trials, key=lambda t: t.number)
+  assert {t.status for t in ts} == {"complete", "pruned"}
+  h = res.state["search"]
+  assert int(h["count"]) == len(ts) == int(np.sum(np.asarray(h["valid"])))
+  want = [COMPLETE_STEP if t.status == "complete" else len(t.metrics) for t in ts]
+  assert {1, 3} <= set(want)  # pruned at both rungs
+  assert np.asarray(h["step"])[:len(ts)].tolist() == want
+  np.testing.assert_allclose(np.asarray(h["y"])[:len(ts)], [t.objective for t in ts], rtol=1e-6)
+  # the default ignores them: only the complete trials are observations
+  plain = metaopt.search(metaopt.with_pruning(metaopt.tpe(1, n_startup=4, capacity=64),
+                                              metaopt.asha(epochs, min_epochs=1, eta=3)),
+                         task, n_trials=4, population=4, epochs=epochs, batch_size=512,
+                         seed=3, progress=False)
+  done = sum(t.status == "complete" for t in plain.trials)
+  assert "step" not in plain.state["search"] and int(plain.state["search"]["count"]) == done < 4

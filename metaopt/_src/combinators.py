@@ -210,8 +210,8 @@ def _wrap(searcher: Searcher, key: str, init_own: Callable, own: Callable) -> Se
     s, u = searcher.ask(state["search"], k, n)
     return {**state, "search": s}, u
 
-  def tell(state, u, y, status):
-    return {**state, "search": searcher.tell(state["search"], u, y, status)}
+  def tell(state, u, y, status, *epochs):  # epochs: with searcher.tell_epochs
+    return {**state, "search": searcher.tell(state["search"], u, y, status, *epochs)}
 
   startup_ask = None
   if searcher.startup_ask is not None:
@@ -226,7 +226,7 @@ def _wrap(searcher: Searcher, key: str, init_own: Callable, own: Callable) -> Se
       return None if out is None else ({**state, "search": out[0]}, out[1], out[2])
 
   return Searcher(init, ask, tell, _chain_observe(searcher, key, own), startup_ask,
-                  startup_host=startup_host)
+                  startup_host=startup_host, tell_epochs=searcher.tell_epochs)
 
 
 def with_pruning(searcher: Searcher, pruner: Pruner) -> Searcher:

@@ -149,6 +149,7 @@ class SearcherFns:
   observe: Callable | None
   decode: Callable
   init: Callable | None = None
+  tell_epochs: bool = False  # tell takes a fifth argument, epochs[n] (Searcher.tell_epochs)
 
 
 # The searcher's small functions (``init``, ``startup_ask``, ``observe``, ``tell``, ``decode``)
@@ -203,7 +204,7 @@ def _searcher_fns(program: Searcher, space: Space) -> SearcherFns:
 
   observe = searcher_jit(program.observe) if program.observe is not None else None
   return SearcherFns(ask, searcher_jit(program.tell), observe, searcher_jit(space.decode),
-                     searcher_jit(program.init))
+                     searcher_jit(program.init), bool(program.tell_epochs))
 
 
 def check_dim(program: Searcher, space: Space, field: str = "program") -> None:
@@ -301,6 +302,12 @@ def outcomes(rows: list[dict[str, Any]]) -> list[tuple[int, str, float | None, s
   """``(id, status, objective, reason)`` of a finished round's stored trials."""
   return [(x["id"], "complete" if x["status"] == "running" else x["status"], x["objective"],
            x["failure_reason"]) for x in rows]
+
+
+def trained_epochs(rows: list[dict[str, Any]]) -> list[int]:
+  """The epochs each of a finished round's stored trials trained (``last_epoch + 1``; 0
+  where none was recorded), in the order of :func:`outcomes`."""
+  return [0 if x.get("last_epoch") is None else int(x["last_epoch"]) + 1 for x in rows]
 
 
 def told(results, sign: float) -> tuple[np.ndarray, np.ndarray]:
@@ -652,25 +659,33 @@ def run_round(env: RoundEnv, batch: TrialBatch, searcher_state, ckpt: Checkpoint
 
 
 def tell_round(env: RoundEnv, state, u: np.ndarray, results,
-               y_vector: np.ndarray | None = None) -> PyTree:
+               y_vector: np.ndarray | None = None, epochs=None) -> PyTree:
   """The program told a finished round's results (``y_vector``: ``y[n, m]`` of several
-  objectives, each minimised)."""
+  objectives, each minimised; ``epochs``: the epochs each trial trained, for a program with
+  ``tell_epochs``, 0 each where not given)."""
   y, status = told(results, env.sign)
   if y_vector is not None:
     y = np.asarray(y_vector, np.float32)
-  return env.fns.tell(state, np.array(u, np.float32), y, status)
+  u = np.array(u, np.float32)
+  if env.fns.tell_epochs:
+    e = np.zeros(len(y), np.int32) if epochs is None else np.asarray(epochs, np.int32)
+    return env.fns.tell(state, u, y, status, e)
+  return env.fns.tell(state, u, y, status)
 
 
 def round_outcomes(env: RoundEnv, study_id: int, rnd: int):
-  """``(results, y[n, m] or None)`` of a finished round, from the store; with several
-  objectives their values are recorded too (see :func:`objectives.vector_outcomes`)."""
+  """``(results, y[n, m] or None, epochs)`` of a finished round, from the store; with several
+  objectives their values are recorded too (see :func:`objectives.vector_outcomes`);
+  ``epochs``: :func:`trained_epochs`."""
   rows = env.store.round_trials(study_id, rnd)
   results = outcomes(rows)
+  epochs = trained_epochs(rows)
   if not env.objectives:
-    return results, None
-  return mo.vector_outcomes(env.store, study_id, rnd, rows, results, env.objectives,
-                            getattr(env.evaluator, "task", None), env.space,
-                            env.objective_keys)
+    return results, None, epochs
+  results, y = mo.vector_outcomes(env.store, study_id, rnd, rows, results, env.objectives,
+                                  getattr(env.evaluator, "task", None), env.space,
+                                  env.objective_keys)
+  return results, y, epochs
 
 
 @dataclasses.dataclass
@@ -750,12 +765,12 @@ def close_round(env: RoundEnv, state, study_id: int, rnd: int, u: np.ndarray | N
   (read from the store unless given), stored with the post-tell searcher state (and, when
   given, ``duration_s`` as every trial's duration). ``u`` None: an unasked round, nothing
   is told (the state is stored as it is). Returns ``(state, results)``."""
-  y_vector = None
+  y_vector = epochs = None
   if results is None:  # multi-host: as process 0 reads them, once it has written them all
-    results, y_vector = dist.from_leader(f"metaopt-outcomes-{rnd}",
-                                         lambda: round_outcomes(env, study_id, rnd))
+    results, y_vector, epochs = dist.from_leader(f"metaopt-outcomes-{rnd}",
+                                                 lambda: round_outcomes(env, study_id, rnd))
   if u is not None:
-    state = tell_round(env, state, u, results, y_vector)
+    state = tell_round(env, state, u, results, y_vector, epochs)
   env.store.end_round(study_id, rnd, results, state_bytes(env, state), duration_s=duration_s)
   return state, results
 

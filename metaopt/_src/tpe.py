@@ -14,8 +14,10 @@ candidate, among ``n_candidates`` drawn from the good density ``l``, that maximi
 
 The history is a fixed-capacity ring buffer (``capacity`` rows of ``x``, ``y``), so the state
 keeps one shape for ever and ``ask``/``tell`` trace once; once more than ``capacity``
-observations are told, the oldest are overwritten. Only ``status == COMPLETE`` rows with a
-finite ``y`` enter it: failed, pruned and infeasible trials are ignored.
+observations are told, the oldest are overwritten. ``status == COMPLETE`` rows with a
+finite ``y`` enter it; with ``pruned="rank"`` so do ``PRUNED`` rows with a finite ``y`` (the
+value after the last epoch they trained), ranked as Optuna's ``TPESampler`` ranks them
+(:func:`split_order`); failed and infeasible trials are ignored.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from jax.scipy.special import logsumexp, ndtr
 
 from metaopt._src import keys
 from metaopt._src.searchers import _check_dim
-from metaopt._src.types import COMPLETE, Searcher
+from metaopt._src.types import COMPLETE, PRUNED, Searcher
 
 _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 
@@ -46,29 +48,70 @@ def _check_float(name: str, v, lo: float, hi: float, lo_open: bool = True) -> No
     raise ValueError(f"{name}={v!r}: must be a number in {'(' if lo_open else '['}{lo}, {hi}]")
 
 
-def history_init(capacity: int, dim: int) -> dict[str, jax.Array]:
-  """An empty ring buffer of ``capacity`` observations ``(x[d], y)``."""
-  return {"x": jnp.zeros((capacity, dim), jnp.float32), "y": jnp.zeros((capacity,), jnp.float32),
+# The ``step`` of a complete row: above every pruned row's epochs, so complete rows rank first.
+COMPLETE_STEP = np.iinfo(np.int32).max
+
+
+def history_init(capacity: int, dim: int, steps: bool = False) -> dict[str, jax.Array]:
+  """An empty ring buffer of ``capacity`` observations ``(x[d], y)``; with ``steps`` also
+  each row's ``step`` (:data:`COMPLETE_STEP` for a complete trial, the epochs trained for a
+  pruned one)."""
+  hist = {"x": jnp.zeros((capacity, dim), jnp.float32),
+          "y": jnp.zeros((capacity,), jnp.float32),
           "valid": jnp.zeros((capacity,), bool), "count": jnp.zeros((), jnp.int32)}
+  if steps:
+    hist["step"] = jnp.zeros((capacity,), jnp.int32)
+  return hist
 
 
 def history_tell(hist: dict[str, jax.Array], u: jax.Array, y: jax.Array,
-                 status: jax.Array) -> dict[str, jax.Array]:
-  """Appends the ``COMPLETE`` rows with finite ``y`` of a told batch, overwriting the oldest.
+                 status: jax.Array, epochs: jax.Array | None = None) -> dict[str, jax.Array]:
+  """Appends the ``COMPLETE`` rows with finite ``y`` of a told batch, overwriting the oldest;
+  a history with ``step`` rows also keeps ``PRUNED`` rows with finite ``y``, their step the
+  ``epochs`` they trained (0 each when not given).
 
   A batch larger than the buffer keeps its last ``capacity`` valid rows.
   """
   cap = hist["y"].shape[0]
   y = jnp.asarray(y, jnp.float32)
-  ok = (jnp.asarray(status) == COMPLETE) & jnp.isfinite(y)
+  status = jnp.asarray(status)
+  done = status == COMPLETE
+  ok = (done | (status == PRUNED) if "step" in hist else done) & jnp.isfinite(y)
   pos = jnp.cumsum(ok) - 1
   total = jnp.sum(ok, dtype=jnp.int32)
   keep = ok & (pos >= total - cap)
   slots = jnp.where(keep, (hist["count"] + pos) % cap, cap)
-  return {"x": hist["x"].at[slots].set(jnp.asarray(u, jnp.float32), mode="drop"),
-          "y": hist["y"].at[slots].set(jnp.where(ok, y, 0.0), mode="drop"),
-          "valid": hist["valid"].at[slots].set(True, mode="drop"),
-          "count": hist["count"] + total}
+  out = {"x": hist["x"].at[slots].set(jnp.asarray(u, jnp.float32), mode="drop"),
+         "y": hist["y"].at[slots].set(jnp.where(ok, y, 0.0), mode="drop"),
+         "valid": hist["valid"].at[slots].set(True, mode="drop"),
+         "count": hist["count"] + total}
+  if "step" in hist:
+    e = jnp.zeros(y.shape[0], jnp.int32) if epochs is None else jnp.asarray(epochs, jnp.int32)
+    out["step"] = hist["step"].at[slots].set(jnp.where(done, COMPLETE_STEP, e), mode="drop")
+  return out
+
+
+def split_order(y: jax.Array, valid: jax.Array, step: jax.Array | None = None) -> jax.Array:
+  """History rows in the order of the good/bad split (best first; invalid rows last).
+
+  Without ``step``: by ``y``. With ``step`` (per row; :data:`COMPLETE_STEP` for complete
+  rows): Optuna's ``TPESampler`` order (``_split_complete_trials`` then
+  ``_split_pruned_trials``): complete rows by ``y``, then pruned rows by the step they
+  reached, deeper first, and among equal steps by ``y`` (their value at that step).
+  """
+  key = jnp.where(valid, y, jnp.inf)
+  if step is None:
+    return jnp.argsort(key)
+  return jnp.lexsort((key, jnp.where(valid, -step.astype(jnp.int32), 1)))
+
+
+def good_rows(y: jax.Array, valid: jax.Array, n_below: jax.Array,
+              step: jax.Array | None = None) -> jax.Array:
+  """The good set: the first ``n_below`` valid rows of :func:`split_order` (a bool mask)."""
+  cap = y.shape[0]
+  order = split_order(y, valid, step)
+  rank = jnp.zeros(cap, jnp.int32).at[order].set(jnp.arange(cap, dtype=jnp.int32))
+  return valid & (rank < n_below)
 
 
 def default_gamma(dim: int) -> float:
@@ -350,7 +393,7 @@ def tpe(dim: int, n_startup: int = 10, gamma: float | str | None = None,
         multivariate: bool = True, constant_liar: bool = True, prior_weight: float = 1.0,
         capacity: int = 1024, bandwidth: str = "gaps",
         prior_weighting: str = "ranking", age_weights: bool = False,
-        good_weights: str | None = None) -> Searcher:
+        good_weights: str | None = None, pruned: str = "ignore") -> Searcher:
   """Tree-structured Parzen Estimator over ``[0, 1]^dim``.
 
   Until ``n_startup`` observations are complete, proposals are uniform random. A batch
@@ -398,6 +441,16 @@ def tpe(dim: int, n_startup: int = 10, gamma: float | str | None = None,
       (default, :func:`default_good_weights`): ``"ei"`` from 8 dimensions on, ``"uniform"``
       below (chosen on development cases of ``benchmarks/blackbox_suite.py``: at d = 10 it
       lowered the regret on 24 BBOB functions; at d = 2 it raised it).
+    pruned: what pruned trials (stopped early by a pruner, e.g. :func:`asha`) are to the
+      model. ``"ignore"`` (default): nothing; only complete trials count, also towards
+      ``n_startup`` (with ASHA, which completes few trials, TPE may stay random). ``"rank"``:
+      Optuna's ``TPESampler`` rule: a pruned trial with a finite value after its last epoch
+      is an observation; complete trials rank first (by value), then pruned ones by the
+      epochs they trained (more first) and their last value (:func:`split_order`); the
+      best ``n_below`` of that ranking, counted over complete and pruned trials, are the
+      good set, and both count towards ``n_startup``. The engine tells the epochs each trial
+      trained (the searcher's ``tell_epochs``); a caller of ``tell`` passes them as a fifth
+      argument (without it every pruned trial counts as 0 epochs).
 
   Returns:
     A :class:`Searcher`; its state holds the history and never changes shape.
@@ -430,6 +483,9 @@ def tpe(dim: int, n_startup: int = 10, gamma: float | str | None = None,
     good_weights = default_good_weights(dim)
   elif good_weights not in ("uniform", "ei"):
     raise ValueError(f"good_weights={good_weights!r}: must be 'uniform', 'ei' or None")
+  if pruned not in ("ignore", "rank"):
+    raise ValueError(f"pruned={pruned!r}: must be 'ignore' or 'rank'")
+  steps = pruned == "rank"
   if prior_weighting not in ("ranking", "ranking_vs_own", "equal"):
     raise ValueError(f"prior_weighting={prior_weighting!r}: must be 'ranking', "
                      "'ranking_vs_own' or 'equal'")
@@ -437,16 +493,14 @@ def tpe(dim: int, n_startup: int = 10, gamma: float | str | None = None,
 
   def init(key):
     del key
-    return history_init(capacity, dim)
+    return history_init(capacity, dim, steps)
 
   def ask(state, key, n):
     valid, y = state["valid"], state["y"]
     n_obs = jnp.sum(valid)
     if "n_prior" not in state or prior_weighting == "equal":  # no priors marked: plain TPE
-      # Ranks of complete observations (invalid rows sort last); the best n_below are "good".
-      order = jnp.argsort(jnp.where(valid, y, jnp.inf))
-      rank = jnp.zeros(capacity, jnp.int32).at[order].set(jnp.arange(capacity, dtype=jnp.int32))
-      good = valid & (rank < _n_below(n_obs, gamma, base))
+      # Ranks of the observations (invalid rows sort last); the best n_below are "good".
+      good = good_rows(y, valid, _n_below(n_obs, gamma, base), state.get("step"))
       bad = valid & ~good
       age = None
       if age_weights:  # -1 for the newest row told, -2 for the one before, ... (pending: >= 0)
@@ -464,7 +518,7 @@ def tpe(dim: int, n_startup: int = 10, gamma: float | str | None = None,
     r = jnp.where(src, w, 1.0)  # the weights of the rows: 1, or w for warm-start priors
     # Sorted by value (invalid rows last), a row is "good" while the weight before it is
     # under n_below of the total weight (with equal weights: the best n_below rows).
-    order = jnp.argsort(jnp.where(valid, y, jnp.inf))
+    order = split_order(y, valid, state.get("step"))
     before = jnp.cumsum(r[order] * valid[order]) - r[order] * valid[order]
     cum = jnp.zeros(capacity, jnp.float32).at[order].set(before)
     good = valid & (cum < _n_below(jnp.sum(jnp.where(valid, r, 0.0)), gamma, base))
@@ -476,9 +530,9 @@ def tpe(dim: int, n_startup: int = 10, gamma: float | str | None = None,
 
   startup_ask = make_startup_ask(dim, n_startup)
 
-  def tell(state, u, y, status):
-    out = history_tell(state, u, y, status)
+  def tell(state, u, y, status, epochs=None):
+    out = history_tell(state, u, y, status, epochs)
     return {**out, "n_prior": state["n_prior"]} if "n_prior" in state else out
 
   return Searcher(init, ask, tell, startup_ask=startup_ask,
-                  startup_host=make_startup_host(dim, n_startup))
+                  startup_host=make_startup_host(dim, n_startup), tell_epochs=steps)

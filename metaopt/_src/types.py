@@ -82,6 +82,11 @@ class Searcher(NamedTuple):
   (state, u, ok)`` of concrete values (numpy), the same values bit for bit, or None where it
   cannot make them (e.g. another PRNG implementation); the engine calls it instead of
   compiling ``startup_ask``.
+
+  ``tell_epochs``: when True, the engine calls ``tell(state, u, y, status, epochs)`` with
+  ``epochs[n]`` (int32) the epochs each trial trained (a pruned trial's ``y`` is its value
+  after its last one; 0 where the engine does not know, e.g. :meth:`Study.tell`). Searchers
+  that rank pruned trials by how far they got (``tpe(pruned="rank")``) set it.
   """
 
   init: Callable[[jax.Array], PyTree]
@@ -92,6 +97,7 @@ class Searcher(NamedTuple):
       = None
   ask_static: Callable[[PyTree], int] | None = None
   startup_host: Callable[[PyTree, jax.Array, int], tuple[PyTree, Any, Any] | None] | None = None
+  tell_epochs: bool = False
 
 
 class Pruner(NamedTuple):

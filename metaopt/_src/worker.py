@@ -193,7 +193,8 @@ class _Worker:
       # compile ask and tell outside the store's serialized transactions
       fns.ask(self.template, jax.random.key(0), n)  # the startup ask, if the program has one
       s, u = fns.ask(self.template, jax.random.key(0), n, model=True)
-      fns.tell(s, u, jnp.zeros(n), jnp.zeros(n, jnp.int32))
+      fns.tell(s, u, jnp.zeros(n), jnp.zeros(n, jnp.int32),
+               *([jnp.zeros(n, jnp.int32)] if fns.tell_epochs else []))
     try:
       while True:
         claim = st.claim_round(self.rec.id, self.wid, self.n_rounds, self.make_round,
@@ -238,8 +239,8 @@ class _Worker:
     state = self.train(batch, self.load(claim.searcher_state), claim.kind == "retry")
     if state is None:
       return
-    results, _ = loop.round_outcomes(env, self.rec.id, rnd)
-    self.finish(rnd, results, batch.u, state, claim.searcher_state, t0)
+    results, _, epochs = loop.round_outcomes(env, self.rec.id, rnd)
+    self.finish(rnd, results, batch.u, state, claim.searcher_state, t0, epochs=epochs)
 
   def train(self, batch, state, resumed: bool = False):
     """Runs the round with a heartbeat thread; None if the lease was lost meanwhile."""
@@ -275,11 +276,11 @@ class _Worker:
       ckpt.close()
 
   def finish(self, rnd: int, results, u: np.ndarray, local, asked: bytes | None, t0: float,
-             status: str = "done") -> bool:
+             status: str = "done", epochs: list[int] | None = None) -> bool:
     def told(current: bytes | None) -> bytes:
       # nobody told since this round's ask: exactly the sequential search's state
       merged = local if current == asked else _merge(self.load(current), local)
-      return loop.ser(loop.tell_round(self.env, merged, u, results))
+      return loop.ser(loop.tell_round(self.env, merged, u, results, epochs=epochs))
 
     return self.env.store.finish_round(self.rec.id, rnd, self.wid, results, told,
                                        duration_s=time.time() - t0, status=status)
