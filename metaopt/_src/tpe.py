@@ -388,6 +388,37 @@ def make_startup_host(dim: int, n_startup: int):
   return startup_host
 
 
+def _check_tpe_args(dim, n_startup, n_candidates, capacity, gamma, bandwidth, prior_weight,
+                    good_weights, pruned, prior_weighting):
+  """:func:`tpe`'s arguments checked (one ValueError naming the field); returns
+  ``(base, gamma, good_weights)`` with the defaults resolved."""
+  _check_dim(dim)
+  _check_int("n_startup", n_startup, 0)
+  _check_int("n_candidates", n_candidates, 1)
+  _check_int("capacity", capacity, 2)
+  if isinstance(gamma, str):
+    if gamma != "optuna":
+      raise ValueError(f"gamma={gamma!r}: must be a number in (0, 1], None or 'optuna'")
+    base, gamma = 0.1, None
+  else:
+    base = default_gamma(dim)
+    if gamma is not None:
+      _check_float("gamma", gamma, 0.0, 1.0)
+  if bandwidth not in ("gaps", "scott"):
+    raise ValueError(f"bandwidth={bandwidth!r}: must be 'gaps' or 'scott'")
+  _check_float("prior_weight", prior_weight, 0.0, float("inf"))
+  if good_weights is None:
+    good_weights = default_good_weights(dim)
+  elif good_weights not in ("uniform", "ei"):
+    raise ValueError(f"good_weights={good_weights!r}: must be 'uniform', 'ei' or None")
+  if pruned not in ("ignore", "rank"):
+    raise ValueError(f"pruned={pruned!r}: must be 'ignore' or 'rank'")
+  if prior_weighting not in ("ranking", "ranking_vs_own", "equal"):
+    raise ValueError(f"prior_weighting={prior_weighting!r}: must be 'ranking', "
+                     "'ranking_vs_own' or 'equal'")
+  return base, gamma, good_weights
+
+
 def tpe(dim: int, n_startup: int = 10, gamma: float | str | None = None,
         n_candidates: int = 24,
         multivariate: bool = True, constant_liar: bool = True, prior_weight: float = 1.0,
@@ -464,31 +495,10 @@ def tpe(dim: int, n_startup: int = 10, gamma: float | str | None = None,
     >>> u.shape
     (4, 2)
   """
-  _check_dim(dim)
-  _check_int("n_startup", n_startup, 0)
-  _check_int("n_candidates", n_candidates, 1)
-  _check_int("capacity", capacity, 2)
-  if isinstance(gamma, str):
-    if gamma != "optuna":
-      raise ValueError(f"gamma={gamma!r}: must be a number in (0, 1], None or 'optuna'")
-    base, gamma = 0.1, None
-  else:
-    base = default_gamma(dim)
-    if gamma is not None:
-      _check_float("gamma", gamma, 0.0, 1.0)
-  if bandwidth not in ("gaps", "scott"):
-    raise ValueError(f"bandwidth={bandwidth!r}: must be 'gaps' or 'scott'")
-  _check_float("prior_weight", prior_weight, 0.0, float("inf"))
-  if good_weights is None:
-    good_weights = default_good_weights(dim)
-  elif good_weights not in ("uniform", "ei"):
-    raise ValueError(f"good_weights={good_weights!r}: must be 'uniform', 'ei' or None")
-  if pruned not in ("ignore", "rank"):
-    raise ValueError(f"pruned={pruned!r}: must be 'ignore' or 'rank'")
+  base, gamma, good_weights = _check_tpe_args(dim, n_startup, n_candidates, capacity, gamma,
+                                              bandwidth, prior_weight, good_weights, pruned,
+                                              prior_weighting)
   steps = pruned == "rank"
-  if prior_weighting not in ("ranking", "ranking_vs_own", "equal"):
-    raise ValueError(f"prior_weighting={prior_weighting!r}: must be 'ranking', "
-                     "'ranking_vs_own' or 'equal'")
   d_eff = dim if multivariate else 1
 
   def init(key):
