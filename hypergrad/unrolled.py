@@ -316,7 +316,7 @@ def unrolled(
 
   Examples:
     >>> import jax.numpy as jnp
-    >>> from hypergrad.inner import optax_inner_loop, sgd
+    >>> from metaopt.hypergrad.inner import optax_inner_loop, sgd
     >>> loss = lambda w, h, b: 0.5 * jnp.sum((w - b) ** 2)
     >>> hg = unrolled(optax_inner_loop(loss, sgd), lambda w, h: jnp.sum(w))
     >>> r = hg({"learning_rate": jnp.asarray(0.5)}, jnp.zeros(1), jnp.ones((2, 1)))
