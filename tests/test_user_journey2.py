@@ -49,3 +49,39 @@ def test_docstring_examples_import_what_the_wheel_installs():
         if m and m.group(1) in _INSTALLED_AS:
           bad.append(f"{os.path.relpath(path, ROOT)}: {ex.source.strip()}")
   assert not bad, "\n".join(bad)
+
+
+@pytest.mark.parametrize("backward", ["hvp", "autodiff"])
+def test_an_adam_unroll_is_not_flagged_chaotic(backward):
+  """A 20-step unroll of `optax.adam` on a smooth convex loss (its hypergradient matching
+  finite differences) was flagged *chaotic* and not trustworthy: the amplification measured
+  the validation loss's sensitivity to the whole start state, including Adam's second moment
+  `nu = 0`, where `1 / (sqrt(nu) + eps)` makes it ~1e6. It is now the sensitivity to the start
+  parameters (the optimizer's zero-initialised statistics are not a trajectory to perturb)."""
+  import jax
+  import jax.numpy as jnp
+  import optax
+
+  from metaopt import hypergrad
+
+  a = jnp.asarray([0.5, 1.0, 2.0, 1e-3])  # one weight the training loss barely moves
+  loss = lambda w, h, b: 0.5 * jnp.sum(a * (w - b) ** 2) + 0.5 * h["l2"] * jnp.sum(w ** 2)
+  val = lambda w, h: 0.5 * jnp.sum((w - 1.0) ** 2)
+  opt = lambda h: optax.inject_hyperparams(optax.adam)(learning_rate=h["learning_rate"])
+  inner = hypergrad.optax_inner_loop(loss, opt)
+  h = {"learning_rate": jnp.asarray(0.05), "l2": jnp.asarray(0.1)}
+  xs = jnp.ones((20, 4)) + 0.1 * jax.random.normal(jax.random.key(0), (20, 4))
+  w0 = jnp.zeros(4)
+  r = jax.jit(hypergrad.unrolled(inner, val, backward=backward))(h, w0, xs)
+
+  def value(hh):
+    state, _ = hypergrad.run_inner(inner, hh, w0, xs)
+    return val(inner.params(state), hh)
+
+  for k in h:  # float32, as a user runs it: central differences at 1e-2 relative steps
+    e = 1e-2 * float(h[k])
+    fd = (value({**h, k: h[k] + e}) - value({**h, k: h[k] - e})) / (2 * e)
+    assert abs(float(r.grad[k]) - float(fd)) < 1e-2 * abs(float(fd)), (k, r.grad[k], fd)
+  assert 0 < float(r.diagnostics.amplification) < 10
+  assert bool(r.diagnostics.trustworthy)
+  assert not bool(hypergrad.check(r.diagnostics).fallback)
