@@ -85,3 +85,54 @@ def test_an_adam_unroll_is_not_flagged_chaotic(backward):
   assert 0 < float(r.diagnostics.amplification) < 10
   assert bool(r.diagnostics.trustworthy)
   assert not bool(hypergrad.check(r.diagnostics).fallback)
+
+
+def _user_problem():
+  import jax
+  import jax.numpy as jnp
+  import optax
+
+  from metaopt import hypergrad
+
+  x = jax.random.normal(jax.random.key(0), (32, 3))
+  y = x @ jnp.arange(3.0)
+  return hypergrad.BilevelProblem(
+      init_params=lambda k: jnp.zeros(3),
+      train_loss=lambda w, h, i: jnp.mean((x[i] @ w - y[i]) ** 2) + h["l2"] * jnp.sum(w ** 2),
+      val_loss=lambda w, h: jnp.mean((x @ w - y) ** 2),
+      optimizer=lambda h: optax.inject_hyperparams(optax.sgd)(learning_rate=h["learning_rate"]),
+      sample=lambda k, t: jax.random.randint(k, (t, 8), 0, 32), full_batch=jnp.arange(32),
+      hparams={"learning_rate": jnp.asarray(0.1), "l2": jnp.asarray(1e-3)},
+      spec={"learning_rate": "log", "l2": "log"})
+
+
+def test_hypergrad_bad_inputs_name_the_field():
+  """A user's own BilevelProblem: a spec missing a hyperparameter raised jax's "pytree
+  structure error: different numbers of pytree children", `make_estimator(..., 0)` an
+  IndexError at the first call, and `online_hpo`'s init with `{"lr": ...}` a KeyError."""
+  import jax
+  import jax.numpy as jnp
+
+  from metaopt import hypergrad
+
+  prob = _user_problem()
+  with pytest.raises(ValueError, match=r"spec has no bijector for \['l2'\]"):
+    hypergrad.to_theta(prob.hparams, {"learning_rate": "log"})
+  with pytest.raises(ValueError, match=r"spec names \['momentum'\], not in theta"):
+    hypergrad.to_hparams({"learning_rate": 0.0},
+                         {"learning_rate": "log", "momentum": "logit"})
+  with pytest.raises(ValueError, match="spec: must be a pytree prefix of hparams"):
+    hypergrad.to_theta({"a": (1.0, 2.0)}, {"a": ("log", "log", "log")})
+  with pytest.raises(ValueError, match="bijector 'logg' is unknown"):
+    hypergrad.to_theta(prob.hparams, {"learning_rate": "logg", "l2": "log"})
+  for bad in (0, -3, 2.5):
+    with pytest.raises(ValueError, match=rf"inner_steps={bad!r}: must be an int >= 1"):
+      hypergrad.make_estimator(prob, "unrolled", bad)
+  with pytest.raises(ValueError, match="method='unroled' is unknown; allowed: unrolled"):
+    hypergrad.make_estimator(prob, "unroled", 0)
+  online = hypergrad.online_hpo(prob, 2, 1e-3)
+  with pytest.raises(ValueError, match=r"theta0 must be \{'learning_rate'.*got \['lr'\]"):
+    online.init(jax.random.key(0), {"lr": jnp.zeros(2)})
+  # the spec still works on a prefix of a nested hparams tree
+  h = hypergrad.to_hparams({"a": {"b": jnp.log(2.0), "c": 0.0}}, {"a": "log"})
+  assert abs(float(h["a"]["b"]) - 2.0) < 1e-6 and float(h["a"]["c"]) == 1.0
