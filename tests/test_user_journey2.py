@@ -136,3 +136,21 @@ def test_hypergrad_bad_inputs_name_the_field():
   # the spec still works on a prefix of a nested hparams tree
   h = hypergrad.to_hparams({"a": {"b": jnp.log(2.0), "c": 0.0}}, {"a": "log"})
   assert abs(float(h["a"]["b"]) - 2.0) < 1e-6 and float(h["a"]["c"]) == 1.0
+
+
+def test_meta_trainer_names_a_problem_that_is_not_one():
+  """`meta_trainer(lopt, problem, "pes")` (one problem, not a list) raised `AttributeError:
+  'function' object has no attribute 'name'`, and a TaskFamily in the list was accepted,
+  to fail later inside the trace."""
+  import metaopt
+  from metaopt import tasks
+
+  lopt = metaopt.lopt.mlp_lopt()
+  fam = tasks.get_family("quadratic")
+  problem = metaopt.lopt.make_problem(fam, lopt, 4, 2)
+  with pytest.raises(ValueError, match=r"problems: a list of inner problems .*pass \[problem\]"):
+    metaopt.lopt.meta_trainer(lopt, problem, "pes", num_tasks=2)
+  with pytest.raises(ValueError, match=r"problems\[1\]: must be an InnerProblem .*got "
+                                       r"TaskFamily \(a task family: wrap it"):
+    metaopt.lopt.meta_trainer(lopt, [problem, fam], "pes", num_tasks=2)
+  assert metaopt.lopt.meta_trainer(lopt, [problem], "pes", num_tasks=2).names == ("quadratic",)

@@ -73,8 +73,17 @@ def meta_trainer(lopt: LearnedOptimizer, problems: Sequence[InnerProblem],
     clip: global-norm clip of the meta-gradient.
     stagger: start tasks at random truncation counters so resets do not coincide.
   """
+  if isinstance(problems, InnerProblem) or not isinstance(problems, Sequence):
+    raise ValueError(f"problems: a list of inner problems (metaopt.lopt.make_problem), got "
+                     f"one {type(problems).__name__}; pass [problem]")
   if not problems:
     raise ValueError("problems: need at least one inner problem")
+  for i, p in enumerate(problems):
+    if not isinstance(p, InnerProblem):
+      hint = (" (a task family: wrap it as metaopt.lopt.make_problem(family, lopt, horizon, "
+              "unroll_length))" if type(p).__name__ == "TaskFamily" else "")
+      raise ValueError(f"problems[{i}]: must be an InnerProblem from "
+                       f"metaopt.lopt.make_problem, got {type(p).__name__}{hint}")
   if isinstance(estimator, str):
     ests = tuple(make_estimator(estimator, p, num_tasks, sigma, stagger) for p in problems)
   else:
