@@ -154,3 +154,30 @@ def test_meta_trainer_names_a_problem_that_is_not_one():
                                        r"TaskFamily \(a task family: wrap it"):
     metaopt.lopt.meta_trainer(lopt, [problem, fam], "pes", num_tasks=2)
   assert metaopt.lopt.meta_trainer(lopt, [problem], "pes", num_tasks=2).names == ("quadratic",)
+
+
+def test_nas_python_api_on_a_user_s_arrays_names_the_field():
+  """DARTS from Python on a user's own arrays: `build_model(space, {"features": 8}, 3)`
+  raised `KeyError: 'n_cells'` (the config fills defaults, the function did not), and flat
+  `(n, 10)` inputs reached `make_program` as "operands could not be broadcast together"."""
+  import numpy as np
+
+  from metaopt import nas, tasks
+
+  rng = np.random.default_rng(0)
+  split = lambda n, shape: (rng.normal(size=(n, *shape)).astype(np.float32),
+                            rng.integers(0, 3, n).astype(np.int32))
+  space = nas.SPACES["nb201_mini"]()
+  model = nas.build_model(space, {"features": 4}, 3)
+  assert (model.features, model.n_cells, model.stages, model.num_classes) == (4, 1, 2, 3)
+  with pytest.raises(ValueError, match=r"model: unknown key\(s\) \['width'\]; allowed"):
+    nas.build_model(space, {"width": 4}, 3)
+  flat = tasks.from_arrays(split(32, (10,)), split(16, (10,)), split(16, (10,)))
+  with pytest.raises(ValueError, match=r"data: the cell networks read images .*\(32, 10\); "
+                                       r"1-D signals: reshape to \(n, 10, 1, 1\)"):
+    nas.make_program(space, model, nas.SearchSettings(), flat, 16)
+  regression = tasks.from_arrays(*[(x, y.astype(np.float32)) for x, y in
+                                   (split(32, (8, 8, 1)), split(16, (8, 8, 1)),
+                                    split(16, (8, 8, 1)))])
+  with pytest.raises(ValueError, match="integer class labels"):
+    nas.make_program(space, model, nas.SearchSettings(), regression, 16)
