@@ -181,3 +181,35 @@ def test_nas_python_api_on_a_user_s_arrays_names_the_field():
                                     split(16, (8, 8, 1)))])
   with pytest.raises(ValueError, match="integer class labels"):
     nas.make_program(space, model, nas.SearchSettings(), regression, 16)
+
+
+def test_pbt_over_a_structural_parameter_says_which_and_what_to_do():
+  """PBT on the README's `from_flax` task (a structural `width`) stopped with "exploit: trial
+  1 cannot copy trial 3 from another structural group; population-based training needs one
+  group": no word of which parameter, or of the fix."""
+  import flax.linen as nn
+  import numpy as np
+  import optax
+
+  import metaopt
+  from metaopt import tasks
+  from metaopt.spaces import Choice, Float, Space
+
+  class Net(nn.Module):
+    width: int
+
+    @nn.compact
+    def __call__(self, x):
+      return nn.Dense(3)(nn.relu(nn.Dense(self.width)(x)))
+
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(96, 4)).astype(np.float32)
+  space = Space({"learning_rate": Float(1e-3, 1e-1, log=True),
+                 "width": Choice([4, 8], structural=True)})
+  task = tasks.from_flax(lambda s: Net(s["width"]), (x, (x[:, 0] > 0).astype(np.int32) +
+                                                     (x[:, 1] > 0)),
+                         space, optimizer=lambda h: optax.sgd(h["learning_rate"]), name="uj2")
+  with pytest.raises(ValueError, match=r"cannot copy the weights of trial \d+ \(width=\d vs "
+                                       r"\d\).*fix the structural parameter\(s\) \['width'\]"):
+    metaopt.search(metaopt.pbt(space.dim, interval=1, quantile=0.5), task, n_trials=8,
+                   population=8, epochs=2, batch_size=16, progress=False)
