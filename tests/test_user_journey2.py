@@ -213,3 +213,32 @@ def test_pbt_over_a_structural_parameter_says_which_and_what_to_do():
                                        r"\d\).*fix the structural parameter\(s\) \['width'\]"):
     metaopt.search(metaopt.pbt(space.dim, interval=1, quantile=0.5), task, n_trials=8,
                    population=8, epochs=2, batch_size=16, progress=False)
+
+
+def test_resume_and_evaluate_of_a_white_box_study(tmp_path, capsys):
+  """`metaopt resume` of a finished `metaopt:hypergrad_unrolled` run said "study
+  'hypergrad_unrolled' already exists ...; use `resume` or a new study name" (the user had
+  typed `resume`): a white-box study has no `n_trials`, so it never counted as finished and
+  was run again. `evaluate` said "program='whitebox': this is the black-box search's config"."""
+  import json
+
+  import metaopt
+  from metaopt import cli
+  from metaopt.configs import hypergrad_unrolled
+
+  cfg = hypergrad_unrolled.get_config()
+  cfg.outer_steps, cfg.inner_steps, cfg.population, cfg.fallback = 1, 2, 2, "none"
+  url = f"sqlite:///{tmp_path}/hg.db"
+  metaopt.run_config(cfg, url, progress=False)
+  store = metaopt.Store(url, create=False)
+  rec = store.load_study("hypergrad_unrolled")
+  assert metaopt.study_finished(store, rec)
+  before = os.path.getmtime(tmp_path / "hg.db"), len(store.trials(rec.id))
+  capsys.readouterr()
+  cli._resume(url, None)  # prints the summary, writes nothing
+  summary = json.loads(capsys.readouterr().out)
+  assert summary["n_trials"] == 2 and summary["n_complete"] == 2, summary
+  assert (os.path.getmtime(tmp_path / "hg.db"), len(store.trials(rec.id))) == before
+  with pytest.raises(ValueError, match="ran program 'whitebox': `evaluate` retrains the best "
+                                       "trials of a black-box search"):
+    metaopt.evaluate_study(store, "hypergrad_unrolled")
