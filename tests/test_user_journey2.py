@@ -242,3 +242,32 @@ def test_resume_and_evaluate_of_a_white_box_study(tmp_path, capsys):
   with pytest.raises(ValueError, match="ran program 'whitebox': `evaluate` retrains the best "
                                        "trials of a black-box search"):
     metaopt.evaluate_study(store, "hypergrad_unrolled")
+
+
+def test_a_misspelt_objective_says_what_was_recorded():
+  """`objectives=[("valid_acc", "maximize"), ...]` failed every trial with "objective(s)
+  ['valid_acc'] not recorded", naming neither the metric meant nor those there are."""
+  import jax
+  import jax.numpy as jnp
+
+  import metaopt
+  from metaopt.spaces import Float, Space
+
+  def init(h, key):
+    return jax.random.normal(key, (2,))
+
+  def epoch(w, h):
+    w = w - h["lr"] * 2 * w
+    return w, {"objective": jnp.sum(w ** 2), "loss": jnp.sum(w ** 2),
+               "valid_accuracy": 1.0 / (1.0 + jnp.sum(w ** 2))}
+
+  ev = metaopt.JaxEvaluator(init=init, epoch=epoch, space=Space({"lr": Float(0.01, 0.5)}))
+  res = metaopt.search(metaopt.nsga2(1, n_objectives=2), ev, n_trials=4, population=4,
+                       epochs=1, progress=False,
+                       objectives=[("valid_acc", "maximize"), ("loss", "minimize")])
+  reasons = {t.failure_reason for t in res.trials}
+  assert len(reasons) == 1, reasons
+  (reason,) = reasons
+  assert reason.startswith("objective(s) ['valid_acc'] not recorded (did you mean "
+                           "'valid_accuracy'?); recorded metrics: "), reason
+  assert "loss" in reason.split("recorded metrics: ")[1].split(", ")
