@@ -271,3 +271,21 @@ def test_a_misspelt_objective_says_what_was_recorded():
   assert reason.startswith("objective(s) ['valid_acc'] not recorded (did you mean "
                            "'valid_accuracy'?); recorded metrics: "), reason
   assert "loss" in reason.split("recorded metrics: ")[1].split(", ")
+
+
+@pytest.mark.slow  # ~30 s: a real (tiny) meta-training run, then its resume
+def test_lopt_meta_train_summary_counts_steps_not_log_rows(tmp_path):
+  """`metaopt run --config metaopt:lopt_meta_train --config.outer_steps=4
+  --config.log_every=2` printed `"steps_this_run": 2`: it counted the logged rows."""
+  import metaopt
+  from metaopt.configs import lopt_meta_train
+
+  cfg = lopt_meta_train.get_config()
+  cfg.families, cfg.outer_steps, cfg.log_every, cfg.checkpoint_every = ("quadratic",), 4, 2, 2
+  cfg.checkpoint_dir, cfg.output = str(tmp_path / "ckpt"), str(tmp_path / "mp")
+  url = f"sqlite:///{tmp_path}/l.db"
+  first = metaopt.run_config(cfg, url, progress=False).summary()
+  assert (first["outer_steps"], first["steps_this_run"], first["logged_rows"]) == (4, 4, 2)
+  cfg.outer_steps = 6
+  again = metaopt.run_config(cfg, url, progress=False).summary()
+  assert again["resumed"] and (again["outer_steps"], again["steps_this_run"]) == (6, 2)

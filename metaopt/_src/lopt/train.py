@@ -130,7 +130,9 @@ def meta_train(trainer: MetaTrainer, key: jax.Array, num_steps: int, *,
                checkpoint_dir: str | None = None, checkpoint_every: int = 50,
                log_every: int = 1,
                callback: Callable[[int, dict[str, float]], None] | None = None,
-               progress: bool = False) -> tuple[MetaTrainState, list[dict[str, float]]]:
+               progress: bool = False,
+               on_start: Callable[[int], None] | None = None,
+               ) -> tuple[MetaTrainState, list[dict[str, float]]]:
   """Runs ``num_steps`` outer steps of ``trainer`` from ``key`` (or from the newest
   checkpoint in ``checkpoint_dir``).
 
@@ -145,6 +147,8 @@ def meta_train(trainer: MetaTrainer, key: jax.Array, num_steps: int, *,
     callback: ``callback(step, metrics)`` after every ``log_every``-th step (``step`` counts
       from 1).
     progress: show a tqdm progress bar.
+    on_start: ``on_start(step)`` once, with the step this call starts from (0, or the
+      restored checkpoint's step).
 
   Returns:
     The final :class:`MetaTrainState` and the history rows logged by this call.
@@ -161,6 +165,8 @@ def meta_train(trainer: MetaTrainer, key: jax.Array, num_steps: int, *,
     if restored is not None:
       state = restored[1]
   start = int(state.step)
+  if on_start is not None:
+    on_start(start)
   history: list[dict[str, float]] = []
   bar = tqdm(total=num_steps, initial=min(start, num_steps), disable=not progress,
              desc="meta-train", unit="step")
