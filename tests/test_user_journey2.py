@@ -289,3 +289,30 @@ def test_lopt_meta_train_summary_counts_steps_not_log_rows(tmp_path):
   cfg.outer_steps = 6
   again = metaopt.run_config(cfg, url, progress=False).summary()
   assert again["resumed"] and (again["outer_steps"], again["steps_this_run"]) == (6, 2)
+
+
+def test_repair_space_of_a_task_that_does_not_say_what_it_reads():
+  """`repair_space(task=my_task)` of a `from_flax` task with an optimizer *function* returned
+  the whole MLP repair space (optimizer, activation, depth, residual, ...), none of which the
+  user's model reads: the repair loop would train identical models for those actions."""
+  import flax.linen as nn
+  import numpy as np
+  import optax
+
+  from metaopt import tasks
+  from metaopt.repair import repair_space
+  from metaopt.spaces import Float, Space
+
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(64, 4)).astype(np.float32)
+  data = (x, (x[:, 0] > 0).astype(np.int32))
+  space = Space({"learning_rate": Float(1e-3, 1e-1, log=True)})
+  net = lambda s: nn.Dense(2)
+  fn_task = tasks.from_flax(net, data, space, optimizer=lambda h: optax.sgd(h["learning_rate"]),
+                            name="uj2_fn")
+  with pytest.raises(ValueError, match=r"repair_space\(task='uj2_fn'\): the task does not "
+                                       r"declare which parameters it reads"):
+    repair_space(task=fn_task)
+  named = tasks.from_flax(net, data, space, optimizer="adamw", name="uj2_named")
+  assert set(repair_space(task=named).names) == {"learning_rate", "weight_decay", "batch_size"}
+  assert "depth" in repair_space().names
