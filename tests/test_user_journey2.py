@@ -342,3 +342,26 @@ def test_readme_hypergradient_example_runs_and_matches_finite_differences():
     e = 1e-2 * float(h[k])
     fd = (value({**h, k: h[k] + e}) - value({**h, k: h[k] - e})) / (2 * e)
     assert abs(float(r.grad[k]) - float(fd)) < 0.02 * abs(float(fd)) + 1e-4, (k, r.grad[k], fd)
+
+
+@pytest.mark.parametrize("field, value, match", [
+    ("method", "unroled", r"method='unroled' is unknown; allowed: unrolled"),
+    ("tune", ("learning_rate", "lr"), r"tune: 'lr' is not a hyperparameter of the problem"),
+    ("estimator", {"remat": "sqr"}, r"remat='sqr' is unknown; allowed: none, step, sqrt"),
+    ("estimator", {"trunc": 5}, r"config field 'estimator' \(or 'online'\):.*trunc"),
+    ("population", 0, r"config field 'population'=0: must be an int >= 1"),
+])
+def test_a_bad_white_box_config_creates_no_study(tmp_path, field, value, match):
+  """`metaopt run --config metaopt:hypergrad_unrolled --config.method=unroled` printed the
+  method error only after creating the study, so the corrected rerun said "study
+  'hypergrad_unrolled' already exists ...; use `resume`"."""
+  import metaopt
+  from metaopt.configs import hypergrad_unrolled
+
+  cfg = hypergrad_unrolled.get_config()
+  setattr(cfg, field, value) if not isinstance(value, dict) else cfg[field].update(value)
+  url = f"sqlite:///{tmp_path}/hg.db"
+  with pytest.raises(ValueError, match=match):
+    metaopt.run_config(cfg, url, progress=False)
+  if os.path.exists(tmp_path / "hg.db"):
+    assert metaopt.Store(url, create=False).study_names() == []

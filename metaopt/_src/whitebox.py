@@ -59,6 +59,19 @@ def validate(config: Mapping[str, Any]) -> dict[str, Any]:
     if fallback not in SEARCHERS:
       raise ValueError(f"config field 'fallback' must be 'none', 'repair' or one of "
                        f"{', '.join(SEARCHERS)}; got {fallback!r}")
+  for f in ("population", "inner_steps", "outer_steps"):
+    v = cfg[f]
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+      raise ValueError(f"config field {f!r}={v!r}: must be an int >= 1")
+  # the problem, bijectors and estimator as run_whitebox builds them (no compile): a bad
+  # method, tune name or estimator option fails here, before the study is created
+  from metaopt import hypergrad
+  try:
+    hypergrad.build(cfg)
+  except ValueError as e:
+    raise ValueError(f"config: {e}") from None
+  except TypeError as e:  # an estimator / online option the method does not take
+    raise ValueError(f"config field 'estimator' (or 'online'): {e}") from None
   return cfg
 
 
