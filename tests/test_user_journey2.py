@@ -365,3 +365,26 @@ def test_a_bad_white_box_config_creates_no_study(tmp_path, field, value, match):
     metaopt.run_config(cfg, url, progress=False)
   if os.path.exists(tmp_path / "hg.db"):
     assert metaopt.Store(url, create=False).study_names() == []
+
+
+def test_pareto_pruner_without_objectives_says_so():
+  """`with_pruning(random_search(d), pareto_pruner(...))` in a single-objective search raised
+  `KeyError: 'objectives'` from inside the first epoch's trace."""
+  import jax
+  import jax.numpy as jnp
+
+  import metaopt
+  from metaopt.spaces import Float, Space
+
+  def init(h, key):
+    return jax.random.normal(key, (2,))
+
+  def epoch(w, h):
+    w = w - h["lr"] * 2 * w
+    return w, jnp.sum(w ** 2)
+
+  ev = metaopt.JaxEvaluator(init=init, epoch=epoch, space=Space({"lr": Float(0.01, 0.5)}))
+  program = metaopt.with_pruning(metaopt.random_search(1), metaopt.pareto_pruner(n_epochs=2))
+  with pytest.raises(ValueError, match=r"pruner: it ranks trials by several objectives: pass "
+                                       r"search\(\.\.\., objectives="):
+    metaopt.search(program, ev, n_trials=4, population=4, epochs=2, progress=False)
