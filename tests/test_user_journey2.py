@@ -233,6 +233,11 @@ def test_resume_and_evaluate_of_a_white_box_study(tmp_path, capsys):
   store = metaopt.Store(url, create=False)
   rec = store.load_study("hypergrad_unrolled")
   assert metaopt.study_finished(store, rec)
+  # each member's own start (the config's init spread by init_spread), not the config's
+  # init repeated for every member
+  starts = [t.params["init"] for t in store.trials(rec.id)]
+  assert starts[0] == pytest.approx(dict(cfg.init), rel=1e-5) and starts[1] != starts[0]
+  assert sorted(starts[1]) == ["l2", "learning_rate", "momentum"]
   before = os.path.getmtime(tmp_path / "hg.db"), len(store.trials(rec.id))
   capsys.readouterr()
   cli._resume(url, None)  # prints the summary, writes nothing
