@@ -125,7 +125,7 @@ def hypergrad_monitor(
 
   Examples:
     >>> import jax.numpy as jnp
-    >>> from hypergrad.types import make_diagnostics
+    >>> from metaopt.hypergrad.types import make_diagnostics
     >>> m = hypergrad_monitor(max_growth=10.0)
     >>> s = m.init()
     >>> s, p = m.update(s, make_diagnostics(jnp.asarray(1.0), jnp.asarray(1.0)))

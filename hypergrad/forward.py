@@ -49,7 +49,7 @@ def forward(
 
   Examples:
     >>> import jax.numpy as jnp
-    >>> from hypergrad.inner import optax_inner_loop, sgd
+    >>> from metaopt.hypergrad.inner import optax_inner_loop, sgd
     >>> loss = lambda w, h, b: 0.5 * jnp.sum((w - b) ** 2)
     >>> hg = forward(optax_inner_loop(loss, sgd), lambda w, h: jnp.sum(w))
     >>> r = hg({"learning_rate": jnp.asarray(0.5)}, jnp.zeros(1), jnp.ones((2, 1)))

@@ -251,6 +251,13 @@ def make_estimator(
   Returns:
     The estimator.
   """
+  if method not in ("unrolled", "forward", "implicit"):
+    raise ValueError(f"method={method!r} is unknown; allowed: unrolled, forward, implicit "
+                     "(online: use online_hpo)")
+  if isinstance(inner_steps, bool) or not isinstance(inner_steps, (int, np.integer)) \
+      or inner_steps < 1:
+    raise ValueError(f"inner_steps={inner_steps!r}: must be an int >= 1 (inner optimizer "
+                     "steps per outer step)")
   inner = optax_inner_loop(problem.train_loss, problem.optimizer)
   if method == "unrolled":
     hg = unrolled(inner, problem.val_loss, truncate=truncate, remat=remat, segment=segment,
@@ -319,6 +326,10 @@ def online_hpo(
     return factory(lr, hyper_lr, multiplicative=multiplicative)
 
   def init(key: jax.Array, theta0: PyTree) -> OnlineState:
+    if not isinstance(theta0, Mapping) or set(theta0) != {"learning_rate"}:
+      got = sorted(theta0) if isinstance(theta0, Mapping) else type(theta0).__name__
+      raise ValueError(f"theta0: online_hpo adapts the learning rate only; theta0 must be "
+                       f"{{'learning_rate': log(lr0) of shape [N]}}, got {got}")
     n = _population(theta0)
     params = jax.vmap(problem.init_params)(jax.random.split(key, n))
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -81,7 +81,20 @@ def _apply(spec: PyTree, tree: PyTree, which: str) -> PyTree:
     fn = getattr(get_bijector(b), which)
     return jax.tree.map(fn, sub)
 
-  return jax.tree.map(f, spec, tree, is_leaf=_is_leaf)
+  what = "theta" if which == "forward" else "hparams"
+  if isinstance(spec, Mapping) and isinstance(tree, Mapping) and set(spec) != set(tree):
+    missing, extra = sorted(set(tree) - set(spec)), sorted(set(spec) - set(tree))
+    raise ValueError(f"spec: its keys must be those of {what}; {what} has {sorted(tree)}"
+                     + (f", spec has no bijector for {missing}" if missing else "")
+                     + (f", spec names {extra}, not in {what}" if extra else ""))
+  try:
+    return jax.tree.map(f, spec, tree, is_leaf=_is_leaf)
+  except ValueError as e:
+    if "bijector" in str(e):
+      raise
+    raise ValueError(f"spec: must be a pytree prefix of {what} (a bijector or its name per "
+                     f"leaf or subtree); spec {jax.tree.structure(spec, is_leaf=_is_leaf)} "
+                     f"does not match {what} {jax.tree.structure(tree)}") from e
 
 
 def to_hparams(theta: PyTree, spec: PyTree) -> HParams:

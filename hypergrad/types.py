@@ -59,7 +59,7 @@ class Diagnostics(NamedTuple):
     inner_grad_norm: ``||d train_loss / d params||`` at the inner solution (implicit
       methods, whose formula assumes a stationary point, with ``stats=True`` or
       ``inner_tol``; 0 where not computed).
-    amplification: ``||dV/d state_start|| / ||dV/d params_T||`` of an unrolled window, how
+    amplification: ``||dV/d params_start|| / ||dV/d params_T||`` of an unrolled window, how
       much the inner dynamics amplify sensitivities (>> 1: chaotic or exploding unroll;
       0 where not computed).
     trustworthy: finite, converged, norm below the method's ``max_norm``, amplification

@@ -30,8 +30,10 @@ Two backward passes compute the same numbers:
   10-25% faster on CPU (``benchmarks/hypergrad_cost.py``). ``"auto"`` (default) picks
   ``"hvp"`` when available. Its result is not itself differentiable (no meta-meta grads).
 
-Diagnostics include ``amplification = ||dV/d state_start|| / ||dV/d params_T||``, read for
-free from the same backward pass: long unrolls at large learning rates are chaotic (finite
+Diagnostics include ``amplification = ||dV/d params_start|| / ||dV/d params_T||`` (the
+parameters of the window's start state, ``inner.params``: not the optimizer's statistics,
+whose zero start makes Adam's ``1 / sqrt(nu)`` sensitivities huge on a well-behaved unroll),
+read for free from the same backward pass: long unrolls at large learning rates are chaotic (finite
 differences disagree with each other, float32 with float64); a large amplification says so.
 """
 
@@ -279,7 +281,9 @@ def _hvp_backward(inner: InnerLoop, val_loss: Callable, hparams: HParams, start:
     _, f_vjp = jax.vjp(init_floats, h_const)
     (d_h,) = f_vjp(ct_f0)
     ct_h = _add(ct_h, d_h)
-  amp = tree_norm(ct_f0) / jnp.maximum(tree_norm(ct_w), jnp.finfo(jnp.result_type(float)).tiny)
+  zeros = jax.tree.map(jnp.zeros_like, state)
+  ct_w0 = inner.params(_with_float_leaves(zeros, ct_f0))
+  amp = tree_norm(ct_w0) / jnp.maximum(tree_norm(ct_w), jnp.finfo(jnp.result_type(float)).tiny)
   return value, ct_h, losses[-1], params_t, amp
 
 
@@ -316,7 +320,7 @@ def unrolled(
 
   Examples:
     >>> import jax.numpy as jnp
-    >>> from hypergrad.inner import optax_inner_loop, sgd
+    >>> from metaopt.hypergrad.inner import optax_inner_loop, sgd
     >>> loss = lambda w, h, b: 0.5 * jnp.sum((w - b) ** 2)
     >>> hg = unrolled(optax_inner_loop(loss, sgd), lambda w, h: jnp.sum(w))
     >>> r = hg({"learning_rate": jnp.asarray(0.5)}, jnp.zeros(1), jnp.ones((2, 1)))
@@ -353,7 +357,8 @@ def unrolled(
     delta_t = _zeros_like_float(jax.eval_shape(lambda: inner.params(inner.init(start, hparams))))
     (value, (train_loss, params)), (grad, g0, gt) = jax.value_and_grad(
         meta_loss, argnums=(0, 1, 2), has_aux=True)(hparams, delta0, delta_t, start, xs)
-    amp = tree_norm(g0) / jnp.maximum(tree_norm(gt), jnp.finfo(jnp.result_type(float)).tiny)
+    amp = tree_norm(inner.params(g0)) / jnp.maximum(tree_norm(gt),
+                                                    jnp.finfo(jnp.result_type(float)).tiny)
     diag = make_diagnostics(value, grad, amplification=amp, max_norm=max_norm,
                             max_amplification=max_amplification)
     return HypergradResult(value, grad, diag, params, train_loss)

@@ -134,7 +134,7 @@ def main(argv: list[str]) -> None:
 def _resume(url: str, study: str | None) -> None:
   """Resumes a stored study; a finished one is only read (its summary printed)."""
   import metaopt
-  from metaopt._src.programs import made_by_search_call
+  from metaopt._src.programs import NOT_RESUMABLE, made_by_search_call
 
   store = metaopt.Store(url, create=False)
   rec = store.load_study(study)
@@ -142,6 +142,11 @@ def _resume(url: str, study: str | None) -> None:
     print(json.dumps(metaopt.Result(rec.name, rec.direction,
                                     store.trials(rec.id)).summary(), indent=2))
     return
+  program = rec.config.get("program", "search")
+  if program in NOT_RESUMABLE:
+    _fail(f"study {rec.name!r} ran program {program!r}, which cannot be resumed (it starts "
+          "afresh); `report` shows what it recorded: run its config again with a new "
+          "--config.name")
   if rec.config.get("kind") == "study":
     _fail(f"study {rec.name!r} was made in Python by metaopt.create_study; its objective is "
           f"Python code: continue it with metaopt.load_study({rec.name!r}, store)")

@@ -233,6 +233,11 @@ def with_pruning(searcher: Searcher, pruner: Pruner) -> Searcher:
   """Adds ``pruner`` to ``searcher``: the engine consults it between training chunks."""
 
   def own(p, metrics, epoch, alive):
+    if pruner.uses not in metrics:
+      need = ("several objectives: pass search(..., objectives=[(name, direction), ...])"
+              if pruner.uses == "objectives" else f"the epoch metric {pruner.uses!r}")
+      raise ValueError(f"pruner: it ranks trials by {need}; the search supplies "
+                       f"{sorted(metrics)}")
     p, keep = pruner.prune(p, metrics[pruner.uses], epoch, alive)
     return p, keep, {}
 

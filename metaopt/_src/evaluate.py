@@ -151,6 +151,13 @@ def evaluate_study(store: Store, study: str | None = None, *, k: int = 3, seeds:
   if rec.config.get("kind") == "study":
     raise ValueError(f"study {rec.name!r} was made in Python by metaopt.create_study with a "
                      "Python objective; there is no task to retrain (its trials are in `report`)")
+  program = rec.config.get("program", "search")
+  if program != "search":
+    note = {"nas": "; a NAS run already retrained its derived cell and tested it once",
+            "whitebox": "; a white-box run's trials are hypergradient trajectories"}
+    raise ValueError(f"study {rec.name!r} ran program {program!r}: `evaluate` retrains the "
+                     "best trials of a black-box search (program 'search')"
+                     f"{note.get(program, '')}; `report` shows what it recorded")
   if made_by_search_call(rec.config):
     raise ValueError(f"study {rec.name!r} was run in Python by metaopt.search, and no config "
                      "names its task; retrain and test its best trials in Python with "

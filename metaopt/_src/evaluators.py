@@ -48,6 +48,19 @@ SPACE_HINT = ("; wrap a dict of parameters as Space({...}), or use spaces.from_s
               "{'type': ...} dicts")
 
 
+def _cross_group_copy(batch: TrialBatch, t: int, c: int) -> str:
+  """The error of a PBT copy between trials whose structures (weight shapes) differ."""
+  structural = [n for n, p in batch.space.params.items() if getattr(p, "structural", False)]
+  differ = {n: (batch.params[t].get(n), batch.params[c].get(n)) for n in structural
+            if batch.params[t].get(n) != batch.params[c].get(n)}
+  what = (", ".join(f"{n}={a!r} vs {b!r}" for n, (a, b) in differ.items()) if differ
+          else "another structural group")
+  return (f"exploit: trial {t} cannot copy the weights of trial {c} ({what}); "
+          "population-based training copies weights between trials, so they need one "
+          f"structure: fix the structural parameter(s) {structural} in the space "
+          "(metaopt.spaces.Fixed) or search them with a searcher that does not copy")
+
+
 @dataclasses.dataclass
 class TrialBatch:
   """The trials of one round, as the evaluator sees them.
@@ -923,8 +936,7 @@ class TaskEvaluator(Evaluator):
         c = int(copy_from[t]) if t >= 0 else -1
         if c >= 0 and alive[t]:
           if c not in where:
-            raise ValueError(f"exploit: trial {t} cannot copy trial {c} from another "
-                             "structural group; population-based training needs one group")
+            raise ValueError(_cross_group_copy(batch, t, c))
           src[j] = where[c]
       if np.any(src != np.arange(len(idx))):
         out[g] = gather(state.states[g], src)

@@ -126,10 +126,36 @@ def vector_outcomes(store: Any, study_id: int, rnd: int, rows: list[dict[str, An
   vals = objective_values(store, study_id, rnd, objectives, task, space, keys)
   status = np.asarray([STATUS_NAMES.index(s) for _, s, _, _ in results], np.int32)
   y, status, reasons = vector_y(rows, vals, objectives, status, [r[3] for r in results])
+  recorded = _recorded_metrics(store, study_id, rnd)
+  reasons = [_with_recorded(r, recorded) for r in reasons]
   store.record_values({x["id"]: vals[x["number"]] for x in rows if x["number"] in vals})
   results = [(tid, STATUS_NAMES[s], obj, why)
              for (tid, _, obj, _), s, why in zip(results, status, reasons, strict=True)]
   return results, y
+
+
+def _recorded_metrics(store: Any, study_id: int, rnd: int) -> list[str]:
+  """The scalar epoch metrics the round's trials recorded (names an objective may take)."""
+  names: set[str] = set()
+  for t in store.trials(study_id):
+    if t.round == rnd and t.metrics:
+      names.update(k for k, v in t.metrics[-1].items()
+                   if isinstance(v, (int, float, np.number)) and k != "epoch")
+  return sorted(names)
+
+
+def _with_recorded(reason: Any, recorded: list[str]) -> Any:
+  """A "not recorded" reason with the metric names that were (and the nearest one)."""
+  import difflib
+  import re
+
+  m = re.match(r"objective\(s\) \[(.*)\] not recorded$", reason or "")
+  if not m or not recorded:
+    return reason
+  names = re.findall(r"'([^']*)'", m.group(1))
+  near = [c for n in names for c in difflib.get_close_matches(n, recorded, 1)]
+  hint = f" (did you mean {', '.join(repr(c) for c in near)}?)" if near else ""
+  return f"{reason}{hint}; recorded metrics: {', '.join(recorded)}"
 
 
 class RunningObjectives:

@@ -88,11 +88,22 @@ def made_by_search_call(config: Mapping[str, Any]) -> bool:
           and "task_name" not in config)
 
 
+# programs that record their run in the store but start it afresh (`resume` reports a
+# finished one and refuses a killed one)
+NOT_RESUMABLE: tuple[str, ...] = ("whitebox", "nas")
+
+
 def study_finished(store: Store, rec: Any) -> bool:
   """Whether a stored study has nothing left to run: its target was reached, or it has all
   its trials and none is running (and, for a search, the last round was told)."""
   if any(ev["kind"] == "target" for ev in store.events(rec.id)):
     return True
   trials = store.trials(rec.id, with_metrics=False)
+  program = rec.config.get("program", "search") if isinstance(rec.config, Mapping) else None
+  if program in NOT_RESUMABLE:  # no n_trials: done when its last stage's trials are told
+    idle = bool(trials) and all(t.status != "running" for t in trials)
+    if program == "nas":
+      return idle and any(t.params.get("role") == "retrain" for t in trials)
+    return idle and len(trials) >= int(rec.config.get("population", 1) or 1)
   return (len(trials) >= int(rec.config.get("n_trials", 0) or 0) > 0
           and all(t.status != "running" for t in trials) and rec.state_phase != "asked")

@@ -103,9 +103,16 @@ def repair_space(max_width: int = 128, task: Any = None) -> Space:
   from metaopt.tasks import ENGINE_READS
 
   space = _full_repair_space(max_width)
+  if task is None:
+    return space
   reads = getattr(task, "reads", None)
   if reads is None:
-    return space
+    raise ValueError(
+        f"repair_space(task={getattr(task, 'name', task)!r}): the task does not declare "
+        "which parameters it reads (Task.reads; a tasks.from_flax task whose optimizer is a "
+        "function), so the repair actions (optimizer, activation, depth, ...) might change "
+        "nothing it trains; name the optimizer (from_flax(..., optimizer='adamw')) or set "
+        "Task.reads, or pass repair a space of your own")
   keep = {n: p for n, p in space.params.items() if n in reads or n in ENGINE_READS}
   return Space(keep)
 

@@ -730,7 +730,7 @@ def create_study(space: Space, searcher: str | Searcher = "tpe", *,
   """A new :class:`Study`, or the stored one named ``study_name`` continued.
 
   Examples:
-    >>> from spaces import Float, Space
+    >>> from metaopt.spaces import Float, Space
     >>> study = create_study(Space({"x": Float(-2.0, 2.0)}), "random", seed=0)
     >>> study.enqueue({"x": 0.9})
     >>> _ = study.optimize(lambda p: (p["x"] - 1.0) ** 2, n_trials=8)

@@ -59,6 +59,19 @@ def validate(config: Mapping[str, Any]) -> dict[str, Any]:
     if fallback not in SEARCHERS:
       raise ValueError(f"config field 'fallback' must be 'none', 'repair' or one of "
                        f"{', '.join(SEARCHERS)}; got {fallback!r}")
+  for f in ("population", "inner_steps", "outer_steps"):
+    v = cfg[f]
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+      raise ValueError(f"config field {f!r}={v!r}: must be an int >= 1")
+  # the problem, bijectors and estimator as run_whitebox builds them (no compile): a bad
+  # method, tune name or estimator option fails here, before the study is created
+  from metaopt import hypergrad
+  try:
+    hypergrad.build(cfg)
+  except ValueError as e:
+    raise ValueError(f"config: {e}") from None
+  except TypeError as e:  # an estimator / online option the method does not take
+    raise ValueError(f"config field 'estimator' (or 'online'): {e}") from None
   return cfg
 
 
@@ -70,6 +83,19 @@ def run_config(config: Mapping[str, Any], store: Store, progress: bool = True) -
   info = run_whitebox(cfg, store)
   rec = store.load_study(cfg["name"])
   return Result(rec.name, "minimize", store.trials(rec.id), None, "whitebox", info)
+
+
+def _member_starts(cfg: Mapping[str, Any]) -> list[dict[str, Any]]:
+  """Each population member's starting hyperparameters (the config's ``init`` spread by
+  ``init_spread``; member 0 starts at ``init`` itself), as plain Python values."""
+  from metaopt import hypergrad
+
+  _, theta0, spec = hypergrad.build(cfg)
+  h0 = hypergrad.to_hparams(theta0, spec)
+  # the shortest decimal of the float32 (0.01, not 0.009999999776482582)
+  clean = lambda a: float(str(np.float32(a))) if np.ndim(a) == 0 else [clean(x) for x in a]
+  return [{k: clean(np.asarray(v)[i]) for k, v in sorted(h0.items())}
+          for i in range(int(cfg["population"]))]
 
 
 def run_whitebox(config: Mapping[str, Any], store: Store) -> dict[str, Any]:
@@ -84,8 +110,8 @@ def run_whitebox(config: Mapping[str, Any], store: Store) -> dict[str, Any]:
                                          **dict(cfg.get("problem", {}))},
                            hardware=hardware())
   ids = store.start_round(rec.id, 0, [
-      {"number": i, "params": {"init": dict(cfg.get("init", {})), "member": i},
-       "seed": int(cfg["seed"])} for i in range(n)], b"")
+      {"number": i, "params": {"init": start, "member": i}, "seed": int(cfg["seed"])}
+      for i, start in enumerate(_member_starts(cfg))], b"")
   fallback_reported: set[int] = set()
   last: dict[int, float] = {}
 

@@ -323,7 +323,7 @@ def from_flax(model: nn.Module | Callable[[Mapping[str, Any]], nn.Module], data:
 
   Examples:
     >>> import flax.linen as nn, numpy as np, optax
-    >>> from spaces import Float, Space
+    >>> from metaopt.spaces import Float, Space
     >>> x = np.random.default_rng(0).normal(size=(100, 4)).astype(np.float32)
     >>> task = from_flax(nn.Dense(2), (x, (x[:, 0] > 0).astype(np.int32)),
     ...                  Space({"learning_rate": Float(1e-3, 1e-1, log=True)}),

@@ -126,11 +126,12 @@ def _meta_train(cfg: dict[str, Any], store: Store, progress: bool) -> dict[str, 
   def record(step: int, row: dict[str, float]) -> None:
     store.record_epoch(ids, step, [row])
 
+  starts: list[int] = []
   state, history = meta_train(
       trainer, jax.random.PRNGKey(cfg["seed"]), cfg["outer_steps"],
       checkpoint_dir=cfg.get("checkpoint_dir") or None,
       checkpoint_every=cfg.get("checkpoint_every", 50), log_every=cfg.get("log_every", 1),
-      callback=record, progress=progress)
+      callback=record, progress=progress, on_start=starts.append)
   path = save(cfg["output"], lopt, state.theta, {"config_name": cfg["name"],
                                                  "outer_steps": int(state.step)})
   trial = store.trials(rec.id)[0]
@@ -141,7 +142,8 @@ def _meta_train(cfg: dict[str, Any], store: Store, progress: bool) -> dict[str, 
                   duration_s=time.perf_counter() - t0)
   return {"mode": "meta_train", "study": rec.name, "store": store.url, "meta_params": path,
           "outer_steps": int(state.step), "resumed": existed, "final_meta_loss": last,
-          "steps_this_run": len(history), "seconds": time.perf_counter() - t0}
+          "steps_this_run": int(state.step) - starts[0], "logged_rows": len(history),
+          "seconds": time.perf_counter() - t0}
 
 
 def _apply(cfg: dict[str, Any], store: Store, progress: bool) -> dict[str, Any]:

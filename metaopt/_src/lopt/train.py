@@ -73,8 +73,17 @@ def meta_trainer(lopt: LearnedOptimizer, problems: Sequence[InnerProblem],
     clip: global-norm clip of the meta-gradient.
     stagger: start tasks at random truncation counters so resets do not coincide.
   """
+  if isinstance(problems, InnerProblem) or not isinstance(problems, Sequence):
+    raise ValueError(f"problems: a list of inner problems (metaopt.lopt.make_problem), got "
+                     f"one {type(problems).__name__}; pass [problem]")
   if not problems:
     raise ValueError("problems: need at least one inner problem")
+  for i, p in enumerate(problems):
+    if not isinstance(p, InnerProblem):
+      hint = (" (a task family: wrap it as metaopt.lopt.make_problem(family, lopt, horizon, "
+              "unroll_length))" if type(p).__name__ == "TaskFamily" else "")
+      raise ValueError(f"problems[{i}]: must be an InnerProblem from "
+                       f"metaopt.lopt.make_problem, got {type(p).__name__}{hint}")
   if isinstance(estimator, str):
     ests = tuple(make_estimator(estimator, p, num_tasks, sigma, stagger) for p in problems)
   else:
@@ -121,7 +130,9 @@ def meta_train(trainer: MetaTrainer, key: jax.Array, num_steps: int, *,
                checkpoint_dir: str | None = None, checkpoint_every: int = 50,
                log_every: int = 1,
                callback: Callable[[int, dict[str, float]], None] | None = None,
-               progress: bool = False) -> tuple[MetaTrainState, list[dict[str, float]]]:
+               progress: bool = False,
+               on_start: Callable[[int], None] | None = None,
+               ) -> tuple[MetaTrainState, list[dict[str, float]]]:
   """Runs ``num_steps`` outer steps of ``trainer`` from ``key`` (or from the newest
   checkpoint in ``checkpoint_dir``).
 
@@ -136,6 +147,8 @@ def meta_train(trainer: MetaTrainer, key: jax.Array, num_steps: int, *,
     callback: ``callback(step, metrics)`` after every ``log_every``-th step (``step`` counts
       from 1).
     progress: show a tqdm progress bar.
+    on_start: ``on_start(step)`` once, with the step this call starts from (0, or the
+      restored checkpoint's step).
 
   Returns:
     The final :class:`MetaTrainState` and the history rows logged by this call.
@@ -152,6 +165,8 @@ def meta_train(trainer: MetaTrainer, key: jax.Array, num_steps: int, *,
     if restored is not None:
       state = restored[1]
   start = int(state.step)
+  if on_start is not None:
+    on_start(start)
   history: list[dict[str, float]] = []
   bar = tqdm(total=num_steps, initial=min(start, num_steps), disable=not progress,
              desc="meta-train", unit="step")

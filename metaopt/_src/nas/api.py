@@ -230,6 +230,21 @@ def load_nas_dataset(name: str) -> Dataset:
                              test=img(data.test))
 
 
+def check_cell_data(data: Dataset) -> None:
+  """Raises one ``ValueError`` unless ``data`` is what the cell networks read: integer class
+  labels and images ``(n, height, width, channels)`` (1-D signals as ``(n, length, 1, 1)``,
+  see :func:`load_nas_dataset`)."""
+  shape = tuple(data.train.x.shape)
+  if len(shape) != 4:
+    hint = (f"; 1-D signals: reshape to (n, {shape[1]}, 1, 1) as load_nas_dataset does"
+            if len(shape) == 2 else "")
+    raise ValueError(f"data: the cell networks read images (n, height, width, channels); "
+                     f"train x has shape {shape}{hint}")
+  if not data.num_classes:
+    raise ValueError("data: the cell networks are classifiers; train y must be integer class "
+                     "labels (got float targets)")
+
+
 def derive(space: CellSpace, alpha: Mapping[str, Any]) -> Genotype:
   """The cell a search derives from its architecture logits: :func:`metaopt.spaces.discretize`,
   except that an NB201 cell that would compute nothing (``none`` cuts every path from the
@@ -430,7 +445,12 @@ def build_model(space: CellSpace, model: Mapping[str, int], num_classes: int,
                 genotype: Genotype | None = None) -> Network:
   """The supernet of ``space`` sized by ``model`` (``features``, ``n_cells``,
   ``partial_k``), or with ``genotype`` the discrete network of that cell (no partial
-  channels)."""
+  channels). Keys left out of ``model`` take the config defaults (``features`` 8,
+  ``n_cells`` 1, ``stages`` 2, ``stem_stride`` 2, ``partial_k`` 1, ``head`` ``"mean"``)."""
+  bad = sorted(set(model) - set(_MODEL_DEFAULTS))
+  if bad:
+    raise ValueError(f"model: unknown key(s) {bad}; allowed: {sorted(_MODEL_DEFAULTS)}")
+  model = {**_MODEL_DEFAULTS, **model}
   return Network(space, features=model["features"], n_cells=model["n_cells"],
                  num_classes=num_classes, partial_k=model["partial_k"] if genotype is None else 1,
                  genotype=genotype, stem_stride=model["stem_stride"], stages=model["stages"],
@@ -440,6 +460,7 @@ def build_model(space: CellSpace, model: Mapping[str, int], num_classes: int,
 def make_program(space: CellSpace, model: Network, settings: SearchSettings, data: Dataset,
                  batch_size: int) -> tuple[NASProgram, dict[str, Any]]:
   """The search program and the supernet's cost tables (params, flops; latency if asked)."""
+  check_cell_data(data)
   x0 = jnp.asarray(data.train.x[:batch_size])
   mixing = make_mixing(settings)
   p0 = model.init(jax.random.key(0), x0[:2], space.to_weights(space.random(
