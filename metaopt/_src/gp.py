@@ -512,12 +512,14 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
                      "kappa": kappa, "fit_lr": fit_lr, "local_std": local_std, "grad_lr": grad_lr})
   n_exploit = _check_n_exploit(n_exploit, n_candidates, capacity)
   lv = _check_levels(levels, dim)
-  lvl, cont = (lv if np.any(lv) else None), jnp.asarray(lv == 0, jnp.float32)
+  # placed from the host: jnp.asarray(..., jnp.float32) would compile a conversion
+  lvl, cont = (lv if np.any(lv) else None), jax.device_put((lv == 0).astype(np.float32))
   design = sobol(dim)
   # Buffer prefixes the GP is fitted on, one compiled branch each: 64, 128, 256, ... capacity.
   sizes = (sorted({2**k for k in range(6, 31) if 2**k < capacity} | {capacity}) if buckets
            else [capacity])
-  anchors = jnp.asarray(np.random.default_rng(0).uniform(size=(n_diverse, dim)), jnp.float32)
+  anchors = jax.device_put(np.random.default_rng(0).uniform(size=(n_diverse, dim))
+                           .astype(np.float32))
 
   def init(key):
     theta = {"log_ls": jnp.full((dim,), math.log(0.5 * math.sqrt(dim)), jnp.float32),

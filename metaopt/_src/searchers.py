@@ -102,7 +102,7 @@ def sobol(dim: int, scramble: bool = True) -> Searcher:
   are powers of two cover the cube evenly.
   """
   _check_dim(dim)
-  v = jnp.asarray(_sobol_directions(dim))
+  v = jax.device_put(_sobol_directions(dim).astype(np.uint32))  # jnp.asarray would compile a copy
 
   def init(key):
     shift = (jax.random.bits(key, (dim,), jnp.uint32) >> (32 - _BITS)) if scramble else \
