@@ -135,9 +135,9 @@ def regularized_evolution(dim: int, population_size: int = 32, tournament_size: 
   _check_int("n_mutations", n_mutations, 1)
   if n_mutations > dim:
     raise ValueError(f"n_mutations={n_mutations}: must be <= dim={dim}")
-  lv = jnp.asarray(_check_levels(levels, dim))
-  is_cat = lv > 0
-  k_safe = jnp.maximum(lv, 1)
+  lv_host = _check_levels(levels, dim)  # placed from the host: eager jnp ops would compile
+  is_cat = jax.device_put(lv_host > 0)
+  k_safe = jax.device_put(np.maximum(lv_host, 1))
 
   def init(key):
     del key
@@ -497,9 +497,16 @@ def default_c_mean(dim: int) -> float:
 
 
 def _cma_params(strategy, sigma0: float, c_mean: float):
-  """The strategy's default parameters with the initial step ``sigma0`` and mean rate ``c_mean``."""
-  return strategy.default_params.replace(std_init=jnp.asarray(sigma0, jnp.float32),
-                                         c_mean=jnp.asarray(c_mean, jnp.float32))
+  """The strategy's default parameters with the initial step ``sigma0`` and mean rate ``c_mean``
+  (placed from the host: ``jnp.asarray(x, jnp.float32)`` would compile a conversion)."""
+  return strategy.default_params.replace(std_init=jax.device_put(np.float32(sigma0)),
+                                         c_mean=jax.device_put(np.float32(c_mean)))
+
+
+def _host_full(dim: int, value: float) -> jax.Array:
+  """``jnp.full((dim,), value)`` in the default float dtype, placed from the host (an eager
+  ``jnp.full`` / ``jnp.zeros`` compiles a broadcast per shape)."""
+  return jax.device_put(np.full(dim, value, jax.dtypes.canonicalize_dtype(np.float64)))
 
 
 def _cma_with_restarts(CMA_ES: type, dim: int, popsize: int, max_popsize: int | None,  # noqa: N803
@@ -512,7 +519,7 @@ def _cma_with_restarts(CMA_ES: type, dim: int, popsize: int, max_popsize: int | 
   lams = [popsize]
   while lams[-1] * 2 <= max_popsize:
     lams.append(lams[-1] * 2)
-  strategies = [CMA_ES(population_size=lam, solution=jnp.zeros(dim)) for lam in lams]
+  strategies = [CMA_ES(population_size=lam, solution=_host_full(dim, 0.0)) for lam in lams]
   params = [_cma_params(st, sigma0, c_mean) for st in strategies]
   return _cma_restarts(strategies, params, dim, sigma0, restarts, restart_tol)
 
@@ -610,9 +617,9 @@ def cma_es(dim: int, popsize: int | None = None, sigma0: float | None = None,
                               c_mean)
   if max_popsize is not None:
     raise ValueError(f"max_popsize={max_popsize!r}: only with restarts in ('ipop', 'bipop')")
-  strategy = CMA_ES(population_size=popsize, solution=jnp.zeros(dim))
+  strategy = CMA_ES(population_size=popsize, solution=_host_full(dim, 0.0))
   params = _cma_params(strategy, sigma0, c_mean)
-  return _evosax_searcher(strategy, params, dim, jnp.full((dim,), 0.5), bounds, restart_tol,
+  return _evosax_searcher(strategy, params, dim, _host_full(dim, 0.5), bounds, restart_tol,
                           start)
 
 
@@ -639,7 +646,7 @@ def open_es(dim: int, popsize: int = 16, sigma: float = 0.1,
     raise ValueError(f"popsize={popsize}: must be even (antithetic pairs)")
   _check_float("sigma", sigma, 0.0, float("inf"))
   _check_float("learning_rate", learning_rate, 0.0, float("inf"))
-  strategy = Open_ES(population_size=popsize, solution=jnp.zeros(dim),
+  strategy = Open_ES(population_size=popsize, solution=_host_full(dim, 0.0),
                      optimizer=optax.adam(learning_rate),
                      std_schedule=optax.constant_schedule(sigma))
-  return _evosax_searcher(strategy, strategy.default_params, dim, jnp.full((dim,), 0.5))
+  return _evosax_searcher(strategy, strategy.default_params, dim, _host_full(dim, 0.5))
