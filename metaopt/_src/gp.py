@@ -434,6 +434,11 @@ def _check_gp_args(dim: int, acquisition: str, warp: bool, believer_incumbent: b
     raise ValueError(f"n_restarts={n_restarts}: must be <= n_candidates + n_local + 1")
 
 
+def _host_uniform(n: int, dim: int) -> np.ndarray:
+  """Fixed uniform points (seed 0) in float32, made on the host: nothing compiles."""
+  return np.random.default_rng(0).uniform(size=(n, dim)).astype(np.float32)
+
+
 def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float = 2.0,
           capacity: int = 256, fit_steps: int = 100, fit_lr: float = 0.05,
           n_candidates: int = 1024, n_local: int = 256, local_std: float = 0.05,
@@ -512,14 +517,12 @@ def gp_bo(dim: int, n_startup: int = 10, acquisition: str = "ei", kappa: float =
                      "kappa": kappa, "fit_lr": fit_lr, "local_std": local_std, "grad_lr": grad_lr})
   n_exploit = _check_n_exploit(n_exploit, n_candidates, capacity)
   lv = _check_levels(levels, dim)
-  # placed from the host: jnp.asarray(..., jnp.float32) would compile a conversion
   lvl, cont = (lv if np.any(lv) else None), jax.device_put((lv == 0).astype(np.float32))
   design = sobol(dim)
   # Buffer prefixes the GP is fitted on, one compiled branch each: 64, 128, 256, ... capacity.
   sizes = (sorted({2**k for k in range(6, 31) if 2**k < capacity} | {capacity}) if buckets
            else [capacity])
-  anchors = jax.device_put(np.random.default_rng(0).uniform(size=(n_diverse, dim))
-                           .astype(np.float32))
+  anchors = jax.device_put(_host_uniform(n_diverse, dim))
 
   def init(key):
     theta = {"log_ls": jnp.full((dim,), math.log(0.5 * math.sqrt(dim)), jnp.float32),
