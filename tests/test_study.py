@@ -367,3 +367,27 @@ def test_optimize_runs_rounds_through_the_search_loop(tmp_path):
       lambda p: vectorized([p])[0]), space=SPACE, n_trials=8, population=4, progress=False)
   assert {t.status for t in res.trials} == {"pruned", "complete"}
   assert all(t.failure_reason == "slow" for t in res.trials if t.status == "pruned")
+
+
+def test_a_pruned_aware_tpe_learns_from_pruned_trials_told_to_a_study():
+  """``tpe(pruned="rank")`` in a Study, by name (its history grown as rows arrive) and as a
+  searcher object: pruned trials with a value join the history (0 epochs each: a Study has
+  no epochs), and the grown history keeps their steps."""
+  from metaopt._src import tpe as tpe_mod
+  from metaopt._src.study import _TPE_CAPACITY
+
+  space = Space({"x": Float(0.0, 1.0)})
+  n = _TPE_CAPACITY + 6  # past the first capacity: the named TPE's history grows once
+  for searcher, opts in (("tpe", {"pruned": "rank", "n_startup": 4}),
+                         (metaopt.tpe(1, pruned="rank", n_startup=4), None)):
+    study = metaopt.create_study(space, searcher, seed=0, searcher_options=opts)
+    for i in range(n):
+      (t,) = study.ask()
+      v = (t.params["x"] - 0.3) ** 2
+      study.tell(t, v + 1.0 if i % 2 else v, state="pruned" if i % 2 else "complete")
+    st = study._state
+    assert int(st["count"]) == n  # pruned rows counted too ("ignore" would hold n // 2)
+    valid = np.asarray(st["valid"])
+    steps = np.asarray(st["step"])[valid]
+    assert np.sum(steps == tpe_mod.COMPLETE_STEP) == n - n // 2  # even i: complete
+    assert np.sum(steps == 0) == n // 2  # odd i: pruned

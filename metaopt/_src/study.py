@@ -57,7 +57,7 @@ from metaopt._src import loop, registry
 from metaopt._src import population as pop
 from metaopt._src.evaluators import SPACE_HINT, CallableEvaluator, TrialPruned
 from metaopt._src.store import Store
-from metaopt._src.types import COMPLETE, Searcher, Trial
+from metaopt._src.types import COMPLETE, PRUNED, Searcher, Trial
 from metaopt.spaces import Choice, Fixed, Float, Int, Space, from_spec, to_spec
 
 __all__ = ["Study", "TrialPruned", "create_study", "from_optuna", "load_study",
@@ -385,21 +385,23 @@ class Study:
   def _tpe(self, capacity: int) -> Searcher:
     return _named_searcher("tpe", self.space.dim, {**self._options, "capacity": capacity})
 
-  def _tell(self, state, u, y, status):
-    """The searcher's ``tell``; a TPE by name first doubles its history (one more compile)
-    while the complete rows told would not fit, up to 4096 rows."""
+  def _tell(self, state, u, y, status, *epochs):
+    """The searcher's ``tell`` (``epochs``: with a program's ``tell_epochs``); a TPE by name
+    first doubles its history (one more compile) while the rows told would not fit, up to
+    4096 rows."""
     if self._grows:
       cap = int(np.shape(state["y"])[0])
-      need = int(state["count"]) + int(np.sum(np.asarray(status) == COMPLETE))
+      kept = (COMPLETE, PRUNED) if "step" in state else (COMPLETE,)
+      need = int(state["count"]) + int(np.sum(np.isin(np.asarray(status), kept)))
       if cap < need and cap < _TPE_MAX_CAPACITY:
         new = cap
         while new < need and new < _TPE_MAX_CAPACITY:
           new *= 2
         pad = lambda a: jnp.concatenate([a, jnp.zeros((new - cap, *a.shape[1:]), a.dtype)])
-        state = {**state, "x": pad(state["x"]), "y": pad(state["y"]),
-                 "valid": pad(state["valid"])}
+        state = {**state, **{k: pad(state[k]) for k in ("x", "y", "valid", "step")
+                             if k in state}}
         self._use(self._tpe(new))
-    return _searcher_fns(self._program, self.space).tell(state, u, y, status)
+    return _searcher_fns(self._program, self.space).tell(state, u, y, status, *epochs)
 
   def _apply_prior(self, prior: _Prior) -> None:
     """Tells the warm-start observations, enqueues their best points, records provenance."""
