@@ -5,7 +5,8 @@ their running values between epochs (``metrics['objectives']`` for multi-objecti
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import functools
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -99,9 +100,10 @@ def objective_values(store: Any, study_id: int, rnd: int, objectives, task: Any,
   return out
 
 
-def vector_y(rows, vals, objectives, status: np.ndarray, reasons: list):
+def vector_y(rows, vals, objectives, status: np.ndarray, reasons: list,
+             hint: Callable[[list[str]], str] | None = None):
   """``(y[n, m], status, reasons)`` to tell: each objective minimised; a complete trial
-  missing a value is marked failed (its y stays NaN)."""
+  missing a value is marked failed (its y stays NaN; ``hint(missing)`` ends its reason)."""
   sign = np.asarray([-1.0 if d == "maximize" else 1.0 for _, d in objectives], np.float32)
   y = np.full((len(rows), len(objectives)), np.nan, np.float32)
   status, reasons = status.copy(), list(reasons)
@@ -113,7 +115,7 @@ def vector_y(rows, vals, objectives, status: np.ndarray, reasons: list):
       missing = [n for (n, _), a in zip(objectives, v or [None] * len(objectives), strict=True)
                  if a is None]
       status[i] = FAILED
-      reasons[i] = f"objective(s) {missing} not recorded"
+      reasons[i] = f"objective(s) {missing} not recorded" + (hint(missing) if hint else "")
       continue
     y[i] = sign * np.asarray(v, np.float32)
   return y, status, reasons
@@ -125,9 +127,9 @@ def vector_outcomes(store: Any, study_id: int, rnd: int, rows: list[dict[str, An
   and complete trials that miss one turned ``failed`` (with the reason)."""
   vals = objective_values(store, study_id, rnd, objectives, task, space, keys)
   status = np.asarray([STATUS_NAMES.index(s) for _, s, _, _ in results], np.int32)
-  y, status, reasons = vector_y(rows, vals, objectives, status, [r[3] for r in results])
-  recorded = _recorded_metrics(store, study_id, rnd)
-  reasons = [_with_recorded(r, recorded) for r in reasons]
+  recorded = functools.cache(lambda: _recorded_metrics(store, study_id, rnd))  # read if needed
+  y, status, reasons = vector_y(rows, vals, objectives, status, [r[3] for r in results],
+                                hint=lambda missing: _recorded_hint(missing, recorded()))
   store.record_values({x["id"]: vals[x["number"]] for x in rows if x["number"] in vals})
   results = [(tid, STATUS_NAMES[s], obj, why)
              for (tid, _, obj, _), s, why in zip(results, status, reasons, strict=True)]
@@ -144,18 +146,16 @@ def _recorded_metrics(store: Any, study_id: int, rnd: int) -> list[str]:
   return sorted(names)
 
 
-def _with_recorded(reason: Any, recorded: list[str]) -> Any:
-  """A "not recorded" reason with the metric names that were (and the nearest one)."""
+def _recorded_hint(missing: list[str], recorded: list[str]) -> str:
+  """The end of a "not recorded" reason: the nearest recorded metric to each missing
+  objective, and the metric names that were recorded."""
   import difflib
-  import re
 
-  m = re.match(r"objective\(s\) \[(.*)\] not recorded$", reason or "")
-  if not m or not recorded:
-    return reason
-  names = re.findall(r"'([^']*)'", m.group(1))
-  near = [c for n in names for c in difflib.get_close_matches(n, recorded, 1)]
+  if not recorded:
+    return ""
+  near = [c for n in missing for c in difflib.get_close_matches(n, recorded, 1)]
   hint = f" (did you mean {', '.join(repr(c) for c in near)}?)" if near else ""
-  return f"{reason}{hint}; recorded metrics: {', '.join(recorded)}"
+  return f"{hint}; recorded metrics: {', '.join(recorded)}"
 
 
 class RunningObjectives:
